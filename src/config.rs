@@ -1,0 +1,480 @@
+//! Typed settings, loaded once at start-up and validated with errors that name the key.
+//!
+//! Layers, lowest first: the defaults written in this file, `config/default.toml`, the optional
+//! `config/{EBBFLOW_ENV}.toml`, then environment variables `EBBFLOW__<SECTION>__<KEY>` (double
+//! underscores separate path segments, so `EBBFLOW__QUEUES__ORDERS__BATCH_SIZE=8` sets
+//! `queues.orders.batch_size`). `AZURE_STORAGE_CONNECTION_STRING` is honoured when no storage
+//! is configured otherwise. Unknown keys are rejected, so a misspelt key fails loudly instead of
+//! silently falling back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Encoding;
+use crate::store::{redact, validate_queue_name};
+
+/// The environment variable that names the optional per-environment file.
+pub const ENV_VAR: &str = "EBBFLOW_ENV";
+/// The environment variable that points at the config folder (default `config`).
+pub const DIR_VAR: &str = "EBBFLOW_CONFIG_DIR";
+/// The conventional Azure connection string variable.
+pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
+
+/// The largest batch the service hands out in one receive.
+pub const MAX_BATCH: u32 = 32;
+const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Everything a worker process needs to know.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the queues live. Empty means the embedded in-process backend.
+    pub storage: StorageSettings,
+    /// Process-wide settings.
+    pub worker: WorkerSettings,
+    /// One section per queue, keyed by queue name.
+    pub queues: BTreeMap<String, QueueSettings>,
+}
+
+/// Where the queues live.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
+    /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
+    pub connection_string: Option<String>,
+    /// The queue service URL (`https://<account>.queue.core.windows.net`), optionally with a SAS
+    /// token as its query. Without a SAS token, Entra ID (`credential`) is used.
+    pub queue_endpoint: Option<String>,
+    /// A SAS token for `queue_endpoint`, with or without the leading `?`.
+    pub sas_token: Option<String>,
+    /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd)
+    /// or `managed_identity`.
+    pub credential: Option<CredentialKind>,
+    /// Client id of a user-assigned managed identity (with `credential = "managed_identity"`).
+    pub managed_identity_client_id: Option<String>,
+    /// Create each configured queue (and its poison queue) at start-up if it is missing.
+    pub create_queues: bool,
+}
+
+impl fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Connection strings and SAS tokens carry secrets: show only their redacted forms.
+        f.debug_struct("StorageSettings")
+            .field(
+                "connection_string",
+                &self.connection_string.as_deref().map(redact),
+            )
+            .field("queue_endpoint", &self.queue_endpoint.as_deref().map(redact))
+            .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
+            .field("credential", &self.credential)
+            .field("create_queues", &self.create_queues)
+            .finish()
+    }
+}
+
+/// The Entra ID credential to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// Azure CLI, then Azure Developer CLI (a developer's machine).
+    DeveloperTools,
+    /// The managed identity of the VM, container app or AKS pod.
+    ManagedIdentity,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// After a stop signal, how long in-flight handlers may run before they are cancelled.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Settings of one queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Messages asked for per receive, 1..=32.
+    pub batch_size: u32,
+    /// Dequeue tasks kept running for this queue, 1..=256.
+    pub tasks: u32,
+    /// Handlers of this queue running at once, over all its tasks, 1..=10000.
+    pub concurrency: u32,
+    /// How long a received message stays invisible to other consumers, 1s..=7d.
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// A message received more often than this goes to the poison queue, 1..=1000.
+    pub max_dequeue_count: u32,
+    /// How long a failed message stays invisible before it is retried (0s: at once), ..=7d.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// How message text is encoded on the queue: `base64` (what Azure Functions writes) or `none`.
+    pub encoding: Encoding,
+    /// Name of the poison queue; default `<queue>-poison`.
+    pub poison_queue: Option<String>,
+    /// The idle back-off curve.
+    pub idle_backoff: IdleBackoffSettings,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: MAX_BATCH,
+            tasks: 1,
+            concurrency: 16,
+            visibility_timeout: Duration::from_secs(30),
+            max_dequeue_count: 5,
+            retry_delay: Duration::ZERO,
+            encoding: Encoding::Base64,
+            poison_queue: None,
+            idle_backoff: IdleBackoffSettings::default(),
+        }
+    }
+}
+
+/// The randomized exponential idle back-off: after the n-th empty receive a task sleeps
+/// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleBackoffSettings {
+    /// The shortest sleep after an empty receive.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    /// The longest sleep, at most 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// The step that doubles with each further empty receive.
+    #[serde(with = "humantime_serde")]
+    pub delta: Duration,
+}
+
+impl Default for IdleBackoffSettings {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            delta: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A settings problem, naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or environment value could not be read into the typed settings.
+    #[error("config: {0}")]
+    Load(String),
+    /// A value is out of its allowed range.
+    #[error("config: {key} = {value}: {rule}")]
+    Invalid {
+        /// The full key, e.g. `queues.orders.batch_size`.
+        key: String,
+        /// The value found (secrets redacted).
+        value: String,
+        /// What is allowed.
+        rule: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, value: impl fmt::Display, rule: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads from the folder named by `EBBFLOW_CONFIG_DIR` (default `config`), the process
+    /// environment, and validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        let dir = std::env::var_os(DIR_VAR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(&dir, &env)
+    }
+
+    /// Loads from `dir` and the given environment (a map, so tests need not touch the
+    /// process environment), and validates.
+    pub fn load_from(dir: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(false));
+        if let Some(name) = env.get(ENV_VAR).filter(|n| !n.is_empty()) {
+            builder = builder
+                .add_source(config::File::from(dir.join(format!("{name}.toml"))).required(false));
+        }
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("EBBFLOW__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("EBBFLOW")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let loaded = builder
+            .build()
+            .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
+        let mut settings: Settings = loaded
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
+        if settings.storage.connection_string.is_none() && settings.storage.queue_endpoint.is_none()
+        {
+            settings.storage.connection_string = env
+                .get(CONNECTION_STRING_VAR)
+                .filter(|s| !s.trim().is_empty())
+                .cloned();
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        if s.connection_string.is_some() && s.queue_endpoint.is_some() {
+            return Err(ConfigError::invalid(
+                "storage.queue_endpoint",
+                redact(s.queue_endpoint.as_deref().unwrap_or_default()),
+                "set either storage.connection_string or storage.queue_endpoint, not both",
+            ));
+        }
+        if s.sas_token.is_some() && s.queue_endpoint.is_none() {
+            return Err(ConfigError::invalid(
+                "storage.sas_token",
+                "<redacted>",
+                "needs storage.queue_endpoint",
+            ));
+        }
+        if self.worker.drain_timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "worker.drain_timeout",
+                humantime::format_duration(self.worker.drain_timeout),
+                "must be at most 1h",
+            ));
+        }
+        for (name, q) in &self.queues {
+            let key = |field: &str| format!("queues.{name}.{field}");
+            validate_queue_name(name)
+                .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
+            check_range(&key("batch_size"), q.batch_size, 1, MAX_BATCH)?;
+            check_range(&key("tasks"), q.tasks, 1, 256)?;
+            check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
+            check_range(&key("max_dequeue_count"), q.max_dequeue_count, 1, 1000)?;
+            check_duration(
+                &key("visibility_timeout"),
+                q.visibility_timeout,
+                Duration::from_secs(1),
+                MAX_VISIBILITY,
+            )?;
+            check_duration(
+                &key("retry_delay"),
+                q.retry_delay,
+                Duration::ZERO,
+                MAX_VISIBILITY,
+            )?;
+            let poison = q.poison_queue_name(name);
+            validate_queue_name(&poison)
+                .map_err(|rule| ConfigError::invalid(key("poison_queue"), &poison, rule))?;
+            if poison == *name {
+                return Err(ConfigError::invalid(
+                    key("poison_queue"),
+                    &poison,
+                    "must differ from the queue itself",
+                ));
+            }
+            let b = &q.idle_backoff;
+            check_duration(
+                &key("idle_backoff.max"),
+                b.max,
+                Duration::from_millis(1),
+                MAX_IDLE_BACKOFF,
+            )?;
+            check_duration(&key("idle_backoff.min"), b.min, Duration::ZERO, b.max)?;
+            check_duration(&key("idle_backoff.delta"), b.delta, Duration::ZERO, b.max)?;
+        }
+        Ok(())
+    }
+}
+
+impl QueueSettings {
+    /// The poison queue's name: the configured one, else `<queue>-poison`.
+    pub fn poison_queue_name(&self, queue: &str) -> String {
+        self.poison_queue
+            .clone()
+            .unwrap_or_else(|| format!("{queue}-poison"))
+    }
+}
+
+fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            value,
+            format!("must be {min}..={max}"),
+        ))
+    }
+}
+
+fn check_duration(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            humantime::format_duration(value),
+            format!(
+                "must be {}..={}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(toml: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ebbflow-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("default.toml"), toml).unwrap();
+        dir
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_to_a_bare_queue_section() {
+        let dir = dir_with("[queues.orders]\n");
+        let s = Settings::load_from(&dir, &env(&[])).unwrap();
+        let q = &s.queues["orders"];
+        assert_eq!(q.batch_size, 32);
+        assert_eq!(q.max_dequeue_count, 5);
+        assert_eq!(q.encoding, Encoding::Base64);
+        assert_eq!(q.idle_backoff.max, Duration::from_secs(30));
+        assert_eq!(q.poison_queue_name("orders"), "orders-poison");
+        assert!(s.storage.connection_string.is_none());
+    }
+
+    #[test]
+    fn batch_size_33_is_rejected_naming_the_key() {
+        let dir = dir_with("[queues.orders]\nbatch_size = 33\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert_eq!(err, "config: queues.orders.batch_size = 33: must be 1..=32");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = dir_with("[queues.orders]\nbatchsize = 8\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn layers_file_then_env_file_then_environment() {
+        let dir = dir_with("[queues.orders]\nbatch_size = 8\ntasks = 2\nconcurrency = 3\n");
+        std::fs::write(dir.join("prod.toml"), "[queues.orders]\ntasks = 4\nconcurrency = 5\n")
+            .unwrap();
+        let s = Settings::load_from(
+            &dir,
+            &env(&[
+                ("EBBFLOW_ENV", "prod"),
+                ("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "6"),
+                ("EBBFLOW__QUEUES__ORDERS__VISIBILITY_TIMEOUT", "2m"),
+            ]),
+        )
+        .unwrap();
+        let q = &s.queues["orders"];
+        assert_eq!(
+            (q.batch_size, q.tasks, q.concurrency),
+            (8, 4, 6),
+            "file < env file < environment"
+        );
+        assert_eq!(q.visibility_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn human_durations_and_backoff_limits() {
+        let dir = dir_with("[queues.orders.idle_backoff]\nmax = \"11m\"\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config: queues.orders.idle_backoff.max = 11m: must be 1ms..=10m"
+        );
+        let dir = dir_with("[queues.orders]\nvisibility_timeout = \"soon\"\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("visibility_timeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_queue_names_and_encodings_are_named() {
+        let dir = dir_with("[queues.Orders]\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("config: queues.Orders = Orders:"), "{err}");
+        let dir = dir_with("[queues.orders]\nencoding = \"rot13\"\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("rot13"), "{err}");
+    }
+
+    #[test]
+    fn connection_string_falls_back_to_the_conventional_variable() {
+        let dir = dir_with("");
+        let s = Settings::load_from(
+            &dir,
+            &env(&[(CONNECTION_STRING_VAR, "UseDevelopmentStorage=true")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.storage.connection_string.as_deref(),
+            Some("UseDevelopmentStorage=true")
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_keys_and_sas() {
+        let s = StorageSettings {
+            connection_string: Some("AccountName=a;AccountKey=c2VjcmV0a2V5".into()),
+            queue_endpoint: Some("https://a.queue.core.windows.net?sv=1&sig=abcd%2Bsecret".into()),
+            sas_token: Some("sig=zzzsecret".into()),
+            ..Default::default()
+        };
+        let text = format!("{s:?}");
+        assert!(!text.contains("c2VjcmV0a2V5"), "{text}");
+        assert!(!text.contains("abcd"), "{text}");
+        assert!(!text.contains("zzzsecret"), "{text}");
+    }
+}

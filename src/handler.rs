@@ -1,0 +1,236 @@
+//! The handler trait, the payload types it receives, its [`Context`] and the outcomes its
+//! errors drive.
+//!
+//! ```
+//! use ebbflow::handler::{Context, Handler, HandlerError, Json};
+//! #[derive(serde::Deserialize)]
+//! struct Order { id: u64 }
+//! struct Orders;
+//! impl Handler for Orders {
+//!     type Message = Json<Order>;
+//!     async fn handle(&self, Json(order): Json<Order>, ctx: Context) -> Result<(), HandlerError> {
+//!         if order.id == 0 {
+//!             return Err(HandlerError::poison("order id 0 can never succeed"));
+//!         }
+//!         tracing::info!(order = order.id, message_id = %ctx.message_id(), "order handled");
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// A boxed error from a handler or a payload decoder.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a handler receives, decoded from the message's payload bytes.
+pub trait Payload: Sized + Send + 'static {
+    /// Decodes the payload bytes (already stripped of the queue's encoding).
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, BoxError>;
+}
+
+/// A JSON payload decoded with serde into `T`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned + Send + 'static> Payload for Json<T> {
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, BoxError> {
+        Ok(Json(serde_json::from_slice(&bytes)?))
+    }
+}
+
+/// A raw text payload (must be UTF-8).
+impl Payload for String {
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, BoxError> {
+        Ok(String::from_utf8(bytes)?)
+    }
+}
+
+/// The raw payload bytes, for handlers that decode themselves.
+impl Payload for Vec<u8> {
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, BoxError> {
+        Ok(bytes)
+    }
+}
+
+/// A job handler for one queue's messages.
+///
+/// The future must be `Send`: it runs on the multi-threaded runtime, one task per message.
+pub trait Handler: Send + Sync + 'static {
+    /// The payload type; decoding failures send the message to the poison queue.
+    type Message: Payload;
+
+    /// Handles one message. `Ok` deletes it; an error says whether to retry or poison it.
+    fn handle(
+        &self,
+        message: Self::Message,
+        ctx: Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// What the handler's caller learns about the message, plus the worker's cancellation.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) queue: Arc<str>,
+    pub(crate) message_id: String,
+    pub(crate) dequeue_count: u32,
+    pub(crate) inserted_at: Option<OffsetDateTime>,
+    pub(crate) cancellation: CancellationToken,
+}
+
+impl Context {
+    /// The queue the message came from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The service's message id.
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    /// How many times the message has been received, this time included (1 on first delivery).
+    pub fn dequeue_count(&self) -> u32 {
+        self.dequeue_count
+    }
+
+    /// When the message was sent.
+    pub fn inserted_at(&self) -> Option<OffsetDateTime> {
+        self.inserted_at
+    }
+
+    /// Fires when the worker's drain deadline passes: wrap up, the message will not be
+    /// deleted and comes back after its visibility timeout.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancellation
+    }
+}
+
+/// How a handler failed, and so what happens to the message.
+#[derive(Debug)]
+pub enum HandlerError {
+    /// Try again: the message becomes visible after `after` (`None`: the queue's `retry_delay`).
+    /// Once its dequeue count reaches `max_dequeue_count` it goes to the poison queue instead.
+    Retry {
+        /// Delay before the message is visible again, overriding the queue's `retry_delay`.
+        after: Option<Duration>,
+        /// What went wrong.
+        source: BoxError,
+    },
+    /// Never retry: copy the message to the poison queue now.
+    Poison {
+        /// What went wrong.
+        source: BoxError,
+    },
+}
+
+impl HandlerError {
+    /// A retryable failure, retried after the queue's `retry_delay`.
+    pub fn retry(source: impl Into<BoxError>) -> Self {
+        Self::Retry {
+            after: None,
+            source: source.into(),
+        }
+    }
+
+    /// A retryable failure, retried after `delay`.
+    pub fn retry_after(source: impl Into<BoxError>, delay: Duration) -> Self {
+        Self::Retry {
+            after: Some(delay),
+            source: source.into(),
+        }
+    }
+
+    /// A failure no retry can fix: the message goes to the poison queue at once.
+    pub fn poison(source: impl Into<BoxError>) -> Self {
+        Self::Poison {
+            source: source.into(),
+        }
+    }
+
+    /// The underlying error.
+    pub fn source_error(&self) -> &BoxError {
+        match self {
+            Self::Retry { source, .. } | Self::Poison { source } => source,
+        }
+    }
+}
+
+/// `?` on any error in a handler means "retry".
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        Self::retry(e)
+    }
+}
+
+/// Why a dispatch did not succeed.
+#[derive(Debug)]
+pub(crate) enum DispatchError {
+    /// The payload could not be decoded into the handler's type.
+    Decode(BoxError),
+    /// The handler failed.
+    Handler(HandlerError),
+}
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), DispatchError>> + Send>>;
+
+/// A handler with its payload type erased, so handlers of different types can be stored
+/// side by side.
+pub(crate) trait ErasedHandler: Send + Sync + 'static {
+    fn call(self: Arc<Self>, bytes: Vec<u8>, ctx: Context) -> BoxFuture;
+}
+
+pub(crate) struct Erased<H>(pub H);
+
+impl<H: Handler> ErasedHandler for Erased<H> {
+    fn call(self: Arc<Self>, bytes: Vec<u8>, ctx: Context) -> BoxFuture {
+        Box::pin(async move {
+            let message = H::Message::from_bytes(bytes).map_err(DispatchError::Decode)?;
+            self.0
+                .handle(message, ctx)
+                .await
+                .map_err(DispatchError::Handler)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Order {
+        id: u64,
+    }
+
+    #[test]
+    fn payloads_decode_or_explain() {
+        let Json(o) = Json::<Order>::from_bytes(br#"{"id":7}"#.to_vec()).unwrap();
+        assert_eq!(o, Order { id: 7 });
+        let err = Json::<Order>::from_bytes(br#"{"id":"x"}"#.to_vec()).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert!(String::from_bytes(vec![0xff]).is_err());
+        assert_eq!(String::from_bytes(b"hi".to_vec()).unwrap(), "hi");
+    }
+
+    #[test]
+    fn question_mark_means_retry() {
+        fn fails() -> Result<(), HandlerError> {
+            let n: u32 = "x".parse()?;
+            let _ = n;
+            Ok(())
+        }
+        assert!(matches!(fails(), Err(HandlerError::Retry { after: None, .. })));
+        assert!(matches!(
+            HandlerError::poison("bad"),
+            HandlerError::Poison { .. }
+        ));
+    }
+}

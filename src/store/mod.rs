@@ -1,0 +1,289 @@
+//! The queue operations the runtime needs, behind one trait, with two backends:
+//!
+//! - [`memory::MemoryStore`], in-process, with the service's semantics (visibility timeout,
+//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, the
+//!   32-message and 64 KiB caps, approximate depth). It is the embedded default and the test
+//!   double for logic.
+//! - [`azure::AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
+//!
+//! One conformance suite (`tests/conformance.rs`) runs the same checks against both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+pub mod azure;
+pub mod memory;
+
+/// The largest message text the service accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The most messages one receive or peek may ask for.
+pub const MAX_RECEIVE: u8 = 32;
+/// The longest visibility timeout or initial delay.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A queue backend: hands out a [`Queue`] handle per queue name.
+pub trait QueueStore: Send + Sync + 'static {
+    /// The handle for one queue (which need not exist yet).
+    fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError>;
+    /// `memory` or `azure`, for logs.
+    fn kind(&self) -> &'static str;
+}
+
+/// The operations on one queue.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// The queue's name.
+    fn name(&self) -> &str;
+    /// Creates the queue if it does not exist yet.
+    async fn create_if_missing(&self) -> Result<(), StoreError>;
+    /// Adds a message (text already encoded).
+    async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError>;
+    /// Receives up to `max` (1..=32) messages, hiding them for `visibility`.
+    async fn receive(
+        &self,
+        max: u8,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, StoreError>;
+    /// Deletes a received message; needs its current pop receipt.
+    async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError>;
+    /// Changes a received message's visibility (0 makes it visible at once) and optionally its
+    /// text; returns the new pop receipt.
+    async fn update(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        visibility: Duration,
+        text: Option<&str>,
+    ) -> Result<UpdatedMessage, StoreError>;
+    /// Reads up to `max` (1..=32) visible messages without receiving them.
+    async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError>;
+    /// The approximate number of messages, invisible ones included.
+    async fn approximate_depth(&self) -> Result<u64, StoreError>;
+}
+
+/// Options for [`Queue::send`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Invisible for this long after sending (0..=7d).
+    pub initial_delay: Duration,
+    /// Expires after this long; `None` is the service default (7 days).
+    pub time_to_live: Option<Duration>,
+}
+
+/// The receipt of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// The new message's id.
+    pub id: String,
+    /// Its first pop receipt.
+    pub pop_receipt: String,
+}
+
+/// A message handed out by a receive; invisible to others until `next_visible`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The message id.
+    pub id: String,
+    /// The pop receipt of this delivery, needed to delete or update.
+    pub pop_receipt: String,
+    /// Deliveries so far, this one included.
+    pub dequeue_count: u32,
+    /// When it was sent.
+    pub inserted_at: Option<OffsetDateTime>,
+    /// When it expires.
+    pub expires_at: Option<OffsetDateTime>,
+    /// The message text exactly as stored (still encoded).
+    pub text: String,
+}
+
+/// A message seen by a peek.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeekedMessage {
+    /// The message id.
+    pub id: String,
+    /// Deliveries so far.
+    pub dequeue_count: u32,
+    /// When it was sent.
+    pub inserted_at: Option<OffsetDateTime>,
+    /// The message text exactly as stored.
+    pub text: String,
+}
+
+/// The result of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatedMessage {
+    /// The new pop receipt; the old one no longer works.
+    pub pop_receipt: String,
+}
+
+/// A store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The queue does not exist.
+    #[error("queue {queue} does not exist")]
+    QueueNotFound {
+        /// The queue.
+        queue: String,
+    },
+    /// The message is gone or was received again by someone else (pop receipt mismatch).
+    #[error("message {id} on queue {queue} is gone or owned by another receive")]
+    MessageNotFound {
+        /// The queue.
+        queue: String,
+        /// The message id.
+        id: String,
+    },
+    /// The request itself is wrong (too many messages, too large, bad name, out of range).
+    #[error("invalid request on queue {queue}: {detail}")]
+    Invalid {
+        /// The queue.
+        queue: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The service refused our credentials.
+    #[error("not authorized on queue {queue}: {detail}")]
+    Unauthorized {
+        /// The queue.
+        queue: String,
+        /// The service's explanation (secrets redacted).
+        detail: String,
+    },
+    /// A fault that may pass: 5xx, throttling, timeouts, connection errors.
+    #[error("transient failure on queue {queue}: {detail}")]
+    Transient {
+        /// The queue.
+        queue: String,
+        /// What happened (secrets redacted).
+        detail: String,
+    },
+    /// The backend could not be set up (bad connection string, bad URL).
+    #[error("storage setup: {0}")]
+    Setup(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+}
+
+/// Checks a queue name against the service's rules: 3-63 characters, lowercase letters,
+/// digits and single hyphens, starting and ending with a letter or digit.
+pub fn validate_queue_name(name: &str) -> Result<(), String> {
+    let ok_len = (3..=63).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
+    if ok_len && ok_chars && ok_ends && !name.contains("--") {
+        Ok(())
+    } else {
+        Err("queue names are 3-63 characters of lowercase letters, digits and single hyphens, \
+             starting and ending with a letter or digit"
+            .to_string())
+    }
+}
+
+/// Hides secrets in text that may hold a connection string, a SAS query or a URL with one:
+/// the values of `AccountKey=`, `SharedAccessSignature=` and `sig=` are replaced.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for marker in ["AccountKey=", "SharedAccessSignature=", "sig="] {
+            if let Some(stripped) = strip_prefix_ignore_case(rest, marker) {
+                // Only at the start of a key: after a separator or at the beginning.
+                let at_key_start = out.is_empty()
+                    || out.ends_with([';', '&', '?', ' ', '"', '\'', '(', '\n']);
+                if at_key_start {
+                    out.push_str(&rest[..marker.len()]);
+                    out.push_str("<redacted>");
+                    let end = stripped
+                        .find([';', '&', ' ', '"', '\'', ')', '\n'])
+                        .unwrap_or(stripped.len());
+                    rest = &stripped[end..];
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().expect("rest is not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+pub(crate) fn check_receive_count(queue: &str, max: u8) -> Result<(), StoreError> {
+    if (1..=MAX_RECEIVE).contains(&max) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            queue: queue.to_string(),
+            detail: format!("asked for {max} messages: must be 1..=32"),
+        })
+    }
+}
+
+pub(crate) fn check_visibility(queue: &str, what: &str, d: Duration) -> Result<(), StoreError> {
+    if d <= MAX_VISIBILITY {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            queue: queue.to_string(),
+            detail: format!("{what} of {}s: must be at most 7 days", d.as_secs()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_service_rules() {
+        for ok in ["orders", "a-b-c", "q12", &"a".repeat(63)] {
+            assert!(validate_queue_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "Orders", "-abc", "abc-", "a--b", "a_b", &"a".repeat(64)] {
+            assert!(validate_queue_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redact_hides_keys_and_signatures() {
+        let s = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc+/==;EndpointSuffix=x";
+        assert_eq!(
+            redact(s),
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=<redacted>;EndpointSuffix=x"
+        );
+        let u = "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=Zm9v%2B&se=1)";
+        assert_eq!(
+            redact(u),
+            "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=<redacted>&se=1)"
+        );
+        assert_eq!(redact("sig=abc"), "sig=<redacted>");
+        // "sig=" inside another word is not a key.
+        assert_eq!(redact("xsig=abc"), "xsig=abc");
+    }
+}
+
+/// Opens the store the settings name: Azure when a connection string or endpoint is set,
+/// otherwise a fresh embedded in-process store.
+pub fn open(settings: &crate::config::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
+    if settings.connection_string.is_some() || settings.queue_endpoint.is_some() {
+        Ok(Arc::new(azure::AzureStore::from_settings(settings)?))
+    } else {
+        Ok(Arc::new(memory::MemoryStore::new()))
+    }
+}
