@@ -42,7 +42,7 @@ pub struct Settings {
 }
 
 /// Where the queues live.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
@@ -60,6 +60,19 @@ pub struct StorageSettings {
     pub managed_identity_client_id: Option<String>,
     /// Create each configured queue (and its poison queue) at start-up if it is missing.
     pub create_queues: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            connection_string: None,
+            queue_endpoint: None,
+            sas_token: None,
+            credential: None,
+            managed_identity_client_id: None,
+            create_queues: true,
+        }
+    }
 }
 
 impl fmt::Debug for StorageSettings {

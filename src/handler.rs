@@ -201,6 +201,70 @@ impl<H: Handler> ErasedHandler for Erased<H> {
     }
 }
 
+/// Sends messages to one queue in that queue's encoding: for producers, and for handlers
+/// that hand work on.
+#[derive(Clone)]
+pub struct Publisher {
+    queue: Arc<dyn crate::store::Queue>,
+    encoding: crate::codec::Encoding,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The payload could not be encoded.
+    #[error("cannot encode message for queue {queue}: {detail}")]
+    Encode {
+        /// The queue.
+        queue: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The store refused the send.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Publisher {
+    /// A publisher for `queue` writing `encoding`.
+    pub fn new(queue: Arc<dyn crate::store::Queue>, encoding: crate::codec::Encoding) -> Self {
+        Self { queue, encoding }
+    }
+
+    /// The target queue's name.
+    pub fn queue(&self) -> &str {
+        self.queue.name()
+    }
+
+    /// Sends raw payload bytes; returns the new message's id.
+    pub async fn send_bytes(
+        &self,
+        payload: &[u8],
+        options: crate::store::SendOptions,
+    ) -> Result<String, PublishError> {
+        let text = self
+            .encoding
+            .encode(payload)
+            .map_err(|e| PublishError::Encode {
+                queue: self.queue().to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(self.queue.send(&text, options).await?.id)
+    }
+
+    /// Sends `value` as JSON; returns the new message's id.
+    pub async fn send_json<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<String, PublishError> {
+        let json = serde_json::to_vec(value).map_err(|e| PublishError::Encode {
+            queue: self.queue().to_string(),
+            detail: e.to_string(),
+        })?;
+        self.send_bytes(&json, Default::default()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

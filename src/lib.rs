@@ -1,6 +1,28 @@
 //! ebbflow: auto-scaling queue listener workers for Azure Storage Queues.
+//!
+//! A message's way through the crate:
+//!
+//! 1. [`config`] loads typed settings (files, then environment) and validates every value.
+//! 2. [`store`] opens the backend: Azure / Azurite through `azure_storage_queue`, or the
+//!    embedded in-process store with the same semantics.
+//! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
+//!    batches of up to 32 messages and sleep on the [`backoff`] curve while the queue is empty.
+//! 4. Each message's text is decoded by [`codec`] (base64 or none), then into the handler's
+//!    payload type, and run by the user's [`handler::Handler`] with a [`handler::Context`].
+//! 5. Success deletes it; a retryable error makes it visible again after a delay; a message
+//!    over its dequeue limit, undecodable, or rejected is copied to `<queue>-poison` and only
+//!    then deleted.
+//! 6. On SIGTERM the worker stops receiving, releases messages not yet started, waits for
+//!    in-flight handlers until the drain deadline, and reports how it ended.
+
 pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod handler;
+pub mod listener;
 pub mod store;
+pub mod worker;
+
+pub use config::Settings;
+pub use handler::{Context, Handler, HandlerError, Json, Publisher};
+pub use worker::{shutdown_signal, Worker};

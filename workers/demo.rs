@@ -1,1 +1,141 @@
-fn main(){}
+//! The demo worker: two queues, a built-in producer, and a line per second showing messages
+//! flowing. Runs on the embedded backend unless storage is configured.
+//!
+//! Run with: `cargo run --bin demo`
+//!
+//! Environment: `DEMO_RATE` messages per second per queue from the built-in producer (default
+//! 50, 0 turns it off), `DEMO_HANDLER_MS` simulated work per message (default 20), plus every
+//! `EBBFLOW__...` override and `AZURE_STORAGE_CONNECTION_STRING`.
+
+use std::time::Duration;
+
+use ebbflow::{Context, Handler, HandlerError, Json, Settings, Worker};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    amount_cents: u64,
+}
+
+struct Orders {
+    work: Duration,
+}
+
+impl Handler for Orders {
+    type Message = Json<Order>;
+
+    async fn handle(&self, Json(order): Json<Order>, ctx: Context) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.work).await;
+        if order.amount_cents == 0 {
+            return Err(HandlerError::poison(format!("order {} has no amount", order.id)));
+        }
+        tracing::debug!(order = order.id, message_id = ctx.message_id(), "order handled");
+        Ok(())
+    }
+}
+
+struct Emails {
+    work: Duration,
+}
+
+impl Handler for Emails {
+    type Message = String;
+
+    async fn handle(&self, text: String, _ctx: Context) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.work).await;
+        tracing::debug!(len = text.len(), "email sent");
+        Ok(())
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name} = {v}: must be a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if let Err(e) = run().await {
+        tracing::error!("{e}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::load()?;
+    let rate = env_u64("DEMO_RATE", 50)?;
+    let work = Duration::from_millis(env_u64("DEMO_HANDLER_MS", 20)?);
+    let worker = Worker::new(settings)
+        .handler("orders", Orders { work })
+        .handler("emails", Emails { work })
+        .start()
+        .await?;
+
+    let producers = tokio_util::task::TaskTracker::new();
+    let stop_producing = tokio_util::sync::CancellationToken::new();
+    if rate > 0 {
+        for queue in ["orders", "emails"] {
+            let publisher = worker.publisher(queue).expect("configured queue");
+            let stop = stop_producing.clone();
+            producers.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+                for id in 1u64.. {
+                    tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
+                    let sent = if queue == "orders" {
+                        // Every 500th order has no amount and ends up in the poison queue.
+                        let amount_cents = if id % 500 == 0 { 0 } else { id * 100 };
+                        publisher.send_json(&Order { id, amount_cents }).await
+                    } else {
+                        publisher
+                            .send_bytes(format!("hello #{id}").as_bytes(), Default::default())
+                            .await
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(error = %e, "producer send failed");
+                    }
+                }
+            });
+        }
+    }
+
+    let mut last = worker.snapshot();
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    report.tick().await;
+    let signal = ebbflow::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = report.tick() => {
+                let now = worker.snapshot();
+                for (q, before) in now.iter().zip(&last) {
+                    info!(queue = %q.queue, per_sec = q.handled - before.handled, handled = q.handled,
+                          poisoned = q.poisoned, tasks = q.active_tasks, in_flight = q.in_flight,
+                          receive_calls = q.receive_calls, "throughput");
+                }
+                last = now;
+            }
+        }
+    }
+    stop_producing.cancel();
+    producers.close();
+    producers.wait().await;
+    let report = worker.shutdown().await;
+    for q in &report.queues {
+        info!(queue = %q.queue, handled = q.handled, retried = q.retried, poisoned = q.poisoned,
+              released = q.released, receive_calls = q.receive_calls, "final counts");
+    }
+    std::process::exit(report.exit_code());
+}

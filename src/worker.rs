@@ -1,0 +1,243 @@
+//! The host: wires settings, store, handlers and listeners into one process, and drains it
+//! in two steps on a stop signal (stop receiving, then wait for in-flight work until the
+//! drain deadline).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
+use crate::listener::{QueueListener, QueueSnapshot};
+use crate::store::{self, QueueStore, StoreError};
+
+/// The worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A queue in config has no handler.
+    #[error("queue {0} is configured under [queues.{0}] but no handler is registered for it")]
+    NoHandler(String),
+    /// A handler was registered for a queue missing from config.
+    #[error("a handler is registered for queue {0}, but config has no [queues.{0}] section")]
+    NotConfigured(String),
+    /// Two handlers for one queue.
+    #[error("two handlers are registered for queue {0}")]
+    DuplicateHandler(String),
+    /// No queues at all.
+    #[error("no queues configured: add a [queues.<name>] section")]
+    NoQueues,
+    /// The store could not be opened or a queue could not be reached.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Builds a worker: settings plus one handler per configured queue.
+pub struct Worker {
+    settings: Settings,
+    store: Option<Arc<dyn QueueStore>>,
+    handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
+    duplicate: Option<String>,
+}
+
+impl Worker {
+    /// A worker for these settings; the store is opened from `settings.storage` at start.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            store: None,
+            handlers: BTreeMap::new(),
+            duplicate: None,
+        }
+    }
+
+    /// Uses this store instead of the one the settings name (e.g. a shared embedded store).
+    pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Registers `handler` for the queue `queue`.
+    pub fn handler<H: Handler>(mut self, queue: &str, handler: H) -> Self {
+        if self
+            .handlers
+            .insert(queue.to_string(), Arc::new(Erased(handler)))
+            .is_some()
+        {
+            self.duplicate.get_or_insert_with(|| queue.to_string());
+        }
+        self
+    }
+
+    /// Checks handlers against config, opens the store, makes sure every queue and poison
+    /// queue is there (creating them when `storage.create_queues` is on) and starts listening.
+    pub async fn start(self) -> Result<RunningWorker, WorkerError> {
+        if let Some(queue) = self.duplicate {
+            return Err(WorkerError::DuplicateHandler(queue));
+        }
+        if self.settings.queues.is_empty() {
+            return Err(WorkerError::NoQueues);
+        }
+        for name in self.handlers.keys() {
+            if !self.settings.queues.contains_key(name) {
+                return Err(WorkerError::NotConfigured(name.clone()));
+            }
+        }
+        let store = match self.store {
+            Some(store) => store,
+            None => store::open(&self.settings.storage)?,
+        };
+        let embedded = store.kind() == "memory";
+        let create = self.settings.storage.create_queues || embedded;
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut listeners = Vec::new();
+        let mut publishers = BTreeMap::new();
+        for (name, queue_settings) in &self.settings.queues {
+            let handler = self
+                .handlers
+                .get(name)
+                .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
+                .clone();
+            let queue = store.queue(name)?;
+            let poison_queue = store.queue(&queue_settings.poison_queue_name(name))?;
+            for q in [&queue, &poison_queue] {
+                if create {
+                    q.create_if_missing().await?;
+                }
+                // One properties call per queue: proves the queue exists and the credentials
+                // work before any task starts.
+                q.approximate_depth().await?;
+            }
+            publishers.insert(
+                name.clone(),
+                Publisher::new(queue.clone(), queue_settings.encoding),
+            );
+            listeners.push(QueueListener::start(
+                queue,
+                poison_queue,
+                queue_settings.clone(),
+                handler,
+                &tracker,
+                stop.clone(),
+                abort.clone(),
+            ));
+        }
+        tracker.close();
+        info!(backend = store.kind(), queues = listeners.len(), "worker started");
+        Ok(RunningWorker {
+            store,
+            listeners,
+            publishers,
+            stop,
+            abort,
+            tracker,
+            drain_timeout: self.settings.worker.drain_timeout,
+        })
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Every handler finished before the deadline.
+    pub clean: bool,
+    /// The queues' counters at the end.
+    pub queues: Vec<QueueSnapshot>,
+}
+
+impl DrainReport {
+    /// The process exit code: 0 on a clean drain, 1 when handlers were aborted.
+    pub fn exit_code(&self) -> i32 {
+        if self.clean {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// A started worker.
+pub struct RunningWorker {
+    store: Arc<dyn QueueStore>,
+    listeners: Vec<QueueListener>,
+    publishers: BTreeMap<String, Publisher>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    drain_timeout: Duration,
+}
+
+impl RunningWorker {
+    /// Every queue's counters now.
+    pub fn snapshot(&self) -> Vec<QueueSnapshot> {
+        self.listeners.iter().map(QueueListener::snapshot).collect()
+    }
+
+    /// The store the worker uses.
+    pub fn store(&self) -> Arc<dyn QueueStore> {
+        self.store.clone()
+    }
+
+    /// A publisher for a configured queue, in that queue's encoding.
+    pub fn publisher(&self, queue: &str) -> Option<Publisher> {
+        self.publishers.get(queue).cloned()
+    }
+
+    /// Runs until `signal` completes, then drains.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> DrainReport {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Stops receiving, waits up to the drain timeout for in-flight handlers, then aborts
+    /// the rest (their messages are released, not deleted).
+    pub async fn shutdown(self) -> DrainReport {
+        info!(drain_timeout = ?self.drain_timeout, "stopping: no new receives, draining in-flight messages");
+        self.stop.cancel();
+        let clean = tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_ok();
+        if !clean {
+            warn!(drain_timeout = ?self.drain_timeout, "drain deadline passed; aborting handlers still running");
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+        let queues = self.snapshot();
+        info!(clean, "worker stopped");
+        DrainReport { clean, queues }
+    }
+}
+
+/// Completes on SIGTERM (what a container stop sends) or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!(signal = "SIGINT", "stop signal received"),
+        _ = term => info!(signal = "SIGTERM", "stop signal received"),
+    }
+}
