@@ -36,7 +36,7 @@ use crate::config::{CredentialKind, StorageSettings};
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's well-known development key (public, documented by Microsoft).
 pub const DEV_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UFEtCDeBSw9B7Hn4mCNAOjm+vVUw81rVLzP/BXw==";
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
 /// The SAS version we sign (account SAS, nine-field string-to-sign).
 const SAS_VERSION: &str = "2019-02-02";
@@ -252,6 +252,13 @@ fn parse_connection_string(cs: &str) -> Result<(Url, Auth), StoreError> {
             "storage.connection_string: needs AccountName and AccountKey, or SharedAccessSignature",
         )),
     }
+}
+
+/// Mints an account SAS token (queue service; all queue permissions) from an account name and
+/// base64 key, valid until `expiry`. Useful to hand a scoped, expiring credential to another
+/// process; the token is a secret.
+pub fn account_sas(account: &str, key_base64: &str, expiry: OffsetDateTime) -> Result<String, StoreError> {
+    Ok(sign_account_sas(account, &decode_key(key_base64)?, expiry))
 }
 
 fn decode_key(key: &str) -> Result<Vec<u8>, StoreError> {
@@ -653,7 +660,7 @@ mod tests {
         assert_eq!(
             q,
             "sv=2019-02-02&ss=q&srt=sco&sp=rwdlacup&se=2030-01-01T00%3A00%3A00Z\
-             &sig=u4k41XyEUOz%2BKFh75CZ2EPW8GUcMz6eQxpXjWNetxIM%3D"
+             &sig=wJ%2FmOgXECWa9iso0mY7rDWUwc1nizfXGv50gGTbBZbw%3D"
         );
     }
 
