@@ -106,7 +106,10 @@ mod tests {
             let d = b.next_delay();
             let low = idle_delay(&s, n, 0.8);
             let high = idle_delay(&s, n, 1.2);
-            assert!(d >= low && d <= high, "n={n}: {d:?} not in {low:?}..={high:?}");
+            assert!(
+                d >= low && d <= high,
+                "n={n}: {d:?} not in {low:?}..={high:?}"
+            );
             assert!(d >= last, "the curve never shrinks while idle");
             last = d;
         }

@@ -77,7 +77,10 @@ mod tests {
         let bytes: Vec<u8> = (0..=255).collect();
         let text = Encoding::Base64.encode(&bytes).unwrap();
         assert_eq!(Encoding::Base64.decode(&text).unwrap(), bytes);
-        assert_eq!(Encoding::Base64.encode(b"{\"a\":1}").unwrap(), "eyJhIjoxfQ==");
+        assert_eq!(
+            Encoding::Base64.encode(b"{\"a\":1}").unwrap(),
+            "eyJhIjoxfQ=="
+        );
     }
 
     #[test]
@@ -85,6 +88,9 @@ mod tests {
         let err = Encoding::Base64.decode("not base64!").unwrap_err();
         assert_eq!(err.encoding, "base64");
         assert!(Encoding::None.encode(&[0xff, 0xfe]).is_err());
-        assert_eq!(Encoding::None.decode("plain <text>").unwrap(), b"plain <text>");
+        assert_eq!(
+            Encoding::None.decode("plain <text>").unwrap(),
+            b"plain <text>"
+        );
     }
 }

@@ -83,7 +83,10 @@ impl fmt::Debug for StorageSettings {
                 "connection_string",
                 &self.connection_string.as_deref().map(redact),
             )
-            .field("queue_endpoint", &self.queue_endpoint.as_deref().map(redact))
+            .field(
+                "queue_endpoint",
+                &self.queue_endpoint.as_deref().map(redact),
+            )
             .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
             .field("credential", &self.credential)
             .field("create_queues", &self.create_queues)
@@ -356,7 +359,12 @@ fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigEr
     }
 }
 
-fn check_duration(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+fn check_duration(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -406,22 +414,29 @@ mod tests {
     #[test]
     fn batch_size_33_is_rejected_naming_the_key() {
         let dir = dir_with("[queues.orders]\nbatch_size = 33\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "config: queues.orders.batch_size = 33: must be 1..=32");
     }
 
     #[test]
     fn unknown_keys_are_rejected() {
         let dir = dir_with("[queues.orders]\nbatchsize = 8\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batchsize"), "{err}");
     }
 
     #[test]
     fn layers_file_then_env_file_then_environment() {
         let dir = dir_with("[queues.orders]\nbatch_size = 8\ntasks = 2\nconcurrency = 3\n");
-        std::fs::write(dir.join("prod.toml"), "[queues.orders]\ntasks = 4\nconcurrency = 5\n")
-            .unwrap();
+        std::fs::write(
+            dir.join("prod.toml"),
+            "[queues.orders]\ntasks = 4\nconcurrency = 5\n",
+        )
+        .unwrap();
         let s = Settings::load_from(
             &dir,
             &env(&[
@@ -443,23 +458,31 @@ mod tests {
     #[test]
     fn human_durations_and_backoff_limits() {
         let dir = dir_with("[queues.orders.idle_backoff]\nmax = \"11m\"\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "config: queues.orders.idle_backoff.max = 11m: must be 1ms..=10m"
         );
         let dir = dir_with("[queues.orders]\nvisibility_timeout = \"soon\"\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("visibility_timeout"), "{err}");
     }
 
     #[test]
     fn bad_queue_names_and_encodings_are_named() {
         let dir = dir_with("[queues.Orders]\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("config: queues.Orders = Orders:"), "{err}");
         let dir = dir_with("[queues.orders]\nencoding = \"rot13\"\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rot13"), "{err}");
     }
 

@@ -291,7 +291,10 @@ mod tests {
             let _ = n;
             Ok(())
         }
-        assert!(matches!(fails(), Err(HandlerError::Retry { after: None, .. })));
+        assert!(matches!(
+            fails(),
+            Err(HandlerError::Retry { after: None, .. })
+        ));
         assert!(matches!(
             HandlerError::poison("bad"),
             HandlerError::Poison { .. }

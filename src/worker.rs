@@ -129,7 +129,11 @@ impl Worker {
             ));
         }
         tracker.close();
-        info!(backend = store.kind(), queues = listeners.len(), "worker started");
+        info!(
+            backend = store.kind(),
+            queues = listeners.len(),
+            "worker started"
+        );
         Ok(RunningWorker {
             store,
             listeners,

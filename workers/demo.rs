@@ -29,9 +29,16 @@ impl Handler for Orders {
     async fn handle(&self, Json(order): Json<Order>, ctx: Context) -> Result<(), HandlerError> {
         tokio::time::sleep(self.work).await;
         if order.amount_cents == 0 {
-            return Err(HandlerError::poison(format!("order {} has no amount", order.id)));
+            return Err(HandlerError::poison(format!(
+                "order {} has no amount",
+                order.id
+            )));
         }
-        tracing::debug!(order = order.id, message_id = ctx.message_id(), "order handled");
+        tracing::debug!(
+            order = order.id,
+            message_id = ctx.message_id(),
+            "order handled"
+        );
         Ok(())
     }
 }
@@ -63,9 +70,9 @@ fn env_u64(name: &str, default: u64) -> Result<u64, String> {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     if let Err(e) = run().await {
         tracing::error!("{e}");

@@ -249,7 +249,13 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
     let max = shared.settings.max_dequeue_count;
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
-        return poison(&shared, &message, PoisonReason::MaxDequeueCountExceeded, why).await;
+        return poison(
+            &shared,
+            &message,
+            PoisonReason::MaxDequeueCountExceeded,
+            why,
+        )
+        .await;
     }
     let bytes = match shared.settings.encoding.decode(&message.text) {
         Ok(bytes) => bytes,
@@ -278,7 +284,8 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
     };
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match outcome {
-        Outcome::Done(Ok(())) => match shared.queue.delete(&message.id, &message.pop_receipt).await {
+        Outcome::Done(Ok(())) => match shared.queue.delete(&message.id, &message.pop_receipt).await
+        {
             Ok(()) => {
                 bump(&shared.stats.handled);
                 debug!("message handled");
@@ -289,7 +296,13 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
             poison(&shared, &message, PoisonReason::Undecodable, e.to_string()).await
         }
         Outcome::Done(Err(DispatchError::Handler(HandlerError::Poison { source }))) => {
-            poison(&shared, &message, PoisonReason::Rejected, source.to_string()).await
+            poison(
+                &shared,
+                &message,
+                PoisonReason::Rejected,
+                source.to_string(),
+            )
+            .await
         }
         Outcome::Done(Err(DispatchError::Handler(HandlerError::Retry { after, source }))) => {
             retry(&shared, &message, after, source.to_string()).await

@@ -113,7 +113,10 @@ impl PoisonEnvelope {
             match envelope.error.as_mut() {
                 Some(e) if !e.is_empty() => {
                     let keep = e.len() / 2;
-                    let cut = (0..=keep).rev().find(|i| e.is_char_boundary(*i)).unwrap_or(0);
+                    let cut = (0..=keep)
+                        .rev()
+                        .find(|i| e.is_char_boundary(*i))
+                        .unwrap_or(0);
                     e.truncate(cut);
                 }
                 _ => return None,
@@ -146,18 +149,28 @@ mod tests {
     #[test]
     fn round_trips_and_keeps_the_body_exactly() {
         let body = "eyJpZCI6N30=\u{1F600}<&>\"";
-        let e = PoisonEnvelope::new("orders", &message(body), PoisonReason::Rejected, Some("no".into()));
+        let e = PoisonEnvelope::new(
+            "orders",
+            &message(body),
+            PoisonReason::Rejected,
+            Some("no".into()),
+        );
         for enc in [Encoding::Base64, Encoding::None] {
             let back = PoisonEnvelope::from_text(&e.to_text(enc).unwrap(), enc).unwrap();
             assert_eq!(back, e);
             assert_eq!(back.body, body);
         }
         let json = String::from_utf8(
-            Encoding::Base64.decode(&e.to_text(Encoding::Base64).unwrap()).unwrap(),
+            Encoding::Base64
+                .decode(&e.to_text(Encoding::Base64).unwrap())
+                .unwrap(),
         )
         .unwrap();
         assert!(json.contains("\"reason\":\"rejected\""), "{json}");
-        assert!(json.contains("\"inserted_at\":\"2026-11-23T08:00:00Z\""), "{json}");
+        assert!(
+            json.contains("\"inserted_at\":\"2026-11-23T08:00:00Z\""),
+            "{json}"
+        );
     }
 
     #[test]
@@ -172,7 +185,12 @@ mod tests {
         assert!(text.len() <= MAX_MESSAGE_BYTES);
         let back = PoisonEnvelope::from_text(&text, Encoding::Base64).unwrap();
         assert_eq!(back.body, "small");
-        let big = PoisonEnvelope::new("orders", &message(&"y".repeat(60_000)), PoisonReason::Rejected, None);
+        let big = PoisonEnvelope::new(
+            "orders",
+            &message(&"y".repeat(60_000)),
+            PoisonReason::Rejected,
+            None,
+        );
         assert!(big.to_text(Encoding::Base64).is_none());
         assert!(big.to_text(Encoding::None).is_some());
     }

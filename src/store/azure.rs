@@ -189,7 +189,10 @@ fn parse_endpoint(url: &str, key: &str) -> Result<Url, StoreError> {
     let mut parsed = Url::parse(url.trim())
         .map_err(|e| setup(format!("{key}: not a valid URL ({e}): {}", redact(url))))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
-        return Err(setup(format!("{key}: must be an http(s) URL: {}", redact(url))));
+        return Err(setup(format!(
+            "{key}: must be an http(s) URL: {}",
+            redact(url)
+        )));
     }
     let path = parsed.path().trim_end_matches('/').to_string();
     parsed.set_path(&path);
@@ -257,7 +260,11 @@ fn parse_connection_string(cs: &str) -> Result<(Url, Auth), StoreError> {
 /// Mints an account SAS token (queue service; all queue permissions) from an account name and
 /// base64 key, valid until `expiry`. Useful to hand a scoped, expiring credential to another
 /// process; the token is a secret.
-pub fn account_sas(account: &str, key_base64: &str, expiry: OffsetDateTime) -> Result<String, StoreError> {
+pub fn account_sas(
+    account: &str,
+    key_base64: &str,
+    expiry: OffsetDateTime,
+) -> Result<String, StoreError> {
     Ok(sign_account_sas(account, &decode_key(key_base64)?, expiry))
 }
 
@@ -438,7 +445,10 @@ impl AzureQueue {
         }
     }
 
-    fn message_body(&self, text: &str) -> Result<RequestContent<QueueMessage, azure_core::http::XmlFormat>, StoreError> {
+    fn message_body(
+        &self,
+        text: &str,
+    ) -> Result<RequestContent<QueueMessage, azure_core::http::XmlFormat>, StoreError> {
         QueueMessage {
             message_text: Some(text.to_string()),
         }
@@ -483,7 +493,9 @@ impl Queue for AzureQueue {
             .map_err(|e| self.error(e, None))?;
         Ok(SentMessage {
             id: sent.message_id.ok_or_else(|| self.missing("message id"))?,
-            pop_receipt: sent.pop_receipt.ok_or_else(|| self.missing("pop receipt"))?,
+            pop_receipt: sent
+                .pop_receipt
+                .ok_or_else(|| self.missing("pop receipt"))?,
         })
     }
 
@@ -645,9 +657,15 @@ mod tests {
             .to_string();
         assert!(err.contains("AccountKey is not valid base64"), "{err}");
         assert!(!err.contains("not*base64"), "{err}");
-        let err = parse_connection_string("AccountName=acme").err().unwrap().to_string();
+        let err = parse_connection_string("AccountName=acme")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("needs AccountName and AccountKey"), "{err}");
-        let err = parse_connection_string("garbage").err().unwrap().to_string();
+        let err = parse_connection_string("garbage")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not a Key=Value pair"), "{err}");
     }
 
@@ -663,5 +681,4 @@ mod tests {
              &sig=wJ%2FmOgXECWa9iso0mY7rDWUwc1nizfXGv50gGTbBZbw%3D"
         );
     }
-
 }

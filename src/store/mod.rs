@@ -183,9 +183,11 @@ pub fn validate_queue_name(name: &str) -> Result<(), String> {
     if ok_len && ok_chars && ok_ends && !name.contains("--") {
         Ok(())
     } else {
-        Err("queue names are 3-63 characters of lowercase letters, digits and single hyphens, \
+        Err(
+            "queue names are 3-63 characters of lowercase letters, digits and single hyphens, \
              starting and ending with a letter or digit"
-            .to_string())
+                .to_string(),
+        )
     }
 }
 
@@ -198,8 +200,8 @@ pub fn redact(text: &str) -> String {
         for marker in ["AccountKey=", "SharedAccessSignature=", "sig="] {
             if let Some(stripped) = strip_prefix_ignore_case(rest, marker) {
                 // Only at the start of a key: after a separator or at the beginning.
-                let at_key_start = out.is_empty()
-                    || out.ends_with([';', '&', '?', ' ', '"', '\'', '(', '\n']);
+                let at_key_start =
+                    out.is_empty() || out.ends_with([';', '&', '?', ' ', '"', '\'', '(', '\n']);
                 if at_key_start {
                     out.push_str(&rest[..marker.len()]);
                     out.push_str("<redacted>");
@@ -246,6 +248,16 @@ pub(crate) fn check_visibility(queue: &str, what: &str, d: Duration) -> Result<(
     }
 }
 
+/// Opens the store the settings name: Azure when a connection string or endpoint is set,
+/// otherwise a fresh embedded in-process store.
+pub fn open(settings: &crate::config::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
+    if settings.connection_string.is_some() || settings.queue_endpoint.is_some() {
+        Ok(Arc::new(azure::AzureStore::from_settings(settings)?))
+    } else {
+        Ok(Arc::new(memory::MemoryStore::new()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,19 +267,29 @@ mod tests {
         for ok in ["orders", "a-b-c", "q12", &"a".repeat(63)] {
             assert!(validate_queue_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["ab", "Orders", "-abc", "abc-", "a--b", "a_b", &"a".repeat(64)] {
+        for bad in [
+            "ab",
+            "Orders",
+            "-abc",
+            "abc-",
+            "a--b",
+            "a_b",
+            &"a".repeat(64),
+        ] {
             assert!(validate_queue_name(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn redact_hides_keys_and_signatures() {
-        let s = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc+/==;EndpointSuffix=x";
+        let s =
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc+/==;EndpointSuffix=x";
         assert_eq!(
             redact(s),
             "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=<redacted>;EndpointSuffix=x"
         );
-        let u = "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=Zm9v%2B&se=1)";
+        let u =
+            "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=Zm9v%2B&se=1)";
         assert_eq!(
             redact(u),
             "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=<redacted>&se=1)"
@@ -275,15 +297,5 @@ mod tests {
         assert_eq!(redact("sig=abc"), "sig=<redacted>");
         // "sig=" inside another word is not a key.
         assert_eq!(redact("xsig=abc"), "xsig=abc");
-    }
-}
-
-/// Opens the store the settings name: Azure when a connection string or endpoint is set,
-/// otherwise a fresh embedded in-process store.
-pub fn open(settings: &crate::config::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
-    if settings.connection_string.is_some() || settings.queue_endpoint.is_some() {
-        Ok(Arc::new(azure::AzureStore::from_settings(settings)?))
-    } else {
-        Ok(Arc::new(memory::MemoryStore::new()))
     }
 }
