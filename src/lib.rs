@@ -26,3 +26,8 @@ pub mod worker;
 pub use config::Settings;
 pub use handler::{Context, Handler, HandlerError, Json, Publisher};
 pub use worker::{shutdown_signal, Worker};
+
+/// The README's Rust examples, compiled by `cargo test --doc` so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
