@@ -20,14 +20,17 @@ fn demo() -> Command {
     cmd
 }
 
+fn all_output(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
 #[test]
 fn batch_size_33_stops_the_worker_at_start_up_naming_the_key() {
     let out = demo()
         .env("EBBFLOW__QUEUES__ORDERS__BATCH_SIZE", "33")
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = all_output(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("queues.orders.batch_size = 33: must be 1..=32"),
@@ -47,8 +50,7 @@ fn a_bad_account_key_fails_start_up_without_printing_the_key() {
         .env("DEMO_RATE", "0")
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = all_output(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("not authorized on queue"), "{text}");
     assert!(!text.contains(key), "the account key leaked: {text}");
@@ -114,8 +116,7 @@ async fn sigterm_mid_batch_finishes_started_releases_unstarted_loses_nothing() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = all_output(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("signal=\"SIGTERM\""), "{text}");
     let final_line = text
