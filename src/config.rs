@@ -37,6 +37,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// Process-wide settings.
     pub worker: WorkerSettings,
+    /// Push triggers from other processes.
+    pub triggers: TriggerSettings,
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
 }
@@ -131,8 +133,6 @@ fn default_drain_timeout() -> Duration {
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
     pub batch_size: u32,
-    /// Dequeue tasks kept running for this queue, 1..=256.
-    pub tasks: u32,
     /// Handlers of this queue running at once, over all its tasks, 1..=10000.
     pub concurrency: u32,
     /// How long a received message stays invisible to other consumers, 1s..=7d.
@@ -149,13 +149,14 @@ pub struct QueueSettings {
     pub poison_queue: Option<String>,
     /// The idle back-off curve.
     pub idle_backoff: IdleBackoffSettings,
+    /// How many dequeue tasks run, and when that changes.
+    pub scaling: ScalingSettings,
 }
 
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
             batch_size: MAX_BATCH,
-            tasks: 1,
             concurrency: 16,
             visibility_timeout: Duration::from_secs(30),
             max_dequeue_count: 5,
@@ -163,7 +164,117 @@ impl Default for QueueSettings {
             encoding: Encoding::Base64,
             poison_queue: None,
             idle_backoff: IdleBackoffSettings::default(),
+            scaling: ScalingSettings::default(),
         }
+    }
+}
+
+/// How many dequeue tasks a queue runs. Tasks are added at once when work shows up after
+/// idleness, when batches come back full, when the (sparingly probed) depth calls for more, or
+/// when the oldest message gets too old; a task whose idle back-off reached its maximum retires
+/// unless it is the last one (or, with `min_tasks = 0`, also the last one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingSettings {
+    /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
+    /// trigger or an idle depth probe brings the queue back).
+    pub min_tasks: u32,
+    /// Most tasks at once, 1..=256.
+    pub max_tasks: u32,
+    /// Target `ceil(depth / messages_per_task)` tasks (used when `depth_rules` is empty).
+    pub messages_per_task: u32,
+    /// Depth thresholds to task counts, e.g. `[{ from = 0, tasks = 1 }, { from = 100, tasks = 4 }]`:
+    /// the rule with the highest `from` not above the depth applies. Overrides `messages_per_task`.
+    pub depth_rules: Vec<DepthRule>,
+    /// Least time between two scale-ups.
+    #[serde(with = "humantime_serde")]
+    pub scale_up_cooldown: Duration,
+    /// Least time between two task retirements.
+    #[serde(with = "humantime_serde")]
+    pub scale_down_cooldown: Duration,
+    /// While the queue is busy, probe its depth (one billable call) this often; also the least
+    /// time between two probes prompted by events.
+    #[serde(with = "humantime_serde")]
+    pub depth_probe_interval: Duration,
+    /// With no tasks running, probe the depth this often to notice work (off when unset).
+    #[serde(with = "humantime_serde")]
+    pub idle_probe_interval: Option<Duration>,
+    /// Add a task when the oldest visible message is older than this (off when unset).
+    #[serde(with = "humantime_serde")]
+    pub scale_up_when_older_than: Option<Duration>,
+    /// Declares that every producer of this queue publishes through this process's
+    /// `Publisher`, so its in-process trigger can wake the queue from zero tasks.
+    pub wake_on_publish: bool,
+}
+
+impl Default for ScalingSettings {
+    fn default() -> Self {
+        Self {
+            min_tasks: 1,
+            max_tasks: 4,
+            messages_per_task: 64,
+            depth_rules: Vec::new(),
+            scale_up_cooldown: Duration::from_secs(1),
+            scale_down_cooldown: Duration::ZERO,
+            depth_probe_interval: Duration::from_secs(5),
+            idle_probe_interval: None,
+            scale_up_when_older_than: None,
+            wake_on_publish: false,
+        }
+    }
+}
+
+/// From `from` messages deep, run `tasks` tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepthRule {
+    /// The depth this rule starts at.
+    pub from: u64,
+    /// Tasks to run from there.
+    pub tasks: u32,
+}
+
+/// Push triggers from other processes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerSettings {
+    /// The HTTP work-detected endpoint.
+    pub http: HttpTriggerSettings,
+}
+
+/// The HTTP endpoint that accepts work-detected events (plain JSON, Event Grid, CloudEvents).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTriggerSettings {
+    /// Serve the endpoint.
+    pub enabled: bool,
+    /// Address to listen on; loopback by default. Any other address requires `token`.
+    pub bind: std::net::SocketAddr,
+    /// Bearer token callers must send (`Authorization: Bearer <token>`).
+    pub token: Option<String>,
+    /// Largest accepted body in bytes (larger: 413).
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpTriggerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 7075)),
+            token: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl fmt::Debug for HttpTriggerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpTriggerSettings")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
     }
 }
 
@@ -299,7 +410,6 @@ impl Settings {
             validate_queue_name(name)
                 .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
             check_range(&key("batch_size"), q.batch_size, 1, MAX_BATCH)?;
-            check_range(&key("tasks"), q.tasks, 1, 256)?;
             check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
             check_range(&key("max_dequeue_count"), q.max_dequeue_count, 1, 1000)?;
             check_duration(
@@ -333,6 +443,73 @@ impl Settings {
             )?;
             check_duration(&key("idle_backoff.min"), b.min, Duration::ZERO, b.max)?;
             check_duration(&key("idle_backoff.delta"), b.delta, Duration::ZERO, b.max)?;
+            self.validate_scaling(name, &q.scaling)?;
+        }
+        let http = &self.triggers.http;
+        if http.enabled && !http.bind.ip().is_loopback() && http.token.is_none() {
+            return Err(ConfigError::invalid(
+                "triggers.http.bind",
+                http.bind,
+                "a non-loopback address needs triggers.http.token",
+            ));
+        }
+        if http.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::invalid(
+                "triggers.http.token",
+                "<redacted>",
+                "must be at least 16 characters",
+            ));
+        }
+        check_range(
+            "triggers.http.max_body_bytes",
+            u32::try_from(http.max_body_bytes).unwrap_or(u32::MAX),
+            256,
+            1 << 20,
+        )?;
+        Ok(())
+    }
+
+    fn validate_scaling(&self, name: &str, s: &ScalingSettings) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("queues.{name}.scaling.{field}");
+        check_range(&key("max_tasks"), s.max_tasks, 1, 256)?;
+        check_range(&key("min_tasks"), s.min_tasks, 0, 1)?;
+        check_range(&key("messages_per_task"), s.messages_per_task, 1, 1_000_000)?;
+        check_duration(
+            &key("depth_probe_interval"),
+            s.depth_probe_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+        if let Some(idle) = s.idle_probe_interval {
+            check_duration(
+                &key("idle_probe_interval"),
+                idle,
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )?;
+        }
+        for (i, rule) in s.depth_rules.iter().enumerate() {
+            check_range(&format!("{}[{i}].tasks", key("depth_rules")), rule.tasks, 1, s.max_tasks)?;
+            if i > 0 && rule.from <= s.depth_rules[i - 1].from {
+                return Err(ConfigError::invalid(
+                    format!("{}[{i}].from", key("depth_rules")),
+                    rule.from,
+                    "rules must be in increasing order of `from`",
+                ));
+            }
+        }
+        let wakes = self.triggers.http.enabled || s.idle_probe_interval.is_some() || s.wake_on_publish;
+        if s.min_tasks == 0 && !wakes {
+            return Err(ConfigError::invalid(
+                key("min_tasks"),
+                0,
+                format!(
+                    "nothing could wake queue {name} from zero tasks: enable [triggers.http], set \
+                     queues.{name}.scaling.idle_probe_interval, or set \
+                     queues.{name}.scaling.wake_on_publish = true if every producer publishes \
+                     through this process"
+                ),
+            ));
         }
         Ok(())
     }
@@ -431,10 +608,12 @@ mod tests {
 
     #[test]
     fn layers_file_then_env_file_then_environment() {
-        let dir = dir_with("[queues.orders]\nbatch_size = 8\ntasks = 2\nconcurrency = 3\n");
+        let dir = dir_with(
+            "[queues.orders]\nbatch_size = 8\nconcurrency = 3\n[queues.orders.scaling]\nmax_tasks = 2\n",
+        );
         std::fs::write(
             dir.join("prod.toml"),
-            "[queues.orders]\ntasks = 4\nconcurrency = 5\n",
+            "[queues.orders]\nconcurrency = 5\n[queues.orders.scaling]\nmax_tasks = 4\n",
         )
         .unwrap();
         let s = Settings::load_from(
@@ -448,7 +627,7 @@ mod tests {
         .unwrap();
         let q = &s.queues["orders"];
         assert_eq!(
-            (q.batch_size, q.tasks, q.concurrency),
+            (q.batch_size, q.scaling.max_tasks, q.concurrency),
             (8, 4, 6),
             "file < env file < environment"
         );
@@ -484,6 +663,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("rot13"), "{err}");
+    }
+
+    #[test]
+    fn zero_tasks_needs_a_way_to_wake_up() {
+        let dir = dir_with("[queues.orders.scaling]\nmin_tasks = 0\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config: queues.orders.scaling.min_tasks = 0: nothing could wake queue orders"),
+            "{err}"
+        );
+        for way in [
+            "[triggers.http]\nenabled = true\n",
+            "[queues.orders.scaling]\nidle_probe_interval = \"1m\"\n",
+            "[queues.orders.scaling]\nwake_on_publish = true\n",
+        ] {
+            let toml = if way.contains("queues.orders") {
+                way.replace("]\n", "]\nmin_tasks = 0\n")
+            } else {
+                format!("{way}[queues.orders.scaling]\nmin_tasks = 0\n")
+            };
+            let dir = dir_with(&toml);
+            Settings::load_from(&dir, &env(&[])).unwrap_or_else(|e| panic!("{toml}: {e}"));
+        }
+    }
+
+    #[test]
+    fn depth_rules_load_and_must_increase() {
+        let dir = dir_with(
+            "[queues.orders.scaling]\nmax_tasks = 10\ndepth_rules = [{ from = 0, tasks = 1 }, { from = 100, tasks = 10 }]\n",
+        );
+        let s = Settings::load_from(&dir, &env(&[])).unwrap();
+        assert_eq!(s.queues["orders"].scaling.depth_rules[1], DepthRule { from: 100, tasks: 10 });
+        let dir = dir_with(
+            "[queues.orders.scaling]\nmax_tasks = 10\ndepth_rules = [{ from = 100, tasks = 1 }, { from = 100, tasks = 2 }]\n",
+        );
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("queues.orders.scaling.depth_rules[1].from = 100"), "{err}");
+        let dir = dir_with("[queues.orders.scaling]\nmax_tasks = 2\ndepth_rules = [{ from = 0, tasks = 3 }]\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert_eq!(err, "config: queues.orders.scaling.depth_rules[0].tasks = 3: must be 1..=2");
+    }
+
+    #[test]
+    fn http_trigger_off_loopback_needs_a_token() {
+        let dir = dir_with("[triggers.http]\nenabled = true\nbind = \"0.0.0.0:7075\"\n");
+        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("triggers.http.bind = 0.0.0.0:7075"), "{err}");
+        let dir = dir_with(
+            "[triggers.http]\nenabled = true\nbind = \"0.0.0.0:7075\"\ntoken = \"0123456789abcdef-secret\"\n",
+        );
+        let s = Settings::load_from(&dir, &env(&[])).unwrap();
+        assert!(!format!("{s:?}").contains("0123456789abcdef-secret"));
     }
 
     #[test]

@@ -202,11 +202,13 @@ impl<H: Handler> ErasedHandler for Erased<H> {
 }
 
 /// Sends messages to one queue in that queue's encoding: for producers, and for handlers
-/// that hand work on.
+/// that hand work on. With a trigger hub, every send also wakes this process's listeners of
+/// the queue at once (the in-process push trigger).
 #[derive(Clone)]
 pub struct Publisher {
     queue: Arc<dyn crate::store::Queue>,
     encoding: crate::codec::Encoding,
+    hub: Option<crate::trigger::Hub>,
 }
 
 /// Why a publish failed.
@@ -228,7 +230,17 @@ pub enum PublishError {
 impl Publisher {
     /// A publisher for `queue` writing `encoding`.
     pub fn new(queue: Arc<dyn crate::store::Queue>, encoding: crate::codec::Encoding) -> Self {
-        Self { queue, encoding }
+        Self {
+            queue,
+            encoding,
+            hub: None,
+        }
+    }
+
+    /// Also notify `hub` after each send.
+    pub fn with_hub(mut self, hub: crate::trigger::Hub) -> Self {
+        self.hub = Some(hub);
+        self
     }
 
     /// The target queue's name.
@@ -249,7 +261,11 @@ impl Publisher {
                 queue: self.queue().to_string(),
                 detail: e.to_string(),
             })?;
-        Ok(self.queue.send(&text, options).await?.id)
+        let id = self.queue.send(&text, options).await?.id;
+        if let Some(hub) = &self.hub {
+            hub.notify(self.queue.name());
+        }
+        Ok(id)
     }
 
     /// Sends `value` as JSON; returns the new message's id.

@@ -7,6 +7,10 @@
 //!    embedded in-process store with the same semantics.
 //! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
 //!    batches of up to 32 messages and sleep on the [`backoff`] curve while the queue is empty.
+//!    The listener's supervisor asks the [`scaling`] policy how many tasks to run: more when
+//!    work shows up, fewer as idle tasks reach the back-off maximum and retire. A push
+//!    [`trigger`] (an in-process publish, or an HTTP / Event Grid / CloudEvents delivery) wakes
+//!    sleeping tasks at once and starts one when the queue is at zero.
 //! 4. Each message's text is decoded by [`codec`] (base64 or none), then into the handler's
 //!    payload type, and run by the user's [`handler::Handler`] with a [`handler::Context`].
 //! 5. Success deletes it; a retryable error makes it visible again after a delay; a message
@@ -20,7 +24,9 @@ pub mod codec;
 pub mod config;
 pub mod handler;
 pub mod listener;
+pub mod scaling;
 pub mod store;
+pub mod trigger;
 pub mod worker;
 
 pub use config::Settings;

@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{QueueListener, QueueSnapshot};
 use crate::store::{self, QueueStore, StoreError};
+use crate::trigger::Hub;
 
 /// The worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,14 @@ pub enum WorkerError {
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The HTTP trigger endpoint could not listen.
+    #[error("triggers.http.bind = {addr}: cannot listen: {error}")]
+    TriggerBind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 /// Builds a worker: settings plus one handler per configured queue.
@@ -96,6 +105,7 @@ impl Worker {
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let hub = Hub::new(None);
         let mut listeners = Vec::new();
         let mut publishers = BTreeMap::new();
         for (name, queue_settings) in &self.settings.queues {
@@ -116,7 +126,7 @@ impl Worker {
             }
             publishers.insert(
                 name.clone(),
-                Publisher::new(queue.clone(), queue_settings.encoding),
+                Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone()),
             );
             listeners.push(QueueListener::start(
                 queue,
@@ -124,10 +134,25 @@ impl Worker {
                 queue_settings.clone(),
                 handler,
                 &tracker,
+                &hub,
                 stop.clone(),
                 abort.clone(),
             ));
         }
+        let http = &self.settings.triggers.http;
+        let trigger_addr = if http.enabled {
+            let (addr, serve) = crate::trigger::http::bind(hub.clone(), http, stop.clone())
+                .await
+                .map_err(|error| WorkerError::TriggerBind {
+                    addr: http.bind,
+                    error,
+                })?;
+            tracker.spawn(serve);
+            info!(%addr, "trigger endpoint listening");
+            Some(addr)
+        } else {
+            None
+        };
         tracker.close();
         info!(
             backend = store.kind(),
@@ -138,6 +163,8 @@ impl Worker {
             store,
             listeners,
             publishers,
+            hub,
+            trigger_addr,
             stop,
             abort,
             tracker,
@@ -171,6 +198,8 @@ pub struct RunningWorker {
     store: Arc<dyn QueueStore>,
     listeners: Vec<QueueListener>,
     publishers: BTreeMap<String, Publisher>,
+    hub: Hub,
+    trigger_addr: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
@@ -188,7 +217,18 @@ impl RunningWorker {
         self.store.clone()
     }
 
-    /// A publisher for a configured queue, in that queue's encoding.
+    /// The in-process trigger hub: `hub.notify("orders")` wakes the `orders` listener.
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Where the HTTP trigger endpoint listens, when enabled.
+    pub fn trigger_addr(&self) -> Option<std::net::SocketAddr> {
+        self.trigger_addr
+    }
+
+    /// A publisher for a configured queue, in that queue's encoding; its sends also wake
+    /// this worker's listener of the queue.
     pub fn publisher(&self, queue: &str) -> Option<Publisher> {
         self.publishers.get(queue).cloned()
     }

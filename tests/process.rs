@@ -91,7 +91,7 @@ async fn sigterm_mid_batch_finishes_started_releases_unstarted_loses_nothing() {
         )
         .env("DEMO_RATE", "0")
         .env("DEMO_HANDLER_MS", "4000")
-        .env("EBBFLOW__QUEUES__ORDERS__TASKS", "1")
+        .env("EBBFLOW__QUEUES__ORDERS__SCALING__MAX_TASKS", "1")
         .env("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "3")
         .env("EBBFLOW__QUEUES__ORDERS__VISIBILITY_TIMEOUT", "5m")
         .stdout(Stdio::piped())

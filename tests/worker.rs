@@ -130,7 +130,7 @@ async fn five_hundred_messages_each_handled_exactly_once(store: Arc<dyn QueueSto
     let worker = start(
         &store,
         settings(&queue, |q| {
-            q.tasks = 4;
+            q.scaling.max_tasks = 4;
             q.concurrency = 16;
         }),
         &queue,

@@ -1,5 +1,13 @@
-//! One listener per queue: its dequeue tasks receive batches, run each message's handler within
-//! the queue's concurrency limit, and settle the message (delete, retry, or poison).
+//! One listener per queue: a supervisor that keeps as many dequeue tasks running as the
+//! [`crate::scaling`] policy wants, and the tasks themselves, which receive batches, run each
+//! message's handler within the queue's concurrency limit, and settle the message (delete,
+//! retry, or poison).
+//!
+//! Tasks report to the supervisor over a channel (work found after idleness, full batches,
+//! "my back-off reached its maximum: may I retire?"); the supervisor probes the depth sparingly
+//! (only while busy, or when prompted, at most once per `depth_probe_interval`), decides, and
+//! spawns tasks or grants retirements. A push trigger bumps a `watch` channel that every
+//! sleeping task selects on, so no wake-up is lost between a check and a sleep.
 //!
 //! Two tokens drive shutdown. `stop` ends receiving: a task finishes its receive in flight,
 //! releases (visibility 0) the messages of its batch that have not started, and waits for the
@@ -8,12 +16,14 @@
 
 pub mod poison;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
@@ -21,16 +31,20 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::backoff::IdleBackoff;
 use crate::config::QueueSettings;
 use crate::handler::{Context, DispatchError, ErasedHandler, HandlerError};
-use crate::store::{Queue, ReceivedMessage, StoreError};
+use crate::scaling::{decide, Decision, Prompt, Signals};
+use crate::store::{Queue, ReceivedMessage, StoreError, MAX_RECEIVE};
+use crate::trigger::{Hub, Wake};
 use poison::{PoisonEnvelope, PoisonReason};
 
 /// Counters of one queue's listener. All counts are since start.
 #[derive(Debug, Default)]
-pub struct ListenerStats {
+struct ListenerStats {
     active_tasks: AtomicU64,
+    peak_tasks: AtomicU64,
     in_flight: AtomicU64,
     receive_calls: AtomicU64,
     empty_receives: AtomicU64,
+    probe_calls: AtomicU64,
     received: AtomicU64,
     handled: AtomicU64,
     retried: AtomicU64,
@@ -38,21 +52,26 @@ pub struct ListenerStats {
     released: AtomicU64,
     lost_ownership: AtomicU64,
     store_errors: AtomicU64,
+    triggers: AtomicU64,
 }
 
-/// A point-in-time copy of a listener's counters.
+/// A point-in-time view of a listener: its counters and its scaling state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueSnapshot {
     /// The queue.
     pub queue: String,
     /// Dequeue tasks running now.
     pub active_tasks: u64,
+    /// Most tasks that ran at once.
+    pub peak_tasks: u64,
     /// Handlers running now.
     pub in_flight: u64,
     /// Receive calls made (each one billable).
     pub receive_calls: u64,
     /// Receive calls that returned nothing.
     pub empty_receives: u64,
+    /// Depth probes made (properties and peek calls, each billable).
+    pub probe_calls: u64,
     /// Messages received.
     pub received: u64,
     /// Messages handled successfully and deleted.
@@ -67,30 +86,35 @@ pub struct QueueSnapshot {
     pub lost_ownership: u64,
     /// Failed store calls.
     pub store_errors: u64,
+    /// Push triggers received.
+    pub triggers: u64,
+    /// The last probed depth (visible messages), if any.
+    pub depth: Option<u64>,
+    /// Each running task's empty receives in a row.
+    pub idle_streaks: Vec<u32>,
+    /// The longest back-off sleep a task is in now.
+    pub current_backoff: Duration,
+    /// The last scaling decision that changed something, with its reason.
+    pub last_decision: Option<String>,
 }
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-impl ListenerStats {
-    fn snapshot(&self, queue: &str) -> QueueSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        QueueSnapshot {
-            queue: queue.to_string(),
-            active_tasks: get(&self.active_tasks),
-            in_flight: get(&self.in_flight),
-            receive_calls: get(&self.receive_calls),
-            empty_receives: get(&self.empty_receives),
-            received: get(&self.received),
-            handled: get(&self.handled),
-            retried: get(&self.retried),
-            poisoned: get(&self.poisoned),
-            released: get(&self.released),
-            lost_ownership: get(&self.lost_ownership),
-            store_errors: get(&self.store_errors),
-        }
-    }
+/// What the supervisor knows beyond counters.
+#[derive(Debug, Default)]
+struct ScaleView {
+    depth: Option<u64>,
+    tasks: BTreeMap<u64, (u32, Duration)>,
+    last_decision: Option<String>,
+}
+
+/// What tasks and triggers tell the supervisor.
+enum Event {
+    Batch { size: usize, after_idle: bool },
+    IdleAtMax { task: u64, reply: oneshot::Sender<bool> },
+    Trigger,
 }
 
 /// Everything a queue's dequeue tasks share.
@@ -101,9 +125,21 @@ pub(crate) struct Shared {
     handler: Arc<dyn ErasedHandler>,
     permits: Arc<Semaphore>,
     stats: ListenerStats,
+    view: Mutex<ScaleView>,
+    events: mpsc::UnboundedSender<Event>,
+    wake: watch::Sender<u64>,
     stop: CancellationToken,
     abort: CancellationToken,
     name: Arc<str>,
+}
+
+impl Wake for Shared {
+    fn wake(&self) {
+        bump(&self.stats.triggers);
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        // Fails only once the supervisor is gone (shutdown); nothing to wake then.
+        let _ = self.events.send(Event::Trigger);
+    }
 }
 
 /// A running listener for one queue.
@@ -112,16 +148,20 @@ pub struct QueueListener {
 }
 
 impl QueueListener {
-    /// Starts `settings.tasks` dequeue tasks on `tracker`.
+    /// Starts the queue's supervisor (which starts the first task) on `tracker`, and registers
+    /// the listener with `hub` for push triggers.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         queue: Arc<dyn Queue>,
         poison_queue: Arc<dyn Queue>,
         settings: QueueSettings,
         handler: Arc<dyn ErasedHandler>,
         tracker: &TaskTracker,
+        hub: &Hub,
         stop: CancellationToken,
         abort: CancellationToken,
     ) -> Self {
+        let (events, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             name: Arc::from(queue.name()),
             permits: Arc::new(Semaphore::new(settings.concurrency as usize)),
@@ -129,80 +169,339 @@ impl QueueListener {
             poison_queue,
             handler,
             stats: ListenerStats::default(),
+            view: Mutex::default(),
+            events,
+            wake: watch::Sender::new(0),
             settings,
             stop,
             abort,
         });
-        for task in 0..shared.settings.tasks {
-            let shared = shared.clone();
-            let span = tracing::info_span!("dequeue", queue = %shared.name, task);
-            tracker.spawn(dequeue_loop(shared).instrument(span));
-        }
-        info!(queue = %shared.name, tasks = shared.settings.tasks,
-              batch_size = shared.settings.batch_size,
-              concurrency = shared.settings.concurrency, "listener started");
+        hub.register(&shared.name, shared.clone());
+        let supervisor = Supervisor {
+            shared: shared.clone(),
+            tracker: tracker.clone(),
+            tasks: BTreeMap::new(),
+            next_task: 0,
+            last_up: None,
+            last_down: None,
+            last_probe: None,
+            busy: false,
+        };
+        let span = tracing::info_span!("listener", queue = %shared.name);
+        tracker.spawn(supervisor.run(inbox).instrument(span));
+        let s = &shared.settings;
+        info!(queue = %shared.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
+              batch_size = s.batch_size, concurrency = s.concurrency, "listener started");
         Self { shared }
     }
 
-    /// The queue's counters now.
+    /// The queue's counters and scaling state now.
     pub fn snapshot(&self) -> QueueSnapshot {
-        self.shared.stats.snapshot(&self.shared.name)
+        let stats = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let view = self.shared.view.lock().expect("view mutex poisoned");
+        QueueSnapshot {
+            queue: self.shared.name.to_string(),
+            active_tasks: get(&stats.active_tasks),
+            peak_tasks: get(&stats.peak_tasks),
+            in_flight: get(&stats.in_flight),
+            receive_calls: get(&stats.receive_calls),
+            empty_receives: get(&stats.empty_receives),
+            probe_calls: get(&stats.probe_calls),
+            received: get(&stats.received),
+            handled: get(&stats.handled),
+            retried: get(&stats.retried),
+            poisoned: get(&stats.poisoned),
+            released: get(&stats.released),
+            lost_ownership: get(&stats.lost_ownership),
+            store_errors: get(&stats.store_errors),
+            triggers: get(&stats.triggers),
+            depth: view.depth,
+            idle_streaks: view.tasks.values().map(|(streak, _)| *streak).collect(),
+            current_backoff: view.tasks.values().map(|(_, d)| *d).max().unwrap_or_default(),
+            last_decision: view.last_decision.clone(),
+        }
     }
 }
 
-/// Decrements the active-task count however the task ends.
-struct ActiveTask<'a>(&'a AtomicU64);
+/// Spawns and retires one queue's dequeue tasks.
+struct Supervisor {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    tasks: BTreeMap<u64, CancellationToken>,
+    next_task: u64,
+    last_up: Option<Instant>,
+    last_down: Option<Instant>,
+    last_probe: Option<Instant>,
+    /// A batch came back since the last probe: the queue is worth probing.
+    busy: bool,
+}
 
-impl Drop for ActiveTask<'_> {
+impl Supervisor {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Event>) {
+        let scaling = self.shared.settings.scaling.clone();
+        // One task to start with, even with min_tasks = 0: its first receive finds out
+        // whether work is waiting, and it retires on the back-off curve if not.
+        self.spawn_task();
+        let mut probe = tokio::time::interval(scaling.depth_probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_probe =
+            tokio::time::interval(scaling.idle_probe_interval.unwrap_or(Duration::from_secs(3600)));
+        idle_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => break,
+                event = inbox.recv() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => break,
+                },
+                _ = probe.tick(), if self.busy && !self.tasks.is_empty() => {
+                    self.busy = false;
+                    let depth = self.probe_depth().await;
+                    self.scale(Prompt::Probe, depth);
+                }
+                _ = idle_probe.tick(), if self.tasks.is_empty() && scaling.idle_probe_interval.is_some() => {
+                    if let Some(depth) = self.probe_depth().await {
+                        if depth > 0 {
+                            self.scale(Prompt::Probe, Some(depth));
+                        }
+                    }
+                }
+            }
+        }
+        // Tasks hold child tokens of `stop`: they are already stopping.
+        debug!(queue = %self.shared.name, "supervisor stopped");
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Batch { size, after_idle } => {
+                self.busy = true;
+                let prompt = if size >= usize::from(self.batch_size()) {
+                    Prompt::FullBatch
+                } else if after_idle {
+                    Prompt::WorkAfterIdle
+                } else {
+                    return;
+                };
+                let depth = self.probe_if_due().await;
+                self.scale(prompt, depth);
+            }
+            Event::Trigger => {
+                // Start a task before any probe: pickup must not wait for a billable call.
+                if self.tasks.is_empty() {
+                    self.scale(Prompt::Trigger, None);
+                }
+                let depth = self.probe_if_due().await;
+                self.scale(Prompt::Trigger, depth);
+            }
+            Event::IdleAtMax { task, reply } => {
+                let d = decide(&self.shared.settings.scaling, &self.signals(Prompt::IdleAtMax, None));
+                let retire = d.target < self.active() && self.tasks.contains_key(&task);
+                if retire {
+                    self.tasks.remove(&task);
+                    self.last_down = Some(Instant::now());
+                    self.record(d, Prompt::IdleAtMax);
+                }
+                // The task may have stopped meanwhile; then nobody listens.
+                let _ = reply.send(retire);
+            }
+        }
+    }
+
+    fn batch_size(&self) -> u8 {
+        u8::try_from(self.shared.settings.batch_size).unwrap_or(MAX_RECEIVE)
+    }
+
+    fn active(&self) -> u32 {
+        u32::try_from(self.tasks.len()).unwrap_or(u32::MAX)
+    }
+
+    fn signals(&self, prompt: Prompt, depth: Option<u64>) -> Signals {
+        let now = Instant::now();
+        Signals {
+            prompt,
+            active: self.active(),
+            depth,
+            oldest_age: None,
+            since_scale_up: self.last_up.map(|t| now - t),
+            since_scale_down: self.last_down.map(|t| now - t),
+        }
+    }
+
+    /// Decides and spawns what is missing. Scale-down happens only through retirements.
+    fn scale(&mut self, prompt: Prompt, depth: Option<u64>) {
+        let d = decide(&self.shared.settings.scaling, &self.signals(prompt, depth));
+        if d.target > self.active() {
+            while self.active() < d.target {
+                self.spawn_task();
+            }
+            self.last_up = Some(Instant::now());
+            self.record(d, prompt);
+        }
+    }
+
+    fn record(&self, d: Decision, prompt: Prompt) {
+        let text = format!("{} tasks: {}", d.target, d.reason);
+        info!(queue = %self.shared.name, target = d.target, reason = %d.reason, prompt = ?prompt, "scaling decision");
+        self.shared.view.lock().expect("view mutex poisoned").last_decision = Some(text);
+    }
+
+    fn spawn_task(&mut self) {
+        let id = self.next_task;
+        self.next_task += 1;
+        let token = self.shared.stop.child_token();
+        self.tasks.insert(id, token.clone());
+        let stats = &self.shared.stats;
+        let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
+        let span = tracing::info_span!("dequeue", queue = %self.shared.name, task = id);
+        self.tracker
+            .spawn(dequeue_loop(self.shared.clone(), id, token).instrument(span));
+    }
+
+    async fn probe_if_due(&mut self) -> Option<u64> {
+        let interval = self.shared.settings.scaling.depth_probe_interval;
+        let due = self.last_probe.is_none_or(|t| t.elapsed() >= interval);
+        if due {
+            self.probe_depth().await
+        } else {
+            None
+        }
+    }
+
+    /// The approximate depth, corrected by a peek when small: the approximate count includes
+    /// messages in flight (invisible), which would otherwise read as waiting work.
+    async fn probe_depth(&mut self) -> Option<u64> {
+        self.last_probe = Some(Instant::now());
+        bump(&self.shared.stats.probe_calls);
+        let depth = match self.shared.queue.approximate_depth().await {
+            Ok(n) if n <= u64::from(MAX_RECEIVE) => {
+                bump(&self.shared.stats.probe_calls);
+                self.shared
+                    .queue
+                    .peek(MAX_RECEIVE)
+                    .await
+                    .map(|visible| visible.len() as u64)
+            }
+            other => other,
+        };
+        match depth {
+            Ok(d) => {
+                self.shared.view.lock().expect("view mutex poisoned").depth = Some(d);
+                Some(d)
+            }
+            Err(e) => {
+                bump(&self.shared.stats.store_errors);
+                warn!(queue = %self.shared.name, error = %e, "depth probe failed");
+                None
+            }
+        }
+    }
+}
+
+/// Forgets a task's view entry and active count however it ends.
+struct TaskGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.shared.stats.active_tasks.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut view) = self.shared.view.lock() {
+            view.tasks.remove(&self.id);
+        }
     }
 }
 
-async fn dequeue_loop(shared: Arc<Shared>) {
-    shared.stats.active_tasks.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveTask(&shared.stats.active_tasks);
+async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
+    let _guard = TaskGuard {
+        shared: &shared,
+        id,
+    };
+    let mut wake = shared.wake.subscribe();
     let mut backoff = IdleBackoff::new(shared.settings.idle_backoff);
-    let batch_size = shared.settings.batch_size as u8;
-    while !shared.stop.is_cancelled() {
+    let max_sleep = shared.settings.idle_backoff.max;
+    let batch_size = u8::try_from(shared.settings.batch_size).unwrap_or(MAX_RECEIVE);
+    let mut first = true;
+    while !token.is_cancelled() {
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
         bump(&shared.stats.receive_calls);
-        let batch = match shared
+        let received = shared
             .queue
             .receive(batch_size, shared.settings.visibility_timeout)
-            .await
-        {
-            Ok(batch) => batch,
+            .await;
+        let batch = match received {
+            Ok(batch) if !batch.is_empty() => batch,
+            Ok(_) => {
+                bump(&shared.stats.empty_receives);
+                let delay = backoff.next_delay();
+                set_view(&shared, id, backoff.streak(), delay);
+                if delay >= max_sleep && may_retire(&shared, id).await {
+                    debug!(queue = %shared.name, task = id, "idle task retired");
+                    return;
+                }
+                sleep_until_woken(&token, &mut wake, &mut backoff, delay).await;
+                first = false;
+                continue;
+            }
             Err(e) => {
                 bump(&shared.stats.store_errors);
                 let delay = backoff.next_delay();
                 error!(queue = %shared.name, error = %e, retry_in = ?delay, "receive failed");
-                sleep_unless_stopped(&shared.stop, delay).await;
+                sleep_until_woken(&token, &mut wake, &mut backoff, delay).await;
                 continue;
             }
         };
-        if batch.is_empty() {
-            bump(&shared.stats.empty_receives);
-            let delay = backoff.next_delay();
-            debug!(queue = %shared.name, streak = backoff.streak(), sleep = ?delay, "queue empty");
-            sleep_unless_stopped(&shared.stop, delay).await;
-            continue;
-        }
+        let after_idle = first || backoff.streak() > 0;
+        first = false;
         backoff.reset();
+        set_view(&shared, id, 0, Duration::ZERO);
         shared
             .stats
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let _ = shared.events.send(Event::Batch {
+            size: batch.len(),
+            after_idle,
+        });
         run_batch(&shared, batch).await;
     }
-    debug!(queue = %shared.name, "dequeue task stopped");
+    debug!(queue = %shared.name, task = id, "dequeue task stopped");
 }
 
-async fn sleep_unless_stopped(stop: &CancellationToken, delay: Duration) {
+fn set_view(shared: &Shared, id: u64, streak: u32, sleep: Duration) {
+    if let Ok(mut view) = shared.view.lock() {
+        view.tasks.insert(id, (streak, sleep));
+    }
+}
+
+async fn may_retire(shared: &Shared, task: u64) -> bool {
+    let (reply, answer) = oneshot::channel();
+    if shared.events.send(Event::IdleAtMax { task, reply }).is_err() {
+        return false;
+    }
+    answer.await.unwrap_or(false)
+}
+
+/// Sleeps out an idle back-off step unless stopped or woken by a trigger (which resets the
+/// curve, so the next empty receive starts again from `min`).
+async fn sleep_until_woken(
+    token: &CancellationToken,
+    wake: &mut watch::Receiver<u64>,
+    backoff: &mut IdleBackoff,
+    delay: Duration,
+) {
     tokio::select! {
-        _ = stop.cancelled() => {}
+        _ = token.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
+        changed = wake.changed() => {
+            if changed.is_ok() {
+                backoff.reset();
+            }
+        }
     }
 }
 

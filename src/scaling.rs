@@ -1,0 +1,290 @@
+//! The scaling policy: a pure function from what a queue's listener observed to how many
+//! dequeue tasks it should run, with the reason. No I/O and no clock: the supervisor in
+//! [`crate::listener`] gathers the signals, calls [`decide`], and spawns or retires tasks.
+//!
+//! Scale-up is immediate (bounded by `max_tasks` and the scale-up cool-down): work found after
+//! idleness, a full batch, a depth that calls for more tasks, an old message, or a push trigger.
+//! Scale-down is the whitepaper's: a task whose idle back-off reached its maximum asks to retire,
+//! and may unless it is the last one (`min_tasks = 1`) or the scale-down cool-down forbids it.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::ScalingSettings;
+
+/// What prompted a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prompt {
+    /// A task found messages after one or more empty receives.
+    WorkAfterIdle,
+    /// A task's batch came back full (at least `batch_size` messages were waiting).
+    FullBatch,
+    /// A periodic or idle depth probe finished.
+    Probe,
+    /// A push trigger said work arrived.
+    Trigger,
+    /// A task's idle back-off reached its maximum; it asks to retire.
+    IdleAtMax,
+}
+
+/// What the listener knows when it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signals {
+    /// Why we are deciding now.
+    pub prompt: Prompt,
+    /// Tasks running now.
+    pub active: u32,
+    /// Visible messages waiting, if just probed (approximate count, corrected by a peek when
+    /// small so in-flight messages do not inflate it).
+    pub depth: Option<u64>,
+    /// Age of the oldest visible message, if known.
+    pub oldest_age: Option<Duration>,
+    /// Time since the last scale-up (`None`: never).
+    pub since_scale_up: Option<Duration>,
+    /// Time since the last retirement (`None`: never).
+    pub since_scale_down: Option<Duration>,
+}
+
+/// Why the target is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Nothing calls for a change.
+    Steady,
+    /// Work found after idleness.
+    WorkDetected,
+    /// A full batch: more is waiting.
+    FullBatch,
+    /// The depth calls for this many tasks.
+    Depth(u64),
+    /// The oldest message is older than the configured age.
+    Age(Duration),
+    /// A push trigger.
+    Trigger,
+    /// The task is idle at its back-off maximum and may retire.
+    Idle,
+    /// The task is idle but is the last one allowed to poll.
+    KeepLast,
+    /// More tasks are wanted, but the scale-up cool-down has not passed.
+    UpCooldown,
+    /// A retirement is wanted, but the scale-down cool-down has not passed.
+    DownCooldown,
+    /// Already at `max_tasks`.
+    AtMax,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Steady => f.write_str("steady"),
+            Reason::WorkDetected => f.write_str("work detected after idleness"),
+            Reason::FullBatch => f.write_str("a batch came back full"),
+            Reason::Depth(d) => write!(f, "depth {d}"),
+            Reason::Age(a) => write!(f, "oldest message {}s old", a.as_secs()),
+            Reason::Trigger => f.write_str("push trigger"),
+            Reason::Idle => f.write_str("idle at the back-off maximum"),
+            Reason::KeepLast => f.write_str("last task keeps polling"),
+            Reason::UpCooldown => f.write_str("scale-up cool-down"),
+            Reason::DownCooldown => f.write_str("scale-down cool-down"),
+            Reason::AtMax => f.write_str("at max_tasks"),
+        }
+    }
+}
+
+/// A target task count and its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Tasks that should run.
+    pub target: u32,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Tasks the depth alone calls for: by `depth_rules` when set, else
+/// `ceil(depth / messages_per_task)`; at least 1 for any work, at most `max_tasks`.
+pub fn depth_target(s: &ScalingSettings, depth: u64) -> u32 {
+    if depth == 0 {
+        return 0;
+    }
+    let tasks = if s.depth_rules.is_empty() {
+        let per = u64::from(s.messages_per_task.max(1));
+        u32::try_from(depth.div_ceil(per)).unwrap_or(u32::MAX)
+    } else {
+        s.depth_rules
+            .iter()
+            .rev()
+            .find(|r| r.from <= depth)
+            .map_or(1, |r| r.tasks)
+    };
+    tasks.clamp(1, s.max_tasks)
+}
+
+fn cooled(since: Option<Duration>, cooldown: Duration) -> bool {
+    since.is_none_or(|d| d >= cooldown)
+}
+
+/// The policy.
+pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
+    let active = sig.active;
+    if sig.prompt == Prompt::IdleAtMax {
+        let floor = s.min_tasks.min(active);
+        return if active <= floor || active == 0 {
+            Decision {
+                target: active,
+                reason: Reason::KeepLast,
+            }
+        } else if !cooled(sig.since_scale_down, s.scale_down_cooldown) {
+            Decision {
+                target: active,
+                reason: Reason::DownCooldown,
+            }
+        } else {
+            Decision {
+                target: active - 1,
+                reason: Reason::Idle,
+            }
+        };
+    }
+    let (mut want, mut reason) = match sig.prompt {
+        Prompt::WorkAfterIdle => (active.max(1), Reason::WorkDetected),
+        Prompt::Trigger => (active.max(1), Reason::Trigger),
+        Prompt::FullBatch => (active + 1, Reason::FullBatch),
+        Prompt::Probe | Prompt::IdleAtMax => (active, Reason::Steady),
+    };
+    if let Some(depth) = sig.depth {
+        let by_depth = depth_target(s, depth);
+        if by_depth > want {
+            (want, reason) = (by_depth, Reason::Depth(depth));
+        }
+    }
+    if let (Some(age), Some(limit)) = (sig.oldest_age, s.scale_up_when_older_than) {
+        if age > limit && active + 1 > want {
+            (want, reason) = (active + 1, Reason::Age(age));
+        }
+    }
+    if want > s.max_tasks {
+        want = s.max_tasks;
+        if want <= active {
+            reason = Reason::AtMax;
+        }
+    }
+    // Waking from zero is never held back: one task at least starts at once.
+    if want > active && active > 0 && !cooled(sig.since_scale_up, s.scale_up_cooldown) {
+        return Decision {
+            target: active,
+            reason: Reason::UpCooldown,
+        };
+    }
+    Decision {
+        target: want.max(active),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DepthRule;
+
+    fn settings() -> ScalingSettings {
+        ScalingSettings {
+            min_tasks: 1,
+            max_tasks: 8,
+            messages_per_task: 100,
+            scale_up_cooldown: Duration::from_secs(1),
+            scale_down_cooldown: Duration::from_secs(10),
+            ..ScalingSettings::default()
+        }
+    }
+
+    fn sig(prompt: Prompt, active: u32) -> Signals {
+        Signals {
+            prompt,
+            active,
+            depth: None,
+            oldest_age: None,
+            since_scale_up: None,
+            since_scale_down: None,
+        }
+    }
+
+    #[test]
+    fn depth_targets_follow_messages_per_task_or_the_rules() {
+        let s = settings();
+        let cases = [(0, 0), (1, 1), (100, 1), (101, 2), (750, 8), (1_000_000, 8)];
+        for (depth, tasks) in cases {
+            assert_eq!(depth_target(&s, depth), tasks, "depth {depth}");
+        }
+        // The whitepaper's example: under 100: 10, under 1,000: 50, else 100.
+        let rules = ScalingSettings {
+            max_tasks: 100,
+            depth_rules: vec![
+                DepthRule { from: 0, tasks: 10 },
+                DepthRule { from: 100, tasks: 50 },
+                DepthRule { from: 1000, tasks: 100 },
+            ],
+            ..settings()
+        };
+        let cases = [(0, 0), (1, 10), (99, 10), (100, 50), (999, 50), (1000, 100), (10_000, 100)];
+        for (depth, tasks) in cases {
+            assert_eq!(depth_target(&rules, depth), tasks, "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let s = settings();
+        let secs = |n| Some(Duration::from_secs(n));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Signals, u32, Reason)> = vec![
+            ("trigger at zero starts one", sig(Prompt::Trigger, 0), 1, Reason::Trigger),
+            ("trigger at zero with depth starts many",
+             Signals { depth: Some(450), ..sig(Prompt::Trigger, 0) }, 5, Reason::Depth(450)),
+            ("trigger at zero ignores the up cool-down",
+             Signals { since_scale_up: secs(0), ..sig(Prompt::Trigger, 0) }, 1, Reason::Trigger),
+            ("work after idle, no depth: keep one", sig(Prompt::WorkAfterIdle, 1), 1, Reason::WorkDetected),
+            ("work after idle with a deep queue goes to max",
+             Signals { depth: Some(2000), ..sig(Prompt::WorkAfterIdle, 1) }, 8, Reason::Depth(2000)),
+            ("full batch adds one", sig(Prompt::FullBatch, 3), 4, Reason::FullBatch),
+            ("full batch at max stays", sig(Prompt::FullBatch, 8), 8, Reason::AtMax),
+            ("full batch inside the up cool-down waits",
+             Signals { since_scale_up: Some(Duration::from_millis(500)), ..sig(Prompt::FullBatch, 3) }, 3, Reason::UpCooldown),
+            ("full batch after the cool-down", Signals { since_scale_up: secs(1), ..sig(Prompt::FullBatch, 3) }, 4, Reason::FullBatch),
+            ("probe with a shallow queue never shrinks", Signals { depth: Some(10), ..sig(Prompt::Probe, 6) }, 6, Reason::Steady),
+            ("probe with a deeper queue grows", Signals { depth: Some(350), ..sig(Prompt::Probe, 2) }, 4, Reason::Depth(350)),
+            ("an old message without an age rule changes nothing",
+             Signals { oldest_age: secs(90), ..sig(Prompt::Probe, 2) }, 2, Reason::Steady),
+            ("idle at max retires a spare task", sig(Prompt::IdleAtMax, 3), 2, Reason::Idle),
+            ("the last task keeps polling with min_tasks = 1", sig(Prompt::IdleAtMax, 1), 1, Reason::KeepLast),
+            ("retiring inside the down cool-down waits",
+             Signals { since_scale_down: secs(3), ..sig(Prompt::IdleAtMax, 3) }, 3, Reason::DownCooldown),
+        ];
+        for (name, signals, target, reason) in cases {
+            let d = decide(&s, &signals);
+            assert_eq!((d.target, d.reason), (target, reason), "{name}");
+        }
+    }
+
+    #[test]
+    fn age_rule_and_zero_floor() {
+        let s = ScalingSettings {
+            scale_up_when_older_than: Some(Duration::from_secs(60)),
+            min_tasks: 0,
+            wake_on_publish: true,
+            ..settings()
+        };
+        let old = Signals {
+            oldest_age: Some(Duration::from_secs(90)),
+            ..sig(Prompt::Probe, 2)
+        };
+        assert_eq!(decide(&s, &old).target, 3);
+        assert_eq!(decide(&s, &old).reason, Reason::Age(Duration::from_secs(90)));
+        let young = Signals {
+            oldest_age: Some(Duration::from_secs(30)),
+            ..old
+        };
+        assert_eq!(decide(&s, &young).target, 2);
+        // min_tasks = 0: the last task retires too.
+        assert_eq!(decide(&s, &sig(Prompt::IdleAtMax, 1)).target, 0);
+        assert_eq!(decide(&s, &sig(Prompt::IdleAtMax, 0)).target, 0);
+    }
+}

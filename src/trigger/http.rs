@@ -1,0 +1,226 @@
+//! The HTTP work-detected endpoint: other processes (producers on other machines, Event Grid
+//! subscriptions, CloudEvents emitters) tell this worker that a queue has work.
+//!
+//! `POST /trigger` accepts, as JSON:
+//! - a plain event `{"account": "acct", "queue": "orders", "payload_size": 1}` (or an array);
+//! - Event Grid deliveries (an array of events whose `data` is the plain event), including the
+//!   subscription-validation handshake, answered with `{"validationResponse": code}`;
+//! - CloudEvents in structured mode (`specversion`, `data`), single or batch.
+//!
+//! `OPTIONS /trigger` answers the CloudEvents webhook validation handshake. `GET /healthz`
+//! answers `ok`. With a token configured, callers send `Authorization: Bearer <token>` (or
+//! `?token=` for webhook systems that cannot set headers). Bad bodies get 400 with the reason,
+//! bodies over the limit 413, a missing or wrong token 401.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{Hub, WorkDetected};
+use crate::config::HttpTriggerSettings;
+use crate::store::validate_queue_name;
+
+const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
+
+#[derive(Clone)]
+struct AppState {
+    hub: Hub,
+    token: Option<String>,
+}
+
+/// The router, for embedding in another server or for tests.
+pub fn router(hub: Hub, settings: &HttpTriggerSettings) -> Router {
+    let state = AppState {
+        hub,
+        token: settings.token.clone(),
+    };
+    Router::new()
+        .route("/trigger", post(trigger).options(handshake))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .with_state(state)
+}
+
+/// Binds the endpoint; returns the bound address (useful with port 0) and the server future,
+/// which ends when `stop` fires.
+pub async fn bind(
+    hub: Hub,
+    settings: &HttpTriggerSettings,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+    let addr = listener.local_addr()?;
+    let app = router(hub, settings);
+    let serve = async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "trigger endpoint failed");
+        }
+    };
+    Ok((addr, serve))
+}
+
+fn reject(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": reason.into() }))).into_response()
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap, query: &Query<Vec<(String, String)>>) -> bool {
+    let Some(expected) = &state.token else {
+        return true;
+    };
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let in_query = query.0.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
+    bearer
+        .or(in_query)
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handshake(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Query<Vec<(String, String)>>,
+) -> Response {
+    if !authorized(&state, &headers, &query) {
+        return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    let Some(origin) = headers.get("webhook-request-origin").cloned() else {
+        return reject(StatusCode::BAD_REQUEST, "WebHook-Request-Origin header missing");
+    };
+    let mut response = StatusCode::OK.into_response();
+    response
+        .headers_mut()
+        .insert("webhook-allowed-origin", origin);
+    response
+        .headers_mut()
+        .insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    response
+}
+
+async fn trigger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers, &query) {
+        return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    let items = match value {
+        Value::Array(items) if !items.is_empty() => items,
+        Value::Array(_) => return reject(StatusCode::BAD_REQUEST, "empty event array"),
+        other => vec![other],
+    };
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match parse_item(item) {
+            Ok(Parsed::Validation(code)) => {
+                tracing::info!("Event Grid subscription validation answered");
+                return Json(json!({ "validationResponse": code })).into_response();
+            }
+            Ok(Parsed::Event(e)) => events.push(e),
+            Err(reason) => return reject(StatusCode::BAD_REQUEST, format!("event {i}: {reason}")),
+        }
+    }
+    let woken: usize = events.iter().map(|e| state.hub.deliver(e)).sum();
+    tracing::debug!(events = events.len(), woken, "trigger delivery");
+    (StatusCode::ACCEPTED, Json(json!({ "events": events.len(), "woken": woken }))).into_response()
+}
+
+enum Parsed {
+    Event(WorkDetected),
+    Validation(String),
+}
+
+fn parse_item(item: Value) -> Result<Parsed, String> {
+    let Value::Object(mut map) = item else {
+        return Err("not a JSON object".into());
+    };
+    let data = if map.contains_key("specversion") {
+        map.remove("data").ok_or("CloudEvent without data")?
+    } else if let Some(kind) = map.get("eventType").and_then(Value::as_str) {
+        if kind == VALIDATION_EVENT {
+            let code = map
+                .get("data")
+                .and_then(|d| d.get("validationCode"))
+                .and_then(Value::as_str)
+                .ok_or("validation event without data.validationCode")?;
+            return Ok(Parsed::Validation(code.to_string()));
+        }
+        map.remove("data").ok_or("Event Grid event without data")?
+    } else {
+        Value::Object(map)
+    };
+    let event: WorkDetected =
+        serde_json::from_value(data).map_err(|e| format!("not a work-detected event: {e}"))?;
+    validate_queue_name(&event.queue).map_err(|rule| format!("queue {:?}: {rule}", event.queue))?;
+    Ok(Parsed::Event(event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<Parsed, String> {
+        parse_item(v)
+    }
+
+    #[test]
+    fn plain_event_grid_and_cloudevents_shapes() {
+        let plain = json!({"account": "a", "queue": "orders", "payload_size": 3});
+        let grid = json!({"id": "1", "eventType": "Ebbflow.WorkDetected", "subject": "x",
+                          "eventTime": "2026-11-23T08:00:00Z", "dataVersion": "1",
+                          "data": {"queue": "orders"}});
+        let cloud = json!({"specversion": "1.0", "type": "ebbflow.work-detected", "source": "/p",
+                           "id": "1", "data": {"queue": "orders", "payload_size": 1}});
+        for v in [plain, grid, cloud] {
+            match parse(v.clone()) {
+                Ok(Parsed::Event(e)) => assert_eq!(e.queue, "orders", "{v}"),
+                _ => panic!("{v}"),
+            }
+        }
+        let validation = json!({"eventType": VALIDATION_EVENT, "data": {"validationCode": "abc"}});
+        assert!(matches!(parse(validation), Ok(Parsed::Validation(c)) if c == "abc"));
+    }
+
+    #[test]
+    fn bad_shapes_say_why() {
+        let cases = [
+            (json!(7), "not a JSON object"),
+            (json!({"specversion": "1.0"}), "CloudEvent without data"),
+            (json!({"queue": 5}), "not a work-detected event"),
+            (json!({"queue": "Bad_Name"}), "queue \"Bad_Name\""),
+            (json!({"eventType": VALIDATION_EVENT, "data": {}}), "validationCode"),
+        ];
+        for (v, why) in cases {
+            let err = parse(v.clone()).err().unwrap_or_else(|| panic!("{v} accepted"));
+            assert!(err.contains(why), "{v}: {err}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,130 @@
+//! Push triggers: "work detected on queue Q" events that wake a queue's listener at once,
+//! after the inter-role communication model of the whitepaper (a publisher multicasts a
+//! work-detected event; every listener of that queue reacts).
+//!
+//! - In-process: [`Hub::notify`], called by a [`crate::Publisher`] after each send.
+//! - Across instances: the HTTP endpoint in [`http`] (plain JSON, Event Grid, CloudEvents),
+//!   which feeds the same hub.
+//!
+//! A woken listener interrupts the back-off sleep of its tasks (and resets their curve); a
+//! listener at zero tasks starts one at once.
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+
+/// A work-detected event: new work was put on `queue`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WorkDetected {
+    /// The storage account, if the sender names one; events for other accounts are ignored.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The queue that received work.
+    pub queue: String,
+    /// Size of the payload (bytes, or messages in a batch), informational.
+    #[serde(default)]
+    pub payload_size: Option<u64>,
+}
+
+/// Something that can be woken: a queue's listener.
+pub(crate) trait Wake: Send + Sync + 'static {
+    fn wake(&self);
+}
+
+/// The in-process registry of listeners by queue name. Clones share it.
+#[derive(Clone, Default)]
+pub struct Hub {
+    listeners: Arc<RwLock<HashMap<String, Vec<Arc<dyn Wake>>>>>,
+    account: Option<String>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queues: Vec<String> = self
+            .listeners
+            .read()
+            .expect("hub lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        f.debug_struct("Hub").field("queues", &queues).finish()
+    }
+}
+
+impl Hub {
+    /// A hub that accepts events for `account` (or any account when `None`).
+    pub fn new(account: Option<String>) -> Self {
+        Self {
+            listeners: Arc::default(),
+            account,
+        }
+    }
+
+    pub(crate) fn register(&self, queue: &str, listener: Arc<dyn Wake>) {
+        self.listeners
+            .write()
+            .expect("hub lock poisoned")
+            .entry(queue.to_string())
+            .or_default()
+            .push(listener);
+    }
+
+    /// Wakes every local listener of `queue`; returns how many were woken.
+    pub fn notify(&self, queue: &str) -> usize {
+        let listeners = self.listeners.read().expect("hub lock poisoned");
+        let woken = listeners.get(queue).map_or(0, |ls| {
+            ls.iter().for_each(|l| l.wake());
+            ls.len()
+        });
+        tracing::debug!(queue, woken, "work-detected trigger");
+        woken
+    }
+
+    /// Handles an event: ignored when it names another account; else [`Hub::notify`].
+    pub fn deliver(&self, event: &WorkDetected) -> usize {
+        let other_account = match (&self.account, &event.account) {
+            (Some(ours), Some(theirs)) => !ours.eq_ignore_ascii_case(theirs),
+            _ => false,
+        };
+        if other_account {
+            tracing::debug!(queue = %event.queue, "trigger for another account ignored");
+            return 0;
+        }
+        self.notify(&event.queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+    impl Wake for Counter {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn notifies_only_the_named_queue_and_account() {
+        let hub = Hub::new(Some("acct".into()));
+        let orders = Arc::new(Counter::default());
+        hub.register("orders", orders.clone());
+        assert_eq!(hub.notify("emails"), 0);
+        assert_eq!(hub.notify("orders"), 1);
+        let event = |account: Option<&str>| WorkDetected {
+            account: account.map(str::to_string),
+            queue: "orders".into(),
+            payload_size: None,
+        };
+        assert_eq!(hub.deliver(&event(Some("ACCT"))), 1);
+        assert_eq!(hub.deliver(&event(None)), 1);
+        assert_eq!(hub.deliver(&event(Some("other"))), 0);
+        assert_eq!(orders.0.load(Ordering::SeqCst), 3);
+    }
+}
