@@ -489,7 +489,12 @@ impl Settings {
             )?;
         }
         for (i, rule) in s.depth_rules.iter().enumerate() {
-            check_range(&format!("{}[{i}].tasks", key("depth_rules")), rule.tasks, 1, s.max_tasks)?;
+            check_range(
+                &format!("{}[{i}].tasks", key("depth_rules")),
+                rule.tasks,
+                1,
+                s.max_tasks,
+            )?;
             if i > 0 && rule.from <= s.depth_rules[i - 1].from {
                 return Err(ConfigError::invalid(
                     format!("{}[{i}].from", key("depth_rules")),
@@ -498,7 +503,8 @@ impl Settings {
                 ));
             }
         }
-        let wakes = self.triggers.http.enabled || s.idle_probe_interval.is_some() || s.wake_on_publish;
+        let wakes =
+            self.triggers.http.enabled || s.idle_probe_interval.is_some() || s.wake_on_publish;
         if s.min_tasks == 0 && !wakes {
             return Err(ConfigError::invalid(
                 key("min_tasks"),
@@ -668,9 +674,13 @@ mod tests {
     #[test]
     fn zero_tasks_needs_a_way_to_wake_up() {
         let dir = dir_with("[queues.orders.scaling]\nmin_tasks = 0\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with("config: queues.orders.scaling.min_tasks = 0: nothing could wake queue orders"),
+            err.starts_with(
+                "config: queues.orders.scaling.min_tasks = 0: nothing could wake queue orders"
+            ),
             "{err}"
         );
         for way in [
@@ -694,21 +704,41 @@ mod tests {
             "[queues.orders.scaling]\nmax_tasks = 10\ndepth_rules = [{ from = 0, tasks = 1 }, { from = 100, tasks = 10 }]\n",
         );
         let s = Settings::load_from(&dir, &env(&[])).unwrap();
-        assert_eq!(s.queues["orders"].scaling.depth_rules[1], DepthRule { from: 100, tasks: 10 });
+        assert_eq!(
+            s.queues["orders"].scaling.depth_rules[1],
+            DepthRule {
+                from: 100,
+                tasks: 10
+            }
+        );
         let dir = dir_with(
             "[queues.orders.scaling]\nmax_tasks = 10\ndepth_rules = [{ from = 100, tasks = 1 }, { from = 100, tasks = 2 }]\n",
         );
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
-        assert!(err.contains("queues.orders.scaling.depth_rules[1].from = 100"), "{err}");
-        let dir = dir_with("[queues.orders.scaling]\nmax_tasks = 2\ndepth_rules = [{ from = 0, tasks = 3 }]\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
-        assert_eq!(err, "config: queues.orders.scaling.depth_rules[0].tasks = 3: must be 1..=2");
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queues.orders.scaling.depth_rules[1].from = 100"),
+            "{err}"
+        );
+        let dir = dir_with(
+            "[queues.orders.scaling]\nmax_tasks = 2\ndepth_rules = [{ from = 0, tasks = 3 }]\n",
+        );
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config: queues.orders.scaling.depth_rules[0].tasks = 3: must be 1..=2"
+        );
     }
 
     #[test]
     fn http_trigger_off_loopback_needs_a_token() {
         let dir = dir_with("[triggers.http]\nenabled = true\nbind = \"0.0.0.0:7075\"\n");
-        let err = Settings::load_from(&dir, &env(&[])).unwrap_err().to_string();
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("triggers.http.bind = 0.0.0.0:7075"), "{err}");
         let dir = dir_with(
             "[triggers.http]\nenabled = true\nbind = \"0.0.0.0:7075\"\ntoken = \"0123456789abcdef-secret\"\n",

@@ -219,12 +219,26 @@ mod tests {
             max_tasks: 100,
             depth_rules: vec![
                 DepthRule { from: 0, tasks: 10 },
-                DepthRule { from: 100, tasks: 50 },
-                DepthRule { from: 1000, tasks: 100 },
+                DepthRule {
+                    from: 100,
+                    tasks: 50,
+                },
+                DepthRule {
+                    from: 1000,
+                    tasks: 100,
+                },
             ],
             ..settings()
         };
-        let cases = [(0, 0), (1, 10), (99, 10), (100, 50), (999, 50), (1000, 100), (10_000, 100)];
+        let cases = [
+            (0, 0),
+            (1, 10),
+            (99, 10),
+            (100, 50),
+            (999, 50),
+            (1000, 100),
+            (10_000, 100),
+        ];
         for (depth, tasks) in cases {
             assert_eq!(depth_target(&rules, depth), tasks, "depth {depth}");
         }
@@ -277,7 +291,10 @@ mod tests {
             ..sig(Prompt::Probe, 2)
         };
         assert_eq!(decide(&s, &old).target, 3);
-        assert_eq!(decide(&s, &old).reason, Reason::Age(Duration::from_secs(90)));
+        assert_eq!(
+            decide(&s, &old).reason,
+            Reason::Age(Duration::from_secs(90))
+        );
         let young = Signals {
             oldest_age: Some(Duration::from_secs(30)),
             ..old

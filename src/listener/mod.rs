@@ -112,8 +112,14 @@ struct ScaleView {
 
 /// What tasks and triggers tell the supervisor.
 enum Event {
-    Batch { size: usize, after_idle: bool },
-    IdleAtMax { task: u64, reply: oneshot::Sender<bool> },
+    Batch {
+        size: usize,
+        after_idle: bool,
+    },
+    IdleAtMax {
+        task: u64,
+        reply: oneshot::Sender<bool>,
+    },
     Trigger,
 }
 
@@ -177,7 +183,7 @@ impl QueueListener {
             abort,
         });
         hub.register(&shared.name, shared.clone());
-        let supervisor = Supervisor {
+        let mut supervisor = Supervisor {
             shared: shared.clone(),
             tracker: tracker.clone(),
             tasks: BTreeMap::new(),
@@ -187,6 +193,10 @@ impl QueueListener {
             last_probe: None,
             busy: false,
         };
+        // One task to start with, even with min_tasks = 0: its first receive finds out whether
+        // work is waiting, and it retires on the back-off curve if not. Spawned here, not in
+        // the supervisor, so the listener never looks idle before it has looked at the queue.
+        supervisor.spawn_task();
         let span = tracing::info_span!("listener", queue = %shared.name);
         tracker.spawn(supervisor.run(inbox).instrument(span));
         let s = &shared.settings;
@@ -218,7 +228,12 @@ impl QueueListener {
             triggers: get(&stats.triggers),
             depth: view.depth,
             idle_streaks: view.tasks.values().map(|(streak, _)| *streak).collect(),
-            current_backoff: view.tasks.values().map(|(_, d)| *d).max().unwrap_or_default(),
+            current_backoff: view
+                .tasks
+                .values()
+                .map(|(_, d)| *d)
+                .max()
+                .unwrap_or_default(),
             last_decision: view.last_decision.clone(),
         }
     }
@@ -240,13 +255,13 @@ struct Supervisor {
 impl Supervisor {
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Event>) {
         let scaling = self.shared.settings.scaling.clone();
-        // One task to start with, even with min_tasks = 0: its first receive finds out
-        // whether work is waiting, and it retires on the back-off curve if not.
-        self.spawn_task();
         let mut probe = tokio::time::interval(scaling.depth_probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut idle_probe =
-            tokio::time::interval(scaling.idle_probe_interval.unwrap_or(Duration::from_secs(3600)));
+        let mut idle_probe = tokio::time::interval(
+            scaling
+                .idle_probe_interval
+                .unwrap_or(Duration::from_secs(3600)),
+        );
         idle_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -296,7 +311,10 @@ impl Supervisor {
                 self.scale(Prompt::Trigger, depth);
             }
             Event::IdleAtMax { task, reply } => {
-                let d = decide(&self.shared.settings.scaling, &self.signals(Prompt::IdleAtMax, None));
+                let d = decide(
+                    &self.shared.settings.scaling,
+                    &self.signals(Prompt::IdleAtMax, None),
+                );
                 let retire = d.target < self.active() && self.tasks.contains_key(&task);
                 if retire {
                     self.tasks.remove(&task);
@@ -344,7 +362,11 @@ impl Supervisor {
     fn record(&self, d: Decision, prompt: Prompt) {
         let text = format!("{} tasks: {}", d.target, d.reason);
         info!(queue = %self.shared.name, target = d.target, reason = %d.reason, prompt = ?prompt, "scaling decision");
-        self.shared.view.lock().expect("view mutex poisoned").last_decision = Some(text);
+        self.shared
+            .view
+            .lock()
+            .expect("view mutex poisoned")
+            .last_decision = Some(text);
     }
 
     fn spawn_task(&mut self) {
@@ -408,7 +430,10 @@ struct TaskGuard<'a> {
 
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
-        self.shared.stats.active_tasks.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .active_tasks
+            .fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut view) = self.shared.view.lock() {
             view.tasks.remove(&self.id);
         }
@@ -480,7 +505,11 @@ fn set_view(shared: &Shared, id: u64, streak: u32, sleep: Duration) {
 
 async fn may_retire(shared: &Shared, task: u64) -> bool {
     let (reply, answer) = oneshot::channel();
-    if shared.events.send(Event::IdleAtMax { task, reply }).is_err() {
+    if shared
+        .events
+        .send(Event::IdleAtMax { task, reply })
+        .is_err()
+    {
         return false;
     }
     answer.await.unwrap_or(false)

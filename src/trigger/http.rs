@@ -81,7 +81,11 @@ fn authorized(state: &AppState, headers: &HeaderMap, query: &Query<Vec<(String, 
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let in_query = query.0.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
+    let in_query = query
+        .0
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
     bearer
         .or(in_query)
         .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
@@ -100,7 +104,10 @@ async fn handshake(
         return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
     }
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
-        return reject(StatusCode::BAD_REQUEST, "WebHook-Request-Origin header missing");
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "WebHook-Request-Origin header missing",
+        );
     };
     let mut response = StatusCode::OK.into_response();
     response
@@ -143,7 +150,11 @@ async fn trigger(
     }
     let woken: usize = events.iter().map(|e| state.hub.deliver(e)).sum();
     tracing::debug!(events = events.len(), woken, "trigger delivery");
-    (StatusCode::ACCEPTED, Json(json!({ "events": events.len(), "woken": woken }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "events": events.len(), "woken": woken })),
+    )
+        .into_response()
 }
 
 enum Parsed {
@@ -209,10 +220,15 @@ mod tests {
             (json!({"specversion": "1.0"}), "CloudEvent without data"),
             (json!({"queue": 5}), "not a work-detected event"),
             (json!({"queue": "Bad_Name"}), "queue \"Bad_Name\""),
-            (json!({"eventType": VALIDATION_EVENT, "data": {}}), "validationCode"),
+            (
+                json!({"eventType": VALIDATION_EVENT, "data": {}}),
+                "validationCode",
+            ),
         ];
         for (v, why) in cases {
-            let err = parse(v.clone()).err().unwrap_or_else(|| panic!("{v} accepted"));
+            let err = parse(v.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{v} accepted"));
             assert!(err.contains(why), "{v}: {err}");
         }
     }

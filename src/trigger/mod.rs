@@ -34,10 +34,13 @@ pub(crate) trait Wake: Send + Sync + 'static {
     fn wake(&self);
 }
 
+/// Listeners by queue name.
+type Registry = HashMap<String, Vec<Arc<dyn Wake>>>;
+
 /// The in-process registry of listeners by queue name. Clones share it.
 #[derive(Clone, Default)]
 pub struct Hub {
-    listeners: Arc<RwLock<HashMap<String, Vec<Arc<dyn Wake>>>>>,
+    listeners: Arc<RwLock<Registry>>,
     account: Option<String>,
 }
 
