@@ -181,6 +181,49 @@ async fn zero_tasks_make_no_calls_and_a_publish_wakes_the_queue_within_50ms() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_probe_brings_a_queue_back_from_zero_tasks() {
+    let store = common::memory();
+    let queue = common::unique("idleprobe");
+    let s = settings(&queue, |_, q| {
+        q.scaling.min_tasks = 0;
+        q.scaling.idle_probe_interval = Some(Duration::from_secs(60));
+    });
+    let clock = Clock::default();
+    let worker = Worker::new(s)
+        .with_store(store.clone())
+        .handler(&queue, clock.clone())
+        .start()
+        .await
+        .unwrap();
+    common::wait_for("zero tasks", Duration::from_secs(300), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let idle = worker.snapshot()[0].clone();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let later = worker.snapshot()[0].clone();
+    assert_eq!(
+        later.receive_calls, idle.receive_calls,
+        "no receives at zero tasks"
+    );
+    // One properties call plus one correcting peek a minute.
+    let probes = later.probe_calls - idle.probe_calls;
+    assert!(
+        (19..=21).contains(&probes),
+        "{probes} probe calls in 10 idle minutes"
+    );
+    // Work sent by another process (no trigger): picked up at the next probe.
+    let sent = Instant::now();
+    fill(&store, &queue, 1).await;
+    common::wait_for("pickup", Duration::from_secs(61), || {
+        clock.first_start().is_some()
+    })
+    .await;
+    assert!(clock.first_start().unwrap() - sent <= Duration::from_secs(60));
+    worker.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn tasks_retire_one_by_one_and_never_below_one() {
     let store = common::memory();
     let queue = common::unique("retire");
@@ -223,6 +266,62 @@ async fn tasks_retire_one_by_one_and_never_below_one() {
         at_one - first_drop >= 19,
         "retired faster than the cool-down: {counts:?}"
     );
+    worker.shutdown().await;
+}
+
+/// Messages trickle in while one slow handler at a time works through them: no batch is full
+/// and the depth alone asks for one task, but the waiting messages age, and the age rule adds
+/// tasks.
+#[tokio::test(start_paused = true)]
+async fn old_messages_add_tasks_even_when_depth_does_not_call_for_them() {
+    let store = common::memory();
+    let queue = common::unique("age");
+    fill(&store, &queue, 0).await;
+    let s = settings(&queue, |_, q| {
+        q.concurrency = 1;
+        q.scaling.max_tasks = 4;
+        q.scaling.messages_per_task = 1_000_000; // depth alone never asks for a second task
+        q.scaling.depth_probe_interval = Duration::from_secs(1);
+        q.scaling.scale_up_when_older_than = Some(Duration::from_secs(5));
+    });
+    let clock = Clock {
+        work: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let worker = Worker::new(s)
+        .with_store(store.clone())
+        .handler(&queue, clock)
+        .start()
+        .await
+        .unwrap();
+    let producer = {
+        let q = store.queue(&queue).unwrap();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                q.send(&format!("m{i}"), Default::default()).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        worker.snapshot()[0].active_tasks,
+        1,
+        "young messages: one task"
+    );
+    common::wait_for("a second task", Duration::from_secs(30), || {
+        worker.snapshot()[0].active_tasks >= 2
+    })
+    .await;
+    let snap = worker.snapshot()[0].clone();
+    assert!(
+        snap.last_decision
+            .as_deref()
+            .unwrap_or_default()
+            .contains("old"),
+        "{snap:?}"
+    );
+    producer.abort();
     worker.shutdown().await;
 }
 

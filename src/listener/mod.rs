@@ -248,7 +248,8 @@ struct Supervisor {
     last_up: Option<Instant>,
     last_down: Option<Instant>,
     last_probe: Option<Instant>,
-    /// A batch came back since the last probe: the queue is worth probing.
+    /// A batch came back since the last probe: the queue is worth probing (as it is while
+    /// handlers run).
     busy: bool,
 }
 
@@ -270,15 +271,20 @@ impl Supervisor {
                     Some(event) => self.on_event(event).await,
                     None => break,
                 },
-                _ = probe.tick(), if self.busy && !self.tasks.is_empty() => {
-                    self.busy = false;
-                    let depth = self.probe_depth().await;
-                    self.scale(Prompt::Probe, depth);
+                // The guard is checked inside: a `select!` precondition that is false when the
+                // loop enters would keep the branch off until some other branch fires.
+                _ = probe.tick() => {
+                    if self.is_busy() {
+                        self.busy = false;
+                        let found = self.probe_depth().await;
+                        self.scale(Prompt::Probe, found);
+                    }
                 }
-                _ = idle_probe.tick(), if self.tasks.is_empty() && scaling.idle_probe_interval.is_some() => {
-                    if let Some(depth) = self.probe_depth().await {
-                        if depth > 0 {
-                            self.scale(Prompt::Probe, Some(depth));
+                _ = idle_probe.tick(), if scaling.idle_probe_interval.is_some() => {
+                    if self.tasks.is_empty() {
+                        let found = self.probe_depth().await;
+                        if found.depth.is_some_and(|d| d > 0) {
+                            self.scale(Prompt::Probe, found);
                         }
                     }
                 }
@@ -299,21 +305,21 @@ impl Supervisor {
                 } else {
                     return;
                 };
-                let depth = self.probe_if_due().await;
-                self.scale(prompt, depth);
+                let found = self.probe_if_due().await;
+                self.scale(prompt, found);
             }
             Event::Trigger => {
                 // Start a task before any probe: pickup must not wait for a billable call.
                 if self.tasks.is_empty() {
-                    self.scale(Prompt::Trigger, None);
+                    self.scale(Prompt::Trigger, Probe::default());
                 }
-                let depth = self.probe_if_due().await;
-                self.scale(Prompt::Trigger, depth);
+                let found = self.probe_if_due().await;
+                self.scale(Prompt::Trigger, found);
             }
             Event::IdleAtMax { task, reply } => {
                 let d = decide(
                     &self.shared.settings.scaling,
-                    &self.signals(Prompt::IdleAtMax, None),
+                    &self.signals(Prompt::IdleAtMax, Probe::default()),
                 );
                 let retire = d.target < self.active() && self.tasks.contains_key(&task);
                 if retire {
@@ -327,6 +333,11 @@ impl Supervisor {
         }
     }
 
+    fn is_busy(&self) -> bool {
+        !self.tasks.is_empty()
+            && (self.busy || self.shared.stats.in_flight.load(Ordering::Relaxed) > 0)
+    }
+
     fn batch_size(&self) -> u8 {
         u8::try_from(self.shared.settings.batch_size).unwrap_or(MAX_RECEIVE)
     }
@@ -335,21 +346,21 @@ impl Supervisor {
         u32::try_from(self.tasks.len()).unwrap_or(u32::MAX)
     }
 
-    fn signals(&self, prompt: Prompt, depth: Option<u64>) -> Signals {
+    fn signals(&self, prompt: Prompt, found: Probe) -> Signals {
         let now = Instant::now();
         Signals {
             prompt,
             active: self.active(),
-            depth,
-            oldest_age: None,
+            depth: found.depth,
+            oldest_age: found.oldest_age,
             since_scale_up: self.last_up.map(|t| now - t),
             since_scale_down: self.last_down.map(|t| now - t),
         }
     }
 
     /// Decides and spawns what is missing. Scale-down happens only through retirements.
-    fn scale(&mut self, prompt: Prompt, depth: Option<u64>) {
-        let d = decide(&self.shared.settings.scaling, &self.signals(prompt, depth));
+    fn scale(&mut self, prompt: Prompt, found: Probe) {
+        let d = decide(&self.shared.settings.scaling, &self.signals(prompt, found));
         if d.target > self.active() {
             while self.active() < d.target {
                 self.spawn_task();
@@ -382,44 +393,75 @@ impl Supervisor {
             .spawn(dequeue_loop(self.shared.clone(), id, token).instrument(span));
     }
 
-    async fn probe_if_due(&mut self) -> Option<u64> {
+    async fn probe_if_due(&mut self) -> Probe {
         let interval = self.shared.settings.scaling.depth_probe_interval;
         let due = self.last_probe.is_none_or(|t| t.elapsed() >= interval);
         if due {
             self.probe_depth().await
         } else {
-            None
+            Probe::default()
         }
     }
 
     /// The approximate depth, corrected by a peek when small: the approximate count includes
-    /// messages in flight (invisible), which would otherwise read as waiting work.
-    async fn probe_depth(&mut self) -> Option<u64> {
+    /// messages in flight (invisible), which would otherwise read as waiting work. With an age
+    /// rule, the oldest visible message's age too (from that peek, or a peek of one).
+    async fn probe_depth(&mut self) -> Probe {
         self.last_probe = Some(Instant::now());
-        bump(&self.shared.stats.probe_calls);
-        let depth = match self.shared.queue.approximate_depth().await {
-            Ok(n) if n <= u64::from(MAX_RECEIVE) => {
-                bump(&self.shared.stats.probe_calls);
-                self.shared
-                    .queue
-                    .peek(MAX_RECEIVE)
-                    .await
-                    .map(|visible| visible.len() as u64)
+        let queue = &self.shared.queue;
+        let stats = &self.shared.stats;
+        let want_age = self
+            .shared
+            .settings
+            .scaling
+            .scale_up_when_older_than
+            .is_some();
+        bump(&stats.probe_calls);
+        let result = async {
+            let approximate = queue.approximate_depth().await?;
+            let small = approximate <= u64::from(MAX_RECEIVE);
+            if !small && !want_age {
+                return Ok(Probe {
+                    depth: Some(approximate),
+                    oldest_age: None,
+                });
             }
-            other => other,
-        };
-        match depth {
-            Ok(d) => {
-                self.shared.view.lock().expect("view mutex poisoned").depth = Some(d);
-                Some(d)
+            bump(&stats.probe_calls);
+            let peeked = queue.peek(if small { MAX_RECEIVE } else { 1 }).await?;
+            let oldest_age = peeked
+                .first()
+                .and_then(|m| m.inserted_at)
+                .map(|t| (crate::store::now_utc() - t).unsigned_abs());
+            let depth = if small {
+                peeked.len() as u64
+            } else {
+                approximate
+            };
+            Ok::<_, StoreError>(Probe {
+                depth: Some(depth),
+                oldest_age,
+            })
+        }
+        .await;
+        match result {
+            Ok(probe) => {
+                self.shared.view.lock().expect("view mutex poisoned").depth = probe.depth;
+                probe
             }
             Err(e) => {
-                bump(&self.shared.stats.store_errors);
+                bump(&stats.store_errors);
                 warn!(queue = %self.shared.name, error = %e, "depth probe failed");
-                None
+                Probe::default()
             }
         }
     }
+}
+
+/// What a depth probe found.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    depth: Option<u64>,
+    oldest_age: Option<Duration>,
 }
 
 /// Forgets a task's view entry and active count however it ends.

@@ -133,7 +133,7 @@ impl Queue for MemoryQueue {
             });
         }
         self.with(|messages, now| {
-            let inserted_at = OffsetDateTime::now_utc();
+            let inserted_at = super::now_utc();
             let message = Stored {
                 id: uuid::Uuid::new_v4().to_string(),
                 pop_receipt: new_receipt(),

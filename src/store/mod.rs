@@ -172,6 +172,21 @@ impl StoreError {
     }
 }
 
+/// Wall-clock "now" as seen through tokio's clock: the real time at first use, advanced by
+/// tokio's (pausable) clock since. The embedded store stamps messages with it and the listener
+/// ages them with it, so paused-time tests see messages age; in real time it tracks the system
+/// clock.
+pub fn now_utc() -> OffsetDateTime {
+    static ANCHOR: std::sync::OnceLock<(OffsetDateTime, std::time::Instant)> =
+        std::sync::OnceLock::new();
+    let (wall, mono) =
+        ANCHOR.get_or_init(|| (OffsetDateTime::now_utc(), std::time::Instant::now()));
+    let elapsed = tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(*mono);
+    *wall + elapsed
+}
+
 /// Checks a queue name against the service's rules: 3-63 characters, lowercase letters,
 /// digits and single hyphens, starting and ending with a letter or digit.
 pub fn validate_queue_name(name: &str) -> Result<(), String> {
