@@ -25,6 +25,7 @@ pub mod config;
 pub mod handler;
 pub mod listener;
 pub mod scaling;
+pub mod simulate;
 pub mod store;
 pub mod trigger;
 pub mod worker;

@@ -6,8 +6,10 @@
 //! Tasks report to the supervisor over a channel (work found after idleness, full batches,
 //! "my back-off reached its maximum: may I retire?"); the supervisor probes the depth sparingly
 //! (only while busy, or when prompted, at most once per `depth_probe_interval`), decides, and
-//! spawns tasks or grants retirements. A push trigger bumps a `watch` channel that every
-//! sleeping task selects on, so no wake-up is lost between a check and a sleep.
+//! spawns tasks or grants retirements. A push trigger wakes one sleeping task through a
+//! `Notify` (which keeps the wake-up as a permit when no task is asleep yet, so none is lost
+//! between a check and a sleep); waking one per trigger rather than all keeps a stream of
+//! triggers from turning every sleeping task into an empty receive.
 //!
 //! Two tokens drive shutdown. `stop` ends receiving: a task finishes its receive in flight,
 //! releases (visibility 0) the messages of its batch that have not started, and waits for the
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -133,7 +135,7 @@ pub(crate) struct Shared {
     stats: ListenerStats,
     view: Mutex<ScaleView>,
     events: mpsc::UnboundedSender<Event>,
-    wake: watch::Sender<u64>,
+    wake: Notify,
     stop: CancellationToken,
     abort: CancellationToken,
     name: Arc<str>,
@@ -142,7 +144,7 @@ pub(crate) struct Shared {
 impl Wake for Shared {
     fn wake(&self) {
         bump(&self.stats.triggers);
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.wake.notify_one();
         // Fails only once the supervisor is gone (shutdown); nothing to wake then.
         let _ = self.events.send(Event::Trigger);
     }
@@ -177,7 +179,7 @@ impl QueueListener {
             stats: ListenerStats::default(),
             view: Mutex::default(),
             events,
-            wake: watch::Sender::new(0),
+            wake: Notify::new(),
             settings,
             stop,
             abort,
@@ -487,7 +489,6 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
         shared: &shared,
         id,
     };
-    let mut wake = shared.wake.subscribe();
     let mut backoff = IdleBackoff::new(shared.settings.idle_backoff);
     let max_sleep = shared.settings.idle_backoff.max;
     let batch_size = u8::try_from(shared.settings.batch_size).unwrap_or(MAX_RECEIVE);
@@ -510,7 +511,7 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
                     debug!(queue = %shared.name, task = id, "idle task retired");
                     return;
                 }
-                sleep_until_woken(&token, &mut wake, &mut backoff, delay).await;
+                sleep_until_woken(&token, &shared.wake, &mut backoff, delay).await;
                 first = false;
                 continue;
             }
@@ -518,7 +519,7 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
                 bump(&shared.stats.store_errors);
                 let delay = backoff.next_delay();
                 error!(queue = %shared.name, error = %e, retry_in = ?delay, "receive failed");
-                sleep_until_woken(&token, &mut wake, &mut backoff, delay).await;
+                sleep_until_woken(&token, &shared.wake, &mut backoff, delay).await;
                 continue;
             }
         };
@@ -561,18 +562,14 @@ async fn may_retire(shared: &Shared, task: u64) -> bool {
 /// curve, so the next empty receive starts again from `min`).
 async fn sleep_until_woken(
     token: &CancellationToken,
-    wake: &mut watch::Receiver<u64>,
+    wake: &Notify,
     backoff: &mut IdleBackoff,
     delay: Duration,
 ) {
     tokio::select! {
         _ = token.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
-        changed = wake.changed() => {
-            if changed.is_ok() {
-                backoff.reset();
-            }
-        }
+        _ = wake.notified() => backoff.reset(),
     }
 }
 

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 pub mod azure;
+pub mod counting;
 pub mod memory;
 
 /// The largest message text the service accepts, in bytes.
