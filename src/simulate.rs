@@ -333,19 +333,14 @@ pub fn summary_text(s: &Summary) -> String {
 /// An SVG chart: one panel each for depth, tasks, receive calls per second and pickup p50.
 pub fn svg(samples: &[Sample], title: &str) -> String {
     let (w, panel_h, left, gap) = (900.0, 120.0, 70.0, 30.0);
-    let panels: [(&str, &str, Box<dyn Fn(&Sample) -> Option<f64>>); 4] = [
-        ("queue depth", "#1f77b4", Box::new(|s| Some(s.depth as f64))),
-        (
-            "dequeue tasks",
-            "#2ca02c",
-            Box::new(|s| Some(s.tasks as f64)),
-        ),
-        (
-            "receive calls / s",
-            "#d62728",
-            Box::new(|s| Some(s.receive_calls as f64)),
-        ),
-        ("pickup p50 (ms)", "#9467bd", Box::new(|s| s.pickup_p50_ms)),
+    type Series = fn(&Sample) -> Option<f64>;
+    let panels: [(&str, &str, Series); 4] = [
+        ("queue depth", "#1f77b4", |s| Some(s.depth as f64)),
+        ("dequeue tasks", "#2ca02c", |s| Some(s.tasks as f64)),
+        ("receive calls / s", "#d62728", |s| {
+            Some(s.receive_calls as f64)
+        }),
+        ("pickup p50 (ms)", "#9467bd", |s| s.pickup_p50_ms),
     ];
     let height = 40.0 + panels.len() as f64 * (panel_h + gap);
     let t_max = samples.last().map_or(1, |s| s.t).max(1) as f64;
