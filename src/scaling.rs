@@ -6,6 +6,9 @@
 //! idleness, a full batch, a depth that calls for more tasks, an old message, or a push trigger.
 //! Scale-down is the whitepaper's: a task whose idle back-off reached its maximum asks to retire,
 //! and may unless it is the last one (`min_tasks = 1`) or the scale-down cool-down forbids it.
+//! And, since a steady trickle keeps every task finding a message now and then (so none ever
+//! idles to the maximum), a probe that finds the queue shallower than the running tasks warrant
+//! retires one task (again within the cool-down, and never the last one).
 
 use std::fmt;
 use std::time::Duration;
@@ -43,6 +46,9 @@ pub struct Signals {
     pub since_scale_up: Option<Duration>,
     /// Time since the last retirement (`None`: never).
     pub since_scale_down: Option<Duration>,
+    /// A batch came back full since the last probe: the tasks are saturated even if the
+    /// probe found the queue empty (they hold its messages in flight).
+    pub full_batch_since_probe: bool,
 }
 
 /// Why the target is what it is.
@@ -62,6 +68,8 @@ pub enum Reason {
     Trigger,
     /// The task is idle at its back-off maximum and may retire.
     Idle,
+    /// The probed depth needs fewer tasks than run.
+    Shallow(u64),
     /// The task is idle but is the last one allowed to poll.
     KeepLast,
     /// More tasks are wanted, but the scale-up cool-down has not passed.
@@ -82,6 +90,7 @@ impl fmt::Display for Reason {
             Reason::Age(a) => write!(f, "oldest message {}s old", a.as_secs()),
             Reason::Trigger => f.write_str("push trigger"),
             Reason::Idle => f.write_str("idle at the back-off maximum"),
+            Reason::Shallow(d) => write!(f, "depth {d} needs fewer tasks"),
             Reason::KeepLast => f.write_str("last task keeps polling"),
             Reason::UpCooldown => f.write_str("scale-up cool-down"),
             Reason::DownCooldown => f.write_str("scale-down cool-down"),
@@ -161,6 +170,20 @@ pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
             (want, reason) = (active + 1, Reason::Age(age));
         }
     }
+    if sig.prompt == Prompt::Probe && reason == Reason::Steady {
+        if let Some(depth) = sig.depth {
+            let floor = s.min_tasks.max(1);
+            if depth_target(s, depth).max(floor) < active
+                && !sig.full_batch_since_probe
+                && cooled(sig.since_scale_down, s.scale_down_cooldown)
+            {
+                return Decision {
+                    target: active - 1,
+                    reason: Reason::Shallow(depth),
+                };
+            }
+        }
+    }
     if want > s.max_tasks {
         want = s.max_tasks;
         if want <= active {
@@ -204,6 +227,7 @@ mod tests {
             oldest_age: None,
             since_scale_up: None,
             since_scale_down: None,
+            full_batch_since_probe: false,
         }
     }
 
@@ -263,7 +287,13 @@ mod tests {
             ("full batch inside the up cool-down waits",
              Signals { since_scale_up: Some(Duration::from_millis(500)), ..sig(Prompt::FullBatch, 3) }, 3, Reason::UpCooldown),
             ("full batch after the cool-down", Signals { since_scale_up: secs(1), ..sig(Prompt::FullBatch, 3) }, 4, Reason::FullBatch),
-            ("probe with a shallow queue never shrinks", Signals { depth: Some(10), ..sig(Prompt::Probe, 6) }, 6, Reason::Steady),
+            ("probe with a shallow queue retires one", Signals { depth: Some(10), ..sig(Prompt::Probe, 6) }, 5, Reason::Shallow(10)),
+            ("shallow, but inside the down cool-down",
+             Signals { depth: Some(10), since_scale_down: secs(3), ..sig(Prompt::Probe, 6) }, 6, Reason::Steady),
+            ("shallow, but batches came back full: saturated, keep",
+             Signals { depth: Some(0), full_batch_since_probe: true, ..sig(Prompt::Probe, 6) }, 6, Reason::Steady),
+            ("an empty queue never retires the last task", Signals { depth: Some(0), ..sig(Prompt::Probe, 1) }, 1, Reason::Steady),
+            ("depth that fits the tasks changes nothing", Signals { depth: Some(550), ..sig(Prompt::Probe, 6) }, 6, Reason::Steady),
             ("probe with a deeper queue grows", Signals { depth: Some(350), ..sig(Prompt::Probe, 2) }, 4, Reason::Depth(350)),
             ("an old message without an age rule changes nothing",
              Signals { oldest_age: secs(90), ..sig(Prompt::Probe, 2) }, 2, Reason::Steady),

@@ -4,8 +4,10 @@
 //! Run with: `cargo run --bin demo`
 //!
 //! Environment: `DEMO_RATE` messages per second per queue from the built-in producer (default
-//! 50, 0 turns it off), `DEMO_HANDLER_MS` simulated work per message (default 20), plus every
-//! `EBBFLOW__...` override and `AZURE_STORAGE_CONNECTION_STRING`.
+//! 20, 0 turns the producer off), `DEMO_BURST` extra orders sent at once 10 s in and every
+//! 90 s after (default 2000, so the orders queue scales up and back down), `DEMO_HANDLER_MS` simulated work per
+//! message (default 20), plus every `EBBFLOW__...` override and
+//! `AZURE_STORAGE_CONNECTION_STRING`.
 
 use std::time::Duration;
 
@@ -82,7 +84,8 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::load()?;
-    let rate = env_u64("DEMO_RATE", 50)?;
+    let rate = env_u64("DEMO_RATE", 20)?;
+    let burst = env_u64("DEMO_BURST", 2000)?;
     let work = Duration::from_millis(env_u64("DEMO_HANDLER_MS", 20)?);
     let worker = Worker::new(settings)
         .handler("orders", Orders { work })
@@ -98,8 +101,23 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let stop = stop_producing.clone();
             producers.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+                // A burst 10 s in, then every 90 s: long enough for the extra tasks to back off
+                // to the 30 s maximum and retire between bursts.
+                let (first_burst, burst_every) = (10 * rate, 90 * rate);
                 for id in 1u64.. {
                     tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
+                    if queue == "orders" && id % burst_every == first_burst {
+                        info!(queue, messages = burst, "producer burst");
+                        for n in 0..burst {
+                            let order = Order {
+                                id: id * 100_000 + n,
+                                amount_cents: 100,
+                            };
+                            if let Err(e) = publisher.send_json(&order).await {
+                                tracing::warn!(error = %e, "producer send failed");
+                            }
+                        }
+                    }
                     let sent = if queue == "orders" {
                         // Every 500th order has no amount and ends up in the poison queue.
                         let amount_cents = if id % 500 == 0 { 0 } else { id * 100 };

@@ -6,7 +6,7 @@
 //! Tasks report to the supervisor over a channel (work found after idleness, full batches,
 //! "my back-off reached its maximum: may I retire?"); the supervisor probes the depth sparingly
 //! (only while busy, or when prompted, at most once per `depth_probe_interval`), decides, and
-//! spawns tasks or grants retirements. A push trigger wakes one sleeping task through a
+//! spawns tasks or grants retirements. A push trigger wakes the most recently sleeping task through a
 //! `Notify` (which keeps the wake-up as a permit when no task is asleep yet, so none is lost
 //! between a check and a sleep); waking one per trigger rather than all keeps a stream of
 //! triggers from turning every sleeping task into an empty receive.
@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     view: Mutex<ScaleView>,
     events: mpsc::UnboundedSender<Event>,
     wake: Notify,
+    /// Tasks inside `run_batch`: each receives again as soon as its batch is done.
+    batching: AtomicU64,
     stop: CancellationToken,
     abort: CancellationToken,
     name: Arc<str>,
@@ -144,7 +146,13 @@ pub(crate) struct Shared {
 impl Wake for Shared {
     fn wake(&self) {
         bump(&self.stats.triggers);
-        self.wake.notify_one();
+        // A task in the middle of a batch receives again right after it, so it will see the
+        // new work: waking a sleeper too would only add an empty receive, and would keep every
+        // task young under a trickle. With none mid-batch, wake the most recent sleeper, not
+        // the oldest, so one task stays hot while the others back off and retire.
+        if self.batching.load(Ordering::SeqCst) == 0 {
+            self.wake.notify_last();
+        }
         // Fails only once the supervisor is gone (shutdown); nothing to wake then.
         let _ = self.events.send(Event::Trigger);
     }
@@ -180,6 +188,7 @@ impl QueueListener {
             view: Mutex::default(),
             events,
             wake: Notify::new(),
+            batching: AtomicU64::new(0),
             settings,
             stop,
             abort,
@@ -194,6 +203,7 @@ impl QueueListener {
             last_down: None,
             last_probe: None,
             busy: false,
+            full_since_probe: false,
         };
         // One task to start with, even with min_tasks = 0: its first receive finds out whether
         // work is waiting, and it retires on the back-off curve if not. Spawned here, not in
@@ -253,6 +263,8 @@ struct Supervisor {
     /// A batch came back since the last probe: the queue is worth probing (as it is while
     /// handlers run).
     busy: bool,
+    /// A full batch came back since the last probe.
+    full_since_probe: bool,
 }
 
 impl Supervisor {
@@ -280,6 +292,7 @@ impl Supervisor {
                         self.busy = false;
                         let found = self.probe_depth().await;
                         self.scale(Prompt::Probe, found);
+                        self.full_since_probe = false;
                     }
                 }
                 _ = idle_probe.tick(), if scaling.idle_probe_interval.is_some() => {
@@ -301,6 +314,7 @@ impl Supervisor {
             Event::Batch { size, after_idle } => {
                 self.busy = true;
                 let prompt = if size >= usize::from(self.batch_size()) {
+                    self.full_since_probe = true;
                     Prompt::FullBatch
                 } else if after_idle {
                     Prompt::WorkAfterIdle
@@ -357,11 +371,19 @@ impl Supervisor {
             oldest_age: found.oldest_age,
             since_scale_up: self.last_up.map(|t| now - t),
             since_scale_down: self.last_down.map(|t| now - t),
+            full_batch_since_probe: self.full_since_probe,
         }
     }
 
     /// Decides and spawns what is missing. Scale-down happens only through retirements.
     fn scale(&mut self, prompt: Prompt, found: Probe) {
+        // At least a batch's worth waiting: work for every task, sleeping ones included.
+        if found
+            .depth
+            .is_some_and(|d| d >= u64::from(self.batch_size()))
+        {
+            self.shared.wake.notify_waiters();
+        }
         let d = decide(&self.shared.settings.scaling, &self.signals(prompt, found));
         if d.target > self.active() {
             while self.active() < d.target {
@@ -369,6 +391,25 @@ impl Supervisor {
             }
             self.last_up = Some(Instant::now());
             self.record(d, prompt);
+        } else if d.target < self.active() {
+            self.retire_most_idle();
+            self.last_down = Some(Instant::now());
+            self.record(d, prompt);
+        }
+    }
+
+    /// Cancels the token of the task with the longest idle streak. It finishes any batch it
+    /// is running (batches answer to `stop`, not to the task's own token) and then ends.
+    fn retire_most_idle(&mut self) {
+        let most_idle = {
+            let view = self.shared.view.lock().expect("view mutex poisoned");
+            self.tasks
+                .keys()
+                .max_by_key(|id| view.tasks.get(id).map_or(0, |(streak, _)| *streak))
+                .copied()
+        };
+        if let Some(token) = most_idle.and_then(|id| self.tasks.remove(&id)) {
+            token.cancel();
         }
     }
 
@@ -511,7 +552,7 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
                     debug!(queue = %shared.name, task = id, "idle task retired");
                     return;
                 }
-                sleep_until_woken(&token, &shared.wake, &mut backoff, delay).await;
+                sleep_until_woken(&token, &shared.wake, delay).await;
                 first = false;
                 continue;
             }
@@ -519,7 +560,7 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
                 bump(&shared.stats.store_errors);
                 let delay = backoff.next_delay();
                 error!(queue = %shared.name, error = %e, retry_in = ?delay, "receive failed");
-                sleep_until_woken(&token, &shared.wake, &mut backoff, delay).await;
+                sleep_until_woken(&token, &shared.wake, delay).await;
                 continue;
             }
         };
@@ -535,7 +576,9 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
             size: batch.len(),
             after_idle,
         });
+        shared.batching.fetch_add(1, Ordering::SeqCst);
         run_batch(&shared, batch).await;
+        shared.batching.fetch_sub(1, Ordering::SeqCst);
     }
     debug!(queue = %shared.name, task = id, "dequeue task stopped");
 }
@@ -558,18 +601,15 @@ async fn may_retire(shared: &Shared, task: u64) -> bool {
     answer.await.unwrap_or(false)
 }
 
-/// Sleeps out an idle back-off step unless stopped or woken by a trigger (which resets the
-/// curve, so the next empty receive starts again from `min`).
-async fn sleep_until_woken(
-    token: &CancellationToken,
-    wake: &Notify,
-    backoff: &mut IdleBackoff,
-    delay: Duration,
-) {
+/// Sleeps out an idle back-off step unless stopped or woken by a trigger. A wake-up cuts the
+/// sleep short but does not reset the curve: only finding work does. A task woken for a
+/// message another task took keeps climbing towards the maximum (and retirement), instead of
+/// being kept young by a trickle of triggers meant for someone else.
+async fn sleep_until_woken(token: &CancellationToken, wake: &Notify, delay: Duration) {
     tokio::select! {
         _ = token.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
-        _ = wake.notified() => backoff.reset(),
+        _ = wake.notified() => {}
     }
 }
 

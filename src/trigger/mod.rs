@@ -6,8 +6,9 @@
 //! - Across instances: the HTTP endpoint in [`http`] (plain JSON, Event Grid, CloudEvents),
 //!   which feeds the same hub.
 //!
-//! A woken listener interrupts the back-off sleep of its tasks (and resets their curve); a
-//! listener at zero tasks starts one at once.
+//! A woken listener interrupts the back-off sleep of its most recently sleeping task (whose
+//! curve starts again from `min` once it finds the work); a listener at zero tasks starts one
+//! at once.
 
 pub mod http;
 
