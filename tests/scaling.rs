@@ -9,7 +9,7 @@ use std::time::Duration;
 use ebbflow::codec::Encoding;
 use ebbflow::config::{IdleBackoffSettings, QueueSettings, Settings};
 use ebbflow::store::QueueStore;
-use ebbflow::{Context, Handler, HandlerError, Publisher, Worker};
+use ebbflow::{Context, Handler, HandlerError, Publisher};
 use tokio::time::Instant;
 
 /// Records when each message's handler started; sleeps `work`.
@@ -74,12 +74,7 @@ async fn a_burst_scales_to_max_within_one_probe_interval_and_back_to_min_when_id
         ..Default::default()
     };
     let start = Instant::now();
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, clock.clone())
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, clock.clone()).await;
     common::wait_for("8 tasks", Duration::from_secs(5), || {
         worker.snapshot()[0].active_tasks == 8
     })
@@ -142,12 +137,7 @@ async fn zero_tasks_make_no_calls_and_a_publish_wakes_the_queue_within_50ms() {
         q.scaling.wake_on_publish = true;
     });
     let clock = Clock::default();
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, clock.clone())
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, clock.clone()).await;
     common::wait_for("zero tasks", Duration::from_secs(300), || {
         worker.snapshot()[0].active_tasks == 0
     })
@@ -189,12 +179,7 @@ async fn an_idle_probe_brings_a_queue_back_from_zero_tasks() {
         q.scaling.idle_probe_interval = Some(Duration::from_secs(60));
     });
     let clock = Clock::default();
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, clock.clone())
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, clock.clone()).await;
     common::wait_for("zero tasks", Duration::from_secs(300), || {
         worker.snapshot()[0].active_tasks == 0
     })
@@ -233,12 +218,7 @@ async fn tasks_retire_one_by_one_and_never_below_one() {
         q.scaling.messages_per_task = 10;
         q.scaling.scale_down_cooldown = Duration::from_secs(10);
     });
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, Clock::default())
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, Clock::default()).await;
     common::wait_for("4 tasks", Duration::from_secs(5), || {
         worker.snapshot()[0].active_tasks == 4
     })
@@ -288,12 +268,7 @@ async fn old_messages_add_tasks_even_when_depth_does_not_call_for_them() {
         work: Duration::from_secs(2),
         ..Default::default()
     };
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, clock)
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, clock).await;
     let producer = {
         let q = store.queue(&queue).unwrap();
         tokio::spawn(async move {
@@ -343,12 +318,7 @@ async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks_within_100ms() {
         };
     });
     let clock = Clock::default();
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, clock.clone())
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, clock.clone()).await;
     common::wait_for("zero tasks", Duration::from_secs(20), || {
         worker.snapshot()[0].active_tasks == 0
     })
@@ -411,12 +381,7 @@ async fn azurite_in_process_publish_wakes_a_task_in_a_30s_backoff_within_100ms()
         };
     });
     let clock = Clock::default();
-    let worker = Worker::new(s)
-        .with_store(store.clone())
-        .handler(&queue, clock.clone())
-        .start()
-        .await
-        .unwrap();
+    let worker = common::start(&store, s, &queue, clock.clone()).await;
     common::wait_for("a 30 s back-off", Duration::from_secs(10), || {
         worker.snapshot()[0].current_backoff == Duration::from_secs(30)
     })

@@ -90,20 +90,6 @@ fn settings(queue: &str, tweak: impl FnOnce(&mut QueueSettings)) -> Settings {
     s
 }
 
-async fn start(
-    store: &Arc<dyn QueueStore>,
-    settings: Settings,
-    queue: &str,
-    handler: impl Handler,
-) -> ebbflow::worker::RunningWorker {
-    Worker::new(settings)
-        .with_store(store.clone())
-        .handler(queue, handler)
-        .start()
-        .await
-        .unwrap()
-}
-
 async fn publisher(store: &Arc<dyn QueueStore>, queue: &str) -> Publisher {
     let q = store.queue(queue).unwrap();
     q.create_if_missing().await.unwrap();
@@ -127,7 +113,7 @@ async fn five_hundred_messages_each_handled_exactly_once(store: Arc<dyn QueueSto
         p.send_json(&Job { n, fail: false }).await.unwrap();
     }
     let recorder = Recorder::default();
-    let worker = start(
+    let worker = common::start(
         &store,
         settings(&queue, |q| {
             q.scaling.max_tasks = 4;
@@ -177,7 +163,7 @@ async fn failing_messages_retry_then_go_to_poison(store: Arc<dyn QueueStore>) {
         .text
         .clone();
     let recorder = Recorder::default();
-    let worker = start(
+    let worker = common::start(
         &store,
         settings(&queue, |q| q.max_dequeue_count = 3),
         &queue,
@@ -247,7 +233,7 @@ async fn undecodable_and_rejected_messages_go_to_poison(store: Arc<dyn QueueStor
         .unwrap();
     p.send_json(&Job { n: 13, fail: false }).await.unwrap();
     p.send_json(&Job { n: 14, fail: false }).await.unwrap();
-    let worker = start(&store, settings(&queue, |_| {}), &queue, Picky).await;
+    let worker = common::start(&store, settings(&queue, |_| {}), &queue, Picky).await;
     common::wait_for(
         "three poisoned, one handled",
         Duration::from_secs(60),
@@ -287,7 +273,7 @@ async fn stop_mid_batch_finishes_started_and_releases_the_rest(store: Arc<dyn Qu
         work: Duration::from_secs(2),
         ..Default::default()
     };
-    let worker = start(
+    let worker = common::start(
         &store,
         settings(&queue, |q| {
             q.concurrency = 2;
@@ -326,7 +312,7 @@ async fn drain_deadline_aborts_and_releases_without_deleting(store: Arc<dyn Queu
     };
     let mut s = settings(&queue, |_| {});
     s.worker.drain_timeout = Duration::from_secs(1);
-    let worker = start(&store, s, &queue, recorder.clone()).await;
+    let worker = common::start(&store, s, &queue, recorder.clone()).await;
     common::wait_for("the handler running", Duration::from_secs(30), || {
         worker.snapshot()[0].in_flight == 1
     })

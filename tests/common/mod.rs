@@ -50,6 +50,21 @@ pub async fn fresh_queue(store: &Arc<dyn QueueStore>, prefix: &str) -> Arc<dyn Q
     q
 }
 
+/// Starts a worker with one handler on `store`.
+pub async fn start(
+    store: &Arc<dyn QueueStore>,
+    settings: ebbflow::Settings,
+    queue: &str,
+    handler: impl ebbflow::Handler,
+) -> ebbflow::worker::RunningWorker {
+    ebbflow::Worker::new(settings)
+        .with_store(store.clone())
+        .handler(queue, handler)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Polls `check` every 20 ms (tokio time) until it holds; panics after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
