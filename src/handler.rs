@@ -83,7 +83,11 @@ pub struct Context {
     pub(crate) dequeue_count: u32,
     pub(crate) inserted_at: Option<OffsetDateTime>,
     pub(crate) cancellation: CancellationToken,
+    pub(crate) publishers: Publishers,
 }
+
+/// The worker's publishers by queue name, shared by every handler's [`Context`].
+pub(crate) type Publishers = Arc<std::collections::BTreeMap<String, Publisher>>;
 
 impl Context {
     /// The queue the message came from.
@@ -106,10 +110,17 @@ impl Context {
         self.inserted_at
     }
 
-    /// Fires when the worker's drain deadline passes: wrap up, the message will not be
-    /// deleted and comes back after its visibility timeout.
+    /// Fires when the worker is asked to stop (SIGTERM): a handler that can end early may
+    /// return an error, and its message is retried later. Handlers still running at the drain
+    /// deadline are aborted and their messages released, never deleted.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancellation
+    }
+
+    /// A publisher for one of the worker's configured queues, to hand work on. Its sends wake
+    /// this worker's listener of that queue at once (the in-process push trigger).
+    pub fn publisher(&self, queue: &str) -> Option<&Publisher> {
+        self.publishers.get(queue)
     }
 }
 
@@ -225,6 +236,15 @@ pub enum PublishError {
     /// The store refused the send.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("queue", &self.queue.name())
+            .field("encoding", &self.encoding)
+            .finish()
+    }
 }
 
 impl Publisher {

@@ -106,7 +106,8 @@ impl Worker {
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
         let hub = Hub::new(None);
-        let mut listeners = Vec::new();
+        // Queues and publishers first, so every handler's Context can publish to any queue.
+        let mut queues = Vec::new();
         let mut publishers = BTreeMap::new();
         for (name, queue_settings) in &self.settings.queues {
             let handler = self
@@ -128,17 +129,25 @@ impl Worker {
                 name.clone(),
                 Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone()),
             );
-            listeners.push(QueueListener::start(
-                queue,
-                poison_queue,
-                queue_settings.clone(),
-                handler,
-                &tracker,
-                &hub,
-                stop.clone(),
-                abort.clone(),
-            ));
+            queues.push((queue, poison_queue, queue_settings.clone(), handler));
         }
+        let shared_publishers = Arc::new(publishers.clone());
+        let listeners: Vec<QueueListener> = queues
+            .into_iter()
+            .map(|(queue, poison_queue, settings, handler)| {
+                QueueListener::start(
+                    queue,
+                    poison_queue,
+                    settings,
+                    handler,
+                    shared_publishers.clone(),
+                    &tracker,
+                    &hub,
+                    stop.clone(),
+                    abort.clone(),
+                )
+            })
+            .collect();
         let http = &self.settings.triggers.http;
         let trigger_addr = if http.enabled {
             let (addr, serve) = crate::trigger::http::bind(hub.clone(), http, stop.clone())

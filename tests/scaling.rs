@@ -9,7 +9,7 @@ use std::time::Duration;
 use ebbflow::codec::Encoding;
 use ebbflow::config::{IdleBackoffSettings, QueueSettings, Settings};
 use ebbflow::store::QueueStore;
-use ebbflow::{Context, Handler, HandlerError, Publisher};
+use ebbflow::{Context, Handler, HandlerError, Publisher, Worker};
 use tokio::time::Instant;
 
 /// Records when each message's handler started; sleeps `work`.
@@ -205,6 +205,68 @@ async fn an_idle_probe_brings_a_queue_back_from_zero_tasks() {
     })
     .await;
     assert!(clock.first_start().unwrap() - sent <= Duration::from_secs(60));
+    worker.shutdown().await;
+}
+
+/// Forwards every message to `to` through the Context's publisher.
+struct Forward {
+    to: String,
+}
+
+impl Handler for Forward {
+    type Message = String;
+
+    async fn handle(&self, text: String, ctx: Context) -> Result<(), HandlerError> {
+        let publisher = ctx.publisher(&self.to).ok_or("no publisher")?;
+        publisher
+            .send_bytes(text.as_bytes(), Default::default())
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_hands_work_on_and_wakes_the_next_queue_from_zero() {
+    let store = common::memory();
+    let (first, second) = (common::unique("first"), common::unique("second"));
+    let s = settings(&first, |s, _| {
+        let mut q = QueueSettings {
+            encoding: Encoding::None,
+            ..QueueSettings::default()
+        };
+        q.scaling.min_tasks = 0;
+        q.scaling.wake_on_publish = true;
+        s.queues.insert(second.clone(), q);
+    });
+    let clock = Clock::default();
+    let worker = Worker::new(s)
+        .with_store(store.clone())
+        .handler(&first, Forward { to: second.clone() })
+        .handler(&second, clock.clone())
+        .start()
+        .await
+        .unwrap();
+    common::wait_for("the second queue at zero", Duration::from_secs(300), || {
+        // Snapshots come in queue-name order: t-first-… then t-second-….
+        worker.snapshot()[1].active_tasks == 0
+    })
+    .await;
+    let sent = Instant::now();
+    worker
+        .publisher(&first)
+        .unwrap()
+        .send_bytes(b"job", Default::default())
+        .await
+        .unwrap();
+    common::wait_for("the forwarded job handled", Duration::from_secs(1), || {
+        clock.first_start().is_some()
+    })
+    .await;
+    let pickup = clock.first_start().unwrap() - sent;
+    assert!(
+        pickup <= Duration::from_millis(50),
+        "two hops took {pickup:?}"
+    );
     worker.shutdown().await;
 }
 

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::backoff::IdleBackoff;
 use crate::config::QueueSettings;
-use crate::handler::{Context, DispatchError, ErasedHandler, HandlerError};
+use crate::handler::{Context, DispatchError, ErasedHandler, HandlerError, Publishers};
 use crate::scaling::{decide, Decision, Prompt, Signals};
 use crate::store::{Queue, ReceivedMessage, StoreError, MAX_RECEIVE};
 use crate::trigger::{Hub, Wake};
@@ -131,6 +131,7 @@ pub(crate) struct Shared {
     poison_queue: Arc<dyn Queue>,
     settings: QueueSettings,
     handler: Arc<dyn ErasedHandler>,
+    publishers: Publishers,
     permits: Arc<Semaphore>,
     stats: ListenerStats,
     view: Mutex<ScaleView>,
@@ -172,6 +173,7 @@ impl QueueListener {
         poison_queue: Arc<dyn Queue>,
         settings: QueueSettings,
         handler: Arc<dyn ErasedHandler>,
+        publishers: Publishers,
         tracker: &TaskTracker,
         hub: &Hub,
         stop: CancellationToken,
@@ -184,6 +186,7 @@ impl QueueListener {
             queue,
             poison_queue,
             handler,
+            publishers,
             stats: ListenerStats::default(),
             view: Mutex::default(),
             events,
@@ -674,6 +677,7 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
         dequeue_count: message.dequeue_count,
         inserted_at: message.inserted_at,
         cancellation: shared.stop.child_token(),
+        publishers: shared.publishers.clone(),
     };
     shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     // The handler runs as its own task so that a panic is contained to this message.
