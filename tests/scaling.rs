@@ -35,6 +35,27 @@ impl Clock {
     }
 }
 
+/// Publishes one message to `queue` through the worker's publisher (an in-process trigger)
+/// and returns how long until `clock`'s handler first started.
+async fn pickup_after_publish(
+    worker: &ebbflow::worker::RunningWorker,
+    queue: &str,
+    clock: &Clock,
+) -> Duration {
+    let sent = Instant::now();
+    worker
+        .publisher(queue)
+        .unwrap()
+        .send_bytes(b"job", Default::default())
+        .await
+        .unwrap();
+    common::wait_for("pickup", Duration::from_secs(5), || {
+        clock.first_start().is_some()
+    })
+    .await;
+    clock.first_start().unwrap() - sent
+}
+
 fn settings(queue: &str, tweak: impl FnOnce(&mut Settings, &mut QueueSettings)) -> Settings {
     let mut s = Settings::default();
     let mut q = QueueSettings {
@@ -150,18 +171,7 @@ async fn zero_tasks_make_no_calls_and_a_publish_wakes_the_queue_within_50ms() {
         (idle.receive_calls, idle.probe_calls),
         "an idle hour at zero tasks costs nothing"
     );
-    let sent = Instant::now();
-    worker
-        .publisher(&queue)
-        .unwrap()
-        .send_bytes(b"wake up", Default::default())
-        .await
-        .unwrap();
-    common::wait_for("pickup", Duration::from_secs(1), || {
-        clock.first_start().is_some()
-    })
-    .await;
-    let pickup = clock.first_start().unwrap() - sent;
+    let pickup = pickup_after_publish(&worker, &queue, &clock).await;
     assert!(
         pickup <= Duration::from_millis(50),
         "pickup took {pickup:?}"
@@ -251,18 +261,7 @@ async fn a_handler_hands_work_on_and_wakes_the_next_queue_from_zero() {
         worker.snapshot()[1].active_tasks == 0
     })
     .await;
-    let sent = Instant::now();
-    worker
-        .publisher(&first)
-        .unwrap()
-        .send_bytes(b"job", Default::default())
-        .await
-        .unwrap();
-    common::wait_for("the forwarded job handled", Duration::from_secs(1), || {
-        clock.first_start().is_some()
-    })
-    .await;
-    let pickup = clock.first_start().unwrap() - sent;
+    let pickup = pickup_after_publish(&worker, &first, &clock).await;
     assert!(
         pickup <= Duration::from_millis(50),
         "two hops took {pickup:?}"
@@ -448,18 +447,7 @@ async fn azurite_in_process_publish_wakes_a_task_in_a_30s_backoff_within_100ms()
         worker.snapshot()[0].current_backoff == Duration::from_secs(30)
     })
     .await;
-    let sent = Instant::now();
-    worker
-        .publisher(&queue)
-        .unwrap()
-        .send_bytes(b"now", Default::default())
-        .await
-        .unwrap();
-    common::wait_for("pickup", Duration::from_secs(5), || {
-        clock.first_start().is_some()
-    })
-    .await;
-    let pickup = clock.first_start().unwrap() - sent;
+    let pickup = pickup_after_publish(&worker, &queue, &clock).await;
     eprintln!("measured: handler started {pickup:?} after the in-process publish");
     assert!(
         pickup <= Duration::from_millis(100),
