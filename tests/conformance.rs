@@ -14,28 +14,7 @@ async fn pass(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(start_paused = true)]
-                async fn $name() {
-                    super::$name(crate::common::memory()).await;
-                }
-            )*
-        }
-        mod azurite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::common::azurite()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     send_receive_delete_keeps_text_and_metadata,
     receive_count_is_capped_at_32,
     received_messages_are_hidden_until_their_timeout,

@@ -14,27 +14,6 @@ use ebbflow::store::{QueueStore, SendOptions};
 use ebbflow::{Context, Handler, HandlerError, Json, Publisher, Worker};
 use serde::{Deserialize, Serialize};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(start_paused = true)]
-                async fn $name() {
-                    super::$name(crate::common::memory()).await;
-                }
-            )*
-        }
-        mod azurite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::common::azurite()).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     five_hundred_messages_each_handled_exactly_once,
     failing_messages_retry_then_go_to_poison,

@@ -75,3 +75,28 @@ pub async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Generates, for each named `async fn(Arc<dyn QueueStore>)` in the calling file, one test on
+/// the embedded store under tokio's paused clock (module `embedded`) and one on the test
+/// Azurite in real time (module `azurite`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name($crate::common::memory()).await;
+                }
+            )*
+        }
+        mod azurite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::azurite()).await;
+                }
+            )*
+        }
+    };
+}
