@@ -378,7 +378,8 @@ impl Supervisor {
         }
     }
 
-    /// Decides and spawns what is missing. Scale-down happens only through retirements.
+    /// Decides, then spawns what is missing or retires the most idle task (a shallow probe).
+    /// Idle tasks at the back-off maximum retire through `Event::IdleAtMax` instead.
     fn scale(&mut self, prompt: Prompt, found: Probe) {
         // At least a batch's worth waiting: work for every task, sleeping ones included.
         if found
