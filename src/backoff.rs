@@ -1,15 +1,66 @@
-//! Idle back-off: the randomized exponential curve from the queue-listener whitepaper.
+//! Idle back-off and retries of transient service errors.
+//!
+//! Idle back-off is the randomized exponential curve from the queue-listener whitepaper.
 //!
 //! After the n-th empty receive in a row a dequeue task sleeps
 //! `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, capped at `max`. The maths is pure and
 //! takes its randomness from the caller, so tests can seed it; the listener sleeps with tokio's
 //! clock, so paused-time tests see exactly the curve.
+//!
+//! [`retry_transient`] retries one store call on transient errors (5xx, throttling, timeouts,
+//! connection errors) with `backon`'s exponential back-off and jitter, a bounded number of
+//! times; every other error is returned at once.
 
+use std::future::Future;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use rand::{Rng, SeedableRng};
+use tracing::warn;
 
-use crate::config::IdleBackoffSettings;
+use crate::config::{IdleBackoffSettings, RetrySettings};
+use crate::store::StoreError;
+
+/// Runs `op` (one store call named `what`, on `queue`) and retries it on transient errors:
+/// exponential back-off with jitter between `min_delay` and `max_delay`, at most
+/// `max_attempts` tries in all. A try that takes longer than `request_timeout` counts as a
+/// transient failure. Each retry is logged at warn.
+pub async fn retry_transient<T, F, Fut>(
+    settings: &RetrySettings,
+    queue: &str,
+    what: &str,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let timeout = settings.request_timeout;
+    let attempt = || {
+        let call = op();
+        async move {
+            tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Transient {
+                        queue: queue.to_string(),
+                        detail: format!("no answer within {timeout:?}"),
+                    })
+                })
+        }
+    };
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(settings.min_delay)
+        .with_max_delay(settings.max_delay)
+        .with_max_times(settings.max_attempts.saturating_sub(1) as usize)
+        .with_jitter();
+    attempt
+        .retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(StoreError::is_transient)
+        .notify(|e, delay| warn!(queue, call = what, retry_in = ?delay, error = %e, "transient error; retrying"))
+        .await
+}
 
 /// The sleep after the `streak`-th empty receive in a row (`streak` >= 1), given a uniform
 /// random factor `jitter` in `[0.8, 1.2]`.
@@ -75,6 +126,90 @@ impl IdleBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn transient() -> StoreError {
+        StoreError::Transient {
+            queue: "q".into(),
+            detail: "503 ServerBusy".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_with_growing_bounded_delays() {
+        let settings = RetrySettings {
+            max_attempts: 4,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(1),
+        };
+        let tries = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let result: Result<(), _> = retry_transient(&settings, "q", "receive", || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async { Err(transient()) }
+        })
+        .await;
+        assert!(result.unwrap_err().is_transient());
+        assert_eq!(
+            tries.load(Ordering::SeqCst),
+            4,
+            "max_attempts tries, no more"
+        );
+        // Three sleeps: 100, 200, 300 (capped) ms, each plus up to its own size in jitter.
+        let slept = start.elapsed();
+        assert!(
+            slept >= Duration::from_millis(600) && slept <= Duration::from_millis(1200),
+            "{slept:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_after_faults_is_returned_and_other_errors_are_not_retried() {
+        let settings = RetrySettings::default();
+        let tries = AtomicU32::new(0);
+        let result = retry_transient(&settings, "q", "delete", || {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(transient())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 2);
+        let tries = AtomicU32::new(0);
+        let result: Result<(), _> = retry_transient(&settings, "q", "delete", || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err(StoreError::Unauthorized {
+                    queue: "q".into(),
+                    detail: "403".into(),
+                })
+            }
+        })
+        .await;
+        assert!(matches!(result, Err(StoreError::Unauthorized { .. })));
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_call_times_out_as_transient() {
+        let settings = RetrySettings {
+            max_attempts: 2,
+            request_timeout: Duration::from_secs(2),
+            ..RetrySettings::default()
+        };
+        let result: Result<(), _> = retry_transient(&settings, "q", "receive", || {
+            std::future::pending::<Result<(), StoreError>>()
+        })
+        .await;
+        let e = result.unwrap_err();
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("no answer within 2s"), "{e}");
+    }
 
     fn curve() -> IdleBackoffSettings {
         IdleBackoffSettings {

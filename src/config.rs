@@ -62,6 +62,38 @@ pub struct StorageSettings {
     pub managed_identity_client_id: Option<String>,
     /// Create each configured queue (and its poison queue) at start-up if it is missing.
     pub create_queues: bool,
+    /// How transient service errors are retried.
+    pub retry: RetrySettings,
+}
+
+/// Retries of transient service errors (5xx, 503 ServerBusy, timeouts, connection errors):
+/// exponential back-off with jitter, bounded. The SDK's own retry policy is off, so these are
+/// the only retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Tries per call, the first included, 1..=100.
+    pub max_attempts: u32,
+    /// The first back-off step.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// The longest back-off step.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// One try that has not answered after this long counts as a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for StorageSettings {
@@ -73,6 +105,7 @@ impl Default for StorageSettings {
             credential: None,
             managed_identity_client_id: None,
             create_queues: true,
+            retry: RetrySettings::default(),
         }
     }
 }
@@ -92,6 +125,7 @@ impl fmt::Debug for StorageSettings {
             .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
             .field("credential", &self.credential)
             .field("create_queues", &self.create_queues)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -151,6 +185,29 @@ pub struct QueueSettings {
     pub idle_backoff: IdleBackoffSettings,
     /// How many dequeue tasks run, and when that changes.
     pub scaling: ScalingSettings,
+    /// A handler still running after this long has its cancellation token fired; it counts as
+    /// a failure (retried). None: no limit.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Option<Duration>,
+    /// After the timeout fired, how long the handler may take to wind down before it is
+    /// aborted.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout_grace: Duration,
+    /// Progress pulses of long jobs.
+    pub heartbeat: HeartbeatSettings,
+}
+
+/// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
+/// and count pulses each time the handler's progress count passes a multiple of `every`.
+/// Each pulse is logged as a structured event and renews the message's visibility.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSettings {
+    /// A timed pulse this often while a handler runs (None: no timed pulses).
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// A count pulse every this many progress units (None: no count pulses).
+    pub every: Option<u64>,
 }
 
 impl Default for QueueSettings {
@@ -165,6 +222,9 @@ impl Default for QueueSettings {
             poison_queue: None,
             idle_backoff: IdleBackoffSettings::default(),
             scaling: ScalingSettings::default(),
+            handler_timeout: None,
+            handler_timeout_grace: Duration::from_secs(5),
+            heartbeat: HeartbeatSettings::default(),
         }
     }
 }
@@ -405,6 +465,26 @@ impl Settings {
                 "must be at most 1h",
             ));
         }
+        let r = &s.retry;
+        check_range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
+        check_duration(
+            "storage.retry.max_delay",
+            r.max_delay,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        )?;
+        check_duration(
+            "storage.retry.min_delay",
+            r.min_delay,
+            Duration::from_millis(1),
+            r.max_delay,
+        )?;
+        check_duration(
+            "storage.retry.request_timeout",
+            r.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
         for (name, q) in &self.queues {
             let key = |field: &str| format!("queues.{name}.{field}");
             validate_queue_name(name)
@@ -444,6 +524,35 @@ impl Settings {
             check_duration(&key("idle_backoff.min"), b.min, Duration::ZERO, b.max)?;
             check_duration(&key("idle_backoff.delta"), b.delta, Duration::ZERO, b.max)?;
             self.validate_scaling(name, &q.scaling)?;
+            if let Some(t) = q.handler_timeout {
+                check_duration(
+                    &key("handler_timeout"),
+                    t,
+                    Duration::from_millis(1),
+                    MAX_VISIBILITY,
+                )?;
+            }
+            check_duration(
+                &key("handler_timeout_grace"),
+                q.handler_timeout_grace,
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            )?;
+            if let Some(t) = q.heartbeat.interval {
+                check_duration(
+                    &key("heartbeat.interval"),
+                    t,
+                    Duration::from_millis(10),
+                    MAX_VISIBILITY,
+                )?;
+            }
+            if q.heartbeat.every == Some(0) {
+                return Err(ConfigError::invalid(
+                    key("heartbeat.every"),
+                    0,
+                    "must be at least 1",
+                ));
+            }
         }
         let http = &self.triggers.http;
         if http.enabled && !http.bind.ip().is_loopback() && http.token.is_none() {

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
-use crate::listener::{QueueListener, QueueSnapshot};
+use crate::listener::{Fatal, QueueListener, QueueSnapshot};
+use crate::store::retrying::RetryingStore;
 use crate::store::{self, QueueStore, StoreError};
 use crate::trigger::Hub;
 
@@ -35,6 +36,9 @@ pub enum WorkerError {
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A configured queue does not exist and `storage.create_queues` is off.
+    #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
+    MissingQueue(String),
     /// The HTTP trigger endpoint could not listen.
     #[error("triggers.http.bind = {addr}: cannot listen: {error}")]
     TriggerBind {
@@ -100,10 +104,12 @@ impl Worker {
             Some(store) => store,
             None => store::open(&self.settings.storage)?,
         };
+        let store = RetryingStore::wrap(store, self.settings.storage.retry);
         let embedded = store.kind() == "memory";
         let create = self.settings.storage.create_queues || embedded;
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
+        let fatal = Fatal::default();
         let tracker = TaskTracker::new();
         let hub = Hub::new(None);
         // Queues and publishers first, so every handler's Context can publish to any queue.
@@ -123,7 +129,10 @@ impl Worker {
                 }
                 // One properties call per queue: proves the queue exists and the credentials
                 // work before any task starts.
-                q.approximate_depth().await?;
+                q.approximate_depth().await.map_err(|e| match e {
+                    StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
+                    e => WorkerError::Store(e),
+                })?;
             }
             publishers.insert(
                 name.clone(),
@@ -145,6 +154,7 @@ impl Worker {
                     &hub,
                     stop.clone(),
                     abort.clone(),
+                    fatal.clone(),
                 )
             })
             .collect();
@@ -176,6 +186,7 @@ impl Worker {
             trigger_addr,
             stop,
             abort,
+            fatal,
             tracker,
             drain_timeout: self.settings.worker.drain_timeout,
         })
@@ -189,15 +200,19 @@ pub struct DrainReport {
     pub clean: bool,
     /// The queues' counters at the end.
     pub queues: Vec<QueueSnapshot>,
+    /// Why the worker stopped on its own, if it did: an error no retry can fix (credentials
+    /// refused, queue deleted).
+    pub fatal: Option<StoreError>,
 }
 
 impl DrainReport {
-    /// The process exit code: 0 on a clean drain, 1 when handlers were aborted.
+    /// The process exit code: 3 when a fatal error stopped the worker, else 0 on a clean
+    /// drain and 1 when handlers were aborted.
     pub fn exit_code(&self) -> i32 {
-        if self.clean {
-            0
-        } else {
-            1
+        match (&self.fatal, self.clean) {
+            (Some(_), _) => 3,
+            (None, true) => 0,
+            (None, false) => 1,
         }
     }
 }
@@ -211,6 +226,7 @@ pub struct RunningWorker {
     trigger_addr: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     abort: CancellationToken,
+    fatal: Fatal,
     tracker: TaskTracker,
     drain_timeout: Duration,
 }
@@ -242,10 +258,19 @@ impl RunningWorker {
         self.publishers.get(queue).cloned()
     }
 
-    /// Runs until `signal` completes, then drains.
+    /// Runs until `signal` completes or an error no retry can fix stops it (see
+    /// [`DrainReport::fatal`]), then drains.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> DrainReport {
-        signal.await;
+        tokio::select! {
+            _ = signal => {}
+            _ = self.fatal.raised() => {}
+        }
         self.shutdown().await
+    }
+
+    /// The error that stopped (or is stopping) the worker, if any.
+    pub fn fatal_error(&self) -> Option<StoreError> {
+        self.fatal.error()
     }
 
     /// Stops receiving, waits up to the drain timeout for in-flight handlers, then aborts
@@ -262,8 +287,29 @@ impl RunningWorker {
             self.tracker.wait().await;
         }
         let queues = self.snapshot();
-        info!(clean, "worker stopped");
-        DrainReport { clean, queues }
+        let fatal = self.fatal.error();
+        match &fatal {
+            Some(e) => tracing::error!(error = %e, "worker stopped: {}", explain(e)),
+            None => info!(clean, "worker stopped"),
+        }
+        DrainReport {
+            clean,
+            queues,
+            fatal,
+        }
+    }
+}
+
+/// What to do about a fatal store error, for the log.
+fn explain(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Unauthorized { .. } => {
+            "the service refused our credentials (expired SAS, rotated key, missing role assignment); fix storage settings and restart"
+        }
+        StoreError::QueueNotFound { .. } => {
+            "the queue was deleted while the worker ran; recreate it and restart"
+        }
+        _ => "no retry can fix this error",
     }
 }
 

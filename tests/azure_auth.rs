@@ -123,5 +123,8 @@ async fn a_missing_queue_without_create_queues_stops_start_up_naming_it() {
         .err()
         .unwrap()
         .to_string();
-    assert_eq!(err, format!("queue {queue} does not exist"));
+    assert_eq!(
+        err,
+        format!("queue {queue} does not exist; create it, or set storage.create_queues = true")
+    );
 }

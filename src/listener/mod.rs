@@ -32,7 +32,9 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::backoff::IdleBackoff;
 use crate::config::QueueSettings;
-use crate::handler::{Context, DispatchError, ErasedHandler, HandlerError, Publishers};
+use crate::handler::{
+    Context, DispatchError, ErasedHandler, HandlerError, Heartbeat, JobStatus, Publishers,
+};
 use crate::scaling::{decide, Decision, Prompt, Signals};
 use crate::store::{Queue, ReceivedMessage, StoreError, MAX_RECEIVE};
 use crate::trigger::{Hub, Wake};
@@ -55,6 +57,10 @@ struct ListenerStats {
     lost_ownership: AtomicU64,
     store_errors: AtomicU64,
     triggers: AtomicU64,
+    panics: AtomicU64,
+    timeouts: AtomicU64,
+    renewals: AtomicU64,
+    pulses: AtomicU64,
 }
 
 /// A point-in-time view of a listener: its counters and its scaling state.
@@ -90,6 +96,14 @@ pub struct QueueSnapshot {
     pub store_errors: u64,
     /// Push triggers received.
     pub triggers: u64,
+    /// Handlers that panicked (each counted as a failure and retried).
+    pub panics: u64,
+    /// Handlers stopped by `handler_timeout` (each counted as a failure and retried).
+    pub timeouts: u64,
+    /// Visibility renewals of messages whose handlers ran long.
+    pub renewals: u64,
+    /// Heartbeat pulses (timed and count).
+    pub pulses: u64,
     /// The last probed depth (visible messages), if any.
     pub depth: Option<u64>,
     /// Each running task's empty receives in a row.
@@ -141,6 +155,7 @@ pub(crate) struct Shared {
     batching: AtomicU64,
     stop: CancellationToken,
     abort: CancellationToken,
+    fatal: Fatal,
     name: Arc<str>,
 }
 
@@ -156,6 +171,32 @@ impl Wake for Shared {
         }
         // Fails only once the supervisor is gone (shutdown); nothing to wake then.
         let _ = self.events.send(Event::Trigger);
+    }
+}
+
+/// A failure no retry can fix (credentials refused, queue gone): the first one is kept and
+/// the worker stops, saying why.
+#[derive(Clone, Default)]
+pub(crate) struct Fatal {
+    raised: CancellationToken,
+    error: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl Fatal {
+    pub(crate) fn raise(&self, error: StoreError) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(error);
+        }
+        self.raised.cancel();
+    }
+
+    /// Completes once a fatal error was raised.
+    pub(crate) async fn raised(&self) {
+        self.raised.cancelled().await;
+    }
+
+    pub(crate) fn error(&self) -> Option<StoreError> {
+        self.error.lock().ok().and_then(|e| e.clone())
     }
 }
 
@@ -178,6 +219,7 @@ impl QueueListener {
         hub: &Hub,
         stop: CancellationToken,
         abort: CancellationToken,
+        fatal: Fatal,
     ) -> Self {
         let (events, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -195,6 +237,7 @@ impl QueueListener {
             settings,
             stop,
             abort,
+            fatal,
         });
         hub.register(&shared.name, shared.clone());
         let mut supervisor = Supervisor {
@@ -241,6 +284,10 @@ impl QueueListener {
             lost_ownership: get(&stats.lost_ownership),
             store_errors: get(&stats.store_errors),
             triggers: get(&stats.triggers),
+            panics: get(&stats.panics),
+            timeouts: get(&stats.timeouts),
+            renewals: get(&stats.renewals),
+            pulses: get(&stats.pulses),
             depth: view.depth,
             idle_streaks: view.tasks.values().map(|(streak, _)| *streak).collect(),
             current_backoff: view
@@ -560,7 +607,15 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
                 first = false;
                 continue;
             }
+            Err(e @ (StoreError::Unauthorized { .. } | StoreError::QueueNotFound { .. })) => {
+                bump(&shared.stats.store_errors);
+                error!(queue = %shared.name, error = %e, "receive failed and no retry can fix it; stopping the worker");
+                shared.fatal.raise(e);
+                return;
+            }
             Err(e) => {
+                // Transient faults were already retried (bounded) by the store; keep the task
+                // alive and try again on the idle curve.
                 bump(&shared.stats.store_errors);
                 let delay = backoff.next_delay();
                 error!(queue = %shared.name, error = %e, retry_in = ?delay, "receive failed");
@@ -652,7 +707,16 @@ async fn run_batch(shared: &Arc<Shared>, batch: Vec<ReceivedMessage>) {
 enum Outcome {
     Done(Result<(), DispatchError>),
     Panicked(String),
+    TimedOut(Duration),
     Aborted,
+}
+
+/// The message's current pop receipt, renewed while its handler runs.
+struct Lease {
+    receipt: String,
+    renewed_at: Instant,
+    /// A renewal found the message re-delivered: our receipt is dead.
+    lost: bool,
 }
 
 /// Handles one message and settles it on the queue.
@@ -672,29 +736,48 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
         Ok(bytes) => bytes,
         Err(e) => return poison(&shared, &message, PoisonReason::Undecodable, e.to_string()).await,
     };
+    let cancellation = shared.stop.child_token();
+    let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
     let ctx = Context {
         queue: shared.name.clone(),
         message_id: message.id.clone(),
         dequeue_count: message.dequeue_count,
         inserted_at: message.inserted_at,
-        cancellation: shared.stop.child_token(),
+        cancellation: cancellation.clone(),
         publishers: shared.publishers.clone(),
+        heartbeat: heartbeat.clone(),
     };
     shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
     // The handler runs as its own task so that a panic is contained to this message.
-    let mut handle = tokio::spawn(shared.handler.clone().call(bytes, ctx).in_current_span());
-    let outcome = tokio::select! {
-        joined = &mut handle => match joined {
-            Ok(result) => Outcome::Done(result),
-            Err(e) if e.is_panic() => Outcome::Panicked(panic_text(e.into_panic())),
-            Err(_) => Outcome::Aborted,
-        },
-        _ = shared.abort.cancelled() => {
-            handle.abort();
-            Outcome::Aborted
-        }
+    let handle = tokio::spawn(shared.handler.clone().call(bytes, ctx).in_current_span());
+    let mut lease = Lease {
+        receipt: message.pop_receipt.clone(),
+        renewed_at: started,
+        lost: false,
     };
+    let outcome = watch_handler(
+        &shared,
+        &message,
+        handle,
+        &cancellation,
+        &heartbeat,
+        &mut lease,
+    )
+    .await;
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    log_job_end(&shared, &message, &heartbeat, started, &outcome);
+    // Settle with the newest pop receipt: the one the last renewal returned.
+    let message = ReceivedMessage {
+        pop_receipt: lease.receipt,
+        ..message
+    };
+    if lease.lost {
+        bump(&shared.stats.lost_ownership);
+        warn!(queue = %shared.name, message_id = %message.id,
+              "message was re-delivered while its handler ran; it may be handled twice");
+        return;
+    }
     match outcome {
         Outcome::Done(Ok(())) => match shared.queue.delete(&message.id, &message.pop_receipt).await
         {
@@ -720,9 +803,155 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
             retry(&shared, &message, after, source.to_string()).await
         }
         Outcome::Panicked(text) => {
+            bump(&shared.stats.panics);
+            error!(queue = %shared.name, message_id = %message.id, panic = %text, "handler panicked");
             retry(&shared, &message, None, format!("handler panicked: {text}")).await
         }
+        Outcome::TimedOut(limit) => {
+            bump(&shared.stats.timeouts);
+            let why = format!(
+                "handler timed out after {}",
+                humantime::format_duration(limit)
+            );
+            retry(&shared, &message, None, why).await
+        }
         Outcome::Aborted => release(&shared, &message, "drain deadline passed").await,
+    }
+}
+
+/// Waits for the handler while keeping its message invisible: renews the visibility at half
+/// the timeout and on every heartbeat pulse, logs the pulses, and enforces the handler timeout
+/// (cancel, then abort after the grace) and the drain deadline (abort).
+async fn watch_handler(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    mut handle: tokio::task::JoinHandle<Result<(), DispatchError>>,
+    cancellation: &CancellationToken,
+    heartbeat: &Heartbeat,
+    lease: &mut Lease,
+) -> Outcome {
+    let settings = &shared.settings;
+    let started = lease.renewed_at;
+    let far = started + Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut timeout_at = settings.handler_timeout.map_or(far, |t| started + t);
+    let mut timed_out = false;
+    let pulse_every = settings.heartbeat.interval;
+    let mut next_pulse = pulse_every.map_or(far, |p| started + p);
+    loop {
+        let renew_at = lease.renewed_at + settings.visibility_timeout / 2;
+        tokio::select! {
+            joined = &mut handle => {
+                return match joined {
+                    _ if timed_out => Outcome::TimedOut(settings.handler_timeout.unwrap_or_default()),
+                    Ok(result) => Outcome::Done(result),
+                    Err(e) if e.is_panic() => Outcome::Panicked(panic_text(e.into_panic())),
+                    Err(_) => Outcome::Aborted,
+                };
+            }
+            _ = shared.abort.cancelled() => {
+                handle.abort();
+                return Outcome::Aborted;
+            }
+            _ = tokio::time::sleep_until(timeout_at), if settings.handler_timeout.is_some() => {
+                let limit = settings.handler_timeout.unwrap_or_default();
+                if timed_out {
+                    handle.abort();
+                    warn!(queue = %shared.name, message_id = %message.id,
+                          grace = ?settings.handler_timeout_grace, "handler ignored its cancellation; aborted");
+                    return Outcome::TimedOut(limit);
+                }
+                timed_out = true;
+                warn!(queue = %shared.name, message_id = %message.id, timeout = ?limit,
+                      "handler timed out; cancelling it");
+                cancellation.cancel();
+                timeout_at = Instant::now() + settings.handler_timeout_grace;
+            }
+            _ = tokio::time::sleep_until(renew_at), if !lease.lost => {
+                renew(shared, message, lease, "half the visibility timeout").await;
+            }
+            _ = tokio::time::sleep_until(next_pulse), if pulse_every.is_some() => {
+                next_pulse += pulse_every.unwrap_or_default();
+                pulse(shared, message, lease, heartbeat, "time", started).await;
+            }
+            _ = heartbeat.count_pulse() => {
+                pulse(shared, message, lease, heartbeat, "count", started).await;
+            }
+        }
+    }
+}
+
+/// Logs a heartbeat pulse and renews the visibility (at most once a second).
+async fn pulse(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    lease: &mut Lease,
+    heartbeat: &Heartbeat,
+    kind: &str,
+    started: Instant,
+) {
+    bump(&shared.stats.pulses);
+    info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
+          elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
+    if !lease.lost && lease.renewed_at.elapsed() >= Duration::from_secs(1) {
+        renew(shared, message, lease, kind).await;
+    }
+}
+
+/// Extends the message's visibility by `visibility_timeout` and keeps the new pop receipt.
+/// Transient errors were already retried by the store; if they persist, the next attempt
+/// comes a second later (the lease is not given up while the handler runs). A message
+/// re-delivered meanwhile is ownership lost: no more renewals.
+async fn renew(shared: &Shared, message: &ReceivedMessage, lease: &mut Lease, why: &str) {
+    let visibility = shared.settings.visibility_timeout;
+    match shared
+        .queue
+        .update(&message.id, &lease.receipt, visibility, None)
+        .await
+    {
+        Ok(updated) => {
+            bump(&shared.stats.renewals);
+            lease.receipt = updated.pop_receipt;
+            lease.renewed_at = Instant::now();
+            debug!(queue = %shared.name, message_id = %message.id, why, ?visibility, "visibility renewed");
+        }
+        Err(StoreError::MessageNotFound { .. }) => lease.lost = true,
+        Err(e) => {
+            bump(&shared.stats.store_errors);
+            warn!(queue = %shared.name, message_id = %message.id, error = %e,
+                  "visibility renewal failed; trying again in 1s");
+            // Schedule the next try a second from now (renew_at = renewed_at + timeout / 2).
+            lease.renewed_at = Instant::now() + Duration::from_secs(1) - visibility / 2;
+        }
+    }
+}
+
+/// Logs the end of a job with the status its handler reported: at info when it was a long
+/// job (it pulsed) or said how it went, at debug otherwise.
+fn log_job_end(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    heartbeat: &Heartbeat,
+    started: Instant,
+    outcome: &Outcome,
+) {
+    let (status, note) = heartbeat.status();
+    let result = match outcome {
+        Outcome::Done(Ok(())) => "ok",
+        Outcome::Done(Err(_)) => "error",
+        Outcome::Panicked(_) => "panic",
+        Outcome::TimedOut(_) => "timeout",
+        Outcome::Aborted => "aborted",
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if status != JobStatus::Unknown
+        || heartbeat.count() > 0
+        || shared.settings.heartbeat.interval.is_some()
+    {
+        info!(queue = %shared.name, message_id = %message.id, status = status.as_str(), note,
+              result, count = heartbeat.count(), elapsed_ms, "job ended");
+    } else {
+        debug!(queue = %shared.name, message_id = %message.id, status = status.as_str(), result,
+               elapsed_ms, "job ended");
     }
 }
 

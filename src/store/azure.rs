@@ -15,7 +15,7 @@ use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{ClientOptions, Context, Request, RequestContent, Url};
+use azure_core::http::{ClientOptions, Context, Request, RequestContent, RetryOptions, Url};
 use azure_storage_queue::models::{
     QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
     QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions,
@@ -150,7 +150,13 @@ impl AzureStore {
     }
 
     fn connect(endpoint: Url, auth: Auth) -> Result<Self, StoreError> {
-        let mut client_options = ClientOptions::default();
+        // Transient errors are retried one level up (`store::retrying`, with the user's
+        // `storage.retry` policy); SDK retries underneath would multiply the tries and hide
+        // the cause of a dead service for over a minute.
+        let mut client_options = ClientOptions {
+            retry: RetryOptions::none(),
+            ..ClientOptions::default()
+        };
         let credential = match auth {
             Auth::Key { account, key } => {
                 client_options
@@ -402,6 +408,22 @@ struct AzureQueue {
     client: QueueClient,
 }
 
+/// An error with its causes ("... : tcp connect error: Connection refused"): the SDK's own
+/// text often leaves out why a request failed.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn secs(d: Duration) -> i32 {
     // The service counts whole seconds; round a fraction up so a timeout is never shortened.
     let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -411,7 +433,7 @@ fn secs(d: Duration) -> i32 {
 impl AzureQueue {
     fn error(&self, e: azure_core::Error, message_id: Option<&str>) -> StoreError {
         let queue = self.name.clone();
-        let detail = redact(&e.to_string());
+        let detail = redact(&describe(&e));
         match e.kind() {
             ErrorKind::HttpResponse {
                 status, error_code, ..

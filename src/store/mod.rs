@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 pub mod azure;
 pub mod counting;
 pub mod memory;
+pub mod retrying;
 
 /// The largest message text the service accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -121,7 +122,7 @@ pub struct UpdatedMessage {
 }
 
 /// A store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The queue does not exist.
     #[error("queue {queue} does not exist")]
