@@ -155,6 +155,7 @@ impl Worker {
                     stop.clone(),
                     abort.clone(),
                     fatal.clone(),
+                    create,
                 )
             })
             .collect();
@@ -266,6 +267,15 @@ impl RunningWorker {
             _ = self.fatal.raised() => {}
         }
         self.shutdown().await
+    }
+
+    /// Completes when an error no retry can fix (credentials refused, queue deleted) stops
+    /// the worker, with that error: select on it next to the stop signal, then `shutdown()`.
+    pub async fn failed(&self) -> StoreError {
+        self.fatal.raised().await;
+        self.fatal
+            .error()
+            .unwrap_or_else(|| StoreError::Setup("stopped".into()))
     }
 
     /// The error that stopped (or is stopping) the worker, if any.

@@ -143,6 +143,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
+            _ = worker.failed() => break,
             _ = report.tick() => {
                 let now = worker.snapshot();
                 for (q, before) in now.iter().zip(&last) {

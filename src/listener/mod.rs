@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     stop: CancellationToken,
     abort: CancellationToken,
     fatal: Fatal,
+    /// `storage.create_queues`: recreate the queue if it disappears while running.
+    create_queues: bool,
     name: Arc<str>,
 }
 
@@ -220,6 +222,7 @@ impl QueueListener {
         stop: CancellationToken,
         abort: CancellationToken,
         fatal: Fatal,
+        create_queues: bool,
     ) -> Self {
         let (events, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -238,6 +241,7 @@ impl QueueListener {
             stop,
             abort,
             fatal,
+            create_queues,
         });
         hub.register(&shared.name, shared.clone());
         let mut supervisor = Supervisor {
@@ -605,6 +609,20 @@ async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
                 }
                 sleep_until_woken(&token, &shared.wake, delay).await;
                 first = false;
+                continue;
+            }
+            Err(StoreError::QueueNotFound { .. }) if shared.create_queues => {
+                // Deleted while we ran (or a service that lost its state): recreate it, with
+                // its poison queue, as at start-up.
+                bump(&shared.stats.store_errors);
+                warn!(queue = %shared.name, "queue disappeared; recreating it");
+                for q in [&shared.queue, &shared.poison_queue] {
+                    if let Err(e) = q.create_if_missing().await {
+                        warn!(queue = q.name(), error = %e, "cannot recreate the queue yet");
+                    }
+                }
+                let delay = backoff.next_delay();
+                sleep_until_woken(&token, &shared.wake, delay).await;
                 continue;
             }
             Err(e @ (StoreError::Unauthorized { .. } | StoreError::QueueNotFound { .. })) => {

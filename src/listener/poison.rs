@@ -20,12 +20,23 @@
 //!
 //! `body` is the original message text exactly as it was on the queue (still in the queue's
 //! encoding), so requeueing it restores the original byte for byte.
+//!
+//! [`PoisonQueue`] lists, inspects and requeues poison messages (the `ebbflow poison` CLI
+//! commands use it).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tracing::info;
 
 use crate::codec::Encoding;
-use crate::store::{ReceivedMessage, MAX_MESSAGE_BYTES};
+use crate::config::QueueSettings;
+use crate::store::{
+    Queue, QueueStore, ReceivedMessage, StoreError, MAX_MESSAGE_BYTES, MAX_RECEIVE,
+};
 
 /// Why a message was poisoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +139,216 @@ impl PoisonEnvelope {
     pub fn from_text(text: &str, encoding: Encoding) -> Result<Self, String> {
         let bytes = encoding.decode(text).map_err(|e| e.to_string())?;
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// How long a scan of the poison queue hides the messages it reads before it releases them.
+const SCAN_HOLD: Duration = Duration::from_secs(30);
+
+/// One message found on a poison queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoisonRecord {
+    /// Its id on the poison queue.
+    pub id: String,
+    /// The envelope, or why the text is not one (a message someone else put there).
+    pub envelope: Result<PoisonEnvelope, String>,
+}
+
+/// Which poison messages to requeue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every message on the poison queue.
+    All,
+    /// These poison-queue message ids.
+    Ids(BTreeSet<String>),
+}
+
+/// What a requeue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequeueReport {
+    /// (poison-queue id, source queue, new message id) for each message sent back.
+    pub requeued: Vec<(String, String, String)>,
+    /// (poison-queue id, why) for each selected message left on the poison queue.
+    pub skipped: Vec<(String, String)>,
+    /// Selected ids that were not found.
+    pub missing: Vec<String>,
+}
+
+/// Operations on a queue's poison queue: list, inspect, requeue.
+///
+/// Reading beyond the first 32 messages needs receives, so each operation receives the poison
+/// messages in batches, hidden for 30 s, and releases the ones it leaves (visible again at
+/// once). Their dequeue counts on the poison queue go up by one; the envelope keeps the count
+/// the message had on its source queue. A requeue sends the original text back to the source
+/// queue first and deletes the poison copy only after that send succeeded, so an interrupted
+/// requeue can duplicate a message but never lose one.
+pub struct PoisonQueue {
+    store: Arc<dyn QueueStore>,
+    poison: Arc<dyn Queue>,
+    encoding: Encoding,
+}
+
+impl PoisonQueue {
+    /// The poison queue of `queue`, with that queue's settings (encoding, poison queue name).
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        queue: &str,
+        settings: &QueueSettings,
+    ) -> Result<Self, StoreError> {
+        let poison = store.queue(&settings.poison_queue_name(queue))?;
+        Ok(Self {
+            store,
+            poison,
+            encoding: settings.encoding,
+        })
+    }
+
+    /// The poison queue's name.
+    pub fn name(&self) -> &str {
+        self.poison.name()
+    }
+
+    /// Up to `limit` poison messages, oldest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<PoisonRecord>, StoreError> {
+        let held = self.scan(limit, |_| true).await?;
+        let records = held.iter().map(|m| self.record(m)).collect();
+        self.release(&held).await;
+        Ok(records)
+    }
+
+    /// The poison message with this id (on the poison queue), if present.
+    pub async fn inspect(&self, id: &str) -> Result<Option<PoisonRecord>, StoreError> {
+        let held = self.scan(usize::MAX, |m| m.id == id).await?;
+        let found = held.iter().find(|m| m.id == id).map(|m| self.record(m));
+        self.release(&held).await;
+        Ok(found)
+    }
+
+    /// Sends the selected poison messages' original text back to their source queues, then
+    /// deletes them from the poison queue.
+    pub async fn requeue(&self, selection: &Selection) -> Result<RequeueReport, StoreError> {
+        let wanted = |m: &ReceivedMessage| match selection {
+            Selection::All => true,
+            Selection::Ids(ids) => ids.contains(&m.id),
+        };
+        let held = self.scan(usize::MAX, |_| false).await?;
+        let mut report = RequeueReport::default();
+        let mut leave = Vec::new();
+        for message in held {
+            if !wanted(&message) {
+                leave.push(message);
+                continue;
+            }
+            let envelope = match PoisonEnvelope::from_text(&message.text, self.encoding) {
+                Ok(e) => e,
+                Err(e) => {
+                    report
+                        .skipped
+                        .push((message.id.clone(), format!("not a poison envelope: {e}")));
+                    leave.push(message);
+                    continue;
+                }
+            };
+            let sent = match self.store.queue(&envelope.queue) {
+                Ok(source) => source.send(&envelope.body, Default::default()).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(sent) => {
+                    // The source has its copy: only now remove the poison one. If this delete
+                    // fails the message exists twice (never zero times).
+                    if let Err(e) = self.poison.delete(&message.id, &message.pop_receipt).await {
+                        report.skipped.push((
+                            message.id.clone(),
+                            format!("requeued, but the poison copy stays: {e}"),
+                        ));
+                    }
+                    info!(poison_queue = self.name(), message_id = %message.id, queue = %envelope.queue,
+                          new_id = %sent.id, "poison message requeued");
+                    report.requeued.push((message.id, envelope.queue, sent.id));
+                }
+                Err(e) => {
+                    report.skipped.push((
+                        message.id.clone(),
+                        format!("send to {} failed: {e}", envelope.queue),
+                    ));
+                    leave.push(message);
+                }
+            }
+        }
+        self.release(&leave).await;
+        if let Selection::Ids(ids) = selection {
+            let seen: BTreeSet<&String> = report
+                .requeued
+                .iter()
+                .map(|(id, _, _)| id)
+                .chain(report.skipped.iter().map(|(id, _)| id))
+                .collect();
+            report.missing = ids
+                .iter()
+                .filter(|id| !seen.contains(id))
+                .cloned()
+                .collect();
+        }
+        Ok(report)
+    }
+
+    fn record(&self, message: &ReceivedMessage) -> PoisonRecord {
+        PoisonRecord {
+            id: message.id.clone(),
+            envelope: PoisonEnvelope::from_text(&message.text, self.encoding),
+        }
+    }
+
+    /// Receives (and holds) poison messages until `limit` are held, the queue is empty, or
+    /// `stop` matches one.
+    async fn scan(
+        &self,
+        limit: usize,
+        stop: impl Fn(&ReceivedMessage) -> bool,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        let mut held: Vec<ReceivedMessage> = Vec::new();
+        while held.len() < limit {
+            let want = (limit - held.len()).min(usize::from(MAX_RECEIVE)) as u8;
+            let batch = match self.poison.receive(want, SCAN_HOLD).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.release(&held).await;
+                    return Err(e);
+                }
+            };
+            let mut done = batch.is_empty() || batch.iter().any(&stop);
+            for message in batch {
+                // Seen before: our hold on it lapsed during a long scan, so we have gone all
+                // the way round. Keep the new receipt (the old one is dead) and stop.
+                match held.iter_mut().find(|h| h.id == message.id) {
+                    Some(h) => {
+                        *h = message;
+                        done = true;
+                    }
+                    None => held.push(message),
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(held)
+    }
+
+    /// Makes held messages visible again at once. A failed release only delays a message
+    /// (it reappears when the hold ends).
+    async fn release(&self, held: &[ReceivedMessage]) {
+        for m in held {
+            if let Err(e) = self
+                .poison
+                .update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+                .await
+            {
+                tracing::warn!(poison_queue = self.name(), message_id = %m.id, error = %e,
+                               "could not release a poison message; it reappears within 30s");
+            }
+        }
     }
 }
 

@@ -76,6 +76,21 @@ pub async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bo
     }
 }
 
+/// Like [`wait_for`], with an async check (polled every 100 ms).
+pub async fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Generates, for each named `async fn(Arc<dyn QueueStore>)` in the calling file, one test on
 /// the embedded store under tokio's paused clock (module `embedded`) and one on the test
 /// Azurite in real time (module `azurite`).
@@ -99,4 +114,88 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+pub mod proxy;
+
+/// An Azurite of a test's own, on a fixed port so it can be killed and restarted in place
+/// (in memory: a restart loses its queues and messages, as a wiped service would).
+pub struct AzuriteProcess {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl AzuriteProcess {
+    /// Starts one on a free loopback port (Azurite installed by `scripts/test`).
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut a = Self { port, child: None };
+        a.spawn();
+        a
+    }
+
+    /// The queue endpoint.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    /// An account-key connection string for it.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};QueueEndpoint={}",
+            self.url()
+        )
+    }
+
+    fn spawn(&mut self) {
+        let bin = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/.azurite/node_modules/.bin/azurite-queue"
+        );
+        let child = std::process::Command::new(bin)
+            .args(["--queueHost", "127.0.0.1", "--queuePort"])
+            .arg(self.port.to_string())
+            .args([
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e} (run scripts/test, which installs Azurite)"));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("Azurite did not start on port {}", self.port);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for AzuriteProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

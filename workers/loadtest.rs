@@ -1,0 +1,139 @@
+//! The load-test worker: one queue, a handler that simulates work, nothing else. Outside
+//! harnesses (the benchmark suite, fault tests, your own) drive it against any Azurite or
+//! storage account.
+//!
+//! Environment:
+//! - `AZURE_STORAGE_CONNECTION_STRING`: the storage to use (unset: the embedded backend, which
+//!   is only useful for a smoke run).
+//! - `QUEUE_NAME`: the queue to listen on (default `loadtest`). Its settings come from a
+//!   `[queues.<name>]` section if the config has one, else the defaults, plus the usual
+//!   `EBBFLOW__QUEUES__<NAME>__...` overrides (any other queues in config are ignored).
+//! - `HANDLER_MS`: simulated work per message, an async sleep (default 20).
+//! - `HANDLER_CPU_MS`: busy CPU work per message on top (default 0).
+//! - `LOADTEST_RECORD`: a file to append each handled message's text to, one line each,
+//!   written before the message is deleted (so a harness can count lost and duplicate messages).
+//!
+//! It logs the queue's counters once a second at debug and at exit at info, and exits 0 after
+//! a clean drain (SIGTERM/ctrl-c), 1 when the drain deadline passed, 2 on a start-up error,
+//! 3 when an error no retry can fix stopped it.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ebbflow::config::QueueSettings;
+use ebbflow::{Context, Handler, HandlerError, Settings, Worker};
+use tracing::{debug, info};
+
+struct Simulated {
+    work: Duration,
+    cpu: Duration,
+    record: Option<Arc<Mutex<std::fs::File>>>,
+}
+
+impl Handler for Simulated {
+    type Message = Vec<u8>;
+
+    async fn handle(&self, body: Vec<u8>, _ctx: Context) -> Result<(), HandlerError> {
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
+        if !self.cpu.is_zero() {
+            let start = Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < self.cpu {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        if let Some(file) = &self.record {
+            let mut line = body;
+            line.push(b'\n');
+            let mut f = file.lock().map_err(|_| "record file lock poisoned")?;
+            f.write_all(&line)?;
+        }
+        Ok(())
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name} = {v}: must be a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    match run().await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run() -> Result<i32, Box<dyn std::error::Error>> {
+    let mut settings = Settings::load()?;
+    let queue = std::env::var("QUEUE_NAME").unwrap_or_else(|_| "loadtest".into());
+    let queue_settings = settings
+        .queues
+        .remove(&queue)
+        .unwrap_or_else(QueueSettings::default);
+    settings.queues.clear();
+    settings.queues.insert(queue.clone(), queue_settings);
+    settings.validate()?;
+    let record = match std::env::var_os("LOADTEST_RECORD") {
+        Some(path) => Some(Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("LOADTEST_RECORD = {}: {e}", path.to_string_lossy()))?,
+        ))),
+        None => None,
+    };
+    let handler = Simulated {
+        work: Duration::from_millis(env_u64("HANDLER_MS", 20)?),
+        cpu: Duration::from_millis(env_u64("HANDLER_CPU_MS", 0)?),
+        record,
+    };
+    let worker = Worker::new(settings)
+        .handler(&queue, handler)
+        .start()
+        .await?;
+    if let Some(addr) = worker.trigger_addr() {
+        info!(%addr, "trigger endpoint");
+    }
+    let signal = ebbflow::shutdown_signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = worker.failed() => break,
+            _ = tick.tick() => {
+                for q in worker.snapshot() {
+                    debug!(queue = %q.queue, handled = q.handled, tasks = q.active_tasks,
+                           receive_calls = q.receive_calls, depth = ?q.depth, "counters");
+                }
+            }
+        }
+    }
+    let report = worker.shutdown().await;
+    for q in &report.queues {
+        info!(queue = %q.queue, handled = q.handled, retried = q.retried, poisoned = q.poisoned,
+              released = q.released, lost_ownership = q.lost_ownership, receive_calls = q.receive_calls,
+              peak_tasks = q.peak_tasks, "final counts");
+    }
+    Ok(report.exit_code())
+}
