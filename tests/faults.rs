@@ -98,7 +98,7 @@ async fn busy_503s_latency_and_cut_connections_lose_nothing() {
         busy_every: Some(7),
         drop_every: Some(11),
         latency: Duration::from_millis(5),
-        lose_deletes: 0,
+        ..Faults::default()
     });
     let recorder = Recorder {
         work: Duration::from_millis(5),
@@ -330,4 +330,40 @@ fn unsafe_free_sigterm(child: &std::process::Child) {
         .unwrap()
         .success();
     assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_refused_at_runtime_stop_the_worker_with_an_explanation() {
+    let proxy = Proxy::start(&common::azurite_url()).await;
+    let name = common::unique("denied");
+    let recorder = Recorder::default();
+    let worker = common::start(
+        &store_at(&proxy.url()),
+        settings(&name, Duration::from_secs(5)),
+        &name,
+        recorder,
+    )
+    .await;
+    // The key is revoked while the worker runs.
+    proxy.set_faults(Faults {
+        deny_all: true,
+        ..Faults::default()
+    });
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        worker.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the worker stops on its own");
+    let fatal = report.fatal.clone().expect("a fatal error");
+    println!("stopped with: {fatal}");
+    assert!(
+        matches!(fatal, ebbflow::store::StoreError::Unauthorized { .. }),
+        "{fatal:?}"
+    );
+    assert!(
+        fatal.to_string().contains(&name),
+        "names the queue: {fatal}"
+    );
+    assert_eq!(report.exit_code(), 3);
 }

@@ -8,7 +8,8 @@
 //!   answer's body arrives (the service did the work; the client never learns it);
 //! - `latency`: added before forwarding each request;
 //! - `lose_deletes`: the next n Delete Message calls get `404 MessageNotFound` without
-//!   reaching the service (as if the message had been re-delivered to someone else).
+//!   reaching the service (as if the message had been re-delivered to someone else);
+//! - `deny_all`: every request gets `403 AuthenticationFailed` (a revoked key or SAS).
 //!
 //! Faults are deterministic (every n-th, not random) so a test run is reproducible.
 #![allow(dead_code)]
@@ -90,6 +91,7 @@ pub struct Faults {
     pub drop_every: Option<u64>,
     pub latency: Duration,
     pub lose_deletes: u64,
+    pub deny_all: bool,
 }
 
 struct Inner {
@@ -228,6 +230,9 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
     let is_delete = std::ptr::eq(counter, &inner.counts.delete);
     let seen = inner.seen.fetch_add(1, Ordering::Relaxed) + 1;
     let faults = *inner.faults.lock().unwrap();
+    if faults.deny_all {
+        return error_response(StatusCode::FORBIDDEN, "AuthenticationFailed");
+    }
     if is_delete && faults.lose_deletes > 0 {
         let mut f = inner.faults.lock().unwrap();
         if f.lose_deletes > 0 {
