@@ -210,7 +210,7 @@ impl PoisonQueue {
 
     /// Up to `limit` poison messages, oldest first.
     pub async fn list(&self, limit: usize) -> Result<Vec<PoisonRecord>, StoreError> {
-        let held = self.scan(limit, |_| true).await?;
+        let held = self.scan(limit, |_| false).await?;
         let records = held.iter().map(|m| self.record(m)).collect();
         self.release(&held).await;
         Ok(records)
