@@ -3,6 +3,9 @@
 //! the worker runs; the worker process killed with SIGKILL mid-batch and started again.
 //! Each test prints the messages lost (must be 0) and the duplicates, with their cause.
 
+// Each test reports its counts (lost, duplicates, statuses) on stdout, shown with --nocapture.
+#![allow(clippy::print_stdout)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,6 +2,9 @@
 //! through a running worker, random requests at the trigger endpoint. Nothing may panic; every
 //! bad input gets a clear error (a poison envelope saying why, a 4xx answer).
 
+// Each test reports its counts (lost, duplicates, statuses) on stdout, shown with --nocapture.
+#![allow(clippy::print_stdout)]
+
 mod common;
 
 use std::time::Duration;

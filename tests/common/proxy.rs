@@ -206,7 +206,7 @@ fn classify<'a>(counts: &'a Counts, method: &str, path: &str, query: &str) -> &'
 }
 
 fn every(n: Option<u64>, seen: u64) -> bool {
-    n.is_some_and(|n| n > 0 && seen % n == 0)
+    n.is_some_and(|n| n > 0 && seen.is_multiple_of(n))
 }
 
 fn error_response(status: StatusCode, code: &str) -> Response {
