@@ -161,12 +161,19 @@ impl Worker {
             .collect();
         let http = &self.settings.triggers.http;
         let trigger_addr = if http.enabled {
-            let (addr, serve) = crate::trigger::http::bind(hub.clone(), http, stop.clone())
-                .await
-                .map_err(|error| WorkerError::TriggerBind {
-                    addr: http.bind,
-                    error,
-                })?;
+            let shown = listeners.clone();
+            let metrics: crate::trigger::http::Metrics = Arc::new(move || {
+                let snapshots: Vec<QueueSnapshot> =
+                    shown.iter().map(QueueListener::snapshot).collect();
+                prometheus(&snapshots)
+            });
+            let (addr, serve) =
+                crate::trigger::http::bind(hub.clone(), http, Some(metrics), stop.clone())
+                    .await
+                    .map_err(|error| WorkerError::TriggerBind {
+                        addr: http.bind,
+                        error,
+                    })?;
             tracker.spawn(serve);
             info!(%addr, "trigger endpoint listening");
             Some(addr)
@@ -308,6 +315,95 @@ impl RunningWorker {
             fatal,
         }
     }
+}
+
+/// The queues' counters in the Prometheus text format (served at `GET /metrics`).
+pub fn prometheus(queues: &[QueueSnapshot]) -> String {
+    type Field = fn(&QueueSnapshot) -> u64;
+    let series: [(&str, &str, &str, Field); 17] = [
+        ("active_tasks", "gauge", "Dequeue tasks running.", |q| {
+            q.active_tasks
+        }),
+        ("peak_tasks", "gauge", "Most dequeue tasks at once.", |q| {
+            q.peak_tasks
+        }),
+        ("in_flight", "gauge", "Handlers running.", |q| q.in_flight),
+        ("depth", "gauge", "Last probed visible depth.", |q| {
+            q.depth.unwrap_or(0)
+        }),
+        ("receive_calls_total", "counter", "Receive calls.", |q| {
+            q.receive_calls
+        }),
+        (
+            "empty_receives_total",
+            "counter",
+            "Receive calls that found nothing.",
+            |q| q.empty_receives,
+        ),
+        ("probe_calls_total", "counter", "Depth probe calls.", |q| {
+            q.probe_calls
+        }),
+        ("received_total", "counter", "Messages received.", |q| {
+            q.received
+        }),
+        (
+            "handled_total",
+            "counter",
+            "Messages handled and deleted.",
+            |q| q.handled,
+        ),
+        (
+            "retried_total",
+            "counter",
+            "Failed tries left for a retry.",
+            |q| q.retried,
+        ),
+        (
+            "poisoned_total",
+            "counter",
+            "Messages moved to the poison queue.",
+            |q| q.poisoned,
+        ),
+        (
+            "released_total",
+            "counter",
+            "Messages released unhandled.",
+            |q| q.released,
+        ),
+        (
+            "lost_ownership_total",
+            "counter",
+            "Settles refused after a re-delivery.",
+            |q| q.lost_ownership,
+        ),
+        (
+            "store_errors_total",
+            "counter",
+            "Failed store calls.",
+            |q| q.store_errors,
+        ),
+        ("triggers_total", "counter", "Push triggers.", |q| {
+            q.triggers
+        }),
+        ("panics_total", "counter", "Handler panics.", |q| q.panics),
+        ("timeouts_total", "counter", "Handler timeouts.", |q| {
+            q.timeouts
+        }),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, field) in series {
+        out.push_str(&format!(
+            "# HELP ebbflow_{name} {help}\n# TYPE ebbflow_{name} {kind}\n"
+        ));
+        for q in queues {
+            out.push_str(&format!(
+                "ebbflow_{name}{{queue=\"{}\"}} {}\n",
+                q.queue,
+                field(q)
+            ));
+        }
+    }
+    out
 }
 
 /// What to do about a fatal store error, for the log.

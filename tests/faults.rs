@@ -260,7 +260,7 @@ fn read_records(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(str::to_string)
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
         .collect()
 }
 

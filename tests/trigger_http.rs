@@ -149,3 +149,41 @@ async fn a_token_is_required_when_configured_and_never_echoed() {
     assert_eq!(w.snapshot()[0].triggers, 2);
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_show_each_queues_counters_behind_the_token() {
+    let (w, base) = worker(true).await;
+    w.publisher("orders")
+        .unwrap()
+        .send_bytes(b"one", Default::default())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut text = String::new();
+    for _ in 0..100 {
+        let r = client
+            .get(format!("{base}/metrics"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        text = r.text().await.unwrap();
+        if text.contains("ebbflow_handled_total{queue=\"orders\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        text.contains("ebbflow_handled_total{queue=\"orders\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE ebbflow_active_tasks gauge"), "{text}");
+    assert!(
+        text.contains("ebbflow_active_tasks{queue=\"orders\"} 1"),
+        "{text}"
+    );
+    let denied = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+    w.shutdown().await;
+}

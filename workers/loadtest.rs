@@ -10,8 +10,9 @@
 //!   `EBBFLOW__QUEUES__<NAME>__...` overrides (any other queues in config are ignored).
 //! - `HANDLER_MS`: simulated work per message, an async sleep (default 20).
 //! - `HANDLER_CPU_MS`: busy CPU work per message on top (default 0).
-//! - `LOADTEST_RECORD`: a file to append each handled message's text to, one line each,
-//!   written before the message is deleted (so a harness can count lost and duplicate messages).
+//! - `LOADTEST_RECORD`: a file to append a line to for each handled message: its payload, a
+//!   tab, and the Unix time in microseconds when its handler started. Written before the
+//!   message is deleted, so a harness can count lost and duplicate messages and measure pickup.
 //!
 //! It logs the queue's counters once a second at debug and at exit at info, and exits 0 after
 //! a clean drain (SIGTERM/ctrl-c), 1 when the drain deadline passed, 2 on a start-up error,
@@ -35,6 +36,10 @@ impl Handler for Simulated {
     type Message = Vec<u8>;
 
     async fn handle(&self, body: Vec<u8>, _ctx: Context) -> Result<(), HandlerError> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
         if !self.work.is_zero() {
             tokio::time::sleep(self.work).await;
         }
@@ -47,7 +52,7 @@ impl Handler for Simulated {
         }
         if let Some(file) = &self.record {
             let mut line = body;
-            line.push(b'\n');
+            line.extend_from_slice(format!("\t{started}\n").as_bytes());
             let mut f = file.lock().map_err(|_| "record file lock poisoned")?;
             f.write_all(&line)?;
         }

@@ -203,6 +203,7 @@ impl Fatal {
 }
 
 /// A running listener for one queue.
+#[derive(Clone)]
 pub struct QueueListener {
     shared: Arc<Shared>,
 }

@@ -8,7 +8,7 @@
 //! - CloudEvents in structured mode (`specversion`, `data`), single or batch.
 //!
 //! `OPTIONS /trigger` answers the CloudEvents webhook validation handshake. `GET /healthz`
-//! answers `ok`. With a token configured, callers send `Authorization: Bearer <token>` (or
+//! answers `ok`. `GET /metrics` serves the worker's counters in the Prometheus text format. With a token configured, callers send `Authorization: Bearer <token>` (or
 //! `?token=` for webhook systems that cannot set headers). Bad bodies get 400 with the reason,
 //! bodies over the limit 413, a missing or wrong token 401.
 
@@ -29,21 +29,27 @@ use crate::store::validate_queue_name;
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
+/// Renders the worker's metrics (Prometheus text format) for `GET /metrics`.
+pub type Metrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
     hub: Hub,
     token: Option<String>,
+    metrics: Option<Metrics>,
 }
 
 /// The router, for embedding in another server or for tests.
-pub fn router(hub: Hub, settings: &HttpTriggerSettings) -> Router {
+pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>) -> Router {
     let state = AppState {
         hub,
         token: settings.token.clone(),
+        metrics,
     };
     Router::new()
         .route("/trigger", post(trigger).options(handshake))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(state)
 }
@@ -53,11 +59,12 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings) -> Router {
 pub async fn bind(
     hub: Hub,
     settings: &HttpTriggerSettings,
+    metrics: Option<Metrics>,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     let addr = listener.local_addr()?;
-    let app = router(hub, settings);
+    let app = router(hub, settings, metrics);
     let serve = async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -93,6 +100,21 @@ fn authorized(state: &AppState, headers: &HeaderMap, query: &Query<Vec<(String, 
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The counters, behind the same token as triggers (scrapers send it as a bearer token).
+async fn metrics_text(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Query<Vec<(String, String)>>,
+) -> Response {
+    if !authorized(&state, &headers, &query) {
+        return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    match &state.metrics {
+        Some(render) => ([("content-type", "text/plain; version=0.0.4")], render()).into_response(),
+        None => reject(StatusCode::NOT_FOUND, "no metrics here"),
+    }
 }
 
 async fn handshake(

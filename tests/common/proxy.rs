@@ -98,6 +98,7 @@ struct Inner {
     upstream: String,
     client: reqwest::Client,
     counts: Counts,
+    per_queue: Mutex<std::collections::BTreeMap<String, Arc<Counts>>>,
     faults: Mutex<Faults>,
     seen: AtomicU64,
 }
@@ -132,6 +133,7 @@ impl Proxy {
             upstream: origin.to_string(),
             client: reqwest::Client::new(),
             counts: Counts::default(),
+            per_queue: Mutex::default(),
             faults: Mutex::new(Faults::default()),
             seen: AtomicU64::new(0),
         });
@@ -168,7 +170,20 @@ impl Proxy {
 
     /// The counts so far.
     pub fn counts(&self) -> CountSnapshot {
-        let c = &self.inner.counts;
+        snapshot(&self.inner.counts)
+    }
+
+    /// The counts so far of requests to one queue.
+    pub fn counts_for(&self, queue: &str) -> CountSnapshot {
+        match self.inner.per_queue.lock().unwrap().get(queue) {
+            Some(c) => snapshot(c),
+            None => CountSnapshot::default(),
+        }
+    }
+}
+
+fn snapshot(c: &Counts) -> CountSnapshot {
+    {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CountSnapshot {
             receive: g(&c.receive),
@@ -185,6 +200,11 @@ impl Proxy {
             upstream_errors: g(&c.upstream_errors),
         }
     }
+}
+
+/// The queue a request is for, if any.
+fn queue_of(path: &str) -> Option<&str> {
+    path.split('/').filter(|s| !s.is_empty()).nth(1)
 }
 
 /// Which queue operation a request is.
@@ -227,6 +247,16 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
     let query = request.uri().query().unwrap_or_default().to_string();
     let counter = classify(&inner.counts, &method, &path, &query);
     counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(queue) = queue_of(&path) {
+        let per = inner
+            .per_queue
+            .lock()
+            .unwrap()
+            .entry(queue.to_string())
+            .or_default()
+            .clone();
+        classify(&per, &method, &path, &query).fetch_add(1, Ordering::Relaxed);
+    }
     let is_delete = std::ptr::eq(counter, &inner.counts.delete);
     let seen = inner.seen.fetch_add(1, Ordering::Relaxed) + 1;
     let faults = *inner.faults.lock().unwrap();
