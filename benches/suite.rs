@@ -81,6 +81,22 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench")));
     let plan = if full { FULL } else { SMOKE };
+    // `--only embedded`: just the in-process dispatch comparison (a quick check while tuning).
+    if args.iter().any(|a| a == "embedded") && args.iter().any(|a| a == "--only") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..plan.embedded_runs {
+                let raw = raw_loop(plan.embedded_messages).await;
+                let emb = ebbflow_embedded(plan.embedded_messages).await;
+                println!("raw {raw:.0}/s, ebbflow {emb:.0}/s, ratio {:.3}", emb / raw);
+            }
+        });
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

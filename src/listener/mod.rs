@@ -697,10 +697,15 @@ async fn run_batch(shared: &Arc<Shared>, batch: Vec<ReceivedMessage>) {
     let mut running = JoinSet::new();
     let mut pending = batch.into_iter();
     for message in pending.by_ref() {
-        let permit = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => None,
-            permit = shared.permits.clone().acquire_owned() => permit.ok(),
+        // A free slot is taken without waiting (the common case under light load); else wait
+        // for one, unless the worker stops first.
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) if !shared.stop.is_cancelled() => Some(permit),
+            _ => tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => None,
+                permit = shared.permits.clone().acquire_owned() => permit.ok(),
+            },
         };
         let Some(permit) = permit else {
             release(shared, &message, "worker stopping").await;
@@ -718,6 +723,26 @@ async fn run_batch(shared: &Arc<Shared>, batch: Vec<ReceivedMessage>) {
             // `settle` itself does not panic (handler panics are caught inside it); a join
             // error here means the runtime is shutting down.
             warn!(queue = %shared.name, error = %e, "message task ended abnormally");
+        }
+    }
+}
+
+/// A handler's future, with a panic inside it turned into `Err(panic text)`.
+struct CatchPanic(crate::handler::BoxFuture);
+
+impl std::future::Future for CatchPanic {
+    type Output = Result<Result<(), DispatchError>, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let future = &mut self.0;
+        // After a panic the future is never polled again: `settle` stops at the first Ready.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(result)) => std::task::Poll::Ready(Ok(result)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(payload) => std::task::Poll::Ready(Err(panic_text(payload))),
         }
     }
 }
@@ -755,7 +780,12 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
         Ok(bytes) => bytes,
         Err(e) => return poison(&shared, &message, PoisonReason::Undecodable, e.to_string()).await,
     };
-    let cancellation = shared.stop.child_token();
+    // Its own token only when a timeout may cancel this one handler; else the worker's.
+    let cancellation = if shared.settings.handler_timeout.is_some() {
+        shared.stop.child_token()
+    } else {
+        shared.stop.clone()
+    };
     let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
     let ctx = Context {
         queue: shared.name.clone(),
@@ -768,8 +798,8 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
     };
     shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    // The handler runs as its own task so that a panic is contained to this message.
-    let handle = tokio::spawn(shared.handler.clone().call(bytes, ctx).in_current_span());
+    // A panic in the handler is caught where it is polled and contained to this message.
+    let handle = CatchPanic(shared.handler.clone().call(bytes, ctx));
     let mut lease = Lease {
         receipt: message.pop_receipt.clone(),
         renewed_at: started,
@@ -844,7 +874,7 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
 async fn watch_handler(
     shared: &Shared,
     message: &ReceivedMessage,
-    mut handle: tokio::task::JoinHandle<Result<(), DispatchError>>,
+    mut handle: CatchPanic,
     cancellation: &CancellationToken,
     heartbeat: &Heartbeat,
     lease: &mut Lease,
@@ -859,22 +889,20 @@ async fn watch_handler(
     loop {
         let renew_at = lease.renewed_at + settings.visibility_timeout / 2;
         tokio::select! {
+            // The handler first: one that finishes at once never arms a timer.
+            biased;
             joined = &mut handle => {
                 return match joined {
                     _ if timed_out => Outcome::TimedOut(settings.handler_timeout.unwrap_or_default()),
                     Ok(result) => Outcome::Done(result),
-                    Err(e) if e.is_panic() => Outcome::Panicked(panic_text(e.into_panic())),
-                    Err(_) => Outcome::Aborted,
+                    Err(text) => Outcome::Panicked(text),
                 };
             }
-            _ = shared.abort.cancelled() => {
-                handle.abort();
-                return Outcome::Aborted;
-            }
+            // Dropping the handler's future cancels it at its current await point.
+            _ = shared.abort.cancelled() => return Outcome::Aborted,
             _ = tokio::time::sleep_until(timeout_at), if settings.handler_timeout.is_some() => {
                 let limit = settings.handler_timeout.unwrap_or_default();
                 if timed_out {
-                    handle.abort();
                     warn!(queue = %shared.name, message_id = %message.id,
                           grace = ?settings.handler_timeout_grace, "handler ignored its cancellation; aborted");
                     return Outcome::TimedOut(limit);

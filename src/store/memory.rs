@@ -30,7 +30,15 @@ struct Stored {
     text: String,
 }
 
-type Queues = HashMap<String, VecDeque<Stored>>;
+/// One queue's messages, oldest first, and the earliest time one of them may expire (so the
+/// expiry sweep runs only when due, not on every call).
+#[derive(Debug, Default)]
+struct QueueState {
+    messages: VecDeque<Stored>,
+    next_expiry: Option<Instant>,
+}
+
+type Queues = HashMap<String, QueueState>;
 
 /// An in-process queue service; clones share the same queues.
 #[derive(Debug, Clone, Default)]
@@ -76,13 +84,24 @@ impl MemoryQueue {
     ) -> Result<T, StoreError> {
         let now = Instant::now();
         let mut queues = self.queues.lock().expect("memory store mutex poisoned");
-        let messages = queues
+        let state = queues
             .get_mut(&self.name)
             .ok_or_else(|| StoreError::QueueNotFound {
                 queue: self.name.clone(),
             })?;
-        messages.retain(|m| m.expires > now);
-        f(messages, now)
+        if state.next_expiry.is_some_and(|t| t <= now) {
+            state.messages.retain(|m| m.expires > now);
+            state.next_expiry = state.messages.iter().map(|m| m.expires).min();
+        }
+        let result = f(&mut state.messages, now);
+        // A send appends: keep the earliest expiry up to date. (A deleted message's expiry
+        // may linger; that only makes one sweep come early.)
+        if let Some(last) = state.messages.back() {
+            if state.next_expiry.is_none_or(|t| last.expires < t) {
+                state.next_expiry = Some(last.expires);
+            }
+        }
+        result
     }
 
     fn not_found(&self, id: &str) -> StoreError {
