@@ -132,7 +132,11 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
     };
     assert_eq!(count(&["job pulse", "kind=\"count\""]), 4, "{logs:#?}");
     assert_eq!(count(&["job pulse", "kind=\"time\""]), 4, "{logs:#?}");
-    assert_eq!(count(&["job pulse", "count=20"]), 2, "{logs:#?}");
+    assert_eq!(
+        count(&["job pulse", "kind=\"count\"", "count=20"]),
+        2,
+        "{logs:#?}"
+    );
     assert_eq!(
         count(&["job ended", "status=\"succeeded\"", "25 items", "count=25"]),
         1,
