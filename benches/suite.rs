@@ -52,7 +52,7 @@ const FULL: Plan = Plan {
     idle_window: Duration::from_secs(60),
     wake_idle: Duration::from_secs(45),
     wake_reps: 10,
-    embedded_messages: 20_000,
+    embedded_messages: 200_000,
     embedded_runs: 3,
 };
 
@@ -429,39 +429,47 @@ struct Idle {
     rss_mb: f64,
 }
 
-async fn idle(env: &Env, plan: Plan) -> Vec<Idle> {
-    let setups: [(&'static str, Kind, Setup); 3] = [
-        (
-            "ebbflow min_tasks=1, max 30s",
-            Kind::Ebbflow,
-            Setup {
-                min_tasks: 1,
-                trigger: false,
-            },
-        ),
-        (
-            "ebbflow min_tasks=0 + push trigger",
-            Kind::Ebbflow,
-            Setup {
-                min_tasks: 0,
-                trigger: true,
-            },
-        ),
-        (
-            "classic 8 loops, 1s poll",
-            Kind::Classic,
-            Setup {
-                min_tasks: 1,
-                trigger: false,
-            },
-        ),
-    ];
+/// The three consumers the idle and wake scenarios compare.
+const SETUPS: [(&str, Kind, Setup); 3] = [
+    (
+        "ebbflow min_tasks=1, max 30s, no trigger",
+        Kind::Ebbflow,
+        Setup {
+            min_tasks: 1,
+            trigger: false,
+        },
+    ),
+    (
+        "ebbflow min_tasks=0, push trigger",
+        Kind::Ebbflow,
+        Setup {
+            min_tasks: 0,
+            trigger: true,
+        },
+    ),
+    (
+        "classic 8 loops, 1s poll",
+        Kind::Classic,
+        Setup {
+            min_tasks: 1,
+            trigger: false,
+        },
+    ),
+];
+
+/// Starts each of [`SETUPS`] on a fresh queue named after `scenario`.
+async fn start_all(env: &Env, scenario: &str) -> Vec<(&'static str, Running)> {
     let mut running = Vec::new();
-    for (i, (label, kind, setup)) in setups.into_iter().enumerate() {
-        let name = format!("idle{i}{}", kind.name());
+    for (i, (label, kind, setup)) in SETUPS.into_iter().enumerate() {
+        let name = format!("{scenario}{i}{}", kind.name());
         fresh_queue(env, &name).await;
         running.push((label, spawn(env, kind, &name, setup)));
     }
+    running
+}
+
+async fn idle(env: &Env, plan: Plan) -> Vec<Idle> {
+    let running = start_all(env, "idle").await;
     // Some work first, so the back-off starts from a busy state, then the warm-up.
     for (_, r) in &running {
         let q = env.direct.queue(&r.queue).unwrap();
@@ -524,38 +532,7 @@ async fn wake_series(env: &Env, r: &Running, plan: Plan) -> Vec<f64> {
 }
 
 async fn wake(env: &Env, plan: Plan) -> Vec<Wake> {
-    let setups: [(&'static str, Kind, Setup); 3] = [
-        (
-            "ebbflow, push trigger (min_tasks=0)",
-            Kind::Ebbflow,
-            Setup {
-                min_tasks: 0,
-                trigger: true,
-            },
-        ),
-        (
-            "ebbflow, no trigger (min_tasks=1, max 30s)",
-            Kind::Ebbflow,
-            Setup {
-                min_tasks: 1,
-                trigger: false,
-            },
-        ),
-        (
-            "classic 8 loops, 1s poll",
-            Kind::Classic,
-            Setup {
-                min_tasks: 1,
-                trigger: false,
-            },
-        ),
-    ];
-    let mut running = Vec::new();
-    for (i, (label, kind, setup)) in setups.into_iter().enumerate() {
-        let name = format!("wake{i}{}", kind.name());
-        fresh_queue(env, &name).await;
-        running.push((label, spawn(env, kind, &name, setup)));
-    }
+    let running = start_all(env, "wake").await;
     let series = futures_join(
         running
             .iter()
@@ -762,7 +739,7 @@ fn burst_json(runs: &[Burst]) -> Value {
 
 /// Queue depth and active tasks over time, ebbflow against the classic listener.
 fn chart(ebb: &Burst, classic: &Burst, title: &str) -> String {
-    let (w, h, left, right, top, bottom) = (860.0, 320.0, 60.0, 60.0, 40.0, 40.0);
+    let (w, h, left, right, top, bottom) = (860.0, 340.0, 60.0, 60.0, 40.0, 60.0);
     let t_max = ebb
         .points
         .iter()
@@ -848,12 +825,12 @@ fn chart(ebb: &Burst, classic: &Burst, title: &str) -> String {
         "<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">ebbflow queue depth (left)</text>\
          <text x=\"{}\" y=\"{}\" fill=\"#888\">classic queue depth (left)</text>\
          <text x=\"{}\" y=\"{}\" fill=\"#ff7f0e\">ebbflow active tasks (right; classic: always 8 loops)</text></svg>",
-        left + 10.0,
-        top + 14.0,
-        left + 10.0,
-        top + 30.0,
-        left + 10.0,
-        top + 46.0
+        left,
+        h - 12.0,
+        left + 200.0,
+        h - 12.0,
+        left + 400.0,
+        h - 12.0
     ));
     svg
 }
@@ -920,7 +897,7 @@ async fn run(plan: Plan, out: &Path) {
     let m = |v: &Value, k: &str| v["median"][k].as_f64().unwrap_or(f64::NAN);
     let speedup = m(&ebb_json, "messages_per_s") / m(&classic_json, "messages_per_s");
     let (raw_rate, emb_rate) = (median(&raw), median(&emb));
-    let trig = &wake[0].pickups_ms;
+    let trig = &wake[1].pickups_ms;
     let idle_rss = idle[0].rss_mb.max(idle[1].rss_mb);
     let targets = vec![
         (

@@ -10,6 +10,8 @@
 //! `loadtest`), `HANDLER_MS`, `LOOPS`, `POLL_MS`, `LOADTEST_RECORD` (the load-test worker's
 //! record format: payload, tab, handler start in Unix microseconds).
 
+mod support;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,24 +21,9 @@ use ebbflow::store::azure::AzureStore;
 use ebbflow::store::Queue;
 use ebbflow::store::QueueStore;
 
-fn env_u64(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name} = {v}: must be a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    support::init_logs("warn");
     if let Err(e) = run().await {
         tracing::error!("{e}");
         std::process::exit(2);
@@ -47,9 +34,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cs = std::env::var("AZURE_STORAGE_CONNECTION_STRING")
         .map_err(|_| "AZURE_STORAGE_CONNECTION_STRING is required")?;
     let name = std::env::var("QUEUE_NAME").unwrap_or_else(|_| "loadtest".into());
-    let work = Duration::from_millis(env_u64("HANDLER_MS", 20)?);
-    let poll = Duration::from_millis(env_u64("POLL_MS", 1000)?);
-    let loops = env_u64("LOOPS", 8)?;
+    let work = Duration::from_millis(support::env_u64("HANDLER_MS", 20)?);
+    let poll = Duration::from_millis(support::env_u64("POLL_MS", 1000)?);
+    let loops = support::env_u64("LOOPS", 8)?;
     let record = match std::env::var_os("LOADTEST_RECORD") {
         Some(path) => Some(Arc::new(Mutex::new(
             std::fs::OpenOptions::new()

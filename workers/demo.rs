@@ -9,6 +9,8 @@
 //! message (default 20), plus every `EBBFLOW__...` override and
 //! `AZURE_STORAGE_CONNECTION_STRING`.
 
+mod support;
+
 use std::time::Duration;
 
 use ebbflow::{Context, Handler, HandlerError, Json, Settings, Worker};
@@ -59,23 +61,9 @@ impl Handler for Emails {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name} = {v}: must be a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    support::init_logs("info");
     if let Err(e) = run().await {
         tracing::error!("{e}");
         std::process::exit(2);
@@ -84,9 +72,9 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::load()?;
-    let rate = env_u64("DEMO_RATE", 20)?;
-    let burst = env_u64("DEMO_BURST", 2000)?;
-    let work = Duration::from_millis(env_u64("DEMO_HANDLER_MS", 20)?);
+    let rate = support::env_u64("DEMO_RATE", 20)?;
+    let burst = support::env_u64("DEMO_BURST", 2000)?;
+    let work = Duration::from_millis(support::env_u64("DEMO_HANDLER_MS", 20)?);
     let worker = Worker::new(settings)
         .handler("orders", Orders { work })
         .handler("emails", Emails { work })

@@ -18,6 +18,8 @@
 //! a clean drain (SIGTERM/ctrl-c), 1 when the drain deadline passed, 2 on a start-up error,
 //! 3 when an error no retry can fix stopped it.
 
+mod support;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,24 +62,9 @@ impl Handler for Simulated {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name} = {v}: must be a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    support::init_logs("info");
     match run().await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -108,8 +95,8 @@ async fn run() -> Result<i32, Box<dyn std::error::Error>> {
         None => None,
     };
     let handler = Simulated {
-        work: Duration::from_millis(env_u64("HANDLER_MS", 20)?),
-        cpu: Duration::from_millis(env_u64("HANDLER_CPU_MS", 0)?),
+        work: Duration::from_millis(support::env_u64("HANDLER_MS", 20)?),
+        cpu: Duration::from_millis(support::env_u64("HANDLER_CPU_MS", 0)?),
         record,
     };
     let worker = Worker::new(settings)
