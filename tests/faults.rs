@@ -348,16 +348,7 @@ async fn credentials_refused_at_runtime_stop_the_worker_with_an_explanation() {
     )
     .await;
     // The key is revoked while the worker runs.
-    proxy.set_faults(Faults {
-        deny_all: true,
-        ..Faults::default()
-    });
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        worker.run_until(std::future::pending()),
-    )
-    .await
-    .expect("the worker stops on its own");
+    let report = proxy.revoke_and_wait(worker).await;
     let fatal = report.fatal.clone().expect("a fatal error");
     println!("stopped with: {fatal}");
     assert!(

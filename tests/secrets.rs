@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::{Faults, Proxy};
+use common::proxy::Proxy;
 use ebbflow::config::{QueueSettings, Settings};
 use ebbflow::store::azure::{account_sas, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::{Context, Handler, HandlerError, Worker};
@@ -89,16 +89,7 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
             .unwrap();
         outputs.push(r.text().await.unwrap());
     }
-    proxy.set_faults(Faults {
-        deny_all: true,
-        ..Faults::default()
-    });
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        worker.run_until(std::future::pending()),
-    )
-    .await
-    .expect("stops on the refusal");
+    let report = proxy.revoke_and_wait(worker).await;
     let fatal = report.fatal.expect("fatal");
     outputs.push(fatal.to_string());
     outputs.push(format!("{fatal:?}"));

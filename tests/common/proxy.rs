@@ -163,6 +163,24 @@ impl Proxy {
         format!("http://{}{}", self.addr, self.account_path)
     }
 
+    /// Refuses every request from now on (403, as a revoked key) and waits up to 30 s for
+    /// `worker` to stop on its own; returns its drain report.
+    pub async fn revoke_and_wait(
+        &self,
+        worker: ebbflow::worker::RunningWorker,
+    ) -> ebbflow::worker::DrainReport {
+        self.set_faults(Faults {
+            deny_all: true,
+            ..Faults::default()
+        });
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            worker.run_until(std::future::pending()),
+        )
+        .await
+        .expect("the worker stops on its own when its credentials are refused")
+    }
+
     /// Replaces the faults.
     pub fn set_faults(&self, faults: Faults) {
         *self.inner.faults.lock().unwrap() = faults;
