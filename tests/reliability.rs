@@ -118,8 +118,8 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
     })
     .await;
     let snap = worker.shutdown().await.queues.remove(0);
-    // Per job: count pulses at 10 and 20, timed pulses at 1 s and 2 s.
-    assert_eq!(snap.pulses, 8, "{snap:?}");
+    // Per job: count pulses at 10 and 20, timed pulses at 1 s and 2 s (a 2.5 s job; under
+    // real time on a loaded machine it may run past 3 s and pulse once more).
     let logs: Vec<String> = common::captured_logs()
         .lines()
         .filter(|l| l.contains(&name))
@@ -131,7 +131,9 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
             .count()
     };
     assert_eq!(count(&["job pulse", "kind=\"count\""]), 4, "{logs:#?}");
-    assert_eq!(count(&["job pulse", "kind=\"time\""]), 4, "{logs:#?}");
+    let timed = count(&["job pulse", "kind=\"time\""]);
+    assert!((4..=6).contains(&timed), "{timed} timed pulses: {logs:#?}");
+    assert_eq!(snap.pulses as usize, 4 + timed, "{snap:?}");
     assert_eq!(
         count(&["job pulse", "kind=\"count\"", "count=20"]),
         2,
