@@ -759,6 +759,9 @@ enum Outcome {
 struct Lease {
     receipt: String,
     renewed_at: Instant,
+    /// When the next renewal is due: half the timeout after the last one, or a second after a
+    /// failed one.
+    renew_at: Instant,
     /// A renewal found the message re-delivered: our receipt is dead.
     lost: bool,
 }
@@ -803,6 +806,7 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
     let mut lease = Lease {
         receipt: message.pop_receipt.clone(),
         renewed_at: started,
+        renew_at: started + shared.settings.visibility_timeout / 2,
         lost: false,
     };
     let outcome = watch_handler(
@@ -812,6 +816,7 @@ async fn settle(shared: Arc<Shared>, message: ReceivedMessage, _permit: OwnedSem
         &cancellation,
         &heartbeat,
         &mut lease,
+        started,
     )
     .await;
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -878,16 +883,15 @@ async fn watch_handler(
     cancellation: &CancellationToken,
     heartbeat: &Heartbeat,
     lease: &mut Lease,
+    started: Instant,
 ) -> Outcome {
     let settings = &shared.settings;
-    let started = lease.renewed_at;
     let far = started + Duration::from_secs(100 * 365 * 24 * 3600);
     let mut timeout_at = settings.handler_timeout.map_or(far, |t| started + t);
     let mut timed_out = false;
     let pulse_every = settings.heartbeat.interval;
     let mut next_pulse = pulse_every.map_or(far, |p| started + p);
     loop {
-        let renew_at = lease.renewed_at + settings.visibility_timeout / 2;
         tokio::select! {
             // The handler first: one that finishes at once never arms a timer.
             biased;
@@ -913,7 +917,7 @@ async fn watch_handler(
                 cancellation.cancel();
                 timeout_at = Instant::now() + settings.handler_timeout_grace;
             }
-            _ = tokio::time::sleep_until(renew_at), if !lease.lost => {
+            _ = tokio::time::sleep_until(lease.renew_at), if !lease.lost => {
                 renew(shared, message, lease, "half the visibility timeout").await;
             }
             _ = tokio::time::sleep_until(next_pulse), if pulse_every.is_some() => {
@@ -959,6 +963,7 @@ async fn renew(shared: &Shared, message: &ReceivedMessage, lease: &mut Lease, wh
             bump(&shared.stats.renewals);
             lease.receipt = updated.pop_receipt;
             lease.renewed_at = Instant::now();
+            lease.renew_at = lease.renewed_at + visibility / 2;
             debug!(queue = %shared.name, message_id = %message.id, why, ?visibility, "visibility renewed");
         }
         Err(StoreError::MessageNotFound { .. }) => lease.lost = true,
@@ -966,8 +971,7 @@ async fn renew(shared: &Shared, message: &ReceivedMessage, lease: &mut Lease, wh
             bump(&shared.stats.store_errors);
             warn!(queue = %shared.name, message_id = %message.id, error = %e,
                   "visibility renewal failed; trying again in 1s");
-            // Schedule the next try a second from now (renew_at = renewed_at + timeout / 2).
-            lease.renewed_at = Instant::now() + Duration::from_secs(1) - visibility / 2;
+            lease.renew_at = Instant::now() + Duration::from_secs(1);
         }
     }
 }
