@@ -104,13 +104,8 @@ impl Worker {
             Some(store) => store,
             None => store::open(&self.settings.storage)?,
         };
+        let store = RetryingStore::wrap(store, self.settings.storage.retry);
         let embedded = store.kind() == "memory";
-        // The embedded store has no transient faults to retry.
-        let store = if embedded {
-            store
-        } else {
-            RetryingStore::wrap(store, self.settings.storage.retry)
-        };
         let create = self.settings.storage.create_queues || embedded;
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
