@@ -80,9 +80,17 @@ pub struct RetrySettings {
     /// The longest back-off step.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
-    /// One try that has not answered after this long counts as a transient failure.
+    /// Our cut-off for one try, 2s..=10m: a try with no answer after this long is abandoned
+    /// and retried, its outcome unknown. Every try also carries the service's own `timeout`
+    /// ([`RetrySettings::service_timeout_secs`]: a fifth less, at least 1 s less, in whole
+    /// seconds, at most 30), so a slow service answers (done, or 500 OperationTimedOut) before
+    /// we give up; this cut-off then only fires when the connection itself is gone.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Refusals of our credentials (401/403) in a row, over all calls, before they count as
+    /// final and stop the worker (exit 3), 1..=20. Fewer are retried with back-off, so one
+    /// clock-skewed or mis-routed answer does not stop a fleet.
+    pub refusals_before_fatal: u32,
 }
 
 impl Default for RetrySettings {
@@ -91,8 +99,32 @@ impl Default for RetrySettings {
             max_attempts: 6,
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: default_request_timeout(),
+            refusals_before_fatal: default_refusals_before_fatal(),
         }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_refusals_before_fatal() -> u32 {
+    3
+}
+
+/// The longest `timeout` the queue service honours; it lowers longer ones to this.
+const MAX_SERVICE_TIMEOUT_SECS: u32 = 30;
+
+impl RetrySettings {
+    /// The service's own `timeout` (whole seconds) for a try we cut off after `cutoff`: a fifth
+    /// less, and at least one second less, so its answer beats our cut-off; 1..=30.
+    pub fn service_timeout_secs(cutoff: Duration) -> u32 {
+        let margin = (cutoff / 5).max(Duration::from_secs(1));
+        let secs = cutoff.saturating_sub(margin).as_secs();
+        u32::try_from(secs)
+            .unwrap_or(u32::MAX)
+            .clamp(1, MAX_SERVICE_TIMEOUT_SECS)
     }
 }
 
@@ -310,10 +342,22 @@ pub struct HttpTriggerSettings {
     pub enabled: bool,
     /// Address to listen on; loopback by default. Any other address requires `token`.
     pub bind: std::net::SocketAddr,
-    /// Bearer token callers must send (`Authorization: Bearer <token>`).
+    /// Token callers must send as `Authorization: Bearer <token>` (the scheme in any case),
+    /// 16+ characters; compared in constant time.
     pub token: Option<String>,
+    /// Also accept the token as `?token=` in the URL, for webhook systems that cannot send
+    /// headers. Off by default: proxies and access logs keep URLs (ebbflow's own logs redact
+    /// `token=`). Needs `token`.
+    pub allow_query_token: bool,
     /// Largest accepted body in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// A request not answered within this long, from its headers on (reading the body
+    /// included), gets 408, 100ms..=5m.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once, 1..=10000; more get 503 at once (the sender retries; a
+    /// trigger is a hint, the queue still holds the work).
+    pub max_concurrent_requests: u32,
 }
 
 impl Default for HttpTriggerSettings {
@@ -322,9 +366,20 @@ impl Default for HttpTriggerSettings {
             enabled: false,
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 7075)),
             token: None,
+            allow_query_token: false,
             max_body_bytes: 64 * 1024,
+            request_timeout: default_trigger_request_timeout(),
+            max_concurrent_requests: default_trigger_max_concurrent_requests(),
         }
     }
+}
+
+fn default_trigger_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_trigger_max_concurrent_requests() -> u32 {
+    64
 }
 
 impl fmt::Debug for HttpTriggerSettings {
@@ -333,7 +388,10 @@ impl fmt::Debug for HttpTriggerSettings {
             .field("enabled", &self.enabled)
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allow_query_token", &self.allow_query_token)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }
@@ -479,11 +537,18 @@ impl Settings {
             Duration::from_millis(1),
             r.max_delay,
         )?;
+        // At least 2 s, so the service's own timeout (at least 1 s) stays below it.
         check_duration(
             "storage.retry.request_timeout",
             r.request_timeout,
-            Duration::from_millis(100),
+            Duration::from_secs(2),
             Duration::from_secs(600),
+        )?;
+        check_range(
+            "storage.retry.refusals_before_fatal",
+            r.refusals_before_fatal,
+            1,
+            20,
         )?;
         for (name, q) in &self.queues {
             let key = |field: &str| format!("queues.{name}.{field}");
@@ -574,6 +639,25 @@ impl Settings {
             u32::try_from(http.max_body_bytes).unwrap_or(u32::MAX),
             256,
             1 << 20,
+        )?;
+        if http.allow_query_token && http.token.is_none() {
+            return Err(ConfigError::invalid(
+                "triggers.http.allow_query_token",
+                true,
+                "needs triggers.http.token",
+            ));
+        }
+        check_duration(
+            "triggers.http.request_timeout",
+            http.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        check_range(
+            "triggers.http.max_concurrent_requests",
+            http.max_concurrent_requests,
+            1,
+            10_000,
         )?;
         Ok(())
     }
@@ -676,11 +760,109 @@ fn check_duration(
 mod tests {
     use super::*;
 
-    fn dir_with(toml: &str) -> PathBuf {
+    /// A config folder in the temp dir, removed when dropped.
+    struct TempConfig(PathBuf);
+
+    impl std::ops::Deref for TempConfig {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir_with(toml: &str) -> TempConfig {
         let dir = std::env::temp_dir().join(format!("ebbflow-config-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("default.toml"), toml).unwrap();
-        dir
+        TempConfig(dir)
+    }
+
+    #[test]
+    fn temp_config_folders_are_removed() {
+        let dir = dir_with("");
+        let path = dir.to_path_buf();
+        assert!(path.join("default.toml").exists());
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn trigger_hardening_settings_load_and_are_checked() {
+        let dir = dir_with(
+            "[triggers.http]\nenabled = true\ntoken = \"0123456789abcdef-secret\"\n\
+             allow_query_token = true\nrequest_timeout = \"2s\"\nmax_concurrent_requests = 4\n",
+        );
+        let s = Settings::load_from(&dir, &env(&[])).unwrap();
+        let http = &s.triggers.http;
+        assert!(http.allow_query_token);
+        assert_eq!(http.request_timeout, Duration::from_secs(2));
+        assert_eq!(http.max_concurrent_requests, 4);
+        let defaults = HttpTriggerSettings::default();
+        assert!(!defaults.allow_query_token, "query tokens are opt-in");
+        assert_eq!(defaults.request_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.max_concurrent_requests, 64);
+        for (toml, expected) in [
+            (
+                "[triggers.http]\nallow_query_token = true\n",
+                "config: triggers.http.allow_query_token = true: needs triggers.http.token",
+            ),
+            (
+                "[triggers.http]\nrequest_timeout = \"10m\"\n",
+                "config: triggers.http.request_timeout = 10m: must be 100ms..=5m",
+            ),
+            (
+                "[triggers.http]\nmax_concurrent_requests = 0\n",
+                "config: triggers.http.max_concurrent_requests = 0: must be 1..=10000",
+            ),
+        ] {
+            let dir = dir_with(toml);
+            let err = Settings::load_from(&dir, &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, expected);
+        }
+    }
+
+    #[test]
+    fn retry_settings_keep_the_service_timeout_below_the_cut_off() {
+        let secs = |s: u64| RetrySettings::service_timeout_secs(Duration::from_secs(s));
+        assert_eq!(secs(2), 1);
+        assert_eq!(secs(3), 2);
+        assert_eq!(secs(10), 8);
+        assert_eq!(secs(30), 24);
+        assert_eq!(secs(600), 30, "the service's maximum");
+        assert_eq!(
+            RetrySettings::service_timeout_secs(Duration::from_millis(2900)),
+            1
+        );
+        for ms in (2000..=600_000).step_by(100) {
+            let cutoff = Duration::from_millis(ms);
+            let service = Duration::from_secs(RetrySettings::service_timeout_secs(cutoff).into());
+            assert!(service + Duration::from_millis(900) <= cutoff, "{cutoff:?}");
+        }
+        let dir = dir_with("[storage.retry]\nrequest_timeout = \"1s\"\n");
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config: storage.retry.request_timeout = 1s: must be 2s..=10m"
+        );
+        let dir = dir_with("[storage.retry]\nrefusals_before_fatal = 0\n");
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config: storage.retry.refusals_before_fatal = 0: must be 1..=20"
+        );
+        assert_eq!(RetrySettings::default().refusals_before_fatal, 3);
     }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Fatal, QueueListener, QueueSnapshot};
 use crate::store::retrying::RetryingStore;
-use crate::store::{self, QueueStore, StoreError};
+use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
 
 /// The worker could not start.
@@ -111,7 +111,8 @@ impl Worker {
         let abort = CancellationToken::new();
         let fatal = Fatal::default();
         let tracker = TaskTracker::new();
-        let hub = Hub::new(None);
+        // Events naming another storage account are ignored (the embedded store has none).
+        let hub = Hub::new(store.account());
         // Queues and publishers first, so every handler's Context can publish to any queue.
         let mut queues = Vec::new();
         let mut publishers = BTreeMap::new();
@@ -162,10 +163,15 @@ impl Worker {
         let http = &self.settings.triggers.http;
         let trigger_addr = if http.enabled {
             let shown = listeners.clone();
+            let outcomes_of = store.clone();
             let metrics: crate::trigger::http::Metrics = Arc::new(move || {
                 let snapshots: Vec<QueueSnapshot> =
                     shown.iter().map(QueueListener::snapshot).collect();
-                prometheus(&snapshots)
+                let outcomes: Vec<(String, UnknownOutcomes)> = snapshots
+                    .iter()
+                    .map(|q| (q.queue.clone(), outcomes_of.unknown_outcomes(&q.queue)))
+                    .collect();
+                prometheus(&snapshots) + &prometheus_unknown_outcomes(&outcomes)
             });
             let (addr, serve) =
                 crate::trigger::http::bind(hub.clone(), http, Some(metrics), stop.clone())
@@ -283,6 +289,19 @@ impl RunningWorker {
         self.fatal
             .error()
             .unwrap_or_else(|| StoreError::Setup("stopped".into()))
+    }
+
+    /// Per queue, the calls whose outcome is unknown so far (see the README's "Unknown
+    /// outcomes"): zero on the embedded backend.
+    pub fn unknown_outcomes(&self) -> Vec<(String, UnknownOutcomes)> {
+        self.listeners
+            .iter()
+            .map(|l| {
+                let queue = l.snapshot().queue;
+                let counts = self.store.unknown_outcomes(&queue);
+                (queue, counts)
+            })
+            .collect()
     }
 
     /// The error that stopped (or is stopping) the worker, if any.
@@ -406,11 +425,51 @@ pub fn prometheus(queues: &[QueueSnapshot]) -> String {
     out
 }
 
+/// The unknown outcomes of each queue's calls in the Prometheus text format.
+pub fn prometheus_unknown_outcomes(queues: &[(String, UnknownOutcomes)]) -> String {
+    type Field = fn(&UnknownOutcomes) -> u64;
+    let series: [(&str, &str, Field); 4] = [
+        (
+            "unanswered_receives_total",
+            "Receive tries that went unanswered (their messages come back after the visibility timeout).",
+            |o| o.receives,
+        ),
+        (
+            "unanswered_sends_total",
+            "Send tries that went unanswered (the message may be stored twice).",
+            |o| o.sends,
+        ),
+        (
+            "deletes_confirmed_total",
+            "Deletes that went unanswered, then found the message gone: done.",
+            |o| o.deletes_confirmed,
+        ),
+        (
+            "updates_in_doubt_total",
+            "Updates that went unanswered, then found the pop receipt stale: in doubt.",
+            |o| o.updates_in_doubt,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, field) in series {
+        out.push_str(&format!(
+            "# HELP ebbflow_{name} {help}\n# TYPE ebbflow_{name} counter\n"
+        ));
+        for (queue, outcomes) in queues {
+            out.push_str(&format!(
+                "ebbflow_{name}{{queue=\"{queue}\"}} {}\n",
+                field(outcomes)
+            ));
+        }
+    }
+    out
+}
+
 /// What to do about a fatal store error, for the log.
 fn explain(e: &StoreError) -> &'static str {
     match e {
         StoreError::Unauthorized { .. } => {
-            "the service refused our credentials (expired SAS, rotated key, missing role assignment); fix storage settings and restart"
+            "the service refused our credentials, several times in a row (expired SAS, rotated key, missing role assignment); fix storage settings and restart"
         }
         StoreError::QueueNotFound { .. } => {
             "the queue was deleted while the worker ran; recreate it and restart"

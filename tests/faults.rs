@@ -56,6 +56,7 @@ fn settings(queue: &str, visibility: Duration) -> Settings {
         min_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(500),
         request_timeout: Duration::from_secs(10),
+        ..RetrySettings::default()
     };
     let mut q = QueueSettings {
         visibility_timeout: visibility,

@@ -86,6 +86,14 @@ impl QueueStore for CountingStore {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+
+    fn account(&self) -> Option<String> {
+        self.inner.account()
+    }
+
+    fn unknown_outcomes(&self, queue: &str) -> super::UnknownOutcomes {
+        self.inner.unknown_outcomes(queue)
+    }
 }
 
 struct CountingQueue {

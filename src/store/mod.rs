@@ -32,6 +32,16 @@ pub trait QueueStore: Send + Sync + 'static {
     fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError>;
     /// `memory` or `azure`, for logs.
     fn kind(&self) -> &'static str;
+    /// The storage account, when the backend knows it: push triggers naming another account
+    /// are ignored.
+    fn account(&self) -> Option<String> {
+        None
+    }
+    /// Calls on `queue` whose outcome is unknown, so far (zero unless the store retries).
+    fn unknown_outcomes(&self, queue: &str) -> UnknownOutcomes {
+        let _ = queue;
+        UnknownOutcomes::default()
+    }
 }
 
 /// The operations on one queue.
@@ -154,13 +164,50 @@ pub enum StoreError {
         /// The service's explanation (secrets redacted).
         detail: String,
     },
-    /// A fault that may pass: 5xx, throttling, timeouts, connection errors.
+    /// A fault that may pass and that the service did not act on: throttling (503 ServerBusy,
+    /// 429), its own timeout (500 OperationTimedOut), a connection that could not be opened.
     #[error("transient failure on queue {queue}: {detail}")]
     Transient {
         /// The queue.
         queue: String,
         /// What happened (secrets redacted).
         detail: String,
+    },
+    /// A fault that may pass, after which nobody knows whether the service did the work: the
+    /// request was sent but no answer came (our cut-off, a connection lost mid-answer), or the
+    /// answer does not say (500 InternalError, 502, 504). Retried like [`StoreError::Transient`];
+    /// what a retry after one means is per operation, see `store::retrying`.
+    #[error(
+        "no answer from the service on queue {queue} (the call may have taken effect): {detail}"
+    )]
+    Unanswered {
+        /// The queue.
+        queue: String,
+        /// What happened (secrets redacted).
+        detail: String,
+    },
+    /// No access token could be obtained (identity endpoint unreachable, failing or slow): the
+    /// request never reached the service. Retried like [`StoreError::Transient`].
+    #[error("no access token for queue {queue}: {detail}")]
+    TokenUnavailable {
+        /// The queue.
+        queue: String,
+        /// The credential's explanation.
+        detail: String,
+    },
+    /// An update (renewal, retry, release) went unanswered, and its retry found the pop receipt
+    /// stale: the first try may have been applied under a receipt we never saw, or the message
+    /// was received again by someone else. Either way the receipt held is dead: the lease is in
+    /// doubt and the message may run again.
+    #[error(
+        "update of message {id} on queue {queue} is in doubt: a try went unanswered and the \
+         retry found the pop receipt stale (applied under an unseen receipt, or re-delivered)"
+    )]
+    InDoubt {
+        /// The queue.
+        queue: String,
+        /// The message id.
+        id: String,
     },
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
@@ -170,8 +217,31 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient { .. })
+        matches!(
+            self,
+            StoreError::Transient { .. }
+                | StoreError::Unanswered { .. }
+                | StoreError::TokenUnavailable { .. }
+        )
     }
+}
+
+/// Calls on one queue whose outcome nobody knows, by what they may have done. Only the
+/// retrying layer ([`retrying::RetryingStore`]) sees tries go unanswered, so only it counts;
+/// the README's "Unknown outcomes" section says what each means for a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnknownOutcomes {
+    /// Receive tries that went unanswered. Messages such a try took stay hidden for one
+    /// visibility timeout, then come back with a dequeue count one higher that no handler saw.
+    pub receives: u64,
+    /// Send tries that went unanswered. Each may have stored its message, so a send retried
+    /// after one may be on the queue twice (or once although the send reported failure).
+    pub sends: u64,
+    /// Deletes whose retry, after an unanswered try, found the message gone: counted as done.
+    pub deletes_confirmed: u64,
+    /// Updates whose retry, after an unanswered try, found the pop receipt stale
+    /// ([`StoreError::InDoubt`]).
+    pub updates_in_doubt: u64,
 }
 
 /// Wall-clock "now" as seen through tokio's clock: the real time at first use, advanced by
@@ -209,12 +279,13 @@ pub fn validate_queue_name(name: &str) -> Result<(), String> {
 }
 
 /// Hides secrets in text that may hold a connection string, a SAS query or a URL with one:
-/// the values of `AccountKey=`, `SharedAccessSignature=` and `sig=` are replaced.
+/// the values of `AccountKey=`, `SharedAccessSignature=`, `sig=` and `token=` (a trigger
+/// token in a webhook URL) are replaced.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     'scan: while !rest.is_empty() {
-        for marker in ["AccountKey=", "SharedAccessSignature=", "sig="] {
+        for marker in ["AccountKey=", "SharedAccessSignature=", "sig=", "token="] {
             if let Some(stripped) = strip_prefix_ignore_case(rest, marker) {
                 // Only at the start of a key: after a separator or at the beginning.
                 let at_key_start =
@@ -312,6 +383,13 @@ mod tests {
             "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=<redacted>&se=1)"
         );
         assert_eq!(redact("sig=abc"), "sig=<redacted>");
+        assert_eq!(
+            redact("POST /trigger?queue=q&token=s3cr3t-value HTTP/1.1"),
+            "POST /trigger?queue=q&token=<redacted> HTTP/1.1"
+        );
+        assert_eq!(redact("/trigger?TOKEN=abc"), "/trigger?TOKEN=<redacted>");
+        // A key that merely ends in "token" is not the trigger token.
+        assert_eq!(redact("?mytoken=abc"), "?mytoken=abc");
         // "sig=" inside another word is not a key.
         assert_eq!(redact("xsig=abc"), "xsig=abc");
     }

@@ -1,0 +1,210 @@
+//! Where the queue service is and how we authorize: connection strings, service URLs, and the
+//! storage account they name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use azure_core::credentials::TokenCredential;
+use azure_core::http::Url;
+use base64::Engine as _;
+
+use super::{DEV_ACCOUNT, DEV_KEY};
+use crate::store::{redact, StoreError};
+
+const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
+
+/// How requests are authorized.
+pub(super) enum Auth {
+    /// Account name and key: we sign account SAS tokens.
+    Key { account: String, key: Vec<u8> },
+    /// A SAS token supplied by the user, already in the endpoint's query.
+    Sas,
+    /// Entra ID.
+    Token(Arc<dyn TokenCredential>),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Key { account, .. } => write!(f, "AccountKey({account}, <redacted>)"),
+            Auth::Sas => f.write_str("Sas(<redacted>)"),
+            Auth::Token(_) => f.write_str("EntraId"),
+        }
+    }
+}
+
+pub(super) fn setup(detail: impl Into<String>) -> StoreError {
+    StoreError::Setup(detail.into())
+}
+
+/// The storage account a service URL names: the first label of `<account>.queue.<suffix>`, or
+/// for a path-style URL (Azurite, an IP or `localhost`) its first path segment.
+pub(super) fn account_of(url: &Url) -> Option<String> {
+    let host = url.host_str()?;
+    if let Some((account, _)) = host.split_once(".queue.") {
+        return Some(account.to_string()).filter(|a| !a.is_empty());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let path_style = host == "localhost" || bare.parse::<std::net::IpAddr>().is_ok();
+    if !path_style {
+        return None;
+    }
+    url.path_segments()?
+        .next()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+pub(super) fn parse_endpoint(url: &str, key: &str) -> Result<Url, StoreError> {
+    let mut parsed = Url::parse(url.trim())
+        .map_err(|e| setup(format!("{key}: not a valid URL ({e}): {}", redact(url))))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+        return Err(setup(format!(
+            "{key}: must be an http(s) URL: {}",
+            redact(url)
+        )));
+    }
+    let path = parsed.path().trim_end_matches('/').to_string();
+    parsed.set_path(&path);
+    Ok(parsed)
+}
+
+pub(super) fn parse_connection_string(cs: &str) -> Result<(Url, Auth), StoreError> {
+    let mut fields = BTreeMap::new();
+    for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            setup(format!(
+                "storage.connection_string: `{}` is not a Key=Value pair",
+                redact(part)
+            ))
+        })?;
+        fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+    if get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        let endpoint = match get("developmentstorageproxyuri") {
+            Some(proxy) => format!("{}/{DEV_ACCOUNT}", proxy.trim_end_matches('/')),
+            None => DEV_QUEUE_ENDPOINT.to_string(),
+        };
+        return Ok((
+            parse_endpoint(&endpoint, "storage.connection_string")?,
+            Auth::Key {
+                account: DEV_ACCOUNT.into(),
+                key: decode_key(DEV_KEY)?,
+            },
+        ));
+    }
+    let account = get("accountname");
+    let endpoint = match (get("queueendpoint"), &account) {
+        (Some(e), _) => e,
+        (None, Some(account)) => {
+            let protocol = get("defaultendpointsprotocol").unwrap_or_else(|| "https".into());
+            let suffix = get("endpointsuffix").unwrap_or_else(|| "core.windows.net".into());
+            format!("{protocol}://{account}.queue.{suffix}")
+        }
+        (None, None) => {
+            return Err(setup(
+                "storage.connection_string: needs AccountName or QueueEndpoint",
+            ))
+        }
+    };
+    let mut url = parse_endpoint(&endpoint, "storage.connection_string QueueEndpoint")?;
+    if let Some(sas) = get("sharedaccesssignature") {
+        url.set_query(Some(sas.trim_start_matches('?')));
+        return Ok((url, Auth::Sas));
+    }
+    match (account, get("accountkey")) {
+        (Some(account), Some(key)) => Ok((
+            url,
+            Auth::Key {
+                account,
+                key: decode_key(&key)?,
+            },
+        )),
+        _ => Err(setup(
+            "storage.connection_string: needs AccountName and AccountKey, or SharedAccessSignature",
+        )),
+    }
+}
+
+pub(super) fn decode_key(key: &str) -> Result<Vec<u8>, StoreError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| setup("storage.connection_string: AccountKey is not valid base64"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_account_comes_from_the_key_the_host_or_the_path() {
+        let account = |u: &str| account_of(&Url::parse(u).unwrap());
+        assert_eq!(
+            account("https://acme.queue.core.windows.net"),
+            Some("acme".into())
+        );
+        assert_eq!(
+            account("https://acme.queue.core.chinacloudapi.cn/?sv=1&sig=x"),
+            Some("acme".into())
+        );
+        assert_eq!(
+            account("http://127.0.0.1:10001/devstoreaccount1"),
+            Some("devstoreaccount1".into())
+        );
+        assert_eq!(
+            account("http://localhost:10001/devstoreaccount1"),
+            Some("devstoreaccount1".into())
+        );
+        assert_eq!(account("http://[::1]:10001/dev"), Some("dev".into()));
+        // A custom domain names no account we can read.
+        assert_eq!(account("https://queues.example.com/x"), None);
+        assert_eq!(account("http://127.0.0.1:10001"), None);
+    }
+
+    #[test]
+    fn development_storage_points_at_azurite_with_the_well_known_account() {
+        let (url, auth) = parse_connection_string("UseDevelopmentStorage=true").unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:10001/devstoreaccount1");
+        assert!(matches!(auth, Auth::Key { ref account, .. } if account == DEV_ACCOUNT));
+    }
+
+    #[test]
+    fn account_key_strings_build_the_endpoint_from_protocol_and_suffix() {
+        let cs = "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn";
+        let (url, _) = parse_connection_string(cs).unwrap();
+        assert_eq!(url.as_str(), "https://acme.queue.core.chinacloudapi.cn/");
+        let cs = "AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:4000/devstoreaccount1/";
+        let (url, _) = parse_connection_string(cs).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:4000/devstoreaccount1");
+    }
+
+    #[test]
+    fn sas_connection_strings_keep_the_token_in_the_query() {
+        let cs = "QueueEndpoint=https://acme.queue.core.windows.net;SharedAccessSignature=sv=2019-02-02&sig=abc";
+        let (url, auth) = parse_connection_string(cs).unwrap();
+        assert_eq!(url.query(), Some("sv=2019-02-02&sig=abc"));
+        assert!(matches!(auth, Auth::Sas));
+    }
+
+    #[test]
+    fn bad_connection_strings_name_the_problem_without_the_key() {
+        let err = parse_connection_string("AccountName=acme;AccountKey=not*base64!")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("AccountKey is not valid base64"), "{err}");
+        assert!(!err.contains("not*base64"), "{err}");
+        let err = parse_connection_string("AccountName=acme")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("needs AccountName and AccountKey"), "{err}");
+        let err = parse_connection_string("garbage")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a Key=Value pair"), "{err}");
+    }
+}

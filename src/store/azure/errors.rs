@@ -1,0 +1,164 @@
+//! What an SDK error means for us: which [`StoreError`] it is, and in particular whether the
+//! service may have done the work (then a retry can repeat it; see `store::retrying`).
+
+use azure_core::error::ErrorKind;
+
+use crate::store::{redact, StoreError};
+
+/// An error with its causes ("... : tcp connect error: Connection refused"): the SDK's own
+/// text often leaves out why a request failed.
+pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Classifies an SDK error of a call on `queue` (about message `message_id`, for deletes and
+/// updates). Secrets are redacted from the detail.
+///
+/// | what happened | class | did the service act? |
+/// |---|---|---|
+/// | 404 QueueNotFound | `QueueNotFound` | no |
+/// | 404 / 400 PopReceiptMismatch on a message | `MessageNotFound` | no |
+/// | 401, 403 | `Unauthorized` | no |
+/// | 503 (ServerBusy), 429, 408, 500 OperationTimedOut | `Transient` | no: it says it did not finish |
+/// | other 5xx (500 InternalError, 502, 504) | `Unanswered` | unknown |
+/// | connection could not be opened | `Transient` | no: the request was never sent |
+/// | connection lost after sending, answer cut | `Unanswered` | unknown |
+/// | no token from the credential | `TokenUnavailable` | no: the request was never sent |
+pub(super) fn classify(queue: &str, e: &azure_core::Error, message_id: Option<&str>) -> StoreError {
+    let queue = queue.to_string();
+    let detail = redact(&describe(e));
+    match e.kind() {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => {
+            let code = error_code.as_deref().unwrap_or_default();
+            let status = u16::from(*status);
+            match (status, code, message_id) {
+                (404, "QueueNotFound", _) => StoreError::QueueNotFound { queue },
+                (404, _, Some(id)) | (400, "PopReceiptMismatch", Some(id)) => {
+                    StoreError::MessageNotFound {
+                        queue,
+                        id: id.to_string(),
+                    }
+                }
+                (404, _, None) => StoreError::QueueNotFound { queue },
+                (401 | 403, _, _) => StoreError::Unauthorized { queue, detail },
+                (408 | 429 | 503, _, _) | (500, "OperationTimedOut", _) => {
+                    StoreError::Transient { queue, detail }
+                }
+                (500..=599, _, _) => StoreError::Unanswered { queue, detail },
+                _ => StoreError::Invalid { queue, detail },
+            }
+        }
+        ErrorKind::Credential => StoreError::TokenUnavailable { queue, detail },
+        ErrorKind::Connection => StoreError::Transient { queue, detail },
+        ErrorKind::Io => StoreError::Unanswered { queue, detail },
+        ErrorKind::DataConversion => StoreError::Invalid { queue, detail },
+        _ => StoreError::Transient { queue, detail },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_core::http::StatusCode;
+
+    fn http(status: StatusCode, code: &str) -> azure_core::Error {
+        azure_core::Error::with_message(
+            ErrorKind::HttpResponse {
+                status,
+                error_code: Some(code.to_string()),
+                raw_response: None,
+            },
+            "answer",
+        )
+    }
+
+    fn class(e: &azure_core::Error, id: Option<&str>) -> &'static str {
+        match classify("q", e, id) {
+            StoreError::QueueNotFound { .. } => "queue-not-found",
+            StoreError::MessageNotFound { .. } => "message-not-found",
+            StoreError::Invalid { .. } => "invalid",
+            StoreError::Unauthorized { .. } => "unauthorized",
+            StoreError::Transient { .. } => "transient",
+            StoreError::Unanswered { .. } => "unanswered",
+            StoreError::TokenUnavailable { .. } => "token",
+            StoreError::InDoubt { .. } => "in-doubt",
+            StoreError::Setup(_) => "setup",
+        }
+    }
+
+    #[test]
+    fn answers_that_say_not_done_are_transient_and_the_rest_unanswered() {
+        let cases = [
+            (StatusCode::ServiceUnavailable, "ServerBusy", "transient"),
+            (StatusCode::TooManyRequests, "", "transient"),
+            (StatusCode::RequestTimeout, "", "transient"),
+            (
+                StatusCode::InternalServerError,
+                "OperationTimedOut",
+                "transient",
+            ),
+            (
+                StatusCode::InternalServerError,
+                "InternalError",
+                "unanswered",
+            ),
+            (StatusCode::BadGateway, "", "unanswered"),
+            (StatusCode::GatewayTimeout, "", "unanswered"),
+            (
+                StatusCode::Forbidden,
+                "AuthenticationFailed",
+                "unauthorized",
+            ),
+            (
+                StatusCode::Unauthorized,
+                "InvalidAuthenticationInfo",
+                "unauthorized",
+            ),
+            (StatusCode::NotFound, "QueueNotFound", "queue-not-found"),
+            (StatusCode::NotFound, "MessageNotFound", "message-not-found"),
+            (
+                StatusCode::BadRequest,
+                "PopReceiptMismatch",
+                "message-not-found",
+            ),
+            (StatusCode::BadRequest, "OutOfRangeInput", "invalid"),
+        ];
+        for (status, code, expected) in cases {
+            assert_eq!(
+                class(&http(status, code), Some("m")),
+                expected,
+                "{status} {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn transport_and_token_failures_say_whether_the_request_left() {
+        let refused = azure_core::Error::with_message(ErrorKind::Connection, "connection refused");
+        assert_eq!(class(&refused, None), "transient");
+        let cut = azure_core::Error::with_message(ErrorKind::Io, "connection reset by peer");
+        assert_eq!(class(&cut, None), "unanswered");
+        // A token failure wraps the identity endpoint's own error (here: unreachable); the
+        // outer kind decides, so it is a token outage, not a refused connection to storage.
+        let token = azure_core::Error::with_error(
+            ErrorKind::Credential,
+            azure_core::Error::with_message(ErrorKind::Connection, "169.254.169.254 unreachable"),
+            "could not obtain an access token",
+        );
+        let e = classify("q", &token, None);
+        assert!(matches!(e, StoreError::TokenUnavailable { .. }) && e.is_transient());
+        assert!(e.to_string().contains("169.254.169.254 unreachable"), "{e}");
+    }
+}
