@@ -8,20 +8,31 @@
 //! - CloudEvents in structured mode (`specversion`, `data`), single or batch.
 //!
 //! `OPTIONS /trigger` answers the CloudEvents webhook validation handshake. `GET /healthz`
-//! answers `ok`. `GET /metrics` serves the worker's counters in the Prometheus text format. With a token configured, callers send `Authorization: Bearer <token>` (or
-//! `?token=` for webhook systems that cannot set headers). Bad bodies get 400 with the reason,
-//! bodies over the limit 413, a missing or wrong token 401.
+//! answers `ok`. `GET /metrics` serves the worker's counters in the Prometheus text format.
+//!
+//! Safe to expose behind a token: with one configured, callers send
+//! `Authorization: Bearer <token>` (the scheme in any case), compared in constant time
+//! (`subtle`); `?token=` is accepted only with `allow_query_token` (for webhook systems that
+//! cannot set headers), since URLs end up in proxies' and access logs. Bad bodies get 400 with
+//! the reason, bodies over the limit 413, a missing or wrong token 401, a request not answered
+//! within `request_timeout` (reading its body included) 408, and requests beyond
+//! `max_concurrent_requests` at once 503 at once (tower's timeout, concurrency-limit and
+//! load-shed layers). Events naming another storage account than the worker's are ignored.
 
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{BoxError, Json, Router};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
 
 use super::{Hub, WorkDetected};
 use crate::config::HttpTriggerSettings;
@@ -36,6 +47,7 @@ pub type Metrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 struct AppState {
     hub: Hub,
     token: Option<String>,
+    allow_query_token: bool,
     metrics: Option<Metrics>,
 }
 
@@ -44,14 +56,44 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>
     let state = AppState {
         hub,
         token: settings.token.clone(),
+        allow_query_token: settings.allow_query_token,
         metrics,
     };
+    // Outermost first: errors of the layers below become responses; a request that finds
+    // every slot taken is shed (503) instead of queueing; the timeout covers the handler,
+    // which reads the body.
+    let guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(guard_response))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(
+            settings.max_concurrent_requests as usize,
+        ))
+        .timeout(settings.request_timeout);
     Router::new()
         .route("/trigger", post(trigger).options(handshake))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(guard)
         .with_state(state)
+}
+
+/// The answer when the guard layers stop a request.
+async fn guard_response(error: BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        reject(StatusCode::REQUEST_TIMEOUT, "request timed out")
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        let mut r = reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests at once; retry",
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        r
+    } else {
+        tracing::warn!(error = %error, "trigger endpoint layer failed");
+        reject(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
 }
 
 /// Binds the endpoint; returns the bound address (useful with port 0) and the server future,
@@ -80,26 +122,53 @@ fn reject(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(json!({ "error": reason.into() }))).into_response()
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap, query: &Query<Vec<(String, String)>>) -> bool {
+/// Why a request is refused (401), when it is.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &Query<Vec<(String, String)>>,
+) -> Result<(), &'static str> {
     let Some(expected) = &state.token else {
-        return true;
+        return Ok(());
     };
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
     let in_query = query
         .0
         .iter()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.as_str());
-    bearer
-        .or(in_query)
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+    let given = match (bearer(headers), in_query) {
+        (Some(token), _) => token,
+        (None, Some(token)) if state.allow_query_token => token,
+        (None, Some(_)) => {
+            return Err("send the token as Authorization: Bearer; ?token= is off \
+                        (triggers.http.allow_query_token)")
+        }
+        (None, None) => return Err("missing token"),
+    };
+    if tokens_match(given, expected) {
+        Ok(())
+    } else {
+        Err("wrong token")
+    }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` header, the scheme matched in any case.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Compares in time that does not depend on where the tokens differ (only on their lengths).
+fn tokens_match(given: &str, expected: &str) -> bool {
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// The counters, behind the same token as triggers (scrapers send it as a bearer token).
@@ -108,8 +177,8 @@ async fn metrics_text(
     headers: HeaderMap,
     query: Query<Vec<(String, String)>>,
 ) -> Response {
-    if !authorized(&state, &headers, &query) {
-        return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    if let Err(why) = authorize(&state, &headers, &query) {
+        return reject(StatusCode::UNAUTHORIZED, why);
     }
     match &state.metrics {
         Some(render) => ([("content-type", "text/plain; version=0.0.4")], render()).into_response(),
@@ -122,8 +191,8 @@ async fn handshake(
     headers: HeaderMap,
     query: Query<Vec<(String, String)>>,
 ) -> Response {
-    if !authorized(&state, &headers, &query) {
-        return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    if let Err(why) = authorize(&state, &headers, &query) {
+        return reject(StatusCode::UNAUTHORIZED, why);
     }
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
         return reject(
@@ -147,8 +216,8 @@ async fn trigger(
     query: Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
-    if !authorized(&state, &headers, &query) {
-        return reject(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    if let Err(why) = authorize(&state, &headers, &query) {
+        return reject(StatusCode::UNAUTHORIZED, why);
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -257,8 +326,25 @@ mod tests {
 
     #[test]
     fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(tokens_match("abc", "abc"));
+        assert!(!tokens_match("abc", "abd"));
+        assert!(!tokens_match("abc", "abcd"));
+        assert!(!tokens_match("", "abc"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_str(v).unwrap());
+            h
+        };
+        for v in ["Bearer tok", "bearer tok", "BEARER  tok ", "bEaReR\ttok"] {
+            assert_eq!(bearer(&headers(v)), Some("tok"), "{v:?}");
+        }
+        for v in ["Basic tok", "Bearer", "Bearer ", "Bearertok", "tok"] {
+            assert_eq!(bearer(&headers(v)), None, "{v:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }
