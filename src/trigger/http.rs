@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
@@ -36,7 +36,7 @@ use tower::ServiceBuilder;
 
 use super::{Hub, WorkDetected};
 use crate::config::HttpTriggerSettings;
-use crate::store::validate_queue_name;
+use crate::store::{redact, validate_queue_name};
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
@@ -212,10 +212,13 @@ async fn handshake(
 
 async fn trigger(
     State(state): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
     query: Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
+    // The URL may carry the token (`allow_query_token`): only its redacted form is logged.
+    tracing::debug!(uri = %redact(&uri.to_string()), bytes = body.len(), "trigger request");
     if let Err(why) = authorize(&state, &headers, &query) {
         return reject(StatusCode::UNAUTHORIZED, why);
     }

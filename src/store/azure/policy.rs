@@ -177,11 +177,22 @@ impl TokenPolicy {
                 context: ctx.clone(),
             },
         };
-        match self
-            .credential
-            .get_token(&[STORAGE_SCOPE], Some(options))
-            .await
-        {
+        // A hung identity endpoint must not look like a call the service may have taken: give
+        // the token half the try's cut-off, then call it unavailable.
+        let cutoff = crate::backoff::try_cutoff()
+            .unwrap_or_else(|| crate::config::RetrySettings::default().request_timeout);
+        let fetched = tokio::time::timeout(
+            cutoff / 2,
+            self.credential.get_token(&[STORAGE_SCOPE], Some(options)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(azure_core::Error::with_message(
+                ErrorKind::Credential,
+                format!("the credential gave no token within {:?}", cutoff / 2),
+            ))
+        });
+        match fetched {
             Ok(fresh) => {
                 let secret = fresh.token.secret().to_string();
                 *cache = Some(fresh);
