@@ -43,6 +43,30 @@ pub fn unique(prefix: &str) -> String {
     format!("t-{prefix}-{}", &id[..12])
 }
 
+/// A folder under the system temp dir, removed (with its contents) when dropped, so a failing
+/// test leaves nothing behind either.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh, empty folder named after `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A new, created queue on `store`.
 pub async fn fresh_queue(store: &Arc<dyn QueueStore>, prefix: &str) -> Arc<dyn Queue> {
     let q = store.queue(&unique(prefix)).unwrap();

@@ -9,9 +9,20 @@
 //! - `latency`: added before forwarding each request;
 //! - `lose_deletes`: the next n Delete Message calls get `404 MessageNotFound` without
 //!   reaching the service (as if the message had been re-delivered to someone else);
-//! - `deny_all`: every request gets `403 AuthenticationFailed` (a revoked key or SAS).
+//! - `deny_all`: every request gets `403 AuthenticationFailed` (a revoked key or SAS);
+//! - `deny_next`: the next n requests get `403 AuthenticationFailed` (a clock-skewed answer);
+//! - `lose_answers`: the next n requests of one kind are forwarded (the service does the work),
+//!   then their answer is held for a while or cut (the client never learns the outcome);
+//! - `slow_service`: the service takes this long to process each request and honours the
+//!   request's `timeout` parameter as Azure does: when the work would take longer, it answers
+//!   `500 OperationTimedOut` after `timeout` seconds without doing it (no parameter: 30 s).
 //!
-//! Faults are deterministic (every n-th, not random) so a test run is reproducible.
+//! It records the `timeout` parameter of every request ([`Proxy::service_timeouts`]). With
+//! [`Proxy::start_token_gateway`] it also plays the Entra ID side of the service: it accepts
+//! `Authorization: Bearer <token>` for the tokens it is told are valid (401 otherwise) and
+//! forwards with a SAS instead, since Azurite takes no bearer tokens over http.
+//!
+//! Faults are deterministic (every n-th, next n; not random) so a test run is reproducible.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -92,6 +103,31 @@ pub struct Faults {
     pub latency: Duration,
     pub lose_deletes: u64,
     pub deny_all: bool,
+    pub deny_next: u64,
+    pub lose_answers: Option<LoseAnswers>,
+    pub slow_service: Duration,
+}
+
+/// Which operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Receive,
+    Peek,
+    Delete,
+    Update,
+    Send,
+    Properties,
+    Create,
+    Other,
+}
+
+/// The answers of the next `count` requests of kind `op` are lost after the service did the
+/// work: held for `hold` (then cut), or cut at once when `hold` is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoseAnswers {
+    pub op: Op,
+    pub count: u64,
+    pub hold: Duration,
 }
 
 struct Inner {
@@ -101,6 +137,18 @@ struct Inner {
     per_queue: Mutex<std::collections::BTreeMap<String, Arc<Counts>>>,
     faults: Mutex<Faults>,
     seen: AtomicU64,
+    /// The `timeout` parameter of each request (None: absent).
+    timeouts: Mutex<Vec<Option<u32>>>,
+    answers_lost: AtomicU64,
+    service_timeouts: AtomicU64,
+    denied: AtomicU64,
+    gateway: Option<Gateway>,
+}
+
+/// The bearer tokens the gateway takes, and the SAS it forwards with.
+struct Gateway {
+    valid: Mutex<std::collections::BTreeSet<String>>,
+    sas: String,
 }
 
 /// A running proxy; stops when dropped.
@@ -121,6 +169,52 @@ impl Proxy {
     /// A proxy on a free loopback port in front of `upstream_url` (e.g.
     /// `http://127.0.0.1:10001/devstoreaccount1`).
     pub async fn start(upstream_url: &str) -> Proxy {
+        Self::start_with(upstream_url, None).await
+    }
+
+    /// A proxy that takes bearer tokens (those in `valid`, 401 for others) instead of a SAS
+    /// and forwards with `sas` (a SAS query for the upstream account).
+    pub async fn start_token_gateway(upstream_url: &str, sas: &str) -> Proxy {
+        let gateway = Gateway {
+            valid: Mutex::default(),
+            sas: sas.to_string(),
+        };
+        Self::start_with(upstream_url, Some(gateway)).await
+    }
+
+    /// Makes the gateway accept `token`.
+    pub fn accept_token(&self, token: &str) {
+        let gateway = self.inner.gateway.as_ref().expect("a token gateway");
+        gateway.valid.lock().unwrap().insert(token.to_string());
+    }
+
+    /// Makes the gateway refuse `token` (401), as for a revoked one.
+    pub fn revoke_token(&self, token: &str) {
+        let gateway = self.inner.gateway.as_ref().expect("a token gateway");
+        gateway.valid.lock().unwrap().remove(token);
+    }
+
+    /// The `timeout` parameter of every request so far, in order (None where absent).
+    pub fn service_timeouts(&self) -> Vec<Option<u32>> {
+        self.inner.timeouts.lock().unwrap().clone()
+    }
+
+    /// Answers lost after the service did the work (`lose_answers`).
+    pub fn answers_lost(&self) -> u64 {
+        self.inner.answers_lost.load(Ordering::Relaxed)
+    }
+
+    /// `500 OperationTimedOut` answers given by `slow_service`.
+    pub fn operation_timeouts(&self) -> u64 {
+        self.inner.service_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused with 403 by `deny_next`, or with 401 by the gateway.
+    pub fn denied(&self) -> u64 {
+        self.inner.denied.load(Ordering::Relaxed)
+    }
+
+    async fn start_with(upstream_url: &str, gateway: Option<Gateway>) -> Proxy {
         let parsed = upstream_url.trim_end_matches('/');
         let (origin, account_path) = match parsed.find("://").map(|i| i + 3) {
             Some(start) => match parsed[start..].find('/') {
@@ -136,6 +230,11 @@ impl Proxy {
             per_queue: Mutex::default(),
             faults: Mutex::new(Faults::default()),
             seen: AtomicU64::new(0),
+            timeouts: Mutex::default(),
+            answers_lost: AtomicU64::new(0),
+            service_timeouts: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            gateway,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -226,21 +325,42 @@ fn queue_of(path: &str) -> Option<&str> {
 }
 
 /// Which queue operation a request is.
-fn classify<'a>(counts: &'a Counts, method: &str, path: &str, query: &str) -> &'a AtomicU64 {
+fn op_of(method: &str, path: &str, query: &str) -> Op {
     // /<account>/<queue>[/messages[/<id>]]
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let on_messages = segments.get(2) == Some(&"messages");
     let one_message = segments.len() >= 4;
     match (method, on_messages, one_message) {
-        ("GET", true, false) if query.contains("peekonly=true") => &counts.peek,
-        ("GET", true, false) => &counts.receive,
-        ("POST", true, false) => &counts.send,
-        ("DELETE", true, true) => &counts.delete,
-        ("PUT", true, true) => &counts.update,
-        ("GET" | "HEAD", false, _) if query.contains("comp=metadata") => &counts.properties,
-        ("PUT", false, _) if segments.len() == 2 && !query.contains("comp=") => &counts.create,
-        _ => &counts.other,
+        ("GET", true, false) if query.contains("peekonly=true") => Op::Peek,
+        ("GET", true, false) => Op::Receive,
+        ("POST", true, false) => Op::Send,
+        ("DELETE", true, true) => Op::Delete,
+        ("PUT", true, true) => Op::Update,
+        ("GET" | "HEAD", false, _) if query.contains("comp=metadata") => Op::Properties,
+        ("PUT", false, _) if segments.len() == 2 && !query.contains("comp=") => Op::Create,
+        _ => Op::Other,
     }
+}
+
+fn counter(counts: &Counts, op: Op) -> &AtomicU64 {
+    match op {
+        Op::Receive => &counts.receive,
+        Op::Peek => &counts.peek,
+        Op::Delete => &counts.delete,
+        Op::Update => &counts.update,
+        Op::Send => &counts.send,
+        Op::Properties => &counts.properties,
+        Op::Create => &counts.create,
+        Op::Other => &counts.other,
+    }
+}
+
+/// The `timeout` query parameter, if present and a number.
+fn timeout_param(query: &str) -> Option<u32> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("timeout="))
+        .and_then(|v| v.parse().ok())
 }
 
 fn every(n: Option<u64>, seen: u64) -> bool {
@@ -262,9 +382,9 @@ fn error_response(status: StatusCode, code: &str) -> Response {
 async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let counter = classify(&inner.counts, &method, &path, &query);
-    counter.fetch_add(1, Ordering::Relaxed);
+    let mut query = request.uri().query().unwrap_or_default().to_string();
+    let op = op_of(&method, &path, &query);
+    counter(&inner.counts, op).fetch_add(1, Ordering::Relaxed);
     if let Some(queue) = queue_of(&path) {
         let per = inner
             .per_queue
@@ -273,21 +393,44 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
             .entry(queue.to_string())
             .or_default()
             .clone();
-        classify(&per, &method, &path, &query).fetch_add(1, Ordering::Relaxed);
+        counter(&per, op).fetch_add(1, Ordering::Relaxed);
     }
-    let is_delete = std::ptr::eq(counter, &inner.counts.delete);
+    let service_timeout = timeout_param(&query);
+    inner.timeouts.lock().unwrap().push(service_timeout);
     let seen = inner.seen.fetch_add(1, Ordering::Relaxed) + 1;
     let faults = *inner.faults.lock().unwrap();
     if faults.deny_all {
         return error_response(StatusCode::FORBIDDEN, "AuthenticationFailed");
     }
-    if is_delete && faults.lose_deletes > 0 {
-        let mut f = inner.faults.lock().unwrap();
-        if f.lose_deletes > 0 {
-            f.lose_deletes -= 1;
-            inner.counts.deletes_lost.fetch_add(1, Ordering::Relaxed);
-            return error_response(StatusCode::NOT_FOUND, "MessageNotFound");
+    if faults.deny_next > 0 && take_one(&inner, |f| &mut f.deny_next) {
+        inner.denied.fetch_add(1, Ordering::Relaxed);
+        return error_response(StatusCode::FORBIDDEN, "AuthenticationFailed");
+    }
+    let mut headers = HeaderMap::new();
+    for (k, v) in request.headers() {
+        if k != "host" && k != "content-length" {
+            headers.append(k.clone(), v.clone());
         }
+    }
+    if let Some(gateway) = &inner.gateway {
+        let token = headers
+            .remove("authorization")
+            .and_then(|v| v.to_str().ok().map(str::to_string))
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+        let valid = token.is_some_and(|t| gateway.valid.lock().unwrap().contains(&t));
+        if !valid {
+            inner.denied.fetch_add(1, Ordering::Relaxed);
+            return error_response(StatusCode::UNAUTHORIZED, "InvalidAuthenticationInfo");
+        }
+        query = if query.is_empty() {
+            gateway.sas.clone()
+        } else {
+            format!("{query}&{}", gateway.sas)
+        };
+    }
+    if op == Op::Delete && faults.lose_deletes > 0 && take_one(&inner, |f| &mut f.lose_deletes) {
+        inner.counts.deletes_lost.fetch_add(1, Ordering::Relaxed);
+        return error_response(StatusCode::NOT_FOUND, "MessageNotFound");
     }
     if every(faults.busy_every, seen) {
         inner.counts.busy_injected.fetch_add(1, Ordering::Relaxed);
@@ -296,44 +439,62 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
+    // The service's share of the work runs in a task of its own: like the real service, it
+    // carries on when the client gives up on the call.
+    let slow = faults.slow_service;
+    if slow > Duration::from_secs(service_timeout.unwrap_or(30).into()) {
+        // As the service: when the work would outlast the caller's timeout it gives up
+        // (undone) and says so, at that timeout.
+        tokio::time::sleep(Duration::from_secs(service_timeout.unwrap_or(30).into())).await;
+        inner.service_timeouts.fetch_add(1, Ordering::Relaxed);
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "OperationTimedOut");
+    }
+    let lose_answer = {
+        let mut f = inner.faults.lock().unwrap();
+        match &mut f.lose_answers {
+            Some(lose) if lose.op == op && lose.count > 0 => {
+                lose.count -= 1;
+                Some(lose.hold)
+            }
+            _ => None,
+        }
+    };
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
-    let url = format!(
-        "{}{}",
-        inner.upstream,
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let mut headers = HeaderMap::new();
-    for (k, v) in &parts.headers {
-        if k != "host" && k != "content-length" {
-            headers.append(k.clone(), v.clone());
-        }
-    }
+    let url = match query.as_str() {
+        "" => format!("{}{}", inner.upstream, parts.uri.path()),
+        q => format!("{}{}?{q}", inner.upstream, parts.uri.path()),
+    };
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let sent = inner
-        .client
-        .request(method, url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    let upstream = match sent {
-        Ok(r) => r,
-        Err(_) => {
+    let client = inner.client.clone();
+    let service = tokio::spawn(async move {
+        tokio::time::sleep(slow).await;
+        let upstream = client
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await?;
+        let status = upstream.status();
+        let headers = upstream.headers().clone();
+        let bytes: Bytes = upstream.bytes().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, headers, bytes))
+    });
+    let (status, headers, bytes) = match service.await {
+        Ok(Ok(answer)) => answer,
+        _ => {
             // The service is down: cut the connection, as a dead service would.
             inner.counts.upstream_errors.fetch_add(1, Ordering::Relaxed);
             return cut_connection();
         }
     };
-    let status = upstream.status();
-    let headers = upstream.headers().clone();
-    let bytes: Bytes = upstream.bytes().await.unwrap_or_default();
+    if let Some(hold) = lose_answer {
+        inner.answers_lost.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(hold).await;
+        return cut_connection();
+    }
     if every(faults.drop_every, seen) {
         inner.counts.dropped.fetch_add(1, Ordering::Relaxed);
         return cut_connection();
@@ -346,6 +507,17 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
         }
     }
     response
+}
+
+/// Takes one from the counter `pick` selects in the current faults; false when it is zero.
+fn take_one(inner: &Inner, pick: impl FnOnce(&mut Faults) -> &mut u64) -> bool {
+    let mut faults = inner.faults.lock().unwrap();
+    let left = pick(&mut faults);
+    if *left == 0 {
+        return false;
+    }
+    *left -= 1;
+    true
 }
 
 /// A response whose body fails at once: the server closes the connection without a complete
