@@ -1,6 +1,7 @@
-//! Secrets (account keys, SAS signatures, trigger tokens) never reach logs, errors or `Debug`
-//! output. Every log line of every crate, at every level, is captured while a worker fails and
-//! runs in the ways that print URLs and credentials' surroundings, then searched.
+//! Secrets (account keys, SAS signatures, trigger tokens, in headers or URLs) never reach logs,
+//! errors or `Debug` output. Every log line of every crate, at every level, is captured while
+//! a worker fails and runs in the ways that print URLs and credentials' surroundings, then
+//! searched.
 
 mod common;
 
@@ -73,6 +74,7 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
     s.triggers.http.enabled = true;
     s.triggers.http.bind = "127.0.0.1:0".parse().unwrap();
     s.triggers.http.token = Some(TOKEN.into());
+    s.triggers.http.allow_query_token = true;
     s.validate().unwrap();
     outputs.push(format!("{s:?}"));
     let worker = Worker::new(s).handler(&queue, Nop).start().await.unwrap();
@@ -89,6 +91,17 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
             .unwrap();
         outputs.push(r.text().await.unwrap());
     }
+    // 4. The token in the URL, as a webhook system that cannot send headers would.
+    for token in ["wrong-token-wrong-token", TOKEN] {
+        let r = reqwest::Client::new()
+            .post(format!("{url}?queue={queue}&token={token}"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"queue":"{queue}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        outputs.push(r.text().await.unwrap());
+    }
     let report = proxy.revoke_and_wait(worker).await;
     let fatal = report.fatal.expect("fatal");
     outputs.push(fatal.to_string());
@@ -98,6 +111,11 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
     assert!(logs.contains(&queue), "the capture saw this worker's logs");
     // The SDK logs request URLs (with their SAS query) at debug: they were captured, redacted.
     assert!(logs.contains("sig=REDACTED"), "the URLs were captured");
+    // Trigger URLs are logged at debug with their token redacted.
+    assert!(
+        logs.contains(&format!("/trigger?queue={queue}&token=<redacted>")),
+        "the trigger URLs were captured"
+    );
     outputs.push(logs);
     let everything = outputs.join("\n");
     for (what, secret) in [

@@ -1,13 +1,18 @@
-//! The HTTP trigger endpoint over a real socket: every accepted shape, the handshakes, and
-//! what bad requests get.
+//! The HTTP trigger endpoint over a real socket: every accepted shape, the handshakes, what
+//! bad requests get, the token rules, the request timeout and concurrency limit, and events
+//! for other storage accounts.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::config::{QueueSettings, Settings};
+use ebbflow::config::{HttpTriggerSettings, QueueSettings, Settings};
 use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::QueueStore;
 use ebbflow::{Context, Handler, HandlerError, Worker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Nop;
 impl Handler for Nop {
@@ -20,6 +25,16 @@ impl Handler for Nop {
 const TOKEN: &str = "a-long-enough-trigger-token";
 
 async fn worker(token: bool) -> (ebbflow::worker::RunningWorker, String) {
+    worker_with(token, Arc::new(MemoryStore::new()), |_| {}).await
+}
+
+/// A worker with the trigger endpoint on a free port, queue `orders` on `store`, and the
+/// trigger settings tweaked by `tweak`; returns it and the endpoint's base URL.
+async fn worker_with(
+    token: bool,
+    store: Arc<dyn QueueStore>,
+    tweak: impl FnOnce(&mut HttpTriggerSettings),
+) -> (ebbflow::worker::RunningWorker, String) {
     let mut s = Settings::default();
     s.triggers.http.enabled = true;
     s.triggers.http.bind = "127.0.0.1:0".parse().unwrap();
@@ -27,6 +42,7 @@ async fn worker(token: bool) -> (ebbflow::worker::RunningWorker, String) {
     if token {
         s.triggers.http.token = Some(TOKEN.into());
     }
+    tweak(&mut s.triggers.http);
     s.queues.insert(
         "orders".into(),
         QueueSettings {
@@ -36,7 +52,7 @@ async fn worker(token: bool) -> (ebbflow::worker::RunningWorker, String) {
     );
     s.validate().unwrap();
     let w = Worker::new(s)
-        .with_store(Arc::new(MemoryStore::new()))
+        .with_store(store)
         .handler("orders", Nop)
         .start()
         .await
@@ -139,14 +155,132 @@ async fn a_token_is_required_when_configured_and_never_echoed() {
     let (status, text) = post(&url, body, None).await;
     assert_eq!(status, 401);
     assert!(!text.contains(TOKEN));
-    let (status, _) = post(&url, body, Some("wrong-token-of-some-length")).await;
+    let (status, text) = post(&url, body, Some("wrong-token-of-some-length")).await;
     assert_eq!(status, 401);
+    assert!(text.contains("wrong token"), "{text}");
+    let (status, _) = post(&url, body, Some(&TOKEN[..TOKEN.len() - 1])).await;
+    assert_eq!(status, 401, "a prefix of the token is not the token");
     let (status, _) = post(&url, body, Some(TOKEN)).await;
     assert_eq!(status, 202);
-    let (status, _) = post(&format!("{url}?token={TOKEN}"), body, None).await;
-    assert_eq!(status, 202);
+    // The scheme in any case.
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{scheme}");
+    }
+    // In the URL only when allowed: off by default, and the answer says how to send it.
+    let (status, text) = post(&format!("{url}?token={TOKEN}"), body, None).await;
+    assert_eq!(status, 401);
+    assert!(
+        text.contains("allow_query_token") && !text.contains(TOKEN),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(w.snapshot()[0].triggers, 2);
+    assert_eq!(w.snapshot()[0].triggers, 4);
+    w.shutdown().await;
+    let (w, base) = worker_with(true, Arc::new(MemoryStore::new()), |h| {
+        h.allow_query_token = true
+    })
+    .await;
+    let (status, _) = post(&format!("{base}/trigger?token={TOKEN}"), body, None).await;
+    assert_eq!(status, 202);
+    let (status, _) = post(&format!("{base}/trigger?token=not-{TOKEN}"), body, None).await;
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(w.snapshot()[0].triggers, 1);
+    w.shutdown().await;
+}
+
+/// Sends a POST whose headers promise `length` body bytes but only the first 10 arrive, and
+/// leaves the connection open.
+async fn stalled_post(base: &str, length: usize) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /trigger HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n{{\"queue\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The status line of the answer on `stream`.
+async fn status_line(stream: &mut tokio::net::TcpStream) -> String {
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_and_requests_beyond_the_limit_are_shed() {
+    let (w, base) = worker_with(false, Arc::new(MemoryStore::new()), |h| {
+        h.request_timeout = Duration::from_millis(500);
+        h.max_concurrent_requests = 2;
+    })
+    .await;
+    let url = format!("{base}/trigger");
+    // Two requests whose bodies never finish hold both slots...
+    let mut first = stalled_post(&base, 100).await;
+    let mut second = stalled_post(&base, 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a third is turned away at once, with a hint to retry.
+    let r = reqwest::Client::new()
+        .post(&url)
+        .body(r#"{"queue":"orders"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // The stalled ones get 408 at the timeout, freeing their slots.
+    assert_eq!(
+        status_line(&mut first).await,
+        "HTTP/1.1 408 Request Timeout"
+    );
+    assert_eq!(
+        status_line(&mut second).await,
+        "HTTP/1.1 408 Request Timeout"
+    );
+    let (status, _) = post(&url, r#"{"queue":"orders"}"#, None).await;
+    assert_eq!(status, 202);
+    assert_eq!(w.snapshot()[0].triggers, 1);
+    w.shutdown().await;
+}
+
+/// On Azurite the worker knows its storage account, so events naming another are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_another_storage_account_are_ignored() {
+    let (w, base) = worker_with(false, common::azurite(), |_| {}).await;
+    let url = format!("{base}/trigger");
+    let cases = [
+        (r#"{"account":"someoneelse","queue":"orders"}"#, 0),
+        (r#"{"account":"devstoreaccount1","queue":"orders"}"#, 1),
+        (r#"{"account":"DEVSTOREACCOUNT1","queue":"orders"}"#, 1),
+        (r#"{"queue":"orders"}"#, 1),
+        (
+            r#"[{"specversion":"1.0","type":"t","source":"/x","id":"1","data":{"account":"someoneelse","queue":"orders"}}]"#,
+            0,
+        ),
+    ];
+    for (body, woken) in cases {
+        let (status, text) = post(&url, body, None).await;
+        assert_eq!(status, 202, "{body}: {text}");
+        assert!(
+            text.contains(&format!("\"woken\":{woken}")),
+            "{body}: {text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(w.snapshot()[0].triggers, 3);
     w.shutdown().await;
 }
 
@@ -179,6 +313,11 @@ async fn metrics_show_each_queues_counters_behind_the_token() {
         "{text}"
     );
     assert!(text.contains("# TYPE ebbflow_active_tasks gauge"), "{text}");
+    // Unknown outcomes have their series too (zero on the embedded backend).
+    assert!(
+        text.contains("ebbflow_deletes_confirmed_total{queue=\"orders\"} 0"),
+        "{text}"
+    );
     assert!(
         text.contains("ebbflow_active_tasks{queue=\"orders\"} 1"),
         "{text}"
