@@ -116,17 +116,16 @@ async fn the_cli_lists_shows_and_requeues() {
     let store = common::azurite();
     let (name, texts, _picky, worker) = poisoned(&store).await;
     worker.shutdown().await;
-    let dir = std::env::temp_dir().join(common::unique("cli"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("cli");
     std::fs::write(
-        dir.join("default.toml"),
+        dir.path().join("default.toml"),
         format!("[queues.{name}]\nencoding = \"base64\"\n"),
     )
     .unwrap();
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))
             .env_clear()
-            .env("EBBFLOW_CONFIG_DIR", &dir)
+            .env("EBBFLOW_CONFIG_DIR", dir.path())
             .env(
                 "AZURE_STORAGE_CONNECTION_STRING",
                 common::azurite_connection_string(),
@@ -176,5 +175,4 @@ async fn the_cli_lists_shows_and_requeues() {
         text.contains("requeue needs either --all or --id"),
         "{text}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

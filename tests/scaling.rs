@@ -1,5 +1,5 @@
 //! Elastic scaling end to end: the embedded backend under tokio's paused clock for the curves,
-//! Azurite in real time for wake-up latency.
+//! Azurite in real time for wake-ups (outcomes only; their latency is the benchmark suite's).
 
 mod common;
 
@@ -361,10 +361,11 @@ async fn old_messages_add_tasks_even_when_depth_does_not_call_for_them() {
     worker.shutdown().await;
 }
 
-/// Real time on Azurite: a worker idle at zero tasks, woken by the HTTP trigger, makes its
-/// first receive within 100 ms.
+/// Real time on Azurite: a worker idle at zero tasks finds no work on its own; the HTTP
+/// trigger wakes it and the message is handled. (How fast: the benchmark suite's wake
+/// scenario measures pickup after a trigger.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks_within_100ms() {
+async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks() {
     let store = common::azurite();
     let queue = common::unique("httpwake");
     fill(&store, &queue, 0).await;
@@ -384,20 +385,20 @@ async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks_within_100ms() {
         worker.snapshot()[0].active_tasks == 0
     })
     .await;
-    let calls = worker.snapshot()[0].receive_calls;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        worker.snapshot()[0].receive_calls,
-        calls,
-        "idle at zero: no receives"
-    );
-    // Work arrives from another process (sent straight to the store, no in-process trigger).
+    let idle = worker.snapshot()[0].clone();
+    // Work arrives from another process (sent straight to the store, no in-process trigger):
+    // at zero tasks nothing looks for it.
     fill(&store, &queue, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let untriggered = worker.snapshot()[0].clone();
+    assert_eq!(
+        (untriggered.receive_calls, untriggered.handled),
+        (idle.receive_calls, 0),
+        "idle at zero: no receives, so no pickup without a trigger"
+    );
     let url = format!("http://{}/trigger", worker.trigger_addr().unwrap());
     let body = format!(r#"{{"account":"devstoreaccount1","queue":"{queue}","payload_size":1}}"#);
-    let client = reqwest::Client::new();
-    let sent = std::time::Instant::now();
-    let response = client
+    let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")
         .body(body)
@@ -405,53 +406,53 @@ async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks_within_100ms() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 202);
-    let mut first_receive = None;
-    while sent.elapsed() < Duration::from_secs(2) {
-        if worker.snapshot()[0].receive_calls > calls {
-            first_receive = Some(sent.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let first_receive = first_receive.expect("no receive within 2 s of the trigger");
-    eprintln!("measured: first receive {first_receive:?} after the HTTP trigger");
-    assert!(
-        first_receive <= Duration::from_millis(100),
-        "first receive {first_receive:?} after the trigger"
-    );
-    common::wait_for("the message handled", Duration::from_secs(5), || {
+    assert!(response.text().await.unwrap().contains("\"woken\":1"));
+    common::wait_for("the message handled", Duration::from_secs(10), || {
         worker.snapshot()[0].handled == 1
     })
     .await;
+    let after = worker.snapshot()[0].clone();
+    assert_eq!(after.triggers, 1);
+    assert_eq!(clock.started.lock().unwrap().len(), 1, "handled once");
     worker.shutdown().await;
 }
 
-/// Real time on Azurite: a worker at one task, sleeping at a 30 s back-off maximum, picks up
-/// an in-process publish within 100 ms instead of waiting out the back-off.
+/// Real time on Azurite: a worker at one task, sleeping in a 10-minute back-off, handles an
+/// in-process publish at once instead of waiting the back-off out. (How fast: the benchmark
+/// suite measures pickup after a trigger.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn azurite_in_process_publish_wakes_a_task_in_a_30s_backoff_within_100ms() {
+async fn azurite_in_process_publish_wakes_a_task_sleeping_in_its_backoff() {
     let store = common::azurite();
     let queue = common::unique("pubwake");
     fill(&store, &queue, 0).await;
     let s = settings(&queue, |_, q| {
-        // The first empty receive already sleeps the 30 s maximum.
+        // The first empty receive already sleeps the longest back-off allowed.
         q.idle_backoff = IdleBackoffSettings {
-            min: Duration::from_secs(30),
-            max: Duration::from_secs(30),
+            min: Duration::from_secs(600),
+            max: Duration::from_secs(600),
             delta: Duration::from_secs(1),
         };
     });
     let clock = Clock::default();
     let worker = common::start(&store, s, &queue, clock.clone()).await;
-    common::wait_for("a 30 s back-off", Duration::from_secs(10), || {
-        worker.snapshot()[0].current_backoff == Duration::from_secs(30)
+    common::wait_for("a 10-minute back-off", Duration::from_secs(10), || {
+        worker.snapshot()[0].current_backoff == Duration::from_secs(600)
     })
     .await;
-    let pickup = pickup_after_publish(&worker, &queue, &clock).await;
-    eprintln!("measured: handler started {pickup:?} after the in-process publish");
-    assert!(
-        pickup <= Duration::from_millis(100),
-        "pickup took {pickup:?}"
-    );
+    let asleep = worker.snapshot()[0].clone();
+    worker
+        .publisher(&queue)
+        .unwrap()
+        .send_bytes(b"job", Default::default())
+        .await
+        .unwrap();
+    // Well inside the back-off: only the wake can explain a pickup.
+    common::wait_for("the message handled", Duration::from_secs(20), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    let woken = worker.snapshot()[0].clone();
+    assert_eq!(woken.triggers, asleep.triggers + 1);
+    assert_eq!(woken.active_tasks, 1);
     worker.shutdown().await;
 }

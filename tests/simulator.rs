@@ -57,6 +57,7 @@ async fn virtual_time_predicts_real_time_within_tolerance() {
 #[test]
 fn the_cli_writes_csv_and_svg_and_prints_a_summary() {
     let out = std::env::temp_dir().join(format!("ebbflow-sim-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(out.clone());
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))
         .args([
             "simulate",
@@ -91,5 +92,13 @@ fn the_cli_writes_csv_and_svg_and_prints_a_summary() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("profile nope.toml"));
-    std::fs::remove_dir_all(out).ok();
+}
+
+/// Removes a folder when dropped, so a failing test leaves nothing behind either.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
