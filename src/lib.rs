@@ -4,7 +4,9 @@
 //!
 //! 1. [`config`] loads typed settings (files, then environment) and validates every value.
 //! 2. [`store`] opens the backend: Azure / Azurite through `azure_storage_queue`, or the
-//!    embedded in-process store with the same semantics.
+//!    embedded in-process store with the same semantics. Its retrying layer retries service
+//!    faults on the [`backoff`] policy and decides, per operation, what a retry after an
+//!    unanswered try means (a delete done, an update in doubt, a send maybe stored twice).
 //! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
 //!    batches of up to 32 messages and sleep on the [`backoff`] curve while the queue is empty.
 //!    The listener's supervisor asks the [`scaling`] policy how many tasks to run: more when
