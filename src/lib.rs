@@ -31,7 +31,7 @@ pub mod trigger;
 pub mod worker;
 
 pub use config::Settings;
-pub use handler::{Context, Handler, HandlerError, Json, Publisher};
+pub use handler::{Context, Handler, HandlerError, Json, Publisher, Signal};
 pub use worker::{shutdown_signal, Worker};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so they cannot drift.
