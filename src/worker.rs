@@ -113,7 +113,7 @@ impl Worker {
             None => store::open(&self.settings.storage)?,
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
-        let embedded = store.kind() == "memory";
+        let embedded = store.kind() == store::BackendKind::Embedded;
         let create = self.settings.storage.create_queues || embedded;
         let life = Lifecycle::default();
         let hub = Hub::new(None);
@@ -196,7 +196,7 @@ impl Worker {
         });
         life.tracker.close();
         info!(
-            backend = store.kind(),
+            backend = %store.kind(),
             queues = listeners.len(),
             "worker started"
         );

@@ -134,7 +134,7 @@ fn poison(args: Vec<String>) -> Result<(), String> {
         .get(&name)
         .ok_or_else(|| format!("no [queues.{name}] section in config"))?;
     let store = ebbflow::store::open(&settings.storage).map_err(|e| e.to_string())?;
-    if store.kind() == "memory" {
+    if store.kind() == ebbflow::store::BackendKind::Embedded {
         return Err(
             "storage is the embedded in-process backend, which has no poison queue \
                     outside a running worker: set storage.connection_string or \

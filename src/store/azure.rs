@@ -398,8 +398,8 @@ impl QueueStore for AzureStore {
         }))
     }
 
-    fn kind(&self) -> &'static str {
-        "azure"
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Azure
     }
 }
 

@@ -24,7 +24,7 @@ impl RetryingStore {
     /// Wraps `inner` with the retry policy `settings`. The embedded store is returned as it
     /// is: it has no transient faults to retry.
     pub fn wrap(inner: Arc<dyn QueueStore>, settings: RetrySettings) -> Arc<dyn QueueStore> {
-        if inner.kind() == "memory" {
+        if inner.kind() == super::BackendKind::Embedded {
             return inner;
         }
         Arc::new(Self { inner, settings })
@@ -39,7 +39,7 @@ impl QueueStore for RetryingStore {
         }))
     }
 
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> super::BackendKind {
         self.inner.kind()
     }
 }
