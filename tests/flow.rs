@@ -358,7 +358,7 @@ async fn shutdown_on_the_last_allowed_try_releases_and_never_poisons() {
 /// interleaving is forced: the trigger fires inside the empty receive.
 #[tokio::test(start_paused = true)]
 async fn a_trigger_while_the_last_task_retires_is_not_lost() {
-    let (store, hooks) = Hooked::new(common::memory());
+    let (store, hooks) = Hooked::wrap(common::memory());
     let q = common::fresh_queue(&store, "retire").await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
@@ -396,7 +396,7 @@ async fn a_trigger_while_the_last_task_retires_is_not_lost() {
 /// message is deleted with the receipt the lease still has once the lease would lapse.
 #[tokio::test(start_paused = true)]
 async fn a_hanging_renewal_does_not_hold_up_the_handler() {
-    let (store, hooks) = Hooked::new(common::memory());
+    let (store, hooks) = Hooked::wrap(common::memory());
     let q = common::fresh_queue(&store, "hang").await;
     send_all(&q, ["w20000-job".to_string()]).await;
     hooks.hang_updates.store(true, Ordering::SeqCst);
@@ -427,7 +427,7 @@ async fn a_hanging_renewal_does_not_hold_up_the_handler() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_dequeue_task_is_logged_and_replaced() {
     common::captured_logs();
-    let (store, hooks) = Hooked::new(common::memory());
+    let (store, hooks) = Hooked::wrap(common::memory());
     let q = common::fresh_queue(&store, "dead").await;
     send_all(&q, ["survivor".to_string()]).await;
     hooks.panic_on_receive.store(1, Ordering::SeqCst);
@@ -459,7 +459,7 @@ async fn a_dead_dequeue_task_is_logged_and_replaced() {
 /// was not released (it reappears when its visibility timeout ends: nothing is lost).
 #[tokio::test(start_paused = true)]
 async fn the_drain_deadline_holds_when_store_calls_hang() {
-    let (store, hooks) = Hooked::new(common::memory());
+    let (store, hooks) = Hooked::wrap(common::memory());
     let q = common::fresh_queue(&store, "drain").await;
     send_all(&q, ["w3600000-forever".to_string()]).await;
     let name = q.name().to_string();

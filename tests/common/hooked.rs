@@ -39,7 +39,7 @@ pub struct Hooked {
 }
 
 impl Hooked {
-    pub fn new(inner: Arc<dyn QueueStore>) -> (Arc<dyn QueueStore>, Arc<Hooks>) {
+    pub fn wrap(inner: Arc<dyn QueueStore>) -> (Arc<dyn QueueStore>, Arc<Hooks>) {
         let hooks = Arc::new(Hooks::default());
         let store = Arc::new(Self {
             inner,
