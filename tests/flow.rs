@@ -5,6 +5,9 @@
 //! Embedded tests run under tokio's paused clock, so their timings are exact; the Azurite run
 //! of the backlog test is real time and asserts outcomes only.
 
+// Tests report what they measured.
+#![allow(clippy::print_stdout)]
+
 mod common;
 
 use std::collections::BTreeMap;
