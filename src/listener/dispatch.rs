@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::lease::{Lease, LeaseEvent};
+use super::poison::PoisonReason;
 use super::settle::{self, Settle};
 use super::slots::Held;
 use super::stats::{bump, Gauge};
@@ -51,19 +52,13 @@ pub(super) async fn run(
     let max = shared.settings.max_dequeue_count;
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
-        let action = Settle::Poison(
-            crate::listener::poison::PoisonReason::MaxDequeueCountExceeded,
-            why,
-        );
+        let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
         return settle::apply(&shared, &message, action).await;
     }
     let bytes = match shared.settings.encoding.decode(&message.text) {
         Ok(bytes) => bytes,
         Err(e) => {
-            let action = Settle::Poison(
-                crate::listener::poison::PoisonReason::Undecodable,
-                e.to_string(),
-            );
+            let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
             return settle::apply(&shared, &message, action).await;
         }
     };
@@ -97,6 +92,9 @@ pub(super) async fn run(
         )
         .await
     };
+    // Whether the worker was stopping when the handler ended: then a failure is taken for the
+    // interruption it probably is.
+    let interrupted = shared.life.stop.is_cancelled();
     if let Some(event) = lease.finish().await {
         report(&shared, &message, event);
     }
@@ -120,7 +118,6 @@ pub(super) async fn run(
         pop_receipt: lease.receipt().to_string(),
         ..message
     };
-    let interrupted = shared.life.stop.is_cancelled();
     let action = Settle::decide(
         outcome,
         interrupted,
