@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::QueueStore;
+use ebbflow::store::{BackendKind, QueueStore};
 use ebbflow::{Context, Handler, HandlerError};
 
 on_both_backends!(
@@ -80,8 +80,13 @@ async fn a_long_handler_keeps_its_message_by_renewing_visibility(store: Arc<dyn 
     .await;
     let snap = worker.shutdown().await.queues.remove(0);
     assert_eq!(handler.runs.load(Ordering::SeqCst), 1, "never re-delivered");
-    // Renewed every 1 s (half the timeout): at 1, 2, 3, 4 and 5 s.
-    assert!((4..=6).contains(&snap.renewals), "{snap:?}");
+    // Renewed every 1 s (half the timeout) from the receive: at 1, 2, 3, 4 and 5 s. Exactly so
+    // under the paused clock; real time may shift one across the end.
+    if store.kind() == BackendKind::Embedded {
+        assert_eq!(snap.renewals, 5, "{snap:?}");
+    } else {
+        assert!((4..=6).contains(&snap.renewals), "{snap:?}");
+    }
     assert_eq!(snap.lost_ownership, 0);
     // The final delete used the newest pop receipt: the queue is empty.
     assert_eq!(q.approximate_depth().await.unwrap(), 0);
@@ -132,7 +137,11 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
     };
     assert_eq!(count(&["job pulse", "kind=\"count\""]), 4, "{logs:#?}");
     let timed = count(&["job pulse", "kind=\"time\""]);
-    assert!((4..=6).contains(&timed), "{timed} timed pulses: {logs:#?}");
+    if store.kind() == BackendKind::Embedded {
+        assert_eq!(timed, 4, "{logs:#?}");
+    } else {
+        assert!((4..=6).contains(&timed), "{timed} timed pulses: {logs:#?}");
+    }
     assert_eq!(snap.pulses as usize, 4 + timed, "{snap:?}");
     assert_eq!(
         count(&["job pulse", "kind=\"count\"", "count=20"]),
