@@ -199,8 +199,19 @@ fn default_drain_timeout() -> Duration {
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
     pub batch_size: u32,
-    /// Handlers of this queue running at once, over all its tasks, 1..=10000.
+    /// Handlers of this queue running at once, over all its tasks, 1..=10000. A task takes
+    /// free slots before it receives and asks for no more messages than it holds, so no
+    /// received message ever waits for a slot.
     pub concurrency: u32,
+    /// After a full batch, a task receives again once this many slots are free (fewer, larger
+    /// receives), or at once with any free slot when a trigger arrives. 1..=min(batch_size,
+    /// concurrency); default half of that, at least 1.
+    pub refill_threshold: Option<u32>,
+    /// After a trigger wakes an idle task, wait up to this long for more arrivals before
+    /// receiving: fewer receive calls under a trickle, at the price of up to this much pickup
+    /// latency. Off when unset; at most 10s.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Option<Duration>,
     /// How long a received message stays invisible to other consumers, 1s..=7d.
     #[serde(with = "humantime_serde")]
     pub visibility_timeout: Duration,
@@ -247,6 +258,8 @@ impl Default for QueueSettings {
         Self {
             batch_size: MAX_BATCH,
             concurrency: 16,
+            refill_threshold: None,
+            batch_window: None,
             visibility_timeout: Duration::from_secs(30),
             max_dequeue_count: 5,
             retry_delay: Duration::ZERO,
@@ -556,6 +569,22 @@ impl Settings {
                 .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
             check_range(&key("batch_size"), q.batch_size, 1, MAX_BATCH)?;
             check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
+            if let Some(refill) = q.refill_threshold {
+                check_range(
+                    &key("refill_threshold"),
+                    refill,
+                    1,
+                    q.batch_size.min(q.concurrency).max(1),
+                )?;
+            }
+            if let Some(window) = q.batch_window {
+                check_duration(
+                    &key("batch_window"),
+                    window,
+                    Duration::from_millis(1),
+                    Duration::from_secs(10),
+                )?;
+            }
             check_range(&key("max_dequeue_count"), q.max_dequeue_count, 1, 1000)?;
             check_duration(
                 &key("visibility_timeout"),
@@ -715,6 +744,13 @@ impl Settings {
 }
 
 impl QueueSettings {
+    /// Free slots a task waits for after a full batch: `refill_threshold`, or half of
+    /// `min(batch_size, concurrency)`, at least 1.
+    pub fn refill_slots(&self) -> usize {
+        let most = self.batch_size.min(self.concurrency).max(1);
+        self.refill_threshold.unwrap_or(most / 2).clamp(1, most) as usize
+    }
+
     /// The poison queue's name: the configured one, else `<queue>-poison`.
     pub fn poison_queue_name(&self, queue: &str) -> String {
         self.poison_queue

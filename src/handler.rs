@@ -76,20 +76,48 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// What the handler's caller learns about the message, plus the worker's cancellation.
+/// What the handler's caller learns about the message, plus the signals it should watch.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) queue: Arc<str>,
     pub(crate) message_id: String,
     pub(crate) dequeue_count: u32,
     pub(crate) inserted_at: Option<OffsetDateTime>,
-    pub(crate) cancellation: CancellationToken,
+    pub(crate) shutdown: Signal,
+    pub(crate) timeout: Signal,
+    pub(crate) cancellation: Signal,
     pub(crate) publishers: Publishers,
     pub(crate) heartbeat: Heartbeat,
 }
 
 /// The worker's publishers by queue name, shared by every handler's [`Context`].
 pub(crate) type Publishers = Arc<std::collections::BTreeMap<String, Publisher>>;
+
+/// A signal a handler can watch but not fire: the worker's shutdown, or its own timeout.
+#[derive(Debug, Clone)]
+pub struct Signal(CancellationToken);
+
+impl Signal {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        Self(token)
+    }
+
+    /// Whether it has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes once it has fired.
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await
+    }
+
+    /// A token cancelled when this signal fires, to hand to code that takes a
+    /// `CancellationToken` (cancelling the child does not fire the signal).
+    pub fn child_token(&self) -> CancellationToken {
+        self.0.child_token()
+    }
+}
 
 impl Context {
     /// The queue the message came from.
@@ -112,11 +140,25 @@ impl Context {
         self.inserted_at
     }
 
-    /// Fires when the worker is asked to stop (SIGTERM) or the queue's `handler_timeout`
-    /// passes: a handler that can end early should return (its message is retried later).
-    /// Handlers still running at the drain deadline, or `handler_timeout_grace` after the
-    /// timeout, are aborted; their messages are released or retried, never deleted.
-    pub fn cancellation(&self) -> &CancellationToken {
+    /// Fires when the worker is asked to stop (SIGTERM). A handler that can end early should
+    /// return an error: a failure after shutdown fired is taken for the interruption it is, so
+    /// the message is released (visible again at once), never retried as a failure or
+    /// poisoned, even on its last allowed try. Handlers still running at the drain deadline
+    /// are dropped and their messages released the same way.
+    pub fn shutdown(&self) -> &Signal {
+        &self.shutdown
+    }
+
+    /// Fires when the queue's `handler_timeout` passes (never without one). The run then counts
+    /// as a failure unless the handler still returns `Ok` within `handler_timeout_grace` (its
+    /// work is done: the message is deleted); after the grace it is dropped.
+    pub fn timeout(&self) -> &Signal {
+        &self.timeout
+    }
+
+    /// Fires on [`Context::shutdown`] or [`Context::timeout`], whichever comes first: for
+    /// handlers that stop early for either reason.
+    pub fn cancellation(&self) -> &Signal {
         &self.cancellation
     }
 
@@ -260,6 +302,15 @@ pub enum HandlerError {
         /// What went wrong.
         source: BoxError,
     },
+    /// Not now: make the message visible again after `after`, without counting a failure or
+    /// logging one (a rate limit, a dependency in maintenance). It still uses up a delivery;
+    /// on the last allowed one it is re-sent as a fresh copy rather than poisoned.
+    Release {
+        /// Delay before the message is visible again.
+        after: Duration,
+        /// Why, for the log.
+        source: BoxError,
+    },
 }
 
 impl HandlerError {
@@ -286,10 +337,20 @@ impl HandlerError {
         }
     }
 
+    /// Not a failure: "not now". The message is visible again after `after`.
+    pub fn release(after: Duration) -> Self {
+        Self::Release {
+            after,
+            source: "released by the handler".into(),
+        }
+    }
+
     /// The underlying error.
     pub fn source_error(&self) -> &BoxError {
         match self {
-            Self::Retry { source, .. } | Self::Poison { source } => source,
+            Self::Retry { source, .. } | Self::Poison { source } | Self::Release { source, .. } => {
+                source
+            }
         }
     }
 }

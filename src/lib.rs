@@ -13,13 +13,19 @@
 //!    work shows up, fewer as idle tasks reach the back-off maximum and retire. A push
 //!    [`trigger`] (an in-process publish, or an HTTP / Event Grid / CloudEvents delivery) wakes
 //!    sleeping tasks at once and starts one when the queue is at zero.
-//! 4. Each message's text is decoded by [`codec`] (base64 or none), then into the handler's
-//!    payload type, and run by the user's [`handler::Handler`] with a [`handler::Context`].
-//! 5. Success deletes it; a retryable error makes it visible again after a delay; a message
-//!    over its dequeue limit, undecodable, or rejected is copied to `<queue>-poison` and only
-//!    then deleted.
-//! 6. On SIGTERM the worker stops receiving, releases messages not yet started, waits for
-//!    in-flight handlers until the drain deadline, and reports how it ended.
+//!    A task takes free concurrency slots before it receives and asks for no more messages
+//!    than it holds, so a received message never waits; it receives again as soon as slots
+//!    free up, never waiting for the slowest message of its last batch.
+//! 4. Each message runs in its own task: its text is decoded by [`codec`] (base64 or none),
+//!    then into the handler's payload type, and run by the user's [`handler::Handler`] with a
+//!    [`handler::Context`], while its lease (counted from the receive) renews beside it.
+//! 5. Success deletes it; a retryable error makes it visible again after a delay; a release
+//!    ("not now", or an interruption by shutdown) makes it visible again without a failure; a
+//!    message over its dequeue limit, undecodable, or rejected is copied to `<queue>-poison`
+//!    and only then deleted.
+//! 6. On SIGTERM the worker stops receiving, signals handlers, waits for them until the drain
+//!    deadline, releases what was interrupted, and reports how it ended, within the deadline
+//!    plus a short grace even if the store hangs.
 
 pub mod backoff;
 pub mod codec;
@@ -33,7 +39,7 @@ pub mod trigger;
 pub mod worker;
 
 pub use config::Settings;
-pub use handler::{Context, Handler, HandlerError, Json, Publisher};
+pub use handler::{Context, Handler, HandlerError, Json, Publisher, Signal};
 pub use worker::{shutdown_signal, Worker};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so they cannot drift.

@@ -7,13 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
-use crate::listener::{Fatal, QueueListener, QueueSnapshot};
+use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
 use crate::store::retrying::RetryingStore;
 use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
@@ -21,6 +19,9 @@ use crate::trigger::Hub;
 /// The worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The settings are invalid (the same checks as [`Settings::load`]).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     /// A queue in config has no handler.
     #[error("queue {0} is configured under [queues.{0}] but no handler is registered for it")]
     NoHandler(String),
@@ -48,6 +49,10 @@ pub enum WorkerError {
         error: std::io::Error,
     },
 }
+
+/// How long, after the drain deadline aborted the handlers still running, the worker waits
+/// for their messages to be released before it reports anyway (store calls may hang).
+pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds a worker: settings plus one handler per configured queue.
 pub struct Worker {
@@ -86,9 +91,12 @@ impl Worker {
         self
     }
 
-    /// Checks handlers against config, opens the store, makes sure every queue and poison
-    /// queue is there (creating them when `storage.create_queues` is on) and starts listening.
+    /// Validates the settings (as [`Settings::load`] does), checks handlers against them,
+    /// opens the store, makes sure every queue and poison queue is there (creating them when
+    /// `storage.create_queues` is on), binds the trigger endpoint, and only then starts
+    /// listening: a start that fails leaves nothing running.
     pub async fn start(self) -> Result<RunningWorker, WorkerError> {
+        self.settings.validate()?;
         if let Some(queue) = self.duplicate {
             return Err(WorkerError::DuplicateHandler(queue));
         }
@@ -105,16 +113,14 @@ impl Worker {
             None => store::open(&self.settings.storage)?,
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
-        let embedded = store.kind() == "memory";
+        let embedded = store.kind() == store::BackendKind::Embedded;
         let create = self.settings.storage.create_queues || embedded;
-        let stop = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let fatal = Fatal::default();
-        let tracker = TaskTracker::new();
+        let life = Lifecycle::default();
         // Events naming another storage account are ignored (the embedded store has none).
         let hub = Hub::new(store.account());
+        let http = &self.settings.triggers.http;
         // Queues and publishers first, so every handler's Context can publish to any queue.
-        let mut queues = Vec::new();
+        let mut specs = Vec::new();
         let mut publishers = BTreeMap::new();
         for (name, queue_settings) in &self.settings.queues {
             let handler = self
@@ -139,56 +145,64 @@ impl Worker {
                 name.clone(),
                 Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone()),
             );
-            queues.push((queue, poison_queue, queue_settings.clone(), handler));
+            specs.push(ListenerSpec {
+                queue,
+                poison_queue,
+                settings: queue_settings.clone(),
+                handler,
+                publishers: Arc::default(),
+                create_queues: create,
+                trigger_covered: queue_settings.scaling.wake_on_publish || http.enabled,
+            });
         }
-        let shared_publishers = Arc::new(publishers.clone());
-        let listeners: Vec<QueueListener> = queues
-            .into_iter()
-            .map(|(queue, poison_queue, settings, handler)| {
-                QueueListener::start(
-                    queue,
-                    poison_queue,
-                    settings,
-                    handler,
-                    shared_publishers.clone(),
-                    &tracker,
-                    &hub,
-                    stop.clone(),
-                    abort.clone(),
-                    fatal.clone(),
-                    create,
-                )
-            })
-            .collect();
-        let http = &self.settings.triggers.http;
-        let trigger_addr = if http.enabled {
-            let shown = listeners.clone();
+        // The endpoint is bound before any listener starts; it serves once they run.
+        let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
+        let bound = if http.enabled {
+            let shown = shown.clone();
             let outcomes_of = store.clone();
             let metrics: crate::trigger::http::Metrics = Arc::new(move || {
-                let snapshots: Vec<QueueSnapshot> =
-                    shown.iter().map(QueueListener::snapshot).collect();
+                let snapshots: Vec<QueueSnapshot> = shown
+                    .get()
+                    .map(|ls| ls.iter().map(QueueListener::snapshot).collect())
+                    .unwrap_or_default();
                 let outcomes: Vec<(String, UnknownOutcomes)> = snapshots
                     .iter()
                     .map(|q| (q.queue.clone(), outcomes_of.unknown_outcomes(&q.queue)))
                     .collect();
                 prometheus(&snapshots) + &prometheus_unknown_outcomes(&outcomes)
             });
-            let (addr, serve) =
-                crate::trigger::http::bind(hub.clone(), http, Some(metrics), stop.clone())
+            let bound =
+                crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
                     .await
                     .map_err(|error| WorkerError::TriggerBind {
                         addr: http.bind,
                         error,
                     })?;
-            tracker.spawn(serve);
-            info!(%addr, "trigger endpoint listening");
-            Some(addr)
+            Some(bound)
         } else {
             None
         };
-        tracker.close();
+        // Nothing below can fail: from here on, tasks run.
+        let shared_publishers = Arc::new(publishers.clone());
+        let listeners: Vec<QueueListener> = specs
+            .into_iter()
+            .map(|spec| {
+                let spec = ListenerSpec {
+                    publishers: shared_publishers.clone(),
+                    ..spec
+                };
+                QueueListener::start(spec, &life, &hub)
+            })
+            .collect();
+        let _ = shown.set(listeners.clone());
+        let trigger_addr = bound.map(|(addr, serve)| {
+            life.tracker.spawn(serve);
+            info!(%addr, "trigger endpoint listening");
+            addr
+        });
+        life.tracker.close();
         info!(
-            backend = store.kind(),
+            backend = %store.kind(),
             queues = listeners.len(),
             "worker started"
         );
@@ -198,10 +212,11 @@ impl Worker {
             publishers,
             hub,
             trigger_addr,
-            stop,
-            abort,
-            fatal,
-            tracker,
+            _stop_on_drop: [
+                life.stop.clone().drop_guard(),
+                life.abort.clone().drop_guard(),
+            ],
+            life,
             drain_timeout: self.settings.worker.drain_timeout,
         })
     }
@@ -217,6 +232,10 @@ pub struct DrainReport {
     /// Why the worker stopped on its own, if it did: an error no retry can fix (credentials
     /// refused, queue deleted).
     pub fatal: Option<StoreError>,
+    /// Messages still held when the report was made: their release did not finish within
+    /// [`RELEASE_GRACE`] after the drain deadline (the store hung). They become visible again
+    /// when their visibility timeout ends.
+    pub unreleased: u64,
 }
 
 impl DrainReport {
@@ -231,17 +250,17 @@ impl DrainReport {
     }
 }
 
-/// A started worker.
+/// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their
+/// messages released); call [`RunningWorker::shutdown`] to drain.
 pub struct RunningWorker {
     store: Arc<dyn QueueStore>,
     listeners: Vec<QueueListener>,
     publishers: BTreeMap<String, Publisher>,
     hub: Hub,
     trigger_addr: Option<std::net::SocketAddr>,
-    stop: CancellationToken,
-    abort: CancellationToken,
-    fatal: Fatal,
-    tracker: TaskTracker,
+    life: Lifecycle,
+    /// Fire `stop` and `abort` when the worker is dropped.
+    _stop_on_drop: [tokio_util::sync::DropGuard; 2],
     drain_timeout: Duration,
 }
 
@@ -277,7 +296,7 @@ impl RunningWorker {
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> DrainReport {
         tokio::select! {
             _ = signal => {}
-            _ = self.fatal.raised() => {}
+            _ = self.life.fatal.raised() => {}
         }
         self.shutdown().await
     }
@@ -285,8 +304,9 @@ impl RunningWorker {
     /// Completes when an error no retry can fix (credentials refused, queue deleted) stops
     /// the worker, with that error: select on it next to the stop signal, then `shutdown()`.
     pub async fn failed(&self) -> StoreError {
-        self.fatal.raised().await;
-        self.fatal
+        self.life.fatal.raised().await;
+        self.life
+            .fatal
             .error()
             .unwrap_or_else(|| StoreError::Setup("stopped".into()))
     }
@@ -306,32 +326,45 @@ impl RunningWorker {
 
     /// The error that stopped (or is stopping) the worker, if any.
     pub fn fatal_error(&self) -> Option<StoreError> {
-        self.fatal.error()
+        self.life.fatal.error()
     }
 
     /// Stops receiving, waits up to the drain timeout for in-flight handlers, then aborts
-    /// the rest (their messages are released, not deleted).
+    /// the rest (their messages are released, not deleted) and waits at most
+    /// [`RELEASE_GRACE`] more for those releases: the whole drain is bounded by
+    /// `drain_timeout + RELEASE_GRACE` even if store calls hang.
     pub async fn shutdown(self) -> DrainReport {
+        let life = &self.life;
         info!(drain_timeout = ?self.drain_timeout, "stopping: no new receives, draining in-flight messages");
-        self.stop.cancel();
-        let clean = tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+        life.stop.cancel();
+        let clean = tokio::time::timeout(self.drain_timeout, life.tracker.wait())
             .await
             .is_ok();
         if !clean {
             warn!(drain_timeout = ?self.drain_timeout, "drain deadline passed; aborting handlers still running");
-            self.abort.cancel();
-            self.tracker.wait().await;
+            life.abort.cancel();
+            if tokio::time::timeout(RELEASE_GRACE, life.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(grace = ?RELEASE_GRACE, "store calls still running after the release grace; reporting anyway");
+            }
         }
+        let unreleased = self.listeners.iter().map(QueueListener::held).sum();
         let queues = self.snapshot();
-        let fatal = self.fatal.error();
+        let fatal = life.fatal.error();
         match &fatal {
             Some(e) => tracing::error!(error = %e, "worker stopped: {}", explain(e)),
+            None if unreleased > 0 => {
+                warn!(clean, unreleased, "worker stopped; some messages were not released (they reappear after their visibility timeout)")
+            }
             None => info!(clean, "worker stopped"),
         }
         DrainReport {
             clean,
             queues,
             fatal,
+            unreleased,
         }
     }
 }
@@ -339,7 +372,7 @@ impl RunningWorker {
 /// The queues' counters in the Prometheus text format (served at `GET /metrics`).
 pub fn prometheus(queues: &[QueueSnapshot]) -> String {
     type Field = fn(&QueueSnapshot) -> u64;
-    let series: [(&str, &str, &str, Field); 17] = [
+    let series: [(&str, &str, &str, Field); 19] = [
         ("active_tasks", "gauge", "Dequeue tasks running.", |q| {
             q.active_tasks
         }),
@@ -347,6 +380,18 @@ pub fn prometheus(queues: &[QueueSnapshot]) -> String {
             q.peak_tasks
         }),
         ("in_flight", "gauge", "Handlers running.", |q| q.in_flight),
+        (
+            "held",
+            "gauge",
+            "Messages received and not yet settled.",
+            |q| q.held,
+        ),
+        (
+            "task_restarts_total",
+            "counter",
+            "Dequeue tasks replaced after ending unexpectedly.",
+            |q| q.task_restarts,
+        ),
         ("depth", "gauge", "Last probed visible depth.", |q| {
             q.depth.unwrap_or(0)
         }),

@@ -14,7 +14,10 @@ use ebbflow::listener::poison::{PoisonQueue, PoisonReason, Selection};
 use ebbflow::store::QueueStore;
 use ebbflow::{Context, Handler, HandlerError};
 
-on_both_backends!(list_inspect_and_requeue_restore_the_original_messages);
+on_both_backends!(
+    list_inspect_and_requeue_restore_the_original_messages,
+    a_message_at_the_size_cap_reaches_the_poison_queue_unchanged,
+);
 
 /// Rejects bodies starting with "bad" until told to accept them.
 #[derive(Clone, Default)]
@@ -109,6 +112,69 @@ async fn list_inspect_and_requeue_restore_the_original_messages(store: Arc<dyn Q
     .await;
     assert!(poison.list(100).await.unwrap().is_empty());
     worker.shutdown().await;
+}
+
+/// Rejects everything.
+#[derive(Clone)]
+struct Rejects;
+
+impl Handler for Rejects {
+    type Message = Vec<u8>;
+    async fn handle(&self, _: Vec<u8>, _: Context) -> Result<(), HandlerError> {
+        Err(HandlerError::poison("never acceptable"))
+    }
+}
+
+/// A message at exactly the service's 64 KiB cap, in either encoding, is rejected and still
+/// reaches the poison queue (as its original text: the envelope would not fit), the failure
+/// details in the log line; a requeue puts it back unchanged.
+async fn a_message_at_the_size_cap_reaches_the_poison_queue_unchanged(store: Arc<dyn QueueStore>) {
+    common::captured_logs();
+    for encoding in [Encoding::Base64, Encoding::None] {
+        let q = common::fresh_queue(&store, "cap").await;
+        let payload = match encoding {
+            Encoding::Base64 => vec![b'z'; 49_152],
+            Encoding::None => vec![b'z'; 65_536],
+        };
+        let text = encoding.encode(&payload).unwrap();
+        assert_eq!(text.len(), ebbflow::store::MAX_MESSAGE_BYTES);
+        let sent = q.send(&text, Default::default()).await.unwrap();
+        let name = q.name().to_string();
+        let mut s = settings(&name);
+        s.queues.get_mut(&name).unwrap().encoding = encoding;
+        let worker = common::start(&store, s.clone(), &name, Rejects).await;
+        common::wait_for("poisoned", Duration::from_secs(30), || {
+            worker.snapshot()[0].poisoned == 1
+        })
+        .await;
+        worker.shutdown().await;
+        let poison = PoisonQueue::new(store.clone(), &name, &s.queues[&name]).unwrap();
+        let records = poison.list(10).await.unwrap();
+        assert_eq!(records.len(), 1, "{encoding}");
+        assert!(records[0].envelope.is_err(), "no envelope fits at the cap");
+        let copy = store.queue(poison.name()).unwrap().peek(1).await.unwrap();
+        assert_eq!(
+            copy[0].text, text,
+            "the original text, unchanged ({encoding})"
+        );
+        assert!(
+            q.peek(1).await.unwrap().is_empty(),
+            "deleted from its queue"
+        );
+        let logs = common::captured_logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("message moved to poison queue") && l.contains(&sent.id))
+            .unwrap_or_else(|| panic!("no log line for {}", sent.id));
+        assert!(
+            line.contains("original") && line.contains("never acceptable"),
+            "{line}"
+        );
+        let report = poison.requeue(&Selection::All).await.unwrap();
+        assert_eq!(report.requeued.len(), 1);
+        assert_eq!(report.requeued[0].1, name);
+        assert_eq!(q.peek(1).await.unwrap()[0].text, text);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

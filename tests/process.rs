@@ -63,11 +63,12 @@ fn a_bad_account_key_fails_start_up_without_printing_the_key() {
     );
 }
 
-/// A worker process receives a batch of 12 with 3 handlers at a time (4 s each), gets SIGTERM:
-/// it exits 0 after finishing the 3 started, and the 9 unstarted are visible again at once
-/// even though the visibility timeout is 5 minutes.
+/// A worker process with 3 handlers at a time (4 s each) and 12 messages waiting receives only
+/// the 3 it can start (the other 9 stay visible: none waits in the worker for a slot). On
+/// SIGTERM it exits 0 after finishing the 3, and the 9 are there at once, although the
+/// visibility timeout is 5 minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_batch_finishes_started_releases_unstarted_loses_nothing() {
+async fn sigterm_finishes_started_and_holds_only_what_it_can_start() {
     let store = common::azurite();
     let orders = store.queue("orders").unwrap();
     orders.create_if_missing().await.unwrap();
@@ -101,9 +102,9 @@ async fn sigterm_mid_batch_finishes_started_releases_unstarted_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // All 12 received (invisible) means the batch is in the worker's hands.
+    // 3 received (invisible), 9 left visible: the worker holds only what it can start.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !orders.peek(32).await.unwrap().is_empty() {
+    while orders.peek(32).await.unwrap().len() != 9 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "worker never took the batch"
@@ -127,13 +128,14 @@ async fn sigterm_mid_batch_finishes_started_releases_unstarted_loses_nothing() {
         .find(|l| l.contains("final counts") && l.contains("queue=orders"))
         .unwrap_or_else(|| panic!("no final counts: {text}"));
     assert!(final_line.contains("handled=3 "), "{final_line}");
-    assert!(final_line.contains("released=9 "), "{final_line}");
-    // Nothing lost: the 9 unstarted are visible right away; the 3 handled are gone.
+    assert!(final_line.contains("received=3 "), "{final_line}");
+    assert!(final_line.contains("released=0 "), "{final_line}");
+    // Nothing lost: the 9 never received are visible right away; the 3 handled are gone.
     let back = orders.receive(32, Duration::from_secs(30)).await.unwrap();
     let lost = 12 - 3 - back.len().min(9);
     println!(
-        "SIGTERM mid-batch: 3 handled, {} released and visible at once; lost {lost}, duplicates 0 \
-         (none of the 12 was handled twice: the handled 3 are deleted, the rest never started)",
+        "SIGTERM with 3 running: 3 handled, {} visible at once (never received); lost {lost}, \
+         duplicates 0 (the handled 3 are deleted, the rest never left the queue)",
         back.len()
     );
     assert_eq!(back.len(), 9, "{text}");

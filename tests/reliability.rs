@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::QueueStore;
+use ebbflow::store::{BackendKind, QueueStore};
 use ebbflow::{Context, Handler, HandlerError};
 
 on_both_backends!(
@@ -80,8 +80,13 @@ async fn a_long_handler_keeps_its_message_by_renewing_visibility(store: Arc<dyn 
     .await;
     let snap = worker.shutdown().await.queues.remove(0);
     assert_eq!(handler.runs.load(Ordering::SeqCst), 1, "never re-delivered");
-    // Renewed every 1 s (half the timeout): at 1, 2, 3, 4 and 5 s.
-    assert!((4..=6).contains(&snap.renewals), "{snap:?}");
+    // Renewed every 1 s (half the timeout) from the receive: at 1, 2, 3, 4 and 5 s. Exactly so
+    // under the paused clock; real time may shift one across the end.
+    if store.kind() == BackendKind::Embedded {
+        assert_eq!(snap.renewals, 5, "{snap:?}");
+    } else {
+        assert!((4..=6).contains(&snap.renewals), "{snap:?}");
+    }
     assert_eq!(snap.lost_ownership, 0);
     // The final delete used the newest pop receipt: the queue is empty.
     assert_eq!(q.approximate_depth().await.unwrap(), 0);
@@ -132,7 +137,11 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
     };
     assert_eq!(count(&["job pulse", "kind=\"count\""]), 4, "{logs:#?}");
     let timed = count(&["job pulse", "kind=\"time\""]);
-    assert!((4..=6).contains(&timed), "{timed} timed pulses: {logs:#?}");
+    if store.kind() == BackendKind::Embedded {
+        assert_eq!(timed, 4, "{logs:#?}");
+    } else {
+        assert!((4..=6).contains(&timed), "{timed} timed pulses: {logs:#?}");
+    }
     assert_eq!(snap.pulses as usize, 4 + timed, "{snap:?}");
     assert_eq!(
         count(&["job pulse", "kind=\"count\"", "count=20"]),
@@ -151,8 +160,8 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
     );
 }
 
-/// First delivery: "polite" waits for its cancellation and returns Ok (too late: still a
-/// failure), "stubborn" ignores it. Later deliveries succeed at once.
+/// First delivery: "polite" waits for its timeout signal and returns Ok within the grace (its
+/// work is done), "stubborn" ignores it. Later deliveries succeed at once.
 #[derive(Clone, Default)]
 struct Stalls {
     runs: Arc<AtomicU32>,
@@ -166,7 +175,9 @@ impl Handler for Stalls {
             return Ok(());
         }
         if body == "polite" {
-            ctx.cancellation().cancelled().await;
+            ctx.timeout().cancelled().await;
+            assert!(ctx.cancellation().is_cancelled());
+            assert!(!ctx.shutdown().is_cancelled());
         } else {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -174,6 +185,8 @@ impl Handler for Stalls {
     }
 }
 
+/// The timeout fires the handler's signals; one that returns Ok within the grace is deleted
+/// (not run again), one that ignores it is dropped after the grace and retried.
 async fn a_handler_timeout_cancels_then_counts_a_failure(store: Arc<dyn QueueStore>) {
     let name = queue_with(&store, "timeout", &["polite", "stubborn"]).await;
     let s = settings(&name, |q| {
@@ -182,14 +195,18 @@ async fn a_handler_timeout_cancels_then_counts_a_failure(store: Arc<dyn QueueSto
     });
     let handler = Stalls::default();
     let worker = common::start(&store, s, &name, handler.clone()).await;
-    common::wait_for("both handled on the retry", Duration::from_secs(30), || {
+    common::wait_for("both handled", Duration::from_secs(30), || {
         worker.snapshot()[0].handled == 2
     })
     .await;
     let snap = worker.shutdown().await.queues.remove(0);
-    assert_eq!(snap.timeouts, 2, "{snap:?}");
-    assert_eq!(snap.retried, 2, "{snap:?}");
-    assert_eq!(handler.runs.load(Ordering::SeqCst), 4);
+    assert_eq!(snap.timeouts, 1, "only the stubborn one failed: {snap:?}");
+    assert_eq!(snap.retried, 1, "{snap:?}");
+    assert_eq!(
+        handler.runs.load(Ordering::SeqCst),
+        3,
+        "polite once, stubborn twice"
+    );
     assert_eq!(snap.poisoned, 0);
 }
 

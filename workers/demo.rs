@@ -148,8 +148,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     producers.wait().await;
     let report = worker.shutdown().await;
     for q in &report.queues {
-        info!(queue = %q.queue, handled = q.handled, retried = q.retried, poisoned = q.poisoned,
-              released = q.released, receive_calls = q.receive_calls, "final counts");
+        info!(queue = %q.queue, received = q.received, handled = q.handled, retried = q.retried,
+              poisoned = q.poisoned, released = q.released, receive_calls = q.receive_calls,
+              unreleased = report.unreleased, "final counts");
     }
     std::process::exit(report.exit_code());
 }

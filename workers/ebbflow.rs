@@ -134,7 +134,7 @@ fn poison(args: Vec<String>) -> Result<(), String> {
         .get(&name)
         .ok_or_else(|| format!("no [queues.{name}] section in config"))?;
     let store = ebbflow::store::open(&settings.storage).map_err(|e| e.to_string())?;
-    if store.kind() == "memory" {
+    if store.kind() == ebbflow::store::BackendKind::Embedded {
         return Err(
             "storage is the embedded in-process backend, which has no poison queue \
                     outside a running worker: set storage.connection_string or \
@@ -172,7 +172,7 @@ fn poison(args: Vec<String>) -> Result<(), String> {
                             println!("decoded body: {}", String::from_utf8_lossy(&bytes));
                         }
                     }
-                    Err(why) => println!("{}: not a poison envelope ({why})", record.id),
+                    Err(why) => println!("{}: no envelope, original text ({why})", record.id),
                 }
                 Ok(())
             }
@@ -238,6 +238,6 @@ fn summary_line(r: &PoisonRecord) -> String {
                 error
             )
         }
-        Err(why) => format!("{}  (not a poison envelope: {why})", r.id),
+        Err(why) => format!("{}  (no envelope, original text: {why})", r.id),
     }
 }

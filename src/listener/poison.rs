@@ -21,6 +21,12 @@
 //! `body` is the original message text exactly as it was on the queue (still in the queue's
 //! encoding), so requeueing it restores the original byte for byte.
 //!
+//! A message too large for the envelope (above about 48 KiB of base64 text, since the envelope
+//! is encoded again) is copied as its original text unchanged, so every message up to the
+//! service's 64 KiB cap reaches the poison queue; its failure details are then only in the
+//! worker's `message moved to poison queue` log line (`form = "original"`). A requeue sends
+//! such a copy back to the poison queue's source queue as it is.
+//!
 //! [`PoisonQueue`] lists, inspects and requeues poison messages (the `ebbflow poison` CLI
 //! commands use it).
 
@@ -111,15 +117,17 @@ impl PoisonEnvelope {
         }
     }
 
-    /// The envelope as message text in `encoding`. A long error text is cut so the envelope
-    /// fits the 64 KiB limit; `None` when even the original body alone is too large to wrap.
-    pub fn to_text(&self, encoding: Encoding) -> Option<String> {
+    /// The envelope as message text in `encoding`, or, when even the envelope with its error
+    /// text cut to nothing does not fit the 64 KiB limit (bodies above about 48 KiB in
+    /// base64), the original message text unchanged: that always fits, since it came off a
+    /// queue. The failure details of such a copy are in the worker's log line only.
+    pub fn to_text(&self, encoding: Encoding) -> PoisonText {
         let mut envelope = self.clone();
         loop {
             let json = serde_json::to_vec(&envelope).expect("envelope serializes");
             let text = encoding.encode(&json).expect("JSON is UTF-8");
             if text.len() <= MAX_MESSAGE_BYTES {
-                return Some(text);
+                return PoisonText::Envelope(text);
             }
             match envelope.error.as_mut() {
                 Some(e) if !e.is_empty() => {
@@ -130,7 +138,7 @@ impl PoisonEnvelope {
                         .unwrap_or(0);
                     e.truncate(cut);
                 }
-                _ => return None,
+                _ => return PoisonText::Original(self.body.clone()),
             }
         }
     }
@@ -142,6 +150,29 @@ impl PoisonEnvelope {
     }
 }
 
+/// What goes on the poison queue for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoisonText {
+    /// The JSON envelope with the failure details, in the queue's encoding.
+    Envelope(String),
+    /// The original message text unchanged: the envelope would not fit.
+    Original(String),
+}
+
+impl PoisonText {
+    /// The text to send.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Envelope(t) | Self::Original(t) => t,
+        }
+    }
+
+    /// Whether this is the original text, without the envelope.
+    pub fn is_original(&self) -> bool {
+        matches!(self, Self::Original(_))
+    }
+}
+
 /// How long a scan of the poison queue hides the messages it reads before it releases them.
 const SCAN_HOLD: Duration = Duration::from_secs(30);
 
@@ -150,7 +181,8 @@ const SCAN_HOLD: Duration = Duration::from_secs(30);
 pub struct PoisonRecord {
     /// Its id on the poison queue.
     pub id: String,
-    /// The envelope, or why the text is not one (a message someone else put there).
+    /// The envelope, or why the text is not one: the original text of a message too large for
+    /// the envelope (requeued to the source queue as it is), or one someone else put there.
     pub envelope: Result<PoisonEnvelope, String>,
 }
 
@@ -184,6 +216,7 @@ pub struct RequeueReport {
 /// requeue can duplicate a message but never lose one.
 pub struct PoisonQueue {
     store: Arc<dyn QueueStore>,
+    source: String,
     poison: Arc<dyn Queue>,
     encoding: Encoding,
 }
@@ -198,6 +231,7 @@ impl PoisonQueue {
         let poison = store.queue(&settings.poison_queue_name(queue))?;
         Ok(Self {
             store,
+            source: queue.to_string(),
             poison,
             encoding: settings.encoding,
         })
@@ -239,18 +273,14 @@ impl PoisonQueue {
                 leave.push(message);
                 continue;
             }
-            let envelope = match PoisonEnvelope::from_text(&message.text, self.encoding) {
-                Ok(e) => e,
-                Err(e) => {
-                    report
-                        .skipped
-                        .push((message.id.clone(), format!("not a poison envelope: {e}")));
-                    leave.push(message);
-                    continue;
-                }
+            // A message too large for the envelope was copied here as its original text: it
+            // goes back to this poison queue's source queue unchanged.
+            let (target, body) = match PoisonEnvelope::from_text(&message.text, self.encoding) {
+                Ok(e) => (e.queue, e.body),
+                Err(_) => (self.source.clone(), message.text.clone()),
             };
-            let sent = match self.store.queue(&envelope.queue) {
-                Ok(source) => source.send(&envelope.body, Default::default()).await,
+            let sent = match self.store.queue(&target) {
+                Ok(source) => source.send(&body, Default::default()).await,
                 Err(e) => Err(e),
             };
             match sent {
@@ -263,15 +293,14 @@ impl PoisonQueue {
                             format!("requeued, but the poison copy stays: {e}"),
                         ));
                     }
-                    info!(poison_queue = self.name(), message_id = %message.id, queue = %envelope.queue,
+                    info!(poison_queue = self.name(), message_id = %message.id, queue = %target,
                           new_id = %sent.id, "poison message requeued");
-                    report.requeued.push((message.id, envelope.queue, sent.id));
+                    report.requeued.push((message.id, target, sent.id));
                 }
                 Err(e) => {
-                    report.skipped.push((
-                        message.id.clone(),
-                        format!("send to {} failed: {e}", envelope.queue),
-                    ));
+                    report
+                        .skipped
+                        .push((message.id.clone(), format!("send to {target} failed: {e}")));
                     leave.push(message);
                 }
             }
@@ -377,13 +406,13 @@ mod tests {
             Some("no".into()),
         );
         for enc in [Encoding::Base64, Encoding::None] {
-            let back = PoisonEnvelope::from_text(&e.to_text(enc).unwrap(), enc).unwrap();
+            let back = PoisonEnvelope::from_text(e.to_text(enc).as_str(), enc).unwrap();
             assert_eq!(back, e);
             assert_eq!(back.body, body);
         }
         let json = String::from_utf8(
             Encoding::Base64
-                .decode(&e.to_text(Encoding::Base64).unwrap())
+                .decode(e.to_text(Encoding::Base64).as_str())
                 .unwrap(),
         )
         .unwrap();
@@ -395,16 +424,17 @@ mod tests {
     }
 
     #[test]
-    fn long_errors_are_cut_to_fit_and_huge_bodies_refused() {
+    fn long_errors_are_cut_to_fit_and_huge_bodies_copied_unchanged() {
         let e = PoisonEnvelope::new(
             "orders",
             &message("small"),
             PoisonReason::Rejected,
             Some("x".repeat(200_000)),
         );
-        let text = e.to_text(Encoding::Base64).unwrap();
-        assert!(text.len() <= MAX_MESSAGE_BYTES);
-        let back = PoisonEnvelope::from_text(&text, Encoding::Base64).unwrap();
+        let text = e.to_text(Encoding::Base64);
+        assert!(!text.is_original());
+        assert!(text.as_str().len() <= MAX_MESSAGE_BYTES);
+        let back = PoisonEnvelope::from_text(text.as_str(), Encoding::Base64).unwrap();
         assert_eq!(back.body, "small");
         let big = PoisonEnvelope::new(
             "orders",
@@ -412,7 +442,31 @@ mod tests {
             PoisonReason::Rejected,
             None,
         );
-        assert!(big.to_text(Encoding::Base64).is_none());
-        assert!(big.to_text(Encoding::None).is_some());
+        assert_eq!(
+            big.to_text(Encoding::Base64),
+            PoisonText::Original("y".repeat(60_000))
+        );
+        assert!(!big.to_text(Encoding::None).is_original());
+        // At the service's cap, in either encoding, the copy is the original text unchanged.
+        for enc in [Encoding::Base64, Encoding::None] {
+            let body = enc
+                .encode(&vec![
+                    b'z';
+                    if enc == Encoding::Base64 {
+                        49_152
+                    } else {
+                        65_536
+                    }
+                ])
+                .unwrap();
+            assert_eq!(body.len(), MAX_MESSAGE_BYTES);
+            let e = PoisonEnvelope::new(
+                "orders",
+                &message(&body),
+                PoisonReason::Rejected,
+                Some("no".into()),
+            );
+            assert_eq!(e.to_text(enc), PoisonText::Original(body));
+        }
     }
 }

@@ -83,7 +83,7 @@ impl QueueStore for CountingStore {
         }))
     }
 
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> super::BackendKind {
         self.inner.kind()
     }
 

@@ -66,8 +66,8 @@ impl QueueStore for MemoryStore {
         }))
     }
 
-    fn kind(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Embedded
     }
 }
 

@@ -30,8 +30,8 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 pub trait QueueStore: Send + Sync + 'static {
     /// The handle for one queue (which need not exist yet).
     fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError>;
-    /// `memory` or `azure`, for logs.
-    fn kind(&self) -> &'static str;
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
     /// The storage account, when the backend knows it: push triggers naming another account
     /// are ignored.
     fn account(&self) -> Option<String> {
@@ -41,6 +41,31 @@ pub trait QueueStore: Send + Sync + 'static {
     fn unknown_outcomes(&self, queue: &str) -> UnknownOutcomes {
         let _ = queue;
         UnknownOutcomes::default()
+    }
+}
+
+/// Which backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The embedded in-process store: no network, no faults to retry, queues created on use.
+    Embedded,
+    /// Azure Storage or Azurite.
+    Azure,
+}
+
+impl BackendKind {
+    /// `memory` or `azure`, as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "memory",
+            Self::Azure => "azure",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

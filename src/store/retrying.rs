@@ -69,7 +69,7 @@ impl RetryingStore {
     /// Wraps `inner` with the retry policy `settings`. The embedded store is returned as it
     /// is: it has no transient faults to retry.
     pub fn wrap(inner: Arc<dyn QueueStore>, settings: RetrySettings) -> Arc<dyn QueueStore> {
-        if inner.kind() == "memory" {
+        if inner.kind() == super::BackendKind::Embedded {
             return inner;
         }
         Arc::new(Self {
@@ -100,7 +100,7 @@ impl QueueStore for RetryingStore {
         }))
     }
 
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> super::BackendKind {
         self.inner.kind()
     }
 
@@ -252,8 +252,8 @@ mod tests {
                 lose: self.lose.clone(),
             }))
         }
-        fn kind(&self) -> &'static str {
-            "lossy"
+        fn kind(&self) -> crate::store::BackendKind {
+            crate::store::BackendKind::Azure
         }
     }
 

@@ -140,6 +140,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod hooked;
 pub mod proxy;
 
 /// An Azurite of a test's own, on a fixed port so it can be killed and restarted in place

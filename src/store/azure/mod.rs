@@ -211,8 +211,8 @@ impl QueueStore for AzureStore {
         }))
     }
 
-    fn kind(&self) -> &'static str {
-        "azure"
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Azure
     }
 
     fn account(&self) -> Option<String> {

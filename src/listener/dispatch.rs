@@ -1,0 +1,321 @@
+//! One message's run: check its dequeue count, decode it, run the handler with its lease
+//! renewed beside it, enforce the handler timeout and the drain deadline, then hand the
+//! outcome to [`super::settle`].
+//!
+//! Each message runs as its own tokio task, spawned by the dequeue task that received it, with
+//! one concurrency slot that goes back when the message is settled. The handler's future is
+//! polled in place (no second task) with panics caught, next to its lease, its heartbeat pulses
+//! and its timers, so none of them ever waits for another.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::lease::{Lease, LeaseEvent};
+use super::poison::PoisonReason;
+use super::settle::{self, Settle};
+use super::slots::Held;
+use super::stats::{bump, Gauge};
+use super::Shared;
+use crate::handler::{BoxFuture, Context, DispatchError, Heartbeat, JobStatus, Signal};
+use crate::store::ReceivedMessage;
+
+/// What became of a handler run.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The handler returned (after its timeout fired, only `Ok` lands here).
+    Done(Result<(), DispatchError>),
+    /// It panicked, with the panic's text.
+    Panicked(String),
+    /// It passed `handler_timeout` and then failed or was aborted after the grace.
+    TimedOut(Duration),
+    /// The drain deadline passed while it ran.
+    Aborted,
+}
+
+/// Runs one received message to its settle. `received_at` is when its receive was sent: the
+/// lease counts from there.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    message: ReceivedMessage,
+    slot: Held,
+    received_at: Instant,
+) {
+    let _slot = slot;
+    let _held = Gauge::up(&shared.stats.held);
+    let max = shared.settings.max_dequeue_count;
+    if message.dequeue_count > max {
+        let why = format!("received {} times, limit {max}", message.dequeue_count);
+        let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
+        return settle::apply(&shared, &message, action).await;
+    }
+    let bytes = match shared.settings.encoding.decode(&message.text) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
+            return settle::apply(&shared, &message, action).await;
+        }
+    };
+    let signals = HandlerSignals::new(&shared);
+    let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
+    let ctx = Context {
+        queue: shared.name.clone(),
+        message_id: message.id.clone(),
+        dequeue_count: message.dequeue_count,
+        inserted_at: message.inserted_at,
+        shutdown: signals.shutdown.clone(),
+        timeout: signals.timeout.clone(),
+        cancellation: signals.cancellation.clone(),
+        publishers: shared.publishers.clone(),
+        heartbeat: heartbeat.clone(),
+    };
+    let mut lease = Lease::new(
+        shared.queue.clone(),
+        message.id.clone(),
+        message.pop_receipt.clone(),
+        shared.settings.visibility_timeout,
+        received_at,
+    );
+    let started = Instant::now();
+    let outcome = {
+        let _running = Gauge::up(&shared.stats.in_flight);
+        // A panic in the handler is caught where it is polled and contained to this message.
+        let handle = CatchPanic(shared.handler.clone().call(bytes, ctx));
+        watch(
+            &shared, &message, handle, &signals, &heartbeat, &mut lease, started,
+        )
+        .await
+    };
+    // Whether the worker was stopping when the handler ended: then a failure is taken for the
+    // interruption it probably is.
+    let interrupted = shared.life.stop.is_cancelled();
+    if let Some(event) = lease.finish().await {
+        report(&shared, &message, event);
+    }
+    log_job_end(&shared, &message, &heartbeat, started, &outcome);
+    match &outcome {
+        Outcome::Panicked(text) => {
+            bump(&shared.stats.panics);
+            error!(queue = %shared.name, message_id = %message.id, panic = %text, "handler panicked");
+        }
+        Outcome::TimedOut(_) => bump(&shared.stats.timeouts),
+        _ => {}
+    }
+    if lease.is_lost() {
+        bump(&shared.stats.lost_ownership);
+        warn!(queue = %shared.name, message_id = %message.id,
+              "message was re-delivered while its handler ran; it may be handled twice");
+        return;
+    }
+    // Settle with the newest pop receipt: the one the last renewal returned.
+    let message = ReceivedMessage {
+        pop_receipt: lease.receipt().to_string(),
+        ..message
+    };
+    let action = Settle::decide(
+        outcome,
+        interrupted,
+        message.dequeue_count,
+        max,
+        shared.settings.retry_delay,
+    );
+    settle::apply(&shared, &message, action).await;
+}
+
+/// The three signals a handler sees through its [`Context`].
+struct HandlerSignals {
+    shutdown: Signal,
+    timeout: Signal,
+    cancellation: Signal,
+    /// Fired by the timeout: the timeout and cancellation tokens (none without a timeout).
+    fire_on_timeout: Option<(CancellationToken, CancellationToken)>,
+}
+
+impl HandlerSignals {
+    fn new(shared: &Shared) -> Self {
+        let shutdown = Signal::new(shared.life.stop.clone());
+        if shared.settings.handler_timeout.is_none() {
+            // No timeout: share the worker's tokens; nothing per message to allocate.
+            return Self {
+                cancellation: shutdown.clone(),
+                timeout: Signal::new(shared.never.clone()),
+                shutdown,
+                fire_on_timeout: None,
+            };
+        }
+        let timeout = CancellationToken::new();
+        let cancellation = shared.life.stop.child_token();
+        Self {
+            shutdown,
+            timeout: Signal::new(timeout.clone()),
+            cancellation: Signal::new(cancellation.clone()),
+            fire_on_timeout: Some((timeout, cancellation)),
+        }
+    }
+
+    fn fire_timeout(&self) {
+        if let Some((timeout, cancellation)) = &self.fire_on_timeout {
+            timeout.cancel();
+            cancellation.cancel();
+        }
+    }
+}
+
+/// Waits for the handler while its lease renews beside it; logs heartbeat pulses (each asks
+/// the lease for a renewal); enforces the handler timeout (fire the signals, then abort after
+/// the grace) and the drain deadline (abort).
+async fn watch(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    mut handle: CatchPanic,
+    signals: &HandlerSignals,
+    heartbeat: &Heartbeat,
+    lease: &mut Lease,
+    started: Instant,
+) -> Outcome {
+    let settings = &shared.settings;
+    let limit = settings.handler_timeout.unwrap_or_default();
+    let mut timeout_at = settings.handler_timeout.map(|t| started + t);
+    let mut timed_out = false;
+    let pulse_every = settings.heartbeat.interval;
+    let mut next_pulse = pulse_every.map(|p| started + p);
+    loop {
+        tokio::select! {
+            // The handler first: one that finishes at once never arms a timer.
+            biased;
+            joined = &mut handle => {
+                return match joined {
+                    // Done within the grace after its timeout: the work is done; delete it.
+                    Ok(Ok(())) => Outcome::Done(Ok(())),
+                    Ok(Err(_)) if timed_out => Outcome::TimedOut(limit),
+                    Ok(result) => Outcome::Done(result),
+                    Err(text) => Outcome::Panicked(text),
+                };
+            }
+            // Dropping the handler's future cancels it at its current await point.
+            _ = shared.life.abort.cancelled() => return Outcome::Aborted,
+            _ = at(timeout_at) => {
+                if timed_out {
+                    warn!(queue = %shared.name, message_id = %message.id,
+                          grace = ?settings.handler_timeout_grace, "handler ignored its timeout; aborted");
+                    return Outcome::TimedOut(limit);
+                }
+                timed_out = true;
+                warn!(queue = %shared.name, message_id = %message.id, timeout = ?limit,
+                      "handler timed out; signalling it");
+                signals.fire_timeout();
+                timeout_at = Some(Instant::now() + settings.handler_timeout_grace);
+            }
+            event = lease.next_event() => report(shared, message, event),
+            _ = at(next_pulse) => {
+                next_pulse = next_pulse.map(|t| t + pulse_every.unwrap_or_default());
+                pulse(shared, message, lease, heartbeat, "time", started);
+            }
+            _ = heartbeat.count_pulse() => pulse(shared, message, lease, heartbeat, "count", started),
+        }
+    }
+}
+
+/// Sleeps until `t`, or forever when there is no `t`.
+async fn at(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs what a renewal came to and counts it.
+fn report(shared: &Shared, message: &ReceivedMessage, event: LeaseEvent) {
+    match event {
+        LeaseEvent::Renewed => {
+            bump(&shared.stats.renewals);
+            debug!(queue = %shared.name, message_id = %message.id,
+                   visibility = ?shared.settings.visibility_timeout, "visibility renewed");
+        }
+        LeaseEvent::Failed(e) => {
+            bump(&shared.stats.store_errors);
+            warn!(queue = %shared.name, message_id = %message.id, error = %e,
+                  "visibility renewal failed; trying again in 1s");
+        }
+        LeaseEvent::Lost => {
+            warn!(queue = %shared.name, message_id = %message.id,
+                  "visibility renewal refused: the message was received again elsewhere");
+        }
+    }
+}
+
+/// Logs a heartbeat pulse and asks the lease for a renewal (at most one a second).
+fn pulse(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    lease: &mut Lease,
+    heartbeat: &Heartbeat,
+    kind: &str,
+    started: Instant,
+) {
+    bump(&shared.stats.pulses);
+    info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
+          elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
+    lease.renew_soon();
+}
+
+/// Logs the end of a job with the status its handler reported: at info when it was a long
+/// job (it pulsed) or said how it went, at debug otherwise.
+fn log_job_end(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    heartbeat: &Heartbeat,
+    started: Instant,
+    outcome: &Outcome,
+) {
+    let (status, note) = heartbeat.status();
+    let result = match outcome {
+        Outcome::Done(Ok(())) => "ok",
+        Outcome::Done(Err(_)) => "error",
+        Outcome::Panicked(_) => "panic",
+        Outcome::TimedOut(_) => "timeout",
+        Outcome::Aborted => "aborted",
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if status != JobStatus::Unknown
+        || heartbeat.count() > 0
+        || shared.settings.heartbeat.interval.is_some()
+    {
+        info!(queue = %shared.name, message_id = %message.id, status = status.as_str(), note,
+              result, count = heartbeat.count(), elapsed_ms, "job ended");
+    } else {
+        debug!(queue = %shared.name, message_id = %message.id, status = status.as_str(), result,
+               elapsed_ms, "job ended");
+    }
+}
+
+/// A handler's future, with a panic inside it turned into `Err(panic text)`.
+struct CatchPanic(BoxFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<Result<(), DispatchError>, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let future = &mut self.0;
+        // After a panic the future is never polled again: `watch` stops at the first Ready.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_text(payload))),
+        }
+    }
+}
+
+pub(super) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_string())
+}

@@ -1,0 +1,207 @@
+//! A received message's lease: its current pop receipt and how long it stays ours.
+//!
+//! The lease clock starts when the receive was *sent* (the service started the visibility
+//! timeout somewhere during that call), not when the handler starts. The lease renews itself at
+//! half the visibility timeout, and on demand (heartbeat pulses). A renewal is a future the
+//! lease keeps: the dispatch loop polls it next to the handler, so a slow or retried renewal
+//! never pauses the handler, the handler timeout or the drain abort. One renewal is in flight
+//! at most, because each one needs the receipt the previous one returned.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::{Queue, StoreError, UpdatedMessage};
+
+type Renewal = Pin<Box<dyn Future<Output = (Instant, Result<UpdatedMessage, StoreError>)> + Send>>;
+
+/// What a renewal came to.
+#[derive(Debug)]
+pub(crate) enum LeaseEvent {
+    /// Visibility extended by another `visibility_timeout`, with a new receipt.
+    Renewed,
+    /// The call failed; the next try comes a second later.
+    Failed(StoreError),
+    /// The message was received again by someone else: our receipt is dead.
+    Lost,
+}
+
+/// The lease on one received message.
+pub(crate) struct Lease {
+    queue: Arc<dyn Queue>,
+    id: String,
+    receipt: String,
+    visibility: Duration,
+    /// The message is ours until then, as far as we know.
+    valid_until: Instant,
+    /// When the next periodic renewal is due.
+    renew_at: Instant,
+    /// Last time a renewal was started (pulses renew at most once a second).
+    last_started: Instant,
+    renewing: Option<Renewal>,
+    lost: bool,
+}
+
+impl Lease {
+    /// The lease of a message received with `receipt` by a receive sent at `received_at`.
+    pub(crate) fn new(
+        queue: Arc<dyn Queue>,
+        id: String,
+        receipt: String,
+        visibility: Duration,
+        received_at: Instant,
+    ) -> Self {
+        Self {
+            queue,
+            id,
+            receipt,
+            visibility,
+            valid_until: received_at + visibility,
+            renew_at: received_at + visibility / 2,
+            last_started: received_at,
+            renewing: None,
+            lost: false,
+        }
+    }
+
+    /// The newest pop receipt: the one to settle with.
+    pub(crate) fn receipt(&self) -> &str {
+        &self.receipt
+    }
+
+    /// A renewal found the message received by someone else.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Starts a renewal now (a heartbeat pulse), unless one is in flight, ownership is lost,
+    /// or one started less than a second ago. Returns whether it started one.
+    pub(crate) fn renew_soon(&mut self) -> bool {
+        if self.lost
+            || self.renewing.is_some()
+            || self.last_started.elapsed() < Duration::from_secs(1)
+        {
+            return false;
+        }
+        self.start();
+        true
+    }
+
+    fn start(&mut self) {
+        let queue = self.queue.clone();
+        let id = self.id.clone();
+        let receipt = self.receipt.clone();
+        let visibility = self.visibility;
+        let started = Instant::now();
+        self.last_started = started;
+        self.renewing = Some(Box::pin(async move {
+            let result = queue.update(&id, &receipt, visibility, None).await;
+            (started, result)
+        }));
+    }
+
+    /// Completes when a renewal finishes: starts the periodic one when it is due. Safe to drop
+    /// at any await (inside `select!`): an in-flight renewal stays in the lease and is picked up
+    /// by the next call. Never completes once ownership is lost.
+    pub(crate) async fn next_event(&mut self) -> LeaseEvent {
+        if self.lost {
+            return std::future::pending().await;
+        }
+        if self.renewing.is_none() {
+            tokio::time::sleep_until(self.renew_at).await;
+            self.start();
+        }
+        let renewal = self.renewing.as_mut().expect("a renewal was started");
+        let (started, result) = renewal.await;
+        self.renewing = None;
+        self.apply(started, result)
+    }
+
+    fn apply(
+        &mut self,
+        started: Instant,
+        result: Result<UpdatedMessage, StoreError>,
+    ) -> LeaseEvent {
+        match result {
+            Ok(updated) => {
+                self.receipt = updated.pop_receipt;
+                // The service started the new timeout during the call: count from its start.
+                self.valid_until = started + self.visibility;
+                self.renew_at = started + self.visibility / 2;
+                LeaseEvent::Renewed
+            }
+            Err(StoreError::MessageNotFound { .. }) => {
+                self.lost = true;
+                LeaseEvent::Lost
+            }
+            Err(e) => {
+                self.renew_at = Instant::now() + Duration::from_secs(1);
+                LeaseEvent::Failed(e)
+            }
+        }
+    }
+
+    /// After the handler finished: lets a renewal in flight land, so the settle uses the
+    /// receipt it returns, but waits no longer than the lease lasts (a renewal still hanging
+    /// then is abandoned; if it did reach the service, the settle finds the message moved on
+    /// and counts lost ownership). Returns the renewal's event if one landed.
+    pub(crate) async fn finish(&mut self) -> Option<LeaseEvent> {
+        let renewal = self.renewing.as_mut()?;
+        let landed = tokio::time::timeout_at(self.valid_until, renewal).await;
+        self.renewing = None;
+        match landed {
+            Ok((started, result)) => Some(self.apply(started, result)),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::QueueStore;
+
+    async fn one_message(visibility: Duration) -> (Arc<dyn Queue>, Lease) {
+        let store = MemoryStore::new();
+        let q = store.queue("lease-test").unwrap();
+        q.create_if_missing().await.unwrap();
+        q.send("x", Default::default()).await.unwrap();
+        let received_at = Instant::now();
+        let m = q.receive(1, visibility).await.unwrap().remove(0);
+        let lease = Lease::new(q.clone(), m.id, m.pop_receipt, visibility, received_at);
+        (q, lease)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_at_half_the_timeout_counted_from_the_receive() {
+        let (q, mut lease) = one_message(Duration::from_secs(30)).await;
+        let start = Instant::now();
+        assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        // Still ours 40 s after the receive (the receive alone gave 30 s).
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(q
+            .receive(1, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty());
+        q.delete(&lease.id, lease.receipt()).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_delivered_message_is_lost() {
+        let (q, mut lease) = one_message(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _other = q.receive(1, Duration::from_secs(30)).await.unwrap();
+        lease.renew_at = Instant::now();
+        assert!(matches!(lease.next_event().await, LeaseEvent::Lost));
+        assert!(lease.is_lost());
+        assert!(!lease.renew_soon());
+    }
+}

@@ -1,0 +1,314 @@
+//! What happens to a message once its handler is done: delete it, make it visible again for a
+//! retry, release it (visible again, not a failure), or copy it to the poison queue and then
+//! delete it. [`Settle::decide`] is the pure rule; [`apply`] makes the store calls.
+
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
+
+use super::dispatch::Outcome;
+use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
+use super::stats::bump;
+use super::Shared;
+use crate::handler::{DispatchError, HandlerError};
+use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError};
+
+/// How a message is settled.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Settle {
+    /// Handled: delete it.
+    Delete,
+    /// Failed, with tries left: visible again after the delay.
+    Retry(Duration, String),
+    /// Not a failure (shutdown, the drain deadline, the handler's "not now"): visible again
+    /// after the delay.
+    Release(Duration, String),
+    /// Copy to the poison queue, then delete.
+    Poison(PoisonReason, String),
+}
+
+impl Settle {
+    /// The rule. `interrupted`: the worker was stopping when the handler ended, so a failure
+    /// is taken for the interruption it probably is (released, never poisoned or counted).
+    pub(super) fn decide(
+        outcome: Outcome,
+        interrupted: bool,
+        dequeue_count: u32,
+        max_dequeue_count: u32,
+        retry_delay: Duration,
+    ) -> Self {
+        let failed = |after: Option<Duration>, why: String| {
+            if interrupted {
+                Settle::Release(Duration::ZERO, format!("worker stopping ({why})"))
+            } else if dequeue_count >= max_dequeue_count {
+                let why = format!("failed on try {dequeue_count} of {max_dequeue_count}: {why}");
+                Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why)
+            } else {
+                Settle::Retry(after.unwrap_or(retry_delay), why)
+            }
+        };
+        match outcome {
+            Outcome::Done(Ok(())) => Settle::Delete,
+            Outcome::Done(Err(DispatchError::Decode(e))) => {
+                Settle::Poison(PoisonReason::Undecodable, e.to_string())
+            }
+            Outcome::Done(Err(DispatchError::Handler(e))) => match e {
+                HandlerError::Release { after, .. } => {
+                    Settle::Release(after, "the handler said not now".into())
+                }
+                HandlerError::Poison { source } if !interrupted => {
+                    Settle::Poison(PoisonReason::Rejected, source.to_string())
+                }
+                HandlerError::Poison { source } => failed(None, source.to_string()),
+                HandlerError::Retry { after, source } => failed(after, source.to_string()),
+            },
+            // A panic is a bug, not an interruption: a failure even while stopping.
+            Outcome::Panicked(text) if dequeue_count >= max_dequeue_count => Settle::Poison(
+                PoisonReason::MaxDequeueCountExceeded,
+                format!("handler panicked on try {dequeue_count} of {max_dequeue_count}: {text}"),
+            ),
+            Outcome::Panicked(text) => {
+                Settle::Retry(retry_delay, format!("handler panicked: {text}"))
+            }
+            Outcome::TimedOut(limit) => failed(
+                None,
+                format!(
+                    "handler timed out after {}",
+                    humantime::format_duration(limit)
+                ),
+            ),
+            Outcome::Aborted => Settle::Release(Duration::ZERO, "drain deadline passed".into()),
+        }
+    }
+}
+
+/// Carries out `action` on the store.
+pub(super) async fn apply(shared: &Shared, message: &ReceivedMessage, action: Settle) {
+    match action {
+        Settle::Delete => match shared.queue.delete(&message.id, &message.pop_receipt).await {
+            Ok(()) => {
+                bump(&shared.stats.handled);
+                debug!(queue = %shared.name, message_id = %message.id, "message handled");
+            }
+            Err(e) => store_failure(shared, message, "delete after success", e),
+        },
+        Settle::Retry(delay, why) => {
+            warn!(queue = %shared.name, message_id = %message.id, dequeue_count = message.dequeue_count,
+                  retry_in = ?delay, error = %why, "handler failed; will retry");
+            match shared
+                .queue
+                .update(&message.id, &message.pop_receipt, delay, None)
+                .await
+            {
+                Ok(_) => bump(&shared.stats.retried),
+                Err(e) => store_failure(shared, message, "retry", e),
+            }
+        }
+        Settle::Release(after, why) => release(shared, message, after, &why).await,
+        Settle::Poison(reason, why) => poison(shared, message, reason, why).await,
+    }
+}
+
+/// Makes a message visible again (after `after`) without counting a failure.
+///
+/// The service cannot lower a dequeue count, and a message released on its last allowed try
+/// would come back over the limit and be poisoned unrun. So such a message is sent again as a
+/// fresh copy (same text, a fresh dequeue count, its remaining time to live) and the received
+/// one deleted; its id changes. Earlier tries release in place.
+pub(super) async fn release(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    after: Duration,
+    why: &str,
+) {
+    if message.dequeue_count >= shared.settings.max_dequeue_count {
+        if let Some(options) = fresh_copy_options(message, after) {
+            match shared.queue.send(&message.text, options).await {
+                Ok(copy) => {
+                    match shared.queue.delete(&message.id, &message.pop_receipt).await {
+                        Ok(()) => {
+                            bump(&shared.stats.released);
+                            info!(queue = %shared.name, message_id = %message.id, new_id = %copy.id,
+                                  reason = why, "message released on its last try as a fresh copy");
+                        }
+                        // The copy is there; the original comes back too: a duplicate, not a loss.
+                        Err(e) => store_failure(shared, message, "delete after release copy", e),
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(queue = %shared.name, message_id = %message.id, error = %e,
+                          "cannot send a fresh copy of a message on its last try; releasing it in place");
+                }
+            }
+        }
+    }
+    match shared
+        .queue
+        .update(&message.id, &message.pop_receipt, after, None)
+        .await
+    {
+        Ok(_) => {
+            bump(&shared.stats.released);
+            info!(queue = %shared.name, message_id = %message.id, reason = why, "message released");
+        }
+        Err(e) => store_failure(shared, message, "release", e),
+    }
+}
+
+/// Send options that keep a copy's life within the original's: `None` when the original
+/// expires before the copy would become visible.
+fn fresh_copy_options(message: &ReceivedMessage, after: Duration) -> Option<SendOptions> {
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+    let time_to_live = match message.expires_at {
+        Some(expires) => {
+            let left = (expires - now_utc()).try_into().unwrap_or(Duration::ZERO);
+            if left <= after + Duration::from_secs(1) {
+                return None;
+            }
+            Some(left.min(LONGEST))
+        }
+        None => None,
+    };
+    Some(SendOptions {
+        initial_delay: after,
+        time_to_live,
+    })
+}
+
+/// Copies the message to the poison queue, then deletes it. The copy is the envelope with the
+/// failure details when it fits the service's size limit, else the original text unchanged
+/// (the details are then in this log line only). If the copy fails the message stays on its
+/// queue (it comes back after its visibility timeout): nothing is lost.
+pub(super) async fn poison(
+    shared: &Shared,
+    message: &ReceivedMessage,
+    reason: PoisonReason,
+    error: String,
+) {
+    let envelope = PoisonEnvelope::new(&shared.name, message, reason, Some(error.clone()));
+    let text = envelope.to_text(shared.settings.encoding);
+    let (body, form) = match &text {
+        PoisonText::Envelope(t) => (t.as_str(), "envelope"),
+        PoisonText::Original(t) => (t.as_str(), "original"),
+    };
+    if let Err(e) = shared.poison_queue.send(body, Default::default()).await {
+        error!(queue = %shared.name, message_id = %message.id, poison_queue = shared.poison_queue.name(),
+               error = %e, "copy to poison queue failed; message left on its queue");
+        bump(&shared.stats.store_errors);
+        return;
+    }
+    match shared.queue.delete(&message.id, &message.pop_receipt).await {
+        Ok(()) => {
+            bump(&shared.stats.poisoned);
+            warn!(queue = %shared.name, message_id = %message.id, reason = reason.as_str(),
+                  dequeue_count = message.dequeue_count, poison_queue = shared.poison_queue.name(),
+                  form, error = %error, "message moved to poison queue");
+        }
+        Err(e) => store_failure(shared, message, "delete after poison copy", e),
+    }
+}
+
+/// Counts and logs a settle the store refused.
+pub(super) fn store_failure(shared: &Shared, message: &ReceivedMessage, step: &str, e: StoreError) {
+    if let StoreError::MessageNotFound { .. } = e {
+        bump(&shared.stats.lost_ownership);
+        warn!(queue = %shared.name, message_id = %message.id, step,
+              "message was re-delivered before we settled it; it may be handled twice");
+    } else {
+        bump(&shared.stats.store_errors);
+        error!(queue = %shared.name, message_id = %message.id, step, error = %e,
+               "store call failed; the message reappears after its visibility timeout");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn handler_err(e: HandlerError) -> Outcome {
+        Outcome::Done(Err(DispatchError::Handler(e)))
+    }
+
+    fn kind(s: &Settle) -> &'static str {
+        match s {
+            Settle::Delete => "delete",
+            Settle::Retry(..) => "retry",
+            Settle::Release(..) => "release",
+            Settle::Poison(PoisonReason::Rejected, _) => "poison:rejected",
+            Settle::Poison(PoisonReason::Undecodable, _) => "poison:undecodable",
+            Settle::Poison(PoisonReason::MaxDequeueCountExceeded, _) => "poison:max",
+        }
+    }
+
+    #[test]
+    fn the_rule_table() {
+        type Case = (fn() -> Outcome, bool, u32, &'static str);
+        let cases: [Case; 16] = [
+            (|| Outcome::Done(Ok(())), false, 1, "delete"),
+            (|| Outcome::Done(Ok(())), true, 5, "delete"),
+            (|| handler_err(HandlerError::retry("x")), false, 1, "retry"),
+            (
+                || handler_err(HandlerError::retry("x")),
+                false,
+                5,
+                "poison:max",
+            ),
+            // Shutdown is not a failure, even on the last allowed try.
+            (|| handler_err(HandlerError::retry("x")), true, 5, "release"),
+            (
+                || handler_err(HandlerError::poison("x")),
+                false,
+                1,
+                "poison:rejected",
+            ),
+            (
+                || handler_err(HandlerError::poison("x")),
+                true,
+                1,
+                "release",
+            ),
+            (
+                || handler_err(HandlerError::release(S)),
+                false,
+                5,
+                "release",
+            ),
+            (|| handler_err(HandlerError::release(S)), true, 1, "release"),
+            (
+                || Outcome::Done(Err(DispatchError::Decode("bad".into()))),
+                true,
+                1,
+                "poison:undecodable",
+            ),
+            (|| Outcome::TimedOut(S), false, 1, "retry"),
+            (|| Outcome::TimedOut(S), false, 5, "poison:max"),
+            (|| Outcome::TimedOut(S), true, 5, "release"),
+            (|| Outcome::Aborted, false, 5, "release"),
+            (|| Outcome::Panicked("boom".into()), true, 1, "retry"),
+            (|| Outcome::Panicked("boom".into()), false, 5, "poison:max"),
+        ];
+        for (i, (outcome, interrupted, count, want)) in cases.into_iter().enumerate() {
+            let got = Settle::decide(outcome(), interrupted, count, 5, Duration::ZERO);
+            assert_eq!(kind(&got), want, "case {i}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn delays_come_from_the_error_the_queue_or_the_release() {
+        let retry = Settle::decide(
+            handler_err(HandlerError::retry_after("x", 7 * S)),
+            false,
+            1,
+            5,
+            S,
+        );
+        assert!(matches!(retry, Settle::Retry(d, _) if d == 7 * S));
+        let retry = Settle::decide(handler_err(HandlerError::retry("x")), false, 1, 5, 3 * S);
+        assert!(matches!(retry, Settle::Retry(d, _) if d == 3 * S));
+        let later = Settle::decide(handler_err(HandlerError::release(9 * S)), false, 1, 5, S);
+        assert!(matches!(later, Settle::Release(d, _) if d == 9 * S));
+    }
+}

@@ -1,0 +1,378 @@
+//! The supervisor of one queue's dequeue tasks: asks the [`crate::scaling`] policy how many to
+//! run, spawns and retires them, and replaces a task that ended unexpectedly.
+//!
+//! Tasks report over a channel (work found after idleness, full batches, "my back-off reached
+//! its maximum: may I retire?"), and so do triggers. The supervisor probes the depth sparingly
+//! (only while busy, or when prompted, at most once per `depth_probe_interval`) and decides.
+//! Every task runs in the supervisor's `JoinSet` (and the worker's tracker, for the drain), so
+//! its end is seen: retired and stopping tasks end as expected; any other end (a panic outside
+//! a handler, a return nobody asked for) is logged with the task's name and how it ended, and
+//! the task is replaced, so a queue never silently stops being consumed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use super::stats::bump;
+use super::{dispatch, task, Shared};
+use crate::scaling::{decide, Decision, Prompt, Signals};
+use crate::store::{StoreError, MAX_RECEIVE};
+
+/// What tasks and triggers tell the supervisor.
+pub(super) enum Event {
+    /// A receive brought messages.
+    Batch {
+        /// A whole `batch_size` came back: the queue may hold more than the tasks take.
+        full: bool,
+        /// The task's receives before this one were empty (or this was its first).
+        after_idle: bool,
+    },
+    /// A task's back-off reached its maximum; it asks to retire.
+    IdleAtMax {
+        task: u64,
+        /// The trigger count before the task's last receive.
+        seen_triggers: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A push trigger arrived.
+    Trigger,
+}
+
+/// What the supervisor knows beyond counters, shown in snapshots.
+#[derive(Debug, Default)]
+pub(super) struct ScaleView {
+    pub(super) depth: Option<u64>,
+    /// Per task: its idle streak and its current back-off sleep.
+    pub(super) tasks: BTreeMap<u64, (u32, Duration)>,
+    pub(super) last_decision: Option<String>,
+}
+
+/// What a depth probe found.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    depth: Option<u64>,
+    oldest_age: Option<Duration>,
+}
+
+/// Spawns, retires and replaces one queue's dequeue tasks.
+pub(super) struct Supervisor {
+    shared: Arc<Shared>,
+    /// Live tasks by id, with the token that retires each.
+    tasks: BTreeMap<u64, CancellationToken>,
+    /// Every task that has not ended yet, retired ones included.
+    running: JoinSet<u64>,
+    ids: HashMap<tokio::task::Id, u64>,
+    next_task: u64,
+    last_up: Option<Instant>,
+    last_down: Option<Instant>,
+    last_probe: Option<Instant>,
+    /// A batch came back since the last probe: the queue is worth probing (as it is while
+    /// handlers run).
+    busy: bool,
+    /// A full batch came back since the last probe.
+    full_since_probe: bool,
+}
+
+impl Supervisor {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            tasks: BTreeMap::new(),
+            running: JoinSet::new(),
+            ids: HashMap::new(),
+            next_task: 0,
+            last_up: None,
+            last_down: None,
+            last_probe: None,
+            busy: false,
+            full_since_probe: false,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Event>) {
+        let scaling = self.shared.settings.scaling.clone();
+        let mut probe = tokio::time::interval(scaling.depth_probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_probe = tokio::time::interval(
+            scaling
+                .idle_probe_interval
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        idle_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = self.shared.life.stop.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                event = inbox.recv() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => break,
+                },
+                Some(ended) = self.running.join_next_with_id() => self.on_task_end(ended),
+                // The guard is checked inside: a `select!` precondition that is false when the
+                // loop enters would keep the branch off until some other branch fires.
+                _ = probe.tick() => {
+                    if self.is_busy() {
+                        self.busy = false;
+                        let found = self.probe_depth().await;
+                        self.scale(Prompt::Probe, found);
+                        self.full_since_probe = false;
+                    }
+                }
+                _ = idle_probe.tick(), if scaling.idle_probe_interval.is_some() => {
+                    if self.tasks.is_empty() {
+                        let found = self.probe_depth().await;
+                        if found.depth.is_some_and(|d| d > 0) {
+                            self.scale(Prompt::Probe, found);
+                        }
+                    }
+                }
+            }
+        }
+        // Tasks hold child tokens of `stop`: they are already stopping. Dropping the JoinSet
+        // would abort them mid-receive; the worker's tracker waits for them instead.
+        self.running.detach_all();
+        debug!(queue = %self.shared.name, "supervisor stopped");
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Batch { full, after_idle } => {
+                self.busy = true;
+                let prompt = if full {
+                    self.full_since_probe = true;
+                    Prompt::FullBatch
+                } else if after_idle {
+                    Prompt::WorkAfterIdle
+                } else {
+                    return;
+                };
+                let found = self.probe_if_due().await;
+                self.scale(prompt, found);
+            }
+            Event::Trigger => {
+                // Start a task before any probe: pickup must not wait for a billable call.
+                if self.tasks.is_empty() {
+                    self.scale(Prompt::Trigger, Probe::default());
+                }
+                let found = self.probe_if_due().await;
+                self.scale(Prompt::Trigger, found);
+            }
+            Event::IdleAtMax {
+                task,
+                seen_triggers,
+                reply,
+            } => {
+                // A trigger since the task's last receive may be for work it has not seen:
+                // keep it, so that trigger is never lost with the task that would answer it.
+                let triggered = self.shared.stats.triggers.load(Ordering::SeqCst) > seen_triggers;
+                let d = decide(
+                    &self.shared.settings.scaling,
+                    &self.signals(Prompt::IdleAtMax, Probe::default()),
+                );
+                let retire =
+                    !triggered && d.target < self.active() && self.tasks.contains_key(&task);
+                if retire {
+                    self.tasks.remove(&task);
+                    self.last_down = Some(Instant::now());
+                    self.record(d, Prompt::IdleAtMax);
+                }
+                // The task may have stopped meanwhile; then nobody listens.
+                let _ = reply.send(retire);
+            }
+        }
+    }
+
+    /// A task ended. Retired tasks, and all tasks once the worker stops or fails, end as
+    /// expected; any other end is a fault: log it by name and start a replacement.
+    fn on_task_end(&mut self, ended: Result<(tokio::task::Id, u64), JoinError>) {
+        let (tokio_id, failure) = match ended {
+            Ok((tokio_id, _)) => (tokio_id, None),
+            Err(e) => (e.id(), Some(e)),
+        };
+        let Some(id) = self.ids.remove(&tokio_id) else {
+            return;
+        };
+        let life = &self.shared.life;
+        if !self.tasks.contains_key(&id) || life.stop.is_cancelled() || life.fatal.is_raised() {
+            return;
+        }
+        self.tasks.remove(&id);
+        let how = match failure {
+            None => "returned without being retired".to_string(),
+            Some(e) if e.is_panic() => {
+                format!("panicked: {}", dispatch::panic_text(e.into_panic()))
+            }
+            Some(e) => format!("was cancelled: {e}"),
+        };
+        bump(&self.shared.stats.task_restarts);
+        error!(queue = %self.shared.name, task = %format!("{}#{id}", self.shared.name), how,
+               "dequeue task ended unexpectedly; starting a replacement");
+        self.spawn_task();
+    }
+
+    fn is_busy(&self) -> bool {
+        !self.tasks.is_empty()
+            && (self.busy || self.shared.stats.in_flight.load(Ordering::Relaxed) > 0)
+    }
+
+    fn batch_size(&self) -> u8 {
+        self.shared.flow.batch
+    }
+
+    fn active(&self) -> u32 {
+        u32::try_from(self.tasks.len()).unwrap_or(u32::MAX)
+    }
+
+    fn signals(&self, prompt: Prompt, found: Probe) -> Signals {
+        let now = Instant::now();
+        Signals {
+            prompt,
+            active: self.active(),
+            depth: found.depth,
+            oldest_age: found.oldest_age,
+            since_scale_up: self.last_up.map(|t| now - t),
+            since_scale_down: self.last_down.map(|t| now - t),
+            full_batch_since_probe: self.full_since_probe,
+        }
+    }
+
+    /// Decides, then spawns what is missing or retires the most idle task (a shallow probe).
+    /// Idle tasks at the back-off maximum retire through `Event::IdleAtMax` instead.
+    fn scale(&mut self, prompt: Prompt, found: Probe) {
+        // At least a batch's worth waiting: work for every task, sleeping ones included.
+        if found
+            .depth
+            .is_some_and(|d| d >= u64::from(self.batch_size()))
+        {
+            self.shared.flow.wake.notify_waiters();
+        }
+        let d = decide(&self.shared.settings.scaling, &self.signals(prompt, found));
+        if d.target > self.active() {
+            while self.active() < d.target {
+                self.spawn_task();
+            }
+            self.last_up = Some(Instant::now());
+            self.record(d, prompt);
+        } else if d.target < self.active() {
+            self.retire_most_idle();
+            self.last_down = Some(Instant::now());
+            self.record(d, prompt);
+        }
+    }
+
+    /// Cancels the token of the task with the longest idle streak. Its messages run on (they
+    /// answer to `stop` and `abort`, not to the task's token); the task ends at its next wait.
+    fn retire_most_idle(&mut self) {
+        let most_idle = {
+            let view = self.shared.view.lock().expect("view mutex poisoned");
+            self.tasks
+                .keys()
+                .max_by_key(|id| view.tasks.get(id).map_or(0, |(streak, _)| *streak))
+                .copied()
+        };
+        if let Some(token) = most_idle.and_then(|id| self.tasks.remove(&id)) {
+            token.cancel();
+        }
+    }
+
+    fn record(&self, d: Decision, prompt: Prompt) {
+        let text = format!("{} tasks: {}", d.target, d.reason);
+        info!(queue = %self.shared.name, target = d.target, reason = %d.reason, prompt = ?prompt, "scaling decision");
+        self.shared
+            .view
+            .lock()
+            .expect("view mutex poisoned")
+            .last_decision = Some(text);
+    }
+
+    pub(super) fn spawn_task(&mut self) {
+        let id = self.next_task;
+        self.next_task += 1;
+        let token = self.shared.life.stop.child_token();
+        self.tasks.insert(id, token.clone());
+        let stats = &self.shared.stats;
+        let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
+        let span = tracing::info_span!("dequeue", queue = %self.shared.name, task = id);
+        let run = self
+            .shared
+            .life
+            .tracker
+            .track_future(task::dequeue_loop(self.shared.clone(), id, token).instrument(span));
+        let handle = self.running.spawn(async move {
+            run.await;
+            id
+        });
+        self.ids.insert(handle.id(), id);
+    }
+
+    async fn probe_if_due(&mut self) -> Probe {
+        let interval = self.shared.settings.scaling.depth_probe_interval;
+        let due = self.last_probe.is_none_or(|t| t.elapsed() >= interval);
+        if due {
+            self.probe_depth().await
+        } else {
+            Probe::default()
+        }
+    }
+
+    /// The approximate depth, corrected by a peek when small: the approximate count includes
+    /// messages in flight (invisible), which would otherwise read as waiting work. With an age
+    /// rule, the oldest visible message's age too (from that peek, or a peek of one).
+    async fn probe_depth(&mut self) -> Probe {
+        self.last_probe = Some(Instant::now());
+        let queue = &self.shared.queue;
+        let stats = &self.shared.stats;
+        let want_age = self
+            .shared
+            .settings
+            .scaling
+            .scale_up_when_older_than
+            .is_some();
+        bump(&stats.probe_calls);
+        let result = async {
+            let approximate = queue.approximate_depth().await?;
+            let small = approximate <= u64::from(MAX_RECEIVE);
+            if !small && !want_age {
+                return Ok(Probe {
+                    depth: Some(approximate),
+                    oldest_age: None,
+                });
+            }
+            bump(&stats.probe_calls);
+            let peeked = queue.peek(if small { MAX_RECEIVE } else { 1 }).await?;
+            let oldest_age = peeked
+                .first()
+                .and_then(|m| m.inserted_at)
+                .map(|t| (crate::store::now_utc() - t).unsigned_abs());
+            let depth = if small {
+                peeked.len() as u64
+            } else {
+                approximate
+            };
+            Ok::<_, StoreError>(Probe {
+                depth: Some(depth),
+                oldest_age,
+            })
+        }
+        .await;
+        match result {
+            Ok(probe) => {
+                self.shared.view.lock().expect("view mutex poisoned").depth = probe.depth;
+                probe
+            }
+            Err(e) => {
+                bump(&stats.store_errors);
+                warn!(queue = %self.shared.name, error = %e, "depth probe failed");
+                Probe::default()
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Flow control and message safety at the settings users run (30 s visibility, concurrency 16,
+//! batch 32), with handlers long enough and backlogs deep enough for timing to matter; and the
+//! worker's lifecycle (validation, failed start, drop, dead tasks, the drain deadline).
+//!
+//! Embedded tests run under tokio's paused clock, so their timings are exact; the Azurite run
+//! of the backlog test is real time and asserts outcomes only.
+
+// Tests report what they measured.
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::hooked::Hooked;
+use ebbflow::codec::Encoding;
+use ebbflow::config::{QueueSettings, Settings};
+use ebbflow::store::{BackendKind, Queue, QueueStore};
+use ebbflow::worker::WorkerError;
+use ebbflow::{Context, Handler, HandlerError, Worker};
+use tokio::time::Instant;
+
+on_both_backends!(a_backlog_at_default_settings_is_handled_exactly_once);
+
+fn settings(queue: &str, edit: impl FnOnce(&mut QueueSettings)) -> Settings {
+    let mut s = Settings::default();
+    let mut q = QueueSettings::default();
+    edit(&mut q);
+    s.queues.insert(queue.to_string(), q);
+    s
+}
+
+async fn send_all(q: &Arc<dyn Queue>, bodies: impl IntoIterator<Item = String>) {
+    for body in bodies {
+        let text = Encoding::Base64.encode(body.as_bytes()).unwrap();
+        q.send(&text, Default::default()).await.unwrap();
+    }
+}
+
+/// Records each run by body, how many run at once, and sleeps as the body says ("w<ms>-...").
+#[derive(Clone, Default)]
+struct Worky {
+    runs: Arc<Mutex<BTreeMap<String, u32>>>,
+    starts: Arc<Mutex<BTreeMap<String, Instant>>>,
+    running: Arc<AtomicU32>,
+    peak: Arc<AtomicU32>,
+}
+
+impl Handler for Worky {
+    type Message = String;
+    async fn handle(&self, body: String, _: Context) -> Result<(), HandlerError> {
+        *self.runs.lock().unwrap().entry(body.clone()).or_default() += 1;
+        self.starts
+            .lock()
+            .unwrap()
+            .entry(body.clone())
+            .or_insert_with(Instant::now);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let ms: u64 = body
+            .strip_prefix('w')
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A backlog far deeper than the concurrency, with handlers of several seconds, at the default
+/// settings: every message runs exactly once (none waits for a slot until its visibility runs
+/// out), and no more than `concurrency` run at once. Embedded: 300 messages of 3-10 s at the
+/// default 30 s visibility. Azurite (real time): 40 messages of 1-3 s at 5 s visibility.
+async fn a_backlog_at_default_settings_is_handled_exactly_once(store: Arc<dyn QueueStore>) {
+    let embedded = store.kind() == BackendKind::Embedded;
+    let (count, visibility, base_ms, spread) = if embedded {
+        (300, Duration::from_secs(30), 3_000, 8)
+    } else {
+        (40, Duration::from_secs(5), 1_000, 3)
+    };
+    let q = common::fresh_queue(&store, "backlog").await;
+    let bodies: Vec<String> = (0..count)
+        .map(|i| format!("w{}-{i}", base_ms + (i % spread) * 1_000))
+        .collect();
+    send_all(&q, bodies.clone()).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.visibility_timeout = visibility);
+    let handler = Worky::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    let limit = if embedded { 3_600 } else { 120 };
+    common::wait_for("the backlog handled", Duration::from_secs(limit), || {
+        worker.snapshot()[0].handled >= count as u64
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let snap = &report.queues[0];
+    let runs = handler.runs.lock().unwrap().clone();
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "backlog of {count}: handled {}, duplicates {}, lost {}, renewals {}, receives {}",
+        snap.handled,
+        twice.len(),
+        count as usize - runs.len(),
+        snap.renewals,
+        snap.receive_calls
+    );
+    assert!(twice.is_empty(), "handled twice: {twice:?}");
+    assert_eq!(runs.len(), count as usize, "every message ran");
+    assert_eq!(
+        snap.received, count as u64,
+        "nothing was received twice: {snap:?}"
+    );
+    assert_eq!(snap.handled, count as u64);
+    assert_eq!(snap.lost_ownership, 0, "{snap:?}");
+    assert!(
+        handler.peak.load(Ordering::SeqCst) <= 16,
+        "concurrency is the cap"
+    );
+    assert_eq!(report.unreleased, 0);
+    assert_eq!(q.approximate_depth().await.unwrap(), 0);
+}
+
+/// One 60 s job runs; a new message published with a trigger starts at once (no waiting for
+/// the long job's batch), on a queue whose only task is the one that received the long job.
+#[tokio::test(start_paused = true)]
+async fn a_long_job_does_not_hold_back_triggered_work() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "longjob").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.scaling.max_tasks = 1);
+    let handler = Worky::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    let publisher = worker.publisher(&name).unwrap();
+    publisher
+        .send_bytes(b"w60000-long", Default::default())
+        .await
+        .unwrap();
+    common::wait_for("the long job running", Duration::from_secs(5), || {
+        worker.snapshot()[0].in_flight == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let sent = Instant::now();
+    publisher
+        .send_bytes(b"quick", Default::default())
+        .await
+        .unwrap();
+    common::wait_for("the quick one started", Duration::from_secs(60), || {
+        handler.starts.lock().unwrap().contains_key("quick")
+    })
+    .await;
+    let pickup = handler.starts.lock().unwrap()["quick"] - sent;
+    assert!(pickup < Duration::from_millis(50), "pickup took {pickup:?}");
+    assert_eq!(worker.snapshot()[0].in_flight, 1, "the long job still runs");
+    worker.shutdown().await;
+}
+
+/// A steady trickle with a trigger per send: one receive per message (the task waits for the
+/// next trigger after draining the queue, instead of receiving again and finding nothing); with
+/// a 250 ms window, about one receive per window.
+#[tokio::test(start_paused = true)]
+async fn a_triggered_trickle_costs_one_receive_per_message_or_less_with_a_window() {
+    for window in [None, Some(Duration::from_millis(250))] {
+        let store = common::memory();
+        let q = common::fresh_queue(&store, "trickle").await;
+        let name = q.name().to_string();
+        let s = settings(&name, |q| {
+            q.scaling.wake_on_publish = true;
+            q.batch_window = window;
+        });
+        let handler = Worky::default();
+        let worker = common::start(&store, s, &name, handler.clone()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Receives of the idle curve at start-up are not the trickle's.
+        let before = worker.snapshot()[0].receive_calls;
+        let publisher = worker.publisher(&name).unwrap();
+        let mut sent = BTreeMap::new();
+        for i in 0..100 {
+            let body = format!("t{i}");
+            sent.insert(body.clone(), Instant::now());
+            publisher
+                .send_bytes(body.as_bytes(), Default::default())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        common::wait_for("the trickle handled", Duration::from_secs(10), || {
+            worker.snapshot()[0].handled == 100
+        })
+        .await;
+        let snap = worker.shutdown().await.queues.remove(0);
+        let starts = handler.starts.lock().unwrap().clone();
+        let worst = sent.iter().map(|(b, t)| starts[b] - *t).max().unwrap();
+        let receives = snap.receive_calls - before;
+        let calls = (receives + snap.handled) as f64 / 100.0;
+        println!("trickle, window {window:?}: {calls:.2} calls/message, worst pickup {worst:?}, {snap:?}");
+        match window {
+            None => {
+                assert_eq!(receives, 100, "one receive per message: {snap:?}");
+                assert!(worst < Duration::from_millis(10), "{worst:?}");
+            }
+            Some(w) => {
+                assert!(calls <= 1.3, "{calls:.2} calls/message: {snap:?}");
+                assert!(worst <= w + Duration::from_millis(10), "{worst:?}");
+            }
+        }
+    }
+}
+
+/// `Worker::start` runs the same checks as `Settings::load` on settings built in code.
+#[tokio::test(start_paused = true)]
+async fn settings_built_in_code_are_validated_at_start() {
+    for (edit, key) in [
+        (
+            (|q: &mut QueueSettings| q.batch_size = 40) as fn(&mut QueueSettings),
+            "queues.orders.batch_size = 40",
+        ),
+        (
+            |q| q.refill_threshold = Some(0),
+            "queues.orders.refill_threshold = 0",
+        ),
+        (
+            |q| q.batch_window = Some(Duration::from_secs(60)),
+            "queues.orders.batch_window = 1m",
+        ),
+    ] {
+        let err = Worker::new(settings("orders", edit))
+            .handler("orders", Worky::default())
+            .start()
+            .await
+            .err()
+            .expect("invalid settings must not start");
+        assert!(matches!(err, WorkerError::Config(_)), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+    }
+}
+
+/// A start that fails (here: the trigger port is taken) leaves nothing running: the queue's
+/// messages stay where they are.
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_leaves_nothing_running() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "failstart").await;
+    send_all(&q, ["a".to_string()]).await;
+    let name = q.name().to_string();
+    let mut s = settings(&name, |_| {});
+    s.triggers.http.enabled = true;
+    s.triggers.http.bind = taken.local_addr().unwrap();
+    let handler = Worky::default();
+    let err = Worker::new(s)
+        .with_store(store.clone())
+        .handler(&name, handler.clone())
+        .start()
+        .await
+        .err()
+        .expect("the port is taken");
+    assert!(matches!(err, WorkerError::TriggerBind { .. }), "{err}");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(handler.runs.lock().unwrap().is_empty());
+    assert_eq!(
+        q.peek(32).await.unwrap().len(),
+        1,
+        "still visible, never received"
+    );
+}
+
+/// Dropping a running worker stops it: nothing is consumed afterwards.
+#[tokio::test(start_paused = true)]
+async fn dropping_a_running_worker_stops_it() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "drop").await;
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(worker);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send_all(&q, ["after-drop".to_string()]).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(handler.runs.lock().unwrap().is_empty());
+    assert_eq!(q.peek(32).await.unwrap().len(), 1);
+}
+
+/// Waits for shutdown and then fails ("polite"), or never returns ("stubborn").
+#[derive(Clone, Default)]
+struct Interrupted {
+    runs: Arc<AtomicU32>,
+}
+
+impl Handler for Interrupted {
+    type Message = String;
+    async fn handle(&self, body: String, ctx: Context) -> Result<(), HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if body == "polite" {
+            ctx.shutdown().cancelled().await;
+            return Err(HandlerError::retry("interrupted"));
+        }
+        std::future::pending().await
+    }
+}
+
+/// Messages on their last allowed try, interrupted by shutdown (one fails after the signal,
+/// one is aborted at the drain deadline), are released, not poisoned or counted as failures,
+/// and run again in full on the next worker.
+#[tokio::test(start_paused = true)]
+async fn shutdown_on_the_last_allowed_try_releases_and_never_poisons() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "lasttry").await;
+    send_all(&q, ["polite".to_string(), "stubborn".to_string()]).await;
+    // Four deliveries nobody handled: the worker's receive is the fifth and last allowed.
+    for _ in 0..4 {
+        for m in q.receive(32, Duration::from_secs(1)).await.unwrap() {
+            q.update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+                .await
+                .unwrap();
+        }
+    }
+    let name = q.name().to_string();
+    let mut s = settings(&name, |_| {});
+    s.worker.drain_timeout = Duration::from_secs(2);
+    let handler = Interrupted::default();
+    let worker = common::start(&store, s.clone(), &name, handler.clone()).await;
+    common::wait_for("both running", Duration::from_secs(5), || {
+        worker.snapshot()[0].in_flight == 2
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let snap = &report.queues[0];
+    assert!(!report.clean, "the stubborn one was aborted");
+    assert_eq!(
+        (snap.released, snap.poisoned, snap.retried),
+        (2, 0, 0),
+        "{snap:?}"
+    );
+    assert_eq!(report.unreleased, 0);
+    let poison = store.queue(&format!("{name}-poison")).unwrap();
+    assert!(poison.peek(32).await.unwrap().is_empty());
+    let back = q.peek(32).await.unwrap();
+    assert_eq!(back.len(), 2, "both visible again at once");
+    assert!(
+        back.iter().all(|m| m.dequeue_count == 0),
+        "fresh copies: {back:?}"
+    );
+    // The next worker runs both (the polite one is accepted this time).
+    let again = Worky::default();
+    let worker = common::start(&store, s, &name, again.clone()).await;
+    common::wait_for("both handled", Duration::from_secs(10), || {
+        worker.snapshot()[0].handled == 2
+    })
+    .await;
+    assert_eq!(worker.shutdown().await.queues[0].poisoned, 0);
+}
+
+/// With `min_tasks = 0`, a trigger that lands while the last task asks to retire (after the
+/// receive that missed its message) keeps that task, which then receives the message. The
+/// interleaving is forced: the trigger fires inside the empty receive.
+#[tokio::test(start_paused = true)]
+async fn a_trigger_while_the_last_task_retires_is_not_lost() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "retire").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = 0;
+        q.scaling.wake_on_publish = true;
+        // The first empty receive puts the task at the back-off maximum: it asks to retire.
+        q.idle_backoff.min = Duration::from_secs(1);
+        q.idle_backoff.max = Duration::from_secs(1);
+    });
+    let handler = Worky::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    let hub = worker.hub();
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (q, name, fired) = (q.clone(), name.clone(), fired.clone());
+        *hooks.after_receive.lock().unwrap() = Some(Box::new(move |_, got| {
+            if got == 0 && !fired.swap(true, Ordering::SeqCst) {
+                // After the receive looked, before the task hears it found nothing.
+                let q = q.clone();
+                let text = Encoding::Base64.encode(b"late").unwrap();
+                tokio::spawn(async move { q.send(&text, Default::default()).await.unwrap() });
+                hub.notify(&name);
+            }
+        }));
+    }
+    common::wait_for("the late message handled", Duration::from_secs(30), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    assert!(fired.load(Ordering::SeqCst));
+    worker.shutdown().await;
+}
+
+/// A renewal that never answers does not hold the handler up: it finishes on time, and the
+/// message is deleted with the receipt the lease still has once the lease would lapse.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_renewal_does_not_hold_up_the_handler() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "hang").await;
+    send_all(&q, ["w20000-job".to_string()]).await;
+    hooks.hang_updates.store(true, Ordering::SeqCst);
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let started = Instant::now();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    common::wait_for("handled", Duration::from_secs(60), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    let snap = worker.snapshot().remove(0);
+    let ran = handler.starts.lock().unwrap()["w20000-job"] - started;
+    assert!(ran < Duration::from_millis(50), "started at once: {ran:?}");
+    // The renewal at 15 s hung; the handler ended at 20 s regardless, and the delete waited
+    // only until the lease would lapse (30 s after the receive).
+    let settled = started.elapsed();
+    assert!(
+        settled >= Duration::from_secs(30) && settled < Duration::from_secs(31),
+        "{settled:?}"
+    );
+    assert_eq!((snap.renewals, snap.lost_ownership), (0, 0), "{snap:?}");
+    worker.shutdown().await;
+}
+
+/// A dequeue task that dies outside a handler (a panic in the store call) is noticed, logged
+/// by name with how it ended, and replaced: the queue keeps being consumed.
+#[tokio::test(start_paused = true)]
+async fn a_dead_dequeue_task_is_logged_and_replaced() {
+    common::captured_logs();
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "dead").await;
+    send_all(&q, ["survivor".to_string()]).await;
+    hooks.panic_on_receive.store(1, Ordering::SeqCst);
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    common::wait_for(
+        "handled by the replacement",
+        Duration::from_secs(10),
+        || worker.snapshot()[0].handled == 1,
+    )
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(snap.task_restarts, 1, "{snap:?}");
+    let logs = common::captured_logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("dequeue task ended unexpectedly") && l.contains(&name))
+        .unwrap_or_else(|| panic!("no log line: {logs}"));
+    assert!(line.contains(&format!("{name}#0")), "{line}");
+    assert!(
+        line.contains("panicked: injected panic in receive 1"),
+        "{line}"
+    );
+}
+
+/// The drain deadline holds even when the store hangs: after `drain_timeout` the handler is
+/// aborted, its release hangs, and the report comes `RELEASE_GRACE` later saying one message
+/// was not released (it reappears when its visibility timeout ends: nothing is lost).
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_holds_when_store_calls_hang() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "drain").await;
+    send_all(&q, ["w3600000-forever".to_string()]).await;
+    let name = q.name().to_string();
+    let mut s = settings(&name, |_| {});
+    s.worker.drain_timeout = Duration::from_secs(2);
+    let worker = common::start(&store, s, &name, Worky::default()).await;
+    common::wait_for("running", Duration::from_secs(5), || {
+        worker.snapshot()[0].in_flight == 1
+    })
+    .await;
+    hooks.hang_updates.store(true, Ordering::SeqCst);
+    let asked = Instant::now();
+    let report = worker.shutdown().await;
+    let took = asked.elapsed();
+    assert_eq!(
+        took,
+        Duration::from_secs(2) + ebbflow::worker::RELEASE_GRACE
+    );
+    assert!(!report.clean);
+    assert_eq!(report.unreleased, 1);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        q.peek(32).await.unwrap().len(),
+        1,
+        "back after its visibility timeout"
+    );
+}
