@@ -7,6 +7,10 @@ use std::path::Path;
 use ebbflow::config::QueueSettings;
 use ebbflow::simulate::{run, simulate, summary_text, Profile};
 
+/// The real-time comparison needs the machine to itself: the CLI test (a CPU-heavy simulation
+/// in a child process) waits for it instead of running beside it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn queue() -> QueueSettings {
     let mut q = QueueSettings::default();
     q.scaling.max_tasks = 6;
@@ -16,6 +20,7 @@ fn queue() -> QueueSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_time_predicts_real_time_within_tolerance() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let profile = Profile::load(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/profiles/compare.toml"
@@ -56,6 +61,7 @@ async fn virtual_time_predicts_real_time_within_tolerance() {
 
 #[test]
 fn the_cli_writes_csv_and_svg_and_prints_a_summary() {
+    let _alone = ONE_AT_A_TIME.blocking_lock();
     let out = std::env::temp_dir().join(format!("ebbflow-sim-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(out.clone());
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))

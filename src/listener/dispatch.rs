@@ -247,6 +247,11 @@ fn report(shared: &Shared, message: &ReceivedMessage, event: LeaseEvent) {
             warn!(queue = %shared.name, message_id = %message.id,
                   "visibility renewal refused: the message was received again elsewhere");
         }
+        // The store counted it (updates_in_doubt); the lease is given up like a lost one.
+        LeaseEvent::InDoubt => {
+            warn!(queue = %shared.name, message_id = %message.id,
+                  "lease in doubt: a renewal's answer was lost and its retry found the receipt stale; the message may run again");
+        }
     }
 }
 

@@ -27,6 +27,10 @@ pub(crate) enum LeaseEvent {
     Failed(StoreError),
     /// The message was received again by someone else: our receipt is dead.
     Lost,
+    /// A renewal's answer was lost and its retry found our receipt stale: either that renewal
+    /// was applied under a receipt we never saw, or the message was re-delivered. Our receipt
+    /// is dead either way; the message may run again.
+    InDoubt,
 }
 
 /// The lease on one received message.
@@ -136,6 +140,10 @@ impl Lease {
             Err(StoreError::MessageNotFound { .. }) => {
                 self.lost = true;
                 LeaseEvent::Lost
+            }
+            Err(StoreError::InDoubt { .. }) => {
+                self.lost = true;
+                LeaseEvent::InDoubt
             }
             Err(e) => {
                 self.renew_at = Instant::now() + Duration::from_secs(1);

@@ -215,10 +215,18 @@ pub(super) fn store_failure(shared: &Shared, message: &ReceivedMessage, step: &s
         bump(&shared.stats.lost_ownership);
         warn!(queue = %shared.name, message_id = %message.id, step,
               "message was re-delivered before we settled it; it may be handled twice");
+    } else if let StoreError::InDoubt { .. } = e {
+        // Counted by the store (updates_in_doubt): a retry or release whose answer was lost.
+        info!(queue = %shared.name, message_id = %message.id, step,
+              "settle in doubt: the update's answer was lost; the message comes back either way");
     } else {
         bump(&shared.stats.store_errors);
         error!(queue = %shared.name, message_id = %message.id, step, error = %e,
                "store call failed; the message reappears after its visibility timeout");
+        // A refusal reaches us only once it persisted over several calls: it is final.
+        if let StoreError::Unauthorized { .. } = e {
+            shared.life.fatal.raise(e);
+        }
     }
 }
 
