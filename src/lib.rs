@@ -32,6 +32,7 @@ pub mod codec;
 pub mod config;
 pub mod handler;
 pub mod listener;
+pub mod observability;
 pub mod scaling;
 pub mod simulate;
 pub mod store;

@@ -20,11 +20,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+
+mod heartbeat;
+mod publisher;
+pub use heartbeat::{Heartbeat, JobStatus};
+pub use publisher::{PublishError, Publisher};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -176,116 +180,6 @@ impl Context {
     }
 }
 
-/// How a job (one message's handler run) ended, as the handler reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
-    /// The handler said it succeeded.
-    Succeeded,
-    /// The handler said it failed.
-    Failed,
-    /// The handler ended without saying.
-    Unknown,
-}
-
-impl JobStatus {
-    /// `succeeded`, `failed` or `unknown`, as logged.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// Progress of a long job, after the heartbeat monitor of the seeds: the handler counts items
-/// done with [`Heartbeat::add`]; each time the count passes a multiple of the queue's
-/// `heartbeat.every` a count pulse fires, and every `heartbeat.interval` a timed pulse does.
-/// Each pulse is logged as a structured event (`job pulse`, with kind, count and elapsed
-/// time) and renews the message's visibility. At the end the job is logged with the status the
-/// handler set ([`Heartbeat::succeeded`], [`Heartbeat::failed`]), or `unknown`.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    inner: Arc<HeartbeatInner>,
-}
-
-#[derive(Debug)]
-struct HeartbeatInner {
-    every: Option<u64>,
-    count: AtomicU64,
-    count_pulses: AtomicU64,
-    status: Mutex<Option<(JobStatus, String)>>,
-    pulse: tokio::sync::Notify,
-}
-
-impl Heartbeat {
-    pub(crate) fn new(every: Option<u64>) -> Self {
-        Self {
-            inner: Arc::new(HeartbeatInner {
-                every,
-                count: AtomicU64::new(0),
-                count_pulses: AtomicU64::new(0),
-                status: Mutex::new(None),
-                pulse: tokio::sync::Notify::new(),
-            }),
-        }
-    }
-
-    /// Adds `n` units of progress; fires a count pulse when a multiple of `heartbeat.every`
-    /// is passed.
-    pub fn add(&self, n: u64) {
-        let before = self.inner.count.fetch_add(n, Ordering::Relaxed);
-        if let Some(every) = self.inner.every {
-            let crossed = (before + n) / every - before / every;
-            if crossed > 0 {
-                self.inner.count_pulses.fetch_add(1, Ordering::Relaxed);
-                self.inner.pulse.notify_one();
-            }
-        }
-    }
-
-    /// Adds one unit of progress.
-    pub fn increment(&self) {
-        self.add(1);
-    }
-
-    /// Progress so far.
-    pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
-    }
-
-    /// Marks the job succeeded, with a note for the log.
-    pub fn succeeded(&self, note: impl Into<String>) {
-        self.set(JobStatus::Succeeded, note.into());
-    }
-
-    /// Marks the job failed, with a note for the log.
-    pub fn failed(&self, note: impl Into<String>) {
-        self.set(JobStatus::Failed, note.into());
-    }
-
-    fn set(&self, status: JobStatus, note: String) {
-        if let Ok(mut s) = self.inner.status.lock() {
-            *s = Some((status, note));
-        }
-    }
-
-    /// The status the handler set, or `Unknown` with an empty note.
-    pub fn status(&self) -> (JobStatus, String) {
-        self.inner
-            .status
-            .lock()
-            .ok()
-            .and_then(|s| s.clone())
-            .unwrap_or((JobStatus::Unknown, String::new()))
-    }
-
-    /// Waits for the next count pulse.
-    pub(crate) async fn count_pulse(&self) {
-        self.inner.pulse.notified().await;
-    }
-}
-
 /// How a handler failed, and so what happens to the message.
 #[derive(Debug)]
 pub enum HandlerError {
@@ -393,95 +287,6 @@ impl<H: Handler> ErasedHandler for Erased<H> {
     }
 }
 
-/// Sends messages to one queue in that queue's encoding: for producers, and for handlers
-/// that hand work on. With a trigger hub, every send also wakes this process's listeners of
-/// the queue at once (the in-process push trigger).
-#[derive(Clone)]
-pub struct Publisher {
-    queue: Arc<dyn crate::store::Queue>,
-    encoding: crate::codec::Encoding,
-    hub: Option<crate::trigger::Hub>,
-}
-
-/// Why a publish failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The payload could not be encoded.
-    #[error("cannot encode message for queue {queue}: {detail}")]
-    Encode {
-        /// The queue.
-        queue: String,
-        /// What went wrong.
-        detail: String,
-    },
-    /// The store refused the send.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-}
-
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("queue", &self.queue.name())
-            .field("encoding", &self.encoding)
-            .finish()
-    }
-}
-
-impl Publisher {
-    /// A publisher for `queue` writing `encoding`.
-    pub fn new(queue: Arc<dyn crate::store::Queue>, encoding: crate::codec::Encoding) -> Self {
-        Self {
-            queue,
-            encoding,
-            hub: None,
-        }
-    }
-
-    /// Also notify `hub` after each send.
-    pub fn with_hub(mut self, hub: crate::trigger::Hub) -> Self {
-        self.hub = Some(hub);
-        self
-    }
-
-    /// The target queue's name.
-    pub fn queue(&self) -> &str {
-        self.queue.name()
-    }
-
-    /// Sends raw payload bytes; returns the new message's id.
-    pub async fn send_bytes(
-        &self,
-        payload: &[u8],
-        options: crate::store::SendOptions,
-    ) -> Result<String, PublishError> {
-        let text = self
-            .encoding
-            .encode(payload)
-            .map_err(|e| PublishError::Encode {
-                queue: self.queue().to_string(),
-                detail: e.to_string(),
-            })?;
-        let id = self.queue.send(&text, options).await?.id;
-        if let Some(hub) = &self.hub {
-            hub.notify(self.queue.name());
-        }
-        Ok(id)
-    }
-
-    /// Sends `value` as JSON; returns the new message's id.
-    pub async fn send_json<T: serde::Serialize + ?Sized>(
-        &self,
-        value: &T,
-    ) -> Result<String, PublishError> {
-        let json = serde_json::to_vec(value).map_err(|e| PublishError::Encode {
-            queue: self.queue().to_string(),
-            detail: e.to_string(),
-        })?;
-        self.send_bytes(&json, Default::default()).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,28 +304,6 @@ mod tests {
         assert!(err.to_string().contains("invalid type"), "{err}");
         assert!(String::from_bytes(vec![0xff]).is_err());
         assert_eq!(String::from_bytes(b"hi".to_vec()).unwrap(), "hi");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn count_pulses_fire_when_a_multiple_is_passed() {
-        let hb = Heartbeat::new(Some(100));
-        hb.add(99);
-        assert_eq!(hb.inner.count_pulses.load(Ordering::Relaxed), 0);
-        hb.increment();
-        assert_eq!(hb.inner.count_pulses.load(Ordering::Relaxed), 1);
-        // The pulse is kept for the listener even though nobody waited yet.
-        tokio::time::timeout(Duration::from_millis(1), hb.count_pulse())
-            .await
-            .expect("a pending count pulse");
-        hb.add(250);
-        assert_eq!(hb.count(), 350);
-        assert_eq!(hb.inner.count_pulses.load(Ordering::Relaxed), 2);
-        assert_eq!(hb.status().0, JobStatus::Unknown);
-        hb.failed("disk full");
-        assert_eq!(hb.status(), (JobStatus::Failed, "disk full".to_string()));
-        let quiet = Heartbeat::new(None);
-        quiet.add(1_000_000);
-        assert_eq!(quiet.inner.count_pulses.load(Ordering::Relaxed), 0);
     }
 
     #[test]

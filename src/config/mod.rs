@@ -1,0 +1,216 @@
+//! Typed settings, loaded once at start-up and validated with errors that name the key.
+//!
+//! Layers, lowest first: the defaults written in these files, `config/default.toml`, the optional
+//! `config/{EBBFLOW_ENV}.toml`, then environment variables `EBBFLOW__<SECTION>__<KEY>` (double
+//! underscores separate path segments, so `EBBFLOW__QUEUES__ORDERS__BATCH_SIZE=8` sets
+//! `queues.orders.batch_size`). `AZURE_STORAGE_CONNECTION_STRING` is honoured when no storage
+//! is configured otherwise. Unknown keys are rejected, so a misspelt key fails loudly instead of
+//! silently falling back to a default.
+//!
+//! Each section's types live in their own file with their checks: [`storage`](StorageSettings),
+//! queues ([`QueueSettings`]: flow control, back-off, scaling), and [`triggers`](TriggerSettings).
+
+mod queue;
+mod storage;
+#[cfg(test)]
+mod tests;
+mod trigger;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::redact;
+pub use queue::{
+    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings,
+};
+pub use storage::{CredentialKind, RetrySettings, StorageSettings};
+pub use trigger::{HttpTriggerSettings, TriggerSettings};
+
+/// The environment variable that names the optional per-environment file.
+pub const ENV_VAR: &str = "EBBFLOW_ENV";
+/// The environment variable that points at the config folder (default `config`).
+pub const DIR_VAR: &str = "EBBFLOW_CONFIG_DIR";
+/// The conventional Azure connection string variable.
+pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
+
+/// The largest batch the service hands out in one receive.
+pub const MAX_BATCH: u32 = 32;
+const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Everything a worker process needs to know.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the queues live. Empty means the embedded in-process backend.
+    pub storage: StorageSettings,
+    /// Process-wide settings.
+    pub worker: WorkerSettings,
+    /// Push triggers from other processes.
+    pub triggers: TriggerSettings,
+    /// One section per queue, keyed by queue name.
+    pub queues: BTreeMap<String, QueueSettings>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// After a stop signal, how long in-flight handlers may run before they are cancelled.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl WorkerSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.drain_timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "worker.drain_timeout",
+                humantime::format_duration(self.drain_timeout),
+                "must be at most 1h",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A settings problem, naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or environment value could not be read into the typed settings.
+    #[error("config: {0}")]
+    Load(String),
+    /// A value is out of its allowed range.
+    #[error("config: {key} = {value}: {rule}")]
+    Invalid {
+        /// The full key, e.g. `queues.orders.batch_size`.
+        key: String,
+        /// The value found (secrets redacted).
+        value: String,
+        /// What is allowed.
+        rule: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        rule: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads from the folder named by `EBBFLOW_CONFIG_DIR` (default `config`), the process
+    /// environment, and validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        let dir = std::env::var_os(DIR_VAR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(&dir, &env)
+    }
+
+    /// Loads from `dir` and the given environment (a map, so tests need not touch the
+    /// process environment), and validates.
+    pub fn load_from(dir: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(false));
+        if let Some(name) = env.get(ENV_VAR).filter(|n| !n.is_empty()) {
+            builder = builder
+                .add_source(config::File::from(dir.join(format!("{name}.toml"))).required(false));
+        }
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("EBBFLOW__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("EBBFLOW")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let loaded = builder
+            .build()
+            .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
+        let mut settings: Settings = loaded
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
+        if settings.storage.connection_string.is_none() && settings.storage.queue_endpoint.is_none()
+        {
+            settings.storage.connection_string = env
+                .get(CONNECTION_STRING_VAR)
+                .filter(|s| !s.trim().is_empty())
+                .cloned();
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.storage.validate()?;
+        self.worker.validate()?;
+        for (name, q) in &self.queues {
+            q.validate(name, self.triggers.http.enabled)?;
+        }
+        self.triggers.validate()
+    }
+}
+
+pub(crate) fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            value,
+            format!("must be {min}..={max}"),
+        ))
+    }
+}
+
+pub(crate) fn check_duration(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            humantime::format_duration(value),
+            format!(
+                "must be {}..={}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ))
+    }
+}

@@ -1,0 +1,342 @@
+//! Settings of one queue: batches, concurrency and flow control, visibility, retries and
+//! poison, handler timeouts, heartbeats, the idle back-off and scaling.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    check_duration, check_range, ConfigError, MAX_BATCH, MAX_IDLE_BACKOFF, MAX_VISIBILITY,
+};
+use crate::codec::Encoding;
+use crate::store::validate_queue_name;
+
+/// Settings of one queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Messages asked for per receive, 1..=32.
+    pub batch_size: u32,
+    /// Handlers of this queue running at once, over all its tasks, 1..=10000. A task takes
+    /// free slots before it receives and asks for no more messages than it holds, so no
+    /// received message ever waits for a slot.
+    pub concurrency: u32,
+    /// After a full batch, a task receives again once this many slots are free (fewer, larger
+    /// receives), or at once with any free slot when a trigger arrives. 1..=min(batch_size,
+    /// concurrency); default half of that, at least 1.
+    pub refill_threshold: Option<u32>,
+    /// After a trigger wakes an idle task, wait up to this long for more arrivals before
+    /// receiving: fewer receive calls under a trickle, at the price of up to this much pickup
+    /// latency. Off when unset; at most 10s.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Option<Duration>,
+    /// How long a received message stays invisible to other consumers, 1s..=7d.
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+    /// A message received more often than this goes to the poison queue, 1..=1000.
+    pub max_dequeue_count: u32,
+    /// How long a failed message stays invisible before it is retried (0s: at once), ..=7d.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// How message text is encoded on the queue: `base64` (what Azure Functions writes) or `none`.
+    pub encoding: Encoding,
+    /// Name of the poison queue; default `<queue>-poison`.
+    pub poison_queue: Option<String>,
+    /// The idle back-off curve.
+    pub idle_backoff: IdleBackoffSettings,
+    /// How many dequeue tasks run, and when that changes.
+    pub scaling: ScalingSettings,
+    /// A handler still running after this long has its cancellation token fired; it counts as
+    /// a failure (retried). None: no limit.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Option<Duration>,
+    /// After the timeout fired, how long the handler may take to wind down before it is
+    /// aborted.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout_grace: Duration,
+    /// Progress pulses of long jobs.
+    pub heartbeat: HeartbeatSettings,
+}
+
+/// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
+/// and count pulses each time the handler's progress count passes a multiple of `every`.
+/// Each pulse is logged as a structured event and renews the message's visibility.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSettings {
+    /// A timed pulse this often while a handler runs (None: no timed pulses).
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// A count pulse every this many progress units (None: no count pulses).
+    pub every: Option<u64>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: MAX_BATCH,
+            concurrency: 16,
+            refill_threshold: None,
+            batch_window: None,
+            visibility_timeout: Duration::from_secs(30),
+            max_dequeue_count: 5,
+            retry_delay: Duration::ZERO,
+            encoding: Encoding::Base64,
+            poison_queue: None,
+            idle_backoff: IdleBackoffSettings::default(),
+            scaling: ScalingSettings::default(),
+            handler_timeout: None,
+            handler_timeout_grace: Duration::from_secs(5),
+            heartbeat: HeartbeatSettings::default(),
+        }
+    }
+}
+
+/// How many dequeue tasks a queue runs. Tasks are added at once when work shows up after
+/// idleness, when batches come back full, when the (sparingly probed) depth calls for more, or
+/// when the oldest message gets too old; a task whose idle back-off reached its maximum retires
+/// unless it is the last one (or, with `min_tasks = 0`, also the last one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingSettings {
+    /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
+    /// trigger or an idle depth probe brings the queue back).
+    pub min_tasks: u32,
+    /// Most tasks at once, 1..=256.
+    pub max_tasks: u32,
+    /// Target `ceil(depth / messages_per_task)` tasks (used when `depth_rules` is empty).
+    pub messages_per_task: u32,
+    /// Depth thresholds to task counts, e.g. `[{ from = 0, tasks = 1 }, { from = 100, tasks = 4 }]`:
+    /// the rule with the highest `from` not above the depth applies. Overrides `messages_per_task`.
+    pub depth_rules: Vec<DepthRule>,
+    /// Least time between two scale-ups.
+    #[serde(with = "humantime_serde")]
+    pub scale_up_cooldown: Duration,
+    /// Least time between two task retirements.
+    #[serde(with = "humantime_serde")]
+    pub scale_down_cooldown: Duration,
+    /// While the queue is busy, probe its depth (one billable call) this often; also the least
+    /// time between two probes prompted by events.
+    #[serde(with = "humantime_serde")]
+    pub depth_probe_interval: Duration,
+    /// With no tasks running, probe the depth this often to notice work (off when unset).
+    #[serde(with = "humantime_serde")]
+    pub idle_probe_interval: Option<Duration>,
+    /// Add a task when the oldest visible message is older than this (off when unset).
+    #[serde(with = "humantime_serde")]
+    pub scale_up_when_older_than: Option<Duration>,
+    /// Declares that every producer of this queue publishes through this process's
+    /// `Publisher`, so its in-process trigger can wake the queue from zero tasks.
+    pub wake_on_publish: bool,
+}
+
+impl Default for ScalingSettings {
+    fn default() -> Self {
+        Self {
+            min_tasks: 1,
+            max_tasks: 4,
+            messages_per_task: 64,
+            depth_rules: Vec::new(),
+            scale_up_cooldown: Duration::from_secs(1),
+            scale_down_cooldown: Duration::ZERO,
+            depth_probe_interval: Duration::from_secs(5),
+            idle_probe_interval: None,
+            scale_up_when_older_than: None,
+            wake_on_publish: false,
+        }
+    }
+}
+
+/// From `from` messages deep, run `tasks` tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepthRule {
+    /// The depth this rule starts at.
+    pub from: u64,
+    /// Tasks to run from there.
+    pub tasks: u32,
+}
+
+/// The randomized exponential idle back-off: after the n-th empty receive a task sleeps
+/// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleBackoffSettings {
+    /// The shortest sleep after an empty receive.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    /// The longest sleep, at most 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// The step that doubles with each further empty receive.
+    #[serde(with = "humantime_serde")]
+    pub delta: Duration,
+}
+
+impl Default for IdleBackoffSettings {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            delta: Duration::from_millis(100),
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Checks this queue's values; `wakes`: something outside the queue can wake it from zero
+    /// tasks (the HTTP trigger endpoint is on).
+    pub(crate) fn validate(&self, name: &str, wakes: bool) -> Result<(), ConfigError> {
+        let q = self;
+        let key = |field: &str| format!("queues.{name}.{field}");
+        validate_queue_name(name)
+            .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
+        check_range(&key("batch_size"), q.batch_size, 1, MAX_BATCH)?;
+        check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
+        if let Some(refill) = q.refill_threshold {
+            check_range(
+                &key("refill_threshold"),
+                refill,
+                1,
+                q.batch_size.min(q.concurrency).max(1),
+            )?;
+        }
+        if let Some(window) = q.batch_window {
+            check_duration(
+                &key("batch_window"),
+                window,
+                Duration::from_millis(1),
+                Duration::from_secs(10),
+            )?;
+        }
+        check_range(&key("max_dequeue_count"), q.max_dequeue_count, 1, 1000)?;
+        check_duration(
+            &key("visibility_timeout"),
+            q.visibility_timeout,
+            Duration::from_secs(1),
+            MAX_VISIBILITY,
+        )?;
+        check_duration(
+            &key("retry_delay"),
+            q.retry_delay,
+            Duration::ZERO,
+            MAX_VISIBILITY,
+        )?;
+        let poison = q.poison_queue_name(name);
+        validate_queue_name(&poison)
+            .map_err(|rule| ConfigError::invalid(key("poison_queue"), &poison, rule))?;
+        if poison == *name {
+            return Err(ConfigError::invalid(
+                key("poison_queue"),
+                &poison,
+                "must differ from the queue itself",
+            ));
+        }
+        let b = &q.idle_backoff;
+        check_duration(
+            &key("idle_backoff.max"),
+            b.max,
+            Duration::from_millis(1),
+            MAX_IDLE_BACKOFF,
+        )?;
+        check_duration(&key("idle_backoff.min"), b.min, Duration::ZERO, b.max)?;
+        check_duration(&key("idle_backoff.delta"), b.delta, Duration::ZERO, b.max)?;
+        q.scaling.validate(name, wakes)?;
+        if let Some(t) = q.handler_timeout {
+            check_duration(
+                &key("handler_timeout"),
+                t,
+                Duration::from_millis(1),
+                MAX_VISIBILITY,
+            )?;
+        }
+        check_duration(
+            &key("handler_timeout_grace"),
+            q.handler_timeout_grace,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+        if let Some(t) = q.heartbeat.interval {
+            check_duration(
+                &key("heartbeat.interval"),
+                t,
+                Duration::from_millis(10),
+                MAX_VISIBILITY,
+            )?;
+        }
+        if q.heartbeat.every == Some(0) {
+            return Err(ConfigError::invalid(
+                key("heartbeat.every"),
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+    /// Free slots a task waits for after a full batch: `refill_threshold`, or half of
+    /// `min(batch_size, concurrency)`, at least 1.
+    pub fn refill_slots(&self) -> usize {
+        let most = self.batch_size.min(self.concurrency).max(1);
+        self.refill_threshold.unwrap_or(most / 2).clamp(1, most) as usize
+    }
+
+    /// The poison queue's name: the configured one, else `<queue>-poison`.
+    pub fn poison_queue_name(&self, queue: &str) -> String {
+        self.poison_queue
+            .clone()
+            .unwrap_or_else(|| format!("{queue}-poison"))
+    }
+}
+
+impl ScalingSettings {
+    fn validate(&self, name: &str, http_trigger: bool) -> Result<(), ConfigError> {
+        let s = self;
+        let key = |field: &str| format!("queues.{name}.scaling.{field}");
+        check_range(&key("max_tasks"), s.max_tasks, 1, 256)?;
+        check_range(&key("min_tasks"), s.min_tasks, 0, 1)?;
+        check_range(&key("messages_per_task"), s.messages_per_task, 1, 1_000_000)?;
+        check_duration(
+            &key("depth_probe_interval"),
+            s.depth_probe_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+        if let Some(idle) = s.idle_probe_interval {
+            check_duration(
+                &key("idle_probe_interval"),
+                idle,
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )?;
+        }
+        for (i, rule) in s.depth_rules.iter().enumerate() {
+            check_range(
+                &format!("{}[{i}].tasks", key("depth_rules")),
+                rule.tasks,
+                1,
+                s.max_tasks,
+            )?;
+            if i > 0 && rule.from <= s.depth_rules[i - 1].from {
+                return Err(ConfigError::invalid(
+                    format!("{}[{i}].from", key("depth_rules")),
+                    rule.from,
+                    "rules must be in increasing order of `from`",
+                ));
+            }
+        }
+        let wakes = http_trigger || s.idle_probe_interval.is_some() || s.wake_on_publish;
+        if s.min_tasks == 0 && !wakes {
+            return Err(ConfigError::invalid(
+                key("min_tasks"),
+                0,
+                format!(
+                    "nothing could wake queue {name} from zero tasks: enable [triggers.http], set \
+                     queues.{name}.scaling.idle_probe_interval, or set \
+                     queues.{name}.scaling.wake_on_publish = true if every producer publishes \
+                     through this process"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,186 @@
+//! Where the queues live, and how transient service errors are retried.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{check_duration, check_range, ConfigError};
+use crate::store::redact;
+
+/// Where the queues live.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
+    /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
+    pub connection_string: Option<String>,
+    /// The queue service URL (`https://<account>.queue.core.windows.net`), optionally with a SAS
+    /// token as its query. Without a SAS token, Entra ID (`credential`) is used.
+    pub queue_endpoint: Option<String>,
+    /// A SAS token for `queue_endpoint`, with or without the leading `?`.
+    pub sas_token: Option<String>,
+    /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd)
+    /// or `managed_identity`.
+    pub credential: Option<CredentialKind>,
+    /// Client id of a user-assigned managed identity (with `credential = "managed_identity"`).
+    pub managed_identity_client_id: Option<String>,
+    /// Create each configured queue (and its poison queue) at start-up if it is missing.
+    pub create_queues: bool,
+    /// How transient service errors are retried.
+    pub retry: RetrySettings,
+}
+
+/// Retries of transient service errors (5xx, 503 ServerBusy, timeouts, connection errors):
+/// exponential back-off with jitter, bounded. The SDK's own retry policy is off, so these are
+/// the only retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Tries per call, the first included, 1..=100.
+    pub max_attempts: u32,
+    /// The first back-off step.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// The longest back-off step.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Our cut-off for one try, 2s..=10m: a try with no answer after this long is abandoned
+    /// and retried, its outcome unknown. Every try also carries the service's own `timeout`
+    /// ([`RetrySettings::service_timeout_secs`]: a fifth less, at least 1 s less, in whole
+    /// seconds, at most 30), so a slow service answers (done, or 500 OperationTimedOut) before
+    /// we give up; this cut-off then only fires when the connection itself is gone.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Refusals of our credentials (401/403) in a row, over all calls, before they count as
+    /// final and stop the worker (exit 3), 1..=20. Fewer are retried with back-off, so one
+    /// clock-skewed or mis-routed answer does not stop a fleet.
+    pub refusals_before_fatal: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            request_timeout: default_request_timeout(),
+            refusals_before_fatal: default_refusals_before_fatal(),
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_refusals_before_fatal() -> u32 {
+    3
+}
+
+/// The longest `timeout` the queue service honours; it lowers longer ones to this.
+const MAX_SERVICE_TIMEOUT_SECS: u32 = 30;
+
+impl RetrySettings {
+    /// The service's own `timeout` (whole seconds) for a try we cut off after `cutoff`: a fifth
+    /// less, and at least one second less, so its answer beats our cut-off; 1..=30.
+    pub fn service_timeout_secs(cutoff: Duration) -> u32 {
+        let margin = (cutoff / 5).max(Duration::from_secs(1));
+        let secs = cutoff.saturating_sub(margin).as_secs();
+        u32::try_from(secs)
+            .unwrap_or(u32::MAX)
+            .clamp(1, MAX_SERVICE_TIMEOUT_SECS)
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            connection_string: None,
+            queue_endpoint: None,
+            sas_token: None,
+            credential: None,
+            managed_identity_client_id: None,
+            create_queues: true,
+            retry: RetrySettings::default(),
+        }
+    }
+}
+
+impl fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Connection strings and SAS tokens carry secrets: show only their redacted forms.
+        f.debug_struct("StorageSettings")
+            .field(
+                "connection_string",
+                &self.connection_string.as_deref().map(redact),
+            )
+            .field(
+                "queue_endpoint",
+                &self.queue_endpoint.as_deref().map(redact),
+            )
+            .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
+            .field("credential", &self.credential)
+            .field("create_queues", &self.create_queues)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// The Entra ID credential to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// Azure CLI, then Azure Developer CLI (a developer's machine).
+    DeveloperTools,
+    /// The managed identity of the VM, container app or AKS pod.
+    ManagedIdentity,
+}
+
+impl StorageSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let s = self;
+        if s.connection_string.is_some() && s.queue_endpoint.is_some() {
+            return Err(ConfigError::invalid(
+                "storage.queue_endpoint",
+                redact(s.queue_endpoint.as_deref().unwrap_or_default()),
+                "set either storage.connection_string or storage.queue_endpoint, not both",
+            ));
+        }
+        if s.sas_token.is_some() && s.queue_endpoint.is_none() {
+            return Err(ConfigError::invalid(
+                "storage.sas_token",
+                "<redacted>",
+                "needs storage.queue_endpoint",
+            ));
+        }
+        let r = &self.retry;
+        check_range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
+        check_duration(
+            "storage.retry.max_delay",
+            r.max_delay,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        )?;
+        check_duration(
+            "storage.retry.min_delay",
+            r.min_delay,
+            Duration::from_millis(1),
+            r.max_delay,
+        )?;
+        // At least 2 s, so the service's own timeout (at least 1 s) stays below it.
+        check_duration(
+            "storage.retry.request_timeout",
+            r.request_timeout,
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+        )?;
+        check_range(
+            "storage.retry.refusals_before_fatal",
+            r.refusals_before_fatal,
+            1,
+            20,
+        )?;
+        Ok(())
+    }
+}

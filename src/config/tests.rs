@@ -1,0 +1,310 @@
+//! Loading and validation, with errors that name the key.
+
+use super::*;
+use crate::codec::Encoding;
+
+/// A config folder in the temp dir, removed when dropped.
+struct TempConfig(PathBuf);
+
+impl std::ops::Deref for TempConfig {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir_with(toml: &str) -> TempConfig {
+    let dir = std::env::temp_dir().join(format!("ebbflow-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("default.toml"), toml).unwrap();
+    TempConfig(dir)
+}
+
+#[test]
+fn temp_config_folders_are_removed() {
+    let dir = dir_with("");
+    let path = dir.to_path_buf();
+    assert!(path.join("default.toml").exists());
+    drop(dir);
+    assert!(!path.exists());
+}
+
+#[test]
+fn trigger_hardening_settings_load_and_are_checked() {
+    let dir = dir_with(
+        "[triggers.http]\nenabled = true\ntoken = \"0123456789abcdef-secret\"\n\
+         allow_query_token = true\nrequest_timeout = \"2s\"\nmax_concurrent_requests = 4\n",
+    );
+    let s = Settings::load_from(&dir, &env(&[])).unwrap();
+    let http = &s.triggers.http;
+    assert!(http.allow_query_token);
+    assert_eq!(http.request_timeout, Duration::from_secs(2));
+    assert_eq!(http.max_concurrent_requests, 4);
+    let defaults = HttpTriggerSettings::default();
+    assert!(!defaults.allow_query_token, "query tokens are opt-in");
+    assert_eq!(defaults.request_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.max_concurrent_requests, 64);
+    for (toml, expected) in [
+        (
+            "[triggers.http]\nallow_query_token = true\n",
+            "config: triggers.http.allow_query_token = true: needs triggers.http.token",
+        ),
+        (
+            "[triggers.http]\nrequest_timeout = \"10m\"\n",
+            "config: triggers.http.request_timeout = 10m: must be 100ms..=5m",
+        ),
+        (
+            "[triggers.http]\nmax_concurrent_requests = 0\n",
+            "config: triggers.http.max_concurrent_requests = 0: must be 1..=10000",
+        ),
+    ] {
+        let dir = dir_with(toml);
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, expected);
+    }
+}
+
+#[test]
+fn retry_settings_keep_the_service_timeout_below_the_cut_off() {
+    let secs = |s: u64| RetrySettings::service_timeout_secs(Duration::from_secs(s));
+    assert_eq!(secs(2), 1);
+    assert_eq!(secs(3), 2);
+    assert_eq!(secs(10), 8);
+    assert_eq!(secs(30), 24);
+    assert_eq!(secs(600), 30, "the service's maximum");
+    assert_eq!(
+        RetrySettings::service_timeout_secs(Duration::from_millis(2900)),
+        1
+    );
+    for ms in (2000..=600_000).step_by(100) {
+        let cutoff = Duration::from_millis(ms);
+        let service = Duration::from_secs(RetrySettings::service_timeout_secs(cutoff).into());
+        assert!(service + Duration::from_millis(900) <= cutoff, "{cutoff:?}");
+    }
+    let dir = dir_with("[storage.retry]\nrequest_timeout = \"1s\"\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: storage.retry.request_timeout = 1s: must be 2s..=10m"
+    );
+    let dir = dir_with("[storage.retry]\nrefusals_before_fatal = 0\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: storage.retry.refusals_before_fatal = 0: must be 1..=20"
+    );
+    assert_eq!(RetrySettings::default().refusals_before_fatal, 3);
+}
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_apply_to_a_bare_queue_section() {
+    let dir = dir_with("[queues.orders]\n");
+    let s = Settings::load_from(&dir, &env(&[])).unwrap();
+    let q = &s.queues["orders"];
+    assert_eq!(q.batch_size, 32);
+    assert_eq!(q.max_dequeue_count, 5);
+    assert_eq!(q.encoding, Encoding::Base64);
+    assert_eq!(q.idle_backoff.max, Duration::from_secs(30));
+    assert_eq!(q.poison_queue_name("orders"), "orders-poison");
+    assert!(s.storage.connection_string.is_none());
+}
+
+#[test]
+fn batch_size_33_is_rejected_naming_the_key() {
+    let dir = dir_with("[queues.orders]\nbatch_size = 33\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "config: queues.orders.batch_size = 33: must be 1..=32");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let dir = dir_with("[queues.orders]\nbatchsize = 8\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("batchsize"), "{err}");
+}
+
+#[test]
+fn layers_file_then_env_file_then_environment() {
+    let dir = dir_with(
+        "[queues.orders]\nbatch_size = 8\nconcurrency = 3\n[queues.orders.scaling]\nmax_tasks = 2\n",
+    );
+    std::fs::write(
+        dir.join("prod.toml"),
+        "[queues.orders]\nconcurrency = 5\n[queues.orders.scaling]\nmax_tasks = 4\n",
+    )
+    .unwrap();
+    let s = Settings::load_from(
+        &dir,
+        &env(&[
+            ("EBBFLOW_ENV", "prod"),
+            ("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "6"),
+            ("EBBFLOW__QUEUES__ORDERS__VISIBILITY_TIMEOUT", "2m"),
+        ]),
+    )
+    .unwrap();
+    let q = &s.queues["orders"];
+    assert_eq!(
+        (q.batch_size, q.scaling.max_tasks, q.concurrency),
+        (8, 4, 6),
+        "file < env file < environment"
+    );
+    assert_eq!(q.visibility_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn human_durations_and_backoff_limits() {
+    let dir = dir_with("[queues.orders.idle_backoff]\nmax = \"11m\"\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: queues.orders.idle_backoff.max = 11m: must be 1ms..=10m"
+    );
+    let dir = dir_with("[queues.orders]\nvisibility_timeout = \"soon\"\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("visibility_timeout"), "{err}");
+}
+
+#[test]
+fn bad_queue_names_and_encodings_are_named() {
+    let dir = dir_with("[queues.Orders]\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("config: queues.Orders = Orders:"), "{err}");
+    let dir = dir_with("[queues.orders]\nencoding = \"rot13\"\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rot13"), "{err}");
+}
+
+#[test]
+fn zero_tasks_needs_a_way_to_wake_up() {
+    let dir = dir_with("[queues.orders.scaling]\nmin_tasks = 0\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "config: queues.orders.scaling.min_tasks = 0: nothing could wake queue orders"
+        ),
+        "{err}"
+    );
+    for way in [
+        "[triggers.http]\nenabled = true\n",
+        "[queues.orders.scaling]\nidle_probe_interval = \"1m\"\n",
+        "[queues.orders.scaling]\nwake_on_publish = true\n",
+    ] {
+        let toml = if way.contains("queues.orders") {
+            way.replace("]\n", "]\nmin_tasks = 0\n")
+        } else {
+            format!("{way}[queues.orders.scaling]\nmin_tasks = 0\n")
+        };
+        let dir = dir_with(&toml);
+        Settings::load_from(&dir, &env(&[])).unwrap_or_else(|e| panic!("{toml}: {e}"));
+    }
+}
+
+#[test]
+fn depth_rules_load_and_must_increase() {
+    let dir = dir_with(
+        "[queues.orders.scaling]\nmax_tasks = 10\ndepth_rules = [{ from = 0, tasks = 1 }, { from = 100, tasks = 10 }]\n",
+    );
+    let s = Settings::load_from(&dir, &env(&[])).unwrap();
+    assert_eq!(
+        s.queues["orders"].scaling.depth_rules[1],
+        DepthRule {
+            from: 100,
+            tasks: 10
+        }
+    );
+    let dir = dir_with(
+        "[queues.orders.scaling]\nmax_tasks = 10\ndepth_rules = [{ from = 100, tasks = 1 }, { from = 100, tasks = 2 }]\n",
+    );
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("queues.orders.scaling.depth_rules[1].from = 100"),
+        "{err}"
+    );
+    let dir = dir_with(
+        "[queues.orders.scaling]\nmax_tasks = 2\ndepth_rules = [{ from = 0, tasks = 3 }]\n",
+    );
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: queues.orders.scaling.depth_rules[0].tasks = 3: must be 1..=2"
+    );
+}
+
+#[test]
+fn http_trigger_off_loopback_needs_a_token() {
+    let dir = dir_with("[triggers.http]\nenabled = true\nbind = \"0.0.0.0:7075\"\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("triggers.http.bind = 0.0.0.0:7075"), "{err}");
+    let dir = dir_with(
+        "[triggers.http]\nenabled = true\nbind = \"0.0.0.0:7075\"\ntoken = \"0123456789abcdef-secret\"\n",
+    );
+    let s = Settings::load_from(&dir, &env(&[])).unwrap();
+    assert!(!format!("{s:?}").contains("0123456789abcdef-secret"));
+}
+
+#[test]
+fn connection_string_falls_back_to_the_conventional_variable() {
+    let dir = dir_with("");
+    let s = Settings::load_from(
+        &dir,
+        &env(&[(CONNECTION_STRING_VAR, "UseDevelopmentStorage=true")]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.storage.connection_string.as_deref(),
+        Some("UseDevelopmentStorage=true")
+    );
+}
+
+#[test]
+fn debug_output_hides_keys_and_sas() {
+    let s = StorageSettings {
+        connection_string: Some("AccountName=a;AccountKey=c2VjcmV0a2V5".into()),
+        queue_endpoint: Some("https://a.queue.core.windows.net?sv=1&sig=abcd%2Bsecret".into()),
+        sas_token: Some("sig=zzzsecret".into()),
+        ..Default::default()
+    };
+    let text = format!("{s:?}");
+    assert!(!text.contains("c2VjcmV0a2V5"), "{text}");
+    assert!(!text.contains("abcd"), "{text}");
+    assert!(!text.contains("zzzsecret"), "{text}");
+}

@@ -1,0 +1,124 @@
+//! Push triggers from other processes: the HTTP work-detected endpoint.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{check_duration, check_range, ConfigError};
+
+/// Push triggers from other processes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerSettings {
+    /// The HTTP work-detected endpoint.
+    pub http: HttpTriggerSettings,
+}
+
+/// The HTTP endpoint that accepts work-detected events (plain JSON, Event Grid, CloudEvents).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTriggerSettings {
+    /// Serve the endpoint.
+    pub enabled: bool,
+    /// Address to listen on; loopback by default. Any other address requires `token`.
+    pub bind: std::net::SocketAddr,
+    /// Token callers must send as `Authorization: Bearer <token>` (the scheme in any case),
+    /// 16+ characters; compared in constant time.
+    pub token: Option<String>,
+    /// Also accept the token as `?token=` in the URL, for webhook systems that cannot send
+    /// headers. Off by default: proxies and access logs keep URLs (ebbflow's own logs redact
+    /// `token=`). Needs `token`.
+    pub allow_query_token: bool,
+    /// Largest accepted body in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// A request not answered within this long, from its headers on (reading the body
+    /// included), gets 408, 100ms..=5m.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once, 1..=10000; more get 503 at once (the sender retries; a
+    /// trigger is a hint, the queue still holds the work).
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for HttpTriggerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 7075)),
+            token: None,
+            allow_query_token: false,
+            max_body_bytes: 64 * 1024,
+            request_timeout: default_trigger_request_timeout(),
+            max_concurrent_requests: default_trigger_max_concurrent_requests(),
+        }
+    }
+}
+
+fn default_trigger_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_trigger_max_concurrent_requests() -> u32 {
+    64
+}
+
+impl fmt::Debug for HttpTriggerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpTriggerSettings")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allow_query_token", &self.allow_query_token)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .finish()
+    }
+}
+
+impl TriggerSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let http = &self.http;
+        if http.enabled && !http.bind.ip().is_loopback() && http.token.is_none() {
+            return Err(ConfigError::invalid(
+                "triggers.http.bind",
+                http.bind,
+                "a non-loopback address needs triggers.http.token",
+            ));
+        }
+        if http.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::invalid(
+                "triggers.http.token",
+                "<redacted>",
+                "must be at least 16 characters",
+            ));
+        }
+        check_range(
+            "triggers.http.max_body_bytes",
+            u32::try_from(http.max_body_bytes).unwrap_or(u32::MAX),
+            256,
+            1 << 20,
+        )?;
+        if http.allow_query_token && http.token.is_none() {
+            return Err(ConfigError::invalid(
+                "triggers.http.allow_query_token",
+                true,
+                "needs triggers.http.token",
+            ));
+        }
+        check_duration(
+            "triggers.http.request_timeout",
+            http.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        check_range(
+            "triggers.http.max_concurrent_requests",
+            http.max_concurrent_requests,
+            1,
+            10_000,
+        )?;
+        Ok(())
+    }
+}
