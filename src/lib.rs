@@ -26,6 +26,9 @@
 //! 6. On SIGTERM the worker stops receiving, signals handlers, waits for them until the drain
 //!    deadline, releases what was interrupted, and reports how it ended, within the deadline
 //!    plus a short grace even if the store hangs.
+//!
+//! Throughout, every listener keeps counters ([`listener::QueueSnapshot`]) that
+//! [`observability`] renders for `GET /metrics`.
 
 pub mod backoff;
 pub mod codec;
