@@ -177,6 +177,14 @@ impl Settings {
         self.worker.validate()?;
         for (name, q) in &self.queues {
             q.validate(name, self.triggers.http.enabled)?;
+            let poison = q.poison_queue_name(name);
+            if self.queues.contains_key(&poison) {
+                return Err(ConfigError::invalid(
+                    format!("queues.{name}.poison_queue"),
+                    &poison,
+                    "must not be a configured queue (its listener would take the poison copies)",
+                ));
+            }
         }
         self.triggers.validate()
     }

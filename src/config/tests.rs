@@ -308,3 +308,17 @@ fn debug_output_hides_keys_and_sas() {
     assert!(!text.contains("abcd"), "{text}");
     assert!(!text.contains("zzzsecret"), "{text}");
 }
+
+#[test]
+fn a_poison_queue_may_not_be_another_configured_queue() {
+    let dir = dir_with("[queues.orders]\npoison_queue = \"emails\"\n[queues.emails]\n");
+    let err = Settings::load_from(&dir, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "config: queues.orders.poison_queue = emails: must not be a configured queue"
+        ),
+        "{err}"
+    );
+}

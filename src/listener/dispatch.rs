@@ -23,7 +23,9 @@ use super::settle::{self, Settle};
 use super::slots::Held;
 use super::stats::{bump, Gauge};
 use super::Shared;
-use crate::handler::{BoxFuture, Context, DispatchError, Heartbeat, JobStatus, Signal};
+use crate::handler::{
+    BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
+};
 use crate::store::ReceivedMessage;
 
 /// What became of a handler run.
@@ -193,7 +195,11 @@ async fn watch(
                 return match joined {
                     // Done within the grace after its timeout: the work is done; delete it.
                     Ok(Ok(())) => Outcome::Done(Ok(())),
-                    Ok(Err(_)) if timed_out => Outcome::TimedOut(limit),
+                    // A retry (or any `?` error) after the timeout is the timeout's failure; a
+                    // release or a poison is the handler's own decision and stands.
+                    Ok(Err(DispatchError::Handler(HandlerError::Retry { .. }))) if timed_out => {
+                        Outcome::TimedOut(limit)
+                    }
                     Ok(result) => Outcome::Done(result),
                     Err(text) => Outcome::Panicked(text),
                 };

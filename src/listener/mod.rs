@@ -107,6 +107,9 @@ pub(crate) struct Flow {
     /// Free slots a task waits for after a full batch.
     refill: usize,
     covered: bool,
+    /// Wake-ups so far (push triggers and the listener's own): a task asking to retire
+    /// compares this with the count it saw before its last receive.
+    wakes: std::sync::atomic::AtomicU64,
 }
 
 /// Everything a queue's tasks and message runs share.
@@ -129,17 +132,43 @@ pub(crate) struct Shared {
 
 impl Wake for Shared {
     fn wake(&self) {
-        // Counted first: a task asking to retire compares this count with the one it saw
-        // before its last receive.
         self.stats
             .triggers
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        // The most recent waiter, not the oldest: one task stays hot while the others back
-        // off and retire. It may be sleeping, waiting for a trigger, or waiting for a refill
-        // (then it receives with any free slot).
-        self.flow.wake.notify_last();
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.wake_tasks();
         // Fails only once the supervisor is gone (shutdown); nothing to wake then.
         let _ = self.events.send(Event::Trigger);
+    }
+}
+
+impl Shared {
+    /// Wakes the most recent waiting task, not the oldest: one task stays hot while the others
+    /// back off and retire. It may be sleeping, waiting for a trigger, or waiting for a refill
+    /// (then it receives with any free slot). With no task waiting, the wake-up is kept for the
+    /// next one that waits.
+    fn wake_tasks(&self) {
+        // Counted first: see `Flow::wakes`.
+        self.flow
+            .wakes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.flow.wake.notify_last();
+    }
+
+    /// A message this listener made visible again (retry, release) shows up after `after`:
+    /// wake the queue then, as a trigger would. Nothing else may: a trigger-covered queue's
+    /// tasks wait for triggers, and with `min_tasks = 0` none may be left.
+    fn wake_after(self: &Arc<Self>, after: std::time::Duration) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let stop = shared.life.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(after) => {
+                    shared.wake_tasks();
+                    let _ = shared.events.send(Event::Visible);
+                }
+            }
+        });
     }
 }
 
@@ -161,6 +190,7 @@ impl QueueListener {
             batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_RECEIVE),
             refill: settings.refill_slots(),
             covered: spec.trigger_covered,
+            wakes: std::sync::atomic::AtomicU64::new(0),
         };
         let shared = Arc::new(Shared {
             name: Arc::from(spec.queue.name()),

@@ -2,6 +2,7 @@
 //! retry, release it (visible again, not a failure), or copy it to the poison queue and then
 //! delete it. [`Settle::decide`] is the pure rule; [`apply`] makes the store calls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
@@ -11,7 +12,7 @@ use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::bump;
 use super::Shared;
 use crate::handler::{DispatchError, HandlerError};
-use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError};
+use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, MAX_VISIBILITY};
 
 /// How a message is settled.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,15 +39,18 @@ impl Settle {
         retry_delay: Duration,
     ) -> Self {
         let failed = |after: Option<Duration>, why: String| {
+            let cap = |d: Duration| d.min(MAX_VISIBILITY);
             if interrupted {
                 Settle::Release(Duration::ZERO, format!("worker stopping ({why})"))
             } else if dequeue_count >= max_dequeue_count {
                 let why = format!("failed on try {dequeue_count} of {max_dequeue_count}: {why}");
                 Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why)
             } else {
-                Settle::Retry(after.unwrap_or(retry_delay), why)
+                Settle::Retry(cap(after.unwrap_or(retry_delay)), why)
             }
         };
+        // The service hides a message for at most 7 days; a longer delay is that.
+        let cap = |d: Duration| d.min(MAX_VISIBILITY);
         match outcome {
             Outcome::Done(Ok(())) => Settle::Delete,
             Outcome::Done(Err(DispatchError::Decode(e))) => {
@@ -54,7 +58,7 @@ impl Settle {
             }
             Outcome::Done(Err(DispatchError::Handler(e))) => match e {
                 HandlerError::Release { after, .. } => {
-                    Settle::Release(after, "the handler said not now".into())
+                    Settle::Release(cap(after), "the handler said not now".into())
                 }
                 HandlerError::Poison { source } if !interrupted => {
                     Settle::Poison(PoisonReason::Rejected, source.to_string())
@@ -83,7 +87,7 @@ impl Settle {
 }
 
 /// Carries out `action` on the store.
-pub(super) async fn apply(shared: &Shared, message: &ReceivedMessage, action: Settle) {
+pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, action: Settle) {
     match action {
         Settle::Delete => match shared.queue.delete(&message.id, &message.pop_receipt).await {
             Ok(()) => {
@@ -100,7 +104,10 @@ pub(super) async fn apply(shared: &Shared, message: &ReceivedMessage, action: Se
                 .update(&message.id, &message.pop_receipt, delay, None)
                 .await
             {
-                Ok(_) => bump(&shared.stats.retried),
+                Ok(_) => {
+                    bump(&shared.stats.retried);
+                    shared.wake_after(delay);
+                }
                 Err(e) => store_failure(shared, message, "retry", e),
             }
         }
@@ -116,7 +123,7 @@ pub(super) async fn apply(shared: &Shared, message: &ReceivedMessage, action: Se
 /// fresh copy (same text, a fresh dequeue count, its remaining time to live) and the received
 /// one deleted; its id changes. Earlier tries release in place.
 pub(super) async fn release(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     message: &ReceivedMessage,
     after: Duration,
     why: &str,
@@ -130,6 +137,7 @@ pub(super) async fn release(
                             bump(&shared.stats.released);
                             info!(queue = %shared.name, message_id = %message.id, new_id = %copy.id,
                                   reason = why, "message released on its last try as a fresh copy");
+                            shared.wake_after(after);
                         }
                         // The copy is there; the original comes back too: a duplicate, not a loss.
                         Err(e) => store_failure(shared, message, "delete after release copy", e),
@@ -151,6 +159,7 @@ pub(super) async fn release(
         Ok(_) => {
             bump(&shared.stats.released);
             info!(queue = %shared.name, message_id = %message.id, reason = why, "message released");
+            shared.wake_after(after);
         }
         Err(e) => store_failure(shared, message, "release", e),
     }
@@ -318,5 +327,17 @@ mod tests {
         assert!(matches!(retry, Settle::Retry(d, _) if d == 3 * S));
         let later = Settle::decide(handler_err(HandlerError::release(9 * S)), false, 1, 5, S);
         assert!(matches!(later, Settle::Release(d, _) if d == 9 * S));
+        // Beyond the service's 7 days: 7 days.
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let long = Settle::decide(handler_err(HandlerError::release(2 * week)), false, 1, 5, S);
+        assert!(matches!(long, Settle::Release(d, _) if d == week));
+        let long = Settle::decide(
+            handler_err(HandlerError::retry_after("x", 2 * week)),
+            false,
+            1,
+            5,
+            S,
+        );
+        assert!(matches!(long, Settle::Retry(d, _) if d == week));
     }
 }

@@ -72,6 +72,28 @@ impl Slots {
             freed.await;
         }
     }
+
+    /// Like [`Slots::take`], but patient only while slots keep coming back: once none has come
+    /// back for `patience`, the slots still held belong to long jobs, so settle for whatever is
+    /// free (at least one).
+    pub(crate) async fn take_while_freeing(
+        self: &Arc<Self>,
+        min: usize,
+        max: usize,
+        patience: std::time::Duration,
+    ) -> Held {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(held) = self.try_take(min, max) {
+                return held;
+            }
+            if tokio::time::timeout(patience, freed).await.is_err() {
+                return self.take(1, max).await;
+            }
+        }
+    }
 }
 
 impl Held {
@@ -130,6 +152,33 @@ mod tests {
         assert_eq!(slots.try_take(8, 32).unwrap().len(), 4);
         assert_eq!(slots.try_take(3, 2).unwrap().len(), 2, "min capped at max");
         assert_eq!(slots.free(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_patient_take_settles_once_slots_stop_coming_back() {
+        let slots = Slots::new(16);
+        let mut long = slots.try_take(1, 9).unwrap();
+        let mut short = slots.try_take(1, 16).unwrap();
+        assert_eq!((long.len(), short.len()), (9, 7));
+        let start = tokio::time::Instant::now();
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move {
+                slots
+                    .take_while_freeing(8, 16, Duration::from_millis(100))
+                    .await
+                    .len()
+            }
+        });
+        // The short jobs end one every 50 ms; the long ones never do.
+        for _ in 0..7 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(short.split_one());
+        }
+        // Eight free never happens: 100 ms after the last came back it takes the 7.
+        assert_eq!(waiter.await.unwrap(), 7);
+        assert_eq!(start.elapsed(), Duration::from_millis(450));
+        drop(long.split_one());
     }
 
     #[tokio::test(start_paused = true)]

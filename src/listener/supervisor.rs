@@ -31,18 +31,22 @@ pub(super) enum Event {
     Batch {
         /// A whole `batch_size` came back: the queue may hold more than the tasks take.
         full: bool,
+        /// As many came back as the task asked for (its free slots may have limited the ask).
+        filled: bool,
         /// The task's receives before this one were empty (or this was its first).
         after_idle: bool,
     },
     /// A task's back-off reached its maximum; it asks to retire.
     IdleAtMax {
         task: u64,
-        /// The trigger count before the task's last receive.
-        seen_triggers: u64,
+        /// The wake-up count before the task's last receive.
+        seen_wakes: u64,
         reply: oneshot::Sender<bool>,
     },
     /// A push trigger arrived.
     Trigger,
+    /// A message this listener retried or released is visible again.
+    Visible,
 }
 
 /// What the supervisor knows beyond counters, shown in snapshots.
@@ -73,11 +77,12 @@ pub(super) struct Supervisor {
     last_up: Option<Instant>,
     last_down: Option<Instant>,
     last_probe: Option<Instant>,
-    /// A batch came back since the last probe: the queue is worth probing (as it is while
-    /// handlers run).
+    /// A batch came back since the last probe: the queue is worth probing.
     busy: bool,
     /// A full batch came back since the last probe.
     full_since_probe: bool,
+    /// Triggers since the last batch came back.
+    triggers_since_batch: u32,
 }
 
 impl Supervisor {
@@ -93,6 +98,7 @@ impl Supervisor {
             last_probe: None,
             busy: false,
             full_since_probe: false,
+            triggers_since_batch: 0,
         }
     }
 
@@ -143,8 +149,24 @@ impl Supervisor {
 
     async fn on_event(&mut self, event: Event) {
         match event {
-            Event::Batch { full, after_idle } => {
-                self.busy = true;
+            Event::Batch {
+                full,
+                filled,
+                after_idle,
+            } => {
+                // Worth probing: the queue may be deeper than the receive could take, several
+                // tasks may be more than a shallow queue needs, or messages may age. A single
+                // task draining a trickle is none of these; probing it would bill each message.
+                let age_rule = self
+                    .shared
+                    .settings
+                    .scaling
+                    .scale_up_when_older_than
+                    .is_some();
+                if full || filled || self.tasks.len() > 1 || age_rule {
+                    self.busy = true;
+                }
+                self.triggers_since_batch = 0;
                 let prompt = if full {
                     self.full_since_probe = true;
                     Prompt::FullBatch
@@ -157,21 +179,34 @@ impl Supervisor {
                 self.scale(prompt, found);
             }
             Event::Trigger => {
-                // Start a task before any probe: pickup must not wait for a billable call.
+                self.triggers_since_batch += 1;
                 if self.tasks.is_empty() {
+                    // From zero: start a task before any probe (pickup must not wait for a
+                    // billable call), then probe, so a burst that woke the queue scales it.
                     self.scale(Prompt::Trigger, Probe::default());
+                } else if self.triggers_since_batch < 2 {
+                    // One trigger is one message, and the task it woke is about to receive it:
+                    // probing for it would bill a sparse trickle twice more per message.
+                    return;
                 }
+                // Triggers piling up faster than batches come back: see how deep it is.
                 let found = self.probe_if_due().await;
                 self.scale(Prompt::Trigger, found);
             }
+            Event::Visible => {
+                // No probe: the message is known; a task must be there to receive it.
+                if self.tasks.is_empty() {
+                    self.scale(Prompt::Trigger, Probe::default());
+                }
+            }
             Event::IdleAtMax {
                 task,
-                seen_triggers,
+                seen_wakes,
                 reply,
             } => {
-                // A trigger since the task's last receive may be for work it has not seen:
-                // keep it, so that trigger is never lost with the task that would answer it.
-                let triggered = self.shared.stats.triggers.load(Ordering::SeqCst) > seen_triggers;
+                // A wake-up since the task's last receive may be for work it has not seen:
+                // keep it, so that wake-up is never lost with the task that would answer it.
+                let triggered = self.shared.flow.wakes.load(Ordering::SeqCst) > seen_wakes;
                 let d = decide(
                     &self.shared.settings.scaling,
                     &self.signals(Prompt::IdleAtMax, Probe::default()),
@@ -217,9 +252,10 @@ impl Supervisor {
         self.spawn_task();
     }
 
+    /// A batch came back since the last probe. Handlers merely running are no reason: a long
+    /// job would be probed every interval for nothing.
     fn is_busy(&self) -> bool {
-        !self.tasks.is_empty()
-            && (self.busy || self.shared.stats.in_flight.load(Ordering::Relaxed) > 0)
+        !self.tasks.is_empty() && self.busy
     }
 
     fn batch_size(&self) -> u8 {

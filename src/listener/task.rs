@@ -6,8 +6,9 @@
 //!
 //! What the last receive said decides the wait:
 //! - a full batch (as many as asked): the queue has more. Receive again once
-//!   `refill_threshold` slots are free (fewer, larger receives), or at once with any free slot
-//!   when a trigger arrives meanwhile;
+//!   `refill_threshold` slots are free (fewer, larger receives), or with what is free once no
+//!   slot has come back for [`REFILL_PATIENCE`] (the rest run long), or at once with any free
+//!   slot when a trigger arrives meanwhile;
 //! - a short batch: the queue was just drained. A queue covered by push triggers waits for the
 //!   next trigger (for at most the back-off maximum, as a safety net); others sleep the
 //!   back-off minimum first;
@@ -31,6 +32,11 @@ use super::supervisor::Event;
 use super::{dispatch, settle, Shared};
 use crate::backoff::IdleBackoff;
 use crate::store::StoreError;
+
+/// A refill waits for `refill_threshold` free slots only while slots keep coming back: once
+/// none has for this long, the slots still taken belong to long jobs, and the task receives
+/// with what is free rather than leave slots idle behind them.
+pub(crate) const REFILL_PATIENCE: Duration = Duration::from_millis(100);
 
 /// How the task waits before its next receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +99,8 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             break;
         };
         let asked = u8::try_from(held.len()).unwrap_or(crate::store::MAX_RECEIVE);
-        // A trigger counted after this point may be for a message this receive misses.
-        let seen_triggers = shared.stats.triggers.load(Ordering::SeqCst);
+        // A wake-up counted after this point may be for a message this receive misses.
+        let seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
         let received_at = Instant::now();
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
@@ -113,7 +119,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                     backoff.next_delay()
                 };
                 set_view(&shared, id, backoff.streak(), delay);
-                if delay >= max_sleep && may_retire(&shared, id, seen_triggers).await {
+                if delay >= max_sleep && may_retire(&shared, id, seen_wakes).await {
                     debug!(queue = %shared.name, task = id, "idle task retired");
                     return;
                 }
@@ -153,6 +159,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         // nothing more tasks could use.
         let _ = shared.events.send(Event::Batch {
             full: got >= usize::from(shared.flow.batch),
+            filled: full,
             after_idle,
         });
         after_idle = false;
@@ -214,9 +221,10 @@ async fn wait(
     }
     let mut triggered = false;
     loop {
+        let want = if triggered { 1 } else { min };
         tokio::select! {
             _ = token.cancelled() => return None,
-            held = flow.slots.take(if triggered { 1 } else { min }, batch) => return Some(held),
+            held = flow.slots.take_while_freeing(want, batch, REFILL_PATIENCE) => return Some(held),
             // Busy, but a trigger says new work is waiting: any free slot will do.
             _ = flow.wake.notified(), if !triggered && min > 1 => triggered = true,
         }
@@ -286,13 +294,13 @@ fn set_view(shared: &Shared, id: u64, streak: u32, sleep: Duration) {
     }
 }
 
-/// Asks the supervisor whether this idle task may retire. `seen_triggers` is the trigger
-/// count before its last receive: a trigger since then keeps it (the work may be unseen).
-async fn may_retire(shared: &Shared, task: u64, seen_triggers: u64) -> bool {
+/// Asks the supervisor whether this idle task may retire. `seen_wakes` is the wake-up count
+/// before its last receive: a wake-up since then keeps it (the work may be unseen).
+async fn may_retire(shared: &Shared, task: u64, seen_wakes: u64) -> bool {
     let (reply, answer) = oneshot::channel();
     let asked = shared.events.send(Event::IdleAtMax {
         task,
-        seen_triggers,
+        seen_wakes,
         reply,
     });
     if asked.is_err() {
