@@ -196,11 +196,17 @@ impl Worker {
             })
             .collect();
         let _ = shown.set(listeners.clone());
-        let trigger_addr = bound.map(|(addr, serve)| {
-            life.tracker.spawn(serve);
-            info!(%addr, "trigger endpoint listening");
-            addr
-        });
+        // The endpoint is not part of the drain: a client that never finishes its request
+        // must not hold the worker's shutdown up. It stops on `stop`, and is cut off when the
+        // drain ends (or the worker is dropped).
+        let (trigger_addr, server) = match bound {
+            Some((addr, serve)) => {
+                info!(%addr, "trigger endpoint listening");
+                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve));
+                (Some(addr), Some(server))
+            }
+            None => (None, None),
+        };
         life.tracker.close();
         info!(
             backend = %store.kind(),
@@ -213,6 +219,7 @@ impl Worker {
             publishers,
             hub,
             trigger_addr,
+            _server: server,
             _stop_on_drop: [
                 life.stop.clone().drop_guard(),
                 life.abort.clone().drop_guard(),
@@ -259,6 +266,8 @@ pub struct RunningWorker {
     publishers: BTreeMap<String, Publisher>,
     hub: Hub,
     trigger_addr: Option<std::net::SocketAddr>,
+    /// The trigger endpoint's server, aborted when the worker is done.
+    _server: Option<tokio_util::task::AbortOnDropHandle<()>>,
     life: Lifecycle,
     /// Fire `stop` and `abort` when the worker is dropped.
     _stop_on_drop: [tokio_util::sync::DropGuard; 2],

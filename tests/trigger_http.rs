@@ -256,6 +256,64 @@ async fn slow_requests_time_out_and_requests_beyond_the_limit_are_shed() {
     w.shutdown().await;
 }
 
+/// Callers without the token are refused as soon as their headers arrive, so stalled bodies of
+/// theirs take no slot; `/healthz` answers even while authorised requests hold every slot.
+#[tokio::test]
+async fn unauthorised_callers_take_no_slot_and_healthz_is_never_shed() {
+    let (w, base) = worker_with(true, Arc::new(MemoryStore::new()), |h| {
+        h.request_timeout = Duration::from_secs(30);
+        h.max_concurrent_requests = 2;
+    })
+    .await;
+    let url = format!("{base}/trigger");
+    let mut strangers = Vec::new();
+    for _ in 0..4 {
+        let mut s = stalled_post(&base, 100).await;
+        assert_eq!(status_line(&mut s).await, "HTTP/1.1 401 Unauthorized");
+        strangers.push(s);
+    }
+    let (status, _) = post(&url, r#"{"queue":"orders"}"#, Some(TOKEN)).await;
+    assert_eq!(status, 202, "the strangers hold no slot");
+    // Two authorised requests that stall hold both slots: triggers are shed, health is not.
+    let addr = base.trim_start_matches("http://");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /trigger HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-length: 100\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = post(&url, r#"{"queue":"orders"}"#, Some(TOKEN)).await;
+    assert_eq!(status, 503);
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    drop(held);
+    w.shutdown().await;
+}
+
+/// A client that never finishes its request does not hold the worker's shutdown up: the drain
+/// is clean (no handler was running) and the endpoint is cut off with it.
+#[tokio::test]
+async fn a_half_sent_request_does_not_hold_up_shutdown() {
+    let (w, base) = worker(false).await;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /trigger HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = tokio::time::timeout(Duration::from_secs(60), w.shutdown())
+        .await
+        .expect("the drain ends");
+    assert!(report.clean, "{report:?}");
+    assert_eq!(report.unreleased, 0);
+}
+
 /// On Azurite the worker knows its storage account, so events naming another are ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_for_another_storage_account_are_ignored() {

@@ -322,3 +322,21 @@ fn a_poison_queue_may_not_be_another_configured_queue() {
         "{err}"
     );
 }
+
+#[test]
+fn a_trigger_token_no_header_could_carry_is_refused() {
+    for token in [
+        "0123456789abcdef\\n",
+        "0123456789 abcdef",
+        "éééééééééééééééé",
+    ] {
+        let dir = dir_with(&format!("[triggers.http]\ntoken = \"{token}\"\n"));
+        let err = Settings::load_from(&dir, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config: triggers.http.token = <redacted>: must be printable ASCII without spaces or line breaks"
+        );
+    }
+}

@@ -94,6 +94,19 @@ impl TriggerSettings {
                 "must be at least 16 characters",
             ));
         }
+        // What an `Authorization: Bearer` header can carry: a token with spaces (a secret file's
+        // trailing newline) or non-ASCII could never match one.
+        if http
+            .token
+            .as_deref()
+            .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::invalid(
+                "triggers.http.token",
+                "<redacted>",
+                "must be printable ASCII without spaces or line breaks",
+            ));
+        }
         check_range(
             "triggers.http.max_body_bytes",
             u32::try_from(http.max_body_bytes).unwrap_or(u32::MAX),

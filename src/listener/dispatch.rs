@@ -94,6 +94,7 @@ pub(super) async fn run(
         )
         .await
     };
+    shared.flow.observe_run(started.elapsed());
     // Whether the worker was stopping when the handler ended: then a failure is taken for the
     // interruption it probably is.
     let interrupted = shared.life.stop.is_cancelled();

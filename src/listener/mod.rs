@@ -110,7 +110,40 @@ pub(crate) struct Flow {
     /// Wake-ups so far (push triggers and the listener's own): a task asking to retire
     /// compares this with the count it saw before its last receive.
     wakes: std::sync::atomic::AtomicU64,
+    /// How long handlers run, in milliseconds: a moving average (each run weighs 1/8).
+    handler_ms: std::sync::atomic::AtomicU64,
 }
+
+impl Flow {
+    /// Records how long one handler ran.
+    fn observe_run(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _ = self.handler_ms.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |avg| {
+                Some(if avg == 0 {
+                    sample
+                } else {
+                    avg - avg / 8 + sample / 8
+                })
+            },
+        );
+    }
+
+    /// How long a refill waits for slots to keep coming back before it takes what is free:
+    /// half a typical handler run, between 100 ms and 2 s. Short handlers free slots often, so
+    /// a short pause already says the rest run long; slow handlers free them seldom, and a
+    /// longer pause keeps receives batched instead of shrinking them to one message each.
+    fn refill_patience(&self) -> std::time::Duration {
+        let avg = self.handler_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(avg / 2).clamp(MIN_REFILL_PATIENCE, MAX_REFILL_PATIENCE)
+    }
+}
+
+/// The shortest and longest a refill waits for slots to keep coming back.
+const MIN_REFILL_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_REFILL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything a queue's tasks and message runs share.
 pub(crate) struct Shared {
@@ -157,7 +190,11 @@ impl Shared {
     /// A message this listener made visible again (retry, release) shows up after `after`:
     /// wake the queue then, as a trigger would. Nothing else may: a trigger-covered queue's
     /// tasks wait for triggers, and with `min_tasks = 0` none may be left.
+    ///
+    /// Never sooner than the back-off minimum: a handler answering "not now" with no delay
+    /// must not spin its message through receive and release as fast as the store answers.
     fn wake_after(self: &Arc<Self>, after: std::time::Duration) {
+        let after = after.max(self.settings.idle_backoff.min);
         let shared = self.clone();
         tokio::spawn(async move {
             let stop = shared.life.stop.clone();
@@ -191,6 +228,7 @@ impl QueueListener {
             refill: settings.refill_slots(),
             covered: spec.trigger_covered,
             wakes: std::sync::atomic::AtomicU64::new(0),
+            handler_ms: std::sync::atomic::AtomicU64::new(0),
         };
         let shared = Arc::new(Shared {
             name: Arc::from(spec.queue.name()),

@@ -7,8 +7,8 @@
 //! What the last receive said decides the wait:
 //! - a full batch (as many as asked): the queue has more. Receive again once
 //!   `refill_threshold` slots are free (fewer, larger receives), or with what is free once no
-//!   slot has come back for [`REFILL_PATIENCE`] (the rest run long), or at once with any free
-//!   slot when a trigger arrives meanwhile;
+//!   slot has come back for a while (half a typical handler run, 100 ms to 2 s: the rest run
+//!   long), or at once with any free slot when a trigger arrives meanwhile;
 //! - a short batch: the queue was just drained. A queue covered by push triggers waits for the
 //!   next trigger (for at most the back-off maximum, as a safety net); others sleep the
 //!   back-off minimum first;
@@ -32,11 +32,6 @@ use super::supervisor::Event;
 use super::{dispatch, settle, Shared};
 use crate::backoff::IdleBackoff;
 use crate::store::StoreError;
-
-/// A refill waits for `refill_threshold` free slots only while slots keep coming back: once
-/// none has for this long, the slots still taken belong to long jobs, and the task receives
-/// with what is free rather than leave slots idle behind them.
-pub(crate) const REFILL_PATIENCE: Duration = Duration::from_millis(100);
 
 /// How the task waits before its next receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,12 +214,16 @@ async fn wait(
     if let Some(held) = flow.slots.try_take(min, batch) {
         return Some(held);
     }
+    // A refill waits for `refill_threshold` free slots only while slots keep coming back: once
+    // none has for a while, the slots still taken belong to long jobs, and the task receives
+    // with what is free rather than leave slots idle behind them.
+    let patience = flow.refill_patience();
     let mut triggered = false;
     loop {
         let want = if triggered { 1 } else { min };
         tokio::select! {
             _ = token.cancelled() => return None,
-            held = flow.slots.take_while_freeing(want, batch, REFILL_PATIENCE) => return Some(held),
+            held = flow.slots.take_while_freeing(want, batch, patience) => return Some(held),
             // Busy, but a trigger says new work is waiting: any free slot will do.
             _ = flow.wake.notified(), if !triggered && min > 1 => triggered = true,
         }

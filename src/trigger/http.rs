@@ -21,9 +21,9 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +36,7 @@ use tower::ServiceBuilder;
 
 use super::{Hub, WorkDetected};
 use crate::config::HttpTriggerSettings;
-use crate::store::{redact, validate_queue_name};
+use crate::store::validate_queue_name;
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
@@ -48,6 +48,7 @@ struct AppState {
     hub: Hub,
     token: Option<String>,
     allow_query_token: bool,
+    max_body_bytes: usize,
     metrics: Option<Metrics>,
 }
 
@@ -57,6 +58,7 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>
         hub,
         token: settings.token.clone(),
         allow_query_token: settings.allow_query_token,
+        max_body_bytes: settings.max_body_bytes,
         metrics,
     };
     // Outermost first: errors of the layers below become responses; a request that finds
@@ -69,12 +71,12 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>
             settings.max_concurrent_requests as usize,
         ))
         .timeout(settings.request_timeout);
+    // `/healthz` stays outside the guard: a liveness probe must not be shed with triggers.
     Router::new()
         .route("/trigger", post(trigger).options(handshake))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(guard)
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
@@ -215,13 +217,41 @@ async fn trigger(
     uri: Uri,
     headers: HeaderMap,
     query: Query<Vec<(String, String)>>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    // The URL may carry the token (`allow_query_token`): only its redacted form is logged.
-    tracing::debug!(uri = %redact(&uri.to_string()), bytes = body.len(), "trigger request");
+    // Refused before the body is read: a caller without the token holds no slot of
+    // `max_concurrent_requests` while it sends (or stalls) a body.
     if let Err(why) = authorize(&state, &headers, &query) {
+        // The path only: the query may carry a token, in whatever spelling.
+        tracing::info!(path = uri.path(), why, "trigger refused");
         return reject(StatusCode::UNAUTHORIZED, why);
     }
+    let too_large = || {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {} bytes", state.max_body_bytes),
+        )
+    };
+    // A declared length over the limit is refused without reading a byte of it.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(body) => body,
+        // The limit is the one failure a complete body can meet (chunked, over the limit);
+        // anything else is a connection that broke off mid-body.
+        Err(e) if format!("{e:?}").contains("LengthLimit") => return too_large(),
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
+    };
+    tracing::debug!(path = uri.path(), bytes = body.len(), "trigger request");
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
