@@ -152,7 +152,9 @@ impl Worker {
                 handler,
                 publishers: Arc::default(),
                 create_queues: create,
-                trigger_covered: queue_settings.scaling.wake_on_publish || http.enabled,
+                // In-process publishes trigger after each send lands; HTTP events are hints (one may
+                // stand for a burst still being sent), so they do not cover a queue.
+                trigger_covered: queue_settings.scaling.wake_on_publish,
             });
         }
         // The endpoint is bound before any listener starts; it serves once they run.

@@ -126,7 +126,8 @@ pub struct ScalingSettings {
     #[serde(with = "humantime_serde")]
     pub scale_up_when_older_than: Option<Duration>,
     /// Declares that every producer of this queue publishes through this process's
-    /// `Publisher`, so its in-process trigger can wake the queue from zero tasks.
+    /// `Publisher`, so every message comes with its own trigger: the queue can wake from zero
+    /// tasks, and after draining it a task waits for the next trigger instead of polling.
     pub wake_on_publish: bool,
 }
 

@@ -91,8 +91,8 @@ pub(crate) struct ListenerSpec {
     pub(crate) publishers: Publishers,
     /// `storage.create_queues`: recreate the queue if it disappears while running.
     pub(crate) create_queues: bool,
-    /// Push triggers cover every producer of this queue (`wake_on_publish`, or the HTTP
-    /// trigger endpoint is on): after draining it, tasks wait for a trigger instead of polling.
+    /// Every message of this queue comes with its own trigger, sent after it landed
+    /// (`wake_on_publish`): after draining it, tasks wait for a trigger instead of polling.
     pub(crate) trigger_covered: bool,
 }
 
