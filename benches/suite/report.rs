@@ -338,10 +338,10 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
     if !r.trickle.is_empty() {
         println!();
         println!(
-            "| trickle ({} msg/s for {:?}, a push trigger per send, {} ms work) | calls/msg | receive / delete / update / probe | pickup p50 ms | p99 ms | max ms | peak tasks | duplicates / lost |",
+            "| trickle ({} msg/s for {:?}, a push trigger per send, {} ms work) | calls/msg | receive / delete / update / probe | pickup p50 ms | p99 ms | max ms | send p99 ms | pickup from the send's return p99 ms | peak tasks | duplicates / lost |",
             plan.trickle_rate, plan.trickle_for, HANDLER_MS
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         let mut rows = Vec::new();
         for t in &r.trickle {
             lost += t.tally.lost as u64;
@@ -350,8 +350,10 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
                 percentile(&t.pickups_ms, 99.0),
             );
             let max = range(&t.pickups_ms).1;
+            let send_p99 = percentile(&t.send_ms, 99.0);
+            let stored_p99 = percentile(&t.after_stored_ms, 99.0);
             println!(
-                "| {} | {:.3} | {} / {} / {} / {} | {p50:.1} | {p99:.1} | {max:.1} | {} | {} / {} |",
+                "| {} | {:.3} | {} / {} / {} / {} | {p50:.1} | {p99:.1} | {max:.1} | {send_p99:.1} | {stored_p99:.1} | {} | {} / {} |",
                 t.label(),
                 t.calls_per_message,
                 t.calls.receive,
@@ -389,6 +391,16 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
                     "p90": percentile(&t.pickups_ms, 90.0),
                     "p99": p99,
                     "max": max,
+                },
+                "send_ms": {
+                    "p50": percentile(&t.send_ms, 50.0),
+                    "p99": send_p99,
+                    "max": range(&t.send_ms).1,
+                },
+                "pickup_from_send_return_ms": {
+                    "p50": percentile(&t.after_stored_ms, 50.0),
+                    "p99": stored_p99,
+                    "max": range(&t.after_stored_ms).1,
                 },
                 "peak_tasks": t.peak_tasks,
                 "duplicates": t.tally.duplicates,

@@ -18,7 +18,12 @@ pub struct Trickle {
     pub seconds: f64,
     pub calls: CountSnapshot,
     pub calls_per_message: f64,
+    /// Handler start minus send start.
     pub pickups_ms: Vec<f64>,
+    /// How long the producer's send took (until the message was stored).
+    pub send_ms: Vec<f64>,
+    /// Handler start minus the send's return: the trigger's POST and the listener's share.
+    pub after_stored_ms: Vec<f64>,
     pub tally: Tally,
     pub peak_tasks: u64,
 }
@@ -61,16 +66,18 @@ pub async fn trickle(env: &Env, plan: &Plan, window_ms: Option<u64>) -> Trickle 
         producers.spawn(async move {
             let sent_at = now_us();
             send(&queue, &body).await;
+            let stored = now_us();
             trigger.send(&client).await;
-            (body, sent_at)
+            (body, [sent_at, stored, now_us()])
         });
     }
-    let mut sent_at = BTreeMap::new();
+    // Per payload: send started, send returned, trigger returned (Unix µs).
+    let mut timeline: BTreeMap<String, [u128; 3]> = BTreeMap::new();
     while let Some(done) = producers.join_next().await {
-        let (body, at) = done.unwrap();
-        sent_at.insert(body, at);
+        let (body, times) = done.unwrap();
+        timeline.insert(body, times);
     }
-    let sent: BTreeSet<String> = sent_at.keys().cloned().collect();
+    let sent: BTreeSet<String> = timeline.keys().cloned().collect();
     drained(&queue, &worker, &sent, Duration::from_secs(120)).await;
     let seconds = start.elapsed().as_secs_f64();
     let calls = env.proxy.counts_for(&name).since(&before);
@@ -81,13 +88,22 @@ pub async fn trickle(env: &Env, plan: &Plan, window_ms: Option<u64>) -> Trickle 
         let e = first_start.entry(body.as_str()).or_insert(*at);
         *e = (*e).min(*at);
     }
-    let pickups_ms = sent_at
-        .iter()
-        .filter_map(|(body, sent)| {
-            let started = first_start.get(body.as_str())?;
-            Some(started.saturating_sub(*sent) as f64 / 1000.0)
-        })
-        .collect();
+    let ms = |from: u128, to: u128| to.saturating_sub(from) as f64 / 1000.0;
+    let (mut pickups_ms, mut send_ms, mut after_stored_ms) = (vec![], vec![], vec![]);
+    let mut lines = String::from("payload\tsend_us\tstored_us\ttriggered_us\tstarted_us\n");
+    for (body, [sent_at, stored, triggered]) in &timeline {
+        let Some(started) = first_start.get(body.as_str()).copied() else {
+            continue;
+        };
+        pickups_ms.push(ms(*sent_at, started));
+        send_ms.push(ms(*sent_at, *stored));
+        after_stored_ms.push(ms(*stored, started));
+        lines.push_str(&format!(
+            "{body}\t{sent_at}\t{stored}\t{triggered}\t{started}\n"
+        ));
+    }
+    // The whole timeline, for looking into a tail.
+    std::fs::write(env.dir.join(format!("{name}-timeline.tsv")), lines).unwrap();
     Trickle {
         window_ms,
         messages: n,
@@ -95,6 +111,8 @@ pub async fn trickle(env: &Env, plan: &Plan, window_ms: Option<u64>) -> Trickle 
         calls,
         calls_per_message: calls.consumer_calls() as f64 / n as f64,
         pickups_ms,
+        send_ms,
+        after_stored_ms,
         tally: Tally::of(&sent, &records),
         peak_tasks,
     }
