@@ -28,12 +28,14 @@ pub struct Env {
     pub direct: Arc<dyn QueueStore>,
     pub dir: PathBuf,
     pub client: reqwest::Client,
+    /// `--set KEY=VALUE` settings, applied to every ebbflow worker after the scenario's own.
+    pub overrides: Vec<(String, String)>,
     pub azurite: AzuriteProcess,
 }
 
 impl Env {
     /// Starts Azurite and the proxy; records go to `dir` (emptied first).
-    pub async fn start(dir: PathBuf) -> Env {
+    pub async fn start(dir: PathBuf, overrides: Vec<(String, String)>) -> Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let azurite = AzuriteProcess::start();
@@ -45,6 +47,7 @@ impl Env {
             direct,
             dir,
             client: reqwest::Client::new(),
+            overrides,
             azurite,
         }
     }
@@ -194,8 +197,13 @@ pub fn spawn(env: &Env, kind: Kind, queue: &str, setup: &Setup) -> Running {
             setup.min_tasks.to_string(),
         )
         .env(format!("{q}__IDLE_BACKOFF__MAX"), "30s");
-    for (key, value) in &setup.settings {
-        if key.starts_with("EBBFLOW__") || *key == "RUST_LOG" {
+    let overrides = match kind {
+        Kind::Ebbflow => &env.overrides[..],
+        Kind::Classic => &[],
+    };
+    let settings = setup.settings.iter().map(|(k, v)| (*k, v.as_str()));
+    for (key, value) in settings.chain(overrides.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        if key.starts_with("EBBFLOW__") || key == "RUST_LOG" {
             cmd.env(key, value);
         } else {
             cmd.env(format!("{q}__{key}"), value);

@@ -6,8 +6,11 @@
 //! `cargo test --all-targets`, which CI runs) or with `--smoke` it runs a short smoke version
 //! whose figures mean nothing but whose JSON must come out. Options: `--out DIR` (default
 //! `target/bench`); `--only a,b` runs only the named scenarios (of `burst`, `idle`, `wake`,
-//! `backlog`, `trickle`, `longjob`, `embedded`) and writes `results-<mode>-partial.json`.
-//! Writes `DIR/results-<mode>.json`, `DIR/burst-<mode>.svg` and prints the tables.
+//! `backlog`, `trickle`, `longjob`, `embedded`); `--set KEY=VALUE` (repeatable) adds a queue
+//! setting (`EBBFLOW__QUEUES__<NAME>__KEY`, e.g. `REFILL_THRESHOLD=8`) or, for a key starting
+//! with `EBBFLOW__`, any setting, to every ebbflow worker, for trying a change. Writes
+//! `DIR/results-<mode>.json` (`results-<mode>-partial.json` with `--only` or `--set`),
+//! `DIR/burst-<mode>.svg` and prints the tables.
 //!
 //! One file per job: `env.rs` (Azurite, proxy, consumer processes, records), one file per
 //! scenario, and `report.rs` (tables, targets, JSON).
@@ -123,23 +126,35 @@ fn main() {
     if let Some(unknown) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
         panic!("--only: no scenario {unknown:?}; they are {SCENARIOS:?}");
     }
+    let mut overrides = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--set" {
+            let kv = args.get(i + 1).expect("--set KEY=VALUE");
+            let (k, v) = kv.split_once('=').expect("--set KEY=VALUE");
+            overrides.push((k.to_uppercase(), v.to_string()));
+        }
+    }
     let plan = if full { FULL } else { SMOKE };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(&plan, &only, &out));
+    runtime.block_on(run(&plan, &only, overrides, &out));
 }
 
-async fn run(plan: &Plan, only: &[String], out: &Path) {
+async fn run(plan: &Plan, only: &[String], overrides: Vec<(String, String)>, out: &Path) {
     std::fs::create_dir_all(out).unwrap();
     let selected = |name: &str| only.iter().any(|s| s == name);
     let mode = if plan.full { "full" } else { "smoke" };
     let mut r = Results::default();
     // Azurite only when a scenario needs it.
+    let tried = !overrides.is_empty();
+    if tried {
+        println!("ebbflow workers get, beyond each scenario's settings: {overrides:?}");
+    }
     let env = if only.iter().any(|s| s != "embedded") {
-        let env = Env::start(out.join("records")).await;
+        let env = Env::start(out.join("records"), overrides).await;
         println!(
             "ebbflow benchmark suite ({mode}), Azurite at {}",
             env.azurite.url()
@@ -227,7 +242,7 @@ async fn run(plan: &Plan, only: &[String], out: &Path) {
         r.embedded = Some((raw, emb));
     }
 
-    let complete = SCENARIOS.iter().all(|s| selected(s));
+    let complete = SCENARIOS.iter().all(|s| selected(s)) && !tried;
     let lost = report::report(plan, &r, complete, out);
     assert_eq!(lost, 0, "messages were lost");
 }

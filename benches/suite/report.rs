@@ -146,6 +146,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         "concurrency": CONCURRENCY,
     });
     let mut lost = 0;
+    let mut written = Vec::new();
 
     if let Some((ebb_runs, classic_runs)) = &r.burst {
         let ebb = burst_json(ebb_runs);
@@ -205,7 +206,9 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
                 mid + 1
             ),
         );
-        std::fs::write(out.join(format!("burst-{mode}.svg")), svg).unwrap();
+        let svg_path = out.join(format!("burst-{mode}.svg"));
+        std::fs::write(&svg_path, svg).unwrap();
+        written.push(svg_path);
     }
 
     if let Some(idle) = &r.idle {
@@ -497,7 +500,9 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
     };
     let json_path = out.join(name);
     std::fs::write(&json_path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    written.insert(0, json_path);
+    let written: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     println!();
-    println!("wrote {}", json_path.display());
+    println!("wrote {}", written.join(" and "));
     lost as usize
 }
