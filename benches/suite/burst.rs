@@ -22,6 +22,8 @@ pub struct Point {
 #[derive(Debug, Clone)]
 pub struct Burst {
     pub drain_s: f64,
+    /// From the first send until the producers' last send returned.
+    pub send_s: f64,
     pub per_s: f64,
     pub calls_per_message: f64,
     pub calls: CountSnapshot,
@@ -43,7 +45,10 @@ pub async fn burst(env: &Env, kind: Kind, run: usize, n: usize) -> Burst {
     let sender = {
         let queue = queue.clone();
         let name = name.clone();
-        tokio::spawn(async move { send_burst(&queue, &name, n).await })
+        tokio::spawn(async move {
+            let sent = send_burst(&queue, &name, n).await;
+            (sent, start.elapsed().as_secs_f64())
+        })
     };
     // The producer's push trigger, as soon as the first messages are on their way.
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -68,11 +73,12 @@ pub async fn burst(env: &Env, kind: Kind, run: usize, n: usize) -> Burst {
     let drain_s = start.elapsed().as_secs_f64();
     let calls = env.proxy.counts_for(&name).since(&before);
     let peak_rss_mb = worker.status_kb("VmHWM:") as f64 / 1024.0;
-    let expected = sender.await.unwrap();
+    let (expected, send_s) = sender.await.unwrap();
     let tally = Tally::of(&expected, &worker.records());
     worker.stop();
     Burst {
         drain_s,
+        send_s,
         per_s: n as f64 / drain_s,
         calls_per_message: calls.consumer_calls() as f64 / n as f64,
         calls,
@@ -86,18 +92,21 @@ pub async fn burst(env: &Env, kind: Kind, run: usize, n: usize) -> Burst {
 pub fn burst_json(runs: &[Burst]) -> Value {
     let per_s: Vec<f64> = runs.iter().map(|b| b.per_s).collect();
     let drain: Vec<f64> = runs.iter().map(|b| b.drain_s).collect();
+    let send: Vec<f64> = runs.iter().map(|b| b.send_s).collect();
     let calls: Vec<f64> = runs.iter().map(|b| b.calls_per_message).collect();
     let rss: Vec<f64> = runs.iter().map(|b| b.peak_rss_mb).collect();
     json!({
         "median": {
             "messages_per_s": median(&per_s),
             "drain_s": median(&drain),
+            "send_s": median(&send),
             "calls_per_message": median(&calls),
             "peak_rss_mb": median(&rss),
         },
         "range": {
             "messages_per_s": range(&per_s),
             "drain_s": range(&drain),
+            "send_s": range(&send),
             "calls_per_message": range(&calls),
             "peak_rss_mb": range(&rss),
         },
@@ -105,6 +114,7 @@ pub fn burst_json(runs: &[Burst]) -> Value {
         "lost": runs.iter().map(|b| b.lost).sum::<usize>(),
         "runs": runs.iter().map(|b| json!({
             "drain_s": b.drain_s,
+            "send_s": b.send_s,
             "messages_per_s": b.per_s,
             "calls_per_message": b.calls_per_message,
             "calls": crate::report::calls_json(&b.calls),

@@ -172,10 +172,11 @@ async fn run(plan: &Plan, only: &[String], overrides: Vec<(String, String)>, out
                 for kind in [Kind::Ebbflow, Kind::Classic] {
                     let b = burst::burst(env, kind, run, plan.burst_messages).await;
                     println!(
-                        "burst {} run {}: {:.2} s, {:.1} msg/s, {:.3} calls/msg, {} duplicates",
+                        "burst {} run {}: {:.2} s (sends took {:.2} s), {:.1} msg/s, {:.3} calls/msg, {} duplicates",
                         kind.name(),
                         run + 1,
                         b.drain_s,
+                        b.send_s,
                         b.per_s,
                         b.calls_per_message,
                         b.duplicates

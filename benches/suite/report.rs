@@ -158,6 +158,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         println!("|---|---|---|");
         for (label, key, digits) in [
             ("drain time, s", "drain_s", 2),
+            ("of which the producers sent for, s", "send_s", 2),
             ("messages/s", "messages_per_s", 1),
             ("storage calls per message", "calls_per_message", 3),
             ("peak RSS, MB", "peak_rss_mb", 1),
