@@ -11,7 +11,9 @@ use std::time::Duration;
 use crate::common::proxy::Proxy;
 use crate::common::AzuriteProcess;
 use ebbflow::codec::Encoding;
+use ebbflow::config::RetrySettings;
 use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
+use ebbflow::store::retrying::RetryingStore;
 use ebbflow::store::{Queue, QueueStore};
 
 /// Simulated work per message unless a scenario says otherwise, ms.
@@ -40,8 +42,12 @@ impl Env {
         std::fs::create_dir_all(&dir).unwrap();
         let azurite = AzuriteProcess::start();
         let proxy = Proxy::start(&azurite.url()).await;
-        let direct: Arc<dyn QueueStore> =
-            Arc::new(AzureStore::from_connection_string(&azurite.connection_string()).unwrap());
+        // Producers retry transient faults as ebbflow's own publishers do: Azurite sometimes
+        // resets a pooled connection it has just closed, and a lost send would stall a scenario.
+        let direct = RetryingStore::wrap(
+            Arc::new(AzureStore::from_connection_string(&azurite.connection_string()).unwrap()),
+            RetrySettings::default(),
+        );
         Env {
             proxy,
             direct,
