@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::proxy::CountSnapshot;
-use crate::env::{send_burst, spawn, Env, Kind, Setup, Tally, CONCURRENCY};
+use crate::env::{send_burst, spawn, Env, Kind, Setup, Tally};
 use crate::report::{median, range};
 
 /// One point of the burst chart.
@@ -33,10 +33,15 @@ pub struct Burst {
     pub points: Vec<Point>,
 }
 
-pub async fn burst(env: &Env, kind: Kind, run: usize, n: usize) -> Burst {
+pub async fn burst(env: &Env, kind: Kind, run: usize, n: usize, concurrency: u32) -> Burst {
     let name = format!("burst{run}{}", kind.name());
     let queue = env.fresh_queue(&name).await;
-    let worker = spawn(env, kind, &name, &Setup::new(1, true));
+    let worker = spawn(
+        env,
+        kind,
+        &name,
+        &Setup::new(1, true).concurrency(concurrency),
+    );
     worker.wait_ready().await;
     // The worker idles first: ebbflow's task backs off, the classic loops poll every second.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -127,7 +132,7 @@ pub fn burst_json(runs: &[Burst]) -> Value {
 }
 
 /// Queue depth and active tasks over time, ebbflow against the classic listener.
-pub fn chart(ebb: &Burst, classic: &Burst, title: &str) -> String {
+pub fn chart(ebb: &Burst, classic: &Burst, concurrency: u32, title: &str) -> String {
     let (w, h, left, right, top, bottom) = (860.0, 340.0, 60.0, 60.0, 40.0, 60.0);
     let t_max = ebb
         .points
@@ -143,7 +148,7 @@ pub fn chart(ebb: &Burst, classic: &Burst, title: &str) -> String {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let k_max = f64::from(CONCURRENCY);
+    let k_max = f64::from(concurrency);
     let x = |t: f64| left + (w - left - right) * t / t_max;
     let yd = |d: f64| top + (h - top - bottom) * (1.0 - d / d_max);
     let yk = |k: f64| top + (h - top - bottom) * (1.0 - k / k_max);
@@ -213,7 +218,7 @@ pub fn chart(ebb: &Burst, classic: &Burst, title: &str) -> String {
     svg.push_str(&format!(
         "<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">ebbflow queue depth (left)</text>\
          <text x=\"{}\" y=\"{}\" fill=\"#888\">classic queue depth (left)</text>\
-         <text x=\"{}\" y=\"{}\" fill=\"#ff7f0e\">ebbflow active tasks (right; classic: always 8 loops)</text></svg>",
+         <text x=\"{}\" y=\"{}\" fill=\"#ff7f0e\">ebbflow active tasks (right; classic: always {concurrency} loops)</text></svg>",
         left,
         h - 12.0,
         left + 200.0,

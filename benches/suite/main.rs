@@ -8,8 +8,9 @@
 //! `target/bench`); `--only a,b` runs only the named scenarios (of `burst`, `idle`, `wake`,
 //! `backlog`, `trickle`, `longjob`, `embedded`); `--set KEY=VALUE` (repeatable) adds a queue
 //! setting (`EBBFLOW__QUEUES__<NAME>__KEY`, e.g. `REFILL_THRESHOLD=8`) or, for a key starting
-//! with `EBBFLOW__`, any setting, to every ebbflow worker, for trying a change. Writes
-//! `DIR/results-<mode>.json` (`results-<mode>-partial.json` with `--only` or `--set`),
+//! with `EBBFLOW__`, any setting, to every ebbflow worker, for trying a change;
+//! `--burst-concurrency N` runs the burst at another equal concurrency (default 8). Writes
+//! `DIR/results-<mode>.json` (`results-<mode>-partial.json` with any of these options),
 //! `DIR/burst-<mode>.svg` and prints the tables.
 //!
 //! One file per job: `env.rs` (Azurite, proxy, consumer processes, records), one file per
@@ -43,6 +44,8 @@ struct Plan {
     full: bool,
     burst_messages: usize,
     burst_runs: usize,
+    /// ebbflow's concurrency and the classic listener's loops in the burst.
+    burst_concurrency: u32,
     idle_warm_up: Duration,
     idle_window: Duration,
     wake_idle: Duration,
@@ -65,6 +68,7 @@ const FULL: Plan = Plan {
     full: true,
     burst_messages: 600,
     burst_runs: 3,
+    burst_concurrency: env::CONCURRENCY,
     // The 30 s back-off maximum is reached about 80 s after the last work: warm up past it.
     idle_warm_up: Duration::from_secs(100),
     idle_window: Duration::from_secs(60),
@@ -86,6 +90,7 @@ const SMOKE: Plan = Plan {
     full: false,
     burst_messages: 40,
     burst_runs: 1,
+    burst_concurrency: env::CONCURRENCY,
     idle_warm_up: Duration::from_secs(2),
     idle_window: Duration::from_secs(3),
     wake_idle: Duration::from_secs(1),
@@ -134,23 +139,35 @@ fn main() {
             overrides.push((k.to_uppercase(), v.to_string()));
         }
     }
-    let plan = if full { FULL } else { SMOKE };
+    let mut plan = if full { FULL } else { SMOKE };
+    let burst_concurrency =
+        value("--burst-concurrency").map(|n| n.parse().expect("--burst-concurrency N"));
+    if let Some(n) = burst_concurrency {
+        plan.burst_concurrency = n;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(&plan, &only, overrides, &out));
+    // Results of a tried change go to the partial JSON, never mistaken for the standard ones.
+    let tried = !overrides.is_empty() || burst_concurrency.is_some();
+    runtime.block_on(run(&plan, &only, overrides, tried, &out));
 }
 
-async fn run(plan: &Plan, only: &[String], overrides: Vec<(String, String)>, out: &Path) {
+async fn run(
+    plan: &Plan,
+    only: &[String],
+    overrides: Vec<(String, String)>,
+    tried: bool,
+    out: &Path,
+) {
     std::fs::create_dir_all(out).unwrap();
     let selected = |name: &str| only.iter().any(|s| s == name);
     let mode = if plan.full { "full" } else { "smoke" };
     let mut r = Results::default();
     // Azurite only when a scenario needs it.
-    let tried = !overrides.is_empty();
-    if tried {
+    if !overrides.is_empty() {
         println!("ebbflow workers get, beyond each scenario's settings: {overrides:?}");
     }
     let env = if only.iter().any(|s| s != "embedded") {
@@ -170,7 +187,9 @@ async fn run(plan: &Plan, only: &[String], overrides: Vec<(String, String)>, out
             let (mut ebb, mut classic) = (Vec::new(), Vec::new());
             for run in 0..plan.burst_runs {
                 for kind in [Kind::Ebbflow, Kind::Classic] {
-                    let b = burst::burst(env, kind, run, plan.burst_messages).await;
+                    let b =
+                        burst::burst(env, kind, run, plan.burst_messages, plan.burst_concurrency)
+                            .await;
                     println!(
                         "burst {} run {}: {:.2} s (sends took {:.2} s), {:.1} msg/s, {:.3} calls/msg, {} duplicates",
                         kind.name(),

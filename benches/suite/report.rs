@@ -154,7 +154,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         let speedup = m(&ebb, "messages_per_s") / m(&classic, "messages_per_s");
         lost += ebb["lost"].as_u64().unwrap_or(1) + classic["lost"].as_u64().unwrap_or(1);
         println!();
-        println!("| burst ({} messages, {} ms work, concurrency {CONCURRENCY}, {} runs) | ebbflow median [range] | classic median [range] |", plan.burst_messages, HANDLER_MS, plan.burst_runs);
+        println!("| burst ({} messages, {} ms work, concurrency {}, {} runs) | ebbflow median [range] | classic median [range] |", plan.burst_messages, HANDLER_MS, plan.burst_concurrency, plan.burst_runs);
         println!("|---|---|---|");
         for (label, key, digits) in [
             ("drain time, s", "drain_s", 2),
@@ -189,6 +189,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         targets.push(at_least("burst msg/s vs classic", speedup, 1.5, "x"));
         results["burst"] = json!({
             "messages": plan.burst_messages,
+            "concurrency": plan.burst_concurrency,
             "ebbflow": ebb,
             "classic": classic,
             "speedup": speedup,
@@ -200,10 +201,12 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         let svg = chart(
             &ebb_runs[mid],
             &classic_runs[mid],
+            plan.burst_concurrency,
             &format!(
-                "burst of {} messages, {} ms each, concurrency {CONCURRENCY}: ebbflow vs classic (run {})",
+                "burst of {} messages, {} ms each, concurrency {}: ebbflow vs classic (run {})",
                 plan.burst_messages,
                 HANDLER_MS,
+                plan.burst_concurrency,
                 mid + 1
             ),
         );
