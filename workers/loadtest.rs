@@ -8,7 +8,8 @@
 //! - `QUEUE_NAME`: the queue to listen on (default `loadtest`). Its settings come from a
 //!   `[queues.<name>]` section if the config has one, else the defaults, plus the usual
 //!   `EBBFLOW__QUEUES__<NAME>__...` overrides (any other queues in config are ignored).
-//! - `HANDLER_MS`: simulated work per message, an async sleep (default 20).
+//! - `HANDLER_MS`: simulated work per message, an async sleep (default 20). A payload that
+//!   starts with `work_ms=<n>;` sleeps `n` ms instead (a long job among short ones).
 //! - `HANDLER_CPU_MS`: busy CPU work per message on top (default 0).
 //! - `LOADTEST_RECORD`: a file to append a line to for each handled message: its payload, a
 //!   tab, and the Unix time in microseconds when its handler started. Written before the
@@ -42,8 +43,9 @@ impl Handler for Simulated {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros();
-        if !self.work.is_zero() {
-            tokio::time::sleep(self.work).await;
+        let work = work_ms(&body).map_or(self.work, Duration::from_millis);
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
         }
         if !self.cpu.is_zero() {
             let start = Instant::now();
@@ -60,6 +62,13 @@ impl Handler for Simulated {
         }
         Ok(())
     }
+}
+
+/// The `n` of a payload that starts with `work_ms=<n>;`.
+fn work_ms(body: &[u8]) -> Option<u64> {
+    let rest = body.strip_prefix(b"work_ms=")?;
+    let end = rest.iter().position(|b| *b == b';')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 #[tokio::main]

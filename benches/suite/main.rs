@@ -1,0 +1,268 @@
+//! The benchmark suite: ebbflow's load-test worker against the classic fixed listener, both as
+//! processes on the same SDK, against an Azurite of the suite's own behind a request-counting
+//! proxy; plus ebbflow's runtime against a hand-written loop on the embedded backend.
+//!
+//! `scripts/bench` runs the full suite (`cargo bench --bench suite`); without `--bench` (as in
+//! `cargo test --all-targets`, which CI runs) or with `--smoke` it runs a short smoke version
+//! whose figures mean nothing but whose JSON must come out. Options: `--out DIR` (default
+//! `target/bench`); `--only a,b` runs only the named scenarios (of `burst`, `idle`, `wake`,
+//! `backlog`, `trickle`, `longjob`, `embedded`); `--set KEY=VALUE` (repeatable) adds a queue
+//! setting (`EBBFLOW__QUEUES__<NAME>__KEY`, e.g. `REFILL_THRESHOLD=8`) or, for a key starting
+//! with `EBBFLOW__`, any setting, to every ebbflow worker, for trying a change;
+//! `--burst-concurrency N` runs the burst at another equal concurrency (default 8). Writes
+//! `DIR/results-<mode>.json` (`results-<mode>-partial.json` with any of these options),
+//! `DIR/burst-<mode>.svg` and prints the tables.
+//!
+//! One file per job: `env.rs` (Azurite, proxy, consumer processes, records), one file per
+//! scenario, and `report.rs` (tables, targets, JSON).
+
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout)]
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+mod backlog;
+mod burst;
+mod embedded;
+mod env;
+mod idle;
+mod longjob;
+mod report;
+mod trickle;
+mod wake;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use env::{Env, Kind};
+use report::Results;
+
+/// The sizes of one run of the suite.
+#[derive(Debug, Clone)]
+struct Plan {
+    full: bool,
+    burst_messages: usize,
+    burst_runs: usize,
+    /// ebbflow's concurrency and the classic listener's loops in the burst.
+    burst_concurrency: u32,
+    idle_warm_up: Duration,
+    idle_window: Duration,
+    wake_idle: Duration,
+    wake_reps: usize,
+    backlog_messages: usize,
+    backlog_handler_ms: u64,
+    backlog_concurrency: u32,
+    trickle_rate: f64,
+    trickle_for: Duration,
+    /// Batch windows of the trickle runs, ms (None: off).
+    trickle_windows: [Option<u64>; 2],
+    long_job_reps: usize,
+    /// Pause before each short message, ms: spread evenly over [min, max).
+    long_job_gap_ms: (u64, u64),
+    embedded_messages: usize,
+    embedded_runs: usize,
+}
+
+const FULL: Plan = Plan {
+    full: true,
+    burst_messages: 600,
+    burst_runs: 3,
+    burst_concurrency: env::CONCURRENCY,
+    // The 30 s back-off maximum is reached about 80 s after the last work: warm up past it.
+    idle_warm_up: Duration::from_secs(100),
+    idle_window: Duration::from_secs(60),
+    wake_idle: Duration::from_secs(45),
+    wake_reps: 10,
+    backlog_messages: 400,
+    backlog_handler_ms: 1000,
+    backlog_concurrency: 16,
+    trickle_rate: 20.0,
+    trickle_for: Duration::from_secs(60),
+    trickle_windows: [None, Some(250)],
+    long_job_reps: 100,
+    long_job_gap_ms: (200, 400),
+    embedded_messages: 200_000,
+    embedded_runs: 3,
+};
+
+const SMOKE: Plan = Plan {
+    full: false,
+    burst_messages: 40,
+    burst_runs: 1,
+    burst_concurrency: env::CONCURRENCY,
+    idle_warm_up: Duration::from_secs(2),
+    idle_window: Duration::from_secs(3),
+    wake_idle: Duration::from_secs(1),
+    wake_reps: 2,
+    backlog_messages: 40,
+    backlog_handler_ms: 200,
+    backlog_concurrency: 16,
+    trickle_rate: 20.0,
+    trickle_for: Duration::from_secs(2),
+    trickle_windows: [None, Some(250)],
+    long_job_reps: 3,
+    long_job_gap_ms: (100, 200),
+    embedded_messages: 1_000,
+    embedded_runs: 1,
+};
+
+/// The scenarios, in the order they run.
+const SCENARIOS: [&str; 7] = [
+    "burst", "idle", "wake", "backlog", "trickle", "longjob", "embedded",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--smoke");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let out = value("--out")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench")));
+    let only: Vec<String> = match value("--only") {
+        Some(list) => list.split(',').map(str::to_string).collect(),
+        None => SCENARIOS.iter().map(|s| s.to_string()).collect(),
+    };
+    if let Some(unknown) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        panic!("--only: no scenario {unknown:?}; they are {SCENARIOS:?}");
+    }
+    let mut overrides = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--set" {
+            let kv = args.get(i + 1).expect("--set KEY=VALUE");
+            let (k, v) = kv.split_once('=').expect("--set KEY=VALUE");
+            overrides.push((k.to_uppercase(), v.to_string()));
+        }
+    }
+    let mut plan = if full { FULL } else { SMOKE };
+    let burst_concurrency =
+        value("--burst-concurrency").map(|n| n.parse().expect("--burst-concurrency N"));
+    if let Some(n) = burst_concurrency {
+        plan.burst_concurrency = n;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Results of a tried change go to the partial JSON, never mistaken for the standard ones.
+    let tried = !overrides.is_empty() || burst_concurrency.is_some();
+    runtime.block_on(run(&plan, &only, overrides, tried, &out));
+}
+
+async fn run(
+    plan: &Plan,
+    only: &[String],
+    overrides: Vec<(String, String)>,
+    tried: bool,
+    out: &Path,
+) {
+    std::fs::create_dir_all(out).unwrap();
+    let selected = |name: &str| only.iter().any(|s| s == name);
+    let mode = if plan.full { "full" } else { "smoke" };
+    let mut r = Results::default();
+    // Azurite only when a scenario needs it.
+    if !overrides.is_empty() {
+        println!("ebbflow workers get, beyond each scenario's settings: {overrides:?}");
+    }
+    let env = if only.iter().any(|s| s != "embedded") {
+        let env = Env::start(out.join("records"), overrides).await;
+        println!(
+            "ebbflow benchmark suite ({mode}), Azurite at {}",
+            env.azurite.url()
+        );
+        Some(env)
+    } else {
+        println!("ebbflow benchmark suite ({mode}), embedded only");
+        None
+    };
+
+    if let Some(env) = &env {
+        if selected("burst") {
+            let (mut ebb, mut classic) = (Vec::new(), Vec::new());
+            for run in 0..plan.burst_runs {
+                for kind in [Kind::Ebbflow, Kind::Classic] {
+                    let b =
+                        burst::burst(env, kind, run, plan.burst_messages, plan.burst_concurrency)
+                            .await;
+                    println!(
+                        "burst {} run {}: {:.2} s (sends took {:.2} s), {:.1} msg/s, {:.3} calls/msg, {} duplicates",
+                        kind.name(),
+                        run + 1,
+                        b.drain_s,
+                        b.send_s,
+                        b.per_s,
+                        b.calls_per_message,
+                        b.duplicates
+                    );
+                    match kind {
+                        Kind::Ebbflow => ebb.push(b),
+                        Kind::Classic => classic.push(b),
+                    }
+                }
+            }
+            r.burst = Some((ebb, classic));
+        }
+        if selected("idle") {
+            println!(
+                "idle: {:?} warm-up, {:?} window",
+                plan.idle_warm_up, plan.idle_window
+            );
+            r.idle = Some(idle::idle(env, plan).await);
+        }
+        if selected("wake") {
+            println!(
+                "wake: {} times after {:?} idle",
+                plan.wake_reps, plan.wake_idle
+            );
+            r.wake = Some(wake::wake(env, plan).await);
+        }
+        if selected("backlog") {
+            let b = backlog::backlog(env, plan).await;
+            println!(
+                "backlog: {} messages in {:.2} s, {} duplicates, {} lost",
+                b.messages, b.drain_s, b.tally.duplicates, b.tally.lost
+            );
+            r.backlog = Some(b);
+        }
+        if selected("trickle") {
+            for window in plan.trickle_windows {
+                let t = trickle::trickle(env, plan, window).await;
+                println!(
+                    "trickle, {}: {} messages, {:.3} calls/msg, pickup p99 {:.1} ms",
+                    t.label(),
+                    t.messages,
+                    t.calls_per_message,
+                    report::percentile(&t.pickups_ms, 99.0)
+                );
+                r.trickle.push(t);
+            }
+        }
+        if selected("longjob") {
+            let l = longjob::long_job(env, plan).await;
+            println!(
+                "long job: {} pickups, p99 {:.1} ms",
+                l.pickups_ms.len(),
+                report::percentile(&l.pickups_ms, 99.0)
+            );
+            r.long_job = Some(l);
+        }
+    }
+    if selected("embedded") {
+        let (mut raw, mut emb) = (Vec::new(), Vec::new());
+        for _ in 0..plan.embedded_runs {
+            raw.push(embedded::raw_loop(plan.embedded_messages).await);
+            emb.push(embedded::ebbflow_embedded(plan.embedded_messages).await);
+        }
+        r.embedded = Some((raw, emb));
+    }
+
+    let complete = SCENARIOS.iter().all(|s| selected(s)) && !tried;
+    let lost = report::report(plan, &r, complete, out);
+    assert_eq!(lost, 0, "messages were lost");
+}
