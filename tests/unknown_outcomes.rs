@@ -178,27 +178,51 @@ async fn a_slow_service_answers_before_our_cut_off_and_nothing_is_left_in_doubt(
     assert_eq!(snap.lost_ownership, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_whose_answer_is_lost_is_done_not_lost_ownership() {
+/// Runs `n` messages through a worker whose store is behind the proxy, losing the answers of
+/// the first `lost` calls of `op` after the service did them; waits until all are handled and
+/// the queue is empty, and returns the proxy, the queue's counters and its unknown outcomes.
+async fn run_losing(
+    prefix: &str,
+    n: u64,
+    op: Op,
+    lost: u64,
+    runs: &Runs,
+    visibility: Duration,
+) -> (Proxy, ebbflow::listener::QueueSnapshot, UnknownOutcomes) {
     let proxy = Proxy::start(&common::azurite_url()).await;
-    let (name, queue) = queue_with("lostanswer", 5).await;
-    proxy.set_faults(lose(Op::Delete, 5));
-    let runs = Runs::default();
+    let (name, queue) = queue_with(prefix, n as usize).await;
+    proxy.set_faults(lose(op, lost));
     let worker = common::start(
         &store_at(&proxy.url()),
-        settings(&name, Duration::from_secs(10)),
+        settings(&name, visibility),
         &name,
         runs.clone(),
     )
     .await;
-    common::wait_for("5 handled", Duration::from_secs(30), || {
-        worker.snapshot()[0].handled == 5
+    common::wait_for("all handled", Duration::from_secs(60), || {
+        worker.snapshot()[0].handled == n
     })
     .await;
     wait_empty(&queue).await;
     let snap = worker.snapshot().remove(0);
     let unknown = worker.unknown_outcomes().remove(0).1;
+    assert!(worker.fatal_error().is_none());
     worker.shutdown().await;
+    (proxy, snap, unknown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_answer_is_lost_is_done_not_lost_ownership() {
+    let runs = Runs::default();
+    let (proxy, snap, unknown) = run_losing(
+        "lostanswer",
+        5,
+        Op::Delete,
+        5,
+        &runs,
+        Duration::from_secs(10),
+    )
+    .await;
     let per_body = runs.per_body();
     println!(
         "lost delete answers: {}; handled {}, lost ownership {}, runs {per_body:?}, {unknown:?}",
@@ -226,31 +250,14 @@ async fn a_delete_whose_answer_is_lost_is_done_not_lost_ownership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_whose_answer_is_lost_leaves_the_lease_in_doubt_and_the_message_runs_again() {
-    let proxy = Proxy::start(&common::azurite_url()).await;
-    let (name, queue) = queue_with("renewal", 1).await;
-    proxy.set_faults(lose(Op::Update, 1));
     // Renewal at 2 s (half the 4 s visibility); its answer is lost while the service applied
     // it under a new pop receipt, so the receipt held is dead.
     let runs = Runs {
         work: Duration::from_secs(6),
         ..Runs::default()
     };
-    let worker = common::start(
-        &store_at(&proxy.url()),
-        settings(&name, Duration::from_secs(4)),
-        &name,
-        runs.clone(),
-    )
-    .await;
-    common::wait_for("handled", Duration::from_secs(60), || {
-        worker.snapshot()[0].handled == 1
-    })
-    .await;
-    wait_empty(&queue).await;
-    let snap = worker.snapshot().remove(0);
-    let unknown = worker.unknown_outcomes().remove(0).1;
-    assert!(worker.fatal_error().is_none());
-    worker.shutdown().await;
+    let (proxy, snap, unknown) =
+        run_losing("renewal", 1, Op::Update, 1, &runs, Duration::from_secs(4)).await;
     let seen = runs.seen.lock().unwrap().clone();
     println!(
         "lost renewal answer: runs {seen:?}, lost ownership {}, {unknown:?}",
@@ -305,24 +312,9 @@ async fn a_send_whose_answer_is_lost_may_be_stored_twice_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receive_whose_answer_is_lost_hides_its_messages_once_and_counts_a_dequeue() {
-    let proxy = Proxy::start(&common::azurite_url()).await;
-    let (name, queue) = queue_with("lostrecv", 3).await;
-    proxy.set_faults(lose(Op::Receive, 1));
     let runs = Runs::default();
-    let worker = common::start(
-        &store_at(&proxy.url()),
-        settings(&name, Duration::from_secs(3)),
-        &name,
-        runs.clone(),
-    )
-    .await;
-    common::wait_for("3 handled", Duration::from_secs(30), || {
-        worker.snapshot()[0].handled == 3
-    })
-    .await;
-    wait_empty(&queue).await;
-    let unknown = worker.unknown_outcomes().remove(0).1;
-    worker.shutdown().await;
+    let (proxy, _, unknown) =
+        run_losing("lostrecv", 3, Op::Receive, 1, &runs, Duration::from_secs(3)).await;
     let seen = runs.seen.lock().unwrap().clone();
     println!("lost receive answer: runs {seen:?}, {unknown:?}");
     assert_eq!(proxy.answers_lost(), 1);
