@@ -147,15 +147,7 @@ async fn a_slow_service_answers_before_our_cut_off_and_nothing_is_left_in_doubt(
     });
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.set_faults(Faults::default());
-    common::wait_for("10 handled", Duration::from_secs(60), || {
-        worker.snapshot()[0].handled == 10
-    })
-    .await;
-    wait_empty(&queue).await;
-    let snap = worker.snapshot().remove(0);
-    let unknown = worker.unknown_outcomes().remove(0).1;
-    assert!(worker.fatal_error().is_none());
-    worker.shutdown().await;
+    let (snap, unknown) = finish(worker, &queue, 10).await;
     let timeouts = proxy.service_timeouts();
     let per_body = runs.per_body();
     println!(
@@ -199,16 +191,27 @@ async fn run_losing(
         runs.clone(),
     )
     .await;
+    let (snap, unknown) = finish(worker, &queue, n).await;
+    (proxy, snap, unknown)
+}
+
+/// Waits until `n` messages are handled and the queue is empty, then stops the worker (which
+/// must not have met a fatal error); returns the queue's counters and its unknown outcomes.
+async fn finish(
+    worker: ebbflow::worker::RunningWorker,
+    queue: &Arc<dyn Queue>,
+    n: u64,
+) -> (ebbflow::listener::QueueSnapshot, UnknownOutcomes) {
     common::wait_for("all handled", Duration::from_secs(60), || {
         worker.snapshot()[0].handled == n
     })
     .await;
-    wait_empty(&queue).await;
+    wait_empty(queue).await;
     let snap = worker.snapshot().remove(0);
     let unknown = worker.unknown_outcomes().remove(0).1;
     assert!(worker.fatal_error().is_none());
     worker.shutdown().await;
-    (proxy, snap, unknown)
+    (snap, unknown)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,19 +38,23 @@ impl Settle {
         max_dequeue_count: u32,
         retry_delay: Duration,
     ) -> Self {
-        let failed = |after: Option<Duration>, why: String| {
-            let cap = |d: Duration| d.min(MAX_VISIBILITY);
-            if interrupted {
-                Settle::Release(Duration::ZERO, format!("worker stopping ({why})"))
-            } else if dequeue_count >= max_dequeue_count {
+        // A failure counts against the message: retried, or poisoned on its last allowed try.
+        let failure = |after: Option<Duration>, why: String| {
+            if dequeue_count >= max_dequeue_count {
                 let why = format!("failed on try {dequeue_count} of {max_dequeue_count}: {why}");
                 Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why)
             } else {
                 Settle::Retry(cap(after.unwrap_or(retry_delay)), why)
             }
         };
-        // The service hides a message for at most 7 days; a longer delay is that.
-        let cap = |d: Duration| d.min(MAX_VISIBILITY);
+        // A handler's failure while the worker stops is taken for the interruption.
+        let failed = |after: Option<Duration>, why: String| {
+            if interrupted {
+                Settle::Release(Duration::ZERO, format!("worker stopping ({why})"))
+            } else {
+                failure(after, why)
+            }
+        };
         match outcome {
             Outcome::Done(Ok(())) => Settle::Delete,
             Outcome::Done(Err(DispatchError::Decode(e))) => {
@@ -67,13 +71,7 @@ impl Settle {
                 HandlerError::Retry { after, source } => failed(after, source.to_string()),
             },
             // A panic is a bug, not an interruption: a failure even while stopping.
-            Outcome::Panicked(text) if dequeue_count >= max_dequeue_count => Settle::Poison(
-                PoisonReason::MaxDequeueCountExceeded,
-                format!("handler panicked on try {dequeue_count} of {max_dequeue_count}: {text}"),
-            ),
-            Outcome::Panicked(text) => {
-                Settle::Retry(retry_delay, format!("handler panicked: {text}"))
-            }
+            Outcome::Panicked(text) => failure(None, format!("handler panicked: {text}")),
             Outcome::TimedOut(limit) => failed(
                 None,
                 format!(
@@ -84,6 +82,11 @@ impl Settle {
             Outcome::Aborted => Settle::Release(Duration::ZERO, "drain deadline passed".into()),
         }
     }
+}
+
+/// The service hides a message for at most 7 days; a longer delay is that.
+fn cap(delay: Duration) -> Duration {
+    delay.min(MAX_VISIBILITY)
 }
 
 /// Carries out `action` on the store.

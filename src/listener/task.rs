@@ -146,7 +146,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             break;
         }
         // As many as asked: the queue may hold more, so refill rather than rest.
-        let full = got >= usize::from(asked);
+        let filled = got >= usize::from(asked);
         backoff.reset();
         quiet = false;
         set_view(&shared, id, 0, Duration::ZERO);
@@ -154,7 +154,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         // nothing more tasks could use.
         let _ = shared.events.send(Event::Batch {
             full: got >= usize::from(shared.flow.batch),
-            filled: full,
+            filled,
             after_idle,
         });
         after_idle = false;
@@ -169,7 +169,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         }
         // Slots the receive did not fill go back now.
         drop(held);
-        next = if full {
+        next = if filled {
             Next::Refill
         } else if shared.flow.covered {
             Next::AwaitTrigger
