@@ -150,7 +150,6 @@ impl Worker {
                 poison_queue,
                 settings: queue_settings.clone(),
                 handler,
-                publishers: Arc::default(),
                 create_queues: create,
                 // In-process publishes trigger after each send lands; HTTP events are hints (one may
                 // stand for a burst still being sent), so they do not cover a queue.
@@ -189,13 +188,7 @@ impl Worker {
         let shared_publishers = Arc::new(publishers.clone());
         let listeners: Vec<QueueListener> = specs
             .into_iter()
-            .map(|spec| {
-                let spec = ListenerSpec {
-                    publishers: shared_publishers.clone(),
-                    ..spec
-                };
-                QueueListener::start(spec, &life, &hub)
-            })
+            .map(|spec| QueueListener::start(spec, shared_publishers.clone(), &life, &hub))
             .collect();
         let _ = shown.set(listeners.clone());
         // The endpoint is not part of the drain: a client that never finishes its request

@@ -88,7 +88,6 @@ pub(crate) struct ListenerSpec {
     pub(crate) poison_queue: Arc<dyn Queue>,
     pub(crate) settings: QueueSettings,
     pub(crate) handler: Arc<dyn ErasedHandler>,
-    pub(crate) publishers: Publishers,
     /// `storage.create_queues`: recreate the queue if it disappears while running.
     pub(crate) create_queues: bool,
     /// Every message of this queue comes with its own trigger, sent after it landed
@@ -217,8 +216,14 @@ pub struct QueueListener {
 
 impl QueueListener {
     /// Starts the queue's supervisor (which starts the first task) on the lifecycle's
-    /// tracker, and registers the listener with `hub` for push triggers.
-    pub(crate) fn start(spec: ListenerSpec, life: &Lifecycle, hub: &Hub) -> Self {
+    /// tracker, and registers the listener with `hub` for push triggers. `publishers` are the
+    /// worker's, for every handler's `Context`.
+    pub(crate) fn start(
+        spec: ListenerSpec,
+        publishers: Publishers,
+        life: &Lifecycle,
+        hub: &Hub,
+    ) -> Self {
         let (events, inbox) = mpsc::unbounded_channel();
         let settings = spec.settings;
         let flow = Flow {
@@ -236,7 +241,7 @@ impl QueueListener {
             poison_queue: spec.poison_queue,
             create_queues: spec.create_queues,
             handler: spec.handler,
-            publishers: spec.publishers,
+            publishers,
             flow,
             stats: ListenerStats::default(),
             view: Mutex::default(),
