@@ -177,6 +177,7 @@ async fn a_message_at_the_size_cap_reaches_the_poison_queue_unchanged(store: Arc
     }
 }
 
+#[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_shows_and_requeues() {
     let store = common::azurite();
