@@ -54,6 +54,8 @@ pub struct Settings {
     pub triggers: TriggerSettings,
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
+    /// What `ebbflow deploy ...` writes besides the queues' rules (image, replicas, auth).
+    pub deploy: crate::deploy::DeploySettings,
 }
 
 /// Process-wide settings.
@@ -186,6 +188,7 @@ impl Settings {
                 ));
             }
         }
+        self.deploy.validate()?;
         self.triggers.validate()
     }
 }
