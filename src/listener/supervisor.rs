@@ -14,40 +14,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::stats::bump;
-use super::{dispatch, task, Shared};
+use super::task::{self, Event};
+use super::{dispatch, Shared};
 use crate::scaling::{decide, Decision, Prompt, Signals};
 use crate::store::{StoreError, MAX_RECEIVE};
-
-/// What tasks and triggers tell the supervisor.
-pub(super) enum Event {
-    /// A receive brought messages.
-    Batch {
-        /// A whole `batch_size` came back: the queue may hold more than the tasks take.
-        full: bool,
-        /// As many came back as the task asked for (its free slots may have limited the ask).
-        filled: bool,
-        /// The task's receives before this one were empty (or this was its first).
-        after_idle: bool,
-    },
-    /// A task's back-off reached its maximum; it asks to retire.
-    IdleAtMax {
-        task: u64,
-        /// The wake-up count before the task's last receive.
-        seen_wakes: u64,
-        reply: oneshot::Sender<bool>,
-    },
-    /// A push trigger arrived.
-    Trigger,
-    /// A message this listener retried or released is visible again.
-    Visible,
-}
 
 /// What the supervisor knows beyond counters, shown in snapshots.
 #[derive(Debug, Default)]

@@ -28,10 +28,34 @@ use tracing::{debug, error, warn, Instrument};
 
 use super::slots::Held;
 use super::stats::bump;
-use super::supervisor::Event;
 use super::{dispatch, settle, Shared};
 use crate::backoff::IdleBackoff;
 use crate::store::StoreError;
+
+/// What tasks (and triggers, and messages made visible again) tell the supervisor. It lives
+/// here, beside its main sender, so the supervisor depends on the task and not back.
+pub(super) enum Event {
+    /// A receive brought messages.
+    Batch {
+        /// A whole `batch_size` came back: the queue may hold more than the tasks take.
+        full: bool,
+        /// As many came back as the task asked for (its free slots may have limited the ask).
+        filled: bool,
+        /// The task's receives before this one were empty (or this was its first).
+        after_idle: bool,
+    },
+    /// A task's back-off reached its maximum; it asks to retire.
+    IdleAtMax {
+        task: u64,
+        /// The wake-up count before the task's last receive.
+        seen_wakes: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A push trigger arrived.
+    Trigger,
+    /// A message this listener retried or released is visible again.
+    Visible,
+}
 
 /// How the task waits before its next receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
