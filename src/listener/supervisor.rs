@@ -229,10 +229,12 @@ impl Supervisor {
         self.spawn_task();
     }
 
-    /// A batch came back since the last probe. Handlers merely running are no reason: a long
-    /// job would be probed every interval for nothing.
+    /// A batch came back since the last probe, or several tasks run (the probe says whether
+    /// they are all still needed: their own empty receives cost more than it does). Handlers
+    /// merely running under one task are no reason: a long job would be probed every interval
+    /// for nothing.
     fn is_busy(&self) -> bool {
-        !self.tasks.is_empty() && self.busy
+        !self.tasks.is_empty() && (self.busy || self.tasks.len() > 1)
     }
 
     fn batch_size(&self) -> u8 {
@@ -336,9 +338,12 @@ impl Supervisor {
         }
     }
 
-    /// The approximate depth, corrected by a peek when small: the approximate count includes
-    /// messages in flight (invisible), which would otherwise read as waiting work. With an age
-    /// rule, the oldest visible message's age too (from that peek, or a peek of one).
+    /// The waiting work: the approximate count less the messages this replica holds (received,
+    /// not settled), corrected by a peek when that leaves 32 or less. The approximate count
+    /// includes every message in flight (invisible), which would otherwise read as waiting
+    /// work: this replica's own are subtracted exactly; other replicas' only a peek can see
+    /// past, and a peek shows at most 32. With an age rule, the oldest visible message's age
+    /// too (from that peek, or a peek of one).
     async fn probe_depth(&mut self) -> Probe {
         self.last_probe = Some(Instant::now());
         let queue = &self.shared.queue;
@@ -352,10 +357,14 @@ impl Supervisor {
         bump(&stats.probe_calls);
         let result = async {
             let approximate = queue.approximate_depth().await?;
-            let small = approximate <= u64::from(MAX_RECEIVE);
+            // Read after the count: a message settled meanwhile then errs towards more work,
+            // never towards less.
+            let held = stats.held.load(Ordering::Relaxed);
+            let waiting = approximate.saturating_sub(held);
+            let small = waiting <= u64::from(MAX_RECEIVE);
             if !small && !want_age {
                 return Ok(Probe {
-                    depth: Some(approximate),
+                    depth: Some(waiting),
                     oldest_age: None,
                 });
             }
@@ -368,7 +377,7 @@ impl Supervisor {
             let depth = if small {
                 peeked.len() as u64
             } else {
-                approximate
+                waiting
             };
             Ok::<_, StoreError>(Probe {
                 depth: Some(depth),
