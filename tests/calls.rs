@@ -113,3 +113,88 @@ async fn messages_this_replica_holds_are_not_waiting_work() {
     .await;
     worker.shutdown().await;
 }
+
+/// A trigger-covered queue at `min_tasks = 0` (every message published through the worker,
+/// each with its trigger): each wake-up from zero costs one receive and one delete for its
+/// message, plus the one depth probe (approximate count and peek) that a wake-up from zero
+/// makes, then the task waits for the next trigger and retires when none comes.
+#[tokio::test(start_paused = true)]
+async fn a_wake_up_from_zero_costs_one_receive() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "fromzero").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = 0;
+        q.scaling.wake_on_publish = true;
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    common::wait_for("at zero tasks", Duration::from_secs(200), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let publisher = worker.publisher(&name).unwrap();
+    for i in 0..5 {
+        let (receives, deletes) = (get(&counts.receive), get(&counts.delete));
+        let probes = get(&counts.peek) + get(&counts.properties);
+        publisher
+            .send_bytes(format!("w20-{i}").as_bytes(), Default::default())
+            .await
+            .unwrap();
+        common::wait_for("handled", Duration::from_secs(5), || {
+            worker.snapshot()[0].handled == i + 1
+        })
+        .await;
+        common::wait_for("back at zero tasks", Duration::from_secs(200), || {
+            worker.snapshot()[0].active_tasks == 0
+        })
+        .await;
+        let receives = get(&counts.receive) - receives;
+        let deletes = get(&counts.delete) - deletes;
+        let probes = get(&counts.peek) + get(&counts.properties) - probes;
+        println!("wake-up {i}: {receives} receives, {deletes} deletes, {probes} probe calls");
+        assert_eq!((receives, deletes), (1, 1), "wake-up {i}");
+        assert!(probes <= 2, "wake-up {i}: {probes} probe calls");
+    }
+    worker.shutdown().await;
+}
+
+/// 2,000 triggers on an empty queue, one every millisecond (a storm of HTTP triggers, at the
+/// default settings, so not trigger-covered): triggers within the back-off minimum (100 ms) of
+/// an empty receive, or while one is in flight, lead to one more receive at most, so the storm
+/// costs about one receive per 100 ms, not one per trigger. Then all at once: one receive.
+#[tokio::test(start_paused = true)]
+async fn a_storm_of_triggers_on_an_empty_queue_costs_a_few_dozen_receives() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "storm").await;
+    let name = q.name().to_string();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, Sleepy::default()).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let hub = worker.hub();
+    let before = get(&counts.receive);
+    let probes = get(&counts.peek) + get(&counts.properties);
+    for _ in 0..2_000 {
+        hub.notify(&name);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let spread = get(&counts.receive) - before;
+    let probes = get(&counts.peek) + get(&counts.properties) - probes;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = get(&counts.receive);
+    for _ in 0..2_000 {
+        hub.notify(&name);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_once = get(&counts.receive) - before;
+    let snap = worker.shutdown().await.queues.remove(0);
+    println!("storm: {spread} receives over 2 s, {probes} probe calls; {at_once} for 2,000 at once; {snap:?}");
+    assert_eq!(snap.triggers, 4_000);
+    assert!(
+        spread <= 25,
+        "{spread} receives for 2,000 triggers over 2 s"
+    );
+    assert!(probes <= 4, "{probes} probe calls");
+    assert!(
+        at_once <= 2,
+        "{at_once} receives for 2,000 triggers at once"
+    );
+}

@@ -374,11 +374,7 @@ impl Supervisor {
                 .first()
                 .and_then(|m| m.inserted_at)
                 .map(|t| (crate::store::now_utc() - t).unsigned_abs());
-            let depth = if small {
-                peeked.len() as u64
-            } else {
-                waiting
-            };
+            let depth = if small { peeked.len() as u64 } else { waiting };
             Ok::<_, StoreError>(Probe {
                 depth: Some(depth),
                 oldest_age,
