@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use ebbflow::listener::poison::{PoisonQueue, PoisonRecord, Selection};
 use ebbflow::simulate::{csv, simulate, summary_text, svg, Profile};
 use ebbflow::store::retrying::RetryingStore;
+use ebbflow::store::sharding::ShardingStore;
 use ebbflow::Settings;
 
 const USAGE: &str = "usage: ebbflow simulate --profile FILE [--queue NAME] [--out DIR]
@@ -143,6 +144,8 @@ fn poison(args: Vec<String>) -> Result<(), String> {
         );
     }
     let store = RetryingStore::wrap(store, settings.storage.retry);
+    // A requeue of a sharded queue's message goes back through its shards.
+    let store = ShardingStore::wrap(store, ShardingStore::of_settings(&settings));
     let poison = PoisonQueue::new(store, &name, queue_settings).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
