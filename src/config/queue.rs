@@ -63,8 +63,8 @@ pub struct QueueSettings {
 }
 
 /// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "u64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct Shards(std::num::NonZeroU8);
 
 impl Shards {
@@ -81,6 +81,12 @@ impl Shards {
 impl Default for Shards {
     fn default() -> Self {
         Self(std::num::NonZeroU8::MIN)
+    }
+}
+
+impl From<Shards> for u64 {
+    fn from(shards: Shards) -> u64 {
+        u64::from(shards.0.get())
     }
 }
 
