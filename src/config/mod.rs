@@ -21,11 +21,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::redact;
 pub use queue::{
-    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings,
+    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings, Shards,
 };
 pub use storage::{CredentialKind, RetrySettings, StorageSettings};
 pub use trigger::{HttpTriggerSettings, TriggerSettings};
@@ -43,7 +43,7 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Everything a worker process needs to know.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where the queues live. Empty means the embedded in-process backend.
@@ -59,7 +59,7 @@ pub struct Settings {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// After a stop signal, how long in-flight handlers may run before they are cancelled.
@@ -186,6 +186,19 @@ impl Settings {
                     &poison,
                     "must not be a configured queue (its listener would take the poison copies)",
                 ));
+            }
+            // A shard is a physical queue: no other configured queue (or its poison queue) may
+            // be one of them.
+            for (other, o) in self.queues.iter().filter(|(other, _)| *other != name) {
+                for physical in [other.clone(), o.poison_queue_name(other)] {
+                    if q.shards.get() > 1 && q.shard_names(name).contains(&physical) {
+                        return Err(ConfigError::invalid(
+                            format!("queues.{name}.shards"),
+                            q.shards.get(),
+                            format!("shard {physical} is also used by queues.{other}"),
+                        ));
+                    }
+                }
             }
         }
         self.deploy.validate()?;

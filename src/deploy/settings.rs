@@ -6,12 +6,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
 /// What the generated manifests are made of. Every key is optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeploySettings {
     /// Name of the Deployment, ScaledObject and container app; the other objects are named
@@ -74,7 +74,7 @@ impl Default for DeploySettings {
 }
 
 /// How KEDA and the worker reach the storage account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployAuth {
     /// A connection string in a secret (`<name>-storage`, key `connection-string` on
@@ -86,7 +86,7 @@ pub enum DeployAuth {
 
 /// A Kubernetes object name: a DNS label, 1..=63 lowercase letters, digits and `-`, starting
 /// with a letter and ending with a letter or digit (also what Container Apps accepts, up to 32).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String")]
 pub struct ResourceName(String);
 
@@ -126,7 +126,7 @@ impl TryFrom<String> for ResourceName {
 
 /// A container image reference (`registry/path:tag` or `@sha256:...`): non-empty, no whitespace
 /// or control characters, at most 512 bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String")]
 pub struct ImageRef(String);
 
@@ -153,7 +153,7 @@ impl TryFrom<String> for ImageRef {
 }
 
 /// Most replicas, 1..=1000 (the largest Container Apps accepts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "u32")]
 pub struct ReplicaLimit(u32);
 
