@@ -6,7 +6,7 @@
 //! rules are at their top, and only past that does the engine add a replica. So each queue's
 //! `queueLength` is one replica's real capacity under that queue's rules: the messages it holds
 //! in flight (`concurrency`, which KEDA's default strategy counts as queue length) plus the
-//! backlog at which its task scaling is at `max_tasks` (`plan::queue_trigger`).
+//! backlog at which its task scaling is at `max_tasks` (`plan::queue_triggers`).
 //!
 //! Scale-in does not hurt: SIGTERM starts the worker's drain (stop receiving, finish or release
 //! what runs), and the manifests give it `terminationGracePeriodSeconds` longer than

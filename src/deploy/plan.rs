@@ -138,21 +138,30 @@ pub fn saturation_backlog(q: &QueueSettings) -> u64 {
     }
 }
 
-/// The trigger for one queue: `queueLength = concurrency + saturation backlog`. KEDA's default
-/// `queueLengthStrategy: all` counts in-flight (invisible) messages as queue length
-/// (kedacore/keda#4432), and a busy replica holds up to `concurrency` of them, so they are part
-/// of its share: N replicas, each full and each with its saturation backlog waiting, read as
-/// exactly N replicas' worth.
-pub fn queue_trigger(name: &str, q: &QueueSettings) -> QueueTrigger {
-    let in_flight = u64::from(q.concurrency);
-    let backlog = saturation_backlog(q);
-    QueueTrigger {
-        queue: name.to_string(),
-        config_queue: name.to_string(),
-        in_flight,
-        backlog,
-        queue_length: in_flight.saturating_add(backlog).max(1),
-    }
+/// The triggers for one queue, one per physical queue: `queueLength = concurrency + saturation
+/// backlog`. KEDA's default `queueLengthStrategy: all` counts in-flight (invisible) messages as
+/// queue length (kedacore/keda#4432), and a busy replica holds up to `concurrency` of them, so
+/// they are part of its share: N replicas, each full and each with its saturation backlog
+/// waiting, read as exactly N replicas' worth.
+///
+/// A sharded queue (`shards = N`) gets one trigger per shard, each with a 1/N share (rounded
+/// up): publishers spread sends evenly and one listener consumes every shard, so each shard
+/// holds about 1/N of the depth, and the engine, which scales on the busiest trigger, sees
+/// the whole queue's need.
+pub fn queue_triggers(name: &str, q: &QueueSettings) -> Vec<QueueTrigger> {
+    let shards = q.shards.get().max(1) as u64;
+    let in_flight = u64::from(q.concurrency).div_ceil(shards);
+    let backlog = saturation_backlog(q).div_ceil(shards);
+    q.shard_names(name)
+        .into_iter()
+        .map(|queue| QueueTrigger {
+            queue,
+            config_queue: name.to_string(),
+            in_flight,
+            backlog,
+            queue_length: in_flight.saturating_add(backlog).max(1),
+        })
+        .collect()
 }
 
 fn secs_up(d: Duration) -> u64 {
@@ -191,7 +200,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, DeployError> {
     let triggers = settings
         .queues
         .iter()
-        .map(|(name, q)| queue_trigger(name, q))
+        .flat_map(|(name, q)| queue_triggers(name, q))
         .collect();
     Ok(Plan {
         min_replicas,
@@ -335,7 +344,7 @@ mod tests {
             (1, 1, 1, 1, 2),
             (10_000, 256, 1_000_000, 256_000_000, 256_010_000),
         ] {
-            let tr = queue_trigger("q", &queue(c, t, m));
+            let tr = &queue_triggers("q", &queue(c, t, m))[0];
             assert_eq!(
                 (tr.backlog, tr.queue_length),
                 (backlog, length),
@@ -361,7 +370,24 @@ mod tests {
         assert_eq!(saturation_backlog(&q), 1000);
         // One rule from 0: saturated at once; only the in-flight messages count.
         q.scaling.depth_rules = vec![rule(0, 4)];
-        assert_eq!(queue_trigger("q", &q).queue_length, 200);
+        assert_eq!(queue_triggers("q", &q)[0].queue_length, 200);
+    }
+
+    #[test]
+    fn a_sharded_queue_scales_on_every_shard_with_a_share_each() {
+        let mut q = queue(16, 8, 64);
+        q.shards = crate::config::Shards::try_from(4u64).unwrap();
+        let triggers = queue_triggers("orders", &q);
+        let names: Vec<_> = triggers.iter().map(|t| t.queue.as_str()).collect();
+        assert_eq!(names, q.shard_names("orders"));
+        assert_eq!(names.len(), 4);
+        for t in &triggers {
+            // 528 / 4 = 132: a depth spread evenly reads as the same replica count.
+            assert_eq!((t.in_flight, t.backlog, t.queue_length), (4, 128, 132));
+            assert_eq!(t.config_queue, "orders");
+        }
+        q.shards = crate::config::Shards::try_from(3u64).unwrap();
+        assert_eq!(queue_triggers("orders", &q)[0].queue_length, 6 + 171);
     }
 
     fn settings() -> Settings {
