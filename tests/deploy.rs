@@ -66,6 +66,59 @@ fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
     }
 }
 
+/// Runs `ebbflow <args>` with a clean environment; returns (exit code, stdout, stderr).
+fn ebbflow(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_prints_the_committed_examples() {
+    for (command, file) in [
+        ("keda", "deploy/keda.yaml"),
+        ("container-apps", "deploy/container-apps.yaml"),
+    ] {
+        let (code, stdout, stderr) = ebbflow(&["deploy", command, "--config", "config"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout, std::fs::read_to_string(file).unwrap(), "{command}");
+    }
+    // --out writes the same to a file.
+    let out = std::env::temp_dir().join(format!("ebbflow-deploy-{}.yaml", uuid::Uuid::new_v4()));
+    let (code, stdout, stderr) = ebbflow(&["deploy", "keda", "--out", out.to_str().unwrap()]);
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(
+        written,
+        std::fs::read_to_string("deploy/keda.yaml").unwrap()
+    );
+}
+
+#[test]
+fn the_command_names_the_setting_that_makes_manifests_impossible() {
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("default.toml"),
+        "[queues.orders]\n[deploy]\nmin_replicas = 0\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = ebbflow(&["deploy", "keda", "--config", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("deploy.min_replicas"), "{stderr}");
+}
+
 const IDENTITY_SAMPLE: &str = r#"
 [storage]
 queue_endpoint = "https://ordersacct.queue.core.windows.net"
@@ -80,6 +133,13 @@ concurrency = 16
 [queues.orders.scaling]
 max_tasks = 8
 messages_per_task = 64
+
+[queues.clicks]
+shards = 4
+concurrency = 32
+[queues.clicks.scaling]
+max_tasks = 16
+messages_per_task = 32
 
 [queues.reports]
 concurrency = 4
@@ -172,14 +232,20 @@ fn keda_manifests_carry_each_queues_capacity_and_the_drain_time() {
     assert!(down["stabilizationWindowSeconds"].as_u64().unwrap() >= grace);
     assert_eq!(down["policies"][0]["periodSeconds"], grace);
     let triggers = spec["triggers"].as_array().unwrap();
-    assert_eq!(triggers.len(), 2);
+    // orders, reports, and one trigger per shard of clicks.
+    assert_eq!(triggers.len(), 6);
     let by_queue: BTreeMap<_, _> = triggers
         .iter()
         .map(|t| (t["metadata"]["queueName"].as_str().unwrap(), t))
         .collect();
     // orders: 16 in flight + 8 tasks x 64 messages. reports: 4 in flight, and its rules reach
     // the 4 tasks its concurrency allows at depth 40.
-    for (queue, length) in [("orders", "528"), ("reports", "44")] {
+    // clicks: (32 in flight + 16 tasks x 32) / 4 shards on each shard.
+    let shards = ["clicks-0", "clicks-1", "clicks-2", "clicks-3"];
+    for (queue, length) in [("orders", "528"), ("reports", "44")]
+        .into_iter()
+        .chain(shards.map(|s| (s, "136")))
+    {
         let t = by_queue[queue];
         assert_eq!(t["type"], "azure-queue");
         let m = &t["metadata"];
@@ -287,9 +353,19 @@ fn container_apps_rules_probes_and_grace() {
         (&1.into(), &30.into())
     );
     let rules = scale["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 2);
-    assert_eq!(rules[0]["name"], "queue-orders");
-    let custom = &rules[0]["custom"];
+    let names: Vec<_> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "queue-clicks-0",
+            "queue-clicks-1",
+            "queue-clicks-2",
+            "queue-clicks-3",
+            "queue-orders",
+            "queue-reports"
+        ]
+    );
+    let custom = &rules[4]["custom"];
     assert_eq!(custom["type"], "azure-queue");
     assert_eq!(custom["identity"], "system");
     assert_eq!(custom["metadata"]["queueLength"], "528");
