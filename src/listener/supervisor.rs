@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::stats::bump;
 use super::{dispatch, task, Shared};
 use crate::scaling::{decide, Decision, Prompt, Signals};
-use crate::store::{StoreError, MAX_RECEIVE};
+use crate::store::{StoreError, MAX_BATCH};
 
 /// What tasks and triggers tell the supervisor.
 pub(super) enum Event {
@@ -375,7 +375,7 @@ impl Supervisor {
         bump(&stats.probe_calls);
         let result = async {
             let approximate = queue.approximate_depth().await?;
-            let small = approximate <= u64::from(MAX_RECEIVE);
+            let small = approximate <= u64::from(MAX_BATCH);
             if !small && !want_age {
                 return Ok(Probe {
                     depth: Some(approximate),
@@ -383,7 +383,7 @@ impl Supervisor {
                 });
             }
             bump(&stats.probe_calls);
-            let peeked = queue.peek(if small { MAX_RECEIVE } else { 1 }).await?;
+            let peeked = queue.peek(if small { MAX_BATCH } else { 1 }).await?;
             let oldest_age = peeked
                 .first()
                 .and_then(|m| m.inserted_at)
