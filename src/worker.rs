@@ -13,6 +13,7 @@ use crate::config::{ConfigError, Settings};
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
 use crate::store::retrying::RetryingStore;
+use crate::store::sharding::ShardingStore;
 use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
 
@@ -113,6 +114,8 @@ impl Worker {
             None => store::open(&self.settings.storage)?,
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
+        // Above the retries, so each shard's calls are retried on their own.
+        let store = ShardingStore::wrap(store, ShardingStore::of_settings(&self.settings));
         let embedded = store.kind() == store::BackendKind::Embedded;
         let create = self.settings.storage.create_queues || embedded;
         let life = Lifecycle::default();

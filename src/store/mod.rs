@@ -20,6 +20,7 @@ pub mod layer;
 pub mod memory;
 pub mod retrying;
 pub mod settings;
+pub mod sharding;
 
 pub use crate::service::{
     redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
