@@ -42,6 +42,7 @@ pub mod handler;
 pub mod listener;
 pub mod observability;
 pub mod scaling;
+pub mod secret;
 pub mod service;
 #[cfg(feature = "simulate")]
 pub mod simulate;

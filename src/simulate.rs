@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::codec::Encoding;
 use crate::config::{QueueSettings, Settings};
 use crate::handler::{Context, Handler, HandlerError, Publisher};
-use crate::store::counting::{CallCounts, Counting, CountingStore};
+use crate::store::counting::{CallCounts, CountingStore};
 use crate::store::memory::MemoryStore;
 use crate::store::QueueStore;
 use crate::worker::Worker;
@@ -175,7 +175,7 @@ pub async fn run(
     queue: QueueSettings,
 ) -> Result<(Vec<Sample>, Summary), String> {
     let memory = MemoryStore::new();
-    let counting = CountingStore::new(Arc::new(memory.clone()), Counting::default());
+    let counting = CountingStore::new(Arc::new(memory.clone()));
     let counts: Arc<CallCounts> = counting.counts();
     let mut settings = Settings::default();
     let mut queue = queue;

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Layered, LayeredStore, Operation, Queue, QueueLayer, StoreError, StoreLayer};
+use super::{
+    Layered, LayeredStore, Operation, Queue, QueueLayer, QueueStore, StoreError, StoreLayer,
+};
 
 /// Calls made so far, by kind.
 #[derive(Debug, Default)]
@@ -94,11 +96,15 @@ impl StoreLayer for Counting {
     }
 }
 
-/// A store that counts the calls made through it: `CountingStore::new(inner,
-/// Counting::default())`.
+/// A store that counts the calls made through it.
 pub type CountingStore = LayeredStore<Counting>;
 
 impl LayeredStore<Counting> {
+    /// Counts the calls made through it to `inner`.
+    pub fn new(inner: Arc<dyn QueueStore>) -> Self {
+        Self::with_layer(inner, Counting::default())
+    }
+
     /// The shared counters.
     pub fn counts(&self) -> Arc<CallCounts> {
         self.layer().counts()

@@ -331,14 +331,15 @@ pub struct LayeredStore<L> {
 }
 
 impl<L: StoreLayer> LayeredStore<L> {
-    /// `layer` on `inner`.
-    pub fn new(inner: Arc<dyn QueueStore>, layer: L) -> Self {
+    /// `layer` on `inner`. (Not `new`: a layer's own store type, such as
+    /// [`CountingStore`](super::counting::CountingStore), keeps `new` for itself.)
+    pub fn with_layer(inner: Arc<dyn QueueStore>, layer: L) -> Self {
         Self { inner, layer }
     }
 
     /// `layer` on `inner`, as a store handle.
     pub fn wrap(inner: Arc<dyn QueueStore>, layer: L) -> Arc<dyn QueueStore> {
-        Arc::new(Self::new(inner, layer))
+        Arc::new(Self::with_layer(inner, layer))
     }
 
     /// The store underneath.

@@ -301,9 +301,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_empty_receive_tries_every_shard_once_and_a_full_one_stops_early() {
-        use crate::store::counting::{CallCounts, Counting, CountingStore};
+        use crate::store::counting::{CallCounts, CountingStore};
         let memory = MemoryStore::new();
-        let counting = CountingStore::new(Arc::new(memory.clone()), Counting::default());
+        let counting = CountingStore::new(Arc::new(memory.clone()));
         let counts = counting.counts();
         let store = ShardingStore::wrap(Arc::new(counting), [("orders".to_string(), 4)]);
         let q = store.queue("orders").unwrap();
