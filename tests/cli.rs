@@ -456,6 +456,38 @@ fn runtime_errors_exit_1_and_name_the_culprit() {
 }
 
 #[test]
+fn a_refused_account_key_is_a_runtime_error_that_shows_no_secret() {
+    // Valid base64, wrong key: the service answers 403.
+    let key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5";
+    let queue = common::unique("refused");
+    let dir = common::TempDir::new("cli-refused");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        format!(
+            "[storage]\nconnection_string = \"DefaultEndpointsProtocol=http;AccountName={};AccountKey={key};QueueEndpoint={}\"\n\n[queues.{queue}]\n",
+            ebbflow::store::azure::DEV_ACCOUNT,
+            common::azurite_url()
+        ),
+    )
+    .unwrap();
+    for args in [&["stats"][..], &["enqueue", &queue, "x"], &["peek", &queue]] {
+        let run = with(&dir, args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.both());
+        assert!(
+            run.stderr
+                .contains(&format!("not authorized on queue {queue}")),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.both().contains(&key[..16]),
+            "the key was printed: {}",
+            run.both()
+        );
+    }
+}
+
+#[test]
 fn config_check_names_a_bad_key_and_prints_no_secret() {
     let dir = common::TempDir::new("cli-check");
     let file = dir.path().join("default.toml");
