@@ -1,0 +1,88 @@
+//! The `ebbflow` command line: drive and inspect the queues a worker listens on.
+//!
+//! Run with: `cargo ebbflow --help` (an alias for
+//! `cargo run --features cli --bin ebbflow -- --help`), or `ebbflow --help` after
+//! `cargo install --path . --features cli`.
+//!
+//! Every command reads the usual config (`config/` files, or the folder `--config DIR` names,
+//! plus `EBBFLOW__...` overrides) and works on the storage it configures. Exit codes: 0 on
+//! success, 1 on a runtime error (the service failed or refused, a message was not found), 2 on
+//! a usage or config error (bad flags, a bad setting, an unconfigured queue).
+//!
+//! Adding a command: a new file with a `clap::Args` (or `Subcommand`) type and a
+//! `run(self, &Context) -> Result<(), CliError>`, one variant in [`Command`] and one arm in
+//! [`Command::run`].
+
+// A command-line tool: its report goes to stdout (the lint guards library code).
+#![allow(clippy::print_stdout)]
+
+mod completions;
+mod context;
+mod poison;
+mod simulate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use context::{CliError, Context};
+
+/// Drive and inspect the Azure Storage queues an ebbflow worker listens on.
+#[derive(Debug, Parser)]
+#[command(name = "ebbflow", version, propagate_version = true)]
+pub struct Cli {
+    /// The config folder (`default.toml`, `{EBBFLOW_ENV}.toml`); for this run it replaces
+    /// EBBFLOW_CONFIG_DIR (default `config`).
+    #[arg(long, global = true, value_name = "DIR")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The commands, one file each.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List, show and requeue poison messages.
+    #[command(subcommand)]
+    Poison(poison::Command),
+    /// Run the listener and scaling policy in virtual time against a load profile.
+    Simulate(simulate::Args),
+    /// Print a shell completion script.
+    Completions(completions::Args),
+}
+
+impl Command {
+    fn run(self, ctx: &Context) -> Result<(), CliError> {
+        match self {
+            Command::Poison(command) => command.run(ctx),
+            Command::Simulate(args) => args.run(ctx),
+            Command::Completions(args) => args.run(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 2, `--help` and `--version` 0 (clap's codes).
+    let cli = Cli::parse();
+    init_logs();
+    let ctx = Context::new(cli.config);
+    match cli.command.run(&ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ebbflow: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Warnings (a retried call, say) to stderr, filtered by `RUST_LOG`; stdout stays the report.
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
