@@ -71,7 +71,10 @@ async fn probes_and_metrics_answer_without_the_trigger_endpoint() {
         .unwrap();
     assert!(worker.trigger_addr().is_none());
     let base = format!("http://{}", worker.ops_addr().unwrap());
-    assert_eq!(get(&format!("{base}/healthz"), None).await, (200, "ok".into()));
+    assert_eq!(
+        get(&format!("{base}/healthz"), None).await,
+        (200, "ok".into())
+    );
     let (status, body) = get(&format!("{base}/readyz"), None).await;
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -82,11 +85,18 @@ async fn probes_and_metrics_answer_without_the_trigger_endpoint() {
     // No depth probe ran yet: the depth is absent, not 0.
     let (_, text) = get(&format!("{base}/metrics"), None).await;
     assert!(text.contains("# TYPE ebbflow_depth gauge"), "{text}");
-    assert_eq!(sample(&text, "ebbflow_depth{queue=\"orders\"}"), None, "{text}");
+    assert_eq!(
+        sample(&text, "ebbflow_depth{queue=\"orders\"}"),
+        None,
+        "{text}"
+    );
 
     let publisher = worker.publisher("orders").unwrap();
     for _ in 0..5 {
-        publisher.send_bytes(b"1", Default::default()).await.unwrap();
+        publisher
+            .send_bytes(b"1", Default::default())
+            .await
+            .unwrap();
     }
     common::wait_for("5 handled", Duration::from_secs(10), || {
         worker.snapshot()[0].handled == 5

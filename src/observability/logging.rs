@@ -68,12 +68,12 @@ pub fn init(format: LogFormat, default_filter: &str) -> bool {
 /// settings could not say.
 pub fn setup(default_filter: &str) -> Result<Settings, ConfigError> {
     let loaded = Settings::load();
-    let configured = loaded
-        .as_ref()
-        .map(|s| s.log.format)
-        .unwrap_or_default();
+    let configured = loaded.as_ref().map(|s| s.log.format).unwrap_or_default();
     let format = format_from_env(configured);
-    init(format.as_ref().copied().unwrap_or(configured), default_filter);
+    init(
+        format.as_ref().copied().unwrap_or(configured),
+        default_filter,
+    );
     let result = format.and(loaded);
     if let Err(e) = &result {
         tracing::error!(error = %e, "cannot start: the settings are wrong");

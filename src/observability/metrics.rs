@@ -188,12 +188,7 @@ impl Collector for Queues {
         let snapshots: Vec<QueueSnapshot> = listeners.iter().map(QueueListener::snapshot).collect();
         for (name, help, read) in GAUGES {
             let full = format!("ebbflow_{name}");
-            let mut metric = encoder.encode_descriptor(
-                &full,
-                help,
-                None,
-                MetricType::Gauge,
-            )?;
+            let mut metric = encoder.encode_descriptor(&full, help, None, MetricType::Gauge)?;
             for q in &snapshots {
                 ConstGauge::new(read(q))
                     .encode(metric.encode_family(&[("queue", q.queue.as_str())])?)?;
@@ -212,12 +207,7 @@ impl Collector for Queues {
         }
         for (name, help, read) in COUNTERS {
             let full = format!("ebbflow_{name}");
-            let mut metric = encoder.encode_descriptor(
-                &full,
-                help,
-                None,
-                MetricType::Counter,
-            )?;
+            let mut metric = encoder.encode_descriptor(&full, help, None, MetricType::Counter)?;
             for q in &snapshots {
                 ConstCounter::new(read(q))
                     .encode(metric.encode_family(&[("queue", q.queue.as_str())])?)?;
@@ -229,12 +219,7 @@ impl Collector for Queues {
             .collect();
         for (name, help, read) in OUTCOMES {
             let full = format!("ebbflow_{name}");
-            let mut metric = encoder.encode_descriptor(
-                &full,
-                help,
-                None,
-                MetricType::Counter,
-            )?;
+            let mut metric = encoder.encode_descriptor(&full, help, None, MetricType::Counter)?;
             for (queue, o) in &outcomes {
                 ConstCounter::new(read(o)).encode(metric.encode_family(&[("queue", *queue)])?)?;
             }

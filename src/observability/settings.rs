@@ -46,8 +46,9 @@ impl TryFrom<String> for MetricsToken {
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             // A secret file's trailing newline would make a token no header can match.
-            return Err("the metrics token must be printable ASCII without spaces or line breaks"
-                .into());
+            return Err(
+                "the metrics token must be printable ASCII without spaces or line breaks".into(),
+            );
         }
         Ok(Self(token))
     }
@@ -104,7 +105,8 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Settings::load_from(Path::new("/nonexistent-ebbflow-config"), &env).map_err(|e| e.to_string())
+        Settings::load_from(Path::new("/nonexistent-ebbflow-config"), &env)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -119,7 +121,10 @@ mod tests {
     fn the_ops_endpoint_and_log_format_load_from_the_environment() {
         let s = load(&[
             ("EBBFLOW__OBSERVABILITY__BIND", "0.0.0.0:9464"),
-            ("EBBFLOW__OBSERVABILITY__METRICS_TOKEN", "scrape-token-0123456789"),
+            (
+                "EBBFLOW__OBSERVABILITY__METRICS_TOKEN",
+                "scrape-token-0123456789",
+            ),
             ("EBBFLOW__LOG__FORMAT", "json"),
         ])
         .unwrap();
@@ -135,9 +140,21 @@ mod tests {
     #[test]
     fn wrong_values_fail_the_load_naming_the_key() {
         let cases = [
-            ("EBBFLOW__OBSERVABILITY__BIND", "localhost", "observability.bind"),
-            ("EBBFLOW__OBSERVABILITY__BIND", "1.2.3.4:99999", "observability.bind"),
-            ("EBBFLOW__OBSERVABILITY__METRICS_TOKEN", "short", "observability.metrics_token"),
+            (
+                "EBBFLOW__OBSERVABILITY__BIND",
+                "localhost",
+                "observability.bind",
+            ),
+            (
+                "EBBFLOW__OBSERVABILITY__BIND",
+                "1.2.3.4:99999",
+                "observability.bind",
+            ),
+            (
+                "EBBFLOW__OBSERVABILITY__METRICS_TOKEN",
+                "short",
+                "observability.metrics_token",
+            ),
             ("EBBFLOW__OBSERVABILITY__PORT", "9464", "port"),
             ("EBBFLOW__LOG__FORMAT", "xml", "log.format"),
             ("EBBFLOW__LOG__LEVEL", "debug", "level"),
@@ -160,6 +177,9 @@ mod tests {
     fn log_formats_parse_in_any_case() {
         assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert_eq!(" text ".parse::<LogFormat>(), Ok(LogFormat::Text));
-        assert!("yaml".parse::<LogFormat>().unwrap_err().contains("\"text\" or \"json\""));
+        assert!("yaml"
+            .parse::<LogFormat>()
+            .unwrap_err()
+            .contains("\"text\" or \"json\""));
     }
 }

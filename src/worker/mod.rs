@@ -446,4 +446,3 @@ impl RunningWorker {
         }
     }
 }
-

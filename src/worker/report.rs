@@ -48,7 +48,6 @@ pub(super) fn explain(e: &StoreError) -> &'static str {
     }
 }
 
-
 /// How [`super::Worker::run`] ended: it never started (exit 2), or it ran and drained.
 /// A worker's `main` can return it (it is a [`Termination`]) or its [`RunReport::exit_code`].
 #[derive(Debug)]
