@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::store::redact;
 pub use queue::{
-    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings,
+    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings, Shards,
 };
 pub use storage::{CredentialKind, RetrySettings, StorageSettings};
 pub use trigger::{HttpTriggerSettings, TriggerSettings};
@@ -190,6 +190,19 @@ impl Settings {
                     &poison,
                     "must not be a configured queue (its listener would take the poison copies)",
                 ));
+            }
+            // A shard is a physical queue: no other configured queue (or its poison queue) may
+            // be one of them.
+            for (other, o) in self.queues.iter().filter(|(other, _)| *other != name) {
+                for physical in [other.clone(), o.poison_queue_name(other)] {
+                    if q.shards.get() > 1 && q.shard_names(name).contains(&physical) {
+                        return Err(ConfigError::invalid(
+                            format!("queues.{name}.shards"),
+                            q.shards.get(),
+                            format!("shard {physical} is also used by queues.{other}"),
+                        ));
+                    }
+                }
             }
         }
         self.triggers.validate()

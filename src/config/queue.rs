@@ -56,6 +56,44 @@ pub struct QueueSettings {
     pub handler_timeout_grace: Duration,
     /// Progress pulses of long jobs.
     pub heartbeat: HeartbeatSettings,
+    /// Physical queues this logical queue spans, 1..=100: with `shards = N > 1`, messages live
+    /// on `<queue>-0 .. <queue>-{N-1}`, publishers spread sends over them and one listener (one
+    /// scaling policy, one concurrency cap) consumes them all (see `store::sharding`).
+    pub shards: Shards,
+}
+
+/// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Shards(std::num::NonZeroU8);
+
+impl Shards {
+    /// The most shards a queue may span: ten shards already carry an account's whole target
+    /// (20,000 requests/s), so more than 100 can only mean a typo.
+    pub const MAX: u8 = 100;
+
+    /// The shard count.
+    pub fn get(self) -> usize {
+        usize::from(self.0.get())
+    }
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Self(std::num::NonZeroU8::MIN)
+    }
+}
+
+impl TryFrom<u64> for Shards {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        u8::try_from(n)
+            .ok()
+            .filter(|n| *n <= Self::MAX)
+            .and_then(std::num::NonZeroU8::new)
+            .map(Self)
+            .ok_or_else(|| format!("shards = {n}: must be 1..={}", Self::MAX))
+    }
 }
 
 /// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
@@ -88,6 +126,7 @@ impl Default for QueueSettings {
             handler_timeout: None,
             handler_timeout_grace: Duration::from_secs(5),
             heartbeat: HeartbeatSettings::default(),
+            shards: Shards::default(),
         }
     }
 }
@@ -226,12 +265,21 @@ impl QueueSettings {
         let poison = q.poison_queue_name(name);
         validate_queue_name(&poison)
             .map_err(|rule| ConfigError::invalid(key("poison_queue"), &poison, rule))?;
-        if poison == *name {
+        if poison == *name || q.shard_names(name).contains(&poison) {
             return Err(ConfigError::invalid(
                 key("poison_queue"),
                 &poison,
-                "must differ from the queue itself",
+                "must differ from the queue itself and its shards",
             ));
+        }
+        if let Some(last) = q.shard_names(name).pop().filter(|_| q.shards.get() > 1) {
+            validate_queue_name(&last).map_err(|rule| {
+                ConfigError::invalid(
+                    key("shards"),
+                    q.shards.get(),
+                    format!("the last shard's name {last} is not a queue name: {rule}"),
+                )
+            })?;
         }
         let b = &q.idle_backoff;
         check_duration(
@@ -279,6 +327,17 @@ impl QueueSettings {
     pub fn refill_slots(&self) -> usize {
         let most = self.batch_size.min(self.concurrency).max(1);
         self.refill_threshold.unwrap_or(most / 2).clamp(1, most) as usize
+    }
+
+    /// The physical queues this queue spans: `<queue>-0 .. <queue>-{N-1}` when sharded, else
+    /// the queue itself.
+    pub fn shard_names(&self, queue: &str) -> Vec<String> {
+        match self.shards.get() {
+            1 => vec![queue.to_string()],
+            n => (0..n)
+                .map(|i| crate::store::sharding::shard_name(queue, i))
+                .collect(),
+        }
     }
 
     /// The poison queue's name: the configured one, else `<queue>-poison`.

@@ -23,6 +23,7 @@ use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
 use crate::observability::{CheckState, Metrics, Readiness};
 use crate::store::retrying::RetryingStore;
+use crate::store::sharding::ShardingStore;
 use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
 use report::explain;
@@ -159,6 +160,8 @@ impl Worker {
             None => store::open(&self.settings.storage)?,
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
+        // Above the retries, so each shard's calls are retried on their own.
+        let store = ShardingStore::wrap(store, ShardingStore::of_settings(&self.settings));
         // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
         // says "starting". A start that fails drops it with everything else.
         let readiness = Readiness::default();

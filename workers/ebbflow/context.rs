@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ebbflow::config::QueueSettings;
 use ebbflow::store::retrying::RetryingStore;
+use ebbflow::store::sharding::ShardingStore;
 use ebbflow::store::{BackendKind, QueueStore, StoreError};
 use ebbflow::Settings;
 
@@ -101,7 +102,9 @@ impl Context {
         Settings::load_from(&dir, &env).map_err(CliError::usage)
     }
 
-    /// The configured storage with its retry policy; the embedded backend is refused, since
+    /// The configured storage with its retry policy and the sharding of sharded queues (a
+    /// requeue of a sharded queue's message goes back through its shards); the embedded
+    /// backend is refused, since
     /// it lives inside one worker process and a command could never see its queues.
     pub fn store(&self, settings: &Settings) -> Result<Arc<dyn QueueStore>, CliError> {
         let store = ebbflow::store::open(&settings.storage)?;
@@ -114,7 +117,11 @@ impl Context {
                 self.config_dir().display()
             )));
         }
-        Ok(RetryingStore::wrap(store, settings.storage.retry))
+        let store = RetryingStore::wrap(store, settings.storage.retry);
+        Ok(ShardingStore::wrap(
+            store,
+            ShardingStore::of_settings(settings),
+        ))
     }
 }
 
