@@ -37,6 +37,7 @@ pub mod handler;
 pub mod listener;
 pub mod observability;
 pub mod scaling;
+pub mod secret;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;

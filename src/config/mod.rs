@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::redact;
 pub use queue::{
@@ -45,7 +45,7 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Everything a worker process needs to know.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where the queues live. Empty means the embedded in-process backend.
@@ -63,7 +63,7 @@ pub struct Settings {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// After a stop signal, how long in-flight handlers may run before they are cancelled.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     check_duration, check_range, ConfigError, MAX_BATCH, MAX_IDLE_BACKOFF, MAX_VISIBILITY,
@@ -12,7 +12,7 @@ use crate::codec::Encoding;
 use crate::store::validate_queue_name;
 
 /// Settings of one queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
@@ -63,8 +63,8 @@ pub struct QueueSettings {
 }
 
 /// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "u64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct Shards(std::num::NonZeroU8);
 
 impl Shards {
@@ -84,6 +84,12 @@ impl Default for Shards {
     }
 }
 
+impl From<Shards> for u64 {
+    fn from(shards: Shards) -> u64 {
+        u64::from(shards.0.get())
+    }
+}
+
 impl TryFrom<u64> for Shards {
     type Error = String;
     fn try_from(n: u64) -> Result<Self, String> {
@@ -99,7 +105,7 @@ impl TryFrom<u64> for Shards {
 /// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
 /// and count pulses each time the handler's progress count passes a multiple of `every`.
 /// Each pulse is logged as a structured event and renews the message's visibility.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSettings {
     /// A timed pulse this often while a handler runs (None: no timed pulses).
@@ -135,7 +141,7 @@ impl Default for QueueSettings {
 /// idleness, when batches come back full, when the (sparingly probed) depth calls for more, or
 /// when the oldest message gets too old; a task whose idle back-off reached its maximum retires
 /// unless it is the last one (or, with `min_tasks = 0`, also the last one).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScalingSettings {
     /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
@@ -188,7 +194,7 @@ impl Default for ScalingSettings {
 }
 
 /// From `from` messages deep, run `tasks` tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DepthRule {
     /// The depth this rule starts at.
@@ -199,7 +205,7 @@ pub struct DepthRule {
 
 /// The randomized exponential idle back-off: after the n-th empty receive a task sleeps
 /// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdleBackoffSettings {
     /// The shortest sleep after an empty receive.

@@ -18,8 +18,13 @@
 
 mod completions;
 mod context;
+mod enqueue;
+mod peek;
 mod poison;
+mod push;
+mod settings;
 mod simulate;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,11 +48,21 @@ pub struct Cli {
 /// The commands, one file each.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Send test messages to a configured queue, in its encoding, then send the push trigger
+    /// the config declares so an idle worker wakes up.
+    Enqueue(enqueue::Args),
+    /// Show up to 32 visible messages of a queue without receiving them.
+    Peek(peek::Args),
+    /// Approximate depth of each configured queue and its poison queue.
+    Stats(stats::Args),
     /// List, show and requeue poison messages.
     #[command(subcommand)]
     Poison(poison::Command),
     /// Run the listener and scaling policy in virtual time against a load profile.
     Simulate(simulate::Args),
+    /// Check the config.
+    #[command(subcommand)]
+    Config(settings::Command),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -55,8 +70,12 @@ enum Command {
 impl Command {
     fn run(self, ctx: &Context) -> Result<(), CliError> {
         match self {
+            Command::Enqueue(args) => args.run(ctx),
+            Command::Peek(args) => args.run(ctx),
+            Command::Stats(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),
+            Command::Config(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }
