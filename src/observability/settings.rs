@@ -4,10 +4,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`), apart from the trigger endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilitySettings {
     /// Where the ops endpoint listens, e.g. `"0.0.0.0:9464"`; off when unset. Port 0 picks a
@@ -54,6 +54,13 @@ impl TryFrom<String> for MetricsToken {
     }
 }
 
+/// Written as `<redacted>` (`ebbflow config check` shows that one is set, never what it is).
+impl Serialize for MetricsToken {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(crate::secret::REDACTED)
+    }
+}
+
 impl fmt::Debug for MetricsToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -61,7 +68,7 @@ impl fmt::Debug for MetricsToken {
 }
 
 /// How the worker writes its log lines (to stderr; `RUST_LOG` filters them).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// `"text"` (default) or `"json"`. The environment variable `EBBFLOW_LOG_FORMAT` overrides it.
@@ -69,7 +76,7 @@ pub struct LogSettings {
 }
 
 /// The shape of log lines.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One human-readable line per event (colours when stderr is a terminal).
@@ -135,6 +142,10 @@ mod tests {
         let shown = format!("{:?}", s.observability);
         assert!(!shown.contains("scrape-token"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+        let written = serde_json::to_string(&s.observability).unwrap();
+        assert!(!written.contains("scrape-token"), "{written}");
+        assert!(written.contains("\"metrics_token\":\"<redacted>\""), "{written}");
+        assert_eq!(serde_json::to_string(&s.log).unwrap(), r#"{"format":"json"}"#);
     }
 
     #[test]
