@@ -447,7 +447,12 @@ fn runtime_errors_exit_1_and_name_the_culprit() {
         "{}",
         run.stdout
     );
-    assert!(run.stderr.contains("the trigger failed"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("trigger http POST http://127.0.0.1:9/trigger failed"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

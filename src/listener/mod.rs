@@ -2,14 +2,16 @@
 //! [`crate::scaling`] policy wants, the tasks that receive, and the message runs they spawn.
 //!
 //! The files, one job each:
-//! - `supervisor.rs`: spawns, retires and replaces tasks; probes depth.
+//! - `supervisor.rs`: spawns, retires and replaces tasks; probes depth. It hears from tasks
+//!   through `task::Event`.
 //! - `task.rs`: the receive loop and its flow control: take concurrency slots first, receive
 //!   no more than it holds, spawn each message with its slot, never wait for a batch to end.
 //! - `slots.rs`: the queue's concurrency slots, shared by its tasks.
 //! - `dispatch.rs`: one message's run: decode, handler, timeout, drain abort, heartbeat.
 //! - `lease.rs`: the message's pop receipt and visibility, renewed beside the handler from the
 //!   moment of the receive.
-//! - `settle.rs`: delete, retry, release or poison, by one pure rule.
+//! - `settle.rs`: a run's `Outcome`, and the one pure rule that turns it into a delete, retry,
+//!   release or poison.
 //! - `stats.rs`: counters and the snapshot.
 //! - [`poison`]: the poison message format and the poison queue operations.
 //!
@@ -40,7 +42,8 @@ use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, Wake};
 use stats::ListenerStats;
 pub use stats::QueueSnapshot;
-use supervisor::{Event, ScaleView, Supervisor};
+use supervisor::{ScaleView, Supervisor};
+use task::Event;
 
 /// A failure no retry can fix (credentials refused, queue gone): the first one is kept and
 /// the worker stops, saying why.
