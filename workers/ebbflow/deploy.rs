@@ -43,7 +43,7 @@ impl Command {
         match args.out {
             Some(path) => std::fs::write(&path, yaml)
                 .map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?,
-            None => print!("{yaml}"),
+            None => emit!("{yaml}"),
         }
         Ok(())
     }
