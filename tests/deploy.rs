@@ -262,6 +262,58 @@ fn keda_manifests_carry_each_queues_capacity_and_the_drain_time() {
     }
 }
 
+/// The worker's settings with the environment a manifest's container gets (secrets filled
+/// with a stand-in), over the config folder `dir`.
+fn worker_settings_under(dir: &Path, container: &Value) -> Result<Settings, String> {
+    let env: BTreeMap<String, String> = env_of(container)
+        .into_iter()
+        .map(|(name, e)| {
+            let value = e["value"]
+                .as_str()
+                .map_or_else(|| "UseDevelopmentStorage=true".to_string(), str::to_string);
+            (name, value)
+        })
+        .collect();
+    Settings::load_from(dir, &env).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_worker_accepts_the_environment_the_manifests_give_it() {
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let default_config = std::fs::read_to_string("config/default.toml").unwrap();
+    for config in [default_config.as_str(), IDENTITY_SAMPLE] {
+        std::fs::write(dir.join("default.toml"), config).unwrap();
+        let settings = load(&dir);
+        let keda = docs(&render(Target::Keda, &settings).unwrap());
+        let k8s_container = &kind(&keda, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        let aca = docs(&render(Target::ContainerApps, &settings).unwrap());
+        let aca_container = &aca[0]["properties"]["template"]["containers"][0];
+        for container in [k8s_container, aca_container] {
+            let worker = worker_settings_under(&dir, container).unwrap();
+            assert_eq!(
+                worker.observability.bind,
+                Some(std::net::SocketAddr::from(([0, 0, 0, 0], OPS_PORT)))
+            );
+            // The worker reaches the storage the manifests authenticate KEDA to: the secret's
+            // connection string, or the account endpoint with an Entra ID credential.
+            match &worker.storage.connection_string {
+                Some(_) => {
+                    ebbflow::store::open(&worker.storage).unwrap();
+                }
+                None => {
+                    assert_eq!(
+                        worker.storage.queue_endpoint.as_deref(),
+                        Some("https://ordersacct.queue.core.windows.net")
+                    );
+                    assert!(worker.storage.credential.is_some());
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 const SECRET_SAMPLE: &str = r#"
 [storage]
 connection_string = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.usgovcloudapi.net"

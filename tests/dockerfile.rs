@@ -211,6 +211,14 @@ fn the_image_exposes_and_binds_the_ops_endpoint() {
         env.args,
         format!("EBBFLOW__OBSERVABILITY__BIND=0.0.0.0:{OPS_PORT}")
     );
+    // The worker accepts that environment over the config the image carries.
+    let (key, value) = env.args.split_once('=').unwrap();
+    let env = BTreeMap::from([(key.to_string(), value.to_string())]);
+    let settings = ebbflow::Settings::load_from(std::path::Path::new("config"), &env).unwrap();
+    assert_eq!(
+        settings.observability.bind,
+        Some(std::net::SocketAddr::from(([0, 0, 0, 0], OPS_PORT)))
+    );
     // The config folder the worker reads from its working directory.
     assert!(runtime
         .iter()
