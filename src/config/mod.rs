@@ -9,6 +9,8 @@
 //!
 //! Each section's types live in their own file with their checks: [`storage`](StorageSettings),
 //! queues ([`QueueSettings`]: flow control, back-off, scaling), and [`triggers`](TriggerSettings).
+//! The ops endpoint's and the logs' sections live beside their room, in
+//! [`crate::observability`].
 
 mod queue;
 mod storage;
@@ -54,6 +56,10 @@ pub struct Settings {
     pub triggers: TriggerSettings,
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
+    /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub observability: crate::observability::ObservabilitySettings,
+    /// Log line format.
+    pub log: crate::observability::LogSettings,
 }
 
 /// Process-wide settings.

@@ -163,6 +163,8 @@ pub(crate) struct Shared {
     life: Lifecycle,
     /// A token never cancelled: the timeout signal of handlers without a timeout.
     never: CancellationToken,
+    /// Fires when the supervisor ends (stop, or a panic): the listener no longer runs.
+    supervisor_ended: CancellationToken,
 }
 
 impl Wake for Shared {
@@ -251,6 +253,7 @@ impl QueueListener {
             events,
             life: life.clone(),
             never: CancellationToken::new(),
+            supervisor_ended: CancellationToken::new(),
             settings,
         });
         hub.register(&shared.name, shared.clone());
@@ -260,7 +263,15 @@ impl QueueListener {
         // the supervisor, so the listener never looks idle before it has looked at the queue.
         supervisor.spawn_task();
         let span = tracing::info_span!("listener", queue = %shared.name);
-        life.tracker.spawn(supervisor.run(inbox).instrument(span));
+        // A guard, not a line after the await: a supervisor that panics also ends the listener.
+        let ended = shared.supervisor_ended.clone().drop_guard();
+        life.tracker.spawn(
+            async move {
+                let _ended = ended;
+                supervisor.run(inbox).await;
+            }
+            .instrument(span),
+        );
         let s = &shared.settings;
         info!(queue = %shared.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
               batch_size = s.batch_size, concurrency = s.concurrency, refill = shared.flow.refill,
@@ -282,6 +293,16 @@ impl QueueListener {
             .unwrap_or_default();
         snapshot.last_decision = view.last_decision.clone();
         snapshot
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).
+    pub fn is_running(&self) -> bool {
+        !self.shared.supervisor_ended.is_cancelled()
     }
 
     /// Messages received and not yet settled.
