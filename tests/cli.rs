@@ -568,13 +568,17 @@ fn config_check_names_a_bad_key_and_prints_no_secret() {
     .unwrap();
     // An environment override takes part, as in a worker.
     let config = dir.path().to_str().unwrap();
-    let env = [("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "3")];
+    let metrics_token = "metrics-token-0123456789";
+    let env = [
+        ("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "3"),
+        ("EBBFLOW__OBSERVABILITY__METRICS_TOKEN", metrics_token),
+    ];
     for format in [&[][..], &["--json"][..]] {
         let mut args = vec!["config", "check", "--config", config];
         args.extend(format);
         let run = ebbflow(&args, &env);
         assert_eq!(run.code, Some(0), "{}", run.both());
-        for secret in [key, token, &key[..20]] {
+        for secret in [key, token, &key[..20], metrics_token] {
             assert!(
                 !run.both().contains(secret),
                 "a secret was printed: {}",
