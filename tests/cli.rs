@@ -108,6 +108,21 @@ fn usage_errors_exit_2_and_name_the_culprit() {
             &["enqueue", "orders", "--file", "/no/such/file"],
             "--file /no/such/file",
         ),
+        (
+            &["enqueue", "orders", "x", "--trigger-url", "10.0.0.12:7075"],
+            "--trigger-url",
+        ),
+        (
+            &[
+                "enqueue",
+                "orders",
+                "x",
+                "--no-trigger",
+                "--trigger-url",
+                "http://h",
+            ],
+            "--no-trigger",
+        ),
         (&["peek", "orders", "--count", "33"], "--count"),
         (&["peek", "orders", "--count", "0"], "--count"),
     ];
