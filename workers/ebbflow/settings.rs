@@ -21,6 +21,21 @@ impl Command {
     pub fn run(self, ctx: &Context) -> Result<(), CliError> {
         let Command::Check { json } = self;
         let settings = ctx.settings()?;
+        // A worker refuses to start without queues; so does the check (a config folder that
+        // is misnamed or missing loads as nothing but defaults).
+        if settings.queues.is_empty() {
+            let dir = ctx.config_dir();
+            return Err(CliError::usage(format!(
+                "config: queues: no queues configured in {}{}: a worker needs at least one \
+                 [queues.<name>] section (or EBBFLOW__QUEUES__<NAME>__... overrides)",
+                dir.join("default.toml").display(),
+                if dir.is_dir() {
+                    ""
+                } else {
+                    " (that folder does not exist)"
+                }
+            )));
+        }
         // Opening the store parses the connection string or endpoint (no network call), so a
         // malformed one is reported here rather than at a worker's start.
         ebbflow::store::open(&settings.storage)?;
