@@ -447,7 +447,86 @@ fn runtime_errors_exit_1_and_name_the_culprit() {
         "{}",
         run.stdout
     );
-    assert!(run.stderr.contains("the trigger failed"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("trigger http POST http://127.0.0.1:9/trigger failed"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Without secrets (which print redacted), the output of `config check` is itself a config
+/// with the same effective settings.
+#[test]
+fn config_check_prints_a_config_that_loads_back() {
+    let dir = common::TempDir::new("cli-check");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[queues.orders]\nbatch_size = 16\nheartbeat.interval = \"1m\"\n\n[queues.orders.scaling]\n\
+         depth_rules = [{ from = 0, tasks = 1 }, { from = 100, tasks = 4 }]\n\n[queues.emails]\nencoding = \"none\"\n",
+    )
+    .unwrap();
+    let env = [("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "3")];
+    let run = ebbflow(
+        &["config", "check", "--config", dir.path().to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    let again = common::TempDir::new("cli-again");
+    std::fs::write(again.path().join("default.toml"), &run.stdout).unwrap();
+    let reloaded = ebbflow::Settings::load_from(again.path(), &Default::default())
+        .unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
+    let orders = &reloaded.queues["orders"];
+    assert_eq!((orders.batch_size, orders.concurrency), (16, 3));
+    assert_eq!(orders.scaling.depth_rules.len(), 2);
+    assert_eq!(
+        orders.heartbeat.interval,
+        Some(std::time::Duration::from_secs(60))
+    );
+    let rerun = ebbflow(
+        &[
+            "config",
+            "check",
+            "--config",
+            again.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(rerun.code, Some(0), "{}", rerun.both());
+    let body = |text: &str| text.split_once('\n').unwrap().1.to_string();
+    assert_eq!(body(&rerun.stdout), body(&run.stdout));
+}
+
+#[test]
+fn a_refused_account_key_is_a_runtime_error_that_shows_no_secret() {
+    // Valid base64, wrong key: the service answers 403.
+    let key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5";
+    let queue = common::unique("refused");
+    let dir = common::TempDir::new("cli-refused");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        format!(
+            "[storage]\nconnection_string = \"DefaultEndpointsProtocol=http;AccountName={};AccountKey={key};QueueEndpoint={}\"\n\n[queues.{queue}]\n",
+            ebbflow::store::azure::DEV_ACCOUNT,
+            common::azurite_url()
+        ),
+    )
+    .unwrap();
+    for args in [&["stats"][..], &["enqueue", &queue, "x"], &["peek", &queue]] {
+        let run = with(&dir, args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.both());
+        assert!(
+            run.stderr
+                .contains(&format!("not authorized on queue {queue}")),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.both().contains(&key[..16]),
+            "the key was printed: {}",
+            run.both()
+        );
+    }
 }
 
 #[test]

@@ -195,6 +195,8 @@ pub(crate) struct Shared {
     life: Lifecycle,
     /// A token never cancelled: the timeout signal of handlers without a timeout.
     never: CancellationToken,
+    /// Fires when the supervisor ends (stop, or a panic): the listener no longer runs.
+    supervisor_ended: CancellationToken,
 }
 
 impl Wake for Shared {
@@ -264,7 +266,7 @@ impl QueueListener {
         let flow = Flow {
             slots: slots::Slots::new(settings.concurrency as usize),
             wake: Notify::new(),
-            batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_RECEIVE),
+            batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_BATCH),
             refill: settings.refill_slots(),
             refill_set: settings.refill_threshold.is_some(),
             covered: spec.trigger_covered,
@@ -284,6 +286,7 @@ impl QueueListener {
             events,
             life: life.clone(),
             never: CancellationToken::new(),
+            supervisor_ended: CancellationToken::new(),
             settings,
         });
         hub.register(&shared.name, shared.clone());
@@ -293,7 +296,15 @@ impl QueueListener {
         // the supervisor, so the listener never looks idle before it has looked at the queue.
         supervisor.spawn_task();
         let span = tracing::info_span!("listener", queue = %shared.name);
-        life.tracker.spawn(supervisor.run(inbox).instrument(span));
+        // A guard, not a line after the await: a supervisor that panics also ends the listener.
+        let ended = shared.supervisor_ended.clone().drop_guard();
+        life.tracker.spawn(
+            async move {
+                let _ended = ended;
+                supervisor.run(inbox).await;
+            }
+            .instrument(span),
+        );
         let s = &shared.settings;
         info!(queue = %shared.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
               batch_size = s.batch_size, concurrency = s.concurrency, refill = shared.flow.refill,
@@ -315,6 +326,16 @@ impl QueueListener {
             .unwrap_or_default();
         snapshot.last_decision = view.last_decision.clone();
         snapshot
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).
+    pub fn is_running(&self) -> bool {
+        !self.shared.supervisor_ended.is_cancelled()
     }
 
     /// Messages received and not yet settled.

@@ -95,7 +95,7 @@ impl Context {
         // The loader treats missing files as optional; a folder given by name must exist.
         if self.config_dir.is_some() && !dir.is_dir() {
             return Err(CliError::usage(format!(
-                "--config {}: no such folder",
+                "--config {}: not a folder (give the folder that holds default.toml)",
                 dir.display()
             )));
         }

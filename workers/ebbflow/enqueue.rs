@@ -104,7 +104,7 @@ impl Args {
             Ok((sent, failure, triggers))
         })??;
         if !sent.is_empty() {
-            println!(
+            say!(
                 "sent {} message(s) to {} ({encoding}, {} bytes of text each{}{})",
                 sent.len(),
                 self.queue,
@@ -124,7 +124,7 @@ impl Args {
             );
         }
         for id in &sent {
-            println!("  {id}");
+            say!("  {id}");
         }
         if let Some(e) = failure {
             if sent.is_empty() {
@@ -249,7 +249,7 @@ fn xml_char(c: char) -> bool {
 /// Prints what happened to each trigger; an error when one failed.
 fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError> {
     if triggers.is_empty() {
-        println!(
+        say!(
             "trigger: none sent ({}); a worker finds the message at its next receive or depth \
              probe",
             if off {
@@ -263,10 +263,10 @@ fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError
     let mut failed = Vec::new();
     for t in triggers {
         match &t.result {
-            Ok(answer) => println!("trigger: sent ({}: {answer})", t.channel),
+            Ok(answer) => say!("trigger: sent ({}: {answer})", t.channel),
             Err(why) => {
-                println!("trigger: FAILED ({}: {why})", t.channel);
-                failed.push(format!("{}: {why}", t.channel));
+                say!("trigger: FAILED ({})", t.channel);
+                failed.push(format!("trigger {} failed: {why}", t.channel));
             }
         }
     }
@@ -274,8 +274,8 @@ fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError
         Ok(())
     } else {
         Err(CliError::runtime(format!(
-            "the message(s) are on the queue, but the trigger failed ({}); an idle worker may \
-             not see them until it polls",
+            "{}; the message(s) are on the queue, but an idle worker may not see them until it \
+             polls",
             failed.join("; ")
         )))
     }

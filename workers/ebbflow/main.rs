@@ -13,8 +13,20 @@
 //! `run(self, &Context) -> Result<(), CliError>`, one variant in [`Command`] and one arm in
 //! [`Command::run`].
 
-// A command-line tool: its report goes to stdout (the lint guards library code).
-#![allow(clippy::print_stdout)]
+/// `println!` that never panics: when stdout is closed (`ebbflow stats | head -1`) the rest of
+/// the report is dropped, and the command still finishes its work and exits with its own code.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that never panics (see [`say!`]).
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))
+    };
+}
 
 mod completions;
 mod context;
@@ -89,10 +101,17 @@ fn main() -> ExitCode {
     match cli.command.run(&ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ebbflow: {e}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "ebbflow: {e}");
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Writes to stdout, ignoring a closed pipe or any other write error.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(text);
 }
 
 /// Warnings (a retried call, say) to stderr, filtered by `RUST_LOG`; stdout stays the report.

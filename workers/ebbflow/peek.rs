@@ -37,16 +37,16 @@ impl Args {
         if self.json {
             let list: Vec<_> = messages.iter().map(|m| as_json(m, encoding)).collect();
             let text = serde_json::to_string_pretty(&list).map_err(CliError::runtime)?;
-            println!("{text}");
+            say!("{text}");
             return Ok(());
         }
-        println!(
+        say!(
             "{} message(s) visible at the front of {} (peeked: not received, dequeue counts unchanged)",
             messages.len(),
             self.queue
         );
         for m in &messages {
-            println!(
+            say!(
                 "{}  inserted={}  dequeue_count={}  {}",
                 m.id,
                 inserted(m),

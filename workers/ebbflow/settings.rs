@@ -34,7 +34,7 @@ impl Command {
                 ctx.config_dir().display()
             )
         };
-        print!("{text}");
+        emit!("{text}");
         Ok(())
     }
 }

@@ -56,8 +56,8 @@ impl Args {
             std::fs::write(&path, body)
                 .map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?;
         }
-        print!("{}", summary_text(&summary));
-        println!(
+        emit!("{}", summary_text(&summary));
+        say!(
             "wrote {0}/simulation.csv and {0}/simulation.svg",
             out.display()
         );

@@ -54,11 +54,11 @@ impl Args {
         })??;
         if self.json {
             let text = serde_json::to_string_pretty(&rows).map_err(CliError::runtime)?;
-            println!("{text}");
+            say!("{text}");
             return Ok(());
         }
         if rows.is_empty() {
-            println!("no queues configured (add a [queues.<name>] section)");
+            say!("no queues configured (add a [queues.<name>] section)");
             return Ok(());
         }
         let width = rows
@@ -67,12 +67,15 @@ impl Args {
             .max()
             .unwrap_or(0)
             .max(12);
-        println!(
+        say!(
             "{:width$}  {:>8}  {:width$}  {:>8}",
-            "QUEUE", "DEPTH", "POISON QUEUE", "DEPTH"
+            "QUEUE",
+            "DEPTH",
+            "POISON QUEUE",
+            "DEPTH"
         );
         for r in &rows {
-            println!(
+            say!(
                 "{:width$}  {:>8}  {:width$}  {:>8}",
                 r.queue,
                 shown(r.depth),
