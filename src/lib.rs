@@ -31,6 +31,7 @@
 //! [`observability`] renders for `GET /metrics`.
 
 pub mod backoff;
+pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod handler;

@@ -40,6 +40,9 @@ pub enum WorkerError {
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
+    /// The bus could not be reached or refused the credentials (`bus.url`; no secret shown).
+    #[error("{0}")]
+    Bus(#[from] crate::bus::BusError),
     /// The HTTP trigger endpoint could not listen.
     #[error("triggers.http.bind = {addr}: cannot listen: {error}")]
     TriggerBind {
@@ -156,6 +159,8 @@ impl Worker {
                 trigger_covered: queue_settings.scaling.wake_on_publish,
             });
         }
+        // The bus before any listener: a worker does not start on a bus it cannot use.
+        let bus = crate::bus::open(&self.settings.bus).await?;
         // The endpoint is bound before any listener starts; it serves once they run.
         let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
         let bound = if http.enabled {
@@ -202,6 +207,7 @@ impl Worker {
             }
             None => (None, None),
         };
+        bus.start();
         life.tracker.close();
         info!(
             backend = %store.kind(),
@@ -209,6 +215,7 @@ impl Worker {
             "worker started"
         );
         Ok(RunningWorker {
+            bus,
             store,
             listeners,
             publishers,
@@ -256,6 +263,7 @@ impl DrainReport {
 /// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their
 /// messages released); call [`RunningWorker::shutdown`] to drain.
 pub struct RunningWorker {
+    bus: crate::bus::BusHandle,
     store: Arc<dyn QueueStore>,
     listeners: Vec<QueueListener>,
     publishers: BTreeMap<String, Publisher>,
@@ -278,6 +286,11 @@ impl RunningWorker {
     /// The store the worker uses.
     pub fn store(&self) -> Arc<dyn QueueStore> {
         self.store.clone()
+    }
+
+    /// This instance's bus: publish and subscribe to events between instances.
+    pub fn bus(&self) -> crate::bus::BusHandle {
+        self.bus.clone()
     }
 
     /// The in-process trigger hub: `hub.notify("orders")` wakes the `orders` listener.
@@ -355,6 +368,7 @@ impl RunningWorker {
                 warn!(grace = ?RELEASE_GRACE, "store calls still running after the release grace; reporting anyway");
             }
         }
+        self.bus.transport().close().await;
         let unreleased = self.listeners.iter().map(QueueListener::held).sum();
         let queues = self.snapshot();
         let fatal = life.fatal.error();

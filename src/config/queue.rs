@@ -56,6 +56,8 @@ pub struct QueueSettings {
     pub handler_timeout_grace: Duration,
     /// Progress pulses of long jobs.
     pub heartbeat: HeartbeatSettings,
+    /// How work-detected events of this queue travel on the bus (`[queues.<name>.bus]`).
+    pub bus: crate::bus::QueueBusSettings,
 }
 
 /// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
@@ -88,6 +90,7 @@ impl Default for QueueSettings {
             handler_timeout: None,
             handler_timeout_grace: Duration::from_secs(5),
             heartbeat: HeartbeatSettings::default(),
+            bus: crate::bus::QueueBusSettings::default(),
         }
     }
 }
