@@ -38,6 +38,7 @@ pub mod handler;
 pub mod listener;
 pub mod observability;
 pub mod scaling;
+pub mod secret;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;
@@ -46,7 +47,8 @@ pub mod worker;
 
 pub use config::Settings;
 pub use handler::{Context, Handler, HandlerError, Json, Publisher, Signal};
-pub use worker::{shutdown_signal, Worker};
+pub use observability::setup;
+pub use worker::{shutdown_signal, RunReport, Worker};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so they cannot drift.
 #[cfg(doctest)]

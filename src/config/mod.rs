@@ -9,6 +9,8 @@
 //!
 //! Each section's types live in their own file with their checks: [`storage`](StorageSettings),
 //! queues ([`QueueSettings`]: flow control, back-off, scaling), and [`triggers`](TriggerSettings).
+//! The ops endpoint's and the logs' sections live beside their room, in
+//! [`crate::observability`].
 
 mod queue;
 mod storage;
@@ -21,11 +23,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::redact;
 pub use queue::{
-    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings,
+    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings, Shards,
 };
 pub use storage::{CredentialKind, RetrySettings, StorageSettings};
 pub use trigger::{HttpTriggerSettings, TriggerSettings};
@@ -43,7 +45,7 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Everything a worker process needs to know.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where the queues live. Empty means the embedded in-process backend.
@@ -54,12 +56,16 @@ pub struct Settings {
     pub triggers: TriggerSettings,
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
+    /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub observability: crate::observability::ObservabilitySettings,
+    /// Log line format.
+    pub log: crate::observability::LogSettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// After a stop signal, how long in-flight handlers may run before they are cancelled.
@@ -190,6 +196,19 @@ impl Settings {
                     &poison,
                     "must not be a configured queue (its listener would take the poison copies)",
                 ));
+            }
+            // A shard is a physical queue: no other configured queue (or its poison queue) may
+            // be one of them.
+            for (other, o) in self.queues.iter().filter(|(other, _)| *other != name) {
+                for physical in [other.clone(), o.poison_queue_name(other)] {
+                    if q.shards.get() > 1 && q.shard_names(name).contains(&physical) {
+                        return Err(ConfigError::invalid(
+                            format!("queues.{name}.shards"),
+                            q.shards.get(),
+                            format!("shard {physical} is also used by queues.{other}"),
+                        ));
+                    }
+                }
             }
         }
         self.triggers.validate()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     check_duration, check_range, ConfigError, MAX_BATCH, MAX_IDLE_BACKOFF, MAX_VISIBILITY,
@@ -12,7 +12,7 @@ use crate::codec::Encoding;
 use crate::store::validate_queue_name;
 
 /// Settings of one queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
@@ -56,14 +56,58 @@ pub struct QueueSettings {
     pub handler_timeout_grace: Duration,
     /// Progress pulses of long jobs.
     pub heartbeat: HeartbeatSettings,
+    /// Physical queues this logical queue spans, 1..=100: with `shards = N > 1`, messages live
+    /// on `<queue>-0 .. <queue>-{N-1}`, publishers spread sends over them and one listener (one
+    /// scaling policy, one concurrency cap) consumes them all (see `store::sharding`).
+    pub shards: Shards,
     /// How work-detected events of this queue travel on the bus (`[queues.<name>.bus]`).
     pub bus: crate::bus::QueueBusSettings,
+}
+
+/// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Shards(std::num::NonZeroU8);
+
+impl Shards {
+    /// The most shards a queue may span: ten shards already carry an account's whole target
+    /// (20,000 requests/s), so more than 100 can only mean a typo.
+    pub const MAX: u8 = 100;
+
+    /// The shard count.
+    pub fn get(self) -> usize {
+        usize::from(self.0.get())
+    }
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Self(std::num::NonZeroU8::MIN)
+    }
+}
+
+impl From<Shards> for u64 {
+    fn from(shards: Shards) -> u64 {
+        u64::from(shards.0.get())
+    }
+}
+
+impl TryFrom<u64> for Shards {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        u8::try_from(n)
+            .ok()
+            .filter(|n| *n <= Self::MAX)
+            .and_then(std::num::NonZeroU8::new)
+            .map(Self)
+            .ok_or_else(|| format!("shards = {n}: must be 1..={}", Self::MAX))
+    }
 }
 
 /// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
 /// and count pulses each time the handler's progress count passes a multiple of `every`.
 /// Each pulse is logged as a structured event and renews the message's visibility.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSettings {
     /// A timed pulse this often while a handler runs (None: no timed pulses).
@@ -90,6 +134,7 @@ impl Default for QueueSettings {
             handler_timeout: None,
             handler_timeout_grace: Duration::from_secs(5),
             heartbeat: HeartbeatSettings::default(),
+            shards: Shards::default(),
             bus: crate::bus::QueueBusSettings::default(),
         }
     }
@@ -99,7 +144,7 @@ impl Default for QueueSettings {
 /// idleness, when batches come back full, when the (sparingly probed) depth calls for more, or
 /// when the oldest message gets too old; a task whose idle back-off reached its maximum retires
 /// unless it is the last one (or, with `min_tasks = 0`, also the last one).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScalingSettings {
     /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
@@ -152,7 +197,7 @@ impl Default for ScalingSettings {
 }
 
 /// From `from` messages deep, run `tasks` tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DepthRule {
     /// The depth this rule starts at.
@@ -163,7 +208,7 @@ pub struct DepthRule {
 
 /// The randomized exponential idle back-off: after the n-th empty receive a task sleeps
 /// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdleBackoffSettings {
     /// The shortest sleep after an empty receive.
@@ -229,12 +274,21 @@ impl QueueSettings {
         let poison = q.poison_queue_name(name);
         validate_queue_name(&poison)
             .map_err(|rule| ConfigError::invalid(key("poison_queue"), &poison, rule))?;
-        if poison == *name {
+        if poison == *name || q.shard_names(name).contains(&poison) {
             return Err(ConfigError::invalid(
                 key("poison_queue"),
                 &poison,
-                "must differ from the queue itself",
+                "must differ from the queue itself and its shards",
             ));
+        }
+        if let Some(last) = q.shard_names(name).pop().filter(|_| q.shards.get() > 1) {
+            validate_queue_name(&last).map_err(|rule| {
+                ConfigError::invalid(
+                    key("shards"),
+                    q.shards.get(),
+                    format!("the last shard's name {last} is not a queue name: {rule}"),
+                )
+            })?;
         }
         let b = &q.idle_backoff;
         check_duration(
@@ -282,6 +336,17 @@ impl QueueSettings {
     pub fn refill_slots(&self) -> usize {
         let most = self.batch_size.min(self.concurrency).max(1);
         self.refill_threshold.unwrap_or(most / 2).clamp(1, most) as usize
+    }
+
+    /// The physical queues this queue spans: `<queue>-0 .. <queue>-{N-1}` when sharded, else
+    /// the queue itself.
+    pub fn shard_names(&self, queue: &str) -> Vec<String> {
+        match self.shards.get() {
+            1 => vec![queue.to_string()],
+            n => (0..n)
+                .map(|i| crate::store::sharding::shard_name(queue, i))
+                .collect(),
+        }
     }
 
     /// The poison queue's name: the configured one, else `<queue>-poison`.

@@ -3,22 +3,25 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_duration, check_range, ConfigError};
 use crate::store::redact;
 
 /// Where the queues live.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
     /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
+    #[serde(serialize_with = "crate::secret::serialize_redacted")]
     pub connection_string: Option<String>,
     /// The queue service URL (`https://<account>.queue.core.windows.net`), optionally with a SAS
     /// token as its query. Without a SAS token, Entra ID (`credential`) is used.
+    #[serde(serialize_with = "crate::secret::serialize_redacted")]
     pub queue_endpoint: Option<String>,
     /// A SAS token for `queue_endpoint`, with or without the leading `?`.
+    #[serde(serialize_with = "crate::secret::serialize_hidden")]
     pub sas_token: Option<String>,
     /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd)
     /// or `managed_identity`.
@@ -34,7 +37,7 @@ pub struct StorageSettings {
 /// Retries of transient service errors (5xx, 503 ServerBusy, timeouts, connection errors):
 /// exponential back-off with jitter, bounded. The SDK's own retry policy is off, so these are
 /// the only retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
     /// Tries per call, the first included, 1..=100.
@@ -128,7 +131,7 @@ impl fmt::Debug for StorageSettings {
 }
 
 /// The Entra ID credential to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     /// Azure CLI, then Azure Developer CLI (a developer's machine).

@@ -340,3 +340,59 @@ fn a_trigger_token_no_header_could_carry_is_refused() {
         );
     }
 }
+
+#[test]
+fn shards_are_typed_and_their_names_checked() {
+    let env = BTreeMap::new();
+    let dir = dir_with("[queues.orders]\nshards = 4\n");
+    let s = Settings::load_from(&dir, &env).unwrap();
+    assert_eq!(s.queues["orders"].shards.get(), 4);
+    assert_eq!(
+        s.queues["orders"].shard_names("orders"),
+        ["orders-0", "orders-1", "orders-2", "orders-3"]
+    );
+    for (text, culprit) in [
+        (
+            "[queues.orders]\nshards = 0\n",
+            "shards = 0: must be 1..=100",
+        ),
+        ("[queues.orders]\nshards = 101\n", "shards = 101"),
+        ("[queues.orders]\nshards = -1\n", "shards"),
+        ("[queues.orders]\nshards = \"two\"\n", "shards"),
+    ] {
+        let err = Settings::load_from(&dir_with(text), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(culprit), "{text}: {err}");
+        assert!(err.contains("orders"), "{text}: {err}");
+    }
+    // A shard may not be another configured queue, nor the poison queue.
+    let err = Settings::load_from(
+        &dir_with("[queues.orders]\nshards = 2\n[queues.orders-1]\n"),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("queues.orders.shards") && err.contains("orders-1"),
+        "{err}"
+    );
+    let err = Settings::load_from(
+        &dir_with("[queues.orders]\nshards = 2\npoison_queue = \"orders-0\"\n"),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("queues.orders.poison_queue"), "{err}");
+    // The last shard's name must still be a queue name (63 characters at most).
+    let long = "a".repeat(62);
+    let err = Settings::load_from(
+        &dir_with(&format!(
+            "[queues.{long}]\nshards = 10\npoison_queue = \"p-poison\"\n"
+        )),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&format!("queues.{long}.shards")), "{err}");
+}

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::lease::{Lease, LeaseEvent};
 use super::poison::PoisonReason;
-use super::settle::{self, Settle};
+use super::settle::{self, Outcome, Settle};
 use super::slots::Held;
 use super::stats::{bump, Gauge};
 use super::Shared;
@@ -27,19 +26,6 @@ use crate::handler::{
     BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
 };
 use crate::store::ReceivedMessage;
-
-/// What became of a handler run.
-#[derive(Debug)]
-pub(super) enum Outcome {
-    /// The handler returned (after its timeout fired, only `Ok` lands here).
-    Done(Result<(), DispatchError>),
-    /// It panicked, with the panic's text.
-    Panicked(String),
-    /// It passed `handler_timeout` and then failed or was aborted after the grace.
-    TimedOut(Duration),
-    /// The drain deadline passed while it ran.
-    Aborted,
-}
 
 /// Runs one received message to its settle. `received_at` is when its receive was sent: the
 /// lease counts from there.

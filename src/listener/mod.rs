@@ -2,14 +2,16 @@
 //! [`crate::scaling`] policy wants, the tasks that receive, and the message runs they spawn.
 //!
 //! The files, one job each:
-//! - `supervisor.rs`: spawns, retires and replaces tasks; probes depth.
+//! - `supervisor.rs`: spawns, retires and replaces tasks; probes depth. It hears from tasks
+//!   through `task::Event`.
 //! - `task.rs`: the receive loop and its flow control: take concurrency slots first, receive
 //!   no more than it holds, spawn each message with its slot, never wait for a batch to end.
 //! - `slots.rs`: the queue's concurrency slots, shared by its tasks.
 //! - `dispatch.rs`: one message's run: decode, handler, timeout, drain abort, heartbeat.
 //! - `lease.rs`: the message's pop receipt and visibility, renewed beside the handler from the
 //!   moment of the receive.
-//! - `settle.rs`: delete, retry, release or poison, by one pure rule.
+//! - `settle.rs`: a run's `Outcome`, and the one pure rule that turns it into a delete, retry,
+//!   release or poison.
 //! - `stats.rs`: counters and the snapshot.
 //! - [`poison`]: the poison message format and the poison queue operations.
 //!
@@ -40,7 +42,8 @@ use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, Wake};
 use stats::ListenerStats;
 pub use stats::QueueSnapshot;
-use supervisor::{Event, ScaleView, Supervisor};
+use supervisor::{ScaleView, Supervisor};
+use task::Event;
 
 /// A failure no retry can fix (credentials refused, queue gone): the first one is kept and
 /// the worker stops, saying why.
@@ -160,6 +163,8 @@ pub(crate) struct Shared {
     life: Lifecycle,
     /// A token never cancelled: the timeout signal of handlers without a timeout.
     never: CancellationToken,
+    /// Fires when the supervisor ends (stop, or a panic): the listener no longer runs.
+    supervisor_ended: CancellationToken,
 }
 
 impl Wake for Shared {
@@ -248,6 +253,7 @@ impl QueueListener {
             events,
             life: life.clone(),
             never: CancellationToken::new(),
+            supervisor_ended: CancellationToken::new(),
             settings,
         });
         hub.register(&shared.name, shared.clone());
@@ -257,7 +263,15 @@ impl QueueListener {
         // the supervisor, so the listener never looks idle before it has looked at the queue.
         supervisor.spawn_task();
         let span = tracing::info_span!("listener", queue = %shared.name);
-        life.tracker.spawn(supervisor.run(inbox).instrument(span));
+        // A guard, not a line after the await: a supervisor that panics also ends the listener.
+        let ended = shared.supervisor_ended.clone().drop_guard();
+        life.tracker.spawn(
+            async move {
+                let _ended = ended;
+                supervisor.run(inbox).await;
+            }
+            .instrument(span),
+        );
         let s = &shared.settings;
         info!(queue = %shared.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
               batch_size = s.batch_size, concurrency = s.concurrency, refill = shared.flow.refill,
@@ -279,6 +293,16 @@ impl QueueListener {
             .unwrap_or_default();
         snapshot.last_decision = view.last_decision.clone();
         snapshot
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).
+    pub fn is_running(&self) -> bool {
+        !self.shared.supervisor_ended.is_cancelled()
     }
 
     /// Messages received and not yet settled.

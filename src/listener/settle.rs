@@ -7,12 +7,24 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
-use super::dispatch::Outcome;
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::bump;
 use super::Shared;
 use crate::handler::{DispatchError, HandlerError};
 use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, MAX_VISIBILITY};
+
+/// What became of a handler run.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The handler returned (after its timeout fired, only `Ok` lands here).
+    Done(Result<(), DispatchError>),
+    /// It panicked, with the panic's text.
+    Panicked(String),
+    /// It passed `handler_timeout` and then failed or was aborted after the grace.
+    TimedOut(Duration),
+    /// The drain deadline passed while it ran.
+    Aborted,
+}
 
 /// How a message is settled.
 #[derive(Debug, PartialEq, Eq)]

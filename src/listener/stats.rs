@@ -76,7 +76,8 @@ pub struct QueueSnapshot {
     pub pulses: u64,
     /// Dequeue tasks that ended unexpectedly (a panic outside a handler) and were replaced.
     pub task_restarts: u64,
-    /// The last probed depth (visible messages), if any.
+    /// The last probed depth, if any: messages waiting, this replica's in-flight messages not
+    /// counted (see the README's Scaling section for what it can know of other replicas').
     pub depth: Option<u64>,
     /// Each running task's empty receives in a row.
     pub idle_streaks: Vec<u32>,

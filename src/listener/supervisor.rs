@@ -14,40 +14,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::stats::bump;
-use super::{dispatch, task, Shared};
+use super::task::{self, Event};
+use super::{dispatch, Shared};
 use crate::scaling::{decide, Decision, Prompt, Signals};
 use crate::store::{StoreError, MAX_RECEIVE};
-
-/// What tasks and triggers tell the supervisor.
-pub(super) enum Event {
-    /// A receive brought messages.
-    Batch {
-        /// A whole `batch_size` came back: the queue may hold more than the tasks take.
-        full: bool,
-        /// As many came back as the task asked for (its free slots may have limited the ask).
-        filled: bool,
-        /// The task's receives before this one were empty (or this was its first).
-        after_idle: bool,
-    },
-    /// A task's back-off reached its maximum; it asks to retire.
-    IdleAtMax {
-        task: u64,
-        /// The wake-up count before the task's last receive.
-        seen_wakes: u64,
-        reply: oneshot::Sender<bool>,
-    },
-    /// A push trigger arrived.
-    Trigger,
-    /// A message this listener retried or released is visible again.
-    Visible,
-}
 
 /// What the supervisor knows beyond counters, shown in snapshots.
 #[derive(Debug, Default)]
@@ -252,10 +229,12 @@ impl Supervisor {
         self.spawn_task();
     }
 
-    /// A batch came back since the last probe. Handlers merely running are no reason: a long
-    /// job would be probed every interval for nothing.
+    /// A batch came back since the last probe, or several tasks run (the probe says whether
+    /// they are all still needed: their own empty receives cost more than it does). Handlers
+    /// merely running under one task are no reason: a long job would be probed every interval
+    /// for nothing.
     fn is_busy(&self) -> bool {
-        !self.tasks.is_empty() && self.busy
+        !self.tasks.is_empty() && (self.busy || self.tasks.len() > 1)
     }
 
     fn batch_size(&self) -> u8 {
@@ -359,9 +338,12 @@ impl Supervisor {
         }
     }
 
-    /// The approximate depth, corrected by a peek when small: the approximate count includes
-    /// messages in flight (invisible), which would otherwise read as waiting work. With an age
-    /// rule, the oldest visible message's age too (from that peek, or a peek of one).
+    /// The waiting work: the approximate count less the messages this replica holds (received,
+    /// not settled), corrected by a peek when that leaves 32 or less. The approximate count
+    /// includes every message in flight (invisible), which would otherwise read as waiting
+    /// work: this replica's own are subtracted exactly; other replicas' only a peek can see
+    /// past, and a peek shows at most 32. With an age rule, the oldest visible message's age
+    /// too (from that peek, or a peek of one).
     async fn probe_depth(&mut self) -> Probe {
         self.last_probe = Some(Instant::now());
         let queue = &self.shared.queue;
@@ -375,10 +357,14 @@ impl Supervisor {
         bump(&stats.probe_calls);
         let result = async {
             let approximate = queue.approximate_depth().await?;
-            let small = approximate <= u64::from(MAX_RECEIVE);
+            // Read after the count: a message settled meanwhile then errs towards more work,
+            // never towards less.
+            let held = stats.held.load(Ordering::Relaxed);
+            let waiting = approximate.saturating_sub(held);
+            let small = waiting <= u64::from(MAX_RECEIVE);
             if !small && !want_age {
                 return Ok(Probe {
-                    depth: Some(approximate),
+                    depth: Some(waiting),
                     oldest_age: None,
                 });
             }
@@ -388,11 +374,7 @@ impl Supervisor {
                 .first()
                 .and_then(|m| m.inserted_at)
                 .map(|t| (crate::store::now_utc() - t).unsigned_abs());
-            let depth = if small {
-                peeked.len() as u64
-            } else {
-                approximate
-            };
+            let depth = if small { peeked.len() as u64 } else { waiting };
             Ok::<_, StoreError>(Probe {
                 depth: Some(depth),
                 oldest_age,

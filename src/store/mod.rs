@@ -18,6 +18,7 @@ pub mod azure;
 pub mod counting;
 pub mod memory;
 pub mod retrying;
+pub mod sharding;
 
 /// The largest message text the service accepts, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

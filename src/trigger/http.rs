@@ -155,7 +155,7 @@ fn authorize(
 }
 
 /// The token of an `Authorization: Bearer <token>` header, the scheme matched in any case.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -169,7 +169,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Compares in time that does not depend on where the tokens differ (only on their lengths).
-fn tokens_match(given: &str, expected: &str) -> bool {
+pub(crate) fn tokens_match(given: &str, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 

@@ -1,0 +1,156 @@
+//! `ebbflow poison list|show|requeue`: a configured queue's poison queue.
+
+use std::collections::BTreeSet;
+
+use ebbflow::config::QueueSettings;
+use ebbflow::listener::poison::{PoisonQueue, PoisonRecord, Selection};
+
+use crate::context::{block_on, configured};
+use crate::{CliError, Context};
+
+/// The poison commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List the poison messages of a queue, oldest first: id, when and why poisoned, tries,
+    /// origin, last error.
+    List {
+        /// The configured queue whose poison queue to read.
+        #[arg(long, value_name = "NAME")]
+        queue: String,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one poison message: its envelope (failure details) and decoded body.
+    Show {
+        /// The configured queue whose poison queue to read.
+        #[arg(long, value_name = "NAME")]
+        queue: String,
+        /// The poison message's id (as `poison list` prints it).
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+    /// Send poison messages back to their source queue with their original text, then delete
+    /// the poison copies.
+    Requeue {
+        /// The configured queue whose poison queue to read.
+        #[arg(long, value_name = "NAME")]
+        queue: String,
+        /// A poison message id (repeat for several).
+        #[arg(long, value_name = "ID", conflicts_with = "all")]
+        id: Vec<String>,
+        /// Every poison message of the queue.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+impl Command {
+    /// Runs the command against the configured storage.
+    pub fn run(self, ctx: &Context) -> Result<(), CliError> {
+        let queue = match &self {
+            Command::List { queue, .. }
+            | Command::Show { queue, .. }
+            | Command::Requeue { queue, .. } => queue.clone(),
+        };
+        if let Command::Requeue { id, all: false, .. } = &self {
+            if id.is_empty() {
+                return Err(CliError::usage(
+                    "requeue needs either --all or --id (see ebbflow poison requeue --help)",
+                ));
+            }
+        }
+        let settings = ctx.settings()?;
+        let queue_settings = configured(&settings, &queue)?.clone();
+        let store = ctx.store(&settings)?;
+        let poison = PoisonQueue::new(store, &queue, &queue_settings)?;
+        block_on(self.run_on(&poison, &queue_settings))?
+    }
+
+    async fn run_on(self, poison: &PoisonQueue, settings: &QueueSettings) -> Result<(), CliError> {
+        match self {
+            Command::List { limit, .. } => {
+                let records = poison.list(limit).await?;
+                say!("{} message(s) on {}", records.len(), poison.name());
+                for r in &records {
+                    say!("{}", summary_line(r));
+                }
+                Ok(())
+            }
+            Command::Show { id, .. } => {
+                let record = poison.inspect(&id).await?.ok_or_else(|| {
+                    CliError::runtime(format!("no message {id} on {}", poison.name()))
+                })?;
+                match &record.envelope {
+                    Ok(e) => {
+                        let json = serde_json::to_string_pretty(e).map_err(CliError::runtime)?;
+                        say!("{json}");
+                        if let Ok(bytes) = settings.encoding.decode(&e.body) {
+                            say!("decoded body: {}", String::from_utf8_lossy(&bytes));
+                        }
+                    }
+                    Err(why) => say!("{}: no envelope, original text ({why})", record.id),
+                }
+                Ok(())
+            }
+            Command::Requeue { id, all, .. } => {
+                let selection = if all {
+                    Selection::All
+                } else {
+                    Selection::Ids(id.into_iter().collect::<BTreeSet<_>>())
+                };
+                let report = poison.requeue(&selection).await?;
+                for (id, queue, new_id) in &report.requeued {
+                    say!("requeued {id} to {queue} as {new_id}");
+                }
+                for (id, why) in &report.skipped {
+                    say!("skipped {id}: {why}");
+                }
+                for id in &report.missing {
+                    say!("not found: {id}");
+                }
+                if report.skipped.is_empty() && report.missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CliError::runtime(format!(
+                        "{} requeued, {} skipped, {} not found",
+                        report.requeued.len(),
+                        report.skipped.len(),
+                        report.missing.len()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn summary_line(r: &PoisonRecord) -> String {
+    match &r.envelope {
+        Ok(e) => {
+            let mut error = e.error.clone().unwrap_or_default();
+            if error.len() > 80 {
+                let cut = (0..=77)
+                    .rev()
+                    .find(|i| error.is_char_boundary(*i))
+                    .unwrap_or(0);
+                error.truncate(cut);
+                error.push_str("...");
+            }
+            let when = e
+                .poisoned_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            format!(
+                "{}  {}  {}  tries={}  from={}/{}  {}",
+                r.id,
+                when,
+                e.reason.as_str(),
+                e.dequeue_count,
+                e.queue,
+                e.message_id,
+                error
+            )
+        }
+        Err(why) => format!("{}  (no envelope, original text: {why})", r.id),
+    }
+}

@@ -1,0 +1,142 @@
+//! Push triggers a command sends after putting work on a queue, so idle workers wake at once
+//! instead of at their next poll (or never, at `min_tasks = 0` with no depth probe).
+//!
+//! [`announce`] sends every trigger the config declares and reports each one. Today that is
+//! the HTTP work-detected endpoint (`[triggers.http]`); a new channel (the bus) adds one step
+//! there and one [`Channel`] name, and every sending command gets it.
+
+use std::time::Duration;
+
+use ebbflow::store::redact;
+use ebbflow::Settings;
+use serde::Serialize;
+
+/// How long one trigger request may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// "Work detected on `queue`": the plain event the HTTP endpoint accepts
+/// (`ebbflow::trigger::WorkDetected`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkDetected {
+    /// The storage account, so workers on another account ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The queue that has work.
+    pub queue: String,
+    /// How many messages were sent.
+    pub payload_size: u64,
+}
+
+/// Where a command's triggers go, from its flags.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// Send none (`--no-trigger`).
+    pub off: bool,
+    /// Post to this URL instead of the configured endpoint (`--trigger-url`): another replica.
+    pub http_url: Option<String>,
+}
+
+/// What happened to one trigger.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The channel and where it went, e.g. `http POST http://127.0.0.1:7075/trigger`.
+    pub channel: String,
+    /// `Ok(what the receiver said)`, or why it failed.
+    pub result: Result<String, String>,
+}
+
+/// Sends `event` on every trigger channel `settings` declares (or `target` asks for) and
+/// reports each; an empty list means none is configured.
+pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    if target.off {
+        return outcomes;
+    }
+    if let Some(url) = http_url(settings, target) {
+        let result = post(&url, settings.triggers.http.token.as_deref(), event).await;
+        outcomes.push(Outcome {
+            channel: format!("http POST {}", redact(&url)),
+            result,
+        });
+    }
+    // Further channels (the bus's work-detected event) are sent here.
+    outcomes
+}
+
+/// The HTTP endpoint to post to: `--trigger-url`, else the configured endpoint when it is
+/// enabled (an unspecified bind address such as 0.0.0.0 is reached on loopback).
+fn http_url(settings: &Settings, target: &Target) -> Option<String> {
+    if let Some(url) = &target.http_url {
+        let trimmed = url.trim_end_matches('/');
+        let has_path = trimmed
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains('/'));
+        return Some(if has_path {
+            url.clone()
+        } else {
+            format!("{trimmed}/trigger")
+        });
+    }
+    let http = &settings.triggers.http;
+    if !http.enabled {
+        return None;
+    }
+    let mut addr = http.bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(format!("http://{addr}/trigger"))
+}
+
+/// Posts one plain work-detected event; Ok with the endpoint's answer when it woke a listener.
+async fn post(url: &str, token: Option<&str>, event: &WorkDetected) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    // Errors and answers may echo the URL, which may carry `?token=`: redacted.
+    let response = request
+        .send()
+        .await
+        .map_err(|e| redact(&format!("{e} ({})", error_chain(&e))))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let text = redact(text.trim());
+    if !status.is_success() {
+        return Err(format!("{status}: {text}"));
+    }
+    let woken = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("woken")?.as_u64());
+    match woken {
+        Some(0) => Err(format!(
+            "{status}, but no listener there took it: that worker does not listen on queue {} \
+             (or uses another storage account)",
+            event.queue
+        )),
+        Some(n) => Ok(format!("{status}, woke {n} listener(s)")),
+        None => Ok(status.to_string()),
+    }
+}
+
+/// The causes below a request error (connection refused, timed out, ...).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    causes.join(": ")
+}

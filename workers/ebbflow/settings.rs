@@ -1,0 +1,40 @@
+//! `ebbflow config check`: load and validate the config like a worker does, and print the
+//! effective settings with secrets redacted.
+
+use crate::{CliError, Context};
+
+/// The config commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Load and validate the config like a worker does (files, EBBFLOW__... overrides,
+    /// AZURE_STORAGE_CONNECTION_STRING) and print the effective settings, secrets redacted;
+    /// exit 2 naming the key when a value is wrong.
+    Check {
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// Loads, validates and prints.
+    pub fn run(self, ctx: &Context) -> Result<(), CliError> {
+        let Command::Check { json } = self;
+        let settings = ctx.settings()?;
+        // Opening the store parses the connection string or endpoint (no network call), so a
+        // malformed one is reported here rather than at a worker's start.
+        ebbflow::store::open(&settings.storage)?;
+        // The settings types serialize secrets redacted (`ebbflow::secret`).
+        let text = if json {
+            serde_json::to_string_pretty(&settings).map_err(CliError::runtime)? + "\n"
+        } else {
+            let body = toml::to_string(&settings).map_err(CliError::runtime)?;
+            format!(
+                "# ebbflow config check: {} is valid. Effective settings, secrets redacted:\n\n{body}",
+                ctx.config_dir().display()
+            )
+        };
+        emit!("{text}");
+        Ok(())
+    }
+}
