@@ -370,8 +370,10 @@ async fn enqueue_honours_ttl_and_delay() {
 fn stats_reports_depths_and_missing_queues_without_creating_them() {
     let (made, missing) = (common::unique("made"), common::unique("missing"));
     let dir = config(&format!("[queues.{made}]\n\n[queues.{missing}]\n"));
-    let run = with(&dir, &["enqueue", &made, "x", "--create", "--count", "3"]);
+    let run = with(&dir, &["enqueue", &made, "x", "--create", "--count", "50"]);
     assert_eq!(run.code, Some(0), "{}", run.both());
+    let ids: std::collections::BTreeSet<String> = sent_ids(&run).into_iter().collect();
+    assert_eq!(ids.len(), 50, "{}", run.stdout);
     for _ in 0..2 {
         let run = with(&dir, &["stats", "--json"]);
         assert_eq!(run.code, Some(0), "{}", run.both());
@@ -386,7 +388,7 @@ fn stats_reports_depths_and_missing_queues_without_creating_them() {
         };
         let made_row = row(&made);
         assert_eq!(made_row["exists"], true);
-        assert_eq!(made_row["depth"], 3);
+        assert_eq!(made_row["depth"], 50);
         assert_eq!(made_row["poison_queue"], format!("{made}-poison"));
         assert_eq!(made_row["poison_exists"], false);
         assert!(made_row["poison_depth"].is_null());
@@ -399,7 +401,7 @@ fn stats_reports_depths_and_missing_queues_without_creating_them() {
     let line = run.stdout.lines().find(|l| l.starts_with(&made)).unwrap();
     assert_eq!(
         line.split_whitespace().collect::<Vec<_>>(),
-        [made.as_str(), "3", &format!("{made}-poison"), "missing"]
+        [made.as_str(), "50", &format!("{made}-poison"), "missing"]
     );
 }
 
@@ -566,13 +568,17 @@ fn config_check_names_a_bad_key_and_prints_no_secret() {
     .unwrap();
     // An environment override takes part, as in a worker.
     let config = dir.path().to_str().unwrap();
-    let env = [("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "3")];
+    let metrics_token = "metrics-token-0123456789";
+    let env = [
+        ("EBBFLOW__QUEUES__ORDERS__CONCURRENCY", "3"),
+        ("EBBFLOW__OBSERVABILITY__METRICS_TOKEN", metrics_token),
+    ];
     for format in [&[][..], &["--json"][..]] {
         let mut args = vec!["config", "check", "--config", config];
         args.extend(format);
         let run = ebbflow(&args, &env);
         assert_eq!(run.code, Some(0), "{}", run.both());
-        for secret in [key, token, &key[..20]] {
+        for secret in [key, token, &key[..20], metrics_token] {
             assert!(
                 !run.both().contains(secret),
                 "a secret was printed: {}",
