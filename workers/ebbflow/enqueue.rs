@@ -67,6 +67,9 @@ impl Args {
     /// Checks everything that can be checked locally, then sends and triggers.
     pub fn run(self, ctx: &Context) -> Result<(), CliError> {
         let options = self.send_options()?;
+        if let Some(url) = &self.trigger_url {
+            push::check_url(url).map_err(CliError::usage)?;
+        }
         let payload = self.payload()?;
         let settings = ctx.settings()?;
         let encoding = configured(&settings, &self.queue)?.encoding;
