@@ -144,8 +144,14 @@ mod tests {
         assert!(shown.contains("<redacted>"), "{shown}");
         let written = serde_json::to_string(&s.observability).unwrap();
         assert!(!written.contains("scrape-token"), "{written}");
-        assert!(written.contains("\"metrics_token\":\"<redacted>\""), "{written}");
-        assert_eq!(serde_json::to_string(&s.log).unwrap(), r#"{"format":"json"}"#);
+        assert!(
+            written.contains("\"metrics_token\":\"<redacted>\""),
+            "{written}"
+        );
+        assert_eq!(
+            serde_json::to_string(&s.log).unwrap(),
+            r#"{"format":"json"}"#
+        );
     }
 
     #[test]
