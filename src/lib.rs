@@ -4,9 +4,13 @@
 //!
 //! 1. [`config`] loads typed settings (files, then environment) and validates every value.
 //! 2. [`store`] opens the backend: Azure / Azurite through `azure_storage_queue`, or the
-//!    embedded in-process store with the same semantics. Its retrying layer retries service
-//!    faults on the [`backoff`] policy and decides, per operation, what a retry after an
-//!    unanswered try means (a delete done, an update in doubt, a send maybe stored twice).
+//!    embedded in-process store with the same semantics. Wrappers are layers on one
+//!    forwarding base ([`store::layer`]) that override only what they change: its retrying
+//!    layer retries service faults with jittered back-off and decides, per operation, what a
+//!    retry after an unanswered try means (a delete done, an update in doubt, a send maybe
+//!    stored twice). The service's limits (batch 32, visibility 7 days, 64 KiB, time to live)
+//!    and rules (queue names, message text, secrets kept out of logs) are in [`service`], a
+//!    leaf every room takes them from; [`checks`] names the key of a setting out of range.
 //! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
 //!    batches of up to 32 messages and sleep on the [`backoff`] curve while the queue is empty.
 //!    The listener's supervisor asks the [`scaling`] policy how many tasks to run: more when
@@ -31,6 +35,7 @@
 //! [`observability`] renders for `GET /metrics`.
 
 pub mod backoff;
+pub mod checks;
 pub mod codec;
 pub mod config;
 pub mod handler;
@@ -38,6 +43,7 @@ pub mod listener;
 pub mod observability;
 pub mod scaling;
 pub mod secret;
+pub mod service;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;

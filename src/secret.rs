@@ -7,7 +7,7 @@
 
 use serde::Serializer;
 
-use crate::store::redact;
+use crate::service::redact;
 
 /// The marker that replaces a secret.
 pub const REDACTED: &str = "<redacted>";

@@ -13,7 +13,6 @@
 //! [`crate::observability`].
 
 mod queue;
-mod storage;
 #[cfg(test)]
 mod tests;
 mod trigger;
@@ -25,11 +24,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::redact;
+use crate::checks::InvalidSetting;
+use crate::service::redact;
+pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
 pub use queue::{
     DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings, Shards,
 };
-pub use storage::{CredentialKind, RetrySettings, StorageSettings};
 pub use trigger::{HttpTriggerSettings, TriggerSettings};
 
 /// The environment variable that names the optional per-environment file.
@@ -39,9 +39,6 @@ pub const DIR_VAR: &str = "EBBFLOW_CONFIG_DIR";
 /// The conventional Azure connection string variable.
 pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
 
-/// The largest batch the service hands out in one receive.
-pub const MAX_BATCH: u32 = 32;
-const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Everything a worker process needs to know.
@@ -112,6 +109,16 @@ pub enum ConfigError {
         /// What is allowed.
         rule: String,
     },
+}
+
+impl From<InvalidSetting> for ConfigError {
+    fn from(e: InvalidSetting) -> Self {
+        Self::Invalid {
+            key: e.key,
+            value: e.value,
+            rule: e.rule,
+        }
+    }
 }
 
 impl ConfigError {
@@ -210,15 +217,7 @@ impl Settings {
 }
 
 pub(crate) fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            value,
-            format!("must be {min}..={max}"),
-        ))
-    }
+    Ok(crate::checks::range(key, value, min, max)?)
 }
 
 pub(crate) fn check_duration(
@@ -227,17 +226,5 @@ pub(crate) fn check_duration(
     min: Duration,
     max: Duration,
 ) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            humantime::format_duration(value),
-            format!(
-                "must be {}..={}",
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ),
-        ))
-    }
+    Ok(crate::checks::duration(key, value, min, max)?)
 }

@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    check_duration, check_range, ConfigError, MAX_BATCH, MAX_IDLE_BACKOFF, MAX_VISIBILITY,
-};
+use super::{check_duration, check_range, ConfigError, MAX_IDLE_BACKOFF};
 use crate::codec::Encoding;
-use crate::store::validate_queue_name;
+use crate::service::{validate_queue_name, MAX_BATCH, MAX_VISIBILITY};
 
 /// Settings of one queue.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -118,7 +116,7 @@ pub struct HeartbeatSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
-            batch_size: MAX_BATCH,
+            batch_size: u32::from(MAX_BATCH),
             concurrency: 16,
             refill_threshold: None,
             batch_window: None,
@@ -237,7 +235,7 @@ impl QueueSettings {
         let key = |field: &str| format!("queues.{name}.{field}");
         validate_queue_name(name)
             .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
-        check_range(&key("batch_size"), q.batch_size, 1, MAX_BATCH)?;
+        check_range(&key("batch_size"), q.batch_size, 1, u32::from(MAX_BATCH))?;
         check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
         if let Some(refill) = q.refill_threshold {
             check_range(

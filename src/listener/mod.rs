@@ -236,7 +236,7 @@ impl QueueListener {
         let flow = Flow {
             slots: slots::Slots::new(settings.concurrency as usize),
             wake: Notify::new(),
-            batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_RECEIVE),
+            batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_BATCH),
             refill: settings.refill_slots(),
             covered: spec.trigger_covered,
             wakes: std::sync::atomic::AtomicU64::new(0),

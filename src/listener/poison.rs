@@ -40,9 +40,7 @@ use tracing::info;
 
 use crate::codec::Encoding;
 use crate::config::QueueSettings;
-use crate::store::{
-    Queue, QueueStore, ReceivedMessage, StoreError, MAX_MESSAGE_BYTES, MAX_RECEIVE,
-};
+use crate::store::{Queue, QueueStore, ReceivedMessage, StoreError, MAX_BATCH, MAX_MESSAGE_BYTES};
 
 /// Why a message was poisoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,7 +336,7 @@ impl PoisonQueue {
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
         let mut held: Vec<ReceivedMessage> = Vec::new();
         while held.len() < limit {
-            let want = (limit - held.len()).min(usize::from(MAX_RECEIVE)) as u8;
+            let want = (limit - held.len()).min(usize::from(MAX_BATCH)) as u8;
             let batch = match self.poison.receive(want, SCAN_HOLD).await {
                 Ok(batch) => batch,
                 Err(e) => {

@@ -24,7 +24,7 @@ use super::stats::bump;
 use super::task::{self, Event};
 use super::{dispatch, Shared};
 use crate::scaling::{decide, Decision, Prompt, Signals};
-use crate::store::{StoreError, MAX_RECEIVE};
+use crate::store::{StoreError, MAX_BATCH};
 
 /// What the supervisor knows beyond counters, shown in snapshots.
 #[derive(Debug, Default)]
@@ -361,7 +361,7 @@ impl Supervisor {
             // never towards less.
             let held = stats.held.load(Ordering::Relaxed);
             let waiting = approximate.saturating_sub(held);
-            let small = waiting <= u64::from(MAX_RECEIVE);
+            let small = waiting <= u64::from(MAX_BATCH);
             if !small && !want_age {
                 return Ok(Probe {
                     depth: Some(waiting),
@@ -369,7 +369,7 @@ impl Supervisor {
                 });
             }
             bump(&stats.probe_calls);
-            let peeked = queue.peek(if small { MAX_RECEIVE } else { 1 }).await?;
+            let peeked = queue.peek(if small { MAX_BATCH } else { 1 }).await?;
             let oldest_age = peeked
                 .first()
                 .and_then(|m| m.inserted_at)

@@ -128,7 +128,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         let Some((mut held, for_trigger)) = wait(&shared, &token, turn, &mut quiet).await else {
             break;
         };
-        let asked = u8::try_from(held.len()).unwrap_or(crate::store::MAX_RECEIVE);
+        let asked = u8::try_from(held.len()).unwrap_or(crate::store::MAX_BATCH);
         // A wake-up counted after this point may be for a message this receive misses.
         seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
         let received_at = Instant::now();

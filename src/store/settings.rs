@@ -1,12 +1,13 @@
-//! Where the queues live, and how transient service errors are retried.
+//! Where the queues live, and how transient service errors are retried: the `[storage]`
+//! settings, beside the store that uses them (`config` loads them and re-exports them).
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_duration, check_range, ConfigError};
-use crate::store::redact;
+use crate::checks::{self, InvalidSetting};
+use crate::service::redact;
 
 /// Where the queues live.
 #[derive(Clone, Deserialize, Serialize)]
@@ -141,44 +142,45 @@ pub enum CredentialKind {
 }
 
 impl StorageSettings {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value against its allowed range, naming the key at fault.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let s = self;
         if s.connection_string.is_some() && s.queue_endpoint.is_some() {
-            return Err(ConfigError::invalid(
+            return Err(InvalidSetting::new(
                 "storage.queue_endpoint",
                 redact(s.queue_endpoint.as_deref().unwrap_or_default()),
                 "set either storage.connection_string or storage.queue_endpoint, not both",
             ));
         }
         if s.sas_token.is_some() && s.queue_endpoint.is_none() {
-            return Err(ConfigError::invalid(
+            return Err(InvalidSetting::new(
                 "storage.sas_token",
                 "<redacted>",
                 "needs storage.queue_endpoint",
             ));
         }
         let r = &self.retry;
-        check_range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
-        check_duration(
+        checks::range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
+        checks::duration(
             "storage.retry.max_delay",
             r.max_delay,
             Duration::from_millis(1),
             Duration::from_secs(300),
         )?;
-        check_duration(
+        checks::duration(
             "storage.retry.min_delay",
             r.min_delay,
             Duration::from_millis(1),
             r.max_delay,
         )?;
         // At least 2 s, so the service's own timeout (at least 1 s) stays below it.
-        check_duration(
+        checks::duration(
             "storage.retry.request_timeout",
             r.request_timeout,
             Duration::from_secs(2),
             Duration::from_secs(600),
         )?;
-        check_range(
+        checks::range(
             "storage.retry.refusals_before_fatal",
             r.refusals_before_fatal,
             1,
