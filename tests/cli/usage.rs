@@ -17,6 +17,9 @@ fn every_command_has_help_that_exits_0() {
         &["stats"],
         &["config"],
         &["config", "check"],
+        &["deploy"],
+        &["deploy", "keda"],
+        &["deploy", "container-apps"],
     ];
     for command in commands {
         let mut args = command.to_vec();
