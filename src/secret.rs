@@ -127,7 +127,10 @@ mod tests {
                 "AccountName=a;QueueEndpoint=https://u:S3C@q/a?sig=S3C",
                 "AccountName=a;QueueEndpoint=https://u:<redacted>@q/a?sig=<redacted>",
             ),
-            ("https://q/a?sv=1&sig=S3C", "https://q/a?sv=1&sig=<redacted>"),
+            (
+                "https://q/a?sv=1&sig=S3C",
+                "https://q/a?sv=1&sig=<redacted>",
+            ),
             ("UseDevelopmentStorage=true", "UseDevelopmentStorage=true"),
         ] {
             assert_eq!(redact_connection_string(cs), want, "{cs}");

@@ -13,9 +13,16 @@ fn a_delay_that_rounds_up_to_the_ttl_is_refused_before_sending() {
     for (ttl, delay) in [("1s", "500ms"), ("2s", "1500ms"), ("1500ms", "1200ms")] {
         let run = with(
             &dir,
-            &["enqueue", &queue, "x", "--create", "--ttl", ttl, "--delay", delay],
+            &[
+                "enqueue", &queue, "x", "--create", "--ttl", ttl, "--delay", delay,
+            ],
         );
-        assert_eq!(run.code, Some(2), "--ttl {ttl} --delay {delay}: {}", run.both());
+        assert_eq!(
+            run.code,
+            Some(2),
+            "--ttl {ttl} --delay {delay}: {}",
+            run.both()
+        );
         assert!(
             run.stderr.contains("shorter than the time to live"),
             "{}",
@@ -23,11 +30,16 @@ fn a_delay_that_rounds_up_to_the_ttl_is_refused_before_sending() {
         );
     }
     let stats = json(&with(&dir, &["stats", "--json"]));
-    assert_eq!(stats[0]["exists"], false, "refused before any call: {stats}");
+    assert_eq!(
+        stats[0]["exists"], false,
+        "refused before any call: {stats}"
+    );
     // One whole second apart is what the service takes.
     let run = with(
         &dir,
-        &["enqueue", &queue, "x", "--create", "--ttl", "3s", "--delay", "1500ms"],
+        &[
+            "enqueue", &queue, "x", "--create", "--ttl", "3s", "--delay", "1500ms",
+        ],
     );
     assert_eq!(run.code, Some(0), "{}", run.both());
 }

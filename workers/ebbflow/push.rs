@@ -223,7 +223,10 @@ mod tests {
             assert!(check_url(bad).is_err(), "{bad}");
         }
         for secret in ["ftp://h/x?token=s3cret", "ftp://u:s3cret@h/x"] {
-            assert!(!check_url(secret).unwrap_err().contains("s3cret"), "{secret}");
+            assert!(
+                !check_url(secret).unwrap_err().contains("s3cret"),
+                "{secret}"
+            );
         }
     }
 }
