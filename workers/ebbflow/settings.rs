@@ -21,6 +21,9 @@ impl Command {
     pub fn run(self, ctx: &Context) -> Result<(), CliError> {
         let Command::Check { json } = self;
         let settings = ctx.settings()?;
+        // Opening the store parses the connection string or endpoint (no network call), so a
+        // malformed one is reported here rather than at a worker's start.
+        ebbflow::store::open(&settings.storage)?;
         // A worker refuses to start without queues; so does the check (a config folder that
         // is misnamed or missing loads as nothing but defaults).
         if settings.queues.is_empty() {
@@ -36,9 +39,6 @@ impl Command {
                 }
             )));
         }
-        // Opening the store parses the connection string or endpoint (no network call), so a
-        // malformed one is reported here rather than at a worker's start.
-        ebbflow::store::open(&settings.storage)?;
         // The settings types serialize secrets redacted (`ebbflow::secret`).
         let text = if json {
             serde_json::to_string_pretty(&settings).map_err(CliError::runtime)? + "\n"
