@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_duration, check_range, ConfigError, MAX_IDLE_BACKOFF};
 use crate::codec::Encoding;
-use crate::store::TimeToLive;
 use crate::service::{validate_queue_name, MAX_BATCH, MAX_VISIBILITY};
+use crate::store::TimeToLive;
 
 /// Settings of one queue.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -11,9 +11,7 @@ use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::bump;
 use super::Shared;
 use crate::handler::{DispatchError, HandlerError};
-use crate::store::{
-    now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY,
-};
+use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY};
 
 /// What became of a handler run.
 #[derive(Debug)]

@@ -369,7 +369,10 @@ mod tests {
             week.at_least(TimeToLive::After(30 * DAY)),
             TimeToLive::After(30 * DAY)
         );
-        assert_eq!(TimeToLive::After(30 * DAY).at_least(week), TimeToLive::After(30 * DAY));
+        assert_eq!(
+            TimeToLive::After(30 * DAY).at_least(week),
+            TimeToLive::After(30 * DAY)
+        );
     }
 
     #[test]

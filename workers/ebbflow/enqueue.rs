@@ -13,7 +13,6 @@ use crate::context::{block_on, configured, parse_duration};
 use crate::push::{self, WorkDetected};
 use crate::{CliError, Context};
 
-
 /// Sends a message (the text exactly as given: JSON or plain) to a configured queue, written
 /// in that queue's configured encoding (base64 or none), then sends the push trigger the
 /// config declares (today: a POST to the HTTP trigger endpoint when [triggers.http] is
@@ -174,7 +173,9 @@ impl Args {
         }
         Ok(SendOptions {
             initial_delay: self.delay,
-            time_to_live: self.ttl.map_or(TimeToLive::ServiceDefault, TimeToLive::After),
+            time_to_live: self
+                .ttl
+                .map_or(TimeToLive::ServiceDefault, TimeToLive::After),
         })
     }
 

@@ -34,8 +34,8 @@ use azure_storage_queue::models::{
 };
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 
-use super::settings::{CredentialKind, RetrySettings, StorageSettings};
 use super::rules::{check_send_expressible, check_text, whole_seconds};
+use super::settings::{CredentialKind, RetrySettings, StorageSettings};
 use super::{
     redact, validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
     SentMessage, StoreError, UpdatedMessage,
@@ -409,7 +409,10 @@ impl Queue for AzureQueue {
     ) -> Result<UpdatedMessage, StoreError> {
         if let Some(text) = text {
             // As for a send: text XML cannot carry never reaches the service.
-            if text.chars().any(|c| !crate::service::is_allowed_text_char(c)) {
+            if text
+                .chars()
+                .any(|c| !crate::service::is_allowed_text_char(c))
+            {
                 check_text(&self.name, text)?;
             }
         }
