@@ -80,7 +80,13 @@ pub(super) async fn run(
         )
         .await
     };
-    shared.flow.observe_run(started.elapsed());
+    let took = started.elapsed();
+    shared.flow.observe_run(took);
+    shared
+        .stats
+        .histograms
+        .handler_seconds
+        .observe(took.as_secs_f64());
     // Whether the worker was stopping when the handler ended: then a failure is taken for the
     // interruption it probably is.
     let interrupted = shared.life.stop.is_cancelled();

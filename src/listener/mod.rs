@@ -39,9 +39,9 @@ use tracing::{info, Instrument};
 use crate::config::QueueSettings;
 use crate::handler::{ErasedHandler, Publishers};
 use crate::store::{Queue, StoreError};
-use crate::trigger::{Hub, Wake};
+use crate::trigger::{Hub, TriggerSource, Wake};
 use stats::ListenerStats;
-pub use stats::QueueSnapshot;
+pub use stats::{Histograms, QueueSnapshot};
 use supervisor::{ScaleView, Supervisor};
 use task::Event;
 
@@ -168,9 +168,11 @@ pub(crate) struct Shared {
 }
 
 impl Wake for Shared {
-    fn wake(&self) {
+    fn wake(&self, source: TriggerSource) {
         self.stats
             .triggers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.triggers_by_source[source.index()]
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.wake_tasks();
         // Fails only once the supervisor is gone (shutdown); nothing to wake then.
@@ -298,6 +300,11 @@ impl QueueListener {
     /// The queue's name.
     pub fn queue(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The listener's histograms (handler time, pickup latency, messages per receive).
+    pub fn histograms(&self) -> Histograms {
+        self.shared.stats.histograms.clone()
     }
 
     /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).

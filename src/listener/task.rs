@@ -144,6 +144,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 drop(held);
                 empty_at = for_trigger.then(Instant::now);
                 bump(&shared.stats.empty_receives);
+                observe_batch(&shared, &batch);
                 let delay = if quiet {
                     max_sleep
                 } else {
@@ -177,6 +178,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             .stats
             .received
             .fetch_add(got as u64, Ordering::Relaxed);
+        observe_batch(&shared, &batch);
         if shared.life.stop.is_cancelled() {
             // Received while stopping: none has started; give them all back.
             for message in &batch {
@@ -363,6 +365,19 @@ async fn batch_window(shared: &Shared, token: &CancellationToken) {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = token.cancelled() => break,
             _ = shared.flow.wake.notified() => arrivals += 1,
+        }
+    }
+}
+
+/// Records a receive's size and, for first deliveries, how long each message waited.
+fn observe_batch(shared: &Shared, batch: &[crate::store::ReceivedMessage]) {
+    let h = &shared.stats.histograms;
+    h.messages_per_receive.observe(batch.len() as f64);
+    let now = crate::store::now_utc();
+    for m in batch.iter().filter(|m| m.dequeue_count <= 1) {
+        if let Some(inserted) = m.inserted_at {
+            h.pickup_seconds
+                .observe((now - inserted).as_seconds_f64().max(0.0));
         }
     }
 }

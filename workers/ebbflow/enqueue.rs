@@ -3,6 +3,8 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
@@ -12,6 +14,9 @@ use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY}
 use crate::context::{block_on, configured, parse_duration};
 use crate::push::{self, WorkDetected};
 use crate::{CliError, Context};
+
+/// Sends in flight at once for `--count`.
+const SENDERS: u32 = 16;
 
 /// Sends a message (the text exactly as given: JSON or plain) to a configured queue, written
 /// in that queue's configured encoding (base64 or none), then sends the push trigger the
@@ -59,6 +64,9 @@ impl Args {
     /// Checks everything that can be checked locally, then sends and triggers.
     pub fn run(self, ctx: &Context) -> Result<(), CliError> {
         let options = self.send_options()?;
+        if let Some(url) = &self.trigger_url {
+            push::check_url(url).map_err(CliError::usage)?;
+        }
         let payload = self.payload()?;
         let settings = ctx.settings()?;
         let encoding = configured(&settings, &self.queue)?.encoding;
@@ -77,13 +85,34 @@ impl Args {
                     return Err(CliError::from(e));
                 }
             }
-            for _ in 0..self.count {
-                match queue.send(&text, options).await {
-                    Ok(message) => sent.push(message.id),
-                    Err(e) => {
-                        failure = Some(CliError::from(e));
-                        break;
+            // Up to SENDERS sends in flight: a round trip each, so 10,000 copies take seconds,
+            // not minutes. The first failure stops further sends.
+            let next = Arc::new(AtomicU32::new(0));
+            let text: Arc<str> = Arc::from(text.as_str());
+            let mut senders = tokio::task::JoinSet::new();
+            for _ in 0..SENDERS.min(self.count) {
+                let (queue, next, text, count) =
+                    (queue.clone(), next.clone(), text.clone(), self.count);
+                senders.spawn(async move {
+                    let mut ids = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < count {
+                        match queue.send(&text, options).await {
+                            Ok(message) => ids.push(message.id),
+                            Err(e) => {
+                                next.store(count, Ordering::Relaxed);
+                                return (ids, Some(e));
+                            }
+                        }
                     }
+                    (ids, None)
+                });
+            }
+            while let Some(joined) = senders.join_next().await {
+                let (ids, error) =
+                    joined.map_err(|e| CliError::runtime(format!("a send task ended: {e}")))?;
+                sent.extend(ids);
+                if let Some(e) = error {
+                    failure.get_or_insert(CliError::from(e));
                 }
             }
             // Whatever reached the queue is announced, even after a failed send.

@@ -30,6 +30,7 @@ macro_rules! emit {
 
 mod completions;
 mod context;
+mod deploy;
 mod enqueue;
 mod peek;
 mod poison;
@@ -75,6 +76,9 @@ enum Command {
     /// Check the config.
     #[command(subcommand)]
     Config(settings::Command),
+    /// Print KEDA or Container Apps manifests that scale replicas on the configured queues.
+    #[command(subcommand)]
+    Deploy(deploy::Command),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -88,6 +92,7 @@ impl Command {
             Command::Poison(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),
             Command::Config(command) => command.run(ctx),
+            Command::Deploy(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }
@@ -96,9 +101,8 @@ impl Command {
 fn main() -> ExitCode {
     // Usage errors exit 2, `--help` and `--version` 0 (clap's codes).
     let cli = Cli::parse();
-    init_logs();
     let ctx = Context::new(cli.config);
-    match cli.command.run(&ctx) {
+    match init_logs(&ctx).and_then(|()| cli.command.run(&ctx)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             use std::io::Write;
@@ -114,13 +118,13 @@ pub fn write_out(text: std::fmt::Arguments<'_>) {
     let _ = std::io::stdout().lock().write_fmt(text);
 }
 
-/// Warnings (a retried call, say) to stderr, filtered by `RUST_LOG`; stdout stays the report.
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// The library's log setup (one for every binary): warnings (a retried call, say) to stderr in
+/// `[log] format` or `EBBFLOW_LOG_FORMAT`, filtered by `RUST_LOG`; stdout stays the report. A
+/// config that does not load leaves the format text; the command then reports the config error.
+fn init_logs(ctx: &Context) -> Result<(), CliError> {
+    use ebbflow::observability::logging;
+    let configured = ctx.settings().map(|s| s.log.format).unwrap_or_default();
+    let format = logging::format_from_env(configured).map_err(CliError::usage)?;
+    logging::init(format, "warn");
+    Ok(())
 }

@@ -63,6 +63,19 @@ pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected
     outcomes
 }
 
+/// Checks a `--trigger-url` before anything is sent: an `http` or `https` URL with a host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("--trigger-url {}: {e}", redact(url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!(
+            "--trigger-url {}: must be http://host:port or https://host:port (optionally with a path)",
+            redact(url)
+        ));
+    }
+    Ok(())
+}
+
 /// The HTTP endpoint to post to: `--trigger-url`, else the configured endpoint when it is
 /// enabled (an unspecified bind address such as 0.0.0.0 is reached on loopback).
 fn http_url(settings: &Settings, target: &Target) -> Option<String> {
@@ -139,4 +152,58 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     causes.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(bind: &str, enabled: bool, flag: Option<&str>) -> Option<String> {
+        let mut settings = Settings::default();
+        settings.triggers.http.enabled = enabled;
+        settings.triggers.http.bind = bind.parse().unwrap();
+        let target = Target {
+            off: false,
+            http_url: flag.map(str::to_string),
+        };
+        http_url(&settings, &target)
+    }
+
+    #[test]
+    fn the_configured_endpoint_is_reached_on_loopback_when_bound_to_any_address() {
+        assert_eq!(url("127.0.0.1:7075", false, None), None);
+        assert_eq!(
+            url("0.0.0.0:7075", true, None).as_deref(),
+            Some("http://127.0.0.1:7075/trigger")
+        );
+        assert_eq!(
+            url("[::]:7075", true, None).as_deref(),
+            Some("http://[::1]:7075/trigger")
+        );
+        assert_eq!(
+            url("10.1.2.3:8080", true, None).as_deref(),
+            Some("http://10.1.2.3:8080/trigger")
+        );
+    }
+
+    #[test]
+    fn a_trigger_url_gets_the_path_only_when_it_has_none() {
+        for (given, want) in [
+            ("http://10.0.0.12:7075", "http://10.0.0.12:7075/trigger"),
+            ("http://10.0.0.12:7075/", "http://10.0.0.12:7075/trigger"),
+            ("https://w.example/hooks/t", "https://w.example/hooks/t"),
+        ] {
+            assert_eq!(
+                url("127.0.0.1:7075", false, Some(given)).as_deref(),
+                Some(want)
+            );
+        }
+        assert!(check_url("http://10.0.0.12:7075").is_ok());
+        for bad in ["10.0.0.12:7075", "ftp://h/x", "not a url", "http://"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(!check_url("ftp://h/x?token=s3cret")
+            .unwrap_err()
+            .contains("s3cret"));
+    }
 }
