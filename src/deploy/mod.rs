@@ -14,9 +14,11 @@
 //! removes at most half the replicas per drain period.
 //!
 //! Files: [`settings`] (the `[deploy]` section, always compiled so a worker accepts it),
-//! `plan` (the numbers), `keda` and `container_apps` (the documents), `yaml` (the writer);
+//! `plan` (the numbers), `auth` (secret or identity, and the cloud), `keda` and `container_apps` (the documents), `yaml` (the writer);
 //! all but the settings need the `cli` feature.
 
+#[cfg(feature = "cli")]
+mod auth;
 #[cfg(feature = "cli")]
 mod container_apps;
 #[cfg(feature = "cli")]
