@@ -8,18 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::store::{SendOptions, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
+use ebbflow::service::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
+use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
 
 use crate::context::{block_on, configured, parse_duration};
 use crate::push::{self, WorkDetected};
 use crate::{CliError, Context};
 
-/// The longest time to live the service takes as a number of seconds (a 32-bit count).
-const MAX_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 /// Sends in flight at once for `--count`.
 const SENDERS: u32 = 16;
-/// The service's default time to live, when `--ttl` is not given.
-const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Sends a message (the text exactly as given: JSON or plain) to a configured queue, written
 /// in that queue's configured encoding (base64 or none), then sends the push trigger the
@@ -137,10 +134,10 @@ impl Args {
                 sent.len(),
                 self.queue,
                 text.len(),
-                options
-                    .time_to_live
-                    .map(|t| format!(", ttl {}", humantime::format_duration(t)))
-                    .unwrap_or_default(),
+                match options.time_to_live {
+                    TimeToLive::ServiceDefault => String::new(),
+                    ttl => format!(", ttl {ttl}"),
+                },
                 if options.initial_delay.is_zero() {
                     String::new()
                 } else {
@@ -217,7 +214,9 @@ impl Args {
         }
         Ok(SendOptions {
             initial_delay: self.delay,
-            time_to_live: self.ttl,
+            time_to_live: self
+                .ttl
+                .map_or(TimeToLive::ServiceDefault, TimeToLive::After),
         })
     }
 
