@@ -235,23 +235,38 @@ async fn a_worker_process_serves_probes_and_metrics_and_is_unready_through_its_d
         .unwrap();
     // The listener counts a receive when it makes it, the store layer times it when it ends:
     // a receive in flight (a task polling) is in the first only.
-    let made = m.get("ebbflow_receive_calls_total", &[("queue", q)]).unwrap();
-    assert!(receives >= 1.0 && receives <= made, "{receives} timed, {made} made");
+    let made = m
+        .get("ebbflow_receive_calls_total", &[("queue", q)])
+        .unwrap();
+    assert!(
+        receives >= 1.0 && receives <= made,
+        "{receives} timed, {made} made"
+    );
     // Triggers are off: none from any source.
     assert_eq!(
-        m.get("ebbflow_triggers_total", &[("queue", q), ("source", "http")]),
+        m.get(
+            "ebbflow_triggers_total",
+            &[("queue", q), ("source", "http")]
+        ),
         Some(0.0)
     );
 
     // Three long jobs in flight, then SIGTERM: /readyz says 503 "draining" while they finish.
     for n in 0..3 {
         publisher
-            .send_bytes(format!("work_ms=4000;long{n}").as_bytes(), Default::default())
+            .send_bytes(
+                format!("work_ms=4000;long{n}").as_bytes(),
+                Default::default(),
+            )
             .await
             .unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metrics(&base).await.get("ebbflow_in_flight", &[("queue", q)]) != Some(3.0) {
+    while metrics(&base)
+        .await
+        .get("ebbflow_in_flight", &[("queue", q)])
+        != Some(3.0)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "long jobs never ran"
@@ -285,7 +300,10 @@ async fn a_worker_process_serves_probes_and_metrics_and_is_unready_through_its_d
         .lines()
         .find(|l| l.contains("final counts"))
         .unwrap_or_else(|| panic!("no final counts: {text}"));
-    assert!(final_line.contains(&format!("handled={}", SENT + 3)), "{final_line}");
+    assert!(
+        final_line.contains(&format!("handled={}", SENT + 3)),
+        "{final_line}"
+    );
     assert_eq!(queue.approximate_depth().await.unwrap(), 0);
 }
 
@@ -314,7 +332,11 @@ async fn json_logs_parse_line_by_line() {
         .unwrap();
     wait_live(&base, &mut child).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metrics(&base).await.get("ebbflow_handled_total", &[("queue", &name)]) != Some(5.0) {
+    while metrics(&base)
+        .await
+        .get("ebbflow_handled_total", &[("queue", &name)])
+        != Some(5.0)
+    {
         assert!(tokio::time::Instant::now() < deadline, "never handled 5");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -355,12 +377,10 @@ async fn json_logs_parse_line_by_line() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     let lines = check_json_lines(&text);
     assert!(
-        lines
-            .iter()
-            .any(|l| l["level"] == "ERROR"
-                && l["fields"]["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("queues.orders.batch_size"))),
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("queues.orders.batch_size"))),
         "{text}"
     );
 
@@ -383,8 +403,8 @@ fn check_json_lines(text: &str) -> Vec<serde_json::Value> {
     );
     text.lines()
         .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
             for key in ["timestamp", "level", "target", "fields"] {
                 assert!(v.get(key).is_some(), "no {key}: {line}");
             }
