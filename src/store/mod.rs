@@ -18,6 +18,7 @@ pub mod azure;
 pub mod counting;
 pub mod layer;
 pub mod memory;
+pub mod metered;
 pub mod retrying;
 pub mod rules;
 pub mod settings;

@@ -160,8 +160,13 @@ impl Args {
                     other => other,
                 });
             }
+            // What was sent was announced: say how that went too.
+            let triggered = match report_triggers(&triggers, self.no_trigger) {
+                Ok(()) => String::new(),
+                Err(why) => format!("; {why}"),
+            };
             return Err(CliError::runtime(format!(
-                "{} of {} sent to {}, then: {e}",
+                "{} of {} sent to {}, then: {e}{triggered}",
                 sent.len(),
                 self.count,
                 self.queue
@@ -187,14 +192,21 @@ impl Args {
             }
         }
         let ttl = self.ttl.unwrap_or(DEFAULT_TTL);
-        if self.delay >= ttl {
+        // The service counts whole seconds (the store rounds a fraction up), and wants the
+        // delay shorter than the time to live as it sees them: 500ms of 1s is 1s of 1s.
+        if whole_seconds(self.delay) >= whole_seconds(ttl) {
             return Err(CliError::usage(format!(
-                "--delay {} must be shorter than the time to live ({}{}): the message would \
+                "--delay {} must be shorter than the time to live ({}{}){}: the message would \
                  expire before anyone could see it",
                 humantime::format_duration(self.delay),
                 humantime::format_duration(ttl),
                 if self.ttl.is_none() {
                     ", the default; set --ttl"
+                } else {
+                    ""
+                },
+                if self.delay.subsec_nanos() > 0 || ttl.subsec_nanos() > 0 {
+                    " in whole seconds, as the service counts them (a fraction rounds up)"
                 } else {
                     ""
                 }
@@ -266,6 +278,11 @@ impl Args {
         }
         Ok(text)
     }
+}
+
+/// `d` in whole seconds as the service gets it: a fraction rounds up.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Whether XML 1.0 allows `c` in text: the service refuses a message with any other.
