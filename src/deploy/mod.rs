@@ -94,7 +94,10 @@ pub fn render(target: Target, settings: &crate::Settings) -> Result<String, Depl
         ),
         Target::ContainerApps => (
             "container-apps",
-            vec![container_apps::document(settings, &plan)],
+            {
+                container_apps::check_name(settings)?;
+                vec![container_apps::document(settings, &plan)]
+            },
             match &plan.auth {
                 plan::AuthPlan::Secret => format!(
                     "# Needs the app secret {0}:\n#   az containerapp create -n {name} -g GROUP \

@@ -428,4 +428,13 @@ fn impossible_plans_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("storage.queue_endpoint"), "{err}");
+    // A DNS label Kubernetes takes, but longer than a container app's name may be.
+    let long =
+        load_toml("[queues.orders]\n[deploy]\nname = \"orders-worker-for-the-eu-west-region\"")
+            .unwrap();
+    render(Target::Keda, &long).unwrap();
+    let err = render(Target::ContainerApps, &long)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
 }
