@@ -38,6 +38,7 @@
 //! manifests) from the same settings, so replicas scale where one replica's tasks stop.
 
 pub mod backoff;
+pub mod bus;
 pub mod checks;
 pub mod codec;
 pub mod config;
