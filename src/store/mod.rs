@@ -18,7 +18,9 @@ pub mod azure;
 pub mod counting;
 pub mod layer;
 pub mod memory;
+pub mod metered;
 pub mod retrying;
+pub mod rules;
 pub mod settings;
 pub mod sharding;
 
@@ -26,6 +28,7 @@ pub use crate::service::{
     redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
 };
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
+pub use rules::{SendOptions, TimeToLive};
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {
@@ -102,15 +105,6 @@ pub trait Queue: Send + Sync + 'static {
     async fn approximate_depth(&self) -> Result<u64, StoreError>;
 }
 
-/// Options for [`Queue::send`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendOptions {
-    /// Invisible for this long after sending (0..=7d).
-    pub initial_delay: Duration,
-    /// Expires after this long; `None` is the service default (7 days).
-    pub time_to_live: Option<Duration>,
-}
-
 /// The receipt of a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {
@@ -131,7 +125,7 @@ pub struct ReceivedMessage {
     pub dequeue_count: u32,
     /// When it was sent.
     pub inserted_at: Option<OffsetDateTime>,
-    /// When it expires.
+    /// When it expires; `None`: never (sent with [`TimeToLive::Never`]).
     pub expires_at: Option<OffsetDateTime>,
     /// The message text exactly as stored (still encoded).
     pub text: String,
@@ -283,28 +277,6 @@ pub fn now_utc() -> OffsetDateTime {
         .into_std()
         .saturating_duration_since(*mono);
     *wall + elapsed
-}
-
-pub(crate) fn check_receive_count(queue: &str, max: u8) -> Result<(), StoreError> {
-    if (1..=MAX_BATCH).contains(&max) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            queue: queue.to_string(),
-            detail: format!("asked for {max} messages: must be 1..=32"),
-        })
-    }
-}
-
-pub(crate) fn check_visibility(queue: &str, what: &str, d: Duration) -> Result<(), StoreError> {
-    if d <= MAX_VISIBILITY {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            queue: queue.to_string(),
-            detail: format!("{what} of {}s: must be at most 7 days", d.as_secs()),
-        })
-    }
 }
 
 /// Opens the store the settings name: Azure when a connection string or endpoint is set,

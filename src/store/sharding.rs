@@ -175,7 +175,7 @@ impl Queue for ShardedQueue {
         max: u8,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        super::check_receive_count(&self.name, max)?;
+        super::rules::check_count(&self.name, max)?;
         let n = self.shards.len();
         let start = self.turn(&self.turns.receive);
         let mut batch = Vec::new();
@@ -222,7 +222,7 @@ impl Queue for ShardedQueue {
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        super::check_receive_count(&self.name, max)?;
+        super::rules::check_count(&self.name, max)?;
         let mut all = Vec::new();
         for shard in &self.shards {
             all.extend(shard.peek(max).await?);
