@@ -229,6 +229,15 @@ pub enum StoreError {
         /// The message id.
         id: String,
     },
+    /// The queue cannot be consumed: its dequeue tasks keep ending (a panic in a store call,
+    /// say) right after they start, past the restart budget. Fatal: the worker stops.
+    #[error("queue {queue} cannot be consumed: {detail}")]
+    Unconsumable {
+        /// The queue.
+        queue: String,
+        /// What kept happening.
+        detail: String,
+    },
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
     Setup(String),

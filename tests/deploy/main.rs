@@ -16,7 +16,7 @@ use serde_json::Value;
 mod command;
 mod yaml11;
 
-use yaml11::assert_yaml_1_1_reads_the_same;
+use yaml11::{assert_yaml_1_1_reads_the_same, read_by_pyyaml};
 
 fn load(dir: &Path) -> Settings {
     Settings::load_from(dir, &BTreeMap::new()).unwrap()
@@ -266,6 +266,74 @@ fn the_worker_accepts_the_environment_the_manifests_give_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Names and values that YAML 1.1 would read as booleans, numbers or timestamps if they were
+/// written plain, in every string field a config can fill.
+const TRICKY_SAMPLE: &str = r#"
+[storage]
+queue_endpoint = "https://acct.queue.core.windows.net"
+credential = "managed_identity"
+
+[queues.yes]
+[queues.0755]
+[queues.1e3]
+[queues.off]
+[queues.off.scaling]
+min_tasks = 0
+wake_on_publish = true
+
+[deploy]
+name = "on"
+namespace = "no"
+image = "1_000"
+identity_client_id = "12:30"
+container_apps_identity = "2024-01-01"
+"#;
+
+#[test]
+fn kubernetes_reads_every_value_as_written() {
+    let samples = [
+        std::fs::read_to_string("config/default.toml").unwrap(),
+        IDENTITY_SAMPLE.to_string(),
+        SECRET_SAMPLE.to_string(),
+        TRICKY_SAMPLE.to_string(),
+    ];
+    for sample in &samples {
+        let settings = load_toml(sample).unwrap();
+        for target in [Target::Keda, Target::ContainerApps] {
+            let yaml = render(target, &settings).unwrap();
+            assert_yaml_1_1_reads_the_same(&yaml);
+            // An independent YAML 1.1 reader sees exactly what a YAML 1.2 reader sees.
+            assert_eq!(read_by_pyyaml(&yaml), docs(&yaml), "{target:?}:\n{yaml}");
+        }
+    }
+    let settings = load_toml(TRICKY_SAMPLE).unwrap();
+    let keda = read_by_pyyaml(&render(Target::Keda, &settings).unwrap());
+    let queues: Vec<_> = kind(&keda, "ScaledObject")["spec"]["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["queueName"].clone())
+        .collect();
+    assert_eq!(queues, ["0755", "1e3", "off", "yes"].map(Value::from));
+    let sa = kind(&keda, "ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "on");
+    assert_eq!(sa["metadata"]["namespace"], "no");
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "12:30"
+    );
+    let deployment = kind(&keda, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "1_000"
+    );
+    let aca = &read_by_pyyaml(&render(Target::ContainerApps, &settings).unwrap())[0];
+    assert!(aca["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap()
+        .contains_key("2024-01-01"));
+}
+
 const SECRET_SAMPLE: &str = r#"
 [storage]
 connection_string = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.usgovcloudapi.net"
@@ -428,4 +496,13 @@ fn impossible_plans_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("storage.queue_endpoint"), "{err}");
+    // A DNS label Kubernetes takes, but longer than a container app's name may be.
+    let long =
+        load_toml("[queues.orders]\n[deploy]\nname = \"orders-worker-for-the-eu-west-region\"")
+            .unwrap();
+    render(Target::Keda, &long).unwrap();
+    let err = render(Target::ContainerApps, &long)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
 }
