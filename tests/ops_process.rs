@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::store::QueueStore;
 use ebbflow::Publisher;
 
 /// A free loopback port (bound and released; the worker binds it right after).

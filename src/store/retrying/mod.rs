@@ -223,8 +223,12 @@ impl QueueLayer for Retrying {
         )
         .await;
         if call.result.is_ok() && call.tries > self.settings.max_attempts {
-            info!(queue = inner.name(), message_id = id, tries = call.tries,
-                  "a delete outlasted the retry budget within its message's lease and succeeded");
+            info!(
+                queue = inner.name(),
+                message_id = id,
+                tries = call.tries,
+                "a delete outlasted the retry budget within its message's lease and succeeded"
+            );
         }
         self.deleted(inner, id, call)
     }
