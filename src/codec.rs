@@ -1,10 +1,10 @@
 //! Message encodings: how a payload's bytes are written as queue message text.
 
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How message text is encoded on the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     /// Standard base64 of the payload bytes: what Azure Functions and most SDK samples write,

@@ -4,9 +4,13 @@
 //!
 //! 1. [`config`] loads typed settings (files, then environment) and validates every value.
 //! 2. [`store`] opens the backend: Azure / Azurite through `azure_storage_queue`, or the
-//!    embedded in-process store with the same semantics. Its retrying layer retries service
-//!    faults on the [`backoff`] policy and decides, per operation, what a retry after an
-//!    unanswered try means (a delete done, an update in doubt, a send maybe stored twice).
+//!    embedded in-process store with the same semantics. Wrappers are layers on one
+//!    forwarding base ([`store::layer`]) that override only what they change: its retrying
+//!    layer retries service faults with jittered back-off and decides, per operation, what a
+//!    retry after an unanswered try means (a delete done, an update in doubt, a send maybe
+//!    stored twice). The service's limits (batch 32, visibility 7 days, 64 KiB, time to live)
+//!    and rules (queue names, message text, secrets kept out of logs) are in [`service`], a
+//!    leaf every room takes them from; [`checks`] names the key of a setting out of range.
 //! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
 //!    batches of up to 32 messages and sleep on the [`backoff`] curve while the queue is empty.
 //!    The listener's supervisor asks the [`scaling`] policy how many tasks to run: more when
@@ -29,14 +33,22 @@
 //!
 //! Throughout, every listener keeps counters ([`listener::QueueSnapshot`]) that
 //! [`observability`] renders for `GET /metrics`.
+//!
+//! Past one machine, [`deploy`] writes the container engine's side (KEDA or Container Apps
+//! manifests) from the same settings, so replicas scale where one replica's tasks stop.
 
 pub mod backoff;
+pub mod bus;
+pub mod checks;
 pub mod codec;
 pub mod config;
+pub mod deploy;
 pub mod handler;
 pub mod listener;
 pub mod observability;
 pub mod scaling;
+pub mod secret;
+pub mod service;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod store;
@@ -45,7 +57,8 @@ pub mod worker;
 
 pub use config::Settings;
 pub use handler::{Context, Handler, HandlerError, Json, Publisher, Signal};
-pub use worker::{shutdown_signal, Worker};
+pub use observability::setup;
+pub use worker::{shutdown_signal, RunReport, Worker};
 
 /// The README's Rust examples, compiled by `cargo test --doc` so they cannot drift.
 #[cfg(doctest)]

@@ -37,8 +37,9 @@ pub struct Signals {
     pub prompt: Prompt,
     /// Tasks running now.
     pub active: u32,
-    /// Visible messages waiting, if just probed (approximate count, corrected by a peek when
-    /// small so in-flight messages do not inflate it).
+    /// Messages waiting, if just probed: the approximate count less the messages this replica
+    /// holds, corrected by a peek when that is 32 or less (so in-flight messages, this
+    /// replica's always and other replicas' where a peek can tell, do not read as work).
     pub depth: Option<u64>,
     /// Age of the oldest visible message, if known.
     pub oldest_age: Option<Duration>,

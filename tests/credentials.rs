@@ -134,7 +134,12 @@ async fn gateway(
     let sas = account_sas(DEV_ACCOUNT, DEV_KEY, expiry).unwrap();
     let proxy = Proxy::start_token_gateway(&common::azurite_url(), &sas).await;
     let store: Arc<dyn QueueStore> =
-        Arc::new(AzureStore::from_credential(&proxy.url(), identity).unwrap());
+        // The retry settings' cut-off: a token fetch gets half of it.
+        Arc::new(
+            AzureStore::from_credential(&proxy.url(), identity)
+                .unwrap()
+                .with_try_cutoff(Duration::from_secs(2)),
+        );
     let name = common::unique(prefix);
     let direct = common::azurite().queue(&name).unwrap();
     direct.create_if_missing().await.unwrap();

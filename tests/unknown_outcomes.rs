@@ -85,7 +85,12 @@ fn store_at(url: &str) -> Arc<dyn QueueStore> {
     let cs = format!(
         "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};QueueEndpoint={url}"
     );
-    Arc::new(AzureStore::from_connection_string(&cs).unwrap())
+    // The same cut-off as the retry settings, so the service's own timeout stays below it.
+    Arc::new(
+        AzureStore::from_connection_string(&cs)
+            .unwrap()
+            .with_try_cutoff(CUTOFF),
+    )
 }
 
 /// A fresh queue holding `n` messages `prefix-i`, sent straight to Azurite.

@@ -23,7 +23,12 @@ use ebbflow::store::QueueStore;
 
 #[tokio::main]
 async fn main() {
-    support::init_logs("warn");
+    let format = ebbflow::observability::logging::format_from_env(Default::default());
+    ebbflow::observability::logging::init(format.as_ref().copied().unwrap_or_default(), "warn");
+    if let Err(e) = format {
+        tracing::error!("{e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run().await {
         tracing::error!("{e}");
         std::process::exit(2);

@@ -15,19 +15,21 @@
 //!   tab, and the Unix time in microseconds when its handler started. Written before the
 //!   message is deleted, so a harness can count lost and duplicate messages and measure pickup.
 //!
-//! It logs the queue's counters once a second at debug and at exit at info, and exits 0 after
+//! It logs the queue's counters at exit (its ops endpoint, `EBBFLOW__OBSERVABILITY__BIND`,
+//! serves them live), and exits 0 after
 //! a clean drain (SIGTERM/ctrl-c), 1 when the drain deadline passed, 2 on a start-up error,
 //! 3 when an error no retry can fix stopped it.
 
 mod support;
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ebbflow::config::QueueSettings;
 use ebbflow::{Context, Handler, HandlerError, Settings, Worker};
-use tracing::{debug, info};
+use tracing::info;
 
 struct Simulated {
     work: Duration,
@@ -72,24 +74,30 @@ fn work_ms(body: &[u8]) -> Option<u64> {
 }
 
 #[tokio::main]
-async fn main() {
-    support::init_logs("info");
-    match run().await {
-        Ok(code) => std::process::exit(code),
+async fn main() -> ExitCode {
+    let Ok(mut settings) = ebbflow::setup("info") else {
+        return ExitCode::from(2);
+    };
+    let (queue, handler) = match prepare(&mut settings) {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!("{e}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
+    };
+    let report = Worker::new(settings).handler(&queue, handler).run().await;
+    for q in report.drain().map_or(&[][..], |d| &d.queues) {
+        info!(queue = %q.queue, handled = q.handled, retried = q.retried, poisoned = q.poisoned,
+              released = q.released, lost_ownership = q.lost_ownership, receive_calls = q.receive_calls,
+              peak_tasks = q.peak_tasks, "final counts");
     }
+    report.exit_code()
 }
 
-async fn run() -> Result<i32, Box<dyn std::error::Error>> {
-    let mut settings = Settings::load()?;
+/// Keeps only the load-test queue in `settings` and builds its handler from the environment.
+fn prepare(settings: &mut Settings) -> Result<(String, Simulated), Box<dyn std::error::Error>> {
     let queue = std::env::var("QUEUE_NAME").unwrap_or_else(|_| "loadtest".into());
-    let queue_settings = settings
-        .queues
-        .remove(&queue)
-        .unwrap_or_else(QueueSettings::default);
+    let queue_settings: QueueSettings = settings.queues.remove(&queue).unwrap_or_default();
     settings.queues.clear();
     settings.queues.insert(queue.clone(), queue_settings);
     settings.validate()?;
@@ -108,33 +116,5 @@ async fn run() -> Result<i32, Box<dyn std::error::Error>> {
         cpu: Duration::from_millis(support::env_u64("HANDLER_CPU_MS", 0)?),
         record,
     };
-    let worker = Worker::new(settings)
-        .handler(&queue, handler)
-        .start()
-        .await?;
-    if let Some(addr) = worker.trigger_addr() {
-        info!(%addr, "trigger endpoint");
-    }
-    let signal = ebbflow::shutdown_signal();
-    tokio::pin!(signal);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = &mut signal => break,
-            _ = worker.failed() => break,
-            _ = tick.tick() => {
-                for q in worker.snapshot() {
-                    debug!(queue = %q.queue, handled = q.handled, tasks = q.active_tasks,
-                           receive_calls = q.receive_calls, depth = ?q.depth, "counters");
-                }
-            }
-        }
-    }
-    let report = worker.shutdown().await;
-    for q in &report.queues {
-        info!(queue = %q.queue, handled = q.handled, retried = q.retried, poisoned = q.poisoned,
-              released = q.released, lost_ownership = q.lost_ownership, receive_calls = q.receive_calls,
-              peak_tasks = q.peak_tasks, "final counts");
-    }
-    Ok(report.exit_code())
+    Ok((queue, handler))
 }

@@ -9,9 +9,10 @@
 //!
 //! Each section's types live in their own file with their checks: [`storage`](StorageSettings),
 //! queues ([`QueueSettings`]: flow control, back-off, scaling), and [`triggers`](TriggerSettings).
+//! The ops endpoint's and the logs' sections live beside their room, in
+//! [`crate::observability`].
 
 mod queue;
-mod storage;
 #[cfg(test)]
 mod tests;
 mod trigger;
@@ -21,13 +22,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::store::redact;
+use crate::checks::InvalidSetting;
+use crate::service::redact;
+pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
 pub use queue::{
     DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings, Shards,
 };
-pub use storage::{CredentialKind, RetrySettings, StorageSettings};
 pub use trigger::{HttpTriggerSettings, TriggerSettings};
 
 /// The environment variable that names the optional per-environment file.
@@ -37,13 +39,10 @@ pub const DIR_VAR: &str = "EBBFLOW_CONFIG_DIR";
 /// The conventional Azure connection string variable.
 pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
 
-/// The largest batch the service hands out in one receive.
-pub const MAX_BATCH: u32 = 32;
-const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Everything a worker process needs to know.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where the queues live. Empty means the embedded in-process backend.
@@ -54,10 +53,18 @@ pub struct Settings {
     pub triggers: TriggerSettings,
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
+    /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub observability: crate::observability::ObservabilitySettings,
+    /// Log line format.
+    pub log: crate::observability::LogSettings,
+    /// What `ebbflow deploy ...` writes besides the queues' rules (image, replicas, auth).
+    pub deploy: crate::deploy::DeploySettings,
+    /// Events between instances (see [`crate::bus`]).
+    pub bus: crate::bus::BusSettings,
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// After a stop signal, how long in-flight handlers may run before they are cancelled.
@@ -106,6 +113,16 @@ pub enum ConfigError {
         /// What is allowed.
         rule: String,
     },
+}
+
+impl From<InvalidSetting> for ConfigError {
+    fn from(e: InvalidSetting) -> Self {
+        Self::Invalid {
+            key: e.key,
+            value: e.value,
+            rule: e.rule,
+        }
+    }
 }
 
 impl ConfigError {
@@ -175,8 +192,12 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;
         self.worker.validate()?;
+        self.bus.validate()?;
         for (name, q) in &self.queues {
-            q.validate(name, self.triggers.http.enabled)?;
+            // A shared bus can wake a queue from zero tasks (when it covers its own outages).
+            q.validate(name, self.triggers.http.enabled || self.bus.is_shared())?;
+            q.bus.validate(name)?;
+            crate::bus::check_queue_cover(name, q, &self.bus, self.triggers.http.enabled)?;
             let poison = q.poison_queue_name(name);
             if self.queues.contains_key(&poison) {
                 return Err(ConfigError::invalid(
@@ -199,20 +220,13 @@ impl Settings {
                 }
             }
         }
+        self.deploy.validate()?;
         self.triggers.validate()
     }
 }
 
 pub(crate) fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            value,
-            format!("must be {min}..={max}"),
-        ))
-    }
+    Ok(crate::checks::range(key, value, min, max)?)
 }
 
 pub(crate) fn check_duration(
@@ -221,17 +235,5 @@ pub(crate) fn check_duration(
     min: Duration,
     max: Duration,
 ) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            humantime::format_duration(value),
-            format!(
-                "must be {}..={}",
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ),
-        ))
-    }
+    Ok(crate::checks::duration(key, value, min, max)?)
 }

@@ -3,27 +3,28 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{
-    check_duration, check_range, ConfigError, MAX_BATCH, MAX_IDLE_BACKOFF, MAX_VISIBILITY,
-};
+use super::{check_duration, check_range, ConfigError, MAX_IDLE_BACKOFF};
 use crate::codec::Encoding;
-use crate::store::validate_queue_name;
+use crate::service::{validate_queue_name, MAX_BATCH, MAX_VISIBILITY};
+use crate::store::TimeToLive;
 
 /// Settings of one queue.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
     pub batch_size: u32,
     /// Handlers of this queue running at once, over all its tasks, 1..=10000. A task takes
-    /// free slots before it receives and asks for no more messages than it holds, so no
-    /// received message ever waits for a slot.
+    /// free slots before it receives; once handler runs are measured it may receive ahead of
+    /// them as many as can start within a quarter of `visibility_timeout` (they wait in line,
+    /// their lease renewed), at most a batch.
     pub concurrency: u32,
-    /// After a full batch, a task receives again once this many slots are free (fewer, larger
-    /// receives), or at once with any free slot when a trigger arrives. 1..=min(batch_size,
-    /// concurrency); default half of that, at least 1.
+    /// After a full batch, a task receives again once it can take this many (free slots plus
+    /// room ahead; fewer, larger receives), or at once with any free slot when a trigger
+    /// arrives. 1..=min(batch_size, concurrency); default half of that, at least 1, or two
+    /// thirds of `min(batch_size, concurrency + ahead)` while receiving ahead.
     pub refill_threshold: Option<u32>,
     /// After a trigger wakes an idle task, wait up to this long for more arrivals before
     /// receiving: fewer receive calls under a trickle, at the price of up to this much pickup
@@ -42,6 +43,10 @@ pub struct QueueSettings {
     pub encoding: Encoding,
     /// Name of the poison queue; default `<queue>-poison`.
     pub poison_queue: Option<String>,
+    /// How long a poison copy lives on the poison queue: `"never"` (the default: poison
+    /// messages wait for a person) or a duration of 1s..=68years (`"30days"`). A copy always
+    /// lives at least as long as its original had left.
+    pub poison_ttl: TimeToLive,
     /// The idle back-off curve.
     pub idle_backoff: IdleBackoffSettings,
     /// How many dequeue tasks run, and when that changes.
@@ -60,11 +65,13 @@ pub struct QueueSettings {
     /// on `<queue>-0 .. <queue>-{N-1}`, publishers spread sends over them and one listener (one
     /// scaling policy, one concurrency cap) consumes them all (see `store::sharding`).
     pub shards: Shards,
+    /// How work-detected events of this queue travel on the bus (`[queues.<name>.bus]`).
+    pub bus: crate::bus::QueueBusSettings,
 }
 
 /// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "u64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct Shards(std::num::NonZeroU8);
 
 impl Shards {
@@ -84,6 +91,12 @@ impl Default for Shards {
     }
 }
 
+impl From<Shards> for u64 {
+    fn from(shards: Shards) -> u64 {
+        u64::from(shards.0.get())
+    }
+}
+
 impl TryFrom<u64> for Shards {
     type Error = String;
     fn try_from(n: u64) -> Result<Self, String> {
@@ -99,7 +112,7 @@ impl TryFrom<u64> for Shards {
 /// Heartbeat pulses of a running job (one message's handler): timed pulses every `interval`,
 /// and count pulses each time the handler's progress count passes a multiple of `every`.
 /// Each pulse is logged as a structured event and renews the message's visibility.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSettings {
     /// A timed pulse this often while a handler runs (None: no timed pulses).
@@ -112,7 +125,7 @@ pub struct HeartbeatSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
-            batch_size: MAX_BATCH,
+            batch_size: u32::from(MAX_BATCH),
             concurrency: 16,
             refill_threshold: None,
             batch_window: None,
@@ -121,12 +134,14 @@ impl Default for QueueSettings {
             retry_delay: Duration::ZERO,
             encoding: Encoding::Base64,
             poison_queue: None,
+            poison_ttl: TimeToLive::Never,
             idle_backoff: IdleBackoffSettings::default(),
             scaling: ScalingSettings::default(),
             handler_timeout: None,
             handler_timeout_grace: Duration::from_secs(5),
             heartbeat: HeartbeatSettings::default(),
             shards: Shards::default(),
+            bus: crate::bus::QueueBusSettings::default(),
         }
     }
 }
@@ -135,7 +150,7 @@ impl Default for QueueSettings {
 /// idleness, when batches come back full, when the (sparingly probed) depth calls for more, or
 /// when the oldest message gets too old; a task whose idle back-off reached its maximum retires
 /// unless it is the last one (or, with `min_tasks = 0`, also the last one).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScalingSettings {
     /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
@@ -188,7 +203,7 @@ impl Default for ScalingSettings {
 }
 
 /// From `from` messages deep, run `tasks` tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DepthRule {
     /// The depth this rule starts at.
@@ -199,7 +214,7 @@ pub struct DepthRule {
 
 /// The randomized exponential idle back-off: after the n-th empty receive a task sleeps
 /// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdleBackoffSettings {
     /// The shortest sleep after an empty receive.
@@ -231,7 +246,7 @@ impl QueueSettings {
         let key = |field: &str| format!("queues.{name}.{field}");
         validate_queue_name(name)
             .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
-        check_range(&key("batch_size"), q.batch_size, 1, MAX_BATCH)?;
+        check_range(&key("batch_size"), q.batch_size, 1, u32::from(MAX_BATCH))?;
         check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
         if let Some(refill) = q.refill_threshold {
             check_range(

@@ -3,12 +3,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_duration, check_range, ConfigError};
 
 /// Push triggers from other processes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TriggerSettings {
     /// The HTTP work-detected endpoint.
@@ -16,7 +16,7 @@ pub struct TriggerSettings {
 }
 
 /// The HTTP endpoint that accepts work-detected events (plain JSON, Event Grid, CloudEvents).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpTriggerSettings {
     /// Serve the endpoint.
@@ -25,6 +25,7 @@ pub struct HttpTriggerSettings {
     pub bind: std::net::SocketAddr,
     /// Token callers must send as `Authorization: Bearer <token>` (the scheme in any case),
     /// 16+ characters; compared in constant time.
+    #[serde(serialize_with = "crate::secret::serialize_hidden")]
     pub token: Option<String>,
     /// Also accept the token as `?token=` in the URL, for webhook systems that cannot send
     /// headers. Off by default: proxies and access logs keep URLs (ebbflow's own logs redact

@@ -7,12 +7,24 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
-use super::dispatch::Outcome;
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::bump;
 use super::Shared;
 use crate::handler::{DispatchError, HandlerError};
-use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, MAX_VISIBILITY};
+use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY};
+
+/// What became of a handler run.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The handler returned (after its timeout fired, only `Ok` lands here).
+    Done(Result<(), DispatchError>),
+    /// It panicked, with the panic's text.
+    Panicked(String),
+    /// It passed `handler_timeout` and then failed or was aborted after the grace.
+    TimedOut(Duration),
+    /// The drain deadline passed while it ran.
+    Aborted,
+}
 
 /// How a message is settled.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,6 +112,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, actio
             Err(e) => store_failure(shared, message, "delete after success", e),
         },
         Settle::Retry(delay, why) => {
+            let delay = within_life(message, delay);
             warn!(queue = %shared.name, message_id = %message.id, dequeue_count = message.dequeue_count,
                   retry_in = ?delay, error = %why, "handler failed; will retry");
             match shared
@@ -119,12 +132,23 @@ pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, actio
     }
 }
 
+/// A delay that ends while the message still lives: the service refuses to hide a message past
+/// its expiry, and one hidden until it expires would vanish unseen. So a delay is cut to end a
+/// second before the expiry (a message that never expires keeps any delay).
+fn within_life(message: &ReceivedMessage, delay: Duration) -> Duration {
+    match TimeToLive::remaining(message.expires_at, now_utc()).and_then(TimeToLive::duration) {
+        Some(left) => delay.min(left.saturating_sub(Duration::from_secs(1))),
+        None => delay,
+    }
+}
+
 /// Makes a message visible again (after `after`) without counting a failure.
 ///
 /// The service cannot lower a dequeue count, and a message released on its last allowed try
 /// would come back over the limit and be poisoned unrun. So such a message is sent again as a
-/// fresh copy (same text, a fresh dequeue count, its remaining time to live) and the received
-/// one deleted; its id changes. Earlier tries release in place.
+/// fresh copy (same text, a fresh dequeue count, and the original's expiry: its remaining time
+/// to live, never-expiring staying never-expiring) and the received one deleted; its id
+/// changes. Earlier tries release in place.
 pub(super) async fn release(
     shared: &Arc<Shared>,
     message: &ReceivedMessage,
@@ -154,6 +178,7 @@ pub(super) async fn release(
             }
         }
     }
+    let after = within_life(message, after);
     match shared
         .queue
         .update(&message.id, &message.pop_receipt, after, None)
@@ -168,24 +193,30 @@ pub(super) async fn release(
     }
 }
 
-/// Send options that keep a copy's life within the original's: `None` when the original
-/// expires before the copy would become visible.
+/// Send options that give a copy the original's expiry: its remaining time to live (whole
+/// seconds, rounded up; never-expiring stays never). `None` when the original expires before
+/// the copy would become visible.
 fn fresh_copy_options(message: &ReceivedMessage, after: Duration) -> Option<SendOptions> {
-    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
-    let time_to_live = match message.expires_at {
-        Some(expires) => {
-            let left = (expires - now_utc()).try_into().unwrap_or(Duration::ZERO);
-            if left <= after + Duration::from_secs(1) {
-                return None;
-            }
-            Some(left.min(LONGEST))
+    let time_to_live = TimeToLive::remaining(message.expires_at, now_utc())?;
+    if let Some(left) = time_to_live.duration() {
+        if left <= after + Duration::from_secs(1) {
+            return None;
         }
-        None => None,
-    };
+    }
     Some(SendOptions {
         initial_delay: after,
         time_to_live,
     })
+}
+
+/// The poison copy's time to live: the queue's `poison_ttl` (default never), and at least what
+/// the original had left, so a poison copy never vanishes before its original would have.
+fn poison_copy_options(message: &ReceivedMessage, poison_ttl: TimeToLive) -> SendOptions {
+    let left = TimeToLive::remaining(message.expires_at, now_utc());
+    SendOptions {
+        initial_delay: Duration::ZERO,
+        time_to_live: left.map_or(poison_ttl, |left| poison_ttl.at_least(left)),
+    }
 }
 
 /// Copies the message to the poison queue, then deletes it. The copy is the envelope with the
@@ -204,7 +235,8 @@ pub(super) async fn poison(
         PoisonText::Envelope(t) => (t.as_str(), "envelope"),
         PoisonText::Original(t) => (t.as_str(), "original"),
     };
-    if let Err(e) = shared.poison_queue.send(body, Default::default()).await {
+    let options = poison_copy_options(message, shared.settings.poison_ttl);
+    if let Err(e) = shared.poison_queue.send(body, options).await {
         error!(queue = %shared.name, message_id = %message.id, poison_queue = shared.poison_queue.name(),
                error = %e, "copy to poison queue failed; message left on its queue");
         bump(&shared.stats.store_errors);

@@ -14,40 +14,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::stats::bump;
-use super::{dispatch, task, Shared};
+use super::task::{self, Event};
+use super::{dispatch, Shared};
 use crate::scaling::{decide, Decision, Prompt, Signals};
-use crate::store::{StoreError, MAX_RECEIVE};
-
-/// What tasks and triggers tell the supervisor.
-pub(super) enum Event {
-    /// A receive brought messages.
-    Batch {
-        /// A whole `batch_size` came back: the queue may hold more than the tasks take.
-        full: bool,
-        /// As many came back as the task asked for (its free slots may have limited the ask).
-        filled: bool,
-        /// The task's receives before this one were empty (or this was its first).
-        after_idle: bool,
-    },
-    /// A task's back-off reached its maximum; it asks to retire.
-    IdleAtMax {
-        task: u64,
-        /// The wake-up count before the task's last receive.
-        seen_wakes: u64,
-        reply: oneshot::Sender<bool>,
-    },
-    /// A push trigger arrived.
-    Trigger,
-    /// A message this listener retried or released is visible again.
-    Visible,
-}
+use crate::store::{StoreError, MAX_BATCH};
 
 /// What the supervisor knows beyond counters, shown in snapshots.
 #[derive(Debug, Default)]
@@ -65,6 +42,39 @@ struct Probe {
     oldest_age: Option<Duration>,
 }
 
+/// A task ending unexpectedly this soon after it started counts towards the restart budget.
+const QUICK_FAILURE: Duration = Duration::from_secs(10);
+/// Tasks in a row that may end unexpectedly within [`QUICK_FAILURE`] of starting before the
+/// worker stops with a fatal error (exit code 3): with the back-off below, about 50 s of a
+/// queue that cannot be consumed.
+const RESTART_BUDGET: u32 = 10;
+/// The first replacement's delay; it doubles with each quick failure in a row, up to
+/// [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// The restart policy: a replacement waits longer after each task in a row that failed right
+/// after it started, and past [`RESTART_BUDGET`] of them there is no replacement (a restart
+/// loop would burn a core and report nothing).
+#[derive(Debug, Default)]
+struct Restarts {
+    quick_in_a_row: u32,
+}
+
+impl Restarts {
+    /// A task ended unexpectedly; it had started at `started`. How long before its replacement
+    /// starts, or `None` when the budget is spent.
+    fn failed(&mut self, started: Option<Instant>) -> Option<Duration> {
+        let quick = started.is_none_or(|t| t.elapsed() < QUICK_FAILURE);
+        self.quick_in_a_row = if quick { self.quick_in_a_row + 1 } else { 1 };
+        if self.quick_in_a_row >= RESTART_BUDGET {
+            return None;
+        }
+        let doublings = self.quick_in_a_row.saturating_sub(1).min(20);
+        Some((FIRST_RESTART_DELAY * 2u32.pow(doublings)).min(MAX_RESTART_DELAY))
+    }
+}
+
 /// Spawns, retires and replaces one queue's dequeue tasks.
 pub(super) struct Supervisor {
     shared: Arc<Shared>,
@@ -72,6 +82,10 @@ pub(super) struct Supervisor {
     tasks: BTreeMap<u64, CancellationToken>,
     /// Every task that has not ended yet, retired ones included.
     running: JoinSet<u64>,
+    /// When each live task started (or will, after its back-off).
+    started: HashMap<u64, Instant>,
+    /// Tasks that ended unexpectedly right after they started, in a row.
+    restarts: Restarts,
     ids: HashMap<tokio::task::Id, u64>,
     next_task: u64,
     last_up: Option<Instant>,
@@ -91,6 +105,8 @@ impl Supervisor {
             shared,
             tasks: BTreeMap::new(),
             running: JoinSet::new(),
+            started: HashMap::new(),
+            restarts: Restarts::default(),
             ids: HashMap::new(),
             next_task: 0,
             last_up: None,
@@ -234,6 +250,7 @@ impl Supervisor {
         let Some(id) = self.ids.remove(&tokio_id) else {
             return;
         };
+        let started = self.started.remove(&id);
         let life = &self.shared.life;
         if !self.tasks.contains_key(&id) || life.stop.is_cancelled() || life.fatal.is_raised() {
             return;
@@ -246,16 +263,30 @@ impl Supervisor {
             }
             Some(e) => format!("was cancelled: {e}"),
         };
+        let task = format!("{}#{id}", self.shared.name);
+        let Some(delay) = self.restarts.failed(started) else {
+            error!(queue = %self.shared.name, task, how, restarts = RESTART_BUDGET,
+                   "dequeue tasks keep failing right after they start; stopping the worker");
+            life.fatal.raise(StoreError::Unconsumable {
+                queue: self.shared.name.to_string(),
+                detail: format!(
+                    "{RESTART_BUDGET} dequeue tasks in a row ended within {QUICK_FAILURE:?} of                      starting; the last {how}"
+                ),
+            });
+            return;
+        };
         bump(&self.shared.stats.task_restarts);
-        error!(queue = %self.shared.name, task = %format!("{}#{id}", self.shared.name), how,
+        error!(queue = %self.shared.name, task, how, restart_in = ?delay,
                "dequeue task ended unexpectedly; starting a replacement");
-        self.spawn_task();
+        self.spawn_task_after(delay);
     }
 
-    /// A batch came back since the last probe. Handlers merely running are no reason: a long
-    /// job would be probed every interval for nothing.
+    /// A batch came back since the last probe, or several tasks run (the probe says whether
+    /// they are all still needed: their own empty receives cost more than it does). Handlers
+    /// merely running under one task are no reason: a long job would be probed every interval
+    /// for nothing.
     fn is_busy(&self) -> bool {
-        !self.tasks.is_empty() && self.busy
+        !self.tasks.is_empty() && (self.busy || self.tasks.len() > 1)
     }
 
     fn batch_size(&self) -> u8 {
@@ -329,6 +360,11 @@ impl Supervisor {
     }
 
     pub(super) fn spawn_task(&mut self) {
+        self.spawn_task_after(Duration::ZERO);
+    }
+
+    /// Starts a dequeue task after `delay` (a replacement's back-off; a stop ends the wait).
+    fn spawn_task_after(&mut self, delay: Duration) {
         let id = self.next_task;
         self.next_task += 1;
         let token = self.shared.life.stop.child_token();
@@ -337,11 +373,20 @@ impl Supervisor {
         let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
         let span = tracing::info_span!("dequeue", queue = %self.shared.name, task = id);
-        let run = self
-            .shared
-            .life
-            .tracker
-            .track_future(task::dequeue_loop(self.shared.clone(), id, token).instrument(span));
+        self.started.insert(id, Instant::now() + delay);
+        let shared = self.shared.clone();
+        let run = self.shared.life.tracker.track_future(
+            async move {
+                if !delay.is_zero() {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                task::dequeue_loop(shared, id, token).await;
+            }
+            .instrument(span),
+        );
         let handle = self.running.spawn(async move {
             run.await;
             id
@@ -359,9 +404,12 @@ impl Supervisor {
         }
     }
 
-    /// The approximate depth, corrected by a peek when small: the approximate count includes
-    /// messages in flight (invisible), which would otherwise read as waiting work. With an age
-    /// rule, the oldest visible message's age too (from that peek, or a peek of one).
+    /// The waiting work: the approximate count less the messages this replica holds (received,
+    /// not settled), corrected by a peek when that leaves 32 or less. The approximate count
+    /// includes every message in flight (invisible), which would otherwise read as waiting
+    /// work: this replica's own are subtracted exactly; other replicas' only a peek can see
+    /// past, and a peek shows at most 32. With an age rule, the oldest visible message's age
+    /// too (from that peek, or a peek of one).
     async fn probe_depth(&mut self) -> Probe {
         self.last_probe = Some(Instant::now());
         let queue = &self.shared.queue;
@@ -375,24 +423,24 @@ impl Supervisor {
         bump(&stats.probe_calls);
         let result = async {
             let approximate = queue.approximate_depth().await?;
-            let small = approximate <= u64::from(MAX_RECEIVE);
+            // Read after the count: a message settled meanwhile then errs towards more work,
+            // never towards less.
+            let held = stats.held.load(Ordering::Relaxed);
+            let waiting = approximate.saturating_sub(held);
+            let small = waiting <= u64::from(MAX_BATCH);
             if !small && !want_age {
                 return Ok(Probe {
-                    depth: Some(approximate),
+                    depth: Some(waiting),
                     oldest_age: None,
                 });
             }
             bump(&stats.probe_calls);
-            let peeked = queue.peek(if small { MAX_RECEIVE } else { 1 }).await?;
+            let peeked = queue.peek(if small { MAX_BATCH } else { 1 }).await?;
             let oldest_age = peeked
                 .first()
                 .and_then(|m| m.inserted_at)
                 .map(|t| (crate::store::now_utc() - t).unsigned_abs());
-            let depth = if small {
-                peeked.len() as u64
-            } else {
-                approximate
-            };
+            let depth = if small { peeked.len() as u64 } else { waiting };
             Ok::<_, StoreError>(Probe {
                 depth: Some(depth),
                 oldest_age,

@@ -1,17 +1,19 @@
 //! A dequeue task: the receive loop and its flow control.
 //!
-//! Each turn: wait (as the last receive said), take concurrency slots, receive at most as
-//! many messages as slots are held, and spawn each message with its slot. The task never
-//! waits for the messages it spawned; it is ready to receive again as soon as slots are free.
+//! Each turn: wait (as the last receive said), take concurrency slots (and, once handler runs
+//! are measured, room to receive ahead of them: see `Flow::ahead_limit`), receive that many
+//! messages, and spawn each one with its slot or its ahead ticket. The task never waits for
+//! the messages it spawned; it is ready to receive again as soon as it can take a refill.
 //!
 //! What the last receive said decides the wait:
-//! - a full batch (as many as asked): the queue has more. Receive again once
-//!   `refill_threshold` slots are free (fewer, larger receives), or with what is free once no
-//!   slot has come back for a while (half a typical handler run, 100 ms to 2 s: the rest run
-//!   long), or at once with any free slot when a trigger arrives meanwhile;
+//! - a full batch (as many as asked): the queue has more. Receive again once a refill can be
+//!   taken (`refill_threshold`, or more while receiving ahead: fewer, larger receives), or
+//!   with what is free once no slot has come back for a while (half a typical handler run,
+//!   100 ms to 2 s: the rest run long), or at once with any free slot when a trigger arrives
+//!   meanwhile;
 //! - a short batch: the queue was just drained. A queue covered by push triggers waits for the
-//!   next trigger (for at most the back-off maximum, as a safety net); others sleep the
-//!   back-off minimum first;
+//!   next trigger (for at most the back-off maximum, as a safety net; at `min_tasks = 0` it
+//!   retires then instead); others sleep the back-off minimum first;
 //! - nothing: sleep on the idle back-off curve; at its maximum, ask the supervisor to retire.
 //!
 //! Every sleep ends early on a trigger. With `batch_window`, a task woken by a trigger waits
@@ -26,12 +28,37 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
-use super::slots::Held;
+use super::dispatch::Start;
+use super::slots::{Ahead, Held};
 use super::stats::bump;
-use super::supervisor::Event;
-use super::{dispatch, settle, Shared};
+use super::{dispatch, settle, Flow, Shared};
 use crate::backoff::IdleBackoff;
 use crate::store::StoreError;
+
+/// What tasks (and triggers, and messages made visible again) tell the supervisor. It lives
+/// here, beside its main sender, so the supervisor depends on the task and not back.
+pub(super) enum Event {
+    /// A receive brought messages.
+    Batch {
+        /// A whole `batch_size` came back: the queue may hold more than the tasks take.
+        full: bool,
+        /// As many came back as the task asked for (its free slots may have limited the ask).
+        filled: bool,
+        /// The task's receives before this one were empty (or this was its first).
+        after_idle: bool,
+    },
+    /// A task's back-off reached its maximum; it asks to retire.
+    IdleAtMax {
+        task: u64,
+        /// The wake-up count before the task's last receive.
+        seen_wakes: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A push trigger arrived.
+    Trigger,
+    /// A message this listener retried or released is visible again.
+    Visible,
+}
 
 /// How the task waits before its next receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +116,29 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
     // A wait for a trigger ran out: the queue is quiet, so an empty receive now goes straight
     // to the back-off maximum.
     let mut quiet = false;
+    // The wake-up count before the last receive: wake-ups counted by then were answered by it.
+    let mut seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
+    // When the last receive, made for a trigger, came back empty: the next triggers are paced
+    // from there.
+    let mut empty_at: Option<Instant> = None;
     loop {
-        let Some(mut held) = wait(&shared, &token, next, &mut quiet).await else {
+        let turn = Turn {
+            id,
+            next,
+            seen_wakes,
+            empty_at,
+        };
+        let Some(Taken {
+            mut held,
+            mut ahead,
+            for_trigger,
+        }) = wait(&shared, &token, turn, &mut quiet).await
+        else {
             break;
         };
-        let asked = u8::try_from(held.len()).unwrap_or(crate::store::MAX_RECEIVE);
+        let asked = u8::try_from(held.len() + ahead.len()).unwrap_or(crate::store::MAX_BATCH);
         // A wake-up counted after this point may be for a message this receive misses.
-        let seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
+        seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
         let received_at = Instant::now();
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
@@ -106,8 +149,10 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             .await;
         let batch = match received {
             Ok(batch) if batch.is_empty() => {
-                drop(held);
+                drop((held, ahead));
+                empty_at = for_trigger.then(Instant::now);
                 bump(&shared.stats.empty_receives);
+                observe_batch(&shared, &batch);
                 let delay = if quiet {
                     max_sleep
                 } else {
@@ -122,9 +167,12 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 next = Next::Sleep(delay);
                 continue;
             }
-            Ok(batch) => batch,
+            Ok(batch) => {
+                empty_at = None;
+                batch
+            }
             Err(e) => {
-                drop(held);
+                drop((held, ahead));
                 bump(&shared.stats.store_errors);
                 if !on_receive_error(&shared, e).await {
                     return;
@@ -138,6 +186,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             .stats
             .received
             .fetch_add(got as u64, Ordering::Relaxed);
+        observe_batch(&shared, &batch);
         if shared.life.stop.is_cancelled() {
             // Received while stopping: none has started; give them all back.
             for message in &batch {
@@ -159,16 +208,20 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         });
         after_idle = false;
         for message in batch {
-            let slot = held.split_one().expect("one slot per received message");
+            // A slot each while they last; the rest wait for one, ahead.
+            let start = match held.split_one() {
+                Some(slot) => Start::Slot(slot),
+                None => Start::Ahead(ahead.split_one().expect("a slot or a ticket per message")),
+            };
             let span = tracing::info_span!("message", queue = %shared.name, message_id = %message.id,
                                            dequeue_count = message.dequeue_count);
             shared
                 .life
                 .tracker
-                .spawn(dispatch::run(shared.clone(), message, slot, received_at).instrument(span));
+                .spawn(dispatch::run(shared.clone(), message, start, received_at).instrument(span));
         }
-        // Slots the receive did not fill go back now.
-        drop(held);
+        // Slots and ahead room the receive did not fill go back now.
+        drop((held, ahead));
         next = if filled {
             Next::Refill
         } else if shared.flow.covered {
@@ -180,39 +233,91 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
     debug!(queue = %shared.name, task = id, "dequeue task stopped");
 }
 
-/// Waits as `next` says, then takes slots: at least one, or `refill_threshold` after a full
-/// batch (one is enough once a trigger arrives meanwhile), and every free one up to
-/// `batch_size`. `None` when the task is to stop.
+/// What a task's next wait depends on.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    id: u64,
+    next: Next,
+    /// The wake-up count before the last receive started.
+    seen_wakes: u64,
+    /// When the last receive came back empty, if it was made for a trigger.
+    empty_at: Option<Instant>,
+}
+
+/// What a wait took: slots, room to receive ahead of them, and whether a trigger ended it.
+struct Taken {
+    held: Held,
+    ahead: Ahead,
+    for_trigger: bool,
+}
+
+/// Waits as `next` says, then takes slots: at least one, or the refill size after a full batch
+/// (one is enough once a trigger arrives meanwhile), and every free one up to `batch_size`,
+/// plus room to receive ahead of them as far as [`Flow::ahead_limit`] allows. `None` when the task is to stop (or
+/// retired: a trigger-covered queue at `min_tasks = 0` whose wait for a trigger ran out asks to
+/// retire without receiving again).
+///
+/// Triggers are paced: after a trigger led to a receive that found nothing, the next one waits
+/// until [`trigger_pace`] has passed since, so a storm of triggers on an empty queue costs a
+/// receive per pace at most; triggers meanwhile (and during a receive) add nothing, as they are
+/// counted before the next receive starts.
 async fn wait(
     shared: &Shared,
     token: &CancellationToken,
-    next: Next,
+    turn: Turn,
     quiet: &mut bool,
-) -> Option<Held> {
+) -> Option<Taken> {
     let flow = &shared.flow;
     let batch = usize::from(flow.batch);
+    let ahead = flow.ahead_limit(shared.settings.visibility_timeout);
+    let seen = turn.seen_wakes;
     let mut min = 1;
-    match next {
-        Next::Now => {}
-        Next::Refill => min = flow.refill,
-        Next::Sleep(delay) => match sleep_until_woken(token, shared, delay).await {
-            Woke::Trigger => batch_window(shared, token).await,
-            Woke::Timer => {}
-            Woke::Stopped => return None,
-        },
-        Next::AwaitTrigger => {
-            match sleep_until_woken(token, shared, shared.settings.idle_backoff.max).await {
-                Woke::Trigger => batch_window(shared, token).await,
-                Woke::Timer => *quiet = true,
-                Woke::Stopped => return None,
-            }
+    let woke = match turn.next {
+        Next::Now => None,
+        Next::Refill => {
+            min = flow.refill_size(ahead);
+            None
         }
+        Next::Sleep(delay) => Some(sleep_until_woken(token, flow, delay, seen).await),
+        Next::AwaitTrigger => {
+            let woke = sleep_until_woken(token, flow, shared.settings.idle_backoff.max, seen).await;
+            if woke == Woke::Timer {
+                *quiet = true;
+                // Covered at min_tasks = 0: every message comes with a trigger, and none came.
+                // Retire now rather than pay a receive to learn what the triggers said.
+                if shared.settings.scaling.min_tasks == 0 && may_retire(shared, turn.id, seen).await
+                {
+                    debug!(queue = %shared.name, task = turn.id, "task retired: no trigger came");
+                    return None;
+                }
+            }
+            Some(woke)
+        }
+    };
+    let for_trigger = woke == Some(Woke::Trigger);
+    match woke {
+        Some(Woke::Stopped) => return None,
+        Some(Woke::Trigger) => {
+            if let Some(empty_at) = turn.empty_at {
+                let paced = empty_at + trigger_pace(shared);
+                tokio::select! {
+                    _ = token.cancelled() => return None,
+                    _ = tokio::time::sleep_until(paced) => {}
+                }
+            }
+            batch_window(shared, token).await;
+        }
+        Some(Woke::Timer) | None => {}
     }
     if token.is_cancelled() {
         return None;
     }
-    if let Some(held) = flow.slots.try_take(min, batch) {
-        return Some(held);
+    if let Some((held, ahead)) = flow.slots.try_take(min, batch, ahead) {
+        return Some(Taken {
+            held,
+            ahead,
+            for_trigger,
+        });
     }
     // A refill waits for `refill_threshold` free slots only while slots keep coming back: once
     // none has for a while, the slots still taken belong to long jobs, and the task receives
@@ -223,22 +328,51 @@ async fn wait(
         let want = if triggered { 1 } else { min };
         tokio::select! {
             _ = token.cancelled() => return None,
-            held = flow.slots.take_while_freeing(want, batch, patience) => return Some(held),
+            (held, ahead) = flow.slots.take_while_freeing(want, batch, ahead, patience) => {
+                return Some(Taken { held, ahead, for_trigger: for_trigger || triggered });
+            }
             // Busy, but a trigger says new work is waiting: any free slot will do.
-            _ = flow.wake.notified(), if !triggered && min > 1 => triggered = true,
+            _ = flow.wake.notified(), if !triggered && min > 1 => {
+                triggered = flow.wakes.load(Ordering::SeqCst) > seen;
+            }
         }
     }
 }
+
+/// How long after a trigger found nothing the next trigger waits: the back-off minimum, at most
+/// a second (a trigger is a promise of prompt pickup, whatever the idle curve).
+fn trigger_pace(shared: &Shared) -> Duration {
+    shared.settings.idle_backoff.min.min(MAX_TRIGGER_PACE)
+}
+
+/// The longest [`trigger_pace`].
+const MAX_TRIGGER_PACE: Duration = Duration::from_secs(1);
 
 /// Sleeps out an idle back-off step unless stopped or woken by a trigger. A wake-up cuts the
 /// sleep short but does not reset the curve: only finding work does. A task woken for a
 /// message another task took keeps climbing towards the maximum (and retirement), instead of
 /// being kept young by a trickle of triggers meant for someone else.
-async fn sleep_until_woken(token: &CancellationToken, shared: &Shared, delay: Duration) -> Woke {
-    tokio::select! {
-        _ = token.cancelled() => Woke::Stopped,
-        _ = tokio::time::sleep(delay) => Woke::Timer,
-        _ = shared.flow.wake.notified() => Woke::Trigger,
+///
+/// A wake-up counted no later than `seen` (the count before the task's last receive) was
+/// answered by that receive: the trigger that started the task, or one that landed while it
+/// received. It is not a reason to receive again, so the sleep goes on.
+async fn sleep_until_woken(
+    token: &CancellationToken,
+    flow: &Flow,
+    delay: Duration,
+    seen: u64,
+) -> Woke {
+    let deadline = Instant::now() + delay;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Woke::Stopped,
+            _ = tokio::time::sleep_until(deadline) => return Woke::Timer,
+            _ = flow.wake.notified() => {
+                if flow.wakes.load(Ordering::SeqCst) > seen {
+                    return Woke::Trigger;
+                }
+            }
+        }
     }
 }
 
@@ -255,6 +389,19 @@ async fn batch_window(shared: &Shared, token: &CancellationToken) {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = token.cancelled() => break,
             _ = shared.flow.wake.notified() => arrivals += 1,
+        }
+    }
+}
+
+/// Records a receive's size and, for first deliveries, how long each message waited.
+fn observe_batch(shared: &Shared, batch: &[crate::store::ReceivedMessage]) {
+    let h = &shared.stats.histograms;
+    h.messages_per_receive.observe(batch.len() as f64);
+    let now = crate::store::now_utc();
+    for m in batch.iter().filter(|m| m.dequeue_count <= 1) {
+        if let Some(inserted) = m.inserted_at {
+            h.pickup_seconds
+                .observe((now - inserted).as_seconds_f64().max(0.0));
         }
     }
 }

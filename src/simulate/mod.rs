@@ -52,6 +52,7 @@ use crate::store::counting::{CallCounts, CountingStore};
 use crate::store::memory::MemoryStore;
 use crate::store::retrying::RetryingStore;
 use crate::store::sharding::ShardingStore;
+use crate::store::QueueStore;
 pub use keda::{Keda, ReplicaSettings};
 pub use report::{comparison_table, csv, summary_text, svg};
 pub use service::{ServiceLimits, ServiceSettings};
@@ -299,22 +300,24 @@ pub async fn run(
         }
     }
     let memory = MemoryStore::new();
-    let limits = ServiceLimits::new(Arc::new(memory.clone()), profile.service.clone(), placement);
+    let limits = ServiceLimits::new(profile.service.clone(), placement);
     let throttled = limits.throttled();
-    let counting = CountingStore::new(Arc::new(limits.clone()));
+    let service = limits.on(Arc::new(memory.clone()));
+    let counting = CountingStore::new(service.clone());
     let counts: Arc<CallCounts> = counting.counts();
+    let counting: Arc<dyn QueueStore> = Arc::new(counting);
     let shards = ShardingStore::of_settings(&settings);
     // What the simulator itself reads (the chart's depth): the queues as they are, for free.
-    let observed = ShardingStore::wrap(Arc::new(memory.clone()), shards.clone());
+    let observed = ShardingStore::wrap_sharded(Arc::new(memory.clone()), shards.clone());
     let observed: Vec<_> = names
         .iter()
         .map(|n| observed.queue(n))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     // What KEDA reads: the service, throttled like everyone, counted apart.
-    let scaler_store = CountingStore::new(Arc::new(limits.clone()));
+    let scaler_store = CountingStore::new(service);
     let scaler_counts = scaler_store.counts();
-    let scaler = ShardingStore::wrap(Arc::new(scaler_store), shards.clone());
+    let scaler = ShardingStore::wrap_sharded(Arc::new(scaler_store), shards.clone());
     let scaler: Vec<_> = names
         .iter()
         .map(|n| scaler.queue(n))
@@ -332,12 +335,7 @@ pub async fn run(
     let startup = replica_settings
         .as_ref()
         .map_or(Duration::ZERO, |r| r.startup_delay);
-    let mut fleet = fleet::Fleet::new(
-        settings.clone(),
-        Arc::new(counting.clone()),
-        handler.clone(),
-        startup,
-    );
+    let mut fleet = fleet::Fleet::new(settings.clone(), counting.clone(), handler.clone(), startup);
     // Replicas already running when the profile starts: KEDA's minimum, or the one replica.
     fleet.scale_to(keda.as_ref().map_or(1, Keda::replicas), true);
     let publishers: Vec<Publisher> = if profile.trigger {
@@ -355,8 +353,8 @@ pub async fn run(
         found.ok_or("the replica did not start")?
     } else {
         // Another process, through the same service: its 503s are retried, then sent again.
-        let store = RetryingStore::wrap(Arc::new(counting.clone()), settings.storage.retry);
-        let store = ShardingStore::wrap(store, shards.clone());
+        let store = RetryingStore::wrap(counting.clone(), settings.storage.retry);
+        let store = ShardingStore::wrap_sharded(store, shards.clone());
         names
             .iter()
             .map(|n| store.queue(n).map(|q| Publisher::new(q, Encoding::None)))

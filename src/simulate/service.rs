@@ -16,13 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::store::{
-    BackendKind, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage,
-    StoreError, UpdatedMessage,
+    BackendKind, Layered, LayeredStore, Operation, Queue, QueueLayer, QueueStore, ReceivedMessage,
+    StoreError, StoreLayer,
 };
 
 /// The `[service]` section of a profile: the targets the simulated service enforces.
@@ -135,27 +134,25 @@ impl Throttled {
     }
 }
 
-/// The layer: wraps a store (the embedded one) with the service's targets.
+/// The layer: the service's targets on a store (the embedded one). A [`QueueLayer`] whose
+/// one hook, [`QueueLayer::around`], admits or refuses every call, and whose `receive` also
+/// charges the messages it returned; a [`StoreLayer`] that puts it on every queue and calls
+/// the store an Azure backend (so the worker retries its 503s).
 #[derive(Clone)]
 pub struct ServiceLimits {
-    inner: Arc<dyn QueueStore>,
     budgets: Arc<Mutex<Budgets>>,
     throttled: Arc<Throttled>,
 }
 
 impl ServiceLimits {
-    /// Wraps `inner`; `placement` puts physical queues on accounts (others go on account 0).
-    pub fn new(
-        inner: Arc<dyn QueueStore>,
-        settings: ServiceSettings,
-        placement: HashMap<String, usize>,
-    ) -> Self {
+    /// The targets of `settings`; `placement` puts physical queues on accounts (others go on
+    /// account 0).
+    pub fn new(settings: ServiceSettings, placement: HashMap<String, usize>) -> Self {
         let now = Instant::now();
         let accounts = (0..settings.accounts)
             .map(|_| Bucket::new(settings.account_requests_per_second, now))
             .collect();
         Self {
-            inner,
             budgets: Arc::new(Mutex::new(Budgets {
                 settings,
                 accounts,
@@ -166,40 +163,21 @@ impl ServiceLimits {
         }
     }
 
+    /// `inner` behind these targets.
+    pub fn on(&self, inner: Arc<dyn QueueStore>) -> Arc<dyn QueueStore> {
+        LayeredStore::wrap(inner, self.clone())
+    }
+
     /// The refused calls so far.
     pub fn throttled(&self) -> Arc<Throttled> {
         self.throttled.clone()
     }
-}
 
-impl QueueStore for ServiceLimits {
-    fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
-        Ok(Arc::new(LimitedQueue {
-            inner: self.inner.queue(name)?,
-            budgets: self.budgets.clone(),
-            throttled: self.throttled.clone(),
-        }))
-    }
-
-    /// Azure: the service's faults are the worker's to retry.
-    fn kind(&self) -> BackendKind {
-        BackendKind::Azure
-    }
-}
-
-struct LimitedQueue {
-    inner: Arc<dyn Queue>,
-    budgets: Arc<Mutex<Budgets>>,
-    throttled: Arc<Throttled>,
-}
-
-impl LimitedQueue {
     /// Takes one request from the account and checks the queue's budget; refuses with 503.
-    fn admit(&self, needs: Needs) -> Result<(), StoreError> {
+    fn admit(&self, name: &str, needs: Needs) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut b = self.budgets.lock().expect("service budgets mutex");
         let b = &mut *b;
-        let name = self.inner.name();
         if !b.queues.contains_key(name) {
             let account = b.placement.get(name).copied().unwrap_or(0) % b.accounts.len();
             let rate = b.settings.queue_messages_per_second;
@@ -239,9 +217,9 @@ impl LimitedQueue {
         Ok(())
     }
 
-    fn charge_take(&self, messages: usize) {
+    fn charge_take(&self, name: &str, messages: usize) {
         let mut b = self.budgets.lock().expect("service budgets mutex");
-        if let Some(q) = b.queues.get_mut(self.inner.name()) {
+        if let Some(q) = b.queues.get_mut(name) {
             q.take.tokens -= messages.max(1) as f64;
         }
     }
@@ -254,50 +232,48 @@ fn busy(queue: &str, what: &str) -> StoreError {
     }
 }
 
-#[async_trait]
-impl Queue for LimitedQueue {
-    fn name(&self) -> &str {
-        self.inner.name()
+impl QueueLayer for ServiceLimits {
+    async fn around<T: Send>(
+        &self,
+        queue: &str,
+        operation: Operation,
+        call: impl std::future::Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        let needs = match operation {
+            Operation::Send => Needs::Put,
+            Operation::Receive => Needs::Take,
+            _ => Needs::Nothing,
+        };
+        self.admit(queue, needs)?;
+        call.await
     }
-    async fn create_if_missing(&self) -> Result<(), StoreError> {
-        self.admit(Needs::Nothing)?;
-        self.inner.create_if_missing().await
-    }
-    async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError> {
-        self.admit(Needs::Put)?;
-        self.inner.send(text, options).await
-    }
+
     async fn receive(
         &self,
+        inner: &dyn Queue,
         max: u8,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        self.admit(Needs::Take)?;
-        let got = self.inner.receive(max, visibility).await?;
-        self.charge_take(got.len());
+        let got = self
+            .around(
+                inner.name(),
+                Operation::Receive,
+                inner.receive(max, visibility),
+            )
+            .await?;
+        self.charge_take(inner.name(), got.len());
         Ok(got)
     }
-    async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError> {
-        self.admit(Needs::Nothing)?;
-        self.inner.delete(id, pop_receipt).await
+}
+
+impl StoreLayer for ServiceLimits {
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        Layered::wrap(queue, self.clone())
     }
-    async fn update(
-        &self,
-        id: &str,
-        pop_receipt: &str,
-        visibility: Duration,
-        text: Option<&str>,
-    ) -> Result<UpdatedMessage, StoreError> {
-        self.admit(Needs::Nothing)?;
-        self.inner.update(id, pop_receipt, visibility, text).await
-    }
-    async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        self.admit(Needs::Nothing)?;
-        self.inner.peek(max).await
-    }
-    async fn approximate_depth(&self) -> Result<u64, StoreError> {
-        self.admit(Needs::Nothing)?;
-        self.inner.approximate_depth().await
+
+    /// Azure: the service's faults are the worker's to retry.
+    fn kind(&self, _inner: &dyn QueueStore) -> BackendKind {
+        BackendKind::Azure
     }
 }
 
@@ -305,18 +281,20 @@ impl Queue for LimitedQueue {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use crate::store::SendOptions;
 
     #[tokio::test(start_paused = true)]
     async fn over_the_queue_target_sends_get_503_and_the_budget_refills() {
         let limits = ServiceLimits::new(
-            Arc::new(MemoryStore::new()),
             ServiceSettings {
                 queue_messages_per_second: 100.0,
                 ..ServiceSettings::default()
             },
             HashMap::new(),
         );
-        let q = limits.queue("orders").unwrap();
+        let store = limits.on(Arc::new(MemoryStore::new()));
+        assert_eq!(store.kind(), BackendKind::Azure);
+        let q = store.queue("orders").unwrap();
         q.create_if_missing().await.unwrap();
         for _ in 0..100 {
             q.send("x", SendOptions::default()).await.unwrap();
@@ -347,7 +325,6 @@ mod tests {
     async fn the_account_target_spans_its_queues_and_accounts_are_separate() {
         let placement = HashMap::from([("b-queue".to_string(), 1)]);
         let limits = ServiceLimits::new(
-            Arc::new(MemoryStore::new()),
             ServiceSettings {
                 account_requests_per_second: 10.0,
                 accounts: 2,
@@ -355,10 +332,11 @@ mod tests {
             },
             placement,
         );
+        let store = limits.on(Arc::new(MemoryStore::new()));
         let (a1, a2, b) = (
-            limits.queue("a-queue").unwrap(),
-            limits.queue("a-other").unwrap(),
-            limits.queue("b-queue").unwrap(),
+            store.queue("a-queue").unwrap(),
+            store.queue("a-other").unwrap(),
+            store.queue("b-queue").unwrap(),
         );
         for q in [&a1, &a2, &b] {
             q.create_if_missing().await.unwrap();

@@ -1,15 +1,12 @@
-//! A store wrapper that counts every call by kind: the billable transactions a worker makes.
+//! A store layer that counts every call by kind: the billable transactions a worker makes.
 //! Used by the simulator and by tests that assert on cost.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
 
 use super::{
-    PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage, StoreError,
-    UpdatedMessage,
+    Layered, LayeredStore, Operation, Queue, QueueLayer, QueueStore, StoreError, StoreLayer,
 };
 
 /// Calls made so far, by kind.
@@ -53,99 +50,63 @@ impl CallCounts {
     }
 }
 
-/// Wraps a store and counts its calls.
-#[derive(Clone)]
-pub struct CountingStore {
-    inner: Arc<dyn QueueStore>,
+impl CallCounts {
+    /// The counter of `operation`.
+    pub fn of(&self, operation: Operation) -> &AtomicU64 {
+        match operation {
+            Operation::Create => &self.create,
+            Operation::Send => &self.send,
+            Operation::Receive => &self.receive,
+            Operation::Delete => &self.delete,
+            Operation::Update => &self.update,
+            Operation::Peek => &self.peek,
+            Operation::Properties => &self.properties,
+        }
+    }
+}
+
+/// The layer that counts every call by [`Operation`]; its clones share the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Counting {
     counts: Arc<CallCounts>,
 }
 
-impl CountingStore {
-    /// Counts the calls made through it to `inner`.
-    pub fn new(inner: Arc<dyn QueueStore>) -> Self {
-        Self {
-            inner,
-            counts: Arc::default(),
-        }
-    }
-
+impl Counting {
     /// The shared counters.
     pub fn counts(&self) -> Arc<CallCounts> {
         self.counts.clone()
     }
 }
 
-impl QueueStore for CountingStore {
-    fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
-        Ok(Arc::new(CountingQueue {
-            inner: self.inner.queue(name)?,
-            counts: self.counts.clone(),
-        }))
-    }
-
-    fn kind(&self) -> super::BackendKind {
-        self.inner.kind()
-    }
-
-    fn account(&self) -> Option<String> {
-        self.inner.account()
-    }
-
-    fn unknown_outcomes(&self, queue: &str) -> super::UnknownOutcomes {
-        self.inner.unknown_outcomes(queue)
-    }
-}
-
-struct CountingQueue {
-    inner: Arc<dyn Queue>,
-    counts: Arc<CallCounts>,
-}
-
-fn count(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-#[async_trait]
-impl Queue for CountingQueue {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn create_if_missing(&self) -> Result<(), StoreError> {
-        count(&self.counts.create);
-        self.inner.create_if_missing().await
-    }
-    async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError> {
-        count(&self.counts.send);
-        self.inner.send(text, options).await
-    }
-    async fn receive(
+impl QueueLayer for Counting {
+    async fn around<T: Send>(
         &self,
-        max: u8,
-        visibility: Duration,
-    ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        count(&self.counts.receive);
-        self.inner.receive(max, visibility).await
+        _queue: &str,
+        operation: Operation,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        self.counts.of(operation).fetch_add(1, Ordering::Relaxed);
+        call.await
     }
-    async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError> {
-        count(&self.counts.delete);
-        self.inner.delete(id, pop_receipt).await
+}
+
+impl StoreLayer for Counting {
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        Layered::wrap(queue, self.clone())
     }
-    async fn update(
-        &self,
-        id: &str,
-        pop_receipt: &str,
-        visibility: Duration,
-        text: Option<&str>,
-    ) -> Result<UpdatedMessage, StoreError> {
-        count(&self.counts.update);
-        self.inner.update(id, pop_receipt, visibility, text).await
+}
+
+/// A store that counts the calls made through it.
+pub type CountingStore = LayeredStore<Counting>;
+
+impl LayeredStore<Counting> {
+    /// Counts the calls made through it to `inner`.
+    pub fn new(inner: Arc<dyn QueueStore>) -> Self {
+        Self::with_layer(inner, Counting::default())
     }
-    async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        count(&self.counts.peek);
-        self.inner.peek(max).await
-    }
-    async fn approximate_depth(&self) -> Result<u64, StoreError> {
-        count(&self.counts.properties);
-        self.inner.approximate_depth().await
+
+    /// The shared counters.
+    pub fn counts(&self) -> Arc<CallCounts> {
+        self.layer().counts()
     }
 }

@@ -16,16 +16,19 @@ use time::OffsetDateTime;
 
 pub mod azure;
 pub mod counting;
+pub mod layer;
 pub mod memory;
+pub mod metered;
 pub mod retrying;
+pub mod rules;
+pub mod settings;
 pub mod sharding;
 
-/// The largest message text the service accepts, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// The most messages one receive or peek may ask for.
-pub const MAX_RECEIVE: u8 = 32;
-/// The longest visibility timeout or initial delay.
-pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+pub use crate::service::{
+    redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
+};
+pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
+pub use rules::{SendOptions, TimeToLive};
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {
@@ -102,15 +105,6 @@ pub trait Queue: Send + Sync + 'static {
     async fn approximate_depth(&self) -> Result<u64, StoreError>;
 }
 
-/// Options for [`Queue::send`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendOptions {
-    /// Invisible for this long after sending (0..=7d).
-    pub initial_delay: Duration,
-    /// Expires after this long; `None` is the service default (7 days).
-    pub time_to_live: Option<Duration>,
-}
-
 /// The receipt of a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {
@@ -131,7 +125,7 @@ pub struct ReceivedMessage {
     pub dequeue_count: u32,
     /// When it was sent.
     pub inserted_at: Option<OffsetDateTime>,
-    /// When it expires.
+    /// When it expires; `None`: never (sent with [`TimeToLive::Never`]).
     pub expires_at: Option<OffsetDateTime>,
     /// The message text exactly as stored (still encoded).
     pub text: String,
@@ -235,6 +229,15 @@ pub enum StoreError {
         /// The message id.
         id: String,
     },
+    /// The queue cannot be consumed: its dequeue tasks keep ending (a panic in a store call,
+    /// say) right after they start, past the restart budget. Fatal: the worker stops.
+    #[error("queue {queue} cannot be consumed: {detail}")]
+    Unconsumable {
+        /// The queue.
+        queue: String,
+        /// What kept happening.
+        detail: String,
+    },
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
     Setup(String),
@@ -285,138 +288,12 @@ pub fn now_utc() -> OffsetDateTime {
     *wall + elapsed
 }
 
-/// Checks a queue name against the service's rules: 3-63 characters, lowercase letters,
-/// digits and single hyphens, starting and ending with a letter or digit.
-pub fn validate_queue_name(name: &str) -> Result<(), String> {
-    let ok_len = (3..=63).contains(&name.len());
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
-    if ok_len && ok_chars && ok_ends && !name.contains("--") {
-        Ok(())
-    } else {
-        Err(
-            "queue names are 3-63 characters of lowercase letters, digits and single hyphens, \
-             starting and ending with a letter or digit"
-                .to_string(),
-        )
-    }
-}
-
-/// Hides secrets in text that may hold a connection string, a SAS query or a URL with one:
-/// the values of `AccountKey=`, `SharedAccessSignature=`, `sig=` and `token=` (a trigger
-/// token in a webhook URL) are replaced.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    'scan: while !rest.is_empty() {
-        for marker in ["AccountKey=", "SharedAccessSignature=", "sig=", "token="] {
-            if let Some(stripped) = strip_prefix_ignore_case(rest, marker) {
-                // Only at the start of a key: after a separator or at the beginning.
-                let at_key_start =
-                    out.is_empty() || out.ends_with([';', '&', '?', ' ', '"', '\'', '(', '\n']);
-                if at_key_start {
-                    out.push_str(&rest[..marker.len()]);
-                    out.push_str("<redacted>");
-                    let end = stripped
-                        .find([';', '&', ' ', '"', '\'', ')', '\n'])
-                        .unwrap_or(stripped.len());
-                    rest = &stripped[end..];
-                    continue 'scan;
-                }
-            }
-        }
-        let c = rest.chars().next().expect("rest is not empty");
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out
-}
-
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
-}
-
-pub(crate) fn check_receive_count(queue: &str, max: u8) -> Result<(), StoreError> {
-    if (1..=MAX_RECEIVE).contains(&max) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            queue: queue.to_string(),
-            detail: format!("asked for {max} messages: must be 1..=32"),
-        })
-    }
-}
-
-pub(crate) fn check_visibility(queue: &str, what: &str, d: Duration) -> Result<(), StoreError> {
-    if d <= MAX_VISIBILITY {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            queue: queue.to_string(),
-            detail: format!("{what} of {}s: must be at most 7 days", d.as_secs()),
-        })
-    }
-}
-
 /// Opens the store the settings name: Azure when a connection string or endpoint is set,
 /// otherwise a fresh embedded in-process store.
-pub fn open(settings: &crate::config::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
+pub fn open(settings: &settings::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
     if settings.connection_string.is_some() || settings.queue_endpoint.is_some() {
         Ok(Arc::new(azure::AzureStore::from_settings(settings)?))
     } else {
         Ok(Arc::new(memory::MemoryStore::new()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_names_follow_the_service_rules() {
-        for ok in ["orders", "a-b-c", "q12", &"a".repeat(63)] {
-            assert!(validate_queue_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "ab",
-            "Orders",
-            "-abc",
-            "abc-",
-            "a--b",
-            "a_b",
-            &"a".repeat(64),
-        ] {
-            assert!(validate_queue_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn redact_hides_keys_and_signatures() {
-        let s =
-            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc+/==;EndpointSuffix=x";
-        assert_eq!(
-            redact(s),
-            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=<redacted>;EndpointSuffix=x"
-        );
-        let u =
-            "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=Zm9v%2B&se=1)";
-        assert_eq!(
-            redact(u),
-            "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=<redacted>&se=1)"
-        );
-        assert_eq!(redact("sig=abc"), "sig=<redacted>");
-        assert_eq!(
-            redact("POST /trigger?queue=q&token=s3cr3t-value HTTP/1.1"),
-            "POST /trigger?queue=q&token=<redacted> HTTP/1.1"
-        );
-        assert_eq!(redact("/trigger?TOKEN=abc"), "/trigger?TOKEN=<redacted>");
-        // A key that merely ends in "token" is not the trigger token.
-        assert_eq!(redact("?mytoken=abc"), "?mytoken=abc");
-        // "sig=" inside another word is not a key.
-        assert_eq!(redact("xsig=abc"), "xsig=abc");
     }
 }

@@ -155,7 +155,7 @@ fn authorize(
 }
 
 /// The token of an `Authorization: Bearer <token>` header, the scheme matched in any case.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -169,7 +169,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Compares in time that does not depend on where the tokens differ (only on their lengths).
-fn tokens_match(given: &str, expected: &str) -> bool {
+pub(crate) fn tokens_match(given: &str, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
@@ -272,7 +272,10 @@ async fn trigger(
             Err(reason) => return reject(StatusCode::BAD_REQUEST, format!("event {i}: {reason}")),
         }
     }
-    let woken: usize = events.iter().map(|e| state.hub.deliver(e)).sum();
+    let woken: usize = events
+        .iter()
+        .map(|e| state.hub.deliver(e, super::TriggerSource::Http))
+        .sum();
     tracing::debug!(events = events.len(), woken, "trigger delivery");
     (
         StatusCode::ACCEPTED,

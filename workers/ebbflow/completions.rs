@@ -15,7 +15,9 @@ impl Args {
     /// Writes the script to stdout.
     pub fn run(self) -> Result<(), CliError> {
         let mut command = Cli::command();
-        clap_complete::generate(self.shell, &mut command, "ebbflow", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(self.shell, &mut command, "ebbflow", &mut script);
+        emit!("{}", String::from_utf8_lossy(&script));
         Ok(())
     }
 }

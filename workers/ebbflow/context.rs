@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ebbflow::codec::Encoding;
 use ebbflow::config::QueueSettings;
 use ebbflow::store::retrying::RetryingStore;
 use ebbflow::store::sharding::ShardingStore;
@@ -94,7 +95,7 @@ impl Context {
         // The loader treats missing files as optional; a folder given by name must exist.
         if self.config_dir.is_some() && !dir.is_dir() {
             return Err(CliError::usage(format!(
-                "--config {}: no such folder",
+                "--config {}: not a folder (give the folder that holds default.toml)",
                 dir.display()
             )));
         }
@@ -118,7 +119,7 @@ impl Context {
             )));
         }
         let store = RetryingStore::wrap(store, settings.storage.retry);
-        Ok(ShardingStore::wrap(
+        Ok(ShardingStore::wrap_sharded(
             store,
             ShardingStore::of_settings(settings),
         ))
@@ -153,4 +154,23 @@ fn not_configured(settings: &Settings, name: &str) -> CliError {
     CliError::usage(format!(
         "queue {name} is not configured (no [queues.{name}] section; configured: {known})"
     ))
+}
+/// A queue `peek` may read and the encoding of its text: a configured queue, or the poison
+/// queue of one (poison copies are written in their source queue's encoding).
+pub fn readable(settings: &Settings, name: &str) -> Result<Encoding, CliError> {
+    if let Some(q) = settings.queues.get(name) {
+        return Ok(q.encoding);
+    }
+    settings
+        .queues
+        .iter()
+        .find(|(source, q)| q.poison_queue_name(source) == name)
+        .map(|(_, q)| q.encoding)
+        .ok_or_else(|| not_configured(settings, name))
+}
+
+/// Parses a human-readable duration (`30s`, `5m`, `7d`) for a flag.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write durations like 30s, 5m, 2h, 7d)"))
 }

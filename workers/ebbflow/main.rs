@@ -13,13 +13,31 @@
 //! `run(self, &Context) -> Result<(), CliError>`, one variant in [`Command`] and one arm in
 //! [`Command::run`].
 
-// A command-line tool: its report goes to stdout (the lint guards library code).
-#![allow(clippy::print_stdout)]
+/// `println!` that never panics: when stdout is closed (`ebbflow stats | head -1`) the rest of
+/// the report is dropped, and the command still finishes its work and exits with its own code.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that never panics (see [`say!`]).
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))
+    };
+}
 
 mod completions;
 mod context;
+mod deploy;
+mod enqueue;
+mod peek;
 mod poison;
+mod push;
+mod settings;
 mod simulate;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,11 +61,24 @@ pub struct Cli {
 /// The commands, one file each.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Send test messages to a configured queue, in its encoding, then send the push trigger
+    /// the config declares so an idle worker wakes up.
+    Enqueue(enqueue::Args),
+    /// Show up to 32 visible messages of a queue without receiving them.
+    Peek(peek::Args),
+    /// Approximate depth of each configured queue and its poison queue.
+    Stats(stats::Args),
     /// List, show and requeue poison messages.
     #[command(subcommand)]
     Poison(poison::Command),
     /// Run the listener and scaling policy in virtual time against a load profile.
     Simulate(simulate::Args),
+    /// Check the config.
+    #[command(subcommand)]
+    Config(settings::Command),
+    /// Print KEDA or Container Apps manifests that scale replicas on the configured queues.
+    #[command(subcommand)]
+    Deploy(deploy::Command),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -55,8 +86,13 @@ enum Command {
 impl Command {
     fn run(self, ctx: &Context) -> Result<(), CliError> {
         match self {
+            Command::Enqueue(args) => args.run(ctx),
+            Command::Peek(args) => args.run(ctx),
+            Command::Stats(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),
+            Command::Config(command) => command.run(ctx),
+            Command::Deploy(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }
@@ -65,24 +101,30 @@ impl Command {
 fn main() -> ExitCode {
     // Usage errors exit 2, `--help` and `--version` 0 (clap's codes).
     let cli = Cli::parse();
-    init_logs();
     let ctx = Context::new(cli.config);
-    match cli.command.run(&ctx) {
+    match init_logs(&ctx).and_then(|()| cli.command.run(&ctx)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ebbflow: {e}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "ebbflow: {e}");
             ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Warnings (a retried call, say) to stderr, filtered by `RUST_LOG`; stdout stays the report.
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Writes to stdout, ignoring a closed pipe or any other write error.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(text);
+}
+
+/// The library's log setup (one for every binary): warnings (a retried call, say) to stderr in
+/// `[log] format` or `EBBFLOW_LOG_FORMAT`, filtered by `RUST_LOG`; stdout stays the report. A
+/// config that does not load leaves the format text; the command then reports the config error.
+fn init_logs(ctx: &Context) -> Result<(), CliError> {
+    use ebbflow::observability::logging;
+    let configured = ctx.settings().map(|s| s.log.format).unwrap_or_default();
+    let format = logging::format_from_env(configured).map_err(CliError::usage)?;
+    logging::init(format, "warn");
+    Ok(())
 }

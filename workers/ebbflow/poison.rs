@@ -71,9 +71,9 @@ impl Command {
         match self {
             Command::List { limit, .. } => {
                 let records = poison.list(limit).await?;
-                println!("{} message(s) on {}", records.len(), poison.name());
+                say!("{} message(s) on {}", records.len(), poison.name());
                 for r in &records {
-                    println!("{}", summary_line(r));
+                    say!("{}", summary_line(r));
                 }
                 Ok(())
             }
@@ -84,12 +84,12 @@ impl Command {
                 match &record.envelope {
                     Ok(e) => {
                         let json = serde_json::to_string_pretty(e).map_err(CliError::runtime)?;
-                        println!("{json}");
+                        say!("{json}");
                         if let Ok(bytes) = settings.encoding.decode(&e.body) {
-                            println!("decoded body: {}", String::from_utf8_lossy(&bytes));
+                            say!("decoded body: {}", String::from_utf8_lossy(&bytes));
                         }
                     }
-                    Err(why) => println!("{}: no envelope, original text ({why})", record.id),
+                    Err(why) => say!("{}: no envelope, original text ({why})", record.id),
                 }
                 Ok(())
             }
@@ -101,13 +101,13 @@ impl Command {
                 };
                 let report = poison.requeue(&selection).await?;
                 for (id, queue, new_id) in &report.requeued {
-                    println!("requeued {id} to {queue} as {new_id}");
+                    say!("requeued {id} to {queue} as {new_id}");
                 }
                 for (id, why) in &report.skipped {
-                    println!("skipped {id}: {why}");
+                    say!("skipped {id}: {why}");
                 }
                 for id in &report.missing {
-                    println!("not found: {id}");
+                    say!("not found: {id}");
                 }
                 if report.skipped.is_empty() && report.missing.is_empty() {
                     Ok(())

@@ -54,7 +54,7 @@ impl Args {
                 )));
             }
             let table = compare(&profile, queue).map_err(CliError::runtime)?;
-            print!("{}", comparison_table(&table));
+            emit!("{}", comparison_table(&table));
             return Ok(());
         }
         let (samples, summary) = simulate(&profile, queue).map_err(CliError::runtime)?;
@@ -73,8 +73,8 @@ impl Args {
             std::fs::write(&path, body)
                 .map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?;
         }
-        print!("{}", summary_text(&summary));
-        println!(
+        emit!("{}", summary_text(&summary));
+        say!(
             "wrote {0}/simulation.csv and {0}/simulation.svg",
             out.display()
         );

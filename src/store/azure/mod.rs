@@ -6,8 +6,10 @@
 //! long-running worker never holds an expired SAS. Entra ID tokens are set by a policy of ours
 //! too (`policy`), so that a token outage is told apart from a refusal.
 //!
-//! Every call carries the service's own `timeout`, derived from the cut-off of the try in
-//! progress ([`crate::backoff::try_cutoff`]), so a slow service answers before we give up.
+//! Every call carries the service's own `timeout`, derived from the cut-off of each try (the
+//! retrying layer's `request_timeout`, given to the store when it is built:
+//! [`AzureStore::with_try_cutoff`]; `from_settings` does it), so a slow service answers before
+//! we give up.
 //! `errors` says, for each failure, whether the service may have acted.
 
 mod connection;
@@ -21,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::headers::HeaderName;
-use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Url};
+use azure_core::http::{
+    ClientMethodOptions, ClientOptions, Context, RequestContent, RetryOptions, Url,
+};
 use azure_storage_queue::models::{
     QueueClientCreateOptions, QueueClientDeleteMessageOptions, QueueClientGetPropertiesOptions,
     QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
@@ -30,14 +34,15 @@ use azure_storage_queue::models::{
 };
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 
+use super::rules::{check_send_expressible, check_text, whole_seconds};
+use super::settings::{CredentialKind, RetrySettings, StorageSettings};
 use super::{
-    check_receive_count, redact, validate_queue_name, PeekedMessage, Queue, QueueStore,
-    ReceivedMessage, SendOptions, SentMessage, StoreError, UpdatedMessage,
+    redact, validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
+    SentMessage, StoreError, UpdatedMessage,
 };
-use crate::config::{CredentialKind, RetrySettings, StorageSettings};
 use connection::{account_of, parse_connection_string, parse_endpoint, setup, Auth};
 pub use policy::account_sas;
-use policy::{AccountSasPolicy, TokenPolicy};
+use policy::{AccountSasPolicy, TokenPolicy, TryCutoff};
 
 /// Azurite's well-known development account.
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
@@ -51,6 +56,7 @@ pub struct AzureStore {
     service: Arc<QueueServiceClient>,
     endpoint: String,
     account: Option<String>,
+    try_cutoff: Duration,
 }
 
 impl fmt::Debug for AzureStore {
@@ -90,8 +96,22 @@ impl AzureStore {
         Self::connect(endpoint, Auth::Token(credential))
     }
 
-    /// Builds the store the settings describe (they must name Azure storage).
+    /// Builds the store the settings describe (they must name Azure storage), with the try
+    /// cut-off of `storage.retry.request_timeout`.
     pub fn from_settings(s: &StorageSettings) -> Result<Self, StoreError> {
+        Ok(Self::from_storage_settings(s)?.with_try_cutoff(s.retry.request_timeout))
+    }
+
+    /// Tells the store after how long the retrying layer cuts off one try (its
+    /// `request_timeout`; default 30 s): each call then asks the service to answer well before
+    /// it (see [`RetrySettings::service_timeout_secs`]), and an Entra ID token fetch gets half
+    /// of it.
+    pub fn with_try_cutoff(mut self, cutoff: Duration) -> Self {
+        self.try_cutoff = cutoff;
+        self
+    }
+
+    fn from_storage_settings(s: &StorageSettings) -> Result<Self, StoreError> {
         if let Some(cs) = &s.connection_string {
             return Self::from_connection_string(cs);
         }
@@ -119,6 +139,14 @@ impl AzureStore {
                 };
                 azure_identity::ManagedIdentityCredential::new(Some(options))
                     .map_err(|e| setup(format!("managed identity: {e}")))?
+            }
+            Some(CredentialKind::WorkloadIdentity) => {
+                let options = azure_identity::WorkloadIdentityCredentialOptions {
+                    client_id: s.managed_identity_client_id.clone(),
+                    ..Default::default()
+                };
+                azure_identity::WorkloadIdentityCredential::new(Some(options))
+                    .map_err(|e| setup(format!("workload identity: {e}")))?
             }
             Some(CredentialKind::DeveloperTools) | None => {
                 azure_identity::DeveloperToolsCredential::new(None)
@@ -172,6 +200,7 @@ impl AzureStore {
             service: Arc::new(service),
             endpoint: shown,
             account,
+            try_cutoff: RetrySettings::default().request_timeout,
         })
     }
 
@@ -208,6 +237,7 @@ impl QueueStore for AzureStore {
         Ok(Arc::new(AzureQueue {
             name: name.to_string(),
             client,
+            try_cutoff: self.try_cutoff,
         }))
     }
 
@@ -223,12 +253,19 @@ impl QueueStore for AzureStore {
 struct AzureQueue {
     name: String,
     client: QueueClient,
+    try_cutoff: Duration,
 }
 
 fn secs(d: Duration) -> i32 {
     // The service counts whole seconds; round a fraction up so a timeout is never shortened.
-    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    i32::try_from(whole).unwrap_or(i32::MAX)
+    // Beyond 32 bits the service refuses the value anyway (its limits are far below).
+    i32::try_from(whole_seconds(d)).unwrap_or(i32::MAX)
+}
+
+/// The service's expiry of a message that never expires is the last second of year 9999:
+/// read as `None`.
+fn expiry(t: Option<time::OffsetDateTime>) -> Option<time::OffsetDateTime> {
+    t.filter(|t| t.year() < 9999)
 }
 
 impl AzureQueue {
@@ -236,13 +273,18 @@ impl AzureQueue {
         errors::classify(&self.name, &e, message_id)
     }
 
-    /// The service's own `timeout` for this try: below its cut-off (see
-    /// [`RetrySettings::service_timeout_secs`]), or below the default cut-off when the call is
-    /// not made through the retrying layer.
+    /// The service's own `timeout` for each try: below the try's cut-off (see
+    /// [`RetrySettings::service_timeout_secs`]).
     fn service_timeout(&self) -> Option<i32> {
-        let cutoff = crate::backoff::try_cutoff()
-            .unwrap_or_else(|| RetrySettings::default().request_timeout);
-        i32::try_from(RetrySettings::service_timeout_secs(cutoff)).ok()
+        i32::try_from(RetrySettings::service_timeout_secs(self.try_cutoff)).ok()
+    }
+
+    /// The SDK's per-call options: the try's cut-off rides in the context for the token
+    /// policy.
+    fn method_options(&self) -> ClientMethodOptions<'static> {
+        ClientMethodOptions {
+            context: Context::new().with_value(TryCutoff(self.try_cutoff)),
+        }
     }
 
     fn missing(&self, what: &str) -> StoreError {
@@ -273,6 +315,7 @@ impl Queue for AzureQueue {
     async fn create_if_missing(&self) -> Result<(), StoreError> {
         let options = QueueClientCreateOptions {
             timeout: self.service_timeout(),
+            method_options: self.method_options(),
             ..Default::default()
         };
         match self.client.create(Some(options)).await {
@@ -284,7 +327,9 @@ impl Queue for AzureQueue {
     }
 
     async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError> {
-        super::check_visibility(&self.name, "initial delay", options.initial_delay)?;
+        // What the request cannot carry, or what Azurite would store and then fail to hand
+        // out; the service judges the rest itself.
+        check_send_expressible(&self.name, text, &options)?;
         let body = self.message_body(text)?;
         let sent = self
             .client
@@ -293,9 +338,9 @@ impl Queue for AzureQueue {
                 Some(QueueClientSendMessageOptions {
                     visibility_timeout: (!options.initial_delay.is_zero())
                         .then(|| secs(options.initial_delay)),
-                    message_time_to_live: options.time_to_live.map(secs),
+                    message_time_to_live: options.message_ttl(),
                     timeout: self.service_timeout(),
-                    ..Default::default()
+                    method_options: self.method_options(),
                 }),
             )
             .await
@@ -316,15 +361,13 @@ impl Queue for AzureQueue {
         max: u8,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        check_receive_count(&self.name, max)?;
-        super::check_visibility(&self.name, "visibility timeout", visibility)?;
         let received = self
             .client
             .receive_messages(Some(QueueClientReceiveMessagesOptions {
                 number_of_messages: Some(i32::from(max)),
                 visibility_timeout: Some(secs(visibility)),
                 timeout: self.service_timeout(),
-                ..Default::default()
+                method_options: self.method_options(),
             }))
             .await
             .map_err(|e| self.error(e, None))?
@@ -343,7 +386,7 @@ impl Queue for AzureQueue {
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(1),
                     inserted_at: m.insertion_time,
-                    expires_at: m.expiration_time,
+                    expires_at: expiry(m.expiration_time),
                     text: m.message_text.unwrap_or_default(),
                 })
             })
@@ -357,7 +400,7 @@ impl Queue for AzureQueue {
                 pop_receipt,
                 Some(QueueClientDeleteMessageOptions {
                     timeout: self.service_timeout(),
-                    ..Default::default()
+                    method_options: self.method_options(),
                 }),
             )
             .await
@@ -372,7 +415,15 @@ impl Queue for AzureQueue {
         visibility: Duration,
         text: Option<&str>,
     ) -> Result<UpdatedMessage, StoreError> {
-        super::check_visibility(&self.name, "visibility timeout", visibility)?;
+        if let Some(text) = text {
+            // As for a send: text XML cannot carry never reaches the service.
+            if text
+                .chars()
+                .any(|c| !crate::service::is_allowed_text_char(c))
+            {
+                check_text(&self.name, text)?;
+            }
+        }
         let queue_message = text.map(|t| self.message_body(t)).transpose()?;
         let response = self
             .client
@@ -383,7 +434,7 @@ impl Queue for AzureQueue {
                 Some(QueueClientUpdateMessageOptions {
                     queue_message,
                     timeout: self.service_timeout(),
-                    ..Default::default()
+                    method_options: self.method_options(),
                 }),
             )
             .await
@@ -398,13 +449,12 @@ impl Queue for AzureQueue {
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        check_receive_count(&self.name, max)?;
         let peeked = self
             .client
             .peek_messages(Some(QueueClientPeekMessagesOptions {
                 number_of_messages: Some(i32::from(max)),
                 timeout: self.service_timeout(),
-                ..Default::default()
+                method_options: self.method_options(),
             }))
             .await
             .map_err(|e| self.error(e, None))?
@@ -433,7 +483,7 @@ impl Queue for AzureQueue {
             .client
             .get_properties(Some(QueueClientGetPropertiesOptions {
                 timeout: self.service_timeout(),
-                ..Default::default()
+                method_options: self.method_options(),
             }))
             .await
             .map_err(|e| self.error(e, None))?;

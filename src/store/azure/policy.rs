@@ -2,7 +2,7 @@
 //! and an Entra ID bearer token.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
@@ -70,6 +70,11 @@ pub(super) fn sign_account_sas(account: &str, key: &[u8], expiry: OffsetDateTime
 
 const SAS_KEYS: [&str; 8] = ["sv", "ss", "srt", "sp", "se", "st", "spr", "sig"];
 
+/// The cut-off of one try, carried in each call's context (set by the queue handle): a token
+/// fetch gets half of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TryCutoff(pub(super) std::time::Duration);
+
 /// A pipeline policy that authorizes each try with a fresh-enough account SAS.
 pub(super) struct AccountSasPolicy {
     account: String,
@@ -94,7 +99,7 @@ impl AccountSasPolicy {
 
     fn current(&self) -> String {
         let now = OffsetDateTime::now_utc();
-        let mut cached = self.cached.lock().expect("sas cache mutex poisoned");
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
         match &*cached {
             Some((expiry, query)) if *expiry - now > SAS_RENEW_BEFORE => query.clone(),
             _ => {
@@ -179,8 +184,10 @@ impl TokenPolicy {
         };
         // A hung identity endpoint must not look like a call the service may have taken: give
         // the token half the try's cut-off, then call it unavailable.
-        let cutoff = crate::backoff::try_cutoff()
-            .unwrap_or_else(|| crate::config::RetrySettings::default().request_timeout);
+        let cutoff = ctx.value::<TryCutoff>().map_or_else(
+            || crate::store::settings::RetrySettings::default().request_timeout,
+            |c| c.0,
+        );
         let fetched = tokio::time::timeout(
             cutoff / 2,
             self.credential.get_token(&[STORAGE_SCOPE], Some(options)),

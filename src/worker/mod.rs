@@ -1,6 +1,15 @@
 //! The host: wires settings, store, handlers and listeners into one process, and drains it
 //! in two steps on a stop signal (stop receiving, then wait for in-flight work until the
 //! drain deadline).
+//!
+//! - `report.rs`: how a run ended ([`DrainReport`], [`RunReport`] and their exit codes).
+//! - `signal.rs`: the stop signals ([`shutdown_signal`]: SIGTERM, ctrl-c).
+
+mod report;
+mod signal;
+
+pub use report::{DrainReport, RunReport};
+pub use signal::shutdown_signal;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,10 +21,14 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
+use crate::observability::{CheckState, Metrics, Readiness};
+use crate::store::metered::Metering;
 use crate::store::retrying::RetryingStore;
 use crate::store::sharding::ShardingStore;
+use crate::store::LayeredStore;
 use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
+use report::explain;
 
 /// The worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +54,17 @@ pub enum WorkerError {
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
+    /// The bus could not be reached or refused the credentials (`bus.url`; no secret shown).
+    #[error("{0}")]
+    Bus(#[from] crate::bus::BusError),
+    /// The ops endpoint could not listen.
+    #[error("observability.bind = {addr}: cannot listen: {error}")]
+    OpsBind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The HTTP trigger endpoint could not listen.
     #[error("triggers.http.bind = {addr}: cannot listen: {error}")]
     TriggerBind {
@@ -92,6 +116,33 @@ impl Worker {
         self
     }
 
+    /// Starts, runs until SIGTERM, ctrl-c or an error no retry can fix, drains, and reports:
+    /// what a worker's `main` does. A start that fails is logged and reported as
+    /// [`RunReport::NotStarted`] (exit code 2).
+    ///
+    /// ```no_run
+    /// # use ebbflow::{Context, Handler, HandlerError, Worker};
+    /// # struct Orders;
+    /// # impl Handler for Orders {
+    /// #     type Message = String;
+    /// #     async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # }
+    /// #[tokio::main]
+    /// async fn main() -> std::process::ExitCode {
+    ///     let Ok(settings) = ebbflow::setup("info") else { return std::process::ExitCode::from(2) };
+    ///     Worker::new(settings).handler("orders", Orders).run().await.exit_code()
+    /// }
+    /// ```
+    pub async fn run(self) -> RunReport {
+        match self.start().await {
+            Ok(worker) => RunReport::Stopped(worker.run().await),
+            Err(e) => {
+                tracing::error!(error = %e, "worker could not start");
+                RunReport::NotStarted(e)
+            }
+        }
+    }
+
     /// Validates the settings (as [`Settings::load`] does), checks handlers against them,
     /// opens the store, makes sure every queue and poison queue is there (creating them when
     /// `storage.create_queues` is on), binds the trigger endpoint, and only then starts
@@ -115,7 +166,35 @@ impl Worker {
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
-        let store = ShardingStore::wrap(store, ShardingStore::of_settings(&self.settings));
+        let store = ShardingStore::wrap_sharded(store, ShardingStore::of_settings(&self.settings));
+        // Outermost: each call is timed as the listener sees it (retries and shards
+        // included), and its outcome feeds the readiness check "store".
+        let metering = Metering::default();
+        let store = LayeredStore::wrap(store, metering.clone());
+        // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
+        // says "starting". A start that fails drops it with everything else.
+        let readiness = Readiness::default();
+        let startup = readiness.register("startup");
+        let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
+        let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+        readiness.register_probe("store", move || store_state(&metering));
+        let ops = match self.settings.observability.bind {
+            Some(addr) => {
+                let token = self.settings.observability.metrics_token.clone();
+                let (bound, serve) = crate::observability::server::bind(
+                    addr,
+                    readiness.clone(),
+                    metrics.clone(),
+                    token,
+                )
+                .await
+                .map_err(|error| WorkerError::OpsBind { addr, error })?;
+                info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
+                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve));
+                Some((bound, server))
+            }
+            None => None,
+        };
         let embedded = store.kind() == store::BackendKind::Embedded;
         let create = self.settings.storage.create_queues || embedded;
         let life = Lifecycle::default();
@@ -159,23 +238,13 @@ impl Worker {
                 trigger_covered: queue_settings.scaling.wake_on_publish,
             });
         }
-        // The endpoint is bound before any listener starts; it serves once they run.
-        let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
+        // The bus before any listener: a worker does not start on a bus it cannot use.
+        let bus = crate::bus::open(&self.settings.bus).await?;
+        // The endpoint is bound before any listener starts; it serves once they run. Its
+        // `/metrics` (behind its token) shows the same text as the ops endpoint's.
         let bound = if http.enabled {
-            let shown = shown.clone();
-            let outcomes_of = store.clone();
-            let metrics: crate::trigger::http::Metrics = Arc::new(move || {
-                let snapshots: Vec<QueueSnapshot> = shown
-                    .get()
-                    .map(|ls| ls.iter().map(QueueListener::snapshot).collect())
-                    .unwrap_or_default();
-                let outcomes: Vec<(String, UnknownOutcomes)> = snapshots
-                    .iter()
-                    .map(|q| (q.queue.clone(), outcomes_of.unknown_outcomes(&q.queue)))
-                    .collect();
-                crate::observability::prometheus(&snapshots)
-                    + &crate::observability::prometheus_unknown_outcomes(&outcomes)
-            });
+            let render = metrics.clone();
+            let metrics: crate::trigger::http::Metrics = Arc::new(move || render.render());
             let bound =
                 crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
                     .await
@@ -194,6 +263,9 @@ impl Worker {
             .map(|spec| QueueListener::start(spec, shared_publishers.clone(), &life, &hub))
             .collect();
         let _ = shown.set(listeners.clone());
+        let (running, fatal) = (shown.clone(), life.fatal.clone());
+        readiness.register_probe("listeners", move || listeners_state(&running, &fatal));
+        startup.ready();
         // The endpoint is not part of the drain: a client that never finishes its request
         // must not hold the worker's shutdown up. It stops on `stop`, and is cut off when the
         // drain ends (or the worker is dropped).
@@ -205,14 +277,20 @@ impl Worker {
             }
             None => (None, None),
         };
+        bus.start();
         life.tracker.close();
         info!(
             backend = %store.kind(),
             queues = listeners.len(),
             "worker started"
         );
+        let (ops_addr, ops_server) = ops.unzip();
         Ok(RunningWorker {
+            bus,
             store,
+            readiness,
+            ops_addr,
+            _ops_server: ops_server,
             listeners,
             publishers,
             hub,
@@ -228,38 +306,54 @@ impl Worker {
     }
 }
 
-/// How a drain ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Every handler finished before the deadline.
-    pub clean: bool,
-    /// The queues' counters at the end.
-    pub queues: Vec<QueueSnapshot>,
-    /// Why the worker stopped on its own, if it did: an error no retry can fix (credentials
-    /// refused, queue deleted).
-    pub fatal: Option<StoreError>,
-    /// Messages still held when the report was made: their release did not finish within
-    /// [`RELEASE_GRACE`] after the drain deadline (the store hung). They become visible again
-    /// when their visibility timeout ends.
-    pub unreleased: u64,
+/// How the listeners stand, for `/readyz`: unready once a fatal error was raised or any
+/// listener's supervisor ended.
+fn listeners_state(
+    listeners: &std::sync::OnceLock<Vec<QueueListener>>,
+    fatal: &crate::listener::Fatal,
+) -> CheckState {
+    if let Some(e) = fatal.error() {
+        return CheckState::Unready(format!("stopping: {e}"));
+    }
+    let Some(listeners) = listeners.get() else {
+        return CheckState::Unready("starting".into());
+    };
+    match listeners.iter().find(|l| !l.is_running()) {
+        Some(l) => CheckState::Unready(format!("the listener of {} ended", l.queue())),
+        None => CheckState::Ready,
+    }
 }
 
-impl DrainReport {
-    /// The process exit code: 3 when a fatal error stopped the worker, else 0 on a clean
-    /// drain and 1 when handlers were aborted.
-    pub fn exit_code(&self) -> i32 {
-        match (&self.fatal, self.clean) {
-            (Some(_), _) => 3,
-            (None, true) => 0,
-            (None, false) => 1,
+/// How long store calls may fail in a row (no usable answer, retries included) before the
+/// worker reports itself unready; shorter runs report it degraded.
+pub const STORE_UNREADY_AFTER: Duration = Duration::from_secs(60);
+
+/// How the store stands, for `/readyz`: see [`crate::store::metered`].
+fn store_state(metering: &Metering) -> CheckState {
+    match metering.health() {
+        crate::store::metered::StoreHealth::Answering => CheckState::Ready,
+        crate::store::metered::StoreHealth::Failing { error, .. } => {
+            let failing = metering.failing_for();
+            let why = format!("store calls failing for {}s: {error}", failing.as_secs());
+            if failing > STORE_UNREADY_AFTER {
+                CheckState::Unready(why)
+            } else {
+                CheckState::Degraded(why)
+            }
         }
     }
 }
 
 /// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their
-/// messages released); call [`RunningWorker::shutdown`] to drain.
+/// messages released); call [`RunningWorker::run`] or [`RunningWorker::shutdown`] to drain.
 pub struct RunningWorker {
+    bus: crate::bus::BusHandle,
     store: Arc<dyn QueueStore>,
+    readiness: Readiness,
+    ops_addr: Option<std::net::SocketAddr>,
+    /// The ops endpoint's server: it answers until the worker is gone (so `/readyz` says 503
+    /// through the drain).
+    _ops_server: Option<tokio_util::task::AbortOnDropHandle<()>>,
     listeners: Vec<QueueListener>,
     publishers: BTreeMap<String, Publisher>,
     hub: Hub,
@@ -283,9 +377,29 @@ impl RunningWorker {
         self.store.clone()
     }
 
+    /// This instance's bus: publish and subscribe to events between instances.
+    pub fn bus(&self) -> crate::bus::BusHandle {
+        self.bus.clone()
+    }
+
     /// The in-process trigger hub: `hub.notify("orders")` wakes the `orders` listener.
     pub fn hub(&self) -> Hub {
         self.hub.clone()
+    }
+
+    /// The worker's readiness: add checks of your own with [`Readiness::register`].
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Where the ops endpoint listens, when `observability.bind` is set.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops_addr
+    }
+
+    /// The running listeners (cloneable handles: their snapshots, for a report of your own).
+    pub fn listeners(&self) -> Vec<QueueListener> {
+        self.listeners.clone()
     }
 
     /// Where the HTTP trigger endpoint listens, when enabled.
@@ -299,24 +413,20 @@ impl RunningWorker {
         self.publishers.get(queue).cloned()
     }
 
+    /// Runs until SIGTERM or ctrl-c ([`shutdown_signal`]) or an error no retry can fix stops
+    /// it, then drains.
+    pub async fn run(self) -> DrainReport {
+        self.run_until(shutdown_signal()).await
+    }
+
     /// Runs until `signal` completes or an error no retry can fix stops it (see
-    /// [`DrainReport::fatal`]), then drains.
+    /// [`DrainReport::fatal`]), then drains. The one way a worker learns of a fatal error.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> DrainReport {
         tokio::select! {
             _ = signal => {}
             _ = self.life.fatal.raised() => {}
         }
         self.shutdown().await
-    }
-
-    /// Completes when an error no retry can fix (credentials refused, queue deleted) stops
-    /// the worker, with that error: select on it next to the stop signal, then `shutdown()`.
-    pub async fn failed(&self) -> StoreError {
-        self.life.fatal.raised().await;
-        self.life
-            .fatal
-            .error()
-            .unwrap_or_else(|| StoreError::Setup("stopped".into()))
     }
 
     /// Per queue, the calls whose outcome is unknown so far (see the README's "Unknown
@@ -343,6 +453,9 @@ impl RunningWorker {
     /// `drain_timeout + RELEASE_GRACE` even if store calls hang.
     pub async fn shutdown(self) -> DrainReport {
         let life = &self.life;
+        // Unready first: a load balancer or the bus stops counting on this replica before it
+        // stops receiving.
+        self.readiness.begin_drain();
         info!(drain_timeout = ?self.drain_timeout, "stopping: no new receives, draining in-flight messages");
         life.stop.cancel();
         let clean = tokio::time::timeout(self.drain_timeout, life.tracker.wait())
@@ -358,6 +471,7 @@ impl RunningWorker {
                 warn!(grace = ?RELEASE_GRACE, "store calls still running after the release grace; reporting anyway");
             }
         }
+        self.bus.transport().close().await;
         let unreleased = self.listeners.iter().map(QueueListener::held).sum();
         let queues = self.snapshot();
         let fatal = life.fatal.error();
@@ -374,46 +488,5 @@ impl RunningWorker {
             fatal,
             unreleased,
         }
-    }
-}
-
-/// What to do about a fatal store error, for the log.
-fn explain(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Unauthorized { .. } => {
-            "the service refused our credentials, several times in a row (expired SAS, rotated key, missing role assignment); fix storage settings and restart"
-        }
-        StoreError::QueueNotFound { .. } => {
-            "the queue was deleted while the worker ran; recreate it and restart"
-        }
-        _ => "no retry can fix this error",
-    }
-}
-
-/// Completes on SIGTERM (what a container stop sends) or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!(signal = "SIGINT", "stop signal received"),
-        _ = term => info!(signal = "SIGTERM", "stop signal received"),
     }
 }

@@ -1,37 +1,6 @@
-//! The `ebbflow` command line as a user runs it: every command against the test Azurite (the
-//! `EBBFLOW_AZURITE_URL` that scripts/test starts), exit codes, help and errors.
+//! Help, usage and config errors, completions: no storage needed.
 
-mod common;
-
-use std::process::Command;
-
-/// What a run of `ebbflow` printed and how it exited.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn both(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-/// Runs `ebbflow args` with a clean environment plus `env`.
-fn ebbflow(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_ebbflow"))
-        .env_clear()
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use crate::{common, ebbflow};
 
 #[test]
 fn every_command_has_help_that_exits_0() {
@@ -43,6 +12,14 @@ fn every_command_has_help_that_exits_0() {
         &["poison", "show"],
         &["poison", "requeue"],
         &["completions"],
+        &["enqueue"],
+        &["peek"],
+        &["stats"],
+        &["config"],
+        &["config", "check"],
+        &["deploy"],
+        &["deploy", "keda"],
+        &["deploy", "container-apps"],
     ];
     for command in commands {
         let mut args = command.to_vec();
@@ -82,6 +59,44 @@ fn usage_errors_exit_2_and_name_the_culprit() {
         ),
         (&["completions", "tcsh"], "tcsh"),
         (&["simulate", "--profile", "nope.toml"], "nope.toml"),
+        (&["enqueue", "orders", "x", "--count", "0"], "--count"),
+        (
+            &["enqueue", "orders", "x", "--delay", "8d"],
+            "--delay 8days: at most 7d",
+        ),
+        (&["enqueue", "orders", "x", "--delay", "soon"], "--delay"),
+        (&["enqueue", "orders", "x", "--ttl", "0s"], "--ttl 0s"),
+        (
+            &["enqueue", "orders", "x", "--ttl", "1000y"],
+            "--ttl 1000years",
+        ),
+        (
+            &["enqueue", "orders", "x", "--delay", "7d"],
+            "shorter than the time to live",
+        ),
+        (&["enqueue", "orders"], "give the message text or --file"),
+        (&["enqueue", "orders", "x", "--file", "f"], "--file"),
+        (
+            &["enqueue", "orders", "--file", "/no/such/file"],
+            "--file /no/such/file",
+        ),
+        (
+            &["enqueue", "orders", "x", "--trigger-url", "10.0.0.12:7075"],
+            "--trigger-url",
+        ),
+        (
+            &[
+                "enqueue",
+                "orders",
+                "x",
+                "--no-trigger",
+                "--trigger-url",
+                "http://h",
+            ],
+            "--no-trigger",
+        ),
+        (&["peek", "orders", "--count", "33"], "--count"),
+        (&["peek", "orders", "--count", "0"], "--count"),
     ];
     for (args, culprit) in cases {
         let run = ebbflow(args, &[]);

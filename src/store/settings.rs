@@ -1,27 +1,31 @@
-//! Where the queues live, and how transient service errors are retried.
+//! Where the queues live, and how transient service errors are retried: the `[storage]`
+//! settings, beside the store that uses them (`config` loads them and re-exports them).
 
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{check_duration, check_range, ConfigError};
-use crate::store::redact;
+use crate::checks::{self, InvalidSetting};
+use crate::service::redact;
 
 /// Where the queues live.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
     /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
+    #[serde(serialize_with = "crate::secret::serialize_redacted")]
     pub connection_string: Option<String>,
     /// The queue service URL (`https://<account>.queue.core.windows.net`), optionally with a SAS
     /// token as its query. Without a SAS token, Entra ID (`credential`) is used.
+    #[serde(serialize_with = "crate::secret::serialize_redacted")]
     pub queue_endpoint: Option<String>,
     /// A SAS token for `queue_endpoint`, with or without the leading `?`.
+    #[serde(serialize_with = "crate::secret::serialize_hidden")]
     pub sas_token: Option<String>,
-    /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd)
-    /// or `managed_identity`.
+    /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd),
+    /// `managed_identity`, or `workload_identity` (AKS).
     pub credential: Option<CredentialKind>,
     /// Client id of a user-assigned managed identity (with `credential = "managed_identity"`).
     pub managed_identity_client_id: Option<String>,
@@ -34,7 +38,7 @@ pub struct StorageSettings {
 /// Retries of transient service errors (5xx, 503 ServerBusy, timeouts, connection errors):
 /// exponential back-off with jitter, bounded. The SDK's own retry policy is off, so these are
 /// the only retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
     /// Tries per call, the first included, 1..=100.
@@ -128,54 +132,58 @@ impl fmt::Debug for StorageSettings {
 }
 
 /// The Entra ID credential to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     /// Azure CLI, then Azure Developer CLI (a developer's machine).
     DeveloperTools,
     /// The managed identity of the VM, container app or AKS pod.
     ManagedIdentity,
+    /// Azure workload identity on Kubernetes: the federated service account token the AKS
+    /// webhook mounts (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`).
+    WorkloadIdentity,
 }
 
 impl StorageSettings {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every value against its allowed range, naming the key at fault.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let s = self;
         if s.connection_string.is_some() && s.queue_endpoint.is_some() {
-            return Err(ConfigError::invalid(
+            return Err(InvalidSetting::new(
                 "storage.queue_endpoint",
                 redact(s.queue_endpoint.as_deref().unwrap_or_default()),
                 "set either storage.connection_string or storage.queue_endpoint, not both",
             ));
         }
         if s.sas_token.is_some() && s.queue_endpoint.is_none() {
-            return Err(ConfigError::invalid(
+            return Err(InvalidSetting::new(
                 "storage.sas_token",
                 "<redacted>",
                 "needs storage.queue_endpoint",
             ));
         }
         let r = &self.retry;
-        check_range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
-        check_duration(
+        checks::range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
+        checks::duration(
             "storage.retry.max_delay",
             r.max_delay,
             Duration::from_millis(1),
             Duration::from_secs(300),
         )?;
-        check_duration(
+        checks::duration(
             "storage.retry.min_delay",
             r.min_delay,
             Duration::from_millis(1),
             r.max_delay,
         )?;
         // At least 2 s, so the service's own timeout (at least 1 s) stays below it.
-        check_duration(
+        checks::duration(
             "storage.retry.request_timeout",
             r.request_timeout,
             Duration::from_secs(2),
             Duration::from_secs(600),
         )?;
-        check_range(
+        checks::range(
             "storage.retry.refusals_before_fatal",
             r.refusals_before_fatal,
             1,

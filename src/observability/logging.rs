@@ -1,0 +1,82 @@
+//! One log setup for every binary (the demo, load-test and classic workers, the `ebbflow`
+//! CLI, your own worker): lines go to stderr, `RUST_LOG` filters them, and the format is text
+//! or JSON lines (`[log] format`, overridden by `EBBFLOW_LOG_FORMAT`).
+//!
+//! In JSON each line is one object: `timestamp` (RFC 3339, UTC), `level`, `target`, `fields`
+//! (the event's fields, its text under `message`), and `span`/`spans` when the event happened
+//! inside spans (a listener's `queue`, a message's `message_id`). Secrets never reach either
+//! format: errors and settings redact them before they are logged.
+
+use tracing_subscriber::EnvFilter;
+
+use super::settings::LogFormat;
+use crate::config::{ConfigError, Settings};
+
+/// The environment variable that overrides `[log] format`: `text` or `json`.
+pub const FORMAT_VAR: &str = "EBBFLOW_LOG_FORMAT";
+
+/// The format to use: `EBBFLOW_LOG_FORMAT` when set, else `configured`; an error naming the
+/// variable when it holds something else than `text` or `json`.
+pub fn format_from_env(configured: LogFormat) -> Result<LogFormat, ConfigError> {
+    match std::env::var(FORMAT_VAR) {
+        Ok(v) if !v.trim().is_empty() => v
+            .parse()
+            .map_err(|rule: String| ConfigError::invalid(FORMAT_VAR, &v, rule)),
+        _ => Ok(configured),
+    }
+}
+
+/// Installs the process's log subscriber: `format` lines on stderr, filtered by `RUST_LOG`
+/// (default `default_filter`, e.g. `"info"`). Returns `false` when a subscriber was already
+/// installed (that one stays). A `RUST_LOG` that does not parse is reported in a warning and
+/// `default_filter` used instead.
+pub fn init(format: LogFormat, default_filter: &str) -> bool {
+    let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(e) => {
+            let given = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+            (
+                EnvFilter::new(default_filter),
+                given.map(|v| (v, e.to_string())),
+            )
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+            .is_ok(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
+            .is_ok(),
+    };
+    if let Some((given, error)) = bad_filter {
+        tracing::warn!(rust_log = %given, %error, default = default_filter, "RUST_LOG does not parse; using the default filter");
+    }
+    installed
+}
+
+/// What a worker's `main` does first: loads the settings ([`Settings::load`]), sets up logs
+/// from them ([`init`] with `[log] format` or `EBBFLOW_LOG_FORMAT`), and logs why when the
+/// settings are wrong (the caller then exits 2). Logs are set up either way, in text when the
+/// settings could not say.
+pub fn setup(default_filter: &str) -> Result<Settings, ConfigError> {
+    let loaded = Settings::load();
+    let configured = loaded.as_ref().map(|s| s.log.format).unwrap_or_default();
+    let format = format_from_env(configured);
+    init(
+        format.as_ref().copied().unwrap_or(configured),
+        default_filter,
+    );
+    let result = format.and(loaded);
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "cannot start: the settings are wrong");
+    }
+    result
+}

@@ -1,0 +1,123 @@
+//! The ops endpoint: `GET /healthz` (liveness), `GET /readyz` (readiness, with a short JSON
+//! reason), `GET /metrics` (the OpenMetrics text, optionally behind `metrics_token`). It is
+//! apart from the trigger endpoint and its token, so probes and scrapes need no triggers.
+//!
+//! Built like the trigger endpoint: `/metrics` sits behind tower's timeout and concurrency
+//! limit with load shedding (a flood of scrapes gets 503 at once instead of queueing); the
+//! probes stay outside those layers, so a busy scraper never fails a liveness probe. The
+//! server runs until the worker exits, so `/readyz` answers 503 through the whole drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{BoxError, Json, Router};
+use serde_json::json;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+
+use super::metrics::{Metrics, CONTENT_TYPE};
+use super::readiness::Readiness;
+use super::settings::MetricsToken;
+use crate::trigger::http::{bearer, tokens_match};
+
+/// A `/metrics` request not answered within this long gets 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// `/metrics` requests served at once; more get 503 at once.
+pub const MAX_CONCURRENT_SCRAPES: usize = 8;
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+    token: Option<MetricsToken>,
+}
+
+/// The ops router, for embedding in another server or for tests.
+pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<MetricsToken>) -> Router {
+    let state = OpsState {
+        readiness,
+        metrics,
+        token,
+    };
+    let guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(guard_response))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_SCRAPES))
+        .timeout(REQUEST_TIMEOUT);
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .layer(guard)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Binds the ops endpoint at `addr`; returns the bound address (useful with port 0) and the
+/// server future, which runs until dropped (the worker drops it when it exits).
+pub async fn bind(
+    addr: SocketAddr,
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+    token: Option<MetricsToken>,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(readiness, metrics, token);
+    let serve = async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "ops endpoint failed");
+        }
+    };
+    Ok((bound, serve))
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let report = state.readiness.report();
+    let status = if report.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+async fn metrics_text(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.token {
+        let why = match bearer(&headers) {
+            None => Some("missing token: send Authorization: Bearer <metrics_token>"),
+            Some(given) if !tokens_match(given, expected.expose()) => Some("wrong token"),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            return reject(StatusCode::UNAUTHORIZED, why);
+        }
+    }
+    ([("content-type", CONTENT_TYPE)], state.metrics.render()).into_response()
+}
+
+async fn guard_response(error: BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        reject(StatusCode::REQUEST_TIMEOUT, "request timed out")
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        let mut r = reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many scrapes at once; retry",
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        r
+    } else {
+        tracing::warn!(error = %error, "ops endpoint layer failed");
+        reject(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+fn reject(status: StatusCode, reason: &str) -> Response {
+    (status, Json(json!({ "error": reason }))).into_response()
+}

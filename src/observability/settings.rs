@@ -1,0 +1,202 @@
+//! The `[observability]` and `[log]` settings, typed where they are parsed: a wrong value fails
+//! the load with the key's name (`observability.metrics_token`, `log.format`).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The ops endpoint (`/healthz`, `/readyz`, `/metrics`), apart from the trigger endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilitySettings {
+    /// Where the ops endpoint listens, e.g. `"0.0.0.0:9464"`; off when unset. Port 0 picks a
+    /// free port (logged, and shown by `RunningWorker::ops_addr`).
+    pub bind: Option<SocketAddr>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (the probes never do):
+    /// 16+ printable ASCII characters, compared in constant time.
+    pub metrics_token: Option<MetricsToken>,
+}
+
+/// A bearer token for `/metrics`: at least 16 characters, printable ASCII without spaces (what
+/// an `Authorization` header can carry). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// The shortest token accepted, in characters.
+    pub const MIN_LEN: usize = 16;
+
+    /// The token's text (for comparing with what a scraper sends).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MetricsToken {
+    type Error = String;
+
+    fn try_from(token: String) -> Result<Self, Self::Error> {
+        if token.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the metrics token must be at least {} characters",
+                Self::MIN_LEN
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            // A secret file's trailing newline would make a token no header can match.
+            return Err(
+                "the metrics token must be printable ASCII without spaces or line breaks".into(),
+            );
+        }
+        Ok(Self(token))
+    }
+}
+
+/// Written as `<redacted>` (`ebbflow config check` shows that one is set, never what it is).
+impl Serialize for MetricsToken {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(crate::secret::REDACTED)
+    }
+}
+
+impl fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How the worker writes its log lines (to stderr; `RUST_LOG` filters them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `"text"` (default) or `"json"`. The environment variable `EBBFLOW_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (colours when stderr is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`),
+    /// and the spans it happened in.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("{s:?}: must be \"text\" or \"json\"")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Settings;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        let env: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(Path::new("/nonexistent-ebbflow-config"), &env)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_turn_the_ops_endpoint_off_and_log_text() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.observability.bind, None);
+        assert!(s.observability.metrics_token.is_none());
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_ops_endpoint_and_log_format_load_from_the_environment() {
+        let s = load(&[
+            ("EBBFLOW__OBSERVABILITY__BIND", "0.0.0.0:9464"),
+            (
+                "EBBFLOW__OBSERVABILITY__METRICS_TOKEN",
+                "scrape-token-0123456789",
+            ),
+            ("EBBFLOW__LOG__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(s.observability.bind, Some("0.0.0.0:9464".parse().unwrap()));
+        let token = s.observability.metrics_token.clone().unwrap();
+        assert_eq!(token.expose(), "scrape-token-0123456789");
+        assert_eq!(s.log.format, LogFormat::Json);
+        let shown = format!("{:?}", s.observability);
+        assert!(!shown.contains("scrape-token"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let written = serde_json::to_string(&s.observability).unwrap();
+        assert!(!written.contains("scrape-token"), "{written}");
+        assert!(
+            written.contains("\"metrics_token\":\"<redacted>\""),
+            "{written}"
+        );
+        assert_eq!(
+            serde_json::to_string(&s.log).unwrap(),
+            r#"{"format":"json"}"#
+        );
+    }
+
+    #[test]
+    fn wrong_values_fail_the_load_naming_the_key() {
+        let cases = [
+            (
+                "EBBFLOW__OBSERVABILITY__BIND",
+                "localhost",
+                "observability.bind",
+            ),
+            (
+                "EBBFLOW__OBSERVABILITY__BIND",
+                "1.2.3.4:99999",
+                "observability.bind",
+            ),
+            (
+                "EBBFLOW__OBSERVABILITY__METRICS_TOKEN",
+                "short",
+                "observability.metrics_token",
+            ),
+            ("EBBFLOW__OBSERVABILITY__PORT", "9464", "port"),
+            ("EBBFLOW__LOG__FORMAT", "xml", "log.format"),
+            ("EBBFLOW__LOG__LEVEL", "debug", "level"),
+        ];
+        for (key, value, named) in cases {
+            let err = load(&[(key, value)]).expect_err(key);
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+        let err = load(&[(
+            "EBBFLOW__OBSERVABILITY__METRICS_TOKEN",
+            "a-token-with a-space-in-it",
+        )])
+        .unwrap_err();
+        assert!(err.contains("observability.metrics_token"), "{err}");
+        assert!(err.contains("printable ASCII"), "{err}");
+        assert!(!err.contains("a-space-in-it"), "the token leaked: {err}");
+    }
+
+    #[test]
+    fn log_formats_parse_in_any_case() {
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!(" text ".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert!("yaml"
+            .parse::<LogFormat>()
+            .unwrap_err()
+            .contains("\"text\" or \"json\""));
+    }
+}

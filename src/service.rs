@@ -1,0 +1,151 @@
+//! What the Azure queue service allows, in one place: its limits (batch, visibility timeout,
+//! message size, time to live), its rules for queue names and message text, and how secrets
+//! are kept out of what we print. A leaf: it depends on no other room, and every room that
+//! needs a limit takes it from here (one definition each).
+
+use std::time::Duration;
+
+/// The most messages one receive (Get Messages) or peek may ask for.
+pub const MAX_BATCH: u8 = 32;
+/// The longest visibility timeout, initial delay or retry delay the service takes: 7 days.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The largest message text the service accepts, in bytes after encoding: 64 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The time to live a message gets when the sender names none: 7 days.
+pub const DEFAULT_TIME_TO_LIVE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest finite time to live a send can carry: the service counts it in whole seconds
+/// in a 32-bit signed integer (about 68 years). Longer is refused; use "never expires".
+pub const MAX_TIME_TO_LIVE: Duration = Duration::from_secs(i32::MAX as u64);
+
+/// Checks a queue name against the service's rules: 3-63 characters, lowercase letters,
+/// digits and single hyphens, starting and ending with a letter or digit.
+pub fn validate_queue_name(name: &str) -> Result<(), String> {
+    let ok_len = (3..=63).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
+    if ok_len && ok_chars && ok_ends && !name.contains("--") {
+        Ok(())
+    } else {
+        Err(
+            "queue names are 3-63 characters of lowercase letters, digits and single hyphens, \
+             starting and ending with a letter or digit"
+                .to_string(),
+        )
+    }
+}
+
+/// Whether the service takes `c` in a message's text: the characters XML 1.0 allows (tab,
+/// line feed, carriage return, and everything from U+0020 except U+FFFE and U+FFFF). Message
+/// text travels in an XML body; the service answers 400 to any other character.
+pub fn is_allowed_text_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Hides secrets in text that may hold a connection string, a SAS query or a URL with one:
+/// the values of `AccountKey=`, `SharedAccessSignature=`, `sig=` and `token=` (a trigger
+/// token in a webhook URL) are replaced.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for marker in ["AccountKey=", "SharedAccessSignature=", "sig=", "token="] {
+            if let Some(stripped) = strip_prefix_ignore_case(rest, marker) {
+                // Only at the start of a key: after a separator or at the beginning.
+                let at_key_start =
+                    out.is_empty() || out.ends_with([';', '&', '?', ' ', '"', '\'', '(', '\n']);
+                if at_key_start {
+                    out.push_str(&rest[..marker.len()]);
+                    out.push_str("<redacted>");
+                    let end = stripped
+                        .find([';', '&', ' ', '"', '\'', ')', '\n'])
+                        .unwrap_or(stripped.len());
+                    rest = &stripped[end..];
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().expect("rest is not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_service_rules() {
+        for ok in ["orders", "a-b-c", "q12", &"a".repeat(63)] {
+            assert!(validate_queue_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Orders",
+            "-abc",
+            "abc-",
+            "a--b",
+            "a_b",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_queue_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redact_hides_keys_and_signatures() {
+        let s =
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc+/==;EndpointSuffix=x";
+        assert_eq!(
+            redact(s),
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=<redacted>;EndpointSuffix=x"
+        );
+        let u =
+            "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=Zm9v%2B&se=1)";
+        assert_eq!(
+            redact(u),
+            "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=<redacted>&se=1)"
+        );
+        assert_eq!(redact("sig=abc"), "sig=<redacted>");
+        assert_eq!(
+            redact("POST /trigger?queue=q&token=s3cr3t-value HTTP/1.1"),
+            "POST /trigger?queue=q&token=<redacted> HTTP/1.1"
+        );
+        assert_eq!(redact("/trigger?TOKEN=abc"), "/trigger?TOKEN=<redacted>");
+        // A key that merely ends in "token" is not the trigger token.
+        assert_eq!(redact("?mytoken=abc"), "?mytoken=abc");
+        // "sig=" inside another word is not a key.
+        assert_eq!(redact("xsig=abc"), "xsig=abc");
+    }
+
+    #[test]
+    fn text_rules_are_xml_characters() {
+        for ok in [
+            'a',
+            '\t',
+            '\n',
+            '\r',
+            ' ',
+            '\u{D7FF}',
+            '\u{E000}',
+            '\u{FFFD}',
+            '\u{1F600}',
+        ] {
+            assert!(is_allowed_text_char(ok), "{ok:?}");
+        }
+        for bad in [
+            '\0', '\u{1}', '\u{8}', '\u{B}', '\u{C}', '\u{1F}', '\u{FFFE}', '\u{FFFF}',
+        ] {
+            assert!(!is_allowed_text_char(bad), "{bad:?}");
+        }
+    }
+}

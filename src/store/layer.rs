@@ -1,0 +1,372 @@
+//! The forwarding base for store wrappers, after tower's `Layer`: a wrapper says only what it
+//! changes, and every operation it leaves alone goes to the store underneath unchanged.
+//!
+//! - A [`QueueLayer`] wraps one queue. Each of its methods gets the queue underneath as
+//!   `inner` and, unless overridden, calls it through [`QueueLayer::around`], the one hook that
+//!   sees every call (its [`Operation`], its future): a counting or metering layer overrides
+//!   `around` only; a layer that changes one operation (a fault double that hangs deletes)
+//!   overrides that method only. [`Layered`] puts a layer on a queue and is the [`Queue`].
+//! - A [`StoreLayer`] wraps a whole store: by default it hands out the inner store's queues
+//!   through [`StoreLayer::wrap`] (where it puts its `QueueLayer` on each) and forwards the
+//!   rest; a sharding layer overrides [`StoreLayer::queue`] instead. [`LayeredStore`] puts a
+//!   layer on a store and is the [`QueueStore`].
+//!
+//! The layer traits are not `Queue`/`QueueStore` themselves (their methods take `inner`), so a
+//! layer's `send` never competes with a queue's `send` for a method call.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use std::sync::atomic::{AtomicU64, Ordering};
+//! use ebbflow::store::{memory::MemoryStore, LayeredStore, Operation, QueueLayer, QueueStore};
+//! use ebbflow::store::{Layered, Queue, StoreError, StoreLayer};
+//!
+//! /// Counts receives; every other call passes unchanged.
+//! #[derive(Clone, Default)]
+//! struct Receives(Arc<AtomicU64>);
+//!
+//! impl QueueLayer for Receives {
+//!     async fn around<T: Send>(
+//!         &self,
+//!         _queue: &str,
+//!         operation: Operation,
+//!         call: impl std::future::Future<Output = Result<T, StoreError>> + Send,
+//!     ) -> Result<T, StoreError> {
+//!         if operation == Operation::Receive {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!         call.await
+//!     }
+//! }
+//!
+//! impl StoreLayer for Receives {
+//!     fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+//!         Layered::wrap(queue, self.clone())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let layer = Receives::default();
+//! let store = LayeredStore::wrap(Arc::new(MemoryStore::new()), layer.clone());
+//! let q = store.queue("orders").unwrap();
+//! q.create_if_missing().await.unwrap();
+//! q.receive(32, std::time::Duration::from_secs(30)).await.unwrap();
+//! assert_eq!(layer.0.load(Ordering::Relaxed), 1);
+//! # });
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    BackendKind, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage,
+    StoreError, UnknownOutcomes, UpdatedMessage,
+};
+
+/// One kind of store call: what layers count, meter and log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    /// Create Queue.
+    Create,
+    /// Put Message.
+    Send,
+    /// Get Messages.
+    Receive,
+    /// Delete Message.
+    Delete,
+    /// Update Message.
+    Update,
+    /// Peek Messages.
+    Peek,
+    /// Get Queue Properties (the approximate depth).
+    Properties,
+}
+
+impl Operation {
+    /// Every operation, in declaration order.
+    pub const ALL: [Operation; 7] = [
+        Self::Create,
+        Self::Send,
+        Self::Receive,
+        Self::Delete,
+        Self::Update,
+        Self::Peek,
+        Self::Properties,
+    ];
+
+    /// `create`, `send`, `receive`, `delete`, `update`, `peek` or `properties`, as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Send => "send",
+            Self::Receive => "receive",
+            Self::Delete => "delete",
+            Self::Update => "update",
+            Self::Peek => "peek",
+            Self::Properties => "properties",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A wrapper around one queue that overrides only the operations it changes. Every method
+/// gets the queue underneath as `inner`; the defaults pass each call to it through
+/// [`QueueLayer::around`]. Put it on a queue with [`Layered`].
+pub trait QueueLayer: Send + Sync + 'static {
+    /// Runs one call (`operation` on queue `queue`; `call` is the call to the queue
+    /// underneath). Every default method goes through here, so a layer that treats all calls
+    /// alike (counting, metering) overrides this alone. Default: runs `call`.
+    fn around<T: Send>(
+        &self,
+        queue: &str,
+        operation: Operation,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send {
+        let _ = (queue, operation);
+        call
+    }
+
+    /// [`Queue::create_if_missing`].
+    fn create_if_missing(
+        &self,
+        inner: &dyn Queue,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.around(inner.name(), Operation::Create, inner.create_if_missing())
+    }
+
+    /// [`Queue::send`].
+    fn send<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        text: &'a str,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<SentMessage, StoreError>> + Send + 'a {
+        self.around(inner.name(), Operation::Send, inner.send(text, options))
+    }
+
+    /// [`Queue::receive`].
+    fn receive(
+        &self,
+        inner: &dyn Queue,
+        max: u8,
+        visibility: Duration,
+    ) -> impl Future<Output = Result<Vec<ReceivedMessage>, StoreError>> + Send {
+        self.around(
+            inner.name(),
+            Operation::Receive,
+            inner.receive(max, visibility),
+        )
+    }
+
+    /// [`Queue::delete`].
+    fn delete<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        id: &'a str,
+        pop_receipt: &'a str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        self.around(
+            inner.name(),
+            Operation::Delete,
+            inner.delete(id, pop_receipt),
+        )
+    }
+
+    /// [`Queue::update`].
+    fn update<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        id: &'a str,
+        pop_receipt: &'a str,
+        visibility: Duration,
+        text: Option<&'a str>,
+    ) -> impl Future<Output = Result<UpdatedMessage, StoreError>> + Send + 'a {
+        self.around(
+            inner.name(),
+            Operation::Update,
+            inner.update(id, pop_receipt, visibility, text),
+        )
+    }
+
+    /// [`Queue::peek`].
+    fn peek(
+        &self,
+        inner: &dyn Queue,
+        max: u8,
+    ) -> impl Future<Output = Result<Vec<PeekedMessage>, StoreError>> + Send {
+        self.around(inner.name(), Operation::Peek, inner.peek(max))
+    }
+
+    /// [`Queue::approximate_depth`].
+    fn approximate_depth(
+        &self,
+        inner: &dyn Queue,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        self.around(
+            inner.name(),
+            Operation::Properties,
+            inner.approximate_depth(),
+        )
+    }
+}
+
+/// A queue with a [`QueueLayer`] on it.
+pub struct Layered<L> {
+    inner: Arc<dyn Queue>,
+    layer: L,
+}
+
+impl<L: QueueLayer> Layered<L> {
+    /// `layer` on `inner`.
+    pub fn new(inner: Arc<dyn Queue>, layer: L) -> Self {
+        Self { inner, layer }
+    }
+
+    /// `layer` on `inner`, as a queue handle.
+    pub fn wrap(inner: Arc<dyn Queue>, layer: L) -> Arc<dyn Queue> {
+        Arc::new(Self::new(inner, layer))
+    }
+
+    /// The queue underneath.
+    pub fn inner(&self) -> &Arc<dyn Queue> {
+        &self.inner
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &L {
+        &self.layer
+    }
+}
+
+#[async_trait]
+impl<L: QueueLayer> Queue for Layered<L> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn create_if_missing(&self) -> Result<(), StoreError> {
+        self.layer.create_if_missing(&*self.inner).await
+    }
+
+    async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError> {
+        self.layer.send(&*self.inner, text, options).await
+    }
+
+    async fn receive(
+        &self,
+        max: u8,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        self.layer.receive(&*self.inner, max, visibility).await
+    }
+
+    async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError> {
+        self.layer.delete(&*self.inner, id, pop_receipt).await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        visibility: Duration,
+        text: Option<&str>,
+    ) -> Result<UpdatedMessage, StoreError> {
+        self.layer
+            .update(&*self.inner, id, pop_receipt, visibility, text)
+            .await
+    }
+
+    async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
+        self.layer.peek(&*self.inner, max).await
+    }
+
+    async fn approximate_depth(&self) -> Result<u64, StoreError> {
+        self.layer.approximate_depth(&*self.inner).await
+    }
+}
+
+/// A wrapper around a whole store that overrides only what it changes. Every method gets the
+/// store underneath as `inner`. Put it on a store with [`LayeredStore`].
+pub trait StoreLayer: Send + Sync + 'static {
+    /// The handle for queue `name`. Default: the inner store's handle, through
+    /// [`StoreLayer::wrap`]. A layer that maps one name onto other queues (sharding)
+    /// overrides this.
+    fn queue(&self, inner: &dyn QueueStore, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
+        Ok(self.wrap(inner.queue(name)?))
+    }
+
+    /// Wraps one queue handle of the inner store, usually with [`Layered::wrap`] and this
+    /// layer's [`QueueLayer`]. Default: the handle unchanged.
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        queue
+    }
+
+    /// [`QueueStore::kind`]. Default: the inner store's.
+    fn kind(&self, inner: &dyn QueueStore) -> BackendKind {
+        inner.kind()
+    }
+
+    /// [`QueueStore::account`]. Default: the inner store's.
+    fn account(&self, inner: &dyn QueueStore) -> Option<String> {
+        inner.account()
+    }
+
+    /// [`QueueStore::unknown_outcomes`]. Default: the inner store's.
+    fn unknown_outcomes(&self, inner: &dyn QueueStore, queue: &str) -> UnknownOutcomes {
+        inner.unknown_outcomes(queue)
+    }
+}
+
+/// A store with a [`StoreLayer`] on it.
+pub struct LayeredStore<L> {
+    inner: Arc<dyn QueueStore>,
+    layer: L,
+}
+
+impl<L: StoreLayer> LayeredStore<L> {
+    /// `layer` on `inner`. (Not `new`: a layer's own store type, such as
+    /// [`CountingStore`](super::counting::CountingStore), keeps `new` for itself.)
+    pub fn with_layer(inner: Arc<dyn QueueStore>, layer: L) -> Self {
+        Self { inner, layer }
+    }
+
+    /// `layer` on `inner`, as a store handle.
+    pub fn wrap(inner: Arc<dyn QueueStore>, layer: L) -> Arc<dyn QueueStore> {
+        Arc::new(Self::with_layer(inner, layer))
+    }
+
+    /// The store underneath.
+    pub fn inner(&self) -> &Arc<dyn QueueStore> {
+        &self.inner
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &L {
+        &self.layer
+    }
+}
+
+impl<L: StoreLayer> QueueStore for LayeredStore<L> {
+    fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
+        self.layer.queue(&*self.inner, name)
+    }
+
+    fn kind(&self) -> BackendKind {
+        self.layer.kind(&*self.inner)
+    }
+
+    fn account(&self) -> Option<String> {
+        self.layer.account(&*self.inner)
+    }
+
+    fn unknown_outcomes(&self, queue: &str) -> UnknownOutcomes {
+        self.layer.unknown_outcomes(&*self.inner, queue)
+    }
+}

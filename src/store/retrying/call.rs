@@ -1,0 +1,288 @@
+//! One store call retried on transient errors: the policy behind the retrying layer.
+//!
+//! [`retry_call`] retries one store call on transient errors (throttling, 5xx, our cut-off,
+//! connection errors, an unavailable token) with `backon`'s exponential back-off and jitter, a
+//! bounded number of times, and reports how many tries went unanswered, so the caller can tell
+//! what a retry after one means. A refusal of our credentials (401/403) is retried too, until
+//! `refusals_before_fatal` refusals in a row (over every call of the store) make it final.
+//! Every other error is returned at once.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::warn;
+
+use crate::store::settings::RetrySettings;
+use crate::store::StoreError;
+
+/// Refusals of our credentials (401/403) in a row, over every call of one store: a refusal
+/// becomes final only once this reaches `refusals_before_fatal`; any answer that proves the
+/// credentials work resets it.
+#[derive(Debug, Default)]
+pub struct RefusalStreak(AtomicU32);
+
+impl RefusalStreak {
+    /// Refusals in a row so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How one call went over its tries.
+#[derive(Debug)]
+pub struct CallReport<T> {
+    /// The last try's result.
+    pub result: Result<T, StoreError>,
+    /// Tries that went unanswered ([`StoreError::Unanswered`]): each may have taken effect.
+    pub unanswered: u32,
+    /// Tries made.
+    pub tries: u32,
+}
+
+/// Runs `op` (one store call named `what`, on `queue`) and retries it on transient errors:
+/// exponential back-off with jitter between `min_delay` and `max_delay`, at most
+/// `max_attempts` tries in all. A try that takes longer than `request_timeout` is cut off and
+/// counts as unanswered. A refusal (401/403) is retried on its own back-off, outside
+/// `max_attempts`, until `refusals` reaches `refusals_before_fatal`. Each retry is logged at
+/// warn.
+pub async fn retry_call<T, F, Fut>(
+    settings: &RetrySettings,
+    refusals: &RefusalStreak,
+    queue: &str,
+    what: &str,
+    mut op: F,
+) -> CallReport<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let cutoff = settings.request_timeout;
+    let curve = ExponentialBuilder::default()
+        .with_min_delay(settings.min_delay)
+        .with_max_delay(settings.max_delay)
+        .with_jitter();
+    let mut transient_delays = curve
+        .with_max_times(settings.max_attempts.saturating_sub(1) as usize)
+        .build();
+    // Bounded by the streak, not by a count of its own.
+    let mut refusal_delays = curve.without_max_times().build();
+    let (mut tries, mut unanswered) = (0, 0);
+    loop {
+        tries += 1;
+        let result = tokio::time::timeout(cutoff, op())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unanswered {
+                    queue: queue.to_string(),
+                    detail: format!("no answer within {cutoff:?}"),
+                })
+            });
+        let retry_in = match &result {
+            Err(e @ StoreError::Unauthorized { .. }) => {
+                let streak = refusals.0.fetch_add(1, Ordering::SeqCst) + 1;
+                let limit = settings.refusals_before_fatal;
+                let delay = (streak < limit).then(|| refusal_delays.next()).flatten();
+                if let Some(delay) = delay {
+                    warn!(queue, call = what, refusals = streak, limit, retry_in = ?delay, error = %e,
+                          "the service refused our credentials; retrying before taking it as final");
+                }
+                delay
+            }
+            Err(e) if e.is_transient() => {
+                if matches!(e, StoreError::Unanswered { .. }) {
+                    unanswered += 1;
+                }
+                let delay = transient_delays.next();
+                if let Some(delay) = delay {
+                    warn!(queue, call = what, retry_in = ?delay, error = %e, "transient error; retrying");
+                }
+                delay
+            }
+            // The service answered, and not with a refusal: the credentials work.
+            _ => {
+                refusals.0.store(0, Ordering::SeqCst);
+                None
+            }
+        };
+        match retry_in {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => {
+                return CallReport {
+                    result,
+                    unanswered,
+                    tries,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    fn transient() -> StoreError {
+        StoreError::Transient {
+            queue: "q".into(),
+            detail: "503 ServerBusy".into(),
+        }
+    }
+
+    fn settings(max_attempts: u32, refusals_before_fatal: u32) -> RetrySettings {
+        RetrySettings {
+            max_attempts,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(2),
+            refusals_before_fatal,
+        }
+    }
+
+    fn refused() -> StoreError {
+        StoreError::Unauthorized {
+            queue: "q".into(),
+            detail: "403 AuthenticationFailed".into(),
+        }
+    }
+
+    /// Runs a call whose n-th try (from 0) answers `script(n)`, and counts the tries.
+    async fn scripted<T>(
+        settings: &RetrySettings,
+        refusals: &RefusalStreak,
+        script: impl Fn(u32) -> Result<T, StoreError>,
+    ) -> CallReport<T> {
+        let tries = AtomicU32::new(0);
+        let report = retry_call(settings, refusals, "q", "receive", || {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(script(n))
+        })
+        .await;
+        assert_eq!(report.tries, tries.load(Ordering::SeqCst));
+        report
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_with_growing_bounded_delays() {
+        let start = tokio::time::Instant::now();
+        let report = scripted::<()>(&settings(4, 3), &RefusalStreak::default(), |_| {
+            Err(transient())
+        })
+        .await;
+        assert!(report.result.unwrap_err().is_transient());
+        assert_eq!(report.tries, 4, "max_attempts tries, no more");
+        assert_eq!(report.unanswered, 0, "a 503 is an answer");
+        // Three sleeps: 100, 200, 300 (capped) ms, each plus up to its own size in jitter.
+        let slept = start.elapsed();
+        assert!(
+            slept >= Duration::from_millis(600) && slept <= Duration::from_millis(1200),
+            "{slept:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_after_faults_is_returned_and_other_errors_are_not_retried() {
+        let refusals = RefusalStreak::default();
+        let report = scripted(&settings(6, 3), &refusals, |n| {
+            if n < 2 {
+                Err(transient())
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(report.result.unwrap(), 2);
+        let report = scripted::<()>(&settings(6, 3), &refusals, |_| {
+            Err(StoreError::MessageNotFound {
+                queue: "q".into(),
+                id: "m".into(),
+            })
+        })
+        .await;
+        assert!(matches!(
+            report.result,
+            Err(StoreError::MessageNotFound { .. })
+        ));
+        assert_eq!(report.tries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_try_is_cut_off_counted_unanswered_and_retried() {
+        let tries = AtomicU32::new(0);
+        let report = retry_call(
+            &settings(3, 3),
+            &RefusalStreak::default(),
+            "q",
+            "delete",
+            || {
+                let n = tries.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        // Hangs past the cut-off.
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, StoreError>(n)
+                }
+            },
+        )
+        .await;
+        assert_eq!(report.result.unwrap(), 2);
+        assert_eq!((report.tries, report.unanswered), (3, 2));
+        let report = scripted::<()>(&settings(2, 3), &RefusalStreak::default(), |_| {
+            Err(StoreError::Unanswered {
+                queue: "q".into(),
+                detail: "connection reset".into(),
+            })
+        })
+        .await;
+        let e = report.result.unwrap_err();
+        assert!(e.is_transient() && report.unanswered == 2, "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_refusal_is_retried_and_only_a_streak_is_final() {
+        // max_attempts = 1: refusals are retried outside it.
+        let s = settings(1, 3);
+        let refusals = RefusalStreak::default();
+        let report = scripted(
+            &s,
+            &refusals,
+            |n| if n < 2 { Err(refused()) } else { Ok(n) },
+        )
+        .await;
+        assert_eq!(report.result.unwrap(), 2);
+        assert_eq!(refusals.get(), 0, "an answer resets the streak");
+        let report = scripted::<()>(&s, &refusals, |_| Err(refused())).await;
+        assert!(matches!(
+            report.result,
+            Err(StoreError::Unauthorized { .. })
+        ));
+        assert_eq!(report.tries, 3, "final at the third refusal in a row");
+        // The streak spans calls: two refused calls in a row, the second ends it.
+        let refusals = RefusalStreak::default();
+        let first = scripted::<()>(&s, &refusals, |n| {
+            if n == 0 {
+                Err(refused())
+            } else {
+                Err(transient())
+            }
+        })
+        .await;
+        assert!(first.result.unwrap_err().is_transient());
+        assert_eq!(refusals.get(), 1, "a 503 proves nothing about credentials");
+        let second = scripted::<()>(&s, &refusals, |_| Err(refused())).await;
+        assert_eq!(second.tries, 2);
+        assert!(matches!(
+            second.result,
+            Err(StoreError::Unauthorized { .. })
+        ));
+        // With refusals_before_fatal = 1 the first refusal is final, as before.
+        let report = scripted::<()>(&settings(6, 1), &RefusalStreak::default(), |_| {
+            Err(refused())
+        })
+        .await;
+        assert_eq!(report.tries, 1);
+    }
+}

@@ -1,0 +1,326 @@
+//! `ebbflow enqueue <queue>`: send test messages in the queue's encoding, then the push
+//! trigger the config declares.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ebbflow::codec::Encoding;
+use ebbflow::service::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
+use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
+
+use crate::context::{block_on, configured, parse_duration};
+use crate::push::{self, WorkDetected};
+use crate::{CliError, Context};
+
+/// Sends in flight at once for `--count`.
+const SENDERS: u32 = 16;
+
+/// Sends a message (the text exactly as given: JSON or plain) to a configured queue, written
+/// in that queue's configured encoding (base64 or none), then sends the push trigger the
+/// config declares (today: a POST to the HTTP trigger endpoint when [triggers.http] is
+/// enabled, with its token), so an idle worker wakes at once. Prints the new message ids and
+/// whether a trigger went out. Exit 1 when a send or the trigger failed.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A configured queue (a [queues.<name>] section).
+    queue: String,
+    /// The message text (JSON or plain). Give this or --file.
+    #[arg(conflicts_with = "file")]
+    text: Option<String>,
+    /// Read the message from FILE ("-": standard input). Any bytes on a base64 queue; UTF-8
+    /// text on a queue with encoding "none".
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Send this many copies, 1..=10000.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    count: u32,
+    /// Time to live: the message expires this long after it is sent, 1s..=68y
+    /// (default: the service's 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    /// Initial invisibility: workers see the message after this long, 0s..=7d, shorter than
+    /// the time to live (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    delay: Duration,
+    /// Create the queue first if it does not exist (a worker creates its queues at start-up
+    /// while storage.create_queues is true).
+    #[arg(long)]
+    create: bool,
+    /// Send no push trigger.
+    #[arg(long, conflicts_with = "trigger_url")]
+    no_trigger: bool,
+    /// Post the trigger to this endpoint (another replica's `http://host:port`, `/trigger`
+    /// appended when no path is given) instead of the configured one; sends the configured
+    /// token.
+    #[arg(long, value_name = "URL")]
+    trigger_url: Option<String>,
+}
+
+impl Args {
+    /// Checks everything that can be checked locally, then sends and triggers.
+    pub fn run(self, ctx: &Context) -> Result<(), CliError> {
+        let options = self.send_options()?;
+        if let Some(url) = &self.trigger_url {
+            push::check_url(url).map_err(CliError::usage)?;
+        }
+        let payload = self.payload()?;
+        let settings = ctx.settings()?;
+        let encoding = configured(&settings, &self.queue)?.encoding;
+        let text = self.encode(&payload, encoding)?;
+        let store = ctx.store(&settings)?;
+        let queue = store.queue(&self.queue)?;
+        let target = push::Target {
+            off: self.no_trigger,
+            http_url: self.trigger_url.clone(),
+        };
+        let (sent, failure, triggers) = block_on(async {
+            let mut sent = Vec::new();
+            let mut failure = None;
+            if self.create {
+                if let Err(e) = queue.create_if_missing().await {
+                    return Err(CliError::from(e));
+                }
+            }
+            // Up to SENDERS sends in flight: a round trip each, so 10,000 copies take seconds,
+            // not minutes. The first failure stops further sends.
+            let next = Arc::new(AtomicU32::new(0));
+            let text: Arc<str> = Arc::from(text.as_str());
+            let mut senders = tokio::task::JoinSet::new();
+            for _ in 0..SENDERS.min(self.count) {
+                let (queue, next, text, count) =
+                    (queue.clone(), next.clone(), text.clone(), self.count);
+                senders.spawn(async move {
+                    let mut ids = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < count {
+                        match queue.send(&text, options).await {
+                            Ok(message) => ids.push(message.id),
+                            Err(e) => {
+                                next.store(count, Ordering::Relaxed);
+                                return (ids, Some(e));
+                            }
+                        }
+                    }
+                    (ids, None)
+                });
+            }
+            while let Some(joined) = senders.join_next().await {
+                let (ids, error) =
+                    joined.map_err(|e| CliError::runtime(format!("a send task ended: {e}")))?;
+                sent.extend(ids);
+                if let Some(e) = error {
+                    failure.get_or_insert(CliError::from(e));
+                }
+            }
+            // Whatever reached the queue is announced, even after a failed send.
+            let triggers = if sent.is_empty() {
+                Vec::new()
+            } else {
+                let event = WorkDetected {
+                    account: store.account(),
+                    queue: self.queue.clone(),
+                    payload_size: sent.len() as u64,
+                };
+                push::announce(&settings, &target, &event).await
+            };
+            Ok((sent, failure, triggers))
+        })??;
+        if !sent.is_empty() {
+            say!(
+                "sent {} message(s) to {} ({encoding}, {} bytes of text each{}{})",
+                sent.len(),
+                self.queue,
+                text.len(),
+                match options.time_to_live {
+                    TimeToLive::ServiceDefault => String::new(),
+                    ttl => format!(", ttl {ttl}"),
+                },
+                if options.initial_delay.is_zero() {
+                    String::new()
+                } else {
+                    format!(
+                        ", visible in {}",
+                        humantime::format_duration(options.initial_delay)
+                    )
+                },
+            );
+        }
+        for id in &sent {
+            say!("  {id}");
+        }
+        if let Some(e) = failure {
+            if sent.is_empty() {
+                return Err(match e {
+                    CliError::Runtime(text) if text.contains("does not exist") => {
+                        CliError::runtime(format!("{text}; or pass --create"))
+                    }
+                    other => other,
+                });
+            }
+            // What was sent was announced: say how that went too.
+            let triggered = match report_triggers(&triggers, self.no_trigger) {
+                Ok(()) => String::new(),
+                Err(why) => format!("; {why}"),
+            };
+            return Err(CliError::runtime(format!(
+                "{} of {} sent to {}, then: {e}{triggered}",
+                sent.len(),
+                self.count,
+                self.queue
+            )));
+        }
+        report_triggers(&triggers, self.no_trigger)
+    }
+
+    fn send_options(&self) -> Result<SendOptions, CliError> {
+        if self.delay > MAX_VISIBILITY {
+            return Err(CliError::usage(format!(
+                "--delay {}: at most 7d (the service's limit)",
+                humantime::format_duration(self.delay)
+            )));
+        }
+        if let Some(ttl) = self.ttl {
+            if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
+                return Err(CliError::usage(format!(
+                    "--ttl {}: must be 1s..={} (the service counts whole seconds in 32 bits)",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(MAX_TTL)
+                )));
+            }
+        }
+        let ttl = self.ttl.unwrap_or(DEFAULT_TTL);
+        // The service counts whole seconds (the store rounds a fraction up), and wants the
+        // delay shorter than the time to live as it sees them: 500ms of 1s is 1s of 1s.
+        if whole_seconds(self.delay) >= whole_seconds(ttl) {
+            return Err(CliError::usage(format!(
+                "--delay {} must be shorter than the time to live ({}{}){}: the message would \
+                 expire before anyone could see it",
+                humantime::format_duration(self.delay),
+                humantime::format_duration(ttl),
+                if self.ttl.is_none() {
+                    ", the default; set --ttl"
+                } else {
+                    ""
+                },
+                if self.delay.subsec_nanos() > 0 || ttl.subsec_nanos() > 0 {
+                    " in whole seconds, as the service counts them (a fraction rounds up)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(SendOptions {
+            initial_delay: self.delay,
+            time_to_live: self
+                .ttl
+                .map_or(TimeToLive::ServiceDefault, TimeToLive::After),
+        })
+    }
+
+    /// The payload bytes, from the argument or the file.
+    fn payload(&self) -> Result<Vec<u8>, CliError> {
+        match (&self.text, &self.file) {
+            (Some(text), _) => Ok(text.as_bytes().to_vec()),
+            (None, Some(path)) if path.as_os_str() == "-" => {
+                let mut bytes = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| CliError::usage(format!("--file -: standard input: {e}")))?;
+                Ok(bytes)
+            }
+            (None, Some(path)) => std::fs::read(path)
+                .map_err(|e| CliError::usage(format!("--file {}: {e}", path.display()))),
+            (None, None) => Err(CliError::usage(
+                "give the message text or --file FILE (see ebbflow enqueue --help)",
+            )),
+        }
+    }
+
+    /// The message text in the queue's encoding, refused here when the service would refuse
+    /// it (over 64 KiB, or not text on a queue without encoding).
+    fn encode(&self, payload: &[u8], encoding: Encoding) -> Result<String, CliError> {
+        let source = match &self.file {
+            Some(path) => format!("--file {}", path.display()),
+            None => "the message text".to_string(),
+        };
+        let text = encoding.encode(payload).map_err(|e| {
+            CliError::usage(format!(
+                "{source} is not UTF-8 ({}), and queue {} has encoding \"none\" (text as it \
+                 is); a base64 queue takes any bytes",
+                e.detail, self.queue
+            ))
+        })?;
+        if let Some((at, c)) = text.char_indices().find(|(_, c)| !xml_char(*c)) {
+            return Err(CliError::usage(format!(
+                "{source} holds {c:?} at byte {at}, which the service cannot carry (its \
+                 messages travel in XML); queue {} has encoding \"none\": use a base64 queue",
+                self.queue
+            )));
+        }
+        if text.len() > MAX_MESSAGE_BYTES {
+            let hint = match encoding {
+                Encoding::Base64 => format!(
+                    " (base64 makes 3 bytes 4: a payload of at most {} bytes fits)",
+                    MAX_MESSAGE_BYTES / 4 * 3
+                ),
+                Encoding::None => String::new(),
+            };
+            return Err(CliError::usage(format!(
+                "{source} makes a message of {} bytes on queue {} ({encoding}); the service takes \
+                 at most {MAX_MESSAGE_BYTES}{hint}: put large payloads in a blob and send a \
+                 reference",
+                text.len(),
+                self.queue
+            )));
+        }
+        Ok(text)
+    }
+}
+
+/// `d` in whole seconds as the service gets it: a fraction rounds up.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Whether XML 1.0 allows `c` in text: the service refuses a message with any other.
+fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Prints what happened to each trigger; an error when one failed.
+fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError> {
+    if triggers.is_empty() {
+        say!(
+            "trigger: none sent ({}); a worker finds the message at its next receive or depth \
+             probe",
+            if off {
+                "--no-trigger"
+            } else {
+                "none configured: [triggers.http] is off"
+            }
+        );
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for t in triggers {
+        match &t.result {
+            Ok(answer) => say!("trigger: sent ({}: {answer})", t.channel),
+            Err(why) => {
+                say!("trigger: FAILED ({})", t.channel);
+                failed.push(format!("trigger {} failed: {why}", t.channel));
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::runtime(format!(
+            "{}; the message(s) are on the queue, but an idle worker may not see them until it \
+             polls",
+            failed.join("; ")
+        )))
+    }
+}
