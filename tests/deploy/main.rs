@@ -458,6 +458,49 @@ fn container_apps_rules_probes_and_grace() {
 }
 
 #[test]
+fn settings_at_their_limits_still_make_manifests_the_engines_accept() {
+    let name = format!("w{}", "x".repeat(62));
+    let toml = format!(
+        r#"
+[worker]
+drain_timeout = "1h"
+[queues.big]
+shards = 100
+concurrency = 10000
+[queues.big.scaling]
+max_tasks = 256
+messages_per_task = 1000000
+[deploy]
+name = "{name}"
+max_replicas = 1000
+polling_interval = "1h"
+cooldown_period = "24h"
+cpu_millicores = 64000
+memory_mib = 262144
+"#
+    );
+    let settings = load_toml(&toml).unwrap();
+    let docs = docs(&render(Target::Keda, &settings).unwrap());
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 3610);
+    let spec = &kind(&docs, "ScaledObject")["spec"];
+    let down = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"];
+    // The HPA refuses windows over 3600 s and periods over 1800 s.
+    assert_eq!(down["stabilizationWindowSeconds"], 3600);
+    assert_eq!(down["policies"][0]["periodSeconds"], 1800);
+    let triggers = spec["triggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 100);
+    // (10,000 + 256 x 1,000,000) / 100 shards.
+    assert_eq!(triggers[99]["metadata"]["queueName"], "big-99");
+    assert_eq!(triggers[99]["metadata"]["queueLength"], "2560100");
+    // Too long for a container app's name: refused, naming the key.
+    let err = render(Target::ContainerApps, &settings)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
+}
+
+#[test]
 fn bad_deploy_settings_name_their_key() {
     for (toml, key) in [
         ("[deploy]\nname = \"Orders_Worker\"", "deploy.name"),
