@@ -68,13 +68,13 @@ pub(super) async fn run(
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
         let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
-        return settle::apply(&shared, &message, action).await;
+        return settle::apply(&shared, &message, action, lease.valid_until()).await;
     }
     let bytes = match shared.settings.encoding.decode(&message.text) {
         Ok(bytes) => bytes,
         Err(e) => {
             let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
-            return settle::apply(&shared, &message, action).await;
+            return settle::apply(&shared, &message, action, lease.valid_until()).await;
         }
     };
     let signals = HandlerSignals::new(&shared);
@@ -140,7 +140,7 @@ pub(super) async fn run(
         max,
         shared.settings.retry_delay,
     );
-    settle::apply(&shared, &message, action).await;
+    settle::apply(&shared, &message, action, lease.valid_until()).await;
 }
 
 /// Waits for a slot with the lease renewed beside. `None` when the message is not to run: the

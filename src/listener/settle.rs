@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tracing::{debug, error, info, warn};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
@@ -101,10 +103,18 @@ fn cap(delay: Duration) -> Duration {
     delay.min(MAX_VISIBILITY)
 }
 
-/// Carries out `action` on the store.
-pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, action: Settle) {
+/// Carries out `action` on the store. `lease_ends`: when the message's visibility timeout ends
+/// (as far as its lease knows); a failed delete is retried until then, since until then
+/// nobody else can receive it and a late delete still spares a duplicate run.
+pub(super) async fn apply(
+    shared: &Arc<Shared>,
+    message: &ReceivedMessage,
+    action: Settle,
+    lease_ends: Instant,
+) {
+    let (id, receipt) = (&message.id, &message.pop_receipt);
     match action {
-        Settle::Delete => match shared.queue.delete(&message.id, &message.pop_receipt).await {
+        Settle::Delete => match shared.queue.delete_within(id, receipt, lease_ends).await {
             Ok(()) => {
                 bump(&shared.stats.handled);
                 debug!(queue = %shared.name, message_id = %message.id, "message handled");
@@ -128,7 +138,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, actio
             }
         }
         Settle::Release(after, why) => release(shared, message, after, &why).await,
-        Settle::Poison(reason, why) => poison(shared, message, reason, why).await,
+        Settle::Poison(reason, why) => poison(shared, message, reason, why, lease_ends).await,
     }
 }
 
@@ -228,6 +238,7 @@ pub(super) async fn poison(
     message: &ReceivedMessage,
     reason: PoisonReason,
     error: String,
+    lease_ends: Instant,
 ) {
     let envelope = PoisonEnvelope::new(&shared.name, message, reason, Some(error.clone()));
     let text = envelope.to_text(shared.settings.encoding);
@@ -242,7 +253,11 @@ pub(super) async fn poison(
         bump(&shared.stats.store_errors);
         return;
     }
-    match shared.queue.delete(&message.id, &message.pop_receipt).await {
+    let deleted = shared
+        .queue
+        .delete_within(&message.id, &message.pop_receipt, lease_ends)
+        .await;
+    match deleted {
         Ok(()) => {
             bump(&shared.stats.poisoned);
             warn!(queue = %shared.name, message_id = %message.id, reason = reason.as_str(),

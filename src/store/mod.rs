@@ -90,6 +90,19 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Vec<ReceivedMessage>, StoreError>;
     /// Deletes a received message; needs its current pop receipt.
     async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError>;
+    /// Deletes a received message whose lease (its visibility timeout) ends at `lease_ends`:
+    /// a layer that retries failures keeps retrying this delete until then, since until then
+    /// nobody else can receive the message and a late delete still spares a duplicate run.
+    /// Default: [`Queue::delete`].
+    async fn delete_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
+        let _ = lease_ends;
+        self.delete(id, pop_receipt).await
+    }
     /// Changes a received message's visibility (0 makes it visible at once) and optionally its
     /// text; returns the new pop receipt.
     async fn update(

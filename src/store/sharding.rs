@@ -205,6 +205,18 @@ impl Queue for ShardedQueue {
         self.shards[index].delete(id, receipt).await
     }
 
+    async fn delete_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
+        let (index, receipt) = self.route(id, pop_receipt)?;
+        self.shards[index]
+            .delete_within(id, receipt, lease_ends)
+            .await
+    }
+
     async fn update(
         &self,
         id: &str,
