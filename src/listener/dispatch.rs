@@ -61,6 +61,7 @@ pub(super) async fn run(
         timeout: signals.timeout.clone(),
         cancellation: signals.cancellation.clone(),
         publishers: shared.publishers.clone(),
+        bus: shared.bus.clone(),
         heartbeat: heartbeat.clone(),
     };
     let mut lease = Lease::new(
@@ -264,8 +265,12 @@ fn pulse(
     started: Instant,
 ) {
     bump(&shared.stats.pulses);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
-          elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
+          elapsed_ms, "job pulse");
+    if let Some(hooks) = &shared.hooks {
+        hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
+    }
     lease.renew_soon();
 }
 

@@ -38,7 +38,6 @@ impl Slots {
     }
 
     /// Free slots now.
-    #[cfg(test)]
     pub(crate) fn free(&self) -> usize {
         *self.free.lock().expect("slots mutex poisoned")
     }
