@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_duration, check_range, ConfigError, MAX_IDLE_BACKOFF};
 use crate::codec::Encoding;
 use crate::service::{validate_queue_name, MAX_BATCH, MAX_VISIBILITY};
+use crate::store::TimeToLive;
 
 /// Settings of one queue.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -16,12 +17,14 @@ pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
     pub batch_size: u32,
     /// Handlers of this queue running at once, over all its tasks, 1..=10000. A task takes
-    /// free slots before it receives and asks for no more messages than it holds, so no
-    /// received message ever waits for a slot.
+    /// free slots before it receives; once handler runs are measured it may receive ahead of
+    /// them as many as can start within a quarter of `visibility_timeout` (they wait in line,
+    /// their lease renewed), at most a batch.
     pub concurrency: u32,
-    /// After a full batch, a task receives again once this many slots are free (fewer, larger
-    /// receives), or at once with any free slot when a trigger arrives. 1..=min(batch_size,
-    /// concurrency); default half of that, at least 1.
+    /// After a full batch, a task receives again once it can take this many (free slots plus
+    /// room ahead; fewer, larger receives), or at once with any free slot when a trigger
+    /// arrives. 1..=min(batch_size, concurrency); default half of that, at least 1, or two
+    /// thirds of `min(batch_size, concurrency + ahead)` while receiving ahead.
     pub refill_threshold: Option<u32>,
     /// After a trigger wakes an idle task, wait up to this long for more arrivals before
     /// receiving: fewer receive calls under a trickle, at the price of up to this much pickup
@@ -40,6 +43,10 @@ pub struct QueueSettings {
     pub encoding: Encoding,
     /// Name of the poison queue; default `<queue>-poison`.
     pub poison_queue: Option<String>,
+    /// How long a poison copy lives on the poison queue: `"never"` (the default: poison
+    /// messages wait for a person) or a duration of 1s..=68years (`"30days"`). A copy always
+    /// lives at least as long as its original had left.
+    pub poison_ttl: TimeToLive,
     /// The idle back-off curve.
     pub idle_backoff: IdleBackoffSettings,
     /// How many dequeue tasks run, and when that changes.
@@ -127,6 +134,7 @@ impl Default for QueueSettings {
             retry_delay: Duration::ZERO,
             encoding: Encoding::Base64,
             poison_queue: None,
+            poison_ttl: TimeToLive::Never,
             idle_backoff: IdleBackoffSettings::default(),
             scaling: ScalingSettings::default(),
             handler_timeout: None,

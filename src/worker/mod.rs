@@ -24,8 +24,10 @@ use crate::config::{ConfigError, Settings};
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
 use crate::observability::{CheckState, Metrics, Readiness};
+use crate::store::metered::Metering;
 use crate::store::retrying::RetryingStore;
 use crate::store::sharding::ShardingStore;
+use crate::store::LayeredStore;
 use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
 use report::explain;
@@ -189,13 +191,18 @@ impl Worker {
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
-        let store = ShardingStore::wrap(store, ShardingStore::of_settings(&self.settings));
+        let store = ShardingStore::wrap_sharded(store, ShardingStore::of_settings(&self.settings));
+        // Outermost: each call is timed as the listener sees it (retries and shards
+        // included), and its outcome feeds the readiness check "store".
+        let metering = Metering::default();
+        let store = LayeredStore::wrap(store, metering.clone());
         // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
         // says "starting". A start that fails drops it with everything else.
         let readiness = Readiness::default();
         let startup = readiness.register("startup");
         let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
-        let metrics = Arc::new(Metrics::new(shown.clone(), store.clone()));
+        let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+        readiness.register_probe("store", move || store_state(&metering));
         let ops = match self.settings.observability.bind {
             Some(addr) => {
                 let token = self.settings.observability.metrics_token.clone();
@@ -355,6 +362,26 @@ fn listeners_state(
     match listeners.iter().find(|l| !l.is_running()) {
         Some(l) => CheckState::Unready(format!("the listener of {} ended", l.queue())),
         None => CheckState::Ready,
+    }
+}
+
+/// How long store calls may fail in a row (no usable answer, retries included) before the
+/// worker reports itself unready; shorter runs report it degraded.
+pub const STORE_UNREADY_AFTER: Duration = Duration::from_secs(60);
+
+/// How the store stands, for `/readyz`: see [`crate::store::metered`].
+fn store_state(metering: &Metering) -> CheckState {
+    match metering.health() {
+        crate::store::metered::StoreHealth::Answering => CheckState::Ready,
+        crate::store::metered::StoreHealth::Failing { error, .. } => {
+            let failing = metering.failing_for();
+            let why = format!("store calls failing for {}s: {error}", failing.as_secs());
+            if failing > STORE_UNREADY_AFTER {
+                CheckState::Unready(why)
+            } else {
+                CheckState::Degraded(why)
+            }
+        }
     }
 }
 
