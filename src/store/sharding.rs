@@ -68,15 +68,6 @@ impl ShardingStore {
         }
         Arc::new(Self { inner, shards })
     }
-
-    /// The sharded queues of `settings` (name to shard count), for [`ShardingStore::wrap`].
-    pub fn of_settings(settings: &crate::config::Settings) -> Vec<(String, usize)> {
-        settings
-            .queues
-            .iter()
-            .map(|(name, q)| (name.clone(), q.shards.get()))
-            .collect()
-    }
 }
 
 impl QueueStore for ShardingStore {
