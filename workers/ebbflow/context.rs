@@ -119,7 +119,7 @@ impl Context {
             )));
         }
         let store = RetryingStore::wrap(store, settings.storage.retry);
-        Ok(ShardingStore::wrap(store, settings.shard_counts()))
+        Ok(ShardingStore::wrap_sharded(store, settings.shard_counts()))
     }
 }
 
