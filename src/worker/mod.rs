@@ -196,7 +196,7 @@ impl Worker {
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
-        let store = ShardingStore::wrap_sharded(store, ShardingStore::of_settings(&self.settings));
+        let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
         // Outermost: each call is timed as the listener sees it (retries and shards
         // included), and its outcome feeds the readiness check "store".
         let metering = Metering::default();
