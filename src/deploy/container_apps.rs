@@ -15,6 +15,9 @@ use crate::config::{ConfigError, Settings};
 /// The app secret holding the connection string (secret auth).
 pub const SECRET_NAME: &str = "storage-connection";
 
+/// The app secret holding the bus's Redis URL (with `[bus] kind = "redis"`).
+pub const BUS_SECRET_NAME: &str = "bus-url";
+
 /// Container Apps' own rule for app names, stricter than a DNS label: 2..=32 characters, no
 /// `--`.
 pub fn check_name(settings: &Settings) -> Result<(), ConfigError> {
@@ -44,6 +47,12 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
             env_vars.push(env("EBBFLOW__STORAGE__QUEUE_ENDPOINT", endpoint));
             env_vars.push(env("EBBFLOW__STORAGE__CREDENTIAL", "managed_identity"));
         }
+    }
+    if settings.bus.is_shared() {
+        env_vars.push(map([
+            ("name", s("EBBFLOW__BUS__URL")),
+            ("secretRef", s(BUS_SECRET_NAME)),
+        ]));
     }
     let probe = |kind: &str, path: &str, period: u32| {
         map([

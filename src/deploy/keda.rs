@@ -70,6 +70,14 @@ fn storage_env(settings: &Settings, plan: &Plan) -> Vec<Node> {
     }
 }
 
+/// The secret key holding the bus's Redis URL.
+pub const BUS_SECRET_KEY: &str = "url";
+
+/// The Kubernetes secret holding the bus's Redis URL (with `[bus] kind = "redis"`).
+pub fn bus_secret_name(settings: &Settings) -> String {
+    format!("{}-bus", settings.deploy.name)
+}
+
 /// The Kubernetes secret holding the connection string (secret auth).
 pub fn secret_name(settings: &Settings) -> String {
     format!("{}-storage", settings.deploy.name)
@@ -116,6 +124,22 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
     }
     let mut env = vec![env("EBBFLOW__OBSERVABILITY__BIND", &ops_bind())];
     env.extend(storage_env(settings, plan));
+    if settings.bus.is_shared() {
+        // The Redis URL may carry a password: from a secret, like the storage's.
+        env.push(map([
+            ("name", s("EBBFLOW__BUS__URL")),
+            (
+                "valueFrom",
+                map([(
+                    "secretKeyRef",
+                    map([
+                        ("name", s(bus_secret_name(settings))),
+                        ("key", s(BUS_SECRET_KEY)),
+                    ]),
+                )]),
+            ),
+        ]));
+    }
     let memory = format!("{}Mi", d.memory_mib);
     let container = map([
         ("name", s(CONTAINER_NAME)),
