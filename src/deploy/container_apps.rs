@@ -54,7 +54,7 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
             ("secretRef", s(BUS_SECRET_NAME)),
         ]));
     }
-    let probe = |kind: &str, path: &str, period: u32| {
+    let probe = |kind: &str, path: &str, period: u32, failures: u32| {
         map([
             ("type", s(kind)),
             (
@@ -62,7 +62,7 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
                 map([("path", s(path)), ("port", Node::from(u32::from(OPS_PORT)))]),
             ),
             ("periodSeconds", Node::from(period)),
-            ("failureThreshold", Node::from(3u32)),
+            ("failureThreshold", Node::from(failures)),
         ])
     };
     let container = map([
@@ -79,8 +79,8 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
         (
             "probes",
             seq([
-                probe("Liveness", "/healthz", 10),
-                probe("Readiness", "/readyz", 5),
+                probe("Liveness", "/healthz", 10, 3),
+                probe("Readiness", "/readyz", 5, 1),
             ]),
         ),
     ]);

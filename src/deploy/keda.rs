@@ -87,14 +87,16 @@ pub(super) fn env(name: &str, value: &str) -> Node {
     map([("name", s(name)), ("value", s(value))])
 }
 
-fn probe(path: &str, period: u32) -> Node {
+/// An HTTP probe on the ops port. Liveness tolerates three misses; readiness turns at the first
+/// 503 (a drain has begun), so a rollout does not count on a replica that is stopping.
+fn probe(path: &str, period: u32, failures: u32) -> Node {
     map([
         (
             "httpGet",
             map([("path", s(path)), ("port", Node::from(u32::from(OPS_PORT)))]),
         ),
         ("periodSeconds", Node::from(period)),
-        ("failureThreshold", Node::from(3u32)),
+        ("failureThreshold", Node::from(failures)),
     ])
 }
 
@@ -159,8 +161,8 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
                 ("limits", map([("memory", s(memory.as_str()))])),
             ]),
         ),
-        ("livenessProbe", probe("/healthz", 10)),
-        ("readinessProbe", probe("/readyz", 5)),
+        ("livenessProbe", probe("/healthz", 10, 3)),
+        ("readinessProbe", probe("/readyz", 5, 1)),
         (
             "securityContext",
             map([

@@ -3,7 +3,7 @@
 //! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2.
 //!
 //! Regenerate the examples after an intended change with
-//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy`.
+//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples`.
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
         let committed = std::fs::read_to_string(file).unwrap();
         assert_eq!(
             committed, fresh,
-            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy"
+            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples"
         );
         assert_yaml_1_1_reads_the_same(&fresh);
     }
