@@ -90,6 +90,23 @@ fn probe(path: &str, period: u32) -> Node {
     ])
 }
 
+/// The ops port, and the trigger endpoint's when it listens beyond the pod's loopback (so a
+/// Service can send work-detected events to it).
+fn ports(settings: &Settings) -> Vec<Node> {
+    let mut ports = vec![map([
+        ("name", s("ops")),
+        ("containerPort", Node::from(u32::from(OPS_PORT))),
+    ])];
+    let http = &settings.triggers.http;
+    if http.enabled && !http.bind.ip().is_loopback() {
+        ports.push(map([
+            ("name", s("triggers")),
+            ("containerPort", Node::from(u32::from(http.bind.port()))),
+        ]));
+    }
+    ports
+}
+
 fn deployment(settings: &Settings, plan: &Plan) -> Node {
     let d = &settings.deploy;
     let mut pod_labels = vec![("app.kubernetes.io/name", s(d.name.as_str()))];
@@ -103,13 +120,7 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
     let container = map([
         ("name", s(CONTAINER_NAME)),
         ("image", s(d.image.as_str())),
-        (
-            "ports",
-            seq([map([
-                ("name", s("ops")),
-                ("containerPort", Node::from(u32::from(OPS_PORT))),
-            ])]),
-        ),
+        ("ports", seq(ports(settings))),
         ("env", seq(env)),
         (
             "resources",

@@ -378,6 +378,19 @@ fn secret_auth_references_the_secret_and_never_writes_it() {
         )
     );
     let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    // The trigger endpoint listens on every interface: its port is declared beside the ops port.
+    let ports: Vec<_> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("ops", u64::from(OPS_PORT)), ("triggers", 7075)]);
     let from = &env_of(container)["EBBFLOW__STORAGE__CONNECTION_STRING"]["valueFrom"];
     assert_eq!(from["secretKeyRef"]["name"], "ebbflow-worker-storage");
     let spec = &kind(&docs, "ScaledObject")["spec"];
