@@ -88,6 +88,7 @@ pub(super) async fn run(
         timeout: signals.timeout.clone(),
         cancellation: signals.cancellation.clone(),
         publishers: shared.publishers.clone(),
+        bus: shared.bus.clone(),
         heartbeat: heartbeat.clone(),
     };
     let started = Instant::now();
@@ -330,8 +331,12 @@ fn pulse(
     started: Instant,
 ) {
     bump(&shared.stats.pulses);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
-          elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
+          elapsed_ms, "job pulse");
+    if let Some(hooks) = &shared.hooks {
+        hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
+    }
     lease.renew_soon();
 }
 

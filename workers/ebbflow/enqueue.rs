@@ -318,7 +318,7 @@ fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError
             if off {
                 "--no-trigger"
             } else {
-                "none configured: [triggers.http] is off"
+                "none configured: [triggers.http] is off and bus.kind is none"
             }
         );
         return Ok(());

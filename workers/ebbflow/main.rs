@@ -33,6 +33,8 @@ mod completions;
 mod context;
 mod deploy;
 mod enqueue;
+mod instances;
+mod notify;
 mod peek;
 mod poison;
 mod push;
@@ -80,6 +82,10 @@ enum Command {
     /// Print KEDA or Container Apps manifests that scale replicas on the configured queues.
     #[command(subcommand)]
     Deploy(deploy::Command),
+    /// Announce work on a queue (bus work notice, HTTP trigger) without sending a message.
+    Notify(notify::Args),
+    /// List the live worker instances on the bus and their last presence pulse.
+    Instances(instances::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -94,6 +100,8 @@ impl Command {
             Command::Simulate(args) => args.run(ctx),
             Command::Config(command) => command.run(ctx),
             Command::Deploy(command) => command.run(ctx),
+            Command::Notify(args) => args.run(ctx),
+            Command::Instances(args) => args.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }

@@ -1,9 +1,9 @@
 //! Push triggers a command sends after putting work on a queue, so idle workers wake at once
 //! instead of at their next poll (or never, at `min_tasks = 0` with no depth probe).
 //!
-//! [`announce`] sends every trigger the config declares and reports each one. Today that is
-//! the HTTP work-detected endpoint (`[triggers.http]`); a new channel (the bus) adds one step
-//! there and one [`Channel`] name, and every sending command gets it.
+//! [`announce`] sends every trigger the config declares and reports each one: the HTTP
+//! work-detected endpoint (`[triggers.http]`) and the bus's work notice (`[bus]` with
+//! `kind = "redis"`).
 
 use std::time::Duration;
 
@@ -60,8 +60,54 @@ pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected
             result,
         });
     }
-    // Further channels (the bus's work-detected event) are sent here.
+    if settings.bus.is_shared() {
+        outcomes.push(Outcome {
+            channel: format!(
+                "bus {}",
+                settings
+                    .bus
+                    .url
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            result: bus_notice(settings, &event.queue, event.payload_size).await,
+        });
+    }
     outcomes
+}
+
+/// Connects to the bus as a client and appends one work notice to `queue`'s work stream (one
+/// replica's listener wakes with `reach = "one"`, every replica's with `reach = "all"`).
+async fn bus_notice(settings: &Settings, queue: &str, messages: u64) -> Result<String, String> {
+    use ebbflow::bus::{Bus, Member, Name, WorkNotice};
+    let role = Name::new("cli").map_err(|e| e.to_string())?;
+    let member = Member {
+        instance: Member::generated_id(&role),
+        role,
+    };
+    let bus = ebbflow::bus::redis::RedisBus::connect_client(&settings.bus, member)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reach = settings
+        .queues
+        .get(queue)
+        .map(|q| q.bus.reach)
+        .unwrap_or_default();
+    let notice = WorkNotice {
+        queue: queue.to_string(),
+        from: Some(bus.member().instance.to_string()),
+        messages: (messages > 0).then_some(messages),
+        hops: 0,
+    };
+    let sent = bus.announce(&notice).await;
+    bus.close().await;
+    sent.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "work notice on {}:work:{queue}, reach {}",
+        settings.bus.channel_prefix,
+        format!("{reach:?}").to_lowercase()
+    ))
 }
 
 /// Checks a `--trigger-url` before anything is sent: an `http` or `https` URL with a host.
