@@ -316,9 +316,11 @@ async fn a_delayed_publish_on_a_covered_queue_at_zero_tasks_is_handled_when_it_s
         ..Default::default()
     };
     publisher.send_bytes(b"w20-late", delay).await.unwrap();
-    common::wait_for("the delayed message handled", Duration::from_secs(600), || {
-        worker.snapshot()[0].handled == 1
-    })
+    common::wait_for(
+        "the delayed message handled",
+        Duration::from_secs(600),
+        || worker.snapshot()[0].handled == 1,
+    )
     .await;
     let receives = get(&counts.receive) - before;
     println!("delayed publish: {receives} receives");

@@ -131,7 +131,9 @@ impl PoisonEnvelope {
             let Ok(json) = serde_json::to_string(&envelope) else {
                 return PoisonText::Original(self.body.clone());
             };
-            let text = encoding.encode(xml_safe(json).as_bytes()).expect("JSON is UTF-8");
+            let text = encoding
+                .encode(xml_safe(json).as_bytes())
+                .expect("JSON is UTF-8");
             if text.len() <= MAX_MESSAGE_BYTES {
                 return PoisonText::Envelope(text);
             }
