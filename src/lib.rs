@@ -35,6 +35,7 @@
 //! [`observability`] renders for `GET /metrics`.
 
 pub mod backoff;
+pub mod bus;
 pub mod checks;
 pub mod codec;
 pub mod config;

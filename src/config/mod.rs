@@ -57,6 +57,8 @@ pub struct Settings {
     pub observability: crate::observability::ObservabilitySettings,
     /// Log line format.
     pub log: crate::observability::LogSettings,
+    /// Events between instances (see [`crate::bus`]).
+    pub bus: crate::bus::BusSettings,
 }
 
 /// Process-wide settings.
@@ -188,8 +190,12 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;
         self.worker.validate()?;
+        self.bus.validate()?;
         for (name, q) in &self.queues {
-            q.validate(name, self.triggers.http.enabled)?;
+            // A shared bus can wake a queue from zero tasks (when it covers its own outages).
+            q.validate(name, self.triggers.http.enabled || self.bus.is_shared())?;
+            q.bus.validate(name)?;
+            crate::bus::check_queue_cover(name, q, &self.bus, self.triggers.http.enabled)?;
             let poison = q.poison_queue_name(name);
             if self.queues.contains_key(&poison) {
                 return Err(ConfigError::invalid(

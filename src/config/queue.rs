@@ -58,6 +58,8 @@ pub struct QueueSettings {
     /// on `<queue>-0 .. <queue>-{N-1}`, publishers spread sends over them and one listener (one
     /// scaling policy, one concurrency cap) consumes them all (see `store::sharding`).
     pub shards: Shards,
+    /// How work-detected events of this queue travel on the bus (`[queues.<name>.bus]`).
+    pub bus: crate::bus::QueueBusSettings,
 }
 
 /// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
@@ -131,6 +133,7 @@ impl Default for QueueSettings {
             handler_timeout_grace: Duration::from_secs(5),
             heartbeat: HeartbeatSettings::default(),
             shards: Shards::default(),
+            bus: crate::bus::QueueBusSettings::default(),
         }
     }
 }

@@ -52,6 +52,9 @@ pub enum WorkerError {
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
+    /// The bus could not be reached or refused the credentials (`bus.url`; no secret shown).
+    #[error("{0}")]
+    Bus(#[from] crate::bus::BusError),
     /// The ops endpoint could not listen.
     #[error("observability.bind = {addr}: cannot listen: {error}")]
     OpsBind {
@@ -228,6 +231,8 @@ impl Worker {
                 trigger_covered: queue_settings.scaling.wake_on_publish,
             });
         }
+        // The bus before any listener: a worker does not start on a bus it cannot use.
+        let bus = crate::bus::open(&self.settings.bus).await?;
         // The endpoint is bound before any listener starts; it serves once they run. Its
         // `/metrics` (behind its token) shows the same text as the ops endpoint's.
         let bound = if http.enabled {
@@ -265,6 +270,7 @@ impl Worker {
             }
             None => (None, None),
         };
+        bus.start();
         life.tracker.close();
         info!(
             backend = %store.kind(),
@@ -273,6 +279,7 @@ impl Worker {
         );
         let (ops_addr, ops_server) = ops.unzip();
         Ok(RunningWorker {
+            bus,
             store,
             readiness,
             ops_addr,
@@ -313,6 +320,7 @@ fn listeners_state(
 /// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their
 /// messages released); call [`RunningWorker::run`] or [`RunningWorker::shutdown`] to drain.
 pub struct RunningWorker {
+    bus: crate::bus::BusHandle,
     store: Arc<dyn QueueStore>,
     readiness: Readiness,
     ops_addr: Option<std::net::SocketAddr>,
@@ -340,6 +348,11 @@ impl RunningWorker {
     /// The store the worker uses.
     pub fn store(&self) -> Arc<dyn QueueStore> {
         self.store.clone()
+    }
+
+    /// This instance's bus: publish and subscribe to events between instances.
+    pub fn bus(&self) -> crate::bus::BusHandle {
+        self.bus.clone()
     }
 
     /// The in-process trigger hub: `hub.notify("orders")` wakes the `orders` listener.
@@ -431,6 +444,7 @@ impl RunningWorker {
                 warn!(grace = ?RELEASE_GRACE, "store calls still running after the release grace; reporting anyway");
             }
         }
+        self.bus.transport().close().await;
         let unreleased = self.listeners.iter().map(QueueListener::held).sum();
         let queues = self.snapshot();
         let fatal = life.fatal.error();

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod redis;
+
 use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::memory::MemoryStore;
 use ebbflow::store::{Queue, QueueStore};

@@ -1,0 +1,340 @@
+//! [`BusHandle`]: the typed API on top of a [`Bus`] transport. Publish serde events to an
+//! [`Address`]; subscribe with a [`Filter`] (event type, sender, role) to a stream
+//! ([`Subscription`]) or a handler ([`BusHandle::observe`]).
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{
+    Address, Bus, BusError, Envelope, Event, Health, Inbound, Member, Receipt, WorkNotice,
+};
+use crate::handler::BoxError;
+
+/// Which events a subscriber wants. Every condition set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    kind: Option<String>,
+    from_instance: Option<String>,
+    from_role: Option<String>,
+}
+
+impl Filter {
+    /// Any event (a typed subscription still takes only its own type).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only events of this type name.
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Only events sent by this instance.
+    pub fn from_instance(mut self, id: impl Into<String>) -> Self {
+        self.from_instance = Some(id.into());
+        self
+    }
+
+    /// Only events sent by instances of this role.
+    pub fn from_role(mut self, role: impl Into<String>) -> Self {
+        self.from_role = Some(role.into());
+        self
+    }
+
+    /// Whether `envelope` passes.
+    pub fn matches(&self, envelope: &Envelope) -> bool {
+        self.kind.as_ref().is_none_or(|k| *k == envelope.kind)
+            && self
+                .from_instance
+                .as_ref()
+                .is_none_or(|i| *i == envelope.from)
+            && self.from_role.as_ref().is_none_or(|r| *r == envelope.role)
+    }
+}
+
+/// One received event, decoded.
+pub struct Received<E> {
+    /// The event.
+    pub body: E,
+    /// The sender's instance id.
+    pub from: String,
+    /// The sender's role.
+    pub role: String,
+    /// Where it was sent.
+    pub to: Address,
+    /// Its id.
+    pub id: String,
+    /// When it was sent, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    receipt: Option<Receipt>,
+    bus: Arc<dyn Bus>,
+}
+
+impl<E: std::fmt::Debug> std::fmt::Debug for Received<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("body", &self.body)
+            .field("from", &self.from)
+            .field("role", &self.role)
+            .field("to", &self.to)
+            .field("id", &self.id)
+            .field("needs_ack", &self.receipt.is_some())
+            .finish()
+    }
+}
+
+impl<E> Received<E> {
+    /// Acknowledges a competing-consumer event ([`Address::OneOf`]) so it is not re-delivered;
+    /// nothing for fan-out events. Unacknowledged, it goes to another instance of the role
+    /// after `bus.claim_timeout`.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        match &self.receipt {
+            Some(r) => self.bus.ack(r).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this delivery must be acknowledged.
+    pub fn needs_ack(&self) -> bool {
+        self.receipt.is_some()
+    }
+}
+
+/// A stream of events that passed a filter. Ends when the bus closes.
+pub struct Subscription<E> {
+    rx: mpsc::UnboundedReceiver<(Envelope, Option<Receipt>)>,
+    bus: Arc<dyn Bus>,
+    _type: PhantomData<fn() -> E>,
+}
+
+impl<E: Event> Subscription<E> {
+    /// The next event; `None` once the bus is closed. Events that do not decode as `E` are
+    /// logged and skipped (a competing one is acknowledged: no retry can decode it).
+    pub async fn next(&mut self) -> Option<Received<E>> {
+        loop {
+            let (envelope, receipt) = self.rx.recv().await?;
+            match serde_json::from_value::<E>(envelope.body) {
+                Ok(body) => {
+                    return Some(Received {
+                        body,
+                        from: envelope.from,
+                        role: envelope.role,
+                        to: envelope.to,
+                        id: envelope.id,
+                        sent_at_ms: envelope.sent_at_ms,
+                        receipt,
+                        bus: self.bus.clone(),
+                    })
+                }
+                Err(e) => {
+                    warn!(kind = %envelope.kind, from = %envelope.from, id = %envelope.id, error = %e,
+                          "bus event does not decode; skipped");
+                    if let Some(r) = receipt {
+                        let _ = self.bus.ack(&r).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Subscriber {
+    filter: Filter,
+    tx: mpsc::UnboundedSender<(Envelope, Option<Receipt>)>,
+}
+
+/// Receives work notices for the worker (see `crate::bus::work`).
+pub(crate) type WorkSink = Arc<dyn Fn(WorkNotice, Option<Receipt>) + Send + Sync>;
+
+struct Inner {
+    bus: Arc<dyn Bus>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    work: Mutex<Option<WorkSink>>,
+    dispatching: std::sync::atomic::AtomicBool,
+}
+
+/// The typed bus API of one instance. Clones share it. A worker has one
+/// ([`crate::worker::RunningWorker::bus`], and `ctx.bus()` in handlers).
+#[derive(Clone)]
+pub struct BusHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BusHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusHandle")
+            .field("member", self.inner.bus.member())
+            .finish()
+    }
+}
+
+impl BusHandle {
+    /// The typed API over `bus`. Nothing is delivered before [`BusHandle::start`].
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                bus,
+                subscribers: Mutex::default(),
+                work: Mutex::default(),
+                dispatching: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts delivering what the transport receives to subscribers (and work notices to the
+    /// worker). Subscribe first, so nothing received at connect time is missed. Idempotent.
+    pub fn start(&self) {
+        if self
+            .inner
+            .dispatching
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let Some(mut inbox) = self.inner.bus.take_inbox() else {
+            return;
+        };
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(inbound) = inbox.recv().await {
+                let Some(inner) = inner.upgrade() else { break };
+                inner.dispatch(inbound).await;
+            }
+            // The transport closed: end every subscription.
+            if let Some(inner) = inner.upgrade() {
+                if let Ok(mut subs) = inner.subscribers.lock() {
+                    subs.clear();
+                }
+            }
+        });
+    }
+
+    /// This instance.
+    pub fn member(&self) -> &Member {
+        self.inner.bus.member()
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Arc<dyn Bus> {
+        self.inner.bus.clone()
+    }
+
+    /// Connected or not.
+    pub fn health(&self) -> Health {
+        *self.inner.bus.health().borrow()
+    }
+
+    /// Publishes `event` to `to`.
+    pub async fn publish<E: Event>(&self, event: &E, to: Address) -> Result<(), BusError> {
+        self.send(event, to, false).await
+    }
+
+    /// Publishes `event` to `to` and a carbon copy to this instance.
+    pub async fn publish_cc<E: Event>(&self, event: &E, to: Address) -> Result<(), BusError> {
+        self.send(event, to, true).await
+    }
+
+    async fn send<E: Event>(&self, event: &E, to: Address, cc: bool) -> Result<(), BusError> {
+        let body = serde_json::to_value(event).map_err(|e| BusError::Codec {
+            kind: E::KIND.to_string(),
+            detail: e.to_string(),
+        })?;
+        let envelope = Envelope::new(E::KIND, self.member(), to, body).with_cc(cc);
+        self.inner.bus.send(&envelope).await
+    }
+
+    /// Events of type `E` that pass `filter`, as a stream.
+    pub fn subscribe<E: Event>(&self, filter: Filter) -> Subscription<E> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let filter = filter.kind(E::KIND);
+        if let Ok(mut subs) = self.inner.subscribers.lock() {
+            subs.push(Subscriber { filter, tx });
+        }
+        Subscription {
+            rx,
+            bus: self.inner.bus.clone(),
+            _type: PhantomData,
+        }
+    }
+
+    /// Runs `handler` for each event of type `E` that passes `filter`, one at a time, until the
+    /// bus closes. A competing-consumer event is acknowledged when the handler returns `Ok`;
+    /// after an error it is re-delivered (to this or another instance of the role) once
+    /// `bus.claim_timeout` has passed.
+    pub fn observe<E, F, Fut>(&self, filter: Filter, handler: F) -> tokio::task::JoinHandle<()>
+    where
+        E: Event,
+        F: Fn(Received<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let mut subscription = self.subscribe::<E>(filter);
+        tokio::spawn(async move {
+            while let Some(event) = subscription.next().await {
+                let receipt = event.receipt.clone();
+                let bus = event.bus.clone();
+                let (kind, from, id) = (E::KIND, event.from.clone(), event.id.clone());
+                match handler(event).await {
+                    Ok(()) => {
+                        if let Some(r) = receipt {
+                            if let Err(e) = bus.ack(&r).await {
+                                warn!(kind, %from, %id, error = %e, "cannot acknowledge bus event");
+                            }
+                        }
+                    }
+                    Err(e) => warn!(kind, %from, %id, error = %e, "bus event handler failed"),
+                }
+            }
+        })
+    }
+
+    #[allow(dead_code)] // the worker's work-detected bridge installs it
+    pub(crate) fn set_work_sink(&self, sink: WorkSink) {
+        if let Ok(mut w) = self.inner.work.lock() {
+            *w = Some(sink);
+        }
+    }
+}
+
+impl Inner {
+    async fn dispatch(&self, inbound: Inbound) {
+        match inbound {
+            Inbound::Work { notice, receipt } => {
+                let sink = self.work.lock().ok().and_then(|w| w.clone());
+                match sink {
+                    Some(sink) => sink(notice, receipt),
+                    None => {
+                        if let Some(r) = receipt {
+                            let _ = self.bus.ack(&r).await;
+                        }
+                    }
+                }
+            }
+            Inbound::Event { envelope, receipt } => {
+                let mut delivered = 0;
+                if let Ok(mut subs) = self.subscribers.lock() {
+                    subs.retain(|s| !s.tx.is_closed());
+                    for s in subs.iter().filter(|s| s.filter.matches(&envelope)) {
+                        if s.tx.send((envelope.clone(), receipt.clone())).is_ok() {
+                            delivered += 1;
+                        }
+                    }
+                }
+                if delivered == 0 {
+                    debug!(kind = %envelope.kind, from = %envelope.from, "bus event without subscriber");
+                    if let Some(r) = receipt {
+                        // Nobody here handles this type: acknowledge rather than let it bounce
+                        // between instances forever.
+                        warn!(kind = %envelope.kind, from = %envelope.from, id = %envelope.id,
+                              "competing-consumer event with no subscriber for its type on this instance; acknowledged and dropped");
+                        let _ = self.bus.ack(&r).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Events between instances, after the seeds' inter-role communication model.
+//!
+//! Each worker process is an instance ([`Member`]: an instance id and a role). Instances send
+//! each other events (typed with serde, see [`Event`]) addressed by [`Address`]:
+//!
+//! | address | who gets it | guarantee |
+//! |---|---|---|
+//! | [`Address::Instance`] (unicast) | that instance | at most once (pub/sub) |
+//! | [`Address::All`] (multicast) | every live instance | at most once per instance |
+//! | [`Address::Role`] | every live instance of the role | at most once per instance |
+//! | [`Address::OneOf`] (competing consumers) | exactly one live instance of the role, which acknowledges; re-delivered to another after `bus.claim_timeout` if it dies first | at least once |
+//!
+//! A carbon copy ([`Envelope::with_cc`]) also delivers an event to its sender.
+//!
+//! The room's files, one job each:
+//! - `settings.rs`: `[bus]` and `[queues.<name>.bus]`, checked while parsing.
+//! - `envelope.rs`: the wire format and addressing.
+//! - `memory.rs`: the embedded bus (one process; the fast double in tests).
+//! - `redis/`: the Redis transport (pub/sub on RESP3 push with automatic resubscription,
+//!   Streams with a consumer group and `XAUTOCLAIM` for competing consumers and work notices).
+//! - `handle.rs`: [`BusHandle`], the typed API: publish, subscribe with a [`Filter`] to a
+//!   stream or a handler.
+//!
+//! ```no_run
+//! # async fn demo(bus: ebbflow::bus::BusHandle) -> Result<(), ebbflow::bus::BusError> {
+//! use ebbflow::bus::{Address, Event, Filter};
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct BatchDone { batch: u64, items: u64 }
+//! impl Event for BatchDone { const KIND: &'static str = "billing.batch-done"; }
+//!
+//! // In the controller: every BatchDone from any processor, as a stream.
+//! let mut done = bus.subscribe::<BatchDone>(Filter::new().from_role("processor"));
+//! // In a processor (or a handler, through `ctx.bus()`): tell exactly one controller.
+//! bus.publish(&BatchDone { batch: 7, items: 1000 }, Address::one_of("controller")).await?;
+//! while let Some(event) = done.next().await {
+//!     println!("batch {} from {}", event.body.batch, event.from);
+//!     event.ack().await?; // competing-consumer events are re-delivered until acknowledged
+//! }
+//! # Ok(()) }
+//! ```
+
+mod envelope;
+mod handle;
+pub mod memory;
+pub mod redis;
+pub mod settings;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+pub use envelope::{now_ms, Address, Envelope};
+pub use handle::{BusHandle, Filter, Received, Subscription};
+pub(crate) use settings::check_queue_cover;
+pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Reach, RedisUrl};
+
+/// Connects this instance to the bus its settings name: the embedded bus of its own with
+/// `kind = "none"`, Redis with `kind = "redis"` (failing when Redis cannot be reached or refuses
+/// the credentials; the error names `bus.url` and never shows the password). Delivery starts
+/// with [`BusHandle::start`], once subscribers are in place.
+pub async fn open(settings: &BusSettings) -> Result<BusHandle, BusError> {
+    let id = settings
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| Member::generated_id(&settings.role));
+    let member = Member {
+        instance: id,
+        role: settings.role.clone(),
+    };
+    let bus: std::sync::Arc<dyn Bus> = match settings.kind {
+        BusKind::None => std::sync::Arc::new(memory::MemoryBus::embedded(
+            member,
+            settings.claim_timeout.get(),
+        )),
+        BusKind::Redis => std::sync::Arc::new(redis::RedisBus::connect(settings, member).await?),
+    };
+    Ok(BusHandle::new(bus))
+}
+
+/// Who an instance is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique among live instances.
+    pub instance: Name,
+    /// What it does.
+    pub role: Name,
+}
+
+impl Member {
+    /// A member; both names must be 1..=64 characters of `[A-Za-z0-9._-]`.
+    pub fn new(instance: &str, role: &str) -> Result<Self, String> {
+        Ok(Self {
+            instance: Name::new(instance)?,
+            role: Name::new(role)?,
+        })
+    }
+
+    /// `<host or role>-<8 hex>`: a fresh id for an instance that was given none.
+    pub fn generated_id(role: &Name) -> Name {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| Name::new(h.as_str()).is_ok() && h.len() <= 48)
+            .unwrap_or_else(|| role.to_string());
+        let tail = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        Name::new(format!("{host}-{tail}")).unwrap_or_else(|_| role.clone())
+    }
+}
+
+/// A typed event: a serde type with a stable type name on the wire.
+pub trait Event: Serialize + serde::de::DeserializeOwned + Send + 'static {
+    /// The type name on the wire (`Envelope::kind`), e.g. `billing.batch-done`. Names starting
+    /// with `ebbflow.` are the runtime's own.
+    const KIND: &'static str;
+}
+
+/// Identifies a competing-consumer delivery, to acknowledge it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    /// The stream (Redis key) it came from.
+    pub stream: String,
+    /// Its entry id.
+    pub entry: String,
+}
+
+/// "Work detected on queue Q", as carried by a queue's work stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkNotice {
+    /// The queue that received work.
+    pub queue: String,
+    /// The sending instance, if an ebbflow instance sent it.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Messages this notice stands for, if known.
+    #[serde(default)]
+    pub messages: Option<u64>,
+    /// Times it was passed on by replicas that had more than they could take.
+    #[serde(default)]
+    pub hops: u32,
+}
+
+/// Something the transport received for this instance.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// An event addressed to this instance (already filtered by [`Envelope::is_for`]).
+    Event {
+        /// The event.
+        envelope: Envelope,
+        /// Present for competing-consumer deliveries: acknowledge once handled.
+        receipt: Option<Receipt>,
+    },
+    /// Work was announced on a queue this instance listens to.
+    Work {
+        /// The notice.
+        notice: WorkNotice,
+        /// Present with `reach = "one"`: acknowledge once the listener was woken.
+        receipt: Option<Receipt>,
+    },
+}
+
+/// Whether the bus is reachable now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Connected.
+    Up,
+    /// Disconnected: reconnecting in the background; work-detected events may be missed, so
+    /// listeners fall back to probing (`outage_probe_interval`).
+    Down,
+}
+
+/// What a producer's send tells the publish modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SentState {
+    /// The queue's listeners had found it empty since the last announcement.
+    pub was_empty: bool,
+    /// Messages sent since the queue was last found empty, this one included.
+    pub since_empty: u64,
+}
+
+/// One instance's presence pulse: who it is and what it is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The instance id.
+    pub instance: String,
+    /// Its role.
+    pub role: String,
+    /// The queues it listens to.
+    pub queues: Vec<String>,
+    /// Dequeue tasks running, over all its queues.
+    pub active_tasks: u64,
+    /// Handlers running.
+    pub in_flight: u64,
+    /// Messages handled successfully since it started.
+    pub handled: u64,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it sent this pulse, milliseconds since the Unix epoch.
+    pub pulse_at_ms: u64,
+}
+
+/// A bus failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The bus could not be reached or refused us (the text has no secret in it).
+    #[error("bus: {0}")]
+    Transport(String),
+    /// An event could not be encoded or decoded.
+    #[error("bus: event {kind}: {detail}")]
+    Codec {
+        /// The event type.
+        kind: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The bus was closed (the worker stopped).
+    #[error("bus: closed")]
+    Closed,
+}
+
+/// A transport between instances. Small on purpose: Redis today, Service Bus or NATS later,
+/// without touching listeners. [`BusHandle`] builds the typed API on top.
+///
+/// Implementations deliver only what is addressed to this member ([`Envelope::is_for`]) and
+/// keep reconnecting on their own; [`Bus::health`] says whether they are connected.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// This instance.
+    fn member(&self) -> &Member;
+
+    /// Sends an envelope to its address: fan-out addresses at most once, [`Address::OneOf`]
+    /// onto the role's stream (at least once, acknowledged with [`Bus::ack`]).
+    async fn send(&self, envelope: &Envelope) -> Result<(), BusError>;
+
+    /// Appends a work notice to `notice.queue`'s work stream.
+    async fn announce(&self, notice: &WorkNotice) -> Result<(), BusError>;
+
+    /// Starts receiving work notices of `queue`: as one of its listeners (`Reach::One`,
+    /// acknowledged) or all of them (`Reach::All`).
+    async fn listen_work(&self, queue: &str, reach: Reach) -> Result<(), BusError>;
+
+    /// Acknowledges a competing-consumer delivery, so it is never re-delivered.
+    async fn ack(&self, receipt: &Receipt) -> Result<(), BusError>;
+
+    /// The inbox: everything received for this instance. `None` after the first call.
+    fn take_inbox(&self) -> Option<mpsc::UnboundedReceiver<Inbound>>;
+
+    /// Connected or not, now and as it changes.
+    fn health(&self) -> watch::Receiver<Health>;
+
+    /// Records a producer's send to `queue` for the publish modes.
+    async fn sent(&self, queue: &str) -> Result<SentState, BusError>;
+
+    /// Records that `queue`'s listeners found it empty (for the publish modes).
+    async fn drained(&self, queue: &str) -> Result<(), BusError>;
+
+    /// Publishes this instance's presence, valid for `ttl`.
+    async fn pulse(&self, presence: &Presence, ttl: Duration) -> Result<(), BusError>;
+
+    /// Live instances (their last pulse within its `ttl`), by instance id.
+    async fn instances(&self) -> Result<Vec<Presence>, BusError>;
+
+    /// Leaves: withdraws this instance's presence and stops receiving.
+    async fn close(&self);
+}

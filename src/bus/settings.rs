@@ -1,0 +1,563 @@
+//! The `[bus]` section and the per-queue `[queues.<name>.bus]` section, typed and checked
+//! while parsing: a bad value fails the load with the key's name, and the Redis password never
+//! shows in `Debug`, errors, logs or `config check`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which transport carries events between instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// No bus between instances: events stay in this process (the embedded bus).
+    #[default]
+    None,
+    /// Redis (or Azure Cache for Redis / Azure Managed Redis): pub/sub for fan-out, Streams
+    /// with a consumer group for competing consumers.
+    Redis,
+}
+
+/// A Redis URL: `redis://[user][:password]@host[:port][/db]` or `rediss://...` (TLS).
+/// Checked while parsing; its password is shown as `<redacted>` by `Debug`, `Display` and
+/// `Serialize`, so it never reaches logs, errors or `config check` output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL with its password, for the client only.
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL's password as written and percent-decoded (to scrub from error texts).
+    pub(crate) fn passwords(&self) -> Vec<String> {
+        let Ok(url) = url_parts(&self.0) else {
+            return Vec::new();
+        };
+        url.password
+            .map(|p| {
+                let decoded = percent_decode(p);
+                vec![p.to_string(), decoded]
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
+    }
+
+    /// Removes this URL's password from `text` (an error message from the client).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for p in self.passwords() {
+            if p.len() >= 2 {
+                out = out.replace(&p, "<redacted>");
+            }
+        }
+        out.replace(&self.0, &self.to_string())
+    }
+}
+
+impl TryFrom<String> for RedisUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let parts = url_parts(&text).map_err(|why| {
+            format!(
+                "{}: {why} (expected redis://[user:password@]host[:port][/db] or rediss://...)",
+                redact_url(&text)
+            )
+        })?;
+        if parts.host.is_empty() {
+            return Err(format!("{}: no host", redact_url(&text)));
+        }
+        Ok(Self(text))
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+struct UrlParts<'a> {
+    password: Option<&'a str>,
+    host: &'a str,
+}
+
+/// Splits `scheme://[user[:password]@]host[:port][/db]` without a URL parser: enough to check
+/// the shape and to find the password (the client parses it again, fully).
+fn url_parts(text: &str) -> Result<UrlParts<'_>, &'static str> {
+    let rest = text
+        .strip_prefix("redis://")
+        .or_else(|| text.strip_prefix("rediss://"))
+        .ok_or("the scheme must be redis:// or rediss://")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let password = userinfo.and_then(|u| u.split_once(':').map(|(_, p)| p));
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed [")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .map_err(|_| "the port is not a number")?;
+    }
+    let db = path.split('?').next().unwrap_or_default();
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err("the path must be a database number");
+    }
+    Ok(UrlParts { password, host })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `redis://user:secret@host` -> `redis://user:<redacted>@host`; any other text unchanged
+/// except that everything between `://` and the last `@` of the authority is hidden when it
+/// holds a `:`.
+pub(crate) fn redact_url(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:<redacted>")
+            } else {
+                // `redis://secret@host`: a lone userinfo is a password to Redis clients.
+                "<redacted>".to_string()
+            };
+            format!("{scheme}://{shown}@{host}{tail}")
+        }
+        None => text.to_string(),
+    }
+}
+
+/// A role name or instance id: 1..=64 characters of `[A-Za-z0-9._-]`, so it is safe in a
+/// channel or key name.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    /// Checks `text`.
+    pub fn new(text: impl Into<String>) -> Result<Self, String> {
+        let text = text.into();
+        if text.is_empty() || text.len() > 64 {
+            return Err(format!("{text:?}: must be 1..=64 characters"));
+        }
+        if let Some(c) = text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "{text:?}: {c:?} is not allowed (letters, digits, '.', '_', '-')"
+            ));
+        }
+        Ok(Self(text))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::new(text)
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// A duration between `MIN` and `MAX` milliseconds, checked while parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "HumanDuration", into = "HumanDuration")]
+pub struct Bounded<const MIN: u64, const MAX: u64>(Duration);
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    /// The duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+
+    /// `d`, when in range.
+    pub fn new(d: Duration) -> Result<Self, String> {
+        let (min, max) = (Duration::from_millis(MIN), Duration::from_millis(MAX));
+        if (min..=max).contains(&d) {
+            Ok(Self(d))
+        } else {
+            Err(format!(
+                "{}: must be {}..={}",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ))
+        }
+    }
+}
+
+/// A human-readable duration ("250ms", "30s") on the wire.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
+
+impl<const MIN: u64, const MAX: u64> TryFrom<HumanDuration> for Bounded<MIN, MAX> {
+    type Error = String;
+    fn try_from(d: HumanDuration) -> Result<Self, String> {
+        Self::new(d.0)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> From<Bounded<MIN, MAX>> for HumanDuration {
+    fn from(b: Bounded<MIN, MAX>) -> Self {
+        HumanDuration(b.0)
+    }
+}
+
+/// How often an instance pulses its presence: 100ms..=5m.
+pub type PulseInterval = Bounded<100, 300_000>;
+/// How long a competing-consumer event stays claimed before another instance may take it
+/// over: 100ms..=1h.
+pub type ClaimTimeout = Bounded<100, 3_600_000>;
+/// How often a listener at zero tasks probes its queue while the bus is down: 1s..=1h.
+pub type OutageProbe = Bounded<1_000, 3_600_000>;
+
+/// The `[bus]` section: events between instances.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    /// `none` (default: events stay in this process) or `redis`.
+    pub kind: BusKind,
+    /// The Redis URL, required with `kind = "redis"`: `redis://[user:password@]host[:port][/db]`,
+    /// or `rediss://` for TLS. User and password are sent with `AUTH` (ACL users included).
+    pub url: Option<RedisUrl>,
+    /// This instance's role (what it does: `processor`, `controller`): events can address every
+    /// instance of a role, or exactly one of them (competing consumers). Default `worker`.
+    pub role: Name,
+    /// This instance's id, unique among live instances; default generated at start-up
+    /// (`<hostname or role>-<8 hex>`).
+    pub instance_id: Option<Name>,
+    /// Prefix of every Redis key and channel, so several systems share one Redis.
+    /// Default `ebbflow`.
+    pub channel_prefix: Name,
+    /// How often this instance announces itself (presence pulse), 100ms..=5m, default 5s. An
+    /// instance whose last pulse is older than three intervals is taken for gone.
+    pub pulse_interval: PulseInterval,
+    /// An event for competing consumers (one instance of a role, or one listener of a queue
+    /// with `reach = "one"`) that was delivered but not acknowledged within this long is
+    /// re-delivered to another live instance, 100ms..=1h, default 30s.
+    pub claim_timeout: ClaimTimeout,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::None,
+            url: None,
+            role: Name("worker".into()),
+            instance_id: None,
+            channel_prefix: Name("ebbflow".into()),
+            pulse_interval: Bounded(Duration::from_secs(5)),
+            claim_timeout: Bounded(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl BusSettings {
+    /// Cross-field checks (each field was checked while parsing).
+    pub(crate) fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        match (self.kind, &self.url) {
+            (BusKind::Redis, None) => Err(crate::config::ConfigError::invalid(
+                "bus.url",
+                "(unset)",
+                "bus.kind = \"redis\" needs bus.url (redis://host:port or rediss://...)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a bus reaches other instances.
+    pub fn is_shared(&self) -> bool {
+        self.kind != BusKind::None
+    }
+}
+
+/// Who is woken by a work-detected event for a queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// Exactly one replica's listener per event (no thundering herd); a replica that finds
+    /// more than it can take passes the event on.
+    #[default]
+    One,
+    /// Every replica's listener of the queue.
+    All,
+}
+
+/// When a producer announces work on the bus, after the whitepaper's trigger modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// After every message sent.
+    #[default]
+    Every,
+    /// Only for the first message sent to a queue its listeners last found empty.
+    First,
+    /// Like `first`, and again each time `depth` more messages were sent since the queue was
+    /// last found empty (counted over all producers).
+    Depth,
+}
+
+/// The `[queues.<name>.bus]` section: how the queue's work-detected events travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueBusSettings {
+    /// `one` (default) or `all`: who is woken per event.
+    pub reach: Reach,
+    /// `every` (default), `first` or `depth`: when this process's producers announce work.
+    pub publish: PublishMode,
+    /// With `publish = "depth"`: announce again every this many messages, 1..=100000
+    /// (default 100).
+    pub depth: u32,
+    /// While the bus is down, a listener at zero tasks probes its queue this often (the bus is
+    /// a hint, never the only path), 1s..=1h, default 30s. `"off"` turns it off, which
+    /// `min_tasks = 0` accepts only with `scaling.idle_probe_interval` or the HTTP trigger.
+    #[serde(with = "outage_probe")]
+    pub outage_probe_interval: Option<OutageProbe>,
+}
+
+impl Default for QueueBusSettings {
+    fn default() -> Self {
+        Self {
+            reach: Reach::One,
+            publish: PublishMode::Every,
+            depth: 100,
+            outage_probe_interval: Some(Bounded(Duration::from_secs(30))),
+        }
+    }
+}
+
+impl QueueBusSettings {
+    pub(crate) fn validate(&self, queue: &str) -> Result<(), crate::config::ConfigError> {
+        crate::config::check_range(&format!("queues.{queue}.bus.depth"), self.depth, 1, 100_000)
+    }
+}
+
+/// The bus is a hint, never the only path: a queue that may idle at zero tasks with a shared
+/// bus needs something that still finds its work while the bus is down.
+pub(crate) fn check_queue_cover(
+    name: &str,
+    queue: &crate::config::QueueSettings,
+    bus: &BusSettings,
+    http_trigger: bool,
+) -> Result<(), crate::config::ConfigError> {
+    let s = &queue.scaling;
+    let covered = queue.bus.outage_probe_interval.is_some()
+        || s.idle_probe_interval.is_some()
+        || http_trigger
+        || s.wake_on_publish;
+    if bus.is_shared() && s.min_tasks == 0 && !covered {
+        return Err(crate::config::ConfigError::invalid(
+            format!("queues.{name}.bus.outage_probe_interval"),
+            "off",
+            format!(
+                "with scaling.min_tasks = 0 and a bus, nothing would find queue {name}'s work \
+                 while the bus is down: set queues.{name}.bus.outage_probe_interval (e.g. \
+                 \"30s\") or queues.{name}.scaling.idle_probe_interval"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `"off"` or a duration.
+mod outage_probe {
+    use super::{HumanDuration, OutageProbe};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Off(Off),
+        On(HumanDuration),
+    }
+
+    #[derive(Deserialize)]
+    enum Off {
+        #[serde(rename = "off")]
+        Off,
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OutageProbe>, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Off(Off::Off) => Ok(None),
+            Raw::On(h) => OutageProbe::try_from(h)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<OutageProbe>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            None => "off".serialize(s),
+            Some(b) => HumanDuration::from(*b).serialize(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_their_passwords_never_shown() {
+        let url =
+            RedisUrl::try_from("redis://app:s3cr%40t@cache.example:6380/2".to_string()).unwrap();
+        assert_eq!(
+            url.to_string(),
+            "redis://app:<redacted>@cache.example:6380/2"
+        );
+        assert!(!format!("{url:?}").contains("s3cr"));
+        assert_eq!(
+            serde_json::to_string(&url).unwrap(),
+            "\"redis://app:<redacted>@cache.example:6380/2\""
+        );
+        assert_eq!(
+            url.passwords(),
+            vec!["s3cr%40t".to_string(), "s3cr@t".to_string()]
+        );
+        assert_eq!(
+            url.scrub("WRONGPASS for s3cr@t at redis://app:s3cr%40t@cache.example:6380/2"),
+            "WRONGPASS for <redacted> at redis://app:<redacted>@cache.example:6380/2"
+        );
+        let lone = RedisUrl::try_from("rediss://hunter22@h".to_string()).unwrap();
+        assert!(lone.is_tls());
+        assert_eq!(lone.to_string(), "rediss://<redacted>@h");
+        for bad in [
+            "http://h:1",
+            "redis://",
+            "redis://:pw@h:notaport",
+            "redis://h/x",
+            "",
+        ] {
+            let err = RedisUrl::try_from(bad.to_string()).unwrap_err();
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        let err = RedisUrl::try_from("redis://u:topsecret@h:x".to_string()).unwrap_err();
+        assert!(!err.contains("topsecret"), "{err}");
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn names_are_safe_for_channels() {
+        assert!(Name::new("billing-processor.1_a").is_ok());
+        for bad in ["", "a b", "a:b", "é", &"x".repeat(65), "a*"] {
+            assert!(Name::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn queue_bus_settings_parse_modes_and_off() {
+        let s: QueueBusSettings = serde_json::from_str(
+            r#"{"reach":"all","publish":"depth","depth":50,"outage_probe_interval":"off"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.reach, Reach::All);
+        assert_eq!(s.publish, PublishMode::Depth);
+        assert_eq!(s.outage_probe_interval, None);
+        let s: QueueBusSettings =
+            serde_json::from_str(r#"{"outage_probe_interval":"5s"}"#).unwrap();
+        assert_eq!(
+            s.outage_probe_interval.map(|b| b.get()),
+            Some(Duration::from_secs(5))
+        );
+        let err = serde_json::from_str::<QueueBusSettings>(r#"{"outage_probe_interval":"10ms"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("must be 1s..=1h"), "{err}");
+        assert!(serde_json::from_str::<QueueBusSettings>(r#"{"reach":"some"}"#).is_err());
+        assert_eq!(
+            serde_json::to_value(QueueBusSettings::default()).unwrap()["outage_probe_interval"],
+            "30s"
+        );
+    }
+
+    #[test]
+    fn bus_settings_need_a_url_for_redis() {
+        let s: BusSettings = serde_json::from_str(r#"{"kind":"redis"}"#).unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("bus.url"), "{err}");
+        let err = serde_json::from_str::<BusSettings>(r#"{"pulse_interval":"1ms"}"#).unwrap_err();
+        assert!(err.to_string().contains("100ms"), "{err}");
+        let err = serde_json::from_str::<BusSettings>(r#"{"role":"a b"}"#).unwrap_err();
+        assert!(err.to_string().contains("not allowed"), "{err}");
+    }
+}
