@@ -133,9 +133,9 @@ async fn main() -> ExitCode {
         ledger: Arc::default(),
         notes: tx,
     };
-    let mine = model::only_queue(&settings, model::RESULTS_QUEUE);
+    let mine = model::only_queue(&settings, &model::results_queue());
     let worker = match Worker::new(mine)
-        .handler(model::RESULTS_QUEUE, aggregator)
+        .handler(&model::results_queue(), aggregator)
         .start()
         .await
     {
@@ -154,6 +154,10 @@ async fn main() -> ExitCode {
     tokio::spawn(announce(bus, rx));
     let report = worker.run().await;
     submitted.abort();
+    for q in &report.queues {
+        info!(queue = %q.queue, handled = q.handled, receive_calls = q.receive_calls,
+              poisoned = q.poisoned, "final counts");
+    }
     ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
 }
 

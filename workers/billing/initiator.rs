@@ -8,7 +8,8 @@
 //!
 //! Environment: `BILLING_TRANSACTIONS` (default 5000), `BILLING_ITEM_SIZE` transactions per work
 //! item (default 50), `BILLING_CUSTOMERS` (default 300), `BILLING_SEED` (default 1),
-//! `BILLING_WAIT_S` how long to wait for completion (default 120), plus the usual settings.
+//! `BILLING_WAIT_S` how long to wait for completion (default 120), `BILLING_ANNOUNCE=0` to send
+//! no work-detected event (another producer announces the work), plus the usual settings.
 //! Exits 0 when the controller reports every item billed exactly once with the expected sum,
 //! 1 when it reports anything else or nothing in time, 2 on a start-up error.
 
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ebbflow::bus::{Address, Filter, WorkNotice};
 use model::{Completed, Progress, Submitted, WorkItem};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Sends in flight at once.
 const SENDS: usize = 16;
@@ -34,6 +35,7 @@ struct Plan {
     customers: u64,
     seed: u64,
     wait: Duration,
+    announce: bool,
 }
 
 fn plan() -> Result<Plan, String> {
@@ -49,6 +51,7 @@ fn plan() -> Result<Plan, String> {
         customers: support::env_u64("BILLING_CUSTOMERS", 300)?,
         seed: support::env_u64("BILLING_SEED", 1)?,
         wait: Duration::from_secs(support::env_u64("BILLING_WAIT_S", 120)?),
+        announce: support::env_u64("BILLING_ANNOUNCE", 1)? != 0,
     })
 }
 
@@ -71,7 +74,7 @@ async fn main() -> ExitCode {
 async fn run(settings: ebbflow::Settings) -> Result<bool, Box<dyn std::error::Error>> {
     let plan = plan()?;
     let store = model::store(&settings)?;
-    let work = model::publisher(&settings, &store, model::WORK_QUEUE).await?;
+    let work = model::publisher(&settings, &store, &model::work_queue()).await?;
     let bus = ebbflow::bus::open(&settings.bus).await?;
     // Subscribe before delivery starts, so no event is missed.
     let mut progress = bus.subscribe::<Progress>(Filter::new());
@@ -103,32 +106,39 @@ async fn run(settings: ebbflow::Settings) -> Result<bool, Box<dyn std::error::Er
             for item in items.iter().skip(lane).step_by(SENDS) {
                 work.send_json(item).await?;
             }
-            Ok::<_, ebbflow::PublishError>(())
+            Ok::<_, ebbflow::handler::PublishError>(())
         });
     }
     while let Some(sent) = senders.join_next().await {
         sent??;
     }
-    info!(%batch, items = of, transactions = plan.transactions, queue = model::WORK_QUEUE,
-          shards = settings.queues.get(model::WORK_QUEUE).map_or(1, |q| q.shards.get()),
+    info!(%batch, items = of, transactions = plan.transactions, queue = %model::work_queue(),
+          shards = settings.queues.get(&model::work_queue()).map_or(1, |q| q.shards.get()),
           send_ms = sending.elapsed().as_millis() as u64, "submission de-batched");
 
     // One work-detected event for the whole submission: one processor wakes, finds full
-    // batches and passes the word on, so the work spreads over the replicas.
-    let notice = WorkNotice {
-        queue: model::WORK_QUEUE.to_string(),
-        from: Some(bus.member().instance.to_string()),
-        messages: Some(u64::from(of)),
-        hops: 0,
-    };
-    bus.transport().announce(&notice).await?;
+    // batches and passes the word on, so the work spreads over the replicas. The bus is a hint:
+    // while it is down the replicas' outage probe finds the work, so a failure is not fatal.
+    if plan.announce {
+        let notice = WorkNotice {
+            queue: model::work_queue(),
+            from: Some(bus.member().instance.to_string()),
+            messages: Some(u64::from(of)),
+            hops: 0,
+        };
+        if let Err(e) = bus.transport().announce(&notice).await {
+            warn!(error = %e, "work-detected not announced; the replicas' outage probe will find the work");
+        }
+    }
     let submitted = Submitted {
         batch: batch.clone(),
         items: of,
         transactions: plan.transactions,
         amount_cents: expected,
     };
-    bus.publish(&submitted, Address::role("controller")).await?;
+    if let Err(e) = bus.publish(&submitted, Address::role("controller")).await {
+        warn!(error = %e, "submission not announced to the controller");
+    }
 
     let deadline = tokio::time::Instant::now() + plan.wait;
     let outcome = loop {
@@ -161,10 +171,4 @@ async fn run(settings: ebbflow::Settings) -> Result<bool, Box<dyn std::error::Er
           total_ms = sending.elapsed().as_millis() as u64,
           verdict = if right { "billed exactly once" } else { "WRONG" }, "submission completed");
     Ok(right)
-}
-
-/// Checks a completion against the submission (used by the test of the scenario too).
-#[allow(dead_code)]
-fn is_exact(c: &Completed, of: u32, transactions: u64, expected: u64) -> bool {
-    c.items == of && c.transactions == transactions && c.amount_cents == expected
 }

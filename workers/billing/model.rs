@@ -20,10 +20,25 @@ use ebbflow::store::QueueStore;
 use ebbflow::{Publisher, Settings};
 use serde::{Deserialize, Serialize};
 
-/// The logical queue of work items (spread over its shards).
-pub const WORK_QUEUE: &str = "billing-work";
-/// The queue processors send results to and the controller aggregates from.
-pub const RESULTS_QUEUE: &str = "billing-results";
+/// The logical queue of work items (spread over its shards): `billing-work`, or
+/// `<BILLING_QUEUE_PREFIX>-work`.
+pub fn work_queue() -> String {
+    format!("{}-work", queue_prefix())
+}
+
+/// The queue processors send results to and the controller aggregates from:
+/// `billing-results`, or `<BILLING_QUEUE_PREFIX>-results`.
+pub fn results_queue() -> String {
+    format!("{}-results", queue_prefix())
+}
+
+/// `BILLING_QUEUE_PREFIX` (default `billing`): lets several runs share one storage account.
+fn queue_prefix() -> String {
+    std::env::var("BILLING_QUEUE_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "billing".to_string())
+}
 
 /// One billable transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,10 @@ mod model;
 mod support;
 
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use ebbflow::bus::{BusHandle, WorkNotice};
 
 use ebbflow::{Context, Handler, HandlerError, Json, Publisher, Worker};
 use model::{ItemResult, WorkItem};
@@ -25,6 +28,8 @@ struct Processor {
     /// This instance's id, written into each result.
     instance: String,
     results: Publisher,
+    /// The worker's bus, once it started: tells the controller that results arrived.
+    bus: Arc<OnceLock<BusHandle>>,
     work: Duration,
 }
 
@@ -46,6 +51,19 @@ impl Handler for Processor {
             .send_json(&result)
             .await
             .map_err(HandlerError::retry)?;
+        // Wake the controller (one of them) on the bus. A hint only: while the bus is down the
+        // controller's outage probe finds the results.
+        if let Some(bus) = self.bus.get() {
+            let notice = WorkNotice {
+                queue: model::results_queue(),
+                from: Some(self.instance.clone()),
+                messages: Some(1),
+                hops: 0,
+            };
+            if let Err(e) = bus.transport().announce(&notice).await {
+                debug!(error = %e, "results not announced");
+            }
+        }
         debug!(batch = %item.batch, item = item.item, message_id = ctx.message_id(), "item billed");
         Ok(())
     }
@@ -61,8 +79,8 @@ async fn main() -> ExitCode {
     let started = async {
         let work = Duration::from_millis(support::env_u64("BILLING_ITEM_MS", 20)?);
         let store = model::store(&settings)?;
-        let results = model::publisher(&settings, &store, model::RESULTS_QUEUE).await?;
-        let mine = model::only_queue(&settings, model::WORK_QUEUE);
+        let results = model::publisher(&settings, &store, &model::results_queue()).await?;
+        let mine = model::only_queue(&settings, &model::work_queue());
         let worker = Worker::new(mine).with_store(store);
         Ok::<_, Box<dyn std::error::Error>>((worker, results, work))
     };
@@ -73,12 +91,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let bus = Arc::new(OnceLock::new());
     let worker = match worker
         .handler(
-            model::WORK_QUEUE,
+            &model::work_queue(),
             Processor {
                 instance,
                 results,
+                bus: bus.clone(),
                 work,
             },
         )
@@ -91,6 +111,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let _ = bus.set(worker.bus());
     tokio::spawn(status(worker.listeners()));
     let report = worker.run().await;
     for q in &report.queues {
