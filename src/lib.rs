@@ -33,12 +33,16 @@
 //!
 //! Throughout, every listener keeps counters ([`listener::QueueSnapshot`]) that
 //! [`observability`] renders for `GET /metrics`.
+//!
+//! Past one machine, [`deploy`] writes the container engine's side (KEDA or Container Apps
+//! manifests) from the same settings, so replicas scale where one replica's tasks stop.
 
 pub mod backoff;
 pub mod bus;
 pub mod checks;
 pub mod codec;
 pub mod config;
+pub mod deploy;
 pub mod handler;
 pub mod listener;
 pub mod observability;

@@ -198,3 +198,95 @@ async fn a_storm_of_triggers_on_an_empty_queue_costs_a_few_dozen_receives() {
         "{at_once} receives for 2,000 triggers at once"
     );
 }
+
+/// The burst of the benchmark, under the paused clock: 600 jobs of 20 ms at concurrency 8. Once
+/// the handler time is known, a task receives full batches of 32 (8 to run, the rest waiting
+/// ahead of a slot with their lease running), so the burst costs at most 1.07 calls per
+/// message, where receiving only into free slots cost 1 + 1/8 at best; each message runs once.
+#[tokio::test(start_paused = true)]
+async fn fast_jobs_at_low_concurrency_are_received_in_full_batches() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "ahead").await;
+    send_all(&q, (0..600).map(|i| format!("w20-{i}"))).await;
+    let name = q.name().to_string();
+    let handler = Sleepy::default();
+    let s = settings(&name, |q| q.concurrency = 8);
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    common::wait_for("the burst handled", Duration::from_secs(60), || {
+        worker.snapshot()[0].handled == 600
+    })
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    let calls = get(&counts.receive)
+        + get(&counts.delete)
+        + get(&counts.update)
+        + get(&counts.peek)
+        + get(&counts.properties);
+    let per_message = calls as f64 / 600.0;
+    println!("burst at concurrency 8: {per_message:.3} calls per message, {snap:?}");
+    let runs = handler.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 600);
+    assert!(runs.values().all(|n| *n == 1), "a message ran twice");
+    assert_eq!((snap.received, snap.lost_ownership), (600, 0), "{snap:?}");
+    assert!(per_message <= 1.07, "{per_message:.3} calls per message");
+}
+
+/// Messages waiting ahead keep their lease: at concurrency 1, fast jobs let a full batch be
+/// received, then a 100 s job holds the only slot while 30 messages wait behind it, more than
+/// three visibility timeouts. They are renewed while they wait; none is received twice or run
+/// twice. Handlers of a quarter of the visibility timeout or more never hold waiting messages.
+#[tokio::test(start_paused = true)]
+async fn messages_waiting_ahead_keep_their_lease_and_slow_handlers_hold_none() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "waiting").await;
+    let bodies = (0..10)
+        .map(|i| format!("w10-a{i}"))
+        .chain(["w100000-long".to_string()])
+        .chain((0..40).map(|i| format!("w10-b{i}")));
+    send_all(&q, bodies).await;
+    let name = q.name().to_string();
+    let handler = Sleepy::default();
+    let s = settings(&name, |q| {
+        q.concurrency = 1;
+        q.scaling.max_tasks = 1;
+    });
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    common::wait_for("the long job running", Duration::from_secs(5), || {
+        handler.runs.lock().unwrap().contains_key("w100000-long")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = worker.snapshot()[0].held;
+    assert!(waiting > 10, "{waiting} held behind the long job");
+    common::wait_for("all handled", Duration::from_secs(300), || {
+        worker.snapshot()[0].handled == 51
+    })
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    println!("{waiting} waited behind the long job: {snap:?}");
+    let runs = handler.runs.lock().unwrap().clone();
+    assert!(runs.values().all(|n| *n == 1), "a message ran twice");
+    assert_eq!((snap.received, snap.lost_ownership), (51, 0), "{snap:?}");
+    assert!(snap.renewals >= waiting * 3, "{snap:?}");
+
+    // 8 s handlers at the default 30 s visibility: each receive asks for free slots only.
+    let (store, hooks) = common::hooked::Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "slowjobs").await;
+    send_all(&q, (0..40).map(|i| format!("w8000-{i}"))).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.concurrency = 4;
+        q.scaling.max_tasks = 1;
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    let mut most_held = 0;
+    while worker.snapshot()[0].handled < 40 {
+        most_held = most_held.max(worker.snapshot()[0].held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.shutdown().await;
+    let asked = hooks.asked.lock().unwrap().clone();
+    println!("slow jobs: receives asked for {asked:?}, at most {most_held} held");
+    assert!(most_held <= 4, "{most_held} held at concurrency 4");
+    assert!(asked.iter().all(|n| *n <= 4), "{asked:?}");
+}

@@ -111,6 +111,55 @@ async fn probes_and_metrics_answer_without_the_trigger_endpoint() {
     );
     assert!(text.contains("# TYPE ebbflow_active_tasks gauge"), "{text}");
     assert!(text.contains("# TYPE ebbflow_handled counter"), "{text}");
+    // Histograms: every handled message ran its handler once and was picked up once.
+    for family in [
+        "ebbflow_handler_duration_seconds",
+        "ebbflow_pickup_latency_seconds",
+        "ebbflow_messages_per_receive",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} histogram")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{family}_bucket{{le=\"+Inf\",queue=\"orders\"}}"))
+                || text.contains(&format!("{family}_bucket{{queue=\"orders\",le=\"+Inf\"}}")),
+            "{family}: {text}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "ebbflow_handler_duration_seconds_count{queue=\"orders\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ebbflow_pickup_latency_seconds_count{queue=\"orders\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    // Each publish in this process triggered the listener once.
+    assert_eq!(
+        sample(
+            &text,
+            "ebbflow_triggers_total{queue=\"orders\",source=\"publish\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ebbflow_triggers_total{queue=\"orders\",source=\"http\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let report = worker.shutdown().await;
     assert!(report.clean);

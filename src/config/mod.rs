@@ -57,6 +57,8 @@ pub struct Settings {
     pub observability: crate::observability::ObservabilitySettings,
     /// Log line format.
     pub log: crate::observability::LogSettings,
+    /// What `ebbflow deploy ...` writes besides the queues' rules (image, replicas, auth).
+    pub deploy: crate::deploy::DeploySettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
 }
@@ -218,6 +220,7 @@ impl Settings {
                 }
             }
         }
+        self.deploy.validate()?;
         self.triggers.validate()
     }
 }

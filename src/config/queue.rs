@@ -16,12 +16,14 @@ pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
     pub batch_size: u32,
     /// Handlers of this queue running at once, over all its tasks, 1..=10000. A task takes
-    /// free slots before it receives and asks for no more messages than it holds, so no
-    /// received message ever waits for a slot.
+    /// free slots before it receives; once handler runs are measured it may receive ahead of
+    /// them as many as can start within a quarter of `visibility_timeout` (they wait in line,
+    /// their lease renewed), at most a batch.
     pub concurrency: u32,
-    /// After a full batch, a task receives again once this many slots are free (fewer, larger
-    /// receives), or at once with any free slot when a trigger arrives. 1..=min(batch_size,
-    /// concurrency); default half of that, at least 1.
+    /// After a full batch, a task receives again once it can take this many (free slots plus
+    /// room ahead; fewer, larger receives), or at once with any free slot when a trigger
+    /// arrives. 1..=min(batch_size, concurrency); default half of that, at least 1, or two
+    /// thirds of `min(batch_size, concurrency + ahead)` while receiving ahead.
     pub refill_threshold: Option<u32>,
     /// After a trigger wakes an idle task, wait up to this long for more arrivals before
     /// receiving: fewer receive calls under a trickle, at the price of up to this much pickup

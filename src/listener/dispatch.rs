@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::lease::{Lease, LeaseEvent};
 use super::poison::PoisonReason;
 use super::settle::{self, Outcome, Settle};
-use super::slots::Held;
+use super::slots::{Ahead, Held};
 use super::stats::{bump, Gauge};
 use super::Shared;
 use crate::handler::{
@@ -27,16 +27,43 @@ use crate::handler::{
 };
 use crate::store::ReceivedMessage;
 
+/// How a received message gets its concurrency slot.
+pub(super) enum Start {
+    /// It came with one: it runs at once.
+    Slot(Held),
+    /// It was received ahead of one and waits for the next to come back (oldest first), its
+    /// lease renewed meanwhile.
+    Ahead(Ahead),
+}
+
 /// Runs one received message to its settle. `received_at` is when its receive was sent: the
-/// lease counts from there.
+/// lease counts from there, whether the message runs at once or waits for a slot first.
 pub(super) async fn run(
     shared: Arc<Shared>,
     message: ReceivedMessage,
-    slot: Held,
+    start: Start,
     received_at: Instant,
 ) {
-    let _slot = slot;
     let _held = Gauge::up(&shared.stats.held);
+    let mut lease = Lease::new(
+        shared.queue.clone(),
+        message.id.clone(),
+        message.pop_receipt.clone(),
+        shared.settings.visibility_timeout,
+        received_at,
+    );
+    let _slot = match start {
+        Start::Slot(slot) => slot,
+        Start::Ahead(ticket) => match wait_for_slot(&shared, &message, ticket, &mut lease).await {
+            Some(slot) => slot,
+            None => return,
+        },
+    };
+    // Renewals while it waited changed the receipt: settle with the newest.
+    let message = ReceivedMessage {
+        pop_receipt: lease.receipt().to_string(),
+        ..message
+    };
     let max = shared.settings.max_dequeue_count;
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
@@ -63,13 +90,6 @@ pub(super) async fn run(
         publishers: shared.publishers.clone(),
         heartbeat: heartbeat.clone(),
     };
-    let mut lease = Lease::new(
-        shared.queue.clone(),
-        message.id.clone(),
-        message.pop_receipt.clone(),
-        shared.settings.visibility_timeout,
-        received_at,
-    );
     let started = Instant::now();
     let outcome = {
         let _running = Gauge::up(&shared.stats.in_flight);
@@ -80,7 +100,13 @@ pub(super) async fn run(
         )
         .await
     };
-    shared.flow.observe_run(started.elapsed());
+    let took = started.elapsed();
+    shared.flow.observe_run(took);
+    shared
+        .stats
+        .histograms
+        .handler_seconds
+        .observe(took.as_secs_f64());
     // Whether the worker was stopping when the handler ended: then a failure is taken for the
     // interruption it probably is.
     let interrupted = shared.life.stop.is_cancelled();
@@ -115,6 +141,52 @@ pub(super) async fn run(
         shared.settings.retry_delay,
     );
     settle::apply(&shared, &message, action).await;
+}
+
+/// Waits for a slot with the lease renewed beside. `None` when the message is not to run: the
+/// worker stops (it never started, so it is released at once) or its lease was lost (someone
+/// else received it).
+async fn wait_for_slot(
+    shared: &Arc<Shared>,
+    message: &ReceivedMessage,
+    ticket: Ahead,
+    lease: &mut Lease,
+) -> Option<Held> {
+    let slot = ticket.slot();
+    tokio::pin!(slot);
+    loop {
+        tokio::select! {
+            biased;
+            held = &mut slot => return Some(held),
+            _ = shared.life.stop.cancelled() => break,
+            event = lease.next_event() => {
+                report(shared, message, event);
+                if lease.is_lost() {
+                    bump(&shared.stats.lost_ownership);
+                    warn!(queue = %shared.name, message_id = %message.id,
+                          "message was re-delivered while it waited for a slot; it was not run here");
+                    return None;
+                }
+            }
+        }
+    }
+    if let Some(event) = lease.finish().await {
+        report(shared, message, event);
+    }
+    if !lease.is_lost() {
+        let message = ReceivedMessage {
+            pop_receipt: lease.receipt().to_string(),
+            ..message.clone()
+        };
+        settle::release(
+            shared,
+            &message,
+            std::time::Duration::ZERO,
+            "worker stopping",
+        )
+        .await;
+    }
+    None
 }
 
 /// The three signals a handler sees through its [`Context`].

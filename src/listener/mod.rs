@@ -5,8 +5,10 @@
 //! - `supervisor.rs`: spawns, retires and replaces tasks; probes depth. It hears from tasks
 //!   through `task::Event`.
 //! - `task.rs`: the receive loop and its flow control: take concurrency slots first, receive
-//!   no more than it holds, spawn each message with its slot, never wait for a batch to end.
-//! - `slots.rs`: the queue's concurrency slots, shared by its tasks.
+//!   no more than it holds plus what may safely wait ahead, spawn each message with its slot
+//!   or ticket, never wait for a batch to end.
+//! - `slots.rs`: the queue's concurrency slots, shared by its tasks, and the line of messages
+//!   received ahead of a slot.
 //! - `dispatch.rs`: one message's run: decode, handler, timeout, drain abort, heartbeat.
 //! - `lease.rs`: the message's pop receipt and visibility, renewed beside the handler from the
 //!   moment of the receive.
@@ -39,9 +41,9 @@ use tracing::{info, Instrument};
 use crate::config::QueueSettings;
 use crate::handler::{ErasedHandler, Publishers};
 use crate::store::{Queue, StoreError};
-use crate::trigger::{Hub, Wake};
+use crate::trigger::{Hub, TriggerSource, Wake};
 use stats::ListenerStats;
-pub use stats::QueueSnapshot;
+pub use stats::{Histograms, QueueSnapshot};
 use supervisor::{ScaleView, Supervisor};
 use task::Event;
 
@@ -106,8 +108,10 @@ pub(crate) struct Flow {
     wake: Notify,
     /// `batch_size`.
     batch: u8,
-    /// Free slots a task waits for after a full batch.
+    /// Free slots a task waits for after a full batch (`refill_threshold`, or half the slots).
     refill: usize,
+    /// `refill_threshold` was set: it stands even when messages are received ahead.
+    refill_set: bool,
     covered: bool,
     /// Wake-ups so far (push triggers and the listener's own): a task asking to retire
     /// compares this with the count it saw before its last receive.
@@ -131,6 +135,34 @@ impl Flow {
                 })
             },
         );
+    }
+
+    /// How many messages may wait ahead of a slot (received, lease running): as many as can
+    /// start well within the visibility timeout (a quarter of it) at the measured handler
+    /// time, with every slot busy, at most a batch. None before a handler has run, and none
+    /// when one run takes a quarter of the timeout or more: slow handlers never hold waiting
+    /// messages, fast ones receive full batches at any concurrency.
+    fn ahead_limit(&self, visibility: std::time::Duration) -> usize {
+        let avg = self.handler_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if avg == 0 {
+            return 0;
+        }
+        let budget = u64::try_from(visibility.as_millis() / 4).unwrap_or(u64::MAX);
+        let rounds = usize::try_from(budget / avg).unwrap_or(usize::MAX);
+        rounds
+            .saturating_mul(self.slots.capacity())
+            .min(usize::from(self.batch))
+    }
+
+    /// How many messages a task waits to be able to take after a full batch: `refill_threshold`
+    /// (or half the slots); while messages may wait ahead, two thirds of what slots and
+    /// ahead room hold together, up to a batch, so receives stay large at low concurrency.
+    fn refill_size(&self, ahead: usize) -> usize {
+        if ahead == 0 || self.refill_set {
+            return self.refill;
+        }
+        let whole = (self.slots.capacity() + ahead).min(usize::from(self.batch));
+        self.refill.max(whole * 2 / 3)
     }
 
     /// How long a refill waits for slots to keep coming back before it takes what is free:
@@ -168,9 +200,11 @@ pub(crate) struct Shared {
 }
 
 impl Wake for Shared {
-    fn wake(&self) {
+    fn wake(&self, source: TriggerSource) {
         self.stats
             .triggers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.triggers_by_source[source.index()]
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.wake_tasks();
         // Fails only once the supervisor is gone (shutdown); nothing to wake then.
@@ -236,6 +270,7 @@ impl QueueListener {
             wake: Notify::new(),
             batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_BATCH),
             refill: settings.refill_slots(),
+            refill_set: settings.refill_threshold.is_some(),
             covered: spec.trigger_covered,
             wakes: std::sync::atomic::AtomicU64::new(0),
             handler_ms: std::sync::atomic::AtomicU64::new(0),
@@ -298,6 +333,11 @@ impl QueueListener {
     /// The queue's name.
     pub fn queue(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The listener's histograms (handler time, pickup latency, messages per receive).
+    pub fn histograms(&self) -> Histograms {
+        self.shared.stats.histograms.clone()
     }
 
     /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).

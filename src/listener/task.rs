@@ -1,17 +1,19 @@
 //! A dequeue task: the receive loop and its flow control.
 //!
-//! Each turn: wait (as the last receive said), take concurrency slots, receive at most as
-//! many messages as slots are held, and spawn each message with its slot. The task never
-//! waits for the messages it spawned; it is ready to receive again as soon as slots are free.
+//! Each turn: wait (as the last receive said), take concurrency slots (and, once handler runs
+//! are measured, room to receive ahead of them: see `Flow::ahead_limit`), receive that many
+//! messages, and spawn each one with its slot or its ahead ticket. The task never waits for
+//! the messages it spawned; it is ready to receive again as soon as it can take a refill.
 //!
 //! What the last receive said decides the wait:
-//! - a full batch (as many as asked): the queue has more. Receive again once
-//!   `refill_threshold` slots are free (fewer, larger receives), or with what is free once no
-//!   slot has come back for a while (half a typical handler run, 100 ms to 2 s: the rest run
-//!   long), or at once with any free slot when a trigger arrives meanwhile;
+//! - a full batch (as many as asked): the queue has more. Receive again once a refill can be
+//!   taken (`refill_threshold`, or more while receiving ahead: fewer, larger receives), or
+//!   with what is free once no slot has come back for a while (half a typical handler run,
+//!   100 ms to 2 s: the rest run long), or at once with any free slot when a trigger arrives
+//!   meanwhile;
 //! - a short batch: the queue was just drained. A queue covered by push triggers waits for the
-//!   next trigger (for at most the back-off maximum, as a safety net); others sleep the
-//!   back-off minimum first;
+//!   next trigger (for at most the back-off maximum, as a safety net; at `min_tasks = 0` it
+//!   retires then instead); others sleep the back-off minimum first;
 //! - nothing: sleep on the idle back-off curve; at its maximum, ask the supervisor to retire.
 //!
 //! Every sleep ends early on a trigger. With `batch_window`, a task woken by a trigger waits
@@ -26,7 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
-use super::slots::Held;
+use super::dispatch::Start;
+use super::slots::{Ahead, Held};
 use super::stats::bump;
 use super::{dispatch, settle, Flow, Shared};
 use crate::backoff::IdleBackoff;
@@ -125,10 +128,15 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             seen_wakes,
             empty_at,
         };
-        let Some((mut held, for_trigger)) = wait(&shared, &token, turn, &mut quiet).await else {
+        let Some(Taken {
+            mut held,
+            mut ahead,
+            for_trigger,
+        }) = wait(&shared, &token, turn, &mut quiet).await
+        else {
             break;
         };
-        let asked = u8::try_from(held.len()).unwrap_or(crate::store::MAX_BATCH);
+        let asked = u8::try_from(held.len() + ahead.len()).unwrap_or(crate::store::MAX_BATCH);
         // A wake-up counted after this point may be for a message this receive misses.
         seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
         let received_at = Instant::now();
@@ -141,9 +149,10 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             .await;
         let batch = match received {
             Ok(batch) if batch.is_empty() => {
-                drop(held);
+                drop((held, ahead));
                 empty_at = for_trigger.then(Instant::now);
                 bump(&shared.stats.empty_receives);
+                observe_batch(&shared, &batch);
                 let delay = if quiet {
                     max_sleep
                 } else {
@@ -163,7 +172,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 batch
             }
             Err(e) => {
-                drop(held);
+                drop((held, ahead));
                 bump(&shared.stats.store_errors);
                 if !on_receive_error(&shared, e).await {
                     return;
@@ -177,6 +186,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             .stats
             .received
             .fetch_add(got as u64, Ordering::Relaxed);
+        observe_batch(&shared, &batch);
         if shared.life.stop.is_cancelled() {
             // Received while stopping: none has started; give them all back.
             for message in &batch {
@@ -198,16 +208,20 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         });
         after_idle = false;
         for message in batch {
-            let slot = held.split_one().expect("one slot per received message");
+            // A slot each while they last; the rest wait for one, ahead.
+            let start = match held.split_one() {
+                Some(slot) => Start::Slot(slot),
+                None => Start::Ahead(ahead.split_one().expect("a slot or a ticket per message")),
+            };
             let span = tracing::info_span!("message", queue = %shared.name, message_id = %message.id,
                                            dequeue_count = message.dequeue_count);
             shared
                 .life
                 .tracker
-                .spawn(dispatch::run(shared.clone(), message, slot, received_at).instrument(span));
+                .spawn(dispatch::run(shared.clone(), message, start, received_at).instrument(span));
         }
-        // Slots the receive did not fill go back now.
-        drop(held);
+        // Slots and ahead room the receive did not fill go back now.
+        drop((held, ahead));
         next = if filled {
             Next::Refill
         } else if shared.flow.covered {
@@ -230,9 +244,16 @@ struct Turn {
     empty_at: Option<Instant>,
 }
 
-/// Waits as `next` says, then takes slots: at least one, or `refill_threshold` after a full
-/// batch (one is enough once a trigger arrives meanwhile), and every free one up to
-/// `batch_size`; with whether a trigger ended the wait. `None` when the task is to stop (or
+/// What a wait took: slots, room to receive ahead of them, and whether a trigger ended it.
+struct Taken {
+    held: Held,
+    ahead: Ahead,
+    for_trigger: bool,
+}
+
+/// Waits as `next` says, then takes slots: at least one, or the refill size after a full batch
+/// (one is enough once a trigger arrives meanwhile), and every free one up to `batch_size`,
+/// plus room to receive ahead of them as far as [`Flow::ahead_limit`] allows. `None` when the task is to stop (or
 /// retired: a trigger-covered queue at `min_tasks = 0` whose wait for a trigger ran out asks to
 /// retire without receiving again).
 ///
@@ -245,15 +266,16 @@ async fn wait(
     token: &CancellationToken,
     turn: Turn,
     quiet: &mut bool,
-) -> Option<(Held, bool)> {
+) -> Option<Taken> {
     let flow = &shared.flow;
     let batch = usize::from(flow.batch);
+    let ahead = flow.ahead_limit(shared.settings.visibility_timeout);
     let seen = turn.seen_wakes;
     let mut min = 1;
     let woke = match turn.next {
         Next::Now => None,
         Next::Refill => {
-            min = flow.refill;
+            min = flow.refill_size(ahead);
             None
         }
         Next::Sleep(delay) => Some(sleep_until_woken(token, flow, delay, seen).await),
@@ -290,8 +312,12 @@ async fn wait(
     if token.is_cancelled() {
         return None;
     }
-    if let Some(held) = flow.slots.try_take(min, batch) {
-        return Some((held, for_trigger));
+    if let Some((held, ahead)) = flow.slots.try_take(min, batch, ahead) {
+        return Some(Taken {
+            held,
+            ahead,
+            for_trigger,
+        });
     }
     // A refill waits for `refill_threshold` free slots only while slots keep coming back: once
     // none has for a while, the slots still taken belong to long jobs, and the task receives
@@ -302,8 +328,8 @@ async fn wait(
         let want = if triggered { 1 } else { min };
         tokio::select! {
             _ = token.cancelled() => return None,
-            held = flow.slots.take_while_freeing(want, batch, patience) => {
-                return Some((held, for_trigger || triggered));
+            (held, ahead) = flow.slots.take_while_freeing(want, batch, ahead, patience) => {
+                return Some(Taken { held, ahead, for_trigger: for_trigger || triggered });
             }
             // Busy, but a trigger says new work is waiting: any free slot will do.
             _ = flow.wake.notified(), if !triggered && min > 1 => {
@@ -363,6 +389,19 @@ async fn batch_window(shared: &Shared, token: &CancellationToken) {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = token.cancelled() => break,
             _ = shared.flow.wake.notified() => arrivals += 1,
+        }
+    }
+}
+
+/// Records a receive's size and, for first deliveries, how long each message waited.
+fn observe_batch(shared: &Shared, batch: &[crate::store::ReceivedMessage]) {
+    let h = &shared.stats.histograms;
+    h.messages_per_receive.observe(batch.len() as f64);
+    let now = crate::store::now_utc();
+    for m in batch.iter().filter(|m| m.dequeue_count <= 1) {
+        if let Some(inserted) = m.inserted_at {
+            h.pickup_seconds
+                .observe((now - inserted).as_seconds_f64().max(0.0));
         }
     }
 }

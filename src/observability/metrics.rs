@@ -16,8 +16,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::listener::{QueueListener, QueueSnapshot};
+use crate::listener::{Histograms, QueueListener, QueueSnapshot};
 use crate::store::{QueueStore, UnknownOutcomes};
+use crate::trigger::TriggerSource;
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -78,7 +79,7 @@ const GAUGES: [(&str, &str, Read); 4] = [
 ];
 
 /// Counters: name without `_total`, help.
-const COUNTERS: [(&str, &str, Read); 16] = [
+const COUNTERS: [(&str, &str, Read); 15] = [
     (
         "receive_calls",
         "Receive calls made (each one billable).",
@@ -140,9 +141,28 @@ const COUNTERS: [(&str, &str, Read); 16] = [
         "Dequeue tasks that ended unexpectedly and were replaced.",
         |q| q.task_restarts,
     ),
-    ("triggers", "Push triggers received, all sources.", |q| {
-        q.triggers
-    }),
+];
+
+/// A listener's histogram.
+type ReadHistogram = fn(&Histograms) -> &prometheus_client::metrics::histogram::Histogram;
+
+/// Histograms: full name, help.
+const HISTOGRAMS: [(&str, &str, ReadHistogram); 3] = [
+    (
+        "ebbflow_handler_duration_seconds",
+        "How long handlers ran, from start to result.",
+        |h| &h.handler_seconds,
+    ),
+    (
+        "ebbflow_pickup_latency_seconds",
+        "Receive time minus insertion time, first deliveries only (the service stamps insertion to the second).",
+        |h| &h.pickup_seconds,
+    ),
+    (
+        "ebbflow_messages_per_receive",
+        "Messages per receive call, empty receives included.",
+        |h| &h.messages_per_receive,
+    ),
 ];
 
 /// Unknown outcomes (see the README's "Unknown outcomes"): name without `_total`, help.
@@ -211,6 +231,29 @@ impl Collector for Queues {
             for q in &snapshots {
                 ConstCounter::new(read(q))
                     .encode(metric.encode_family(&[("queue", q.queue.as_str())])?)?;
+            }
+        }
+        let mut triggers = encoder.encode_descriptor(
+            "ebbflow_triggers",
+            "Push triggers received, by source: publish (in process), http, bus.",
+            None,
+            MetricType::Counter,
+        )?;
+        for q in &snapshots {
+            for source in TriggerSource::ALL {
+                let labels = [("queue", q.queue.as_str()), ("source", source.as_str())];
+                ConstCounter::new(q.triggers_by_source[source.index()])
+                    .encode(triggers.encode_family(&labels)?)?;
+            }
+        }
+        let histograms: Vec<(&str, Histograms)> = listeners
+            .iter()
+            .map(|l| (l.queue(), l.histograms()))
+            .collect();
+        for (name, help, read) in HISTOGRAMS {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (queue, h) in &histograms {
+                read(h).encode(metric.encode_family(&[("queue", *queue)])?)?;
             }
         }
         let outcomes: Vec<(&str, UnknownOutcomes)> = snapshots

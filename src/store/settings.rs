@@ -24,8 +24,8 @@ pub struct StorageSettings {
     /// A SAS token for `queue_endpoint`, with or without the leading `?`.
     #[serde(serialize_with = "crate::secret::serialize_hidden")]
     pub sas_token: Option<String>,
-    /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd)
-    /// or `managed_identity`.
+    /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd),
+    /// `managed_identity`, or `workload_identity` (AKS).
     pub credential: Option<CredentialKind>,
     /// Client id of a user-assigned managed identity (with `credential = "managed_identity"`).
     pub managed_identity_client_id: Option<String>,
@@ -139,6 +139,9 @@ pub enum CredentialKind {
     DeveloperTools,
     /// The managed identity of the VM, container app or AKS pod.
     ManagedIdentity,
+    /// Azure workload identity on Kubernetes: the federated service account token the AKS
+    /// webhook mounts (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`).
+    WorkloadIdentity,
 }
 
 impl StorageSettings {

@@ -272,7 +272,10 @@ async fn trigger(
             Err(reason) => return reject(StatusCode::BAD_REQUEST, format!("event {i}: {reason}")),
         }
     }
-    let woken: usize = events.iter().map(|e| state.hub.deliver(e)).sum();
+    let woken: usize = events
+        .iter()
+        .map(|e| state.hub.deliver(e, super::TriggerSource::Http))
+        .sum();
     tracing::debug!(events = events.len(), woken, "trigger delivery");
     (
         StatusCode::ACCEPTED,

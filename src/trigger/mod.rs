@@ -30,9 +30,39 @@ pub struct WorkDetected {
     pub payload_size: Option<u64>,
 }
 
+/// Where a push trigger came from (the `source` label of `ebbflow_triggers_by_source_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TriggerSource {
+    /// A publish in this process ([`Hub::notify`], called by a [`crate::Publisher`]).
+    Publish,
+    /// The HTTP endpoint (plain, Event Grid, CloudEvents).
+    Http,
+    /// The bus between instances.
+    Bus,
+}
+
+impl TriggerSource {
+    /// Every source, in the order of [`TriggerSource::index`].
+    pub const ALL: [TriggerSource; 3] = [Self::Publish, Self::Http, Self::Bus];
+
+    /// `publish`, `http` or `bus`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Http => "http",
+            Self::Bus => "bus",
+        }
+    }
+
+    /// The position in [`TriggerSource::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Something that can be woken: a queue's listener.
 pub(crate) trait Wake: Send + Sync + 'static {
-    fn wake(&self);
+    fn wake(&self, source: TriggerSource);
 }
 
 /// Listeners by queue name.
@@ -76,19 +106,32 @@ impl Hub {
             .push(listener);
     }
 
-    /// Wakes every local listener of `queue`; returns how many were woken.
+    /// Wakes every local listener of `queue` (a publish in this process); returns how many
+    /// were woken.
     pub fn notify(&self, queue: &str) -> usize {
+        self.notify_from(queue, TriggerSource::Publish)
+    }
+
+    /// Wakes every local listener of `queue`, counting the trigger under `source`; returns
+    /// how many were woken.
+    pub fn notify_from(&self, queue: &str, source: TriggerSource) -> usize {
         let listeners = self.listeners.read().expect("hub lock poisoned");
         let woken = listeners.get(queue).map_or(0, |ls| {
-            ls.iter().for_each(|l| l.wake());
+            ls.iter().for_each(|l| l.wake(source));
             ls.len()
         });
-        tracing::debug!(queue, woken, "work-detected trigger");
+        tracing::debug!(
+            queue,
+            woken,
+            source = source.as_str(),
+            "work-detected trigger"
+        );
         woken
     }
 
-    /// Handles an event: ignored when it names another account; else [`Hub::notify`].
-    pub fn deliver(&self, event: &WorkDetected) -> usize {
+    /// Handles an event that came from `source`: ignored when it names another account; else
+    /// [`Hub::notify_from`].
+    pub fn deliver(&self, event: &WorkDetected, source: TriggerSource) -> usize {
         let other_account = match (&self.account, &event.account) {
             (Some(ours), Some(theirs)) => !ours.eq_ignore_ascii_case(theirs),
             _ => false,
@@ -97,7 +140,7 @@ impl Hub {
             tracing::debug!(queue = %event.queue, "trigger for another account ignored");
             return 0;
         }
-        self.notify(&event.queue)
+        self.notify_from(&event.queue, source)
     }
 }
 
@@ -107,10 +150,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Default)]
-    struct Counter(AtomicUsize);
+    struct Counter(AtomicUsize, std::sync::Mutex<Vec<TriggerSource>>);
     impl Wake for Counter {
-        fn wake(&self) {
+        fn wake(&self, source: TriggerSource) {
             self.0.fetch_add(1, Ordering::SeqCst);
+            self.1.lock().unwrap().push(source);
         }
     }
 
@@ -126,9 +170,17 @@ mod tests {
             queue: "orders".into(),
             payload_size: None,
         };
-        assert_eq!(hub.deliver(&event(Some("ACCT"))), 1);
-        assert_eq!(hub.deliver(&event(None)), 1);
-        assert_eq!(hub.deliver(&event(Some("other"))), 0);
+        assert_eq!(hub.deliver(&event(Some("ACCT")), TriggerSource::Http), 1);
+        assert_eq!(hub.deliver(&event(None), TriggerSource::Bus), 1);
+        assert_eq!(hub.deliver(&event(Some("other")), TriggerSource::Http), 0);
         assert_eq!(orders.0.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            *orders.1.lock().unwrap(),
+            [
+                TriggerSource::Publish,
+                TriggerSource::Http,
+                TriggerSource::Bus
+            ]
+        );
     }
 }

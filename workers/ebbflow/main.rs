@@ -30,6 +30,7 @@ macro_rules! emit {
 
 mod completions;
 mod context;
+mod deploy;
 mod enqueue;
 mod peek;
 mod poison;
@@ -75,6 +76,9 @@ enum Command {
     /// Check the config.
     #[command(subcommand)]
     Config(settings::Command),
+    /// Print KEDA or Container Apps manifests that scale replicas on the configured queues.
+    #[command(subcommand)]
+    Deploy(deploy::Command),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -88,6 +92,7 @@ impl Command {
             Command::Poison(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),
             Command::Config(command) => command.run(ctx),
+            Command::Deploy(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }

@@ -139,6 +139,14 @@ impl AzureStore {
                 azure_identity::ManagedIdentityCredential::new(Some(options))
                     .map_err(|e| setup(format!("managed identity: {e}")))?
             }
+            Some(CredentialKind::WorkloadIdentity) => {
+                let options = azure_identity::WorkloadIdentityCredentialOptions {
+                    client_id: s.managed_identity_client_id.clone(),
+                    ..Default::default()
+                };
+                azure_identity::WorkloadIdentityCredential::new(Some(options))
+                    .map_err(|e| setup(format!("workload identity: {e}")))?
+            }
             Some(CredentialKind::DeveloperTools) | None => {
                 azure_identity::DeveloperToolsCredential::new(None)
                     .map_err(|e| setup(format!("developer tools credential: {e}")))?

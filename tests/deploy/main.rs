@@ -1,0 +1,431 @@
+//! `ebbflow deploy`: the committed examples under `deploy/` are what the generator writes for
+//! `config/default.toml`, the manifests for sample configs carry the values their rules call
+//! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2.
+//!
+//! Regenerate the examples after an intended change with
+//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy`.
+#![cfg(feature = "cli")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ebbflow::deploy::{render, Target, OPS_PORT};
+use ebbflow::Settings;
+use serde_json::Value;
+
+mod command;
+mod yaml11;
+
+use yaml11::assert_yaml_1_1_reads_the_same;
+
+fn load(dir: &Path) -> Settings {
+    Settings::load_from(dir, &BTreeMap::new()).unwrap()
+}
+
+fn load_toml(toml: &str) -> Result<Settings, String> {
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("default.toml"), toml).unwrap();
+    let loaded = Settings::load_from(&dir, &BTreeMap::new()).map_err(|e| e.to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+    loaded
+}
+
+/// The documents, read back by a YAML parser.
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_str_multiple(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn env_of(container: &Value) -> BTreeMap<String, Value> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+#[test]
+fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
+    let settings = load(Path::new("config"));
+    for (target, file) in [
+        (Target::Keda, "deploy/keda.yaml"),
+        (Target::ContainerApps, "deploy/container-apps.yaml"),
+    ] {
+        let fresh = render(target, &settings).unwrap();
+        if std::env::var_os("EBBFLOW_BLESS").is_some() {
+            std::fs::write(file, &fresh).unwrap();
+        }
+        let committed = std::fs::read_to_string(file).unwrap();
+        assert_eq!(
+            committed, fresh,
+            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy"
+        );
+        assert_yaml_1_1_reads_the_same(&fresh);
+    }
+}
+
+const IDENTITY_SAMPLE: &str = r#"
+[storage]
+queue_endpoint = "https://ordersacct.queue.core.windows.net"
+credential = "workload_identity"
+managed_identity_client_id = "11111111-2222-3333-4444-555555555555"
+
+[worker]
+drain_timeout = "2m"
+
+[queues.orders]
+concurrency = 16
+[queues.orders.scaling]
+max_tasks = 8
+messages_per_task = 64
+
+[queues.clicks]
+shards = 4
+concurrency = 32
+[queues.clicks.scaling]
+max_tasks = 16
+messages_per_task = 32
+
+[queues.reports]
+concurrency = 4
+[queues.reports.scaling]
+min_tasks = 0
+idle_probe_interval = "1m"
+max_tasks = 8
+depth_rules = [{ from = 0, tasks = 1 }, { from = 10, tasks = 2 }, { from = 40, tasks = 4 }]
+
+[deploy]
+name = "orders-worker"
+image = "registry.example/orders-worker:1.4.2"
+namespace = "jobs"
+max_replicas = 30
+"#;
+
+#[test]
+fn keda_manifests_carry_each_queues_capacity_and_the_drain_time() {
+    let settings = load_toml(IDENTITY_SAMPLE).unwrap();
+    let yaml = render(Target::Keda, &settings).unwrap();
+    assert_yaml_1_1_reads_the_same(&yaml);
+    let docs = docs(&yaml);
+    let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Deployment",
+            "TriggerAuthentication",
+            "ScaledObject"
+        ]
+    );
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], "jobs");
+    }
+    let sa = kind(&docs, "ServiceAccount");
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "11111111-2222-3333-4444-555555555555"
+    );
+
+    let deployment = kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "orders-worker");
+    // The drain (2 min) plus the release grace (5 s) must fit before SIGKILL.
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(grace > 125, "{grace}");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/orders-worker:1.4.2");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], u64::from(OPS_PORT));
+    }
+    assert_eq!(container["ports"][0]["containerPort"], u64::from(OPS_PORT));
+    let env = env_of(container);
+    assert_eq!(
+        env["EBBFLOW__OBSERVABILITY__BIND"]["value"],
+        format!("0.0.0.0:{OPS_PORT}")
+    );
+    assert_eq!(
+        env["EBBFLOW__STORAGE__QUEUE_ENDPOINT"]["value"],
+        "https://ordersacct.queue.core.windows.net"
+    );
+    assert_eq!(
+        env["EBBFLOW__STORAGE__CREDENTIAL"]["value"],
+        "workload_identity"
+    );
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "KEDA owns the count"
+    );
+
+    let auth = kind(&docs, "TriggerAuthentication");
+    assert_eq!(auth["spec"]["podIdentity"]["provider"], "azure-workload");
+
+    let so = kind(&docs, "ScaledObject");
+    let spec = &so["spec"];
+    assert_eq!(spec["scaleTargetRef"]["name"], "orders-worker");
+    // `orders` keeps a polling task, so one replica stays.
+    assert_eq!(spec["minReplicaCount"], 1);
+    assert_eq!(spec["maxReplicaCount"], 30);
+    let down = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"];
+    assert!(down["stabilizationWindowSeconds"].as_u64().unwrap() >= grace);
+    assert_eq!(down["policies"][0]["periodSeconds"], grace);
+    let triggers = spec["triggers"].as_array().unwrap();
+    // orders, reports, and one trigger per shard of clicks.
+    assert_eq!(triggers.len(), 6);
+    let by_queue: BTreeMap<_, _> = triggers
+        .iter()
+        .map(|t| (t["metadata"]["queueName"].as_str().unwrap(), t))
+        .collect();
+    // orders: 16 in flight + 8 tasks x 64 messages. reports: 4 in flight, and its rules reach
+    // the 4 tasks its concurrency allows at depth 40.
+    // clicks: (32 in flight + 16 tasks x 32) / 4 shards on each shard.
+    let shards = ["clicks-0", "clicks-1", "clicks-2", "clicks-3"];
+    for (queue, length) in [("orders", "528"), ("reports", "44")]
+        .into_iter()
+        .chain(shards.map(|s| (s, "136")))
+    {
+        let t = by_queue[queue];
+        assert_eq!(t["type"], "azure-queue");
+        let m = &t["metadata"];
+        assert_eq!(m["queueLength"], length, "{queue}");
+        assert_eq!(m["activationQueueLength"], "0");
+        assert_eq!(m["queueLengthStrategy"], "all");
+        assert_eq!(m["accountName"], "ordersacct");
+        assert_eq!(m["cloud"], "AzurePublicCloud");
+        assert_eq!(t["authenticationRef"]["name"], "orders-worker-queue-auth");
+        // KEDA's metadata is a map of strings.
+        for (k, v) in m.as_object().unwrap() {
+            assert!(v.is_string(), "{queue}: {k} = {v}");
+        }
+    }
+}
+
+/// The worker's settings with the environment a manifest's container gets (secrets filled
+/// with a stand-in), over the config folder `dir`.
+fn worker_settings_under(dir: &Path, container: &Value) -> Result<Settings, String> {
+    let env: BTreeMap<String, String> = env_of(container)
+        .into_iter()
+        .map(|(name, e)| {
+            let value = e["value"]
+                .as_str()
+                .map_or_else(|| "UseDevelopmentStorage=true".to_string(), str::to_string);
+            (name, value)
+        })
+        .collect();
+    Settings::load_from(dir, &env).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_worker_accepts_the_environment_the_manifests_give_it() {
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let default_config = std::fs::read_to_string("config/default.toml").unwrap();
+    for config in [default_config.as_str(), IDENTITY_SAMPLE] {
+        std::fs::write(dir.join("default.toml"), config).unwrap();
+        let settings = load(&dir);
+        let keda = docs(&render(Target::Keda, &settings).unwrap());
+        let k8s_container = &kind(&keda, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        let aca = docs(&render(Target::ContainerApps, &settings).unwrap());
+        let aca_container = &aca[0]["properties"]["template"]["containers"][0];
+        for container in [k8s_container, aca_container] {
+            let worker = worker_settings_under(&dir, container).unwrap();
+            assert_eq!(
+                worker.observability.bind,
+                Some(std::net::SocketAddr::from(([0, 0, 0, 0], OPS_PORT)))
+            );
+            // The worker reaches the storage the manifests authenticate KEDA to: the secret's
+            // connection string, or the account endpoint with an Entra ID credential.
+            match &worker.storage.connection_string {
+                Some(_) => {
+                    ebbflow::store::open(&worker.storage).unwrap();
+                }
+                None => {
+                    assert_eq!(
+                        worker.storage.queue_endpoint.as_deref(),
+                        Some("https://ordersacct.queue.core.windows.net")
+                    );
+                    assert!(worker.storage.credential.is_some());
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const SECRET_SAMPLE: &str = r#"
+[storage]
+connection_string = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.usgovcloudapi.net"
+
+[triggers.http]
+enabled = true
+bind = "0.0.0.0:7075"
+token = "a-long-enough-trigger-token"
+
+[queues.orders]
+[queues.orders.scaling]
+min_tasks = 0
+
+[deploy]
+polling_interval = "10s"
+cooldown_period = "10m"
+"#;
+
+#[test]
+fn secret_auth_references_the_secret_and_never_writes_it() {
+    let settings = load_toml(SECRET_SAMPLE).unwrap();
+    for target in [Target::Keda, Target::ContainerApps] {
+        let yaml = render(target, &settings).unwrap();
+        assert_yaml_1_1_reads_the_same(&yaml);
+        for secret in [
+            "c2VjcmV0LWtleQ",
+            "AccountKey",
+            "a-long-enough-trigger-token",
+        ] {
+            assert!(!yaml.contains(secret), "{target:?} wrote {secret}:\n{yaml}");
+        }
+    }
+    let docs = docs(&render(Target::Keda, &settings).unwrap());
+    let auth = kind(&docs, "TriggerAuthentication");
+    let r = &auth["spec"]["secretTargetRef"][0];
+    assert_eq!(
+        (&r["parameter"], &r["name"], &r["key"]),
+        (
+            &Value::from("connection"),
+            &Value::from("ebbflow-worker-storage"),
+            &Value::from("connection-string")
+        )
+    );
+    let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let from = &env_of(container)["EBBFLOW__STORAGE__CONNECTION_STRING"]["valueFrom"];
+    assert_eq!(from["secretKeyRef"]["name"], "ebbflow-worker-storage");
+    let spec = &kind(&docs, "ScaledObject")["spec"];
+    // Every queue can wake from zero tasks (the HTTP trigger), so zero replicas is allowed.
+    assert_eq!(spec["minReplicaCount"], 0);
+    assert_eq!(spec["pollingInterval"], 10);
+    assert_eq!(spec["cooldownPeriod"], 600);
+    let m = &spec["triggers"][0]["metadata"];
+    assert_eq!(m["cloud"], "AzureUSGovernmentCloud");
+    assert!(m.get("accountName").is_none());
+    // Defaults: 16 in flight + 4 tasks x 64.
+    assert_eq!(m["queueLength"], "272");
+}
+
+#[test]
+fn container_apps_rules_probes_and_grace() {
+    let settings = load_toml(IDENTITY_SAMPLE).unwrap();
+    let yaml = render(Target::ContainerApps, &settings).unwrap();
+    let app = &docs(&yaml)[0];
+    assert_eq!(app["identity"]["type"], "SystemAssigned");
+    let template = &app["properties"]["template"];
+    assert!(template["terminationGracePeriodSeconds"].as_u64().unwrap() > 125);
+    let container = &template["containers"][0];
+    let probes: Vec<_> = container["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["type"].as_str().unwrap(),
+                p["httpGet"]["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(probes, [("Liveness", "/healthz"), ("Readiness", "/readyz")]);
+    assert_eq!(container["resources"]["cpu"], 0.5);
+    assert_eq!(container["resources"]["memory"], "1Gi");
+    assert_eq!(
+        env_of(container)["EBBFLOW__STORAGE__CREDENTIAL"]["value"],
+        "managed_identity"
+    );
+    let scale = &template["scale"];
+    assert_eq!(
+        (&scale["minReplicas"], &scale["maxReplicas"]),
+        (&1.into(), &30.into())
+    );
+    let rules = scale["rules"].as_array().unwrap();
+    let names: Vec<_> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "queue-clicks-0",
+            "queue-clicks-1",
+            "queue-clicks-2",
+            "queue-clicks-3",
+            "queue-orders",
+            "queue-reports"
+        ]
+    );
+    let custom = &rules[4]["custom"];
+    assert_eq!(custom["type"], "azure-queue");
+    assert_eq!(custom["identity"], "system");
+    assert_eq!(custom["metadata"]["queueLength"], "528");
+    assert_eq!(custom["metadata"]["accountName"], "ordersacct");
+
+    let user_assigned = IDENTITY_SAMPLE.replace(
+        "[deploy]",
+        "[deploy]\ncontainer_apps_identity = \"/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/w\"",
+    );
+    let yaml = render(Target::ContainerApps, &load_toml(&user_assigned).unwrap()).unwrap();
+    let app = &docs(&yaml)[0];
+    assert_eq!(app["identity"]["type"], "UserAssigned");
+    let ids = app["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    assert!(ids.keys().all(|k| k.ends_with("/userAssignedIdentities/w")));
+}
+
+#[test]
+fn bad_deploy_settings_name_their_key() {
+    for (toml, key) in [
+        ("[deploy]\nname = \"Orders_Worker\"", "deploy.name"),
+        ("[deploy]\nimage = \"has space:1\"", "deploy.image"),
+        ("[deploy]\nmax_replicas = 0", "deploy.max_replicas"),
+        ("[deploy]\nmax_replicas = 1001", "deploy.max_replicas"),
+        (
+            "[deploy]\npolling_interval = \"1500ms\"",
+            "deploy.polling_interval",
+        ),
+        (
+            "[deploy]\ncooldown_period = \"0s\"",
+            "deploy.cooldown_period",
+        ),
+        ("[deploy]\nmin_replicas = 11", "deploy.min_replicas"),
+        ("[deploy]\nauth = \"password\"", "deploy.auth"),
+        ("[deploy]\ncpu_millicores = 5", "deploy.cpu_millicores"),
+        ("[deploy]\nreplicas = 3", "replicas"),
+    ] {
+        let err = load_toml(toml).unwrap_err();
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn impossible_plans_are_refused_with_the_reason() {
+    let no_queues = load_toml("[worker]\ndrain_timeout = \"10s\"").unwrap();
+    let err = render(Target::Keda, &no_queues).unwrap_err().to_string();
+    assert!(err.contains("no queues"), "{err}");
+    let zero = load_toml("[queues.orders]\n[deploy]\nmin_replicas = 0").unwrap();
+    let err = render(Target::Keda, &zero).unwrap_err().to_string();
+    assert!(err.contains("queues.orders.scaling.min_tasks"), "{err}");
+    let identity_without_endpoint =
+        load_toml("[queues.orders]\n[deploy]\nauth = \"identity\"").unwrap();
+    let err = render(Target::ContainerApps, &identity_without_endpoint)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("storage.queue_endpoint"), "{err}");
+}
