@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 
 use std::time::Duration;
 
-
 /// The scenario's processes, stopped (SIGKILL) when dropped so a failing test leaves none.
 struct Fleet {
     children: Vec<(String, Child)>,
@@ -62,19 +61,22 @@ impl Scenario {
     fn command(&self, binary: &str, name: &str, role: &str, ops: Option<u16>) -> Command {
         let log = std::fs::File::create(self.log(name)).unwrap();
         let mut c = Command::new(binary);
-        c.env("AZURE_STORAGE_CONNECTION_STRING", common::azurite_connection_string())
-            .env("EBBFLOW_CONFIG_DIR", &self.config)
-            .env("EBBFLOW__BUS__URL", &self.redis)
-            .env("EBBFLOW__BUS__CHANNEL_PREFIX", &self.channel)
-            .env("EBBFLOW__BUS__ROLE", role)
-            .env("EBBFLOW__BUS__INSTANCE_ID", name)
-            .env("EBBFLOW_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env("BILLING_QUEUE_PREFIX", &self.prefix)
-            .env("BILLING_ITEM_MS", "5")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        c.env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::azurite_connection_string(),
+        )
+        .env("EBBFLOW_CONFIG_DIR", &self.config)
+        .env("EBBFLOW__BUS__URL", &self.redis)
+        .env("EBBFLOW__BUS__CHANNEL_PREFIX", &self.channel)
+        .env("EBBFLOW__BUS__ROLE", role)
+        .env("EBBFLOW__BUS__INSTANCE_ID", name)
+        .env("EBBFLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("BILLING_QUEUE_PREFIX", &self.prefix)
+        .env("BILLING_ITEM_MS", "5")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         if let Some(port) = ops {
             c.env("EBBFLOW__OBSERVABILITY__BIND", format!("127.0.0.1:{port}"));
         }
@@ -126,12 +128,16 @@ async fn storage_calls(port: u16) -> u64 {
 }
 
 async fn ready(port: u16) {
-    common::wait_for_async("ops endpoint ready", Duration::from_secs(60), || async move {
-        match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
-        }
-    })
+    common::wait_for_async(
+        "ops endpoint ready",
+        Duration::from_secs(60),
+        || async move {
+            match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            }
+        },
+    )
     .await;
 }
 
@@ -151,9 +157,21 @@ async fn billing_scenario_bills_every_item_exactly_once_and_reports_completion()
     };
     let mut ops = BTreeMap::new();
     for (name, role, binary) in [
-        ("controller", "controller", env!("CARGO_BIN_EXE_billing-controller")),
-        ("processor-1", "processor", env!("CARGO_BIN_EXE_billing-processor")),
-        ("processor-2", "processor", env!("CARGO_BIN_EXE_billing-processor")),
+        (
+            "controller",
+            "controller",
+            env!("CARGO_BIN_EXE_billing-controller"),
+        ),
+        (
+            "processor-1",
+            "processor",
+            env!("CARGO_BIN_EXE_billing-processor"),
+        ),
+        (
+            "processor-2",
+            "processor",
+            env!("CARGO_BIN_EXE_billing-processor"),
+        ),
     ] {
         let port = free_port();
         ops.insert(name, port);

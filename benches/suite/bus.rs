@@ -225,9 +225,16 @@ pub fn report(b: &BusRun, targets: &mut Vec<Target>) -> serde_json::Value {
         b.idle_calls.consumer_calls() as f64,
         0.0,
     ));
-    targets.push(at_most("bus receives per wake-up (reach = one)", per_wake, 1.2));
+    targets.push(at_most(
+        "bus receives per wake-up (reach = one)",
+        per_wake,
+        1.2,
+    ));
     targets.push(exactly(
-        format!("bus burst of {}: replicas that handled some", b.burst_messages),
+        format!(
+            "bus burst of {}: replicas that handled some",
+            b.burst_messages
+        ),
         replicas_used as f64,
         REPLICAS as f64,
     ));

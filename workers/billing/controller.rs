@@ -47,17 +47,20 @@ struct Ledger {
 impl Ledger {
     /// Adds one result; returns what to announce.
     fn add(&mut self, r: ItemResult) -> Vec<Note> {
-        let batch = self.batches.entry(r.batch.clone()).or_insert_with(|| Batch {
-            of: r.of,
-            items: BTreeSet::new(),
-            transactions: 0,
-            amount_cents: 0,
-            tax_cents: 0,
-            duplicates: 0,
-            by_processor: BTreeMap::new(),
-            first: Instant::now(),
-            completed: false,
-        });
+        let batch = self
+            .batches
+            .entry(r.batch.clone())
+            .or_insert_with(|| Batch {
+                of: r.of,
+                items: BTreeSet::new(),
+                transactions: 0,
+                amount_cents: 0,
+                tax_cents: 0,
+                duplicates: 0,
+                by_processor: BTreeMap::new(),
+                first: Instant::now(),
+                completed: false,
+            });
         if !batch.items.insert(r.item) {
             batch.duplicates += 1;
             warn!(batch = %r.batch, item = r.item, processor = %r.processor,
@@ -71,7 +74,7 @@ impl Ledger {
         let done = batch.items.len() as u32;
         let mut notes = Vec::new();
         let tenth = (batch.of / 10).max(1);
-        if done % tenth == 0 && done < batch.of {
+        if done.is_multiple_of(tenth) && done < batch.of {
             notes.push(Note::Progress(Progress {
                 batch: r.batch.clone(),
                 done,
@@ -146,11 +149,14 @@ async fn main() -> ExitCode {
         }
     };
     let bus = worker.bus();
-    let submitted = bus.observe(Filter::new(), |s: ebbflow::bus::Received<Submitted>| async move {
-        info!(batch = %s.body.batch, items = s.body.items, transactions = s.body.transactions,
+    let submitted = bus.observe(
+        Filter::new(),
+        |s: ebbflow::bus::Received<Submitted>| async move {
+            info!(batch = %s.body.batch, items = s.body.items, transactions = s.body.transactions,
               from = %s.from, "submission announced");
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     tokio::spawn(announce(bus, rx));
     let report = worker.run().await;
     submitted.abort();
