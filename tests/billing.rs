@@ -1,6 +1,7 @@
 //! The billing reference scenario, small: a controller and two processing replicas at
-//! `min_tasks = 0` as processes against Azurite with Redis as the bus, and one initiator's
-//! submission of 600 transactions in 30 work items over four queues. Every item is billed
+//! `min_tasks = 0` as processes against Azurite with Redis as the bus, and, once they are all
+//! at zero tasks (so only the bus can wake them), one initiator's submission of 600
+//! transactions in 30 work items over four queues. Every item is billed
 //! exactly once (the controller's completion event says so, and the processors' own counts add
 //! up to the items), completion reaches the initiator over the bus, nothing is left in any
 //! queue, and the idle replicas then make no storage calls.
@@ -141,6 +142,19 @@ async fn ready(port: u16) {
     .await;
 }
 
+/// Waits until no instance runs a dequeue task.
+async fn all_idle(ops: &BTreeMap<&str, u16>) {
+    for (name, port) in ops {
+        let port = *port;
+        common::wait_for_async(
+            &format!("{name} at zero tasks"),
+            Duration::from_secs(30),
+            || async move { metric(port, "active_tasks").await == 0 },
+        )
+        .await;
+    }
+}
+
 fn terminate(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -181,6 +195,8 @@ async fn billing_scenario_bills_every_item_exactly_once_and_reports_completion()
     for port in ops.values() {
         ready(*port).await;
     }
+    // Every replica at zero tasks first: from here only the bus can wake them.
+    all_idle(&ops).await;
 
     // One submission: 600 transactions in 30 items of 20.
     let initiator = s
@@ -217,15 +233,7 @@ async fn billing_scenario_bills_every_item_exactly_once_and_reports_completion()
     assert_eq!(c["verdict"], "billed exactly once", "{c}");
 
     // Idle again: once every replica's tasks retired, no storage calls at all.
-    for name in ["controller", "processor-1", "processor-2"] {
-        let port = ops[name];
-        common::wait_for_async(
-            &format!("{name} back at zero tasks"),
-            Duration::from_secs(30),
-            || async move { metric(port, "active_tasks").await == 0 },
-        )
-        .await;
-    }
+    all_idle(&ops).await;
     let before: Vec<u64> = {
         let mut v = Vec::new();
         for port in ops.values() {
