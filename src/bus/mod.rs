@@ -20,6 +20,13 @@
 //!   Streams with a consumer group and `XAUTOCLAIM` for competing consumers and work notices).
 //! - `handle.rs`: [`BusHandle`], the typed API: publish, subscribe with a [`Filter`] to a
 //!   stream or a handler.
+//! - `announce.rs`: [`Announcer`], a producer's work-detected announcements after the publish
+//!   modes (every message, the first to an empty queue, every `depth` messages).
+//! - [`events`]: the runtime's own events (presence pulses, instances leaving, job pulses).
+//!
+//! The worker wires listeners to the bus (`worker/bus.rs`): a work notice wakes the queue's
+//! listener like a local trigger; with `reach = "one"` exactly one replica gets each notice,
+//! and a replica that finds more than it can take passes it on.
 //!
 //! ```no_run
 //! # async fn demo(bus: ebbflow::bus::BusHandle) -> Result<(), ebbflow::bus::BusError> {
@@ -39,7 +46,9 @@
 //! # Ok(()) }
 //! ```
 
+mod announce;
 mod envelope;
+pub mod events;
 mod handle;
 pub mod memory;
 pub mod redis;
@@ -51,8 +60,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+pub use announce::{Announced, Announcer};
 pub use envelope::{now_ms, Address, Envelope};
-pub use handle::{BusHandle, Filter, Received, Subscription};
+pub use handle::{BoxError, BusHandle, Filter, Received, Subscription};
 pub(crate) use settings::check_queue_cover;
 pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Reach, RedisUrl};
 
@@ -193,6 +203,9 @@ pub struct Presence {
     pub in_flight: u64,
     /// Messages handled successfully since it started.
     pub handled: u64,
+    /// Receive calls made since it started (each one billable).
+    #[serde(default)]
+    pub receive_calls: u64,
     /// When it started, milliseconds since the Unix epoch.
     pub started_at_ms: u64,
     /// When it sent this pulse, milliseconds since the Unix epoch.
@@ -248,8 +261,8 @@ pub trait Bus: Send + Sync + 'static {
     /// Connected or not, now and as it changes.
     fn health(&self) -> watch::Receiver<Health>;
 
-    /// Records a producer's send to `queue` for the publish modes.
-    async fn sent(&self, queue: &str) -> Result<SentState, BusError>;
+    /// Records a producer's send of `messages` to `queue` for the publish modes.
+    async fn sent(&self, queue: &str, messages: u64) -> Result<SentState, BusError>;
 
     /// Records that `queue`'s listeners found it empty (for the publish modes).
     async fn drained(&self, queue: &str) -> Result<(), BusError>;

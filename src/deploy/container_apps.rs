@@ -10,10 +10,25 @@ use super::keda::{env, queue_metadata};
 use super::plan::{AuthPlan, Plan};
 use super::yaml::{map, s, seq, Node};
 use super::{ops_bind, CONTAINER_NAME, OPS_PORT};
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 
 /// The app secret holding the connection string (secret auth).
 pub const SECRET_NAME: &str = "storage-connection";
+
+/// Container Apps' own rule for app names, stricter than a DNS label: 2..=32 characters, no
+/// `--`.
+pub fn check_name(settings: &Settings) -> Result<(), ConfigError> {
+    let name = settings.deploy.name.as_str();
+    if (2..=32).contains(&name.len()) && !name.contains("--") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "deploy.name",
+            name,
+            "a container app's name is 2-32 characters without \"--\"",
+        ))
+    }
+}
 
 /// The app's YAML document.
 pub fn document(settings: &Settings, plan: &Plan) -> Node {

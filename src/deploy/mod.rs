@@ -6,7 +6,7 @@
 //! rules are at their top, and only past that does the engine add a replica. So each queue's
 //! `queueLength` is one replica's real capacity under that queue's rules: the messages it holds
 //! in flight (`concurrency`, which KEDA's default strategy counts as queue length) plus the
-//! backlog at which its task scaling is at `max_tasks` (`plan::queue_triggers`).
+//! backlog at which its task scaling is at `max_tasks` ([`capacity::queue_length`]).
 //!
 //! Scale-in does not hurt: SIGTERM starts the worker's drain (stop receiving, finish or release
 //! what runs), and the manifests give it `terminationGracePeriodSeconds` longer than
@@ -14,11 +14,14 @@
 //! removes at most half the replicas per drain period.
 //!
 //! Files: [`settings`] (the `[deploy]` section, always compiled so a worker accepts it),
-//! `plan` (the numbers), `auth` (secret or identity, and the cloud), `keda` and `container_apps` (the documents), `yaml` (the writer);
-//! all but the settings need the `cli` feature.
+//! [`capacity`] (one replica's capacity per queue, also for the simulator),
+//! `plan` (the numbers), `auth` (secret or identity, and the cloud), `keda` and `container_apps`
+//! (the documents), `yaml` (the writer); all but the settings and the capacity need the `cli`
+//! feature.
 
 #[cfg(feature = "cli")]
 mod auth;
+pub mod capacity;
 #[cfg(feature = "cli")]
 mod container_apps;
 #[cfg(feature = "cli")]
@@ -94,7 +97,10 @@ pub fn render(target: Target, settings: &crate::Settings) -> Result<String, Depl
         ),
         Target::ContainerApps => (
             "container-apps",
-            vec![container_apps::document(settings, &plan)],
+            {
+                container_apps::check_name(settings)?;
+                vec![container_apps::document(settings, &plan)]
+            },
             match &plan.auth {
                 plan::AuthPlan::Secret => format!(
                     "# Needs the app secret {0}:\n#   az containerapp create -n {name} -g GROUP \

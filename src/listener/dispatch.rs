@@ -68,13 +68,13 @@ pub(super) async fn run(
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
         let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
-        return settle::apply(&shared, &message, action).await;
+        return settle::apply(&shared, &message, action, lease.valid_until()).await;
     }
     let bytes = match shared.settings.encoding.decode(&message.text) {
         Ok(bytes) => bytes,
         Err(e) => {
             let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
-            return settle::apply(&shared, &message, action).await;
+            return settle::apply(&shared, &message, action, lease.valid_until()).await;
         }
     };
     let signals = HandlerSignals::new(&shared);
@@ -88,6 +88,7 @@ pub(super) async fn run(
         timeout: signals.timeout.clone(),
         cancellation: signals.cancellation.clone(),
         publishers: shared.publishers.clone(),
+        bus: shared.bus.clone(),
         heartbeat: heartbeat.clone(),
     };
     let started = Instant::now();
@@ -140,7 +141,7 @@ pub(super) async fn run(
         max,
         shared.settings.retry_delay,
     );
-    settle::apply(&shared, &message, action).await;
+    settle::apply(&shared, &message, action, lease.valid_until()).await;
 }
 
 /// Waits for a slot with the lease renewed beside. `None` when the message is not to run: the
@@ -330,8 +331,12 @@ fn pulse(
     started: Instant,
 ) {
     bump(&shared.stats.pulses);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
-          elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
+          elapsed_ms, "job pulse");
+    if let Some(hooks) = &shared.hooks {
+        hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
+    }
     lease.renew_soon();
 }
 

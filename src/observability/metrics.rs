@@ -17,6 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::listener::{Histograms, QueueListener, QueueSnapshot};
+use crate::store::metered::Metering;
 use crate::store::{QueueStore, UnknownOutcomes};
 use crate::trigger::TriggerSource;
 
@@ -35,14 +36,20 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics of the listeners `listeners` will hold once they run (none before) and of
-    /// `store`'s unknown outcomes.
+    /// Metrics of the listeners `listeners` will hold once they run (none before), of
+    /// `store`'s unknown outcomes, and of the store calls `metering` timed.
     pub(crate) fn new(
         listeners: Arc<OnceLock<Vec<QueueListener>>>,
         store: Arc<dyn QueueStore>,
+        metering: Metering,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Queues { listeners, store }));
+        registry.register(
+            "ebbflow_storage_call_duration_seconds",
+            "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included.",
+            metering.call_seconds().clone(),
+        );
         Self { registry }
     }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 mod command;
 mod yaml11;
 
-use yaml11::assert_yaml_1_1_reads_the_same;
+use yaml11::{assert_yaml_1_1_reads_the_same, read_by_pyyaml};
 
 fn load(dir: &Path) -> Settings {
     Settings::load_from(dir, &BTreeMap::new()).unwrap()
@@ -266,6 +266,74 @@ fn the_worker_accepts_the_environment_the_manifests_give_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Names and values that YAML 1.1 would read as booleans, numbers or timestamps if they were
+/// written plain, in every string field a config can fill.
+const TRICKY_SAMPLE: &str = r#"
+[storage]
+queue_endpoint = "https://acct.queue.core.windows.net"
+credential = "managed_identity"
+
+[queues.yes]
+[queues.0755]
+[queues.1e3]
+[queues.off]
+[queues.off.scaling]
+min_tasks = 0
+wake_on_publish = true
+
+[deploy]
+name = "on"
+namespace = "no"
+image = "1_000"
+identity_client_id = "12:30"
+container_apps_identity = "2024-01-01"
+"#;
+
+#[test]
+fn kubernetes_reads_every_value_as_written() {
+    let samples = [
+        std::fs::read_to_string("config/default.toml").unwrap(),
+        IDENTITY_SAMPLE.to_string(),
+        SECRET_SAMPLE.to_string(),
+        TRICKY_SAMPLE.to_string(),
+    ];
+    for sample in &samples {
+        let settings = load_toml(sample).unwrap();
+        for target in [Target::Keda, Target::ContainerApps] {
+            let yaml = render(target, &settings).unwrap();
+            assert_yaml_1_1_reads_the_same(&yaml);
+            // An independent YAML 1.1 reader sees exactly what a YAML 1.2 reader sees.
+            assert_eq!(read_by_pyyaml(&yaml), docs(&yaml), "{target:?}:\n{yaml}");
+        }
+    }
+    let settings = load_toml(TRICKY_SAMPLE).unwrap();
+    let keda = read_by_pyyaml(&render(Target::Keda, &settings).unwrap());
+    let queues: Vec<_> = kind(&keda, "ScaledObject")["spec"]["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["queueName"].clone())
+        .collect();
+    assert_eq!(queues, ["0755", "1e3", "off", "yes"].map(Value::from));
+    let sa = kind(&keda, "ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "on");
+    assert_eq!(sa["metadata"]["namespace"], "no");
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "12:30"
+    );
+    let deployment = kind(&keda, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "1_000"
+    );
+    let aca = &read_by_pyyaml(&render(Target::ContainerApps, &settings).unwrap())[0];
+    assert!(aca["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap()
+        .contains_key("2024-01-01"));
+}
+
 const SECRET_SAMPLE: &str = r#"
 [storage]
 connection_string = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.usgovcloudapi.net"
@@ -390,6 +458,49 @@ fn container_apps_rules_probes_and_grace() {
 }
 
 #[test]
+fn settings_at_their_limits_still_make_manifests_the_engines_accept() {
+    let name = format!("w{}", "x".repeat(62));
+    let toml = format!(
+        r#"
+[worker]
+drain_timeout = "1h"
+[queues.big]
+shards = 100
+concurrency = 10000
+[queues.big.scaling]
+max_tasks = 256
+messages_per_task = 1000000
+[deploy]
+name = "{name}"
+max_replicas = 1000
+polling_interval = "1h"
+cooldown_period = "24h"
+cpu_millicores = 64000
+memory_mib = 262144
+"#
+    );
+    let settings = load_toml(&toml).unwrap();
+    let docs = docs(&render(Target::Keda, &settings).unwrap());
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 3610);
+    let spec = &kind(&docs, "ScaledObject")["spec"];
+    let down = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"];
+    // The HPA refuses windows over 3600 s and periods over 1800 s.
+    assert_eq!(down["stabilizationWindowSeconds"], 3600);
+    assert_eq!(down["policies"][0]["periodSeconds"], 1800);
+    let triggers = spec["triggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 100);
+    // (10,000 + 256 x 1,000,000) / 100 shards.
+    assert_eq!(triggers[99]["metadata"]["queueName"], "big-99");
+    assert_eq!(triggers[99]["metadata"]["queueLength"], "2560100");
+    // Too long for a container app's name: refused, naming the key.
+    let err = render(Target::ContainerApps, &settings)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
+}
+
+#[test]
 fn bad_deploy_settings_name_their_key() {
     for (toml, key) in [
         ("[deploy]\nname = \"Orders_Worker\"", "deploy.name"),
@@ -428,4 +539,13 @@ fn impossible_plans_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("storage.queue_endpoint"), "{err}");
+    // A DNS label Kubernetes takes, but longer than a container app's name may be.
+    let long =
+        load_toml("[queues.orders]\n[deploy]\nname = \"orders-worker-for-the-eu-west-region\"")
+            .unwrap();
+    render(Target::Keda, &long).unwrap();
+    let err = render(Target::ContainerApps, &long)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
 }

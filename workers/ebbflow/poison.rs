@@ -17,9 +17,10 @@ pub enum Command {
         /// The configured queue whose poison queue to read.
         #[arg(long, value_name = "NAME")]
         queue: String,
-        /// At most this many.
-        #[arg(long, value_name = "N", default_value_t = 100)]
-        limit: usize,
+        /// At most this many, 1 or more.
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
     },
     /// Show one poison message: its envelope (failure details) and decoded body.
     Show {
@@ -70,7 +71,9 @@ impl Command {
     async fn run_on(self, poison: &PoisonQueue, settings: &QueueSettings) -> Result<(), CliError> {
         match self {
             Command::List { limit, .. } => {
-                let records = poison.list(limit).await?;
+                let records = poison
+                    .list(usize::try_from(limit).unwrap_or(usize::MAX))
+                    .await?;
                 say!("{} message(s) on {}", records.len(), poison.name());
                 for r in &records {
                     say!("{}", summary_line(r));
