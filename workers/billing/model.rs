@@ -186,7 +186,7 @@ impl Event for Completed {
 pub fn store(settings: &Settings) -> Result<Arc<dyn QueueStore>, ebbflow::store::StoreError> {
     let store = ebbflow::store::open(&settings.storage)?;
     let store = RetryingStore::wrap(store, settings.storage.retry);
-    Ok(ShardingStore::wrap(
+    Ok(ShardingStore::wrap_sharded(
         store,
         ShardingStore::of_settings(settings),
     ))

@@ -15,10 +15,9 @@ mod model;
 mod support;
 
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ebbflow::bus::{BusHandle, WorkNotice};
+use ebbflow::bus::{Announcer, QueueBusSettings};
 
 use ebbflow::{Context, Handler, HandlerError, Json, Publisher, Worker};
 use model::{ItemResult, WorkItem};
@@ -27,9 +26,10 @@ use tracing::{debug, info};
 struct Processor {
     /// This instance's id, written into each result.
     instance: String,
+    /// The results queue, which this process only sends to.
     results: Publisher,
-    /// The worker's bus, once it started: tells the controller that results arrived.
-    bus: Arc<OnceLock<BusHandle>>,
+    /// Its bus settings (publish mode), to announce results to the controller.
+    results_bus: QueueBusSettings,
     work: Duration,
 }
 
@@ -51,18 +51,12 @@ impl Handler for Processor {
             .send_json(&result)
             .await
             .map_err(HandlerError::retry)?;
-        // Wake the controller (one of them) on the bus. A hint only: while the bus is down the
-        // controller's outage probe finds the results.
-        if let Some(bus) = self.bus.get() {
-            let notice = WorkNotice {
-                queue: model::results_queue(),
-                from: Some(self.instance.clone()),
-                messages: Some(1),
-                hops: 0,
-            };
-            if let Err(e) = bus.transport().announce(&notice).await {
-                debug!(error = %e, "results not announced");
-            }
+        // Wake the controller on the bus, as its publish mode says. A hint only: while the
+        // bus is down the controller's outage probe finds the results.
+        if let Some(bus) = ctx.bus() {
+            Announcer::new(bus.transport(), self.results.queue(), self.results_bus)
+                .after_send(1)
+                .await;
         }
         debug!(batch = %item.batch, item = item.item, message_id = ctx.message_id(), "item billed");
         Ok(())
@@ -80,25 +74,29 @@ async fn main() -> ExitCode {
         let work = Duration::from_millis(support::env_u64("BILLING_ITEM_MS", 20)?);
         let store = model::store(&settings)?;
         let results = model::publisher(&settings, &store, &model::results_queue()).await?;
+        let results_bus = settings
+            .queues
+            .get(&model::results_queue())
+            .map(|q| q.bus)
+            .unwrap_or_default();
         let mine = model::only_queue(&settings, &model::work_queue());
-        let worker = Worker::new(mine).with_store(store);
-        Ok::<_, Box<dyn std::error::Error>>((worker, results, work))
+        let worker = Worker::new(mine);
+        Ok::<_, Box<dyn std::error::Error>>((worker, results, results_bus, work))
     };
-    let (worker, results, work) = match started.await {
+    let (worker, results, results_bus, work) = match started.await {
         Ok(parts) => parts,
         Err(e) => {
             tracing::error!(error = %e, "billing processor could not start");
             return ExitCode::from(2);
         }
     };
-    let bus = Arc::new(OnceLock::new());
     let worker = match worker
         .handler(
             &model::work_queue(),
             Processor {
                 instance,
                 results,
-                bus: bus.clone(),
+                results_bus,
                 work,
             },
         )
@@ -111,7 +109,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = bus.set(worker.bus());
     tokio::spawn(status(worker.listeners()));
     let report = worker.run().await;
     for q in &report.queues {
