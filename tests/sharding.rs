@@ -89,7 +89,7 @@ async fn a_sharded_queue_spreads_sends_and_handles_each_once_under_one_cap(
     assert_eq!(shard_depths(&raw, &name).await, [0, 0, 0]);
     // A producer in another process spreads its sends through the same layer; the receipts
     // it gets back name the shard each send went to.
-    let sharded = ShardingStore::wrap_sharded(raw.clone(), ShardingStore::of_settings(&settings));
+    let sharded = ShardingStore::wrap_sharded(raw.clone(), settings.shard_counts());
     let q = sharded.queue(&name).unwrap();
     let mut per_shard = [0usize; SHARDS];
     for i in 0..MESSAGES {
@@ -171,7 +171,7 @@ async fn poison_copies_of_every_shard_go_to_the_one_poison_queue(raw: Arc<dyn Qu
     }
     // A requeue through the sharding layer (as `ebbflow poison requeue` does) spreads the
     // messages over the shards again.
-    let sharded = ShardingStore::wrap_sharded(raw.clone(), ShardingStore::of_settings(&settings));
+    let sharded = ShardingStore::wrap_sharded(raw.clone(), settings.shard_counts());
     let poison = PoisonQueue::new(sharded, &name, &settings.queues[&name]).unwrap();
     let report = poison.requeue(&Selection::All).await.unwrap();
     assert_eq!(report.requeued.len(), SHARDS * 2);

@@ -306,7 +306,7 @@ pub async fn run(
     let counting = CountingStore::new(service.clone());
     let counts: Arc<CallCounts> = counting.counts();
     let counting: Arc<dyn QueueStore> = Arc::new(counting);
-    let shards = ShardingStore::of_settings(&settings);
+    let shards = settings.shard_counts();
     // What the simulator itself reads (the chart's depth): the queues as they are, for free.
     let observed = ShardingStore::wrap_sharded(Arc::new(memory.clone()), shards.clone());
     let observed: Vec<_> = names

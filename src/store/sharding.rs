@@ -81,16 +81,6 @@ impl LayeredStore<Sharding> {
         }
         LayeredStore::wrap(inner, layer)
     }
-
-    /// The sharded queues of `settings` (name to shard count), for
-    /// [`ShardingStore::wrap_sharded`].
-    pub fn of_settings(settings: &crate::config::Settings) -> Vec<(String, usize)> {
-        settings
-            .queues
-            .iter()
-            .map(|(name, q)| (name.clone(), q.shards.get()))
-            .collect()
-    }
 }
 
 impl StoreLayer for Sharding {

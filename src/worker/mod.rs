@@ -4,12 +4,17 @@
 //!
 //! - `report.rs`: how a run ended ([`DrainReport`], [`RunReport`] and their exit codes).
 //! - `signal.rs`: the stop signals ([`shutdown_signal`]: SIGTERM, ctrl-c).
+//! - `ready.rs`: the readiness checks the worker registers (`listeners`, `store`).
+//! - `bus.rs`: the worker's side of the bus (work notices, pass-on, outage probes, presence).
 
 mod bus;
+mod ready;
 mod report;
 pub use bus::BusCounters;
 mod signal;
 
+pub use ready::STORE_UNREADY_AFTER;
+use ready::{listeners_state, store_state};
 pub use report::{DrainReport, RunReport};
 pub use signal::shutdown_signal;
 
@@ -23,7 +28,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
-use crate::observability::{CheckState, Metrics, Readiness};
+use crate::observability::{Metrics, Readiness};
 use crate::store::metered::Metering;
 use crate::store::retrying::RetryingStore;
 use crate::store::sharding::ShardingStore;
@@ -191,7 +196,7 @@ impl Worker {
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
-        let store = ShardingStore::wrap_sharded(store, ShardingStore::of_settings(&self.settings));
+        let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
         // Outermost: each call is timed as the listener sees it (retries and shards
         // included), and its outcome feeds the readiness check "store".
         let metering = Metering::default();
@@ -344,44 +349,6 @@ impl Worker {
             life,
             drain_timeout: self.settings.worker.drain_timeout,
         })
-    }
-}
-
-/// How the listeners stand, for `/readyz`: unready once a fatal error was raised or any
-/// listener's supervisor ended.
-fn listeners_state(
-    listeners: &std::sync::OnceLock<Vec<QueueListener>>,
-    fatal: &crate::listener::Fatal,
-) -> CheckState {
-    if let Some(e) = fatal.error() {
-        return CheckState::Unready(format!("stopping: {e}"));
-    }
-    let Some(listeners) = listeners.get() else {
-        return CheckState::Unready("starting".into());
-    };
-    match listeners.iter().find(|l| !l.is_running()) {
-        Some(l) => CheckState::Unready(format!("the listener of {} ended", l.queue())),
-        None => CheckState::Ready,
-    }
-}
-
-/// How long store calls may fail in a row (no usable answer, retries included) before the
-/// worker reports itself unready; shorter runs report it degraded.
-pub const STORE_UNREADY_AFTER: Duration = Duration::from_secs(60);
-
-/// How the store stands, for `/readyz`: see [`crate::store::metered`].
-fn store_state(metering: &Metering) -> CheckState {
-    match metering.health() {
-        crate::store::metered::StoreHealth::Answering => CheckState::Ready,
-        crate::store::metered::StoreHealth::Failing { error, .. } => {
-            let failing = metering.failing_for();
-            let why = format!("store calls failing for {}s: {error}", failing.as_secs());
-            if failing > STORE_UNREADY_AFTER {
-                CheckState::Unready(why)
-            } else {
-                CheckState::Degraded(why)
-            }
-        }
     }
 }
 

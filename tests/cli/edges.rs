@@ -176,3 +176,26 @@ fn config_check_refuses_a_config_without_queues() {
     assert_eq!(run.code, Some(2), "{}", run.both());
     assert!(run.stderr.contains("/no/such/dir"), "{}", run.stderr);
 }
+
+/// A file or standard input larger than any message is refused after reading one byte past
+/// the service's limit, not after loading all of it (`/dev/zero` never ends).
+#[test]
+fn a_huge_file_is_refused_without_reading_it_all() {
+    let queue = common::unique("huge");
+    let dir = config(&format!("[queues.{queue}]\nencoding = \"none\"\n"));
+    let file = dir.path().join("sparse.bin");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    for path in [file.to_str().unwrap(), "/dev/zero"] {
+        let run = with(&dir, &["enqueue", &queue, "--create", "--file", path]);
+        assert_eq!(run.code, Some(2), "{path}: {}", run.both());
+        assert!(
+            run.stderr.contains("more than 65536 bytes")
+                && run.stderr.contains("the service takes at most 65536"),
+            "{path}: {}",
+            run.stderr
+        );
+    }
+}

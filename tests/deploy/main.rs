@@ -3,7 +3,7 @@
 //! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2.
 //!
 //! Regenerate the examples after an intended change with
-//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy`.
+//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples`.
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
         let committed = std::fs::read_to_string(file).unwrap();
         assert_eq!(
             committed, fresh,
-            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy"
+            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples"
         );
         assert_yaml_1_1_reads_the_same(&fresh);
     }
@@ -220,9 +220,14 @@ fn worker_settings_under(dir: &Path, container: &Value) -> Result<Settings, Stri
     let env: BTreeMap<String, String> = env_of(container)
         .into_iter()
         .map(|(name, e)| {
+            let stand_in = if name == "EBBFLOW__BUS__URL" {
+                "redis://127.0.0.1:6379"
+            } else {
+                "UseDevelopmentStorage=true"
+            };
             let value = e["value"]
                 .as_str()
-                .map_or_else(|| "UseDevelopmentStorage=true".to_string(), str::to_string);
+                .map_or_else(|| stand_in.to_string(), str::to_string);
             (name, value)
         })
         .collect();
@@ -378,6 +383,19 @@ fn secret_auth_references_the_secret_and_never_writes_it() {
         )
     );
     let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    // The trigger endpoint listens on every interface: its port is declared beside the ops port.
+    let ports: Vec<_> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("ops", u64::from(OPS_PORT)), ("triggers", 7075)]);
     let from = &env_of(container)["EBBFLOW__STORAGE__CONNECTION_STRING"]["valueFrom"];
     assert_eq!(from["secretKeyRef"]["name"], "ebbflow-worker-storage");
     let spec = &kind(&docs, "ScaledObject")["spec"];
@@ -455,6 +473,50 @@ fn container_apps_rules_probes_and_grace() {
         .unwrap();
     assert_eq!(ids.len(), 1);
     assert!(ids.keys().all(|k| k.ends_with("/userAssignedIdentities/w")));
+}
+
+const BUS_SAMPLE: &str = r#"
+[bus]
+kind = "redis"
+url = "redis://worker:bus-pass-5ecret@redis.example:6380/0"
+
+[queues.orders]
+[queues.orders.scaling]
+min_tasks = 0
+"#;
+
+#[test]
+fn a_shared_bus_gets_its_url_from_a_secret() {
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("default.toml"), BUS_SAMPLE).unwrap();
+    let settings = load(&dir);
+    for target in [Target::Keda, Target::ContainerApps] {
+        let yaml = render(target, &settings).unwrap();
+        assert!(
+            !yaml.contains("bus-pass-5ecret"),
+            "{target:?} wrote the password:\n{yaml}"
+        );
+        assert_eq!(read_by_pyyaml(&yaml), docs(&yaml));
+    }
+    let keda = docs(&render(Target::Keda, &settings).unwrap());
+    let container = &kind(&keda, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let url = &env_of(container)["EBBFLOW__BUS__URL"]["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (&url["name"], &url["key"]),
+        (&"ebbflow-worker-bus".into(), &"url".into())
+    );
+    // The bus can wake the queue from zero tasks, so zero replicas is allowed.
+    assert_eq!(kind(&keda, "ScaledObject")["spec"]["minReplicaCount"], 0);
+    let worker = worker_settings_under(&dir, container).unwrap();
+    assert!(worker.bus.is_shared());
+    let aca = docs(&render(Target::ContainerApps, &settings).unwrap());
+    let aca_container = &aca[0]["properties"]["template"]["containers"][0];
+    assert_eq!(
+        env_of(aca_container)["EBBFLOW__BUS__URL"]["secretRef"],
+        "bus-url"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -225,14 +225,14 @@ impl Args {
         match (&self.text, &self.file) {
             (Some(text), _) => Ok(text.as_bytes().to_vec()),
             (None, Some(path)) if path.as_os_str() == "-" => {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| CliError::usage(format!("--file -: standard input: {e}")))?;
-                Ok(bytes)
+                read_bounded(std::io::stdin().lock(), "--file - (standard input)")
             }
-            (None, Some(path)) => std::fs::read(path)
-                .map_err(|e| CliError::usage(format!("--file {}: {e}", path.display()))),
+            (None, Some(path)) => {
+                let source = format!("--file {}", path.display());
+                let file = std::fs::File::open(path)
+                    .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
+                read_bounded(file, &source)
+            }
             (None, None) => Err(CliError::usage(
                 "give the message text or --file FILE (see ebbflow enqueue --help)",
             )),
@@ -278,6 +278,25 @@ impl Args {
         }
         Ok(text)
     }
+}
+
+/// Reads at most one byte more than any message can hold, so a huge file (or `/dev/zero`) is
+/// refused without loading it; `source` names the input in errors.
+fn read_bounded(reader: impl Read, source: &str) -> Result<Vec<u8>, CliError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(CliError::usage(format!(
+            "{source} holds more than {MAX_MESSAGE_BYTES} bytes; the service takes at most \
+             {MAX_MESSAGE_BYTES} bytes of message text (a payload of at most {} bytes on a \
+             base64 queue): put large payloads in a blob and send a reference",
+            MAX_MESSAGE_BYTES / 4 * 3
+        )));
+    }
+    Ok(bytes)
 }
 
 /// `d` in whole seconds as the service gets it: a fraction rounds up.
