@@ -104,6 +104,10 @@ pub async fn bus(env: &Env, plan: &Plan) -> BusRun {
         .with("EBBFLOW__BUS__CHANNEL_PREFIX", PREFIX)
         .with("EBBFLOW__BUS__ROLE", "loadtest")
         .with("BUS__REACH", "one")
+        // Every message comes with its own event (one per pickup; the burst's one event stands
+        // for all of it, sent before it): a woken task retires after the first receive that
+        // leaves it with free slots instead of polling down its back-off curve.
+        .with("SCALING__WAKE_ON_PUBLISH", "true")
         .with("IDLE_BACKOFF__MAX", "2s");
     let replicas: Vec<Running> = (0..REPLICAS)
         .map(|i| spawn_named(env, Kind::Ebbflow, QUEUE, &format!("{QUEUE}-r{i}"), &setup))

@@ -186,10 +186,7 @@ impl Event for Completed {
 pub fn store(settings: &Settings) -> Result<Arc<dyn QueueStore>, ebbflow::store::StoreError> {
     let store = ebbflow::store::open(&settings.storage)?;
     let store = RetryingStore::wrap(store, settings.storage.retry);
-    Ok(ShardingStore::wrap_sharded(
-        store,
-        ShardingStore::of_settings(settings),
-    ))
+    Ok(ShardingStore::wrap_sharded(store, settings.shard_counts()))
 }
 
 /// A publisher for `queue` (configured in `settings`), in its encoding.
