@@ -277,3 +277,51 @@ impl Queue for MemoryQueue {
         self.with(|messages, _| Ok(messages.len() as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TimeToLive;
+
+    /// Update Message "cannot be set to a value later than the expiry time" (Azurite does not
+    /// check this, so the conformance table cannot; the embedded store follows the service).
+    #[tokio::test(start_paused = true)]
+    async fn an_update_may_not_hide_a_message_past_its_expiry() {
+        let store = MemoryStore::new();
+        let q = store.queue("expiry").unwrap();
+        q.create_if_missing().await.unwrap();
+        let minute = SendOptions {
+            time_to_live: TimeToLive::After(Duration::from_secs(60)),
+            ..SendOptions::default()
+        };
+        q.send("m", minute).await.unwrap();
+        let m = q
+            .receive(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        let err = q
+            .update(&m.id, &m.pop_receipt, Duration::from_secs(61), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("expires sooner"), "{err}");
+        q.update(&m.id, &m.pop_receipt, Duration::from_secs(59), None)
+            .await
+            .unwrap();
+        // A message that never expires can be hidden the full 7 days.
+        let never = SendOptions {
+            time_to_live: TimeToLive::Never,
+            ..SendOptions::default()
+        };
+        q.send("n", never).await.unwrap();
+        let n = q
+            .receive(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        q.update(&n.id, &n.pop_receipt, crate::service::MAX_VISIBILITY, None)
+            .await
+            .unwrap();
+    }
+}

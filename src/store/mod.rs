@@ -1,12 +1,19 @@
 //! The queue operations the runtime needs, behind one trait, with two backends:
 //!
 //! - [`memory::MemoryStore`], in-process, with the service's semantics (visibility timeout,
-//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, the
-//!   32-message and 64 KiB caps, approximate depth). It is the embedded default and the test
-//!   double for logic.
+//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, and
+//!   every input rule of [`rules`]: it refuses exactly what the service refuses). It is the
+//!   embedded default and the test double for logic.
 //! - [`azure::AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
 //!
-//! One conformance suite (`tests/conformance.rs`) runs the same checks against both.
+//! Wrappers are layers on one forwarding base ([`layer`]), each overriding only what it
+//! changes: [`retrying`] (transient faults, unknown outcomes, deletes that outlast outages
+//! within the lease), [`counting`] (calls by kind) and [`sharding`] (one logical queue over
+//! `N`). The `[storage]` settings live beside them ([`settings`]); the service's limits come
+//! from the [`crate::service`] leaf.
+//!
+//! One conformance suite (`tests/conformance.rs`, with `tests/extremes.rs` for every input at
+//! its extremes) runs the same checks against both backends.
 
 use std::sync::Arc;
 use std::time::Duration;
