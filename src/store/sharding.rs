@@ -373,7 +373,10 @@ mod tests {
             firsts[shard] += 1;
         }
         // Uniform starts leave a shard without any of 64 first sends with odds of about 4e-8.
-        assert!(firsts.iter().all(|&n| n > 0), "first sends per shard: {firsts:?}");
+        assert!(
+            firsts.iter().all(|&n| n > 0),
+            "first sends per shard: {firsts:?}"
+        );
         let depths = futures_depths(&memory, 4).await;
         assert_eq!(depths.iter().sum::<u64>(), 64);
         assert!(depths.iter().all(|&d| d > 0), "depths {depths:?}");
