@@ -213,7 +213,10 @@ async fn an_error_text_xml_cannot_carry_still_poisons_with_its_envelope(
     .await;
     let snap = worker.shutdown().await.queues.remove(0);
     assert_eq!(snap.store_errors, 0, "{snap:?}");
-    assert!(q.peek(1).await.unwrap().is_empty(), "deleted from its queue");
+    assert!(
+        q.peek(1).await.unwrap().is_empty(),
+        "deleted from its queue"
+    );
     let poison = PoisonQueue::new(store.clone(), &name, &s.queues[&name]).unwrap();
     let records = poison.list(10).await.unwrap();
     assert_eq!(records.len(), 2);
