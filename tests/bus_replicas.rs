@@ -393,6 +393,7 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
         bus: bus_settings,
         ..Default::default()
     };
+    settings.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     let mut q = ebbflow::config::QueueSettings::default();
     q.scaling.min_tasks = 0;
     q.idle_backoff.max = Duration::from_millis(500);
@@ -462,6 +463,19 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
     .await;
     let report = worker.readiness().report();
     assert!(report.is_ready(), "degraded, not unready: {report:?}");
+    let ops = format!("http://{}", worker.ops_addr().unwrap());
+    let readyz = reqwest::get(format!("{ops}/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), 200);
+    let body = readyz.text().await.unwrap();
+    assert!(body.contains("degraded") && body.contains("bus"), "{body}");
+    let metrics = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ebbflow_bus_up 0"), "{metrics}");
+    assert!(metrics.contains("ebbflow_bus_outages_total 1"), "{metrics}");
     assert!(
         format!("{:?}", report.checks.get("bus")).contains("Degraded"),
         "{report:?}"
@@ -495,6 +509,17 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
     assert_eq!(
         format!("{:?}", worker.readiness().report().checks.get("bus")),
         "Some(Ready)"
+    );
+    let metrics = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ebbflow_bus_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("ebbflow_bus_reconnects_total 1"),
+        "{metrics}"
     );
     common::wait_for("back at zero tasks", Duration::from_secs(20), || {
         worker.snapshot()[0].active_tasks == 0
