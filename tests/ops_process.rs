@@ -472,7 +472,10 @@ async fn a_second_stop_signal_ends_the_drain_at_once_and_releases_the_messages()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(draining, "/readyz never answered 503 after the first ctrl-c");
+    assert!(
+        draining,
+        "/readyz never answered 503 after the first ctrl-c"
+    );
     interrupt();
     let started = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())

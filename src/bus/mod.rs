@@ -51,6 +51,7 @@ mod envelope;
 pub mod events;
 mod handle;
 pub mod memory;
+pub(crate) mod metrics;
 pub mod redis;
 pub mod settings;
 
@@ -275,4 +276,35 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Leaves: withdraws this instance's presence and stops receiving.
     async fn close(&self);
+
+    /// The transport's own counters (zero where it has none).
+    fn counters(&self) -> TransportCounters {
+        TransportCounters::default()
+    }
+}
+
+/// A transport's counters: outages and recoveries, entries taken over from another consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Times the connection was lost.
+    pub outages: u64,
+    /// Times it came back.
+    pub reconnects: u64,
+    /// Competing-consumer entries taken over after the claim timeout.
+    pub reclaimed: u64,
+}
+
+/// What the bus metrics show (see the README's Metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusFigures {
+    /// 1 while connected.
+    pub up: bool,
+    /// The transport's counters.
+    pub transport: TransportCounters,
+    /// Work notices received (each woke a listener).
+    pub notices_received: u64,
+    /// Work notices passed on by listeners that held more than they could take.
+    pub passed_on: u64,
+    /// Depth probes of idle queues while the bus was down.
+    pub outage_probes: u64,
 }

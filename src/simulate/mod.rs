@@ -632,6 +632,23 @@ mod tests {
     }
 
     #[test]
+    fn extreme_profiles_end_without_a_panic() {
+        let empty: Profile = toml_from_str("duration = \"0s\"\nphases = []\n").unwrap();
+        let (samples, summary) = simulate(&empty, QueueSettings::default()).unwrap();
+        assert!(samples.is_empty());
+        assert_eq!((summary.sent, summary.handled, summary.left), (0, 0, 0));
+        // Handlers that never end: the drain deadline aborts them and releases the messages.
+        let endless: Profile = toml_from_str(&format!(
+            "duration = \"5s\"\nhandler_ms = {}\n[[phases]]\nat = \"0s\"\nburst = 10\n\
+             [replicas]\nmin = 1\nmax = 1000\nqueue_length = 1\n",
+            i64::MAX
+        ))
+        .unwrap();
+        let (_, summary) = simulate(&endless, QueueSettings::default()).unwrap();
+        assert_eq!((summary.sent, summary.handled, summary.left), (10, 0, 10));
+    }
+
+    #[test]
     fn bad_profiles_are_named() {
         struct RemoveOnDrop(std::path::PathBuf);
         impl Drop for RemoveOnDrop {

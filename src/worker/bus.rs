@@ -171,6 +171,21 @@ impl Wiring {
         self.counters.clone()
     }
 
+    /// The bus's metrics collector, read at scrape time.
+    pub(crate) fn metrics(&self) -> Box<dyn prometheus_client::collector::Collector> {
+        let (bus, counters) = (self.bus.transport(), self.counters.clone());
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Box::new(crate::bus::metrics::BusMetrics(Arc::new(move || {
+            crate::bus::BusFigures {
+                up: *bus.health().borrow() == Health::Up,
+                transport: bus.counters(),
+                notices_received: read(&counters.notices_received),
+                passed_on: read(&counters.passed_on),
+                outage_probes: read(&counters.outage_probes),
+            }
+        })))
+    }
+
     /// Starts receiving the queues' work notices (each wakes the queue's listener, then is
     /// acknowledged). Fails when the bus refuses (start-up stops).
     pub(crate) async fn listen(&self) -> Result<(), crate::bus::BusError> {

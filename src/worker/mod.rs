@@ -322,6 +322,7 @@ impl Worker {
         }
         bus.start();
         let bus_counters = wiring.counters();
+        metrics.set_bus(wiring.metrics());
         wiring.run(listeners.clone(), probed, &readiness, life.stop.clone());
         life.tracker.close();
         info!(

@@ -199,3 +199,78 @@ fn a_huge_file_is_refused_without_reading_it_all() {
         );
     }
 }
+
+/// Two queues may share one poison queue: `poison requeue --queue b --all` requeues b's
+/// poison messages only and leaves a's where they are (it used to send a's back to a too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_all_on_a_shared_poison_queue_takes_only_that_queues_messages() {
+    use ebbflow::listener::poison::{PoisonEnvelope, PoisonReason};
+    let store = common::azurite();
+    let (a, b, shared) = (
+        common::unique("sha"),
+        common::unique("shb"),
+        common::unique("shp"),
+    );
+    let dir = config(&format!(
+        "[queues.{a}]\nshards = 2\npoison_queue = \"{shared}\"\n\n\
+         [queues.{b}]\npoison_queue = \"{shared}\"\n"
+    ));
+    let poison = store.queue(&shared).unwrap();
+    poison.create_if_missing().await.unwrap();
+    for queue in [&a, &b] {
+        let run = with(&dir, &["enqueue", queue, "original", "--create"]);
+        assert_eq!(run.code, Some(0), "{}", run.both());
+        let physical = if queue == &a {
+            format!("{a}-0")
+        } else {
+            b.clone()
+        };
+        let source = store.queue(&physical).unwrap();
+        let received = source
+            .receive(1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let envelope = PoisonEnvelope::new(queue, &received[0], PoisonReason::Rejected, None);
+        poison
+            .send(
+                envelope.to_text(ebbflow::codec::Encoding::Base64).as_str(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        source
+            .delete(&received[0].id, &received[0].pop_receipt)
+            .await
+            .unwrap();
+    }
+    let run = with(&dir, &["poison", "requeue", "--queue", &b, "--all"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(
+        run.stdout.contains(&format!("to {b} as ")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains(&format!("to {a} as ")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!("--queue {a}")),
+        "{}",
+        run.stdout
+    );
+    let stats = json(&with(&dir, &["stats", "--json"]));
+    let depth = |q: &str| {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["queue"] == q)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(depth(&b)["depth"], 1, "{stats}");
+    assert_eq!(depth(&a)["depth"], 0, "{stats}");
+    assert_eq!(depth(&a)["poison_depth"], 1, "a's copy stays: {stats}");
+}

@@ -505,6 +505,16 @@ impl Bus for RedisBus {
         Ok(list)
     }
 
+    fn counters(&self) -> super::TransportCounters {
+        let st = &self.shared.stats;
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        super::TransportCounters {
+            outages: read(&st.outages),
+            reconnects: read(&st.reconnects),
+            reclaimed: read(&st.reclaimed),
+        }
+    }
+
     async fn close(&self) {
         let s = &self.shared;
         if s.closed.is_cancelled() {
