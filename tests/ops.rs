@@ -193,6 +193,15 @@ async fn the_metrics_token_guards_metrics_but_never_the_probes() {
     assert!(body.contains("missing token"), "{body}");
     let (status, _) = get(&format!("{base}/metrics"), Some("scrape-token-012345678X")).await;
     assert_eq!(status, 401);
+    // A 401 names the scheme to use (RFC 9110).
+    let refused = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(
+        refused
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
     let (status, text) = get(&format!("{base}/metrics"), Some(TOKEN)).await;
     assert_eq!(status, 200);
     assert!(text.contains("ebbflow_received_total"), "{text}");

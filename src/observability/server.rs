@@ -95,7 +95,11 @@ async fn metrics_text(State(state): State<OpsState>, headers: HeaderMap) -> Resp
             Some(_) => None,
         };
         if let Some(why) = why {
-            return reject(StatusCode::UNAUTHORIZED, why);
+            // RFC 9110: a 401 names the scheme the client should use.
+            let mut r = reject(StatusCode::UNAUTHORIZED, why);
+            r.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
         }
     }
     ([("content-type", CONTENT_TYPE)], state.metrics.render()).into_response()
