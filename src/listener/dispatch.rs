@@ -20,7 +20,7 @@ use super::lease::{Lease, LeaseEvent};
 use super::poison::PoisonReason;
 use super::settle::{self, Outcome, Settle};
 use super::slots::{Ahead, Held};
-use super::stats::{bump, Gauge};
+use super::stats::{bump, Gauge, ListenerStats};
 use super::Shared;
 use crate::handler::{
     BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
@@ -77,7 +77,11 @@ pub(super) async fn run(
             return settle::apply(&shared, &message, action).await;
         }
     };
-    let signals = HandlerSignals::new(&shared);
+    let signals = HandlerSignals::new(
+        &shared.life.stop,
+        shared.settings.handler_timeout.is_some(),
+        &shared.never,
+    );
     let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
     let ctx = Context {
         queue: shared.name.clone(),
@@ -111,9 +115,17 @@ pub(super) async fn run(
     // interruption it probably is.
     let interrupted = shared.life.stop.is_cancelled();
     if let Some(event) = lease.finish().await {
-        report(&shared, &message, event);
+        report(&shared.name, &shared.stats, &message, event);
     }
-    log_job_end(&shared, &message, &heartbeat, started, &outcome);
+    let timed_pulses = shared.settings.heartbeat.interval.is_some();
+    log_job_end(
+        &shared.name,
+        timed_pulses,
+        &message,
+        &heartbeat,
+        started,
+        &outcome,
+    );
     match &outcome {
         Outcome::Panicked(text) => {
             bump(&shared.stats.panics);
@@ -160,7 +172,7 @@ async fn wait_for_slot(
             held = &mut slot => return Some(held),
             _ = shared.life.stop.cancelled() => break,
             event = lease.next_event() => {
-                report(shared, message, event);
+                report(&shared.name, &shared.stats, message, event);
                 if lease.is_lost() {
                     bump(&shared.stats.lost_ownership);
                     warn!(queue = %shared.name, message_id = %message.id,
@@ -171,7 +183,7 @@ async fn wait_for_slot(
         }
     }
     if let Some(event) = lease.finish().await {
-        report(shared, message, event);
+        report(&shared.name, &shared.stats, message, event);
     }
     if !lease.is_lost() {
         let message = ReceivedMessage {
@@ -199,19 +211,21 @@ struct HandlerSignals {
 }
 
 impl HandlerSignals {
-    fn new(shared: &Shared) -> Self {
-        let shutdown = Signal::new(shared.life.stop.clone());
-        if shared.settings.handler_timeout.is_none() {
+    /// The signals of one run: `stop` is the worker's; `never` stands in for the timeout
+    /// signal of handlers without a timeout.
+    fn new(stop: &CancellationToken, has_timeout: bool, never: &CancellationToken) -> Self {
+        let shutdown = Signal::new(stop.clone());
+        if !has_timeout {
             // No timeout: share the worker's tokens; nothing per message to allocate.
             return Self {
                 cancellation: shutdown.clone(),
-                timeout: Signal::new(shared.never.clone()),
+                timeout: Signal::new(never.clone()),
                 shutdown,
                 fire_on_timeout: None,
             };
         }
         let timeout = CancellationToken::new();
-        let cancellation = shared.life.stop.child_token();
+        let cancellation = stop.child_token();
         Self {
             shutdown,
             timeout: Signal::new(timeout.clone()),
@@ -277,12 +291,14 @@ async fn watch(
                 signals.fire_timeout();
                 timeout_at = Some(Instant::now() + settings.handler_timeout_grace);
             }
-            event = lease.next_event() => report(shared, message, event),
+            event = lease.next_event() => report(&shared.name, &shared.stats, message, event),
             _ = at(next_pulse) => {
                 next_pulse = next_pulse.map(|t| t + pulse_every.unwrap_or_default());
-                pulse(shared, message, lease, heartbeat, "time", started);
+                pulse(&shared.name, &shared.stats, message, lease, heartbeat, "time", started);
             }
-            _ = heartbeat.count_pulse() => pulse(shared, message, lease, heartbeat, "count", started),
+            _ = heartbeat.count_pulse() => {
+                pulse(&shared.name, &shared.stats, message, lease, heartbeat, "count", started);
+            }
         }
     }
 }
@@ -296,25 +312,24 @@ async fn at(t: Option<Instant>) {
 }
 
 /// Logs what a renewal came to and counts it.
-fn report(shared: &Shared, message: &ReceivedMessage, event: LeaseEvent) {
+fn report(queue: &str, stats: &ListenerStats, message: &ReceivedMessage, event: LeaseEvent) {
     match event {
         LeaseEvent::Renewed => {
-            bump(&shared.stats.renewals);
-            debug!(queue = %shared.name, message_id = %message.id,
-                   visibility = ?shared.settings.visibility_timeout, "visibility renewed");
+            bump(&stats.renewals);
+            debug!(queue, message_id = %message.id, "visibility renewed");
         }
         LeaseEvent::Failed(e) => {
-            bump(&shared.stats.store_errors);
-            warn!(queue = %shared.name, message_id = %message.id, error = %e,
+            bump(&stats.store_errors);
+            warn!(queue, message_id = %message.id, error = %e,
                   "visibility renewal failed; trying again in 1s");
         }
         LeaseEvent::Lost => {
-            warn!(queue = %shared.name, message_id = %message.id,
+            warn!(queue, message_id = %message.id,
                   "visibility renewal refused: the message was received again elsewhere");
         }
         // The store counted it (updates_in_doubt); the lease is given up like a lost one.
         LeaseEvent::InDoubt => {
-            warn!(queue = %shared.name, message_id = %message.id,
+            warn!(queue, message_id = %message.id,
                   "lease in doubt: a renewal's answer was lost and its retry found the receipt stale; the message may run again");
         }
     }
@@ -322,15 +337,16 @@ fn report(shared: &Shared, message: &ReceivedMessage, event: LeaseEvent) {
 
 /// Logs a heartbeat pulse and asks the lease for a renewal (at most one a second).
 fn pulse(
-    shared: &Shared,
+    queue: &str,
+    stats: &ListenerStats,
     message: &ReceivedMessage,
     lease: &mut Lease,
     heartbeat: &Heartbeat,
     kind: &str,
     started: Instant,
 ) {
-    bump(&shared.stats.pulses);
-    info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
+    bump(&stats.pulses);
+    info!(queue, message_id = %message.id, kind, count = heartbeat.count(),
           elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
     lease.renew_soon();
 }
@@ -338,7 +354,8 @@ fn pulse(
 /// Logs the end of a job with the status its handler reported: at info when it was a long
 /// job (it pulsed) or said how it went, at debug otherwise.
 fn log_job_end(
-    shared: &Shared,
+    queue: &str,
+    timed_pulses: bool,
     message: &ReceivedMessage,
     heartbeat: &Heartbeat,
     started: Instant,
@@ -353,14 +370,11 @@ fn log_job_end(
         Outcome::Aborted => "aborted",
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    if status != JobStatus::Unknown
-        || heartbeat.count() > 0
-        || shared.settings.heartbeat.interval.is_some()
-    {
-        info!(queue = %shared.name, message_id = %message.id, status = status.as_str(), note,
+    if status != JobStatus::Unknown || heartbeat.count() > 0 || timed_pulses {
+        info!(queue, message_id = %message.id, status = status.as_str(), note,
               result, count = heartbeat.count(), elapsed_ms, "job ended");
     } else {
-        debug!(queue = %shared.name, message_id = %message.id, status = status.as_str(), result,
+        debug!(queue, message_id = %message.id, status = status.as_str(), result,
                elapsed_ms, "job ended");
     }
 }
