@@ -60,10 +60,10 @@ pub(super) async fn run(
         },
     };
     // Renewals while it waited changed the receipt: settle with the newest.
-    let message = ReceivedMessage {
-        pop_receipt: lease.receipt().to_string(),
-        ..message
-    };
+    let mut message = message;
+    if lease.receipt() != message.pop_receipt {
+        message.pop_receipt = lease.receipt().to_string();
+    }
     let max = shared.settings.max_dequeue_count;
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
@@ -141,10 +141,9 @@ pub(super) async fn run(
         return;
     }
     // Settle with the newest pop receipt: the one the last renewal returned.
-    let message = ReceivedMessage {
-        pop_receipt: lease.receipt().to_string(),
-        ..message
-    };
+    if lease.receipt() != message.pop_receipt {
+        message.pop_receipt = lease.receipt().to_string();
+    }
     let action = Settle::decide(
         outcome,
         interrupted,

@@ -203,9 +203,10 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         quiet = false;
         set_view(&shared.view, id, 0, Duration::ZERO);
         // The scaler hears of a full *batch* only: a receive cut short by free slots says
-        // nothing more tasks could use.
+        // nothing more tasks could use, and neither does a full one that needed messages
+        // received ahead (every slot is busy: another task would only add receives).
         let _ = shared.events.send(Event::Batch {
-            full: got >= usize::from(shared.flow.batch),
+            full: got >= usize::from(shared.flow.batch) && got <= held.len(),
             filled,
             after_idle,
         });
