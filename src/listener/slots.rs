@@ -34,25 +34,6 @@ struct Pool {
     ahead: usize,
     /// The ahead messages waiting for a slot, oldest first.
     waiting: VecDeque<oneshot::Sender<Held>>,
-    /// The least a waiting task can take (free slots plus ahead room under `limit`): a slot
-    /// or room coming back wakes the tasks only once this much can be taken, not for every
-    /// message settled. `usize::MAX` when no task waits.
-    wanted: usize,
-    /// The ahead allowance the waiting tasks asked with.
-    limit: usize,
-}
-
-impl Pool {
-    /// Whether a task waiting should look again now; then it is forgotten (it registers again
-    /// if it waits on).
-    fn worth_waking(&mut self) -> bool {
-        let can_take = self.free + self.limit.saturating_sub(self.ahead);
-        if can_take < self.wanted {
-            return false;
-        }
-        self.wanted = usize::MAX;
-        true
-    }
 }
 
 /// Slots taken from the pool; they go back when this is dropped (to the oldest message
@@ -77,7 +58,6 @@ impl Slots {
             capacity,
             state: Mutex::new(Pool {
                 free: capacity,
-                wanted: usize::MAX,
                 ..Pool::default()
             }),
             freed: Notify::new(),
@@ -111,18 +91,6 @@ impl Slots {
         max: usize,
         ahead_limit: usize,
     ) -> Option<(Held, Ahead)> {
-        self.try_take_or_wait(min, max, ahead_limit, min)
-    }
-
-    /// [`Slots::try_take`]; when it cannot, registers in the same lock that the caller wants
-    /// a wake-up once `wake_at` can be taken (so none is lost in between).
-    fn try_take_or_wait(
-        self: &Arc<Self>,
-        min: usize,
-        max: usize,
-        ahead_limit: usize,
-        wake_at: usize,
-    ) -> Option<(Held, Ahead)> {
         let min = min.clamp(1, max.min(self.capacity + ahead_limit).max(1));
         let mut pool = self.pool();
         let count = pool.free.min(max);
@@ -133,8 +101,6 @@ impl Slots {
             0
         };
         if count + extra < min {
-            pool.wanted = pool.wanted.min(wake_at.clamp(1, min));
-            pool.limit = ahead_limit;
             return None;
         }
         pool.free -= count;
@@ -164,7 +130,7 @@ impl Slots {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(taken) = self.try_take_or_wait(min, max, ahead_limit, min) {
+            if let Some(taken) = self.try_take(min, max, ahead_limit) {
                 return taken;
             }
             freed.await;
@@ -173,9 +139,7 @@ impl Slots {
 
     /// Like [`Slots::take`], but patient only while slots keep coming back: once none has come
     /// back for `patience`, the slots still held belong to long jobs, so settle for whatever is
-    /// free (at least one). While messages may be received ahead (`ahead_limit > 0`, fast
-    /// handlers), room comes back at handler speed, so the wait is woken only once `min` can
-    /// be taken, and `patience` counts from its start.
+    /// free (at least one).
     pub(crate) async fn take_while_freeing(
         self: &Arc<Self>,
         min: usize,
@@ -183,24 +147,15 @@ impl Slots {
         ahead_limit: usize,
         patience: std::time::Duration,
     ) -> (Held, Ahead) {
-        let wake_at = if ahead_limit == 0 { 1 } else { min };
-        let give_up = tokio::time::sleep(patience);
-        tokio::pin!(give_up);
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(taken) = self.try_take_or_wait(min, max, ahead_limit, wake_at) {
+            if let Some(taken) = self.try_take(min, max, ahead_limit) {
                 return taken;
             }
-            tokio::select! {
-                _ = freed => {
-                    if ahead_limit == 0 {
-                        // A slot came back: the jobs are not all long; be patient again.
-                        give_up.as_mut().reset(tokio::time::Instant::now() + patience);
-                    }
-                }
-                _ = &mut give_up => return self.take(1, max, ahead_limit).await,
+            if tokio::time::timeout(patience, freed).await.is_err() {
+                return self.take(1, max, ahead_limit).await;
             }
         }
     }
@@ -230,12 +185,11 @@ impl Drop for Held {
         if self.count == 0 {
             return;
         }
-        let (handoffs, wake): (Vec<_>, bool) = {
+        let handoffs: Vec<_> = {
             let mut pool = self.pool.pool();
             let n = self.count.min(pool.waiting.len());
             pool.free += self.count - n;
-            let handoffs = pool.waiting.drain(..n).collect();
-            (handoffs, pool.worth_waking())
+            pool.waiting.drain(..n).collect()
         };
         // Outside the lock: a message that stopped waiting hands its slot back through this
         // same drop.
@@ -245,9 +199,7 @@ impl Drop for Held {
                 count: 1,
             });
         }
-        if wake {
-            self.pool.freed.notify_waiters();
-        }
+        self.pool.freed.notify_waiters();
     }
 }
 
@@ -307,14 +259,11 @@ impl Drop for Ahead {
         if self.count == 0 {
             return;
         }
-        let wake = {
+        {
             let mut pool = self.pool.pool();
             pool.ahead = pool.ahead.saturating_sub(self.count);
-            pool.worth_waking()
-        };
-        if wake {
-            self.pool.freed.notify_waiters();
         }
+        self.pool.freed.notify_waiters();
     }
 }
 
