@@ -29,10 +29,12 @@
 //!    and only then deleted.
 //! 6. On SIGTERM the worker stops receiving, signals handlers, waits for them until the drain
 //!    deadline, releases what was interrupted, and reports how it ended, within the deadline
-//!    plus a short grace even if the store hangs.
+//!    plus a short grace even if the store hangs. [`Worker::run`] does all of it for `main`.
 //!
-//! Throughout, every listener keeps counters ([`listener::QueueSnapshot`]) that
-//! [`observability`] renders for `GET /metrics`.
+//! Throughout, every listener keeps counters ([`listener::QueueSnapshot`]) and histograms,
+//! and a metering store layer times every call; [`observability`] serves them on the ops
+//! endpoint (`GET /metrics`), beside `/healthz` and `/readyz` (named readiness checks that turn
+//! unready the moment a drain begins), and sets up the logs (text or JSON lines).
 //!
 //! Past one machine, [`deploy`] writes the container engine's side (KEDA or Container Apps
 //! manifests) from the same settings, so replicas scale where one replica's tasks stop.

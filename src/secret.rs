@@ -13,12 +13,32 @@ use crate::service::redact;
 pub const REDACTED: &str = "<redacted>";
 
 /// Serializes text that may embed secrets (a connection string's `AccountKey=` or
-/// `SharedAccessSignature=`, a URL's `sig=` or `token=`) with those values redacted.
+/// `SharedAccessSignature=`, a URL's password, `sig=` or `token=`) with those values redacted
+/// ([`redact_connection_string`]).
 pub fn serialize_redacted<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(text) => s.serialize_some(&redact(text)),
+        Some(text) => s.serialize_some(&redact_connection_string(text)),
         None => s.serialize_none(),
     }
+}
+
+/// A connection string (`Key=Value;...`) or a URL with its secrets redacted: the values of
+/// `AccountKey` and `SharedAccessSignature` whatever the case and the spaces around their
+/// names (the store's parser trims them, so ` AccountKey = ...` is a working key), and in
+/// every other part a URL's password and its `sig=` or `token=` values.
+pub fn redact_connection_string(text: &str) -> String {
+    text.split(';')
+        .map(|part| match part.split_once('=') {
+            Some((name, _))
+                if ["accountkey", "sharedaccesssignature"]
+                    .contains(&name.trim().to_ascii_lowercase().as_str()) =>
+            {
+                format!("{name}={REDACTED}")
+            }
+            _ => redact_url(part),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// Serializes a value that is a secret as a whole (a token, a SAS token) as `<redacted>`, so
@@ -84,6 +104,36 @@ mod tests {
             ("redis://h/p@th", "redis://h/p@th"),
         ] {
             assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn connection_strings_lose_their_keys_however_they_are_spaced() {
+        for (cs, want) in [
+            (
+                "AccountName=a;AccountKey=S3C==;EndpointSuffix=x",
+                "AccountName=a;AccountKey=<redacted>;EndpointSuffix=x",
+            ),
+            (
+                "AccountName=a; AccountKey = S3C== ;X=y",
+                "AccountName=a; AccountKey =<redacted>;X=y",
+            ),
+            ("\taccountkey\t=S3C", "\taccountkey\t=<redacted>"),
+            (
+                "QueueEndpoint=https://q/a; SharedAccessSignature = sv=1&sig=S3C",
+                "QueueEndpoint=https://q/a; SharedAccessSignature =<redacted>",
+            ),
+            (
+                "AccountName=a;QueueEndpoint=https://u:S3C@q/a?sig=S3C",
+                "AccountName=a;QueueEndpoint=https://u:<redacted>@q/a?sig=<redacted>",
+            ),
+            (
+                "https://q/a?sv=1&sig=S3C",
+                "https://q/a?sv=1&sig=<redacted>",
+            ),
+            ("UseDevelopmentStorage=true", "UseDevelopmentStorage=true"),
+        ] {
+            assert_eq!(redact_connection_string(cs), want, "{cs}");
         }
     }
 

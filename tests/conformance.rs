@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ebbflow::store::{QueueStore, SendOptions, StoreError};
+use ebbflow::store::{QueueStore, SendOptions, StoreError, TimeToLive};
 
 /// Sleeps on tokio's clock: instant for the paused embedded runs, real for Azurite.
 async fn pass(d: Duration) {
@@ -213,7 +213,7 @@ async fn initial_delay_hides_a_new_message(store: Arc<dyn QueueStore>) {
 async fn time_to_live_expires_messages(store: Arc<dyn QueueStore>) {
     let q = common::fresh_queue(&store, "ttl").await;
     let options = SendOptions {
-        time_to_live: Some(Duration::from_secs(1)),
+        time_to_live: TimeToLive::After(Duration::from_secs(1)),
         ..Default::default()
     };
     q.send("short-lived", options).await.unwrap();

@@ -10,7 +10,9 @@ use std::time::Duration;
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
 use ebbflow::store::memory::MemoryStore;
-use ebbflow::store::QueueStore;
+use ebbflow::store::{
+    Layered, LayeredStore, Operation, Queue, QueueLayer, QueueStore, StoreError, StoreLayer,
+};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
 /// Sleeps `ms` milliseconds as the message's text says.
@@ -143,6 +145,18 @@ async fn probes_and_metrics_answer_without_the_trigger_endpoint() {
         Some(5.0),
         "{text}"
     );
+    assert!(
+        text.contains("# TYPE ebbflow_storage_call_duration_seconds histogram"),
+        "{text}"
+    );
+    // One send and one delete per message; receives may have batched them.
+    for (op, least) in [("receive", 1.0), ("delete", 5.0), ("send", 5.0)] {
+        let count = sample(
+            &text,
+            &format!("ebbflow_storage_call_duration_seconds_count{{queue=\"orders\",op=\"{op}\"}}"),
+        );
+        assert!(count.is_some_and(|c| c >= least), "{op}: {text}");
+    }
     // Each publish in this process triggered the listener once.
     assert_eq!(
         sample(
@@ -247,4 +261,93 @@ async fn a_taken_ops_address_fails_the_start_naming_the_key() {
         .err()
         .expect("the start must fail");
     assert!(err.to_string().contains("observability.bind"), "{err}");
+}
+
+/// Fails every receive with a transient fault while switched on.
+#[derive(Clone, Default)]
+struct Outage(Arc<std::sync::atomic::AtomicBool>);
+
+impl QueueLayer for Outage {
+    async fn around<T: Send>(
+        &self,
+        queue: &str,
+        operation: Operation,
+        call: impl std::future::Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        if operation == Operation::Receive && self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Transient {
+                queue: queue.to_string(),
+                detail: "503 ServerBusy".into(),
+            });
+        }
+        call.await
+    }
+}
+
+impl StoreLayer for Outage {
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        Layered::wrap(queue, self.clone())
+    }
+}
+
+/// At the default settings, an idle worker whose store stops answering is degraded at once
+/// (reported, still ready), unready once the calls have failed for over a minute, and ready
+/// again with the first answer; the probe costs no call of its own.
+#[tokio::test(start_paused = true)]
+async fn readiness_follows_the_store_calls_the_worker_makes_anyway() {
+    let outage = Outage::default();
+    let store = LayeredStore::wrap(Arc::new(MemoryStore::new()), outage.clone());
+    let mut s = settings(false);
+    s.observability.bind = None;
+    let worker = Worker::new(s)
+        .with_store(store)
+        .handler("orders", Sleepy)
+        .start()
+        .await
+        .unwrap();
+    let readiness = worker.readiness();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        readiness.report().status,
+        "ready",
+        "{:?}",
+        readiness.report()
+    );
+    let calls_before = worker.snapshot()[0].receive_calls;
+    // Reports cost nothing: no receive is made for them.
+    for _ in 0..100 {
+        readiness.report();
+    }
+    assert_eq!(worker.snapshot()[0].receive_calls, calls_before);
+
+    outage.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    common::wait_for("a failed receive", Duration::from_secs(60), || {
+        worker.snapshot()[0].store_errors > 0
+    })
+    .await;
+    let report = readiness.report();
+    assert_eq!(report.status, "degraded", "{report:?}");
+    assert!(report.is_ready());
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("store: store calls failing"),
+        "{report:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let report = readiness.report();
+    assert_eq!(report.status, "unready", "{report:?}");
+    assert!(
+        report.reason.as_deref().unwrap().contains("503 ServerBusy"),
+        "{report:?}"
+    );
+
+    outage.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    common::wait_for("ready again", Duration::from_secs(120), || {
+        readiness.report().status == "ready"
+    })
+    .await;
+    worker.shutdown().await;
 }

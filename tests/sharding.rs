@@ -89,7 +89,7 @@ async fn a_sharded_queue_spreads_sends_and_handles_each_once_under_one_cap(
     assert_eq!(shard_depths(&raw, &name).await, [0, 0, 0]);
     // A producer in another process spreads its sends through the same layer; the receipts
     // it gets back name the shard each send went to.
-    let sharded = ShardingStore::wrap(raw.clone(), ShardingStore::of_settings(&settings));
+    let sharded = ShardingStore::wrap_sharded(raw.clone(), settings.shard_counts());
     let q = sharded.queue(&name).unwrap();
     let mut per_shard = [0usize; SHARDS];
     for i in 0..MESSAGES {
@@ -171,9 +171,46 @@ async fn poison_copies_of_every_shard_go_to_the_one_poison_queue(raw: Arc<dyn Qu
     }
     // A requeue through the sharding layer (as `ebbflow poison requeue` does) spreads the
     // messages over the shards again.
-    let sharded = ShardingStore::wrap(raw.clone(), ShardingStore::of_settings(&settings));
+    let sharded = ShardingStore::wrap_sharded(raw.clone(), settings.shard_counts());
     let poison = PoisonQueue::new(sharded, &name, &settings.queues[&name]).unwrap();
     let report = poison.requeue(&Selection::All).await.unwrap();
     assert_eq!(report.requeued.len(), SHARDS * 2);
     assert_eq!(shard_depths(&raw, &name).await, [2, 2, 2]);
+}
+
+/// `/metrics` speaks of the logical queue: its counters add up over the shards, and no shard
+/// appears as a queue of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_add_up_over_the_shards_under_the_logical_name() {
+    let raw = common::memory();
+    let name = common::unique("shardm");
+    let mut settings = settings(&name);
+    settings.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    let worker = Worker::new(settings)
+        .with_store(raw.clone())
+        .handler(&name, Counting::default())
+        .start()
+        .await
+        .unwrap();
+    let publisher = worker.publisher(&name).unwrap();
+    for i in 0..SHARDS * 4 {
+        publisher
+            .send_bytes(format!("m{i}").as_bytes(), Default::default())
+            .await
+            .unwrap();
+    }
+    common::wait_for("all handled", Duration::from_secs(30), || {
+        worker.snapshot()[0].handled == (SHARDS * 4) as u64
+    })
+    .await;
+    let url = format!("http://{}/metrics", worker.ops_addr().unwrap());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let line = format!("ebbflow_handled_total{{queue=\"{name}\"}} ");
+    let handled = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line} in {text}"));
+    assert_eq!(handled.trim().parse::<f64>().unwrap(), (SHARDS * 4) as f64);
+    assert!(!text.contains(&format!("{name}-0")), "{text}");
+    worker.shutdown().await;
 }

@@ -170,7 +170,13 @@ fn free_port() -> u16 {
 
 /// Starts a consumer of `queue` through the proxy.
 pub fn spawn(env: &Env, kind: Kind, queue: &str, setup: &Setup) -> Running {
-    let record = env.dir.join(format!("{queue}.txt"));
+    spawn_named(env, kind, queue, queue, setup)
+}
+
+/// Starts a consumer of `queue` through the proxy, recording to `<name>.txt` (several replicas
+/// of one queue each keep their own record).
+pub fn spawn_named(env: &Env, kind: Kind, queue: &str, name: &str, setup: &Setup) -> Running {
+    let record = env.dir.join(format!("{name}.txt"));
     let _ = std::fs::remove_file(&record);
     let bin = match kind {
         Kind::Ebbflow => env!("CARGO_BIN_EXE_loadtest"),

@@ -6,7 +6,7 @@
 //! `cargo test --all-targets`, which CI runs) or with `--smoke` it runs a short smoke version
 //! whose figures mean nothing but whose JSON must come out. Options: `--out DIR` (default
 //! `target/bench`); `--only a,b` runs only the named scenarios (of `burst`, `idle`, `wake`,
-//! `backlog`, `trickle`, `longjob`, `embedded`); `--set KEY=VALUE` (repeatable) adds a queue
+//! `backlog`, `trickle`, `longjob`, `bus`, `embedded`); `--set KEY=VALUE` (repeatable) adds a queue
 //! setting (`EBBFLOW__QUEUES__<NAME>__KEY`, e.g. `REFILL_THRESHOLD=8`) or, for a key starting
 //! with `EBBFLOW__`, any setting, to every ebbflow worker, for trying a change;
 //! `--burst-concurrency N` runs the burst at another equal concurrency (default 8). Writes
@@ -24,6 +24,7 @@ mod common;
 
 mod backlog;
 mod burst;
+mod bus;
 mod embedded;
 mod env;
 mod idle;
@@ -62,6 +63,10 @@ struct Plan {
     long_job_gap_ms: (u64, u64),
     embedded_messages: usize,
     embedded_runs: usize,
+    /// The bus scenario: pickups from zero tasks, the idle window, the burst.
+    bus_reps: usize,
+    bus_idle: Duration,
+    bus_burst: usize,
 }
 
 const FULL: Plan = Plan {
@@ -84,6 +89,9 @@ const FULL: Plan = Plan {
     long_job_gap_ms: (200, 400),
     embedded_messages: 200_000,
     embedded_runs: 3,
+    bus_reps: 25,
+    bus_idle: Duration::from_secs(30),
+    bus_burst: 600,
 };
 
 const SMOKE: Plan = Plan {
@@ -105,11 +113,14 @@ const SMOKE: Plan = Plan {
     long_job_gap_ms: (100, 200),
     embedded_messages: 1_000,
     embedded_runs: 1,
+    bus_reps: 3,
+    bus_idle: Duration::from_secs(2),
+    bus_burst: 40,
 };
 
 /// The scenarios, in the order they run.
-const SCENARIOS: [&str; 7] = [
-    "burst", "idle", "wake", "backlog", "trickle", "longjob", "embedded",
+const SCENARIOS: [&str; 8] = [
+    "burst", "idle", "wake", "backlog", "trickle", "longjob", "bus", "embedded",
 ];
 
 fn main() {
@@ -251,6 +262,17 @@ async fn run(
                 report::percentile(&l.pickups_ms, 99.0)
             );
             r.long_job = Some(l);
+        }
+        if selected("bus") {
+            let b = bus::bus(env, plan).await;
+            println!(
+                "bus: {} pickups from zero tasks, burst of {} over {} replicas: {:?}",
+                b.pickups_ms.len(),
+                b.burst_messages,
+                bus::REPLICAS,
+                b.burst_per_replica
+            );
+            r.bus = Some(b);
         }
     }
     if selected("embedded") {

@@ -28,6 +28,7 @@ pub struct Results {
     pub long_job: Option<LongJob>,
     /// Messages/s of the raw loop and of ebbflow, per run.
     pub embedded: Option<(Vec<f64>, Vec<f64>)>,
+    pub bus: Option<crate::bus::BusRun>,
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -95,14 +96,14 @@ fn machine() -> Value {
 }
 
 /// One row of the targets table.
-struct Target {
+pub struct Target {
     figure: String,
     measured: f64,
     target: String,
     met: bool,
 }
 
-fn at_most(figure: impl Into<String>, measured: f64, limit: f64) -> Target {
+pub fn at_most(figure: impl Into<String>, measured: f64, limit: f64) -> Target {
     Target {
         figure: figure.into(),
         measured,
@@ -111,7 +112,7 @@ fn at_most(figure: impl Into<String>, measured: f64, limit: f64) -> Target {
     }
 }
 
-fn at_least(figure: impl Into<String>, measured: f64, limit: f64, unit: &str) -> Target {
+pub fn at_least(figure: impl Into<String>, measured: f64, limit: f64, unit: &str) -> Target {
     Target {
         figure: figure.into(),
         measured,
@@ -120,7 +121,7 @@ fn at_least(figure: impl Into<String>, measured: f64, limit: f64, unit: &str) ->
     }
 }
 
-fn exactly(figure: impl Into<String>, measured: f64, value: f64) -> Target {
+pub fn exactly(figure: impl Into<String>, measured: f64, value: f64) -> Target {
     Target {
         figure: figure.into(),
         measured,
@@ -468,6 +469,11 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
             "ebbflow_per_s": emb,
             "ratio": emb_rate / raw_rate,
         });
+    }
+
+    if let Some(b) = &r.bus {
+        lost += b.burst_tally.lost as u64;
+        results["bus"] = crate::bus::report(b, &mut targets);
     }
 
     if let Some(idle) = &r.idle {

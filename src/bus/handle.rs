@@ -12,7 +12,8 @@ use tracing::{debug, warn};
 use super::{
     Address, Bus, BusError, Envelope, Event, Health, Inbound, Member, Receipt, WorkNotice,
 };
-use crate::handler::BoxError;
+/// A handler's error (the same as [`crate::handler::BoxError`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Which events a subscriber wants. Every condition set must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,6 +157,7 @@ struct Inner {
     subscribers: Mutex<Vec<Subscriber>>,
     work: Mutex<Option<WorkSink>>,
     dispatching: std::sync::atomic::AtomicBool,
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// The typed bus API of one instance. Clones share it. A worker has one
@@ -182,6 +184,7 @@ impl BusHandle {
                 subscribers: Mutex::default(),
                 work: Mutex::default(),
                 dispatching: std::sync::atomic::AtomicBool::new(false),
+                closed: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -200,8 +203,13 @@ impl BusHandle {
             return;
         };
         let inner = Arc::downgrade(&self.inner);
+        let closed = self.inner.closed.clone();
         tokio::spawn(async move {
-            while let Some(inbound) = inbox.recv().await {
+            loop {
+                let inbound = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    inbound = inbox.recv() => match inbound { Some(i) => i, None => break },
+                };
                 let Some(inner) = inner.upgrade() else { break };
                 inner.dispatch(inbound).await;
             }
@@ -292,7 +300,15 @@ impl BusHandle {
         })
     }
 
-    #[allow(dead_code)] // the worker's work-detected bridge installs it
+    /// Leaves the bus: subscriptions end, presence is withdrawn, nothing more is received.
+    pub async fn close(&self) {
+        self.inner.closed.cancel();
+        if let Ok(mut subs) = self.inner.subscribers.lock() {
+            subs.clear();
+        }
+        self.inner.bus.close().await;
+    }
+
     pub(crate) fn set_work_sink(&self, sink: WorkSink) {
         if let Ok(mut w) = self.inner.work.lock() {
             *w = Some(sink);

@@ -357,14 +357,14 @@ impl Bus for MemoryBus {
         self.health.clone()
     }
 
-    async fn sent(&self, queue: &str) -> Result<SentState, BusError> {
+    async fn sent(&self, queue: &str, messages: u64) -> Result<SentState, BusError> {
         let mut state = self.state()?;
         let (empty, count) = state
             .work_state
             .entry(queue.to_string())
             .or_insert((true, 0));
         let was_empty = std::mem::replace(empty, false);
-        *count += 1;
+        *count = count.saturating_add(messages);
         Ok(SentState {
             was_empty,
             since_empty: *count,

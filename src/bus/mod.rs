@@ -20,6 +20,13 @@
 //!   Streams with a consumer group and `XAUTOCLAIM` for competing consumers and work notices).
 //! - `handle.rs`: [`BusHandle`], the typed API: publish, subscribe with a [`Filter`] to a
 //!   stream or a handler.
+//! - `announce.rs`: [`Announcer`], a producer's work-detected announcements after the publish
+//!   modes (every message, the first to an empty queue, every `depth` messages).
+//! - [`events`]: the runtime's own events (presence pulses, instances leaving, job pulses).
+//!
+//! The worker wires listeners to the bus (`worker/bus.rs`): a work notice wakes the queue's
+//! listener like a local trigger; with `reach = "one"` exactly one replica gets each notice,
+//! and a replica that finds more than it can take passes it on.
 //!
 //! ```no_run
 //! # async fn demo(bus: ebbflow::bus::BusHandle) -> Result<(), ebbflow::bus::BusError> {
@@ -39,9 +46,12 @@
 //! # Ok(()) }
 //! ```
 
+mod announce;
 mod envelope;
+pub mod events;
 mod handle;
 pub mod memory;
+pub(crate) mod metrics;
 pub mod redis;
 pub mod settings;
 
@@ -51,8 +61,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+pub use announce::{Announced, Announcer};
 pub use envelope::{now_ms, Address, Envelope};
-pub use handle::{BusHandle, Filter, Received, Subscription};
+pub use handle::{BoxError, BusHandle, Filter, Received, Subscription};
 pub(crate) use settings::check_queue_cover;
 pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Reach, RedisUrl};
 
@@ -193,6 +204,9 @@ pub struct Presence {
     pub in_flight: u64,
     /// Messages handled successfully since it started.
     pub handled: u64,
+    /// Receive calls made since it started (each one billable).
+    #[serde(default)]
+    pub receive_calls: u64,
     /// When it started, milliseconds since the Unix epoch.
     pub started_at_ms: u64,
     /// When it sent this pulse, milliseconds since the Unix epoch.
@@ -248,8 +262,8 @@ pub trait Bus: Send + Sync + 'static {
     /// Connected or not, now and as it changes.
     fn health(&self) -> watch::Receiver<Health>;
 
-    /// Records a producer's send to `queue` for the publish modes.
-    async fn sent(&self, queue: &str) -> Result<SentState, BusError>;
+    /// Records a producer's send of `messages` to `queue` for the publish modes.
+    async fn sent(&self, queue: &str, messages: u64) -> Result<SentState, BusError>;
 
     /// Records that `queue`'s listeners found it empty (for the publish modes).
     async fn drained(&self, queue: &str) -> Result<(), BusError>;
@@ -262,4 +276,35 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Leaves: withdraws this instance's presence and stops receiving.
     async fn close(&self);
+
+    /// The transport's own counters (zero where it has none).
+    fn counters(&self) -> TransportCounters {
+        TransportCounters::default()
+    }
+}
+
+/// A transport's counters: outages and recoveries, entries taken over from another consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Times the connection was lost.
+    pub outages: u64,
+    /// Times it came back.
+    pub reconnects: u64,
+    /// Competing-consumer entries taken over after the claim timeout.
+    pub reclaimed: u64,
+}
+
+/// What the bus metrics show (see the README's Metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusFigures {
+    /// 1 while connected.
+    pub up: bool,
+    /// The transport's counters.
+    pub transport: TransportCounters,
+    /// Work notices received (each woke a listener).
+    pub notices_received: u64,
+    /// Work notices passed on by listeners that held more than they could take.
+    pub passed_on: u64,
+    /// Depth probes of idle queues while the bus was down.
+    pub outage_probes: u64,
 }

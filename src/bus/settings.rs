@@ -420,6 +420,16 @@ pub(crate) fn check_queue_cover(
         || s.idle_probe_interval.is_some()
         || http_trigger
         || s.wake_on_publish;
+    if bus.is_shared() && s.wake_on_publish && queue.bus.publish != PublishMode::Every {
+        return Err(crate::config::ConfigError::invalid(
+            format!("queues.{name}.bus.publish"),
+            format!("{:?}", queue.bus.publish).to_lowercase(),
+            format!(
+                "queues.{name}.scaling.wake_on_publish = true promises a trigger for every \
+                 message: it needs publish = \"every\""
+            ),
+        ));
+    }
     if bus.is_shared() && s.min_tasks == 0 && !covered {
         return Err(crate::config::ConfigError::invalid(
             format!("queues.{name}.bus.outage_probe_interval"),

@@ -188,6 +188,15 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Each configured queue's shard count (name to count), for
+    /// [`crate::store::sharding::ShardingStore::wrap`].
+    pub fn shard_counts(&self) -> Vec<(String, usize)> {
+        self.queues
+            .iter()
+            .map(|(name, q)| (name.clone(), q.shards.get()))
+            .collect()
+    }
+
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_duration, check_range, ConfigError, MAX_IDLE_BACKOFF};
 use crate::codec::Encoding;
 use crate::service::{validate_queue_name, MAX_BATCH, MAX_VISIBILITY};
+use crate::store::TimeToLive;
 
 /// Settings of one queue.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -42,6 +43,10 @@ pub struct QueueSettings {
     pub encoding: Encoding,
     /// Name of the poison queue; default `<queue>-poison`.
     pub poison_queue: Option<String>,
+    /// How long a poison copy lives on the poison queue: `"never"` (the default: poison
+    /// messages wait for a person) or a duration of 1s..=68years (`"30days"`). A copy always
+    /// lives at least as long as its original had left.
+    pub poison_ttl: TimeToLive,
     /// The idle back-off curve.
     pub idle_backoff: IdleBackoffSettings,
     /// How many dequeue tasks run, and when that changes.
@@ -129,6 +134,7 @@ impl Default for QueueSettings {
             retry_delay: Duration::ZERO,
             encoding: Encoding::Base64,
             poison_queue: None,
+            poison_ttl: TimeToLive::Never,
             idle_backoff: IdleBackoffSettings::default(),
             scaling: ScalingSettings::default(),
             handler_timeout: None,

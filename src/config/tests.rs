@@ -347,6 +347,19 @@ fn shards_are_typed_and_their_names_checked() {
     let dir = dir_with("[queues.orders]\nshards = 4\n");
     let s = Settings::load_from(&dir, &env).unwrap();
     assert_eq!(s.queues["orders"].shards.get(), 4);
+    // From the environment too (a string there).
+    let env_set = BTreeMap::from([(
+        "EBBFLOW__QUEUES__ORDERS__SHARDS".to_string(),
+        "7".to_string(),
+    )]);
+    let from_env = Settings::load_from(&dir, &env_set).unwrap();
+    assert_eq!(from_env.queues["orders"].shards.get(), 7);
+    let bad_env = BTreeMap::from([(
+        "EBBFLOW__QUEUES__ORDERS__SHARDS".to_string(),
+        "0".to_string(),
+    )]);
+    let err = Settings::load_from(&dir, &bad_env).unwrap_err().to_string();
+    assert!(err.contains("shards = 0"), "{err}");
     assert_eq!(
         s.queues["orders"].shard_names("orders"),
         ["orders-0", "orders-1", "orders-2", "orders-3"]

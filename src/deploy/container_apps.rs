@@ -10,10 +10,28 @@ use super::keda::{env, queue_metadata};
 use super::plan::{AuthPlan, Plan};
 use super::yaml::{map, s, seq, Node};
 use super::{ops_bind, CONTAINER_NAME, OPS_PORT};
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 
 /// The app secret holding the connection string (secret auth).
 pub const SECRET_NAME: &str = "storage-connection";
+
+/// The app secret holding the bus's Redis URL (with `[bus] kind = "redis"`).
+pub const BUS_SECRET_NAME: &str = "bus-url";
+
+/// Container Apps' own rule for app names, stricter than a DNS label: 2..=32 characters, no
+/// `--`.
+pub fn check_name(settings: &Settings) -> Result<(), ConfigError> {
+    let name = settings.deploy.name.as_str();
+    if (2..=32).contains(&name.len()) && !name.contains("--") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "deploy.name",
+            name,
+            "a container app's name is 2-32 characters without \"--\"",
+        ))
+    }
+}
 
 /// The app's YAML document.
 pub fn document(settings: &Settings, plan: &Plan) -> Node {
@@ -30,7 +48,13 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
             env_vars.push(env("EBBFLOW__STORAGE__CREDENTIAL", "managed_identity"));
         }
     }
-    let probe = |kind: &str, path: &str, period: u32| {
+    if settings.bus.is_shared() {
+        env_vars.push(map([
+            ("name", s("EBBFLOW__BUS__URL")),
+            ("secretRef", s(BUS_SECRET_NAME)),
+        ]));
+    }
+    let probe = |kind: &str, path: &str, period: u32, failures: u32| {
         map([
             ("type", s(kind)),
             (
@@ -38,7 +62,7 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
                 map([("path", s(path)), ("port", Node::from(u32::from(OPS_PORT)))]),
             ),
             ("periodSeconds", Node::from(period)),
-            ("failureThreshold", Node::from(3u32)),
+            ("failureThreshold", Node::from(failures)),
         ])
     };
     let container = map([
@@ -55,8 +79,8 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
         (
             "probes",
             seq([
-                probe("Liveness", "/healthz", 10),
-                probe("Readiness", "/readyz", 5),
+                probe("Liveness", "/healthz", 10, 3),
+                probe("Readiness", "/readyz", 5, 1),
             ]),
         ),
     ]);

@@ -70,6 +70,14 @@ fn storage_env(settings: &Settings, plan: &Plan) -> Vec<Node> {
     }
 }
 
+/// The secret key holding the bus's Redis URL.
+pub const BUS_SECRET_KEY: &str = "url";
+
+/// The Kubernetes secret holding the bus's Redis URL (with `[bus] kind = "redis"`).
+pub fn bus_secret_name(settings: &Settings) -> String {
+    format!("{}-bus", settings.deploy.name)
+}
+
 /// The Kubernetes secret holding the connection string (secret auth).
 pub fn secret_name(settings: &Settings) -> String {
     format!("{}-storage", settings.deploy.name)
@@ -79,15 +87,34 @@ pub(super) fn env(name: &str, value: &str) -> Node {
     map([("name", s(name)), ("value", s(value))])
 }
 
-fn probe(path: &str, period: u32) -> Node {
+/// An HTTP probe on the ops port. Liveness tolerates three misses; readiness turns at the first
+/// 503 (a drain has begun), so a rollout does not count on a replica that is stopping.
+fn probe(path: &str, period: u32, failures: u32) -> Node {
     map([
         (
             "httpGet",
             map([("path", s(path)), ("port", Node::from(u32::from(OPS_PORT)))]),
         ),
         ("periodSeconds", Node::from(period)),
-        ("failureThreshold", Node::from(3u32)),
+        ("failureThreshold", Node::from(failures)),
     ])
+}
+
+/// The ops port, and the trigger endpoint's when it listens beyond the pod's loopback (so a
+/// Service can send work-detected events to it).
+fn ports(settings: &Settings) -> Vec<Node> {
+    let mut ports = vec![map([
+        ("name", s("ops")),
+        ("containerPort", Node::from(u32::from(OPS_PORT))),
+    ])];
+    let http = &settings.triggers.http;
+    if http.enabled && !http.bind.ip().is_loopback() {
+        ports.push(map([
+            ("name", s("triggers")),
+            ("containerPort", Node::from(u32::from(http.bind.port()))),
+        ]));
+    }
+    ports
 }
 
 fn deployment(settings: &Settings, plan: &Plan) -> Node {
@@ -99,17 +126,27 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
     }
     let mut env = vec![env("EBBFLOW__OBSERVABILITY__BIND", &ops_bind())];
     env.extend(storage_env(settings, plan));
+    if settings.bus.is_shared() {
+        // The Redis URL may carry a password: from a secret, like the storage's.
+        env.push(map([
+            ("name", s("EBBFLOW__BUS__URL")),
+            (
+                "valueFrom",
+                map([(
+                    "secretKeyRef",
+                    map([
+                        ("name", s(bus_secret_name(settings))),
+                        ("key", s(BUS_SECRET_KEY)),
+                    ]),
+                )]),
+            ),
+        ]));
+    }
     let memory = format!("{}Mi", d.memory_mib);
     let container = map([
         ("name", s(CONTAINER_NAME)),
         ("image", s(d.image.as_str())),
-        (
-            "ports",
-            seq([map([
-                ("name", s("ops")),
-                ("containerPort", Node::from(u32::from(OPS_PORT))),
-            ])]),
-        ),
+        ("ports", seq(ports(settings))),
         ("env", seq(env)),
         (
             "resources",
@@ -124,8 +161,8 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
                 ("limits", map([("memory", s(memory.as_str()))])),
             ]),
         ),
-        ("livenessProbe", probe("/healthz", 10)),
-        ("readinessProbe", probe("/readyz", 5)),
+        ("livenessProbe", probe("/healthz", 10, 3)),
+        ("readinessProbe", probe("/readyz", 5, 1)),
         (
             "securityContext",
             map([

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 pub use super::auth::{AuthPlan, Cloud};
+#[cfg(test)]
+use super::capacity::saturation_backlog;
 use super::DeployError;
 use crate::config::{ConfigError, QueueSettings, Settings};
 use crate::worker::RELEASE_GRACE;
@@ -62,24 +64,6 @@ pub struct QueueTrigger {
     pub queue_length: u64,
 }
 
-/// The visible backlog at which one replica runs all the tasks it usefully can for this queue:
-/// `max_tasks` (at most `concurrency`: a task needs a slot) times `messages_per_task`, or with
-/// `depth_rules`, the first depth whose rule reaches that many tasks (the last rule's depth when
-/// none does). Past it, only another replica adds capacity.
-pub fn saturation_backlog(q: &QueueSettings) -> u64 {
-    let s = &q.scaling;
-    let top = s.max_tasks.min(q.concurrency).max(1);
-    if s.depth_rules.is_empty() {
-        u64::from(top).saturating_mul(u64::from(s.messages_per_task.max(1)))
-    } else {
-        s.depth_rules
-            .iter()
-            .find(|r| r.tasks >= top)
-            .or(s.depth_rules.last())
-            .map_or(0, |r| r.from)
-    }
-}
-
 /// The triggers for one queue, one per physical queue: `queueLength = concurrency + saturation
 /// backlog`. KEDA's default `queueLengthStrategy: all` counts in-flight (invisible) messages as
 /// queue length (kedacore/keda#4432), and a busy replica holds up to `concurrency` of them, so
@@ -93,7 +77,7 @@ pub fn saturation_backlog(q: &QueueSettings) -> u64 {
 pub fn queue_triggers(name: &str, q: &QueueSettings) -> Vec<QueueTrigger> {
     let shards = q.shards.get().max(1) as u64;
     let in_flight = u64::from(q.concurrency).div_ceil(shards);
-    let backlog = saturation_backlog(q).div_ceil(shards);
+    let backlog = super::capacity::saturation_backlog(q).div_ceil(shards);
     q.shard_names(name)
         .into_iter()
         .map(|queue| QueueTrigger {

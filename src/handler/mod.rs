@@ -92,6 +92,7 @@ pub struct Context {
     pub(crate) cancellation: Signal,
     pub(crate) publishers: Publishers,
     pub(crate) heartbeat: Heartbeat,
+    pub(crate) bus: Option<crate::bus::BusHandle>,
 }
 
 /// The worker's publishers by queue name, shared by every handler's [`Context`].
@@ -170,6 +171,13 @@ impl Context {
     /// this worker's listener of that queue at once (the in-process push trigger).
     pub fn publisher(&self, queue: &str) -> Option<&Publisher> {
         self.publishers.get(queue)
+    }
+
+    /// The worker's bus: publish events to other instances (unicast, multicast, a role, or
+    /// one instance of a role), e.g. `ctx.bus()?.publish(&event, Address::role("controller"))`.
+    /// `None` only for contexts made outside a worker.
+    pub fn bus(&self) -> Option<&crate::bus::BusHandle> {
+        self.bus.as_ref()
     }
 
     /// The job's heartbeat: report progress and the job's final status. Pulses are logged

@@ -4,12 +4,15 @@ use std::sync::Arc;
 
 /// Sends messages to one queue in that queue's encoding: for producers, and for handlers
 /// that hand work on. With a trigger hub, every send also wakes this process's listeners of
-/// the queue at once (the in-process push trigger).
+/// the queue at once (the in-process push trigger). With a bus announcer (a shared bus), the
+/// send is announced to the listeners of every replica instead, as the queue's publish mode
+/// says; while the bus is down, the local listeners are woken as without one.
 #[derive(Clone)]
 pub struct Publisher {
     queue: Arc<dyn crate::store::Queue>,
     encoding: crate::codec::Encoding,
     hub: Option<crate::trigger::Hub>,
+    announcer: Option<crate::bus::Announcer>,
 }
 
 /// Why a publish failed.
@@ -44,7 +47,14 @@ impl Publisher {
             queue,
             encoding,
             hub: None,
+            announcer: None,
         }
+    }
+
+    /// Announce each send on the bus (see [`crate::bus::Announcer`]).
+    pub fn with_announcer(mut self, announcer: crate::bus::Announcer) -> Self {
+        self.announcer = Some(announcer);
+        self
     }
 
     /// Also notify `hub` after each send.
@@ -72,8 +82,16 @@ impl Publisher {
                 detail: e.to_string(),
             })?;
         let id = self.queue.send(&text, options).await?.id;
-        if let Some(hub) = &self.hub {
-            hub.notify(self.queue.name());
+        let announced = match &self.announcer {
+            Some(a) => a.after_send(1).await,
+            None => crate::bus::Announced::Failed,
+        };
+        // Announced on the bus, the notice reaches this process's listeners too (or the one
+        // replica chosen for it); not needed: the listeners are at work already.
+        if announced == crate::bus::Announced::Failed {
+            if let Some(hub) = &self.hub {
+                hub.notify(self.queue.name());
+            }
         }
         Ok(id)
     }

@@ -21,7 +21,7 @@ use super::poison::PoisonReason;
 use super::settle::{self, Outcome, Settle};
 use super::slots::{Ahead, Held};
 use super::stats::{bump, Gauge, ListenerStats};
-use super::Shared;
+use super::{ListenerHooks, Shared};
 use crate::handler::{
     BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
 };
@@ -68,13 +68,13 @@ pub(super) async fn run(
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
         let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
-        return settle::apply(&shared, &message, action).await;
+        return settle::apply(&shared, &message, action, lease.valid_until()).await;
     }
     let bytes = match shared.settings.encoding.decode(&message.text) {
         Ok(bytes) => bytes,
         Err(e) => {
             let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
-            return settle::apply(&shared, &message, action).await;
+            return settle::apply(&shared, &message, action, lease.valid_until()).await;
         }
     };
     let signals = HandlerSignals::new(
@@ -92,6 +92,7 @@ pub(super) async fn run(
         timeout: signals.timeout.clone(),
         cancellation: signals.cancellation.clone(),
         publishers: shared.publishers.clone(),
+        bus: shared.bus.clone(),
         heartbeat: heartbeat.clone(),
     };
     let started = Instant::now();
@@ -151,7 +152,7 @@ pub(super) async fn run(
         max,
         shared.settings.retry_delay,
     );
-    settle::apply(&shared, &message, action).await;
+    settle::apply(&shared, &message, action, lease.valid_until()).await;
 }
 
 /// Waits for a slot with the lease renewed beside. `None` when the message is not to run: the
@@ -258,6 +259,11 @@ async fn watch(
     let mut timeout_at = settings.handler_timeout.map(|t| started + t);
     let mut timed_out = false;
     let pulse_every = settings.heartbeat.interval;
+    let pulses = Pulses {
+        queue: &shared.name,
+        stats: &shared.stats,
+        hooks: shared.hooks.as_ref(),
+    };
     let mut next_pulse = pulse_every.map(|p| started + p);
     loop {
         tokio::select! {
@@ -293,10 +299,10 @@ async fn watch(
             event = lease.next_event() => report(&shared.name, &shared.stats, message, event),
             _ = at(next_pulse) => {
                 next_pulse = next_pulse.map(|t| t + pulse_every.unwrap_or_default());
-                pulse(&shared.name, &shared.stats, message, lease, heartbeat, "time", started);
+                pulses.pulse(message, lease, heartbeat, "time", started);
             }
             _ = heartbeat.count_pulse() => {
-                pulse(&shared.name, &shared.stats, message, lease, heartbeat, "count", started);
+                pulses.pulse(message, lease, heartbeat, "count", started);
             }
         }
     }
@@ -334,20 +340,32 @@ fn report(queue: &str, stats: &ListenerStats, message: &ReceivedMessage, event: 
     }
 }
 
-/// Logs a heartbeat pulse and asks the lease for a renewal (at most one a second).
-fn pulse(
-    queue: &str,
-    stats: &ListenerStats,
-    message: &ReceivedMessage,
-    lease: &mut Lease,
-    heartbeat: &Heartbeat,
-    kind: &str,
-    started: Instant,
-) {
-    bump(&stats.pulses);
-    info!(queue, message_id = %message.id, kind, count = heartbeat.count(),
-          elapsed_ms = started.elapsed().as_millis() as u64, "job pulse");
-    lease.renew_soon();
+/// What a heartbeat pulse is reported to: the queue's log field, its counters and hooks.
+struct Pulses<'a> {
+    queue: &'a str,
+    stats: &'a ListenerStats,
+    hooks: Option<&'a Arc<dyn ListenerHooks>>,
+}
+
+impl Pulses<'_> {
+    /// Logs a heartbeat pulse and asks the lease for a renewal (at most one a second).
+    fn pulse(
+        &self,
+        message: &ReceivedMessage,
+        lease: &mut Lease,
+        heartbeat: &Heartbeat,
+        kind: &str,
+        started: Instant,
+    ) {
+        bump(&self.stats.pulses);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        info!(queue = self.queue, message_id = %message.id, kind, count = heartbeat.count(),
+              elapsed_ms, "job pulse");
+        if let Some(hooks) = self.hooks {
+            hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
+        }
+        lease.renew_soon();
+    }
 }
 
 /// Logs the end of a job with the status its handler reported: at info when it was a long

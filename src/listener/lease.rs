@@ -76,6 +76,11 @@ impl Lease {
         &self.receipt
     }
 
+    /// When the message's visibility timeout ends, as far as the last renewal knows.
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
     /// A renewal found the message received by someone else.
     pub(crate) fn is_lost(&self) -> bool {
         self.lost

@@ -87,8 +87,27 @@ pub(crate) struct Lifecycle {
     pub(crate) tracker: TaskTracker,
 }
 
+/// What a listener tells the world outside its process (the worker wires these to the bus):
+/// the queue looked drained, it held work, it held more than this listener can take now, and
+/// long jobs' heartbeat pulses. Each call is cheap and never blocks the caller.
+pub(crate) trait ListenerHooks: Send + Sync + 'static {
+    /// A receive came back empty.
+    fn drained(&self) {}
+    /// A receive brought messages.
+    fn found(&self) {}
+    /// A receive came back filled with no free concurrency slot left: the queue holds more
+    /// than this listener can take now.
+    fn overflow(&self) {}
+    /// A long job's heartbeat pulse (`kind`: `timed` or `count`).
+    fn job_pulse(&self, _message_id: &str, _kind: &str, _count: u64, _elapsed_ms: u64) {}
+}
+
 /// What a listener is made of.
 pub(crate) struct ListenerSpec {
+    /// Outward signals (the bus); `None`: nobody listens.
+    pub(crate) hooks: Option<Arc<dyn ListenerHooks>>,
+    /// The worker's bus, for every handler's `Context`.
+    pub(crate) bus: Option<crate::bus::BusHandle>,
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) poison_queue: Arc<dyn Queue>,
     pub(crate) settings: QueueSettings,
@@ -181,6 +200,8 @@ const MAX_REFILL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
 
 /// Everything a queue's tasks and message runs share.
 pub(crate) struct Shared {
+    hooks: Option<Arc<dyn ListenerHooks>>,
+    bus: Option<crate::bus::BusHandle>,
     name: Arc<str>,
     queue: Arc<dyn Queue>,
     poison_queue: Arc<dyn Queue>,
@@ -276,6 +297,8 @@ impl QueueListener {
             handler_ms: std::sync::atomic::AtomicU64::new(0),
         };
         let shared = Arc::new(Shared {
+            hooks: spec.hooks,
+            bus: spec.bus,
             name: Arc::from(spec.queue.name()),
             queue: spec.queue,
             poison_queue: spec.poison_queue,

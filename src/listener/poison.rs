@@ -40,7 +40,10 @@ use tracing::info;
 
 use crate::codec::Encoding;
 use crate::config::QueueSettings;
-use crate::store::{Queue, QueueStore, ReceivedMessage, StoreError, MAX_BATCH, MAX_MESSAGE_BYTES};
+use crate::store::{
+    now_utc, Queue, QueueStore, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_BATCH,
+    MAX_MESSAGE_BYTES,
+};
 
 /// Why a message was poisoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +207,18 @@ pub struct RequeueReport {
     pub missing: Vec<String>,
 }
 
+/// A requeued message's time to live: what its poison copy had left (a poison copy that never
+/// expires, the default, gives one that never expires), and at least the service's default 7
+/// days, so a requeue never sends a message back to expire within minutes.
+fn requeue_options(poison_copy: &ReceivedMessage) -> SendOptions {
+    let left = TimeToLive::remaining(poison_copy.expires_at, now_utc())
+        .unwrap_or(TimeToLive::ServiceDefault);
+    SendOptions {
+        initial_delay: Duration::ZERO,
+        time_to_live: left.at_least(TimeToLive::ServiceDefault),
+    }
+}
+
 /// Operations on a queue's poison queue: list, inspect, requeue.
 ///
 /// Reading beyond the first 32 messages needs receives, so each operation receives the poison
@@ -277,8 +292,9 @@ impl PoisonQueue {
                 Ok(e) => (e.queue, e.body),
                 Err(_) => (self.source.clone(), message.text.clone()),
             };
+            let options = requeue_options(&message);
             let sent = match self.store.queue(&target) {
-                Ok(source) => source.send(&body, Default::default()).await,
+                Ok(source) => source.send(&body, options).await,
                 Err(e) => Err(e),
             };
             match sent {

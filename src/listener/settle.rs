@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tracing::{debug, error, info, warn};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::{bump, ListenerStats};
 use super::{Fatal, Shared};
 use crate::handler::{DispatchError, HandlerError};
-use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, MAX_VISIBILITY};
+use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY};
 
 /// What became of a handler run.
 #[derive(Debug)]
@@ -101,10 +103,18 @@ fn cap(delay: Duration) -> Duration {
     delay.min(MAX_VISIBILITY)
 }
 
-/// Carries out `action` on the store.
-pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, action: Settle) {
+/// Carries out `action` on the store. `lease_ends`: when the message's visibility timeout ends
+/// (as far as its lease knows); a failed delete is retried until then, since until then
+/// nobody else can receive it and a late delete still spares a duplicate run.
+pub(super) async fn apply(
+    shared: &Arc<Shared>,
+    message: &ReceivedMessage,
+    action: Settle,
+    lease_ends: Instant,
+) {
+    let (id, receipt) = (&message.id, &message.pop_receipt);
     match action {
-        Settle::Delete => match shared.queue.delete(&message.id, &message.pop_receipt).await {
+        Settle::Delete => match shared.queue.delete_within(id, receipt, lease_ends).await {
             Ok(()) => {
                 bump(&shared.stats.handled);
                 debug!(queue = %shared.name, message_id = %message.id, "message handled");
@@ -112,6 +122,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, actio
             Err(e) => store_failure(shared, message, "delete after success", e),
         },
         Settle::Retry(delay, why) => {
+            let delay = within_life(message, delay);
             warn!(queue = %shared.name, message_id = %message.id, dequeue_count = message.dequeue_count,
                   retry_in = ?delay, error = %why, "handler failed; will retry");
             match shared
@@ -127,7 +138,17 @@ pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, actio
             }
         }
         Settle::Release(after, why) => release(shared, message, after, &why).await,
-        Settle::Poison(reason, why) => poison(shared, message, reason, why).await,
+        Settle::Poison(reason, why) => poison(shared, message, reason, why, lease_ends).await,
+    }
+}
+
+/// A delay that ends while the message still lives: the service refuses to hide a message past
+/// its expiry, and one hidden until it expires would vanish unseen. So a delay is cut to end a
+/// second before the expiry (a message that never expires keeps any delay).
+fn within_life(message: &ReceivedMessage, delay: Duration) -> Duration {
+    match TimeToLive::remaining(message.expires_at, now_utc()).and_then(TimeToLive::duration) {
+        Some(left) => delay.min(left.saturating_sub(Duration::from_secs(1))),
+        None => delay,
     }
 }
 
@@ -135,8 +156,9 @@ pub(super) async fn apply(shared: &Arc<Shared>, message: &ReceivedMessage, actio
 ///
 /// The service cannot lower a dequeue count, and a message released on its last allowed try
 /// would come back over the limit and be poisoned unrun. So such a message is sent again as a
-/// fresh copy (same text, a fresh dequeue count, its remaining time to live) and the received
-/// one deleted; its id changes. Earlier tries release in place.
+/// fresh copy (same text, a fresh dequeue count, and the original's expiry: its remaining time
+/// to live, never-expiring staying never-expiring) and the received one deleted; its id
+/// changes. Earlier tries release in place.
 pub(super) async fn release(
     shared: &Arc<Shared>,
     message: &ReceivedMessage,
@@ -166,6 +188,7 @@ pub(super) async fn release(
             }
         }
     }
+    let after = within_life(message, after);
     match shared
         .queue
         .update(&message.id, &message.pop_receipt, after, None)
@@ -180,24 +203,30 @@ pub(super) async fn release(
     }
 }
 
-/// Send options that keep a copy's life within the original's: `None` when the original
-/// expires before the copy would become visible.
+/// Send options that give a copy the original's expiry: its remaining time to live (whole
+/// seconds, rounded up; never-expiring stays never). `None` when the original expires before
+/// the copy would become visible.
 fn fresh_copy_options(message: &ReceivedMessage, after: Duration) -> Option<SendOptions> {
-    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
-    let time_to_live = match message.expires_at {
-        Some(expires) => {
-            let left = (expires - now_utc()).try_into().unwrap_or(Duration::ZERO);
-            if left <= after + Duration::from_secs(1) {
-                return None;
-            }
-            Some(left.min(LONGEST))
+    let time_to_live = TimeToLive::remaining(message.expires_at, now_utc())?;
+    if let Some(left) = time_to_live.duration() {
+        if left <= after + Duration::from_secs(1) {
+            return None;
         }
-        None => None,
-    };
+    }
     Some(SendOptions {
         initial_delay: after,
         time_to_live,
     })
+}
+
+/// The poison copy's time to live: the queue's `poison_ttl` (default never), and at least what
+/// the original had left, so a poison copy never vanishes before its original would have.
+fn poison_copy_options(message: &ReceivedMessage, poison_ttl: TimeToLive) -> SendOptions {
+    let left = TimeToLive::remaining(message.expires_at, now_utc());
+    SendOptions {
+        initial_delay: Duration::ZERO,
+        time_to_live: left.map_or(poison_ttl, |left| poison_ttl.at_least(left)),
+    }
 }
 
 /// Copies the message to the poison queue, then deletes it. The copy is the envelope with the
@@ -209,6 +238,7 @@ pub(super) async fn poison(
     message: &ReceivedMessage,
     reason: PoisonReason,
     error: String,
+    lease_ends: Instant,
 ) {
     let envelope = PoisonEnvelope::new(&shared.name, message, reason, Some(error.clone()));
     let text = envelope.to_text(shared.settings.encoding);
@@ -216,13 +246,18 @@ pub(super) async fn poison(
         PoisonText::Envelope(t) => (t.as_str(), "envelope"),
         PoisonText::Original(t) => (t.as_str(), "original"),
     };
-    if let Err(e) = shared.poison_queue.send(body, Default::default()).await {
+    let options = poison_copy_options(message, shared.settings.poison_ttl);
+    if let Err(e) = shared.poison_queue.send(body, options).await {
         error!(queue = %shared.name, message_id = %message.id, poison_queue = shared.poison_queue.name(),
                error = %e, "copy to poison queue failed; message left on its queue");
         bump(&shared.stats.store_errors);
         return;
     }
-    match shared.queue.delete(&message.id, &message.pop_receipt).await {
+    let deleted = shared
+        .queue
+        .delete_within(&message.id, &message.pop_receipt, lease_ends)
+        .await;
+    match deleted {
         Ok(()) => {
             bump(&shared.stats.poisoned);
             warn!(queue = %shared.name, message_id = %message.id, reason = reason.as_str(),

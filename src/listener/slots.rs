@@ -76,7 +76,6 @@ impl Slots {
     }
 
     /// Free slots now.
-    #[cfg(test)]
     pub(crate) fn free(&self) -> usize {
         self.pool().free
     }

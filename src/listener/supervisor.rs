@@ -42,6 +42,39 @@ struct Probe {
     oldest_age: Option<Duration>,
 }
 
+/// A task ending unexpectedly this soon after it started counts towards the restart budget.
+const QUICK_FAILURE: Duration = Duration::from_secs(10);
+/// Tasks in a row that may end unexpectedly within [`QUICK_FAILURE`] of starting before the
+/// worker stops with a fatal error (exit code 3): with the back-off below, about 50 s of a
+/// queue that cannot be consumed.
+const RESTART_BUDGET: u32 = 10;
+/// The first replacement's delay; it doubles with each quick failure in a row, up to
+/// [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// The restart policy: a replacement waits longer after each task in a row that failed right
+/// after it started, and past [`RESTART_BUDGET`] of them there is no replacement (a restart
+/// loop would burn a core and report nothing).
+#[derive(Debug, Default)]
+struct Restarts {
+    quick_in_a_row: u32,
+}
+
+impl Restarts {
+    /// A task ended unexpectedly; it had started at `started`. How long before its replacement
+    /// starts, or `None` when the budget is spent.
+    fn failed(&mut self, started: Option<Instant>) -> Option<Duration> {
+        let quick = started.is_none_or(|t| t.elapsed() < QUICK_FAILURE);
+        self.quick_in_a_row = if quick { self.quick_in_a_row + 1 } else { 1 };
+        if self.quick_in_a_row >= RESTART_BUDGET {
+            return None;
+        }
+        let doublings = self.quick_in_a_row.saturating_sub(1).min(20);
+        Some((FIRST_RESTART_DELAY * 2u32.pow(doublings)).min(MAX_RESTART_DELAY))
+    }
+}
+
 /// Spawns, retires and replaces one queue's dequeue tasks.
 pub(super) struct Supervisor {
     shared: Arc<Shared>,
@@ -49,6 +82,10 @@ pub(super) struct Supervisor {
     tasks: BTreeMap<u64, CancellationToken>,
     /// Every task that has not ended yet, retired ones included.
     running: JoinSet<u64>,
+    /// When each live task started (or will, after its back-off).
+    started: HashMap<u64, Instant>,
+    /// Tasks that ended unexpectedly right after they started, in a row.
+    restarts: Restarts,
     ids: HashMap<tokio::task::Id, u64>,
     next_task: u64,
     last_up: Option<Instant>,
@@ -68,6 +105,8 @@ impl Supervisor {
             shared,
             tasks: BTreeMap::new(),
             running: JoinSet::new(),
+            started: HashMap::new(),
+            restarts: Restarts::default(),
             ids: HashMap::new(),
             next_task: 0,
             last_up: None,
@@ -211,6 +250,7 @@ impl Supervisor {
         let Some(id) = self.ids.remove(&tokio_id) else {
             return;
         };
+        let started = self.started.remove(&id);
         let life = &self.shared.life;
         if !self.tasks.contains_key(&id) || life.stop.is_cancelled() || life.fatal.is_raised() {
             return;
@@ -223,10 +263,22 @@ impl Supervisor {
             }
             Some(e) => format!("was cancelled: {e}"),
         };
+        let task = format!("{}#{id}", self.shared.name);
+        let Some(delay) = self.restarts.failed(started) else {
+            error!(queue = %self.shared.name, task, how, restarts = RESTART_BUDGET,
+                   "dequeue tasks keep failing right after they start; stopping the worker");
+            life.fatal.raise(StoreError::Unconsumable {
+                queue: self.shared.name.to_string(),
+                detail: format!(
+                    "{RESTART_BUDGET} dequeue tasks in a row ended within {QUICK_FAILURE:?} of                      starting; the last {how}"
+                ),
+            });
+            return;
+        };
         bump(&self.shared.stats.task_restarts);
-        error!(queue = %self.shared.name, task = %format!("{}#{id}", self.shared.name), how,
+        error!(queue = %self.shared.name, task, how, restart_in = ?delay,
                "dequeue task ended unexpectedly; starting a replacement");
-        self.spawn_task();
+        self.spawn_task_after(delay);
     }
 
     /// A batch came back since the last probe, or several tasks run (the probe says whether
@@ -308,6 +360,11 @@ impl Supervisor {
     }
 
     pub(super) fn spawn_task(&mut self) {
+        self.spawn_task_after(Duration::ZERO);
+    }
+
+    /// Starts a dequeue task after `delay` (a replacement's back-off; a stop ends the wait).
+    fn spawn_task_after(&mut self, delay: Duration) {
         let id = self.next_task;
         self.next_task += 1;
         let token = self.shared.life.stop.child_token();
@@ -316,11 +373,20 @@ impl Supervisor {
         let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
         let span = tracing::info_span!("dequeue", queue = %self.shared.name, task = id);
-        let run = self
-            .shared
-            .life
-            .tracker
-            .track_future(task::dequeue_loop(self.shared.clone(), id, token).instrument(span));
+        self.started.insert(id, Instant::now() + delay);
+        let shared = self.shared.clone();
+        let run = self.shared.life.tracker.track_future(
+            async move {
+                if !delay.is_zero() {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                task::dequeue_loop(shared, id, token).await;
+            }
+            .instrument(span),
+        );
         let handle = self.running.spawn(async move {
             run.await;
             id

@@ -156,6 +156,9 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 empty_at = for_trigger.then(Instant::now);
                 bump(&shared.stats.empty_receives);
                 observe_batch(&shared, &batch);
+                if let Some(hooks) = &shared.hooks {
+                    hooks.drained();
+                }
                 let delay = if quiet {
                     max_sleep
                 } else {
@@ -199,6 +202,13 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         }
         // As many as asked: the queue may hold more, so refill rather than rest.
         let filled = got >= usize::from(asked);
+        if let Some(hooks) = &shared.hooks {
+            hooks.found();
+            // Every slot taken and the queue may hold more: others should help.
+            if filled && shared.flow.slots.free() == 0 {
+                hooks.overflow();
+            }
+        }
         backoff.reset();
         quiet = false;
         set_view(&shared.view, id, 0, Duration::ZERO);

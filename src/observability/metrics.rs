@@ -17,6 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::listener::{Histograms, QueueListener, QueueSnapshot};
+use crate::store::metered::Metering;
 use crate::store::{QueueStore, UnknownOutcomes};
 use crate::trigger::TriggerSource;
 
@@ -26,6 +27,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// A running worker's metrics, rendered on each scrape.
 pub struct Metrics {
     registry: Registry,
+    /// The bus's metrics, once the bus is open.
+    bus: Later,
 }
 
 impl fmt::Debug for Metrics {
@@ -35,15 +38,28 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics of the listeners `listeners` will hold once they run (none before) and of
-    /// `store`'s unknown outcomes.
+    /// Metrics of the listeners `listeners` will hold once they run (none before), of
+    /// `store`'s unknown outcomes, and of the store calls `metering` timed.
     pub(crate) fn new(
         listeners: Arc<OnceLock<Vec<QueueListener>>>,
         store: Arc<dyn QueueStore>,
+        metering: Metering,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Queues { listeners, store }));
-        Self { registry }
+        let bus = Later::default();
+        registry.register_collector(Box::new(bus.clone()));
+        registry.register(
+            "ebbflow_storage_call_duration_seconds",
+            "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included.",
+            metering.call_seconds().clone(),
+        );
+        Self { registry, bus }
+    }
+
+    /// Adds the bus's metrics (`ebbflow_bus_*`), once it is open; later calls are ignored.
+    pub(crate) fn set_bus(&self, collector: Box<dyn Collector>) {
+        let _ = self.bus.0.set(collector);
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`); its content type is
@@ -56,6 +72,19 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+/// A collector that another room supplies once it runs (none before: nothing is exported).
+#[derive(Debug, Default, Clone)]
+struct Later(Arc<OnceLock<Box<dyn Collector>>>);
+
+impl Collector for Later {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        match self.0.get() {
+            Some(c) => c.encode(encoder),
+            None => Ok(()),
+        }
     }
 }
 

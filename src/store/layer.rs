@@ -59,6 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use super::{
     BackendKind, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage,
@@ -179,6 +180,21 @@ pub trait QueueLayer: Send + Sync + 'static {
         )
     }
 
+    /// [`Queue::delete_within`].
+    fn delete_within<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        id: &'a str,
+        pop_receipt: &'a str,
+        lease_ends: Instant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        self.around(
+            inner.name(),
+            Operation::Delete,
+            inner.delete_within(id, pop_receipt, lease_ends),
+        )
+    }
+
     /// [`Queue::update`].
     fn update<'a>(
         &'a self,
@@ -269,6 +285,17 @@ impl<L: QueueLayer> Queue for Layered<L> {
 
     async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError> {
         self.layer.delete(&*self.inner, id, pop_receipt).await
+    }
+
+    async fn delete_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: Instant,
+    ) -> Result<(), StoreError> {
+        self.layer
+            .delete_within(&*self.inner, id, pop_receipt, lease_ends)
+            .await
     }
 
     async fn update(

@@ -2,21 +2,26 @@
 //!
 //! Visibility and expiry are kept on tokio's clock, so tests with a paused clock see messages
 //! reappear exactly when their timeout lapses. Wall-clock timestamps are only metadata.
+//!
+//! It refuses what the service refuses ([`super::rules`]) and counts durations in whole
+//! seconds as the service does. Every time it computes is checked: a time beyond what the
+//! clock can hold (a time to live of 68 years on a clock near its end) counts as never, so no
+//! input can make it panic. Its lock never stays poisoned: a panic elsewhere while holding it
+//! (none is known) would leave the queues as they were, and the next call takes them back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use super::rules::{check_count, check_receive, check_send, check_update, whole_seconds};
 use super::{
-    check_receive_count, check_visibility, validate_queue_name, PeekedMessage, Queue, QueueStore,
-    ReceivedMessage, SendOptions, SentMessage, StoreError, UpdatedMessage, MAX_MESSAGE_BYTES,
+    validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
+    SentMessage, StoreError, UpdatedMessage,
 };
-
-const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug)]
 struct Stored {
@@ -24,10 +29,29 @@ struct Stored {
     pop_receipt: String,
     dequeue_count: u32,
     inserted_at: OffsetDateTime,
-    expires_at: OffsetDateTime,
-    expires: Instant,
+    /// `None`: never expires.
+    expires_at: Option<OffsetDateTime>,
+    /// `None`: never expires.
+    expires: Option<Instant>,
     visible_at: Instant,
     text: String,
+}
+
+impl Stored {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|t| t <= now)
+    }
+}
+
+/// `now` plus `d` counted in whole seconds, as the service counts; `None` past the clock's end.
+fn later(now: Instant, d: Duration) -> Option<Instant> {
+    now.checked_add(Duration::from_secs(whole_seconds(d)))
+}
+
+/// Takes the queues even if a panic poisoned the lock: every change under it is a single
+/// step that leaves them consistent.
+fn lock(queues: &Mutex<Queues>) -> MutexGuard<'_, Queues> {
+    queues.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One queue's messages, oldest first, and the earliest time one of them may expire (so the
@@ -83,22 +107,22 @@ impl MemoryQueue {
         f: impl FnOnce(&mut VecDeque<Stored>, Instant) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let now = Instant::now();
-        let mut queues = self.queues.lock().expect("memory store mutex poisoned");
+        let mut queues = lock(&self.queues);
         let state = queues
             .get_mut(&self.name)
             .ok_or_else(|| StoreError::QueueNotFound {
                 queue: self.name.clone(),
             })?;
         if state.next_expiry.is_some_and(|t| t <= now) {
-            state.messages.retain(|m| m.expires > now);
-            state.next_expiry = state.messages.iter().map(|m| m.expires).min();
+            state.messages.retain(|m| !m.expired(now));
+            state.next_expiry = state.messages.iter().filter_map(|m| m.expires).min();
         }
         let result = f(&mut state.messages, now);
         // A send appends: keep the earliest expiry up to date. (A deleted message's expiry
         // may linger; that only makes one sweep come early.)
-        if let Some(last) = state.messages.back() {
-            if state.next_expiry.is_none_or(|t| last.expires < t) {
-                state.next_expiry = Some(last.expires);
+        if let Some(expires) = state.messages.back().and_then(|m| m.expires) {
+            if state.next_expiry.is_none_or(|t| expires < t) {
+                state.next_expiry = Some(expires);
             }
         }
         result
@@ -109,19 +133,6 @@ impl MemoryQueue {
             queue: self.name.clone(),
             id: id.to_string(),
         }
-    }
-
-    fn check_size(&self, text: &str) -> Result<(), StoreError> {
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(StoreError::Invalid {
-                queue: self.name.clone(),
-                detail: format!(
-                    "message text of {} bytes: must be at most {MAX_MESSAGE_BYTES}",
-                    text.len()
-                ),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -136,31 +147,28 @@ impl Queue for MemoryQueue {
     }
 
     async fn create_if_missing(&self) -> Result<(), StoreError> {
-        let mut queues = self.queues.lock().expect("memory store mutex poisoned");
+        let mut queues = lock(&self.queues);
         queues.entry(self.name.clone()).or_default();
         Ok(())
     }
 
     async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError> {
-        self.check_size(text)?;
-        check_visibility(&self.name, "initial delay", options.initial_delay)?;
-        let ttl = options.time_to_live.unwrap_or(DEFAULT_TTL);
-        if ttl.is_zero() || options.initial_delay >= ttl {
-            return Err(StoreError::Invalid {
-                queue: self.name.clone(),
-                detail: "time to live must be positive and longer than the initial delay".into(),
-            });
-        }
+        check_send(&self.name, text, &options)?;
         self.with(|messages, now| {
             let inserted_at = super::now_utc();
+            let life = options.time_to_live.duration();
             let message = Stored {
                 id: uuid::Uuid::new_v4().to_string(),
                 pop_receipt: new_receipt(),
                 dequeue_count: 0,
                 inserted_at,
-                expires_at: inserted_at + ttl,
-                expires: now + ttl,
-                visible_at: now + options.initial_delay,
+                expires_at: life.and_then(|d| {
+                    let d = time::Duration::try_from(Duration::from_secs(whole_seconds(d))).ok()?;
+                    inserted_at.checked_add(d)
+                }),
+                expires: life.and_then(|d| later(now, d)),
+                // The delay is at most 7 days (checked): always on the clock.
+                visible_at: later(now, options.initial_delay).unwrap_or(now),
                 text: text.to_string(),
             };
             let sent = SentMessage {
@@ -177,23 +185,23 @@ impl Queue for MemoryQueue {
         max: u8,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        check_receive_count(&self.name, max)?;
-        check_visibility(&self.name, "visibility timeout", visibility)?;
+        check_receive(&self.name, max, visibility)?;
         self.with(|messages, now| {
+            let hidden_until = later(now, visibility).unwrap_or(now);
             let batch = messages
                 .iter_mut()
                 .filter(|m| m.visible_at <= now)
-                .take(max as usize)
+                .take(usize::from(max))
                 .map(|m| {
-                    m.dequeue_count += 1;
+                    m.dequeue_count = m.dequeue_count.saturating_add(1);
                     m.pop_receipt = new_receipt();
-                    m.visible_at = now + visibility;
+                    m.visible_at = hidden_until;
                     ReceivedMessage {
                         id: m.id.clone(),
                         pop_receipt: m.pop_receipt.clone(),
                         dequeue_count: m.dequeue_count,
                         inserted_at: Some(m.inserted_at),
-                        expires_at: Some(m.expires_at),
+                        expires_at: m.expires_at,
                         text: m.text.clone(),
                     }
                 })
@@ -220,16 +228,24 @@ impl Queue for MemoryQueue {
         visibility: Duration,
         text: Option<&str>,
     ) -> Result<UpdatedMessage, StoreError> {
-        check_visibility(&self.name, "visibility timeout", visibility)?;
-        if let Some(text) = text {
-            self.check_size(text)?;
-        }
+        check_update(&self.name, visibility, text)?;
         self.with(|messages, now| {
             let m = messages
                 .iter_mut()
                 .find(|m| m.id == id && m.pop_receipt == pop_receipt)
                 .ok_or_else(|| self.not_found(id))?;
-            m.visible_at = now + visibility;
+            let visible_at = later(now, visibility).unwrap_or(now);
+            // The service: "cannot be set to a value later than the expiry time".
+            if m.expires.is_some_and(|expires| visible_at > expires) {
+                return Err(StoreError::Invalid {
+                    queue: self.name.clone(),
+                    detail: format!(
+                        "visibility timeout of {}: message {id} expires sooner",
+                        humantime::format_duration(visibility)
+                    ),
+                });
+            }
+            m.visible_at = visible_at;
             m.pop_receipt = new_receipt();
             if let Some(text) = text {
                 m.text = text.to_string();
@@ -241,12 +257,12 @@ impl Queue for MemoryQueue {
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        check_receive_count(&self.name, max)?;
+        check_count(&self.name, max)?;
         self.with(|messages, now| {
             Ok(messages
                 .iter()
                 .filter(|m| m.visible_at <= now)
-                .take(max as usize)
+                .take(usize::from(max))
                 .map(|m| PeekedMessage {
                     id: m.id.clone(),
                     dequeue_count: m.dequeue_count,
@@ -259,5 +275,53 @@ impl Queue for MemoryQueue {
 
     async fn approximate_depth(&self) -> Result<u64, StoreError> {
         self.with(|messages, _| Ok(messages.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TimeToLive;
+
+    /// Update Message "cannot be set to a value later than the expiry time" (Azurite does not
+    /// check this, so the conformance table cannot; the embedded store follows the service).
+    #[tokio::test(start_paused = true)]
+    async fn an_update_may_not_hide_a_message_past_its_expiry() {
+        let store = MemoryStore::new();
+        let q = store.queue("expiry").unwrap();
+        q.create_if_missing().await.unwrap();
+        let minute = SendOptions {
+            time_to_live: TimeToLive::After(Duration::from_secs(60)),
+            ..SendOptions::default()
+        };
+        q.send("m", minute).await.unwrap();
+        let m = q
+            .receive(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        let err = q
+            .update(&m.id, &m.pop_receipt, Duration::from_secs(61), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("expires sooner"), "{err}");
+        q.update(&m.id, &m.pop_receipt, Duration::from_secs(59), None)
+            .await
+            .unwrap();
+        // A message that never expires can be hidden the full 7 days.
+        let never = SendOptions {
+            time_to_live: TimeToLive::Never,
+            ..SendOptions::default()
+        };
+        q.send("n", never).await.unwrap();
+        let n = q
+            .receive(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        q.update(&n.id, &n.pop_receipt, crate::service::MAX_VISIBILITY, None)
+            .await
+            .unwrap();
     }
 }

@@ -1,12 +1,19 @@
 //! The queue operations the runtime needs, behind one trait, with two backends:
 //!
 //! - [`memory::MemoryStore`], in-process, with the service's semantics (visibility timeout,
-//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, the
-//!   32-message and 64 KiB caps, approximate depth). It is the embedded default and the test
-//!   double for logic.
+//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, and
+//!   every input rule of [`rules`]: it refuses exactly what the service refuses). It is the
+//!   embedded default and the test double for logic.
 //! - [`azure::AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
 //!
-//! One conformance suite (`tests/conformance.rs`) runs the same checks against both.
+//! Wrappers are layers on one forwarding base ([`layer`]), each overriding only what it
+//! changes: [`retrying`] (transient faults, unknown outcomes, deletes that outlast outages
+//! within the lease), [`counting`] (calls by kind) and [`sharding`] (one logical queue over
+//! `N`). The `[storage]` settings live beside them ([`settings`]); the service's limits come
+//! from the [`crate::service`] leaf.
+//!
+//! One conformance suite (`tests/conformance.rs`, with `tests/extremes.rs` for every input at
+//! its extremes) runs the same checks against both backends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +25,9 @@ pub mod azure;
 pub mod counting;
 pub mod layer;
 pub mod memory;
+pub mod metered;
 pub mod retrying;
+pub mod rules;
 pub mod settings;
 pub mod sharding;
 
@@ -26,6 +35,7 @@ pub use crate::service::{
     redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
 };
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
+pub use rules::{SendOptions, TimeToLive};
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {
@@ -87,6 +97,19 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Vec<ReceivedMessage>, StoreError>;
     /// Deletes a received message; needs its current pop receipt.
     async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), StoreError>;
+    /// Deletes a received message whose lease (its visibility timeout) ends at `lease_ends`:
+    /// a layer that retries failures keeps retrying this delete until then, since until then
+    /// nobody else can receive the message and a late delete still spares a duplicate run.
+    /// Default: [`Queue::delete`].
+    async fn delete_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
+        let _ = lease_ends;
+        self.delete(id, pop_receipt).await
+    }
     /// Changes a received message's visibility (0 makes it visible at once) and optionally its
     /// text; returns the new pop receipt.
     async fn update(
@@ -100,15 +123,6 @@ pub trait Queue: Send + Sync + 'static {
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError>;
     /// The approximate number of messages, invisible ones included.
     async fn approximate_depth(&self) -> Result<u64, StoreError>;
-}
-
-/// Options for [`Queue::send`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendOptions {
-    /// Invisible for this long after sending (0..=7d).
-    pub initial_delay: Duration,
-    /// Expires after this long; `None` is the service default (7 days).
-    pub time_to_live: Option<Duration>,
 }
 
 /// The receipt of a send.
@@ -131,7 +145,7 @@ pub struct ReceivedMessage {
     pub dequeue_count: u32,
     /// When it was sent.
     pub inserted_at: Option<OffsetDateTime>,
-    /// When it expires.
+    /// When it expires; `None`: never (sent with [`TimeToLive::Never`]).
     pub expires_at: Option<OffsetDateTime>,
     /// The message text exactly as stored (still encoded).
     pub text: String,
@@ -235,6 +249,15 @@ pub enum StoreError {
         /// The message id.
         id: String,
     },
+    /// The queue cannot be consumed: its dequeue tasks keep ending (a panic in a store call,
+    /// say) right after they start, past the restart budget. Fatal: the worker stops.
+    #[error("queue {queue} cannot be consumed: {detail}")]
+    Unconsumable {
+        /// The queue.
+        queue: String,
+        /// What kept happening.
+        detail: String,
+    },
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
     Setup(String),
@@ -283,28 +306,6 @@ pub fn now_utc() -> OffsetDateTime {
         .into_std()
         .saturating_duration_since(*mono);
     *wall + elapsed
-}
-
-pub(crate) fn check_receive_count(queue: &str, max: u8) -> Result<(), StoreError> {
-    if (1..=MAX_BATCH).contains(&max) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            queue: queue.to_string(),
-            detail: format!("asked for {max} messages: must be 1..=32"),
-        })
-    }
-}
-
-pub(crate) fn check_visibility(queue: &str, what: &str, d: Duration) -> Result<(), StoreError> {
-    if d <= MAX_VISIBILITY {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid {
-            queue: queue.to_string(),
-            detail: format!("{what} of {}s: must be at most 7 days", d.as_secs()),
-        })
-    }
 }
 
 /// Opens the store the settings name: Azure when a connection string or endpoint is set,

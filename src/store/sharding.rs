@@ -27,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage, StoreError,
-    UnknownOutcomes, UpdatedMessage,
+    LayeredStore, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage,
+    StoreError, StoreLayer, UnknownOutcomes, UpdatedMessage,
 };
 
 /// The physical queue name of shard `index` of `queue`: `<queue>-<index>`.
@@ -36,13 +36,17 @@ pub fn shard_name(queue: &str, index: usize) -> String {
     format!("{queue}-{index}")
 }
 
-/// Wraps a store: the queues named in its map span that many shards.
-pub struct ShardingStore {
-    inner: Arc<dyn QueueStore>,
+/// The sharding layer: the queues named in its map span that many shards. A
+/// [`StoreLayer`] that overrides only what it changes: the handle a sharded queue's name gives
+/// ([`StoreLayer::queue`]) and that queue's unknown outcomes (the shards' added up).
+pub struct Sharding {
     /// Per sharded queue: its shard count and the turn counters every handle of it shares
     /// (a handle taken per send still spreads).
     shards: BTreeMap<String, (usize, Arc<Turns>)>,
 }
+
+/// A store with the [`Sharding`] layer on it.
+pub type ShardingStore = LayeredStore<Sharding>;
 
 /// Round-robin counters of one logical queue.
 #[derive(Default)]
@@ -51,41 +55,41 @@ struct Turns {
     receive: AtomicUsize,
 }
 
-impl ShardingStore {
-    /// Wraps `inner` so that each queue in `shards` (name to shard count) spans that many
-    /// shards. Returns `inner` itself when no queue has more than one shard.
-    pub fn wrap(
-        inner: Arc<dyn QueueStore>,
-        shards: impl IntoIterator<Item = (String, usize)>,
-    ) -> Arc<dyn QueueStore> {
-        let shards: BTreeMap<String, (usize, Arc<Turns>)> = shards
-            .into_iter()
-            .filter(|(_, n)| *n > 1)
-            .map(|(name, n)| (name, (n, Arc::default())))
-            .collect();
-        if shards.is_empty() {
-            return inner;
+impl Sharding {
+    /// The layer for these queues (name to shard count; counts of 1 are left out).
+    pub fn new(shards: impl IntoIterator<Item = (String, usize)>) -> Self {
+        Self {
+            shards: shards
+                .into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(name, n)| (name, (n, Arc::default())))
+                .collect(),
         }
-        Arc::new(Self { inner, shards })
-    }
-
-    /// The sharded queues of `settings` (name to shard count), for [`ShardingStore::wrap`].
-    pub fn of_settings(settings: &crate::config::Settings) -> Vec<(String, usize)> {
-        settings
-            .queues
-            .iter()
-            .map(|(name, q)| (name.clone(), q.shards.get()))
-            .collect()
     }
 }
 
-impl QueueStore for ShardingStore {
-    fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
+impl LayeredStore<Sharding> {
+    /// Wraps `inner` so that each queue in `shards` (name to shard count) spans that many
+    /// shards. Returns `inner` itself when no queue has more than one shard.
+    pub fn wrap_sharded(
+        inner: Arc<dyn QueueStore>,
+        shards: impl IntoIterator<Item = (String, usize)>,
+    ) -> Arc<dyn QueueStore> {
+        let layer = Sharding::new(shards);
+        if layer.shards.is_empty() {
+            return inner;
+        }
+        LayeredStore::wrap(inner, layer)
+    }
+}
+
+impl StoreLayer for Sharding {
+    fn queue(&self, inner: &dyn QueueStore, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
         let Some((n, turns)) = self.shards.get(name) else {
-            return self.inner.queue(name);
+            return inner.queue(name);
         };
         let shards = (0..*n)
-            .map(|i| self.inner.queue(&shard_name(name, i)))
+            .map(|i| inner.queue(&shard_name(name, i)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(ShardedQueue {
             name: name.to_string(),
@@ -94,21 +98,13 @@ impl QueueStore for ShardingStore {
         }))
     }
 
-    fn kind(&self) -> super::BackendKind {
-        self.inner.kind()
-    }
-
-    fn account(&self) -> Option<String> {
-        self.inner.account()
-    }
-
     /// The shards' unknown outcomes added up, for a sharded queue.
-    fn unknown_outcomes(&self, queue: &str) -> UnknownOutcomes {
+    fn unknown_outcomes(&self, inner: &dyn QueueStore, queue: &str) -> UnknownOutcomes {
         let Some(&(n, _)) = self.shards.get(queue) else {
-            return self.inner.unknown_outcomes(queue);
+            return inner.unknown_outcomes(queue);
         };
         (0..n)
-            .map(|i| self.inner.unknown_outcomes(&shard_name(queue, i)))
+            .map(|i| inner.unknown_outcomes(&shard_name(queue, i)))
             .fold(UnknownOutcomes::default(), |a, b| UnknownOutcomes {
                 receives: a.receives + b.receives,
                 sends: a.sends + b.sends,
@@ -118,6 +114,8 @@ impl QueueStore for ShardingStore {
     }
 }
 
+/// One logical queue over its shards. Every operation changes (rotates, routes or adds up),
+/// so it is a [`Queue`] of its own rather than a [`super::QueueLayer`].
 struct ShardedQueue {
     name: String,
     shards: Vec<Arc<dyn Queue>>,
@@ -175,7 +173,7 @@ impl Queue for ShardedQueue {
         max: u8,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        super::check_receive_count(&self.name, max)?;
+        super::rules::check_count(&self.name, max)?;
         let n = self.shards.len();
         let start = self.turn(&self.turns.receive);
         let mut batch = Vec::new();
@@ -205,6 +203,18 @@ impl Queue for ShardedQueue {
         self.shards[index].delete(id, receipt).await
     }
 
+    async fn delete_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
+        let (index, receipt) = self.route(id, pop_receipt)?;
+        self.shards[index]
+            .delete_within(id, receipt, lease_ends)
+            .await
+    }
+
     async fn update(
         &self,
         id: &str,
@@ -222,7 +232,7 @@ impl Queue for ShardedQueue {
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        super::check_receive_count(&self.name, max)?;
+        super::rules::check_count(&self.name, max)?;
         let mut all = Vec::new();
         for shard in &self.shards {
             all.extend(shard.peek(max).await?);
@@ -249,7 +259,8 @@ mod tests {
 
     fn sharded(n: usize) -> (MemoryStore, Arc<dyn Queue>) {
         let memory = MemoryStore::new();
-        let store = ShardingStore::wrap(Arc::new(memory.clone()), [("orders".to_string(), n)]);
+        let store =
+            ShardingStore::wrap_sharded(Arc::new(memory.clone()), [("orders".to_string(), n)]);
         (memory, store.queue("orders").unwrap())
     }
 
@@ -305,7 +316,7 @@ mod tests {
         let memory = MemoryStore::new();
         let counting = CountingStore::new(Arc::new(memory.clone()));
         let counts = counting.counts();
-        let store = ShardingStore::wrap(Arc::new(counting), [("orders".to_string(), 4)]);
+        let store = ShardingStore::wrap_sharded(Arc::new(counting), [("orders".to_string(), 4)]);
         let q = store.queue("orders").unwrap();
         q.create_if_missing().await.unwrap();
         assert!(q
@@ -331,9 +342,9 @@ mod tests {
     #[test]
     fn unsharded_queues_pass_through() {
         let memory: Arc<dyn QueueStore> = Arc::new(MemoryStore::new());
-        let store = ShardingStore::wrap(memory.clone(), [("orders".to_string(), 1)]);
+        let store = ShardingStore::wrap_sharded(memory.clone(), [("orders".to_string(), 1)]);
         assert!(Arc::ptr_eq(&store, &memory));
-        let store = ShardingStore::wrap(memory, [("orders".to_string(), 2)]);
+        let store = ShardingStore::wrap_sharded(memory, [("orders".to_string(), 2)]);
         assert_eq!(
             store.queue("orders-poison").unwrap().name(),
             "orders-poison"

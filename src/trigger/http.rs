@@ -8,7 +8,7 @@
 //! - CloudEvents in structured mode (`specversion`, `data`), single or batch.
 //!
 //! `OPTIONS /trigger` answers the CloudEvents webhook validation handshake. `GET /healthz`
-//! answers `ok`. `GET /metrics` serves the worker's counters in the Prometheus text format.
+//! answers `ok`. `GET /metrics` serves the same OpenMetrics text as the ops endpoint.
 //!
 //! Safe to expose behind a token: with one configured, callers send
 //! `Authorization: Bearer <token>` (the scheme in any case), compared in constant time
@@ -183,7 +183,11 @@ async fn metrics_text(
         return reject(StatusCode::UNAUTHORIZED, why);
     }
     match &state.metrics {
-        Some(render) => ([("content-type", "text/plain; version=0.0.4")], render()).into_response(),
+        Some(render) => (
+            [("content-type", crate::observability::metrics::CONTENT_TYPE)],
+            render(),
+        )
+            .into_response(),
         None => reject(StatusCode::NOT_FOUND, "no metrics here"),
     }
 }

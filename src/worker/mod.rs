@@ -4,10 +4,17 @@
 //!
 //! - `report.rs`: how a run ended ([`DrainReport`], [`RunReport`] and their exit codes).
 //! - `signal.rs`: the stop signals ([`shutdown_signal`]: SIGTERM, ctrl-c).
+//! - `ready.rs`: the readiness checks the worker registers (`listeners`, `store`).
+//! - `bus.rs`: the worker's side of the bus (work notices, pass-on, outage probes, presence).
 
+mod bus;
+mod ready;
 mod report;
+pub use bus::BusCounters;
 mod signal;
 
+pub use ready::STORE_UNREADY_AFTER;
+use ready::{listeners_state, store_state};
 pub use report::{DrainReport, RunReport};
 pub use signal::shutdown_signal;
 
@@ -21,9 +28,11 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
-use crate::observability::{CheckState, Metrics, Readiness};
+use crate::observability::{Metrics, Readiness};
+use crate::store::metered::Metering;
 use crate::store::retrying::RetryingStore;
 use crate::store::sharding::ShardingStore;
+use crate::store::LayeredStore;
 use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
 use report::explain;
@@ -77,12 +86,17 @@ pub enum WorkerError {
 /// for their messages to be released before it reports anyway (store calls may hang).
 pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
+/// Subscribes one bus observer when the worker starts.
+type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
+
 /// Builds a worker: settings plus one handler per configured queue.
 pub struct Worker {
     settings: Settings,
     store: Option<Arc<dyn QueueStore>>,
     handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
     duplicate: Option<String>,
+    /// Bus observers, subscribed before delivery starts.
+    observers: Vec<Observer>,
 }
 
 impl Worker {
@@ -93,6 +107,7 @@ impl Worker {
             store: None,
             handlers: BTreeMap::new(),
             duplicate: None,
+            observers: Vec::new(),
         }
     }
 
@@ -111,6 +126,23 @@ impl Worker {
         {
             self.duplicate.get_or_insert_with(|| queue.to_string());
         }
+        self
+    }
+
+    /// Runs `handler` for each bus event of type `E` that passes `filter` (see
+    /// [`crate::bus::BusHandle::observe`]), from the moment the worker starts: subscribed
+    /// before the bus delivers anything, so no event received at start-up is missed. A
+    /// competing-consumer event is acknowledged when the handler returns `Ok`.
+    pub fn observe<E, F, Fut>(mut self, filter: crate::bus::Filter, handler: F) -> Self
+    where
+        E: crate::bus::Event,
+        F: Fn(crate::bus::Received<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), crate::bus::BoxError>> + Send + 'static,
+    {
+        self.observers
+            .push(Box::new(move |bus: &crate::bus::BusHandle| {
+                bus.observe(filter, handler);
+            }));
         self
     }
 
@@ -164,13 +196,18 @@ impl Worker {
         };
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
-        let store = ShardingStore::wrap(store, ShardingStore::of_settings(&self.settings));
+        let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
+        // Outermost: each call is timed as the listener sees it (retries and shards
+        // included), and its outcome feeds the readiness check "store".
+        let metering = Metering::default();
+        let store = LayeredStore::wrap(store, metering.clone());
         // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
         // says "starting". A start that fails drops it with everything else.
         let readiness = Readiness::default();
         let startup = readiness.register("startup");
         let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
-        let metrics = Arc::new(Metrics::new(shown.clone(), store.clone()));
+        let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+        readiness.register_probe("store", move || store_state(&metering));
         let ops = match self.settings.observability.bind {
             Some(addr) => {
                 let token = self.settings.observability.metrics_token.clone();
@@ -194,6 +231,11 @@ impl Worker {
         // Events naming another storage account are ignored (the embedded store has none).
         let hub = Hub::new(store.account());
         let http = &self.settings.triggers.http;
+        // The bus before the queues' publishers (they announce on it) and before any listener:
+        // a worker does not start on a bus it cannot use.
+        let bus = crate::bus::open(&self.settings.bus).await?;
+        let mut wiring = bus::Wiring::new(bus.clone(), hub.clone(), &self.settings);
+        let mut probed = BTreeMap::new();
         // Queues and publishers first, so every handler's Context can publish to any queue.
         let mut specs = Vec::new();
         let mut publishers = BTreeMap::new();
@@ -216,11 +258,17 @@ impl Worker {
                     e => WorkerError::Store(e),
                 })?;
             }
-            publishers.insert(
-                name.clone(),
-                Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone()),
-            );
+            let link = wiring.link(name, queue_settings);
+            let mut publisher =
+                Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone());
+            if let Some(announcer) = wiring.announcer(name) {
+                publisher = publisher.with_announcer(announcer);
+            }
+            publishers.insert(name.clone(), publisher);
+            probed.insert(name.clone(), queue.clone());
             specs.push(ListenerSpec {
+                hooks: Some(link),
+                bus: Some(bus.clone()),
                 queue,
                 poison_queue,
                 settings: queue_settings.clone(),
@@ -231,8 +279,7 @@ impl Worker {
                 trigger_covered: queue_settings.scaling.wake_on_publish,
             });
         }
-        // The bus before any listener: a worker does not start on a bus it cannot use.
-        let bus = crate::bus::open(&self.settings.bus).await?;
+        wiring.listen().await?;
         // The endpoint is bound before any listener starts; it serves once they run. Its
         // `/metrics` (behind its token) shows the same text as the ops endpoint's.
         let bound = if http.enabled {
@@ -270,7 +317,13 @@ impl Worker {
             }
             None => (None, None),
         };
+        for observe in self.observers {
+            observe(&bus);
+        }
         bus.start();
+        let bus_counters = wiring.counters();
+        metrics.set_bus(wiring.metrics());
+        wiring.run(listeners.clone(), probed, &readiness, life.stop.clone());
         life.tracker.close();
         info!(
             backend = %store.kind(),
@@ -280,6 +333,7 @@ impl Worker {
         let (ops_addr, ops_server) = ops.unzip();
         Ok(RunningWorker {
             bus,
+            bus_counters,
             store,
             readiness,
             ops_addr,
@@ -299,28 +353,11 @@ impl Worker {
     }
 }
 
-/// How the listeners stand, for `/readyz`: unready once a fatal error was raised or any
-/// listener's supervisor ended.
-fn listeners_state(
-    listeners: &std::sync::OnceLock<Vec<QueueListener>>,
-    fatal: &crate::listener::Fatal,
-) -> CheckState {
-    if let Some(e) = fatal.error() {
-        return CheckState::Unready(format!("stopping: {e}"));
-    }
-    let Some(listeners) = listeners.get() else {
-        return CheckState::Unready("starting".into());
-    };
-    match listeners.iter().find(|l| !l.is_running()) {
-        Some(l) => CheckState::Unready(format!("the listener of {} ended", l.queue())),
-        None => CheckState::Ready,
-    }
-}
-
 /// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their
 /// messages released); call [`RunningWorker::run`] or [`RunningWorker::shutdown`] to drain.
 pub struct RunningWorker {
     bus: crate::bus::BusHandle,
+    bus_counters: Arc<BusCounters>,
     store: Arc<dyn QueueStore>,
     readiness: Readiness,
     ops_addr: Option<std::net::SocketAddr>,
@@ -353,6 +390,11 @@ impl RunningWorker {
     /// This instance's bus: publish and subscribe to events between instances.
     pub fn bus(&self) -> crate::bus::BusHandle {
         self.bus.clone()
+    }
+
+    /// Work notices received and passed on, outage probes, wake-ups after a reconnect.
+    pub fn bus_counters(&self) -> Arc<BusCounters> {
+        self.bus_counters.clone()
     }
 
     /// The in-process trigger hub: `hub.notify("orders")` wakes the `orders` listener.
@@ -444,7 +486,7 @@ impl RunningWorker {
                 warn!(grace = ?RELEASE_GRACE, "store calls still running after the release grace; reporting anyway");
             }
         }
-        self.bus.transport().close().await;
+        self.bus.close().await;
         let unreleased = self.listeners.iter().map(QueueListener::held).sum();
         let queues = self.snapshot();
         let fatal = life.fatal.error();

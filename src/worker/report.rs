@@ -44,6 +44,9 @@ pub(super) fn explain(e: &StoreError) -> &'static str {
         StoreError::QueueNotFound { .. } => {
             "the queue was deleted while the worker ran; recreate it and restart"
         }
+        StoreError::Unconsumable { .. } => {
+            "its dequeue tasks kept failing right after each restart (see the errors before this one); fix the cause and restart"
+        }
         _ => "no retry can fix this error",
     }
 }

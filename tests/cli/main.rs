@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod config_check;
+mod edges;
 mod queues;
 mod trigger;
 mod usage;

@@ -49,6 +49,11 @@ fn usage_errors_exit_2_and_name_the_culprit() {
             &["poison", "list", "--queue", "q", "--limit", "x"],
             "--limit",
         ),
+        // Zero would print "0 message(s)" without even asking whether the queue exists.
+        (
+            &["poison", "list", "--queue", "q", "--limit", "0"],
+            "--limit",
+        ),
         (
             &["poison", "requeue", "--queue", "q"],
             "requeue needs either --all or --id",

@@ -24,6 +24,8 @@ pub struct Hooks {
     pub hang_deletes: AtomicBool,
     /// The receive with this number (from 1) panics; 0: none.
     pub panic_on_receive: AtomicU32,
+    /// Every receive panics (a store that is broken for good).
+    pub panic_every_receive: AtomicBool,
     /// Receives made so far.
     pub receives: AtomicU32,
     /// Messages the receives asked for, in order.
@@ -74,7 +76,9 @@ impl QueueLayer for Hooked {
         let hooks = &self.hooks;
         let n = hooks.receives.fetch_add(1, Ordering::SeqCst) + 1;
         hooks.asked.lock().unwrap().push(max);
-        if hooks.panic_on_receive.load(Ordering::SeqCst) == n {
+        if hooks.panic_on_receive.load(Ordering::SeqCst) == n
+            || hooks.panic_every_receive.load(Ordering::SeqCst)
+        {
             panic!("injected panic in receive {n}");
         }
         let got = inner.receive(max, visibility).await?;

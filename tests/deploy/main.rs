@@ -3,7 +3,7 @@
 //! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2.
 //!
 //! Regenerate the examples after an intended change with
-//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy`.
+//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples`.
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use serde_json::Value;
 mod command;
 mod yaml11;
 
-use yaml11::assert_yaml_1_1_reads_the_same;
+use yaml11::{assert_yaml_1_1_reads_the_same, read_by_pyyaml};
 
 fn load(dir: &Path) -> Settings {
     Settings::load_from(dir, &BTreeMap::new()).unwrap()
@@ -65,7 +65,7 @@ fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
         let committed = std::fs::read_to_string(file).unwrap();
         assert_eq!(
             committed, fresh,
-            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy"
+            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples"
         );
         assert_yaml_1_1_reads_the_same(&fresh);
     }
@@ -220,9 +220,14 @@ fn worker_settings_under(dir: &Path, container: &Value) -> Result<Settings, Stri
     let env: BTreeMap<String, String> = env_of(container)
         .into_iter()
         .map(|(name, e)| {
+            let stand_in = if name == "EBBFLOW__BUS__URL" {
+                "redis://127.0.0.1:6379"
+            } else {
+                "UseDevelopmentStorage=true"
+            };
             let value = e["value"]
                 .as_str()
-                .map_or_else(|| "UseDevelopmentStorage=true".to_string(), str::to_string);
+                .map_or_else(|| stand_in.to_string(), str::to_string);
             (name, value)
         })
         .collect();
@@ -264,6 +269,74 @@ fn the_worker_accepts_the_environment_the_manifests_give_it() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Names and values that YAML 1.1 would read as booleans, numbers or timestamps if they were
+/// written plain, in every string field a config can fill.
+const TRICKY_SAMPLE: &str = r#"
+[storage]
+queue_endpoint = "https://acct.queue.core.windows.net"
+credential = "managed_identity"
+
+[queues.yes]
+[queues.0755]
+[queues.1e3]
+[queues.off]
+[queues.off.scaling]
+min_tasks = 0
+wake_on_publish = true
+
+[deploy]
+name = "on"
+namespace = "no"
+image = "1_000"
+identity_client_id = "12:30"
+container_apps_identity = "2024-01-01"
+"#;
+
+#[test]
+fn kubernetes_reads_every_value_as_written() {
+    let samples = [
+        std::fs::read_to_string("config/default.toml").unwrap(),
+        IDENTITY_SAMPLE.to_string(),
+        SECRET_SAMPLE.to_string(),
+        TRICKY_SAMPLE.to_string(),
+    ];
+    for sample in &samples {
+        let settings = load_toml(sample).unwrap();
+        for target in [Target::Keda, Target::ContainerApps] {
+            let yaml = render(target, &settings).unwrap();
+            assert_yaml_1_1_reads_the_same(&yaml);
+            // An independent YAML 1.1 reader sees exactly what a YAML 1.2 reader sees.
+            assert_eq!(read_by_pyyaml(&yaml), docs(&yaml), "{target:?}:\n{yaml}");
+        }
+    }
+    let settings = load_toml(TRICKY_SAMPLE).unwrap();
+    let keda = read_by_pyyaml(&render(Target::Keda, &settings).unwrap());
+    let queues: Vec<_> = kind(&keda, "ScaledObject")["spec"]["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["queueName"].clone())
+        .collect();
+    assert_eq!(queues, ["0755", "1e3", "off", "yes"].map(Value::from));
+    let sa = kind(&keda, "ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "on");
+    assert_eq!(sa["metadata"]["namespace"], "no");
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "12:30"
+    );
+    let deployment = kind(&keda, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "1_000"
+    );
+    let aca = &read_by_pyyaml(&render(Target::ContainerApps, &settings).unwrap())[0];
+    assert!(aca["identity"]["userAssignedIdentities"]
+        .as_object()
+        .unwrap()
+        .contains_key("2024-01-01"));
 }
 
 const SECRET_SAMPLE: &str = r#"
@@ -310,6 +383,19 @@ fn secret_auth_references_the_secret_and_never_writes_it() {
         )
     );
     let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    // The trigger endpoint listens on every interface: its port is declared beside the ops port.
+    let ports: Vec<_> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("ops", u64::from(OPS_PORT)), ("triggers", 7075)]);
     let from = &env_of(container)["EBBFLOW__STORAGE__CONNECTION_STRING"]["valueFrom"];
     assert_eq!(from["secretKeyRef"]["name"], "ebbflow-worker-storage");
     let spec = &kind(&docs, "ScaledObject")["spec"];
@@ -389,6 +475,93 @@ fn container_apps_rules_probes_and_grace() {
     assert!(ids.keys().all(|k| k.ends_with("/userAssignedIdentities/w")));
 }
 
+const BUS_SAMPLE: &str = r#"
+[bus]
+kind = "redis"
+url = "redis://worker:bus-pass-5ecret@redis.example:6380/0"
+
+[queues.orders]
+[queues.orders.scaling]
+min_tasks = 0
+"#;
+
+#[test]
+fn a_shared_bus_gets_its_url_from_a_secret() {
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("default.toml"), BUS_SAMPLE).unwrap();
+    let settings = load(&dir);
+    for target in [Target::Keda, Target::ContainerApps] {
+        let yaml = render(target, &settings).unwrap();
+        assert!(
+            !yaml.contains("bus-pass-5ecret"),
+            "{target:?} wrote the password:\n{yaml}"
+        );
+        assert_eq!(read_by_pyyaml(&yaml), docs(&yaml));
+    }
+    let keda = docs(&render(Target::Keda, &settings).unwrap());
+    let container = &kind(&keda, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let url = &env_of(container)["EBBFLOW__BUS__URL"]["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (&url["name"], &url["key"]),
+        (&"ebbflow-worker-bus".into(), &"url".into())
+    );
+    // The bus can wake the queue from zero tasks, so zero replicas is allowed.
+    assert_eq!(kind(&keda, "ScaledObject")["spec"]["minReplicaCount"], 0);
+    let worker = worker_settings_under(&dir, container).unwrap();
+    assert!(worker.bus.is_shared());
+    let aca = docs(&render(Target::ContainerApps, &settings).unwrap());
+    let aca_container = &aca[0]["properties"]["template"]["containers"][0];
+    assert_eq!(
+        env_of(aca_container)["EBBFLOW__BUS__URL"]["secretRef"],
+        "bus-url"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn settings_at_their_limits_still_make_manifests_the_engines_accept() {
+    let name = format!("w{}", "x".repeat(62));
+    let toml = format!(
+        r#"
+[worker]
+drain_timeout = "1h"
+[queues.big]
+shards = 100
+concurrency = 10000
+[queues.big.scaling]
+max_tasks = 256
+messages_per_task = 1000000
+[deploy]
+name = "{name}"
+max_replicas = 1000
+polling_interval = "1h"
+cooldown_period = "24h"
+cpu_millicores = 64000
+memory_mib = 262144
+"#
+    );
+    let settings = load_toml(&toml).unwrap();
+    let docs = docs(&render(Target::Keda, &settings).unwrap());
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 3610);
+    let spec = &kind(&docs, "ScaledObject")["spec"];
+    let down = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"];
+    // The HPA refuses windows over 3600 s and periods over 1800 s.
+    assert_eq!(down["stabilizationWindowSeconds"], 3600);
+    assert_eq!(down["policies"][0]["periodSeconds"], 1800);
+    let triggers = spec["triggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 100);
+    // (10,000 + 256 x 1,000,000) / 100 shards.
+    assert_eq!(triggers[99]["metadata"]["queueName"], "big-99");
+    assert_eq!(triggers[99]["metadata"]["queueLength"], "2560100");
+    // Too long for a container app's name: refused, naming the key.
+    let err = render(Target::ContainerApps, &settings)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
+}
+
 #[test]
 fn bad_deploy_settings_name_their_key() {
     for (toml, key) in [
@@ -428,4 +601,13 @@ fn impossible_plans_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("storage.queue_endpoint"), "{err}");
+    // A DNS label Kubernetes takes, but longer than a container app's name may be.
+    let long =
+        load_toml("[queues.orders]\n[deploy]\nname = \"orders-worker-for-the-eu-west-region\"")
+            .unwrap();
+    render(Target::Keda, &long).unwrap();
+    let err = render(Target::ContainerApps, &long)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.name"), "{err}");
 }

@@ -196,3 +196,31 @@ fn the_yaml_1_1_check_catches_what_it_guards_against() {
         assert_eq!(yaml_1_1(same), yaml_1_2(same), "{same}");
     }
 }
+
+/// The documents as PyYAML reads them: a YAML 1.1 reader, with the same resolvers as the
+/// go-yaml v2 Kubernetes reads manifests with (`scripts/test` makes sure it is installed).
+pub fn read_by_pyyaml(yaml: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    const SCRIPT: &str = "import json, sys, yaml\n\
+        print(json.dumps(list(yaml.safe_load_all(sys.stdin.read()))))";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/test needs it too)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyYAML could not read it (scripts/test installs PyYAML: python3 -m pip install pyyaml): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

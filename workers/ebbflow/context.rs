@@ -119,10 +119,7 @@ impl Context {
             )));
         }
         let store = RetryingStore::wrap(store, settings.storage.retry);
-        Ok(ShardingStore::wrap(
-            store,
-            ShardingStore::of_settings(settings),
-        ))
+        Ok(ShardingStore::wrap_sharded(store, settings.shard_counts()))
     }
 }
 

@@ -8,18 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::store::{SendOptions, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
+use ebbflow::service::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
+use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
 
 use crate::context::{block_on, configured, parse_duration};
 use crate::push::{self, WorkDetected};
 use crate::{CliError, Context};
 
-/// The longest time to live the service takes as a number of seconds (a 32-bit count).
-const MAX_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 /// Sends in flight at once for `--count`.
 const SENDERS: u32 = 16;
-/// The service's default time to live, when `--ttl` is not given.
-const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Sends a message (the text exactly as given: JSON or plain) to a configured queue, written
 /// in that queue's configured encoding (base64 or none), then sends the push trigger the
@@ -137,10 +134,10 @@ impl Args {
                 sent.len(),
                 self.queue,
                 text.len(),
-                options
-                    .time_to_live
-                    .map(|t| format!(", ttl {}", humantime::format_duration(t)))
-                    .unwrap_or_default(),
+                match options.time_to_live {
+                    TimeToLive::ServiceDefault => String::new(),
+                    ttl => format!(", ttl {ttl}"),
+                },
                 if options.initial_delay.is_zero() {
                     String::new()
                 } else {
@@ -163,8 +160,13 @@ impl Args {
                     other => other,
                 });
             }
+            // What was sent was announced: say how that went too.
+            let triggered = match report_triggers(&triggers, self.no_trigger) {
+                Ok(()) => String::new(),
+                Err(why) => format!("; {why}"),
+            };
             return Err(CliError::runtime(format!(
-                "{} of {} sent to {}, then: {e}",
+                "{} of {} sent to {}, then: {e}{triggered}",
                 sent.len(),
                 self.count,
                 self.queue
@@ -190,9 +192,11 @@ impl Args {
             }
         }
         let ttl = self.ttl.unwrap_or(DEFAULT_TTL);
-        if self.delay >= ttl {
+        // The service counts whole seconds (the store rounds a fraction up), and wants the
+        // delay shorter than the time to live as it sees them: 500ms of 1s is 1s of 1s.
+        if whole_seconds(self.delay) >= whole_seconds(ttl) {
             return Err(CliError::usage(format!(
-                "--delay {} must be shorter than the time to live ({}{}): the message would \
+                "--delay {} must be shorter than the time to live ({}{}){}: the message would \
                  expire before anyone could see it",
                 humantime::format_duration(self.delay),
                 humantime::format_duration(ttl),
@@ -200,12 +204,19 @@ impl Args {
                     ", the default; set --ttl"
                 } else {
                     ""
+                },
+                if self.delay.subsec_nanos() > 0 || ttl.subsec_nanos() > 0 {
+                    " in whole seconds, as the service counts them (a fraction rounds up)"
+                } else {
+                    ""
                 }
             )));
         }
         Ok(SendOptions {
             initial_delay: self.delay,
-            time_to_live: self.ttl,
+            time_to_live: self
+                .ttl
+                .map_or(TimeToLive::ServiceDefault, TimeToLive::After),
         })
     }
 
@@ -214,14 +225,14 @@ impl Args {
         match (&self.text, &self.file) {
             (Some(text), _) => Ok(text.as_bytes().to_vec()),
             (None, Some(path)) if path.as_os_str() == "-" => {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| CliError::usage(format!("--file -: standard input: {e}")))?;
-                Ok(bytes)
+                read_bounded(std::io::stdin().lock(), "--file - (standard input)")
             }
-            (None, Some(path)) => std::fs::read(path)
-                .map_err(|e| CliError::usage(format!("--file {}: {e}", path.display()))),
+            (None, Some(path)) => {
+                let source = format!("--file {}", path.display());
+                let file = std::fs::File::open(path)
+                    .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
+                read_bounded(file, &source)
+            }
             (None, None) => Err(CliError::usage(
                 "give the message text or --file FILE (see ebbflow enqueue --help)",
             )),
@@ -269,6 +280,30 @@ impl Args {
     }
 }
 
+/// Reads at most one byte more than any message can hold, so a huge file (or `/dev/zero`) is
+/// refused without loading it; `source` names the input in errors.
+fn read_bounded(reader: impl Read, source: &str) -> Result<Vec<u8>, CliError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(CliError::usage(format!(
+            "{source} holds more than {MAX_MESSAGE_BYTES} bytes; the service takes at most \
+             {MAX_MESSAGE_BYTES} bytes of message text (a payload of at most {} bytes on a \
+             base64 queue): put large payloads in a blob and send a reference",
+            MAX_MESSAGE_BYTES / 4 * 3
+        )));
+    }
+    Ok(bytes)
+}
+
+/// `d` in whole seconds as the service gets it: a fraction rounds up.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Whether XML 1.0 allows `c` in text: the service refuses a message with any other.
 fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
@@ -283,7 +318,7 @@ fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError
             if off {
                 "--no-trigger"
             } else {
-                "none configured: [triggers.http] is off"
+                "none configured: [triggers.http] is off and bus.kind is none"
             }
         );
         return Ok(());

@@ -2,7 +2,8 @@
 //!
 //! Run with: `cargo ebbflow --help` (an alias for
 //! `cargo run --features cli --bin ebbflow -- --help`), or `ebbflow --help` after
-//! `cargo install --path . --features cli`.
+//! `cargo install --path . --features cli --bin ebbflow` (without `--bin` it would also
+//! install the demo, load-test and classic workers).
 //!
 //! Every command reads the usual config (`config/` files, or the folder `--config DIR` names,
 //! plus `EBBFLOW__...` overrides) and works on the storage it configures. Exit codes: 0 on
@@ -32,6 +33,8 @@ mod completions;
 mod context;
 mod deploy;
 mod enqueue;
+mod instances;
+mod notify;
 mod peek;
 mod poison;
 mod push;
@@ -79,6 +82,10 @@ enum Command {
     /// Print KEDA or Container Apps manifests that scale replicas on the configured queues.
     #[command(subcommand)]
     Deploy(deploy::Command),
+    /// Announce work on a queue (bus work notice, HTTP trigger) without sending a message.
+    Notify(notify::Args),
+    /// List the live worker instances on the bus and their last presence pulse.
+    Instances(instances::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -93,6 +100,8 @@ impl Command {
             Command::Simulate(args) => args.run(ctx),
             Command::Config(command) => command.run(ctx),
             Command::Deploy(command) => command.run(ctx),
+            Command::Notify(args) => args.run(ctx),
+            Command::Instances(args) => args.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }

@@ -17,9 +17,10 @@ pub enum Command {
         /// The configured queue whose poison queue to read.
         #[arg(long, value_name = "NAME")]
         queue: String,
-        /// At most this many.
-        #[arg(long, value_name = "N", default_value_t = 100)]
-        limit: usize,
+        /// At most this many, 1 or more.
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
     },
     /// Show one poison message: its envelope (failure details) and decoded body.
     Show {
@@ -39,7 +40,8 @@ pub enum Command {
         /// A poison message id (repeat for several).
         #[arg(long, value_name = "ID", conflicts_with = "all")]
         id: Vec<String>,
-        /// Every poison message of the queue.
+        /// Every poison message of the queue (on a poison queue shared with other queues:
+        /// those whose envelope names this queue).
         #[arg(long)]
         all: bool,
     },
@@ -64,13 +66,27 @@ impl Command {
         let queue_settings = configured(&settings, &queue)?.clone();
         let store = ctx.store(&settings)?;
         let poison = PoisonQueue::new(store, &queue, &queue_settings)?;
-        block_on(self.run_on(&poison, &queue_settings))?
+        // Other configured queues whose poison copies land in the same poison queue.
+        let sharing: Vec<String> = settings
+            .queues
+            .iter()
+            .filter(|(name, q)| **name != queue && q.poison_queue_name(name) == poison.name())
+            .map(|(name, _)| name.clone())
+            .collect();
+        block_on(self.run_on(&poison, &queue_settings, &sharing))?
     }
 
-    async fn run_on(self, poison: &PoisonQueue, settings: &QueueSettings) -> Result<(), CliError> {
+    async fn run_on(
+        self,
+        poison: &PoisonQueue,
+        settings: &QueueSettings,
+        sharing: &[String],
+    ) -> Result<(), CliError> {
         match self {
             Command::List { limit, .. } => {
-                let records = poison.list(limit).await?;
+                let records = poison
+                    .list(usize::try_from(limit).unwrap_or(usize::MAX))
+                    .await?;
                 say!("{} message(s) on {}", records.len(), poison.name());
                 for r in &records {
                     say!("{}", summary_line(r));
@@ -93,8 +109,31 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::Requeue { id, all, .. } => {
-                let selection = if all {
+            Command::Requeue { id, all, queue } => {
+                let selection = if all && !sharing.is_empty() {
+                    // A shared poison queue: --all means this queue's messages, the ones whose
+                    // envelope names it.
+                    let records = poison.list(usize::MAX).await?;
+                    let (ours, theirs): (Vec<_>, Vec<_>) = records
+                        .iter()
+                        .partition(|r| r.envelope.as_ref().is_ok_and(|e| e.queue == queue));
+                    if !theirs.is_empty() {
+                        say!(
+                            "left {} poison message(s) on {} whose envelope does not name \
+                             {queue} (the poison queue is shared with {}): requeue them with {} \
+                             (or by --id)",
+                            theirs.len(),
+                            poison.name(),
+                            sharing.join(", "),
+                            sharing
+                                .iter()
+                                .map(|q| format!("--queue {q}"))
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        );
+                    }
+                    Selection::Ids(ours.iter().map(|r| r.id.clone()).collect())
+                } else if all {
                     Selection::All
                 } else {
                     Selection::Ids(id.into_iter().collect::<BTreeSet<_>>())

@@ -1,12 +1,13 @@
 //! Push triggers a command sends after putting work on a queue, so idle workers wake at once
 //! instead of at their next poll (or never, at `min_tasks = 0` with no depth probe).
 //!
-//! [`announce`] sends every trigger the config declares and reports each one. Today that is
-//! the HTTP work-detected endpoint (`[triggers.http]`); a new channel (the bus) adds one step
-//! there and one [`Channel`] name, and every sending command gets it.
+//! [`announce`] sends every trigger the config declares and reports each one: the HTTP
+//! work-detected endpoint (`[triggers.http]`) and the bus's work notice (`[bus]` with
+//! `kind = "redis"`).
 
 use std::time::Duration;
 
+use ebbflow::secret::redact_url;
 use ebbflow::store::redact;
 use ebbflow::Settings;
 use serde::Serialize;
@@ -55,22 +56,68 @@ pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected
     if let Some(url) = http_url(settings, target) {
         let result = post(&url, settings.triggers.http.token.as_deref(), event).await;
         outcomes.push(Outcome {
-            channel: format!("http POST {}", redact(&url)),
+            channel: format!("http POST {}", redact_url(&url)),
             result,
         });
     }
-    // Further channels (the bus's work-detected event) are sent here.
+    if settings.bus.is_shared() {
+        outcomes.push(Outcome {
+            channel: format!(
+                "bus {}",
+                settings
+                    .bus
+                    .url
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            result: bus_notice(settings, &event.queue, event.payload_size).await,
+        });
+    }
     outcomes
+}
+
+/// Connects to the bus as a client and appends one work notice to `queue`'s work stream (one
+/// replica's listener wakes with `reach = "one"`, every replica's with `reach = "all"`).
+async fn bus_notice(settings: &Settings, queue: &str, messages: u64) -> Result<String, String> {
+    use ebbflow::bus::{Bus, Member, Name, WorkNotice};
+    let role = Name::new("cli").map_err(|e| e.to_string())?;
+    let member = Member {
+        instance: Member::generated_id(&role),
+        role,
+    };
+    let bus = ebbflow::bus::redis::RedisBus::connect_client(&settings.bus, member)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reach = settings
+        .queues
+        .get(queue)
+        .map(|q| q.bus.reach)
+        .unwrap_or_default();
+    let notice = WorkNotice {
+        queue: queue.to_string(),
+        from: Some(bus.member().instance.to_string()),
+        messages: (messages > 0).then_some(messages),
+        hops: 0,
+    };
+    let sent = bus.announce(&notice).await;
+    bus.close().await;
+    sent.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "work notice on {}:work:{queue}, reach {}",
+        settings.bus.channel_prefix,
+        format!("{reach:?}").to_lowercase()
+    ))
 }
 
 /// Checks a `--trigger-url` before anything is sent: an `http` or `https` URL with a host.
 pub fn check_url(url: &str) -> Result<(), String> {
     let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("--trigger-url {}: {e}", redact(url)))?;
+        reqwest::Url::parse(url).map_err(|e| format!("--trigger-url {}: {e}", redact_url(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(format!(
             "--trigger-url {}: must be http://host:port or https://host:port (optionally with a path)",
-            redact(url)
+            redact_url(url)
         ));
     }
     Ok(())
@@ -80,14 +127,24 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// enabled (an unspecified bind address such as 0.0.0.0 is reached on loopback).
 fn http_url(settings: &Settings, target: &Target) -> Option<String> {
     if let Some(url) = &target.http_url {
-        let trimmed = url.trim_end_matches('/');
+        // `/trigger` goes into the path, before any `?query` (a `?token=` for a webhook-style
+        // endpoint): `http://h:7075?token=t` posts to `http://h:7075/trigger?token=t`.
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url.as_str(), None),
+        };
+        let trimmed = base.trim_end_matches('/');
         let has_path = trimmed
             .split_once("://")
             .is_some_and(|(_, rest)| rest.contains('/'));
-        return Some(if has_path {
-            url.clone()
+        let base = if has_path {
+            base.to_string()
         } else {
             format!("{trimmed}/trigger")
+        };
+        return Some(match query {
+            Some(query) => format!("{base}?{query}"),
+            None => base,
         });
     }
     let http = &settings.triggers.http;
@@ -192,6 +249,15 @@ mod tests {
             ("http://10.0.0.12:7075", "http://10.0.0.12:7075/trigger"),
             ("http://10.0.0.12:7075/", "http://10.0.0.12:7075/trigger"),
             ("https://w.example/hooks/t", "https://w.example/hooks/t"),
+            (
+                "http://10.0.0.12:7075?token=t",
+                "http://10.0.0.12:7075/trigger?token=t",
+            ),
+            (
+                "http://10.0.0.12:7075/?token=t",
+                "http://10.0.0.12:7075/trigger?token=t",
+            ),
+            ("https://w.example/t?token=t", "https://w.example/t?token=t"),
         ] {
             assert_eq!(
                 url("127.0.0.1:7075", false, Some(given)).as_deref(),
@@ -202,8 +268,11 @@ mod tests {
         for bad in ["10.0.0.12:7075", "ftp://h/x", "not a url", "http://"] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
-        assert!(!check_url("ftp://h/x?token=s3cret")
-            .unwrap_err()
-            .contains("s3cret"));
+        for secret in ["ftp://h/x?token=s3cret", "ftp://u:s3cret@h/x"] {
+            assert!(
+                !check_url(secret).unwrap_err().contains("s3cret"),
+                "{secret}"
+            );
+        }
     }
 }

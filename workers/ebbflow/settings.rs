@@ -24,6 +24,21 @@ impl Command {
         // Opening the store parses the connection string or endpoint (no network call), so a
         // malformed one is reported here rather than at a worker's start.
         ebbflow::store::open(&settings.storage)?;
+        // A worker refuses to start without queues; so does the check (a config folder that
+        // is misnamed or missing loads as nothing but defaults).
+        if settings.queues.is_empty() {
+            let dir = ctx.config_dir();
+            return Err(CliError::usage(format!(
+                "config: queues: no queues configured in {}{}: a worker needs at least one \
+                 [queues.<name>] section (or EBBFLOW__QUEUES__<NAME>__... overrides)",
+                dir.join("default.toml").display(),
+                if dir.is_dir() {
+                    ""
+                } else {
+                    " (that folder does not exist)"
+                }
+            )));
+        }
         // The settings types serialize secrets redacted (`ebbflow::secret`).
         let text = if json {
             serde_json::to_string_pretty(&settings).map_err(CliError::runtime)? + "\n"

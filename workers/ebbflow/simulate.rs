@@ -1,9 +1,10 @@
 //! `ebbflow simulate`: the real listener and scaling policy on the embedded backend, in
-//! virtual time, against a load profile.
+//! virtual time, against a load profile; with `--compare`, KEDA alone against ebbflow's tasks
+//! under KEDA on the same profile.
 
 use std::path::PathBuf;
 
-use ebbflow::simulate::{csv, simulate, summary_text, svg, Profile};
+use ebbflow::simulate::{compare, comparison_table, csv, simulate, summary_text, svg, Profile};
 
 use crate::{CliError, Context};
 
@@ -21,6 +22,11 @@ pub struct Args {
     /// Where to write simulation.csv and simulation.svg.
     #[arg(long, value_name = "DIR", default_value = "target/simulation")]
     out: PathBuf,
+    /// Run the profile (it needs a [replicas] section) twice, with single-task replicas scaled
+    /// by KEDA alone and with the queue's rules under KEDA, and print a Markdown table of
+    /// replica-minutes, calls per message and pickup latency (no files are written).
+    #[arg(long)]
+    compare: bool,
 }
 
 impl Args {
@@ -40,6 +46,17 @@ impl Args {
                 .map(|(n, q)| (n.clone(), q.clone()))
                 .unwrap_or_else(|| ("defaults".into(), Default::default())),
         };
+        if self.compare {
+            if profile.replicas.is_none() {
+                return Err(CliError::usage(format!(
+                    "--compare: profile {} has no [replicas] section",
+                    self.profile.display()
+                )));
+            }
+            let table = compare(&profile, queue).map_err(CliError::runtime)?;
+            emit!("{}", comparison_table(&table));
+            return Ok(());
+        }
         let (samples, summary) = simulate(&profile, queue).map_err(CliError::runtime)?;
         let out = &self.out;
         std::fs::create_dir_all(out)

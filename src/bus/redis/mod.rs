@@ -175,6 +175,16 @@ impl RedisBus {
     /// competing group. Fails (without the password in the error) when Redis cannot be reached
     /// or refuses the credentials: a worker does not start on a bus it cannot use.
     pub async fn connect(settings: &BusSettings, member: Member) -> Result<Self, BusError> {
+        Self::open(settings, member, true).await
+    }
+
+    /// Connects as a client only (the CLI, a producer): it can send, announce, acknowledge and
+    /// read presence, but subscribes to nothing and receives nothing.
+    pub async fn connect_client(settings: &BusSettings, member: Member) -> Result<Self, BusError> {
+        Self::open(settings, member, false).await
+    }
+
+    async fn open(settings: &BusSettings, member: Member, listen: bool) -> Result<Self, BusError> {
         let url = settings
             .url
             .clone()
@@ -251,15 +261,17 @@ impl RedisBus {
             shared.key(&["role", member.role.as_str()]),
             shared.key(&["instance", member.instance.as_str()]),
         ];
-        let mut con = shared.cmd.clone();
-        con.subscribe(&channels).await.map_err(scrub)?;
-        let role_stream = shared.key(&["group", member.role.as_str()]);
-        shared.ensure_group(&role_stream).await?;
-        if let Ok(mut g) = shared.groups.lock() {
-            g.push(role_stream);
+        if listen {
+            let mut con = shared.cmd.clone();
+            con.subscribe(&channels).await.map_err(scrub)?;
+            let role_stream = shared.key(&["group", member.role.as_str()]);
+            shared.ensure_group(&role_stream).await?;
+            if let Ok(mut g) = shared.groups.lock() {
+                g.push(role_stream);
+            }
+            readers::spawn(&shared, push_rx);
+            info!(url = %url, instance = %member.instance, role = %member.role, "bus connected (redis)");
         }
-        readers::spawn(&shared, push_rx);
-        info!(url = %url, instance = %member.instance, role = %member.role, "bus connected (redis)");
         Ok(Self {
             shared,
             inbox: Mutex::new(Some(inbox_rx)),
@@ -386,7 +398,7 @@ impl Bus for RedisBus {
         self.shared.health.subscribe()
     }
 
-    async fn sent(&self, queue: &str) -> Result<SentState, BusError> {
+    async fn sent(&self, queue: &str, messages: u64) -> Result<SentState, BusError> {
         let s = &self.shared;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -395,8 +407,9 @@ impl Bus for RedisBus {
             .arg("GET")
             .arg("EX")
             .arg(86_400)
-            .cmd("INCR")
+            .cmd("INCRBY")
             .arg(s.key(&["sent", queue]))
+            .arg(messages)
             .cmd("EXPIRE")
             .arg(s.key(&["sent", queue]))
             .arg(86_400)
@@ -490,6 +503,16 @@ impl Bus for RedisBus {
             .collect();
         list.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok(list)
+    }
+
+    fn counters(&self) -> super::TransportCounters {
+        let st = &self.shared.stats;
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        super::TransportCounters {
+            outages: read(&st.outages),
+            reconnects: read(&st.reconnects),
+            reclaimed: read(&st.reclaimed),
+        }
     }
 
     async fn close(&self) {

@@ -94,6 +94,7 @@ mod tests {
             StoreError::Unanswered { .. } => "unanswered",
             StoreError::TokenUnavailable { .. } => "token",
             StoreError::InDoubt { .. } => "in-doubt",
+            StoreError::Unconsumable { .. } => "unconsumable",
             StoreError::Setup(_) => "setup",
         }
     }

@@ -34,10 +34,11 @@ use azure_storage_queue::models::{
 };
 use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOptions};
 
+use super::rules::{check_send_expressible, check_text, whole_seconds};
 use super::settings::{CredentialKind, RetrySettings, StorageSettings};
 use super::{
-    check_receive_count, redact, validate_queue_name, PeekedMessage, Queue, QueueStore,
-    ReceivedMessage, SendOptions, SentMessage, StoreError, UpdatedMessage,
+    redact, validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
+    SentMessage, StoreError, UpdatedMessage,
 };
 use connection::{account_of, parse_connection_string, parse_endpoint, setup, Auth};
 pub use policy::account_sas;
@@ -257,8 +258,14 @@ struct AzureQueue {
 
 fn secs(d: Duration) -> i32 {
     // The service counts whole seconds; round a fraction up so a timeout is never shortened.
-    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    i32::try_from(whole).unwrap_or(i32::MAX)
+    // Beyond 32 bits the service refuses the value anyway (its limits are far below).
+    i32::try_from(whole_seconds(d)).unwrap_or(i32::MAX)
+}
+
+/// The service's expiry of a message that never expires is the last second of year 9999:
+/// read as `None`.
+fn expiry(t: Option<time::OffsetDateTime>) -> Option<time::OffsetDateTime> {
+    t.filter(|t| t.year() < 9999)
 }
 
 impl AzureQueue {
@@ -320,7 +327,9 @@ impl Queue for AzureQueue {
     }
 
     async fn send(&self, text: &str, options: SendOptions) -> Result<SentMessage, StoreError> {
-        super::check_visibility(&self.name, "initial delay", options.initial_delay)?;
+        // What the request cannot carry, or what Azurite would store and then fail to hand
+        // out; the service judges the rest itself.
+        check_send_expressible(&self.name, text, &options)?;
         let body = self.message_body(text)?;
         let sent = self
             .client
@@ -329,7 +338,7 @@ impl Queue for AzureQueue {
                 Some(QueueClientSendMessageOptions {
                     visibility_timeout: (!options.initial_delay.is_zero())
                         .then(|| secs(options.initial_delay)),
-                    message_time_to_live: options.time_to_live.map(secs),
+                    message_time_to_live: options.message_ttl(),
                     timeout: self.service_timeout(),
                     method_options: self.method_options(),
                 }),
@@ -352,8 +361,6 @@ impl Queue for AzureQueue {
         max: u8,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        check_receive_count(&self.name, max)?;
-        super::check_visibility(&self.name, "visibility timeout", visibility)?;
         let received = self
             .client
             .receive_messages(Some(QueueClientReceiveMessagesOptions {
@@ -379,7 +386,7 @@ impl Queue for AzureQueue {
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(1),
                     inserted_at: m.insertion_time,
-                    expires_at: m.expiration_time,
+                    expires_at: expiry(m.expiration_time),
                     text: m.message_text.unwrap_or_default(),
                 })
             })
@@ -408,7 +415,15 @@ impl Queue for AzureQueue {
         visibility: Duration,
         text: Option<&str>,
     ) -> Result<UpdatedMessage, StoreError> {
-        super::check_visibility(&self.name, "visibility timeout", visibility)?;
+        if let Some(text) = text {
+            // As for a send: text XML cannot carry never reaches the service.
+            if text
+                .chars()
+                .any(|c| !crate::service::is_allowed_text_char(c))
+            {
+                check_text(&self.name, text)?;
+            }
+        }
         let queue_message = text.map(|t| self.message_body(t)).transpose()?;
         let response = self
             .client
@@ -434,7 +449,6 @@ impl Queue for AzureQueue {
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError> {
-        check_receive_count(&self.name, max)?;
         let peeked = self
             .client
             .peek_messages(Some(QueueClientPeekMessagesOptions {

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::store::settings::RetrySettings;
@@ -51,6 +52,25 @@ pub async fn retry_call<T, F, Fut>(
     refusals: &RefusalStreak,
     queue: &str,
     what: &str,
+    op: F,
+) -> CallReport<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    retry_call_until(settings, refusals, queue, what, None, op).await
+}
+
+/// [`retry_call`], and with `until` set, transient errors are retried past `max_attempts` for
+/// as long as the next try can start before `until` (a delete while its message's lease
+/// lasts): the back-off keeps growing to `max_delay` and stays there. `until` never shortens
+/// the `max_attempts` budget.
+pub async fn retry_call_until<T, F, Fut>(
+    settings: &RetrySettings,
+    refusals: &RefusalStreak,
+    queue: &str,
+    what: &str,
+    until: Option<Instant>,
     mut op: F,
 ) -> CallReport<T>
 where
@@ -62,9 +82,9 @@ where
         .with_min_delay(settings.min_delay)
         .with_max_delay(settings.max_delay)
         .with_jitter();
-    let mut transient_delays = curve
-        .with_max_times(settings.max_attempts.saturating_sub(1) as usize)
-        .build();
+    // With a deadline the curve has no count of its own: the deadline bounds it.
+    let mut transient_delays = curve.without_max_times().build();
+    let budget = settings.max_attempts;
     // Bounded by the streak, not by a count of its own.
     let mut refusal_delays = curve.without_max_times().build();
     let (mut tries, mut unanswered) = (0, 0);
@@ -93,9 +113,11 @@ where
                 if matches!(e, StoreError::Unanswered { .. }) {
                     unanswered += 1;
                 }
-                let delay = transient_delays.next();
+                let delay = transient_delays.next().filter(|delay| {
+                    tries < budget || until.is_some_and(|t| Instant::now() + *delay < t)
+                });
                 if let Some(delay) = delay {
-                    warn!(queue, call = what, retry_in = ?delay, error = %e, "transient error; retrying");
+                    warn!(queue, call = what, tries, retry_in = ?delay, error = %e, "transient error; retrying");
                 }
                 delay
             }
@@ -284,5 +306,44 @@ mod tests {
         })
         .await;
         assert_eq!(report.tries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_deadline_transient_errors_are_retried_until_it() {
+        let s = settings(3, 3);
+        let start = Instant::now();
+        let until = start + Duration::from_secs(20);
+        let tries = AtomicU32::new(0);
+        let report = retry_call_until(
+            &s,
+            &RefusalStreak::default(),
+            "q",
+            "delete",
+            Some(until),
+            || {
+                tries.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Err::<(), _>(transient()))
+            },
+        )
+        .await;
+        assert!(report.result.is_err());
+        assert!(report.tries > 3, "past max_attempts: {}", report.tries);
+        let ended = start.elapsed();
+        // The last try started before the deadline; none after it.
+        assert!(
+            ended <= Duration::from_secs(20) && ended >= Duration::from_secs(19),
+            "{ended:?}"
+        );
+        // A deadline already passed keeps the max_attempts budget.
+        let report = retry_call_until(
+            &s,
+            &RefusalStreak::default(),
+            "q",
+            "delete",
+            Some(Instant::now()),
+            || std::future::ready(Err::<(), _>(transient())),
+        )
+        .await;
+        assert_eq!(report.tries, 3);
     }
 }

@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use call::{retry_call, CallReport, RefusalStreak};
+pub use call::{retry_call, retry_call_until, CallReport, RefusalStreak};
 
 use super::settings::RetrySettings;
 use super::{
@@ -129,6 +130,23 @@ impl Retrying {
     {
         retry_call(&self.settings, &self.refusals, queue, what, op).await
     }
+
+    /// What a delete's tries mean: a retry that found the message gone after an unanswered
+    /// try means the lost try deleted it.
+    fn deleted(&self, inner: &dyn Queue, id: &str, call: CallReport<()>) -> Result<(), StoreError> {
+        match call.result {
+            Err(StoreError::MessageNotFound { .. }) if call.unanswered > 0 => {
+                add(&self.outcomes.deletes_confirmed, 1);
+                info!(
+                    queue = inner.name(),
+                    message_id = id,
+                    "a delete went unanswered and its retry found the message gone: it was deleted"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
 }
 
 fn add(counter: &AtomicU64, n: u32) {
@@ -185,18 +203,34 @@ impl QueueLayer for Retrying {
         let call = self
             .run(inner.name(), "delete", || inner.delete(id, pop_receipt))
             .await;
-        match call.result {
-            Err(StoreError::MessageNotFound { .. }) if call.unanswered > 0 => {
-                add(&self.outcomes.deletes_confirmed, 1);
-                info!(
-                    queue = inner.name(),
-                    message_id = id,
-                    "a delete went unanswered and its retry found the message gone: it was deleted"
-                );
-                Ok(())
-            }
-            other => other,
+        self.deleted(inner, id, call)
+    }
+
+    async fn delete_within(
+        &self,
+        inner: &dyn Queue,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: Instant,
+    ) -> Result<(), StoreError> {
+        let call = retry_call_until(
+            &self.settings,
+            &self.refusals,
+            inner.name(),
+            "delete",
+            Some(lease_ends),
+            || inner.delete(id, pop_receipt),
+        )
+        .await;
+        if call.result.is_ok() && call.tries > self.settings.max_attempts {
+            info!(
+                queue = inner.name(),
+                message_id = id,
+                tries = call.tries,
+                "a delete outlasted the retry budget within its message's lease and succeeded"
+            );
         }
+        self.deleted(inner, id, call)
     }
 
     async fn update(

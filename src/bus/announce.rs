@@ -1,0 +1,169 @@
+//! A producer's work-detected announcements, after the whitepaper's trigger modes: on every
+//! message, only on the first message to a queue its listeners found empty, or also each time
+//! `depth` more messages were sent since then.
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::{Bus, Health, PublishMode, QueueBusSettings, WorkNotice};
+
+/// Announces work on one queue to the listeners of every replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Announcer {
+    bus: Arc<dyn Bus>,
+    queue: Arc<str>,
+    settings: QueueBusSettings,
+}
+
+impl std::fmt::Debug for Announcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcer")
+            .field("queue", &self.queue)
+            .field("publish", &self.settings.publish)
+            .finish()
+    }
+}
+
+/// What became of an announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// A work notice went out.
+    Sent,
+    /// The publish mode said not this time (the listeners are already at work).
+    NotNeeded,
+    /// The bus is down or refused: wake local listeners instead.
+    Failed,
+}
+
+impl Announcer {
+    /// An announcer for `queue` over `bus`, with the queue's bus settings.
+    pub fn new(bus: Arc<dyn Bus>, queue: &str, settings: QueueBusSettings) -> Self {
+        Self {
+            bus,
+            queue: Arc::from(queue),
+            settings,
+        }
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// After `messages` were sent to the queue: announce them if the publish mode says so.
+    /// Never fails the send it follows: the bus is a hint.
+    pub async fn after_send(&self, messages: u64) -> Announced {
+        if *self.bus.health().borrow() == Health::Down {
+            return Announced::Failed;
+        }
+        let announce = match self.settings.publish {
+            PublishMode::Every => true,
+            mode => match self.bus.sent(&self.queue, messages).await {
+                Ok(state) => {
+                    let depth = u64::from(self.settings.depth.max(1));
+                    state.was_empty
+                        || (mode == PublishMode::Depth
+                            && state.since_empty / depth
+                                > state.since_empty.saturating_sub(messages) / depth)
+                }
+                Err(e) => {
+                    debug!(queue = %self.queue, error = %e, "publish mode state unavailable; announcing");
+                    true
+                }
+            },
+        };
+        if !announce {
+            return Announced::NotNeeded;
+        }
+        self.announce(messages, 0).await
+    }
+
+    /// Sends a work notice for `messages` (if known) that was passed on `hops` times.
+    pub async fn announce(&self, messages: u64, hops: u32) -> Announced {
+        let notice = WorkNotice {
+            queue: self.queue.to_string(),
+            from: Some(self.bus.member().instance.to_string()),
+            messages: (messages > 0).then_some(messages),
+            hops,
+        };
+        match self.bus.announce(&notice).await {
+            Ok(()) => Announced::Sent,
+            Err(e) => {
+                debug!(queue = %self.queue, error = %e, "work notice not sent");
+                Announced::Failed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory::MemoryBroker;
+    use super::super::{Inbound, Member, Reach};
+    use super::*;
+    use std::time::Duration;
+
+    async fn notices(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Inbound>) -> usize {
+        let mut n = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publish_modes_announce_every_first_or_by_depth() {
+        let broker = MemoryBroker::new();
+        let listener = broker.connect(Member::new("l", "w").unwrap(), Duration::from_secs(30));
+        listener.listen_work("q", Reach::All).await.unwrap();
+        let mut rx = listener.take_inbox().unwrap();
+        let producer: Arc<dyn Bus> =
+            Arc::new(broker.connect(Member::new("p", "w").unwrap(), Duration::from_secs(30)));
+        let with = |publish, depth| {
+            Announcer::new(
+                producer.clone(),
+                "q",
+                QueueBusSettings {
+                    publish,
+                    depth,
+                    ..Default::default()
+                },
+            )
+        };
+        let every = with(PublishMode::Every, 100);
+        for _ in 0..3 {
+            assert_eq!(every.after_send(1).await, Announced::Sent);
+        }
+        assert_eq!(notices(&mut rx).await, 3);
+        // First: only the first send after the listeners found the queue empty.
+        listener.drained("q").await.unwrap();
+        let first = with(PublishMode::First, 100);
+        let results: Vec<Announced> = [
+            first.after_send(1).await,
+            first.after_send(1).await,
+            first.after_send(1).await,
+        ]
+        .to_vec();
+        assert_eq!(
+            results,
+            [Announced::Sent, Announced::NotNeeded, Announced::NotNeeded]
+        );
+        listener.drained("q").await.unwrap();
+        assert_eq!(first.after_send(1).await, Announced::Sent);
+        assert_eq!(notices(&mut rx).await, 2);
+        // Depth 10: the first, then at 10, 20, ... sends since the queue was found empty.
+        listener.drained("q").await.unwrap();
+        let depth = with(PublishMode::Depth, 10);
+        let mut sent = 0;
+        for _ in 0..25 {
+            if depth.after_send(1).await == Announced::Sent {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 3, "1st, 10th and 20th");
+        // A batch of 15 crossing 30 counts once.
+        assert_eq!(depth.after_send(15).await, Announced::Sent);
+        assert_eq!(notices(&mut rx).await, 4);
+    }
+}
