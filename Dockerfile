@@ -31,6 +31,10 @@ COPY --chown=65532:65532 config/ /app/config/
 COPY --from=build /out/worker /usr/local/bin/worker
 # The ops endpoint (/healthz, /readyz, /metrics) on every interface, so probes reach it.
 ENV EBBFLOW__OBSERVABILITY__BIND=0.0.0.0:9464
+# A deployed replica only consumes: the demo worker's built-in producer (workers/demo.rs) would
+# run in every replica and feed the autoscaler its own load. `docker run -e DEMO_RATE=20 ...`
+# turns it back on for a local try; other workers ignore the variable.
+ENV DEMO_RATE=0
 EXPOSE 9464
 USER 65532:65532
 STOPSIGNAL SIGTERM

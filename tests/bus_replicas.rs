@@ -555,3 +555,172 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
     let drain = worker.shutdown().await;
     assert!(drain.clean);
 }
+
+/// `rediss://` with a password: a Redis of the test's own serving TLS only, its certificate
+/// issued by a test CA that the processes trust through `SSL_CERT_FILE` (the system store is
+/// read with it). A worker connects and pulses; `ebbflow instances` reads it over TLS too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_password_carries_the_bus() {
+    let dir = common::TempDir::new("tls");
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl (scripts/redis installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ebbflow-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let status = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--tls-cert-file", "srv.pem", "--tls-key-file", "srv.key"])
+        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+        .args([
+            "--requirepass",
+            "tls-pass-1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--daemonize", "yes", "--pidfile", "pid", "--logfile", "log"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _stop = Stop(d.join("pid"));
+    common::wait_for("the TLS port", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let url = format!("rediss://:tls-pass-1@127.0.0.1:{port}");
+    let prefix = common::unique("tls");
+    let env = |cmd: &mut Command| {
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SSL_CERT_FILE", d.join("ca.pem"))
+            .env("EBBFLOW_CONFIG_DIR", "/nonexistent")
+            .env("EBBFLOW__BUS__KIND", "redis")
+            .env("EBBFLOW__BUS__URL", &url)
+            .env("EBBFLOW__BUS__CHANNEL_PREFIX", &prefix)
+            .env("EBBFLOW__BUS__INSTANCE_ID", "tls-worker-1")
+            .env("EBBFLOW__BUS__PULSE_INTERVAL", "200ms");
+    };
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    env(&mut worker);
+    let worker = Worker(Some(
+        worker
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut listed = String::new();
+    for _ in 0..50 {
+        let mut cli = Command::new(env!("CARGO_BIN_EXE_ebbflow"));
+        env(&mut cli);
+        let out = cli.args(["instances", "--json"]).output().unwrap();
+        listed = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if listed.contains("tls-worker-1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(listed.contains("tls-worker-1"), "{listed}");
+    let (code, log) = worker.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("bus connected (redis)"), "{log}");
+    assert!(log.contains("rediss://:<redacted>@127.0.0.1"), "{log}");
+    assert!(!log.contains("tls-pass-1"), "{log}");
+}
+
+/// `ebbflow config check` prints the bus URL with its password redacted.
+#[test]
+fn config_check_shows_the_bus_url_without_its_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ebbflow"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "EBBFLOW_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .env("EBBFLOW__BUS__KIND", "redis")
+        .env("EBBFLOW__BUS__URL", "redis://app:Sup3r-S3cret@cache:6380/1")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("url = \"redis://app:<redacted>@cache:6380/1\""),
+        "{text}"
+    );
+    assert!(!text.contains("Sup3r-S3cret"), "{text}");
+}

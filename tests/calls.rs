@@ -290,3 +290,40 @@ async fn messages_waiting_ahead_keep_their_lease_and_slow_handlers_hold_none() {
     assert!(most_held <= 4, "{most_held} held at concurrency 4");
     assert!(asked.iter().all(|n| *n <= 4), "{asked:?}");
 }
+
+/// A covered queue at `min_tasks = 0` waits for triggers only; a message published through the
+/// worker with an initial delay is invisible when its trigger comes, so that trigger finds
+/// nothing. The message must still be handled once it shows up (a trigger when it becomes
+/// visible, as for the listener's own retries), not left until someone publishes again.
+#[tokio::test(start_paused = true)]
+async fn a_delayed_publish_on_a_covered_queue_at_zero_tasks_is_handled_when_it_shows() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "delayed").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = 0;
+        q.scaling.wake_on_publish = true;
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    common::wait_for("at zero tasks", Duration::from_secs(200), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let publisher = worker.publisher(&name).unwrap();
+    let before = get(&counts.receive);
+    let delay = ebbflow::store::SendOptions {
+        initial_delay: Duration::from_secs(120),
+        ..Default::default()
+    };
+    publisher.send_bytes(b"w20-late", delay).await.unwrap();
+    common::wait_for(
+        "the delayed message handled",
+        Duration::from_secs(600),
+        || worker.snapshot()[0].handled == 1,
+    )
+    .await;
+    let receives = get(&counts.receive) - before;
+    println!("delayed publish: {receives} receives");
+    assert!(receives <= 3, "{receives} receives for one delayed message");
+    worker.shutdown().await;
+}

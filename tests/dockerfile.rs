@@ -228,6 +228,24 @@ fn the_image_exposes_and_binds_the_ops_endpoint() {
         .any(|i| i.keyword == "COPY" && i.args.ends_with("config/ /app/config/")));
 }
 
+/// A deployed replica is a pure consumer. The image builds the demo worker by default, whose
+/// built-in producer (20 messages/s per queue and 2,000-order bursts unless `DEMO_RATE=0`) would
+/// run in every replica: the README's "docker build, deploy keda" then feeds KEDA the replicas'
+/// own load, and each added replica adds more, up to `max_replicas`.
+#[test]
+fn the_image_runs_the_demo_worker_without_its_producer() {
+    let instructions = dockerfile();
+    let stages = stages(&instructions);
+    let runtime = &stages.last().unwrap().1;
+    let env: BTreeMap<&str, &str> = runtime
+        .iter()
+        .filter(|i| i.keyword == "ENV")
+        .flat_map(|i| i.args.split_whitespace())
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    assert_eq!(env.get("DEMO_RATE"), Some(&"0"), "runtime ENV: {env:?}");
+}
+
 #[test]
 fn dockerignore_keeps_outputs_out_and_sources_in() {
     let text = std::fs::read_to_string(".dockerignore").expect(".dockerignore");

@@ -68,7 +68,9 @@ impl Publisher {
         self.queue.name()
     }
 
-    /// Sends raw payload bytes; returns the new message's id.
+    /// Sends raw payload bytes; returns the new message's id. A message sent with an initial
+    /// delay wakes the listeners when the delay has passed (the message is visible then), not
+    /// at the send; that wake-up is lost if this process stops before.
     pub async fn send_bytes(
         &self,
         payload: &[u8],
@@ -82,6 +84,25 @@ impl Publisher {
                 detail: e.to_string(),
             })?;
         let id = self.queue.send(&text, options).await?.id;
+        if options.initial_delay.is_zero() {
+            self.wake().await;
+        } else {
+            // Invisible until its delay passes: a trigger now finds nothing, and a covered
+            // queue at zero tasks would then wait for one that never comes. So the trigger
+            // goes when the message shows (the service counts whole seconds).
+            let this = self.clone();
+            let delay = crate::store::rules::whole_seconds(options.initial_delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+                this.wake().await;
+            });
+        }
+        Ok(id)
+    }
+
+    /// Announces one send on the bus, or wakes the local listeners when there is none or it
+    /// is down.
+    async fn wake(&self) {
         let announced = match &self.announcer {
             Some(a) => a.after_send(1).await,
             None => crate::bus::Announced::Failed,
@@ -93,7 +114,6 @@ impl Publisher {
                 hub.notify(self.queue.name());
             }
         }
-        Ok(id)
     }
 
     /// Sends `value` as JSON; returns the new message's id.

@@ -40,6 +40,7 @@ use tracing::info;
 
 use crate::codec::Encoding;
 use crate::config::QueueSettings;
+use crate::service::is_allowed_text_char;
 use crate::store::{
     now_utc, Queue, QueueStore, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_BATCH,
     MAX_MESSAGE_BYTES,
@@ -125,8 +126,14 @@ impl PoisonEnvelope {
     pub fn to_text(&self, encoding: Encoding) -> PoisonText {
         let mut envelope = self.clone();
         loop {
-            let json = serde_json::to_vec(&envelope).expect("envelope serializes");
-            let text = encoding.encode(&json).expect("JSON is UTF-8");
+            // Fails only for a date RFC 3339 cannot write (after year 9999): the original text
+            // then goes, as for a body too large for the envelope.
+            let Ok(json) = serde_json::to_string(&envelope) else {
+                return PoisonText::Original(self.body.clone());
+            };
+            let text = encoding
+                .encode(xml_safe(json).as_bytes())
+                .expect("JSON is UTF-8");
             if text.len() <= MAX_MESSAGE_BYTES {
                 return PoisonText::Envelope(text);
             }
@@ -149,6 +156,26 @@ impl PoisonEnvelope {
         let bytes = encoding.decode(text).map_err(|e| e.to_string())?;
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
+}
+
+/// JSON with every character XML 1.0 refuses written as a `\\uXXXX` escape, so the text is one
+/// the service takes in either encoding. serde_json escapes control characters itself, but
+/// writes U+FFFE and U+FFFF (which a handler's error text may hold) as they are.
+fn xml_safe(json: String) -> String {
+    if json.chars().all(is_allowed_text_char) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_allowed_text_char(c) {
+            out.push(c);
+        } else {
+            // Outside JSON strings there is only ASCII, and every refused character is in the
+            // Basic Multilingual Plane, so one escape each is valid JSON for the same text.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        }
+    }
+    out
 }
 
 /// What goes on the poison queue for one message.
@@ -435,6 +462,29 @@ mod tests {
             json.contains("\"inserted_at\":\"2026-11-23T08:00:00Z\""),
             "{json}"
         );
+    }
+
+    #[test]
+    fn an_error_with_characters_xml_refuses_still_gives_text_the_service_takes() {
+        // A handler's error text is any Rust string. JSON escapes control characters but not
+        // U+FFFE/U+FFFF, which XML 1.0 (so the service, and the stores' Put Message rule)
+        // refuses: with the `none` encoding the copy would be refused on every try and the
+        // message never reach the poison queue.
+        let error = "bad \u{0}\u{1}\u{1F}\u{7F}\u{FFFE}\u{FFFF}\u{D7FF}\u{10FFFF} end".to_string();
+        let e = PoisonEnvelope::new(
+            "orders",
+            &message("body"),
+            PoisonReason::Rejected,
+            Some(error.clone()),
+        );
+        for enc in [Encoding::Base64, Encoding::None] {
+            let text = e.to_text(enc);
+            assert!(!text.is_original());
+            crate::store::rules::check_text("orders-poison", text.as_str())
+                .unwrap_or_else(|err| panic!("{enc}: {err}"));
+            let back = PoisonEnvelope::from_text(text.as_str(), enc).unwrap();
+            assert_eq!(back.error.as_deref(), Some(error.as_str()), "{enc}");
+        }
     }
 
     #[test]

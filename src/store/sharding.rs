@@ -5,7 +5,8 @@
 //! The logical queue keeps its configured name, so one listener (one scaling policy, one
 //! concurrency cap, one snapshot and one set of metrics) and one publisher serve all shards:
 //!
-//! - **send** goes to the next shard in turn (round-robin), so sends spread evenly;
+//! - **send** goes to the next shard in turn (round-robin, starting at a random shard in each
+//!   process, so short-lived producers spread too), so sends spread evenly;
 //! - **receive** starts at the next shard in turn and moves on to the following shards while
 //!   the batch is short, until it holds what was asked or every shard was tried once. A short
 //!   or empty batch therefore means what it means on one queue (every shard was drained), at
@@ -49,10 +50,23 @@ pub struct Sharding {
 pub type ShardingStore = LayeredStore<Sharding>;
 
 /// Round-robin counters of one logical queue.
-#[derive(Default)]
 struct Turns {
     send: AtomicUsize,
     receive: AtomicUsize,
+}
+
+impl Turns {
+    /// Counters starting at a random shard each, so that many short-lived producers (each
+    /// process has its own layer, and may send only a few messages) spread over the shards
+    /// instead of all sending their first message to shard 0.
+    fn random() -> Self {
+        // A u32 start keeps the counter far from wrapping, where `% n` would skip shards.
+        let start = || AtomicUsize::new(rand::random::<u32>() as usize);
+        Self {
+            send: start(),
+            receive: start(),
+        }
+    }
 }
 
 impl Sharding {
@@ -62,7 +76,7 @@ impl Sharding {
             shards: shards
                 .into_iter()
                 .filter(|(_, n)| *n > 1)
-                .map(|(name, n)| (name, (n, Arc::default())))
+                .map(|(name, n)| (name, (n, Arc::new(Turns::random()))))
                 .collect(),
         }
     }
@@ -273,8 +287,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let depths: Vec<u64> = futures_depths(&memory, 3).await;
-        assert_eq!(depths, [3, 2, 2]);
+        let mut depths: Vec<u64> = futures_depths(&memory, 3).await;
+        // Round-robin from a random first shard: one shard has the seventh.
+        depths.sort_unstable();
+        assert_eq!(depths, [2, 2, 3]);
         assert_eq!(q.approximate_depth().await.unwrap(), 7);
         // One receive fills its batch from every shard.
         let got = q.receive(32, Duration::from_secs(30)).await.unwrap();
@@ -337,6 +353,33 @@ mod tests {
         assert!(peeked
             .windows(2)
             .all(|w| w[0].inserted_at <= w[1].inserted_at));
+    }
+
+    /// Short-lived producers (one `ShardingStore` per process, a few sends each) must not all
+    /// start at shard 0: with `shards = 4`, four `ebbflow enqueue` runs of one message each put
+    /// all four on `orders-0`. Each layer starts its turns at a random shard.
+    #[tokio::test(start_paused = true)]
+    async fn every_new_producer_starts_at_a_random_shard() {
+        let memory = MemoryStore::new();
+        let mut firsts = [0usize; 4];
+        for _ in 0..64 {
+            // A new process: a new layer over the same service.
+            let store =
+                ShardingStore::wrap_sharded(Arc::new(memory.clone()), [("orders".to_string(), 4)]);
+            let q = store.queue("orders").unwrap();
+            q.create_if_missing().await.unwrap();
+            let sent = q.send("x", SendOptions::default()).await.unwrap();
+            let shard: usize = sent.pop_receipt.split_once(':').unwrap().0.parse().unwrap();
+            firsts[shard] += 1;
+        }
+        // Uniform starts leave a shard without any of 64 first sends with odds of about 4e-8.
+        assert!(
+            firsts.iter().all(|&n| n > 0),
+            "first sends per shard: {firsts:?}"
+        );
+        let depths = futures_depths(&memory, 4).await;
+        assert_eq!(depths.iter().sum::<u64>(), 64);
+        assert!(depths.iter().all(|&d| d > 0), "depths {depths:?}");
     }
 
     #[test]
