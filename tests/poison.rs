@@ -17,6 +17,7 @@ use ebbflow::{Context, Handler, HandlerError};
 on_both_backends!(
     list_inspect_and_requeue_restore_the_original_messages,
     a_message_at_the_size_cap_reaches_the_poison_queue_unchanged,
+    an_error_text_xml_cannot_carry_still_poisons_with_its_envelope,
 );
 
 /// Rejects bodies starting with "bad" until told to accept them.
@@ -174,6 +175,58 @@ async fn a_message_at_the_size_cap_reaches_the_poison_queue_unchanged(store: Arc
         assert_eq!(report.requeued.len(), 1);
         assert_eq!(report.requeued[0].1, name);
         assert_eq!(q.peek(1).await.unwrap()[0].text, text);
+    }
+}
+
+/// Rejects every message with an error text of characters XML refuses (U+FFFE, U+FFFF, NUL)
+/// and, for bodies starting with "huge", 1 MiB of it.
+struct XmlHostile;
+
+impl Handler for XmlHostile {
+    type Message = String;
+    async fn handle(&self, body: String, _: Context) -> Result<(), HandlerError> {
+        let error = format!("{body}: \u{FFFE}\u{FFFF}\u{0} from downstream");
+        if body.starts_with("huge") {
+            return Err(HandlerError::poison(error.repeat(40_000)));
+        }
+        Err(HandlerError::poison(error))
+    }
+}
+
+/// With the `none` encoding, a handler's error text holding characters XML refuses does not
+/// stop its message reaching the poison queue (the envelope writes them as JSON escapes), the
+/// error reads back exactly, and the poison queue stays readable.
+async fn an_error_text_xml_cannot_carry_still_poisons_with_its_envelope(
+    store: Arc<dyn QueueStore>,
+) {
+    let q = common::fresh_queue(&store, "xml").await;
+    for body in ["small", "huge"] {
+        q.send(body, Default::default()).await.unwrap();
+    }
+    let name = q.name().to_string();
+    let mut s = settings(&name);
+    s.queues.get_mut(&name).unwrap().encoding = Encoding::None;
+    let worker = common::start(&store, s.clone(), &name, XmlHostile).await;
+    common::wait_for("both poisoned", Duration::from_secs(30), || {
+        worker.snapshot()[0].poisoned == 2
+    })
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(snap.store_errors, 0, "{snap:?}");
+    assert!(
+        q.peek(1).await.unwrap().is_empty(),
+        "deleted from its queue"
+    );
+    let poison = PoisonQueue::new(store.clone(), &name, &s.queues[&name]).unwrap();
+    let records = poison.list(10).await.unwrap();
+    assert_eq!(records.len(), 2);
+    for record in records {
+        let envelope = record.envelope.expect("an envelope");
+        let error = envelope.error.unwrap_or_default();
+        assert!(error.starts_with(&format!("{}: \u{FFFE}\u{FFFF}\u{0}", envelope.body)));
+        if envelope.body == "small" {
+            assert_eq!(error, "small: \u{FFFE}\u{FFFF}\u{0} from downstream");
+        }
     }
 }
 

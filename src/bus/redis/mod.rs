@@ -54,6 +54,8 @@ pub struct RedisStats {
 pub struct RedisBus {
     shared: Arc<Shared>,
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
+    /// Connected to receive (not a client only).
+    listening: bool,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -275,6 +277,7 @@ impl RedisBus {
         Ok(Self {
             shared,
             inbox: Mutex::new(Some(inbox_rx)),
+            listening: listen,
         })
     }
 
@@ -391,7 +394,11 @@ impl Bus for RedisBus {
     }
 
     fn take_inbox(&self) -> Option<mpsc::UnboundedReceiver<Inbound>> {
-        self.inbox.lock().ok().and_then(|mut i| i.take())
+        let inbox = self.inbox.lock().ok().and_then(|mut i| i.take());
+        if inbox.is_some() && self.listening {
+            readers::spawn_reads(&self.shared);
+        }
+        inbox
     }
 
     fn health(&self) -> watch::Receiver<Health> {

@@ -17,12 +17,18 @@ use tracing::{debug, warn};
 use super::{is_connection_error, Shared, GROUP};
 use crate::bus::{Envelope, Health, Inbound, Receipt, WorkNotice};
 
+/// The connection's own tasks: pub/sub pushes, take-over, watchdog.
 pub(super) fn spawn(shared: &Arc<Shared>, pushes: mpsc::UnboundedReceiver<PushInfo>) {
     tokio::spawn(push_loop(shared.clone(), pushes));
-    tokio::spawn(group_loop(shared.clone()));
-    tokio::spawn(watch_loop(shared.clone()));
     tokio::spawn(reclaim_loop(shared.clone()));
     tokio::spawn(watchdog(shared.clone()));
+}
+
+/// The stream reads, once delivery starts: by then the worker joined its queues' work streams,
+/// so the first blocking read already covers them (entries sent before wait in the streams).
+pub(super) fn spawn_reads(shared: &Arc<Shared>) {
+    tokio::spawn(group_loop(shared.clone()));
+    tokio::spawn(watch_loop(shared.clone()));
 }
 
 /// Pub/sub messages, and the connection's own news: a disconnection marks the bus down; the
