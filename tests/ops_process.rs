@@ -418,3 +418,82 @@ fn check_json_lines(text: &str) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// A second ctrl-c (or SIGTERM) during the drain is the operator saying "now": the worker
+/// aborts its handlers at once, releases their messages (nothing is lost or counted as a
+/// failure) and exits 1, instead of ignoring it until `drain_timeout` (30 s) passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_ends_the_drain_at_once_and_releases_the_messages() {
+    let store = common::azurite();
+    let name = common::unique("twice");
+    let queue = store.queue(&name).unwrap();
+    queue.create_if_missing().await.unwrap();
+    let publisher = Publisher::new(queue.clone(), Encoding::Base64);
+    for n in 0..2 {
+        publisher
+            .send_bytes(
+                format!("work_ms=600000;long{n}").as_bytes(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = loadtest(&name, port).spawn().unwrap();
+    wait_live(&base, &mut child).await;
+    let q = name.as_str();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metrics(&base)
+        .await
+        .get("ebbflow_in_flight", &[("queue", q)])
+        != Some(2.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "long jobs never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let interrupt = || {
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    interrupt();
+    // The first one starts the drain (readiness turns 503), the second ends it.
+    let mut draining = false;
+    for _ in 0..100 {
+        if let Some((503, _)) = get(&format!("{base}/readyz")).await {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        draining,
+        "/readyz never answered 503 after the first ctrl-c"
+    );
+    interrupt();
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the second ctrl-c waited for the 30 s drain deadline: {text}"
+    );
+    let final_line = text
+        .lines()
+        .find(|l| l.contains("final counts"))
+        .unwrap_or_else(|| panic!("no final counts: {text}"));
+    assert!(final_line.contains("handled=0"), "{final_line}");
+    // Both messages were released, visible again at once.
+    let peeked = queue.peek(32).await.unwrap();
+    assert_eq!(peeked.len(), 2, "{text}");
+    assert!(text.contains("second stop signal received"), "{text}");
+}

@@ -182,12 +182,14 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
             "| duplicates / lost | {} / {} | {} / {} |",
             ebb["duplicates"], ebb["lost"], classic["duplicates"], classic["lost"]
         );
+        // Issue 16: batched receives at concurrency 8 cost no more than 1.07 calls per message
+        // and keep up with the classic listener in the same run.
         targets.push(at_most(
             "burst calls per message",
             m(&ebb, "calls_per_message"),
-            1.045,
+            1.07,
         ));
-        targets.push(at_least("burst msg/s vs classic", speedup, 1.5, "x"));
+        targets.push(at_least("burst msg/s vs classic", speedup, 1.0, "x"));
         results["burst"] = json!({
             "messages": plan.burst_messages,
             "concurrency": plan.burst_concurrency,

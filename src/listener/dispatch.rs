@@ -20,8 +20,8 @@ use super::lease::{Lease, LeaseEvent};
 use super::poison::PoisonReason;
 use super::settle::{self, Outcome, Settle};
 use super::slots::{Ahead, Held};
-use super::stats::{bump, Gauge};
-use super::Shared;
+use super::stats::{bump, Gauge, ListenerStats};
+use super::{ListenerHooks, Shared};
 use crate::handler::{
     BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
 };
@@ -60,10 +60,10 @@ pub(super) async fn run(
         },
     };
     // Renewals while it waited changed the receipt: settle with the newest.
-    let message = ReceivedMessage {
-        pop_receipt: lease.receipt().to_string(),
-        ..message
-    };
+    let mut message = message;
+    if lease.receipt() != message.pop_receipt {
+        message.pop_receipt = lease.receipt().to_string();
+    }
     let max = shared.settings.max_dequeue_count;
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
@@ -77,7 +77,11 @@ pub(super) async fn run(
             return settle::apply(&shared, &message, action, lease.valid_until()).await;
         }
     };
-    let signals = HandlerSignals::new(&shared);
+    let signals = HandlerSignals::new(
+        &shared.life.stop,
+        shared.settings.handler_timeout.is_some(),
+        &shared.never,
+    );
     let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
     let ctx = Context {
         queue: shared.name.clone(),
@@ -112,9 +116,17 @@ pub(super) async fn run(
     // interruption it probably is.
     let interrupted = shared.life.stop.is_cancelled();
     if let Some(event) = lease.finish().await {
-        report(&shared, &message, event);
+        report(&shared.name, &shared.stats, &message, event);
     }
-    log_job_end(&shared, &message, &heartbeat, started, &outcome);
+    let timed_pulses = shared.settings.heartbeat.interval.is_some();
+    log_job_end(
+        &shared.name,
+        timed_pulses,
+        &message,
+        &heartbeat,
+        started,
+        &outcome,
+    );
     match &outcome {
         Outcome::Panicked(text) => {
             bump(&shared.stats.panics);
@@ -130,10 +142,9 @@ pub(super) async fn run(
         return;
     }
     // Settle with the newest pop receipt: the one the last renewal returned.
-    let message = ReceivedMessage {
-        pop_receipt: lease.receipt().to_string(),
-        ..message
-    };
+    if lease.receipt() != message.pop_receipt {
+        message.pop_receipt = lease.receipt().to_string();
+    }
     let action = Settle::decide(
         outcome,
         interrupted,
@@ -161,7 +172,7 @@ async fn wait_for_slot(
             held = &mut slot => return Some(held),
             _ = shared.life.stop.cancelled() => break,
             event = lease.next_event() => {
-                report(shared, message, event);
+                report(&shared.name, &shared.stats, message, event);
                 if lease.is_lost() {
                     bump(&shared.stats.lost_ownership);
                     warn!(queue = %shared.name, message_id = %message.id,
@@ -172,7 +183,7 @@ async fn wait_for_slot(
         }
     }
     if let Some(event) = lease.finish().await {
-        report(shared, message, event);
+        report(&shared.name, &shared.stats, message, event);
     }
     if !lease.is_lost() {
         let message = ReceivedMessage {
@@ -200,19 +211,21 @@ struct HandlerSignals {
 }
 
 impl HandlerSignals {
-    fn new(shared: &Shared) -> Self {
-        let shutdown = Signal::new(shared.life.stop.clone());
-        if shared.settings.handler_timeout.is_none() {
+    /// The signals of one run: `stop` is the worker's; `never` stands in for the timeout
+    /// signal of handlers without a timeout.
+    fn new(stop: &CancellationToken, has_timeout: bool, never: &CancellationToken) -> Self {
+        let shutdown = Signal::new(stop.clone());
+        if !has_timeout {
             // No timeout: share the worker's tokens; nothing per message to allocate.
             return Self {
                 cancellation: shutdown.clone(),
-                timeout: Signal::new(shared.never.clone()),
+                timeout: Signal::new(never.clone()),
                 shutdown,
                 fire_on_timeout: None,
             };
         }
         let timeout = CancellationToken::new();
-        let cancellation = shared.life.stop.child_token();
+        let cancellation = stop.child_token();
         Self {
             shutdown,
             timeout: Signal::new(timeout.clone()),
@@ -246,6 +259,11 @@ async fn watch(
     let mut timeout_at = settings.handler_timeout.map(|t| started + t);
     let mut timed_out = false;
     let pulse_every = settings.heartbeat.interval;
+    let pulses = Pulses {
+        queue: &shared.name,
+        stats: &shared.stats,
+        hooks: shared.hooks.as_ref(),
+    };
     let mut next_pulse = pulse_every.map(|p| started + p);
     loop {
         tokio::select! {
@@ -278,12 +296,14 @@ async fn watch(
                 signals.fire_timeout();
                 timeout_at = Some(Instant::now() + settings.handler_timeout_grace);
             }
-            event = lease.next_event() => report(shared, message, event),
+            event = lease.next_event() => report(&shared.name, &shared.stats, message, event),
             _ = at(next_pulse) => {
                 next_pulse = next_pulse.map(|t| t + pulse_every.unwrap_or_default());
-                pulse(shared, message, lease, heartbeat, "time", started);
+                pulses.pulse(message, lease, heartbeat, "time", started);
             }
-            _ = heartbeat.count_pulse() => pulse(shared, message, lease, heartbeat, "count", started),
+            _ = heartbeat.count_pulse() => {
+                pulses.pulse(message, lease, heartbeat, "count", started);
+            }
         }
     }
 }
@@ -297,53 +317,62 @@ async fn at(t: Option<Instant>) {
 }
 
 /// Logs what a renewal came to and counts it.
-fn report(shared: &Shared, message: &ReceivedMessage, event: LeaseEvent) {
+fn report(queue: &str, stats: &ListenerStats, message: &ReceivedMessage, event: LeaseEvent) {
     match event {
         LeaseEvent::Renewed => {
-            bump(&shared.stats.renewals);
-            debug!(queue = %shared.name, message_id = %message.id,
-                   visibility = ?shared.settings.visibility_timeout, "visibility renewed");
+            bump(&stats.renewals);
+            debug!(queue, message_id = %message.id, "visibility renewed");
         }
         LeaseEvent::Failed(e) => {
-            bump(&shared.stats.store_errors);
-            warn!(queue = %shared.name, message_id = %message.id, error = %e,
+            bump(&stats.store_errors);
+            warn!(queue, message_id = %message.id, error = %e,
                   "visibility renewal failed; trying again in 1s");
         }
         LeaseEvent::Lost => {
-            warn!(queue = %shared.name, message_id = %message.id,
+            warn!(queue, message_id = %message.id,
                   "visibility renewal refused: the message was received again elsewhere");
         }
         // The store counted it (updates_in_doubt); the lease is given up like a lost one.
         LeaseEvent::InDoubt => {
-            warn!(queue = %shared.name, message_id = %message.id,
+            warn!(queue, message_id = %message.id,
                   "lease in doubt: a renewal's answer was lost and its retry found the receipt stale; the message may run again");
         }
     }
 }
 
-/// Logs a heartbeat pulse and asks the lease for a renewal (at most one a second).
-fn pulse(
-    shared: &Shared,
-    message: &ReceivedMessage,
-    lease: &mut Lease,
-    heartbeat: &Heartbeat,
-    kind: &str,
-    started: Instant,
-) {
-    bump(&shared.stats.pulses);
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    info!(queue = %shared.name, message_id = %message.id, kind, count = heartbeat.count(),
-          elapsed_ms, "job pulse");
-    if let Some(hooks) = &shared.hooks {
-        hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
+/// What a heartbeat pulse is reported to: the queue's log field, its counters and hooks.
+struct Pulses<'a> {
+    queue: &'a str,
+    stats: &'a ListenerStats,
+    hooks: Option<&'a Arc<dyn ListenerHooks>>,
+}
+
+impl Pulses<'_> {
+    /// Logs a heartbeat pulse and asks the lease for a renewal (at most one a second).
+    fn pulse(
+        &self,
+        message: &ReceivedMessage,
+        lease: &mut Lease,
+        heartbeat: &Heartbeat,
+        kind: &str,
+        started: Instant,
+    ) {
+        bump(&self.stats.pulses);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        info!(queue = self.queue, message_id = %message.id, kind, count = heartbeat.count(),
+              elapsed_ms, "job pulse");
+        if let Some(hooks) = self.hooks {
+            hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
+        }
+        lease.renew_soon();
     }
-    lease.renew_soon();
 }
 
 /// Logs the end of a job with the status its handler reported: at info when it was a long
 /// job (it pulsed) or said how it went, at debug otherwise.
 fn log_job_end(
-    shared: &Shared,
+    queue: &str,
+    timed_pulses: bool,
     message: &ReceivedMessage,
     heartbeat: &Heartbeat,
     started: Instant,
@@ -358,14 +387,11 @@ fn log_job_end(
         Outcome::Aborted => "aborted",
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    if status != JobStatus::Unknown
-        || heartbeat.count() > 0
-        || shared.settings.heartbeat.interval.is_some()
-    {
-        info!(queue = %shared.name, message_id = %message.id, status = status.as_str(), note,
+    if status != JobStatus::Unknown || heartbeat.count() > 0 || timed_pulses {
+        info!(queue, message_id = %message.id, status = status.as_str(), note,
               result, count = heartbeat.count(), elapsed_ms, "job ended");
     } else {
-        debug!(queue = %shared.name, message_id = %message.id, status = status.as_str(), result,
+        debug!(queue, message_id = %message.id, status = status.as_str(), result,
                elapsed_ms, "job ended");
     }
 }

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
-use super::stats::bump;
-use super::Shared;
+use super::stats::{bump, ListenerStats};
+use super::{Fatal, Shared};
 use crate::handler::{DispatchError, HandlerError};
 use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY};
 
@@ -270,21 +270,40 @@ pub(super) async fn poison(
 
 /// Counts and logs a settle the store refused.
 pub(super) fn store_failure(shared: &Shared, message: &ReceivedMessage, step: &str, e: StoreError) {
+    failed_settle(
+        &shared.name,
+        &shared.stats,
+        &shared.life.fatal,
+        message,
+        step,
+        e,
+    );
+}
+
+/// [`store_failure`] with the parts it needs: counts, logs, and raises a refusal as fatal.
+fn failed_settle(
+    queue: &str,
+    stats: &ListenerStats,
+    fatal: &Fatal,
+    message: &ReceivedMessage,
+    step: &str,
+    e: StoreError,
+) {
     if let StoreError::MessageNotFound { .. } = e {
-        bump(&shared.stats.lost_ownership);
-        warn!(queue = %shared.name, message_id = %message.id, step,
+        bump(&stats.lost_ownership);
+        warn!(queue, message_id = %message.id, step,
               "message was re-delivered before we settled it; it may be handled twice");
     } else if let StoreError::InDoubt { .. } = e {
         // Counted by the store (updates_in_doubt): a retry or release whose answer was lost.
-        info!(queue = %shared.name, message_id = %message.id, step,
+        info!(queue, message_id = %message.id, step,
               "settle in doubt: the update's answer was lost; the message comes back either way");
     } else {
-        bump(&shared.stats.store_errors);
-        error!(queue = %shared.name, message_id = %message.id, step, error = %e,
+        bump(&stats.store_errors);
+        error!(queue, message_id = %message.id, step, error = %e,
                "store call failed; the message reappears after its visibility timeout");
         // A refusal reaches us only once it persisted over several calls: it is final.
         if let StoreError::Unauthorized { .. } = e {
-            shared.life.fatal.raise(e);
+            fatal.raise(e);
         }
     }
 }

@@ -20,9 +20,10 @@
 //! up to that long for more arrivals before it receives.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +32,11 @@ use tracing::{debug, error, warn, Instrument};
 use super::dispatch::Start;
 use super::slots::{Ahead, Held};
 use super::stats::bump;
+use super::stats::ListenerStats;
+use super::supervisor::ScaleView;
 use super::{dispatch, settle, Flow, Shared};
 use crate::backoff::IdleBackoff;
+use crate::config::IdleBackoffSettings;
 use crate::store::StoreError;
 
 /// What tasks (and triggers, and messages made visible again) tell the supervisor. It lives
@@ -84,17 +88,15 @@ enum Woke {
 
 /// Forgets a task's view entry and active count however it ends (a panic included).
 struct TaskGuard<'a> {
-    shared: &'a Shared,
+    stats: &'a ListenerStats,
+    view: &'a Mutex<ScaleView>,
     id: u64,
 }
 
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
-        self.shared
-            .stats
-            .active_tasks
-            .fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut view) = self.shared.view.lock() {
+        self.stats.active_tasks.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut view) = self.view.lock() {
             view.tasks.remove(&self.id);
         }
     }
@@ -104,7 +106,8 @@ impl Drop for TaskGuard<'_> {
 /// supervisor lets it retire.
 pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
     let _guard = TaskGuard {
-        shared: &shared,
+        stats: &shared.stats,
+        view: &shared.view,
         id,
     };
     let settings = &shared.settings;
@@ -161,8 +164,8 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 } else {
                     backoff.next_delay()
                 };
-                set_view(&shared, id, backoff.streak(), delay);
-                if delay >= max_sleep && may_retire(&shared, id, seen_wakes).await {
+                set_view(&shared.view, id, backoff.streak(), delay);
+                if delay >= max_sleep && may_retire(&shared.events, id, seen_wakes).await {
                     debug!(queue = %shared.name, task = id, "idle task retired");
                     return;
                 }
@@ -208,11 +211,12 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         }
         backoff.reset();
         quiet = false;
-        set_view(&shared, id, 0, Duration::ZERO);
+        set_view(&shared.view, id, 0, Duration::ZERO);
         // The scaler hears of a full *batch* only: a receive cut short by free slots says
-        // nothing more tasks could use.
+        // nothing more tasks could use, and neither does a full one that needed messages
+        // received ahead (every slot is busy: another task would only add receives).
         let _ = shared.events.send(Event::Batch {
-            full: got >= usize::from(shared.flow.batch),
+            full: got >= usize::from(shared.flow.batch) && got <= held.len(),
             filled,
             after_idle,
         });
@@ -295,7 +299,8 @@ async fn wait(
                 *quiet = true;
                 // Covered at min_tasks = 0: every message comes with a trigger, and none came.
                 // Retire now rather than pay a receive to learn what the triggers said.
-                if shared.settings.scaling.min_tasks == 0 && may_retire(shared, turn.id, seen).await
+                if shared.settings.scaling.min_tasks == 0
+                    && may_retire(&shared.events, turn.id, seen).await
                 {
                     debug!(queue = %shared.name, task = turn.id, "task retired: no trigger came");
                     return None;
@@ -309,13 +314,13 @@ async fn wait(
         Some(Woke::Stopped) => return None,
         Some(Woke::Trigger) => {
             if let Some(empty_at) = turn.empty_at {
-                let paced = empty_at + trigger_pace(shared);
+                let paced = empty_at + trigger_pace(&shared.settings.idle_backoff);
                 tokio::select! {
                     _ = token.cancelled() => return None,
                     _ = tokio::time::sleep_until(paced) => {}
                 }
             }
-            batch_window(shared, token).await;
+            batch_window(flow, shared.settings.batch_window, token).await;
         }
         Some(Woke::Timer) | None => {}
     }
@@ -351,8 +356,8 @@ async fn wait(
 
 /// How long after a trigger found nothing the next trigger waits: the back-off minimum, at most
 /// a second (a trigger is a promise of prompt pickup, whatever the idle curve).
-fn trigger_pace(shared: &Shared) -> Duration {
-    shared.settings.idle_backoff.min.min(MAX_TRIGGER_PACE)
+fn trigger_pace(backoff: &IdleBackoffSettings) -> Duration {
+    backoff.min.min(MAX_TRIGGER_PACE)
 }
 
 /// The longest [`trigger_pace`].
@@ -388,17 +393,17 @@ async fn sleep_until_woken(
 
 /// With `batch_window`, after a trigger woke the task: wait up to the window for more
 /// arrivals (each trigger counts one), ending early once a batch's worth has arrived.
-async fn batch_window(shared: &Shared, token: &CancellationToken) {
-    let Some(window) = shared.settings.batch_window else {
+async fn batch_window(flow: &Flow, window: Option<Duration>, token: &CancellationToken) {
+    let Some(window) = window else {
         return;
     };
     let deadline = Instant::now() + window;
     let mut arrivals = 1;
-    while arrivals < usize::from(shared.flow.batch) {
+    while arrivals < usize::from(flow.batch) {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = token.cancelled() => break,
-            _ = shared.flow.wake.notified() => arrivals += 1,
+            _ = flow.wake.notified() => arrivals += 1,
         }
     }
 }
@@ -444,17 +449,17 @@ async fn on_receive_error(shared: &Shared, e: StoreError) -> bool {
     }
 }
 
-fn set_view(shared: &Shared, id: u64, streak: u32, sleep: Duration) {
-    if let Ok(mut view) = shared.view.lock() {
+fn set_view(view: &Mutex<ScaleView>, id: u64, streak: u32, sleep: Duration) {
+    if let Ok(mut view) = view.lock() {
         view.tasks.insert(id, (streak, sleep));
     }
 }
 
 /// Asks the supervisor whether this idle task may retire. `seen_wakes` is the wake-up count
 /// before its last receive: a wake-up since then keeps it (the work may be unseen).
-async fn may_retire(shared: &Shared, task: u64, seen_wakes: u64) -> bool {
+async fn may_retire(events: &UnboundedSender<Event>, task: u64, seen_wakes: u64) -> bool {
     let (reply, answer) = oneshot::channel();
-    let asked = shared.events.send(Event::IdleAtMax {
+    let asked = events.send(Event::IdleAtMax {
         task,
         seen_wakes,
         reply,

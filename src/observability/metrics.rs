@@ -49,9 +49,10 @@ impl Metrics {
         registry.register_collector(Box::new(Queues { listeners, store }));
         let bus = Later::default();
         registry.register_collector(Box::new(bus.clone()));
+        // `register` adds the help's final period itself.
         registry.register(
             "ebbflow_storage_call_duration_seconds",
-            "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included.",
+            "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included",
             metering.call_seconds().clone(),
         );
         Self { registry, bus }
@@ -297,5 +298,51 @@ impl Collector for Queues {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// Every family has one `# HELP` and one `# TYPE` line, and its help reads as one sentence:
+    /// `prometheus-client` adds the final period to what `Registry::register` is given, so a
+    /// help text that brings its own showed `..` to every scraper.
+    #[test]
+    fn every_family_has_help_and_type_and_each_help_ends_in_one_period() {
+        let metering = Metering::default();
+        // The call histogram's family shows once it holds a series.
+        metering
+            .call_seconds()
+            .get_or_create(&vec![("queue", "orders".into()), ("op", "receive".into())])
+            .observe(0.01);
+        let metrics = Metrics::new(
+            Arc::new(OnceLock::new()),
+            Arc::new(MemoryStore::new()),
+            metering,
+        );
+        let text = metrics.render();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let helps: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .map(|rest| rest.split_once(' ').expect("HELP name text"))
+            .collect();
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|rest| rest.split_once(' ').expect("TYPE name kind").0)
+            .collect();
+        assert_eq!(helps.len(), types.len(), "{text}");
+        assert!(helps.len() >= 29, "{text}");
+        for (name, help) in helps {
+            assert!(name.starts_with("ebbflow_"), "{name}");
+            assert!(types.contains(&name), "{name} has no TYPE line");
+            assert!(
+                help.ends_with('.') && !help.ends_with(".."),
+                "{name}: {help:?}"
+            );
+        }
     }
 }

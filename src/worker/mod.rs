@@ -430,8 +430,14 @@ impl RunningWorker {
 
     /// Runs until SIGTERM or ctrl-c ([`shutdown_signal`]) or an error no retry can fix stops
     /// it, then drains.
+    /// A second stop signal during the drain ends it at once: handlers still running are
+    /// aborted and their messages released, as at the drain deadline (exit code 1).
     pub async fn run(self) -> DrainReport {
-        self.run_until(shutdown_signal()).await
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = self.life.fatal.raised() => {}
+        }
+        self.drain(shutdown_signal()).await
     }
 
     /// Runs until `signal` completes or an error no retry can fix stops it (see
@@ -467,17 +473,31 @@ impl RunningWorker {
     /// [`RELEASE_GRACE`] more for those releases: the whole drain is bounded by
     /// `drain_timeout + RELEASE_GRACE` even if store calls hang.
     pub async fn shutdown(self) -> DrainReport {
+        self.drain(std::future::pending()).await
+    }
+
+    /// [`RunningWorker::shutdown`], cut short when `now` completes before the drain deadline
+    /// (an operator's second ctrl-c): handlers are aborted then, as at the deadline.
+    async fn drain(self, now: impl Future<Output = ()>) -> DrainReport {
         let life = &self.life;
         // Unready first: a load balancer or the bus stops counting on this replica before it
         // stops receiving.
         self.readiness.begin_drain();
         info!(drain_timeout = ?self.drain_timeout, "stopping: no new receives, draining in-flight messages");
         life.stop.cancel();
-        let clean = tokio::time::timeout(self.drain_timeout, life.tracker.wait())
-            .await
-            .is_ok();
+        let clean = tokio::select! {
+            done = tokio::time::timeout(self.drain_timeout, life.tracker.wait()) => {
+                if done.is_err() {
+                    warn!(drain_timeout = ?self.drain_timeout, "drain deadline passed; aborting handlers still running");
+                }
+                done.is_ok()
+            }
+            _ = now => {
+                warn!("second stop signal received; aborting handlers still running");
+                false
+            }
+        };
         if !clean {
-            warn!(drain_timeout = ?self.drain_timeout, "drain deadline passed; aborting handlers still running");
             life.abort.cancel();
             if tokio::time::timeout(RELEASE_GRACE, life.tracker.wait())
                 .await

@@ -290,7 +290,12 @@ async fn poison_requeue_puts_the_original_text_back() {
     use ebbflow::listener::poison::{PoisonEnvelope, PoisonReason};
     let store = common::azurite();
     let queue = common::unique("requeue");
-    let dir = config(&format!("[queues.{queue}]\n"));
+    // A stand-in trigger endpoint that records the one request the requeue should send.
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let dir = config(&format!(
+        "[triggers.http]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n\n[queues.{queue}]\n"
+    ));
     let original = ebbflow::codec::Encoding::Base64
         .encode(b"{\"id\":1}")
         .unwrap();
@@ -323,12 +328,38 @@ async fn poison_requeue_puts_the_original_text_back() {
     let run = with(&dir, &["stats", "--json"]);
     assert_eq!(json(&run)[0]["depth"], 0);
     assert_eq!(json(&run)[0]["poison_depth"], 1);
+    let triggers = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = endpoint.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Headers, then the small JSON body (it ends with '}').
+        while !request.ends_with(b"}") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection closed before the body");
+            request.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"woken\":1}")
+            .unwrap();
+        String::from_utf8(request).unwrap()
+    });
     let run = with(&dir, &["poison", "requeue", "--queue", &queue, "--all"]);
     assert_eq!(run.code, Some(0), "{}", run.both());
     assert!(
         run.stdout.contains(&format!("to {queue} as ")),
         "{}",
         run.stdout
+    );
+    // Requeued work wakes the source queue's workers, as an enqueue does.
+    assert!(run.stdout.contains("trigger: sent"), "{}", run.stdout);
+    let request = triggers.join().unwrap();
+    assert!(request.starts_with("POST /trigger "), "{request}");
+    assert!(
+        request.contains(&format!("\"queue\":\"{queue}\""))
+            && request.contains("\"payload_size\":1"),
+        "{request}"
     );
     let run = with(&dir, &["peek", &queue, "--json"]);
     assert_eq!(json(&run)[0]["text"], original, "{}", run.stdout);

@@ -161,7 +161,7 @@ impl Args {
                 });
             }
             // What was sent was announced: say how that went too.
-            let triggered = match report_triggers(&triggers, self.no_trigger) {
+            let triggered = match push::report(&triggers, self.no_trigger) {
                 Ok(()) => String::new(),
                 Err(why) => format!("; {why}"),
             };
@@ -172,7 +172,7 @@ impl Args {
                 self.queue
             )));
         }
-        report_triggers(&triggers, self.no_trigger)
+        push::report(&triggers, self.no_trigger)
     }
 
     fn send_options(&self) -> Result<SendOptions, CliError> {
@@ -307,39 +307,4 @@ fn whole_seconds(d: Duration) -> u64 {
 /// Whether XML 1.0 allows `c` in text: the service refuses a message with any other.
 fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// Prints what happened to each trigger; an error when one failed.
-fn report_triggers(triggers: &[push::Outcome], off: bool) -> Result<(), CliError> {
-    if triggers.is_empty() {
-        say!(
-            "trigger: none sent ({}); a worker finds the message at its next receive or depth \
-             probe",
-            if off {
-                "--no-trigger"
-            } else {
-                "none configured: [triggers.http] is off and bus.kind is none"
-            }
-        );
-        return Ok(());
-    }
-    let mut failed = Vec::new();
-    for t in triggers {
-        match &t.result {
-            Ok(answer) => say!("trigger: sent ({}: {answer})", t.channel),
-            Err(why) => {
-                say!("trigger: FAILED ({})", t.channel);
-                failed.push(format!("trigger {} failed: {why}", t.channel));
-            }
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::runtime(format!(
-            "{}; the message(s) are on the queue, but an idle worker may not see them until it \
-             polls",
-            failed.join("; ")
-        )))
-    }
 }

@@ -1,11 +1,13 @@
 //! `ebbflow poison list|show|requeue`: a configured queue's poison queue.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ebbflow::config::QueueSettings;
 use ebbflow::listener::poison::{PoisonQueue, PoisonRecord, Selection};
+use ebbflow::Settings;
 
 use crate::context::{block_on, configured};
+use crate::push::{self, WorkDetected};
 use crate::{CliError, Context};
 
 /// The poison commands.
@@ -32,7 +34,8 @@ pub enum Command {
         id: String,
     },
     /// Send poison messages back to their source queue with their original text, then delete
-    /// the poison copies.
+    /// the poison copies, then send the push trigger the config declares for each source queue
+    /// (as `enqueue` does), so a worker idling at zero tasks wakes for them.
     Requeue {
         /// The configured queue whose poison queue to read.
         #[arg(long, value_name = "NAME")]
@@ -44,6 +47,9 @@ pub enum Command {
         /// those whose envelope names this queue).
         #[arg(long)]
         all: bool,
+        /// Send no push trigger after requeueing.
+        #[arg(long)]
+        no_trigger: bool,
     },
 }
 
@@ -65,6 +71,7 @@ impl Command {
         let settings = ctx.settings()?;
         let queue_settings = configured(&settings, &queue)?.clone();
         let store = ctx.store(&settings)?;
+        let account = store.account();
         let poison = PoisonQueue::new(store, &queue, &queue_settings)?;
         // Other configured queues whose poison copies land in the same poison queue.
         let sharing: Vec<String> = settings
@@ -73,11 +80,13 @@ impl Command {
             .filter(|(name, q)| **name != queue && q.poison_queue_name(name) == poison.name())
             .map(|(name, _)| name.clone())
             .collect();
-        block_on(self.run_on(&poison, &queue_settings, &sharing))?
+        block_on(self.run_on(&settings, account, &poison, &queue_settings, &sharing))?
     }
 
     async fn run_on(
         self,
+        config: &Settings,
+        account: Option<String>,
         poison: &PoisonQueue,
         settings: &QueueSettings,
         sharing: &[String],
@@ -109,7 +118,12 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::Requeue { id, all, queue } => {
+            Command::Requeue {
+                id,
+                all,
+                queue,
+                no_trigger,
+            } => {
                 let selection = if all && !sharing.is_empty() {
                     // A shared poison queue: --all means this queue's messages, the ones whose
                     // envelope names it.
@@ -148,8 +162,30 @@ impl Command {
                 for id in &report.missing {
                     say!("not found: {id}");
                 }
+                // Requeued messages are new work: wake the workers of each source queue, as a
+                // producer's send would (a covered queue at zero tasks waits for exactly this).
+                let mut per_queue: BTreeMap<&str, u64> = BTreeMap::new();
+                for (_, source, _) in &report.requeued {
+                    *per_queue.entry(source.as_str()).or_default() += 1;
+                }
+                let target = push::Target {
+                    off: no_trigger,
+                    http_url: None,
+                };
+                let mut trigger_failure = None;
+                for (source, count) in per_queue {
+                    let event = WorkDetected {
+                        account: account.clone(),
+                        queue: source.to_string(),
+                        payload_size: count,
+                    };
+                    let outcomes = push::announce(config, &target, &event).await;
+                    if let Err(e) = push::report(&outcomes, no_trigger) {
+                        trigger_failure.get_or_insert(e);
+                    }
+                }
                 if report.skipped.is_empty() && report.missing.is_empty() {
-                    Ok(())
+                    trigger_failure.map_or(Ok(()), Err)
                 } else {
                     Err(CliError::runtime(format!(
                         "{} requeued, {} skipped, {} not found",

@@ -12,6 +12,8 @@ use ebbflow::store::redact;
 use ebbflow::Settings;
 use serde::Serialize;
 
+use crate::CliError;
+
 /// How long one trigger request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -209,6 +211,41 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     causes.join(": ")
+}
+
+/// Prints what happened to each trigger; an error when one failed.
+pub fn report(triggers: &[Outcome], off: bool) -> Result<(), CliError> {
+    if triggers.is_empty() {
+        say!(
+            "trigger: none sent ({}); a worker finds the message at its next receive or depth \
+             probe",
+            if off {
+                "--no-trigger"
+            } else {
+                "none configured: [triggers.http] is off and bus.kind is none"
+            }
+        );
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for t in triggers {
+        match &t.result {
+            Ok(answer) => say!("trigger: sent ({}: {answer})", t.channel),
+            Err(why) => {
+                say!("trigger: FAILED ({})", t.channel);
+                failed.push(format!("trigger {} failed: {why}", t.channel));
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::runtime(format!(
+            "{}; the message(s) are on the queue, but an idle worker may not see them until it \
+             polls",
+            failed.join("; ")
+        )))
+    }
 }
 
 #[cfg(test)]
