@@ -509,6 +509,10 @@ async fn produce(profile: Profile, publishers: Vec<Publisher>) -> Result<u64, St
         }
     };
     for (i, phase) in profile.phases.iter().enumerate() {
+        if phase.at >= profile.duration {
+            // It starts after the profile: nothing more to send, and no reason to wait.
+            break;
+        }
         let phase_end = profile
             .phases
             .get(i + 1)
@@ -646,6 +650,26 @@ mod tests {
         .unwrap();
         let (_, summary) = simulate(&endless, QueueSettings::default()).unwrap();
         assert_eq!((summary.sent, summary.handled, summary.left), (10, 0, 10));
+    }
+
+    /// A phase that starts after the profile's end (a profile shortened to try its first part)
+    /// sends nothing, and the run ends with the profile: the producer used to sleep until the
+    /// phase began, and the run waited for it, ticking the replicas through the gap (a phase
+    /// 100 days in took over ten minutes of wall time for a one-minute profile).
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_after_the_end_does_not_stretch_the_run() {
+        let late: Profile = toml_from_str(
+            "duration = \"1m\"\n[[phases]]\nat = \"0s\"\nrate = 1\n\
+             [[phases]]\nat = \"1d\"\nrate = 5\nburst = 10\n",
+        )
+        .unwrap();
+        let began = tokio::time::Instant::now();
+        let (samples, summary) = run(&late, QueueSettings::default()).await.unwrap();
+        let took = began.elapsed();
+        assert_eq!(samples.len(), 60);
+        assert_eq!(summary.sent, 60, "{summary:?}");
+        // The profile's minute plus the drain, not the day until the late phase.
+        assert!(took < Duration::from_secs(10 * 60), "virtual time {took:?}");
     }
 
     #[test]
