@@ -136,8 +136,19 @@ impl MemoryQueue {
     }
 }
 
+/// A fresh pop receipt: 128 random bits from the thread's generator. `Uuid::new_v4` asks the
+/// OS for entropy on every call (a `getrandom` system call), which a profile of the embedded
+/// dispatch loop showed as a tenth of its time; receipts only need to differ.
 fn new_receipt() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A fresh message id: a version-4 UUID built from the thread's generator (see
+/// [`new_receipt`]).
+fn new_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 #[async_trait]
@@ -158,7 +169,7 @@ impl Queue for MemoryQueue {
             let inserted_at = super::now_utc();
             let life = options.time_to_live.duration();
             let message = Stored {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: new_id(),
                 pop_receipt: new_receipt(),
                 dequeue_count: 0,
                 inserted_at,
