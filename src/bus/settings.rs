@@ -111,7 +111,9 @@ fn url_parts(text: &str) -> Result<UrlParts<'_>, &'static str> {
         .ok_or("the scheme must be redis:// or rediss://")?;
     if let Some(at) = rest.rfind('@') {
         if rest[..at].contains(['/', '?', '#']) {
-            return Err("the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)");
+            return Err(
+                "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)",
+            );
         }
     }
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
