@@ -109,6 +109,13 @@ fn url_parts(text: &str) -> Result<UrlParts<'_>, &'static str> {
         .strip_prefix("redis://")
         .or_else(|| text.strip_prefix("rediss://"))
         .ok_or("the scheme must be redis:// or rediss://")?;
+    if let Some(at) = rest.rfind('@') {
+        if rest[..at].contains(['/', '?', '#']) {
+            return Err(
+                "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)",
+            );
+        }
+    }
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
@@ -155,15 +162,15 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// `redis://user:secret@host` -> `redis://user:<redacted>@host`; any other text unchanged
-/// except that everything between `://` and the last `@` of the authority is hidden when it
+/// except that everything between `://` and the last `@` (even past a `/`) is hidden when it
 /// holds a `:`.
 pub(crate) fn redact_url(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return text.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // The last `@` anywhere: a password pasted unencoded may hold `/`, `?` or `#`, which would
+    // end the authority for a URL parser; hiding too much is safe, showing a key is not.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
             let shown = if userinfo.contains(':') {
@@ -172,7 +179,7 @@ pub(crate) fn redact_url(text: &str) -> String {
                 // `redis://secret@host`: a lone userinfo is a password to Redis clients.
                 "<redacted>".to_string()
             };
-            format!("{scheme}://{shown}@{host}{tail}")
+            format!("{scheme}://{shown}@{host}")
         }
         None => text.to_string(),
     }
@@ -525,6 +532,30 @@ mod tests {
         let err = RedisUrl::try_from("redis://u:topsecret@h:x".to_string()).unwrap_err();
         assert!(!err.contains("topsecret"), "{err}");
         assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_never_show() {
+        // Azure Cache for Redis access keys are base64 (`/`, `+`, `=`); pasted unencoded, a `/`
+        // or `?` or `#` ends the authority for URL parsers, and the error must still hide it.
+        for (text, secret) in [
+            ("redis://:ab/cd+ef=@cache.example:6380", "ab/cd"),
+            ("rediss://app:k3y/with/slashes@h:6380/0", "k3y/with"),
+            ("redis://:pa?ss@h", "pa?ss"),
+            ("redis://:pa#ss@h", "pa#ss"),
+            ("redis://:p@ss:w%rd@h", "ss:w%rd"),
+        ] {
+            let shown = match RedisUrl::try_from(text.to_string()) {
+                Ok(url) => {
+                    let scrubbed = url.scrub(&format!("error at {text}"));
+                    assert!(!scrubbed.contains(secret), "{scrubbed}");
+                    format!("{url} {url:?} {}", serde_json::to_string(&url).unwrap())
+                }
+                Err(e) => e,
+            };
+            assert!(!shown.contains(secret), "{text}: {shown}");
+            assert!(!redact_url(text).contains(secret), "{}", redact_url(text));
+        }
     }
 
     #[test]
