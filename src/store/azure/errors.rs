@@ -21,6 +21,29 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// An error's text as one line for logs and `/readyz`: the service's XML error body
+/// (`<?xml ...?><Error><Code>..</Code><Message>..\nRequestId:..\nTime:..</Message></Error>`)
+/// shrinks to its code and the message's first line, and what is left of line breaks and runs
+/// of spaces becomes single spaces.
+fn one_line(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = start + text[start..].find(close)?;
+        Some(&text[start..end])
+    };
+    let text = match text.find("<?xml").or_else(|| text.find("<Error>")) {
+        Some(xml) => {
+            let code = between("<Code>", "</Code>").unwrap_or_default();
+            let message = between("<Message>", "</Message>")
+                .and_then(|m| m.lines().next())
+                .unwrap_or_default();
+            format!("{} {code}: {message}", &text[..xml])
+        }
+        None => text.to_string(),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Classifies an SDK error of a call on `queue` (about message `message_id`, for deletes and
 /// updates). Secrets are redacted from the detail.
 ///
@@ -36,7 +59,7 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// | no token from the credential | `TokenUnavailable` | no: the request was never sent |
 pub(super) fn classify(queue: &str, e: &azure_core::Error, message_id: Option<&str>) -> StoreError {
     let queue = queue.to_string();
-    let detail = redact(&describe(e));
+    let detail = one_line(&redact(&describe(e)));
     match e.kind() {
         ErrorKind::HttpResponse {
             status, error_code, ..
@@ -71,6 +94,25 @@ pub(super) fn classify(queue: &str, e: &azure_core::Error, message_id: Option<&s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_error_body_becomes_one_line() {
+        let text = "HttpResponse(Forbidden, \"AuthenticationFailed\"):\n<?xml version=\"1.0\" \
+                    encoding=\"utf-8\"?>\n<Error>\n  <Code>AuthenticationFailed</Code>\n  \
+                    <Message>Server failed to authenticate the request.\nRequestId:1\nTime:2\
+                    </Message>\n</Error>";
+        assert_eq!(
+            one_line(text),
+            "HttpResponse(Forbidden, \"AuthenticationFailed\"): AuthenticationFailed: Server \
+             failed to authenticate the request."
+        );
+        assert_eq!(
+            one_line("tcp connect error:\n  refused"),
+            "tcp connect error: refused"
+        );
+        assert_eq!(one_line(""), "");
+        assert_eq!(one_line("<?xml <Code>unclosed"), ":");
+    }
     use azure_core::http::StatusCode;
 
     fn http(status: StatusCode, code: &str) -> azure_core::Error {
