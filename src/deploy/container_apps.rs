@@ -33,6 +33,43 @@ pub fn check_name(settings: &Settings) -> Result<(), ConfigError> {
     }
 }
 
+/// The app's identity and the worker's must be one: with Entra ID the worker asks for a token
+/// of the identity whose client id the config names (`deploy.identity_client_id`, else
+/// `storage.managed_identity_client_id`), or of the app's system-assigned identity when none
+/// is named. A system-assigned app whose worker asks for a user-assigned client id, or a
+/// user-assigned app whose worker does not know that identity's client id, could never
+/// authenticate: refused, naming the key to set.
+pub fn check_identity(settings: &Settings, plan: &Plan) -> Result<(), ConfigError> {
+    let AuthPlan::Identity { client_id, .. } = &plan.auth else {
+        return Ok(());
+    };
+    let identity = settings
+        .deploy
+        .container_apps_identity
+        .as_deref()
+        .unwrap_or("system");
+    let system = identity.eq_ignore_ascii_case("system");
+    match (system, client_id) {
+        (true, Some(id)) => Err(ConfigError::invalid(
+            "deploy.container_apps_identity",
+            identity,
+            format!(
+                "the worker asks for the user-assigned identity with client id {id} \
+                 (deploy.identity_client_id or storage.managed_identity_client_id), which a \
+                 system-assigned app does not have: set deploy.container_apps_identity to that \
+                 identity's resource id, or remove the client id to use the app's own identity"
+            ),
+        )),
+        (false, None) => Err(ConfigError::invalid(
+            "deploy.identity_client_id",
+            "(unset)",
+            "a user-assigned deploy.container_apps_identity needs its client id, so the worker \
+             asks for that identity's token",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The app's YAML document.
 pub fn document(settings: &Settings, plan: &Plan) -> Node {
     let d = &settings.deploy;
@@ -43,9 +80,18 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
             ("name", s("EBBFLOW__STORAGE__CONNECTION_STRING")),
             ("secretRef", s(SECRET_NAME)),
         ])),
-        AuthPlan::Identity { endpoint, .. } => {
+        AuthPlan::Identity {
+            endpoint,
+            client_id,
+            ..
+        } => {
             env_vars.push(env("EBBFLOW__STORAGE__QUEUE_ENDPOINT", endpoint));
             env_vars.push(env("EBBFLOW__STORAGE__CREDENTIAL", "managed_identity"));
+            // The user-assigned identity the app carries (check_identity): the worker asks
+            // for its token whatever config the image holds.
+            if let Some(id) = client_id {
+                env_vars.push(env("EBBFLOW__STORAGE__MANAGED_IDENTITY_CLIENT_ID", id));
+            }
         }
     }
     if settings.bus.is_shared() {

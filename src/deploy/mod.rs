@@ -99,6 +99,7 @@ pub fn render(target: Target, settings: &crate::Settings) -> Result<String, Depl
             "container-apps",
             {
                 container_apps::check_name(settings)?;
+                container_apps::check_identity(settings, &plan)?;
                 vec![container_apps::document(settings, &plan)]
             },
             match &plan.auth {

@@ -106,7 +106,20 @@ name = "orders-worker"
 image = "registry.example/orders-worker:1.4.2"
 namespace = "jobs"
 max_replicas = 30
+container_apps_identity = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/w"
 "#;
+
+/// IDENTITY_SAMPLE with the app's own (system-assigned) identity: no client id anywhere.
+fn system_assigned_sample() -> String {
+    IDENTITY_SAMPLE
+        .lines()
+        .filter(|l| {
+            !l.starts_with("managed_identity_client_id")
+                && !l.starts_with("container_apps_identity")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 #[test]
 fn keda_manifests_carry_each_queues_capacity_and_the_drain_time() {
@@ -412,7 +425,7 @@ fn secret_auth_references_the_secret_and_never_writes_it() {
 
 #[test]
 fn container_apps_rules_probes_and_grace() {
-    let settings = load_toml(IDENTITY_SAMPLE).unwrap();
+    let settings = load_toml(&system_assigned_sample()).unwrap();
     let yaml = render(Target::ContainerApps, &settings).unwrap();
     let app = &docs(&yaml)[0];
     assert_eq!(app["identity"]["type"], "SystemAssigned");
@@ -461,11 +474,7 @@ fn container_apps_rules_probes_and_grace() {
     assert_eq!(custom["metadata"]["queueLength"], "528");
     assert_eq!(custom["metadata"]["accountName"], "ordersacct");
 
-    let user_assigned = IDENTITY_SAMPLE.replace(
-        "[deploy]",
-        "[deploy]\ncontainer_apps_identity = \"/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/w\"",
-    );
-    let yaml = render(Target::ContainerApps, &load_toml(&user_assigned).unwrap()).unwrap();
+    let yaml = render(Target::ContainerApps, &load_toml(IDENTITY_SAMPLE).unwrap()).unwrap();
     let app = &docs(&yaml)[0];
     assert_eq!(app["identity"]["type"], "UserAssigned");
     let ids = app["identity"]["userAssignedIdentities"]
@@ -473,6 +482,38 @@ fn container_apps_rules_probes_and_grace() {
         .unwrap();
     assert_eq!(ids.len(), 1);
     assert!(ids.keys().all(|k| k.ends_with("/userAssignedIdentities/w")));
+    // The worker asks for the token of the identity the app carries.
+    let container = &app["properties"]["template"]["containers"][0];
+    assert_eq!(
+        env_of(container)["EBBFLOW__STORAGE__MANAGED_IDENTITY_CLIENT_ID"]["value"],
+        "11111111-2222-3333-4444-555555555555"
+    );
+}
+
+#[test]
+fn container_apps_refuses_an_app_identity_the_worker_would_not_use() {
+    // A system-assigned app, but the worker asks for a user-assigned client id.
+    let mismatched = IDENTITY_SAMPLE
+        .lines()
+        .filter(|l| !l.starts_with("container_apps_identity"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let err = render(Target::ContainerApps, &load_toml(&mismatched).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.container_apps_identity"), "{err}");
+    // A user-assigned app whose client id the worker does not know.
+    let unknown = IDENTITY_SAMPLE
+        .lines()
+        .filter(|l| !l.starts_with("managed_identity_client_id"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let err = render(Target::ContainerApps, &load_toml(&unknown).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deploy.identity_client_id"), "{err}");
+    // KEDA's manifests are unaffected.
+    assert!(render(Target::Keda, &load_toml(&mismatched).unwrap()).is_ok());
 }
 
 const BUS_SAMPLE: &str = r#"
