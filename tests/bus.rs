@@ -238,7 +238,7 @@ mod redis {
         for (who, ms) in [("slow", 1000), ("fast", 10)] {
             let bus = BusHandle::new(net.transport(who, "processor", claim).await);
             let h = handled.clone();
-            let _ = bus.observe(Filter::new(), move |p: Received<Ping>| {
+            let _observer = bus.observe(Filter::new(), move |p: Received<Ping>| {
                 let h = h.clone();
                 async move {
                     tokio::time::sleep(Duration::from_millis(ms)).await;

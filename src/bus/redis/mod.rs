@@ -395,7 +395,8 @@ impl Bus for RedisBus {
 
     async fn renew(&self, receipt: &Receipt) -> Result<bool, BusError> {
         // Atomically: still pending for this consumer? Then its idle time starts again.
-        const RENEW: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3]) == 0 \
+        const RENEW: &str =
+            "if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3]) == 0 \
              then return 0 end \
              redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID') return 1";
         let mut cmd = redis::cmd("EVAL");
