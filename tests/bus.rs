@@ -225,6 +225,48 @@ mod redis {
         super::competing_event_of_a_dead_instance_goes_to_another(Net::redis()).await;
     }
 
+    /// Observers handle one event at a time: competing events read ahead behind a slow handler
+    /// wait longer than the claim timeout and another instance takes them over, and a handler
+    /// may itself run longer than it. Nothing fails, so each event is handled exactly once.
+    #[tokio::test]
+    async fn slow_observer_never_handles_an_event_another_took_over() {
+        use ebbflow::bus::Received;
+        let net = Net::redis();
+        let claim = Duration::from_millis(400);
+        let handled: Arc<std::sync::Mutex<Vec<(u32, &'static str)>>> = Arc::default();
+        let mut buses = Vec::new();
+        for (who, ms) in [("slow", 1000), ("fast", 10)] {
+            let bus = BusHandle::new(net.transport(who, "processor", claim).await);
+            let h = handled.clone();
+            let _observer = bus.observe(Filter::new(), move |p: Received<Ping>| {
+                let h = h.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    h.lock().unwrap().push((p.body.n, who));
+                    Ok(())
+                }
+            });
+            bus.start();
+            buses.push(bus);
+        }
+        let (c, _sc) = net.join("c", "controller", claim).await;
+        for n in 1..=8 {
+            c.publish(&Ping { n }, Address::one_of("processor"))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut by_n: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+        for (n, who) in handled.lock().unwrap().iter() {
+            by_n.entry(*n).or_default().push(who);
+        }
+        assert_eq!(by_n.len(), 8, "every event handled: {by_n:?}");
+        assert!(
+            by_n.values().all(|who| who.len() == 1),
+            "each exactly once: {by_n:?}"
+        );
+    }
+
     /// Redis killed under two live instances and started again, empty: both see the outage,
     /// reconnect on their own, and pub/sub and the competing group work again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

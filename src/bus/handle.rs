@@ -286,7 +286,32 @@ impl BusHandle {
                 let receipt = event.receipt.clone();
                 let bus = event.bus.clone();
                 let (kind, from, id) = (E::KIND, event.from.clone(), event.id.clone());
-                match handler(event).await {
+                // A competing event may have waited here behind slower ones for longer than
+                // the claim timeout, and another instance took it over: then that one
+                // handles it, not this one. While the handler runs, the claim is renewed.
+                let mut renewing = None;
+                if let Some(r) = &receipt {
+                    if let Ok(false) = bus.renew(r).await {
+                        debug!(kind, %from, %id, "bus event taken over by another instance while it waited here; skipped");
+                        continue;
+                    }
+                    if let Some(timeout) = bus.claim_timeout() {
+                        let (bus, r) = (bus.clone(), r.clone());
+                        renewing = Some(tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(timeout / 3).await;
+                                if let Ok(false) = bus.renew(&r).await {
+                                    return;
+                                }
+                            }
+                        }));
+                    }
+                }
+                let outcome = handler(event).await;
+                if let Some(task) = renewing {
+                    task.abort();
+                }
+                match outcome {
                     Ok(()) => {
                         if let Some(r) = receipt {
                             if let Err(e) = bus.ack(&r).await {

@@ -256,6 +256,21 @@ pub trait Bus: Send + Sync + 'static {
     /// Acknowledges a competing-consumer delivery, so it is never re-delivered.
     async fn ack(&self, receipt: &Receipt) -> Result<(), BusError>;
 
+    /// Keeps a competing-consumer delivery claimed by this instance (its idle time starts
+    /// again, so no other instance takes it over for another claim timeout). `Ok(false)` when
+    /// it is no longer this instance's: acknowledged already, or taken over by another instance
+    /// after the claim timeout (then the caller must not handle it: the other one does).
+    /// Transports without take-over keep the default, always `true`.
+    async fn renew(&self, _receipt: &Receipt) -> Result<bool, BusError> {
+        Ok(true)
+    }
+
+    /// How long a competing-consumer delivery stays claimed without [`Bus::renew`] (`None`:
+    /// this transport never takes deliveries over).
+    fn claim_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The inbox: everything received for this instance. `None` after the first call.
     fn take_inbox(&self) -> Option<mpsc::UnboundedReceiver<Inbound>>;
 

@@ -393,6 +393,29 @@ impl Bus for RedisBus {
         self.shared.query::<i64>("XACK", &cmd).await.map(|_| ())
     }
 
+    async fn renew(&self, receipt: &Receipt) -> Result<bool, BusError> {
+        // Atomically: still pending for this consumer? Then its idle time starts again.
+        const RENEW: &str =
+            "if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3]) == 0 \
+             then return 0 end \
+             redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID') return 1";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RENEW)
+            .arg(1)
+            .arg(&receipt.stream)
+            .arg(GROUP)
+            .arg(&receipt.entry)
+            .arg(self.shared.member.instance.as_str());
+        self.shared
+            .query::<i64>("renew claim", &cmd)
+            .await
+            .map(|mine| mine == 1)
+    }
+
+    fn claim_timeout(&self) -> Option<Duration> {
+        Some(self.shared.claim_timeout)
+    }
+
     fn take_inbox(&self) -> Option<mpsc::UnboundedReceiver<Inbound>> {
         let inbox = self.inbox.lock().ok().and_then(|mut i| i.take());
         if inbox.is_some() && self.listening {
