@@ -92,7 +92,18 @@ async fn random_messages_are_handled_or_poisoned_with_a_reason_and_their_exact_t
                 .encode(&serde_json::to_vec(&job).unwrap())
                 .unwrap()
         } else {
-            let mut t = String::from_utf8_lossy(&random_bytes(&mut rng)).into_owned();
+            // Random text the service carries (XML 1.0 characters only: it refuses the rest at
+            // the send, as the embedded store now does too), undecodable as base64.
+            let mut t: String = String::from_utf8_lossy(&random_bytes(&mut rng))
+                .chars()
+                .map(|c| {
+                    if matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..) {
+                        c
+                    } else {
+                        '\u{FFFD}'
+                    }
+                })
+                .collect();
             t.push('!'); // never empty, never valid base64
             invalid.push(t.clone());
             t
