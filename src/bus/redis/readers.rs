@@ -72,6 +72,21 @@ async fn pause(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
+/// After a failed stream read: a lost connection marks the bus down (logged there), any other
+/// error is logged; then waits `backoff` (doubling it, up to 2 s). False once the bus closed.
+async fn after_read_error(shared: &Shared, e: &redis::RedisError, backoff: &mut Duration) -> bool {
+    if is_connection_error(e) {
+        shared.mark(false, &e.to_string());
+    } else {
+        warn!(error = %shared.url.scrub(&e.to_string()), "bus stream read failed");
+    }
+    if !pause(shared, *backoff).await {
+        return false;
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    true
+}
+
 /// The consumer-group read: role events and `reach = "one"` work notices.
 async fn group_loop(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
@@ -117,15 +132,9 @@ async fn group_loop(shared: Arc<Shared>) {
                 }
             }
             Err(e) => {
-                if is_connection_error(&e) {
-                    shared.mark(false, &e.to_string());
-                } else {
-                    warn!(error = %shared.url.scrub(&e.to_string()), "bus stream read failed");
-                }
-                if !pause(&shared, backoff).await {
+                if !after_read_error(&shared, &e, &mut backoff).await {
                     return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
@@ -180,15 +189,9 @@ async fn watch_loop(shared: Arc<Shared>) {
                 }
             }
             Err(e) => {
-                if is_connection_error(&e) {
-                    shared.mark(false, &e.to_string());
-                } else {
-                    warn!(error = %shared.url.scrub(&e.to_string()), "bus stream read failed");
-                }
-                if !pause(&shared, backoff).await {
+                if !after_read_error(&shared, &e, &mut backoff).await {
                     return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
