@@ -84,6 +84,8 @@ pub mod book {
     pub struct GettingStartedDoctests;
     #[doc = include_str!("../docs/src/handlers.md")]
     pub struct HandlersDoctests;
+    #[doc = include_str!("../docs/src/middleware.md")]
+    pub struct MiddlewareDoctests;
     #[doc = include_str!("../docs/src/configuration.md")]
     pub struct ConfigurationDoctests;
     #[doc = include_str!("../docs/src/message-life.md")]

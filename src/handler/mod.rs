@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 mod heartbeat;
 mod layer;
+pub mod layers;
 mod publisher;
 pub use heartbeat::{Heartbeat, JobStatus};
 pub use layer::{Job, Layer, Next};

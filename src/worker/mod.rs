@@ -130,7 +130,7 @@ impl Worker {
     /// Adds a middleware layer around the handler of queue `queue` only, inside the
     /// worker-wide layers. To share one layer's state between queues (one concurrency limit
     /// for several), add clones of a layer whose state is behind an `Arc`, as the shipped
-    /// layers in `ebbflow::handler::layers` are. A queue missing from config is a start-up error.
+    /// [`crate::handler::layers`] are. A queue missing from config is a start-up error.
     pub fn layer_for<L: Layer>(mut self, queue: &str, layer: L) -> Self {
         self.queue_layers
             .entry(queue.to_string())
