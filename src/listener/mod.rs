@@ -43,6 +43,7 @@ use crate::config::QueueSettings;
 use crate::handler::{Publishers, Stack};
 use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, TriggerSource, Wake};
+pub(crate) use dispatch::panic_text;
 use stats::ListenerStats;
 pub use stats::{Histograms, QueueSnapshot};
 use supervisor::Supervisor;

@@ -12,6 +12,7 @@ mod ready;
 mod report;
 pub use bus::BusCounters;
 mod signal;
+mod tasks;
 
 pub use ready::STORE_UNREADY_AFTER;
 use ready::{listeners_state, store_state};
@@ -253,7 +254,10 @@ impl Worker {
                 .await
                 .map_err(|error| WorkerError::OpsBind { addr, error })?;
                 info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
-                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve));
+                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tasks::logged(
+                    "ops endpoint",
+                    serve,
+                )));
                 Some((bound, server))
             }
             None => None,
@@ -267,7 +271,12 @@ impl Worker {
         // The bus before the queues' publishers (they announce on it) and before any listener:
         // a worker does not start on a bus it cannot use.
         let bus = crate::bus::open(&self.settings.bus).await?;
-        let mut wiring = bus::Wiring::new(bus.clone(), hub.clone(), &self.settings);
+        let mut wiring = bus::Wiring::new(
+            bus.clone(),
+            hub.clone(),
+            &self.settings,
+            tasks::Tasks::new(&life),
+        );
         let mut probed = BTreeMap::new();
         // Queues and publishers first, so every handler's Context can publish to any queue.
         let mut specs = Vec::new();
@@ -345,7 +354,10 @@ impl Worker {
         let (trigger_addr, server) = match bound {
             Some((addr, serve)) => {
                 info!(%addr, "trigger endpoint listening");
-                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve));
+                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tasks::logged(
+                    "trigger endpoint",
+                    serve,
+                )));
                 (Some(addr), Some(server))
             }
             None => (None, None),
