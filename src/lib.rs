@@ -45,7 +45,10 @@ pub mod checks;
 pub mod codec;
 pub mod config;
 pub mod deploy;
+mod endpoint;
 pub mod handler;
+#[cfg(test)]
+mod layering;
 pub mod listener;
 pub mod observability;
 #[cfg(test)]

@@ -86,9 +86,7 @@ pub enum WorkerError {
     },
 }
 
-/// How long, after the drain deadline aborted the handlers still running, the worker waits
-/// for their messages to be released before it reports anyway (store calls may hang).
-pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
+pub use crate::config::RELEASE_GRACE;
 
 /// Subscribes one bus observer when the worker starts.
 type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
