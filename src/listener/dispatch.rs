@@ -22,9 +22,7 @@ use super::settle::{Outcome, Settle};
 use super::slots::{Ahead, Held};
 use super::stats::{bump, Gauge, ListenerStats};
 use super::{ListenerHooks, Shared};
-use crate::handler::{
-    BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
-};
+use crate::handler::{BoxFuture, Context, HandlerError, Heartbeat, Job, JobStatus, Signal};
 use crate::store::ReceivedMessage;
 
 /// How a received message gets its concurrency slot.
@@ -99,7 +97,7 @@ pub(super) async fn run(
     let outcome = {
         let _running = Gauge::up(&shared.stats.in_flight);
         // A panic in the handler is caught where it is polled and contained to this message.
-        let handle = CatchPanic(shared.runner.handler.clone().call(bytes, ctx));
+        let handle = CatchPanic(shared.runner.stack.run(Job::new(ctx, bytes)));
         watch(
             &shared, &message, handle, &signals, &heartbeat, &mut lease, started,
         )
@@ -271,7 +269,7 @@ async fn watch(
                     Ok(Ok(())) => Outcome::Done(Ok(())),
                     // A retry (or any `?` error) after the timeout is the timeout's failure; a
                     // release or a poison is the handler's own decision and stands.
-                    Ok(Err(DispatchError::Handler(HandlerError::Retry { .. }))) if timed_out => {
+                    Ok(Err(HandlerError::Retry { .. })) if timed_out => {
                         Outcome::TimedOut(limit)
                     }
                     Ok(result) => Outcome::Done(result),
@@ -396,7 +394,7 @@ fn log_job_end(
 struct CatchPanic(BoxFuture);
 
 impl Future for CatchPanic {
-    type Output = Result<Result<(), DispatchError>, String>;
+    type Output = Result<Result<(), HandlerError>, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let future = &mut self.0;
@@ -409,7 +407,7 @@ impl Future for CatchPanic {
     }
 }
 
-pub(super) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -9,7 +9,8 @@
 //!   or ticket, never wait for a batch to end.
 //! - `slots.rs`: the queue's concurrency slots, shared by its tasks, and the line of messages
 //!   received ahead of a slot.
-//! - `dispatch.rs`: one message's run: decode, handler, timeout, drain abort, heartbeat.
+//! - `dispatch.rs`: one message's run: its layers and handler ([`crate::handler::Layer`]),
+//!   timeout, drain abort, panic catch, heartbeat.
 //! - `lease.rs`: the message's pop receipt and visibility, renewed beside the handler from the
 //!   moment of the receive.
 //! - `settle.rs`: a run's `Outcome`, and the one pure rule that turns it into a delete, retry,
@@ -39,9 +40,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
 use crate::config::QueueSettings;
-use crate::handler::{ErasedHandler, Publishers};
+use crate::handler::{Publishers, Stack};
 use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, TriggerSource, Wake};
+pub(crate) use dispatch::panic_text;
 use stats::ListenerStats;
 pub use stats::{Histograms, QueueSnapshot};
 use supervisor::Supervisor;
@@ -111,7 +113,8 @@ pub(crate) struct ListenerSpec {
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) poison_queue: Arc<dyn Queue>,
     pub(crate) settings: QueueSettings,
-    pub(crate) handler: Arc<dyn ErasedHandler>,
+    /// The queue's layers around its handler (see [`crate::handler::Layer`]).
+    pub(crate) stack: Stack,
     /// `storage.create_queues`: recreate the queue if it disappears while running.
     pub(crate) create_queues: bool,
     /// Every message of this queue comes with its own trigger, sent after it landed
@@ -210,7 +213,7 @@ pub(crate) struct QueueIo {
 
 /// What runs a message's handler and fills its [`crate::Context`].
 pub(crate) struct Runner {
-    handler: Arc<dyn ErasedHandler>,
+    stack: Stack,
     publishers: Publishers,
     bus: Option<crate::bus::BusHandle>,
     /// A token never cancelled: the timeout signal of handlers without a timeout.
@@ -365,7 +368,7 @@ impl QueueListener {
                 create_queues: spec.create_queues,
             },
             runner: Runner {
-                handler: spec.handler,
+                stack: spec.stack,
                 publishers,
                 bus: spec.bus,
                 never: CancellationToken::new(),

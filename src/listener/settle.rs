@@ -12,14 +12,14 @@ use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::{bump, ListenerStats};
 use super::{Fatal, QueueIo};
 use crate::config::QueueSettings;
-use crate::handler::{DispatchError, HandlerError};
+use crate::handler::HandlerError;
 use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY};
 
 /// What became of a handler run.
 #[derive(Debug)]
 pub(super) enum Outcome {
     /// The handler returned (after its timeout fired, only `Ok` lands here).
-    Done(Result<(), DispatchError>),
+    Done(Result<(), HandlerError>),
     /// It panicked, with the panic's text.
     Panicked(String),
     /// It passed `handler_timeout` and then failed or was aborted after the grace.
@@ -71,10 +71,10 @@ impl Settle {
         };
         match outcome {
             Outcome::Done(Ok(())) => Settle::Delete,
-            Outcome::Done(Err(DispatchError::Decode(e))) => {
-                Settle::Poison(PoisonReason::Undecodable, e.to_string())
-            }
-            Outcome::Done(Err(DispatchError::Handler(e))) => match e {
+            Outcome::Done(Err(e)) => match e {
+                HandlerError::Undecodable { source } => {
+                    Settle::Poison(PoisonReason::Undecodable, source.to_string())
+                }
                 HandlerError::Release { after, .. } => {
                     Settle::Release(cap(after), "the handler said not now".into())
                 }
@@ -317,7 +317,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn handler_err(e: HandlerError) -> Outcome {
-        Outcome::Done(Err(DispatchError::Handler(e)))
+        Outcome::Done(Err(e))
     }
 
     fn kind(s: &Settle) -> &'static str {
@@ -366,7 +366,7 @@ mod tests {
             ),
             (|| handler_err(HandlerError::release(S)), true, 1, "release"),
             (
-                || Outcome::Done(Err(DispatchError::Decode("bad".into()))),
+                || handler_err(HandlerError::undecodable("bad")),
                 true,
                 1,
                 "poison:undecodable",
