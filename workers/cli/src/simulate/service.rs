@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::store::{
+use ebbflow::store::{
     BackendKind, Layered, LayeredStore, Operation, Queue, QueueLayer, QueueStore, ReceivedMessage,
     StoreError, StoreLayer,
 };
@@ -280,8 +280,8 @@ impl StoreLayer for ServiceLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
-    use crate::store::SendOptions;
+    use ebbflow::store::memory::MemoryStore;
+    use ebbflow::store::SendOptions;
 
     #[tokio::test(start_paused = true)]
     async fn over_the_queue_target_sends_get_503_and_the_budget_refills() {

@@ -3,30 +3,35 @@
 //! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2.
 //!
 //! Regenerate the examples after an intended change with
-//! `EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples`.
-#![cfg(feature = "cli")]
+//! `EBBFLOW_BLESS=1 cargo test -p ebbflow-cli --test cli committed_examples`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ebbflow::deploy::{render, Target, OPS_PORT};
 use ebbflow::Settings;
+use ebbflow_cli::deploy::{render, Config, Target, OPS_PORT};
 use serde_json::Value;
+
+use crate::root;
 
 mod command;
 mod yaml11;
 
 use yaml11::{assert_yaml_1_1_reads_the_same, read_by_pyyaml};
 
-fn load(dir: &Path) -> Settings {
-    Settings::load_from(dir, &BTreeMap::new()).unwrap()
+fn load(dir: &Path) -> Config {
+    Config::load_from(dir, &BTreeMap::new()).unwrap()
 }
 
-fn load_toml(toml: &str) -> Result<Settings, String> {
+fn load_toml(toml: &str) -> Result<Config, String> {
+    load_toml_with(toml, &BTreeMap::new())
+}
+
+fn load_toml_with(toml: &str, env: &BTreeMap<String, String>) -> Result<Config, String> {
     let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("default.toml"), toml).unwrap();
-    let loaded = Settings::load_from(&dir, &BTreeMap::new()).map_err(|e| e.to_string());
+    let loaded = Config::load_from(&dir, env).map_err(|e| e.to_string());
     std::fs::remove_dir_all(&dir).unwrap();
     loaded
 }
@@ -53,11 +58,12 @@ fn env_of(container: &Value) -> BTreeMap<String, Value> {
 
 #[test]
 fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
-    let settings = load(Path::new("config"));
+    let settings = load(&root("config"));
     for (target, file) in [
-        (Target::Keda, "deploy/keda.yaml"),
-        (Target::ContainerApps, "deploy/container-apps.yaml"),
+        (Target::Keda, root("deploy/keda.yaml")),
+        (Target::ContainerApps, root("deploy/container-apps.yaml")),
     ] {
+        let file = file.as_path();
         let fresh = render(target, &settings).unwrap();
         if std::env::var_os("EBBFLOW_BLESS").is_some() {
             std::fs::write(file, &fresh).unwrap();
@@ -65,7 +71,8 @@ fn committed_examples_are_what_the_generator_writes_for_the_default_config() {
         let committed = std::fs::read_to_string(file).unwrap();
         assert_eq!(
             committed, fresh,
-            "{file} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test --all-features --test deploy committed_examples"
+            "{} is stale: regenerate it with EBBFLOW_BLESS=1 cargo test -p ebbflow-cli --test cli committed_examples",
+            file.display()
         );
         assert_yaml_1_1_reads_the_same(&fresh);
     }
@@ -251,7 +258,7 @@ fn worker_settings_under(dir: &Path, container: &Value) -> Result<Settings, Stri
 fn the_worker_accepts_the_environment_the_manifests_give_it() {
     let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let default_config = std::fs::read_to_string("config/default.toml").unwrap();
+    let default_config = std::fs::read_to_string(root("config/default.toml")).unwrap();
     for config in [default_config.as_str(), IDENTITY_SAMPLE] {
         std::fs::write(dir.join("default.toml"), config).unwrap();
         let settings = load(&dir);
@@ -310,7 +317,7 @@ container_apps_identity = "2024-01-01"
 #[test]
 fn kubernetes_reads_every_value_as_written() {
     let samples = [
-        std::fs::read_to_string("config/default.toml").unwrap(),
+        std::fs::read_to_string(root("config/default.toml")).unwrap(),
         IDENTITY_SAMPLE.to_string(),
         SECRET_SAMPLE.to_string(),
         TRICKY_SAMPLE.to_string(),
@@ -601,6 +608,45 @@ memory_mib = 262144
         .unwrap_err()
         .to_string();
     assert!(err.contains("deploy.name"), "{err}");
+}
+
+/// One config folder serves both: a worker ignores `[deploy]` (even a value the command line
+/// refuses), and the command line reads it, with `EBBFLOW__DEPLOY__...` over the files.
+#[test]
+fn the_deploy_section_is_the_command_lines_and_the_worker_ignores_it() {
+    let toml = "[queues.orders]\n[deploy]\nname = \"orders-worker\"\nmax_replicas = 0\n";
+    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("default.toml"), toml).unwrap();
+    let env = BTreeMap::from([("EBBFLOW__DEPLOY__UNKNOWN_KEY".to_string(), "1".to_string())]);
+    let worker = Settings::load_from(&dir, &env);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(worker.unwrap().queues.contains_key("orders"));
+    let err = load_toml(toml).unwrap_err();
+    assert!(err.contains("deploy.max_replicas"), "{err}");
+    let env = BTreeMap::from([
+        ("EBBFLOW__DEPLOY__MAX_REPLICAS".to_string(), "7".to_string()),
+        ("EBBFLOW__DEPLOY__NAME".to_string(), "from-env".to_string()),
+    ]);
+    let config = load_toml_with(toml, &env).unwrap();
+    assert_eq!(config.deploy.max_replicas.get(), 7);
+    assert_eq!(config.deploy.name.as_str(), "from-env");
+    assert!(config.settings.queues.contains_key("orders"));
+    let env = BTreeMap::from([("EBBFLOW__DEPLOY__REPLICAS".to_string(), "3".to_string())]);
+    let err = load_toml_with("[queues.orders]", &env).unwrap_err();
+    assert!(err.contains("replicas"), "{err}");
+}
+
+/// The image the Dockerfile builds serves the ops endpoint on the port the manifests probe.
+#[test]
+fn the_dockerfile_exposes_the_port_the_manifests_probe() {
+    let dockerfile = std::fs::read_to_string(root("Dockerfile")).unwrap();
+    let exposed: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("EXPOSE "))
+        .collect();
+    assert_eq!(exposed, [OPS_PORT.to_string()]);
+    assert!(dockerfile.contains(&format!("EBBFLOW__OBSERVABILITY__BIND=0.0.0.0:{OPS_PORT}")));
 }
 
 #[test]

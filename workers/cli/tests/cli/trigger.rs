@@ -36,7 +36,7 @@ async fn enqueue_with_the_http_trigger_wakes_an_idle_worker() {
     ));
     let record = dir.path().join("handled.txt");
     let _worker = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        std::process::Command::new(common::bins::loadtest())
             .env_clear()
             .env("EBBFLOW_CONFIG_DIR", dir.path())
             .env("QUEUE_NAME", &queue)

@@ -1,14 +1,16 @@
 //! The `[deploy]` settings: what `ebbflow deploy ...` needs beyond the queues' own rules (names,
 //! image, replica bounds, how KEDA and the worker reach the storage account). Typed where they are
-//! parsed, so a wrong value fails the load naming its key. Always compiled, so a worker reading
-//! the same config files accepts the section.
+//! parsed, so a wrong value fails the load naming its key. The section sits in the worker's
+//! config files (a worker ignores it); [`Config::load_from`](super::Config::load_from) reads it.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use ebbflow::config::ConfigError;
+
+use super::load::invalid;
 
 /// What the generated manifests are made of. Every key is optional.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -181,11 +183,11 @@ impl DeploySettings {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         whole_seconds("deploy.polling_interval", self.polling_interval, 1, 3600)?;
         whole_seconds("deploy.cooldown_period", self.cooldown_period, 1, 24 * 3600)?;
-        crate::config::check_range("deploy.cpu_millicores", self.cpu_millicores, 100, 64_000)?;
-        crate::config::check_range("deploy.memory_mib", self.memory_mib, 64, 262_144)?;
+        ebbflow::checks::range("deploy.cpu_millicores", self.cpu_millicores, 100, 64_000)?;
+        ebbflow::checks::range("deploy.memory_mib", self.memory_mib, 64, 262_144)?;
         if let Some(min) = self.min_replicas {
             if min > self.max_replicas.get() {
-                return Err(ConfigError::invalid(
+                return Err(invalid(
                     "deploy.min_replicas",
                     min,
                     format!(
@@ -204,11 +206,7 @@ impl DeploySettings {
         ] {
             if let Some(v) = value {
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(ConfigError::invalid(
-                        key,
-                        v,
-                        "must be a non-empty id without spaces",
-                    ));
+                    return Err(invalid(key, v, "must be a non-empty id without spaces"));
                 }
             }
         }
@@ -219,7 +217,7 @@ impl DeploySettings {
 /// KEDA and Container Apps take these in whole seconds: refuse what they could not express.
 fn whole_seconds(key: &str, value: Duration, min: u64, max: u64) -> Result<(), ConfigError> {
     if value.subsec_nanos() != 0 || !(min..=max).contains(&value.as_secs()) {
-        return Err(ConfigError::invalid(
+        return Err(invalid(
             key,
             humantime::format_duration(value),
             format!("must be whole seconds, {min}s..={max}s"),

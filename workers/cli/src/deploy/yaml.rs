@@ -3,7 +3,7 @@
 //! Kubernetes reads YAML 1.1 (through sigs.k8s.io/yaml), where a plain `on`, `yes`, `y`, `0755`,
 //! `1_000`, `12:30` or `2024-01-01` is not a string. `serde-saphyr`'s default (not `yaml_12`)
 //! quotes every string that a YAML 1.1 or 1.2 reader would take for something else, so what we
-//! write as a string is read as one; the tests here and in `tests/deploy.rs` hold it to that.
+//! write as a string is read as one; the tests here and in `tests/cli/deploy.rs` hold it to that.
 //! Keys keep the order they were built in (`apiVersion`, `kind`, `metadata`, `spec`).
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};

@@ -5,6 +5,8 @@ fn ebbflow(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        // The repository's top: `config/` (read without --config) and `deploy/`.
+        .current_dir(crate::root("."))
         .args(args)
         .output()
         .unwrap();
@@ -23,7 +25,11 @@ fn the_command_prints_the_committed_examples() {
     ] {
         let (code, stdout, stderr) = ebbflow(&["deploy", command, "--config", "config"]);
         assert_eq!(code, 0, "{stderr}");
-        assert_eq!(stdout, std::fs::read_to_string(file).unwrap(), "{command}");
+        assert_eq!(
+            stdout,
+            std::fs::read_to_string(crate::root(file)).unwrap(),
+            "{command}"
+        );
     }
     // --out writes the same to a file.
     let out = std::env::temp_dir().join(format!("ebbflow-deploy-{}.yaml", uuid::Uuid::new_v4()));
@@ -33,7 +39,7 @@ fn the_command_prints_the_committed_examples() {
     std::fs::remove_file(&out).unwrap();
     assert_eq!(
         written,
-        std::fs::read_to_string("deploy/keda.yaml").unwrap()
+        std::fs::read_to_string(crate::root("deploy/keda.yaml")).unwrap()
     );
 }
 

@@ -8,8 +8,10 @@ pub use super::auth::{AuthPlan, Cloud};
 #[cfg(test)]
 use super::capacity::saturation_backlog;
 use super::DeployError;
-use crate::config::{ConfigError, QueueSettings, Settings};
-use crate::worker::RELEASE_GRACE;
+use ebbflow::config::QueueSettings;
+
+use super::load::{invalid, Config};
+use ebbflow::worker::RELEASE_GRACE;
 
 /// Time the process needs after the drain and release grace to flush logs and exit.
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
@@ -95,18 +97,19 @@ fn secs_up(d: Duration) -> u64 {
 }
 
 /// Derives the plan, or names the setting that makes one impossible.
-pub fn plan(settings: &Settings) -> Result<Plan, DeployError> {
-    let d = &settings.deploy;
-    if settings.queues.is_empty() {
+pub fn plan(config: &Config) -> Result<Plan, DeployError> {
+    let d = &config.deploy;
+    if config.settings.queues.is_empty() {
         return Err(DeployError::NoQueues);
     }
-    let polling = settings
+    let polling = config
+        .settings
         .queues
         .iter()
         .find(|(_, q)| q.scaling.min_tasks > 0);
     let min_replicas = match (d.min_replicas, polling) {
         (Some(0), Some((name, _))) => {
-            return Err(ConfigError::invalid(
+            return Err(invalid(
                 "deploy.min_replicas",
                 0,
                 format!(
@@ -121,9 +124,10 @@ pub fn plan(settings: &Settings) -> Result<Plan, DeployError> {
         (None, Some(_)) => 1,
         (None, None) => 0,
     };
-    let grace_secs = secs_up(settings.worker.drain_timeout + RELEASE_GRACE + EXIT_MARGIN);
-    let (auth, cloud) = super::auth::auth_plan(settings)?;
-    let triggers = settings
+    let grace_secs = secs_up(config.settings.worker.drain_timeout + RELEASE_GRACE + EXIT_MARGIN);
+    let (auth, cloud) = super::auth::auth_plan(config)?;
+    let triggers = config
+        .settings
         .queues
         .iter()
         .flat_map(|(name, q)| queue_triggers(name, q))
@@ -146,7 +150,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, DeployError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DepthRule;
+    use ebbflow::config::DepthRule;
 
     fn queue(concurrency: u32, max_tasks: u32, per_task: u32) -> QueueSettings {
         let mut q = QueueSettings {
@@ -200,7 +204,7 @@ mod tests {
     #[test]
     fn a_sharded_queue_scales_on_every_shard_with_a_share_each() {
         let mut q = queue(16, 8, 64);
-        q.shards = crate::config::Shards::try_from(4u64).unwrap();
+        q.shards = ebbflow::config::Shards::try_from(4u64).unwrap();
         let triggers = queue_triggers("orders", &q);
         let names: Vec<_> = triggers.iter().map(|t| t.queue.as_str()).collect();
         assert_eq!(names, q.shard_names("orders"));
@@ -210,13 +214,15 @@ mod tests {
             assert_eq!((t.in_flight, t.backlog, t.queue_length), (4, 128, 132));
             assert_eq!(t.config_queue, "orders");
         }
-        q.shards = crate::config::Shards::try_from(3u64).unwrap();
+        q.shards = ebbflow::config::Shards::try_from(3u64).unwrap();
         assert_eq!(queue_triggers("orders", &q)[0].queue_length, 6 + 171);
     }
 
-    fn settings() -> Settings {
-        let mut s = Settings::default();
-        s.queues.insert("orders".into(), QueueSettings::default());
+    fn settings() -> Config {
+        let mut s = Config::default();
+        s.settings
+            .queues
+            .insert("orders".into(), QueueSettings::default());
         s
     }
 
@@ -224,10 +230,17 @@ mod tests {
     fn zero_replicas_only_when_every_queue_can_wake_from_zero() {
         let mut s = settings();
         assert_eq!(plan(&s).unwrap().min_replicas, 1);
-        s.triggers.http.enabled = true;
-        s.queues.get_mut("orders").unwrap().scaling.min_tasks = 0;
+        s.settings.triggers.http.enabled = true;
+        s.settings
+            .queues
+            .get_mut("orders")
+            .unwrap()
+            .scaling
+            .min_tasks = 0;
         assert_eq!(plan(&s).unwrap().min_replicas, 0);
-        s.queues.insert("emails".into(), QueueSettings::default());
+        s.settings
+            .queues
+            .insert("emails".into(), QueueSettings::default());
         assert_eq!(plan(&s).unwrap().min_replicas, 1);
         s.deploy.min_replicas = Some(0);
         let err = plan(&s).unwrap_err().to_string();
@@ -249,7 +262,7 @@ mod tests {
             (Duration::from_secs(600), 610, 610, 610),
             (Duration::from_secs(3600), 3610, 3600, 1800),
         ] {
-            s.worker.drain_timeout = drain;
+            s.settings.worker.drain_timeout = drain;
             let p = plan(&s).unwrap();
             assert!(Duration::from_secs(p.grace_secs) > drain + RELEASE_GRACE);
             assert_eq!(

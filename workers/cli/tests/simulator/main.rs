@@ -1,11 +1,16 @@
 //! The simulator against reality: the sample profile `config/profiles/compare.toml` run in
 //! virtual time and in real time on the embedded backend must agree within the tolerances
-//! stated here.
+//! stated here; and the scaling scenarios ([`scenarios`]).
+
+mod scenarios;
 
 use std::path::Path;
 
 use ebbflow::config::{QueueSettings, Shards};
-use ebbflow::simulate::{compare, run, simulate, summary_text, Profile};
+use ebbflow_cli::simulate::{compare, run, simulate, summary_text, Profile};
+
+/// The repository's top, where the sample config and profiles are.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// The real-time comparison needs the machine to itself: the CLI test (a CPU-heavy simulation
 /// in a child process) waits for it instead of running beside it.
@@ -21,11 +26,7 @@ fn queue() -> QueueSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_time_predicts_real_time_within_tolerance() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let profile = Profile::load(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/profiles/compare.toml"
-    )))
-    .unwrap();
+    let profile = Profile::load(&Path::new(ROOT).join("config/profiles/compare.toml")).unwrap();
     let predicted = {
         let (profile, q) = (profile.clone(), queue());
         tokio::task::spawn_blocking(move || simulate(&profile, q).unwrap().1)
@@ -83,11 +84,8 @@ fn the_cli_writes_csv_and_svg_and_prints_a_summary() {
             "--out",
         ])
         .arg(&out)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env(
-            "EBBFLOW_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
+        .current_dir(ROOT)
+        .env("EBBFLOW_CONFIG_DIR", Path::new(ROOT).join("config"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&run.stdout);
@@ -228,7 +226,7 @@ fn compare_runs_keda_alone_against_tasks_under_keda() {
         c.ebbflow.calls_per_message < c.keda_only.calls_per_message,
         "{c:?}"
     );
-    let table = ebbflow::simulate::comparison_table(&c);
+    let table = ebbflow_cli::simulate::comparison_table(&c);
     assert_eq!(table.lines().count(), 4);
     assert!(table.contains("| KEDA only") && table.contains("| ebbflow tasks under KEDA"));
 }

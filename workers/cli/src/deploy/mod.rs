@@ -13,25 +13,21 @@
 //! `worker.drain_timeout` plus the release grace, and (on KEDA) an HPA scale-down pace that
 //! removes at most half the replicas per drain period.
 //!
-//! Files: [`settings`] (the `[deploy]` section, always compiled so a worker accepts it),
-//! [`capacity`] (one replica's capacity per queue, also for the simulator),
-//! `plan` (the numbers), `auth` (secret or identity, and the cloud), `keda` and `container_apps`
-//! (the documents), `yaml` (the writer); all but the settings and the capacity need the `cli`
-//! feature.
+//! Files: [`settings`] (the `[deploy]` section), `load` (reading it from the worker's config
+//! sources, [`Config`]), [`capacity`] (one replica's capacity per queue, also for the
+//! simulator), `plan` (the numbers), `auth` (secret or identity, and the cloud), `keda` and
+//! `container_apps` (the documents), `yaml` (the writer).
 
-#[cfg(feature = "cli")]
 mod auth;
 pub mod capacity;
-#[cfg(feature = "cli")]
 mod container_apps;
-#[cfg(feature = "cli")]
 mod keda;
-#[cfg(feature = "cli")]
+mod load;
 pub mod plan;
 pub mod settings;
-#[cfg(feature = "cli")]
 mod yaml;
 
+pub use load::Config;
 pub use settings::{DeployAuth, DeploySettings, ImageRef, ReplicaLimit, ResourceName};
 
 /// The ops endpoint's port in the image and the manifests (`/healthz`, `/readyz`, `/metrics`):
@@ -62,7 +58,7 @@ pub enum Target {
 pub enum DeployError {
     /// A setting makes the manifests impossible (the error names it).
     #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ebbflow::config::ConfigError),
     /// Nothing to scale on.
     #[error("no queues configured: add a [queues.<name>] section")]
     NoQueues,
@@ -73,19 +69,18 @@ pub enum DeployError {
 
 /// The YAML `ebbflow deploy <target>` prints for these settings: a comment header saying what to
 /// create first, then the documents.
-#[cfg(feature = "cli")]
-pub fn render(target: Target, settings: &crate::Settings) -> Result<String, DeployError> {
-    let plan = plan::plan(settings)?;
-    let name = settings.deploy.name.as_str();
+pub fn render(target: Target, config: &Config) -> Result<String, DeployError> {
+    let plan = plan::plan(config)?;
+    let name = config.deploy.name.as_str();
     let (command, docs, needs) = match target {
         Target::Keda => (
             "keda",
-            keda::documents(settings, &plan),
+            keda::documents(config, &plan),
             match &plan.auth {
                 plan::AuthPlan::Secret => format!(
                     "# Needs KEDA, and the connection string in a secret:\n#   kubectl create \
                      secret generic {} --from-literal={}=\"$AZURE_STORAGE_CONNECTION_STRING\"\n",
-                    keda::secret_name(settings),
+                    keda::secret_name(config),
                     keda::SECRET_KEY
                 ),
                 plan::AuthPlan::Identity { .. } => format!(
@@ -98,9 +93,9 @@ pub fn render(target: Target, settings: &crate::Settings) -> Result<String, Depl
         Target::ContainerApps => (
             "container-apps",
             {
-                container_apps::check_name(settings)?;
-                container_apps::check_identity(settings, &plan)?;
-                vec![container_apps::document(settings, &plan)]
+                container_apps::check_name(config)?;
+                container_apps::check_identity(config, &plan)?;
+                vec![container_apps::document(config, &plan)]
             },
             match &plan.auth {
                 plan::AuthPlan::Secret => format!(
@@ -117,12 +112,12 @@ pub fn render(target: Target, settings: &crate::Settings) -> Result<String, Depl
             },
         ),
     };
-    let bus = match (settings.bus.is_shared(), target) {
+    let bus = match (config.settings.bus.is_shared(), target) {
         (false, _) => String::new(),
         (true, Target::Keda) => format!(
             "# and the bus's Redis URL in a secret:\n#   kubectl create secret generic {} \
              --from-literal={}=\"$EBBFLOW_BUS_URL\"\n",
-            keda::bus_secret_name(settings),
+            keda::bus_secret_name(config),
             keda::BUS_SECRET_KEY
         ),
         (true, Target::ContainerApps) => format!(

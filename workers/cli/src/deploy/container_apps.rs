@@ -10,7 +10,9 @@ use super::keda::{env, queue_metadata};
 use super::plan::{AuthPlan, Plan};
 use super::yaml::{map, s, seq, Node};
 use super::{ops_bind, CONTAINER_NAME, OPS_PORT};
-use crate::config::{ConfigError, Settings};
+use ebbflow::config::ConfigError;
+
+use super::load::{invalid, Config};
 
 /// The app secret holding the connection string (secret auth).
 pub const SECRET_NAME: &str = "storage-connection";
@@ -20,12 +22,12 @@ pub const BUS_SECRET_NAME: &str = "bus-url";
 
 /// Container Apps' own rule for app names, stricter than a DNS label: 2..=32 characters, no
 /// `--`.
-pub fn check_name(settings: &Settings) -> Result<(), ConfigError> {
-    let name = settings.deploy.name.as_str();
+pub fn check_name(config: &Config) -> Result<(), ConfigError> {
+    let name = config.deploy.name.as_str();
     if (2..=32).contains(&name.len()) && !name.contains("--") {
         Ok(())
     } else {
-        Err(ConfigError::invalid(
+        Err(invalid(
             "deploy.name",
             name,
             "a container app's name is 2-32 characters without \"--\"",
@@ -39,18 +41,18 @@ pub fn check_name(settings: &Settings) -> Result<(), ConfigError> {
 /// is named. A system-assigned app whose worker asks for a user-assigned client id, or a
 /// user-assigned app whose worker does not know that identity's client id, could never
 /// authenticate: refused, naming the key to set.
-pub fn check_identity(settings: &Settings, plan: &Plan) -> Result<(), ConfigError> {
+pub fn check_identity(config: &Config, plan: &Plan) -> Result<(), ConfigError> {
     let AuthPlan::Identity { client_id, .. } = &plan.auth else {
         return Ok(());
     };
-    let identity = settings
+    let identity = config
         .deploy
         .container_apps_identity
         .as_deref()
         .unwrap_or("system");
     let system = identity.eq_ignore_ascii_case("system");
     match (system, client_id) {
-        (true, Some(id)) => Err(ConfigError::invalid(
+        (true, Some(id)) => Err(invalid(
             "deploy.container_apps_identity",
             identity,
             format!(
@@ -60,7 +62,7 @@ pub fn check_identity(settings: &Settings, plan: &Plan) -> Result<(), ConfigErro
                  identity's resource id, or remove the client id to use the app's own identity"
             ),
         )),
-        (false, None) => Err(ConfigError::invalid(
+        (false, None) => Err(invalid(
             "deploy.identity_client_id",
             "(unset)",
             "a user-assigned deploy.container_apps_identity needs its client id, so the worker \
@@ -71,8 +73,8 @@ pub fn check_identity(settings: &Settings, plan: &Plan) -> Result<(), ConfigErro
 }
 
 /// The app's YAML document.
-pub fn document(settings: &Settings, plan: &Plan) -> Node {
-    let d = &settings.deploy;
+pub fn document(config: &Config, plan: &Plan) -> Node {
+    let d = &config.deploy;
     let identity = d.container_apps_identity.as_deref().unwrap_or("system");
     let mut env_vars = vec![env("EBBFLOW__OBSERVABILITY__BIND", &ops_bind())];
     match &plan.auth {
@@ -94,7 +96,7 @@ pub fn document(settings: &Settings, plan: &Plan) -> Node {
             }
         }
     }
-    if settings.bus.is_shared() {
+    if config.settings.bus.is_shared() {
         env_vars.push(map([
             ("name", s("EBBFLOW__BUS__URL")),
             ("secretRef", s(BUS_SECRET_NAME)),

@@ -45,14 +45,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::codec::Encoding;
-use crate::config::{QueueSettings, Settings};
-use crate::handler::{Context, Handler, HandlerError, Publisher};
-use crate::store::counting::{CallCounts, CountingStore};
-use crate::store::memory::MemoryStore;
-use crate::store::retrying::RetryingStore;
-use crate::store::sharding::ShardingStore;
-use crate::store::QueueStore;
+use ebbflow::codec::Encoding;
+use ebbflow::config::{QueueSettings, Settings};
+use ebbflow::handler::{Context, Handler, HandlerError, Publisher};
+use ebbflow::store::counting::{CallCounts, CountingStore};
+use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::retrying::RetryingStore;
+use ebbflow::store::sharding::ShardingStore;
+use ebbflow::store::QueueStore;
 pub use keda::{Keda, ReplicaSettings};
 pub use report::{comparison_table, csv, summary_text, svg};
 pub use service::{ServiceLimits, ServiceSettings};
@@ -255,7 +255,7 @@ impl Handler for Simulated {
 
     async fn handle(&self, _body: Vec<u8>, ctx: Context) -> Result<(), HandlerError> {
         if let Some(sent) = ctx.inserted_at() {
-            let waited = (crate::store::now_utc() - sent).unsigned_abs();
+            let waited = (ebbflow::store::now_utc() - sent).unsigned_abs();
             self.pickups.lock().expect("pickups mutex").push(waited);
         }
         tokio::time::sleep(self.work).await;
@@ -469,7 +469,7 @@ pub async fn run(
 }
 
 /// Each queue's approximate depth, or `None` when a read failed.
-async fn depths_of(queues: &[Arc<dyn crate::store::Queue>]) -> Option<Vec<u64>> {
+async fn depths_of(queues: &[Arc<dyn ebbflow::store::Queue>]) -> Option<Vec<u64>> {
     let mut depths = Vec::with_capacity(queues.len());
     for q in queues {
         depths.push(q.approximate_depth().await.ok()?);
@@ -500,7 +500,7 @@ async fn produce(profile: Profile, publishers: Vec<Publisher>) -> Result<u64, St
                 }
                 match publisher.send_bytes(b"x", Default::default()).await {
                     Ok(_) => return Ok(true),
-                    Err(crate::handler::PublishError::Store(e)) if e.is_transient() => {
+                    Err(ebbflow::handler::PublishError::Store(e)) if e.is_transient() => {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Err(e) => return Err(e.to_string()),

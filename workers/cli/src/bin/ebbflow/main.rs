@@ -1,9 +1,8 @@
 //! The `ebbflow` command line: drive and inspect the queues a worker listens on.
 //!
 //! Run with: `cargo ebbflow --help` (an alias for
-//! `cargo run --features cli --bin ebbflow -- --help`), or `ebbflow --help` after
-//! `cargo install --path . --features cli --bin ebbflow` (without `--bin` it would also
-//! install the demo, load-test and classic workers).
+//! `cargo run -p ebbflow-cli --bin ebbflow -- --help`), or `ebbflow --help` after
+//! `cargo install --path workers/cli`.
 //!
 //! Every command reads the usual config (`config/` files, or the folder `--config DIR` names,
 //! plus `EBBFLOW__...` overrides) and works on the storage it configures. Exit codes: 0 on

@@ -4,7 +4,9 @@
 
 use super::settings::DeployAuth;
 use super::DeployError;
-use crate::config::{ConfigError, CredentialKind, Settings};
+use ebbflow::config::CredentialKind;
+
+use super::load::{invalid, Config};
 
 /// How KEDA and the worker authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +66,8 @@ impl Cloud {
     }
 }
 
-pub(super) fn auth_plan(settings: &Settings) -> Result<(AuthPlan, Cloud), DeployError> {
-    let s = &settings.storage;
+pub(super) fn auth_plan(config: &Config) -> Result<(AuthPlan, Cloud), DeployError> {
+    let s = &config.settings.storage;
     let entra = matches!(
         s.credential,
         Some(CredentialKind::ManagedIdentity) | Some(CredentialKind::WorkloadIdentity)
@@ -74,7 +76,7 @@ pub(super) fn auth_plan(settings: &Settings) -> Result<(AuthPlan, Cloud), Deploy
         .queue_endpoint
         .as_deref()
         .filter(|e| s.sas_token.is_none() && !e.contains('?'));
-    let auth = settings
+    let auth = config
         .deploy
         .auth
         .unwrap_or(if entra && plain_endpoint.is_some() {
@@ -85,7 +87,7 @@ pub(super) fn auth_plan(settings: &Settings) -> Result<(AuthPlan, Cloud), Deploy
     match auth {
         DeployAuth::Secret => {
             if s.queue_endpoint.is_some() {
-                return Err(ConfigError::invalid(
+                return Err(invalid(
                     "deploy.auth",
                     "secret",
                     "storage.queue_endpoint is set, and the worker would also get a connection \
@@ -102,7 +104,7 @@ pub(super) fn auth_plan(settings: &Settings) -> Result<(AuthPlan, Cloud), Deploy
         }
         DeployAuth::Identity => {
             let endpoint = plain_endpoint.ok_or_else(|| {
-                ConfigError::invalid(
+                invalid(
                     "deploy.auth",
                     "identity",
                     "needs storage.queue_endpoint (https://<account>.queue.core.windows.net) \
@@ -110,13 +112,13 @@ pub(super) fn auth_plan(settings: &Settings) -> Result<(AuthPlan, Cloud), Deploy
                 )
             })?;
             let (account, suffix) = split_endpoint(endpoint).ok_or_else(|| {
-                ConfigError::invalid(
+                invalid(
                     "storage.queue_endpoint",
                     endpoint,
                     "KEDA's azure-queue scaler needs an https://<account>.queue.<suffix> URL",
                 )
             })?;
-            let client_id = settings
+            let client_id = config
                 .deploy
                 .identity_client_id
                 .clone()
@@ -169,21 +171,23 @@ fn cloud_of_connection_string(cs: &str) -> Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::QueueSettings;
     use crate::deploy::plan::plan;
+    use ebbflow::config::QueueSettings;
 
-    fn settings() -> Settings {
-        let mut s = Settings::default();
-        s.queues.insert("orders".into(), QueueSettings::default());
+    fn settings() -> Config {
+        let mut s = Config::default();
+        s.settings
+            .queues
+            .insert("orders".into(), QueueSettings::default());
         s
     }
 
     #[test]
     fn identity_needs_a_plain_queue_endpoint_and_finds_its_cloud() {
         let mut s = settings();
-        s.storage.queue_endpoint = Some("https://acct1.queue.core.windows.net/".into());
-        s.storage.credential = Some(CredentialKind::ManagedIdentity);
-        s.storage.managed_identity_client_id = Some("cid".into());
+        s.settings.storage.queue_endpoint = Some("https://acct1.queue.core.windows.net/".into());
+        s.settings.storage.credential = Some(CredentialKind::ManagedIdentity);
+        s.settings.storage.managed_identity_client_id = Some("cid".into());
         let p = plan(&s).unwrap();
         assert_eq!(
             p.auth,
@@ -205,7 +209,7 @@ mod tests {
                 Cloud::Private("queue.local.azurestack.external".into()),
             ),
         ] {
-            s.storage.queue_endpoint = Some(endpoint.into());
+            s.settings.storage.queue_endpoint = Some(endpoint.into());
             assert_eq!(plan(&s).unwrap().cloud, cloud, "{endpoint}");
         }
         for bad in [
@@ -213,13 +217,14 @@ mod tests {
             "https://acct.blob.core.windows.net",
             "https://UPPER.queue.core.windows.net",
         ] {
-            s.storage.queue_endpoint = Some(bad.into());
+            s.settings.storage.queue_endpoint = Some(bad.into());
             let err = plan(&s).unwrap_err().to_string();
             assert!(err.contains("storage.queue_endpoint"), "{bad}: {err}");
         }
         // A SAS endpoint is not an identity: the default falls back to a secret, which then
         // conflicts with the endpoint, and says so.
-        s.storage.queue_endpoint = Some("https://acct.queue.core.windows.net/?sv=1&sig=x".into());
+        s.settings.storage.queue_endpoint =
+            Some("https://acct.queue.core.windows.net/?sv=1&sig=x".into());
         let err = plan(&s).unwrap_err().to_string();
         assert!(err.contains("deploy.auth"), "{err}");
         s.deploy.auth = Some(DeployAuth::Identity);
@@ -235,12 +240,12 @@ mod tests {
         let mut s = settings();
         assert_eq!(plan(&s).unwrap().auth, AuthPlan::Secret);
         assert_eq!(plan(&s).unwrap().cloud, Cloud::Public);
-        s.storage.connection_string = Some(
+        s.settings.storage.connection_string = Some(
             "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k==;EndpointSuffix=core.chinacloudapi.cn"
                 .into(),
         );
         assert_eq!(plan(&s).unwrap().cloud, Cloud::China);
-        s.storage.connection_string = Some("UseDevelopmentStorage=true".into());
+        s.settings.storage.connection_string = Some("UseDevelopmentStorage=true".into());
         assert_eq!(plan(&s).unwrap().cloud, Cloud::Public);
     }
 }

@@ -91,16 +91,30 @@ impl Context {
     /// Loads and validates the settings like a worker does; a problem is a config error (exit
     /// 2) naming the key or file.
     pub fn settings(&self) -> Result<Settings, CliError> {
+        let dir = self.existing_config_dir()?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Settings::load_from(&dir, &env).map_err(CliError::usage)
+    }
+
+    /// The worker's settings and the `[deploy]` section (which a worker ignores), both from
+    /// the same files and `EBBFLOW__...` variables; a problem is a config error (exit 2).
+    pub fn deploy_config(&self) -> Result<ebbflow_cli::deploy::Config, CliError> {
+        let dir = self.existing_config_dir()?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        ebbflow_cli::deploy::Config::load_from(&dir, &env).map_err(CliError::usage)
+    }
+
+    /// The config folder; the loader treats missing files as optional, but a folder given by
+    /// name (`--config`) must exist.
+    fn existing_config_dir(&self) -> Result<PathBuf, CliError> {
         let dir = self.config_dir();
-        // The loader treats missing files as optional; a folder given by name must exist.
         if self.config_dir.is_some() && !dir.is_dir() {
             return Err(CliError::usage(format!(
                 "--config {}: not a folder (give the folder that holds default.toml)",
                 dir.display()
             )));
         }
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        Settings::load_from(&dir, &env).map_err(CliError::usage)
+        Ok(dir)
     }
 
     /// The configured storage with its retry policy and the sharding of sharded queues (a

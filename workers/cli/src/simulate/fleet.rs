@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::handler::Handler;
-use crate::listener::QueueSnapshot;
-use crate::store::QueueStore;
-use crate::worker::{RunningWorker, Worker};
+use ebbflow::config::Settings;
+use ebbflow::handler::Handler;
+use ebbflow::listener::QueueSnapshot;
+use ebbflow::store::QueueStore;
+use ebbflow::worker::{RunningWorker, Worker};
 
 /// One replica: alive from its creation until its drain ended.
 struct Replica {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use ebbflow::simulate::{compare, comparison_table, csv, simulate, summary_text, svg, Profile};
+use ebbflow_cli::simulate::{compare, comparison_table, csv, simulate, summary_text, svg, Profile};
 
 use crate::{CliError, Context};
 

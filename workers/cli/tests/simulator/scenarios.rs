@@ -1,11 +1,11 @@
-//! Scaling scenarios: each file in `tests/scenarios/` pairs a load profile with a queue's
+//! Scaling scenarios: each file in `tests/simulator/scenarios/` pairs a load profile with a queue's
 //! rules and the ranges its summary must fall in; all run through the simulator (the real
 //! listener and policy, embedded backend, paused clock).
 
 use std::path::Path;
 
 use ebbflow::config::QueueSettings;
-use ebbflow::simulate::{simulate, summary_text, Profile};
+use ebbflow_cli::simulate::{simulate, summary_text, Profile};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -40,7 +40,7 @@ fn load(path: &Path) -> Scenario {
 
 #[test]
 fn every_scenario_stays_in_its_ranges() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/simulator/scenarios");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,9 +1,9 @@
 //! `ebbflow deploy keda|container-apps`: print the manifests that scale replicas of the worker on
-//! the configured queues (see `ebbflow::deploy` and the README's "Deploying").
+//! the configured queues (see `ebbflow_cli::deploy` and the README's "Deploying").
 
 use std::path::PathBuf;
 
-use ebbflow::deploy::{render, DeployError, Target};
+use ebbflow_cli::deploy::{render, DeployError, Target};
 
 use crate::{CliError, Context};
 
@@ -35,8 +35,8 @@ impl Command {
             Command::Keda(args) => (Target::Keda, args),
             Command::ContainerApps(args) => (Target::ContainerApps, args),
         };
-        let settings = ctx.settings()?;
-        let yaml = render(target, &settings).map_err(|e| match e {
+        let config = ctx.deploy_config()?;
+        let yaml = render(target, &config).map_err(|e| match e {
             DeployError::Yaml(_) => CliError::runtime(e),
             _ => CliError::usage(e),
         })?;

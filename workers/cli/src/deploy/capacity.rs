@@ -2,7 +2,7 @@
 //! be. Pure and always compiled, so the generator (`ebbflow deploy`) and the simulator's replica
 //! controller use the same number.
 
-use crate::config::QueueSettings;
+use ebbflow::config::QueueSettings;
 
 /// The visible backlog at which one replica runs all the tasks it usefully can for this queue:
 /// `max_tasks` (at most `concurrency`: a task needs a slot) times `messages_per_task`, or with

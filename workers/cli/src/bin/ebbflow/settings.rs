@@ -1,14 +1,28 @@
-//! `ebbflow config check`: load and validate the config like a worker does, and print the
-//! effective settings with secrets redacted.
+//! `ebbflow config check`: load and validate the config like a worker does (plus the `[deploy]`
+//! section, which only this command line reads), and print the effective settings with secrets
+//! redacted.
+
+use ebbflow::Settings;
+use ebbflow_cli::deploy::DeploySettings;
+use serde::Serialize;
 
 use crate::{CliError, Context};
+
+/// What `config check` prints: the worker's settings and the `[deploy]` section, one document.
+#[derive(Serialize)]
+struct Effective<'a> {
+    #[serde(flatten)]
+    settings: &'a Settings,
+    deploy: &'a DeploySettings,
+}
 
 /// The config commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Load and validate the config like a worker does (files, EBBFLOW__... overrides,
-    /// AZURE_STORAGE_CONNECTION_STRING) and print the effective settings, secrets redacted;
-    /// exit 2 naming the key when a value is wrong.
+    /// AZURE_STORAGE_CONNECTION_STRING), plus the [deploy] section `ebbflow deploy` reads, and
+    /// print the effective settings, secrets redacted; exit 2 naming the key when a value is
+    /// wrong.
     Check {
         /// Print JSON instead of TOML.
         #[arg(long)]
@@ -20,7 +34,8 @@ impl Command {
     /// Loads, validates and prints.
     pub fn run(self, ctx: &Context) -> Result<(), CliError> {
         let Command::Check { json } = self;
-        let settings = ctx.settings()?;
+        let config = ctx.deploy_config()?;
+        let settings = &config.settings;
         // Opening the store parses the connection string or endpoint (no network call), so a
         // malformed one is reported here rather than at a worker's start.
         ebbflow::store::open(&settings.storage)?;
@@ -40,10 +55,14 @@ impl Command {
             )));
         }
         // The settings types serialize secrets redacted (`ebbflow::secret`).
+        let effective = Effective {
+            settings,
+            deploy: &config.deploy,
+        };
         let text = if json {
-            serde_json::to_string_pretty(&settings).map_err(CliError::runtime)? + "\n"
+            serde_json::to_string_pretty(&effective).map_err(CliError::runtime)? + "\n"
         } else {
-            let body = toml::to_string(&settings).map_err(CliError::runtime)?;
+            let body = toml::to_string(&effective).map_err(CliError::runtime)?;
             format!(
                 "# ebbflow config check: {} is valid. Effective settings, secrets redacted:\n\n{body}",
                 ctx.config_dir().display()

@@ -4,24 +4,24 @@
 //! Field names follow KEDA's ScaledObject and azure-queue scaler references and the
 //! `autoscaling/v2` HPA behaviour KEDA passes through (`advanced.horizontalPodAutoscalerConfig`).
 
+use super::load::Config;
 use super::plan::{AuthPlan, Cloud, Plan, QueueTrigger, SCALE_DOWN_PERCENT};
 use super::yaml::{map, s, seq, Node};
 use super::{ops_bind, CONTAINER_NAME, OPS_PORT};
-use crate::config::Settings;
 
 /// The secret key holding the connection string (secret auth).
 pub const SECRET_KEY: &str = "connection-string";
 
 /// The manifests, in apply order.
-pub fn documents(settings: &Settings, plan: &Plan) -> Vec<Node> {
-    let name = settings.deploy.name.as_str();
+pub fn documents(config: &Config, plan: &Plan) -> Vec<Node> {
+    let name = config.deploy.name.as_str();
     let mut docs = Vec::new();
     if let AuthPlan::Identity { client_id, .. } = &plan.auth {
         let mut annotations = Vec::new();
         if let Some(id) = client_id {
             annotations.push(("azure.workload.identity/client-id", s(id.as_str())));
         }
-        let mut meta = metadata(settings, name);
+        let mut meta = metadata(config, name);
         if !annotations.is_empty() {
             meta = meta.with("annotations", map(annotations));
         }
@@ -31,27 +31,27 @@ pub fn documents(settings: &Settings, plan: &Plan) -> Vec<Node> {
             ("metadata", meta),
         ]));
     }
-    docs.push(deployment(settings, plan));
-    docs.push(trigger_authentication(settings, plan));
-    docs.push(scaled_object(settings, plan));
+    docs.push(deployment(config, plan));
+    docs.push(trigger_authentication(config, plan));
+    docs.push(scaled_object(config, plan));
     docs
 }
 
 /// `metadata` with the name, the namespace when configured, and the app label.
-fn metadata(settings: &Settings, name: &str) -> Node {
+fn metadata(config: &Config, name: &str) -> Node {
     let mut meta = map([("name", s(name))]);
-    if let Some(ns) = &settings.deploy.namespace {
+    if let Some(ns) = &config.deploy.namespace {
         meta = meta.with("namespace", s(ns.as_str()));
     }
-    meta.with("labels", labels(settings))
+    meta.with("labels", labels(config))
 }
 
-fn labels(settings: &Settings) -> Node {
-    map([("app.kubernetes.io/name", s(settings.deploy.name.as_str()))])
+fn labels(config: &Config) -> Node {
+    map([("app.kubernetes.io/name", s(config.deploy.name.as_str()))])
 }
 
 /// The storage part of the worker's environment.
-fn storage_env(settings: &Settings, plan: &Plan) -> Vec<Node> {
+fn storage_env(config: &Config, plan: &Plan) -> Vec<Node> {
     match &plan.auth {
         AuthPlan::Secret => vec![map([
             ("name", s("EBBFLOW__STORAGE__CONNECTION_STRING")),
@@ -59,7 +59,7 @@ fn storage_env(settings: &Settings, plan: &Plan) -> Vec<Node> {
                 "valueFrom",
                 map([(
                     "secretKeyRef",
-                    map([("name", s(secret_name(settings))), ("key", s(SECRET_KEY))]),
+                    map([("name", s(secret_name(config))), ("key", s(SECRET_KEY))]),
                 )]),
             ),
         ])],
@@ -74,13 +74,13 @@ fn storage_env(settings: &Settings, plan: &Plan) -> Vec<Node> {
 pub const BUS_SECRET_KEY: &str = "url";
 
 /// The Kubernetes secret holding the bus's Redis URL (with `[bus] kind = "redis"`).
-pub fn bus_secret_name(settings: &Settings) -> String {
-    format!("{}-bus", settings.deploy.name)
+pub fn bus_secret_name(config: &Config) -> String {
+    format!("{}-bus", config.deploy.name)
 }
 
 /// The Kubernetes secret holding the connection string (secret auth).
-pub fn secret_name(settings: &Settings) -> String {
-    format!("{}-storage", settings.deploy.name)
+pub fn secret_name(config: &Config) -> String {
+    format!("{}-storage", config.deploy.name)
 }
 
 pub(super) fn env(name: &str, value: &str) -> Node {
@@ -102,12 +102,12 @@ fn probe(path: &str, period: u32, failures: u32) -> Node {
 
 /// The ops port, and the trigger endpoint's when it listens beyond the pod's loopback (so a
 /// Service can send work-detected events to it).
-fn ports(settings: &Settings) -> Vec<Node> {
+fn ports(config: &Config) -> Vec<Node> {
     let mut ports = vec![map([
         ("name", s("ops")),
         ("containerPort", Node::from(u32::from(OPS_PORT))),
     ])];
-    let http = &settings.triggers.http;
+    let http = &config.settings.triggers.http;
     if http.enabled && !http.bind.ip().is_loopback() {
         ports.push(map([
             ("name", s("triggers")),
@@ -117,16 +117,16 @@ fn ports(settings: &Settings) -> Vec<Node> {
     ports
 }
 
-fn deployment(settings: &Settings, plan: &Plan) -> Node {
-    let d = &settings.deploy;
+fn deployment(config: &Config, plan: &Plan) -> Node {
+    let d = &config.deploy;
     let mut pod_labels = vec![("app.kubernetes.io/name", s(d.name.as_str()))];
     if matches!(plan.auth, AuthPlan::Identity { .. }) {
         // The workload identity webhook injects the federated token only into labelled pods.
         pod_labels.push(("azure.workload.identity/use", s("true")));
     }
     let mut env = vec![env("EBBFLOW__OBSERVABILITY__BIND", &ops_bind())];
-    env.extend(storage_env(settings, plan));
-    if settings.bus.is_shared() {
+    env.extend(storage_env(config, plan));
+    if config.settings.bus.is_shared() {
         // The Redis URL may carry a password: from a secret, like the storage's.
         env.push(map([
             ("name", s("EBBFLOW__BUS__URL")),
@@ -135,7 +135,7 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
                 map([(
                     "secretKeyRef",
                     map([
-                        ("name", s(bus_secret_name(settings))),
+                        ("name", s(bus_secret_name(config))),
                         ("key", s(BUS_SECRET_KEY)),
                     ]),
                 )]),
@@ -146,7 +146,7 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
     let container = map([
         ("name", s(CONTAINER_NAME)),
         ("image", s(d.image.as_str())),
-        ("ports", seq(ports(settings))),
+        ("ports", seq(ports(config))),
         ("env", seq(env)),
         (
             "resources",
@@ -202,12 +202,12 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
     map([
         ("apiVersion", s("apps/v1")),
         ("kind", s("Deployment")),
-        ("metadata", metadata(settings, d.name.as_str())),
+        ("metadata", metadata(config, d.name.as_str())),
         (
             // No `replicas`: KEDA owns the count.
             "spec",
             map([
-                ("selector", map([("matchLabels", labels(settings))])),
+                ("selector", map([("matchLabels", labels(config))])),
                 ("template", pod_template),
             ]),
         ),
@@ -215,17 +215,17 @@ fn deployment(settings: &Settings, plan: &Plan) -> Node {
 }
 
 /// The TriggerAuthentication's name.
-pub fn auth_name(settings: &Settings) -> String {
-    format!("{}-queue-auth", settings.deploy.name)
+pub fn auth_name(config: &Config) -> String {
+    format!("{}-queue-auth", config.deploy.name)
 }
 
-fn trigger_authentication(settings: &Settings, plan: &Plan) -> Node {
+fn trigger_authentication(config: &Config, plan: &Plan) -> Node {
     let spec = match &plan.auth {
         AuthPlan::Secret => map([(
             "secretTargetRef",
             seq([map([
                 ("parameter", s("connection")),
-                ("name", s(secret_name(settings))),
+                ("name", s(secret_name(config))),
                 ("key", s(SECRET_KEY)),
             ])]),
         )]),
@@ -240,7 +240,7 @@ fn trigger_authentication(settings: &Settings, plan: &Plan) -> Node {
     map([
         ("apiVersion", s("keda.sh/v1alpha1")),
         ("kind", s("TriggerAuthentication")),
-        ("metadata", metadata(settings, &auth_name(settings))),
+        ("metadata", metadata(config, &auth_name(config))),
         ("spec", spec),
     ])
 }
@@ -264,12 +264,12 @@ pub(super) fn queue_metadata(plan: &Plan, t: &QueueTrigger) -> Node {
     m
 }
 
-fn scaled_object(settings: &Settings, plan: &Plan) -> Node {
+fn scaled_object(config: &Config, plan: &Plan) -> Node {
     let triggers = plan.triggers.iter().map(|t| {
         map([
             ("type", s("azure-queue")),
             ("metadata", queue_metadata(plan, t)),
-            ("authenticationRef", map([("name", s(auth_name(settings)))])),
+            ("authenticationRef", map([("name", s(auth_name(config)))])),
         ])
     });
     let behavior = map([(
@@ -292,16 +292,13 @@ fn scaled_object(settings: &Settings, plan: &Plan) -> Node {
     map([
         ("apiVersion", s("keda.sh/v1alpha1")),
         ("kind", s("ScaledObject")),
-        (
-            "metadata",
-            metadata(settings, settings.deploy.name.as_str()),
-        ),
+        ("metadata", metadata(config, config.deploy.name.as_str())),
         (
             "spec",
             map([
                 (
                     "scaleTargetRef",
-                    map([("name", s(settings.deploy.name.as_str()))]),
+                    map([("name", s(config.deploy.name.as_str()))]),
                 ),
                 ("pollingInterval", Node::from(plan.polling_secs)),
                 ("cooldownPeriod", Node::from(plan.cooldown_secs)),

@@ -1,15 +1,22 @@
 //! The `ebbflow` command line as a user runs it: every command against the test Azurite (the
 //! `EBBFLOW_AZURITE_URL` that scripts/test starts), exit codes, help and errors.
 
-#[path = "../common/mod.rs"]
+#[path = "../../../../tests/common/mod.rs"]
 mod common;
 mod config_check;
+mod deploy;
 mod edges;
 mod queues;
 mod trigger;
 mod usage;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// `path` under the repository's top (the root package's `config/`, `deploy/`).
+pub(crate) fn root(path: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(path)
+}
 
 /// What a run of `ebbflow` printed and how it exited.
 pub(crate) struct Run {
