@@ -8,10 +8,9 @@ pub use super::auth::{AuthPlan, Cloud};
 #[cfg(test)]
 use super::capacity::saturation_backlog;
 use super::DeployError;
-use ebbflow::config::QueueSettings;
+use ebbflow::config::{QueueSettings, RELEASE_GRACE};
 
 use super::load::{invalid, Config};
-use ebbflow::worker::RELEASE_GRACE;
 
 /// Time the process needs after the drain and release grace to flush logs and exit.
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);

@@ -15,6 +15,9 @@ use serde_json::Value;
 use crate::root;
 
 mod command;
+/// The runtime's reference-table helpers (std and serde_json only).
+#[path = "../../../../src/reference/table.rs"]
+mod table;
 mod yaml11;
 
 use yaml11::{assert_yaml_1_1_reads_the_same, read_by_pyyaml};
@@ -608,6 +611,23 @@ memory_mib = 262144
         .unwrap_err()
         .to_string();
     assert!(err.contains("deploy.name"), "{err}");
+}
+
+/// The book's `[deploy]` table (docs/src/configuration.md, region `deploy-reference`) lists
+/// every key of [`ebbflow_cli::deploy::DeploySettings`] with its default, and no other.
+#[test]
+fn the_deploy_reference_lists_every_deploy_key_with_its_default() {
+    let value = serde_json::to_value(ebbflow_cli::deploy::DeploySettings::default())
+        .expect("deploy settings serialize");
+    let mut keys = BTreeMap::new();
+    table::flatten("deploy", &value, &mut keys);
+    let reference = std::fs::read_to_string(root("docs/src/configuration.md")).unwrap();
+    let problems = table::disagreements(&reference, "deploy-reference", &keys);
+    assert!(
+        problems.is_empty(),
+        "docs/src/configuration.md's [deploy] table and DeploySettings disagree:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 /// One config folder serves both: a worker ignores `[deploy]` (even a value the command line
