@@ -1,7 +1,7 @@
 //! Every way to authenticate against Azurite, and what a bad credential or a missing queue
 //! looks like (without leaking secrets).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
