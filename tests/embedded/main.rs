@@ -11,5 +11,6 @@ mod common;
 mod calls;
 mod dockerfile;
 mod fuzz;
+mod handler_api;
 mod ops;
 mod restarts;
