@@ -2,7 +2,7 @@
 //! broker (paused clock) and on a real Redis; Redis killed and restarted under live instances;
 //! bad Redis settings refused at connect without showing the password.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! a non-zero exit code instead of restarting thousands of times a second and reporting 0.
 //! Paused clock, default settings.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! endpoint, the metrics token, readiness through start-up, a fatal error and a drain with a
 //! long handler in flight.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Elastic scaling end to end: the embedded backend under tokio's paused clock for the curves,
 //! Azurite in real time for wake-ups (outcomes only; their latency is the benchmark suite's).
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

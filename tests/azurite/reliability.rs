@@ -1,7 +1,7 @@
 //! Long jobs, heartbeats, handler timeouts and panics, each on both backends (the embedded
 //! store under tokio's paused clock, and Azurite in real time).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! queue with Redis as the bus, woken from zero tasks by producers in other processes; a bad
 //! bus setting stops start-up; Redis killed and restarted under a running worker loses nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};

@@ -6,7 +6,7 @@
 // Each test reports its counts on stdout, shown with --nocapture.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};

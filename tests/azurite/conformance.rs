@@ -2,7 +2,7 @@
 //! (under tokio's paused clock) and against Azurite (real time), so the embedded backend
 //! cannot drift from the real service.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

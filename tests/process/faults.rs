@@ -6,7 +6,7 @@
 // Each test reports its counts (lost, duplicates, statuses) on stdout, shown with --nocapture.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

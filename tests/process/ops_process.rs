@@ -3,7 +3,7 @@
 //! messages sent), `/readyz` answering 503 through a SIGTERM drain with long handlers in
 //! flight, and JSON logs whose every line parses.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! bad requests get, the token rules, the request timeout and concurrency limit, and events
 //! for other storage accounts.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

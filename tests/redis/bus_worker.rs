@@ -3,7 +3,7 @@
 //! instance, and a work notice written by `redis-cli` (a producer in another language) wakes a
 //! queue at zero tasks.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

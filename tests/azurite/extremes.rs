@@ -4,7 +4,7 @@
 //! that are not UTF-8. One table of expectations; each backend must meet it, so the embedded
 //! store refuses exactly what Azurite refuses, and nothing panics.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

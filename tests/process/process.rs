@@ -3,7 +3,7 @@
 // The SIGTERM test reports its counts on stdout, shown with --nocapture.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -7,7 +7,7 @@
 // The test reports its counts on stdout, shown with --nocapture.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

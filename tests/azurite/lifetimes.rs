@@ -4,7 +4,7 @@
 //! at least what the original had left, and a requeue sends it back with what the poison copy
 //! had left (at least 7 days).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

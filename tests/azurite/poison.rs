@@ -1,7 +1,7 @@
 //! Poison queue operations: list, inspect and requeue, through the API on both backends and
 //! through the `ebbflow poison` CLI against Azurite.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

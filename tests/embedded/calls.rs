@@ -6,7 +6,7 @@
 // Tests report what they measured.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -4,7 +4,7 @@
 //! creates every shard. On the embedded store (paused clock) and on Azurite (real time,
 //! outcomes only).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,7 +3,7 @@
 //! a worker fails and runs in the ways that print URLs and credentials' surroundings, then
 //! searched.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

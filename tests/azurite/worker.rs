@@ -1,7 +1,7 @@
 //! Worker scenarios, each run on both backends: the embedded store under tokio's paused clock,
 //! and Azurite in real time.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! up to the items), completion reaches the initiator over the bus, nothing is left in any
 //! queue, and the idle replicas then make no storage calls.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

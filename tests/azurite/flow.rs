@@ -8,7 +8,7 @@
 // Tests report what they measured.
 #![allow(clippy::print_stdout)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

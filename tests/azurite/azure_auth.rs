@@ -1,7 +1,7 @@
 //! Every way to authenticate against Azurite, and what a bad credential or a missing queue
 //! looks like (without leaking secrets).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -127,4 +127,67 @@ async fn a_missing_queue_without_create_queues_stops_start_up_naming_it() {
         err,
         format!("queue {queue} does not exist; create it, or set storage.create_queues = true")
     );
+}
+
+struct Never;
+
+impl ebbflow::Handler for Never {
+    type Message = String;
+    async fn handle(&self, _: String, _: ebbflow::Context) -> Result<(), ebbflow::HandlerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_account_name_is_told_apart_from_a_missing_queue() {
+    // Azurite answers 404 ResourceNotFound for an account it does not have, as the service
+    // answers for a path it does not know: neither is "queue missing".
+    let endpoint = common::azurite_url().replace(DEV_ACCOUNT, "nosuchaccount");
+    let cs = format!(
+        "DefaultEndpointsProtocol=http;AccountName=nosuchaccount;AccountKey={DEV_KEY};QueueEndpoint={endpoint}"
+    );
+    let store = AzureStore::from_connection_string(&cs).unwrap();
+    let q = store.queue(&common::unique("acct")).unwrap();
+    let created = q.create_if_missing().await.unwrap_err();
+    assert!(
+        matches!(created, StoreError::AccountNotFound { .. }),
+        "{created:?}"
+    );
+    let probed = q.approximate_depth().await.unwrap_err();
+    assert!(
+        matches!(probed, StoreError::AccountNotFound { .. }),
+        "{probed:?}"
+    );
+    for create_queues in [true, false] {
+        let queue = common::unique("acct");
+        let mut settings = Settings::default();
+        settings.storage.connection_string = Some(cs.clone());
+        settings.storage.create_queues = create_queues;
+        settings
+            .queues
+            .insert(queue.clone(), QueueSettings::default());
+        let err = Worker::new(settings)
+            .handler(&queue, Never)
+            .start()
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("storage account or endpoint not found") && err.contains(&queue),
+            "create_queues = {create_queues}: {err}"
+        );
+        assert!(
+            !err.contains(&format!("queue {queue} does not exist")),
+            "{err}"
+        );
+        assert!(!err.contains(DEV_KEY), "{err}");
+    }
+    // The right account and a missing queue still says the queue is missing.
+    let right = common::azurite();
+    let absent = right.queue(&common::unique("absent")).unwrap();
+    assert!(matches!(
+        absent.approximate_depth().await.unwrap_err(),
+        StoreError::QueueNotFound { .. }
+    ));
 }
