@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 
-use super::{Settings, CONNECTION_STRING_VAR, ENV_VAR};
+use super::{Settings, CONNECTION_STRING_VAR, DEPLOY_SECTION, ENV_VAR};
 use crate::checks::ConfigError;
 use crate::service::redact;
 
@@ -82,8 +82,14 @@ pub(super) fn load_from(
     let loaded = builder
         .build()
         .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
-    let mut settings: Settings = loaded
+    let mut table: config::Map<String, config::Value> = loaded
         .try_deserialize()
+        .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
+    // `[deploy]` (and `EBBFLOW__DEPLOY__...`) is the command line's section (manifest
+    // generation, in the ebbflow-cli crate), so one config folder serves both: a worker
+    // ignores it, unchecked.
+    table.remove(DEPLOY_SECTION);
+    let mut settings = Settings::deserialize(config::Value::new(None, table))
         .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
     settings.origin = origin;
     let storage = &mut settings.storage;
