@@ -12,7 +12,7 @@
 //! `N`). The `[storage]` settings live beside them ([`settings`]); the service's limits come
 //! from the [`crate::service`] leaf.
 //!
-//! One conformance suite (`tests/conformance.rs`, with `tests/extremes.rs` for every input at
+//! One conformance suite (`tests/azurite/conformance.rs`, with `tests/azurite/extremes.rs` for every input at
 //! its extremes) runs the same checks against both backends.
 
 use std::sync::Arc;
