@@ -31,6 +31,11 @@ pub struct StorageSettings {
     pub managed_identity_client_id: Option<String>,
     /// Create each configured queue (and its poison queue) at start-up if it is missing.
     pub create_queues: bool,
+    /// How long start-up may take to create and check every queue, 1s..=10m: an endpoint
+    /// that accepts connections but never answers stops start-up (exit 2) after this long,
+    /// instead of after every retry of every call.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
     /// How transient service errors are retried.
     pub retry: RetrySettings,
 }
@@ -106,6 +111,7 @@ impl Default for StorageSettings {
             credential: None,
             managed_identity_client_id: None,
             create_queues: true,
+            startup_timeout: Duration::from_secs(10),
             retry: RetrySettings::default(),
         }
     }
@@ -126,6 +132,7 @@ impl fmt::Debug for StorageSettings {
             .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
             .field("credential", &self.credential)
             .field("create_queues", &self.create_queues)
+            .field("startup_timeout", &self.startup_timeout)
             .field("retry", &self.retry)
             .finish()
     }
@@ -162,6 +169,12 @@ impl StorageSettings {
                 "needs storage.queue_endpoint",
             ));
         }
+        checks::duration(
+            "storage.startup_timeout",
+            self.startup_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
         let r = &self.retry;
         checks::range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
         checks::duration(

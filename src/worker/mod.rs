@@ -12,6 +12,7 @@ mod ready;
 mod report;
 pub use bus::BusCounters;
 mod signal;
+mod startup;
 mod tasks;
 
 pub use ready::STORE_UNREADY_AFTER;
@@ -68,6 +69,19 @@ pub enum WorkerError {
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
+    /// Storage did not answer while start-up created and checked the queues.
+    #[error(
+        "storage did not answer within {waited:?} at start-up (checking queue {queue}): the \
+         endpoint accepts connections but does not answer, or answers too slowly; check the \
+         endpoint (storage.queue_endpoint, or QueueEndpoint/AccountName in the connection \
+         string), or raise storage.startup_timeout"
+    )]
+    StartupTimeout {
+        /// `storage.startup_timeout`.
+        waited: Duration,
+        /// The queue being checked when the time ran out.
+        queue: String,
+    },
     /// The bus could not be reached or refused the credentials (`bus.url`; no secret shown).
     #[error("{0}")]
     Bus(#[from] crate::bus::BusError),
@@ -326,6 +340,7 @@ impl Worker {
             &self.settings,
             tasks::Tasks::new(&life),
         );
+        let mut checked = startup::check_queues(&store, &self.settings, create).await?;
         let mut probed = BTreeMap::new();
         // Queues and publishers first, so every handler's Context can publish to any queue.
         let mut specs = Vec::new();
@@ -336,19 +351,9 @@ impl Worker {
                 .get(name)
                 .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
                 .clone();
-            let queue = store.queue(name)?;
-            let poison_queue = store.queue(&queue_settings.poison_queue_name(name))?;
-            for q in [&queue, &poison_queue] {
-                if create {
-                    q.create_if_missing().await?;
-                }
-                // One properties call per queue: proves the queue exists and the credentials
-                // work before any task starts.
-                q.approximate_depth().await.map_err(|e| match e {
-                    StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
-                    e => WorkerError::Store(e),
-                })?;
-            }
+            let (queue, poison_queue) = checked
+                .remove(name)
+                .ok_or_else(|| WorkerError::NoHandler(name.clone()))?;
             let link = wiring.link(name, queue_settings);
             let mut publisher =
                 Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone());
