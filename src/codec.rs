@@ -1,7 +1,13 @@
-//! Message encodings: how a payload's bytes are written as queue message text.
+//! Message encodings: how a payload's bytes are written as queue message text, and
+//! [`trace`]: the W3C trace-context format carried in messages, claim-check references and
+//! bus events.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+pub mod trace;
+
+pub use trace::TraceContext;
 
 /// How message text is encoded on the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
