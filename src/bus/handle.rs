@@ -378,13 +378,26 @@ impl BusHandle {
                 let expires = request.expires_at_ms;
                 let outcome = match tokio::spawn(handler(request)).await {
                     Ok(Ok(value)) => serde_json::to_value(value)
-                        .map(|v| Reply { ok: Some(v), error: None })
-                        .unwrap_or_else(|e| Reply { ok: None, error: Some(format!("the reply does not serialize: {e}")) }),
-                    Ok(Err(e)) => Reply { ok: None, error: Some(e.to_string()) },
-                    Err(e) => Reply { ok: None, error: Some(format!("the responder panicked: {e}")) },
+                        .map(|v| Reply {
+                            ok: Some(v),
+                            error: None,
+                        })
+                        .unwrap_or_else(|e| Reply {
+                            ok: None,
+                            error: Some(format!("the reply does not serialize: {e}")),
+                        }),
+                    Ok(Err(e)) => Reply {
+                        ok: None,
+                        error: Some(e.to_string()),
+                    },
+                    Err(e) => Reply {
+                        ok: None,
+                        error: Some(format!("the responder panicked: {e}")),
+                    },
                 };
                 let body = serde_json::to_value(&outcome).unwrap_or_default();
-                let mut reply = Envelope::new(Reply::KIND, &me, Address::Instance(from.clone()), body);
+                let mut reply =
+                    Envelope::new(Reply::KIND, &me, Address::Instance(from.clone()), body);
                 reply.reply_to = Some(id.clone());
                 reply.expires_at_ms = expires;
                 match bus.send(&reply).await {
@@ -393,7 +406,9 @@ impl BusHandle {
                             let _ = bus.ack(&r).await;
                         }
                     }
-                    Err(e) => warn!(kind = Q::KIND, %from, %id, error = %e, "cannot send the reply"),
+                    Err(e) => {
+                        warn!(kind = Q::KIND, %from, %id, error = %e, "cannot send the reply")
+                    }
                 }
             }
         })
@@ -471,8 +486,12 @@ impl BusHandle {
                         if let Some(r) = receipt {
                             match bus.fail(&r, &e.to_string()).await {
                                 Ok(true) => {}
-                                Ok(false) => debug!(kind, %id, "bus event will be delivered again after the claim timeout"),
-                                Err(e) => warn!(kind, %id, error = %e, "cannot record the failed bus event"),
+                                Ok(false) => {
+                                    debug!(kind, %id, "bus event will be delivered again after the claim timeout")
+                                }
+                                Err(e) => {
+                                    warn!(kind, %id, error = %e, "cannot record the failed bus event")
+                                }
                             }
                         }
                     }

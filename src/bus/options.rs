@@ -132,11 +132,13 @@ mod tests {
                 .to_string(),
             "0: must be 1..=1000"
         );
-        assert_eq!(serde_json::from_str::<EnvelopeLimit>("2048").unwrap().get(), 2048);
+        assert_eq!(
+            serde_json::from_str::<EnvelopeLimit>("2048").unwrap().get(),
+            2048
+        );
         let err = serde_json::from_str::<SigningKey>("\"short-secret\"").unwrap_err();
         assert!(!err.to_string().contains("short-secret"), "{err}");
-        let key: SigningKey =
-            serde_json::from_str("\"0123456789abcdef0123456789abcdef\"").unwrap();
+        let key: SigningKey = serde_json::from_str("\"0123456789abcdef0123456789abcdef\"").unwrap();
         assert!(!format!("{key:?}").contains("0123"));
         assert_eq!(serde_json::to_string(&key).unwrap(), "\"<redacted>\"");
     }

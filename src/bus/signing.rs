@@ -103,6 +103,9 @@ mod tests {
         let other = signer(&["x".repeat(32).as_str()]).seal("{}");
         assert_eq!(open(Some(&rolling), &other), None, "unknown key");
         assert!(rolling.verify(b"z", &before.sign(b"z")));
-        assert!(!before.verify(b"z", &rolling.sign(b"z")), "new key not yet known");
+        assert!(
+            !before.verify(b"z", &rolling.sign(b"z")),
+            "new key not yet known"
+        );
     }
 }

@@ -121,7 +121,11 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 3, "two panics, two restarts");
         closed.cancel();
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "nothing restarts after close");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "nothing restarts after close"
+        );
     }
 
     #[tokio::test]

@@ -299,8 +299,11 @@ async fn presence(
             instance: member.instance.to_string(),
             role: member.role.to_string(),
         };
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), bus.publish_at_most_once(&left, Address::All)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            bus.publish_at_most_once(&left, Address::All),
+        )
+        .await;
     }
 }
 

@@ -118,7 +118,13 @@ pub(super) async fn batch(
                 let Some(queue) = entry.text("queue") else {
                     warn!(stream = %entry.stream, entry = %entry.id, "bus work entry without `queue`; skipped");
                     if let Some(r) = receipt {
-                        let _ = poison::reject(shared, &r, &entry.fields, "a work entry without `queue`").await;
+                        let _ = poison::reject(
+                            shared,
+                            &r,
+                            &entry.fields,
+                            "a work entry without `queue`",
+                        )
+                        .await;
                     }
                     continue;
                 };

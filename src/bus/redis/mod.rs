@@ -542,8 +542,15 @@ impl Bus for RedisBus {
             }
             Address::OneOf(role) => {
                 let stream = s.key(&["group", role]);
-                s.append(&envelope.kind, &stream, "backlog", Duration::ZERO, &channel, &fields)
-                    .await?;
+                s.append(
+                    &envelope.kind,
+                    &stream,
+                    "backlog",
+                    Duration::ZERO,
+                    &channel,
+                    &fields,
+                )
+                .await?;
             }
             Address::Instance(_) => {
                 // An instance's own stream goes when it is gone for longer than the retention.
@@ -552,8 +559,15 @@ impl Bus for RedisBus {
                     .await?;
             }
             Address::All | Address::Role(_) => {
-                s.append(&envelope.kind, &stream, "fan", Duration::ZERO, &channel, &fields)
-                    .await?;
+                s.append(
+                    &envelope.kind,
+                    &stream,
+                    "fan",
+                    Duration::ZERO,
+                    &channel,
+                    &fields,
+                )
+                .await?;
             }
         }
         // A carbon copy the sender would not get through its own streams.
@@ -578,9 +592,16 @@ impl Bus for RedisBus {
         if let Some(n) = &messages {
             fields.push(("messages", n.as_str()));
         }
-        s.append("work notice", &stream, "cap", Duration::ZERO, &stream, &fields)
-            .await
-            .map(|_| ())
+        s.append(
+            "work notice",
+            &stream,
+            "cap",
+            Duration::ZERO,
+            &stream,
+            &fields,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn listen_work(&self, queue: &str, reach: Reach) -> Result<(), BusError> {

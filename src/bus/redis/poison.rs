@@ -20,7 +20,11 @@ fn error_prefix(shared: &Shared) -> String {
 
 /// A handler failed on `receipt`: moves it to the poison stream at the limit (`true`), or keeps
 /// the error for when it gets there.
-pub(super) async fn fail(shared: &Shared, receipt: &Receipt, error: &str) -> Result<bool, BusError> {
+pub(super) async fn fail(
+    shared: &Shared,
+    receipt: &Receipt,
+    error: &str,
+) -> Result<bool, BusError> {
     // The error text is the handler's: bounded so a huge one cannot bloat Redis.
     let error: String = error.chars().take(2_000).collect();
     let mut inv = scripts::FAIL.call(&[&receipt.stream]);
@@ -30,7 +34,9 @@ pub(super) async fn fail(shared: &Shared, receipt: &Receipt, error: &str) -> Res
         .arg(poison_key(shared))
         .arg(error_prefix(shared))
         .arg(&error)
-        .arg(millis(shared.limits.claim_timeout.max(shared.limits.retention)))
+        .arg(millis(
+            shared.limits.claim_timeout.max(shared.limits.retention),
+        ))
         .arg(shared.member.instance.as_str());
     let moved = shared
         .script::<i64>(&inv)

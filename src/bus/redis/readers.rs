@@ -30,9 +30,13 @@ pub(super) fn spawn(shared: &Arc<Shared>, pushes: mpsc::UnboundedReceiver<PushIn
         push_loop(s.clone(), pushes.clone())
     });
     let s = shared.clone();
-    restarting("bus take-over", closed.clone(), move || reclaim_loop(s.clone()));
+    restarting("bus take-over", closed.clone(), move || {
+        reclaim_loop(s.clone())
+    });
     let s = shared.clone();
-    restarting("bus group sweep", closed.clone(), move || sweep_loop(s.clone()));
+    restarting("bus group sweep", closed.clone(), move || {
+        sweep_loop(s.clone())
+    });
     let s = shared.clone();
     restarting("bus watchdog", closed, move || watchdog(s.clone()));
 }
@@ -80,16 +84,26 @@ fn on_message(shared: &Shared, msg: &redis::Msg) {
         return;
     }
     if payload.len() as u64 > shared.limits.max_envelope {
-        warn!(channel = msg.get_channel_name(), size = payload.len(), "bus message over bus.max_envelope_size; dropped");
+        warn!(
+            channel = msg.get_channel_name(),
+            size = payload.len(),
+            "bus message over bus.max_envelope_size; dropped"
+        );
         return;
     }
     let Ok(text) = std::str::from_utf8(payload) else {
-        warn!(channel = msg.get_channel_name(), "bus message is not text; ignored");
+        warn!(
+            channel = msg.get_channel_name(),
+            "bus message is not text; ignored"
+        );
         return;
     };
     let Some(json) = signing::open(shared.signer.as_ref(), text) else {
         bump(&shared.stats.refused);
-        warn!(channel = msg.get_channel_name(), "bus message refused: unsigned or wrongly signed (bus.signing_key is set)");
+        warn!(
+            channel = msg.get_channel_name(),
+            "bus message refused: unsigned or wrongly signed (bus.signing_key is set)"
+        );
         return;
     };
     match serde_json::from_str::<Envelope>(json) {
@@ -322,7 +336,9 @@ async fn reclaim_loop(shared: Arc<Shared>) {
                 Err(e) if e.code() == Some("NOGROUP") => {
                     let _ = shared.ensure_groups().await;
                 }
-                Err(e) => debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus take-over failed"),
+                Err(e) => {
+                    debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus take-over failed")
+                }
             }
         }
     }
@@ -335,9 +351,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
     let every = (retention / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
     while pause(&shared, every).await {
         let me = shared.member.instance.to_string();
-        let own = shared
-            .fan_of(&crate::bus::Address::Instance(me.clone()))
-            .0;
+        let own = shared.fan_of(&crate::bus::Address::Instance(me.clone())).0;
         let shared_streams: Vec<String> = shared
             .streams
             .lock()
@@ -348,7 +362,10 @@ async fn sweep_loop(shared: Arc<Shared>) {
         inv.arg(&me).arg(millis(retention));
         match shared.script::<i64>(&inv).await {
             Ok(0) => {}
-            Ok(gone) => debug!(groups = gone, "bus: removed the groups of instances gone longer than bus.retention"),
+            Ok(gone) => debug!(
+                groups = gone,
+                "bus: removed the groups of instances gone longer than bus.retention"
+            ),
             Err(e) => debug!(error = %shared.url.scrub(&e.to_string()), "bus group sweep failed"),
         }
         let mut cmd = redis::cmd("PEXPIRE");
@@ -382,8 +399,14 @@ pub(super) async fn release(shared: &Shared) {
             .arg(millis(shared.limits.claim_timeout));
         match shared.script::<i64>(&inv).await {
             Ok(0) => {}
-            Ok(n) => debug!(stream, entries = n, "bus: released unhandled entries at close"),
-            Err(e) => debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus: cannot release entries at close"),
+            Ok(n) => debug!(
+                stream,
+                entries = n,
+                "bus: released unhandled entries at close"
+            ),
+            Err(e) => {
+                debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus: cannot release entries at close")
+            }
         }
     }
 }
