@@ -247,7 +247,13 @@ async fn read_loop(shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = shared.closed.cancelled() => return,
-            _ = shared.nudge.notified() => {}
+            _ = shared.nudge.notified() => {
+                // Every instance of a role hears the same nudge: a random head start of up to
+                // 2 ms spreads competing entries over them, as Redis's queue of blocked readers
+                // would (the first to read takes what is there).
+                let jitter = rand::Rng::random_range(&mut rand::rng(), 0..=2_000u64);
+                tokio::time::sleep(Duration::from_micros(jitter)).await;
+            }
             _ = tokio::time::sleep(POLL) => {}
         }
     }
@@ -256,7 +262,10 @@ async fn read_loop(shared: Arc<Shared>) {
 /// Delivers a read's entries, acknowledges the fan-out ones, moves the read positions on.
 /// Whether a stream returned a full batch (more may wait).
 async fn received(shared: &Shared, plan: &Plan, raw: Vec<Vec<Vec<u8>>>, count: u64) -> bool {
-    let entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
+    let mut entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
+    // Entry ids are the server's clock: in id order, events sent to different addresses
+    // (one stream each) arrive in the order they were sent.
+    entries.sort_by_key(|e| entry_order(&e.id));
     let mut per_stream: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for e in &entries {
         let slot = per_stream.entry(e.stream.clone()).or_default();
@@ -292,6 +301,12 @@ async fn received(shared: &Shared, plan: &Plan, raw: Vec<Vec<Vec<u8>>>, count: u
         }
     }
     per_stream.values().any(|(n, _)| *n >= count)
+}
+
+/// `<ms>-<seq>` as a sortable pair.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// Takes over competing entries delivered (to a consumer that died, or to this one, whose
