@@ -138,8 +138,9 @@ return out
     ))
 });
 
-/// Takes over a competing stream's entries idle for the claim timeout, or moves them to the
-/// poison stream once delivered the maximum times. KEYS[1] the stream. ARGV: group, consumer,
+/// Takes over a competing stream's entries idle for the claim timeout (another consumer's, or
+/// this one's whose handler failed), or moves them to the poison stream once delivered the
+/// maximum times. KEYS[1] the stream. ARGV: group, consumer,
 /// idle ms, max deliveries, count, size limit, poison stream, error key prefix. Returns the
 /// entries taken over like [`READ`], and `[stream, id, '~poisoned', deliveries]` for moved ones.
 pub(super) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -153,9 +154,12 @@ local now = now_ms()
 local out = {}
 local pending = redis.call('XPENDING', key, group, 'IDLE', idle, '-', '+', count)
 for _, p in ipairs(pending) do
-  local id, deliveries = p[1], tonumber(p[4])
+  local id, owner, deliveries = p[1], p[2], tonumber(p[4])
   local e = redis.call('XRANGE', key, id, id)
-  if #e == 0 or not e[1][2] then
+  if owner == me and redis.call('EXISTS', errs .. id) == 0 then
+    -- Waiting in this instance behind a slower event (no handler failed on it): it is here
+    -- already; taking it again would only count a delivery that never was.
+  elseif #e == 0 or not e[1][2] then
     redis.call('XACK', key, group, id)
   else
     local fields = e[1][2]

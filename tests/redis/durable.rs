@@ -4,7 +4,7 @@
 //! instance that takes nothing more, bounded envelopes, signed envelopes and presence, and
 //! request and reply across two processes.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -479,7 +479,12 @@ async fn responder_process() {
 async fn request_and_reply_across_two_processes() {
     let prefix = common::unique("request");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["responder_process", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "durable::responder_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("EBBFLOW_TEST_RESPONDER_PREFIX", &prefix)
         .env("EBBFLOW_REDIS_URL", redis_url())
         .stdout(std::process::Stdio::null())
