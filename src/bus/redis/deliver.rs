@@ -42,6 +42,11 @@ impl Entry {
         Some(Self { stream, id, fields })
     }
 
+    /// The fan-out order counter (0 on other entries).
+    pub(super) fn seq(&self) -> u64 {
+        self.text("seq").and_then(|t| t.parse().ok()).unwrap_or(0)
+    }
+
     fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()

@@ -286,7 +286,15 @@ impl Shared {
             .with_jitter()
             .build();
         loop {
-            let mut inv = scripts::APPEND.call(&[stream]);
+            // Events to different addresses go to different streams, whose ids may tie within
+            // a millisecond: a counter keeps the order they were sent in.
+            let seq = self.key(&["seq"]);
+            let keys: &[&str] = if mode == "fan" {
+                &[stream, &seq]
+            } else {
+                &[stream]
+            };
+            let mut inv = scripts::APPEND.call(keys);
             inv.arg(mode)
                 .arg(millis(self.limits.retention))
                 .arg(millis(expiry))

@@ -263,9 +263,10 @@ async fn read_loop(shared: Arc<Shared>) {
 /// Whether a stream returned a full batch (more may wait).
 async fn received(shared: &Shared, plan: &Plan, raw: Vec<Vec<Vec<u8>>>, count: u64) -> bool {
     let mut entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
-    // Entry ids are the server's clock: in id order, events sent to different addresses
-    // (one stream each) arrive in the order they were sent.
-    entries.sort_by_key(|e| entry_order(&e.id));
+    // Fan-out entries carry one counter over all streams, other entries the server's clock in
+    // their ids: so events sent to different addresses (one stream each) arrive in the order
+    // they were sent.
+    entries.sort_by_key(|e| (e.seq(), entry_order(&e.id)));
     let mut per_stream: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for e in &entries {
         let slot = per_stream.entry(e.stream.clone()).or_default();

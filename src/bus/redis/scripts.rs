@@ -57,7 +57,8 @@ local function now_ms()
 end
 ";
 
-/// Appends an entry. KEYS[1] the stream. ARGV: mode (`fan`: trimmed to entries younger than
+/// Appends an entry. KEYS[1] the stream, KEYS[2] (optional) a counter whose next value the
+/// entry carries as `seq` (one order over all the fan-out streams). ARGV: mode (`fan`: trimmed to entries younger than
 /// the retention; `backlog`: refused with `FULL` at the limit; `cap`: about the limit's newest
 /// entries), retention ms, expiry ms (0: none), limit, nudge channel (empty: none), then the
 /// entry's field/value pairs. Returns the entry id.
@@ -68,6 +69,10 @@ local key, mode = KEYS[1], ARGV[1]
 local retention, expiry, limit, nudge = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+if KEYS[2] then
+  fields[#fields + 1] = 'seq'
+  fields[#fields + 1] = redis.call('INCR', KEYS[2])
+end
 local id
 if mode == 'fan' then
   local t = redis.call('TIME')
