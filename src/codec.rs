@@ -1,4 +1,7 @@
-//! Message encodings: how a payload's bytes are written as queue message text.
+//! Message encodings: how a payload's bytes are written as queue message text; [`claim`], the
+//! claim-check reference format and payload compression.
+
+pub mod claim;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

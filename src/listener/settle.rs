@@ -118,6 +118,8 @@ pub(super) async fn apply(
             Ok(()) => {
                 bump(&shared.stats.handled);
                 debug!(queue = %shared.name, message_id = %message.id, "message handled");
+                // Only now its payload's blob (if it has one): after the queue delete.
+                shared.queue.payload_done(&message.text).await;
             }
             Err(e) => store_failure(shared, message, "delete after success", e),
         },
@@ -253,6 +255,9 @@ pub(super) async fn poison(
         bump(&shared.stats.store_errors);
         return;
     }
+    // The copy carries the same reference: its blob stays as long as the copy does.
+    let copy_expires = options.time_to_live.duration().map(|d| now_utc() + d);
+    shared.queue.payload_kept(&message.text, copy_expires).await;
     let deleted = shared
         .queue
         .delete_within(&message.id, &message.pop_receipt, lease_ends)
@@ -326,6 +331,7 @@ mod tests {
             Settle::Poison(PoisonReason::Rejected, _) => "poison:rejected",
             Settle::Poison(PoisonReason::Undecodable, _) => "poison:undecodable",
             Settle::Poison(PoisonReason::MaxDequeueCountExceeded, _) => "poison:max",
+            Settle::Poison(PoisonReason::PayloadUnavailable, _) => "poison:payload",
         }
     }
 

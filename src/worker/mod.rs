@@ -93,6 +93,7 @@ type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
 pub struct Worker {
     settings: Settings,
     store: Option<Arc<dyn QueueStore>>,
+    blobs: Option<crate::store::blob::Blobs>,
     handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
     duplicate: Option<String>,
     /// Bus observers, subscribed before delivery starts.
@@ -105,6 +106,7 @@ impl Worker {
         Self {
             settings,
             store: None,
+            blobs: None,
             handlers: BTreeMap::new(),
             duplicate: None,
             observers: Vec::new(),
@@ -114,6 +116,13 @@ impl Worker {
     /// Uses this store instead of the one the settings name (e.g. a shared embedded store).
     pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Uses this blob container for the claim check instead of the one the settings name (e.g.
+    /// an in-memory one a test inspects); ignored with `storage.claim_check.enabled = false`.
+    pub fn with_blobs(mut self, blobs: crate::store::blob::Blobs) -> Self {
+        self.blobs = Some(blobs);
         self
     }
 
@@ -197,6 +206,24 @@ impl Worker {
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
         let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
+        // The claim check above the shards, so one payload is one blob whichever shard its
+        // reference lands on.
+        let blobs = crate::store::claim::open_blobs(
+            &self.settings.storage,
+            store.kind(),
+            self.blobs.clone(),
+        )
+        .await?;
+        let mut claim =
+            crate::store::claim::ClaimCheck::new(blobs, &self.settings.storage.claim_check);
+        for (name, q) in &self.settings.queues {
+            let format = crate::store::claim::QueueFormat {
+                encoding: q.encoding,
+                compression: q.compression,
+            };
+            claim = claim.queue(name, format);
+        }
+        let store = LayeredStore::wrap(store, claim);
         // Outermost: each call is timed as the listener sees it (retries and shards
         // included), and its outcome feeds the readiness check "store".
         let metering = Metering::default();
