@@ -1,10 +1,15 @@
-//! Message encodings: how a payload's bytes are written as queue message text; [`claim`], the
-//! claim-check reference format and payload compression.
+//! Message encodings: how a payload's bytes are written as queue message text; [`claim`]: the
+//! claim-check reference format and payload compression; and [`trace`]: the W3C trace-context
+//! format carried in messages, claim-check references and bus events.
 
 pub mod claim;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+pub mod trace;
+
+pub use trace::TraceContext;
 
 /// How message text is encoded on the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -9,8 +9,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use super::settings::LogFormat;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, LogFormat, Settings};
 
 /// The environment variable that overrides `[log] format`: `text` or `json`.
 pub const FORMAT_VAR: &str = "EBBFLOW_LOG_FORMAT";

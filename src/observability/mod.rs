@@ -10,9 +10,8 @@ pub mod logging;
 pub mod metrics;
 pub mod readiness;
 pub mod server;
-mod settings;
 
+pub use crate::config::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
 pub use logging::setup;
 pub use metrics::Metrics;
 pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};
-pub use settings::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
