@@ -5,8 +5,6 @@
 //! On the embedded store with in-memory blobs (paused clock) and on Azurite's queue and blob
 //! services (real time, outcomes only).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,13 +19,15 @@ use ebbflow::store::claim::{sweep, ClaimCheck, ClaimCheckSettings};
 use ebbflow::store::{LayeredStore, QueueStore};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
+use crate::common;
+
 macro_rules! on_both_backends_with_blobs {
     ($($name:ident),* $(,)?) => {
         mod embedded {
             $(
                 #[tokio::test(start_paused = true)]
                 async fn $name() {
-                    super::$name(super::common::memory(), super::memory_blobs()).await;
+                    super::$name(crate::common::memory(), super::memory_blobs()).await;
                 }
             )*
         }
@@ -35,7 +35,7 @@ macro_rules! on_both_backends_with_blobs {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(super::common::azurite(), super::azurite_blobs().await).await;
+                    super::$name(crate::common::azurite(), super::azurite_blobs().await).await;
                 }
             )*
         }
