@@ -230,7 +230,6 @@ async fn an_error_text_xml_cannot_carry_still_poisons_with_its_envelope(
     }
 }
 
-#[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_shows_and_requeues() {
     let store = common::azurite();
@@ -243,7 +242,7 @@ async fn the_cli_lists_shows_and_requeues() {
     )
     .unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))
+        let out = std::process::Command::new(common::bins::ebbflow_cli())
             .env_clear()
             .env("EBBFLOW_CONFIG_DIR", dir.path())
             .env(

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use ebbflow::deploy::OPS_PORT;
+/// The ops endpoint's port in the image; the manifests `ebbflow deploy` writes use the same
+/// (`ebbflow_cli::deploy::OPS_PORT`, checked against this Dockerfile in the CLI's tests).
+const OPS_PORT: u16 = 9464;
 
 /// One instruction: its keyword (upper case) and its arguments, continuation lines joined.
 #[derive(Debug, Clone)]
@@ -88,7 +90,13 @@ fn plain_bin_targets() -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    meta["packages"][0]["targets"]
+    let package = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == env!("CARGO_PKG_NAME"))
+        .expect("this package in the workspace's metadata");
+    package["targets"]
         .as_array()
         .unwrap()
         .iter()

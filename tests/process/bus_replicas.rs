@@ -234,7 +234,7 @@ async fn reach_all_wakes_every_replica_and_the_cli_lists_them() {
     let bus = world.client().await;
     let before = idle_instances(&bus, 3).await;
     let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ebbflow"))
+        Command::new(common::bins::ebbflow_cli())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .args(["--config", world.dir.path().to_str().unwrap()])
@@ -683,7 +683,7 @@ async fn rediss_with_a_password_carries_the_bus() {
     ));
     let mut listed = String::new();
     for _ in 0..50 {
-        let mut cli = Command::new(env!("CARGO_BIN_EXE_ebbflow"));
+        let mut cli = Command::new(common::bins::ebbflow_cli());
         env(&mut cli);
         let out = cli.args(["instances", "--json"]).output().unwrap();
         listed = String::from_utf8_lossy(&out.stdout).to_string()
@@ -704,7 +704,7 @@ async fn rediss_with_a_password_carries_the_bus() {
 /// `ebbflow config check` prints the bus URL with its password redacted.
 #[test]
 fn config_check_shows_the_bus_url_without_its_password() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ebbflow"))
+    let out = Command::new(common::bins::ebbflow_cli())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env(
