@@ -59,9 +59,9 @@ pub enum WorkerError {
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),
-    /// No queues at all.
-    #[error("no queues configured: add a [queues.<name>] section")]
-    NoQueues,
+    /// No queues at all; says where the settings were read from.
+    #[error("no queues configured ({0}): add a [queues.<name>] section, or point EBBFLOW_CONFIG_DIR at the folder that has one")]
+    NoQueues(String),
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -269,7 +269,7 @@ impl Worker {
             return Err(WorkerError::DuplicateHandler(queue));
         }
         if self.settings.queues.is_empty() {
-            return Err(WorkerError::NoQueues);
+            return Err(WorkerError::NoQueues(self.settings.origin().to_string()));
         }
         for name in self.handlers.keys() {
             if !self.settings.queues.contains_key(name) {
@@ -281,6 +281,7 @@ impl Worker {
                 return Err(WorkerError::LayerNotConfigured(name.clone()));
             }
         }
+        let store_given = self.store.is_some();
         let store = match self.store {
             Some(store) => store,
             None => store::open(&self.settings.storage)?,
@@ -451,6 +452,13 @@ impl Worker {
             queues = listeners.len(),
             "worker started"
         );
+        if embedded && !store_given {
+            info!(
+                "no storage configured: queues live in this process only (the embedded store); \
+                 set AZURE_STORAGE_CONNECTION_STRING, storage.connection_string or \
+                 storage.queue_endpoint to use Azure Storage"
+            );
+        }
         let (ops_addr, ops_server) = ops.unzip();
         Ok(RunningWorker {
             bus,
