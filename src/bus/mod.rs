@@ -308,7 +308,7 @@ pub struct TransportCounters {
     pub reclaimed: u64,
 }
 
-/// What the bus metrics show (see the README's Metrics).
+/// What the bus metrics show (see the book's Operating chapter, docs/src/operating.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BusFigures {
     /// 1 while connected.
