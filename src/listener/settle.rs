@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::{bump, ListenerStats};
@@ -43,6 +43,16 @@ pub(super) enum Settle {
 }
 
 impl Settle {
+    /// The action's name, for the `settle` span's `messaging.operation.name`.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Settle::Delete => "delete",
+            Settle::Retry(..) => "retry",
+            Settle::Release(..) => "release",
+            Settle::Poison(..) => "poison",
+        }
+    }
+
     /// The rule. `interrupted`: the worker was stopping when the handler ended, so a failure
     /// is taken for the interruption it probably is (released, never poisoned or counted).
     pub(super) fn decide(
@@ -107,6 +117,18 @@ fn cap(delay: Duration) -> Duration {
 /// (as far as its lease knows); a failed delete is retried until then, since until then
 /// nobody else can receive it and a late delete still spares a duplicate run.
 pub(super) async fn apply(
+    shared: &Arc<Shared>,
+    message: &ReceivedMessage,
+    action: Settle,
+    lease_ends: Instant,
+) {
+    let span = crate::observability::traces::settle_span(&shared.name, &message.id, action.name());
+    settle(shared, message, action, lease_ends)
+        .instrument(span)
+        .await
+}
+
+async fn settle(
     shared: &Arc<Shared>,
     message: &ReceivedMessage,
     action: Settle,

@@ -146,10 +146,16 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
         bump(&shared.stats.receive_calls);
+        let receive_span = crate::observability::traces::receive_span(&shared.name);
         let received = shared
             .queue
             .receive(asked, settings.visibility_timeout)
+            .instrument(receive_span.clone())
             .await;
+        if let Ok(batch) = &received {
+            crate::observability::traces::received(&receive_span, batch.len());
+        }
+        drop(receive_span);
         let batch = match received {
             Ok(batch) if batch.is_empty() => {
                 drop((held, ahead));
@@ -227,8 +233,12 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 Some(slot) => Start::Slot(slot),
                 None => Start::Ahead(ahead.split_one().expect("a slot or a ticket per message")),
             };
-            let span = tracing::info_span!("message", queue = %shared.name, message_id = %message.id,
-                                           dequeue_count = message.dequeue_count);
+            let mut message = message;
+            let span = crate::observability::traces::process_span(
+                &shared.name,
+                &mut message,
+                shared.settings.trace_context,
+            );
             shared
                 .life
                 .tracker

@@ -5,12 +5,14 @@
 //! - [`metrics`]: the metrics on `prometheus-client`, read from the listeners at scrape time.
 //! - [`server`]: the ops endpoint, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! - [`logging`]: the one log setup every binary uses (text or JSON lines, `RUST_LOG`).
+//! - [`traces`]: OpenTelemetry spans after the messaging conventions, exported over OTLP.
 
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
 pub mod server;
 mod settings;
+pub mod traces;
 
 pub use logging::setup;
 pub use metrics::Metrics;

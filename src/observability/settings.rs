@@ -16,6 +16,9 @@ pub struct ObservabilitySettings {
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (the probes never do):
     /// 16+ printable ASCII characters, compared in constant time.
     pub metrics_token: Option<MetricsToken>,
+    /// OpenTelemetry traces (`[observability.traces]`): off unless an endpoint is set here or
+    /// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub traces: super::traces::TracesSettings,
 }
 
 /// A bearer token for `/metrics`: at least 16 characters, printable ASCII without spaces (what

@@ -137,7 +137,15 @@ impl QueueLayer for Metering {
         call: impl Future<Output = Result<T, StoreError>> + Send,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = call.await;
+        let result = if crate::codec::trace::exporting() {
+            // A client span per store call, under the span that made it (send, receive,
+            // process, settle); none at all while traces are off.
+            let span = tracing::info_span!("store", otel.name = %format!("store.{} {queue}", operation.as_str()),
+                                           otel.kind = "client");
+            tracing::Instrument::instrument(call, span).await
+        } else {
+            call.await
+        };
         let labels = vec![
             ("queue", queue.to_string()),
             ("op", operation.as_str().to_string()),
