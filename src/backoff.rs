@@ -6,13 +6,59 @@
 //! clock, so paused-time tests see exactly the curve.
 //!
 //! Retries of transient service errors follow the same idea with `backon`'s curve; they live
-//! beside the store they retry ([`crate::store::retrying`]).
+//! beside the store they retry (`store::retrying`).
 
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
-use crate::config::IdleBackoffSettings;
+use crate::checks::{check_duration, ConfigError};
+
+/// The longest idle back-off allowed (`idle_backoff.max`).
+const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The randomized exponential idle back-off: after the n-th empty receive a task sleeps
+/// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleBackoffSettings {
+    /// The shortest sleep after an empty receive.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    /// The longest sleep, at most 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// The step that doubles with each further empty receive.
+    #[serde(with = "humantime_serde")]
+    pub delta: Duration,
+}
+
+impl Default for IdleBackoffSettings {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            delta: Duration::from_millis(100),
+        }
+    }
+}
+
+impl IdleBackoffSettings {
+    /// Checks the curve of queue `queue`: `max` 1ms..=10m, `min` and `delta` at most `max`.
+    pub(crate) fn validate(&self, queue: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("queues.{queue}.idle_backoff.{field}");
+        check_duration(
+            &key("max"),
+            self.max,
+            Duration::from_millis(1),
+            MAX_IDLE_BACKOFF,
+        )?;
+        check_duration(&key("min"), self.min, Duration::ZERO, self.max)?;
+        check_duration(&key("delta"), self.delta, Duration::ZERO, self.max)?;
+        Ok(())
+    }
+}
 
 /// The sleep after the `streak`-th empty receive in a row (`streak` >= 1), given a uniform
 /// random factor `jitter` in `[0.8, 1.2]`.

@@ -1,6 +1,7 @@
 //! Range checks for settings, shared by every room's settings types (storage beside `store`,
-//! queues and triggers in `config`): a failure names the full key, the value found and what
-//! is allowed. A leaf: `config` turns an [`InvalidSetting`] into its `ConfigError`.
+//! scaling beside `scaling`, triggers beside `trigger`, queues in `config`): a failure names the
+//! full key, the value found and what is allowed, as a [`ConfigError`] (re-exported as
+//! `config::ConfigError`). A leaf: it imports no other room.
 
 use std::fmt;
 use std::time::Duration;
@@ -68,4 +69,61 @@ pub fn duration(
             ),
         ))
     }
+}
+
+/// A settings problem, naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or environment value could not be read into the typed settings.
+    #[error("config: {0}")]
+    Load(String),
+    /// A value is out of its allowed range.
+    #[error("config: {key} = {value}: {rule}")]
+    Invalid {
+        /// The full key, e.g. `queues.orders.batch_size`.
+        key: String,
+        /// The value found (secrets redacted).
+        value: String,
+        /// What is allowed.
+        rule: String,
+    },
+}
+
+impl From<InvalidSetting> for ConfigError {
+    fn from(e: InvalidSetting) -> Self {
+        Self::Invalid {
+            key: e.key,
+            value: e.value,
+            rule: e.rule,
+        }
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        rule: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// `value` of `key` must be in `min..=max`, as a [`ConfigError`].
+pub(crate) fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    Ok(range(key, value, min, max)?)
+}
+
+/// `value` of `key` must be in `min..=max`, as a [`ConfigError`].
+pub(crate) fn check_duration(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    Ok(duration(key, value, min, max)?)
 }

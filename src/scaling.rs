@@ -1,6 +1,6 @@
 //! The scaling policy: a pure function from what a queue's listener observed to how many
 //! dequeue tasks it should run, with the reason. No I/O and no clock: the supervisor in
-//! [`crate::listener`] gathers the signals, calls [`decide`], and spawns or retires tasks.
+//! the listener gathers the signals, calls [`decide`], and spawns or retires tasks.
 //!
 //! Scale-up is immediate (bounded by `max_tasks` and the scale-up cool-down): work found after
 //! idleness, a full batch, a depth that calls for more tasks, an old message, or a push trigger.
@@ -13,7 +13,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::ScalingSettings;
+mod settings;
+
+pub use settings::{DepthRule, ScalingSettings};
 
 /// What prompted a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +209,6 @@ pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DepthRule;
 
     fn settings() -> ScalingSettings {
         ScalingSettings {

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use super::{
     Address, Bus, BusError, Envelope, Event, Health, Inbound, Member, Receipt, WorkNotice,
 };
-/// A handler's error (the same as [`crate::handler::BoxError`]).
+/// A handler's error (the same as `handler::BoxError`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Which events a subscriber wants. Every condition set must hold.
@@ -161,7 +161,7 @@ struct Inner {
 }
 
 /// The typed bus API of one instance. Clones share it. A worker has one
-/// ([`crate::worker::RunningWorker::bus`], and `ctx.bus()` in handlers).
+/// (`RunningWorker::bus`, and `ctx.bus()` in handlers).
 #[derive(Clone)]
 pub struct BusHandle {
     inner: Arc<Inner>,

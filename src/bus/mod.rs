@@ -64,7 +64,6 @@ use tokio::sync::{mpsc, watch};
 pub use announce::{Announced, Announcer};
 pub use envelope::{now_ms, Address, Envelope};
 pub use handle::{BoxError, BusHandle, Filter, Received, Subscription};
-pub(crate) use settings::check_queue_cover;
 pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Reach, RedisUrl};
 
 /// Connects this instance to the bus its settings name: the embedded bus of its own with

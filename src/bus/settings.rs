@@ -336,9 +336,9 @@ impl Default for BusSettings {
 
 impl BusSettings {
     /// Cross-field checks (each field was checked while parsing).
-    pub(crate) fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), crate::checks::ConfigError> {
         match (self.kind, &self.url) {
-            (BusKind::Redis, None) => Err(crate::config::ConfigError::invalid(
+            (BusKind::Redis, None) => Err(crate::checks::ConfigError::invalid(
                 "bus.url",
                 "(unset)",
                 "bus.kind = \"redis\" needs bus.url (redis://host:port or rediss://...)",
@@ -409,46 +409,9 @@ impl Default for QueueBusSettings {
 }
 
 impl QueueBusSettings {
-    pub(crate) fn validate(&self, queue: &str) -> Result<(), crate::config::ConfigError> {
-        crate::config::check_range(&format!("queues.{queue}.bus.depth"), self.depth, 1, 100_000)
+    pub(crate) fn validate(&self, queue: &str) -> Result<(), crate::checks::ConfigError> {
+        crate::checks::check_range(&format!("queues.{queue}.bus.depth"), self.depth, 1, 100_000)
     }
-}
-
-/// The bus is a hint, never the only path: a queue that may idle at zero tasks with a shared
-/// bus needs something that still finds its work while the bus is down.
-pub(crate) fn check_queue_cover(
-    name: &str,
-    queue: &crate::config::QueueSettings,
-    bus: &BusSettings,
-    http_trigger: bool,
-) -> Result<(), crate::config::ConfigError> {
-    let s = &queue.scaling;
-    let covered = queue.bus.outage_probe_interval.is_some()
-        || s.idle_probe_interval.is_some()
-        || http_trigger
-        || s.wake_on_publish;
-    if bus.is_shared() && s.wake_on_publish && queue.bus.publish != PublishMode::Every {
-        return Err(crate::config::ConfigError::invalid(
-            format!("queues.{name}.bus.publish"),
-            format!("{:?}", queue.bus.publish).to_lowercase(),
-            format!(
-                "queues.{name}.scaling.wake_on_publish = true promises a trigger for every \
-                 message: it needs publish = \"every\""
-            ),
-        ));
-    }
-    if bus.is_shared() && s.min_tasks == 0 && !covered {
-        return Err(crate::config::ConfigError::invalid(
-            format!("queues.{name}.bus.outage_probe_interval"),
-            "off",
-            format!(
-                "with scaling.min_tasks = 0 and a bus, nothing would find queue {name}'s work \
-                 while the bus is down: set queues.{name}.bus.outage_probe_interval (e.g. \
-                 \"30s\") or queues.{name}.scaling.idle_probe_interval"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// `"off"` or a duration.

@@ -9,28 +9,37 @@
 //!
 //! Each section's types live in their own file with their checks: [`storage`](StorageSettings),
 //! queues ([`QueueSettings`]: flow control, back-off, scaling), and [`triggers`](TriggerSettings).
-//! The ops endpoint's and the logs' sections live beside their room, in
-//! [`crate::observability`].
+//! The ops endpoint's and the logs' sections ([`ObservabilitySettings`], [`LogSettings`]) live
+//! here too: the observability room sits above `config` and reads them.
 
+mod bus;
+mod observability;
 mod queue;
 #[cfg(test)]
 mod tests;
-mod trigger;
+// The `[deploy]` section's types: compiled here (not under the `deploy` room) so that `config`
+// does not import the room that imports it; the file moves with `deploy` to the CLI crate.
+#[path = "../deploy/settings.rs"]
+pub mod deploy;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checks::InvalidSetting;
 use crate::service::redact;
+
+pub use crate::backoff::IdleBackoffSettings;
+pub use crate::checks::ConfigError;
+
+pub use crate::scaling::{DepthRule, ScalingSettings};
 pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
-pub use queue::{
-    DepthRule, HeartbeatSettings, IdleBackoffSettings, QueueSettings, ScalingSettings, Shards,
+pub use crate::trigger::{HttpTriggerSettings, TriggerSettings};
+pub use observability::{
+    LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesProtocol, TracesSettings,
 };
-pub use trigger::{HttpTriggerSettings, TriggerSettings};
+pub use queue::{HeartbeatSettings, QueueSettings, Shards};
 
 /// The environment variable that names the optional per-environment file.
 pub const ENV_VAR: &str = "EBBFLOW_ENV";
@@ -39,7 +48,10 @@ pub const DIR_VAR: &str = "EBBFLOW_CONFIG_DIR";
 /// The conventional Azure connection string variable.
 pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
 
-const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
+/// How long, after the drain deadline aborted the handlers still running, the worker waits
+/// for their messages to be released before it reports anyway (store calls may hang): a whole
+/// drain takes at most `worker.drain_timeout + RELEASE_GRACE`.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a worker process needs to know.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -54,11 +66,11 @@ pub struct Settings {
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
     /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
-    pub observability: crate::observability::ObservabilitySettings,
+    pub observability: ObservabilitySettings,
     /// Log line format.
-    pub log: crate::observability::LogSettings,
+    pub log: LogSettings,
     /// What `ebbflow deploy ...` writes besides the queues' rules (image, replicas, auth).
-    pub deploy: crate::deploy::DeploySettings,
+    pub deploy: deploy::DeploySettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
 }
@@ -94,48 +106,6 @@ impl WorkerSettings {
             ));
         }
         Ok(())
-    }
-}
-
-/// A settings problem, naming the key (or file) at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A file or environment value could not be read into the typed settings.
-    #[error("config: {0}")]
-    Load(String),
-    /// A value is out of its allowed range.
-    #[error("config: {key} = {value}: {rule}")]
-    Invalid {
-        /// The full key, e.g. `queues.orders.batch_size`.
-        key: String,
-        /// The value found (secrets redacted).
-        value: String,
-        /// What is allowed.
-        rule: String,
-    },
-}
-
-impl From<InvalidSetting> for ConfigError {
-    fn from(e: InvalidSetting) -> Self {
-        Self::Invalid {
-            key: e.key,
-            value: e.value,
-            rule: e.rule,
-        }
-    }
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(
-        key: impl Into<String>,
-        value: impl fmt::Display,
-        rule: impl Into<String>,
-    ) -> Self {
-        Self::Invalid {
-            key: key.into(),
-            value: value.to_string(),
-            rule: rule.into(),
-        }
     }
 }
 
@@ -206,7 +176,7 @@ impl Settings {
             // A shared bus can wake a queue from zero tasks (when it covers its own outages).
             q.validate(name, self.triggers.http.enabled || self.bus.is_shared())?;
             q.bus.validate(name)?;
-            crate::bus::check_queue_cover(name, q, &self.bus, self.triggers.http.enabled)?;
+            bus::check_queue_cover(name, q, &self.bus, self.triggers.http.enabled)?;
             let poison = q.poison_queue_name(name);
             if self.queues.contains_key(&poison) {
                 return Err(ConfigError::invalid(
@@ -232,17 +202,4 @@ impl Settings {
         self.deploy.validate()?;
         self.triggers.validate()
     }
-}
-
-pub(crate) fn check_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
-    Ok(crate::checks::range(key, value, min, max)?)
-}
-
-pub(crate) fn check_duration(
-    key: &str,
-    value: Duration,
-    min: Duration,
-    max: Duration,
-) -> Result<(), ConfigError> {
-    Ok(crate::checks::duration(key, value, min, max)?)
 }

@@ -28,7 +28,8 @@ mod container_apps;
 mod keda;
 #[cfg(feature = "cli")]
 pub mod plan;
-pub mod settings;
+/// The `[deploy]` section's types (compiled as `config::deploy`, which `Settings` holds).
+pub use crate::config::deploy as settings;
 #[cfg(feature = "cli")]
 mod yaml;
 

@@ -8,8 +8,7 @@ pub use super::auth::{AuthPlan, Cloud};
 #[cfg(test)]
 use super::capacity::saturation_backlog;
 use super::DeployError;
-use crate::config::{ConfigError, QueueSettings, Settings};
-use crate::worker::RELEASE_GRACE;
+use crate::config::{ConfigError, QueueSettings, Settings, RELEASE_GRACE};
 
 /// Time the process needs after the drain and release grace to flush logs and exit.
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::checks::ConfigError;
 
 /// What the generated manifests are made of. Every key is optional.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -181,8 +181,8 @@ impl DeploySettings {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         whole_seconds("deploy.polling_interval", self.polling_interval, 1, 3600)?;
         whole_seconds("deploy.cooldown_period", self.cooldown_period, 1, 24 * 3600)?;
-        crate::config::check_range("deploy.cpu_millicores", self.cpu_millicores, 100, 64_000)?;
-        crate::config::check_range("deploy.memory_mib", self.memory_mib, 64, 262_144)?;
+        crate::checks::check_range("deploy.cpu_millicores", self.cpu_millicores, 100, 64_000)?;
+        crate::checks::check_range("deploy.memory_mib", self.memory_mib, 64, 262_144)?;
         if let Some(min) = self.min_replicas {
             if min > self.max_replicas.get() {
                 return Err(ConfigError::invalid(

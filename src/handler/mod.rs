@@ -19,15 +19,18 @@
 //! ```
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
 mod heartbeat;
+mod layer;
+pub mod layers;
 mod publisher;
 pub use heartbeat::{Heartbeat, JobStatus};
+pub use layer::{Job, Layer, Next};
+pub(crate) use layer::{SharedLayer, Span, Stack};
 pub use publisher::{PublishError, Publisher};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -125,6 +128,24 @@ impl Signal {
 }
 
 impl Context {
+    /// A context outside a worker: signals that never fire, no publishers, no bus.
+    #[cfg(test)]
+    pub(crate) fn detached(queue: &str, message_id: &str, dequeue_count: u32) -> Self {
+        let never = Signal::new(CancellationToken::new());
+        Self {
+            queue: Arc::from(queue),
+            message_id: message_id.to_string(),
+            dequeue_count,
+            inserted_at: None,
+            shutdown: never.clone(),
+            timeout: never.clone(),
+            cancellation: never,
+            publishers: Arc::default(),
+            heartbeat: Heartbeat::new(None),
+            bus: None,
+        }
+    }
+
     /// The queue the message came from.
     pub fn queue(&self) -> &str {
         &self.queue
@@ -213,6 +234,55 @@ pub enum HandlerError {
         /// Why, for the log.
         source: BoxError,
     },
+    /// The payload cannot be read (it does not parse, a field is missing): no retry can fix
+    /// it, so the message goes to the poison queue at once with the reason `undecodable`, as
+    /// when the runtime's own decoding fails. Even while the worker stops.
+    Undecodable {
+        /// What could not be read.
+        source: BoxError,
+    },
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Retry {
+                after: None,
+                source,
+            } => write!(f, "retryable failure: {source}"),
+            Self::Retry {
+                after: Some(after),
+                source,
+            } => write!(
+                f,
+                "retryable failure (retry in {}): {source}",
+                humantime::format_duration(*after)
+            ),
+            Self::Poison { source } => write!(f, "failure no retry can fix: {source}"),
+            Self::Release { after, source } => write!(
+                f,
+                "released for {}: {source}",
+                humantime::format_duration(*after)
+            ),
+            Self::Undecodable { source } => write!(f, "undecodable payload: {source}"),
+        }
+    }
+}
+
+/// A [`HandlerError`] as an `std::error::Error`.
+#[derive(Debug)]
+struct Composed(HandlerError);
+
+impl std::fmt::Display for Composed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Composed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.source_error().as_ref())
+    }
 }
 
 impl HandlerError {
@@ -247,12 +317,33 @@ impl HandlerError {
         }
     }
 
+    /// A payload the handler's own code cannot read (a parse failure): poisoned at once as
+    /// `undecodable`, never retried. `serde_json::from_slice(&bytes).map_err(HandlerError::undecodable)?`
+    pub fn undecodable(source: impl Into<BoxError>) -> Self {
+        Self::Undecodable {
+            source: source.into(),
+        }
+    }
+
+    /// This error as a boxed [`std::error::Error`]: its display, with the underlying error as
+    /// its `source()` (the chain goes on from there), for code that collects errors of any
+    /// kind (`Box<dyn Error>`, `anyhow`, a layer's log line).
+    ///
+    /// `HandlerError` itself does not implement `std::error::Error`, nor convert into
+    /// `Box<dyn Error>` implicitly: `?` on *any* error in a handler means "retry" through a
+    /// blanket `From`, and Rust's coherence rules forbid that `From` next to either (the
+    /// standard library's `From<T> for T` would overlap). One explicit call keeps both.
+    pub fn into_error(self) -> BoxError {
+        Box::new(Composed(self))
+    }
+
     /// The underlying error.
     pub fn source_error(&self) -> &BoxError {
         match self {
-            Self::Retry { source, .. } | Self::Poison { source } | Self::Release { source, .. } => {
-                source
-            }
+            Self::Retry { source, .. }
+            | Self::Poison { source }
+            | Self::Release { source, .. }
+            | Self::Undecodable { source } => source,
         }
     }
 }
@@ -264,16 +355,7 @@ impl<E: Into<BoxError>> From<E> for HandlerError {
     }
 }
 
-/// Why a dispatch did not succeed.
-#[derive(Debug)]
-pub(crate) enum DispatchError {
-    /// The payload could not be decoded into the handler's type.
-    Decode(BoxError),
-    /// The handler failed.
-    Handler(HandlerError),
-}
-
-pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), DispatchError>> + Send>>;
+pub(crate) type BoxFuture = layer::RunFuture;
 
 /// A handler with its payload type erased, so handlers of different types can be stored
 /// side by side.
@@ -286,11 +368,8 @@ pub(crate) struct Erased<H>(pub H);
 impl<H: Handler> ErasedHandler for Erased<H> {
     fn call(self: Arc<Self>, bytes: Vec<u8>, ctx: Context) -> BoxFuture {
         Box::pin(async move {
-            let message = H::Message::from_bytes(bytes).map_err(DispatchError::Decode)?;
-            self.0
-                .handle(message, ctx)
-                .await
-                .map_err(DispatchError::Handler)
+            let message = H::Message::from_bytes(bytes).map_err(HandlerError::undecodable)?;
+            self.0.handle(message, ctx).await
         })
     }
 }

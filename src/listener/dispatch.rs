@@ -18,13 +18,11 @@ use tracing::{debug, error, info, warn};
 
 use super::lease::{Lease, LeaseEvent};
 use super::poison::PoisonReason;
-use super::settle::{self, Outcome, Settle};
+use super::settle::{Outcome, Settle};
 use super::slots::{Ahead, Held};
 use super::stats::{bump, Gauge, ListenerStats};
 use super::{ListenerHooks, Shared};
-use crate::handler::{
-    BoxFuture, Context, DispatchError, HandlerError, Heartbeat, JobStatus, Signal,
-};
+use crate::handler::{BoxFuture, Context, HandlerError, Heartbeat, Job, JobStatus, Signal};
 use crate::store::ReceivedMessage;
 
 /// How a received message gets its concurrency slot.
@@ -46,7 +44,7 @@ pub(super) async fn run(
 ) {
     let _held = Gauge::up(&shared.stats.held);
     let mut lease = Lease::new(
-        shared.queue.clone(),
+        shared.io.queue.clone(),
         message.id.clone(),
         message.pop_receipt.clone(),
         shared.settings.visibility_timeout,
@@ -68,38 +66,38 @@ pub(super) async fn run(
     if message.dequeue_count > max {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
         let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
-        return settle::apply(&shared, &message, action, lease.valid_until()).await;
+        return shared.settle(&message, action, lease.valid_until()).await;
     }
     let bytes = match shared.settings.encoding.decode(&message.text) {
         Ok(bytes) => bytes,
         Err(e) => {
             let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
-            return settle::apply(&shared, &message, action, lease.valid_until()).await;
+            return shared.settle(&message, action, lease.valid_until()).await;
         }
     };
     let signals = HandlerSignals::new(
-        &shared.life.stop,
+        &shared.control.life.stop,
         shared.settings.handler_timeout.is_some(),
-        &shared.never,
+        &shared.runner.never,
     );
     let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
     let ctx = Context {
-        queue: shared.name.clone(),
+        queue: shared.io.name.clone(),
         message_id: message.id.clone(),
         dequeue_count: message.dequeue_count,
         inserted_at: message.inserted_at,
         shutdown: signals.shutdown.clone(),
         timeout: signals.timeout.clone(),
         cancellation: signals.cancellation.clone(),
-        publishers: shared.publishers.clone(),
-        bus: shared.bus.clone(),
+        publishers: shared.runner.publishers.clone(),
+        bus: shared.runner.bus.clone(),
         heartbeat: heartbeat.clone(),
     };
     let started = Instant::now();
     let outcome = {
         let _running = Gauge::up(&shared.stats.in_flight);
         // A panic in the handler is caught where it is polled and contained to this message.
-        let handle = CatchPanic(shared.handler.clone().call(bytes, ctx));
+        let handle = CatchPanic(shared.runner.stack.run(Job::new(ctx, bytes)));
         watch(
             &shared, &message, handle, &signals, &heartbeat, &mut lease, started,
         )
@@ -114,13 +112,13 @@ pub(super) async fn run(
         .observe(took.as_secs_f64());
     // Whether the worker was stopping when the handler ended: then a failure is taken for the
     // interruption it probably is.
-    let interrupted = shared.life.stop.is_cancelled();
+    let interrupted = shared.control.life.stop.is_cancelled();
     if let Some(event) = lease.finish().await {
-        report(&shared.name, &shared.stats, &message, event);
+        report(&shared.io.name, &shared.stats, &message, event);
     }
     let timed_pulses = shared.settings.heartbeat.interval.is_some();
     log_job_end(
-        &shared.name,
+        &shared.io.name,
         timed_pulses,
         &message,
         &heartbeat,
@@ -130,14 +128,14 @@ pub(super) async fn run(
     match &outcome {
         Outcome::Panicked(text) => {
             bump(&shared.stats.panics);
-            error!(queue = %shared.name, message_id = %message.id, panic = %text, "handler panicked");
+            error!(queue = %shared.io.name, message_id = %message.id, panic = %text, "handler panicked");
         }
         Outcome::TimedOut(_) => bump(&shared.stats.timeouts),
         _ => {}
     }
     if lease.is_lost() {
         bump(&shared.stats.lost_ownership);
-        warn!(queue = %shared.name, message_id = %message.id,
+        warn!(queue = %shared.io.name, message_id = %message.id,
               "message was re-delivered while its handler ran; it may be handled twice");
         return;
     }
@@ -152,7 +150,7 @@ pub(super) async fn run(
         max,
         shared.settings.retry_delay,
     );
-    settle::apply(&shared, &message, action, lease.valid_until()).await;
+    shared.settle(&message, action, lease.valid_until()).await;
 }
 
 /// Waits for a slot with the lease renewed beside. `None` when the message is not to run: the
@@ -170,12 +168,12 @@ async fn wait_for_slot(
         tokio::select! {
             biased;
             held = &mut slot => return Some(held),
-            _ = shared.life.stop.cancelled() => break,
+            _ = shared.control.life.stop.cancelled() => break,
             event = lease.next_event() => {
-                report(&shared.name, &shared.stats, message, event);
+                report(&shared.io.name, &shared.stats, message, event);
                 if lease.is_lost() {
                     bump(&shared.stats.lost_ownership);
-                    warn!(queue = %shared.name, message_id = %message.id,
+                    warn!(queue = %shared.io.name, message_id = %message.id,
                           "message was re-delivered while it waited for a slot; it was not run here");
                     return None;
                 }
@@ -183,20 +181,16 @@ async fn wait_for_slot(
         }
     }
     if let Some(event) = lease.finish().await {
-        report(&shared.name, &shared.stats, message, event);
+        report(&shared.io.name, &shared.stats, message, event);
     }
     if !lease.is_lost() {
         let message = ReceivedMessage {
             pop_receipt: lease.receipt().to_string(),
             ..message.clone()
         };
-        settle::release(
-            shared,
-            &message,
-            std::time::Duration::ZERO,
-            "worker stopping",
-        )
-        .await;
+        shared
+            .release(&message, std::time::Duration::ZERO, "worker stopping")
+            .await;
     }
     None
 }
@@ -260,7 +254,7 @@ async fn watch(
     let mut timed_out = false;
     let pulse_every = settings.heartbeat.interval;
     let pulses = Pulses {
-        queue: &shared.name,
+        queue: &shared.io.name,
         stats: &shared.stats,
         hooks: shared.hooks.as_ref(),
     };
@@ -275,7 +269,7 @@ async fn watch(
                     Ok(Ok(())) => Outcome::Done(Ok(())),
                     // A retry (or any `?` error) after the timeout is the timeout's failure; a
                     // release or a poison is the handler's own decision and stands.
-                    Ok(Err(DispatchError::Handler(HandlerError::Retry { .. }))) if timed_out => {
+                    Ok(Err(HandlerError::Retry { .. })) if timed_out => {
                         Outcome::TimedOut(limit)
                     }
                     Ok(result) => Outcome::Done(result),
@@ -283,20 +277,20 @@ async fn watch(
                 };
             }
             // Dropping the handler's future cancels it at its current await point.
-            _ = shared.life.abort.cancelled() => return Outcome::Aborted,
+            _ = shared.control.life.abort.cancelled() => return Outcome::Aborted,
             _ = at(timeout_at) => {
                 if timed_out {
-                    warn!(queue = %shared.name, message_id = %message.id,
+                    warn!(queue = %shared.io.name, message_id = %message.id,
                           grace = ?settings.handler_timeout_grace, "handler ignored its timeout; aborted");
                     return Outcome::TimedOut(limit);
                 }
                 timed_out = true;
-                warn!(queue = %shared.name, message_id = %message.id, timeout = ?limit,
+                warn!(queue = %shared.io.name, message_id = %message.id, timeout = ?limit,
                       "handler timed out; signalling it");
                 signals.fire_timeout();
                 timeout_at = Some(Instant::now() + settings.handler_timeout_grace);
             }
-            event = lease.next_event() => report(&shared.name, &shared.stats, message, event),
+            event = lease.next_event() => report(&shared.io.name, &shared.stats, message, event),
             _ = at(next_pulse) => {
                 next_pulse = next_pulse.map(|t| t + pulse_every.unwrap_or_default());
                 pulses.pulse(message, lease, heartbeat, "time", started);
@@ -400,7 +394,7 @@ fn log_job_end(
 struct CatchPanic(BoxFuture);
 
 impl Future for CatchPanic {
-    type Output = Result<Result<(), DispatchError>, String>;
+    type Output = Result<Result<(), HandlerError>, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let future = &mut self.0;

@@ -9,7 +9,8 @@
 //!   or ticket, never wait for a batch to end.
 //! - `slots.rs`: the queue's concurrency slots, shared by its tasks, and the line of messages
 //!   received ahead of a slot.
-//! - `dispatch.rs`: one message's run: decode, handler, timeout, drain abort, heartbeat.
+//! - `dispatch.rs`: one message's run: its layers and handler ([`crate::handler::Layer`]),
+//!   timeout, drain abort, panic catch, heartbeat.
 //! - `lease.rs`: the message's pop receipt and visibility, renewed beside the handler from the
 //!   moment of the receive.
 //! - `settle.rs`: a run's `Outcome`, and the one pure rule that turns it into a delete, retry,
@@ -39,12 +40,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
 use crate::config::QueueSettings;
-use crate::handler::{ErasedHandler, Publishers};
+use crate::handler::{Publishers, Stack};
 use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, TriggerSource, Wake};
 use stats::ListenerStats;
 pub use stats::{Histograms, QueueSnapshot};
-use supervisor::{ScaleView, Supervisor};
+use supervisor::Supervisor;
 use task::Event;
 
 /// A failure no retry can fix (credentials refused, queue gone): the first one is kept and
@@ -111,7 +112,8 @@ pub(crate) struct ListenerSpec {
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) poison_queue: Arc<dyn Queue>,
     pub(crate) settings: QueueSettings,
-    pub(crate) handler: Arc<dyn ErasedHandler>,
+    /// The queue's layers around its handler (see [`crate::handler::Layer`]).
+    pub(crate) stack: Stack,
     /// `storage.create_queues`: recreate the queue if it disappears while running.
     pub(crate) create_queues: bool,
     /// Every message of this queue comes with its own trigger, sent after it landed
@@ -198,26 +200,51 @@ impl Flow {
 const MIN_REFILL_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 const MAX_REFILL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Everything a queue's tasks and message runs share.
-pub(crate) struct Shared {
-    hooks: Option<Arc<dyn ListenerHooks>>,
-    bus: Option<crate::bus::BusHandle>,
+/// The queue's store side: the queue and its poison queue, by name. Receives, renewals,
+/// settles and depth probes go through it.
+pub(crate) struct QueueIo {
     name: Arc<str>,
     queue: Arc<dyn Queue>,
     poison_queue: Arc<dyn Queue>,
+    /// `storage.create_queues`: recreate the queue if it disappears while running.
     create_queues: bool,
-    settings: QueueSettings,
-    handler: Arc<dyn ErasedHandler>,
+}
+
+/// What runs a message's handler and fills its [`crate::Context`].
+pub(crate) struct Runner {
+    stack: Stack,
     publishers: Publishers,
-    flow: Flow,
-    stats: ListenerStats,
-    view: Mutex<ScaleView>,
-    events: mpsc::UnboundedSender<Event>,
-    life: Lifecycle,
+    bus: Option<crate::bus::BusHandle>,
     /// A token never cancelled: the timeout signal of handlers without a timeout.
     never: CancellationToken,
+}
+
+/// The listener's part of the worker's lifecycle: the worker's tokens and tracker, the
+/// supervisor's inbox, and the supervisor's end.
+pub(crate) struct Control {
+    life: Lifecycle,
+    events: mpsc::UnboundedSender<Event>,
     /// Fires when the supervisor ends (stop, or a panic): the listener no longer runs.
     supervisor_ended: CancellationToken,
+}
+
+impl Control {
+    /// Tells the supervisor; fails only once it is gone (shutdown), when nobody listens.
+    fn tell(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// A queue's listener, in parts: each task and message run takes the parts it needs.
+pub(crate) struct Shared {
+    io: QueueIo,
+    settings: QueueSettings,
+    flow: Flow,
+    stats: ListenerStats,
+    control: Control,
+    runner: Runner,
+    /// Outward signals (the bus); `None`: nobody listens.
+    hooks: Option<Arc<dyn ListenerHooks>>,
 }
 
 impl Wake for Shared {
@@ -227,23 +254,57 @@ impl Wake for Shared {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stats.triggers_by_source[source.index()]
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.wake_tasks();
-        // Fails only once the supervisor is gone (shutdown); nothing to wake then.
-        let _ = self.events.send(Event::Trigger);
+        self.flow.wake_tasks();
+        self.control.tell(Event::Trigger);
     }
 }
 
-impl Shared {
+impl Flow {
     /// Wakes the most recent waiting task, not the oldest: one task stays hot while the others
     /// back off and retire. It may be sleeping, waiting for a trigger, or waiting for a refill
     /// (then it receives with any free slot). With no task waiting, the wake-up is kept for the
     /// next one that waits.
     fn wake_tasks(&self) {
         // Counted first: see `Flow::wakes`.
-        self.flow
-            .wakes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.flow.wake.notify_last();
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_last();
+    }
+}
+
+impl Shared {
+    /// The settler of this queue's messages.
+    fn settler(&self) -> settle::Settler<'_> {
+        settle::Settler {
+            io: &self.io,
+            stats: &self.stats,
+            fatal: &self.control.life.fatal,
+            settings: &self.settings,
+        }
+    }
+
+    /// Settles `message` as `action` says, and wakes the queue when it shows again.
+    async fn settle(
+        self: &Arc<Self>,
+        message: &crate::store::ReceivedMessage,
+        action: settle::Settle,
+        lease_ends: tokio::time::Instant,
+    ) {
+        if let Some(after) = self.settler().apply(message, action, lease_ends).await {
+            self.wake_after(after);
+        }
+    }
+
+    /// Releases `message` (visible again after `after`, not a failure), and wakes the queue
+    /// when it shows again.
+    async fn release(
+        self: &Arc<Self>,
+        message: &crate::store::ReceivedMessage,
+        after: std::time::Duration,
+        why: &str,
+    ) {
+        if let Some(after) = self.settler().release(message, after, why).await {
+            self.wake_after(after);
+        }
     }
 
     /// A message this listener made visible again (retry, release) shows up after `after`:
@@ -252,16 +313,17 @@ impl Shared {
     ///
     /// Never sooner than the back-off minimum: a handler answering "not now" with no delay
     /// must not spin its message through receive and release as fast as the store answers.
+    /// The wait runs on the worker's tracker and ends at `stop`.
     fn wake_after(self: &Arc<Self>, after: std::time::Duration) {
         let after = after.max(self.settings.idle_backoff.min);
         let shared = self.clone();
-        tokio::spawn(async move {
-            let stop = shared.life.stop.clone();
+        self.control.life.tracker.spawn(async move {
+            let stop = shared.control.life.stop.clone();
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = tokio::time::sleep(after) => {
-                    shared.wake_tasks();
-                    let _ = shared.events.send(Event::Visible);
+                    shared.flow.wake_tasks();
+                    shared.control.tell(Event::Visible);
                 }
             }
         });
@@ -298,31 +360,36 @@ impl QueueListener {
         };
         let shared = Arc::new(Shared {
             hooks: spec.hooks,
-            bus: spec.bus,
-            name: Arc::from(spec.queue.name()),
-            queue: spec.queue,
-            poison_queue: spec.poison_queue,
-            create_queues: spec.create_queues,
-            handler: spec.handler,
-            publishers,
+            io: QueueIo {
+                name: Arc::from(spec.queue.name()),
+                queue: spec.queue,
+                poison_queue: spec.poison_queue,
+                create_queues: spec.create_queues,
+            },
+            runner: Runner {
+                stack: spec.stack,
+                publishers,
+                bus: spec.bus,
+                never: CancellationToken::new(),
+            },
             flow,
             stats: ListenerStats::default(),
-            view: Mutex::default(),
-            events,
-            life: life.clone(),
-            never: CancellationToken::new(),
-            supervisor_ended: CancellationToken::new(),
+            control: Control {
+                life: life.clone(),
+                events,
+                supervisor_ended: CancellationToken::new(),
+            },
             settings,
         });
-        hub.register(&shared.name, shared.clone());
+        hub.register(&shared.io.name, shared.clone());
         let mut supervisor = Supervisor::new(shared.clone());
         // One task to start with, even with min_tasks = 0: its first receive finds out whether
         // work is waiting, and it retires on the back-off curve if not. Spawned here, not in
         // the supervisor, so the listener never looks idle before it has looked at the queue.
         supervisor.spawn_task();
-        let span = tracing::info_span!("listener", queue = %shared.name);
+        let span = tracing::info_span!("listener", queue = %shared.io.name);
         // A guard, not a line after the await: a supervisor that panics also ends the listener.
-        let ended = shared.supervisor_ended.clone().drop_guard();
+        let ended = shared.control.supervisor_ended.clone().drop_guard();
         life.tracker.spawn(
             async move {
                 let _ended = ended;
@@ -331,7 +398,7 @@ impl QueueListener {
             .instrument(span),
         );
         let s = &shared.settings;
-        info!(queue = %shared.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
+        info!(queue = %shared.io.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
               batch_size = s.batch_size, concurrency = s.concurrency, refill = shared.flow.refill,
               trigger_covered = shared.flow.covered, "listener started");
         Self { shared }
@@ -339,23 +406,12 @@ impl QueueListener {
 
     /// The queue's counters and scaling state now.
     pub fn snapshot(&self) -> QueueSnapshot {
-        let mut snapshot = self.shared.stats.snapshot(&self.shared.name);
-        let view = self.shared.view.lock().expect("view mutex poisoned");
-        snapshot.depth = view.depth;
-        snapshot.idle_streaks = view.tasks.values().map(|(streak, _)| *streak).collect();
-        snapshot.current_backoff = view
-            .tasks
-            .values()
-            .map(|(_, d)| *d)
-            .max()
-            .unwrap_or_default();
-        snapshot.last_decision = view.last_decision.clone();
-        snapshot
+        self.shared.stats.snapshot(&self.shared.io.name)
     }
 
     /// The queue's name.
     pub fn queue(&self) -> &str {
-        &self.shared.name
+        &self.shared.io.name
     }
 
     /// The listener's histograms (handler time, pickup latency, messages per receive).
@@ -365,7 +421,7 @@ impl QueueListener {
 
     /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).
     pub fn is_running(&self) -> bool {
-        !self.shared.supervisor_ended.is_cancelled()
+        !self.shared.control.supervisor_ended.is_cancelled()
     }
 
     /// Messages received and not yet settled.

@@ -2,7 +2,6 @@
 //! retry, release it (visible again, not a failure), or copy it to the poison queue and then
 //! delete it. [`Settle::decide`] is the pure rule; [`apply`] makes the store calls.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,15 +10,16 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::{bump, ListenerStats};
-use super::{Fatal, Shared};
-use crate::handler::{DispatchError, HandlerError};
+use super::{Fatal, QueueIo};
+use crate::config::QueueSettings;
+use crate::handler::HandlerError;
 use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive, MAX_VISIBILITY};
 
 /// What became of a handler run.
 #[derive(Debug)]
 pub(super) enum Outcome {
     /// The handler returned (after its timeout fired, only `Ok` lands here).
-    Done(Result<(), DispatchError>),
+    Done(Result<(), HandlerError>),
     /// It panicked, with the panic's text.
     Panicked(String),
     /// It passed `handler_timeout` and then failed or was aborted after the grace.
@@ -81,10 +81,10 @@ impl Settle {
         };
         match outcome {
             Outcome::Done(Ok(())) => Settle::Delete,
-            Outcome::Done(Err(DispatchError::Decode(e))) => {
-                Settle::Poison(PoisonReason::Undecodable, e.to_string())
-            }
-            Outcome::Done(Err(DispatchError::Handler(e))) => match e {
+            Outcome::Done(Err(e)) => match e {
+                HandlerError::Undecodable { source } => {
+                    Settle::Poison(PoisonReason::Undecodable, source.to_string())
+                }
                 HandlerError::Release { after, .. } => {
                     Settle::Release(cap(after), "the handler said not now".into())
                 }
@@ -113,54 +113,187 @@ fn cap(delay: Duration) -> Duration {
     delay.min(MAX_VISIBILITY)
 }
 
-/// Carries out `action` on the store. `lease_ends`: when the message's visibility timeout ends
-/// (as far as its lease knows); a failed delete is retried until then, since until then
-/// nobody else can receive it and a late delete still spares a duplicate run.
-pub(super) async fn apply(
-    shared: &Arc<Shared>,
-    message: &ReceivedMessage,
-    action: Settle,
-    lease_ends: Instant,
-) {
-    let span = crate::observability::traces::settle_span(&shared.name, &message.id, action.name());
-    settle(shared, message, action, lease_ends)
-        .instrument(span)
-        .await
+/// What settling a queue's messages takes: its store side, its counters, the fatal-error
+/// latch (a refused settle stops the worker), and its settings. Each method makes the store
+/// calls of one [`Settle`] and says when the message shows again (`Some(delay)` after a retry
+/// or a release), so the caller can wake the queue then.
+pub(super) struct Settler<'a> {
+    pub(super) io: &'a QueueIo,
+    pub(super) stats: &'a ListenerStats,
+    pub(super) fatal: &'a Fatal,
+    pub(super) settings: &'a QueueSettings,
 }
 
-async fn settle(
-    shared: &Arc<Shared>,
-    message: &ReceivedMessage,
-    action: Settle,
-    lease_ends: Instant,
-) {
-    let (id, receipt) = (&message.id, &message.pop_receipt);
-    match action {
-        Settle::Delete => match shared.queue.delete_within(id, receipt, lease_ends).await {
-            Ok(()) => {
-                bump(&shared.stats.handled);
-                debug!(queue = %shared.name, message_id = %message.id, "message handled");
-            }
-            Err(e) => store_failure(shared, message, "delete after success", e),
-        },
-        Settle::Retry(delay, why) => {
-            let delay = within_life(message, delay);
-            warn!(queue = %shared.name, message_id = %message.id, dequeue_count = message.dequeue_count,
-                  retry_in = ?delay, error = %why, "handler failed; will retry");
-            match shared
-                .queue
-                .update(&message.id, &message.pop_receipt, delay, None)
-                .await
-            {
-                Ok(_) => {
-                    bump(&shared.stats.retried);
-                    shared.wake_after(delay);
+impl Settler<'_> {
+    /// Carries out `action` on the store. `lease_ends`: when the message's visibility timeout
+    /// ends (as far as its lease knows); a failed delete is retried until then, since until
+    /// then nobody else can receive it and a late delete still spares a duplicate run.
+    pub(super) async fn apply(
+        &self,
+        message: &ReceivedMessage,
+        action: Settle,
+        lease_ends: Instant,
+    ) -> Option<Duration> {
+        let span =
+            crate::observability::traces::settle_span(&self.io.name, &message.id, action.name());
+        self.carry_out(message, action, lease_ends)
+            .instrument(span)
+            .await
+    }
+
+    async fn carry_out(
+        &self,
+        message: &ReceivedMessage,
+        action: Settle,
+        lease_ends: Instant,
+    ) -> Option<Duration> {
+        let (io, stats) = (self.io, self.stats);
+        let (id, receipt) = (&message.id, &message.pop_receipt);
+        match action {
+            Settle::Delete => match io.queue.delete_within(id, receipt, lease_ends).await {
+                Ok(()) => {
+                    bump(&stats.handled);
+                    debug!(queue = %io.name, message_id = %message.id, "message handled");
                 }
-                Err(e) => store_failure(shared, message, "retry", e),
+                Err(e) => self.failed(message, "delete after success", e),
+            },
+            Settle::Retry(delay, why) => {
+                let delay = within_life(message, delay);
+                warn!(queue = %io.name, message_id = %message.id, dequeue_count = message.dequeue_count,
+                      retry_in = ?delay, error = %why, "handler failed; will retry");
+                match io
+                    .queue
+                    .update(&message.id, &message.pop_receipt, delay, None)
+                    .await
+                {
+                    Ok(_) => {
+                        bump(&stats.retried);
+                        return Some(delay);
+                    }
+                    Err(e) => self.failed(message, "retry", e),
+                }
+            }
+            Settle::Release(after, why) => return self.release(message, after, &why).await,
+            Settle::Poison(reason, why) => self.poison(message, reason, why, lease_ends).await,
+        }
+        None
+    }
+    /// Makes a message visible again (after `after`) without counting a failure.
+    ///
+    /// The service cannot lower a dequeue count, and a message released on its last allowed try
+    /// would come back over the limit and be poisoned unrun. So such a message is sent again as
+    /// a fresh copy (same text, a fresh dequeue count, and the original's expiry: its remaining
+    /// time to live, never-expiring staying never-expiring) and the received one deleted; its
+    /// id changes. Earlier tries release in place.
+    pub(super) async fn release(
+        &self,
+        message: &ReceivedMessage,
+        after: Duration,
+        why: &str,
+    ) -> Option<Duration> {
+        let (io, stats) = (self.io, self.stats);
+        if message.dequeue_count >= self.settings.max_dequeue_count {
+            if let Some(options) = fresh_copy_options(message, after) {
+                match io.queue.send(&message.text, options).await {
+                    Ok(copy) => {
+                        match io.queue.delete(&message.id, &message.pop_receipt).await {
+                            Ok(()) => {
+                                bump(&stats.released);
+                                info!(queue = %io.name, message_id = %message.id, new_id = %copy.id,
+                                      reason = why, "message released on its last try as a fresh copy");
+                                return Some(after);
+                            }
+                            // The copy is there; the original comes back too: a duplicate, not a
+                            // loss.
+                            Err(e) => self.failed(message, "delete after release copy", e),
+                        }
+                        return None;
+                    }
+                    Err(e) => {
+                        warn!(queue = %io.name, message_id = %message.id, error = %e,
+                              "cannot send a fresh copy of a message on its last try; releasing it in place");
+                    }
+                }
             }
         }
-        Settle::Release(after, why) => release(shared, message, after, &why).await,
-        Settle::Poison(reason, why) => poison(shared, message, reason, why, lease_ends).await,
+        let after = within_life(message, after);
+        match io
+            .queue
+            .update(&message.id, &message.pop_receipt, after, None)
+            .await
+        {
+            Ok(_) => {
+                bump(&stats.released);
+                info!(queue = %io.name, message_id = %message.id, reason = why, "message released");
+                Some(after)
+            }
+            Err(e) => {
+                self.failed(message, "release", e);
+                None
+            }
+        }
+    }
+
+    /// Copies the message to the poison queue, then deletes it. The copy is the envelope with
+    /// the failure details when it fits the service's size limit, else the original text
+    /// unchanged (the details are then in this log line only). If the copy fails the message
+    /// stays on its queue (it comes back after its visibility timeout): nothing is lost.
+    pub(super) async fn poison(
+        &self,
+        message: &ReceivedMessage,
+        reason: PoisonReason,
+        error: String,
+        lease_ends: Instant,
+    ) {
+        let (io, stats) = (self.io, self.stats);
+        let envelope = PoisonEnvelope::new(&io.name, message, reason, Some(error.clone()));
+        let text = envelope.to_text(self.settings.encoding);
+        let (body, form) = match &text {
+            PoisonText::Envelope(t) => (t.as_str(), "envelope"),
+            PoisonText::Original(t) => (t.as_str(), "original"),
+        };
+        let options = poison_copy_options(message, self.settings.poison_ttl);
+        if let Err(e) = io.poison_queue.send(body, options).await {
+            error!(queue = %io.name, message_id = %message.id, poison_queue = io.poison_queue.name(),
+                   error = %e, "copy to poison queue failed; message left on its queue");
+            bump(&stats.store_errors);
+            return;
+        }
+        let deleted = io
+            .queue
+            .delete_within(&message.id, &message.pop_receipt, lease_ends)
+            .await;
+        match deleted {
+            Ok(()) => {
+                bump(&stats.poisoned);
+                warn!(queue = %io.name, message_id = %message.id, reason = reason.as_str(),
+                      dequeue_count = message.dequeue_count, poison_queue = io.poison_queue.name(),
+                      form, error = %error, "message moved to poison queue");
+            }
+            Err(e) => self.failed(message, "delete after poison copy", e),
+        }
+    }
+
+    /// Counts and logs a settle the store refused, and raises a refusal as fatal.
+    pub(super) fn failed(&self, message: &ReceivedMessage, step: &str, e: StoreError) {
+        let (queue, stats) = (&*self.io.name, self.stats);
+        if let StoreError::MessageNotFound { .. } = e {
+            bump(&stats.lost_ownership);
+            warn!(queue, message_id = %message.id, step,
+                  "message was re-delivered before we settled it; it may be handled twice");
+        } else if let StoreError::InDoubt { .. } = e {
+            // Counted by the store (updates_in_doubt): a retry or release whose answer was lost.
+            info!(queue, message_id = %message.id, step,
+                  "settle in doubt: the update's answer was lost; the message comes back either way");
+        } else {
+            bump(&stats.store_errors);
+            error!(queue, message_id = %message.id, step, error = %e,
+                   "store call failed; the message reappears after its visibility timeout");
+            // A refusal reaches us only once it persisted over several calls: it is final.
+            if let StoreError::Unauthorized { .. } = e {
+                self.fatal.raise(e);
+            }
+        }
     }
 }
 
@@ -171,57 +304,6 @@ fn within_life(message: &ReceivedMessage, delay: Duration) -> Duration {
     match TimeToLive::remaining(message.expires_at, now_utc()).and_then(TimeToLive::duration) {
         Some(left) => delay.min(left.saturating_sub(Duration::from_secs(1))),
         None => delay,
-    }
-}
-
-/// Makes a message visible again (after `after`) without counting a failure.
-///
-/// The service cannot lower a dequeue count, and a message released on its last allowed try
-/// would come back over the limit and be poisoned unrun. So such a message is sent again as a
-/// fresh copy (same text, a fresh dequeue count, and the original's expiry: its remaining time
-/// to live, never-expiring staying never-expiring) and the received one deleted; its id
-/// changes. Earlier tries release in place.
-pub(super) async fn release(
-    shared: &Arc<Shared>,
-    message: &ReceivedMessage,
-    after: Duration,
-    why: &str,
-) {
-    if message.dequeue_count >= shared.settings.max_dequeue_count {
-        if let Some(options) = fresh_copy_options(message, after) {
-            match shared.queue.send(&message.text, options).await {
-                Ok(copy) => {
-                    match shared.queue.delete(&message.id, &message.pop_receipt).await {
-                        Ok(()) => {
-                            bump(&shared.stats.released);
-                            info!(queue = %shared.name, message_id = %message.id, new_id = %copy.id,
-                                  reason = why, "message released on its last try as a fresh copy");
-                            shared.wake_after(after);
-                        }
-                        // The copy is there; the original comes back too: a duplicate, not a loss.
-                        Err(e) => store_failure(shared, message, "delete after release copy", e),
-                    }
-                    return;
-                }
-                Err(e) => {
-                    warn!(queue = %shared.name, message_id = %message.id, error = %e,
-                          "cannot send a fresh copy of a message on its last try; releasing it in place");
-                }
-            }
-        }
-    }
-    let after = within_life(message, after);
-    match shared
-        .queue
-        .update(&message.id, &message.pop_receipt, after, None)
-        .await
-    {
-        Ok(_) => {
-            bump(&shared.stats.released);
-            info!(queue = %shared.name, message_id = %message.id, reason = why, "message released");
-            shared.wake_after(after);
-        }
-        Err(e) => store_failure(shared, message, "release", e),
     }
 }
 
@@ -251,85 +333,6 @@ fn poison_copy_options(message: &ReceivedMessage, poison_ttl: TimeToLive) -> Sen
     }
 }
 
-/// Copies the message to the poison queue, then deletes it. The copy is the envelope with the
-/// failure details when it fits the service's size limit, else the original text unchanged
-/// (the details are then in this log line only). If the copy fails the message stays on its
-/// queue (it comes back after its visibility timeout): nothing is lost.
-pub(super) async fn poison(
-    shared: &Shared,
-    message: &ReceivedMessage,
-    reason: PoisonReason,
-    error: String,
-    lease_ends: Instant,
-) {
-    let envelope = PoisonEnvelope::new(&shared.name, message, reason, Some(error.clone()));
-    let text = envelope.to_text(shared.settings.encoding);
-    let (body, form) = match &text {
-        PoisonText::Envelope(t) => (t.as_str(), "envelope"),
-        PoisonText::Original(t) => (t.as_str(), "original"),
-    };
-    let options = poison_copy_options(message, shared.settings.poison_ttl);
-    if let Err(e) = shared.poison_queue.send(body, options).await {
-        error!(queue = %shared.name, message_id = %message.id, poison_queue = shared.poison_queue.name(),
-               error = %e, "copy to poison queue failed; message left on its queue");
-        bump(&shared.stats.store_errors);
-        return;
-    }
-    let deleted = shared
-        .queue
-        .delete_within(&message.id, &message.pop_receipt, lease_ends)
-        .await;
-    match deleted {
-        Ok(()) => {
-            bump(&shared.stats.poisoned);
-            warn!(queue = %shared.name, message_id = %message.id, reason = reason.as_str(),
-                  dequeue_count = message.dequeue_count, poison_queue = shared.poison_queue.name(),
-                  form, error = %error, "message moved to poison queue");
-        }
-        Err(e) => store_failure(shared, message, "delete after poison copy", e),
-    }
-}
-
-/// Counts and logs a settle the store refused.
-pub(super) fn store_failure(shared: &Shared, message: &ReceivedMessage, step: &str, e: StoreError) {
-    failed_settle(
-        &shared.name,
-        &shared.stats,
-        &shared.life.fatal,
-        message,
-        step,
-        e,
-    );
-}
-
-/// [`store_failure`] with the parts it needs: counts, logs, and raises a refusal as fatal.
-fn failed_settle(
-    queue: &str,
-    stats: &ListenerStats,
-    fatal: &Fatal,
-    message: &ReceivedMessage,
-    step: &str,
-    e: StoreError,
-) {
-    if let StoreError::MessageNotFound { .. } = e {
-        bump(&stats.lost_ownership);
-        warn!(queue, message_id = %message.id, step,
-              "message was re-delivered before we settled it; it may be handled twice");
-    } else if let StoreError::InDoubt { .. } = e {
-        // Counted by the store (updates_in_doubt): a retry or release whose answer was lost.
-        info!(queue, message_id = %message.id, step,
-              "settle in doubt: the update's answer was lost; the message comes back either way");
-    } else {
-        bump(&stats.store_errors);
-        error!(queue, message_id = %message.id, step, error = %e,
-               "store call failed; the message reappears after its visibility timeout");
-        // A refusal reaches us only once it persisted over several calls: it is final.
-        if let StoreError::Unauthorized { .. } = e {
-            fatal.raise(e);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +340,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn handler_err(e: HandlerError) -> Outcome {
-        Outcome::Done(Err(DispatchError::Handler(e)))
+        Outcome::Done(Err(e))
     }
 
     fn kind(s: &Settle) -> &'static str {
@@ -386,7 +389,7 @@ mod tests {
             ),
             (|| handler_err(HandlerError::release(S)), true, 1, "release"),
             (
-                || Outcome::Done(Err(DispatchError::Decode("bad".into()))),
+                || handler_err(HandlerError::undecodable("bad")),
                 true,
                 1,
                 "poison:undecodable",

@@ -1,7 +1,9 @@
 //! A listener's counters and the snapshot it shows the outside (tests, `/metrics`, the
 //! simulator).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -35,6 +37,17 @@ pub(crate) struct ListenerStats {
     /// Push triggers by source, indexed by [`TriggerSource::index`].
     pub(crate) triggers_by_source: [AtomicU64; TriggerSource::ALL.len()],
     pub(crate) histograms: Histograms,
+    /// What the supervisor and the tasks know beyond counters.
+    view: Mutex<ScaleView>,
+}
+
+/// What the supervisor knows beyond counters, shown in snapshots.
+#[derive(Debug, Default)]
+struct ScaleView {
+    depth: Option<u64>,
+    /// Per task: its idle streak and its current back-off sleep.
+    tasks: BTreeMap<u64, (u32, Duration)>,
+    last_decision: Option<String>,
 }
 
 /// A listener's distributions, observed where their events happen and read at scrape time.
@@ -133,9 +146,57 @@ pub struct QueueSnapshot {
 }
 
 impl ListenerStats {
-    /// The counters into a snapshot (scaling state left empty for the caller to fill).
+    /// The counters and the scaling state into a snapshot.
     pub(crate) fn snapshot(&self, queue: &str) -> QueueSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut snapshot = self.counters(queue, get);
+        let view = self.view();
+        snapshot.depth = view.depth;
+        snapshot.idle_streaks = view.tasks.values().map(|(streak, _)| *streak).collect();
+        snapshot.current_backoff = view
+            .tasks
+            .values()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default();
+        snapshot.last_decision = view.last_decision.clone();
+        snapshot
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, ScaleView> {
+        // The view holds plain values, each written whole: one left by a panicking writer is
+        // still consistent.
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records task `id`'s idle streak and the back-off sleep it is in.
+    pub(crate) fn set_task(&self, id: u64, streak: u32, sleep: Duration) {
+        self.view().tasks.insert(id, (streak, sleep));
+    }
+
+    /// Forgets task `id` (it ended).
+    pub(crate) fn forget_task(&self, id: u64) {
+        self.view().tasks.remove(&id);
+    }
+
+    /// Of `ids`, the task with the longest idle streak.
+    pub(crate) fn most_idle<'a>(&self, ids: impl Iterator<Item = &'a u64>) -> Option<u64> {
+        let view = self.view();
+        ids.max_by_key(|id| view.tasks.get(id).map_or(0, |(streak, _)| *streak))
+            .copied()
+    }
+
+    /// Records the last probed depth.
+    pub(crate) fn set_depth(&self, depth: Option<u64>) {
+        self.view().depth = depth;
+    }
+
+    /// Records the last scaling decision that changed something.
+    pub(crate) fn set_decision(&self, text: String) {
+        self.view().last_decision = Some(text);
+    }
+
+    fn counters(&self, queue: &str, get: impl Fn(&AtomicU64) -> u64) -> QueueSnapshot {
         QueueSnapshot {
             queue: queue.to_string(),
             active_tasks: get(&self.active_tasks),
@@ -158,7 +219,7 @@ impl ListenerStats {
             renewals: get(&self.renewals),
             pulses: get(&self.pulses),
             task_restarts: get(&self.task_restarts),
-            triggers_by_source: self.triggers_by_source.each_ref().map(get),
+            triggers_by_source: self.triggers_by_source.each_ref().map(&get),
             ..QueueSnapshot::default()
         }
     }

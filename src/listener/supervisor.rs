@@ -26,15 +26,6 @@ use super::{dispatch, Shared};
 use crate::scaling::{decide, Decision, Prompt, Signals};
 use crate::store::{StoreError, MAX_BATCH};
 
-/// What the supervisor knows beyond counters, shown in snapshots.
-#[derive(Debug, Default)]
-pub(super) struct ScaleView {
-    pub(super) depth: Option<u64>,
-    /// Per task: its idle streak and its current back-off sleep.
-    pub(super) tasks: BTreeMap<u64, (u32, Duration)>,
-    pub(super) last_decision: Option<String>,
-}
-
 /// What a depth probe found.
 #[derive(Debug, Clone, Copy, Default)]
 struct Probe {
@@ -128,7 +119,7 @@ impl Supervisor {
                 .unwrap_or(Duration::from_secs(3600)),
         );
         idle_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = self.shared.life.stop.clone();
+        let stop = self.shared.control.life.stop.clone();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -160,7 +151,7 @@ impl Supervisor {
         // Tasks hold child tokens of `stop`: they are already stopping. Dropping the JoinSet
         // would abort them mid-receive; the worker's tracker waits for them instead.
         self.running.detach_all();
-        debug!(queue = %self.shared.name, "supervisor stopped");
+        debug!(queue = %self.shared.io.name, "supervisor stopped");
     }
 
     async fn on_event(&mut self, event: Event) {
@@ -251,7 +242,7 @@ impl Supervisor {
             return;
         };
         let started = self.started.remove(&id);
-        let life = &self.shared.life;
+        let life = &self.shared.control.life;
         if !self.tasks.contains_key(&id) || life.stop.is_cancelled() || life.fatal.is_raised() {
             return;
         }
@@ -263,12 +254,12 @@ impl Supervisor {
             }
             Some(e) => format!("was cancelled: {e}"),
         };
-        let task = format!("{}#{id}", self.shared.name);
+        let task = format!("{}#{id}", self.shared.io.name);
         let Some(delay) = self.restarts.failed(started) else {
-            error!(queue = %self.shared.name, task, how, restarts = RESTART_BUDGET,
+            error!(queue = %self.shared.io.name, task, how, restarts = RESTART_BUDGET,
                    "dequeue tasks keep failing right after they start; stopping the worker");
             life.fatal.raise(StoreError::Unconsumable {
-                queue: self.shared.name.to_string(),
+                queue: self.shared.io.name.to_string(),
                 detail: format!(
                     "{RESTART_BUDGET} dequeue tasks in a row ended within {QUICK_FAILURE:?} of                      starting; the last {how}"
                 ),
@@ -276,7 +267,7 @@ impl Supervisor {
             return;
         };
         bump(&self.shared.stats.task_restarts);
-        error!(queue = %self.shared.name, task, how, restart_in = ?delay,
+        error!(queue = %self.shared.io.name, task, how, restart_in = ?delay,
                "dequeue task ended unexpectedly; starting a replacement");
         self.spawn_task_after(delay);
     }
@@ -337,13 +328,7 @@ impl Supervisor {
     /// Cancels the token of the task with the longest idle streak. Its messages run on (they
     /// answer to `stop` and `abort`, not to the task's token); the task ends at its next wait.
     fn retire_most_idle(&mut self) {
-        let most_idle = {
-            let view = self.shared.view.lock().expect("view mutex poisoned");
-            self.tasks
-                .keys()
-                .max_by_key(|id| view.tasks.get(id).map_or(0, |(streak, _)| *streak))
-                .copied()
-        };
+        let most_idle = self.shared.stats.most_idle(self.tasks.keys());
         if let Some(token) = most_idle.and_then(|id| self.tasks.remove(&id)) {
             token.cancel();
         }
@@ -351,12 +336,8 @@ impl Supervisor {
 
     fn record(&self, d: Decision, prompt: Prompt) {
         let text = format!("{} tasks: {}", d.target, d.reason);
-        info!(queue = %self.shared.name, target = d.target, reason = %d.reason, prompt = ?prompt, "scaling decision");
-        self.shared
-            .view
-            .lock()
-            .expect("view mutex poisoned")
-            .last_decision = Some(text);
+        info!(queue = %self.shared.io.name, target = d.target, reason = %d.reason, prompt = ?prompt, "scaling decision");
+        self.shared.stats.set_decision(text);
     }
 
     pub(super) fn spawn_task(&mut self) {
@@ -367,15 +348,15 @@ impl Supervisor {
     fn spawn_task_after(&mut self, delay: Duration) {
         let id = self.next_task;
         self.next_task += 1;
-        let token = self.shared.life.stop.child_token();
+        let token = self.shared.control.life.stop.child_token();
         self.tasks.insert(id, token.clone());
         let stats = &self.shared.stats;
         let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
-        let span = tracing::info_span!("dequeue", queue = %self.shared.name, task = id);
+        let span = tracing::info_span!("dequeue", queue = %self.shared.io.name, task = id);
         self.started.insert(id, Instant::now() + delay);
         let shared = self.shared.clone();
-        let run = self.shared.life.tracker.track_future(
+        let run = self.shared.control.life.tracker.track_future(
             async move {
                 if !delay.is_zero() {
                     tokio::select! {
@@ -412,7 +393,7 @@ impl Supervisor {
     /// too (from that peek, or a peek of one).
     async fn probe_depth(&mut self) -> Probe {
         self.last_probe = Some(Instant::now());
-        let queue = &self.shared.queue;
+        let queue = &self.shared.io.queue;
         let stats = &self.shared.stats;
         let want_age = self
             .shared
@@ -449,12 +430,12 @@ impl Supervisor {
         .await;
         match result {
             Ok(probe) => {
-                self.shared.view.lock().expect("view mutex poisoned").depth = probe.depth;
+                self.shared.stats.set_depth(probe.depth);
                 probe
             }
             Err(e) => {
                 bump(&stats.store_errors);
-                warn!(queue = %self.shared.name, error = %e, "depth probe failed");
+                warn!(queue = %self.shared.io.name, error = %e, "depth probe failed");
                 Probe::default()
             }
         }

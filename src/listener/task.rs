@@ -20,7 +20,7 @@
 //! up to that long for more arrivals before it receives.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -33,8 +33,7 @@ use super::dispatch::Start;
 use super::slots::{Ahead, Held};
 use super::stats::bump;
 use super::stats::ListenerStats;
-use super::supervisor::ScaleView;
-use super::{dispatch, settle, Flow, Shared};
+use super::{dispatch, Fatal, Flow, QueueIo, Shared};
 use crate::backoff::IdleBackoff;
 use crate::config::IdleBackoffSettings;
 use crate::store::StoreError;
@@ -89,27 +88,62 @@ enum Woke {
 /// Forgets a task's view entry and active count however it ends (a panic included).
 struct TaskGuard<'a> {
     stats: &'a ListenerStats,
-    view: &'a Mutex<ScaleView>,
     id: u64,
 }
 
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
         self.stats.active_tasks.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut view) = self.view.lock() {
-            view.tasks.remove(&self.id);
-        }
+        self.stats.forget_task(self.id);
+    }
+}
+
+/// What a receive came to, as far as the next wait is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// Nothing: the queue looked empty.
+    Nothing,
+    /// The call failed (and the task goes on).
+    Failed,
+    /// Messages; `filled`: as many as the task asked for.
+    Messages { filled: bool },
+}
+
+/// What a task does after a receive, before the idle curve turns it into a sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Receive again once a refill can be taken: the queue may hold more.
+    Refill,
+    /// Wait for a trigger (at most the back-off maximum): every message comes with one.
+    AwaitTrigger,
+    /// Sleep the back-off minimum: the queue was just drained.
+    Pause,
+    /// Sleep the idle curve's next step; at its maximum, ask to retire when `retire`.
+    Climb { retire: bool },
+    /// Sleep the curve's maximum and ask to retire: a wait for a trigger ran out and the
+    /// receive after it found nothing.
+    Rest,
+}
+
+/// The rule that picks a task's next wait. `quiet`: the task's last wait for a trigger ran
+/// out; `covered`: every message of the queue comes with its own trigger.
+fn then(received: Received, quiet: bool, covered: bool) -> Then {
+    match received {
+        Received::Nothing if quiet => Then::Rest,
+        Received::Nothing => Then::Climb { retire: true },
+        // A failing store is no reason to retire: the task is needed once it answers again.
+        Received::Failed => Then::Climb { retire: false },
+        Received::Messages { filled: true } => Then::Refill,
+        Received::Messages { filled: false } if covered => Then::AwaitTrigger,
+        Received::Messages { filled: false } => Then::Pause,
     }
 }
 
 /// The receive loop of task `id`, until `token` (stop, or this task's retirement) fires or the
 /// supervisor lets it retire.
 pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: CancellationToken) {
-    let _guard = TaskGuard {
-        stats: &shared.stats,
-        view: &shared.view,
-        id,
-    };
+    let (io, flow, stats) = (&shared.io, &shared.flow, &shared.stats);
+    let _guard = TaskGuard { stats, id };
     let settings = &shared.settings;
     let mut backoff = IdleBackoff::new(settings.idle_backoff);
     let max_sleep = settings.idle_backoff.max;
@@ -120,7 +154,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
     // to the back-off maximum.
     let mut quiet = false;
     // The wake-up count before the last receive: wake-ups counted by then were answered by it.
-    let mut seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
+    let mut seen_wakes = flow.wakes.load(Ordering::SeqCst);
     // When the last receive, made for a trigger, came back empty: the next triggers are paced
     // from there.
     let mut empty_at: Option<Instant> = None;
@@ -141,13 +175,13 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         };
         let asked = u8::try_from(held.len() + ahead.len()).unwrap_or(crate::store::MAX_BATCH);
         // A wake-up counted after this point may be for a message this receive misses.
-        seen_wakes = shared.flow.wakes.load(Ordering::SeqCst);
+        seen_wakes = flow.wakes.load(Ordering::SeqCst);
         let received_at = Instant::now();
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
-        bump(&shared.stats.receive_calls);
-        let receive_span = crate::observability::traces::receive_span(&shared.name);
-        let received = shared
+        bump(&stats.receive_calls);
+        let receive_span = crate::observability::traces::receive_span(&io.name);
+        let received = io
             .queue
             .receive(asked, settings.visibility_timeout)
             .instrument(receive_span.clone())
@@ -160,22 +194,25 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             Ok(batch) if batch.is_empty() => {
                 drop((held, ahead));
                 empty_at = for_trigger.then(Instant::now);
-                bump(&shared.stats.empty_receives);
-                observe_batch(&shared, &batch);
+                bump(&stats.empty_receives);
+                observe_batch(stats, &batch);
                 if let Some(hooks) = &shared.hooks {
                     hooks.drained();
                 }
-                let delay = if quiet {
-                    max_sleep
-                } else {
-                    backoff.next_delay()
+                after_idle = true;
+                let (delay, retire) = match then(Received::Nothing, quiet, flow.covered) {
+                    Then::Rest => (max_sleep, true),
+                    Then::Climb { retire } => (backoff.next_delay(), retire),
+                    other => unreachable!("an empty receive never leads to {other:?}"),
                 };
-                set_view(&shared.view, id, backoff.streak(), delay);
-                if delay >= max_sleep && may_retire(&shared.events, id, seen_wakes).await {
-                    debug!(queue = %shared.name, task = id, "idle task retired");
+                stats.set_task(id, backoff.streak(), delay);
+                if retire
+                    && delay >= max_sleep
+                    && may_retire(&shared.control.events, id, seen_wakes).await
+                {
+                    debug!(queue = %io.name, task = id, "idle task retired");
                     return;
                 }
-                after_idle = true;
                 next = Next::Sleep(delay);
                 continue;
             }
@@ -185,24 +222,27 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             }
             Err(e) => {
                 drop((held, ahead));
-                bump(&shared.stats.store_errors);
-                if !on_receive_error(&shared, e).await {
+                bump(&stats.store_errors);
+                if !on_receive_error(io, &shared.control.life.fatal, e).await {
                     return;
                 }
+                debug_assert_eq!(
+                    then(Received::Failed, quiet, flow.covered),
+                    Then::Climb { retire: false }
+                );
                 next = Next::Sleep(backoff.next_delay());
                 continue;
             }
         };
         let got = batch.len();
-        shared
-            .stats
-            .received
-            .fetch_add(got as u64, Ordering::Relaxed);
-        observe_batch(&shared, &batch);
-        if shared.life.stop.is_cancelled() {
+        stats.received.fetch_add(got as u64, Ordering::Relaxed);
+        observe_batch(stats, &batch);
+        if shared.control.life.stop.is_cancelled() {
             // Received while stopping: none has started; give them all back.
             for message in &batch {
-                settle::release(&shared, message, Duration::ZERO, "worker stopping").await;
+                shared
+                    .release(message, Duration::ZERO, "worker stopping")
+                    .await;
             }
             break;
         }
@@ -211,18 +251,18 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         if let Some(hooks) = &shared.hooks {
             hooks.found();
             // Every slot taken and the queue may hold more: others should help.
-            if filled && shared.flow.slots.free() == 0 {
+            if filled && flow.slots.free() == 0 {
                 hooks.overflow();
             }
         }
         backoff.reset();
         quiet = false;
-        set_view(&shared.view, id, 0, Duration::ZERO);
+        stats.set_task(id, 0, Duration::ZERO);
         // The scaler hears of a full *batch* only: a receive cut short by free slots says
         // nothing more tasks could use, and neither does a full one that needed messages
         // received ahead (every slot is busy: another task would only add receives).
-        let _ = shared.events.send(Event::Batch {
-            full: got >= usize::from(shared.flow.batch) && got <= held.len(),
+        shared.control.tell(Event::Batch {
+            full: got >= usize::from(flow.batch) && got <= held.len(),
             filled,
             after_idle,
         });
@@ -235,26 +275,26 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
             };
             let mut message = message;
             let span = crate::observability::traces::process_span(
-                &shared.name,
+                &io.name,
                 &mut message,
-                shared.settings.trace_context,
+                settings.trace_context,
             );
             shared
+                .control
                 .life
                 .tracker
                 .spawn(dispatch::run(shared.clone(), message, start, received_at).instrument(span));
         }
         // Slots and ahead room the receive did not fill go back now.
         drop((held, ahead));
-        next = if filled {
-            Next::Refill
-        } else if shared.flow.covered {
-            Next::AwaitTrigger
-        } else {
-            Next::Sleep(settings.idle_backoff.min)
+        next = match then(Received::Messages { filled }, quiet, flow.covered) {
+            Then::Refill => Next::Refill,
+            Then::AwaitTrigger => Next::AwaitTrigger,
+            Then::Pause => Next::Sleep(settings.idle_backoff.min),
+            other => unreachable!("a receive with messages never leads to {other:?}"),
         };
     }
-    debug!(queue = %shared.name, task = id, "dequeue task stopped");
+    debug!(queue = %io.name, task = id, "dequeue task stopped");
 }
 
 /// What a task's next wait depends on.
@@ -310,9 +350,9 @@ async fn wait(
                 // Covered at min_tasks = 0: every message comes with a trigger, and none came.
                 // Retire now rather than pay a receive to learn what the triggers said.
                 if shared.settings.scaling.min_tasks == 0
-                    && may_retire(&shared.events, turn.id, seen).await
+                    && may_retire(&shared.control.events, turn.id, seen).await
                 {
-                    debug!(queue = %shared.name, task = turn.id, "task retired: no trigger came");
+                    debug!(queue = %shared.io.name, task = turn.id, "task retired: no trigger came");
                     return None;
                 }
             }
@@ -419,8 +459,8 @@ async fn batch_window(flow: &Flow, window: Option<Duration>, token: &Cancellatio
 }
 
 /// Records a receive's size and, for first deliveries, how long each message waited.
-fn observe_batch(shared: &Shared, batch: &[crate::store::ReceivedMessage]) {
-    let h = &shared.stats.histograms;
+fn observe_batch(stats: &ListenerStats, batch: &[crate::store::ReceivedMessage]) {
+    let h = &stats.histograms;
     h.messages_per_receive.observe(batch.len() as f64);
     let now = crate::store::now_utc();
     for m in batch.iter().filter(|m| m.dequeue_count <= 1) {
@@ -432,13 +472,13 @@ fn observe_batch(shared: &Shared, batch: &[crate::store::ReceivedMessage]) {
 }
 
 /// Handles a failed receive; `false` when the task must end (an error no retry can fix).
-async fn on_receive_error(shared: &Shared, e: StoreError) -> bool {
+async fn on_receive_error(io: &QueueIo, fatal: &Fatal, e: StoreError) -> bool {
     match e {
-        StoreError::QueueNotFound { .. } if shared.create_queues => {
+        StoreError::QueueNotFound { .. } if io.create_queues => {
             // Deleted while we ran (or a service that lost its state): recreate it, with its
             // poison queue, as at start-up.
-            warn!(queue = %shared.name, "queue disappeared; recreating it");
-            for q in [&shared.queue, &shared.poison_queue] {
+            warn!(queue = %io.name, "queue disappeared; recreating it");
+            for q in [&io.queue, &io.poison_queue] {
                 if let Err(e) = q.create_if_missing().await {
                     warn!(queue = q.name(), error = %e, "cannot recreate the queue yet");
                 }
@@ -446,22 +486,16 @@ async fn on_receive_error(shared: &Shared, e: StoreError) -> bool {
             true
         }
         e @ (StoreError::Unauthorized { .. } | StoreError::QueueNotFound { .. }) => {
-            error!(queue = %shared.name, error = %e, "receive failed and no retry can fix it; stopping the worker");
-            shared.life.fatal.raise(e);
+            error!(queue = %io.name, error = %e, "receive failed and no retry can fix it; stopping the worker");
+            fatal.raise(e);
             false
         }
         e => {
             // Transient faults were already retried (bounded) by the store; keep the task
             // alive and try again on the idle curve.
-            error!(queue = %shared.name, error = %e, "receive failed");
+            error!(queue = %io.name, error = %e, "receive failed");
             true
         }
-    }
-}
-
-fn set_view(view: &Mutex<ScaleView>, id: u64, streak: u32, sleep: Duration) {
-    if let Ok(mut view) = view.lock() {
-        view.tasks.insert(id, (streak, sleep));
     }
 }
 
@@ -478,4 +512,48 @@ async fn may_retire(events: &UnboundedSender<Event>, task: u64, seen_wakes: u64)
         return false;
     }
     answer.await.unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_wait_rule_table() {
+        let filled = Received::Messages { filled: true };
+        let short = Received::Messages { filled: false };
+        // (what came back, quiet, covered, what the task does next)
+        let cases = [
+            (
+                Received::Nothing,
+                false,
+                false,
+                Then::Climb { retire: true },
+            ),
+            (Received::Nothing, false, true, Then::Climb { retire: true }),
+            // A wait for a trigger ran out, then nothing: straight to the maximum.
+            (Received::Nothing, true, true, Then::Rest),
+            (Received::Nothing, true, false, Then::Rest),
+            (
+                Received::Failed,
+                false,
+                false,
+                Then::Climb { retire: false },
+            ),
+            (Received::Failed, true, true, Then::Climb { retire: false }),
+            (filled, false, false, Then::Refill),
+            (filled, true, true, Then::Refill),
+            (short, false, true, Then::AwaitTrigger),
+            (short, true, true, Then::AwaitTrigger),
+            (short, false, false, Then::Pause),
+            (short, true, false, Then::Pause),
+        ];
+        for (i, (received, quiet, covered, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                then(received, quiet, covered),
+                want,
+                "case {i}: {received:?}"
+            );
+        }
+    }
 }

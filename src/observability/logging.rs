@@ -9,9 +9,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use super::settings::LogFormat;
-use super::traces::TracesSettings;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, LogFormat, Settings, TracesSettings};
 
 /// The environment variable that overrides `[log] format`: `text` or `json`.
 pub const FORMAT_VAR: &str = "EBBFLOW_LOG_FORMAT";

@@ -22,7 +22,7 @@ use crate::store::{QueueStore, UnknownOutcomes};
 use crate::trigger::TriggerSource;
 
 /// The content type of [`Metrics::render`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use crate::endpoint::CONTENT_TYPE;
 
 /// A running worker's metrics, rendered on each scrape.
 pub struct Metrics {

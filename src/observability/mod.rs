@@ -1,6 +1,5 @@
 //! What the worker shows operators, apart from the trigger endpoint:
 //!
-//! - `settings.rs`: the `[observability]` (ops endpoint) and `[log]` settings.
 //! - [`readiness`]: readiness as named checks (ready, degraded, unready) plus the drain latch.
 //! - [`metrics`]: the metrics on `prometheus-client`, read from the listeners at scrape time.
 //! - [`server`]: the ops endpoint, `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -11,10 +10,9 @@ pub mod logging;
 pub mod metrics;
 pub mod readiness;
 pub mod server;
-mod settings;
 pub mod traces;
 
+pub use crate::config::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
 pub use logging::setup;
 pub use metrics::Metrics;
 pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};
-pub use settings::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};

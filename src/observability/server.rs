@@ -17,14 +17,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
-use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 
-use super::metrics::{Metrics, CONTENT_TYPE};
+use super::metrics::Metrics;
 use super::readiness::Readiness;
-use super::settings::MetricsToken;
-use crate::trigger::http::{bearer, tokens_match};
+use crate::config::MetricsToken;
+use crate::endpoint::{bearer, guard_response, reject, tokens_match, CONTENT_TYPE};
 
 /// A `/metrics` request not answered within this long gets 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +45,9 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
         token,
     };
     let guard = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(guard_response))
+        .layer(HandleErrorLayer::new(|e: BoxError| async move {
+            guard_response("ops endpoint", "scrapes", e)
+        }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_SCRAPES))
         .timeout(REQUEST_TIMEOUT);
@@ -103,25 +104,4 @@ async fn metrics_text(State(state): State<OpsState>, headers: HeaderMap) -> Resp
         }
     }
     ([("content-type", CONTENT_TYPE)], state.metrics.render()).into_response()
-}
-
-async fn guard_response(error: BoxError) -> Response {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        reject(StatusCode::REQUEST_TIMEOUT, "request timed out")
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        let mut r = reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many scrapes at once; retry",
-        );
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
-        r
-    } else {
-        tracing::warn!(error = %error, "ops endpoint layer failed");
-        reject(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    }
-}
-
-fn reject(status: StatusCode, reason: &str) -> Response {
-    (status, Json(json!({ "error": reason }))).into_response()
 }

@@ -29,13 +29,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 
+use super::settings::HttpTriggerSettings;
 use super::{Hub, WorkDetected};
-use crate::config::HttpTriggerSettings;
+use crate::endpoint::{bearer, guard_response, reject, tokens_match, CONTENT_TYPE};
 use crate::store::validate_queue_name;
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
@@ -65,7 +65,9 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>
     // every slot taken is shed (503) instead of queueing; the timeout covers the handler,
     // which reads the body.
     let guard = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(guard_response))
+        .layer(HandleErrorLayer::new(|e: BoxError| async move {
+            guard_response("trigger endpoint", "requests", e)
+        }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(
             settings.max_concurrent_requests as usize,
@@ -78,24 +80,6 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>
         .layer(guard)
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
-}
-
-/// The answer when the guard layers stop a request.
-async fn guard_response(error: BoxError) -> Response {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        reject(StatusCode::REQUEST_TIMEOUT, "request timed out")
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        let mut r = reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests at once; retry",
-        );
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
-        r
-    } else {
-        tracing::warn!(error = %error, "trigger endpoint layer failed");
-        reject(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    }
 }
 
 /// Binds the endpoint; returns the bound address (useful with port 0) and the server future,
@@ -118,10 +102,6 @@ pub async fn bind(
         }
     };
     Ok((addr, serve))
-}
-
-fn reject(status: StatusCode, reason: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": reason.into() }))).into_response()
 }
 
 /// Why a request is refused (401), when it is.
@@ -154,25 +134,6 @@ fn authorize(
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header, the scheme matched in any case.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, token) = value.split_once([' ', '\t'])?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Compares in time that does not depend on where the tokens differ (only on their lengths).
-pub(crate) fn tokens_match(given: &str, expected: &str) -> bool {
-    given.as_bytes().ct_eq(expected.as_bytes()).into()
-}
-
 /// The counters, behind the same token as triggers (scrapers send it as a bearer token).
 async fn metrics_text(
     State(state): State<AppState>,
@@ -183,11 +144,7 @@ async fn metrics_text(
         return reject(StatusCode::UNAUTHORIZED, why);
     }
     match &state.metrics {
-        Some(render) => (
-            [("content-type", crate::observability::metrics::CONTENT_TYPE)],
-            render(),
-        )
-            .into_response(),
+        Some(render) => ([("content-type", CONTENT_TYPE)], render()).into_response(),
         None => reject(StatusCode::NOT_FOUND, "no metrics here"),
     }
 }
@@ -362,29 +319,5 @@ mod tests {
                 .unwrap_or_else(|| panic!("{v} accepted"));
             assert!(err.contains(why), "{v}: {err}");
         }
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(tokens_match("abc", "abc"));
-        assert!(!tokens_match("abc", "abd"));
-        assert!(!tokens_match("abc", "abcd"));
-        assert!(!tokens_match("", "abc"));
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_matched_in_any_case() {
-        let headers = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert("authorization", HeaderValue::from_str(v).unwrap());
-            h
-        };
-        for v in ["Bearer tok", "bearer tok", "BEARER  tok ", "bEaReR\ttok"] {
-            assert_eq!(bearer(&headers(v)), Some("tok"), "{v:?}");
-        }
-        for v in ["Basic tok", "Bearer", "Bearer ", "Bearertok", "tok"] {
-            assert_eq!(bearer(&headers(v)), None, "{v:?}");
-        }
-        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }

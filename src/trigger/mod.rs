@@ -11,11 +11,14 @@
 //! at once.
 
 pub mod http;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
+
+pub use settings::{HttpTriggerSettings, TriggerSettings};
 
 /// A work-detected event: new work was put on `queue`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, Settings};
-use crate::handler::{Erased, ErasedHandler, Handler, Publisher};
+use crate::handler::{Erased, ErasedHandler, Handler, Layer, Publisher, SharedLayer, Span, Stack};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
 use crate::observability::{Metrics, Readiness};
 use crate::store::metered::Metering;
@@ -49,6 +49,9 @@ pub enum WorkerError {
     /// A handler was registered for a queue missing from config.
     #[error("a handler is registered for queue {0}, but config has no [queues.{0}] section")]
     NotConfigured(String),
+    /// A layer was added for a queue missing from config.
+    #[error("a layer is added for queue {0} (Worker::layer_for), but config has no [queues.{0}] section")]
+    LayerNotConfigured(String),
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),
@@ -82,9 +85,7 @@ pub enum WorkerError {
     },
 }
 
-/// How long, after the drain deadline aborted the handlers still running, the worker waits
-/// for their messages to be released before it reports anyway (store calls may hang).
-pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
+pub use crate::config::RELEASE_GRACE;
 
 /// Subscribes one bus observer when the worker starts.
 type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
@@ -97,6 +98,10 @@ pub struct Worker {
     duplicate: Option<String>,
     /// Bus observers, subscribed before delivery starts.
     observers: Vec<Observer>,
+    /// Layers around every queue's handler, outermost first.
+    layers: Vec<SharedLayer>,
+    /// Layers around one queue's handler, inside the worker-wide ones, outermost first.
+    queue_layers: BTreeMap<String, Vec<SharedLayer>>,
 }
 
 impl Worker {
@@ -108,7 +113,28 @@ impl Worker {
             handlers: BTreeMap::new(),
             duplicate: None,
             observers: Vec::new(),
+            layers: Vec::new(),
+            queue_layers: BTreeMap::new(),
         }
+    }
+
+    /// Adds a middleware layer around every queue's handler (see [`crate::handler::Layer`]).
+    /// Layers added first are outermost; worker-wide layers wrap the queues' own.
+    pub fn layer<L: Layer>(mut self, layer: L) -> Self {
+        self.layers.push(SharedLayer::new(layer));
+        self
+    }
+
+    /// Adds a middleware layer around the handler of queue `queue` only, inside the
+    /// worker-wide layers. To share one layer's state between queues (one concurrency limit
+    /// for several), add clones of a layer whose state is behind an `Arc`, as the shipped
+    /// [`crate::handler::layers`] are. A queue missing from config is a start-up error.
+    pub fn layer_for<L: Layer>(mut self, queue: &str, layer: L) -> Self {
+        self.queue_layers
+            .entry(queue.to_string())
+            .or_default()
+            .push(SharedLayer::new(layer));
+        self
     }
 
     /// Uses this store instead of the one the settings name (e.g. a shared embedded store).
@@ -188,6 +214,11 @@ impl Worker {
         for name in self.handlers.keys() {
             if !self.settings.queues.contains_key(name) {
                 return Err(WorkerError::NotConfigured(name.clone()));
+            }
+        }
+        for name in self.queue_layers.keys() {
+            if !self.settings.queues.contains_key(name) {
+                return Err(WorkerError::LayerNotConfigured(name.clone()));
             }
         }
         let store = match self.store {
@@ -273,7 +304,7 @@ impl Worker {
                 queue,
                 poison_queue,
                 settings: queue_settings.clone(),
-                handler,
+                stack: stack_of(&self.layers, self.queue_layers.get(name), handler),
                 create_queues: create,
                 // In-process publishes trigger after each send lands; HTTP events are hints (one may
                 // stand for a burst still being sent), so they do not cover a queue.
@@ -352,6 +383,19 @@ impl Worker {
             drain_timeout: self.settings.worker.drain_timeout,
         })
     }
+}
+
+/// A queue's stack: the runtime's span outermost, then the worker-wide layers, then the
+/// queue's own, around its handler.
+fn stack_of(
+    worker: &[SharedLayer],
+    queue: Option<&Vec<SharedLayer>>,
+    handler: Arc<dyn ErasedHandler>,
+) -> Stack {
+    let mut layers = vec![SharedLayer::new(Span)];
+    layers.extend(worker.iter().cloned());
+    layers.extend(queue.into_iter().flatten().cloned());
+    Stack::new(layers, handler)
 }
 
 /// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_duration, check_range, ConfigError};
+use crate::checks::{check_duration, check_range, ConfigError};
 
 /// Push triggers from other processes.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

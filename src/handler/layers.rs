@@ -1,0 +1,506 @@
+//! Layers that ship with ebbflow: a rate limit towards a downstream, a concurrency limit shared
+//! by several queues, a circuit breaker and de-duplication. Add them with
+//! [`crate::Worker::layer`] (every queue) or [`crate::Worker::layer_for`] (one queue). Clones
+//! share their state: add clones of one limit to several queues to limit them together.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ebbflow::handler::layers::{CircuitBreaker, ConcurrencyLimit, Dedup, RateLimit};
+//! # fn settings() -> ebbflow::Settings { ebbflow::Settings::default() }
+//!
+//! // At most 50 calls a second to the billing API, from two queues together.
+//! let billing_api = RateLimit::new(50, Duration::from_secs(1));
+//! // At most 8 database writers at once across both queues.
+//! let database = ConcurrencyLimit::new(8);
+//! let worker = ebbflow::Worker::new(settings())
+//!     .layer(CircuitBreaker::new(5, Duration::from_secs(30)))
+//!     .layer_for("invoices", billing_api.clone())
+//!     .layer_for("refunds", billing_api)
+//!     .layer_for("invoices", database.clone())
+//!     .layer_for("refunds", database)
+//!     .layer_for("invoices", Dedup::by_message_id(10_000));
+//! # let _ = worker;
+//! ```
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::{HandlerError, Job, Layer, Next};
+
+/// The shortest delay a release asks for: the service counts visibility in whole seconds.
+const MIN_RELEASE: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each state below is updated in one step under the lock: one left by a panic is whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A rate limit towards a downstream: at most `calls` runs per `every`, as a token bucket (up
+/// to `calls` at once after a quiet spell). A message over the limit is **released**, not
+/// failed: it becomes visible again once a token is due (at least a second later, as the
+/// service counts whole seconds), without using up a retry or being counted as a failure.
+///
+/// Clones share one bucket.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    tokens: f64,
+    /// Tokens added per second.
+    rate: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// At most `calls` runs per `every`.
+    ///
+    /// # Panics
+    /// When `calls` is 0 or `every` is zero: such a limit would release every message forever.
+    pub fn new(calls: u32, every: Duration) -> Self {
+        assert!(
+            calls > 0 && !every.is_zero(),
+            "RateLimit::new: calls and every must be above zero"
+        );
+        Self {
+            bucket: Arc::new(Mutex::new(Bucket {
+                capacity: f64::from(calls),
+                tokens: f64::from(calls),
+                rate: f64::from(calls) / every.as_secs_f64(),
+                last: Instant::now(),
+            })),
+        }
+    }
+
+    /// Takes a token, or says how long until one is due.
+    fn take(&self) -> Result<(), Duration> {
+        let mut b = lock(&self.bucket);
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * b.rate;
+        b.tokens = (b.tokens + refill).min(b.capacity);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
+        }
+        let due = Duration::from_secs_f64((1.0 - b.tokens) / b.rate);
+        Err(due.max(MIN_RELEASE))
+    }
+}
+
+impl Layer for RateLimit {
+    async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
+        match self.take() {
+            Ok(()) => next.run(job).await,
+            Err(after) => Err(HandlerError::Release {
+                after,
+                source: "over the rate limit".into(),
+            }),
+        }
+    }
+}
+
+/// At most `n` runs at once through this layer, however many queues share it (each queue's
+/// `concurrency` still applies). A message over the limit waits for a place, holding its
+/// concurrency slot; its lease renews meanwhile, and a stop or the drain deadline ends the wait
+/// like a handler's.
+///
+/// Clones share the places.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit {
+    places: Arc<Semaphore>,
+}
+
+impl ConcurrencyLimit {
+    /// At most `n` runs at once.
+    ///
+    /// # Panics
+    /// When `n` is 0: nothing would ever run.
+    pub fn new(n: usize) -> Self {
+        assert!(n > 0, "ConcurrencyLimit::new: n must be above zero");
+        Self {
+            places: Arc::new(Semaphore::new(n)),
+        }
+    }
+
+    /// Runs now: places free at this moment.
+    pub fn available(&self) -> usize {
+        self.places.available_permits()
+    }
+}
+
+impl Layer for ConcurrencyLimit {
+    async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
+        // Never closed, so acquiring only waits.
+        let _place = self.places.acquire().await.map_err(HandlerError::retry)?;
+        next.run(job).await
+    }
+}
+
+/// A circuit breaker: after `failures` failed runs in a row (retryable errors: the downstream
+/// is likely down), it opens for `open_for` and **releases** every message meanwhile (visible
+/// again when it closes, no failure counted, no retry used up). Then one message is let
+/// through as a trial: its success closes the breaker, its failure opens it again. Messages
+/// arriving while the trial runs are released for a second.
+///
+/// What counts as a failure: a [`HandlerError::Retry`]. A poison or an undecodable payload is
+/// the message's fault, not the downstream's, and a release is no failure.
+///
+/// Clones share one breaker.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    state: Arc<Mutex<Breaker>>,
+    failures: u32,
+    open_for: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    in_a_row: u32,
+    open_until: Option<Instant>,
+    trial: bool,
+}
+
+/// What the breaker lets a run do.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    Run,
+    Trial,
+    Release(Duration),
+}
+
+impl CircuitBreaker {
+    /// Opens after `failures` failures in a row, for `open_for`.
+    ///
+    /// # Panics
+    /// When `failures` is 0.
+    pub fn new(failures: u32, open_for: Duration) -> Self {
+        assert!(
+            failures > 0,
+            "CircuitBreaker::new: failures must be above zero"
+        );
+        Self {
+            state: Arc::default(),
+            failures,
+            open_for,
+        }
+    }
+
+    /// Whether it is open (releasing) now.
+    pub fn is_open(&self) -> bool {
+        lock(&self.state)
+            .open_until
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn pass(&self) -> Pass {
+        let mut s = lock(&self.state);
+        match s.open_until {
+            None => Pass::Run,
+            Some(until) if Instant::now() < until => {
+                Pass::Release((until - Instant::now()).max(MIN_RELEASE))
+            }
+            Some(_) if s.trial => Pass::Release(MIN_RELEASE),
+            Some(_) => {
+                s.trial = true;
+                Pass::Trial
+            }
+        }
+    }
+
+    fn record(&self, trial: bool, failed: bool) {
+        let mut s = lock(&self.state);
+        if trial {
+            s.trial = false;
+        }
+        if !failed {
+            if trial || s.open_until.is_none() {
+                *s = Breaker::default();
+            }
+            return;
+        }
+        s.in_a_row = s.in_a_row.saturating_add(1);
+        if trial || (s.open_until.is_none() && s.in_a_row >= self.failures) {
+            s.open_until = Some(Instant::now() + self.open_for);
+            tracing::warn!(failures = s.in_a_row, open_for = ?self.open_for,
+                           "circuit breaker open: releasing messages until it closes");
+        }
+    }
+}
+
+impl Layer for CircuitBreaker {
+    async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
+        let trial = match self.pass() {
+            Pass::Run => false,
+            Pass::Trial => true,
+            Pass::Release(after) => {
+                return Err(HandlerError::Release {
+                    after,
+                    source: "circuit breaker open".into(),
+                })
+            }
+        };
+        let result = next.run(job).await;
+        self.record(trial, matches!(result, Err(HandlerError::Retry { .. })));
+        result
+    }
+}
+
+/// Reads a de-duplication key from a job.
+type KeyOf = dyn Fn(&Job) -> Option<String> + Send + Sync;
+
+/// De-duplication: a message whose key was handled successfully before (in this process, among
+/// the last `capacity` keys) is deleted without running. The key is the message id (a message
+/// delivered twice: a lost delete, an expired lease) or one read from the payload (the same
+/// order sent twice). While a message with the same key runs, a duplicate is released for a
+/// few seconds rather than run beside it.
+///
+/// Memory is bounded: the oldest keys are forgotten past `capacity`. Only this process's
+/// runs are known: replicas do not share what they handled.
+///
+/// Clones share one memory.
+#[derive(Clone)]
+pub struct Dedup {
+    key: Arc<KeyOf>,
+    memory: Arc<Mutex<Memory>>,
+}
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = lock(&self.memory);
+        f.debug_struct("Dedup")
+            .field("capacity", &m.capacity)
+            .field("remembered", &m.order.len())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct Memory {
+    capacity: usize,
+    done: HashSet<String>,
+    order: VecDeque<String>,
+    running: HashSet<String>,
+}
+
+/// How long a duplicate of a running message waits before it is looked at again.
+const DUPLICATE_RUNNING_DELAY: Duration = Duration::from_secs(5);
+
+impl Dedup {
+    /// By message id, remembering the last `capacity` ids handled.
+    pub fn by_message_id(capacity: usize) -> Self {
+        Self::by_key(capacity, |job| Some(job.ctx().message_id().to_string()))
+    }
+
+    /// By a key read from the job (its payload bytes, usually), remembering the last
+    /// `capacity` keys handled. A job without a key (`None`) always runs.
+    pub fn by_key(
+        capacity: usize,
+        key: impl Fn(&Job) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            key: Arc::new(key),
+            memory: Arc::new(Mutex::new(Memory {
+                capacity: capacity.max(1),
+                done: HashSet::new(),
+                order: VecDeque::new(),
+                running: HashSet::new(),
+            })),
+        }
+    }
+}
+
+/// Forgets a running key however the run ends (a drop at the drain deadline included).
+struct Running<'a> {
+    memory: &'a Mutex<Memory>,
+    key: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(self.memory).running.remove(&self.key);
+    }
+}
+
+impl Layer for Dedup {
+    async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
+        let Some(key) = (self.key)(&job) else {
+            return next.run(job).await;
+        };
+        {
+            let mut m = lock(&self.memory);
+            if m.done.contains(&key) {
+                tracing::info!(
+                    queue = job.ctx().queue(),
+                    message_id = job.ctx().message_id(),
+                    key,
+                    "duplicate of a message handled before; deleted without running"
+                );
+                return Ok(());
+            }
+            if !m.running.insert(key.clone()) {
+                return Err(HandlerError::Release {
+                    after: DUPLICATE_RUNNING_DELAY,
+                    source: "a message with the same key is running".into(),
+                });
+            }
+        }
+        let running = Running {
+            memory: &self.memory,
+            key,
+        };
+        let result = next.run(job).await;
+        if result.is_ok() {
+            let mut m = lock(&self.memory);
+            let key = running.key.clone();
+            if m.done.insert(key.clone()) {
+                m.order.push_back(key);
+                while m.order.len() > m.capacity {
+                    if let Some(old) = m.order.pop_front() {
+                        m.done.remove(&old);
+                    }
+                }
+            }
+        }
+        drop(running);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::{Context, Erased, Handler, SharedLayer, Stack};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Counts runs; fails while `fail` is set.
+    #[derive(Clone, Default)]
+    struct Downstream {
+        runs: Arc<AtomicU32>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Handler for Downstream {
+        type Message = String;
+        async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(HandlerError::retry("downstream down"));
+            }
+            Ok(())
+        }
+    }
+
+    fn stack<L: Layer>(layer: L, handler: Downstream) -> Stack {
+        Stack::new(vec![SharedLayer::new(layer)], Arc::new(Erased(handler)))
+    }
+
+    async fn run(stack: &Stack, id: &str, text: &str) -> &'static str {
+        let job = Job::new(Context::detached("q", id, 1), text.as_bytes().to_vec());
+        crate::handler::layer::outcome_name(&stack.run(job).await)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limit_releases_over_the_limit_and_refills() {
+        let down = Downstream::default();
+        let s = stack(RateLimit::new(2, Duration::from_secs(1)), down.clone());
+        assert_eq!(run(&s, "1", "x").await, "ok");
+        assert_eq!(run(&s, "2", "x").await, "ok");
+        assert_eq!(run(&s, "3", "x").await, "release");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(run(&s, "4", "x").await, "ok");
+        assert_eq!(run(&s, "5", "x").await, "release");
+        assert_eq!(down.runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_concurrency_limit_is_shared_by_its_clones() {
+        let limit = ConcurrencyLimit::new(1);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        struct Wait(Arc<tokio::sync::Notify>);
+        impl Handler for Wait {
+            type Message = String;
+            async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+                self.0.notified().await;
+                Ok(())
+            }
+        }
+        let a = Stack::new(
+            vec![SharedLayer::new(limit.clone())],
+            Arc::new(Erased(Wait(gate.clone()))),
+        );
+        let b = Stack::new(
+            vec![SharedLayer::new(limit.clone())],
+            Arc::new(Erased(Downstream::default())),
+        );
+        let first = tokio::spawn(a.run(Job::new(Context::detached("a", "1", 1), vec![])));
+        tokio::task::yield_now().await;
+        assert_eq!(limit.available(), 0);
+        let second = tokio::spawn(b.run(Job::new(Context::detached("b", "2", 1), vec![])));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !second.is_finished(),
+            "the other queue waits for the shared place"
+        );
+        gate.notify_one();
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        assert_eq!(limit.available(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_opens_releases_then_tries_one_and_closes() {
+        let down = Downstream::default();
+        let breaker = CircuitBreaker::new(2, Duration::from_secs(30));
+        let s = stack(breaker.clone(), down.clone());
+        down.fail.store(true, Ordering::SeqCst);
+        assert_eq!(run(&s, "1", "x").await, "retry");
+        assert!(!breaker.is_open());
+        assert_eq!(run(&s, "2", "x").await, "retry");
+        assert!(breaker.is_open());
+        assert_eq!(run(&s, "3", "x").await, "release");
+        assert_eq!(down.runs.load(Ordering::SeqCst), 2);
+        // The trial fails: open again.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(run(&s, "4", "x").await, "retry");
+        assert!(breaker.is_open());
+        // The next trial succeeds: closed.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        down.fail.store(false, Ordering::SeqCst);
+        assert_eq!(run(&s, "5", "x").await, "ok");
+        assert!(!breaker.is_open());
+        assert_eq!(run(&s, "6", "x").await, "ok");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dedup_skips_what_was_handled_and_forgets_the_oldest() {
+        let down = Downstream::default();
+        let by_text = Dedup::by_key(2, |job| String::from_utf8(job.bytes().to_vec()).ok());
+        let s = stack(by_text, down.clone());
+        assert_eq!(run(&s, "1", "a").await, "ok");
+        assert_eq!(run(&s, "2", "a").await, "ok");
+        assert_eq!(
+            down.runs.load(Ordering::SeqCst),
+            1,
+            "the duplicate did not run"
+        );
+        assert_eq!(run(&s, "3", "b").await, "ok");
+        assert_eq!(run(&s, "4", "c").await, "ok");
+        // "a" was the oldest of three with room for two: forgotten, so it runs again.
+        assert_eq!(run(&s, "5", "a").await, "ok");
+        assert_eq!(down.runs.load(Ordering::SeqCst), 4);
+        // A failure is not remembered: the retry runs.
+        down.fail.store(true, Ordering::SeqCst);
+        assert_eq!(run(&s, "6", "d").await, "retry");
+        down.fail.store(false, Ordering::SeqCst);
+        assert_eq!(run(&s, "6", "d").await, "ok");
+        assert_eq!(down.runs.load(Ordering::SeqCst), 6);
+    }
+}
