@@ -21,32 +21,7 @@
 //! is, so messages from other producers and queues without the option work unchanged.
 //! (Base64 text never contains `:` or a space, so it can never be mistaken for an envelope.)
 
-use std::sync::OnceLock;
-
 use serde::{Deserialize, Serialize};
-
-/// How the process reads a span's trace context, set once by whoever installs a trace exporter
-/// (`observability::traces`). Lower rooms (the producer, the store's metering layer, the bus)
-/// ask [`exporting`] before they create a span for the exporter, and [`context_of`] for the
-/// context to send along; both are a single atomic load while nothing is installed.
-static CONTEXT_OF: OnceLock<fn(&tracing::Span) -> Option<TraceContext>> = OnceLock::new();
-
-/// Installs the function that reads a span's trace context (once per process; later calls
-/// are ignored and return `false`).
-pub fn install_context_reader(read: fn(&tracing::Span) -> Option<TraceContext>) -> bool {
-    CONTEXT_OF.set(read).is_ok()
-}
-
-/// Whether this process exports traces: spans for the exporter are only worth creating then.
-pub fn exporting() -> bool {
-    CONTEXT_OF.get().is_some()
-}
-
-/// The trace context of `span` for sending along (`None` when nothing exports traces, or the
-/// span is not recorded).
-pub fn context_of(span: &tracing::Span) -> Option<TraceContext> {
-    CONTEXT_OF.get().and_then(|read| read(span))
-}
 
 /// The first line's key in the queue-message envelope.
 const PARENT_KEY: &str = "traceparent: ";
@@ -55,39 +30,6 @@ const STATE_KEY: &str = "tracestate: ";
 /// The longest `tracestate` kept, in bytes (W3C allows 32 members of up to 256 characters;
 /// 512 bytes is what vendors are asked to keep). A longer one is dropped, not cut.
 pub const MAX_TRACESTATE: usize = 512;
-
-/// A producer's `send <queue>` span (OpenTelemetry kind producer, with the messaging
-/// attributes; `messaging.message.id` is recorded once the store answers), a child of the
-/// caller's span; [`tracing::Span::none`] while nothing exports traces. Run the store's send
-/// inside it and put its context in the message with [`inject`].
-pub fn send_span(queue: &str) -> tracing::Span {
-    if !exporting() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        "send",
-        otel.name = %format!("send {queue}"),
-        otel.kind = "producer",
-        "messaging.system" = SYSTEM,
-        "messaging.operation.type" = "send",
-        "messaging.operation.name" = "send",
-        "messaging.destination.name" = %queue,
-        "messaging.message.id" = tracing::field::Empty,
-    )
-}
-
-/// `text` with `span`'s trace context in front (the envelope above); `text` unchanged when the
-/// span has no context (traces off, or not sampled in).
-pub fn inject(span: &tracing::Span, text: String) -> String {
-    match context_of(span) {
-        Some(cx) => cx.wrap(&text),
-        None => text,
-    }
-}
-
-/// The `messaging.system` value of ebbflow's spans: the OpenTelemetry conventions name none
-/// for Azure Storage Queues (they have `servicebus` and `eventhubs`), so ebbflow uses this.
-pub const SYSTEM: &str = "azure_storage_queue";
 
 /// A W3C Trace Context: which trace and span a message was sent from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

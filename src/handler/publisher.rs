@@ -94,9 +94,9 @@ impl Publisher {
                 queue: self.queue().to_string(),
                 detail: e.to_string(),
             })?;
-        let span = crate::codec::trace::send_span(self.queue());
+        let span = crate::codec::spans::send_span(self.queue());
         let text = if self.trace_context {
-            crate::codec::trace::inject(&span, text)
+            crate::codec::spans::inject(&span, text)
         } else {
             text
         };

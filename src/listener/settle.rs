@@ -134,8 +134,7 @@ impl Settler<'_> {
         action: Settle,
         lease_ends: Instant,
     ) -> Option<Duration> {
-        let span =
-            crate::observability::traces::settle_span(&self.io.name, &message.id, action.name());
+        let span = crate::codec::spans::settle_span(&self.io.name, &message.id, action.name());
         self.carry_out(message, action, lease_ends)
             .instrument(span)
             .await

@@ -180,14 +180,14 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
         bump(&stats.receive_calls);
-        let receive_span = crate::observability::traces::receive_span(&io.name);
+        let receive_span = crate::codec::spans::receive_span(&io.name);
         let received = io
             .queue
             .receive(asked, settings.visibility_timeout)
             .instrument(receive_span.clone())
             .await;
         if let Ok(batch) = &received {
-            crate::observability::traces::received(&receive_span, batch.len());
+            crate::codec::spans::received(&receive_span, batch.len());
         }
         drop(receive_span);
         let batch = match received {
@@ -274,9 +274,11 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 None => Start::Ahead(ahead.split_one().expect("a slot or a ticket per message")),
             };
             let mut message = message;
-            let span = crate::observability::traces::process_span(
+            let span = crate::codec::spans::process_span(
                 &io.name,
-                &mut message,
+                &message.id,
+                message.dequeue_count,
+                &mut message.text,
                 settings.trace_context,
             );
             shared

@@ -14,7 +14,8 @@ use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::{Attr, Protocol, TracesSettings, SYSTEM};
+use super::{Protocol, TracesSettings};
+use crate::codec::spans::{Attr, Exporter};
 use crate::codec::TraceContext;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -108,14 +109,22 @@ where
     if PROVIDER.set(provider).is_err() {
         return Ok(None);
     }
-    crate::codec::trace::install_context_reader(context_of);
+    crate::codec::spans::install(Exporter {
+        context_of,
+        set_parent,
+        set_attribute,
+    });
     // The listener's long-lived spans (one per listener and per dequeue task) would make every
     // message's trace days long: the exporter never sees them, so `receive` and `process`
-    // are roots unless a message brings its producer's context.
+    // are roots unless a message brings its producer's context. The handler stack's own
+    // `process` log span sits inside the exported `process <queue>` span (which also covers the
+    // wait for a slot and the settle): exporting both would show the run twice.
     let long_lived = filter_fn(|meta| {
+        let target = meta.target();
         !(meta.is_span()
-            && meta.target().starts_with("ebbflow::listener")
-            && matches!(meta.name(), "listener" | "dequeue"))
+            && ((target.starts_with("ebbflow::listener")
+                && matches!(meta.name(), "listener" | "dequeue"))
+                || (target == "ebbflow::handler::layer" && meta.name() == "process")))
     });
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
@@ -198,7 +207,7 @@ fn context_of(span: &Span) -> Option<TraceContext> {
     ))
 }
 
-pub(super) fn set_parent(span: &Span, cx: &TraceContext) {
+fn set_parent(span: &Span, cx: &TraceContext) {
     let state = TraceState::from_key_value(
         cx.tracestate()
             .split(',')
@@ -220,21 +229,9 @@ pub(super) fn set_parent(span: &Span, cx: &TraceContext) {
     let _ = span.set_parent(parent);
 }
 
-pub(super) fn attributes(
-    span: &Span,
-    operation: &'static str,
-    queue: &str,
-    extra: &[(&'static str, Attr)],
-) {
-    if !queue.is_empty() {
-        span.set_attribute("messaging.system", SYSTEM);
-        span.set_attribute("messaging.operation.type", operation);
-        span.set_attribute("messaging.destination.name", queue.to_string());
-    }
-    for (key, value) in extra {
-        match value {
-            Attr::Text(s) => span.set_attribute(*key, s.clone()),
-            Attr::Int(n) => span.set_attribute(*key, *n),
-        }
+fn set_attribute(span: &Span, key: &'static str, value: Attr) {
+    match value {
+        Attr::Text(s) => span.set_attribute(key, s),
+        Attr::Int(n) => span.set_attribute(key, n),
     }
 }

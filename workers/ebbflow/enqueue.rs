@@ -100,9 +100,9 @@ impl Args {
                         // A `send <queue>` span per message when traces are exported (the
                         // OTEL_EXPORTER_OTLP_* variables), its context in the message on a
                         // queue with trace_context.
-                        let span = ebbflow::codec::trace::send_span(queue.name());
+                        let span = ebbflow::codec::spans::send_span(queue.name());
                         let text = if trace_context {
-                            ebbflow::codec::trace::inject(&span, text.to_string())
+                            ebbflow::codec::spans::inject(&span, text.to_string())
                         } else {
                             text.to_string()
                         };
