@@ -1,8 +1,12 @@
-//! OpenTelemetry traces across processes: `ebbflow enqueue` (the producer) and the demo worker
-//! (the consumer) export to a tiny OTLP/HTTP receiver in this test (JSON encoding), through
-//! Azurite's `orders` queue with `trace_context` on. One trace runs from the producer's
-//! `send orders` span to the handler's own `charge order` span in the other process.
+//! OpenTelemetry traces across processes: this test process (the producer, a `Publisher` with
+//! `trace_context`) and the demo worker (the consumer, spawned) export to a tiny OTLP/HTTP
+//! receiver in this test (JSON encoding), through Azurite's `orders` queue. One trace runs from
+//! the producer's `send orders` span to the handler's own `charge order` span in the worker.
+//!
+//! A binary of its own: the producer installs the process-wide subscriber with the exporter,
+//! which would export every other test's spans too.
 
+#[path = "common/mod.rs"]
 mod common;
 
 use std::process::{Command, Stdio};
@@ -12,6 +16,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
+use ebbflow::codec::Encoding;
+use ebbflow::Publisher;
 use serde_json::Value;
 
 /// The spans received so far, flattened: (service.name, span object).
@@ -104,19 +110,27 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
         }
     }
 
-    let mut enqueue = Command::new(env!("CARGO_BIN_EXE_ebbflow"));
-    with_env(&mut enqueue, &endpoint, "producer");
-    let out = enqueue
-        .args([
-            "enqueue",
-            "orders",
-            r#"{"id":7,"amount_cents":100}"#,
-            "--no-trigger",
-        ])
-        .output()
+    // The producer: this process, exporting as "producer".
+    let traces = ebbflow::observability::TracesSettings {
+        endpoint: Some(endpoint.clone()),
+        protocol: Some(ebbflow::observability::traces::Protocol::HttpJson),
+        service_name: Some("producer".into()),
+        filter: None,
+    };
+    assert!(ebbflow::observability::logging::init_with_traces(
+        ebbflow::observability::LogFormat::Text,
+        "warn",
+        &traces
+    )
+    .unwrap());
+    let publisher = Publisher::new(orders.clone(), Encoding::Base64).with_trace_context(true);
+    let id = publisher
+        .send_json(&serde_json::json!({"id": 7, "amount_cents": 100}))
+        .await
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let id = String::from_utf8_lossy(&out.stdout).to_string();
+    ebbflow::observability::traces::flush();
+    let text = orders.peek(1).await.unwrap()[0].text.clone();
+    assert!(text.starts_with("traceparent: 00-"), "{text}");
 
     let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"));
     with_env(&mut demo, &endpoint, "worker");

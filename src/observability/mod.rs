@@ -12,7 +12,9 @@ pub mod readiness;
 pub mod server;
 pub mod traces;
 
-pub use crate::config::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
+pub use crate::config::{
+    LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesSettings,
+};
 pub use logging::setup;
 pub use metrics::Metrics;
 pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::tasks::Tasks;
 use crate::bus::events::{InstanceLeft, InstancePulse, JobPulse};
 use crate::bus::{
     now_ms, Address, Announcer, BusHandle, Health, Presence, PublishMode, QueueBusSettings, Reach,
@@ -51,6 +52,8 @@ pub(crate) struct QueueLink {
     /// Live instances at the last pulse (at least 1).
     live: Arc<AtomicU64>,
     counters: Arc<BusCounters>,
+    /// Runs the bus calls the hooks start, supervised.
+    tasks: Tasks,
 }
 
 impl ListenerHooks for QueueLink {
@@ -63,11 +66,12 @@ impl ListenerHooks for QueueLink {
             return;
         }
         let (bus, queue) = (self.bus.transport(), self.queue.clone());
-        tokio::spawn(async move {
-            if let Err(e) = bus.drained(&queue).await {
-                debug!(queue, error = %e, "cannot record the queue as drained");
-            }
-        });
+        self.tasks
+            .call("bus drained mark", &self.queue, async move {
+                if let Err(e) = bus.drained(&queue).await {
+                    debug!(queue, error = %e, "cannot record the queue as drained");
+                }
+            });
     }
 
     fn found(&self) {
@@ -90,7 +94,7 @@ impl ListenerHooks for QueueLink {
         self.counters.passed_on.fetch_add(1, Ordering::Relaxed);
         let announcer = self.announcer.clone();
         debug!(queue = %self.queue, hops = hops + 1, "more work than this replica can take; passing the notice on");
-        tokio::spawn(async move {
+        self.tasks.call("bus pass-on", &self.queue, async move {
             announcer.announce(0, hops + 1).await;
         });
     }
@@ -104,7 +108,7 @@ impl ListenerHooks for QueueLink {
             elapsed_ms,
         };
         let bus = self.bus.clone();
-        tokio::spawn(async move {
+        self.tasks.call("bus job pulse", &self.queue, async move {
             if let Err(e) = bus.publish(&pulse, Address::All).await {
                 debug!(error = %e, "job pulse not published");
             }
@@ -123,11 +127,13 @@ pub(crate) struct Wiring {
     live: Arc<AtomicU64>,
     counters: Arc<BusCounters>,
     started_at_ms: u64,
+    tasks: Tasks,
 }
 
 impl Wiring {
-    pub(crate) fn new(bus: BusHandle, hub: Hub, settings: &crate::Settings) -> Self {
+    pub(crate) fn new(bus: BusHandle, hub: Hub, settings: &crate::Settings, tasks: Tasks) -> Self {
         Self {
+            tasks,
             shared: settings.bus.is_shared(),
             bus,
             hub,
@@ -152,6 +158,7 @@ impl Wiring {
             woke_by: Mutex::new(None),
             live: self.live.clone(),
             counters: self.counters.clone(),
+            tasks: self.tasks.clone(),
         });
         self.links.insert(name.to_string(), link.clone());
         self.min_tasks
@@ -196,6 +203,7 @@ impl Wiring {
         let (hub, links) = (self.hub.clone(), self.links.clone());
         let counters = self.counters.clone();
         let ack_with = transport.clone();
+        let tasks = self.tasks.clone();
         self.bus.set_work_sink(Arc::new(move |notice, receipt| {
             if let Some(link) = links.get(&notice.queue) {
                 if let Ok(mut w) = link.woke_by.lock() {
@@ -206,7 +214,7 @@ impl Wiring {
             }
             if let Some(r) = receipt {
                 let bus = ack_with.clone();
-                tokio::spawn(async move {
+                tasks.call("bus notice ack", &notice.queue, async move {
                     let _ = bus.ack(&r).await;
                 });
             }
@@ -225,14 +233,21 @@ impl Wiring {
         readiness: &Readiness,
         stop: CancellationToken,
     ) {
+        let tasks = self.tasks.clone();
         let this = Arc::new(self);
         let listeners = Arc::new(listeners);
-        tokio::spawn(presence(this.clone(), listeners.clone(), stop.clone()));
+        let (w, l, s) = (this.clone(), listeners.clone(), stop.clone());
+        tasks.service("bus presence".into(), move || {
+            presence(w.clone(), l.clone(), s.clone())
+        });
         if !this.shared {
             return;
         }
         let check = readiness.register("bus");
-        tokio::spawn(watch_health(this.clone(), check, stop.clone()));
+        let (w, s) = (this.clone(), stop.clone());
+        tasks.service("bus health watch".into(), move || {
+            watch_health(w.clone(), check.clone(), s.clone())
+        });
         for (name, link) in &this.links {
             let Some(every) = link.settings.outage_probe_interval.map(|b| b.get()) else {
                 continue;
@@ -240,13 +255,10 @@ impl Wiring {
             let Some(queue) = queues.get(name).cloned() else {
                 continue;
             };
-            tokio::spawn(probe_while_down(
-                this.clone(),
-                listeners.clone(),
-                queue,
-                every,
-                stop.clone(),
-            ));
+            let (w, l, s) = (this.clone(), listeners.clone(), stop.clone());
+            tasks.service(format!("bus outage probe {name}"), move || {
+                probe_while_down(w.clone(), l.clone(), queue.clone(), every, s.clone())
+            });
         }
     }
 }
