@@ -59,6 +59,7 @@ pub mod scaling;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod testing;
 pub mod trigger;
 pub mod worker;
 
@@ -89,6 +90,8 @@ pub mod book {
     pub struct HandlersDoctests;
     #[doc = include_str!("../docs/src/middleware.md")]
     pub struct MiddlewareDoctests;
+    #[doc = include_str!("../docs/src/testing-handlers.md")]
+    pub struct TestingHandlersDoctests;
     #[doc = include_str!("../docs/src/configuration.md")]
     pub struct ConfigurationDoctests;
     #[doc = include_str!("../docs/src/message-life.md")]

@@ -17,7 +17,7 @@ use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive
 
 /// What became of a handler run.
 #[derive(Debug)]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     /// The handler returned (after its timeout fired, only `Ok` lands here).
     Done(Result<(), HandlerError>),
     /// It panicked, with the panic's text.
@@ -30,7 +30,7 @@ pub(super) enum Outcome {
 
 /// How a message is settled.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Settle {
+pub(crate) enum Settle {
     /// Handled: delete it.
     Delete,
     /// Failed, with tries left: visible again after the delay.
@@ -55,7 +55,7 @@ impl Settle {
 
     /// The rule. `interrupted`: the worker was stopping when the handler ended, so a failure
     /// is taken for the interruption it probably is (released, never poisoned or counted).
-    pub(super) fn decide(
+    pub(crate) fn decide(
         outcome: Outcome,
         interrupted: bool,
         dequeue_count: u32,
@@ -153,6 +153,8 @@ impl Settler<'_> {
                 Ok(()) => {
                     bump(&stats.handled);
                     debug!(queue = %io.name, message_id = %message.id, "message handled");
+                    // Only now its payload's blob (if it has one): after the queue delete.
+                    io.queue.payload_done(&message.text).await;
                 }
                 Err(e) => self.failed(message, "delete after success", e),
             },
@@ -258,6 +260,9 @@ impl Settler<'_> {
             bump(&stats.store_errors);
             return;
         }
+        // The copy carries the same reference: its blob stays as long as the copy does.
+        let copy_expires = options.time_to_live.duration().map(|d| now_utc() + d);
+        io.queue.payload_kept(&message.text, copy_expires).await;
         let deleted = io
             .queue
             .delete_within(&message.id, &message.pop_receipt, lease_ends)
@@ -350,6 +355,7 @@ mod tests {
             Settle::Poison(PoisonReason::Rejected, _) => "poison:rejected",
             Settle::Poison(PoisonReason::Undecodable, _) => "poison:undecodable",
             Settle::Poison(PoisonReason::MaxDequeueCountExceeded, _) => "poison:max",
+            Settle::Poison(PoisonReason::PayloadUnavailable, _) => "poison:payload",
         }
     }
 

@@ -291,3 +291,126 @@ async fn a_function_handler_shares_state_through_a_captured_arc() {
     seen.sort();
     assert_eq!(seen, ["a", "b", "c"]);
 }
+
+mod kit {
+    use super::*;
+    use ebbflow::handler::layers::RateLimit;
+    use ebbflow::testing::{self, HandlerTest, Outcome, PoisonReason, TestWorker};
+
+    /// The README's handler, tested with the kit.
+    #[derive(serde::Deserialize)]
+    struct Order {
+        id: u64,
+        amount_cents: u64,
+    }
+
+    struct Orders;
+
+    impl Handler for Orders {
+        type Message = ebbflow::Json<Order>;
+
+        async fn handle(
+            &self,
+            ebbflow::Json(order): ebbflow::Json<Order>,
+            _ctx: Context,
+        ) -> Result<(), HandlerError> {
+            if order.amount_cents == 0 {
+                return Err(HandlerError::poison(format!(
+                    "order {} has no amount",
+                    order.id
+                )));
+            }
+            if order.id == 13 {
+                return Err(HandlerError::retry("the payment service said try later"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_runs_without_a_worker_and_gives_the_runtime_s_outcome() {
+        let orders = HandlerTest::new(Orders);
+        assert_eq!(
+            orders.run(r#"{"id":1,"amount_cents":100}"#).await,
+            Outcome::Deleted
+        );
+        assert!(matches!(
+            orders.run(r#"{"id":2,"amount_cents":0}"#).await,
+            Outcome::Poisoned {
+                reason: PoisonReason::Rejected,
+                ..
+            }
+        ));
+        assert!(matches!(
+            orders.run("{").await,
+            Outcome::Poisoned {
+                reason: PoisonReason::Undecodable,
+                ..
+            }
+        ));
+        let failing = r#"{"id":13,"amount_cents":100}"#;
+        assert!(matches!(orders.run(failing).await, Outcome::Retried { .. }));
+        // On the last allowed try (dequeue limit 5 by default) a failure poisons.
+        let last = testing::context("orders").dequeue_count(5).build();
+        assert!(matches!(
+            orders.run_with(failing, last).await,
+            Outcome::Poisoned {
+                reason: PoisonReason::MaxDequeueCountExceeded,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layers_and_batches_run_in_the_kit_too() {
+        let limited = HandlerTest::new(Orders).layer(RateLimit::new(1, Duration::from_secs(10)));
+        let ok = r#"{"id":1,"amount_cents":100}"#;
+        assert_eq!(limited.run(ok).await, Outcome::Deleted);
+        assert!(matches!(limited.run(ok).await, Outcome::Released { .. }));
+        let rows = Rows::default();
+        let outcomes = HandlerTest::batch(rows.clone())
+            .run_batch(["1", "10", "7", "3"])
+            .await;
+        assert_eq!(*rows.sizes.lock().unwrap(), [4]);
+        assert!(matches!(
+            outcomes.as_slice(),
+            [
+                Outcome::Deleted,
+                Outcome::Poisoned { .. },
+                Outcome::Released { .. },
+                Outcome::Deleted
+            ]
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_test_worker_runs_until_idle_and_says_what_became_of_each_message() {
+        let kit = TestWorker::new(settings(&["orders"]));
+        kit.send_json("orders", &serde_json::json!({"id": 1, "amount_cents": 100}))
+            .await;
+        kit.send_json("orders", &serde_json::json!({"id": 2, "amount_cents": 0}))
+            .await;
+        // Fails every try: retried four times, then poisoned on the fifth.
+        kit.send_json(
+            "orders",
+            &serde_json::json!({"id": 13, "amount_cents": 100}),
+        )
+        .await;
+        let report = kit
+            .run_until_idle(|worker| worker.handler("orders", Orders))
+            .await
+            .unwrap();
+        assert_eq!(report.deleted("orders"), 1);
+        assert_eq!(report.retried("orders"), 4);
+        assert_eq!(report.released("orders"), 0);
+        let mut reasons: Vec<_> = report.poisoned("orders").iter().map(|p| p.reason).collect();
+        reasons.sort_by_key(|r| r.as_str());
+        assert_eq!(
+            reasons,
+            [
+                PoisonReason::MaxDequeueCountExceeded,
+                PoisonReason::Rejected
+            ]
+        );
+    }
+}

@@ -53,10 +53,8 @@ impl Handler for Reporting {
 }
 
 fn worker_settings(prefix: &str, queue: &str) -> ebbflow::Settings {
-    let mut s = ebbflow::Settings {
-        bus: settings(&redis_url(), prefix, "processor", Duration::from_secs(2)),
-        ..Default::default()
-    };
+    let mut s = ebbflow::Settings::default();
+    s.bus = settings(&redis_url(), prefix, "processor", Duration::from_secs(2));
     let mut q = ebbflow::config::QueueSettings::default();
     q.heartbeat.every = Some(1);
     q.scaling.min_tasks = 0;
