@@ -43,6 +43,10 @@ pub struct QueueSettings {
     pub retry_delay: Duration,
     /// How message text is encoded on the queue: `base64` (what Azure Functions writes) or `none`.
     pub encoding: Encoding,
+    /// Compression of payloads before the claim check's size decision: `identity` (none, the
+    /// default), `gzip` or `zstd`. A compressed payload that fits stays on the queue (as an
+    /// inline reference); one that does not goes to a blob compressed.
+    pub compression: crate::codec::claim::Compression,
     /// Name of the poison queue; default `<queue>-poison`.
     pub poison_queue: Option<String>,
     /// How long a poison copy lives on the poison queue: `"never"` (the default: poison
@@ -69,6 +73,11 @@ pub struct QueueSettings {
     pub shards: Shards,
     /// How work-detected events of this queue travel on the bus (`[queues.<name>.bus]`).
     pub bus: crate::bus::QueueBusSettings,
+    /// Whether this queue's producers put the sending span's W3C trace context in front of
+    /// each message (the envelope of `codec::trace`), so a consumer's `process` span continues
+    /// the producer's trace. Consumers always accept messages with or without it. Default off:
+    /// other consumers of the queue would see the envelope as part of the text.
+    pub trace_context: bool,
 }
 
 /// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
@@ -135,6 +144,7 @@ impl Default for QueueSettings {
             max_dequeue_count: 5,
             retry_delay: Duration::ZERO,
             encoding: Encoding::Base64,
+            compression: Default::default(),
             poison_queue: None,
             poison_ttl: TimeToLive::Never,
             idle_backoff: IdleBackoffSettings::default(),
@@ -144,6 +154,7 @@ impl Default for QueueSettings {
             heartbeat: HeartbeatSettings::default(),
             shards: Shards::default(),
             bus: crate::bus::QueueBusSettings::default(),
+            trace_context: false,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::{bump, ListenerStats};
@@ -43,6 +43,16 @@ pub(crate) enum Settle {
 }
 
 impl Settle {
+    /// The action's name, for the `settle` span's `messaging.operation.name`.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Settle::Delete => "delete",
+            Settle::Retry(..) => "retry",
+            Settle::Release(..) => "release",
+            Settle::Poison(..) => "poison",
+        }
+    }
+
     /// The rule. `interrupted`: the worker was stopping when the handler ended, so a failure
     /// is taken for the interruption it probably is (released, never poisoned or counted).
     pub(crate) fn decide(
@@ -124,6 +134,18 @@ impl Settler<'_> {
         action: Settle,
         lease_ends: Instant,
     ) -> Option<Duration> {
+        let span = crate::codec::spans::settle_span(&self.io.name, &message.id, action.name());
+        self.carry_out(message, action, lease_ends)
+            .instrument(span)
+            .await
+    }
+
+    async fn carry_out(
+        &self,
+        message: &ReceivedMessage,
+        action: Settle,
+        lease_ends: Instant,
+    ) -> Option<Duration> {
         let (io, stats) = (self.io, self.stats);
         let (id, receipt) = (&message.id, &message.pop_receipt);
         match action {
@@ -131,6 +153,8 @@ impl Settler<'_> {
                 Ok(()) => {
                     bump(&stats.handled);
                     debug!(queue = %io.name, message_id = %message.id, "message handled");
+                    // Only now its payload's blob (if it has one): after the queue delete.
+                    io.queue.payload_done(&message.text).await;
                 }
                 Err(e) => self.failed(message, "delete after success", e),
             },
@@ -236,6 +260,9 @@ impl Settler<'_> {
             bump(&stats.store_errors);
             return;
         }
+        // The copy carries the same reference: its blob stays as long as the copy does.
+        let copy_expires = options.time_to_live.duration().map(|d| now_utc() + d);
+        io.queue.payload_kept(&message.text, copy_expires).await;
         let deleted = io
             .queue
             .delete_within(&message.id, &message.pop_receipt, lease_ends)
@@ -328,6 +355,7 @@ mod tests {
             Settle::Poison(PoisonReason::Rejected, _) => "poison:rejected",
             Settle::Poison(PoisonReason::Undecodable, _) => "poison:undecodable",
             Settle::Poison(PoisonReason::MaxDequeueCountExceeded, _) => "poison:max",
+            Settle::Poison(PoisonReason::PayloadUnavailable, _) => "poison:payload",
         }
     }
 

@@ -38,6 +38,8 @@ pub struct StorageSettings {
     pub startup_timeout: Duration,
     /// How transient service errors are retried.
     pub retry: RetrySettings,
+    /// The claim check: where payloads too large for a queue message go.
+    pub claim_check: crate::store::claim::ClaimCheckSettings,
 }
 
 /// Retries of transient service errors (5xx, 503 ServerBusy, timeouts, connection errors):
@@ -113,6 +115,7 @@ impl Default for StorageSettings {
             create_queues: true,
             startup_timeout: Duration::from_secs(10),
             retry: RetrySettings::default(),
+            claim_check: Default::default(),
         }
     }
 }
@@ -134,6 +137,7 @@ impl fmt::Debug for StorageSettings {
             .field("create_queues", &self.create_queues)
             .field("startup_timeout", &self.startup_timeout)
             .field("retry", &self.retry)
+            .field("claim_check", &self.claim_check)
             .finish()
     }
 }
@@ -175,6 +179,7 @@ impl StorageSettings {
             Duration::from_secs(1),
             Duration::from_secs(600),
         )?;
+        self.claim_check.validate()?;
         let r = &self.retry;
         checks::range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
         checks::duration(

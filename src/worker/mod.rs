@@ -112,6 +112,7 @@ type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
 pub struct Worker {
     settings: Settings,
     store: Option<Arc<dyn QueueStore>>,
+    blobs: Option<crate::store::blob::Blobs>,
     handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
     duplicate: Option<String>,
     /// Bus observers, subscribed before delivery starts.
@@ -130,6 +131,7 @@ impl Worker {
         Self {
             settings,
             store: None,
+            blobs: None,
             handlers: BTreeMap::new(),
             duplicate: None,
             observers: Vec::new(),
@@ -161,6 +163,13 @@ impl Worker {
     /// Uses this store instead of the one the settings name (e.g. a shared embedded store).
     pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Uses this blob container for the claim check instead of the one the settings name (e.g.
+    /// an in-memory one a test inspects); ignored with `storage.claim_check.enabled = false`.
+    pub fn with_blobs(mut self, blobs: crate::store::blob::Blobs) -> Self {
+        self.blobs = Some(blobs);
         self
     }
 
@@ -294,6 +303,24 @@ impl Worker {
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
         let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
+        // The claim check above the shards, so one payload is one blob whichever shard its
+        // reference lands on.
+        let blobs = crate::store::claim::open_blobs(
+            &self.settings.storage,
+            store.kind(),
+            self.blobs.clone(),
+        )
+        .await?;
+        let mut claim =
+            crate::store::claim::ClaimCheck::new(blobs, &self.settings.storage.claim_check);
+        for (name, q) in &self.settings.queues {
+            let format = crate::store::claim::QueueFormat {
+                encoding: q.encoding,
+                compression: q.compression,
+            };
+            claim = claim.queue(name, format);
+        }
+        let store = LayeredStore::wrap(store, claim);
         // Outermost: each call is timed as the listener sees it (retries and shards
         // included), and its outcome feeds the readiness check "store".
         let metering = Metering::default();
@@ -355,8 +382,9 @@ impl Worker {
                 .remove(name)
                 .ok_or_else(|| WorkerError::NoHandler(name.clone()))?;
             let link = wiring.link(name, queue_settings);
-            let mut publisher =
-                Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone());
+            let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
+                .with_hub(hub.clone())
+                .with_trace_context(queue_settings.trace_context);
             if let Some(announcer) = wiring.announcer(name) {
                 publisher = publisher.with_announcer(announcer);
             }
@@ -570,8 +598,8 @@ impl RunningWorker {
         self.shutdown().await
     }
 
-    /// Per queue, the calls whose outcome is unknown so far (see the README's "Unknown
-    /// outcomes"): zero on the embedded backend.
+    /// Per queue, the calls whose outcome is unknown so far (see "Unknown
+    /// outcomes" in docs/src/message-life.md): zero on the embedded backend.
     pub fn unknown_outcomes(&self) -> Vec<(String, UnknownOutcomes)> {
         self.listeners
             .iter()
@@ -637,6 +665,8 @@ impl RunningWorker {
             }
             None => info!(clean, "worker stopped"),
         }
+        // The exporter sends in batches: the last ones go now, before the process exits.
+        crate::observability::traces::flush();
         DrainReport {
             clean,
             queues,
