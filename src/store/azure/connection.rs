@@ -144,6 +144,15 @@ pub(super) fn parse_connection_string_for(
         )));
     }
     let account = get("accountname");
+    // A connection string that names the queue service's endpoint points at a host of its own
+    // (Azurite, a private endpoint): the blob service is not guessed from the account name
+    // then (that would be the public cloud's host); without a BlobEndpoint it has none.
+    if service == Service::Blob
+        && get(Service::Queue.endpoint_key()).is_some()
+        && get(service.endpoint_key()).is_none()
+    {
+        return Ok(None);
+    }
     let endpoint = match (get(service.endpoint_key()), &account) {
         (Some(e), _) => e,
         (None, Some(account)) => {
@@ -184,6 +193,26 @@ pub(super) fn decode_key(key: &str) -> Result<Vec<u8>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_endpoint_without_a_blob_endpoint_names_no_blob_service() {
+        let cs = "DefaultEndpointsProtocol=http;AccountName=acme;AccountKey=a2V5;\
+                  QueueEndpoint=http://127.0.0.1:10001/acme";
+        assert!(parse_connection_string_for(cs, Service::Blob)
+            .unwrap()
+            .is_none());
+        let with_blob = format!("{cs};BlobEndpoint=http://127.0.0.1:10000/acme");
+        let (url, _) = parse_connection_string_for(&with_blob, Service::Blob)
+            .unwrap()
+            .unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:10000/acme");
+        // An account alone: the public cloud's blob host, as for the queue.
+        let account = "AccountName=acme;AccountKey=a2V5";
+        let (url, _) = parse_connection_string_for(account, Service::Blob)
+            .unwrap()
+            .unwrap();
+        assert_eq!(url.host_str(), Some("acme.blob.core.windows.net"));
+    }
 
     #[test]
     fn the_account_comes_from_the_key_the_host_or_the_path() {
