@@ -55,9 +55,9 @@ pub enum WorkerError {
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),
-    /// No queues at all.
-    #[error("no queues configured: add a [queues.<name>] section")]
-    NoQueues,
+    /// No queues at all; says where the settings were read from.
+    #[error("no queues configured ({0}): add a [queues.<name>] section, or point EBBFLOW_CONFIG_DIR at the folder that has one")]
+    NoQueues(String),
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -94,6 +94,7 @@ type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
 pub struct Worker {
     settings: Settings,
     store: Option<Arc<dyn QueueStore>>,
+    blobs: Option<crate::store::blob::Blobs>,
     handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
     duplicate: Option<String>,
     /// Bus observers, subscribed before delivery starts.
@@ -112,6 +113,7 @@ impl Worker {
         Self {
             settings,
             store: None,
+            blobs: None,
             handlers: BTreeMap::new(),
             duplicate: None,
             observers: Vec::new(),
@@ -143,6 +145,13 @@ impl Worker {
     /// Uses this store instead of the one the settings name (e.g. a shared embedded store).
     pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Uses this blob container for the claim check instead of the one the settings name (e.g.
+    /// an in-memory one a test inspects); ignored with `storage.claim_check.enabled = false`.
+    pub fn with_blobs(mut self, blobs: crate::store::blob::Blobs) -> Self {
+        self.blobs = Some(blobs);
         self
     }
 

@@ -33,9 +33,11 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         layers,
         queue_layers,
         batch_stats,
+        blobs,
         duplicate: _,
     } = worker;
-    let (store, metering) = layered_store(store, &settings)?;
+    let store_given = store.is_some();
+    let (store, metering) = layered_store(store, blobs, &settings).await?;
     // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
     // says "starting". A start that fails drops it with everything else.
     let readiness = Readiness::default();
@@ -118,6 +120,13 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     wiring.run(listeners.clone(), probed, &readiness, life.stop.clone());
     life.tracker.close();
     info!(backend = %store.kind(), queues = listeners.len(), "worker started");
+    if embedded && !store_given {
+        info!(
+            "no storage configured: queues live in this process only (the embedded store); \
+             set AZURE_STORAGE_CONNECTION_STRING, storage.connection_string or \
+             storage.queue_endpoint to use Azure Storage"
+        );
+    }
     let (ops_addr, ops_server) = ops.unzip();
     let (trigger_addr, trigger_server) = trigger.unzip();
     Ok(RunningWorker {
@@ -152,7 +161,7 @@ impl Worker {
             return Err(WorkerError::DuplicateHandler(queue.clone()));
         }
         if self.settings.queues.is_empty() {
-            return Err(WorkerError::NoQueues);
+            return Err(WorkerError::NoQueues(self.settings.origin().to_string()));
         }
         if let Some(name) = self
             .handlers
@@ -173,10 +182,12 @@ impl Worker {
 }
 
 /// The store the settings name (or the one given), with its layers: retries, then shards
-/// (each shard's calls retried on their own), then metering outermost (each call timed as the
-/// listener sees it, its outcome feeding the readiness check "store").
-fn layered_store(
+/// (each shard's calls retried on their own), then the claim check (above the shards, so one
+/// payload is one blob whichever shard its reference lands on), then metering outermost (each
+/// call timed as the listener sees it, its outcome feeding the readiness check "store").
+async fn layered_store(
     given: Option<Arc<dyn QueueStore>>,
+    blobs: Option<crate::store::blob::Blobs>,
     settings: &crate::Settings,
 ) -> Result<(Arc<dyn QueueStore>, Metering), StoreError> {
     let store = match given {
@@ -185,6 +196,16 @@ fn layered_store(
     };
     let store = RetryingStore::wrap(store, settings.storage.retry);
     let store = ShardingStore::wrap_sharded(store, settings.shard_counts());
+    let blobs = crate::store::claim::open_blobs(&settings.storage, store.kind(), blobs).await?;
+    let mut claim = crate::store::claim::ClaimCheck::new(blobs, &settings.storage.claim_check);
+    for (name, q) in &settings.queues {
+        let format = crate::store::claim::QueueFormat {
+            encoding: q.encoding,
+            compression: q.compression,
+        };
+        claim = claim.queue(name, format);
+    }
+    let store = LayeredStore::wrap(store, claim);
     let metering = Metering::default();
     let store = LayeredStore::wrap(store, metering.clone());
     Ok((store, metering))
