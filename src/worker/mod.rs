@@ -366,8 +366,8 @@ impl RunningWorker {
         self.shutdown().await
     }
 
-    /// Per queue, the calls whose outcome is unknown so far (see the README's "Unknown
-    /// outcomes"): zero on the embedded backend.
+    /// Per queue, the calls whose outcome is unknown so far (see "Unknown
+    /// outcomes" in docs/src/message-life.md): zero on the embedded backend.
     pub fn unknown_outcomes(&self) -> Vec<(String, UnknownOutcomes)> {
         self.listeners
             .iter()
@@ -433,6 +433,8 @@ impl RunningWorker {
             }
             None => info!(clean, "worker stopped"),
         }
+        // The exporter sends in batches: the last ones go now, before the process exits.
+        crate::observability::traces::flush();
         DrainReport {
             clean,
             queues,

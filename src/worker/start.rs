@@ -71,8 +71,9 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             .clone();
         let (queue, poison_queue) = open_queues(&store, name, queue_settings, create).await?;
         let link = wiring.link(name, queue_settings);
-        let mut publisher =
-            Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone());
+        let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
+            .with_hub(hub.clone())
+            .with_trace_context(queue_settings.trace_context);
         if let Some(announcer) = wiring.announcer(name) {
             publisher = publisher.with_announcer(announcer);
         }
