@@ -290,29 +290,11 @@ pub async fn open_blobs(
     kind: super::BackendKind,
     explicit: Option<Blobs>,
 ) -> Result<Option<Blobs>, StoreError> {
-    let claim = &settings.claim_check;
-    if claim.enabled == Some(false) {
-        return Ok(None);
-    }
-    let blobs: Option<Blobs> = match explicit {
-        Some(b) => Some(b),
-        None => match super::azure::AzureBlobs::from_settings(settings)? {
-            Some(b) => Some(Arc::new(b)),
-            None if kind == super::BackendKind::Embedded => Some(Arc::new(
-                super::blob::memory::MemoryBlobs::new(&claim.container),
-            )),
-            None => None,
-        },
+    let blobs = match explicit {
+        Some(b) if settings.claim_check.enabled != Some(false) => Some(b),
+        _ => blobs_from_settings(settings, kind)?,
     };
     let Some(blobs) = blobs else {
-        if claim.enabled == Some(true) {
-            return Err(StoreError::Setup(
-                "storage.claim_check.enabled = true needs a blob endpoint: set \
-                 storage.claim_check.blob_endpoint, or a storage.connection_string naming the \
-                 account"
-                    .into(),
-            ));
-        }
         return Ok(None);
     };
     if settings.create_queues || kind == super::BackendKind::Embedded {
@@ -323,6 +305,36 @@ pub async fn open_blobs(
         })?;
     }
     Ok(Some(blobs))
+}
+
+/// The blob container the settings name, without creating it (see [`open_blobs`]): the one
+/// [`super::azure::AzureBlobs::from_settings`] finds, else for the embedded store an in-memory
+/// one; `None` when the claim check is off; an error when it is required
+/// (`enabled = true`) and no blob endpoint is known.
+pub fn blobs_from_settings(
+    settings: &super::settings::StorageSettings,
+    kind: super::BackendKind,
+) -> Result<Option<Blobs>, StoreError> {
+    let claim = &settings.claim_check;
+    if claim.enabled == Some(false) {
+        return Ok(None);
+    }
+    let blobs: Option<Blobs> = match super::azure::AzureBlobs::from_settings(settings)? {
+        Some(b) => Some(Arc::new(b)),
+        None if kind == super::BackendKind::Embedded => Some(Arc::new(
+            super::blob::memory::MemoryBlobs::new(&claim.container),
+        )),
+        None => None,
+    };
+    if blobs.is_none() && claim.enabled == Some(true) {
+        return Err(StoreError::Setup(
+            "storage.claim_check.enabled = true needs a blob endpoint: set \
+             storage.claim_check.blob_endpoint, or a storage.connection_string naming the \
+             account"
+                .into(),
+        ));
+    }
+    Ok(blobs)
 }
 
 /// Reads a reference and fetches its payload (see [`Queue::open_payload`]).
