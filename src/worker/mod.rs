@@ -592,8 +592,8 @@ impl RunningWorker {
         self.shutdown().await
     }
 
-    /// Per queue, the calls whose outcome is unknown so far (see the README's "Unknown
-    /// outcomes"): zero on the embedded backend.
+    /// Per queue, the calls whose outcome is unknown so far (see "Unknown
+    /// outcomes" in docs/src/message-life.md): zero on the embedded backend.
     pub fn unknown_outcomes(&self) -> Vec<(String, UnknownOutcomes)> {
         self.listeners
             .iter()
