@@ -12,6 +12,7 @@ mod calls;
 mod dashboard;
 mod dockerfile;
 mod fuzz;
+mod guarantees;
 mod handler_api;
 mod ops;
 mod restarts;
