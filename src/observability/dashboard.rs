@@ -119,15 +119,15 @@ impl Dashboard {
         json!({ "version": 1, "now": now, "queues": queues })
     }
 
-    fn poison(&self, queue: &str) -> Result<PoisonQueue, Response> {
+    fn poison(&self, queue: &str) -> Result<PoisonQueue, Refusal> {
         let settings = self.queues.get(queue).ok_or_else(|| {
-            reject(
+            (
                 StatusCode::NOT_FOUND,
-                &format!("no queue {queue:?} on this worker"),
+                format!("no queue {queue:?} on this worker"),
             )
         })?;
         PoisonQueue::new(self.store.clone(), queue, settings)
-            .map_err(|e| reject(StatusCode::BAD_GATEWAY, &e.to_string()))
+            .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
     }
 }
 
@@ -167,27 +167,27 @@ pub(super) async fn page() -> Response {
 }
 
 /// Checks the bearer token when one is configured.
-pub(super) fn authorize(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result<(), Response> {
+pub(super) fn authorize(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(expected) = token else {
         return Ok(());
     };
     match crate::endpoint::bearer(headers) {
         Some(given) if crate::endpoint::tokens_match(given, expected.expose()) => Ok(()),
-        Some(_) => Err(reject(StatusCode::UNAUTHORIZED, "wrong token")),
-        None => Err(reject(
+        Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token".into())),
+        None => Err((
             StatusCode::UNAUTHORIZED,
-            "missing token: send Authorization: Bearer <metrics_token>",
+            "missing token: send Authorization: Bearer <metrics_token>".into(),
         )),
     }
 }
 
 /// A state-changing request: a token must be configured and given, and a browser's `Origin`
 /// must be this endpoint's own.
-fn authorize_change(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize_change(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result<(), Refusal> {
     if token.is_none() {
-        return Err(reject(
+        return Err((
             StatusCode::FORBIDDEN,
-            "requeue from the dashboard needs observability.metrics_token set",
+            "requeue from the dashboard needs observability.metrics_token set".into(),
         ));
     }
     authorize(token, headers)?;
@@ -201,14 +201,17 @@ fn authorize_change(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result
                 == Some(h)
         });
         if !same {
-            return Err(reject(
+            return Err((
                 StatusCode::FORBIDDEN,
-                "cross-site request refused (Origin is not this endpoint)",
+                "cross-site request refused (Origin is not this endpoint)".into(),
             ));
         }
     }
     Ok(())
 }
+
+/// Why a request is refused: its status and the reason shown.
+pub(super) type Refusal = (StatusCode, String);
 
 fn reject(status: StatusCode, reason: &str) -> Response {
     crate::endpoint::reject(status, reason)
@@ -227,7 +230,7 @@ pub(super) async fn state(dashboard: Option<&Dashboard>) -> Response {
 pub(super) async fn list(dashboard: &Dashboard, queue: &str) -> Response {
     let poison = match dashboard.poison(queue) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err((status, why)) => return reject(status, &why),
     };
     let records = match poison.list(LIST_LIMIT).await {
         Ok(r) => r,
@@ -279,8 +282,8 @@ pub(super) async fn requeue(
     headers: &HeaderMap,
     body: RequeueBody,
 ) -> Response {
-    if let Err(r) = authorize_change(token, headers) {
-        return r;
+    if let Err((status, why)) = authorize_change(token, headers) {
+        return reject(status, &why);
     }
     let selection = if body.all {
         Selection::All
@@ -294,7 +297,7 @@ pub(super) async fn requeue(
     };
     let poison = match dashboard.poison(queue) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err((status, why)) => return reject(status, &why),
     };
     match poison.requeue(&selection).await {
         Ok(report) => {

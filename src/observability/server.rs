@@ -116,8 +116,8 @@ async fn metrics_text(State(state): State<OpsState>, headers: HeaderMap) -> Resp
 }
 
 async fn dashboard_state(State(state): State<OpsState>, headers: HeaderMap) -> Response {
-    if let Err(r) = dashboard::authorize(state.token.as_ref(), &headers) {
-        return r;
+    if let Err((status, why)) = dashboard::authorize(state.token.as_ref(), &headers) {
+        return reject(status, why);
     }
     dashboard::state(state.metrics.dashboard()).await
 }
@@ -127,8 +127,8 @@ async fn dashboard_poison(
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = dashboard::authorize(state.token.as_ref(), &headers) {
-        return r;
+    if let Err((status, why)) = dashboard::authorize(state.token.as_ref(), &headers) {
+        return reject(status, why);
     }
     match state.metrics.dashboard() {
         Some(d) => dashboard::list(d, &queue).await,
