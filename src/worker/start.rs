@@ -44,6 +44,11 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     let startup = readiness.register("startup");
     let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
     let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+    metrics.set_dashboard(crate::observability::dashboard::Dashboard::new(
+        shown.clone(),
+        store.clone(),
+        settings.queues.clone(),
+    ));
     readiness.register_probe("store", move || store_state(&metering));
     let ops = serve_ops(&settings, &readiness, &metrics).await?;
     let embedded = store.kind() == store::BackendKind::Embedded;

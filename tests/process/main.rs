@@ -10,6 +10,7 @@ mod common;
 
 mod billing;
 mod bus_replicas;
+mod dashboard_browser;
 mod faults;
 mod ops_process;
 mod process;
