@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Registry,
     /// The bus's metrics, once the bus is open.
     bus: Later,
+    /// What the dashboard reads, once the worker set it.
+    dashboard: OnceLock<super::dashboard::Dashboard>,
 }
 
 impl fmt::Debug for Metrics {
@@ -55,7 +57,21 @@ impl Metrics {
             "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included",
             metering.call_seconds().clone(),
         );
-        Self { registry, bus }
+        Self {
+            registry,
+            bus,
+            dashboard: OnceLock::new(),
+        }
+    }
+
+    /// Serves the dashboard's data from `dashboard`; later calls are ignored.
+    pub(crate) fn set_dashboard(&self, dashboard: super::dashboard::Dashboard) {
+        let _ = self.dashboard.set(dashboard);
+    }
+
+    /// The dashboard's data source, when the worker set one.
+    pub fn dashboard(&self) -> Option<&super::dashboard::Dashboard> {
+        self.dashboard.get()
     }
 
     /// Adds the bus's metrics (`ebbflow_bus_*`), once it is open; later calls are ignored.

@@ -317,6 +317,11 @@ impl Worker {
         let startup = readiness.register("startup");
         let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
         let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+        metrics.set_dashboard(crate::observability::dashboard::Dashboard::new(
+            shown.clone(),
+            store.clone(),
+            self.settings.queues.clone(),
+        ));
         readiness.register_probe("store", move || store_state(&metering));
         let ops = match self.settings.observability.bind {
             Some(addr) => {

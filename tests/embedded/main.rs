@@ -9,8 +9,10 @@
 mod common;
 
 mod calls;
+mod dashboard;
 mod dockerfile;
 mod fuzz;
+mod guarantees;
 mod handler_api;
 mod ops;
 mod restarts;
