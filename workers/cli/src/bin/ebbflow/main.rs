@@ -28,6 +28,7 @@ macro_rules! emit {
     };
 }
 
+mod blobs;
 mod completions;
 mod context;
 mod deploy;
@@ -73,6 +74,9 @@ enum Command {
     /// List, show and requeue poison messages.
     #[command(subcommand)]
     Poison(poison::Command),
+    /// The claim check's payload blobs: find and remove orphans.
+    #[command(subcommand)]
+    Blobs(blobs::Command),
     /// Run the listener and scaling policy in virtual time against a load profile.
     Simulate(simulate::Args),
     /// Check the config.
@@ -96,6 +100,7 @@ impl Command {
             Command::Peek(args) => args.run(ctx),
             Command::Stats(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
+            Command::Blobs(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),
             Command::Config(command) => command.run(ctx),
             Command::Deploy(command) => command.run(ctx),
