@@ -29,6 +29,7 @@ macro_rules! emit {
 }
 
 mod blobs;
+mod bus;
 mod completions;
 mod context;
 mod deploy;
@@ -89,6 +90,9 @@ enum Command {
     Notify(notify::Args),
     /// List the live worker instances on the bus and their last presence pulse.
     Instances(instances::Args),
+    /// The bus's own administration: `bus poison list|show|requeue`.
+    #[command(subcommand)]
+    Bus(bus::Command),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -106,6 +110,7 @@ impl Command {
             Command::Deploy(command) => command.run(ctx),
             Command::Notify(args) => args.run(ctx),
             Command::Instances(args) => args.run(ctx),
+            Command::Bus(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }
