@@ -1,6 +1,6 @@
 //! Blob operations the claim check needs (one container), behind one trait, with two backends:
 //! [`memory::MemoryBlobs`] (in-process, the embedded default and test double) and
-//! [`azure::AzureBlobs`] on `azure_storage_blob` 1.x (Azure and Azurite), authorized every way
+//! `store::azure::AzureBlobs` on `azure_storage_blob` 1.x (Azure and Azurite), authorized every way
 //! the queue side is.
 
 use std::collections::BTreeMap;
