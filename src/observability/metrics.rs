@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Registry,
     /// The bus's metrics, once the bus is open.
     bus: Later,
+    /// Refused connections and requests of the trigger and ops endpoints.
+    refusals: crate::endpoint::Refusals,
 }
 
 impl fmt::Debug for Metrics {
@@ -55,7 +57,22 @@ impl Metrics {
             "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included",
             metering.call_seconds().clone(),
         );
-        Self { registry, bus }
+        let refusals = crate::endpoint::Refusals::default();
+        registry.register(
+            "ebbflow_http_refused",
+            "Connections and requests the trigger and ops endpoints refused, by endpoint (trigger, ops) and reason (max_connections, header_timeout, unauthorized, busy, timeout)",
+            refusals.family(),
+        );
+        Self {
+            registry,
+            bus,
+            refusals,
+        }
+    }
+
+    /// The refusal counters the endpoints share with these metrics.
+    pub fn refusals(&self) -> &crate::endpoint::Refusals {
+        &self.refusals
     }
 
     /// Adds the bus's metrics (`ebbflow_bus_*`), once it is open; later calls are ignored.

@@ -12,6 +12,8 @@ pub mod readiness;
 pub mod server;
 
 pub use crate::config::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
+/// Connection limits and refusal counters of the trigger and ops endpoints.
+pub use crate::endpoint::{ConnectionLimits, Refusal, Refusals};
 pub use logging::setup;
 pub use metrics::Metrics;
 pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};

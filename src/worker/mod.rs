@@ -321,8 +321,13 @@ impl Worker {
         let ops = match self.settings.observability.bind {
             Some(addr) => {
                 let token = self.settings.observability.metrics_token.clone();
+                let limits = crate::endpoint::ConnectionLimits {
+                    header_read_timeout: self.settings.observability.header_read_timeout,
+                    max_connections: self.settings.observability.max_connections as usize,
+                };
                 let (bound, serve) = crate::observability::server::bind(
                     addr,
+                    limits,
                     readiness.clone(),
                     metrics.clone(),
                     token,
@@ -400,17 +405,15 @@ impl Worker {
         }
         wiring.listen().await?;
         // The endpoint is bound before any listener starts; it serves once they run. Its
-        // `/metrics` (behind its token) shows the same text as the ops endpoint's.
+        // refusals are counted in the ops endpoint's metrics (it serves none itself).
         let bound = if http.enabled {
-            let render = metrics.clone();
-            let metrics: crate::trigger::http::Metrics = Arc::new(move || render.render());
-            let bound =
-                crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
-                    .await
-                    .map_err(|error| WorkerError::TriggerBind {
-                        addr: http.bind,
-                        error,
-                    })?;
+            let refusals = metrics.refusals().clone();
+            let bound = crate::trigger::http::bind(hub.clone(), http, refusals, life.stop.clone())
+                .await
+                .map_err(|error| WorkerError::TriggerBind {
+                    addr: http.bind,
+                    error,
+                })?;
             Some(bound)
         } else {
             None

@@ -10,6 +10,7 @@ mod common;
 
 mod calls;
 mod dockerfile;
+mod flood;
 mod fuzz;
 mod handler_api;
 mod ops;
