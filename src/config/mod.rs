@@ -34,7 +34,9 @@ pub use load::Origin;
 pub use crate::scaling::{DepthRule, ScalingSettings};
 pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
 pub use crate::trigger::{HttpTriggerSettings, TriggerSettings};
-pub use observability::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
+pub use observability::{
+    LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesProtocol, TracesSettings,
+};
 pub use queue::{HeartbeatSettings, QueueSettings, Shards};
 
 /// The environment variable that names the optional per-environment file.

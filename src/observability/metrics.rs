@@ -31,6 +31,8 @@ pub struct Metrics {
     bus: Later,
     /// Refused connections and requests of the trigger and ops endpoints.
     refusals: crate::endpoint::Refusals,
+    /// What the dashboard reads, once the worker set it.
+    dashboard: OnceLock<super::dashboard::Dashboard>,
 }
 
 impl fmt::Debug for Metrics {
@@ -67,12 +69,23 @@ impl Metrics {
             registry,
             bus,
             refusals,
+            dashboard: OnceLock::new(),
         }
     }
 
     /// The refusal counters the endpoints share with these metrics.
     pub fn refusals(&self) -> &crate::endpoint::Refusals {
         &self.refusals
+    }
+
+    /// Serves the dashboard's data from `dashboard`; later calls are ignored.
+    pub(crate) fn set_dashboard(&self, dashboard: super::dashboard::Dashboard) {
+        let _ = self.dashboard.set(dashboard);
+    }
+
+    /// The dashboard's data source, when the worker set one.
+    pub fn dashboard(&self) -> Option<&super::dashboard::Dashboard> {
+        self.dashboard.get()
     }
 
     /// Adds the bus's metrics (`ebbflow_bus_*`), once it is open; later calls are ignored.

@@ -317,6 +317,11 @@ impl Worker {
         let startup = readiness.register("startup");
         let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
         let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+        metrics.set_dashboard(crate::observability::dashboard::Dashboard::new(
+            shown.clone(),
+            store.clone(),
+            self.settings.queues.clone(),
+        ));
         readiness.register_probe("store", move || store_state(&metering));
         let ops = match self.settings.observability.bind {
             Some(addr) => {
@@ -382,8 +387,9 @@ impl Worker {
                 })?;
             }
             let link = wiring.link(name, queue_settings);
-            let mut publisher =
-                Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone());
+            let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
+                .with_hub(hub.clone())
+                .with_trace_context(queue_settings.trace_context);
             if let Some(announcer) = wiring.announcer(name) {
                 publisher = publisher.with_announcer(announcer);
             }
@@ -662,6 +668,8 @@ impl RunningWorker {
             }
             None => info!(clean, "worker stopped"),
         }
+        // The exporter sends in batches: the last ones go now, before the process exits.
+        crate::observability::traces::flush();
         DrainReport {
             clean,
             queues,

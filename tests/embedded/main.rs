@@ -9,9 +9,11 @@
 mod common;
 
 mod calls;
+mod dashboard;
 mod dockerfile;
 mod flood;
 mod fuzz;
+mod guarantees;
 mod handler_api;
 mod ops;
 mod restarts;
