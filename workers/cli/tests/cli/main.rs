@@ -1,6 +1,7 @@
 //! The `ebbflow` command line as a user runs it: every command against the test Azurite (the
 //! `EBBFLOW_AZURITE_URL` that scripts/test starts), exit codes, help and errors.
 
+mod claim;
 #[path = "../../../../tests/common/mod.rs"]
 mod common;
 mod config_check;
