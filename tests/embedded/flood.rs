@@ -175,9 +175,16 @@ async fn a_flood_of_idle_and_slow_connections_is_shed_while_probes_and_work_go_o
         &text,
         "ebbflow_http_refused_total{endpoint=\"trigger\",reason=\"header_timeout\"}",
     );
+    // Each flood connection was either closed at once (over the cap) or held and closed by
+    // the header-read timeout (which freed its slot for a later one).
     assert!(
-        over_cap >= (held.len() - CAP as usize) as f64,
-        "max_connections refusals {over_cap} of {}: {text}",
+        over_cap + timed_out >= held.len() as f64,
+        "refusals {over_cap} + {timed_out} of {}: {text}",
+        held.len()
+    );
+    assert!(
+        over_cap >= (held.len() / 2) as f64,
+        "max_connections refusals {over_cap} of {}",
         held.len()
     );
     assert!(timed_out >= 1.0, "no header timeout counted: {text}");
