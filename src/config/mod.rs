@@ -33,11 +33,16 @@ use crate::service::redact;
 pub use crate::backoff::IdleBackoffSettings;
 pub use crate::checks::ConfigError;
 
-pub use crate::scaling::{DepthRule, ScalingSettings};
+pub use crate::scaling::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettings};
+pub use crate::service::QueueName;
 pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
-pub use crate::trigger::{HttpTriggerSettings, TriggerSettings};
+pub use crate::trigger::{
+    HttpTriggerSettings, MaxBodyBytes, MaxConcurrentRequests, TriggerSettings,
+};
 pub use observability::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
-pub use queue::{HeartbeatSettings, QueueSettings, Shards};
+pub use queue::{
+    BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, QueueSettings, Shards,
+};
 
 /// The environment variable that names the optional per-environment file.
 pub const ENV_VAR: &str = "EBBFLOW_ENV";
@@ -142,9 +147,7 @@ impl Settings {
         let loaded = builder
             .build()
             .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
-        let mut settings: Settings = loaded
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
+        let mut settings: Settings = loaded.try_deserialize().map_err(load_error)?;
         if settings.storage.connection_string.is_none() && settings.storage.queue_endpoint.is_none()
         {
             settings.storage.connection_string = env
@@ -173,7 +176,6 @@ impl Settings {
         for (name, q) in &self.queues {
             // A shared bus can wake a queue from zero tasks (when it covers its own outages).
             q.validate(name, self.triggers.http.enabled || self.bus.is_shared())?;
-            q.bus.validate(name)?;
             bus::check_queue_cover(name, q, &self.bus, self.triggers.http.enabled)?;
             let poison = q.poison_queue_name(name);
             if self.queues.contains_key(&poison) {
@@ -200,4 +202,24 @@ impl Settings {
         self.deploy.validate()?;
         self.triggers.validate()
     }
+}
+
+/// A deserializing error as a [`ConfigError`]: a value a settings type refused
+/// ([`InvalidValue`](crate::checks::InvalidValue), `33: must be 1..=32`) found at a key becomes
+/// `queues.orders.batch_size = 33: must be 1..=32`; anything else is kept as the loader said it,
+/// secrets redacted.
+fn load_error(e: config::ConfigError) -> ConfigError {
+    if let config::ConfigError::At {
+        error,
+        key: Some(key),
+        ..
+    } = &e
+    {
+        if let config::ConfigError::Message(text) = error.as_ref() {
+            if let Some(refused) = crate::checks::InvalidValue::parse(text) {
+                return ConfigError::invalid(key.as_str(), redact(&refused.value), refused.rule);
+            }
+        }
+    }
+    ConfigError::Load(redact(&e.to_string()))
 }

@@ -8,7 +8,7 @@ pub use super::auth::{AuthPlan, Cloud};
 #[cfg(test)]
 use super::capacity::saturation_backlog;
 use super::DeployError;
-use crate::config::{ConfigError, QueueSettings, Settings, RELEASE_GRACE};
+use crate::config::{ConfigError, MinTasks, QueueSettings, Settings, RELEASE_GRACE};
 
 /// Time the process needs after the drain and release grace to flush logs and exit.
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
@@ -102,7 +102,7 @@ pub fn plan(settings: &Settings) -> Result<Plan, DeployError> {
     let polling = settings
         .queues
         .iter()
-        .find(|(_, q)| q.scaling.min_tasks > 0);
+        .find(|(_, q)| q.scaling.min_tasks == MinTasks::One);
     let min_replicas = match (d.min_replicas, polling) {
         (Some(0), Some((name, _))) => {
             return Err(ConfigError::invalid(
@@ -149,11 +149,11 @@ mod tests {
 
     fn queue(concurrency: u32, max_tasks: u32, per_task: u32) -> QueueSettings {
         let mut q = QueueSettings {
-            concurrency,
+            concurrency: concurrency.try_into().unwrap(),
             ..Default::default()
         };
-        q.scaling.max_tasks = max_tasks;
-        q.scaling.messages_per_task = per_task;
+        q.scaling.max_tasks = max_tasks.try_into().unwrap();
+        q.scaling.messages_per_task = per_task.try_into().unwrap();
         q
     }
 
@@ -185,11 +185,11 @@ mod tests {
         q.scaling.depth_rules = vec![rule(0, 10), rule(100, 50), rule(1000, 100)];
         assert_eq!(saturation_backlog(&q), 1000);
         // With concurrency 50, the 50-task rule is already the top.
-        q.concurrency = 50;
+        q.concurrency = crate::config::Concurrency::of::<50>();
         assert_eq!(saturation_backlog(&q), 100);
         // No rule reaches the top: the last rule's depth is where tasks stop growing.
-        q.concurrency = 200;
-        q.scaling.max_tasks = 200;
+        q.concurrency = crate::config::Concurrency::of::<200>();
+        q.scaling.max_tasks = crate::config::MaxTasks::of::<200>();
         assert_eq!(saturation_backlog(&q), 1000);
         // One rule from 0: saturated at once; only the in-flight messages count.
         q.scaling.depth_rules = vec![rule(0, 4)];
@@ -224,7 +224,7 @@ mod tests {
         let mut s = settings();
         assert_eq!(plan(&s).unwrap().min_replicas, 1);
         s.triggers.http.enabled = true;
-        s.queues.get_mut("orders").unwrap().scaling.min_tasks = 0;
+        s.queues.get_mut("orders").unwrap().scaling.min_tasks = crate::config::MinTasks::Zero;
         assert_eq!(plan(&s).unwrap().min_replicas, 0);
         s.queues.insert("emails".into(), QueueSettings::default());
         assert_eq!(plan(&s).unwrap().min_replicas, 1);

@@ -14,4 +14,4 @@ pub mod server;
 pub use crate::config::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
 pub use logging::setup;
 pub use metrics::Metrics;
-pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};
+pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport, ReadinessStatus};
