@@ -36,15 +36,17 @@
 //! endpoint (`GET /metrics`), beside `/healthz` and `/readyz` (named readiness checks that turn
 //! unready the moment a drain begins), and sets up the logs (text or JSON lines).
 //!
-//! Past one machine, [`deploy`] writes the container engine's side (KEDA or Container Apps
-//! manifests) from the same settings, so replicas scale where one replica's tasks stop.
+//! Past one machine, the `ebbflow` command line (the `ebbflow-cli` crate in `workers/cli`)
+//! writes the container engine's side (KEDA or Container Apps manifests) from the same
+//! settings, so replicas scale where one replica's tasks stop; it also holds the simulator and
+//! the queue and poison-queue commands. This crate carries none of it (no clap, YAML or
+//! manifest code), and ignores the config's `[deploy]` section, which only the CLI reads.
 
 pub mod backoff;
 pub mod bus;
 pub mod checks;
 pub mod codec;
 pub mod config;
-pub mod deploy;
 mod endpoint;
 pub mod handler;
 #[cfg(test)]
@@ -56,9 +58,8 @@ mod reference;
 pub mod scaling;
 pub mod secret;
 pub mod service;
-#[cfg(feature = "simulate")]
-pub mod simulate;
 pub mod store;
+pub mod testing;
 pub mod trigger;
 pub mod worker;
 
@@ -89,6 +90,8 @@ pub mod book {
     pub struct HandlersDoctests;
     #[doc = include_str!("../docs/src/middleware.md")]
     pub struct MiddlewareDoctests;
+    #[doc = include_str!("../docs/src/testing-handlers.md")]
+    pub struct TestingHandlersDoctests;
     #[doc = include_str!("../docs/src/configuration.md")]
     pub struct ConfigurationDoctests;
     #[doc = include_str!("../docs/src/message-life.md")]

@@ -5,7 +5,9 @@
 //! underscores separate path segments, so `EBBFLOW__QUEUES__ORDERS__BATCH_SIZE=8` sets
 //! `queues.orders.batch_size`). `AZURE_STORAGE_CONNECTION_STRING` is honoured when no storage
 //! is configured otherwise. Unknown keys are rejected, so a misspelt key fails loudly instead of
-//! silently falling back to a default.
+//! silently falling back to a default. The one exception is the `[deploy]` section
+//! ([`DEPLOY_SECTION`]): the `ebbflow` command line reads it from the same files and variables
+//! to write manifests, and a worker ignores it without checking it.
 //!
 //! Each section's types live in their own file with their checks: [`storage`](StorageSettings),
 //! queues ([`QueueSettings`]: flow control, back-off, scaling), and [`triggers`](TriggerSettings).
@@ -17,10 +19,6 @@ mod observability;
 mod queue;
 #[cfg(test)]
 mod tests;
-// The `[deploy]` section's types: compiled here (not under the `deploy` room) so that `config`
-// does not import the room that imports it; the file moves with `deploy` to the CLI crate.
-#[path = "../deploy/settings.rs"]
-pub mod deploy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +46,10 @@ pub use queue::{
 pub const ENV_VAR: &str = "EBBFLOW_ENV";
 /// The environment variable that points at the config folder (default `config`).
 pub const DIR_VAR: &str = "EBBFLOW_CONFIG_DIR";
+/// The section a worker ignores: `[deploy]` is read by the `ebbflow` command line (the
+/// ebbflow-cli crate's manifest generation) from the same files and `EBBFLOW__DEPLOY__...`
+/// variables.
+pub const DEPLOY_SECTION: &str = "deploy";
 /// The conventional Azure connection string variable.
 pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
 
@@ -72,8 +74,6 @@ pub struct Settings {
     pub observability: ObservabilitySettings,
     /// Log line format.
     pub log: LogSettings,
-    /// What `ebbflow deploy ...` writes besides the queues' rules (image, replicas, auth).
-    pub deploy: deploy::DeploySettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
 }
@@ -147,7 +147,14 @@ impl Settings {
         let loaded = builder
             .build()
             .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
-        let mut settings: Settings = loaded.try_deserialize().map_err(load_error)?;
+        let mut table: config::Map<String, config::Value> =
+            loaded.try_deserialize().map_err(load_error)?;
+        // `[deploy]` (and `EBBFLOW__DEPLOY__...`) is the command line's section (manifest
+        // generation, in the ebbflow-cli crate), so one config folder serves both: a worker
+        // ignores it, unchecked.
+        table.remove(DEPLOY_SECTION);
+        let mut settings =
+            Settings::deserialize(config::Value::new(None, table)).map_err(load_error)?;
         if settings.storage.connection_string.is_none() && settings.storage.queue_endpoint.is_none()
         {
             settings.storage.connection_string = env
@@ -199,7 +206,6 @@ impl Settings {
                 }
             }
         }
-        self.deploy.validate()?;
         self.triggers.validate()
     }
 }

@@ -24,10 +24,15 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+mod batch;
+mod func;
 mod heartbeat;
 mod layer;
 pub mod layers;
 mod publisher;
+pub use batch::{Batch, BatchHandler, Batching};
+pub(crate) use batch::{BatchStats, Batcher, BATCH_SIZE_BUCKETS};
+pub use func::{from_fn, FnHandler};
 pub use heartbeat::{Heartbeat, JobStatus};
 pub use layer::{Job, Layer, Next};
 pub(crate) use layer::{SharedLayer, Span, Stack};
@@ -356,6 +361,7 @@ impl<E: Into<BoxError>> From<E> for HandlerError {
 }
 
 pub(crate) type BoxFuture = layer::RunFuture;
+use layer::RunFuture;
 
 /// A handler with its payload type erased, so handlers of different types can be stored
 /// side by side.

@@ -392,7 +392,7 @@ fn log_job_end(
 }
 
 /// A handler's future, with a panic inside it turned into `Err(panic text)`.
-struct CatchPanic(BoxFuture);
+pub(crate) struct CatchPanic(pub(crate) BoxFuture);
 
 impl Future for CatchPanic {
     type Output = Result<Result<(), HandlerError>, String>;

@@ -44,7 +44,8 @@ use crate::config::QueueSettings;
 use crate::handler::{Publishers, Stack};
 use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, TriggerSource, Wake};
-pub(crate) use dispatch::panic_text;
+pub(crate) use dispatch::{panic_text, CatchPanic};
+pub(crate) use settle::{Outcome as RunOutcome, Settle};
 use stats::ListenerStats;
 pub use stats::{Histograms, QueueSnapshot};
 use supervisor::Supervisor;
@@ -116,6 +117,8 @@ pub(crate) struct ListenerSpec {
     pub(crate) settings: QueueSettings,
     /// The queue's layers around its handler (see [`crate::handler::Layer`]).
     pub(crate) stack: Stack,
+    /// A batch queue's counters, shared with its batcher.
+    pub(crate) batch_stats: Option<crate::handler::BatchStats>,
     /// `storage.create_queues`: recreate the queue if it disappears while running.
     pub(crate) create_queues: bool,
     /// Every message of this queue comes with its own trigger, sent after it landed
@@ -375,7 +378,7 @@ impl QueueListener {
                 never: CancellationToken::new(),
             },
             flow,
-            stats: ListenerStats::default(),
+            stats: ListenerStats::with_batches(spec.batch_stats),
             control: Control {
                 life: life.clone(),
                 events,

@@ -17,7 +17,7 @@ use crate::store::{now_utc, ReceivedMessage, SendOptions, StoreError, TimeToLive
 
 /// What became of a handler run.
 #[derive(Debug)]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     /// The handler returned (after its timeout fired, only `Ok` lands here).
     Done(Result<(), HandlerError>),
     /// It panicked, with the panic's text.
@@ -30,7 +30,7 @@ pub(super) enum Outcome {
 
 /// How a message is settled.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Settle {
+pub(crate) enum Settle {
     /// Handled: delete it.
     Delete,
     /// Failed, with tries left: visible again after the delay.
@@ -45,7 +45,7 @@ pub(super) enum Settle {
 impl Settle {
     /// The rule. `interrupted`: the worker was stopping when the handler ended, so a failure
     /// is taken for the interruption it probably is (released, never poisoned or counted).
-    pub(super) fn decide(
+    pub(crate) fn decide(
         outcome: Outcome,
         interrupted: bool,
         dequeue_count: u32,

@@ -37,6 +37,8 @@ pub(crate) struct ListenerStats {
     /// Push triggers by source, indexed by [`TriggerSource::index`].
     pub(crate) triggers_by_source: [AtomicU64; TriggerSource::ALL.len()],
     pub(crate) histograms: Histograms,
+    /// Batch handler calls (batch queues only); shared with the queue's batcher.
+    pub(crate) batches: std::sync::Arc<AtomicU64>,
     /// What the supervisor and the tasks know beyond counters.
     view: Mutex<ScaleView>,
 }
@@ -62,6 +64,8 @@ pub struct Histograms {
     pub pickup_seconds: Histogram,
     /// Messages per receive call, empty receives (0) included.
     pub messages_per_receive: Histogram,
+    /// Messages per batch handler call (batch queues only).
+    pub batch_size: Histogram,
 }
 
 /// Bucket bounds of handler times, in seconds: 1 ms to 10 min.
@@ -82,6 +86,7 @@ impl Default for Histograms {
             handler_seconds: Histogram::new(HANDLER_BUCKETS),
             pickup_seconds: Histogram::new(PICKUP_BUCKETS),
             messages_per_receive: Histogram::new(BATCH_BUCKETS),
+            batch_size: Histogram::new(crate::handler::BATCH_SIZE_BUCKETS),
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct QueueSnapshot {
     pub pulses: u64,
     /// Dequeue tasks that ended unexpectedly (a panic outside a handler) and were replaced.
     pub task_restarts: u64,
+    /// Batch handler calls (batch queues only; their sizes are in [`Histograms::batch_size`]).
+    pub batches: u64,
     /// The last probed depth, if any: messages waiting, this replica's in-flight messages not
     /// counted (see the README's Scaling section for what it can know of other replicas').
     pub depth: Option<u64>,
@@ -146,6 +153,16 @@ pub struct QueueSnapshot {
 }
 
 impl ListenerStats {
+    /// Counters whose batch figures are `batch`'s (a batch queue's batcher counts there).
+    pub(crate) fn with_batches(batch: Option<crate::handler::BatchStats>) -> Self {
+        let mut stats = Self::default();
+        if let Some(batch) = batch {
+            stats.batches = batch.batches;
+            stats.histograms.batch_size = batch.sizes;
+        }
+        stats
+    }
+
     /// The counters and the scaling state into a snapshot.
     pub(crate) fn snapshot(&self, queue: &str) -> QueueSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -219,6 +236,7 @@ impl ListenerStats {
             renewals: get(&self.renewals),
             pulses: get(&self.pulses),
             task_restarts: get(&self.task_restarts),
+            batches: get(&self.batches),
             triggers_by_source: self.triggers_by_source.each_ref().map(&get),
             ..QueueSnapshot::default()
         }

@@ -472,7 +472,9 @@ async fn on_receive_error(io: &QueueIo, fatal: &Fatal, e: StoreError) -> bool {
             }
             true
         }
-        e @ (StoreError::Unauthorized { .. } | StoreError::QueueNotFound { .. }) => {
+        e @ (StoreError::Unauthorized { .. }
+        | StoreError::QueueNotFound { .. }
+        | StoreError::AccountNotFound { .. }) => {
             error!(queue = %io.name, error = %e, "receive failed and no retry can fix it; stopping the worker");
             fatal.raise(e);
             false

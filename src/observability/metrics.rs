@@ -109,7 +109,7 @@ const GAUGES: [(&str, &str, Read); 4] = [
 ];
 
 /// Counters: name without `_total`, help.
-const COUNTERS: [(&str, &str, Read); 15] = [
+const COUNTERS: [(&str, &str, Read); 16] = [
     (
         "receive_calls",
         "Receive calls made (each one billable).",
@@ -171,13 +171,18 @@ const COUNTERS: [(&str, &str, Read); 15] = [
         "Dequeue tasks that ended unexpectedly and were replaced.",
         |q| q.task_restarts,
     ),
+    (
+        "batches",
+        "Batch handler calls (batch queues only).",
+        |q| q.batches,
+    ),
 ];
 
 /// A listener's histogram.
 type ReadHistogram = fn(&Histograms) -> &prometheus_client::metrics::histogram::Histogram;
 
 /// Histograms: full name, help.
-const HISTOGRAMS: [(&str, &str, ReadHistogram); 3] = [
+const HISTOGRAMS: [(&str, &str, ReadHistogram); 4] = [
     (
         "ebbflow_handler_duration_seconds",
         "How long handlers ran, from start to result.",
@@ -192,6 +197,11 @@ const HISTOGRAMS: [(&str, &str, ReadHistogram); 3] = [
         "ebbflow_messages_per_receive",
         "Messages per receive call, empty receives included.",
         |h| &h.messages_per_receive,
+    ),
+    (
+        "ebbflow_batch_size",
+        "Messages per batch handler call (batch queues only).",
+        |h| &h.batch_size,
     ),
 ];
 

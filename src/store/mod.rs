@@ -12,7 +12,7 @@
 //! `N`). The `[storage]` settings live beside them ([`settings`]); the service's limits come
 //! from the [`crate::service`] leaf.
 //!
-//! One conformance suite (`tests/conformance.rs`, with `tests/extremes.rs` for every input at
+//! One conformance suite (`tests/azurite/conformance.rs`, with `tests/azurite/extremes.rs` for every input at
 //! its extremes) runs the same checks against both backends.
 
 use std::sync::Arc;
@@ -256,6 +256,21 @@ pub enum StoreError {
         /// The queue.
         queue: String,
         /// What kept happening.
+        detail: String,
+    },
+    /// The storage account or endpoint does not exist: the service answered 404 to a call
+    /// that cannot miss for a queue of its own (creating a queue), or with a code other than
+    /// `QueueNotFound` (`ResourceNotFound`: a wrong account name in a path-style URL, such as
+    /// Azurite's). Never retried: the storage settings are wrong.
+    #[error(
+        "storage account or endpoint not found while opening queue {queue}: {detail}; check the \
+         account name and endpoint in the storage settings (storage.connection_string or \
+         AZURE_STORAGE_CONNECTION_STRING, storage.queue_endpoint)"
+    )]
+    AccountNotFound {
+        /// The queue the call was for.
+        queue: String,
+        /// The service's answer (secrets redacted).
         detail: String,
     },
     /// The backend could not be set up (bad connection string, bad URL).

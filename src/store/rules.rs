@@ -1,6 +1,6 @@
 //! What the service refuses at each call, as [`StoreError::Invalid`] naming the queue, and the
 //! typed time to live of a send. Both backends use these rules, so the embedded store refuses
-//! exactly what the service refuses (checked against Azurite by `tests/conformance.rs`):
+//! exactly what the service refuses (checked against Azurite by `tests/azurite/conformance.rs`):
 //!
 //! | call | rule (Put Message, Update Message, Get Messages, Peek Messages) |
 //! |---|---|

@@ -27,7 +27,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, Settings};
-use crate::handler::{Erased, ErasedHandler, Handler, Layer, Publisher, SharedLayer, Span, Stack};
+use crate::handler::{
+    BatchHandler, BatchStats, Batcher, Context, Erased, ErasedHandler, Handler, HandlerError,
+    Layer, Payload, Publisher, SharedLayer, Span, Stack,
+};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
 use crate::observability::{Metrics, Readiness};
 use crate::store::metered::Metering;
@@ -103,6 +106,8 @@ pub struct Worker {
     layers: Vec<SharedLayer>,
     /// Layers around one queue's handler, inside the worker-wide ones, outermost first.
     queue_layers: BTreeMap<String, Vec<SharedLayer>>,
+    /// Batch queues' counters, shared by their batchers and listeners.
+    batch_stats: BTreeMap<String, BatchStats>,
 }
 
 impl Worker {
@@ -116,6 +121,7 @@ impl Worker {
             observers: Vec::new(),
             layers: Vec::new(),
             queue_layers: BTreeMap::new(),
+            batch_stats: BTreeMap::new(),
         }
     }
 
@@ -145,12 +151,56 @@ impl Worker {
     }
 
     /// Registers `handler` for the queue `queue`.
-    pub fn handler<H: Handler>(mut self, queue: &str, handler: H) -> Self {
-        if self
-            .handlers
-            .insert(queue.to_string(), Arc::new(Erased(handler)))
-            .is_some()
-        {
+    pub fn handler<H: Handler>(self, queue: &str, handler: H) -> Self {
+        self.register(queue, Arc::new(Erased(handler)))
+    }
+
+    /// Registers an async function or closure for the queue `queue`: `f(payload, ctx)`
+    /// handles one message, its payload decoded into `P` (`Json<T>`, `String`, `Vec<u8>`).
+    /// Share state by capturing an `Arc` (see [`crate::handler::from_fn`]).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use ebbflow::{Context, HandlerError, Json, Worker};
+    /// # struct Db;
+    /// # impl Db { async fn insert(&self, _: u64) -> Result<(), std::io::Error> { Ok(()) } }
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { id: u64 }
+    ///
+    /// # async fn run(settings: ebbflow::Settings) {
+    /// let db = Arc::new(Db);
+    /// Worker::new(settings)
+    ///     .handler_fn("orders", move |Json(order): Json<Order>, _ctx: Context| {
+    ///         let db = db.clone();
+    ///         async move {
+    ///             db.insert(order.id).await?; // any error: retry
+    ///             Ok::<(), HandlerError>(())
+    ///         }
+    ///     })
+    ///     .run()
+    ///     .await;
+    /// # }
+    /// ```
+    pub fn handler_fn<F, P, Fut>(self, queue: &str, f: F) -> Self
+    where
+        F: Fn(P, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+        P: Payload,
+    {
+        self.handler(queue, crate::handler::from_fn(f))
+    }
+
+    /// Registers a batch handler for the queue `queue`: one call for up to
+    /// [`crate::handler::Batching::max_messages`] messages (see [`BatchHandler`]). Each
+    /// message keeps its own lease, dequeue count, retry, release and poison.
+    pub fn batch_handler<H: BatchHandler>(mut self, queue: &str, handler: H) -> Self {
+        let stats = BatchStats::default();
+        self.batch_stats.insert(queue.to_string(), stats.clone());
+        self.register(queue, Arc::new(Batcher::new(handler, stats)))
+    }
+
+    fn register(mut self, queue: &str, handler: Arc<dyn ErasedHandler>) -> Self {
+        if self.handlers.insert(queue.to_string(), handler).is_some() {
             self.duplicate.get_or_insert_with(|| queue.to_string());
         }
         self
@@ -313,6 +363,7 @@ impl Worker {
                 poison_queue,
                 settings: queue_settings.clone(),
                 stack: stack_of(&self.layers, self.queue_layers.get(name), handler),
+                batch_stats: self.batch_stats.get(name).cloned(),
                 create_queues: create,
                 // In-process publishes trigger after each send lands; HTTP events are hints (one may
                 // stand for a burst still being sent), so they do not cover a queue.

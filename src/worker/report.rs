@@ -44,6 +44,9 @@ pub(super) fn explain(e: &StoreError) -> &'static str {
         StoreError::QueueNotFound { .. } => {
             "the queue was deleted while the worker ran; recreate it and restart"
         }
+        StoreError::AccountNotFound { .. } => {
+            "the storage account or endpoint no longer answers for this queue; check the storage settings and restart"
+        }
         StoreError::Unconsumable { .. } => {
             "its dequeue tasks kept failing right after each restart (see the errors before this one); fix the cause and restart"
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod bins;
 pub mod redis;
 
 use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};

@@ -51,6 +51,7 @@ fn one_line(text: &str) -> String {
 /// |---|---|---|
 /// | 404 QueueNotFound | `QueueNotFound` | no |
 /// | 404 / 400 PopReceiptMismatch on a message | `MessageNotFound` | no |
+/// | another 404 on a queue call (`ResourceNotFound`: no such account) | `AccountNotFound` | no |
 /// | 401, 403 | `Unauthorized` | no |
 /// | 503 (ServerBusy), 429, 408, 500 OperationTimedOut | `Transient` | no: it says it did not finish |
 /// | other 5xx (500 InternalError, 502, 504) | `Unanswered` | unknown |
@@ -74,7 +75,9 @@ pub(super) fn classify(queue: &str, e: &azure_core::Error, message_id: Option<&s
                         id: id.to_string(),
                     }
                 }
-                (404, _, None) => StoreError::QueueNotFound { queue },
+                // Only a queue call answered with another code: the account or the endpoint's
+                // path is wrong (Azurite answers ResourceNotFound for an unknown account).
+                (404, _, None) => StoreError::AccountNotFound { queue, detail },
                 (401 | 403, _, _) => StoreError::Unauthorized { queue, detail },
                 (408 | 429 | 503, _, _) | (500, "OperationTimedOut", _) => {
                     StoreError::Transient { queue, detail }
@@ -137,6 +140,7 @@ mod tests {
             StoreError::TokenUnavailable { .. } => "token",
             StoreError::InDoubt { .. } => "in-doubt",
             StoreError::Unconsumable { .. } => "unconsumable",
+            StoreError::AccountNotFound { .. } => "account-not-found",
             StoreError::Setup(_) => "setup",
         }
     }
@@ -172,6 +176,11 @@ mod tests {
             (StatusCode::NotFound, "QueueNotFound", "queue-not-found"),
             (StatusCode::NotFound, "MessageNotFound", "message-not-found"),
             (
+                StatusCode::NotFound,
+                "ResourceNotFound",
+                "message-not-found",
+            ),
+            (
                 StatusCode::BadRequest,
                 "PopReceiptMismatch",
                 "message-not-found",
@@ -185,6 +194,11 @@ mod tests {
                 "{status} {code}"
             );
         }
+        // Without a message: a 404 other than QueueNotFound means no such account.
+        let wrong_account = http(StatusCode::NotFound, "ResourceNotFound");
+        assert_eq!(class(&wrong_account, None), "account-not-found");
+        let no_queue = http(StatusCode::NotFound, "QueueNotFound");
+        assert_eq!(class(&no_queue, None), "queue-not-found");
     }
 
     #[test]

@@ -322,6 +322,17 @@ impl Queue for AzureQueue {
             Ok(_) => Ok(()),
             // 409: it exists with other metadata; for us that is "exists".
             Err(e) if e.http_status().map(u16::from) == Some(409) => Ok(()),
+            // Creating cannot miss the queue: a 404 means the account or endpoint is wrong,
+            // whatever code came with it.
+            Err(e) if e.http_status().map(u16::from) == Some(404) => {
+                Err(StoreError::AccountNotFound {
+                    queue: self.name.clone(),
+                    detail: match self.error(e, None) {
+                        StoreError::AccountNotFound { detail, .. } => detail,
+                        other => other.to_string(),
+                    },
+                })
+            }
             Err(e) => Err(self.error(e, None)),
         }
     }

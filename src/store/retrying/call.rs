@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::store::settings::RetrySettings;
 use crate::store::StoreError;
@@ -104,7 +104,7 @@ where
                 let limit = settings.refusals_before_fatal;
                 let delay = (streak < limit).then(|| refusal_delays.next()).flatten();
                 if let Some(delay) = delay {
-                    warn!(queue, call = what, refusals = streak, limit, retry_in = ?delay, error = %e,
+                    debug!(queue, call = what, refusals = streak, limit, retry_in = ?delay, error = %e,
                           "the service refused our credentials; retrying before taking it as final");
                 }
                 delay
@@ -117,7 +117,7 @@ where
                     tries < budget || until.is_some_and(|t| Instant::now() + *delay < t)
                 });
                 if let Some(delay) = delay {
-                    warn!(queue, call = what, tries, retry_in = ?delay, error = %e, "transient error; retrying");
+                    debug!(queue, call = what, tries, retry_in = ?delay, error = %e, "transient error; retrying");
                 }
                 delay
             }
@@ -130,13 +130,50 @@ where
         match retry_in {
             Some(delay) => tokio::time::sleep(delay).await,
             None => {
+                let result = match result {
+                    Ok(value) if tries > 1 => {
+                        warn!(
+                            queue,
+                            call = what,
+                            tries,
+                            "the call succeeded after transient faults"
+                        );
+                        Ok(value)
+                    }
+                    Err(e) if tries > 1 => Err(with_tries(e, tries)),
+                    result => result,
+                };
                 return CallReport {
                     result,
                     unanswered,
                     tries,
-                }
+                };
             }
         }
+    }
+}
+
+/// `e` with the number of tries the call took at the end of its detail.
+fn with_tries(e: StoreError, tries: u32) -> StoreError {
+    let count = |detail: String| format!("{detail} (after {tries} tries)");
+    match e {
+        StoreError::Transient { queue, detail } => StoreError::Transient {
+            queue,
+            detail: count(detail),
+        },
+        StoreError::Unanswered { queue, detail } => StoreError::Unanswered {
+            queue,
+            detail: count(detail),
+        },
+        StoreError::TokenUnavailable { queue, detail } => StoreError::TokenUnavailable {
+            queue,
+            detail: count(detail),
+        },
+        StoreError::Unauthorized { queue, detail } => StoreError::Unauthorized {
+            queue,
+            detail: count(detail),
+        },
+        e => e,
     }
 }
 
@@ -345,5 +382,72 @@ mod tests {
         )
         .await;
         assert_eq!(report.tries, 3);
+    }
+
+    /// Counts the events logged at each level while it is the thread's subscriber.
+    #[derive(Clone, Default)]
+    struct Levels(std::sync::Arc<std::sync::Mutex<Vec<tracing::Level>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Levels {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.lock().unwrap().push(*event.metadata().level());
+        }
+    }
+
+    impl Levels {
+        fn count(&self, level: tracing::Level) -> usize {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| **l == level)
+                .count()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_log_at_debug_and_a_fault_costs_one_warn_line_or_a_counted_error() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let levels = Levels::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(levels.clone()));
+        // Fails every try: no warn while retrying; the error says how many tries it took.
+        let report = scripted::<()>(&settings(4, 3), &RefusalStreak::default(), |_| {
+            Err(transient())
+        })
+        .await;
+        let e = report.result.unwrap_err();
+        assert!(e.to_string().ends_with("(after 4 tries)"), "{e}");
+        assert!(e.is_transient(), "still the same kind of error: {e}");
+        assert_eq!(levels.count(tracing::Level::WARN), 0);
+        assert_eq!(levels.count(tracing::Level::DEBUG), 3, "one per retry");
+        // Recovers after two faults: one warn line for the fault.
+        let report = scripted(&settings(6, 3), &RefusalStreak::default(), |n| {
+            if n < 2 {
+                Err(transient())
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(report.result.unwrap(), 2);
+        assert_eq!(levels.count(tracing::Level::WARN), 1);
+        // A first-try success or a non-transient error: nothing added.
+        let report = scripted(&settings(6, 3), &RefusalStreak::default(), Ok).await;
+        assert_eq!(report.result.unwrap(), 0);
+        let report = scripted::<()>(&settings(6, 3), &RefusalStreak::default(), |_| {
+            Err(StoreError::MessageNotFound {
+                queue: "q".into(),
+                id: "m".into(),
+            })
+        })
+        .await;
+        let e = report.result.unwrap_err();
+        assert!(!e.to_string().contains("tries"), "{e}");
+        assert_eq!(levels.count(tracing::Level::WARN), 1);
     }
 }

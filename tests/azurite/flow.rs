@@ -1,0 +1,734 @@
+//! Flow control and message safety at the settings users run (30 s visibility, concurrency 16,
+//! batch 32), with handlers long enough and backlogs deep enough for timing to matter; and the
+//! worker's lifecycle (validation, failed start, drop, dead tasks, the drain deadline).
+//!
+//! Embedded tests run under tokio's paused clock, so their timings are exact; the Azurite run
+//! of the backlog test is real time and asserts outcomes only.
+
+// Tests report what they measured.
+#![allow(clippy::print_stdout)]
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::hooked::Hooked;
+use ebbflow::codec::Encoding;
+use ebbflow::config::{QueueSettings, Settings};
+use ebbflow::store::{BackendKind, Queue, QueueStore};
+use ebbflow::worker::WorkerError;
+use ebbflow::{Context, Handler, HandlerError, Worker};
+use tokio::time::Instant;
+
+on_both_backends!(a_backlog_at_default_settings_is_handled_exactly_once);
+
+fn settings(queue: &str, edit: impl FnOnce(&mut QueueSettings)) -> Settings {
+    let mut s = Settings::default();
+    let mut q = QueueSettings::default();
+    edit(&mut q);
+    s.queues.insert(queue.to_string(), q);
+    s
+}
+
+async fn send_all(q: &Arc<dyn Queue>, bodies: impl IntoIterator<Item = String>) {
+    for body in bodies {
+        let text = Encoding::Base64.encode(body.as_bytes()).unwrap();
+        q.send(&text, Default::default()).await.unwrap();
+    }
+}
+
+/// Records each run by body, how many run at once, and sleeps as the body says ("w<ms>-...").
+#[derive(Clone, Default)]
+struct Worky {
+    runs: Arc<Mutex<BTreeMap<String, u32>>>,
+    starts: Arc<Mutex<BTreeMap<String, Instant>>>,
+    running: Arc<AtomicU32>,
+    peak: Arc<AtomicU32>,
+}
+
+impl Handler for Worky {
+    type Message = String;
+    async fn handle(&self, body: String, _: Context) -> Result<(), HandlerError> {
+        *self.runs.lock().unwrap().entry(body.clone()).or_default() += 1;
+        self.starts
+            .lock()
+            .unwrap()
+            .entry(body.clone())
+            .or_insert_with(Instant::now);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let ms: u64 = body
+            .strip_prefix('w')
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A backlog far deeper than the concurrency, with handlers of several seconds, at the default
+/// settings: every message runs exactly once (none waits for a slot until its visibility runs
+/// out), and no more than `concurrency` run at once. Embedded: 300 messages of 3-10 s at the
+/// default 30 s visibility. Azurite (real time): 40 messages of 1-3 s at 5 s visibility.
+async fn a_backlog_at_default_settings_is_handled_exactly_once(store: Arc<dyn QueueStore>) {
+    let embedded = store.kind() == BackendKind::Embedded;
+    let (count, visibility, base_ms, spread) = if embedded {
+        (300, Duration::from_secs(30), 3_000, 8)
+    } else {
+        (40, Duration::from_secs(5), 1_000, 3)
+    };
+    let q = common::fresh_queue(&store, "backlog").await;
+    let bodies: Vec<String> = (0..count)
+        .map(|i| format!("w{}-{i}", base_ms + (i % spread) * 1_000))
+        .collect();
+    send_all(&q, bodies.clone()).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.visibility_timeout = visibility);
+    let handler = Worky::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    let limit = if embedded { 3_600 } else { 120 };
+    common::wait_for("the backlog handled", Duration::from_secs(limit), || {
+        worker.snapshot()[0].handled >= count as u64
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let snap = &report.queues[0];
+    let runs = handler.runs.lock().unwrap().clone();
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "backlog of {count}: handled {}, duplicates {}, lost {}, renewals {}, receives {}",
+        snap.handled,
+        twice.len(),
+        count as usize - runs.len(),
+        snap.renewals,
+        snap.receive_calls
+    );
+    assert!(twice.is_empty(), "handled twice: {twice:?}");
+    assert_eq!(runs.len(), count as usize, "every message ran");
+    assert_eq!(
+        snap.received, count as u64,
+        "nothing was received twice: {snap:?}"
+    );
+    assert_eq!(snap.handled, count as u64);
+    assert_eq!(snap.lost_ownership, 0, "{snap:?}");
+    assert!(
+        handler.peak.load(Ordering::SeqCst) <= 16,
+        "concurrency is the cap"
+    );
+    assert_eq!(report.unreleased, 0);
+    assert_eq!(q.approximate_depth().await.unwrap(), 0);
+}
+
+/// One 60 s job runs; a new message published with a trigger starts at once (no waiting for
+/// the long job's batch), on a queue whose only task is the one that received the long job.
+#[tokio::test(start_paused = true)]
+async fn a_long_job_does_not_hold_back_triggered_work() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "longjob").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>()
+    });
+    let handler = Worky::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    let publisher = worker.publisher(&name).unwrap();
+    publisher
+        .send_bytes(b"w60000-long", Default::default())
+        .await
+        .unwrap();
+    common::wait_for("the long job running", Duration::from_secs(5), || {
+        worker.snapshot()[0].in_flight == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let sent = Instant::now();
+    publisher
+        .send_bytes(b"quick", Default::default())
+        .await
+        .unwrap();
+    common::wait_for("the quick one started", Duration::from_secs(60), || {
+        handler.starts.lock().unwrap().contains_key("quick")
+    })
+    .await;
+    let pickup = handler.starts.lock().unwrap()["quick"] - sent;
+    assert!(pickup < Duration::from_millis(50), "pickup took {pickup:?}");
+    assert_eq!(worker.snapshot()[0].in_flight, 1, "the long job still runs");
+    worker.shutdown().await;
+}
+
+/// A steady trickle with a trigger per send: one receive per message (the task waits for the
+/// next trigger after draining the queue, instead of receiving again and finding nothing); with
+/// a 250 ms window, about one receive per window.
+#[tokio::test(start_paused = true)]
+async fn a_triggered_trickle_costs_one_receive_per_message_or_less_with_a_window() {
+    for window in [None, Some(Duration::from_millis(250))] {
+        let store = common::memory();
+        let q = common::fresh_queue(&store, "trickle").await;
+        let name = q.name().to_string();
+        let s = settings(&name, |q| {
+            q.scaling.wake_on_publish = true;
+            q.batch_window = window;
+        });
+        let handler = Worky::default();
+        let worker = common::start(&store, s, &name, handler.clone()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Receives of the idle curve at start-up are not the trickle's.
+        let before = worker.snapshot()[0].receive_calls;
+        let probes_before = worker.snapshot()[0].probe_calls;
+        let publisher = worker.publisher(&name).unwrap();
+        let mut sent = BTreeMap::new();
+        for i in 0..100 {
+            let body = format!("t{i}");
+            sent.insert(body.clone(), Instant::now());
+            publisher
+                .send_bytes(body.as_bytes(), Default::default())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        common::wait_for("the trickle handled", Duration::from_secs(10), || {
+            worker.snapshot()[0].handled == 100
+        })
+        .await;
+        let snap = worker.shutdown().await.queues.remove(0);
+        let starts = handler.starts.lock().unwrap().clone();
+        let worst = sent.iter().map(|(b, t)| starts[b] - *t).max().unwrap();
+        let receives = snap.receive_calls - before;
+        let calls = (receives + snap.handled + snap.probe_calls - probes_before) as f64 / 100.0;
+        println!("trickle, window {window:?}: {calls:.2} calls/message, worst pickup {worst:?}, {snap:?}");
+        match window {
+            None => {
+                assert_eq!(receives, 100, "one receive per message: {snap:?}");
+                assert!(calls <= 2.1, "{calls:.2} calls/message: {snap:?}");
+                assert!(worst < Duration::from_millis(10), "{worst:?}");
+            }
+            Some(w) => {
+                assert!(calls <= 1.3, "{calls:.2} calls/message: {snap:?}");
+                assert!(worst <= w + Duration::from_millis(10), "{worst:?}");
+            }
+        }
+    }
+}
+
+/// `Worker::start` runs the same checks as `Settings::load` on settings built in code.
+#[tokio::test(start_paused = true)]
+async fn settings_built_in_code_are_validated_at_start() {
+    for (edit, key) in [
+        (
+            (|q: &mut QueueSettings| q.refill_threshold = Some(0)) as fn(&mut QueueSettings),
+            "queues.orders.refill_threshold = 0",
+        ),
+        (
+            |q| q.batch_window = Some(Duration::from_secs(60)),
+            "queues.orders.batch_window = 1m",
+        ),
+    ] {
+        let err = Worker::new(settings("orders", edit))
+            .handler("orders", Worky::default())
+            .start()
+            .await
+            .err()
+            .expect("invalid settings must not start");
+        assert!(matches!(err, WorkerError::Config(_)), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+    }
+}
+
+/// A start that fails (here: the trigger port is taken) leaves nothing running: the queue's
+/// messages stay where they are.
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_leaves_nothing_running() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "failstart").await;
+    send_all(&q, ["a".to_string()]).await;
+    let name = q.name().to_string();
+    let mut s = settings(&name, |_| {});
+    s.triggers.http.enabled = true;
+    s.triggers.http.bind = taken.local_addr().unwrap();
+    let handler = Worky::default();
+    let err = Worker::new(s)
+        .with_store(store.clone())
+        .handler(&name, handler.clone())
+        .start()
+        .await
+        .err()
+        .expect("the port is taken");
+    assert!(matches!(err, WorkerError::TriggerBind { .. }), "{err}");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(handler.runs.lock().unwrap().is_empty());
+    assert_eq!(
+        q.peek(32).await.unwrap().len(),
+        1,
+        "still visible, never received"
+    );
+}
+
+/// Dropping a running worker stops it: nothing is consumed afterwards.
+#[tokio::test(start_paused = true)]
+async fn dropping_a_running_worker_stops_it() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "drop").await;
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(worker);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send_all(&q, ["after-drop".to_string()]).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(handler.runs.lock().unwrap().is_empty());
+    assert_eq!(q.peek(32).await.unwrap().len(), 1);
+}
+
+/// Waits for shutdown and then fails ("polite"), or never returns ("stubborn").
+#[derive(Clone, Default)]
+struct Interrupted {
+    runs: Arc<AtomicU32>,
+}
+
+impl Handler for Interrupted {
+    type Message = String;
+    async fn handle(&self, body: String, ctx: Context) -> Result<(), HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if body == "polite" {
+            ctx.shutdown().cancelled().await;
+            return Err(HandlerError::retry("interrupted"));
+        }
+        std::future::pending().await
+    }
+}
+
+/// Messages on their last allowed try, interrupted by shutdown (one fails after the signal,
+/// one is aborted at the drain deadline), are released, not poisoned or counted as failures,
+/// and run again in full on the next worker.
+#[tokio::test(start_paused = true)]
+async fn shutdown_on_the_last_allowed_try_releases_and_never_poisons() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "lasttry").await;
+    send_all(&q, ["polite".to_string(), "stubborn".to_string()]).await;
+    // Four deliveries nobody handled: the worker's receive is the fifth and last allowed.
+    for _ in 0..4 {
+        for m in q.receive(32, Duration::from_secs(1)).await.unwrap() {
+            q.update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+                .await
+                .unwrap();
+        }
+    }
+    let name = q.name().to_string();
+    let mut s = settings(&name, |_| {});
+    s.worker.drain_timeout = Duration::from_secs(2);
+    let handler = Interrupted::default();
+    let worker = common::start(&store, s.clone(), &name, handler.clone()).await;
+    common::wait_for("both running", Duration::from_secs(5), || {
+        worker.snapshot()[0].in_flight == 2
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let snap = &report.queues[0];
+    assert!(!report.clean, "the stubborn one was aborted");
+    assert_eq!(
+        (snap.released, snap.poisoned, snap.retried),
+        (2, 0, 0),
+        "{snap:?}"
+    );
+    assert_eq!(report.unreleased, 0);
+    let poison = store.queue(&format!("{name}-poison")).unwrap();
+    assert!(poison.peek(32).await.unwrap().is_empty());
+    let back = q.peek(32).await.unwrap();
+    assert_eq!(back.len(), 2, "both visible again at once");
+    assert!(
+        back.iter().all(|m| m.dequeue_count == 0),
+        "fresh copies: {back:?}"
+    );
+    // The next worker runs both (the polite one is accepted this time).
+    let again = Worky::default();
+    let worker = common::start(&store, s, &name, again.clone()).await;
+    common::wait_for("both handled", Duration::from_secs(10), || {
+        worker.snapshot()[0].handled == 2
+    })
+    .await;
+    assert_eq!(worker.shutdown().await.queues[0].poisoned, 0);
+}
+
+/// With `min_tasks = 0`, a trigger that lands while the last task asks to retire (after the
+/// receive that missed its message) keeps that task, which then receives the message. The
+/// interleaving is forced: the trigger fires inside the empty receive.
+#[tokio::test(start_paused = true)]
+async fn a_trigger_while_the_last_task_retires_is_not_lost() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "retire").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
+        q.scaling.wake_on_publish = true;
+        // The first empty receive puts the task at the back-off maximum: it asks to retire.
+        q.idle_backoff.min = Duration::from_secs(1);
+        q.idle_backoff.max = Duration::from_secs(1);
+    });
+    let handler = Worky::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    let hub = worker.hub();
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (q, name, fired) = (q.clone(), name.clone(), fired.clone());
+        *hooks.after_receive.lock().unwrap() = Some(Box::new(move |_, got| {
+            if got == 0 && !fired.swap(true, Ordering::SeqCst) {
+                // After the receive looked, before the task hears it found nothing.
+                let q = q.clone();
+                let text = Encoding::Base64.encode(b"late").unwrap();
+                tokio::spawn(async move { q.send(&text, Default::default()).await.unwrap() });
+                hub.notify(&name);
+            }
+        }));
+    }
+    common::wait_for("the late message handled", Duration::from_secs(30), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    assert!(fired.load(Ordering::SeqCst));
+    worker.shutdown().await;
+}
+
+/// A renewal that never answers does not hold the handler up: it finishes on time, and the
+/// message is deleted with the receipt the lease still has once the lease would lapse.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_renewal_does_not_hold_up_the_handler() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "hang").await;
+    send_all(&q, ["w20000-job".to_string()]).await;
+    hooks.hang_updates.store(true, Ordering::SeqCst);
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let started = Instant::now();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    common::wait_for("handled", Duration::from_secs(60), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    let snap = worker.snapshot().remove(0);
+    let ran = handler.starts.lock().unwrap()["w20000-job"] - started;
+    assert!(ran < Duration::from_millis(50), "started at once: {ran:?}");
+    // The renewal at 15 s hung; the handler ended at 20 s regardless, and the delete waited
+    // only until the lease would lapse (30 s after the receive).
+    let settled = started.elapsed();
+    assert!(
+        settled >= Duration::from_secs(30) && settled < Duration::from_secs(31),
+        "{settled:?}"
+    );
+    assert_eq!((snap.renewals, snap.lost_ownership), (0, 0), "{snap:?}");
+    worker.shutdown().await;
+}
+
+/// A dequeue task that dies outside a handler (a panic in the store call) is noticed, logged
+/// by name with how it ended, and replaced: the queue keeps being consumed.
+#[tokio::test(start_paused = true)]
+async fn a_dead_dequeue_task_is_logged_and_replaced() {
+    common::captured_logs();
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "dead").await;
+    send_all(&q, ["survivor".to_string()]).await;
+    hooks.panic_on_receive.store(1, Ordering::SeqCst);
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    common::wait_for(
+        "handled by the replacement",
+        Duration::from_secs(10),
+        || worker.snapshot()[0].handled == 1,
+    )
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(snap.task_restarts, 1, "{snap:?}");
+    let logs = common::captured_logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("dequeue task ended unexpectedly") && l.contains(&name))
+        .unwrap_or_else(|| panic!("no log line: {logs}"));
+    assert!(line.contains(&format!("{name}#0")), "{line}");
+    assert!(
+        line.contains("panicked: injected panic in receive 1"),
+        "{line}"
+    );
+}
+
+/// The drain deadline holds even when the store hangs: after `drain_timeout` the handler is
+/// aborted, its release hangs, and the report comes `RELEASE_GRACE` later saying one message
+/// was not released (it reappears when its visibility timeout ends: nothing is lost).
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_holds_when_store_calls_hang() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "drain").await;
+    send_all(&q, ["w3600000-forever".to_string()]).await;
+    let name = q.name().to_string();
+    let mut s = settings(&name, |_| {});
+    s.worker.drain_timeout = Duration::from_secs(2);
+    let worker = common::start(&store, s, &name, Worky::default()).await;
+    common::wait_for("running", Duration::from_secs(5), || {
+        worker.snapshot()[0].in_flight == 1
+    })
+    .await;
+    hooks.hang_updates.store(true, Ordering::SeqCst);
+    let asked = Instant::now();
+    let report = worker.shutdown().await;
+    let took = asked.elapsed();
+    assert_eq!(
+        took,
+        Duration::from_secs(2) + ebbflow::worker::RELEASE_GRACE
+    );
+    assert!(!report.clean);
+    assert_eq!(report.unreleased, 1);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        q.peek(32).await.unwrap().len(),
+        1,
+        "back after its visibility timeout"
+    );
+}
+
+/// Long jobs at the head of a backlog take 9 of the 16 slots for 10 minutes: the short jobs
+/// behind them still run at once on the other 7 (a refill does not wait for 8 free slots that
+/// cannot come).
+#[tokio::test(start_paused = true)]
+async fn long_jobs_at_the_head_of_a_backlog_do_not_strand_the_rest() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "head").await;
+    let long = (0..9).map(|i| format!("w600000-long{i}"));
+    let short = (0..20).map(|i| format!("w1000-short{i}"));
+    send_all(&q, long.chain(short)).await;
+    let name = q.name().to_string();
+    let handler = Worky::default();
+    let start = Instant::now();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
+    common::wait_for("the short jobs done", Duration::from_secs(60), || {
+        worker.snapshot()[0].handled == 20
+    })
+    .await;
+    // 20 one-second jobs on 7 free slots: 3 rounds, plus the pauses that tell a refill the
+    // remaining slots are held by long jobs.
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(worker.snapshot()[0].in_flight, 9, "the long jobs still run");
+    drop(worker);
+}
+
+/// Fails until its third run, or says "not now" (5 minutes) on its first.
+#[derive(Clone, Default)]
+struct Comeback {
+    runs: Arc<Mutex<BTreeMap<String, u32>>>,
+}
+
+impl Handler for Comeback {
+    type Message = String;
+    async fn handle(&self, body: String, _: Context) -> Result<(), HandlerError> {
+        let run = {
+            let mut runs = self.runs.lock().unwrap();
+            let n = runs.entry(body.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        match body.as_str() {
+            "flaky" if run < 3 => Err(HandlerError::retry("not yet")),
+            "later" if run == 1 => Err(HandlerError::release(Duration::from_secs(300))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A message the listener itself made visible again (retry, release) wakes the queue when it
+/// shows up, as a trigger would: a trigger-covered queue retries at once instead of waiting for
+/// a trigger, and a queue at zero tasks comes back for a released message.
+#[tokio::test(start_paused = true)]
+async fn retried_and_released_messages_wake_their_queue() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "comeback").await;
+    send_all(&q, ["flaky".to_string()]).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.scaling.wake_on_publish = true);
+    let handler = Comeback::default();
+    let start = Instant::now();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    common::wait_for("flaky handled", Duration::from_secs(60), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    // Two retries, each woken at the back-off minimum (100 ms) after it became visible.
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(300),
+        "{took:?}"
+    );
+    assert_eq!(handler.runs.lock().unwrap()["flaky"], 3);
+    worker.shutdown().await;
+
+    let q = common::fresh_queue(&store, "comeback0").await;
+    send_all(&q, ["later".to_string()]).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
+        q.scaling.wake_on_publish = true;
+    });
+    let start = Instant::now();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    common::wait_for("at zero tasks", Duration::from_secs(200), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    common::wait_for("later handled", Duration::from_secs(600), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(300) && took < Duration::from_millis(300_100),
+        "{took:?}"
+    );
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(
+        (snap.released, snap.retried, snap.triggers),
+        (1, 0, 0),
+        "{snap:?}"
+    );
+}
+
+/// Answers its timeout signal within the grace with its own decision: release, or poison.
+#[derive(Clone, Default)]
+struct Decides {
+    runs: Arc<AtomicU32>,
+}
+
+impl Handler for Decides {
+    type Message = String;
+    async fn handle(&self, body: String, ctx: Context) -> Result<(), HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if ctx.dequeue_count() > 1 {
+            return Ok(());
+        }
+        ctx.timeout().cancelled().await;
+        match body.as_str() {
+            "release" => Err(HandlerError::release(Duration::ZERO)),
+            _ => Err(HandlerError::poison("cannot be done in time")),
+        }
+    }
+}
+
+/// A handler that answers `ctx.timeout()` with a release or a poison within the grace is
+/// heard: the release is not a failure, the poison is a rejection, not a timeout.
+#[tokio::test(start_paused = true)]
+async fn a_handler_answering_its_timeout_with_its_own_decision_is_heard() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "decides").await;
+    send_all(&q, ["release".to_string(), "reject".to_string()]).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.handler_timeout = Some(Duration::from_secs(10)));
+    let handler = Decides::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    common::wait_for("settled", Duration::from_secs(60), || {
+        let s = &worker.snapshot()[0];
+        s.handled == 1 && s.poisoned == 1
+    })
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(
+        (snap.released, snap.timeouts, snap.retried),
+        (1, 0, 0),
+        "{snap:?}"
+    );
+    let poison = store.queue(&format!("{name}-poison")).unwrap();
+    let copy = poison.peek(1).await.unwrap().remove(0);
+    let envelope =
+        ebbflow::listener::poison::PoisonEnvelope::from_text(&copy.text, Encoding::Base64).unwrap();
+    assert_eq!(
+        envelope.reason,
+        ebbflow::listener::poison::PoisonReason::Rejected
+    );
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 3);
+}
+
+/// A sparse trickle (one message every 7 s, each with a trigger) on a queue whose one task
+/// handles each in 3 s: a receive and a delete per message, no depth probe per message.
+#[tokio::test(start_paused = true)]
+async fn a_sparse_triggered_trickle_costs_a_receive_and_a_delete_per_message() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "sparse").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.scaling.wake_on_publish = true);
+    let worker = common::start(&store, s, &name, Worky::default()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = worker.snapshot().remove(0);
+    let publisher = worker.publisher(&name).unwrap();
+    for i in 0..20 {
+        publisher
+            .send_bytes(format!("w3000-{i}").as_bytes(), Default::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+    }
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(snap.handled, 20);
+    let calls = (snap.receive_calls - before.receive_calls)
+        + (snap.probe_calls - before.probe_calls)
+        + snap.handled;
+    // 20 receives and 20 deletes, plus one probe (2 calls) when work first showed up after
+    // idleness; none after that.
+    assert_eq!(calls, 42, "{snap:?}");
+}
+
+/// A backlog of 1-5 s jobs at the default settings: receives stay batched (a refill waits for
+/// half the slots while they keep coming back), instead of one receive per message.
+#[tokio::test(start_paused = true)]
+async fn a_backlog_of_slow_jobs_keeps_its_receives_batched() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "slowbatch").await;
+    send_all(
+        &q,
+        (0..200).map(|i| format!("w{}-{i}", 1_000 + (i * 7919 % 4_000))),
+    )
+    .await;
+    let name = q.name().to_string();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, Worky::default()).await;
+    common::wait_for("the backlog handled", Duration::from_secs(3_600), || {
+        worker.snapshot()[0].handled == 200
+    })
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    let per_message = snap.receive_calls as f64 / 200.0;
+    println!("slow backlog: {per_message:.3} receives per message, {snap:?}");
+    assert!(per_message <= 0.3, "{per_message:.3} receives per message");
+}
+
+/// Always "not now, no delay".
+#[derive(Clone, Default)]
+struct NotNow {
+    runs: Arc<AtomicU32>,
+}
+
+impl Handler for NotNow {
+    type Message = String;
+    async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Err(HandlerError::release(Duration::ZERO))
+    }
+}
+
+/// A handler that always answers `release(0)` does not spin its message as fast as the store
+/// answers: the queue wakes for it no sooner than the back-off minimum (100 ms).
+#[tokio::test(start_paused = true)]
+async fn a_message_always_released_at_once_is_paced() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "spin").await;
+    send_all(&q, ["again".to_string()]).await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| q.scaling.wake_on_publish = true);
+    let handler = NotNow::default();
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let runs = handler.runs.load(Ordering::SeqCst);
+    assert!((50..=101).contains(&runs), "{runs} runs in 10 s");
+    drop(worker);
+}

@@ -1,0 +1,26 @@
+//! Tests that need the Azurite that `scripts/test` starts (`EBBFLOW_AZURITE_URL`); most run
+//! each check on the embedded store too (`on_both_backends!`), and some put a fault proxy in
+//! between.
+//!
+//! The integration tests are grouped into one binary per kind of need (embedded, azurite, redis,
+//! process), so the suite links a handful of binaries; each module below is one topic.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod azure_auth;
+mod conformance;
+mod credentials;
+mod extremes;
+mod flow;
+mod lifetimes;
+mod outage;
+mod poison;
+mod reliability;
+mod scaling;
+mod secrets;
+mod sharding;
+mod trigger_http;
+mod unknown_outcomes;
+mod worker;

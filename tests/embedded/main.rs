@@ -1,0 +1,16 @@
+//! In-process tests that need no service: the embedded store and broker under tokio's
+//! paused clock, the trigger and ops endpoints on loopback, and file checks.
+//!
+//! The integration tests are grouped into one binary per kind of need (embedded, azurite, redis,
+//! process), so the suite links a handful of binaries; each module below is one topic.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod calls;
+mod dockerfile;
+mod fuzz;
+mod handler_api;
+mod ops;
+mod restarts;

@@ -1,0 +1,102 @@
+//! No input makes a worker panic, and a worker whose dequeue tasks keep dying does not spin:
+//! replacements back off, and past the restart budget the worker stops with a fatal error and
+//! a non-zero exit code instead of restarting thousands of times a second and reporting 0.
+//! Paused clock, default settings.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::hooked::Hooked;
+use ebbflow::config::{QueueSettings, Settings};
+use ebbflow::store::{SendOptions, StoreError, TimeToLive};
+use ebbflow::{Context, Handler, HandlerError};
+
+#[derive(Clone, Default)]
+struct Count(Arc<AtomicU32>);
+
+impl Handler for Count {
+    type Message = Vec<u8>;
+    async fn handle(&self, _: Vec<u8>, _: Context) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn settings(queue: &str) -> Settings {
+    let mut s = Settings::default();
+    s.queues.insert(queue.to_string(), QueueSettings::default());
+    s.validate().unwrap();
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_loop_backs_off_then_stops_the_worker_with_exit_code_3() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "loop").await;
+    hooks.panic_every_receive.store(true, Ordering::SeqCst);
+    let name = q.name().to_string();
+    let start = tokio::time::Instant::now();
+    let worker = ebbflow::Worker::new(settings(&name))
+        .with_store(store.clone())
+        .handler(&name, Count::default())
+        .start()
+        .await
+        .unwrap();
+    // Runs until the worker stops itself (no signal ever comes).
+    let report = tokio::time::timeout(
+        Duration::from_secs(600),
+        worker.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the worker stops by itself");
+    let took = start.elapsed();
+    let receives = hooks.receives.load(Ordering::SeqCst);
+    assert_eq!(report.exit_code(), 3, "{report:?}");
+    assert!(
+        matches!(report.fatal, Some(StoreError::Unconsumable { ref queue, .. }) if *queue == name),
+        "{:?}",
+        report.fatal
+    );
+    assert_eq!(receives, 10, "one per task: the budget, not thousands");
+    // 0.1 + 0.2 + ... + 25.6 s of back-off between them.
+    assert!(
+        took >= Duration::from_secs(50) && took <= Duration::from_secs(60),
+        "{took:?}"
+    );
+    assert_eq!(report.queues[0].task_restarts, 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn extreme_times_to_live_are_refused_or_kept_and_the_worker_runs_on() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "ttl").await;
+    let name = q.name().to_string();
+    let handled = Count::default();
+    let worker = common::start(&store, settings(&name), &name, handled.clone()).await;
+    let publisher = worker.publisher(&name).unwrap();
+    let year = Duration::from_secs(365 * 24 * 3600);
+    for (ttl, ok) in [
+        (TimeToLive::After(10_000 * year), false),
+        (TimeToLive::After(Duration::from_secs(u64::MAX)), false),
+        (TimeToLive::After(Duration::MAX), false),
+        (TimeToLive::Never, true),
+        (TimeToLive::After(68 * year), true),
+    ] {
+        let options = SendOptions {
+            time_to_live: ttl,
+            ..SendOptions::default()
+        };
+        let sent = publisher.send_bytes(b"payload", options).await;
+        assert_eq!(sent.is_ok(), ok, "{ttl:?}: {sent:?}");
+    }
+    common::wait_for("both handled", Duration::from_secs(10), || {
+        handled.0.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let report = worker.shutdown().await;
+    assert_eq!(report.exit_code(), 0);
+    assert_eq!(report.queues[0].task_restarts, 0);
+}

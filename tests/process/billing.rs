@@ -1,0 +1,284 @@
+//! The billing reference scenario, small: a controller and two processing replicas at
+//! `min_tasks = 0` as processes against Azurite with Redis as the bus, and, once they are all
+//! at zero tasks (so only the bus can wake them), one initiator's submission of 600
+//! transactions in 30 work items over four queues. Every item is billed
+//! exactly once (the controller's completion event says so, and the processors' own counts add
+//! up to the items), completion reaches the initiator over the bus, nothing is left in any
+//! queue, and the idle replicas then make no storage calls.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use std::time::Duration;
+
+/// The scenario's processes, stopped (SIGKILL) when dropped so a failing test leaves none.
+struct Fleet {
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Scenario {
+    dir: common::TempDir,
+    config: PathBuf,
+    prefix: String,
+    channel: String,
+    redis: String,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let dir = common::TempDir::new("billing");
+        let prefix = common::unique("bill");
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        // The scenario's own config, on queues of this test's own.
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/billing/default.toml"),
+        )
+        .unwrap()
+        .replace("billing-", &format!("{prefix}-"));
+        std::fs::write(config.join("default.toml"), text).unwrap();
+        Self {
+            dir,
+            config,
+            channel: prefix.clone(),
+            prefix,
+            redis: common::redis::redis_url(),
+        }
+    }
+
+    /// A command for `binary` as instance `name` of `role`, logging JSON to `<name>.log`.
+    fn command(&self, binary: &str, name: &str, role: &str, ops: Option<u16>) -> Command {
+        let log = std::fs::File::create(self.log(name)).unwrap();
+        let mut c = Command::new(binary);
+        c.env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::azurite_connection_string(),
+        )
+        .env("EBBFLOW_CONFIG_DIR", &self.config)
+        .env("EBBFLOW__BUS__URL", &self.redis)
+        .env("EBBFLOW__BUS__CHANNEL_PREFIX", &self.channel)
+        .env("EBBFLOW__BUS__ROLE", role)
+        .env("EBBFLOW__BUS__INSTANCE_ID", name)
+        .env("EBBFLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("BILLING_QUEUE_PREFIX", &self.prefix)
+        .env("BILLING_ITEM_MS", "5")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        if let Some(port) = ops {
+            c.env("EBBFLOW__OBSERVABILITY__BIND", format!("127.0.0.1:{port}"));
+        }
+        c
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The JSON log lines of `name` whose message is `message`, as their fields.
+    fn events(&self, name: &str, message: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("fields").cloned())
+            .filter(|f| f["message"] == message)
+            .collect()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ebbflow_<name>` summed over the queues, from an ops endpoint's `/metrics`.
+async fn metric(port: u16, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("ebbflow_{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Storage calls a listener made: receives and depth probes.
+async fn storage_calls(port: u16) -> u64 {
+    metric(port, "receive_calls_total").await + metric(port, "probe_calls_total").await
+}
+
+async fn ready(port: u16) {
+    common::wait_for_async(
+        "ops endpoint ready",
+        Duration::from_secs(60),
+        || async move {
+            match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until no instance runs a dequeue task.
+async fn all_idle(ops: &BTreeMap<&str, u16>) {
+    for (name, port) in ops {
+        let port = *port;
+        common::wait_for_async(
+            &format!("{name} at zero tasks"),
+            Duration::from_secs(30),
+            || async move { metric(port, "active_tasks").await == 0 },
+        )
+        .await;
+    }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_scenario_bills_every_item_exactly_once_and_reports_completion() {
+    let s = Scenario::new();
+    let mut fleet = Fleet {
+        children: Vec::new(),
+    };
+    let mut ops = BTreeMap::new();
+    for (name, role, binary) in [
+        (
+            "controller",
+            "controller",
+            env!("CARGO_BIN_EXE_billing-controller"),
+        ),
+        (
+            "processor-1",
+            "processor",
+            env!("CARGO_BIN_EXE_billing-processor"),
+        ),
+        (
+            "processor-2",
+            "processor",
+            env!("CARGO_BIN_EXE_billing-processor"),
+        ),
+    ] {
+        let port = free_port();
+        ops.insert(name, port);
+        let child = s.command(binary, name, role, Some(port)).spawn().unwrap();
+        fleet.children.push((name.to_string(), child));
+    }
+    for port in ops.values() {
+        ready(*port).await;
+    }
+    // Every replica at zero tasks first: from here only the bus can wake them.
+    all_idle(&ops).await;
+
+    // One submission: 600 transactions in 30 items of 20.
+    let initiator = s
+        .command(
+            env!("CARGO_BIN_EXE_billing-initiator"),
+            "initiator",
+            "initiator",
+            None,
+        )
+        .env("BILLING_TRANSACTIONS", "600")
+        .env("BILLING_ITEM_SIZE", "20")
+        .env("BILLING_WAIT_S", "90")
+        .spawn()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut initiator = initiator;
+        initiator.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    let completed = s.events("initiator", "submission completed");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "initiator: {completed:?} {:?}",
+        s.events("initiator", "no completion reported in time")
+    );
+    // The completion event, as the initiator received it over the bus.
+    let c = &completed[0];
+    assert_eq!(c["items"], 30, "{c}");
+    assert_eq!(c["transactions"], 600, "{c}");
+    assert_eq!(c["amount_cents"], c["expected_cents"], "{c}");
+    assert_eq!(c["verdict"], "billed exactly once", "{c}");
+
+    // Idle again: once every replica's tasks retired, no storage calls at all.
+    all_idle(&ops).await;
+    let before: Vec<u64> = {
+        let mut v = Vec::new();
+        for port in ops.values() {
+            v.push(storage_calls(*port).await);
+        }
+        v
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for ((name, port), calls) in ops.iter().zip(before) {
+        assert_eq!(
+            storage_calls(*port).await,
+            calls,
+            "{name} made storage calls while idle"
+        );
+    }
+
+    // Drain: each process exits 0 and reports what it handled.
+    for (_, child) in &fleet.children {
+        terminate(child);
+    }
+    for (name, child) in &mut fleet.children {
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{name} did not drain cleanly");
+    }
+    let handled = |name: &str| -> u64 {
+        s.events(name, "final counts")
+            .iter()
+            .map(|f| f["handled"].as_u64().unwrap())
+            .sum()
+    };
+    // Each item handled once by exactly one processor, each result once by the controller.
+    assert_eq!(handled("processor-1") + handled("processor-2"), 30);
+    // A result the store stored twice (a send retried after an unseen success) is the one
+    // duplicate allowed; the controller took it without billing it again.
+    assert_eq!(
+        handled("controller"),
+        30 + c["duplicates"].as_u64().unwrap(),
+        "{c}"
+    );
+
+    // Nothing left in any of the four work queues nor in the results queue.
+    let store = common::azurite();
+    let mut queues: Vec<String> = (0..4).map(|n| format!("{}-work-{n}", s.prefix)).collect();
+    queues.push(format!("{}-results", s.prefix));
+    for name in queues {
+        let q = store.queue(&name).unwrap();
+        assert!(q.peek(32).await.unwrap().is_empty(), "{name} is not empty");
+    }
+}

@@ -1,0 +1,15 @@
+//! Whole processes: the worker binaries of this package, spawned through `CARGO_BIN_EXE_*`,
+//! against Azurite (and Redis for the bus), killed and signalled as an operator would.
+//!
+//! The integration tests are grouped into one binary per kind of need (embedded, azurite, redis,
+//! process), so the suite links a handful of binaries; each module below is one topic.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod billing;
+mod bus_replicas;
+mod faults;
+mod ops_process;
+mod process;

@@ -1,0 +1,12 @@
+//! Tests that need the redis-server that `scripts/test` starts (`EBBFLOW_REDIS_URL`): the bus
+//! on a real Redis (and on the embedded broker for comparison) and workers in process on it.
+//!
+//! The integration tests are grouped into one binary per kind of need (embedded, azurite, redis,
+//! process), so the suite links a handful of binaries; each module below is one topic.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bus;
+mod bus_worker;
