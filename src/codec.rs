@@ -1,6 +1,8 @@
-//! Message encodings: how a payload's bytes are written as queue message text, and
-//! [`trace`]: the W3C trace-context format carried in messages, claim-check references and
-//! bus events.
+//! Message encodings: how a payload's bytes are written as queue message text; [`claim`]: the
+//! claim-check reference format and payload compression; and [`trace`]: the W3C trace-context
+//! format carried in messages, claim-check references and bus events.
+
+pub mod claim;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

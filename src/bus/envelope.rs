@@ -3,15 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where an event goes, and so what its delivery guarantees.
+/// Where an event goes. Every address is delivered at least once to each addressed instance
+/// (fan-out ones to an instance away for less than `bus.retention`), unless the envelope was
+/// published at most once ([`Envelope::at_most_once`], Redis pub/sub: lowest latency, nothing
+/// kept for an instance that is away).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "mode", content = "name", rename_all = "snake_case")]
 pub enum Address {
-    /// Unicast: the one instance with this id. At most once (pub/sub).
+    /// Unicast: the one instance with this id. At least once, kept for `bus.retention` while
+    /// the instance is away (or not started yet).
     Instance(String),
-    /// Multicast: every live instance. At most once per instance (pub/sub).
+    /// Multicast: every instance. At least once to each instance that is live or away for less
+    /// than `bus.retention` (an instance that joins later does not get earlier events).
     All,
-    /// Every live instance of this role. At most once per instance (pub/sub).
+    /// Every instance of this role. At least once to each, like [`Address::All`].
     Role(String),
     /// Competing consumers: exactly one live instance of this role handles the event and
     /// acknowledges it; if the one that took it dies (no acknowledgement within
@@ -36,8 +41,8 @@ impl Address {
         Self::OneOf(role.into())
     }
 
-    /// Whether delivery is acknowledged and re-delivered (at least once) rather than fanned
-    /// out (at most once).
+    /// Whether one instance of a role takes the event (acknowledged, re-delivered to another
+    /// when not acknowledged) rather than every addressed instance.
     pub fn is_competing(&self) -> bool {
         matches!(self, Self::OneOf(_))
     }
@@ -54,8 +59,12 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// One event on the wire (JSON). Published with `PUBLISH` for fan-out addresses and as the
-/// `envelope` field of a stream entry for competing consumers.
+/// One event on the wire (JSON): the `envelope` field of a stream entry (the address's stream),
+/// or a `PUBLISH` payload when sent at most once. With `bus.signing_key` set, the JSON's
+/// HMAC-SHA256 travels beside it (see the signing module).
+///
+/// `from` and `role` are what the sender says: without signing, anyone who can write to Redis
+/// can claim any of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// A unique id (UUID) given by the sender.
@@ -77,6 +86,15 @@ pub struct Envelope {
     /// The event itself.
     #[serde(default)]
     pub body: serde_json::Value,
+    /// Sent at most once (Redis pub/sub): nothing is kept for an instance that is away.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_most_once: bool,
+    /// After this time (milliseconds since the Unix epoch) the event is dropped unhandled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// On a reply: the id of the request it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 impl Envelope {
@@ -96,7 +114,28 @@ impl Envelope {
             cc: false,
             sent_at_ms: now_ms(),
             body,
+            at_most_once: false,
+            expires_at_ms: None,
+            reply_to: None,
         }
+    }
+
+    /// Sent at most once (pub/sub) instead of kept for instances that are away.
+    pub fn with_at_most_once(mut self, at_most_once: bool) -> Self {
+        self.at_most_once = at_most_once;
+        self
+    }
+
+    /// Dropped unhandled once `ttl` has passed since now.
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.expires_at_ms = Some(self.sent_at_ms.saturating_add(ms));
+        self
+    }
+
+    /// Whether its time to live has passed at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
     }
 
     /// Also deliver to the sender.

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::request::{Reply, Request, Waiting};
+use super::supervise;
 use super::{
     Address, Bus, BusError, Envelope, Event, Health, Inbound, Member, Receipt, WorkNotice,
 };
@@ -72,6 +74,8 @@ pub struct Received<E> {
     pub id: String,
     /// When it was sent, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
+    /// When it expires (its time to live), milliseconds since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
     receipt: Option<Receipt>,
     bus: Arc<dyn Bus>,
 }
@@ -128,6 +132,7 @@ impl<E: Event> Subscription<E> {
                         to: envelope.to,
                         id: envelope.id,
                         sent_at_ms: envelope.sent_at_ms,
+                        expires_at_ms: envelope.expires_at_ms,
                         receipt,
                         bus: self.bus.clone(),
                     })
@@ -158,6 +163,7 @@ struct Inner {
     work: Mutex<Option<WorkSink>>,
     dispatching: std::sync::atomic::AtomicBool,
     closed: tokio_util::sync::CancellationToken,
+    waiting: Waiting,
 }
 
 /// The typed bus API of one instance. Clones share it. A worker has one
@@ -185,6 +191,7 @@ impl BusHandle {
                 work: Mutex::default(),
                 dispatching: std::sync::atomic::AtomicBool::new(false),
                 closed: tokio_util::sync::CancellationToken::new(),
+                waiting: Waiting::default(),
             }),
         }
     }
@@ -199,24 +206,32 @@ impl BusHandle {
         {
             return;
         }
-        let Some(mut inbox) = self.inner.bus.take_inbox() else {
+        let Some(inbox) = self.inner.bus.take_inbox() else {
             return;
         };
+        let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
         let inner = Arc::downgrade(&self.inner);
         let closed = self.inner.closed.clone();
-        tokio::spawn(async move {
-            loop {
-                let inbound = tokio::select! {
-                    _ = closed.cancelled() => break,
-                    inbound = inbox.recv() => match inbound { Some(i) => i, None => break },
-                };
-                let Some(inner) = inner.upgrade() else { break };
-                inner.dispatch(inbound).await;
-            }
-            // The transport closed: end every subscription.
-            if let Some(inner) = inner.upgrade() {
-                if let Ok(mut subs) = inner.subscribers.lock() {
-                    subs.clear();
+        // Supervised: a panic while dispatching is logged and the dispatcher restarted (the
+        // inbox is kept, so nothing waiting in it is lost).
+        supervise::restarting("bus dispatcher", closed.clone(), move || {
+            let (inbox, inner, closed) = (inbox.clone(), inner.clone(), closed.clone());
+            async move {
+                let mut inbox = inbox.lock().await;
+                loop {
+                    let inbound = tokio::select! {
+                        _ = closed.cancelled() => break,
+                        inbound = inbox.recv() => match inbound { Some(i) => i, None => break },
+                    };
+                    let Some(inner) = inner.upgrade() else { break };
+                    inner.dispatch(inbound).await;
+                }
+                // The transport closed: end every subscription.
+                closed.cancel();
+                if let Some(inner) = inner.upgrade() {
+                    if let Ok(mut subs) = inner.subscribers.lock() {
+                        subs.clear();
+                    }
                 }
             }
         });
@@ -237,23 +252,166 @@ impl BusHandle {
         *self.inner.bus.health().borrow()
     }
 
-    /// Publishes `event` to `to`.
+    /// Publishes `event` to `to`, at least once to each addressed instance (see the
+    /// addressing table in [`crate::bus`]). Transient failures are retried with back-off.
+    ///
+    /// # Errors
+    /// [`BusError::TooLarge`] over `bus.max_envelope_size`, [`BusError::Full`] when a role's
+    /// competing stream holds `bus.max_backlog` entries, [`BusError::Transport`] when Redis
+    /// stays unreachable, [`BusError::Codec`] when the event does not serialize.
     pub async fn publish<E: Event>(&self, event: &E, to: Address) -> Result<(), BusError> {
-        self.send(event, to, false).await
+        self.send_envelope(self.envelope(event, to)?).await
     }
 
     /// Publishes `event` to `to` and a carbon copy to this instance.
+    ///
+    /// # Errors
+    /// As [`BusHandle::publish`].
     pub async fn publish_cc<E: Event>(&self, event: &E, to: Address) -> Result<(), BusError> {
-        self.send(event, to, true).await
+        self.send_envelope(self.envelope(event, to)?.with_cc(true))
+            .await
     }
 
-    async fn send<E: Event>(&self, event: &E, to: Address, cc: bool) -> Result<(), BusError> {
+    /// Publishes `event` to `to` at most once (Redis pub/sub): the lowest latency, nothing kept
+    /// for an instance that is away or reconnecting. For events that are soon stale anyway
+    /// (progress pulses, presence). A competing address ([`Address::OneOf`]) is still kept.
+    ///
+    /// # Errors
+    /// As [`BusHandle::publish`].
+    pub async fn publish_at_most_once<E: Event>(
+        &self,
+        event: &E,
+        to: Address,
+    ) -> Result<(), BusError> {
+        let at_most_once = !to.is_competing();
+        self.send_envelope(self.envelope(event, to)?.with_at_most_once(at_most_once))
+            .await
+    }
+
+    /// Publishes `event` to `to`, dropped unhandled by whoever receives it after `ttl`.
+    ///
+    /// # Errors
+    /// As [`BusHandle::publish`].
+    pub async fn publish_with_ttl<E: Event>(
+        &self,
+        event: &E,
+        to: Address,
+        ttl: std::time::Duration,
+    ) -> Result<(), BusError> {
+        self.send_envelope(self.envelope(event, to)?.with_ttl(ttl))
+            .await
+    }
+
+    fn envelope<E: Event>(&self, event: &E, to: Address) -> Result<Envelope, BusError> {
         let body = serde_json::to_value(event).map_err(|e| BusError::Codec {
             kind: E::KIND.to_string(),
             detail: e.to_string(),
         })?;
-        let envelope = Envelope::new(E::KIND, self.member(), to, body).with_cc(cc);
+        Ok(Envelope::new(E::KIND, self.member(), to, body))
+    }
+
+    async fn send_envelope(&self, envelope: Envelope) -> Result<(), BusError> {
         self.inner.bus.send(&envelope).await
+    }
+
+    /// Sends `request` to `to` and waits up to `timeout` for the first reply (see
+    /// [`Request`]). The request expires with the timeout: no responder handles it later.
+    ///
+    /// # Errors
+    /// [`BusError::Timeout`] without a reply in time, [`BusError::Remote`] when the
+    /// responder's handler failed (its text), [`BusError::Codec`] when the reply does not
+    /// decode as `Q::Reply`, and what [`BusHandle::publish`] returns.
+    pub async fn request<Q: Request>(
+        &self,
+        request: &Q,
+        to: Address,
+        timeout: std::time::Duration,
+    ) -> Result<Q::Reply, BusError> {
+        let shown = to.to_string();
+        let envelope = self.envelope(request, to)?.with_ttl(timeout);
+        let id = envelope.id.clone();
+        let answer = self.inner.waiting.expect(&id);
+        if let Err(e) = self.send_envelope(envelope).await {
+            self.inner.waiting.forget(&id);
+            return Err(e);
+        }
+        let (from, reply) = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(BusError::Closed),
+            Err(_) => {
+                self.inner.waiting.forget(&id);
+                return Err(BusError::Timeout {
+                    kind: Q::KIND.to_string(),
+                    to: shown,
+                    after: timeout,
+                });
+            }
+        };
+        if let Some(error) = reply.error {
+            return Err(BusError::Remote {
+                kind: Q::KIND.to_string(),
+                from,
+                error,
+            });
+        }
+        serde_json::from_value(reply.ok.unwrap_or_default()).map_err(|e| BusError::Codec {
+            kind: Q::KIND.to_string(),
+            detail: format!("the reply does not decode: {e}"),
+        })
+    }
+
+    /// Answers each request of type `Q` that passes `filter` with `handler`'s result, one at a
+    /// time, until the bus closes: `Ok` travels back as the reply, an error (or a panic) as
+    /// the requester's [`BusError::Remote`]. A competing request is acknowledged once answered.
+    pub fn respond<Q, F, Fut>(&self, filter: Filter, handler: F) -> tokio::task::JoinHandle<()>
+    where
+        Q: Request,
+        F: Fn(Received<Q>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Q::Reply, BoxError>> + Send + 'static,
+    {
+        let mut subscription = self.subscribe::<Q>(filter);
+        let me = self.member().clone();
+        supervise::watched("bus responder", async move {
+            while let Some(request) = subscription.next().await {
+                let (bus, receipt) = (request.bus.clone(), request.receipt.clone());
+                let (from, id) = (request.from.clone(), request.id.clone());
+                let expires = request.expires_at_ms;
+                let outcome = match tokio::spawn(handler(request)).await {
+                    Ok(Ok(value)) => serde_json::to_value(value)
+                        .map(|v| Reply {
+                            ok: Some(v),
+                            error: None,
+                        })
+                        .unwrap_or_else(|e| Reply {
+                            ok: None,
+                            error: Some(format!("the reply does not serialize: {e}")),
+                        }),
+                    Ok(Err(e)) => Reply {
+                        ok: None,
+                        error: Some(e.to_string()),
+                    },
+                    Err(e) => Reply {
+                        ok: None,
+                        error: Some(format!("the responder panicked: {e}")),
+                    },
+                };
+                let body = serde_json::to_value(&outcome).unwrap_or_default();
+                let mut reply =
+                    Envelope::new(Reply::KIND, &me, Address::Instance(from.clone()), body);
+                reply.reply_to = Some(id.clone());
+                reply.expires_at_ms = expires;
+                match bus.send(&reply).await {
+                    Ok(()) => {
+                        if let Some(r) = receipt {
+                            let _ = bus.ack(&r).await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(kind = Q::KIND, %from, %id, error = %e, "cannot send the reply")
+                    }
+                }
+            }
+        })
     }
 
     /// Events of type `E` that pass `filter`, as a stream.
@@ -281,7 +439,7 @@ impl BusHandle {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         let mut subscription = self.subscribe::<E>(filter);
-        tokio::spawn(async move {
+        supervise::watched("bus observer", async move {
             while let Some(event) = subscription.next().await {
                 let receipt = event.receipt.clone();
                 let bus = event.bus.clone();
@@ -297,7 +455,7 @@ impl BusHandle {
                     }
                     if let Some(timeout) = bus.claim_timeout() {
                         let (bus, r) = (bus.clone(), r.clone());
-                        renewing = Some(tokio::spawn(async move {
+                        renewing = Some(supervise::watched("bus claim renewal", async move {
                             loop {
                                 tokio::time::sleep(timeout / 3).await;
                                 if let Ok(false) = bus.renew(&r).await {
@@ -307,7 +465,11 @@ impl BusHandle {
                         }));
                     }
                 }
-                let outcome = handler(event).await;
+                // In a task of its own: a panicking handler is a failed event, not a dead observer.
+                let outcome = match tokio::spawn(handler(event)).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => Err(format!("the handler panicked: {e}").into()),
+                };
                 if let Some(task) = renewing {
                     task.abort();
                 }
@@ -319,7 +481,20 @@ impl BusHandle {
                             }
                         }
                     }
-                    Err(e) => warn!(kind, %from, %id, error = %e, "bus event handler failed"),
+                    Err(e) => {
+                        warn!(kind, %from, %id, error = %e, "bus event handler failed");
+                        if let Some(r) = receipt {
+                            match bus.fail(&r, &e.to_string()).await {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    debug!(kind, %id, "bus event will be delivered again after the claim timeout")
+                                }
+                                Err(e) => {
+                                    warn!(kind, %id, error = %e, "cannot record the failed bus event")
+                                }
+                            }
+                        }
+                    }
                 }
             }
         })
@@ -356,6 +531,9 @@ impl Inner {
                 }
             }
             Inbound::Event { envelope, receipt } => {
+                if self.waiting.deliver(&envelope) {
+                    return;
+                }
                 let mut delivered = 0;
                 if let Ok(mut subs) = self.subscribers.lock() {
                     subs.retain(|s| !s.tx.is_closed());

@@ -1,7 +1,9 @@
-//! The embedded bus: instances in one process share a [`MemoryBroker`]. It keeps the Redis
-//! transport's semantics (fan-out at most once, competing consumers acknowledged and taken over
-//! after the claim timeout, work notices to one or all listeners, presence with a time to
-//! live), on tokio's clock, so logic built on the bus is tested under a paused clock.
+//! The embedded bus: instances in one process share a [`MemoryBroker`]. It keeps most of the
+//! Redis transport's semantics (competing consumers acknowledged and taken over after the claim
+//! timeout, work notices to one or all listeners, presence with a time to live, request and
+//! reply), on tokio's clock, so logic built on the bus is tested under a paused clock. Not
+//! kept: fan-out events for a member that is not connected (nothing outlives the process),
+//! the poison stream and the envelope size limit.
 //!
 //! With `bus.kind = "none"` each worker gets a broker of its own: events stay in the process.
 
@@ -37,8 +39,9 @@ impl std::fmt::Debug for MemoryBroker {
     }
 }
 
-/// Entries a stream keeps for competing consumers that have not taken them yet.
-const MAX_BACKLOG: usize = 10_000;
+/// Entries a stream holds for competing consumers that have not taken them yet; a publish
+/// beyond it fails (like `bus.max_backlog` on Redis), nothing is dropped.
+const MAX_BACKLOG: usize = 1_000_000;
 
 #[derive(Default)]
 struct State {
@@ -118,7 +121,19 @@ impl State {
         }
     }
 
-    fn append(&mut self, key: &str, payload: Payload) {
+    fn append(&mut self, key: &str, payload: Payload) -> Result<(), BusError> {
+        let waiting = self.streams.get(key).map_or(0, |s| s.backlog.len());
+        if waiting >= MAX_BACKLOG {
+            let kind = match &payload {
+                Payload::Event(e) => e.kind.clone(),
+                Payload::Work(_) => "work notice".into(),
+            };
+            return Err(BusError::Full {
+                kind,
+                stream: key.to_string(),
+                limit: MAX_BACKLOG as u64,
+            });
+        }
         self.next_entry += 1;
         let entry = self.next_entry;
         let stream = self.streams.entry(key.to_string()).or_default();
@@ -126,13 +141,11 @@ impl State {
             self.deliver(&watcher, inbound(payload.clone(), None));
         }
         // Kept for a competing consumer, as a stream keeps entries for a consumer group that
-        // joins later; bounded like the Redis streams (`MAXLEN ~ 10000`).
+        // joins later.
         let stream = self.streams.entry(key.to_string()).or_default();
         stream.backlog.push_back((entry, payload));
-        if stream.backlog.len() > MAX_BACKLOG {
-            stream.backlog.pop_front();
-        }
         self.dispatch(key);
+        Ok(())
     }
 }
 
@@ -179,7 +192,7 @@ impl MemoryBroker {
             let closed = closed.clone();
             let id = id.clone();
             let every = (claim_timeout / 2).max(Duration::from_millis(10));
-            tokio::spawn(async move {
+            super::supervise::watched("embedded bus take-over", async move {
                 loop {
                     tokio::select! {
                         _ = closed.cancelled() => break,
@@ -287,7 +300,7 @@ impl Bus for MemoryBus {
         let mut state = self.state()?;
         match &envelope.to {
             Address::OneOf(role) => {
-                state.append(&format!("group:{role}"), Payload::Event(envelope.clone()));
+                state.append(&format!("group:{role}"), Payload::Event(envelope.clone()))?;
                 if envelope.cc {
                     let me = self.member.instance.to_string();
                     let copy = Inbound::Event {
@@ -321,7 +334,7 @@ impl Bus for MemoryBus {
         state.append(
             &format!("work:{}", notice.queue),
             Payload::Work(notice.clone()),
-        );
+        )?;
         Ok(())
     }
 

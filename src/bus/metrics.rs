@@ -23,7 +23,7 @@ impl fmt::Debug for BusMetrics {
 
 type Read = fn(&BusFigures) -> u64;
 
-const COUNTERS: [(&str, &str, Read); 6] = [
+const COUNTERS: [(&str, &str, Read); 10] = [
     (
         "ebbflow_bus_outages",
         "Times the bus connection was lost.",
@@ -38,6 +38,26 @@ const COUNTERS: [(&str, &str, Read); 6] = [
         "ebbflow_bus_reclaimed",
         "Competing-consumer entries taken over after the claim timeout.",
         |b| b.transport.reclaimed,
+    ),
+    (
+        "ebbflow_bus_refused",
+        "Envelopes and presence records refused: unsigned or wrongly signed (bus.signing_key set).",
+        |b| b.transport.refused,
+    ),
+    (
+        "ebbflow_bus_poisoned",
+        "Bus stream entries moved to the bus poison stream (too large, undecodable, over bus.max_deliveries).",
+        |b| b.transport.poisoned,
+    ),
+    (
+        "ebbflow_bus_expired",
+        "Events dropped unhandled because their time to live had passed.",
+        |b| b.transport.expired,
+    ),
+    (
+        "ebbflow_bus_duplicates",
+        "Fan-out events received again (same event id) and dropped.",
+        |b| b.transport.duplicates,
     ),
     (
         "ebbflow_bus_notices_received",

@@ -5,10 +5,15 @@
 //!
 //! | address | who gets it | guarantee |
 //! |---|---|---|
-//! | [`Address::Instance`] (unicast) | that instance | at most once (pub/sub) |
-//! | [`Address::All`] (multicast) | every live instance | at most once per instance |
-//! | [`Address::Role`] | every live instance of the role | at most once per instance |
-//! | [`Address::OneOf`] (competing consumers) | exactly one live instance of the role, which acknowledges; re-delivered to another after `bus.claim_timeout` if it dies first | at least once |
+//! | [`Address::Instance`] (unicast) | that instance, kept while it is away for up to `bus.retention` | at least once |
+//! | [`Address::All`] (multicast) | every instance live or away for up to `bus.retention` | at least once per instance |
+//! | [`Address::Role`] | every such instance of the role | at least once per instance |
+//! | [`Address::OneOf`] (competing consumers) | exactly one instance of the role, which acknowledges; re-delivered to another after `bus.claim_timeout` if it dies first; after `bus.max_deliveries` moved to the bus poison stream | at least once |
+//! | any address, published with [`BusHandle::publish_at_most_once`] | the addressed instances live now (Redis pub/sub, lowest latency) | at most once |
+//!
+//! Fan-out events carry an id; an instance drops one it already received (de-duplication
+//! after a publish retried or a restart). An event may carry a time to live
+//! ([`BusHandle::publish_with_ttl`]): past it, it is dropped unhandled.
 //!
 //! A carbon copy ([`Envelope::with_cc`]) also delivers an event to its sender.
 //!
@@ -52,8 +57,13 @@ pub mod events;
 mod handle;
 pub mod memory;
 pub(crate) mod metrics;
+pub mod options;
+mod poison;
 pub mod redis;
+mod request;
 pub mod settings;
+pub(crate) mod signing;
+mod supervise;
 
 use std::time::Duration;
 
@@ -64,6 +74,8 @@ use tokio::sync::{mpsc, watch};
 pub use announce::{Announced, Announcer};
 pub use envelope::{now_ms, Address, Envelope};
 pub use handle::{BoxError, BusHandle, Filter, Received, Subscription};
+pub use poison::PoisonEntry;
+pub use request::Request;
 pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Reach, RedisUrl};
 
 /// Connects this instance to the bus its settings name: the embedded bus of its own with
@@ -112,15 +124,37 @@ impl Member {
         })
     }
 
-    /// `<host or role>-<8 hex>`: a fresh id for an instance that was given none.
+    /// The id of an instance that was given none (`bus.instance_id`):
+    /// - on Kubernetes (`KUBERNETES_SERVICE_HOST` set) with a `HOSTNAME` ending in `-<ordinal>`
+    ///   (a StatefulSet pod, `billing-controller-0`), that name: stable across restarts, so the
+    ///   instance gets the fan-out events sent to it while it was away;
+    /// - anywhere else `<HOSTNAME or role>-<8 random hex>`, new at every start: such an
+    ///   instance does not keep its identity, events addressed to its old id are not delivered
+    ///   to it, and its old groups are removed after `bus.retention`. Set `bus.instance_id`
+    ///   (`EBBFLOW__BUS__INSTANCE_ID`) to keep one.
     pub fn generated_id(role: &Name) -> Name {
         let host = std::env::var("HOSTNAME")
             .ok()
-            .filter(|h| Name::new(h.as_str()).is_ok() && h.len() <= 48)
-            .unwrap_or_else(|| role.to_string());
+            .filter(|h| Name::new(h.as_str()).is_ok() && h.len() <= 48);
+        let on_kubernetes = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        if let Some(h) = host.as_deref().filter(|_| on_kubernetes) {
+            if is_stateful_pod_name(h) {
+                if let Ok(name) = Name::new(h) {
+                    return name;
+                }
+            }
+        }
+        let host = host.unwrap_or_else(|| role.to_string());
         let tail = &uuid::Uuid::new_v4().simple().to_string()[..8];
         Name::new(format!("{host}-{tail}")).unwrap_or_else(|_| role.clone())
     }
+}
+
+/// `<name>-<ordinal>`, as a StatefulSet names its pods.
+fn is_stateful_pod_name(host: &str) -> bool {
+    host.rsplit_once('-').is_some_and(|(name, ordinal)| {
+        !name.is_empty() && !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// A typed event: a serde type with a stable type name on the wire.
@@ -234,6 +268,53 @@ pub enum BusError {
     /// The bus was closed (the worker stopped).
     #[error("bus: closed")]
     Closed,
+    /// The envelope is larger than `bus.max_envelope_size`: nothing was sent.
+    #[error("bus: event {kind}: its envelope of {size} bytes is over bus.max_envelope_size ({limit} bytes); send a reference (a blob, a queue message) instead")]
+    TooLarge {
+        /// The event type.
+        kind: String,
+        /// The envelope's size, bytes.
+        size: u64,
+        /// The limit, bytes.
+        limit: u64,
+    },
+    /// A competing-consumer stream holds `bus.max_backlog` entries: nothing was sent (start an
+    /// instance of the role, or raise the limit).
+    #[error("bus: {stream} holds {limit} entries (bus.max_backlog): event {kind} not sent; start an instance of the role or raise bus.max_backlog")]
+    Full {
+        /// The event type.
+        kind: String,
+        /// The stream.
+        stream: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// No reply to a request within its timeout.
+    #[error("bus: request {kind} to {to}: no reply within {after:?}")]
+    Timeout {
+        /// The request's event type.
+        kind: String,
+        /// Where it was sent.
+        to: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The responder's handler failed; its error text.
+    #[error("bus: request {kind}: the responder {from} failed: {error}")]
+    Remote {
+        /// The request's event type.
+        kind: String,
+        /// The responding instance.
+        from: String,
+        /// Its error.
+        error: String,
+    },
+    /// This transport cannot do that (e.g. the embedded bus has no poison stream).
+    #[error("bus: {0}")]
+    Unsupported(String),
+    /// No such entry (e.g. a poison entry id that is not in the poison stream).
+    #[error("bus: {0} not found")]
+    NotFound(String),
 }
 
 /// A transport between instances. Small on purpose: Redis today, Service Bus or NATS later,
@@ -259,6 +340,39 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Acknowledges a competing-consumer delivery, so it is never re-delivered.
     async fn ack(&self, receipt: &Receipt) -> Result<(), BusError>;
+
+    /// Records that handling a competing-consumer delivery failed with `error`: once it was
+    /// delivered `bus.max_deliveries` times it moves to the poison stream (`Ok(true)`),
+    /// otherwise it is re-delivered after the claim timeout (`Ok(false)`). Transports without a
+    /// poison stream keep the default (re-delivered without limit).
+    async fn fail(&self, _receipt: &Receipt, _error: &str) -> Result<bool, BusError> {
+        Ok(false)
+    }
+
+    /// The newest `limit` entries of the bus poison stream, newest first.
+    async fn poison_list(&self, _limit: usize) -> Result<Vec<PoisonEntry>, BusError> {
+        Err(BusError::Unsupported(
+            "this bus has no poison stream (bus.kind = \"none\")".into(),
+        ))
+    }
+
+    /// One poison entry by its id.
+    async fn poison_show(&self, id: &str) -> Result<PoisonEntry, BusError> {
+        let _ = id;
+        Err(BusError::Unsupported(
+            "this bus has no poison stream (bus.kind = \"none\")".into(),
+        ))
+    }
+
+    /// Puts a poison entry's envelope back on the stream it came from (a fresh delivery count)
+    /// and removes it from the poison stream. Fails for an entry kept without its envelope (it
+    /// was too large).
+    async fn poison_requeue(&self, id: &str) -> Result<(), BusError> {
+        let _ = id;
+        Err(BusError::Unsupported(
+            "this bus has no poison stream (bus.kind = \"none\")".into(),
+        ))
+    }
 
     /// Keeps a competing-consumer delivery claimed by this instance (its idle time starts
     /// again, so no other instance takes it over for another claim timeout). `Ok(false)` when
@@ -311,6 +425,14 @@ pub struct TransportCounters {
     pub reconnects: u64,
     /// Competing-consumer entries taken over after the claim timeout.
     pub reclaimed: u64,
+    /// Envelopes and presence records refused for their signature.
+    pub refused: u64,
+    /// Stream entries moved to the bus poison stream.
+    pub poisoned: u64,
+    /// Events dropped because their time to live had passed.
+    pub expired: u64,
+    /// Fan-out events received twice and dropped.
+    pub duplicates: u64,
 }
 
 /// What the bus metrics show (see the README's Metrics).

@@ -292,6 +292,30 @@ pub struct BusSettings {
     /// with `reach = "one"`) that was delivered but not acknowledged within this long is
     /// re-delivered to another live instance, 100ms..=1h, default 30s.
     pub claim_timeout: ClaimTimeout,
+    /// How long a fan-out event (unicast, multicast, role) is kept for an addressed instance
+    /// that is away (restarting, briefly disconnected), 1s..=7d, default 10m: such an instance
+    /// gets it when it comes back with the same `instance_id`. Also how long a departed
+    /// instance's consumer groups are kept before they are removed.
+    pub retention: super::options::Retention,
+    /// The largest envelope (its JSON, bytes) sent or accepted, 1024..=67108864, default
+    /// 1048576 (1 MiB). Publishing a larger one fails; a larger stream entry is acknowledged and
+    /// moved to the bus poison stream unread.
+    pub max_envelope_size: super::options::EnvelopeLimit,
+    /// Deliveries of a competing-consumer event (`Address::one_of`) whose handler fails (or whose
+    /// instance dies) before it moves to the bus poison stream with its last error, 1..=1000,
+    /// default 5.
+    pub max_deliveries: super::options::MaxDeliveries,
+    /// Entries a role's competing-consumer stream holds (waiting or unacknowledged) before a
+    /// publish to it fails with an error, 1..=100000000, default 1000000. Nothing is dropped
+    /// silently.
+    pub max_backlog: super::options::MaxBacklog,
+    /// A shared key (32+ characters) to sign every envelope and presence record with
+    /// HMAC-SHA256; with a key set, unsigned or wrongly signed envelopes and presence are
+    /// refused (counted in `ebbflow_bus_refused_total`). Unset (default): nothing is signed and
+    /// an envelope's `from`/`role` are what the sender says. Env: `EBBFLOW__BUS__SIGNING_KEY`.
+    pub signing_key: Option<super::options::SigningKey>,
+    /// The previous signing key, still accepted (never used to sign) while a new one rolls out.
+    pub signing_previous_key: Option<super::options::SigningKey>,
 }
 
 impl Default for BusSettings {
@@ -304,6 +328,12 @@ impl Default for BusSettings {
             channel_prefix: Name("ebbflow".into()),
             pulse_interval: Bounded(Duration::from_secs(5)),
             claim_timeout: Bounded(Duration::from_secs(30)),
+            retention: super::options::default_retention(),
+            max_envelope_size: super::options::default_envelope_limit(),
+            max_deliveries: super::options::default_max_deliveries(),
+            max_backlog: super::options::default_max_backlog(),
+            signing_key: None,
+            signing_previous_key: None,
         }
     }
 }
@@ -311,6 +341,13 @@ impl Default for BusSettings {
 impl BusSettings {
     /// Cross-field checks (each field was checked while parsing).
     pub(crate) fn validate(&self) -> Result<(), crate::checks::ConfigError> {
+        if self.signing_previous_key.is_some() && self.signing_key.is_none() {
+            return Err(crate::checks::ConfigError::invalid(
+                "bus.signing_previous_key",
+                "<redacted>",
+                "a previous signing key is only accepted beside bus.signing_key (the key that signs)",
+            ));
+        }
         match (self.kind, &self.url) {
             (BusKind::Redis, None) => Err(crate::checks::ConfigError::invalid(
                 "bus.url",

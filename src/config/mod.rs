@@ -15,6 +15,7 @@
 //! here too: the observability room sits above `config` and reads them.
 
 mod bus;
+mod load;
 mod observability;
 mod queue;
 #[cfg(test)]
@@ -26,10 +27,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::redact;
-
 pub use crate::backoff::IdleBackoffSettings;
 pub use crate::checks::ConfigError;
+pub use load::Origin;
 
 pub use crate::scaling::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettings};
 pub use crate::service::QueueName;
@@ -76,6 +76,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
+    /// Where these settings came from (not a key: filled in by [`Settings::load_from`]).
+    #[serde(skip)]
+    origin: Origin,
 }
 
 /// Process-wide settings.
@@ -125,45 +128,19 @@ impl Settings {
 
     /// Loads from `dir` and the given environment (a map, so tests need not touch the
     /// process environment), and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key (or the file) and the fix: a value of the wrong form
+    /// (with an example of the right one, or the allowed values), an unknown key, a value out
+    /// of range, or `AZURE_STORAGE_CONNECTION_STRING` set but empty.
     pub fn load_from(dir: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from(dir.join("default.toml")).required(false));
-        if let Some(name) = env.get(ENV_VAR).filter(|n| !n.is_empty()) {
-            builder = builder
-                .add_source(config::File::from(dir.join(format!("{name}.toml"))).required(false));
-        }
-        let overrides: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("EBBFLOW__"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("EBBFLOW")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(overrides)),
-        );
-        let loaded = builder
-            .build()
-            .map_err(|e| ConfigError::Load(redact(&e.to_string())))?;
-        let mut table: config::Map<String, config::Value> =
-            loaded.try_deserialize().map_err(load_error)?;
-        // `[deploy]` (and `EBBFLOW__DEPLOY__...`) is the command line's section (manifest
-        // generation, in the ebbflow-cli crate), so one config folder serves both: a worker
-        // ignores it, unchecked.
-        table.remove(DEPLOY_SECTION);
-        let mut settings =
-            Settings::deserialize(config::Value::new(None, table)).map_err(load_error)?;
-        if settings.storage.connection_string.is_none() && settings.storage.queue_endpoint.is_none()
-        {
-            settings.storage.connection_string = env
-                .get(CONNECTION_STRING_VAR)
-                .filter(|s| !s.trim().is_empty())
-                .cloned();
-        }
-        settings.validate()?;
-        Ok(settings)
+        load::load_from(dir, env)
+    }
+
+    /// Where these settings were read from: the folder and files (and whether each existed)
+    /// and how many `EBBFLOW__...` variables applied. Empty for settings built in code.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// Each configured queue's shard count (name to count), for
@@ -178,6 +155,14 @@ impl Settings {
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;
+        if self.bus.kind == crate::bus::BusKind::None && self.bus.url.is_some() {
+            return Err(ConfigError::invalid(
+                "bus.kind",
+                "\"none\"",
+                "bus.url is set but the bus is off: set bus.kind = \"redis\" \
+                 (EBBFLOW__BUS__KIND=redis) to use it, or remove bus.url",
+            ));
+        }
         self.worker.validate()?;
         self.bus.validate()?;
         for (name, q) in &self.queues {
@@ -208,24 +193,4 @@ impl Settings {
         }
         self.triggers.validate()
     }
-}
-
-/// A deserializing error as a [`ConfigError`]: a value a settings type refused
-/// ([`InvalidValue`](crate::checks::InvalidValue), `33: must be 1..=32`) found at a key becomes
-/// `queues.orders.batch_size = 33: must be 1..=32`; anything else is kept as the loader said it,
-/// secrets redacted.
-fn load_error(e: config::ConfigError) -> ConfigError {
-    if let config::ConfigError::At {
-        error,
-        key: Some(key),
-        ..
-    } = &e
-    {
-        if let config::ConfigError::Message(text) = error.as_ref() {
-            if let Some(refused) = crate::checks::InvalidValue::parse(text) {
-                return ConfigError::invalid(key.as_str(), redact(&refused.value), refused.rule);
-            }
-        }
-    }
-    ConfigError::Load(redact(&e.to_string()))
 }

@@ -43,6 +43,10 @@ pub struct QueueSettings {
     pub retry_delay: Duration,
     /// How message text is encoded on the queue: `base64` (what Azure Functions writes) or `none`.
     pub encoding: Encoding,
+    /// Compression of payloads before the claim check's size decision: `identity` (none, the
+    /// default), `gzip` or `zstd`. A compressed payload that fits stays on the queue (as an
+    /// inline reference); one that does not goes to a blob compressed.
+    pub compression: crate::codec::claim::Compression,
     /// Name of the poison queue; default `<queue>-poison`.
     pub poison_queue: Option<QueueName>,
     /// How long a poison copy lives on the poison queue: `"never"` (the default: poison
@@ -142,6 +146,7 @@ impl Default for QueueSettings {
             max_dequeue_count: BoundedU32(5),
             retry_delay: Duration::ZERO,
             encoding: Encoding::Base64,
+            compression: Default::default(),
             poison_queue: None,
             poison_ttl: TimeToLive::Never,
             idle_backoff: IdleBackoffSettings::default(),

@@ -24,7 +24,7 @@ use super::stats::{bump, Gauge, ListenerStats};
 use super::{ListenerHooks, Shared};
 use crate::bus::events::PulseKind;
 use crate::handler::{BoxFuture, Context, HandlerError, Heartbeat, Job, JobStatus, Signal};
-use crate::store::ReceivedMessage;
+use crate::store::{PayloadError, ReceivedMessage};
 
 /// How a received message gets its concurrency slot.
 pub(super) enum Start {
@@ -69,10 +69,31 @@ pub(super) async fn run(
         let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
         return shared.settle(&message, action, lease.valid_until()).await;
     }
-    let bytes = match shared.settings.encoding.decode(&message.text) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
+    // A claim-check reference is resolved first (its payload downloaded once and checked);
+    // any other text is decoded in the queue's encoding.
+    let bytes = match shared.io.queue.open_payload(&message.text).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => match shared.settings.encoding.decode(&message.text) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let action = Settle::Poison(PoisonReason::Undecodable, e.to_string());
+                return shared.settle(&message, action, lease.valid_until()).await;
+            }
+        },
+        // What cannot heal is poisoned at once, with its reason.
+        Err(PayloadError::Unusable(why)) => {
+            let action = Settle::Poison(PoisonReason::PayloadUnavailable, why);
+            return shared.settle(&message, action, lease.valid_until()).await;
+        }
+        // A blob fault that may pass counts as a failed try, like a handler's retry.
+        Err(PayloadError::Transient(why)) => {
+            let why = format!("payload blob unavailable: {why}");
+            let action = if message.dequeue_count >= max.get() {
+                let why = format!("failed on try {} of {max}: {why}", message.dequeue_count);
+                Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why)
+            } else {
+                Settle::Retry(shared.settings.retry_delay, why)
+            };
             return shared.settle(&message, action, lease.valid_until()).await;
         }
     };

@@ -56,6 +56,10 @@ pub enum PoisonReason {
     Undecodable,
     /// The handler said no retry can fix it.
     Rejected,
+    /// Its claim-check payload cannot be had: the blob is missing or does not match its
+    /// reference, the reference is malformed or names another container, or the payload is
+    /// over `storage.claim_check.max_payload_bytes`.
+    PayloadUnavailable,
 }
 
 impl PoisonReason {
@@ -65,6 +69,7 @@ impl PoisonReason {
             Self::MaxDequeueCountExceeded => "max_dequeue_count_exceeded",
             Self::Undecodable => "undecodable",
             Self::Rejected => "rejected",
+            Self::PayloadUnavailable => "payload_unavailable",
         }
     }
 }

@@ -131,6 +131,8 @@ impl Settler<'_> {
                 Ok(()) => {
                     bump(&stats.handled);
                     debug!(queue = %io.name, message_id = %message.id, "message handled");
+                    // Only now its payload's blob (if it has one): after the queue delete.
+                    io.queue.payload_done(&message.text).await;
                 }
                 Err(e) => self.failed(message, "delete after success", e),
             },
@@ -236,6 +238,9 @@ impl Settler<'_> {
             bump(&stats.store_errors);
             return;
         }
+        // The copy carries the same reference: its blob stays as long as the copy does.
+        let copy_expires = options.time_to_live.duration().map(|d| now_utc() + d);
+        io.queue.payload_kept(&message.text, copy_expires).await;
         let deleted = io
             .queue
             .delete_within(&message.id, &message.pop_receipt, lease_ends)
@@ -328,6 +333,7 @@ mod tests {
             Settle::Poison(PoisonReason::Rejected, _) => "poison:rejected",
             Settle::Poison(PoisonReason::Undecodable, _) => "poison:undecodable",
             Settle::Poison(PoisonReason::MaxDequeueCountExceeded, _) => "poison:max",
+            Settle::Poison(PoisonReason::PayloadUnavailable, _) => "poison:payload",
         }
     }
 

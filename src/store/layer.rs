@@ -59,11 +59,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::{
-    BackendKind, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions, SentMessage,
-    StoreError, UnknownOutcomes, UpdatedMessage,
+    BackendKind, PayloadError, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
+    SentMessage, StoreError, UnknownOutcomes, UpdatedMessage,
 };
 
 /// One kind of store call: what layers count, meter and log.
@@ -211,6 +212,34 @@ pub trait QueueLayer: Send + Sync + 'static {
         )
     }
 
+    /// [`Queue::open_payload`]. Default: the inner queue's.
+    fn open_payload<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        text: &'a str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, PayloadError>> + Send + 'a {
+        inner.open_payload(text)
+    }
+
+    /// [`Queue::payload_done`]. Default: the inner queue's.
+    fn payload_done<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        text: &'a str,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        inner.payload_done(text)
+    }
+
+    /// [`Queue::payload_kept`]. Default: the inner queue's.
+    fn payload_kept<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        text: &'a str,
+        expires_at: Option<OffsetDateTime>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        inner.payload_kept(text, expires_at)
+    }
+
     /// [`Queue::peek`].
     fn peek(
         &self,
@@ -307,6 +336,20 @@ impl<L: QueueLayer> Queue for Layered<L> {
     ) -> Result<UpdatedMessage, StoreError> {
         self.layer
             .update(&*self.inner, id, pop_receipt, visibility, text)
+            .await
+    }
+
+    async fn open_payload(&self, text: &str) -> Result<Option<Vec<u8>>, PayloadError> {
+        self.layer.open_payload(&*self.inner, text).await
+    }
+
+    async fn payload_done(&self, text: &str) {
+        self.layer.payload_done(&*self.inner, text).await
+    }
+
+    async fn payload_kept(&self, text: &str, expires_at: Option<OffsetDateTime>) {
+        self.layer
+            .payload_kept(&*self.inner, text, expires_at)
             .await
     }
 

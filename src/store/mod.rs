@@ -22,6 +22,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 pub mod azure;
+pub mod blob;
+pub mod claim;
 pub mod counting;
 pub mod layer;
 pub mod memory;
@@ -34,6 +36,7 @@ pub mod sharding;
 pub use crate::service::{
     redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
 };
+pub use claim::PayloadError;
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
 pub use rules::{SendOptions, TimeToLive};
 
@@ -119,6 +122,25 @@ pub trait Queue: Send + Sync + 'static {
         visibility: Duration,
         text: Option<&str>,
     ) -> Result<UpdatedMessage, StoreError>;
+    /// The payload a received message's `text` refers to, when it is a claim-check reference
+    /// (see [`claim`]): downloaded, decompressed and checked. `Ok(None)`: the text is the
+    /// payload's encoding as usual (not a reference, or no claim-check layer on this queue).
+    async fn open_payload(&self, text: &str) -> Result<Option<Vec<u8>>, PayloadError> {
+        let _ = text;
+        Ok(None)
+    }
+    /// Called after the message whose text is `text` was deleted as handled: a claim-check
+    /// layer deletes its payload's blob (never before: a crash in between leaves a blob, not a
+    /// message without its payload). Failures are logged, not returned. Default: nothing.
+    async fn payload_done(&self, text: &str) {
+        let _ = text;
+    }
+    /// Called after the message whose text is `text` was copied to the poison queue, where its
+    /// copy lives until `expires_at` (`None`: never): a claim-check layer keeps the blob that
+    /// long. Default: nothing.
+    async fn payload_kept(&self, text: &str, expires_at: Option<OffsetDateTime>) {
+        let _ = (text, expires_at);
+    }
     /// Reads up to `max` (1..=32) visible messages without receiving them.
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError>;
     /// The approximate number of messages, invisible ones included.

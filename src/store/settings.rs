@@ -33,6 +33,8 @@ pub struct StorageSettings {
     pub create_queues: bool,
     /// How transient service errors are retried.
     pub retry: RetrySettings,
+    /// The claim check: where payloads too large for a queue message go.
+    pub claim_check: crate::store::claim::ClaimCheckSettings,
 }
 
 /// Retries of transient service errors (5xx, 503 ServerBusy, timeouts, connection errors):
@@ -107,6 +109,7 @@ impl Default for StorageSettings {
             managed_identity_client_id: None,
             create_queues: true,
             retry: RetrySettings::default(),
+            claim_check: Default::default(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl fmt::Debug for StorageSettings {
             .field("credential", &self.credential)
             .field("create_queues", &self.create_queues)
             .field("retry", &self.retry)
+            .field("claim_check", &self.claim_check)
             .finish()
     }
 }
@@ -162,6 +166,7 @@ impl StorageSettings {
                 "needs storage.queue_endpoint",
             ));
         }
+        self.claim_check.validate()?;
         let r = &self.retry;
         checks::range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;
         checks::duration(

@@ -109,7 +109,7 @@ impl ListenerHooks for QueueLink {
         };
         let bus = self.bus.clone();
         self.tasks.call("bus job pulse", &self.queue, async move {
-            if let Err(e) = bus.publish(&pulse, Address::All).await {
+            if let Err(e) = bus.publish_at_most_once(&pulse, Address::All).await {
                 debug!(error = %e, "job pulse not published");
             }
         });
@@ -296,7 +296,9 @@ async fn presence(
             continue;
         }
         if wiring.shared {
-            let _ = bus.publish(&InstancePulse(presence), Address::All).await;
+            let _ = bus
+                .publish_at_most_once(&InstancePulse(presence), Address::All)
+                .await;
             if let Ok(list) = transport.instances().await {
                 wiring
                     .live
@@ -309,8 +311,11 @@ async fn presence(
             instance: member.instance.to_string(),
             role: member.role.to_string(),
         };
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), bus.publish(&left, Address::All)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            bus.publish_at_most_once(&left, Address::All),
+        )
+        .await;
     }
 }
 

@@ -59,9 +59,9 @@ pub enum WorkerError {
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),
-    /// No queues at all.
-    #[error("no queues configured: add a [queues.<name>] section")]
-    NoQueues,
+    /// No queues at all; says where the settings were read from.
+    #[error("no queues configured ({0}): add a [queues.<name>] section, or point EBBFLOW_CONFIG_DIR at the folder that has one")]
+    NoQueues(String),
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -98,6 +98,7 @@ type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
 pub struct Worker {
     settings: Settings,
     store: Option<Arc<dyn QueueStore>>,
+    blobs: Option<crate::store::blob::Blobs>,
     handlers: BTreeMap<String, Arc<dyn ErasedHandler>>,
     duplicate: Option<String>,
     /// Bus observers, subscribed before delivery starts.
@@ -116,6 +117,7 @@ impl Worker {
         Self {
             settings,
             store: None,
+            blobs: None,
             handlers: BTreeMap::new(),
             duplicate: None,
             observers: Vec::new(),
@@ -147,6 +149,13 @@ impl Worker {
     /// Uses this store instead of the one the settings name (e.g. a shared embedded store).
     pub fn with_store(mut self, store: Arc<dyn QueueStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Uses this blob container for the claim check instead of the one the settings name (e.g.
+    /// an in-memory one a test inspects); ignored with `storage.claim_check.enabled = false`.
+    pub fn with_blobs(mut self, blobs: crate::store::blob::Blobs) -> Self {
+        self.blobs = Some(blobs);
         self
     }
 
@@ -260,7 +269,7 @@ impl Worker {
             return Err(WorkerError::DuplicateHandler(queue));
         }
         if self.settings.queues.is_empty() {
-            return Err(WorkerError::NoQueues);
+            return Err(WorkerError::NoQueues(self.settings.origin().to_string()));
         }
         for name in self.handlers.keys() {
             if !self.settings.queues.contains_key(name) {
@@ -272,6 +281,7 @@ impl Worker {
                 return Err(WorkerError::LayerNotConfigured(name.clone()));
             }
         }
+        let store_given = self.store.is_some();
         let store = match self.store {
             Some(store) => store,
             None => store::open(&self.settings.storage)?,
@@ -279,6 +289,24 @@ impl Worker {
         let store = RetryingStore::wrap(store, self.settings.storage.retry);
         // Above the retries, so each shard's calls are retried on their own.
         let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
+        // The claim check above the shards, so one payload is one blob whichever shard its
+        // reference lands on.
+        let blobs = crate::store::claim::open_blobs(
+            &self.settings.storage,
+            store.kind(),
+            self.blobs.clone(),
+        )
+        .await?;
+        let mut claim =
+            crate::store::claim::ClaimCheck::new(blobs, &self.settings.storage.claim_check);
+        for (name, q) in &self.settings.queues {
+            let format = crate::store::claim::QueueFormat {
+                encoding: q.encoding,
+                compression: q.compression,
+            };
+            claim = claim.queue(name, format);
+        }
+        let store = LayeredStore::wrap(store, claim);
         // Outermost: each call is timed as the listener sees it (retries and shards
         // included), and its outcome feeds the readiness check "store".
         let metering = Metering::default();
@@ -424,6 +452,13 @@ impl Worker {
             queues = listeners.len(),
             "worker started"
         );
+        if embedded && !store_given {
+            info!(
+                "no storage configured: queues live in this process only (the embedded store); \
+                 set AZURE_STORAGE_CONNECTION_STRING, storage.connection_string or \
+                 storage.queue_endpoint to use Azure Storage"
+            );
+        }
         let (ops_addr, ops_server) = ops.unzip();
         Ok(RunningWorker {
             bus,

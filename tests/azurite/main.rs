@@ -10,6 +10,7 @@
 mod common;
 
 mod azure_auth;
+mod claim_check;
 mod conformance;
 mod credentials;
 mod extremes;

@@ -27,6 +27,7 @@ pub fn settings(url: &str, prefix: &str, role: &str, claim_timeout: Duration) ->
         channel_prefix: Name::new(prefix).unwrap(),
         pulse_interval: Bounded::new(Duration::from_millis(200)).unwrap(),
         claim_timeout: Bounded::new(claim_timeout).unwrap(),
+        ..BusSettings::default()
     }
 }
 

@@ -389,10 +389,8 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
         common::redis::settings(&server.url(), &prefix, "worker", Duration::from_secs(1));
     let store = common::memory();
     let name = common::unique("kill");
-    let mut settings = ebbflow::Settings {
-        bus: bus_settings,
-        ..Default::default()
-    };
+    let mut settings = ebbflow::Settings::default();
+    settings.bus = bus_settings;
     settings.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     let mut q = ebbflow::config::QueueSettings::default();
     q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;

@@ -10,3 +10,4 @@ mod common;
 
 mod bus;
 mod bus_worker;
+mod durable;

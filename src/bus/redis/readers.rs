@@ -1,39 +1,62 @@
-//! The Redis transport's background tasks: pub/sub push messages, the blocking stream reads
-//! (as a consumer of the group, and as a watcher of `reach = "all"` work streams), the
-//! take-over of unacknowledged entries (`XAUTOCLAIM`), and a watchdog that keeps a lost
-//! connection reconnecting while nothing else calls.
+//! The Redis transport's background tasks, each supervised (named, restarted after a panic):
+//! pub/sub push messages (events sent at most once, nudges, the connection's news), the stream
+//! reads (fan-out streams through this instance's group, competing and work streams through the
+//! group `ebbflow`, `reach = "all"` work streams by range), the take-over of unacknowledged
+//! competing entries, the removal of departed instances' groups, and a watchdog that keeps a
+//! lost connection reconnecting while nothing else calls.
 //!
-//! Every task ends when the bus closes. Errors never end them: they mark the bus down, wait a
-//! little (up to 2 s), and try again; the connection managers reconnect underneath.
+//! Errors never end a task: they mark the bus down, wait a little (up to 2 s), and try again;
+//! the connection managers reconnect underneath.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{is_connection_error, Shared, GROUP};
-use crate::bus::{Envelope, Health, Inbound, Receipt, WorkNotice};
+use super::deliver::{self, Entry, Source};
+use super::{bump, is_connection_error, millis, scripts, Shared, GROUP, POLL};
+use crate::bus::supervise::restarting;
+use crate::bus::{signing, Envelope, Health, Inbound};
 
-/// The connection's own tasks: pub/sub pushes, take-over, watchdog.
+/// The connection's own tasks: pub/sub pushes, take-over, group sweep, watchdog.
 pub(super) fn spawn(shared: &Arc<Shared>, pushes: mpsc::UnboundedReceiver<PushInfo>) {
-    tokio::spawn(push_loop(shared.clone(), pushes));
-    tokio::spawn(reclaim_loop(shared.clone()));
-    tokio::spawn(watchdog(shared.clone()));
+    let pushes = Arc::new(tokio::sync::Mutex::new(pushes));
+    let closed = shared.closed.clone();
+    let s = shared.clone();
+    restarting("bus pub/sub reader", closed.clone(), move || {
+        push_loop(s.clone(), pushes.clone())
+    });
+    let s = shared.clone();
+    restarting("bus take-over", closed.clone(), move || {
+        reclaim_loop(s.clone())
+    });
+    let s = shared.clone();
+    restarting("bus group sweep", closed.clone(), move || {
+        sweep_loop(s.clone())
+    });
+    let s = shared.clone();
+    restarting("bus watchdog", closed, move || watchdog(s.clone()));
 }
 
 /// The stream reads, once delivery starts: by then the worker joined its queues' work streams,
-/// so the first blocking read already covers them (entries sent before wait in the streams).
+/// so the first read already covers them (entries sent before wait in the streams).
 pub(super) fn spawn_reads(shared: &Arc<Shared>) {
-    tokio::spawn(group_loop(shared.clone()));
-    tokio::spawn(watch_loop(shared.clone()));
+    let s = shared.clone();
+    restarting("bus stream reader", shared.closed.clone(), move || {
+        read_loop(s.clone())
+    });
 }
 
 /// Pub/sub messages, and the connection's own news: a disconnection marks the bus down; the
 /// subscribe confirmations that follow a reconnect (automatic resubscription) mark it up.
-async fn push_loop(shared: Arc<Shared>, mut pushes: mpsc::UnboundedReceiver<PushInfo>) {
+async fn push_loop(
+    shared: Arc<Shared>,
+    pushes: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<PushInfo>>>,
+) {
+    let mut pushes = pushes.lock().await;
     loop {
         let push = tokio::select! {
             _ = shared.closed.cancelled() => return,
@@ -46,20 +69,56 @@ async fn push_loop(shared: Arc<Shared>, mut pushes: mpsc::UnboundedReceiver<Push
                 let Some(msg) = redis::Msg::from_push_info(push) else {
                     continue;
                 };
-                match serde_json::from_slice::<Envelope>(msg.get_payload_bytes()) {
-                    Ok(envelope) if envelope.is_for(&shared.member) => {
-                        let _ = shared.inbox.send(Inbound::Event {
-                            envelope,
-                            receipt: None,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(channel = msg.get_channel_name(), error = %e, "bus message is not an ebbflow envelope; ignored")
-                    }
-                }
+                on_message(&shared, &msg);
             }
             _ => {}
+        }
+    }
+}
+
+/// A pub/sub message: a nudge (`~`: an entry was appended) or an event sent at most once.
+fn on_message(shared: &Shared, msg: &redis::Msg) {
+    let payload = msg.get_payload_bytes();
+    if payload == b"~" {
+        shared.nudge.notify_one();
+        return;
+    }
+    if payload.len() as u64 > shared.limits.max_envelope {
+        warn!(
+            channel = msg.get_channel_name(),
+            size = payload.len(),
+            "bus message over bus.max_envelope_size; dropped"
+        );
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(payload) else {
+        warn!(
+            channel = msg.get_channel_name(),
+            "bus message is not text; ignored"
+        );
+        return;
+    };
+    let Some(json) = signing::open(shared.signer.as_ref(), text) else {
+        bump(&shared.stats.refused);
+        warn!(
+            channel = msg.get_channel_name(),
+            "bus message refused: unsigned or wrongly signed (bus.signing_key is set)"
+        );
+        return;
+    };
+    match serde_json::from_str::<Envelope>(json) {
+        Ok(envelope) if envelope.is_expired(crate::bus::now_ms()) => {
+            bump(&shared.stats.expired);
+        }
+        Ok(envelope) if envelope.is_for(&shared.member) => {
+            let _ = shared.inbox.send(Inbound::Event {
+                envelope,
+                receipt: None,
+            });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(channel = msg.get_channel_name(), error = %e, "bus message is not an ebbflow envelope; ignored")
         }
     }
 }
@@ -72,8 +131,8 @@ async fn pause(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
-/// After a failed stream read: a lost connection marks the bus down (logged there), any other
-/// error is logged; then waits `backoff` (doubling it, up to 2 s). False once the bus closed.
+/// After a failed read: a lost connection marks the bus down (logged there), any other error
+/// is logged; then waits `backoff` (doubling it, up to 2 s). False once the bus closed.
 async fn after_read_error(shared: &Shared, e: &redis::RedisError, backoff: &mut Duration) -> bool {
     if is_connection_error(e) {
         shared.mark(false, &e.to_string());
@@ -87,155 +146,247 @@ async fn after_read_error(shared: &Shared, e: &redis::RedisError, backoff: &mut 
     true
 }
 
-/// The consumer-group read: role events and `reach = "one"` work notices.
-async fn group_loop(shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(100);
-    let me = shared.member.instance.to_string();
-    loop {
-        let streams: Vec<String> = shared.groups.lock().map(|g| g.clone()).unwrap_or_default();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&me)
-            .arg("COUNT")
-            .arg(32)
-            .arg("BLOCK")
-            .arg(super::BLOCK.as_millis() as u64)
-            .arg("STREAMS");
-        for s in &streams {
-            cmd.arg(s);
-        }
-        for _ in &streams {
-            cmd.arg(">");
-        }
-        let mut con = shared.reader.clone();
-        let read = tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            r = cmd.query_async::<Option<StreamReadReply>>(&mut con) => r,
-        };
-        match read {
-            Ok(reply) => {
-                backoff = Duration::from_millis(100);
-                shared.mark(true, "");
-                for key in reply.map(|r| r.keys).unwrap_or_default() {
-                    for entry in key.ids {
-                        deliver(&shared, &key.key, entry, true);
-                    }
-                }
-            }
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost the stream or the group (a restart without persistence): make
-                // them again and read on.
-                warn!(error = %shared.url.scrub(&e.to_string()), "bus consumer group missing; recreating it");
-                for s in &streams {
-                    let _ = shared.ensure_group(s).await;
-                }
-            }
-            Err(e) => {
-                if !after_read_error(&shared, &e, &mut backoff).await {
-                    return;
-                }
-            }
-        }
-    }
+/// One read's plan: the streams, how each is read, and from where.
+struct Plan {
+    keys: Vec<String>,
+    args: Vec<(char, String, String)>,
+    sources: BTreeMap<String, Source>,
 }
 
-/// The `reach = "all"` work streams, read with `XREAD` from the last entry seen.
-async fn watch_loop(shared: Arc<Shared>) {
+fn plan(shared: &Shared) -> Plan {
+    let me = shared.member.instance.to_string();
+    let work = shared.key(&["work", ""]);
+    let mut plan = Plan {
+        keys: Vec::new(),
+        args: Vec::new(),
+        sources: BTreeMap::new(),
+    };
+    let Ok(streams) = shared.streams.lock() else {
+        return plan;
+    };
+    for (key, from) in &streams.fan {
+        plan.keys.push(key.clone());
+        plan.args.push(('g', me.clone(), from.clone()));
+        plan.sources.insert(key.clone(), Source::Fan);
+    }
+    for key in &streams.groups {
+        plan.keys.push(key.clone());
+        plan.args.push(('g', GROUP.into(), ">".into()));
+        let source = if key.starts_with(&work) {
+            Source::WorkOne
+        } else {
+            Source::Competing
+        };
+        plan.sources.insert(key.clone(), source);
+    }
+    for (key, last) in &streams.watched {
+        plan.keys.push(key.clone());
+        plan.args.push(('x', String::new(), last.clone()));
+        plan.sources.insert(key.clone(), Source::WorkAll);
+    }
+    plan
+}
+
+/// The stream reads: without blocking, every entry checked by the script, then a wait for a
+/// nudge (or [`POLL`]) whenever a read found less than a full batch.
+async fn read_loop(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
+    let count = shared.limits.read_count();
     loop {
-        let watched: Vec<(String, String)> = shared
-            .watched
-            .lock()
-            .map(|w| w.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        if watched.is_empty() {
-            tokio::select! {
+        if shared.closed.is_cancelled() {
+            return;
+        }
+        let plan = plan(&shared);
+        let mut more = false;
+        if !plan.keys.is_empty() {
+            let keys: Vec<&str> = plan.keys.iter().map(String::as_str).collect();
+            let mut inv = scripts::READ.call(&keys);
+            inv.arg(shared.member.instance.as_str())
+                .arg(count)
+                .arg(shared.limits.max_envelope)
+                .arg(shared.key(&["poison"]));
+            for (kind, group, from) in &plan.args {
+                inv.arg(kind.to_string()).arg(group).arg(from);
+            }
+            let mut con = shared.reader.clone();
+            bump(&shared.stats.reads);
+            let read = tokio::select! {
                 _ = shared.closed.cancelled() => return,
-                _ = shared.changed.notified() => continue,
-                _ = tokio::time::sleep(super::BLOCK) => continue,
-            }
-        }
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(32)
-            .arg("BLOCK")
-            .arg(super::BLOCK.as_millis() as u64)
-            .arg("STREAMS");
-        for (k, _) in &watched {
-            cmd.arg(k);
-        }
-        for (_, id) in &watched {
-            cmd.arg(id);
-        }
-        let mut con = shared.fan_reader.clone();
-        let read = tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            r = cmd.query_async::<Option<StreamReadReply>>(&mut con) => r,
-        };
-        match read {
-            Ok(reply) => {
-                backoff = Duration::from_millis(100);
-                shared.mark(true, "");
-                for key in reply.map(|r| r.keys).unwrap_or_default() {
-                    if let Some(last) = key.ids.last() {
-                        if let Ok(mut w) = shared.watched.lock() {
-                            w.insert(key.key.clone(), last.id.clone());
-                        }
-                    }
-                    for entry in key.ids {
-                        deliver(&shared, &key.key, entry, false);
-                    }
-                }
-            }
-            Err(e) => {
-                if !after_read_error(&shared, &e, &mut backoff).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Takes over entries of the group's streams that were delivered (to a consumer that died,
-/// or to this one, whose handler failed) and not acknowledged within the claim timeout.
-async fn reclaim_loop(shared: Arc<Shared>) {
-    let every = (shared.claim_timeout / 2).max(Duration::from_millis(50));
-    let idle_ms = u64::try_from(shared.claim_timeout.as_millis()).unwrap_or(u64::MAX);
-    let me = shared.member.instance.to_string();
-    while pause(&shared, every).await {
-        let streams: Vec<String> = shared.groups.lock().map(|g| g.clone()).unwrap_or_default();
-        for stream in streams {
-            let mut cmd = redis::cmd("XAUTOCLAIM");
-            cmd.arg(&stream)
-                .arg(GROUP)
-                .arg(&me)
-                .arg(idle_ms)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(32);
-            let mut con = shared.cmd.clone();
-            match cmd.query_async::<StreamAutoClaimReply>(&mut con).await {
-                Ok(reply) => {
-                    for entry in reply.claimed {
-                        shared
-                            .stats
-                            .reclaimed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        debug!(stream, entry = %entry.id, "bus entry taken over after the claim timeout");
-                        deliver(&shared, &stream, entry, true);
-                    }
+                r = inv.query_async::<Vec<Vec<Vec<u8>>>>(&mut con) => r,
+            };
+            match read {
+                Ok(raw) => {
+                    backoff = Duration::from_millis(100);
+                    shared.mark(true, "");
+                    more = received(&shared, &plan, raw, count).await;
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
-                    let _ = shared.ensure_group(&stream).await;
+                    // Redis lost a stream or group (a restart without persistence, an expired
+                    // stream): make them again and read on.
+                    debug!(error = %shared.url.scrub(&e.to_string()), "bus consumer group missing; recreating it");
+                    if let Err(e) = shared.ensure_groups().await {
+                        warn!(error = %e, "cannot recreate the bus consumer groups");
+                        if !pause(&shared, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                    continue;
                 }
                 Err(e) => {
-                    if is_connection_error(&e) {
-                        shared.mark(false, &e.to_string());
+                    if !after_read_error(&shared, &e, &mut backoff).await {
+                        return;
                     }
+                    continue;
                 }
             }
         }
+        if more {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = shared.nudge.notified() => {
+                // Every instance of a role hears the same nudge: a random head start of up to
+                // 2 ms spreads competing entries over them, as Redis's queue of blocked readers
+                // would (the first to read takes what is there).
+                let jitter = rand::Rng::random_range(&mut rand::rng(), 0..=2_000u64);
+                tokio::time::sleep(Duration::from_micros(jitter)).await;
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Delivers a read's entries, acknowledges the fan-out ones, moves the read positions on.
+/// Whether a stream returned a full batch (more may wait).
+async fn received(shared: &Shared, plan: &Plan, raw: Vec<Vec<Vec<u8>>>, count: u64) -> bool {
+    let mut entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
+    // Fan-out entries carry one counter over all streams, other entries the server's clock in
+    // their ids: so events sent to different addresses (one stream each) arrive in the order
+    // they were sent.
+    entries.sort_by_key(|e| (e.seq(), entry_order(&e.id)));
+    let mut per_stream: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for e in &entries {
+        let slot = per_stream.entry(e.stream.clone()).or_default();
+        slot.0 += 1;
+        slot.1 = e.id.clone();
+    }
+    let acks = deliver::batch(shared, entries, &plan.sources).await;
+    if !acks.is_empty() {
+        let me = shared.member.instance.to_string();
+        let mut pipe = redis::pipe();
+        for (stream, ids) in &acks {
+            pipe.cmd("XACK").arg(stream).arg(&me).arg(ids).ignore();
+        }
+        let mut con = shared.cmd.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut con).await {
+            // Not acknowledged: re-read after a restart, then dropped as already seen.
+            debug!(error = %shared.url.scrub(&e.to_string()), "cannot acknowledge fan-out entries");
+        }
+    }
+    if let Ok(mut streams) = shared.streams.lock() {
+        for (key, from) in streams.fan.iter_mut() {
+            // This instance's entries pending from before a restart are read first (`0`);
+            // once a read returns less than a full batch of them, new ones (`>`).
+            let got = per_stream.get(key).map_or(0, |(n, _)| *n);
+            if from == "0" && got < count {
+                *from = ">".into();
+            }
+        }
+        for (key, last) in streams.watched.iter_mut() {
+            if let Some((_, id)) = per_stream.get(key) {
+                *last = id.clone();
+            }
+        }
+    }
+    per_stream.values().any(|(n, _)| *n >= count)
+}
+
+/// `<ms>-<seq>` as a sortable pair.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Takes over competing entries delivered (to a consumer that died, or to this one, whose
+/// handler failed) and not acknowledged within the claim timeout; moves those delivered
+/// `bus.max_deliveries` times to the poison stream.
+async fn reclaim_loop(shared: Arc<Shared>) {
+    let claim = shared.limits.claim_timeout;
+    let every = (claim / 2).max(Duration::from_millis(50));
+    let mut sources = BTreeMap::new();
+    while pause(&shared, every).await {
+        let streams: Vec<String> = shared
+            .streams
+            .lock()
+            .map(|s| s.groups.clone())
+            .unwrap_or_default();
+        let work = shared.key(&["work", ""]);
+        for stream in streams {
+            let mut inv = scripts::RECLAIM.call(&[&stream]);
+            inv.arg(GROUP)
+                .arg(shared.member.instance.as_str())
+                .arg(millis(claim))
+                .arg(shared.limits.max_deliveries)
+                .arg(shared.limits.read_count())
+                .arg(shared.limits.max_envelope)
+                .arg(shared.key(&["poison"]))
+                .arg(shared.key(&["error", ""]));
+            let source = if stream.starts_with(&work) {
+                Source::WorkOne
+            } else {
+                Source::Competing
+            };
+            sources.insert(stream.clone(), source);
+            match shared.script::<Vec<Vec<Vec<u8>>>>(&inv).await {
+                Ok(raw) => {
+                    let entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
+                    for e in &entries {
+                        debug!(stream, entry = %e.id, "bus entry taken over after the claim timeout");
+                        bump(&shared.stats.reclaimed);
+                    }
+                    deliver::batch(&shared, entries, &sources).await;
+                }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    let _ = shared.ensure_groups().await;
+                }
+                Err(e) => {
+                    debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus take-over failed")
+                }
+            }
+        }
+    }
+}
+
+/// Removes departed instances' groups from the fan-out streams this instance reads, and keeps
+/// its own stream from expiring while it lives.
+async fn sweep_loop(shared: Arc<Shared>) {
+    let retention = shared.limits.retention;
+    let every = (retention / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    while pause(&shared, every).await {
+        let me = shared.member.instance.to_string();
+        let own = shared.fan_of(&crate::bus::Address::Instance(me.clone())).0;
+        let shared_streams: Vec<String> = shared
+            .streams
+            .lock()
+            .map(|s| s.fan.keys().filter(|k| **k != own).cloned().collect())
+            .unwrap_or_default();
+        let keys: Vec<&str> = shared_streams.iter().map(String::as_str).collect();
+        let mut inv = scripts::SWEEP.call(&keys);
+        inv.arg(&me).arg(millis(retention));
+        match shared.script::<i64>(&inv).await {
+            Ok(0) => {}
+            Ok(gone) => debug!(
+                groups = gone,
+                "bus: removed the groups of instances gone longer than bus.retention"
+            ),
+            Err(e) => debug!(error = %shared.url.scrub(&e.to_string()), "bus group sweep failed"),
+        }
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(&own).arg(millis(retention));
+        let _ = shared.raw::<i64>(&cmd).await;
     }
 }
 
@@ -249,48 +400,29 @@ async fn watchdog(shared: Arc<Shared>) {
     }
 }
 
-/// Turns a stream entry into an inbound event or work notice.
-fn deliver(shared: &Shared, stream: &str, entry: StreamId, grouped: bool) {
-    let receipt = grouped.then(|| Receipt {
-        stream: stream.to_string(),
-        entry: entry.id.clone(),
-    });
-    let inbound = if let Some(json) = entry.get::<String>("envelope") {
-        match serde_json::from_str::<Envelope>(&json) {
-            Ok(envelope) => Inbound::Event { envelope, receipt },
+/// At close: competing entries this instance read and did not handle go to another instance
+/// at its next take-over sweep, not a claim timeout later.
+pub(super) async fn release(shared: &Shared) {
+    let streams: Vec<String> = shared
+        .streams
+        .lock()
+        .map(|s| s.groups.clone())
+        .unwrap_or_default();
+    for stream in streams {
+        let mut inv = scripts::RELEASE.call(&[&stream]);
+        inv.arg(GROUP)
+            .arg(shared.member.instance.as_str())
+            .arg(millis(shared.limits.claim_timeout));
+        match shared.script::<i64>(&inv).await {
+            Ok(0) => {}
+            Ok(n) => debug!(
+                stream,
+                entries = n,
+                "bus: released unhandled entries at close"
+            ),
             Err(e) => {
-                warn!(stream, entry = %entry.id, error = %e, "bus stream entry is not an ebbflow envelope; acknowledged and dropped");
-                ack_later(shared, receipt);
-                return;
+                debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus: cannot release entries at close")
             }
         }
-    } else if let Some(queue) = entry.get::<String>("queue") {
-        Inbound::Work {
-            notice: WorkNotice {
-                queue,
-                from: entry.get("from"),
-                messages: entry.get("messages"),
-                hops: entry.get("hops").unwrap_or(0),
-            },
-            receipt,
-        }
-    } else {
-        warn!(stream, entry = %entry.id, "bus stream entry has neither `envelope` nor `queue`; acknowledged and dropped");
-        ack_later(shared, receipt);
-        return;
-    };
-    let _ = shared.inbox.send(inbound);
-}
-
-fn ack_later(shared: &Shared, receipt: Option<Receipt>) {
-    let Some(r) = receipt else { return };
-    let mut con = shared.cmd.clone();
-    tokio::spawn(async move {
-        let _ = redis::cmd("XACK")
-            .arg(&r.stream)
-            .arg(GROUP)
-            .arg(&r.entry)
-            .query_async::<i64>(&mut con)
-            .await;
-    });
+    }
 }

@@ -13,6 +13,7 @@ use super::{DEV_ACCOUNT, DEV_KEY};
 use crate::store::{redact, StoreError};
 
 const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
+const DEV_BLOB_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
 
 /// How requests are authorized.
 pub(super) enum Auth {
@@ -38,12 +39,15 @@ pub(super) fn setup(detail: impl Into<String>) -> StoreError {
     StoreError::Setup(detail.into())
 }
 
-/// The storage account a service URL names: the first label of `<account>.queue.<suffix>`, or
+/// The storage account a service URL names: the first label of `<account>.queue.<suffix>` (or
+/// `.blob.`), or
 /// for a path-style URL (Azurite, an IP or `localhost`) its first path segment.
 pub(super) fn account_of(url: &Url) -> Option<String> {
     let host = url.host_str()?;
-    if let Some((account, _)) = host.split_once(".queue.") {
-        return Some(account.to_string()).filter(|a| !a.is_empty());
+    for label in [".queue.", ".blob."] {
+        if let Some((account, _)) = host.split_once(label) {
+            return Some(account.to_string()).filter(|a| !a.is_empty());
+        }
     }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let path_style = host == "localhost" || bare.parse::<std::net::IpAddr>().is_ok();
@@ -71,6 +75,48 @@ pub(super) fn parse_endpoint(url: &str, key: &str) -> Result<Url, StoreError> {
 }
 
 pub(super) fn parse_connection_string(cs: &str) -> Result<(Url, Auth), StoreError> {
+    parse_connection_string_for(cs, Service::Queue)?
+        .ok_or_else(|| setup("storage.connection_string: needs AccountName or QueueEndpoint"))
+}
+
+/// Which service of the account a connection string is read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Service {
+    /// The queue service (`QueueEndpoint`, `<account>.queue.<suffix>`, Azurite port 10001).
+    Queue,
+    /// The blob service (`BlobEndpoint`, `<account>.blob.<suffix>`, Azurite port 10000).
+    Blob,
+}
+
+impl Service {
+    fn endpoint_key(self) -> &'static str {
+        match self {
+            Self::Queue => "queueendpoint",
+            Self::Blob => "blobendpoint",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Blob => "blob",
+        }
+    }
+
+    fn dev_endpoint(self) -> &'static str {
+        match self {
+            Self::Queue => DEV_QUEUE_ENDPOINT,
+            Self::Blob => DEV_BLOB_ENDPOINT,
+        }
+    }
+}
+
+/// The endpoint and authorization a connection string gives for `service`; `Ok(None)` when it
+/// names neither that service's endpoint nor an account.
+pub(super) fn parse_connection_string_for(
+    cs: &str,
+    service: Service,
+) -> Result<Option<(Url, Auth)>, StoreError> {
     let mut fields = BTreeMap::new();
     for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| {
@@ -83,45 +129,46 @@ pub(super) fn parse_connection_string(cs: &str) -> Result<(Url, Auth), StoreErro
     }
     let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
     if get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        let endpoint = match get("developmentstorageproxyuri") {
-            Some(proxy) => format!("{}/{DEV_ACCOUNT}", proxy.trim_end_matches('/')),
-            None => DEV_QUEUE_ENDPOINT.to_string(),
+        let endpoint = match (get("developmentstorageproxyuri"), service) {
+            (Some(proxy), Service::Queue) => {
+                format!("{}/{DEV_ACCOUNT}", proxy.trim_end_matches('/'))
+            }
+            _ => service.dev_endpoint().to_string(),
         };
-        return Ok((
+        return Ok(Some((
             parse_endpoint(&endpoint, "storage.connection_string")?,
             Auth::Key {
                 account: DEV_ACCOUNT.into(),
                 key: decode_key(DEV_KEY)?,
             },
-        ));
+        )));
     }
     let account = get("accountname");
-    let endpoint = match (get("queueendpoint"), &account) {
+    let endpoint = match (get(service.endpoint_key()), &account) {
         (Some(e), _) => e,
         (None, Some(account)) => {
             let protocol = get("defaultendpointsprotocol").unwrap_or_else(|| "https".into());
             let suffix = get("endpointsuffix").unwrap_or_else(|| "core.windows.net".into());
-            format!("{protocol}://{account}.queue.{suffix}")
+            format!("{protocol}://{account}.{}.{suffix}", service.label())
         }
-        (None, None) => {
-            return Err(setup(
-                "storage.connection_string: needs AccountName or QueueEndpoint",
-            ))
-        }
+        (None, None) => return Ok(None),
     };
-    let mut url = parse_endpoint(&endpoint, "storage.connection_string QueueEndpoint")?;
+    let mut url = parse_endpoint(
+        &endpoint,
+        &format!("storage.connection_string {}", service.endpoint_key()),
+    )?;
     if let Some(sas) = get("sharedaccesssignature") {
         url.set_query(Some(sas.trim_start_matches('?')));
-        return Ok((url, Auth::Sas));
+        return Ok(Some((url, Auth::Sas)));
     }
     match (account, get("accountkey")) {
-        (Some(account), Some(key)) => Ok((
+        (Some(account), Some(key)) => Ok(Some((
             url,
             Auth::Key {
                 account,
                 key: decode_key(&key)?,
             },
-        )),
+        ))),
         _ => Err(setup(
             "storage.connection_string: needs AccountName and AccountKey, or SharedAccessSignature",
         )),

@@ -12,6 +12,7 @@
 //! we give up.
 //! `errors` says, for each failure, whether the service may have acted.
 
+pub mod blobs;
 mod connection;
 mod errors;
 mod policy;
@@ -40,6 +41,7 @@ use super::{
     redact, validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
     SentMessage, StoreError, UpdatedMessage,
 };
+pub use blobs::AzureBlobs;
 use connection::{account_of, parse_connection_string, parse_endpoint, setup, Auth};
 pub use policy::account_sas;
 use policy::{AccountSasPolicy, TokenPolicy, TryCutoff};
@@ -128,31 +130,7 @@ impl AzureStore {
         if endpoint.contains("sig=") {
             return Self::from_sas_url(endpoint);
         }
-        let credential: Arc<dyn TokenCredential> = match s.credential {
-            Some(CredentialKind::ManagedIdentity) => {
-                let options = azure_identity::ManagedIdentityCredentialOptions {
-                    user_assigned_id: s
-                        .managed_identity_client_id
-                        .clone()
-                        .map(azure_identity::UserAssignedId::ClientId),
-                    ..Default::default()
-                };
-                azure_identity::ManagedIdentityCredential::new(Some(options))
-                    .map_err(|e| setup(format!("managed identity: {e}")))?
-            }
-            Some(CredentialKind::WorkloadIdentity) => {
-                let options = azure_identity::WorkloadIdentityCredentialOptions {
-                    client_id: s.managed_identity_client_id.clone(),
-                    ..Default::default()
-                };
-                azure_identity::WorkloadIdentityCredential::new(Some(options))
-                    .map_err(|e| setup(format!("workload identity: {e}")))?
-            }
-            Some(CredentialKind::DeveloperTools) | None => {
-                azure_identity::DeveloperToolsCredential::new(None)
-                    .map_err(|e| setup(format!("developer tools credential: {e}")))?
-            }
-        };
+        let credential = entra_credential(s)?;
         Self::from_credential(endpoint, credential)
     }
 
@@ -213,6 +191,38 @@ impl AzureStore {
     pub fn account(&self) -> Option<&str> {
         self.account.as_deref()
     }
+}
+
+/// The Entra ID credential `storage.credential` names (developer tools when unset).
+pub(super) fn entra_credential(
+    s: &StorageSettings,
+) -> Result<Arc<dyn TokenCredential>, StoreError> {
+    let credential: Arc<dyn TokenCredential> = match s.credential {
+        Some(CredentialKind::ManagedIdentity) => {
+            let options = azure_identity::ManagedIdentityCredentialOptions {
+                user_assigned_id: s
+                    .managed_identity_client_id
+                    .clone()
+                    .map(azure_identity::UserAssignedId::ClientId),
+                ..Default::default()
+            };
+            azure_identity::ManagedIdentityCredential::new(Some(options))
+                .map_err(|e| setup(format!("managed identity: {e}")))?
+        }
+        Some(CredentialKind::WorkloadIdentity) => {
+            let options = azure_identity::WorkloadIdentityCredentialOptions {
+                client_id: s.managed_identity_client_id.clone(),
+                ..Default::default()
+            };
+            azure_identity::WorkloadIdentityCredential::new(Some(options))
+                .map_err(|e| setup(format!("workload identity: {e}")))?
+        }
+        Some(CredentialKind::DeveloperTools) | None => {
+            azure_identity::DeveloperToolsCredential::new(None)
+                .map_err(|e| setup(format!("developer tools credential: {e}")))?
+        }
+    };
+    Ok(credential)
 }
 
 fn is_loopback(url: &Url) -> bool {

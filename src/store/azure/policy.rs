@@ -40,6 +40,17 @@ pub fn account_sas(
 /// Signs an account SAS for the queue service (all queue permissions, service, container and
 /// object level) that expires at `expiry`. Returns the query string.
 pub(super) fn sign_account_sas(account: &str, key: &[u8], expiry: OffsetDateTime) -> String {
+    sign_account_sas_for(account, key, expiry, "q")
+}
+
+/// Signs an account SAS for the services `ss` (`q` queue, `b` blob), all permissions, service,
+/// container and object level, that expires at `expiry`. Returns the query string.
+pub(super) fn sign_account_sas_for(
+    account: &str,
+    key: &[u8],
+    expiry: OffsetDateTime,
+    ss: &str,
+) -> String {
     let se = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         expiry.year(),
@@ -49,7 +60,7 @@ pub(super) fn sign_account_sas(account: &str, key: &[u8], expiry: OffsetDateTime
         expiry.minute(),
         expiry.second()
     );
-    let (sp, ss, srt) = ("rwdlacup", "q", "sco");
+    let (sp, srt) = ("rwdlacup", "sco");
     // Nine fields for versions before 2020-12-06: account, permissions, services, resource
     // types, start, expiry, IP, protocol, version; each followed by a newline.
     let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n\n{SAS_VERSION}\n");
@@ -79,6 +90,8 @@ pub(super) struct TryCutoff(pub(super) std::time::Duration);
 pub(super) struct AccountSasPolicy {
     account: String,
     key: Vec<u8>,
+    /// The services signed for: `q` (queues) or `b` (blobs).
+    services: &'static str,
     cached: Mutex<Option<(OffsetDateTime, String)>>,
 }
 
@@ -90,9 +103,15 @@ impl fmt::Debug for AccountSasPolicy {
 
 impl AccountSasPolicy {
     pub(super) fn new(account: String, key: Vec<u8>) -> Self {
+        Self::for_services(account, key, "q")
+    }
+
+    /// A policy signing for the services `services` (`q` queues, `b` blobs).
+    pub(super) fn for_services(account: String, key: Vec<u8>, services: &'static str) -> Self {
         Self {
             account,
             key,
+            services,
             cached: Mutex::new(None),
         }
     }
@@ -104,7 +123,7 @@ impl AccountSasPolicy {
             Some((expiry, query)) if *expiry - now > SAS_RENEW_BEFORE => query.clone(),
             _ => {
                 let expiry = now + SAS_LIFETIME;
-                let query = sign_account_sas(&self.account, &self.key, expiry);
+                let query = sign_account_sas_for(&self.account, &self.key, expiry, self.services);
                 *cached = Some((expiry, query.clone()));
                 query
             }

@@ -1,0 +1,145 @@
+//! The `[bus]` keys of durable delivery, bounds and signing, each a type checked while parsing
+//! (kept apart from `settings.rs`, which holds the transport and identity keys).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::settings::Bounded;
+
+/// How long a fan-out event (unicast, multicast, role) waits for an addressed instance that is
+/// away, and how long a departed instance's place in the streams is kept: 1s..=7d.
+pub type Retention = Bounded<1_000, 604_800_000>;
+
+/// An integer between `MIN` and `MAX`, checked while parsing (the key is named by the loader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Count<const MIN: u64, const MAX: u64>(u64);
+
+impl<const MIN: u64, const MAX: u64> Count<MIN, MAX> {
+    /// `n`, when in range.
+    ///
+    /// # Errors
+    /// The range, when `n` is outside it.
+    pub fn new(n: u64) -> Result<Self, String> {
+        if (MIN..=MAX).contains(&n) {
+            Ok(Self(n))
+        } else {
+            Err(format!("{n}: must be {MIN}..={MAX}"))
+        }
+    }
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> TryFrom<u64> for Count<MIN, MAX> {
+    type Error = String;
+    fn try_from(n: u64) -> Result<Self, String> {
+        Self::new(n)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> From<Count<MIN, MAX>> for u64 {
+    fn from(c: Count<MIN, MAX>) -> u64 {
+        c.0
+    }
+}
+
+/// The largest envelope (its JSON, in bytes) the bus sends or accepts: 1 KiB..=64 MiB.
+pub type EnvelopeLimit = Count<1_024, 67_108_864>;
+/// Deliveries of a competing-consumer event before it moves to the poison stream: 1..=1000.
+pub type MaxDeliveries = Count<1, 1_000>;
+/// Entries a competing-consumer stream holds before publishing to it fails with
+/// [`super::BusError::Full`]: 1..=100,000,000.
+pub type MaxBacklog = Count<1, 100_000_000>;
+
+/// A shared key for signed envelopes (HMAC-SHA256): at least 32 characters. Never shown: `Debug`
+/// and `Serialize` write `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SigningKey(String);
+
+impl SigningKey {
+    /// `text` as a key.
+    ///
+    /// # Errors
+    /// When it is shorter than 32 characters (the message does not show it).
+    pub fn new(text: impl Into<String>) -> Result<Self, String> {
+        let text = text.into();
+        if text.chars().count() < 32 {
+            return Err(format!(
+                "a signing key of {} characters is too short: use at least 32 random characters \
+                 (e.g. `openssl rand -base64 32`)",
+                text.chars().count()
+            ));
+        }
+        Ok(Self(text))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl TryFrom<String> for SigningKey {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::new(text)
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+impl Serialize for SigningKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(crate::secret::REDACTED)
+    }
+}
+
+pub(super) fn default_retention() -> Retention {
+    Retention::new(Duration::from_secs(600)).expect("10 minutes is in range")
+}
+
+pub(super) fn default_envelope_limit() -> EnvelopeLimit {
+    EnvelopeLimit::new(1_048_576).expect("1 MiB is in range")
+}
+
+pub(super) fn default_max_deliveries() -> MaxDeliveries {
+    MaxDeliveries::new(5).expect("5 is in range")
+}
+
+pub(super) fn default_max_backlog() -> MaxBacklog {
+    MaxBacklog::new(1_000_000).expect("1,000,000 is in range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_keys_are_checked_while_parsing() {
+        assert_eq!(
+            serde_json::from_str::<MaxDeliveries>("0")
+                .unwrap_err()
+                .to_string(),
+            "0: must be 1..=1000"
+        );
+        assert_eq!(
+            serde_json::from_str::<EnvelopeLimit>("2048").unwrap().get(),
+            2048
+        );
+        let err = serde_json::from_str::<SigningKey>("\"short-secret\"").unwrap_err();
+        assert!(!err.to_string().contains("short-secret"), "{err}");
+        let key: SigningKey = serde_json::from_str("\"0123456789abcdef0123456789abcdef\"").unwrap();
+        assert!(!format!("{key:?}").contains("0123"));
+        assert_eq!(serde_json::to_string(&key).unwrap(), "\"<redacted>\"");
+    }
+}

@@ -1,0 +1,570 @@
+//! The bus's durable delivery on a real redis-server: fan-out events kept for an instance that
+//! restarts with the same id (exactly once each), competing events that always fail moved to the
+//! poison stream and requeued, 12,000 competing events waiting for a first consumer, a drained
+//! instance that takes nothing more, bounded envelopes, signed envelopes and presence, and
+//! request and reply across two processes.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{member, redis_url, settings};
+use ebbflow::bus::options::{MaxDeliveries, SigningKey};
+use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::{
+    Address, BusError, BusHandle, BusSettings, Envelope, Event, Filter, Presence, Received,
+    Request, Subscription,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Ping {
+    n: u32,
+}
+
+impl Event for Ping {
+    const KIND: &'static str = "test.ping";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Totals {
+    batch: u64,
+}
+
+impl Event for Totals {
+    const KIND: &'static str = "test.totals";
+}
+
+impl Request for Totals {
+    type Reply = u64;
+}
+
+fn base(prefix: &str, role: &str, claim: Duration) -> BusSettings {
+    settings(&redis_url(), prefix, role, claim)
+}
+
+async fn join(s: &BusSettings, id: &str) -> (BusHandle, Subscription<Ping>) {
+    let bus = BusHandle::new(Arc::new(
+        RedisBus::connect(s, member(id, s.role.as_str()))
+            .await
+            .unwrap(),
+    ));
+    let sub = bus.subscribe::<Ping>(Filter::new());
+    bus.start();
+    (bus, sub)
+}
+
+async fn client(s: &BusSettings, id: &str) -> BusHandle {
+    BusHandle::new(Arc::new(
+        RedisBus::connect_client(s, member(id, s.role.as_str()))
+            .await
+            .unwrap(),
+    ))
+}
+
+/// Everything that arrives within `quiet` of the previous one (after a first within 10 s).
+async fn drain(sub: &mut Subscription<Ping>, quiet: Duration) -> Vec<u32> {
+    let mut got = Vec::new();
+    let mut wait = Duration::from_secs(10);
+    while let Ok(Some(p)) = tokio::time::timeout(wait, sub.next()).await {
+        p.ack().await.unwrap();
+        got.push(p.body.n);
+        wait = quiet;
+    }
+    got
+}
+
+async fn redis_con() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// An instance stopped for 5 s and started again with the same id gets every multicast, role
+/// and unicast event sent meanwhile, each exactly once (a publish retried with the same event id
+/// included), and nothing it had already received.
+#[tokio::test]
+async fn an_instance_restarted_with_its_id_gets_every_event_sent_while_away_exactly_once() {
+    let prefix = common::unique("durable");
+    let claim = Duration::from_secs(30);
+    let p = base(&prefix, "processor", claim);
+    let c = base(&prefix, "controller", claim);
+    let sender = client(&c, "c").await;
+    let (p1, mut sub) = join(&p, "p1").await;
+    sender.publish(&Ping { n: 1 }, Address::All).await.unwrap();
+    assert_eq!(drain(&mut sub, Duration::from_millis(500)).await, vec![1]);
+    p1.close().await;
+    drop((p1, sub));
+    let mut sent = Vec::new();
+    for n in 10..20 {
+        let to = match n % 3 {
+            0 => Address::All,
+            1 => Address::role("processor"),
+            _ => Address::instance("p1"),
+        };
+        sender.publish(&Ping { n }, to).await.unwrap();
+        sent.push(n);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A publish retried after an answer was lost: the same envelope twice.
+    let twice = Envelope::new(
+        Ping::KIND,
+        sender.member(),
+        Address::All,
+        serde_json::json!({"n": 20}),
+    );
+    sender.transport().send(&twice).await.unwrap();
+    sender.transport().send(&twice).await.unwrap();
+    sent.push(20);
+    // Not for it: another role, another instance, sent at most once while it was away.
+    sender
+        .publish(&Ping { n: 99 }, Address::role("controller"))
+        .await
+        .unwrap();
+    sender
+        .publish(&Ping { n: 98 }, Address::instance("p2"))
+        .await
+        .unwrap();
+    sender
+        .publish_at_most_once(&Ping { n: 97 }, Address::All)
+        .await
+        .unwrap();
+    let (p1, mut sub) = join(&p, "p1").await;
+    let mut got = drain(&mut sub, Duration::from_secs(2)).await;
+    got.sort_unstable();
+    assert_eq!(got, sent, "every event sent while away, each once");
+    // And live delivery goes on.
+    sender
+        .publish(&Ping { n: 21 }, Address::role("processor"))
+        .await
+        .unwrap();
+    assert_eq!(drain(&mut sub, Duration::from_millis(500)).await, vec![21]);
+    assert!(p1.transport().counters().duplicates >= 1);
+    p1.close().await;
+}
+
+/// A competing event whose handler always fails is delivered `bus.max_deliveries` times, then
+/// lands in the poison stream with the handler's error; requeued, it is delivered again.
+#[tokio::test]
+async fn a_competing_event_that_always_fails_lands_in_the_poison_stream() {
+    let prefix = common::unique("poison");
+    let mut p = base(&prefix, "processor", Duration::from_millis(300));
+    p.max_deliveries = MaxDeliveries::new(3).unwrap();
+    let bus = BusHandle::new(Arc::new(
+        RedisBus::connect(&p, member("p1", "processor"))
+            .await
+            .unwrap(),
+    ));
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let _observer = bus.observe(Filter::new(), move |e: Received<Ping>| {
+        let r = r.clone();
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            Err(format!("cannot handle ping {}", e.body.n).into())
+        }
+    });
+    bus.start();
+    bus.publish(&Ping { n: 7 }, Address::one_of("processor"))
+        .await
+        .unwrap();
+    let transport = bus.transport();
+    common::wait_for_async("the event is poisoned", Duration::from_secs(20), || {
+        let t = transport.clone();
+        async move { !t.poison_list(10).await.unwrap().is_empty() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "delivered max_deliveries times"
+    );
+    let list = transport.poison_list(10).await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let entry = &list[0];
+    assert_eq!(entry.deliveries, 3);
+    assert!(entry.reason.contains("cannot handle ping 7"), "{entry:?}");
+    assert!(entry.stream.ends_with(":group:processor"), "{entry:?}");
+    assert_eq!(transport.poison_show(&entry.id).await.unwrap(), *entry);
+    assert!(matches!(
+        transport.poison_show("1-1").await,
+        Err(BusError::NotFound(_))
+    ));
+    // Requeued from another process (the CLI's client connection).
+    let admin = client(&p, "cli").await;
+    admin.transport().poison_requeue(&entry.id).await.unwrap();
+    common::wait_for(
+        "the requeued event is delivered again",
+        Duration::from_secs(10),
+        || runs.load(Ordering::SeqCst) >= 4,
+    )
+    .await;
+    common::wait_for_async("poisoned again", Duration::from_secs(20), || {
+        let t = transport.clone();
+        async move { t.poison_list(10).await.unwrap().len() == 1 }
+    })
+    .await;
+    assert_eq!(transport.counters().poisoned, 2);
+    bus.close().await;
+}
+
+/// 12,000 events to one instance of a role while none runs: every one reaches the first that
+/// starts (the stream is bounded by `bus.max_backlog`, an error to the publisher, not trimmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_thousand_competing_events_with_no_consumer_all_arrive() {
+    let prefix = common::unique("backlog");
+    let claim = Duration::from_secs(30);
+    let sender = client(&base(&prefix, "controller", claim), "c").await;
+    for n in 0..12_000 {
+        sender
+            .publish(&Ping { n }, Address::one_of("processor"))
+            .await
+            .unwrap();
+    }
+    let (p1, mut sub) = join(&base(&prefix, "processor", claim), "p1").await;
+    let mut got = drain(&mut sub, Duration::from_secs(3)).await;
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), 12_000);
+    p1.close().await;
+}
+
+/// A competing stream holds at most `bus.max_backlog` entries: beyond, publishing fails.
+#[tokio::test]
+async fn a_full_competing_stream_refuses_the_publisher() {
+    let prefix = common::unique("full");
+    let mut s = base(&prefix, "controller", Duration::from_secs(30));
+    s.max_backlog = ebbflow::bus::options::MaxBacklog::new(3).unwrap();
+    let sender = client(&s, "c").await;
+    for n in 0..3 {
+        sender
+            .publish(&Ping { n }, Address::one_of("processor"))
+            .await
+            .unwrap();
+    }
+    let err = sender
+        .publish(&Ping { n: 3 }, Address::one_of("processor"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Full { limit: 3, .. }), "{err}");
+    assert!(err.to_string().contains("bus.max_backlog"), "{err}");
+}
+
+/// An instance that drained takes nothing published after it stopped: the other instance of
+/// the role gets it at once, not after the claim timeout.
+#[tokio::test]
+async fn a_drained_instance_takes_no_event_published_after_it_stopped() {
+    let prefix = common::unique("drained");
+    let claim = Duration::from_secs(30);
+    let p = base(&prefix, "processor", claim);
+    let (a, _sa) = join(&p, "a").await;
+    let (_b, mut sb) = join(&p, "b").await;
+    a.close().await;
+    let sender = client(&base(&prefix, "controller", claim), "c").await;
+    for n in 0..5 {
+        sender
+            .publish(&Ping { n }, Address::one_of("processor"))
+            .await
+            .unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let p = sb.next().await.unwrap();
+            p.ack().await.unwrap();
+            got.push(p.body.n);
+        }
+        got
+    })
+    .await
+    .expect("b gets every event well within the claim timeout");
+    assert_eq!(got.len(), 5);
+}
+
+/// Envelopes over `bus.max_envelope_size` are refused on publish; one written to a stream by
+/// anything else is moved to the poison stream unread, and the reader goes on.
+#[tokio::test]
+async fn an_oversized_envelope_costs_a_poison_entry_and_nothing_else() {
+    let prefix = common::unique("oversized");
+    let mut p = base(&prefix, "processor", Duration::from_secs(30));
+    p.max_envelope_size = ebbflow::bus::options::EnvelopeLimit::new(64 * 1024).unwrap();
+    let (bus, mut sub) = join(&p, "p1").await;
+    let big = "x".repeat(100 * 1024);
+    #[derive(Serialize, Deserialize)]
+    struct Big {
+        text: String,
+    }
+    impl Event for Big {
+        const KIND: &'static str = "test.big";
+    }
+    let err = bus
+        .publish(&Big { text: big.clone() }, Address::one_of("processor"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::TooLarge { .. }), "{err}");
+    // Written by something else: 4 MiB on the competing stream and on the fan-out stream.
+    let huge = "y".repeat(4 * 1024 * 1024);
+    let mut con = redis_con().await;
+    for key in ["group:processor", "fan:all"] {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{prefix}:{key}"))
+            .arg("*")
+            .arg("envelope")
+            .arg(&huge)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    bus.publish(&Ping { n: 1 }, Address::one_of("processor"))
+        .await
+        .unwrap();
+    bus.publish_cc(&Ping { n: 2 }, Address::All).await.unwrap();
+    let mut got = drain(&mut sub, Duration::from_secs(1)).await;
+    got.sort_unstable();
+    assert_eq!(got, vec![1, 2]);
+    let poison = bus.transport().poison_list(10).await.unwrap();
+    assert_eq!(poison.len(), 2, "{poison:?}");
+    for entry in &poison {
+        assert!(entry.reason.contains("bus.max_envelope_size"), "{entry:?}");
+        assert!(entry.envelope.is_none(), "not kept");
+        assert!(entry.size >= 4 * 1024 * 1024);
+    }
+    assert!(bus.transport().poison_requeue(&poison[0].id).await.is_err());
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{prefix}:group:processor"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "acknowledged and deleted: never reclaimed");
+    bus.close().await;
+}
+
+fn signed(prefix: &str, key: &str, previous: Option<&str>) -> BusSettings {
+    let mut s = base(prefix, "processor", Duration::from_secs(30));
+    s.signing_key = Some(SigningKey::new(key).unwrap());
+    s.signing_previous_key = previous.map(|k| SigningKey::new(k).unwrap());
+    s
+}
+
+/// With signing on, envelopes and presence records that are unsigned or signed with an unknown
+/// key are refused and counted; an instance still on the previous key is accepted.
+#[tokio::test]
+async fn forged_envelopes_and_presence_are_refused_with_signing_on() {
+    let prefix = common::unique("signed");
+    let (old, new) = ("o".repeat(32), "n".repeat(32));
+    let s = signed(&prefix, &new, Some(&old));
+    let (bus, mut sub) = join(&s, "p1").await;
+    let rolling = client(&signed(&prefix, &old, None), "old-key").await;
+    rolling.publish(&Ping { n: 1 }, Address::All).await.unwrap();
+    let mut con = redis_con().await;
+    let forged = r#"{"id":"f1","type":"test.ping","from":"boss","role":"controller","to":{"mode":"all"},"sent_at_ms":1,"body":{"n":666}}"#;
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:fan:all"))
+        .arg("*")
+        .arg("envelope")
+        .arg(forged)
+        .arg("sig")
+        .arg("AAAA")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:group:processor"))
+        .arg("*")
+        .arg("envelope")
+        .arg(forged)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}:all"))
+        .arg(forged)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    rolling
+        .publish(&Ping { n: 2 }, Address::one_of("processor"))
+        .await
+        .unwrap();
+    let mut got = drain(&mut sub, Duration::from_secs(1)).await;
+    got.sort_unstable();
+    assert_eq!(got, vec![1, 2], "only the signed events");
+    assert!(bus.transport().counters().refused >= 3);
+    // Presence: a real pulse and a forged record.
+    let me = Presence {
+        instance: "p1".into(),
+        role: "processor".into(),
+        queues: vec![],
+        active_tasks: 0,
+        in_flight: 0,
+        handled: 0,
+        receive_calls: 0,
+        started_at_ms: ebbflow::bus::now_ms(),
+        pulse_at_ms: ebbflow::bus::now_ms(),
+    };
+    bus.transport()
+        .pulse(&me, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut fake = me.clone();
+    fake.instance = "ghost".into();
+    fake.queues = vec!["made-up".into()];
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:presence:ghost"))
+        .arg(serde_json::to_string(&fake).unwrap())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{prefix}:instances"))
+        .arg(ebbflow::bus::now_ms() + 60_000)
+        .arg("ghost")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let listed: Vec<String> = bus
+        .transport()
+        .instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.instance)
+        .collect();
+    assert_eq!(listed, vec!["p1".to_string()]);
+    // Without the key, the same reader would have listed the ghost: signing is what refused it.
+    let unsigned = client(&base(&prefix, "processor", Duration::from_secs(30)), "x").await;
+    assert_eq!(unsigned.transport().instances().await.unwrap().len(), 2);
+    bus.close().await;
+}
+
+/// The responder of [`request_and_reply_across_two_processes`], run as a child process of the
+/// test binary.
+#[tokio::test]
+#[ignore = "run by request_and_reply_across_two_processes as its second process"]
+async fn responder_process() {
+    let Ok(prefix) = std::env::var("EBBFLOW_TEST_RESPONDER_PREFIX") else {
+        return;
+    };
+    let s = base(&prefix, "controller", Duration::from_secs(5));
+    let bus = BusHandle::new(Arc::new(
+        RedisBus::connect(&s, member("responder-1", "controller"))
+            .await
+            .unwrap(),
+    ));
+    let _responder = bus.respond(Filter::new(), |r: Received<Totals>| async move {
+        match r.body.batch {
+            0 => Err("batch 0 does not exist".into()),
+            1 => {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                Ok(100)
+            }
+            b => Ok(b * 100),
+        }
+    });
+    let mut stop = bus.subscribe::<Ping>(Filter::new());
+    bus.start();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stop.next()).await;
+    bus.close().await;
+}
+
+/// Request and reply between two processes: to one of a role and to an instance, a responder's
+/// error, a timeout with no responder, and a reply that arrives after its requester gave up
+/// (dropped; the next request gets its own answer).
+#[tokio::test]
+async fn request_and_reply_across_two_processes() {
+    let prefix = common::unique("request");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "durable::responder_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("EBBFLOW_TEST_RESPONDER_PREFIX", &prefix)
+        .env("EBBFLOW_REDIS_URL", redis_url())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = base(&prefix, "processor", Duration::from_secs(5));
+    let (bus, _sub) = join(&s, "asker").await;
+    let short = Duration::from_millis(500);
+    // Until the child is up: its group on the role stream exists once it connected.
+    let mut first = None;
+    for _ in 0..60 {
+        match bus
+            .request(
+                &Totals { batch: 7 },
+                Address::instance("responder-1"),
+                short,
+            )
+            .await
+        {
+            Ok(v) => {
+                first = Some(v);
+                break;
+            }
+            Err(BusError::Timeout { .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(first, Some(700), "the child answered");
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        bus.request(&Totals { batch: 3 }, Address::one_of("controller"), wait)
+            .await
+            .unwrap(),
+        300
+    );
+    let err = bus
+        .request(&Totals { batch: 0 }, Address::one_of("controller"), wait)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BusError::Remote { from, error, .. } if from == "responder-1" && error.contains("batch 0")),
+        "{err}"
+    );
+    let err = bus
+        .request(&Totals { batch: 3 }, Address::one_of("nobody"), short)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Timeout { .. }), "{err}");
+    // The responder takes 1.5 s for batch 1: the requester gives up first.
+    let err = bus
+        .request(&Totals { batch: 1 }, Address::one_of("controller"), short)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Timeout { .. }), "{err}");
+    assert_eq!(
+        bus.request(&Totals { batch: 4 }, Address::role("controller"), wait)
+            .await
+            .unwrap(),
+        400,
+        "the late reply to batch 1 is not taken for this one"
+    );
+    // A reply to an instance that went away: the requester closes before the answer.
+    let (gone, _gs) = join(&s, "gone").await;
+    let ask = gone.request(&Totals { batch: 1 }, Address::one_of("controller"), wait);
+    let _ = tokio::time::timeout(Duration::from_millis(200), ask).await;
+    gone.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        bus.request(&Totals { batch: 5 }, Address::one_of("controller"), wait)
+            .await
+            .unwrap(),
+        500,
+        "the responder went on"
+    );
+    bus.publish(&Ping { n: 0 }, Address::instance("responder-1"))
+        .await
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap();
+    assert!(status.unwrap().success());
+    bus.close().await;
+}
