@@ -1,12 +1,14 @@
 //! Message encodings: how a payload's bytes are written as queue message text; [`claim`]: the
-//! claim-check reference format and payload compression; and [`trace`]: the W3C trace-context
-//! format carried in messages, claim-check references and bus events.
+//! claim-check reference format and payload compression; [`trace`]: the W3C trace-context
+//! format carried in messages, claim-check references and bus events; and [`spans`]: the spans
+//! of a message's way, after the OpenTelemetry messaging conventions.
 
 pub mod claim;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+pub mod spans;
 pub mod trace;
 
 pub use trace::TraceContext;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ebbflow::{Context, Handler, HandlerError, Json, Worker};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, Instrument};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Order {
@@ -32,7 +32,10 @@ impl Handler for Orders {
     type Message = Json<Order>;
 
     async fn handle(&self, Json(order): Json<Order>, ctx: Context) -> Result<(), HandlerError> {
-        tokio::time::sleep(self.work).await;
+        // The handler's own span: with traces exported it nests under `process orders`, and
+        // with `trace_context` on the queue, under the producer's `send orders` too.
+        let charge = tracing::info_span!("charge order", order = order.id);
+        tokio::time::sleep(self.work).instrument(charge).await;
         if order.amount_cents == 0 {
             return Err(HandlerError::poison(format!(
                 "order {} has no amount",

@@ -435,7 +435,7 @@ pub struct TransportCounters {
     pub duplicates: u64,
 }
 
-/// What the bus metrics show (see the README's Metrics).
+/// What the bus metrics show (see the book's Operating chapter, docs/src/operating.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BusFigures {
     /// 1 while connected.

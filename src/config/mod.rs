@@ -37,7 +37,9 @@ pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings}
 pub use crate::trigger::{
     HttpTriggerSettings, MaxBodyBytes, MaxConcurrentRequests, TriggerSettings,
 };
-pub use observability::{LogFormat, LogSettings, MetricsToken, ObservabilitySettings};
+pub use observability::{
+    LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesProtocol, TracesSettings,
+};
 pub use queue::{
     BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, QueueSettings, Shards,
 };

@@ -19,6 +19,58 @@ pub struct ObservabilitySettings {
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (the probes never do):
     /// 16+ printable ASCII characters, compared in constant time.
     pub metrics_token: Option<MetricsToken>,
+    /// OpenTelemetry traces (`[observability.traces]`): off unless an endpoint is set here or
+    /// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub traces: TracesSettings,
+}
+
+/// The `[observability.traces]` settings. The standard environment variables win over them:
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME`
+/// and `OTEL_RESOURCE_ATTRIBUTES` (read by the SDK), plus `OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` as the exporter reads them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesSettings {
+    /// The collector's base URL, e.g. `"http://otel-collector:4318"` (HTTP; `/v1/traces` is
+    /// added) or `"http://otel-collector:4317"` (gRPC). Setting it turns traces on.
+    pub endpoint: Option<String>,
+    /// `"http/protobuf"` (default), `"http/json"` or `"grpc"` (needs the `otel-grpc` feature).
+    pub protocol: Option<TracesProtocol>,
+    /// `service.name` of the spans; default `OTEL_SERVICE_NAME`, else the binary's name.
+    pub service_name: Option<String>,
+    /// Which spans are exported, in `RUST_LOG` syntax; default `"info"` (ebbflow's spans and
+    /// handlers' info spans). Apart from the log filter, so quiet logs still give full traces.
+    pub filter: Option<String>,
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TracesProtocol {
+    /// OTLP over HTTP, protobuf bodies (the OpenTelemetry default).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP over HTTP, JSON bodies.
+    #[serde(rename = "http/json")]
+    HttpJson,
+    /// OTLP over gRPC (the `otel-grpc` cargo feature).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl std::str::FromStr for TracesProtocol {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => Ok(Self::HttpJson),
+            "grpc" => Ok(Self::Grpc),
+            _ => Err(InvalidValue::new(
+                format!("{s:?}"),
+                "must be \"http/protobuf\", \"http/json\" or \"grpc\"",
+            )),
+        }
+    }
 }
 
 /// A bearer token for `/metrics`: at least 16 characters, printable ASCII without spaces (what

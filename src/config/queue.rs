@@ -73,6 +73,11 @@ pub struct QueueSettings {
     pub shards: Shards,
     /// How work-detected events of this queue travel on the bus (`[queues.<name>.bus]`).
     pub bus: crate::bus::QueueBusSettings,
+    /// Whether this queue's producers put the sending span's W3C trace context in front of
+    /// each message (the envelope of `codec::trace`), so a consumer's `process` span continues
+    /// the producer's trace. Consumers always accept messages with or without it. Default off:
+    /// other consumers of the queue would see the envelope as part of the text.
+    pub trace_context: bool,
 }
 
 /// Messages asked for per receive (`batch_size`), 1..=32 (the service's most).
@@ -156,6 +161,7 @@ impl Default for QueueSettings {
             heartbeat: HeartbeatSettings::default(),
             shards: Shards::default(),
             bus: crate::bus::QueueBusSettings::default(),
+            trace_context: false,
         }
     }
 }

@@ -13,6 +13,7 @@ pub struct Publisher {
     encoding: crate::codec::Encoding,
     hub: Option<crate::trigger::Hub>,
     announcer: Option<crate::bus::Announcer>,
+    trace_context: bool,
 }
 
 /// Why a publish failed.
@@ -48,7 +49,17 @@ impl Publisher {
             encoding,
             hub: None,
             announcer: None,
+            trace_context: false,
         }
+    }
+
+    /// Put the `send` span's W3C trace context in front of each message (the envelope of
+    /// [`crate::codec::trace`]; a queue's `trace_context` setting), so the consumer's `process`
+    /// span continues this trace. Only while traces are exported; otherwise messages go as
+    /// they are.
+    pub fn with_trace_context(mut self, on: bool) -> Self {
+        self.trace_context = on;
+        self
     }
 
     /// Announce each send on the bus (see [`crate::bus::Announcer`]).
@@ -83,7 +94,17 @@ impl Publisher {
                 queue: self.queue().to_string(),
                 detail: e.to_string(),
             })?;
-        let id = self.queue.send(&text, options).await?.id;
+        let span = crate::codec::spans::send_span(self.queue());
+        let text = if self.trace_context {
+            crate::codec::spans::inject(&span, text)
+        } else {
+            text
+        };
+        let sent = self.queue.send(&text, options);
+        let id = tracing::Instrument::instrument(sent, span.clone())
+            .await?
+            .id;
+        span.record("messaging.message.id", id.as_str());
         if options.initial_delay.is_zero() {
             self.wake().await;
         } else {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::poison::{PoisonEnvelope, PoisonReason, PoisonText};
 use super::stats::{bump, ListenerStats};
@@ -43,6 +43,16 @@ pub(crate) enum Settle {
 }
 
 impl Settle {
+    /// The action's name, for the `settle` span's `messaging.operation.name`.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Settle::Delete => "delete",
+            Settle::Retry(..) => "retry",
+            Settle::Release(..) => "release",
+            Settle::Poison(..) => "poison",
+        }
+    }
+
     /// The rule. `interrupted`: the worker was stopping when the handler ended, so a failure
     /// is taken for the interruption it probably is (released, never poisoned or counted).
     pub(crate) fn decide(
@@ -119,6 +129,18 @@ impl Settler<'_> {
     /// ends (as far as its lease knows); a failed delete is retried until then, since until
     /// then nobody else can receive it and a late delete still spares a duplicate run.
     pub(super) async fn apply(
+        &self,
+        message: &ReceivedMessage,
+        action: Settle,
+        lease_ends: Instant,
+    ) -> Option<Duration> {
+        let span = crate::codec::spans::settle_span(&self.io.name, &message.id, action.name());
+        self.carry_out(message, action, lease_ends)
+            .instrument(span)
+            .await
+    }
+
+    async fn carry_out(
         &self,
         message: &ReceivedMessage,
         action: Settle,

@@ -142,7 +142,7 @@ pub struct QueueSnapshot {
     /// Batch handler calls (batch queues only; their sizes are in [`Histograms::batch_size`]).
     pub batches: u64,
     /// The last probed depth, if any: messages waiting, this replica's in-flight messages not
-    /// counted (see the README's Scaling section for what it can know of other replicas').
+    /// counted (see docs/src/scaling.md for what it can know of other replicas').
     pub depth: Option<u64>,
     /// Each running task's empty receives in a row.
     pub idle_streaks: Vec<u32>,

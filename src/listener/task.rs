@@ -180,7 +180,16 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         // The receive is not raced against `stop`: a receive that completed on the service
         // but was dropped here would leave its messages invisible for the whole timeout.
         bump(&stats.receive_calls);
-        let received = io.queue.receive(asked, settings.visibility_timeout).await;
+        let receive_span = crate::codec::spans::receive_span(&io.name);
+        let received = io
+            .queue
+            .receive(asked, settings.visibility_timeout)
+            .instrument(receive_span.clone())
+            .await;
+        if let Ok(batch) = &received {
+            crate::codec::spans::received(&receive_span, batch.len());
+        }
+        drop(receive_span);
         let batch = match received {
             Ok(batch) if batch.is_empty() => {
                 drop((held, ahead));
@@ -264,8 +273,14 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 Some(slot) => Start::Slot(slot),
                 None => Start::Ahead(ahead.split_one().expect("a slot or a ticket per message")),
             };
-            let span = tracing::info_span!("message", queue = %io.name, message_id = %message.id,
-                                           dequeue_count = message.dequeue_count);
+            let mut message = message;
+            let span = crate::codec::spans::process_span(
+                &io.name,
+                &message.id,
+                message.dequeue_count,
+                &mut message.text,
+                settings.trace_context,
+            );
             shared
                 .control
                 .life

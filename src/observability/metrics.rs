@@ -205,7 +205,7 @@ const HISTOGRAMS: [(&str, &str, ReadHistogram); 4] = [
     ),
 ];
 
-/// Unknown outcomes (see the README's "Unknown outcomes"): name without `_total`, help.
+/// Unknown outcomes (see "Unknown outcomes" in docs/src/message-life.md): name without `_total`, help.
 type ReadOutcome = fn(&UnknownOutcomes) -> u64;
 const OUTCOMES: [(&str, &str, ReadOutcome); 4] = [
     (

@@ -137,7 +137,10 @@ impl QueueLayer for Metering {
         call: impl Future<Output = Result<T, StoreError>> + Send,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = call.await;
+        // A client span per store call, under the span that made it (send, receive, process,
+        // settle); none at all while traces are off.
+        let span = crate::codec::spans::store_span(queue, operation.as_str());
+        let result = tracing::Instrument::instrument(call, span).await;
         let labels = vec![
             ("queue", queue.to_string()),
             ("op", operation.as_str().to_string()),

@@ -314,7 +314,7 @@ impl StoreError {
 
 /// Calls on one queue whose outcome nobody knows, by what they may have done. Only the
 /// retrying layer ([`retrying::RetryingStore`]) sees tries go unanswered, so only it counts;
-/// the README's "Unknown outcomes" section says what each means for a message.
+/// "Unknown outcomes" in docs/src/message-life.md says what each means for a message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnknownOutcomes {
     /// Receive tries that went unanswered. Messages such a try took stay hidden for one

@@ -377,8 +377,9 @@ impl Worker {
                 })?;
             }
             let link = wiring.link(name, queue_settings);
-            let mut publisher =
-                Publisher::new(queue.clone(), queue_settings.encoding).with_hub(hub.clone());
+            let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
+                .with_hub(hub.clone())
+                .with_trace_context(queue_settings.trace_context);
             if let Some(announcer) = wiring.announcer(name) {
                 publisher = publisher.with_announcer(announcer);
             }
@@ -592,8 +593,8 @@ impl RunningWorker {
         self.shutdown().await
     }
 
-    /// Per queue, the calls whose outcome is unknown so far (see the README's "Unknown
-    /// outcomes"): zero on the embedded backend.
+    /// Per queue, the calls whose outcome is unknown so far (see "Unknown
+    /// outcomes" in docs/src/message-life.md): zero on the embedded backend.
     pub fn unknown_outcomes(&self) -> Vec<(String, UnknownOutcomes)> {
         self.listeners
             .iter()
@@ -659,6 +660,8 @@ impl RunningWorker {
             }
             None => info!(clean, "worker stopped"),
         }
+        // The exporter sends in batches: the last ones go now, before the process exits.
+        crate::observability::traces::flush();
         DrainReport {
             clean,
             queues,

@@ -30,8 +30,13 @@ pub struct Hooks {
     pub receives: AtomicU32,
     /// Messages the receives asked for, in order.
     pub asked: Mutex<Vec<u8>>,
+    /// When each message id was first received (tokio's clock).
+    pub received_at: Mutex<std::collections::BTreeMap<String, tokio::time::Instant>>,
     /// Called after each receive.
     pub after_receive: Mutex<Option<AfterReceive>>,
+    /// While set, a receive that came back from the store (and ran `after_receive`) waits for
+    /// a permit of this semaphore before it returns: a receive that lands at a chosen moment.
+    pub receive_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Puts `hooks` on every queue of a store.
@@ -82,8 +87,19 @@ impl QueueLayer for Hooked {
             panic!("injected panic in receive {n}");
         }
         let got = inner.receive(max, visibility).await?;
+        {
+            let now = tokio::time::Instant::now();
+            let mut at = hooks.received_at.lock().unwrap();
+            for m in &got {
+                at.entry(m.id.clone()).or_insert(now);
+            }
+        }
         if let Some(hook) = hooks.after_receive.lock().unwrap().as_ref() {
             hook(n, got.len());
+        }
+        let gate = hooks.receive_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
         }
         Ok(got)
     }

@@ -11,6 +11,7 @@ mod common;
 mod calls;
 mod dockerfile;
 mod fuzz;
+mod guarantees;
 mod handler_api;
 mod ops;
 mod restarts;

@@ -1,5 +1,5 @@
 //! `ebbflow deploy keda|container-apps`: print the manifests that scale replicas of the worker on
-//! the configured queues (see `ebbflow_cli::deploy` and the README's "Deploying").
+//! the configured queues (see `ebbflow_cli::deploy` and docs/src/deploying.md).
 
 use std::path::PathBuf;
 

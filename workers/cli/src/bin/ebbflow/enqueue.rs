@@ -69,7 +69,8 @@ impl Args {
         }
         let payload = self.payload()?;
         let settings = ctx.settings()?;
-        let encoding = configured(&settings, &self.queue)?.encoding;
+        let queue_settings = configured(&settings, &self.queue)?;
+        let (encoding, trace_context) = (queue_settings.encoding, queue_settings.trace_context);
         let text = self.encode(&payload, encoding)?;
         let store = ctx.store(&settings)?;
         let queue = store.queue(&self.queue)?;
@@ -96,8 +97,24 @@ impl Args {
                 senders.spawn(async move {
                     let mut ids = Vec::new();
                     while next.fetch_add(1, Ordering::Relaxed) < count {
-                        match queue.send(&text, options).await {
-                            Ok(message) => ids.push(message.id),
+                        // A `send <queue>` span per message when traces are exported (the
+                        // OTEL_EXPORTER_OTLP_* variables), its context in the message on a
+                        // queue with trace_context.
+                        let span = ebbflow::codec::spans::send_span(queue.name());
+                        let text = if trace_context {
+                            ebbflow::codec::spans::inject(&span, text.to_string())
+                        } else {
+                            text.to_string()
+                        };
+                        let send = tracing::Instrument::instrument(
+                            queue.send(&text, options),
+                            span.clone(),
+                        );
+                        match send.await {
+                            Ok(message) => {
+                                span.record("messaging.message.id", message.id.as_str());
+                                ids.push(message.id)
+                            }
                             Err(e) => {
                                 next.store(count, Ordering::Relaxed);
                                 return (ids, Some(e));

@@ -110,7 +110,10 @@ fn main() -> ExitCode {
     // Usage errors exit 2, `--help` and `--version` 0 (clap's codes).
     let cli = Cli::parse();
     let ctx = Context::new(cli.config);
-    match init_logs(&ctx).and_then(|()| cli.command.run(&ctx)) {
+    let ran = init_logs(&ctx).and_then(|()| cli.command.run(&ctx));
+    // Spans still buffered for the trace exporter (`enqueue`'s sends) go before the exit.
+    ebbflow::observability::traces::flush();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             use std::io::Write;
@@ -133,6 +136,10 @@ fn init_logs(ctx: &Context) -> Result<(), CliError> {
     use ebbflow::observability::logging;
     let configured = ctx.settings().map(|s| s.log.format).unwrap_or_default();
     let format = logging::format_from_env(configured).map_err(CliError::usage)?;
-    logging::init(format, "warn");
+    let traces = ctx
+        .settings()
+        .map(|s| s.observability.traces.clone())
+        .unwrap_or_default();
+    logging::init_with_traces(format, "warn", &traces).map_err(CliError::usage)?;
     Ok(())
 }

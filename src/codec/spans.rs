@@ -1,0 +1,235 @@
+//! The spans a message's way makes, after the OpenTelemetry messaging conventions. They are
+//! built here, at the bottom, so every room can make them (the producer, the store's metering
+//! layer, the listener, the bus); the exporter that gives them to OpenTelemetry is installed
+//! from above (`observability::traces`) through [`install`].
+//!
+//! While nothing is installed (traces off, the default) each function costs one atomic load:
+//! the `process` span is the plain `message` log span it always was, the others are
+//! [`Span::none`].
+//!
+//! | span (`otel.name`) | kind | made by |
+//! |---|---|---|
+//! | `send <queue>` | producer | [`send_span`]: `Publisher` sends, `ebbflow enqueue`; a child of the caller's span |
+//! | `receive <queue>` | client | [`receive_span`]: one per receive call of a dequeue task (a root) |
+//! | `process <queue>` | consumer | [`process_span`]: one per message, around decode, handler and settle; a child of the producer's `send` when the message carries its trace context, else a root |
+//! | `settle <queue>` | client | [`settle_span`]: delete, retry, release or poison of one message |
+//! | `store.<op> <queue>` | client | every store call (the metering layer), under the span that made it |
+//!
+//! Attributes: `messaging.system` = [`SYSTEM`], `messaging.operation.type`,
+//! `messaging.operation.name`, `messaging.destination.name` (the queue as configured),
+//! `messaging.message.id`, `messaging.batch.message_count` (receive),
+//! `messaging.azure.storage_queue.dequeue_count` (process).
+
+use std::sync::OnceLock;
+
+use tracing::Span;
+
+use super::TraceContext;
+
+/// The `messaging.system` value of ebbflow's spans: the OpenTelemetry conventions name none
+/// for Azure Storage Queues (they have `servicebus` and `eventhubs`), so ebbflow uses this.
+pub const SYSTEM: &str = "azure_storage_queue";
+
+/// What an installed exporter does with spans, beyond what `tracing` carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Exporter {
+    /// Reads a span's trace context (for sending it along).
+    pub context_of: fn(&Span) -> Option<TraceContext>,
+    /// Makes a span continue a remote trace (before the span is first entered).
+    pub set_parent: fn(&Span, &TraceContext),
+    /// Sets one attribute on a span.
+    pub set_attribute: fn(&Span, &'static str, Attr),
+}
+
+/// One span attribute's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attr {
+    /// A string.
+    Text(String),
+    /// An integer.
+    Int(i64),
+}
+
+static EXPORTER: OnceLock<Exporter> = OnceLock::new();
+
+/// Installs the exporter's functions (once per process; a second call is ignored and returns
+/// `false`). From then on the functions here make full spans.
+pub fn install(exporter: Exporter) -> bool {
+    EXPORTER.set(exporter).is_ok()
+}
+
+/// Whether this process exports traces: spans for the exporter are only worth creating then.
+pub fn exporting() -> bool {
+    EXPORTER.get().is_some()
+}
+
+/// The trace context of `span` for sending along (`None` when nothing exports traces, or the
+/// span is not recorded).
+pub fn context_of(span: &Span) -> Option<TraceContext> {
+    EXPORTER.get().and_then(|e| (e.context_of)(span))
+}
+
+/// `text` with `span`'s trace context in front (the envelope of [`super::trace`]); `text`
+/// unchanged when the span has no context (traces off).
+pub fn inject(span: &Span, text: String) -> String {
+    match context_of(span) {
+        Some(cx) => cx.wrap(&text),
+        None => text,
+    }
+}
+
+fn set(span: &Span, attributes: &[(&'static str, Attr)]) {
+    if let Some(e) = EXPORTER.get() {
+        for (key, value) in attributes {
+            (e.set_attribute)(span, key, value.clone());
+        }
+    }
+}
+
+fn common(operation: &'static str, queue: &str) -> [(&'static str, Attr); 3] {
+    [
+        ("messaging.system", Attr::Text(SYSTEM.into())),
+        ("messaging.operation.type", Attr::Text(operation.into())),
+        ("messaging.destination.name", Attr::Text(queue.into())),
+    ]
+}
+
+/// A producer's `send <queue>` span, a child of the caller's span; [`Span::none`] while
+/// nothing exports traces. Run the store's send inside it, put its context in the message with
+/// [`inject`], and record the new id with `span.record("messaging.message.id", id)`.
+pub fn send_span(queue: &str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format!("send {queue}"),
+        otel.kind = "producer",
+        "messaging.message.id" = tracing::field::Empty,
+    );
+    set(&span, &common("send", queue));
+    span
+}
+
+/// The span of one message's run: `process <queue>` while traces are exported, else the plain
+/// `message` log span (`queue`, `message_id`, `dequeue_count`). With `envelope` (the queue's
+/// `trace_context`), a trace-context envelope is taken off `text` and the span continues the
+/// producer's trace; text without one is left as it is.
+pub fn process_span(
+    queue: &str,
+    message_id: &str,
+    dequeue_count: u32,
+    text: &mut String,
+    envelope: bool,
+) -> Span {
+    let parent = if envelope {
+        let (cx, body) = TraceContext::unwrap(text);
+        let cut = text.len() - body.len();
+        if cx.is_some() {
+            text.drain(..cut);
+        }
+        cx
+    } else {
+        None
+    };
+    if !exporting() {
+        return tracing::info_span!("message", queue = %queue, message_id = %message_id,
+                                   dequeue_count = dequeue_count);
+    }
+    let span = tracing::info_span!(
+        "message",
+        queue = %queue,
+        message_id = %message_id,
+        dequeue_count = dequeue_count,
+        otel.name = %format!("process {queue}"),
+        otel.kind = "consumer",
+    );
+    set(&span, &common("process", queue));
+    set(
+        &span,
+        &[
+            ("messaging.message.id", Attr::Text(message_id.into())),
+            (
+                "messaging.azure.storage_queue.dequeue_count",
+                Attr::Int(i64::from(dequeue_count)),
+            ),
+        ],
+    );
+    if let (Some(cx), Some(e)) = (parent, EXPORTER.get()) {
+        (e.set_parent)(&span, &cx);
+    }
+    span
+}
+
+/// The span of one receive call (`receive <queue>`, a root), or [`Span::none`] while traces are
+/// off. Record the batch's size with [`received`].
+pub fn receive_span(queue: &str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(parent: None, "receive", otel.name = %format!("receive {queue}"),
+                                   otel.kind = "client");
+    set(&span, &common("receive", queue));
+    span
+}
+
+/// Records how many messages a receive returned on its span.
+pub fn received(span: &Span, count: usize) {
+    if !span.is_none() {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        set(span, &[("messaging.batch.message_count", Attr::Int(count))]);
+    }
+}
+
+/// The span of settling one message (`settle <queue>`; `action`: delete, retry, release or
+/// poison), or [`Span::none`] while traces are off.
+pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
+    let span = tracing::info_span!("settle", otel.name = %format!("settle {queue}"),
+                                   otel.kind = "client");
+    set(&span, &common("settle", queue));
+    set(
+        &span,
+        &[
+            ("messaging.message.id", Attr::Text(message_id.into())),
+            ("messaging.operation.name", Attr::Text(action.into())),
+        ],
+    );
+    span
+}
+
+/// The client span of one store call (`store.<op> <queue>`), or [`Span::none`] while traces
+/// are off.
+pub fn store_span(queue: &str, operation: &str) -> Span {
+    if !exporting() {
+        return Span::none();
+    }
+    tracing::info_span!("store", otel.name = %format!("store.{operation} {queue}"),
+                        otel.kind = "client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_an_exporter_spans_cost_nothing_and_the_envelope_still_comes_off() {
+        // No test in this binary installs an exporter.
+        assert!(!exporting());
+        assert!(send_span("orders").is_none());
+        assert!(receive_span("orders").is_none());
+        assert!(settle_span("orders", "m1", "delete").is_none());
+        assert!(store_span("orders", "send").is_none());
+        let cx = TraceContext::new([1; 16], [2; 8], true, "");
+        let mut text = cx.wrap("eyJhIjoxfQ==");
+        let _span = process_span("orders", "m1", 1, &mut text, true);
+        assert_eq!(text, "eyJhIjoxfQ==");
+        // Without the queue's option the text is the handler's, envelope or not.
+        let mut text = cx.wrap("x");
+        let _span = process_span("orders", "m1", 1, &mut text, false);
+        assert_eq!(text, cx.wrap("x"));
+        assert_eq!(inject(&Span::none(), "x".into()), "x");
+    }
+}

@@ -1,0 +1,241 @@
+//! The OTLP export of traces (the `otel` feature): the tracer provider, the
+//! `tracing-opentelemetry` layer, reading and writing span contexts, and the flush on drain.
+
+use std::sync::OnceLock;
+
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider};
+use opentelemetry::{SpanId, TraceId};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use super::{Protocol, TracesSettings};
+use crate::codec::spans::{Attr, Exporter};
+use crate::codec::TraceContext;
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+const ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+const PROTOCOL_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+];
+
+/// Why traces could not be set up (the worker then exits 2, naming the setting).
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A protocol variable or setting holds something else than the three protocols.
+    #[error("{key}: {rule}")]
+    Protocol {
+        /// The variable or key.
+        key: String,
+        /// What it must be.
+        rule: String,
+    },
+    /// `[observability.traces] filter` does not parse.
+    #[error("observability.traces.filter: {0}")]
+    Filter(String),
+    /// The exporter could not be built (a bad endpoint URL, or gRPC without its feature).
+    #[error(
+        "traces exporter: {0}; check OTEL_EXPORTER_OTLP_ENDPOINT / observability.traces.endpoint"
+    )]
+    Exporter(String),
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Sets up the export when an endpoint is configured (environment or `settings`): returns the
+/// layer to add to the log subscriber, `None` when traces stay off. Once per process.
+pub fn install<S>(
+    settings: &TracesSettings,
+) -> Result<Option<Box<dyn Layer<S> + Send + Sync>>, InstallError>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    let from_env = ENDPOINT_VARS.iter().any(|v| env(v).is_some());
+    if !from_env && settings.endpoint.is_none() {
+        return Ok(None);
+    }
+    let protocol = match PROTOCOL_VARS.iter().find_map(|v| env(v).map(|p| (v, p))) {
+        Some((var, value)) => {
+            value
+                .parse()
+                .map_err(|e: crate::checks::InvalidValue| InstallError::Protocol {
+                    key: var.to_string(),
+                    rule: e.to_string(),
+                })?
+        }
+        None => settings.protocol.unwrap_or(Protocol::HttpProtobuf),
+    };
+    let filter = settings.filter.as_deref().unwrap_or("info");
+    let filter = EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| InstallError::Filter(e.to_string()))?;
+    let exporter = match protocol {
+        Protocol::HttpProtobuf | Protocol::HttpJson => {
+            let wire = if protocol == Protocol::HttpJson {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            };
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(wire);
+            if let (false, Some(base)) = (from_env, &settings.endpoint) {
+                builder =
+                    builder.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
+            }
+            builder.build()
+        }
+        Protocol::Grpc => grpc(from_env, settings)?,
+    }
+    .map_err(|e| InstallError::Exporter(e.to_string()))?;
+    let mut resource = Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        let name = settings.service_name.clone().unwrap_or_else(binary_name);
+        resource = resource.with_service_name(name);
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("ebbflow");
+    if PROVIDER.set(provider).is_err() {
+        return Ok(None);
+    }
+    crate::codec::spans::install(Exporter {
+        context_of,
+        set_parent,
+        set_attribute,
+    });
+    // The listener's long-lived spans (one per listener and per dequeue task) would make every
+    // message's trace days long: the exporter never sees them, so `receive` and `process`
+    // are roots unless a message brings its producer's context. The handler stack's own
+    // `process` log span sits inside the exported `process <queue>` span (which also covers the
+    // wait for a slot and the settle): exporting both would show the run twice.
+    let long_lived = filter_fn(|meta| {
+        let target = meta.target();
+        !(meta.is_span()
+            && ((target.starts_with("ebbflow::listener")
+                && matches!(meta.name(), "listener" | "dequeue"))
+                || (target == "ebbflow::handler::layer" && meta.name() == "process")))
+    });
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(long_lived)
+        .with_filter(filter);
+    Ok(Some(Box::new(layer)))
+}
+
+#[cfg(feature = "otel-grpc")]
+fn grpc(
+    from_env: bool,
+    settings: &TracesSettings,
+) -> Result<
+    Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError>,
+    InstallError,
+> {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let (false, Some(base)) = (from_env, &settings.endpoint) {
+        builder = builder.with_endpoint(base.clone());
+    }
+    Ok(builder.build())
+}
+
+#[cfg(not(feature = "otel-grpc"))]
+fn grpc(
+    _: bool,
+    _: &TracesSettings,
+) -> Result<
+    Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError>,
+    InstallError,
+> {
+    Err(InstallError::Protocol {
+        key: "OTEL_EXPORTER_OTLP_PROTOCOL / observability.traces.protocol".into(),
+        rule: "\"grpc\" needs ebbflow built with the `otel-grpc` feature; use \"http/protobuf\" \
+               (port 4318) or rebuild with --features otel-grpc"
+            .into(),
+    })
+}
+
+fn binary_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ebbflow".into())
+}
+
+/// Sends every finished span still buffered, waiting at most the exporter's timeout. The worker
+/// calls it at the end of its drain, so a stopping worker's last spans are not lost; a
+/// producer that exits on its own should call it before it does. Nothing when traces are off.
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let flush = || {
+            if let Err(e) = provider.force_flush() {
+                tracing::warn!(error = %e, "could not flush the last spans");
+            }
+        };
+        // The exporter's own thread does the sending; waiting for it blocks this thread, which
+        // a multi-thread runtime is told about so its other tasks move on.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(flush),
+            _ => flush(),
+        }
+    }
+}
+
+fn context_of(span: &Span) -> Option<TraceContext> {
+    let cx = span.context();
+    let span_cx = cx.span().span_context().clone();
+    if !span_cx.is_valid() {
+        return None;
+    }
+    Some(TraceContext::new(
+        span_cx.trace_id().to_bytes(),
+        span_cx.span_id().to_bytes(),
+        span_cx.is_sampled(),
+        &span_cx.trace_state().header(),
+    ))
+}
+
+fn set_parent(span: &Span, cx: &TraceContext) {
+    let state = TraceState::from_key_value(
+        cx.tracestate()
+            .split(',')
+            .filter_map(|m| m.trim().split_once('=')),
+    )
+    .unwrap_or_default();
+    let remote = SpanContext::new(
+        TraceId::from_bytes(cx.trace_id()),
+        SpanId::from_bytes(cx.span_id()),
+        if cx.sampled() {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        },
+        true,
+        state,
+    );
+    let parent = opentelemetry::Context::new().with_remote_span_context(remote);
+    let _ = span.set_parent(parent);
+}
+
+fn set_attribute(span: &Span, key: &'static str, value: Attr) {
+    match value {
+        Attr::Text(s) => span.set_attribute(key, s),
+        Attr::Int(n) => span.set_attribute(key, n),
+    }
+}

@@ -1,0 +1,222 @@
+//! OpenTelemetry traces across processes: this test process (the producer, a `Publisher` with
+//! `trace_context`) and the demo worker (the consumer, spawned) export to a tiny OTLP/HTTP
+//! receiver in this test (JSON encoding), through Azurite's `orders` queue. One trace runs from
+//! the producer's `send orders` span to the handler's own `charge order` span in the worker.
+//!
+//! A binary of its own: the producer installs the process-wide subscriber with the exporter,
+//! which would export every other test's spans too.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::post;
+use axum::Router;
+use ebbflow::codec::Encoding;
+use ebbflow::Publisher;
+use serde_json::Value;
+
+/// The spans received so far, flattened: (service.name, span object).
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+async fn receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let export: Value = serde_json::from_slice(&body).expect("an OTLP/JSON export");
+                for rs in export["resourceSpans"].as_array().into_iter().flatten() {
+                    let service = rs["resource"]["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["key"] == "service.name")
+                        .and_then(|a| a["value"]["stringValue"].as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in ss["spans"].as_array().into_iter().flatten() {
+                            sink.lock().unwrap().push((service.clone(), span.clone()));
+                        }
+                    }
+                }
+                ([("content-type", "application/json")], "{}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
+}
+
+fn with_env(cmd: &mut Command, endpoint: &str, service: &str) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "EBBFLOW_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::azurite_connection_string(),
+        )
+        .env("EBBFLOW__QUEUES__ORDERS__TRACE_CONTEXT", "true")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .env("OTEL_SERVICE_NAME", service)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("RUST_LOG", "warn");
+}
+
+fn find<'a>(spans: &'a [(String, Value)], service: &str, name: &str) -> Option<&'a Value> {
+    spans
+        .iter()
+        .find(|(s, span)| s == service && span["name"] == name)
+        .map(|(_, span)| span)
+}
+
+fn attribute<'a>(span: &'a Value, key: &str) -> &'a Value {
+    span["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_process() {
+    let (endpoint, received) = receiver().await;
+    let store = common::azurite();
+    let orders = store.queue("orders").unwrap();
+    orders.create_if_missing().await.unwrap();
+    // The demo's queue names are fixed: clear what an earlier run may have left.
+    loop {
+        let left = orders.receive(32, Duration::from_secs(1)).await.unwrap();
+        if left.is_empty() {
+            break;
+        }
+        for m in left {
+            orders.delete(&m.id, &m.pop_receipt).await.unwrap();
+        }
+    }
+
+    // The producer: this process, exporting as "producer".
+    let traces = ebbflow::observability::TracesSettings {
+        endpoint: Some(endpoint.clone()),
+        protocol: Some(ebbflow::observability::traces::Protocol::HttpJson),
+        service_name: Some("producer".into()),
+        filter: None,
+    };
+    assert!(ebbflow::observability::logging::init_with_traces(
+        ebbflow::observability::LogFormat::Text,
+        "warn",
+        &traces
+    )
+    .unwrap());
+    let publisher = Publisher::new(orders.clone(), Encoding::Base64).with_trace_context(true);
+    let id = publisher
+        .send_json(&serde_json::json!({"id": 7, "amount_cents": 100}))
+        .await
+        .unwrap();
+    ebbflow::observability::traces::flush();
+    let text = orders.peek(1).await.unwrap()[0].text.clone();
+    assert!(text.starts_with("traceparent: 00-"), "{text}");
+
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"));
+    with_env(&mut demo, &endpoint, "worker");
+    let child = demo
+        .env("DEMO_RATE", "0")
+        .env("DEMO_HANDLER_MS", "10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The handler's span arrives within the exporter's 200 ms schedule once it ran; the worker
+    // then stops, flushing the rest (the settle) on its drain.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while find(&received.lock().unwrap(), "worker", "charge order").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no handler span within 60 s; got {:?}",
+            received.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exited.stderr)
+    );
+
+    let spans = received.lock().unwrap().clone();
+    let send = find(&spans, "producer", "send orders").expect("the producer's send span");
+    let process = find(&spans, "worker", "process orders").expect("the worker's process span");
+    let charge = find(&spans, "worker", "charge order").expect("the handler's span");
+    let settle =
+        find(&spans, "worker", "settle orders").expect("the settle span (flushed on drain)");
+    let trace = send["traceId"].as_str().unwrap();
+    assert_eq!(trace.len(), 32, "{send}");
+    for span in [process, charge, settle] {
+        assert_eq!(span["traceId"], trace, "{span}");
+    }
+    assert_eq!(process["parentSpanId"], send["spanId"], "{process}");
+    assert_eq!(charge["parentSpanId"], process["spanId"], "{charge}");
+    assert_eq!(settle["parentSpanId"], process["spanId"], "{settle}");
+    // Kinds: producer 4, consumer 5, client 3 (OTLP's SpanKind numbers).
+    assert_eq!(send["kind"], 4, "{send}");
+    assert_eq!(process["kind"], 5, "{process}");
+    assert_eq!(
+        attribute(send, "messaging.system")["stringValue"],
+        "azure_storage_queue"
+    );
+    assert_eq!(
+        attribute(process, "messaging.operation.type")["stringValue"],
+        "process"
+    );
+    assert_eq!(
+        attribute(process, "messaging.destination.name")["stringValue"],
+        "orders"
+    );
+    let message_id = attribute(process, "messaging.message.id")["stringValue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        id.contains(&message_id),
+        "enqueue printed {id}, process has {message_id}"
+    );
+    assert_eq!(
+        attribute(send, "messaging.message.id")["stringValue"],
+        message_id.as_str()
+    );
+    assert_eq!(
+        attribute(settle, "messaging.operation.name")["stringValue"],
+        "delete"
+    );
+    // The delete under the settle: the store's client span.
+    assert!(
+        spans.iter().any(|(s, span)| s == "worker"
+            && span["name"] == "store.delete orders"
+            && span["parentSpanId"] == settle["spanId"]),
+        "no store.delete span under the settle: {spans:?}"
+    );
+}
