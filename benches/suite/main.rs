@@ -6,7 +6,7 @@
 //! `cargo test --all-targets`, which CI runs) or with `--smoke` it runs a short smoke version
 //! whose figures mean nothing but whose JSON must come out. Options: `--out DIR` (default
 //! `target/bench`); `--only a,b` runs only the named scenarios (of `burst`, `idle`, `wake`,
-//! `backlog`, `trickle`, `longjob`, `bus`, `embedded`); `--set KEY=VALUE` (repeatable) adds a queue
+//! `backlog`, `trickle`, `longjob`, `bus`, `embedded`, `claim`); `--set KEY=VALUE` (repeatable) adds a queue
 //! setting (`EBBFLOW__QUEUES__<NAME>__KEY`, e.g. `REFILL_THRESHOLD=8`) or, for a key starting
 //! with `EBBFLOW__`, any setting, to every ebbflow worker, for trying a change;
 //! `--burst-concurrency N` runs the burst at another equal concurrency (default 8). Writes
@@ -25,6 +25,7 @@ mod common;
 mod backlog;
 mod burst;
 mod bus;
+mod claim;
 mod embedded;
 mod env;
 mod idle;
@@ -119,8 +120,8 @@ const SMOKE: Plan = Plan {
 };
 
 /// The scenarios, in the order they run.
-const SCENARIOS: [&str; 8] = [
-    "burst", "idle", "wake", "backlog", "trickle", "longjob", "bus", "embedded",
+const SCENARIOS: [&str; 9] = [
+    "burst", "idle", "wake", "backlog", "trickle", "longjob", "bus", "embedded", "claim",
 ];
 
 fn main() {
@@ -181,7 +182,8 @@ async fn run(
     if !overrides.is_empty() {
         println!("ebbflow workers get, beyond each scenario's settings: {overrides:?}");
     }
-    let env = if only.iter().any(|s| s != "embedded") {
+    // The claim scenario uses the Azurite of scripts/azurite (queue and blob), not the suite's.
+    let env = if only.iter().any(|s| s != "embedded" && s != "claim") {
         let env = Env::start(out.join("records"), overrides).await;
         println!(
             "ebbflow benchmark suite ({mode}), Azurite at {}",
@@ -274,6 +276,15 @@ async fn run(
             );
             r.bus = Some(b);
         }
+    }
+    if selected("claim") {
+        // 1 MiB and 16 MiB payloads, 50 each (smoke: two of 1 MiB).
+        let (sizes, n): (&[usize], usize) = if plan.full {
+            (&[1 << 20, 16 << 20], 50)
+        } else {
+            (&[1 << 20], 2)
+        };
+        claim::claim(sizes, n).await;
     }
     if selected("embedded") {
         let (mut raw, mut emb) = (Vec::new(), Vec::new());

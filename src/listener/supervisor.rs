@@ -66,9 +66,9 @@ impl Restarts {
     }
 }
 
-/// Spawns, retires and replaces one queue's dequeue tasks.
-pub(super) struct Supervisor {
-    shared: Arc<Shared>,
+/// The queue's dequeue tasks: who runs, since when, and how to find a task by its tokio id.
+#[derive(Debug, Default)]
+struct Roster {
     /// Live tasks by id, with the token that retires each.
     tasks: BTreeMap<u64, CancellationToken>,
     /// Every task that has not ended yet, retired ones included.
@@ -79,6 +79,18 @@ pub(super) struct Supervisor {
     restarts: Restarts,
     ids: HashMap<tokio::task::Id, u64>,
     next_task: u64,
+}
+
+impl Roster {
+    fn active(&self) -> u32 {
+        u32::try_from(self.tasks.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// What the scaling policy hears beyond the task count: when the supervisor last scaled and
+/// probed, and what the tasks said since.
+#[derive(Debug, Default)]
+struct Pace {
     last_up: Option<Instant>,
     last_down: Option<Instant>,
     last_probe: Option<Instant>,
@@ -90,22 +102,35 @@ pub(super) struct Supervisor {
     triggers_since_batch: u32,
 }
 
+impl Pace {
+    /// The policy's signals with `active` tasks after `prompt` and the probe `found`.
+    fn signals(&self, prompt: Prompt, active: u32, found: Probe) -> Signals {
+        let now = Instant::now();
+        Signals {
+            prompt,
+            active,
+            depth: found.depth,
+            oldest_age: found.oldest_age,
+            since_scale_up: self.last_up.map(|t| now - t),
+            since_scale_down: self.last_down.map(|t| now - t),
+            full_batch_since_probe: self.full_since_probe,
+        }
+    }
+}
+
+/// Spawns, retires and replaces one queue's dequeue tasks.
+pub(super) struct Supervisor {
+    shared: Arc<Shared>,
+    roster: Roster,
+    pace: Pace,
+}
+
 impl Supervisor {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            tasks: BTreeMap::new(),
-            running: JoinSet::new(),
-            started: HashMap::new(),
-            restarts: Restarts::default(),
-            ids: HashMap::new(),
-            next_task: 0,
-            last_up: None,
-            last_down: None,
-            last_probe: None,
-            busy: false,
-            full_since_probe: false,
-            triggers_since_batch: 0,
+            roster: Roster::default(),
+            pace: Pace::default(),
         }
     }
 
@@ -127,19 +152,19 @@ impl Supervisor {
                     Some(event) => self.on_event(event).await,
                     None => break,
                 },
-                Some(ended) = self.running.join_next_with_id() => self.on_task_end(ended),
+                Some(ended) = self.roster.running.join_next_with_id() => self.on_task_end(ended),
                 // The guard is checked inside: a `select!` precondition that is false when the
                 // loop enters would keep the branch off until some other branch fires.
                 _ = probe.tick() => {
                     if self.is_busy() {
-                        self.busy = false;
+                        self.pace.busy = false;
                         let found = self.probe_depth().await;
                         self.scale(Prompt::Probe, found);
-                        self.full_since_probe = false;
+                        self.pace.full_since_probe = false;
                     }
                 }
                 _ = idle_probe.tick(), if scaling.idle_probe_interval.is_some() => {
-                    if self.tasks.is_empty() {
+                    if self.roster.tasks.is_empty() {
                         let found = self.probe_depth().await;
                         if found.depth.is_some_and(|d| d > 0) {
                             self.scale(Prompt::Probe, found);
@@ -150,7 +175,7 @@ impl Supervisor {
         }
         // Tasks hold child tokens of `stop`: they are already stopping. Dropping the JoinSet
         // would abort them mid-receive; the worker's tracker waits for them instead.
-        self.running.detach_all();
+        self.roster.running.detach_all();
         debug!(queue = %self.shared.io.name, "supervisor stopped");
     }
 
@@ -170,12 +195,12 @@ impl Supervisor {
                     .scaling
                     .scale_up_when_older_than
                     .is_some();
-                if full || filled || self.tasks.len() > 1 || age_rule {
-                    self.busy = true;
+                if full || filled || self.roster.tasks.len() > 1 || age_rule {
+                    self.pace.busy = true;
                 }
-                self.triggers_since_batch = 0;
+                self.pace.triggers_since_batch = 0;
                 let prompt = if full {
-                    self.full_since_probe = true;
+                    self.pace.full_since_probe = true;
                     Prompt::FullBatch
                 } else if after_idle {
                     Prompt::WorkAfterIdle
@@ -186,12 +211,12 @@ impl Supervisor {
                 self.scale(prompt, found);
             }
             Event::Trigger => {
-                self.triggers_since_batch += 1;
-                if self.tasks.is_empty() {
+                self.pace.triggers_since_batch += 1;
+                if self.roster.tasks.is_empty() {
                     // From zero: start a task before any probe (pickup must not wait for a
                     // billable call), then probe, so a burst that woke the queue scales it.
                     self.scale(Prompt::Trigger, Probe::default());
-                } else if self.triggers_since_batch < 2 {
+                } else if self.pace.triggers_since_batch < 2 {
                     // One trigger is one message, and the task it woke is about to receive it:
                     // probing for it would bill a sparse trickle twice more per message.
                     return;
@@ -202,7 +227,7 @@ impl Supervisor {
             }
             Event::Visible => {
                 // No probe: the message is known; a task must be there to receive it.
-                if self.tasks.is_empty() {
+                if self.roster.tasks.is_empty() {
                     self.scale(Prompt::Trigger, Probe::default());
                 }
             }
@@ -219,10 +244,10 @@ impl Supervisor {
                     &self.signals(Prompt::IdleAtMax, Probe::default()),
                 );
                 let retire =
-                    !triggered && d.target < self.active() && self.tasks.contains_key(&task);
+                    !triggered && d.target < self.active() && self.roster.tasks.contains_key(&task);
                 if retire {
-                    self.tasks.remove(&task);
-                    self.last_down = Some(Instant::now());
+                    self.roster.tasks.remove(&task);
+                    self.pace.last_down = Some(Instant::now());
                     self.record(d, Prompt::IdleAtMax);
                 }
                 // The task may have stopped meanwhile; then nobody listens.
@@ -238,15 +263,18 @@ impl Supervisor {
             Ok((tokio_id, _)) => (tokio_id, None),
             Err(e) => (e.id(), Some(e)),
         };
-        let Some(id) = self.ids.remove(&tokio_id) else {
+        let Some(id) = self.roster.ids.remove(&tokio_id) else {
             return;
         };
-        let started = self.started.remove(&id);
+        let started = self.roster.started.remove(&id);
         let life = &self.shared.control.life;
-        if !self.tasks.contains_key(&id) || life.stop.is_cancelled() || life.fatal.is_raised() {
+        if !self.roster.tasks.contains_key(&id)
+            || life.stop.is_cancelled()
+            || life.fatal.is_raised()
+        {
             return;
         }
-        self.tasks.remove(&id);
+        self.roster.tasks.remove(&id);
         let how = match failure {
             None => "returned without being retired".to_string(),
             Some(e) if e.is_panic() => {
@@ -255,7 +283,7 @@ impl Supervisor {
             Some(e) => format!("was cancelled: {e}"),
         };
         let task = format!("{}#{id}", self.shared.io.name);
-        let Some(delay) = self.restarts.failed(started) else {
+        let Some(delay) = self.roster.restarts.failed(started) else {
             error!(queue = %self.shared.io.name, task, how, restarts = RESTART_BUDGET,
                    "dequeue tasks keep failing right after they start; stopping the worker");
             life.fatal.raise(StoreError::Unconsumable {
@@ -277,7 +305,7 @@ impl Supervisor {
     /// merely running under one task are no reason: a long job would be probed every interval
     /// for nothing.
     fn is_busy(&self) -> bool {
-        !self.tasks.is_empty() && (self.busy || self.tasks.len() > 1)
+        !self.roster.tasks.is_empty() && (self.pace.busy || self.roster.tasks.len() > 1)
     }
 
     fn batch_size(&self) -> u8 {
@@ -285,20 +313,11 @@ impl Supervisor {
     }
 
     fn active(&self) -> u32 {
-        u32::try_from(self.tasks.len()).unwrap_or(u32::MAX)
+        self.roster.active()
     }
 
     fn signals(&self, prompt: Prompt, found: Probe) -> Signals {
-        let now = Instant::now();
-        Signals {
-            prompt,
-            active: self.active(),
-            depth: found.depth,
-            oldest_age: found.oldest_age,
-            since_scale_up: self.last_up.map(|t| now - t),
-            since_scale_down: self.last_down.map(|t| now - t),
-            full_batch_since_probe: self.full_since_probe,
-        }
+        self.pace.signals(prompt, self.active(), found)
     }
 
     /// Decides, then spawns what is missing or retires the most idle task (a shallow probe).
@@ -316,11 +335,11 @@ impl Supervisor {
             while self.active() < d.target {
                 self.spawn_task();
             }
-            self.last_up = Some(Instant::now());
+            self.pace.last_up = Some(Instant::now());
             self.record(d, prompt);
         } else if d.target < self.active() {
             self.retire_most_idle();
-            self.last_down = Some(Instant::now());
+            self.pace.last_down = Some(Instant::now());
             self.record(d, prompt);
         }
     }
@@ -328,8 +347,8 @@ impl Supervisor {
     /// Cancels the token of the task with the longest idle streak. Its messages run on (they
     /// answer to `stop` and `abort`, not to the task's token); the task ends at its next wait.
     fn retire_most_idle(&mut self) {
-        let most_idle = self.shared.stats.most_idle(self.tasks.keys());
-        if let Some(token) = most_idle.and_then(|id| self.tasks.remove(&id)) {
+        let most_idle = self.shared.stats.most_idle(self.roster.tasks.keys());
+        if let Some(token) = most_idle.and_then(|id| self.roster.tasks.remove(&id)) {
             token.cancel();
         }
     }
@@ -346,15 +365,15 @@ impl Supervisor {
 
     /// Starts a dequeue task after `delay` (a replacement's back-off; a stop ends the wait).
     fn spawn_task_after(&mut self, delay: Duration) {
-        let id = self.next_task;
-        self.next_task += 1;
+        let id = self.roster.next_task;
+        self.roster.next_task += 1;
         let token = self.shared.control.life.stop.child_token();
-        self.tasks.insert(id, token.clone());
+        self.roster.tasks.insert(id, token.clone());
         let stats = &self.shared.stats;
         let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
         let span = tracing::info_span!("dequeue", queue = %self.shared.io.name, task = id);
-        self.started.insert(id, Instant::now() + delay);
+        self.roster.started.insert(id, Instant::now() + delay);
         let shared = self.shared.clone();
         let run = self.shared.control.life.tracker.track_future(
             async move {
@@ -368,16 +387,16 @@ impl Supervisor {
             }
             .instrument(span),
         );
-        let handle = self.running.spawn(async move {
+        let handle = self.roster.running.spawn(async move {
             run.await;
             id
         });
-        self.ids.insert(handle.id(), id);
+        self.roster.ids.insert(handle.id(), id);
     }
 
     async fn probe_if_due(&mut self) -> Probe {
         let interval = self.shared.settings.scaling.depth_probe_interval;
-        let due = self.last_probe.is_none_or(|t| t.elapsed() >= interval);
+        let due = self.pace.last_probe.is_none_or(|t| t.elapsed() >= interval);
         if due {
             self.probe_depth().await
         } else {
@@ -392,7 +411,7 @@ impl Supervisor {
     /// past, and a peek shows at most 32. With an age rule, the oldest visible message's age
     /// too (from that peek, or a peek of one).
     async fn probe_depth(&mut self) -> Probe {
-        self.last_probe = Some(Instant::now());
+        self.pace.last_probe = Some(Instant::now());
         let queue = &self.shared.io.queue;
         let stats = &self.shared.stats;
         let want_age = self

@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Registry,
     /// The bus's metrics, once the bus is open.
     bus: Later,
+    /// What the dashboard reads, once the worker set it.
+    dashboard: OnceLock<super::dashboard::Dashboard>,
 }
 
 impl fmt::Debug for Metrics {
@@ -55,7 +57,27 @@ impl Metrics {
             "Store calls by queue and op (receive, delete, update, send, peek, properties, create), as the listener sees them: retries included",
             metering.call_seconds().clone(),
         );
-        Self { registry, bus }
+        // The same series under the messaging conventions' name (labels `queue` and `op`).
+        registry.register(
+            "messaging_client_operation_duration_seconds",
+            "messaging.client.operation.duration: store calls by queue and op (as ebbflow_storage_call_duration_seconds)",
+            metering.call_seconds().clone(),
+        );
+        Self {
+            registry,
+            bus,
+            dashboard: OnceLock::new(),
+        }
+    }
+
+    /// Serves the dashboard's data from `dashboard`; later calls are ignored.
+    pub(crate) fn set_dashboard(&self, dashboard: super::dashboard::Dashboard) {
+        let _ = self.dashboard.set(dashboard);
+    }
+
+    /// The dashboard's data source, when the worker set one.
+    pub fn dashboard(&self) -> Option<&super::dashboard::Dashboard> {
+        self.dashboard.get()
     }
 
     /// Adds the bus's metrics (`ebbflow_bus_*`), once it is open; later calls are ignored.
@@ -230,6 +252,15 @@ const OUTCOMES: [(&str, &str, ReadOutcome); 4] = [
     ),
 ];
 
+/// The conventions' labels of one queue's series.
+fn conventions<'a>(queue: &'a str, operation: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("messaging_system", crate::codec::spans::SYSTEM),
+        ("messaging_destination_name", queue),
+        ("messaging_operation_name", operation),
+    ]
+}
+
 /// Reads every queue at scrape time.
 struct Queues {
     listeners: Arc<OnceLock<Vec<QueueListener>>>,
@@ -296,6 +327,28 @@ impl Collector for Queues {
                 read(h).encode(metric.encode_family(&[("queue", *queue)])?)?;
             }
         }
+        // The OpenTelemetry messaging conventions' names (and attributes as labels), beside
+        // ebbflow's own, which stay for one release as aliases.
+        let mut process = encoder.encode_descriptor(
+            "messaging_process_duration_seconds",
+            "messaging.process.duration: how long handlers ran (as ebbflow_handler_duration_seconds).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (queue, h) in &histograms {
+            h.handler_seconds
+                .encode(process.encode_family(&conventions(queue, "process"))?)?;
+        }
+        let mut consumed = encoder.encode_descriptor(
+            "messaging_client_consumed_messages",
+            "messaging.client.consumed.messages: messages received (as ebbflow_received_total).",
+            None,
+            MetricType::Counter,
+        )?;
+        for q in &snapshots {
+            ConstCounter::new(q.received)
+                .encode(consumed.encode_family(&conventions(&q.queue, "receive"))?)?;
+        }
         let outcomes: Vec<(&str, UnknownOutcomes)> = snapshots
             .iter()
             .map(|q| (q.queue.as_str(), self.store.unknown_outcomes(&q.queue)))
@@ -347,7 +400,11 @@ mod tests {
         assert_eq!(helps.len(), types.len(), "{text}");
         assert!(helps.len() >= 29, "{text}");
         for (name, help) in helps {
-            assert!(name.starts_with("ebbflow_"), "{name}");
+            // ebbflow's own, or the OpenTelemetry messaging conventions' names.
+            assert!(
+                name.starts_with("ebbflow_") || name.starts_with("messaging_"),
+                "{name}"
+            );
             assert!(types.contains(&name), "{name} has no TYPE line");
             assert!(
                 help.ends_with('.') && !help.ends_with(".."),

@@ -2,10 +2,12 @@
 //!
 //! - [`readiness`]: readiness as named checks (ready, degraded, unready) plus the drain latch.
 //! - [`metrics`]: the metrics on `prometheus-client`, read from the listeners at scrape time.
-//! - [`server`]: the ops endpoint, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! - [`server`]: the ops endpoint, `GET /healthz`, `GET /readyz`, `GET /metrics`, the dashboard.
+//! - [`dashboard`]: the dashboard page, its JSON and its poison-queue actions.
 //! - [`logging`]: the one log setup every binary uses (text or JSON lines, `RUST_LOG`).
 //! - [`traces`]: OpenTelemetry spans after the messaging conventions, exported over OTLP.
 
+pub mod dashboard;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;

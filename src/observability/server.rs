@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use axum::{BoxError, Json, Router};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 
+use super::dashboard;
 use super::metrics::Metrics;
 use super::readiness::Readiness;
 use crate::config::MetricsToken;
@@ -53,7 +54,15 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
         .timeout(REQUEST_TIMEOUT);
     Router::new()
         .route("/metrics", get(metrics_text))
+        .route("/dashboard.json", get(dashboard_state))
+        .route("/dashboard/poison/{queue}", get(dashboard_poison))
+        .route(
+            "/dashboard/poison/{queue}/requeue",
+            axum::routing::post(dashboard_requeue),
+        )
         .layer(guard)
+        .route("/", get(dashboard::page))
+        .route("/dashboard", get(dashboard::page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -104,4 +113,37 @@ async fn metrics_text(State(state): State<OpsState>, headers: HeaderMap) -> Resp
         }
     }
     ([("content-type", CONTENT_TYPE)], state.metrics.render()).into_response()
+}
+
+async fn dashboard_state(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Err((status, why)) = dashboard::authorize(state.token.as_ref(), &headers) {
+        return reject(status, why);
+    }
+    dashboard::state(state.metrics.dashboard()).await
+}
+
+async fn dashboard_poison(
+    State(state): State<OpsState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, why)) = dashboard::authorize(state.token.as_ref(), &headers) {
+        return reject(status, why);
+    }
+    match state.metrics.dashboard() {
+        Some(d) => dashboard::list(d, &queue).await,
+        None => reject(StatusCode::NOT_FOUND, "no dashboard on this endpoint"),
+    }
+}
+
+async fn dashboard_requeue(
+    State(state): State<OpsState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<dashboard::RequeueBody>,
+) -> Response {
+    match state.metrics.dashboard() {
+        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, body).await,
+        None => reject(StatusCode::NOT_FOUND, "no dashboard on this endpoint"),
+    }
 }

@@ -12,10 +12,10 @@ mod ready;
 mod report;
 pub use bus::BusCounters;
 mod signal;
+mod start;
 mod tasks;
 
 pub use ready::STORE_UNREADY_AFTER;
-use ready::{listeners_state, store_state};
 pub use report::{DrainReport, RunReport};
 pub use signal::shutdown_signal;
 
@@ -29,15 +29,11 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, Settings};
 use crate::handler::{
     BatchHandler, BatchStats, Batcher, Context, Erased, ErasedHandler, Handler, HandlerError,
-    Layer, Payload, Publisher, SharedLayer, Span, Stack,
+    Layer, Payload, Publisher, SharedLayer,
 };
-use crate::listener::{Lifecycle, ListenerSpec, QueueListener, QueueSnapshot};
-use crate::observability::{Metrics, Readiness};
-use crate::store::metered::Metering;
-use crate::store::retrying::RetryingStore;
-use crate::store::sharding::ShardingStore;
-use crate::store::LayeredStore;
-use crate::store::{self, QueueStore, StoreError, UnknownOutcomes};
+use crate::listener::{Lifecycle, QueueListener, QueueSnapshot};
+use crate::observability::Readiness;
+use crate::store::{QueueStore, StoreError, UnknownOutcomes};
 use crate::trigger::Hub;
 use report::explain;
 
@@ -264,236 +260,19 @@ impl Worker {
     /// `storage.create_queues` is on), binds the trigger endpoint, and only then starts
     /// listening: a start that fails leaves nothing running.
     pub async fn start(self) -> Result<RunningWorker, WorkerError> {
-        self.settings.validate()?;
-        if let Some(queue) = self.duplicate {
-            return Err(WorkerError::DuplicateHandler(queue));
-        }
-        if self.settings.queues.is_empty() {
-            return Err(WorkerError::NoQueues(self.settings.origin().to_string()));
-        }
-        for name in self.handlers.keys() {
-            if !self.settings.queues.contains_key(name) {
-                return Err(WorkerError::NotConfigured(name.clone()));
-            }
-        }
-        for name in self.queue_layers.keys() {
-            if !self.settings.queues.contains_key(name) {
-                return Err(WorkerError::LayerNotConfigured(name.clone()));
-            }
-        }
-        let store_given = self.store.is_some();
-        let store = match self.store {
-            Some(store) => store,
-            None => store::open(&self.settings.storage)?,
-        };
-        let store = RetryingStore::wrap(store, self.settings.storage.retry);
-        // Above the retries, so each shard's calls are retried on their own.
-        let store = ShardingStore::wrap_sharded(store, self.settings.shard_counts());
-        // The claim check above the shards, so one payload is one blob whichever shard its
-        // reference lands on.
-        let blobs = crate::store::claim::open_blobs(
-            &self.settings.storage,
-            store.kind(),
-            self.blobs.clone(),
-        )
-        .await?;
-        let mut claim =
-            crate::store::claim::ClaimCheck::new(blobs, &self.settings.storage.claim_check);
-        for (name, q) in &self.settings.queues {
-            let format = crate::store::claim::QueueFormat {
-                encoding: q.encoding,
-                compression: q.compression,
-            };
-            claim = claim.queue(name, format);
-        }
-        let store = LayeredStore::wrap(store, claim);
-        // Outermost: each call is timed as the listener sees it (retries and shards
-        // included), and its outcome feeds the readiness check "store".
-        let metering = Metering::default();
-        let store = LayeredStore::wrap(store, metering.clone());
-        // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
-        // says "starting". A start that fails drops it with everything else.
-        let readiness = Readiness::default();
-        let startup = readiness.register("startup");
-        let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
-        let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
-        readiness.register_probe("store", move || store_state(&metering));
-        let ops = match self.settings.observability.bind {
-            Some(addr) => {
-                let token = self.settings.observability.metrics_token.clone();
-                let (bound, serve) = crate::observability::server::bind(
-                    addr,
-                    readiness.clone(),
-                    metrics.clone(),
-                    token,
-                )
-                .await
-                .map_err(|error| WorkerError::OpsBind { addr, error })?;
-                info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
-                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tasks::logged(
-                    "ops endpoint",
-                    serve,
-                )));
-                Some((bound, server))
-            }
-            None => None,
-        };
-        let embedded = store.kind() == store::BackendKind::Embedded;
-        let create = self.settings.storage.create_queues || embedded;
-        let life = Lifecycle::default();
-        // Events naming another storage account are ignored (the embedded store has none).
-        let hub = Hub::new(store.account());
-        let http = &self.settings.triggers.http;
-        // The bus before the queues' publishers (they announce on it) and before any listener:
-        // a worker does not start on a bus it cannot use.
-        let bus = crate::bus::open(&self.settings.bus).await?;
-        let mut wiring = bus::Wiring::new(
-            bus.clone(),
-            hub.clone(),
-            &self.settings,
-            tasks::Tasks::new(&life),
-        );
-        let mut probed = BTreeMap::new();
-        // Queues and publishers first, so every handler's Context can publish to any queue.
-        let mut specs = Vec::new();
-        let mut publishers = BTreeMap::new();
-        for (name, queue_settings) in &self.settings.queues {
-            let handler = self
-                .handlers
-                .get(name)
-                .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
-                .clone();
-            let queue = store.queue(name)?;
-            let poison_queue = store.queue(&queue_settings.poison_queue_name(name))?;
-            for q in [&queue, &poison_queue] {
-                if create {
-                    q.create_if_missing().await?;
-                }
-                // One properties call per queue: proves the queue exists and the credentials
-                // work before any task starts.
-                q.approximate_depth().await.map_err(|e| match e {
-                    StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
-                    e => WorkerError::Store(e),
-                })?;
-            }
-            let link = wiring.link(name, queue_settings);
-            let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
-                .with_hub(hub.clone())
-                .with_trace_context(queue_settings.trace_context);
-            if let Some(announcer) = wiring.announcer(name) {
-                publisher = publisher.with_announcer(announcer);
-            }
-            publishers.insert(name.clone(), publisher);
-            probed.insert(name.clone(), queue.clone());
-            specs.push(ListenerSpec {
-                hooks: Some(link),
-                bus: Some(bus.clone()),
-                queue,
-                poison_queue,
-                settings: queue_settings.clone(),
-                stack: stack_of(&self.layers, self.queue_layers.get(name), handler),
-                batch_stats: self.batch_stats.get(name).cloned(),
-                create_queues: create,
-                // In-process publishes trigger after each send lands; HTTP events are hints (one may
-                // stand for a burst still being sent), so they do not cover a queue.
-                trigger_covered: queue_settings.scaling.wake_on_publish,
-            });
-        }
-        wiring.listen().await?;
-        // The endpoint is bound before any listener starts; it serves once they run. Its
-        // `/metrics` (behind its token) shows the same text as the ops endpoint's.
-        let bound = if http.enabled {
-            let render = metrics.clone();
-            let metrics: crate::trigger::http::Metrics = Arc::new(move || render.render());
-            let bound =
-                crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
-                    .await
-                    .map_err(|error| WorkerError::TriggerBind {
-                        addr: http.bind,
-                        error,
-                    })?;
-            Some(bound)
-        } else {
-            None
-        };
-        // Nothing below can fail: from here on, tasks run.
-        let shared_publishers = Arc::new(publishers.clone());
-        let listeners: Vec<QueueListener> = specs
-            .into_iter()
-            .map(|spec| QueueListener::start(spec, shared_publishers.clone(), &life, &hub))
-            .collect();
-        let _ = shown.set(listeners.clone());
-        let (running, fatal) = (shown.clone(), life.fatal.clone());
-        readiness.register_probe("listeners", move || listeners_state(&running, &fatal));
-        startup.ready();
-        // The endpoint is not part of the drain: a client that never finishes its request
-        // must not hold the worker's shutdown up. It stops on `stop`, and is cut off when the
-        // drain ends (or the worker is dropped).
-        let (trigger_addr, server) = match bound {
-            Some((addr, serve)) => {
-                info!(%addr, "trigger endpoint listening");
-                let server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tasks::logged(
-                    "trigger endpoint",
-                    serve,
-                )));
-                (Some(addr), Some(server))
-            }
-            None => (None, None),
-        };
-        for observe in self.observers {
-            observe(&bus);
-        }
-        bus.start();
-        let bus_counters = wiring.counters();
-        metrics.set_bus(wiring.metrics());
-        wiring.run(listeners.clone(), probed, &readiness, life.stop.clone());
-        life.tracker.close();
-        info!(
-            backend = %store.kind(),
-            queues = listeners.len(),
-            "worker started"
-        );
-        if embedded && !store_given {
-            info!(
-                "no storage configured: queues live in this process only (the embedded store); \
-                 set AZURE_STORAGE_CONNECTION_STRING, storage.connection_string or \
-                 storage.queue_endpoint to use Azure Storage"
-            );
-        }
-        let (ops_addr, ops_server) = ops.unzip();
-        Ok(RunningWorker {
-            bus,
-            bus_counters,
-            store,
-            readiness,
-            ops_addr,
-            _ops_server: ops_server,
-            listeners,
-            publishers,
-            hub,
-            trigger_addr,
-            _server: server,
-            _stop_on_drop: [
-                life.stop.clone().drop_guard(),
-                life.abort.clone().drop_guard(),
-            ],
-            life,
-            drain_timeout: self.settings.worker.drain_timeout,
-        })
+        start::start(self).await
     }
 }
 
-/// A queue's stack: the runtime's span outermost, then the worker-wide layers, then the
-/// queue's own, around its handler.
-fn stack_of(
-    worker: &[SharedLayer],
-    queue: Option<&Vec<SharedLayer>>,
-    handler: Arc<dyn ErasedHandler>,
-) -> Stack {
-    let mut layers = vec![SharedLayer::new(Span)];
-    layers.extend(worker.iter().cloned());
-    layers.extend(queue.into_iter().flatten().cloned());
-    Stack::new(layers, handler)
+/// The worker's HTTP endpoints, where they listen, and their servers.
+struct Endpoints {
+    ops_addr: Option<std::net::SocketAddr>,
+    /// The ops endpoint's server: it answers until the worker is gone (so `/readyz` says 503
+    /// through the drain).
+    _ops_server: Option<tokio_util::task::AbortOnDropHandle<()>>,
+    trigger_addr: Option<std::net::SocketAddr>,
+    /// The trigger endpoint's server, aborted when the worker is done.
+    _trigger_server: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
 
 /// A started worker. Dropping it stops it at once (no drain: handlers are dropped and their
@@ -503,16 +282,10 @@ pub struct RunningWorker {
     bus_counters: Arc<BusCounters>,
     store: Arc<dyn QueueStore>,
     readiness: Readiness,
-    ops_addr: Option<std::net::SocketAddr>,
-    /// The ops endpoint's server: it answers until the worker is gone (so `/readyz` says 503
-    /// through the drain).
-    _ops_server: Option<tokio_util::task::AbortOnDropHandle<()>>,
+    endpoints: Endpoints,
     listeners: Vec<QueueListener>,
     publishers: BTreeMap<String, Publisher>,
     hub: Hub,
-    trigger_addr: Option<std::net::SocketAddr>,
-    /// The trigger endpoint's server, aborted when the worker is done.
-    _server: Option<tokio_util::task::AbortOnDropHandle<()>>,
     life: Lifecycle,
     /// Fire `stop` and `abort` when the worker is dropped.
     _stop_on_drop: [tokio_util::sync::DropGuard; 2],
@@ -552,7 +325,7 @@ impl RunningWorker {
 
     /// Where the ops endpoint listens, when `observability.bind` is set.
     pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
-        self.ops_addr
+        self.endpoints.ops_addr
     }
 
     /// The running listeners (cloneable handles: their snapshots, for a report of your own).
@@ -562,7 +335,7 @@ impl RunningWorker {
 
     /// Where the HTTP trigger endpoint listens, when enabled.
     pub fn trigger_addr(&self) -> Option<std::net::SocketAddr> {
-        self.trigger_addr
+        self.endpoints.trigger_addr
     }
 
     /// A publisher for a configured queue, in that queue's encoding; its sends also wake

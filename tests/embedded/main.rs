@@ -9,6 +9,7 @@
 mod common;
 
 mod calls;
+mod dashboard;
 mod dockerfile;
 mod fuzz;
 mod guarantees;

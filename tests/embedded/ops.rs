@@ -149,6 +149,32 @@ async fn probes_and_metrics_answer_without_the_trigger_endpoint() {
         text.contains("# TYPE ebbflow_storage_call_duration_seconds histogram"),
         "{text}"
     );
+    // The messaging conventions' names repeat the same series.
+    let labels = "messaging_system=\"azure_storage_queue\",messaging_destination_name=\"orders\"";
+    assert_eq!(
+        sample(
+            &text,
+            &format!("messaging_process_duration_seconds_count{{{labels},messaging_operation_name=\"process\"}}")
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("messaging_client_consumed_messages_total{{{labels},messaging_operation_name=\"receive\"}}")
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "messaging_client_operation_duration_seconds_count{queue=\"orders\",op=\"delete\"}"
+        )
+        .is_some_and(|c| c >= 5.0),
+        "{text}"
+    );
     // One send and one delete per message; receives may have batched them.
     for (op, least) in [("receive", 1.0), ("delete", 5.0), ("send", 5.0)] {
         let count = sample(

@@ -9,7 +9,9 @@
 mod common;
 
 mod billing;
+mod bus_poison;
 mod bus_replicas;
+mod dashboard_browser;
 mod faults;
 mod ops_process;
 mod process;

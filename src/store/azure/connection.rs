@@ -144,6 +144,11 @@ pub(super) fn parse_connection_string_for(
         )));
     }
     let account = get("accountname");
+    // A string that spells out the queue endpoint (Azurite, a custom domain) but no blob
+    // endpoint names no blob service: the account's default host would be a guess.
+    if service == Service::Blob && get("blobendpoint").is_none() && get("queueendpoint").is_some() {
+        return Ok(None);
+    }
     let endpoint = match (get(service.endpoint_key()), &account) {
         (Some(e), _) => e,
         (None, Some(account)) => {
@@ -225,6 +230,32 @@ mod tests {
         let cs = "AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:4000/devstoreaccount1/";
         let (url, _) = parse_connection_string(cs).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:4000/devstoreaccount1");
+    }
+
+    #[test]
+    fn the_blob_endpoint_is_the_named_one_or_the_accounts_never_a_guess() {
+        let blob = |cs: &str| {
+            parse_connection_string_for(cs, Service::Blob)
+                .unwrap()
+                .map(|(url, _)| url.to_string())
+        };
+        assert_eq!(
+            blob("AccountName=acme;AccountKey=a2V5").as_deref(),
+            Some("https://acme.blob.core.windows.net/")
+        );
+        assert_eq!(
+            blob("UseDevelopmentStorage=true").as_deref(),
+            Some("http://127.0.0.1:10000/devstoreaccount1")
+        );
+        assert_eq!(
+            blob("AccountName=a;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:9/a").as_deref(),
+            Some("http://127.0.0.1:9/a")
+        );
+        // An explicit queue endpoint without a blob endpoint: no blob service known.
+        assert_eq!(
+            blob("AccountName=a;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:9/a"),
+            None
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use super::blob::{BlobErrorKind, BlobInfo, Blobs, META_EXPIRES, META_QUEUE, META
 use super::layer::{Layered, QueueLayer, StoreLayer};
 use super::{now_utc, Queue, SendOptions, SentMessage, StoreError, TimeToLive};
 use crate::codec::claim::{ClaimRef, Compression};
+use crate::codec::trace::TraceContext;
 use crate::codec::Encoding;
 
 pub mod settings;
@@ -135,7 +136,7 @@ impl ClaimCheck {
         let Some(blobs) = &self.shared.blobs else {
             return;
         };
-        let Ok(Some(reference)) = ClaimRef::parse(text) else {
+        let Ok(Some(reference)) = ClaimRef::parse(TraceContext::unwrap(text).1) else {
             return;
         };
         let (Some(container), Some(blob)) = (&reference.container, &reference.blob) else {
@@ -156,7 +157,7 @@ impl ClaimCheck {
         let Some(blobs) = &self.shared.blobs else {
             return;
         };
-        let Ok(Some(reference)) = ClaimRef::parse(text) else {
+        let Ok(Some(reference)) = ClaimRef::parse(TraceContext::unwrap(text).1) else {
             return;
         };
         let (Some(container), Some(blob)) = (&reference.container, &reference.blob) else {
@@ -189,8 +190,14 @@ impl ClaimCheck {
         if format.compression == Compression::Identity && text.len() <= shared.threshold {
             return inner.send(text, options).await;
         }
+        // A trace-context envelope stays in front; the claim check works on the text behind.
+        let (trace, body) = TraceContext::unwrap(text);
+        let wrapped = |t: String| match &trace {
+            Some(cx) => cx.wrap(&t),
+            None => t,
+        };
         // A reference already (a requeue, a release's copy): as it is.
-        if crate::codec::claim::is_reference(text) {
+        if crate::codec::claim::is_reference(body) {
             return inner.send(text, options).await;
         }
         let invalid = |detail: String| StoreError::Invalid {
@@ -199,12 +206,12 @@ impl ClaimCheck {
         };
         let payload = format
             .encoding
-            .decode(text)
+            .decode(body)
             .map_err(|e| invalid(format!("cannot read the payload to store it: {e}")))?;
         let compression = format.compression;
         let stored = compression.compress(&payload);
         if compression != Compression::Identity {
-            let inline = ClaimRef::inline(&payload, compression, &stored).to_text();
+            let inline = wrapped(ClaimRef::inline(&payload, compression, &stored).to_text());
             if inline.len() <= shared.threshold && inline.len() < text.len() {
                 return inner.send(&inline, options).await;
             }
@@ -248,7 +255,7 @@ impl ClaimCheck {
                 invalid(detail)
             }
         })?;
-        match inner.send(&reference.to_text(), options).await {
+        match inner.send(&wrapped(reference.to_text()), options).await {
             Ok(sent) => {
                 debug!(queue, blob = %name, size = reference.size, "payload stored as a blob");
                 Ok(sent)
@@ -290,29 +297,11 @@ pub async fn open_blobs(
     kind: super::BackendKind,
     explicit: Option<Blobs>,
 ) -> Result<Option<Blobs>, StoreError> {
-    let claim = &settings.claim_check;
-    if claim.enabled == Some(false) {
-        return Ok(None);
-    }
-    let blobs: Option<Blobs> = match explicit {
-        Some(b) => Some(b),
-        None => match super::azure::AzureBlobs::from_settings(settings)? {
-            Some(b) => Some(Arc::new(b)),
-            None if kind == super::BackendKind::Embedded => Some(Arc::new(
-                super::blob::memory::MemoryBlobs::new(&claim.container),
-            )),
-            None => None,
-        },
+    let blobs = match explicit {
+        Some(b) if settings.claim_check.enabled != Some(false) => Some(b),
+        _ => blobs_from_settings(settings, kind)?,
     };
     let Some(blobs) = blobs else {
-        if claim.enabled == Some(true) {
-            return Err(StoreError::Setup(
-                "storage.claim_check.enabled = true needs a blob endpoint: set \
-                 storage.claim_check.blob_endpoint, or a storage.connection_string naming the \
-                 account"
-                    .into(),
-            ));
-        }
         return Ok(None);
     };
     if settings.create_queues || kind == super::BackendKind::Embedded {
@@ -325,8 +314,39 @@ pub async fn open_blobs(
     Ok(Some(blobs))
 }
 
+/// The blob container the settings name, without creating it (see [`open_blobs`]): the one
+/// [`super::azure::AzureBlobs::from_settings`] finds, else for the embedded store an in-memory
+/// one; `None` when the claim check is off; an error when it is required
+/// (`enabled = true`) and no blob endpoint is known.
+pub fn blobs_from_settings(
+    settings: &super::settings::StorageSettings,
+    kind: super::BackendKind,
+) -> Result<Option<Blobs>, StoreError> {
+    let claim = &settings.claim_check;
+    if claim.enabled == Some(false) {
+        return Ok(None);
+    }
+    let blobs: Option<Blobs> = match super::azure::AzureBlobs::from_settings(settings)? {
+        Some(b) => Some(Arc::new(b)),
+        None if kind == super::BackendKind::Embedded => Some(Arc::new(
+            super::blob::memory::MemoryBlobs::new(&claim.container),
+        )),
+        None => None,
+    };
+    if blobs.is_none() && claim.enabled == Some(true) {
+        return Err(StoreError::Setup(
+            "storage.claim_check.enabled = true needs a blob endpoint: set \
+             storage.claim_check.blob_endpoint, or a storage.connection_string naming the \
+             account"
+                .into(),
+        ));
+    }
+    Ok(blobs)
+}
+
 /// Reads a reference and fetches its payload (see [`Queue::open_payload`]).
 async fn open(shared: &Shared, text: &str) -> Result<Option<Vec<u8>>, PayloadError> {
+    let (_, text) = TraceContext::unwrap(text);
     let reference = match ClaimRef::parse(text) {
         Ok(None) => return Ok(None),
         Ok(Some(r)) => r,

@@ -186,3 +186,23 @@ async fn the_sweep_removes_expired_orphans_and_nothing_else() {
         ["orders/live.bin", "orders/never.bin", "someone/else.bin"]
     );
 }
+
+#[tokio::test]
+async fn a_trace_context_envelope_stays_in_front_of_the_reference() {
+    let (store, blobs) = setup(Compression::Identity);
+    let q = store.queue("orders").unwrap();
+    q.create_if_missing().await.unwrap();
+    let cx = crate::codec::trace::TraceContext::new([7; 16], [9; 8], true, "");
+    let payload = vec![3u8; 90_000];
+    q.send(&cx.wrap(&text_of(&payload)), SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(blobs.len(), 1);
+    let text = q.peek(1).await.unwrap()[0].text.clone();
+    let (got, body) = crate::codec::trace::TraceContext::unwrap(&text);
+    assert_eq!(got, Some(cx));
+    assert!(body.starts_with("{\"ebbflow_claim\":1"), "{body}");
+    assert_eq!(q.open_payload(&text).await.unwrap().unwrap(), payload);
+    q.payload_done(&text).await;
+    assert!(blobs.is_empty());
+}

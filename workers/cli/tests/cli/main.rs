@@ -1,12 +1,14 @@
 //! The `ebbflow` command line as a user runs it: every command against the test Azurite (the
 //! `EBBFLOW_AZURITE_URL` that scripts/test starts), exit codes, help and errors.
 
+mod claim;
 #[path = "../../../../tests/common/mod.rs"]
 mod common;
 mod config_check;
 mod deploy;
 mod edges;
 mod queues;
+mod top;
 mod trigger;
 mod usage;
 

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::QueueSettings;
+use ebbflow::store::blob::Blobs;
+use ebbflow::store::claim::{blobs_from_settings, ClaimCheck, QueueFormat};
 use ebbflow::store::retrying::RetryingStore;
 use ebbflow::store::sharding::ShardingStore;
-use ebbflow::store::{BackendKind, QueueStore, StoreError};
+use ebbflow::store::{BackendKind, LayeredStore, QueueStore, StoreError};
 use ebbflow::Settings;
 
 /// A command's failure, with the exit code it maps to.
@@ -133,8 +135,30 @@ impl Context {
             )));
         }
         let store = RetryingStore::wrap(store, settings.storage.retry);
-        Ok(ShardingStore::wrap_sharded(store, settings.shard_counts()))
+        let store = ShardingStore::wrap_sharded(store, settings.shard_counts());
+        // The claim check as a worker has it: large sends go to a blob, references resolve.
+        Ok(LayeredStore::wrap(store, claim_check(settings)?))
     }
+
+    /// The claim check's blob container the settings name (none when it is off).
+    pub fn blobs(&self, settings: &Settings) -> Result<Option<Blobs>, CliError> {
+        Ok(blobs_from_settings(&settings.storage, BackendKind::Azure)?)
+    }
+}
+
+/// The claim-check layer for `settings`: their blob container and each queue's encoding and
+/// compression.
+pub fn claim_check(settings: &Settings) -> Result<ClaimCheck, CliError> {
+    let blobs = blobs_from_settings(&settings.storage, BackendKind::Azure)?;
+    let mut claim = ClaimCheck::new(blobs, &settings.storage.claim_check);
+    for (name, q) in &settings.queues {
+        let format = QueueFormat {
+            encoding: q.encoding,
+            compression: q.compression,
+        };
+        claim = claim.queue(name, format);
+    }
+    Ok(claim)
 }
 
 /// Runs `future` on a fresh tokio runtime.

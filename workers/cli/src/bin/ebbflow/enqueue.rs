@@ -67,11 +67,18 @@ impl Args {
         if let Some(url) = &self.trigger_url {
             push::check_url(url).map_err(CliError::usage)?;
         }
-        let payload = self.payload()?;
         let settings = ctx.settings()?;
         let queue_settings = configured(&settings, &self.queue)?;
         let (encoding, trace_context) = (queue_settings.encoding, queue_settings.trace_context);
-        let text = self.encode(&payload, encoding)?;
+        // With the claim check on, a payload up to its limit goes (to a blob when large).
+        let claim_on = ctx.blobs(&settings)?.is_some();
+        let limit = if claim_on {
+            settings.storage.claim_check.max_payload_bytes
+        } else {
+            MAX_MESSAGE_BYTES as u64
+        };
+        let payload = self.payload(limit)?;
+        let text = self.encode(&payload, encoding, claim_on)?;
         let store = ctx.store(&settings)?;
         let queue = store.queue(&self.queue)?;
         let target = push::Target {
@@ -238,17 +245,17 @@ impl Args {
     }
 
     /// The payload bytes, from the argument or the file.
-    fn payload(&self) -> Result<Vec<u8>, CliError> {
+    fn payload(&self, limit: u64) -> Result<Vec<u8>, CliError> {
         match (&self.text, &self.file) {
             (Some(text), _) => Ok(text.as_bytes().to_vec()),
             (None, Some(path)) if path.as_os_str() == "-" => {
-                read_bounded(std::io::stdin().lock(), "--file - (standard input)")
+                read_bounded(std::io::stdin().lock(), "--file - (standard input)", limit)
             }
             (None, Some(path)) => {
                 let source = format!("--file {}", path.display());
                 let file = std::fs::File::open(path)
                     .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
-                read_bounded(file, &source)
+                read_bounded(file, &source, limit)
             }
             (None, None) => Err(CliError::usage(
                 "give the message text or --file FILE (see ebbflow enqueue --help)",
@@ -258,7 +265,12 @@ impl Args {
 
     /// The message text in the queue's encoding, refused here when the service would refuse
     /// it (over 64 KiB, or not text on a queue without encoding).
-    fn encode(&self, payload: &[u8], encoding: Encoding) -> Result<String, CliError> {
+    fn encode(
+        &self,
+        payload: &[u8],
+        encoding: Encoding,
+        claim_on: bool,
+    ) -> Result<String, CliError> {
         let source = match &self.file {
             Some(path) => format!("--file {}", path.display()),
             None => "the message text".to_string(),
@@ -277,7 +289,7 @@ impl Args {
                 self.queue
             )));
         }
-        if text.len() > MAX_MESSAGE_BYTES {
+        if text.len() > MAX_MESSAGE_BYTES && !claim_on {
             let hint = match encoding {
                 Encoding::Base64 => format!(
                     " (base64 makes 3 bytes 4: a payload of at most {} bytes fits)",
@@ -287,8 +299,9 @@ impl Args {
             };
             return Err(CliError::usage(format!(
                 "{source} makes a message of {} bytes on queue {} ({encoding}); the service takes \
-                 at most {MAX_MESSAGE_BYTES}{hint}: put large payloads in a blob and send a \
-                 reference",
+                 at most {MAX_MESSAGE_BYTES}{hint}: turn the claim check on (set \
+                 storage.claim_check.blob_endpoint, or a connection string naming the account) \
+                 and large payloads go to a blob",
                 text.len(),
                 self.queue
             )));
@@ -297,21 +310,30 @@ impl Args {
     }
 }
 
-/// Reads at most one byte more than any message can hold, so a huge file (or `/dev/zero`) is
-/// refused without loading it; `source` names the input in errors.
-fn read_bounded(reader: impl Read, source: &str) -> Result<Vec<u8>, CliError> {
+/// Reads at most one byte more than `limit` (the largest message, or with the claim check the
+/// largest payload), so a huge file (or `/dev/zero`) is refused without loading it; `source`
+/// names the input in errors.
+fn read_bounded(reader: impl Read, source: &str, limit: u64) -> Result<Vec<u8>, CliError> {
     let mut bytes = Vec::new();
     reader
-        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CliError::usage(format!(
-            "{source} holds more than {MAX_MESSAGE_BYTES} bytes; the service takes at most \
-             {MAX_MESSAGE_BYTES} bytes of message text (a payload of at most {} bytes on a \
-             base64 queue): put large payloads in a blob and send a reference",
-            MAX_MESSAGE_BYTES / 4 * 3
-        )));
+    if bytes.len() as u64 > limit {
+        return Err(CliError::usage(if limit > MAX_MESSAGE_BYTES as u64 {
+            format!(
+                "{source} holds more than {limit} bytes, the largest payload \
+                 storage.claim_check.max_payload_bytes allows"
+            )
+        } else {
+            format!(
+                "{source} holds more than {MAX_MESSAGE_BYTES} bytes; the service takes at most \
+                 {MAX_MESSAGE_BYTES} bytes of message text (a payload of at most {} bytes on a \
+                 base64 queue): turn the claim check on (storage.claim_check.blob_endpoint, or \
+                 a connection string naming the account) and large payloads go to a blob",
+                MAX_MESSAGE_BYTES / 4 * 3
+            )
+        }));
     }
     Ok(bytes)
 }

@@ -28,6 +28,8 @@ macro_rules! emit {
     };
 }
 
+mod blobs;
+mod bus;
 mod completions;
 mod context;
 mod deploy;
@@ -40,6 +42,7 @@ mod push;
 mod settings;
 mod simulate;
 mod stats;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,9 +73,14 @@ enum Command {
     Peek(peek::Args),
     /// Approximate depth of each configured queue and its poison queue.
     Stats(stats::Args),
+    /// A live view of one worker's queues: depth, tasks, rates (its ops endpoint's JSON).
+    Top(top::Args),
     /// List, show and requeue poison messages.
     #[command(subcommand)]
     Poison(poison::Command),
+    /// The claim check's payload blobs: find and remove orphans.
+    #[command(subcommand)]
+    Blobs(blobs::Command),
     /// Run the listener and scaling policy in virtual time against a load profile.
     Simulate(simulate::Args),
     /// Check the config.
@@ -85,6 +93,9 @@ enum Command {
     Notify(notify::Args),
     /// List the live worker instances on the bus and their last presence pulse.
     Instances(instances::Args),
+    /// The bus's own administration: `bus poison list|show|requeue`.
+    #[command(subcommand)]
+    Bus(bus::Command),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -95,12 +106,15 @@ impl Command {
             Command::Enqueue(args) => args.run(ctx),
             Command::Peek(args) => args.run(ctx),
             Command::Stats(args) => args.run(ctx),
+            Command::Top(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
+            Command::Blobs(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),
             Command::Config(command) => command.run(ctx),
             Command::Deploy(command) => command.run(ctx),
             Command::Notify(args) => args.run(ctx),
             Command::Instances(args) => args.run(ctx),
+            Command::Bus(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
     }

@@ -1,5 +1,6 @@
 //! `ebbflow peek <queue>`: visible messages without receiving them.
 
+use ebbflow::codec::claim::ClaimRef;
 use ebbflow::codec::Encoding;
 use ebbflow::store::PeekedMessage;
 use serde_json::json;
@@ -69,6 +70,19 @@ fn inserted(m: &PeekedMessage) -> String {
 
 /// The body decoded for one line: its text (cut at [`SHOWN_CHARS`]), or what it is if not text.
 fn shown(text: &str, encoding: Encoding) -> String {
+    match ClaimRef::parse(text) {
+        Ok(Some(r)) => {
+            return format!(
+                "claim-check reference: {} ({} bytes, {}; {} bytes of text)",
+                r.location(),
+                r.size,
+                r.content_encoding,
+                text.len()
+            )
+        }
+        Err(e) => return format!("({e}; stored text: {})", cut(text)),
+        Ok(None) => {}
+    }
     let bytes = match encoding.decode(text) {
         Ok(bytes) => bytes,
         Err(e) => return format!("({e}; stored text: {})", cut(text)),
@@ -97,6 +111,22 @@ fn cut(text: &str) -> String {
 
 fn as_json(m: &PeekedMessage, encoding: Encoding) -> serde_json::Value {
     let decoded = encoding.decode(&m.text);
+    if let Ok(Some(r)) = ClaimRef::parse(&m.text) {
+        return json!({
+            "id": m.id,
+            "dequeue_count": m.dequeue_count,
+            "inserted_at": m.inserted_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            "text": m.text,
+            "claim": {
+                "location": r.location(),
+                "container": r.container,
+                "blob": r.blob,
+                "size": r.size,
+                "sha256": r.sha256,
+                "content_encoding": r.content_encoding,
+            },
+        });
+    }
     json!({
         "id": m.id,
         "dequeue_count": m.dequeue_count,

@@ -80,7 +80,15 @@ impl Command {
             .filter(|(name, q)| **name != queue && q.poison_queue_name(name) == poison.name())
             .map(|(name, _)| name.clone())
             .collect();
-        block_on(self.run_on(&settings, account, &poison, &queue_settings, &sharing))?
+        let claim = crate::context::claim_check(&settings)?;
+        block_on(self.run_on(
+            &settings,
+            account,
+            &poison,
+            &queue_settings,
+            &sharing,
+            &claim,
+        ))?
     }
 
     async fn run_on(
@@ -90,6 +98,7 @@ impl Command {
         poison: &PoisonQueue,
         settings: &QueueSettings,
         sharing: &[String],
+        claim: &ebbflow::store::claim::ClaimCheck,
     ) -> Result<(), CliError> {
         match self {
             Command::List { limit, .. } => {
@@ -110,8 +119,19 @@ impl Command {
                     Ok(e) => {
                         let json = serde_json::to_string_pretty(e).map_err(CliError::runtime)?;
                         say!("{json}");
-                        if let Ok(bytes) = settings.encoding.decode(&e.body) {
-                            say!("decoded body: {}", String::from_utf8_lossy(&bytes));
+                        match claim.open(&e.body).await {
+                            // A claim-check reference: its payload, fetched and checked.
+                            Ok(Some(bytes)) => say!(
+                                "payload ({} bytes, from the claim check's blob): {}",
+                                bytes.len(),
+                                String::from_utf8_lossy(&bytes)
+                            ),
+                            Ok(None) => {
+                                if let Ok(bytes) = settings.encoding.decode(&e.body) {
+                                    say!("decoded body: {}", String::from_utf8_lossy(&bytes));
+                                }
+                            }
+                            Err(why) => say!("payload unavailable: {why}"),
                         }
                     }
                     Err(why) => say!("{}: no envelope, original text ({why})", record.id),

@@ -1,0 +1,306 @@
+//! A worker's start, in steps: check what was registered against the settings, layer the
+//! store, serve the ops endpoint, open the bus, make sure every queue is there and build its
+//! listener's parts, bind the trigger endpoint, and only then start listening. A step that
+//! fails returns before anything runs (what was bound is dropped with it).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::task::AbortOnDropHandle;
+use tracing::info;
+
+use super::ready::{listeners_state, store_state};
+use super::{bus, tasks, Endpoints, RunningWorker, Worker, WorkerError};
+use crate::handler::{ErasedHandler, Publisher, SharedLayer, Span, Stack};
+use crate::listener::{Lifecycle, ListenerSpec, QueueListener};
+use crate::observability::{Metrics, Readiness};
+use crate::store::metered::Metering;
+use crate::store::retrying::RetryingStore;
+use crate::store::sharding::ShardingStore;
+use crate::store::{self, LayeredStore, Queue, QueueStore, StoreError};
+use crate::trigger::Hub;
+
+pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> {
+    worker.check()?;
+    // Taken apart: the bus observers are `Send` but not `Sync`, so no `&Worker` may be held
+    // across an await of this `Send` future.
+    let Worker {
+        settings,
+        store,
+        handlers,
+        observers,
+        layers,
+        queue_layers,
+        batch_stats,
+        blobs,
+        duplicate: _,
+    } = worker;
+    let store_given = store.is_some();
+    let (store, metering) = layered_store(store, blobs, &settings).await?;
+    // The ops endpoint first: while the queues are checked, /healthz answers and /readyz
+    // says "starting". A start that fails drops it with everything else.
+    let readiness = Readiness::default();
+    let startup = readiness.register("startup");
+    let shown: Arc<std::sync::OnceLock<Vec<QueueListener>>> = Arc::default();
+    let metrics = Arc::new(Metrics::new(shown.clone(), store.clone(), metering.clone()));
+    metrics.set_dashboard(crate::observability::dashboard::Dashboard::new(
+        shown.clone(),
+        store.clone(),
+        settings.queues.clone(),
+    ));
+    readiness.register_probe("store", move || store_state(&metering));
+    let ops = serve_ops(&settings, &readiness, &metrics).await?;
+    let embedded = store.kind() == store::BackendKind::Embedded;
+    let create = settings.storage.create_queues || embedded;
+    let life = Lifecycle::default();
+    // Events naming another storage account are ignored (the embedded store has none).
+    let hub = Hub::new(store.account());
+    // The bus before the queues' publishers (they announce on it) and before any listener:
+    // a worker does not start on a bus it cannot use.
+    let bus = crate::bus::open(&settings.bus).await?;
+    let mut wiring = bus::Wiring::new(
+        bus.clone(),
+        hub.clone(),
+        &settings,
+        tasks::Tasks::new(&life),
+    );
+    let mut probed = BTreeMap::new();
+    // Queues and publishers first, so every handler's Context can publish to any queue.
+    let mut specs = Vec::new();
+    let mut publishers = BTreeMap::new();
+    for (name, queue_settings) in &settings.queues {
+        let handler = handlers
+            .get(name)
+            .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
+            .clone();
+        let (queue, poison_queue) = open_queues(&store, name, queue_settings, create).await?;
+        let link = wiring.link(name, queue_settings);
+        let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
+            .with_hub(hub.clone())
+            .with_trace_context(queue_settings.trace_context);
+        if let Some(announcer) = wiring.announcer(name) {
+            publisher = publisher.with_announcer(announcer);
+        }
+        publishers.insert(name.clone(), publisher);
+        probed.insert(name.clone(), queue.clone());
+        specs.push(ListenerSpec {
+            hooks: Some(link),
+            bus: Some(bus.clone()),
+            queue,
+            poison_queue,
+            settings: queue_settings.clone(),
+            stack: stack_of(&layers, queue_layers.get(name), handler),
+            batch_stats: batch_stats.get(name).cloned(),
+            create_queues: create,
+            // In-process publishes trigger after each send lands; HTTP events are hints (one
+            // may stand for a burst still being sent), so they do not cover a queue.
+            trigger_covered: queue_settings.scaling.wake_on_publish,
+        });
+    }
+    wiring.listen().await?;
+    let trigger = bind_trigger(&settings, &hub, &metrics, &life).await?;
+    // Nothing below can fail: from here on, tasks run.
+    let shared_publishers = Arc::new(publishers.clone());
+    let listeners: Vec<QueueListener> = specs
+        .into_iter()
+        .map(|spec| QueueListener::start(spec, shared_publishers.clone(), &life, &hub))
+        .collect();
+    let _ = shown.set(listeners.clone());
+    let (running, fatal) = (shown.clone(), life.fatal.clone());
+    readiness.register_probe("listeners", move || listeners_state(&running, &fatal));
+    startup.ready();
+    // The endpoint is not part of the drain: a client that never finishes its request must
+    // not hold the worker's shutdown up. It stops on `stop`, and is cut off when the drain
+    // ends (or the worker is dropped).
+    let trigger = trigger.map(|(addr, serve)| {
+        info!(%addr, "trigger endpoint listening");
+        (addr, serve_beside("trigger endpoint", serve))
+    });
+    for observe in observers {
+        observe(&bus);
+    }
+    bus.start();
+    let bus_counters = wiring.counters();
+    metrics.set_bus(wiring.metrics());
+    wiring.run(listeners.clone(), probed, &readiness, life.stop.clone());
+    life.tracker.close();
+    info!(backend = %store.kind(), queues = listeners.len(), "worker started");
+    if embedded && !store_given {
+        info!(
+            "no storage configured: queues live in this process only (the embedded store); \
+             set AZURE_STORAGE_CONNECTION_STRING, storage.connection_string or \
+             storage.queue_endpoint to use Azure Storage"
+        );
+    }
+    let (ops_addr, ops_server) = ops.unzip();
+    let (trigger_addr, trigger_server) = trigger.unzip();
+    Ok(RunningWorker {
+        bus,
+        bus_counters,
+        store,
+        readiness,
+        endpoints: Endpoints {
+            ops_addr,
+            _ops_server: ops_server,
+            trigger_addr,
+            _trigger_server: trigger_server,
+        },
+        listeners,
+        publishers,
+        hub,
+        _stop_on_drop: [
+            life.stop.clone().drop_guard(),
+            life.abort.clone().drop_guard(),
+        ],
+        life,
+        drain_timeout: settings.worker.drain_timeout,
+    })
+}
+
+impl Worker {
+    /// The settings are valid (as [`crate::Settings::load`] checks them), and every handler
+    /// and layer names a configured queue, once.
+    fn check(&self) -> Result<(), WorkerError> {
+        self.settings.validate()?;
+        if let Some(queue) = &self.duplicate {
+            return Err(WorkerError::DuplicateHandler(queue.clone()));
+        }
+        if self.settings.queues.is_empty() {
+            return Err(WorkerError::NoQueues(self.settings.origin().to_string()));
+        }
+        if let Some(name) = self
+            .handlers
+            .keys()
+            .find(|n| !self.settings.queues.contains_key(*n))
+        {
+            return Err(WorkerError::NotConfigured(name.clone()));
+        }
+        if let Some(name) = self
+            .queue_layers
+            .keys()
+            .find(|n| !self.settings.queues.contains_key(*n))
+        {
+            return Err(WorkerError::LayerNotConfigured(name.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// The store the settings name (or the one given), with its layers: retries, then shards
+/// (each shard's calls retried on their own), then the claim check (above the shards, so one
+/// payload is one blob whichever shard its reference lands on), then metering outermost (each
+/// call timed as the listener sees it, its outcome feeding the readiness check "store").
+async fn layered_store(
+    given: Option<Arc<dyn QueueStore>>,
+    blobs: Option<crate::store::blob::Blobs>,
+    settings: &crate::Settings,
+) -> Result<(Arc<dyn QueueStore>, Metering), StoreError> {
+    let store = match given {
+        Some(store) => store,
+        None => store::open(&settings.storage)?,
+    };
+    let store = RetryingStore::wrap(store, settings.storage.retry);
+    let store = ShardingStore::wrap_sharded(store, settings.shard_counts());
+    let blobs = crate::store::claim::open_blobs(&settings.storage, store.kind(), blobs).await?;
+    let mut claim = crate::store::claim::ClaimCheck::new(blobs, &settings.storage.claim_check);
+    for (name, q) in &settings.queues {
+        let format = crate::store::claim::QueueFormat {
+            encoding: q.encoding,
+            compression: q.compression,
+        };
+        claim = claim.queue(name, format);
+    }
+    let store = LayeredStore::wrap(store, claim);
+    let metering = Metering::default();
+    let store = LayeredStore::wrap(store, metering.clone());
+    Ok((store, metering))
+}
+
+/// Binds and serves the ops endpoint when `observability.bind` is set.
+async fn serve_ops(
+    settings: &crate::Settings,
+    readiness: &Readiness,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(SocketAddr, AbortOnDropHandle<()>)>, WorkerError> {
+    let Some(addr) = settings.observability.bind else {
+        return Ok(None);
+    };
+    let token = settings.observability.metrics_token.clone();
+    let (bound, serve) =
+        crate::observability::server::bind(addr, readiness.clone(), metrics.clone(), token)
+            .await
+            .map_err(|error| WorkerError::OpsBind { addr, error })?;
+    info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
+    Ok(Some((bound, serve_beside("ops endpoint", serve))))
+}
+
+/// Runs a server beside the tracker (never holding the drain up), aborted when the handle is
+/// dropped, its end logged by `name`.
+fn serve_beside(
+    name: &'static str,
+    serve: impl std::future::Future<Output = ()> + Send + 'static,
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(tasks::logged(name, serve)))
+}
+
+/// The queue `name` and its poison queue, created when `create`, each proven to exist (and
+/// the credentials to work) by one properties call before any task starts.
+async fn open_queues(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    settings: &crate::config::QueueSettings,
+    create: bool,
+) -> Result<(Arc<dyn Queue>, Arc<dyn Queue>), WorkerError> {
+    let queue = store.queue(name)?;
+    let poison_queue = store.queue(&settings.poison_queue_name(name))?;
+    for q in [&queue, &poison_queue] {
+        if create {
+            q.create_if_missing().await?;
+        }
+        q.approximate_depth().await.map_err(|e| match e {
+            StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
+            e => WorkerError::Store(e),
+        })?;
+    }
+    Ok((queue, poison_queue))
+}
+
+/// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. Its
+/// `/metrics` (behind its token) shows the same text as the ops endpoint's.
+async fn bind_trigger(
+    settings: &crate::Settings,
+    hub: &Hub,
+    metrics: &Arc<Metrics>,
+    life: &Lifecycle,
+) -> Result<Option<(SocketAddr, BoxServe)>, WorkerError> {
+    let http = &settings.triggers.http;
+    if !http.enabled {
+        return Ok(None);
+    }
+    let render = metrics.clone();
+    let metrics: crate::trigger::http::Metrics = Arc::new(move || render.render());
+    crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
+        .await
+        .map(|(addr, serve)| Some((addr, Box::pin(serve) as BoxServe)))
+        .map_err(|error| WorkerError::TriggerBind {
+            addr: http.bind,
+            error,
+        })
+}
+
+/// A server's future, bound and not yet serving.
+type BoxServe = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A queue's stack: the runtime's span outermost, then the worker-wide layers, then the
+/// queue's own, around its handler.
+fn stack_of(
+    worker: &[SharedLayer],
+    queue: Option<&Vec<SharedLayer>>,
+    handler: Arc<dyn ErasedHandler>,
+) -> Stack {
+    let mut layers = vec![SharedLayer::new(Span)];
+    layers.extend(worker.iter().cloned());
+    layers.extend(queue.into_iter().flatten().cloned());
+    Stack::new(layers, handler)
+}
