@@ -66,6 +66,8 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         &settings,
         tasks::Tasks::new(&life),
     );
+    // Every queue and poison queue there, within storage.startup_timeout.
+    let mut checked = super::startup::check_queues(&store, &settings, create).await?;
     let mut probed = BTreeMap::new();
     // Queues and publishers first, so every handler's Context can publish to any queue.
     let mut specs = Vec::new();
@@ -75,7 +77,9 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             .get(name)
             .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
             .clone();
-        let (queue, poison_queue) = open_queues(&store, name, queue_settings, create).await?;
+        let (queue, poison_queue) = checked
+            .remove(name)
+            .ok_or_else(|| WorkerError::NoHandler(name.clone()))?;
         let link = wiring.link(name, queue_settings);
         let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
             .with_hub(hub.clone())
@@ -240,8 +244,12 @@ async fn serve_ops(
         return Ok(None);
     };
     let token = settings.observability.metrics_token.clone();
+    let limits = crate::endpoint::ConnectionLimits {
+        header_read_timeout: settings.observability.header_read_timeout,
+        max_connections: settings.observability.max_connections as usize,
+    };
     let (bound, serve) =
-        crate::observability::server::bind(addr, readiness.clone(), metrics.clone(), token)
+        crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)
             .await
             .map_err(|error| WorkerError::OpsBind { addr, error })?;
     info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
@@ -255,28 +263,6 @@ fn serve_beside(
     serve: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(tasks::logged(name, serve)))
-}
-
-/// The queue `name` and its poison queue, created when `create`, each proven to exist (and
-/// the credentials to work) by one properties call before any task starts.
-async fn open_queues(
-    store: &Arc<dyn QueueStore>,
-    name: &str,
-    settings: &crate::config::QueueSettings,
-    create: bool,
-) -> Result<(Arc<dyn Queue>, Arc<dyn Queue>), WorkerError> {
-    let queue = store.queue(name)?;
-    let poison_queue = store.queue(&settings.poison_queue_name(name))?;
-    for q in [&queue, &poison_queue] {
-        if create {
-            q.create_if_missing().await?;
-        }
-        q.approximate_depth().await.map_err(|e| match e {
-            StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
-            e => WorkerError::Store(e),
-        })?;
-    }
-    Ok((queue, poison_queue))
 }
 
 /// An output-only queue, created when `create`, proven to exist by one properties call.
@@ -296,8 +282,8 @@ pub(super) async fn open_output(
     Ok(queue)
 }
 
-/// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. Its
-/// `/metrics` (behind its token) shows the same text as the ops endpoint's.
+/// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. It serves
+/// no metrics; its refusals are counted in the ops endpoint's.
 async fn bind_trigger(
     settings: &crate::Settings,
     hub: &Hub,
@@ -308,9 +294,8 @@ async fn bind_trigger(
     if !http.enabled {
         return Ok(None);
     }
-    let render = metrics.clone();
-    let metrics: crate::trigger::http::Metrics = Arc::new(move || render.render());
-    crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
+    let refusals = metrics.refusals().clone();
+    crate::trigger::http::bind(hub.clone(), http, refusals, life.stop.clone())
         .await
         .map(|(addr, serve)| Some((addr, Box::pin(serve) as BoxServe)))
         .map_err(|error| WorkerError::TriggerBind {
