@@ -34,6 +34,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         queue_layers,
         batch_stats,
         blobs,
+        outputs,
         duplicate: _,
     } = worker;
     let store_given = store.is_some();
@@ -65,6 +66,8 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         &settings,
         tasks::Tasks::new(&life),
     );
+    // Every queue and poison queue there, within storage.startup_timeout.
+    let mut checked = super::startup::check_queues(&store, &settings, create).await?;
     let mut probed = BTreeMap::new();
     // Queues and publishers first, so every handler's Context can publish to any queue.
     let mut specs = Vec::new();
@@ -74,7 +77,9 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             .get(name)
             .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
             .clone();
-        let (queue, poison_queue) = open_queues(&store, name, queue_settings, create).await?;
+        let (queue, poison_queue) = checked
+            .remove(name)
+            .ok_or_else(|| WorkerError::NoHandler(name.clone()))?;
         let link = wiring.link(name, queue_settings);
         let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
             .with_hub(hub.clone())
@@ -97,6 +102,18 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             // may stand for a burst still being sent), so they do not cover a queue.
             trigger_covered: queue_settings.scaling.wake_on_publish,
         });
+    }
+    for name in outputs.iter().filter(|o| !settings.queues.contains_key(*o)) {
+        let queue = open_output(&store, name, create).await?;
+        let defaults = crate::config::QueueSettings::default();
+        let mut publisher = Publisher::new(queue, defaults.encoding)
+            .with_hub(hub.clone())
+            .with_trace_context(defaults.trace_context);
+        if settings.bus.is_shared() {
+            let announcer = crate::bus::Announcer::new(bus.transport(), name, defaults.bus);
+            publisher = publisher.with_announcer(announcer);
+        }
+        publishers.insert(name.clone(), publisher);
     }
     wiring.listen().await?;
     let trigger = bind_trigger(&settings, &hub, &metrics, &life).await?;
@@ -191,7 +208,7 @@ impl Worker {
 /// (each shard's calls retried on their own), then the claim check (above the shards, so one
 /// payload is one blob whichever shard its reference lands on), then metering outermost (each
 /// call timed as the listener sees it, its outcome feeding the readiness check "store").
-async fn layered_store(
+pub(super) async fn layered_store(
     given: Option<Arc<dyn QueueStore>>,
     blobs: Option<crate::store::blob::Blobs>,
     settings: &crate::Settings,
@@ -244,26 +261,21 @@ fn serve_beside(
     AbortOnDropHandle::new(tokio::spawn(tasks::logged(name, serve)))
 }
 
-/// The queue `name` and its poison queue, created when `create`, each proven to exist (and
-/// the credentials to work) by one properties call before any task starts.
-async fn open_queues(
+/// An output-only queue, created when `create`, proven to exist by one properties call.
+pub(super) async fn open_output(
     store: &Arc<dyn QueueStore>,
     name: &str,
-    settings: &crate::config::QueueSettings,
     create: bool,
-) -> Result<(Arc<dyn Queue>, Arc<dyn Queue>), WorkerError> {
+) -> Result<Arc<dyn Queue>, WorkerError> {
     let queue = store.queue(name)?;
-    let poison_queue = store.queue(&settings.poison_queue_name(name))?;
-    for q in [&queue, &poison_queue] {
-        if create {
-            q.create_if_missing().await?;
-        }
-        q.approximate_depth().await.map_err(|e| match e {
-            StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
-            e => WorkerError::Store(e),
-        })?;
+    if create {
+        queue.create_if_missing().await?;
     }
-    Ok((queue, poison_queue))
+    queue.approximate_depth().await.map_err(|e| match e {
+        StoreError::QueueNotFound { .. } => WorkerError::MissingOutput(name.to_string()),
+        e => WorkerError::Store(e),
+    })?;
+    Ok(queue)
 }
 
 /// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. Its
