@@ -92,6 +92,8 @@ pub mod book {
     pub struct MiddlewareDoctests;
     #[doc = include_str!("../docs/src/testing-handlers.md")]
     pub struct TestingHandlersDoctests;
+    #[doc = include_str!("../docs/src/outputs.md")]
+    pub struct OutputsDoctests;
     #[doc = include_str!("../docs/src/configuration.md")]
     pub struct ConfigurationDoctests;
     #[doc = include_str!("../docs/src/message-life.md")]

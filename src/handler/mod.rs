@@ -29,6 +29,7 @@ mod func;
 mod heartbeat;
 mod layer;
 pub mod layers;
+mod output;
 mod publisher;
 pub use batch::{Batch, BatchHandler, Batching};
 pub(crate) use batch::{BatchStats, Batcher, BATCH_SIZE_BUCKETS};
@@ -36,6 +37,7 @@ pub use func::{from_fn, FnHandler};
 pub use heartbeat::{Heartbeat, JobStatus};
 pub use layer::{Job, Layer, Next};
 pub(crate) use layer::{SharedLayer, Span, Stack};
+pub use output::Output;
 pub use publisher::{PublishError, Publisher};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -197,6 +199,13 @@ impl Context {
     /// this worker's listener of that queue at once (the in-process push trigger).
     pub fn publisher(&self, queue: &str) -> Option<&Publisher> {
         self.publishers.get(queue)
+    }
+
+    /// A typed output to one of the worker's queues (configured, or declared with
+    /// [`crate::Worker::output`]): sends `T`s as JSON. `None` for a queue the worker does not
+    /// know; declared outputs are checked at start-up, so a typo there stops the start.
+    pub fn output<T: serde::Serialize>(&self, queue: &str) -> Option<Output<T>> {
+        self.publishers.get(queue).cloned().map(Output::new)
     }
 
     /// The worker's bus: publish events to other instances (unicast, multicast, a role, or

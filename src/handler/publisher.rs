@@ -121,11 +121,88 @@ impl Publisher {
         Ok(id)
     }
 
+    /// Sends many payloads, each with its own delay and time to live, in order; the listeners
+    /// are woken once for all those visible at once (one bus announcement), and once per
+    /// distinct delay for the others. Returns the new messages' ids in order.
+    ///
+    /// # Errors
+    /// The first failed send's error; the payloads before it were sent (and are woken for).
+    pub async fn send_many(
+        &self,
+        payloads: impl IntoIterator<Item = (Vec<u8>, crate::store::SendOptions)>,
+    ) -> Result<Vec<String>, PublishError> {
+        let mut ids = Vec::new();
+        let mut now = 0u64;
+        let mut delays = std::collections::BTreeSet::new();
+        let mut failed = None;
+        for (payload, options) in payloads {
+            match self.send_quiet(&payload, options).await {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if options.initial_delay.is_zero() {
+                now += 1;
+            } else {
+                delays.insert(crate::store::rules::whole_seconds(options.initial_delay));
+            }
+        }
+        if now > 0 {
+            self.wake_for(now).await;
+        }
+        for delay in delays {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+                this.wake().await;
+            });
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(ids),
+        }
+    }
+
+    /// Encodes and sends one payload without waking anyone.
+    async fn send_quiet(
+        &self,
+        payload: &[u8],
+        options: crate::store::SendOptions,
+    ) -> Result<String, PublishError> {
+        let text = self
+            .encoding
+            .encode(payload)
+            .map_err(|e| PublishError::Encode {
+                queue: self.queue().to_string(),
+                detail: e.to_string(),
+            })?;
+        let span = crate::codec::spans::send_span(self.queue());
+        let text = if self.trace_context {
+            crate::codec::spans::inject(&span, text)
+        } else {
+            text
+        };
+        let sent = self.queue.send(&text, options);
+        let id = tracing::Instrument::instrument(sent, span.clone())
+            .await?
+            .id;
+        span.record("messaging.message.id", id.as_str());
+        Ok(id)
+    }
+
     /// Announces one send on the bus, or wakes the local listeners when there is none or it
     /// is down.
     async fn wake(&self) {
+        self.wake_for(1).await;
+    }
+
+    /// Announces `sent` sends on the bus, or wakes the local listeners when there is none or
+    /// it is down.
+    async fn wake_for(&self, sent: u64) {
         let announced = match &self.announcer {
-            Some(a) => a.after_send(1).await,
+            Some(a) => a.after_send(sent).await,
             None => crate::bus::Announced::Failed,
         };
         // Announced on the bus, the notice reaches this process's listeners too (or the one

@@ -121,7 +121,7 @@ enum Then {
     /// Sleep the idle curve's next step; at its maximum, ask to retire when `retire`.
     Climb { retire: bool },
     /// Sleep the curve's maximum and ask to retire: a wait for a trigger ran out and the
-    /// receive after it found nothing.
+    /// receive after it found nothing, or a trigger-covered queue was found empty.
     Rest,
 }
 
@@ -129,7 +129,10 @@ enum Then {
 /// out; `covered`: every message of the queue comes with its own trigger.
 fn then(received: Received, quiet: bool, covered: bool) -> Then {
     match received {
-        Received::Nothing if quiet => Then::Rest,
+        // Nothing there, and every message of a covered queue brings its own trigger: climbing
+        // the idle curve would only repeat this receive (a start-up or a bus reconnect wakes
+        // every replica once; one receive each is what finds what was missed).
+        Received::Nothing if quiet || covered => Then::Rest,
         Received::Nothing => Then::Climb { retire: true },
         // A failing store is no reason to retire: the task is needed once it answers again.
         Received::Failed => Then::Climb { retire: false },
@@ -534,7 +537,8 @@ mod tests {
                 false,
                 Then::Climb { retire: true },
             ),
-            (Received::Nothing, false, true, Then::Climb { retire: true }),
+            // A covered queue found empty: no climb, the trigger brings the next message.
+            (Received::Nothing, false, true, Then::Rest),
             // A wait for a trigger ran out, then nothing: straight to the maximum.
             (Received::Nothing, true, true, Then::Rest),
             (Received::Nothing, true, false, Then::Rest),

@@ -11,9 +11,11 @@ mod bus;
 mod ready;
 mod report;
 pub use bus::BusCounters;
+mod producer;
 mod signal;
 mod start;
 mod tasks;
+pub use producer::Producer;
 
 pub use ready::STORE_UNREADY_AFTER;
 pub use report::{DrainReport, RunReport};
@@ -61,6 +63,10 @@ pub enum WorkerError {
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A declared output queue ([`Worker::output`]) does not exist and
+    /// `storage.create_queues` is off.
+    #[error("output queue {0} (Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
+    MissingOutput(String),
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
@@ -105,6 +111,8 @@ pub struct Worker {
     queue_layers: BTreeMap<String, Vec<SharedLayer>>,
     /// Batch queues' counters, shared by their batchers and listeners.
     batch_stats: BTreeMap<String, BatchStats>,
+    /// Output-only queues declared in code ([`Worker::output`]).
+    outputs: std::collections::BTreeSet<String>,
 }
 
 impl Worker {
@@ -120,6 +128,7 @@ impl Worker {
             layers: Vec::new(),
             queue_layers: BTreeMap::new(),
             batch_stats: BTreeMap::new(),
+            outputs: Default::default(),
         }
     }
 
@@ -202,6 +211,17 @@ impl Worker {
         let stats = BatchStats::default();
         self.batch_stats.insert(queue.to_string(), stats.clone());
         self.register(queue, Arc::new(Batcher::new(handler, stats)))
+    }
+
+    /// Declares `queue` an output of this worker: a queue it only writes to, with no handler
+    /// here (another worker consumes it). At start-up it is created when
+    /// `storage.create_queues` is on, and must exist otherwise: a misspelt output stops the
+    /// start naming it. Handlers get it typed through [`crate::Context::output`] (or as a
+    /// [`Publisher`] through `ctx.publisher`); its encoding is its `[queues.<name>]` section's
+    /// when this config has one, else the default (`base64`).
+    pub fn output(mut self, queue: &str) -> Self {
+        self.outputs.insert(queue.to_string());
+        self
     }
 
     fn register(mut self, queue: &str, handler: Arc<dyn ErasedHandler>) -> Self {

@@ -34,6 +34,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         queue_layers,
         batch_stats,
         blobs,
+        outputs,
         duplicate: _,
     } = worker;
     let store_given = store.is_some();
@@ -97,6 +98,18 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             // may stand for a burst still being sent), so they do not cover a queue.
             trigger_covered: queue_settings.scaling.wake_on_publish,
         });
+    }
+    for name in outputs.iter().filter(|o| !settings.queues.contains_key(*o)) {
+        let queue = open_output(&store, name, create).await?;
+        let defaults = crate::config::QueueSettings::default();
+        let mut publisher = Publisher::new(queue, defaults.encoding)
+            .with_hub(hub.clone())
+            .with_trace_context(defaults.trace_context);
+        if settings.bus.is_shared() {
+            let announcer = crate::bus::Announcer::new(bus.transport(), name, defaults.bus);
+            publisher = publisher.with_announcer(announcer);
+        }
+        publishers.insert(name.clone(), publisher);
     }
     wiring.listen().await?;
     let trigger = bind_trigger(&settings, &hub, &metrics, &life).await?;
@@ -191,7 +204,7 @@ impl Worker {
 /// (each shard's calls retried on their own), then the claim check (above the shards, so one
 /// payload is one blob whichever shard its reference lands on), then metering outermost (each
 /// call timed as the listener sees it, its outcome feeding the readiness check "store").
-async fn layered_store(
+pub(super) async fn layered_store(
     given: Option<Arc<dyn QueueStore>>,
     blobs: Option<crate::store::blob::Blobs>,
     settings: &crate::Settings,
@@ -264,6 +277,23 @@ async fn open_queues(
         })?;
     }
     Ok((queue, poison_queue))
+}
+
+/// An output-only queue, created when `create`, proven to exist by one properties call.
+pub(super) async fn open_output(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    create: bool,
+) -> Result<Arc<dyn Queue>, WorkerError> {
+    let queue = store.queue(name)?;
+    if create {
+        queue.create_if_missing().await?;
+    }
+    queue.approximate_depth().await.map_err(|e| match e {
+        StoreError::QueueNotFound { .. } => WorkerError::MissingOutput(name.to_string()),
+        e => WorkerError::Store(e),
+    })?;
+    Ok(queue)
 }
 
 /// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. Its

@@ -414,3 +414,59 @@ mod kit {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_producer_sends_many_and_a_handler_writes_to_a_declared_output() {
+    let store = common::memory();
+    let (orders, emails) = (common::unique("orders"), common::unique("emails"));
+    let producer = ebbflow::worker::Producer::connect_to(settings(&[&orders]), store.clone())
+        .await
+        .unwrap();
+    let out = producer.output::<u32>(&orders).unwrap();
+    let later = ebbflow::store::SendOptions {
+        initial_delay: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let ids = out
+        .send_many([
+            (&1, Default::default()),
+            (&2, Default::default()),
+            (&3, later),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    producer.close().await;
+    let to = emails.clone();
+    let worker = Worker::new(settings(&[&orders]))
+        .with_store(store.clone())
+        .output(&emails)
+        .handler_fn(
+            &orders,
+            move |ebbflow::Json(n): ebbflow::Json<u32>, ctx: Context| {
+                let to = to.clone();
+                async move {
+                    let emails = ctx.output::<String>(&to).expect("the declared output");
+                    emails.send(&format!("order {n}")).await?;
+                    Ok::<(), HandlerError>(())
+                }
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    common::wait_for(
+        "three handled, the delayed one too",
+        Duration::from_secs(120),
+        || worker.snapshot()[0].handled == 3,
+    )
+    .await;
+    worker.shutdown().await;
+    let sent = store
+        .queue(&emails)
+        .unwrap()
+        .approximate_depth()
+        .await
+        .unwrap();
+    assert_eq!(sent, 3);
+}

@@ -26,10 +26,15 @@ struct World {
 
 impl World {
     fn new(reach: &str, extra: &str) -> Self {
+        Self::on(&redis_url(), reach, extra)
+    }
+
+    /// A world on the Redis at `url`.
+    fn on(url: &str, reach: &str, extra: &str) -> Self {
         let queue = common::unique("rep");
         let prefix = common::unique("bus");
         let dir = common::TempDir::new("cfg");
-        let url = redis_url();
+        let url = url.to_string();
         let config = format!(
             r#"
 [storage]
@@ -216,6 +221,59 @@ async fn one_publish_wakes_exactly_one_of_three_replicas_at_zero_tasks() {
     );
     assert_eq!(after.values().map(|p| p.handled).sum::<u64>(), 1);
     assert_eq!(world.handled(), vec!["only-one".to_string()]);
+    for w in workers {
+        let (code, err) = w.stop();
+        assert_eq!(code, Some(0), "{err}");
+    }
+}
+
+/// A covered queue (`wake_on_publish`) at zero tasks: start-up makes one receive per replica,
+/// and so does a Redis restart (every listener is woken once to find what was missed), each
+/// replica back at zero tasks after it (receive calls counted from the replicas' presence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_covered_queue_woken_by_start_up_or_a_reconnect_makes_one_receive_per_replica() {
+    let mut server = RedisServer::start();
+    let world = World::on(&server.url(), "one", "");
+    let store = common::azurite();
+    let queue = store.queue(&world.queue).unwrap();
+    queue.create_if_missing().await.unwrap();
+    let workers: Vec<Worker> = (0..3).map(|_| world.worker(0)).collect();
+    let bus = world.client().await;
+    let before = idle_instances(&bus, 3).await;
+    let started: Vec<u64> = before.values().map(|p| p.receive_calls).collect();
+    assert_eq!(
+        started,
+        vec![1, 1, 1],
+        "one receive per replica at start-up"
+    );
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart();
+    // The replicas reconnect, are woken once each, and settle at zero tasks again.
+    common::wait_for_async("the replicas pulse again", Duration::from_secs(30), || {
+        let bus = bus.clone();
+        async move { bus.instances().await.map(|l| l.len() == 3).unwrap_or(false) }
+    })
+    .await;
+    let after = idle_instances(&bus, 3).await;
+    let after = instances_after(&bus, Duration::from_secs(3))
+        .await
+        .into_iter()
+        .map(|(id, p)| (id, p.receive_calls))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .map(|(id, n)| {
+            (
+                id.clone(),
+                n - before[&id].receive_calls,
+                after[&id].active_tasks,
+            )
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        after.iter().all(|(_, n, tasks)| *n == 1 && *tasks == 0),
+        "one receive per replica after the reconnect, back at zero tasks: {after:?}"
+    );
     for w in workers {
         let (code, err) = w.stop();
         assert_eq!(code, Some(0), "{err}");

@@ -140,6 +140,24 @@ pub(super) async fn batch(
                     messages: number("messages"),
                     hops: number("hops").map_or(0, |h: u64| u32::try_from(h).unwrap_or(u32::MAX)),
                 };
+                // A notice this instance passed on (it had more than it could take) is for
+                // another replica: hand it back at once so the next take-over sweep of another
+                // instance takes it (this one's own sweep skips it).
+                let mine = notice.hops > 0
+                    && notice.from.as_deref() == Some(shared.member.instance.as_str());
+                if let (true, Some(r)) = (mine, &receipt) {
+                    let mut cmd = redis::cmd("XCLAIM");
+                    cmd.arg(&r.stream)
+                        .arg(GROUP)
+                        .arg(shared.member.instance.as_str())
+                        .arg(0)
+                        .arg(&r.entry)
+                        .arg("IDLE")
+                        .arg(super::millis(shared.limits.claim_timeout))
+                        .arg("JUSTID");
+                    let _ = shared.raw::<redis::Value>(&cmd).await;
+                    continue;
+                }
                 let _ = shared.inbox.send(Inbound::Work { notice, receipt });
             }
         }

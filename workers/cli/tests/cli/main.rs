@@ -8,6 +8,7 @@ mod config_check;
 mod deploy;
 mod edges;
 mod queues;
+mod top;
 mod trigger;
 mod usage;
 

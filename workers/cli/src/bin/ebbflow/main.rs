@@ -42,6 +42,7 @@ mod push;
 mod settings;
 mod simulate;
 mod stats;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,8 @@ enum Command {
     Peek(peek::Args),
     /// Approximate depth of each configured queue and its poison queue.
     Stats(stats::Args),
+    /// A live view of one worker's queues: depth, tasks, rates (its ops endpoint's JSON).
+    Top(top::Args),
     /// List, show and requeue poison messages.
     #[command(subcommand)]
     Poison(poison::Command),
@@ -103,6 +106,7 @@ impl Command {
             Command::Enqueue(args) => args.run(ctx),
             Command::Peek(args) => args.run(ctx),
             Command::Stats(args) => args.run(ctx),
+            Command::Top(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
             Command::Blobs(command) => command.run(ctx),
             Command::Simulate(args) => args.run(ctx),

@@ -1,0 +1,113 @@
+//! A producer without a worker: for programs that only enqueue (a web API).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::start::{layered_store, open_output};
+use super::WorkerError;
+use crate::handler::{Output, Publisher};
+use crate::store::{self, QueueStore};
+use crate::Settings;
+
+/// Sends to the configured queues from a program that runs no worker, with what a worker's
+/// publishers use: the same store layers (retries, shards, the claim check for large
+/// payloads), each queue's encoding and trace context, and bus announcements of the sends
+/// (so the workers' listeners wake at once) when the bus is shared.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// #[derive(serde::Serialize)]
+/// struct Order { id: u64 }
+///
+/// let settings = ebbflow::Settings::load()?;
+/// let producer = ebbflow::worker::Producer::connect(settings).await?;
+/// let orders = producer.output::<Order>("orders").expect("configured");
+/// orders.send(&Order { id: 7 }).await?;
+/// producer.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Producer {
+    publishers: BTreeMap<String, Publisher>,
+    store: Arc<dyn QueueStore>,
+    bus: crate::bus::BusHandle,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("queues", &self.publishers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Producer {
+    /// Opens the store and bus `settings` name and every configured queue (created when
+    /// `storage.create_queues` is on, else checked to exist).
+    ///
+    /// # Errors
+    /// Invalid settings, a store or bus that cannot be reached, a missing queue (named).
+    pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
+        Self::open(settings, None).await
+    }
+
+    /// [`Producer::connect`] on `store` instead of the one the settings name (an embedded
+    /// store shared with a worker in the same process, in tests).
+    ///
+    /// # Errors
+    /// As [`Producer::connect`].
+    pub async fn connect_to(
+        settings: Settings,
+        store: Arc<dyn QueueStore>,
+    ) -> Result<Self, WorkerError> {
+        Self::open(settings, Some(store)).await
+    }
+
+    async fn open(
+        settings: Settings,
+        given: Option<Arc<dyn QueueStore>>,
+    ) -> Result<Self, WorkerError> {
+        settings.validate()?;
+        let (store, _metering) = layered_store(given, None, &settings).await?;
+        let create = settings.storage.create_queues || store.kind() == store::BackendKind::Embedded;
+        let bus = crate::bus::open(&settings.bus).await?;
+        let mut publishers = BTreeMap::new();
+        for (name, q) in &settings.queues {
+            let queue = open_output(&store, name, create).await?;
+            let mut publisher =
+                Publisher::new(queue, q.encoding).with_trace_context(q.trace_context);
+            if settings.bus.is_shared() {
+                publisher = publisher.with_announcer(crate::bus::Announcer::new(
+                    bus.transport(),
+                    name,
+                    q.bus,
+                ));
+            }
+            publishers.insert(name.clone(), publisher);
+        }
+        Ok(Self {
+            publishers,
+            store,
+            bus,
+        })
+    }
+
+    /// The publisher of a configured queue.
+    pub fn publisher(&self, queue: &str) -> Option<&Publisher> {
+        self.publishers.get(queue)
+    }
+
+    /// A typed output to a configured queue (`T`s as JSON).
+    pub fn output<T: serde::Serialize>(&self, queue: &str) -> Option<Output<T>> {
+        self.publishers.get(queue).cloned().map(Output::new)
+    }
+
+    /// The store the producer sends through.
+    pub fn store(&self) -> Arc<dyn QueueStore> {
+        self.store.clone()
+    }
+
+    /// Closes the bus connection (announcements in flight are sent first).
+    pub async fn close(self) {
+        self.bus.close().await;
+    }
+}

@@ -1,0 +1,152 @@
+//! `ebbflow top`: a live terminal view of one worker's queues (depth, tasks, handlers running,
+//! rates), read from the same JSON the dashboard polls (`GET /dashboard.json` on the worker's
+//! ops endpoint).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::context::{block_on, parse_duration};
+use crate::{CliError, Context};
+
+/// Polls a worker's `/dashboard.json` and prints, per queue: approximate depth, dequeue tasks,
+/// handlers running, messages handled per second and received per second over the last
+/// interval, mean pickup latency, and poison count. Redraws in place on a terminal; prints one
+/// table per poll when piped. Ctrl-C ends it.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The worker's ops endpoint, e.g. `http://127.0.0.1:9464` (its `[observability] bind`).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464")]
+    url: String,
+    /// The metrics token when the worker has one (or EBBFLOW_METRICS_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Time between polls, 200ms..=1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    interval: Duration,
+    /// Polls before exiting (default: until Ctrl-C). Rates need two.
+    #[arg(long, value_name = "N")]
+    count: Option<u32>,
+}
+
+impl Args {
+    pub fn run(self, _ctx: &Context) -> Result<(), CliError> {
+        if !(Duration::from_millis(200)..=Duration::from_secs(3600)).contains(&self.interval) {
+            return Err(CliError::usage("--interval must be 200ms..=1h"));
+        }
+        let base = self.url.trim_end_matches('/').to_string();
+        let url = format!("{base}/dashboard.json");
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("EBBFLOW_METRICS_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        block_on(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| CliError::runtime(format!("HTTP client: {e}")))?;
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let mut last: Option<(tokio::time::Instant, Value)> = None;
+            let mut polls = 0u32;
+            loop {
+                let mut req = client.get(&url);
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let response = req
+                    .send()
+                    .await
+                    .map_err(|e| CliError::runtime(format!("{url}: {e}")))?;
+                let status = response.status();
+                let body = response
+                    .text()
+                    .await
+                    .map_err(|e| CliError::runtime(format!("{url}: {e}")))?;
+                if status.as_u16() == 401 {
+                    return Err(CliError::usage(format!(
+                        "{url}: the worker wants its metrics token: --token or EBBFLOW_METRICS_TOKEN"
+                    )));
+                }
+                if !status.is_success() {
+                    return Err(CliError::runtime(format!("{url}: HTTP {status}: {body}")));
+                }
+                let doc: Value = serde_json::from_str(&body).map_err(|e| {
+                    CliError::runtime(format!("{url}: not the dashboard's JSON: {e}"))
+                })?;
+                let now = tokio::time::Instant::now();
+                if terminal {
+                    emit!("\x1b[2J\x1b[H");
+                }
+                say!(
+                    "{}",
+                    render(&doc, last.as_ref().map(|(t, d)| (now - *t, d)))
+                );
+                last = Some((now, doc));
+                polls += 1;
+                if self.count.is_some_and(|n| polls >= n) {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        })?
+    }
+}
+
+/// One table: a row per queue; rates from the difference with `previous` (`-` on the first).
+fn render(doc: &Value, previous: Option<(Duration, &Value)>) -> String {
+    let mut out = format!(
+        "{:<24} {:>8} {:>6} {:>8} {:>10} {:>10} {:>10} {:>8}\n",
+        "QUEUE", "DEPTH", "TASKS", "RUNNING", "HANDLED/S", "RECV/S", "PICKUP MS", "POISON"
+    );
+    let empty = Vec::new();
+    for q in doc["queues"].as_array().unwrap_or(&empty) {
+        let name = q["queue"].as_str().unwrap_or("?");
+        let before = previous.and_then(|(dt, d)| {
+            d["queues"]
+                .as_array()?
+                .iter()
+                .find(|p| p["queue"] == name)
+                .map(|p| (dt.as_secs_f64().max(0.001), p))
+        });
+        let rate = |key: &str| match before {
+            Some((dt, p)) => format!("{:.1}", (num(&q[key]) - num(&p[key])).max(0.0) / dt),
+            None => "-".into(),
+        };
+        let pickup = match before {
+            Some((_, p)) => {
+                let n = num(&q["pickup_seconds_count"]) - num(&p["pickup_seconds_count"]);
+                if n > 0.0 {
+                    let s = num(&q["pickup_seconds_sum"]) - num(&p["pickup_seconds_sum"]);
+                    format!("{:.0}", 1000.0 * s / n)
+                } else {
+                    "-".into()
+                }
+            }
+            None => "-".into(),
+        };
+        let depth = q["depth"]
+            .as_u64()
+            .map_or_else(|| "-".into(), |d| d.to_string());
+        out.push_str(&format!(
+            "{:<24} {:>8} {:>6} {:>8} {:>10} {:>10} {:>10} {:>8}\n",
+            name,
+            depth,
+            num(&q["active_tasks"]),
+            num(&q["in_flight"]),
+            rate("handled"),
+            rate("received"),
+            pickup,
+            num(&q["poisoned"]),
+        ));
+    }
+    out.pop();
+    out
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
