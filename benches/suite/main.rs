@@ -296,6 +296,8 @@ async fn run(
     }
 
     let complete = SCENARIOS.iter().all(|s| selected(s)) && !tried;
-    let lost = report::report(plan, &r, complete, out);
+    let (lost, duplicates) = report::report(plan, &r, complete, out);
     assert_eq!(lost, 0, "messages were lost");
+    // Nothing fails in these runs, so ebbflow handles each message exactly once.
+    assert_eq!(duplicates, 0, "ebbflow handled messages more than once");
 }

@@ -136,8 +136,9 @@ fn m(v: &Value, k: &str) -> f64 {
 }
 
 /// Prints the tables and the targets, writes the results JSON (and the burst chart); returns
-/// how many messages were lost over all scenarios.
-pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
+/// how many messages were lost over all scenarios, and how many ebbflow handled more than once
+/// (the classic listener's duplicates are its own and not counted).
+pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> (usize, usize) {
     let mode = if plan.full { "full" } else { "smoke" };
     let mut targets = Vec::new();
     let mut results = json!({
@@ -147,6 +148,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         "concurrency": CONCURRENCY,
     });
     let mut lost = 0;
+    let mut duplicates = 0;
     let mut written = Vec::new();
 
     if let Some((ebb_runs, classic_runs)) = &r.burst {
@@ -154,6 +156,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         let classic = burst_json(classic_runs);
         let speedup = m(&ebb, "messages_per_s") / m(&classic, "messages_per_s");
         lost += ebb["lost"].as_u64().unwrap_or(1) + classic["lost"].as_u64().unwrap_or(1);
+        duplicates += ebb["duplicates"].as_u64().unwrap_or(1);
         println!();
         println!("| burst ({} messages, {} ms work, concurrency {}, {} runs) | ebbflow median [range] | classic median [range] |", plan.burst_messages, HANDLER_MS, plan.burst_concurrency, plan.burst_runs);
         println!("|---|---|---|");
@@ -299,6 +302,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
 
     if let Some(b) = &r.backlog {
         lost += b.tally.lost as u64;
+        duplicates += b.tally.duplicates as u64;
         let ideal = f64::from(b.concurrency) * 1000.0 / b.handler_ms as f64;
         println!();
         println!(
@@ -355,6 +359,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
         let mut rows = Vec::new();
         for t in &r.trickle {
             lost += t.tally.lost as u64;
+            duplicates += t.tally.duplicates as u64;
             let (p50, p99) = (
                 percentile(&t.pickups_ms, 50.0),
                 percentile(&t.pickups_ms, 99.0),
@@ -473,6 +478,7 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
 
     if let Some(b) = &r.bus {
         lost += b.burst_tally.lost as u64;
+        duplicates += b.burst_tally.duplicates as u64;
         results["bus"] = crate::bus::report(b, &mut targets);
     }
 
@@ -516,5 +522,5 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> usize {
     let written: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     println!();
     println!("wrote {}", written.join(" and "));
-    lost as usize
+    (lost as usize, duplicates as usize)
 }

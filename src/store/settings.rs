@@ -31,6 +31,11 @@ pub struct StorageSettings {
     pub managed_identity_client_id: Option<String>,
     /// Create each configured queue (and its poison queue) at start-up if it is missing.
     pub create_queues: bool,
+    /// How long start-up may take to create and check every queue, 1s..=10m: an endpoint
+    /// that accepts connections but never answers stops start-up (exit 2) after this long,
+    /// instead of after every retry of every call.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
     /// How transient service errors are retried.
     pub retry: RetrySettings,
     /// The claim check: where payloads too large for a queue message go.
@@ -108,6 +113,7 @@ impl Default for StorageSettings {
             credential: None,
             managed_identity_client_id: None,
             create_queues: true,
+            startup_timeout: Duration::from_secs(10),
             retry: RetrySettings::default(),
             claim_check: Default::default(),
         }
@@ -129,6 +135,7 @@ impl fmt::Debug for StorageSettings {
             .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
             .field("credential", &self.credential)
             .field("create_queues", &self.create_queues)
+            .field("startup_timeout", &self.startup_timeout)
             .field("retry", &self.retry)
             .field("claim_check", &self.claim_check)
             .finish()
@@ -166,6 +173,12 @@ impl StorageSettings {
                 "needs storage.queue_endpoint",
             ));
         }
+        checks::duration(
+            "storage.startup_timeout",
+            self.startup_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
         self.claim_check.validate()?;
         let r = &self.retry;
         checks::range("storage.retry.max_attempts", r.max_attempts, 1, 100)?;

@@ -14,6 +14,7 @@ pub use bus::BusCounters;
 mod producer;
 mod signal;
 mod start;
+mod startup;
 mod tasks;
 pub use producer::Producer;
 
@@ -70,6 +71,19 @@ pub enum WorkerError {
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
+    /// Storage did not answer while start-up created and checked the queues.
+    #[error(
+        "storage did not answer within {waited:?} at start-up (checking queue {queue}): the \
+         endpoint accepts connections but does not answer, or answers too slowly; check the \
+         endpoint (storage.queue_endpoint, or QueueEndpoint/AccountName in the connection \
+         string), or raise storage.startup_timeout"
+    )]
+    StartupTimeout {
+        /// `storage.startup_timeout`.
+        waited: Duration,
+        /// The queue being checked when the time ran out.
+        queue: String,
+    },
     /// The bus could not be reached or refused the credentials (`bus.url`; no secret shown).
     #[error("{0}")]
     Bus(#[from] crate::bus::BusError),

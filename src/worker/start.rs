@@ -66,6 +66,8 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         &settings,
         tasks::Tasks::new(&life),
     );
+    // Every queue and poison queue there, within storage.startup_timeout.
+    let mut checked = super::startup::check_queues(&store, &settings, create).await?;
     let mut probed = BTreeMap::new();
     // Queues and publishers first, so every handler's Context can publish to any queue.
     let mut specs = Vec::new();
@@ -75,7 +77,9 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             .get(name)
             .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
             .clone();
-        let (queue, poison_queue) = open_queues(&store, name, queue_settings, create).await?;
+        let (queue, poison_queue) = checked
+            .remove(name)
+            .ok_or_else(|| WorkerError::NoHandler(name.clone()))?;
         let link = wiring.link(name, queue_settings);
         let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
             .with_hub(hub.clone())
@@ -255,28 +259,6 @@ fn serve_beside(
     serve: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(tasks::logged(name, serve)))
-}
-
-/// The queue `name` and its poison queue, created when `create`, each proven to exist (and
-/// the credentials to work) by one properties call before any task starts.
-async fn open_queues(
-    store: &Arc<dyn QueueStore>,
-    name: &str,
-    settings: &crate::config::QueueSettings,
-    create: bool,
-) -> Result<(Arc<dyn Queue>, Arc<dyn Queue>), WorkerError> {
-    let queue = store.queue(name)?;
-    let poison_queue = store.queue(&settings.poison_queue_name(name))?;
-    for q in [&queue, &poison_queue] {
-        if create {
-            q.create_if_missing().await?;
-        }
-        q.approximate_depth().await.map_err(|e| match e {
-            StoreError::QueueNotFound { queue } => WorkerError::MissingQueue(queue),
-            e => WorkerError::Store(e),
-        })?;
-    }
-    Ok((queue, poison_queue))
 }
 
 /// An output-only queue, created when `create`, proven to exist by one properties call.

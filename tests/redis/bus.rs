@@ -68,18 +68,27 @@ impl Net {
     }
 }
 
-/// Pings until the marker (or `limit`), in arrival order.
+/// Pings until the marker, in arrival order. Panics when the marker does not come within
+/// `limit` (or the subscription ends): a dead subscription must not pass for one that was sent
+/// nothing.
 async fn until_mark(sub: &mut Subscription<Ping>, limit: Duration) -> Vec<u32> {
     let mut seen = Vec::new();
-    let _ = tokio::time::timeout(limit, async {
+    let marked = tokio::time::timeout(limit, async {
         while let Some(p) = sub.next().await {
             if p.body.n == MARK {
-                return;
+                return true;
             }
             seen.push(p.body.n);
         }
+        false
     })
     .await;
+    assert_eq!(
+        marked,
+        Ok(true),
+        "the end marker did not arrive within {limit:?} (the subscription ended or is dead); \
+         seen before: {seen:?}"
+    );
     seen
 }
 

@@ -24,6 +24,7 @@
 
 mod deliver;
 mod poison;
+mod presence;
 mod readers;
 mod scripts;
 
@@ -724,105 +725,19 @@ impl Bus for RedisBus {
     }
 
     async fn sent(&self, queue: &str, messages: u64) -> Result<SentState, BusError> {
-        let s = &self.shared;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(s.key(&["busy", queue]))
-            .arg(1)
-            .arg("GET")
-            .arg("EX")
-            .arg(86_400)
-            .cmd("INCRBY")
-            .arg(s.key(&["sent", queue]))
-            .arg(messages)
-            .cmd("EXPIRE")
-            .arg(s.key(&["sent", queue]))
-            .arg(86_400)
-            .ignore();
-        let mut con = s.cmd.clone();
-        let r = pipe.query_async::<(Option<String>, u64)>(&mut con).await;
-        s.seen_result(&r);
-        let (busy, since) = r.map_err(|e| s.error("SET/INCR", &e))?;
-        Ok(SentState {
-            was_empty: busy.is_none(),
-            since_empty: since,
-        })
+        presence::sent(&self.shared, queue, messages).await
     }
 
     async fn drained(&self, queue: &str) -> Result<(), BusError> {
-        let s = &self.shared;
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(s.key(&["busy", queue]))
-            .arg(s.key(&["sent", queue]));
-        s.query::<i64>("DEL", &cmd).await.map(|_| ())
+        presence::drained(&self.shared, queue).await
     }
 
     async fn pulse(&self, presence: &Presence, ttl: Duration) -> Result<(), BusError> {
-        let s = &self.shared;
-        let json = serde_json::to_string(presence).map_err(|e| BusError::Codec {
-            kind: "presence".into(),
-            detail: e.to_string(),
-        })?;
-        let record = match &s.signer {
-            Some(k) => k.seal(&json),
-            None => json,
-        };
-        let ttl_ms = millis(ttl).max(1);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(s.key(&["presence", &presence.instance]))
-            .arg(record)
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore()
-            .cmd("ZADD")
-            .arg(s.key(&["instances"]))
-            .arg(presence.pulse_at_ms.saturating_add(ttl_ms))
-            .arg(&presence.instance)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(s.key(&["instances"]))
-            .arg("-inf")
-            .arg(super::now_ms())
-            .ignore();
-        let mut con = s.cmd.clone();
-        let r = pipe.query_async::<()>(&mut con).await;
-        s.seen_result(&r);
-        r.map_err(|e| s.error("presence pulse", &e))
+        presence::pulse(&self.shared, presence, ttl).await
     }
 
     async fn instances(&self) -> Result<Vec<Presence>, BusError> {
-        let s = &self.shared;
-        let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(s.key(&["instances"]))
-            .arg(super::now_ms())
-            .arg("+inf")
-            .arg("BYSCORE");
-        let ids: Vec<String> = s.query("ZRANGE", &cmd).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut cmd = redis::cmd("MGET");
-        for id in &ids {
-            cmd.arg(s.key(&["presence", id]));
-        }
-        let found: Vec<Option<String>> = s.query("MGET", &cmd).await?;
-        let mut list = Vec::new();
-        for record in found.into_iter().flatten() {
-            // Bounded like an envelope; with signing on, only what a known key signed.
-            let json = (record.len() as u64 <= s.limits.max_envelope)
-                .then(|| super::signing::open(s.signer.as_ref(), &record))
-                .flatten();
-            match json.and_then(|j| serde_json::from_str::<Presence>(j).ok()) {
-                Some(p) => list.push(p),
-                None => {
-                    bump(&s.stats.refused);
-                    tracing::debug!("presence record refused: too large, unsigned, wrongly signed or not presence");
-                }
-            }
-        }
-        list.sort_by(|a, b| a.instance.cmp(&b.instance));
-        Ok(list)
+        presence::instances(&self.shared).await
     }
 
     fn counters(&self) -> super::TransportCounters {

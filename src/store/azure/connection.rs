@@ -191,6 +191,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_queue_endpoint_without_a_blob_endpoint_names_no_blob_service() {
+        let cs = "DefaultEndpointsProtocol=http;AccountName=acme;AccountKey=a2V5;\
+                  QueueEndpoint=http://127.0.0.1:10001/acme";
+        assert!(parse_connection_string_for(cs, Service::Blob)
+            .unwrap()
+            .is_none());
+        let with_blob = format!("{cs};BlobEndpoint=http://127.0.0.1:10000/acme");
+        let (url, _) = parse_connection_string_for(&with_blob, Service::Blob)
+            .unwrap()
+            .unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:10000/acme");
+        // An account alone: the public cloud's blob host, as for the queue.
+        let account = "AccountName=acme;AccountKey=a2V5";
+        let (url, _) = parse_connection_string_for(account, Service::Blob)
+            .unwrap()
+            .unwrap();
+        assert_eq!(url.host_str(), Some("acme.blob.core.windows.net"));
+    }
+
+    #[test]
     fn the_account_comes_from_the_key_the_host_or_the_path() {
         let account = |u: &str| account_of(&Url::parse(u).unwrap());
         assert_eq!(

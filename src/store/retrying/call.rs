@@ -241,6 +241,29 @@ mod tests {
         );
     }
 
+    /// The delays are jittered: without jitter every run sleeps exactly 600 ms (the bound the
+    /// test above accepts), so each run here sleeps more, and the runs differ.
+    #[tokio::test(start_paused = true)]
+    async fn retry_delays_are_jittered() {
+        let mut slept = Vec::new();
+        for _ in 0..5 {
+            let start = tokio::time::Instant::now();
+            let report = scripted::<()>(&settings(4, 3), &RefusalStreak::default(), |_| {
+                Err(transient())
+            })
+            .await;
+            assert_eq!(report.tries, 4);
+            slept.push(start.elapsed());
+        }
+        assert!(
+            slept.iter().all(|d| *d > Duration::from_millis(600)),
+            "{slept:?}"
+        );
+        slept.sort();
+        slept.dedup();
+        assert!(slept.len() > 1, "five runs slept alike: {slept:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_success_after_faults_is_returned_and_other_errors_are_not_retried() {
         let refusals = RefusalStreak::default();

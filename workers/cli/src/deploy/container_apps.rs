@@ -106,6 +106,9 @@ pub fn document(config: &Config, plan: &Plan) -> Node {
             ("secretRef", s(BUS_SECRET_NAME)),
         ]));
     }
+    // What the shell said when the manifests were checked (render refused any secret).
+    let carried = super::carried(config).unwrap_or_default();
+    env_vars.extend(carried.iter().map(|(k, v)| env(k, v)));
     let probe = |kind: &str, path: &str, period: u32, failures: u32| {
         map([
             ("type", s(kind)),
@@ -119,7 +122,7 @@ pub fn document(config: &Config, plan: &Plan) -> Node {
     };
     let container = map([
         ("name", s(CONTAINER_NAME)),
-        ("image", s(d.image.as_str())),
+        ("image", s(d.image())),
         ("env", seq(env_vars)),
         (
             "resources",

@@ -160,10 +160,13 @@ fn deployment(config: &Config, plan: &Plan) -> Node {
             ),
         ]));
     }
+    // What the shell said when the manifests were checked (render refused any secret).
+    let carried = super::carried(config).unwrap_or_default();
+    env.extend(carried.iter().map(|(k, v)| self::env(k, v)));
     let memory = format!("{}Mi", d.memory_mib);
     let container = map([
         ("name", s(CONTAINER_NAME)),
-        ("image", s(d.image.as_str())),
+        ("image", s(d.image())),
         ("ports", seq(ports(config))),
         ("env", seq(env)),
         (

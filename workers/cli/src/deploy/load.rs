@@ -20,6 +20,9 @@ pub struct Config {
     pub settings: Settings,
     /// The `[deploy]` section: names, image, replica bounds, authentication.
     pub deploy: DeploySettings,
+    /// The environment variables the settings were checked with (`EBBFLOW__...` and
+    /// `EBBFLOW_ENV`): the manifests carry them to the pod ([`super::carried`]).
+    pub overrides: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -33,7 +36,16 @@ impl Config {
     pub fn load_from(dir: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let settings = Settings::load_from(dir, env)?;
         let deploy = load_deploy(dir, env)?;
-        Ok(Self { settings, deploy })
+        let overrides = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("EBBFLOW__") || *k == ENV_VAR)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Self {
+            settings,
+            deploy,
+            overrides,
+        })
     }
 }
 

@@ -19,9 +19,10 @@ pub struct DeploySettings {
     /// Name of the Deployment, ScaledObject and container app; the other objects are named
     /// after it (`<name>-storage`, `<name>-queue-auth`). A DNS label (default `ebbflow-worker`).
     pub name: ResourceName,
-    /// The worker image, e.g. `myregistry.azurecr.io/orders-worker:1.4.2`
-    /// (default `ebbflow-worker:latest`, what the repository's Dockerfile builds).
-    pub image: ImageRef,
+    /// The worker image, e.g. `myregistry.azurecr.io/orders-worker:1.4.2`. When unset the
+    /// manifests use `ebbflow-worker:latest` (what the repository's Dockerfile builds, the
+    /// demo) and say so in their first line, and the command warns on stderr.
+    pub image: Option<ImageRef>,
     /// Kubernetes namespace of the generated objects (default: none written, so `kubectl -n`
     /// decides).
     pub namespace: Option<ResourceName>,
@@ -56,11 +57,22 @@ pub struct DeploySettings {
     pub memory_mib: u32,
 }
 
+/// The image the manifests use when `deploy.image` is unset: the repository's Dockerfile
+/// builds it (the demo worker).
+pub const DEMO_IMAGE: &str = "ebbflow-worker:latest";
+
+impl DeploySettings {
+    /// The image to run: `deploy.image`, else [`DEMO_IMAGE`].
+    pub fn image(&self) -> &str {
+        self.image.as_ref().map_or(DEMO_IMAGE, ImageRef::as_str)
+    }
+}
+
 impl Default for DeploySettings {
     fn default() -> Self {
         Self {
             name: ResourceName("ebbflow-worker".into()),
-            image: ImageRef("ebbflow-worker:latest".into()),
+            image: None,
             namespace: None,
             min_replicas: None,
             max_replicas: ReplicaLimit(10),

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::root;
 
+mod carried;
 mod command;
 /// The runtime's reference-table helpers (std and serde_json only).
 #[path = "../../../../src/reference/table.rs"]

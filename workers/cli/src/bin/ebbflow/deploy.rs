@@ -36,6 +36,14 @@ impl Command {
             Command::ContainerApps(args) => (Target::ContainerApps, args),
         };
         let config = ctx.deploy_config()?;
+        if config.deploy.image.is_none() {
+            // stderr, so a redirected stdout still holds only the YAML.
+            eprintln!(
+                "ebbflow deploy: warning: deploy.image is not set; the manifests run the demo \
+                 image {}: set [deploy] image (or EBBFLOW__DEPLOY__IMAGE)",
+                ebbflow_cli::deploy::DEMO_IMAGE
+            );
+        }
         let yaml = render(target, &config).map_err(|e| match e {
             DeployError::Yaml(_) => CliError::runtime(e),
             _ => CliError::usage(e),
