@@ -1,7 +1,13 @@
 //! What both HTTP servers (the trigger endpoint in `trigger::http`, the ops endpoint in
-//! `observability::server`) share: the bearer token check compared in constant time, the
-//! metrics text's content type, the JSON refusal, and the answer when their guard layers
+//! `observability::server`) share: the accept loop with its connection cap and header-read
+//! timeout ([`serve`]), the refusal counters, the bearer token check compared in constant time,
+//! the metrics text's content type, the JSON refusal, and the answer when their guard layers
 //! (tower's timeout and load shedding) stop a request. A leaf: it imports no other room.
+
+mod serve;
+
+pub(crate) use serve::serve;
+pub use serve::{ConnectionLimits, Refusal, Refusals};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -38,15 +44,19 @@ pub(crate) fn reject(status: StatusCode, reason: impl Into<String>) -> Response 
 
 /// The answer when a server's guard layers stop a request: 408 when it timed out, 503 with
 /// `retry-after: 1` when every slot was taken (`too many {what} at once; retry`), else 500
-/// (logged, naming `server`).
+/// (logged, naming `server`). 408 and 503 are counted in `refusals` under `endpoint`.
 pub(crate) fn guard_response(
     server: &'static str,
     what: &'static str,
     error: BoxError,
+    refusals: &Refusals,
+    endpoint: &'static str,
 ) -> Response {
     if error.is::<tower::timeout::error::Elapsed>() {
+        refusals.refuse(endpoint, Refusal::Timeout);
         reject(StatusCode::REQUEST_TIMEOUT, "request timed out")
     } else if error.is::<tower::load_shed::error::Overloaded>() {
+        refusals.refuse(endpoint, Refusal::Busy);
         let mut r = reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many {what} at once; retry"),

@@ -161,6 +161,7 @@ impl Settings {
             ));
         }
         self.worker.validate()?;
+        self.observability.validate()?;
         self.bus.validate()?;
         for (name, q) in &self.queues {
             // A shared bus can wake a queue from zero tasks (when it covers its own outages).

@@ -3,11 +3,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`), apart from the trigger endpoint.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilitySettings {
     /// Where the ops endpoint listens, e.g. `"0.0.0.0:9464"`; off when unset. Port 0 picks a
@@ -16,9 +17,46 @@ pub struct ObservabilitySettings {
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (the probes never do):
     /// 16+ printable ASCII characters, compared in constant time.
     pub metrics_token: Option<MetricsToken>,
+    /// A request's head must arrive whole within this long, from the connection's opening or
+    /// the end of the previous response (so it also closes idle kept-alive connections),
+    /// 100ms..=5m; default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once on the ops endpoint, 1..=10000 (default 64); one more is
+    /// closed at once. Its own budget: a flood of the trigger port leaves probes this one.
+    pub max_connections: u32,
     /// OpenTelemetry traces (`[observability.traces]`): off unless an endpoint is set here or
     /// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub traces: TracesSettings,
+}
+
+impl Default for ObservabilitySettings {
+    fn default() -> Self {
+        Self {
+            bind: None,
+            metrics_token: None,
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 64,
+            traces: TracesSettings::default(),
+        }
+    }
+}
+
+impl ObservabilitySettings {
+    pub(crate) fn validate(&self) -> Result<(), crate::checks::ConfigError> {
+        crate::checks::check_duration(
+            "observability.header_read_timeout",
+            self.header_read_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        crate::checks::check_range(
+            "observability.max_connections",
+            self.max_connections,
+            1,
+            10_000,
+        )
+    }
 }
 
 /// The `[observability.traces]` settings. The standard environment variables win over them:

@@ -63,6 +63,18 @@ fn trigger_hardening_settings_load_and_are_checked() {
             "[triggers.http]\nmax_concurrent_requests = 0\n",
             "config: triggers.http.max_concurrent_requests = 0: must be 1..=10000",
         ),
+        (
+            "[triggers.http]\nheader_read_timeout = \"50ms\"\n",
+            "config: triggers.http.header_read_timeout = 50ms: must be 100ms..=5m",
+        ),
+        (
+            "[triggers.http]\nmax_connections = 0\n",
+            "config: triggers.http.max_connections = 0: must be 1..=100000",
+        ),
+        (
+            "[observability]\nmax_connections = 20000\n",
+            "config: observability.max_connections = 20000: must be 1..=10000",
+        ),
     ] {
         let dir = dir_with(toml);
         let err = Settings::load_from(&dir, &env(&[]))

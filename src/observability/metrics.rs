@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Registry,
     /// The bus's metrics, once the bus is open.
     bus: Later,
+    /// Refused connections and requests of the trigger and ops endpoints.
+    refusals: crate::endpoint::Refusals,
     /// What the dashboard reads, once the worker set it.
     dashboard: OnceLock<super::dashboard::Dashboard>,
 }
@@ -63,11 +65,23 @@ impl Metrics {
             "messaging.client.operation.duration: store calls by queue and op (as ebbflow_storage_call_duration_seconds)",
             metering.call_seconds().clone(),
         );
+        let refusals = crate::endpoint::Refusals::default();
+        registry.register(
+            "ebbflow_http_refused",
+            "Connections and requests the trigger and ops endpoints refused, by endpoint (trigger, ops) and reason (max_connections, header_timeout, unauthorized, busy, timeout)",
+            refusals.family(),
+        );
         Self {
             registry,
             bus,
+            refusals,
             dashboard: OnceLock::new(),
         }
+    }
+
+    /// The refusal counters the endpoints share with these metrics.
+    pub fn refusals(&self) -> &crate::endpoint::Refusals {
+        &self.refusals
     }
 
     /// Serves the dashboard's data from `dashboard`; later calls are ignored.

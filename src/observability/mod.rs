@@ -17,6 +17,8 @@ pub mod traces;
 pub use crate::config::{
     LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesSettings,
 };
+/// Connection limits and refusal counters of the trigger and ops endpoints.
+pub use crate::endpoint::{ConnectionLimits, Refusal, Refusals};
 pub use logging::setup;
 pub use metrics::Metrics;
 pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};

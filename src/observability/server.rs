@@ -6,6 +6,10 @@
 //! limit with load shedding (a flood of scrapes gets 503 at once instead of queueing); the
 //! probes stay outside those layers, so a busy scraper never fails a liveness probe. The
 //! server runs until the worker exits, so `/readyz` answers 503 through the whole drain.
+//!
+//! Its connections have their own cap (`observability.max_connections`) and header-read
+//! timeout (`observability.header_read_timeout`), apart from the trigger endpoint's, so a flood
+//! of the trigger port never takes the probes' connections; see [`crate::endpoint`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +28,9 @@ use super::dashboard;
 use super::metrics::Metrics;
 use super::readiness::Readiness;
 use crate::config::MetricsToken;
-use crate::endpoint::{bearer, guard_response, reject, tokens_match, CONTENT_TYPE};
+use crate::endpoint::{
+    bearer, guard_response, reject, tokens_match, ConnectionLimits, Refusal, Refusals, CONTENT_TYPE,
+};
 
 /// A `/metrics` request not answered within this long gets 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,18 +42,25 @@ struct OpsState {
     readiness: Readiness,
     metrics: Arc<Metrics>,
     token: Option<MetricsToken>,
+    refusals: Refusals,
 }
+
+/// The `endpoint` label of this endpoint's refusals.
+const ENDPOINT: &str = "ops";
 
 /// The ops router, for embedding in another server or for tests.
 pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<MetricsToken>) -> Router {
+    let refusals = metrics.refusals().clone();
     let state = OpsState {
         readiness,
         metrics,
         token,
+        refusals: refusals.clone(),
     };
     let guard = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|e: BoxError| async move {
-            guard_response("ops endpoint", "scrapes", e)
+        .layer(HandleErrorLayer::new(move |e: BoxError| {
+            let refusals = refusals.clone();
+            async move { guard_response("ops endpoint", "scrapes", e, &refusals, ENDPOINT) }
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_SCRAPES))
@@ -68,22 +81,28 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
         .with_state(state)
 }
 
-/// Binds the ops endpoint at `addr`; returns the bound address (useful with port 0) and the
-/// server future, which runs until dropped (the worker drops it when it exits).
+/// Binds the ops endpoint at `addr` under `limits`; returns the bound address (useful with
+/// port 0) and the server future, which runs until dropped (the worker drops it when it
+/// exits). Refusals are counted in `metrics` (`ebbflow_http_refused_total`).
 pub async fn bind(
     addr: SocketAddr,
+    limits: ConnectionLimits,
     readiness: Readiness,
     metrics: Arc<Metrics>,
     token: Option<MetricsToken>,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let refusals = metrics.refusals().clone();
     let app = router(readiness, metrics, token);
-    let serve = async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "ops endpoint failed");
-        }
-    };
+    let serve = crate::endpoint::serve(
+        listener,
+        app,
+        limits,
+        ENDPOINT,
+        refusals,
+        std::future::pending(),
+    );
     Ok((bound, serve))
 }
 
@@ -105,6 +124,7 @@ async fn metrics_text(State(state): State<OpsState>, headers: HeaderMap) -> Resp
             Some(_) => None,
         };
         if let Some(why) = why {
+            state.refusals.refuse(ENDPOINT, Refusal::Unauthorized);
             // RFC 9110: a 401 names the scheme the client should use.
             let mut r = reject(StatusCode::UNAUTHORIZED, why);
             r.headers_mut()

@@ -8,7 +8,8 @@
 //! - CloudEvents in structured mode (`specversion`, `data`), single or batch.
 //!
 //! `OPTIONS /trigger` answers the CloudEvents webhook validation handshake. `GET /healthz`
-//! answers `ok`. `GET /metrics` serves the same OpenMetrics text as the ops endpoint.
+//! answers `ok`. Metrics are not served here: `GET /metrics` lives on the ops endpoint only,
+//! behind its own `metrics_token`, so a trigger token never unlocks them.
 //!
 //! Safe to expose behind a token: with one configured, callers send
 //! `Authorization: Bearer <token>` (the scheme in any case), compared in constant time
@@ -18,6 +19,11 @@
 //! within `request_timeout` (reading its body included) 408, and requests beyond
 //! `max_concurrent_requests` at once 503 at once (tower's timeout, concurrency-limit and
 //! load-shed layers). Events naming another storage account than the worker's are ignored.
+//!
+//! Connections are capped (`max_connections`; one more is closed at once) and a request's
+//! head must arrive within `header_read_timeout` (which also closes idle kept-alive
+//! connections); see [`crate::endpoint`]. Refusals are counted in
+//! `ebbflow_http_refused_total{endpoint="trigger"}` and logged at most twice a second.
 
 use std::net::SocketAddr;
 
@@ -35,13 +41,12 @@ use tower::ServiceBuilder;
 
 use super::settings::HttpTriggerSettings;
 use super::{Hub, WorkDetected};
-use crate::endpoint::{bearer, guard_response, reject, tokens_match, CONTENT_TYPE};
+use crate::endpoint::{
+    bearer, guard_response, reject, tokens_match, ConnectionLimits, Refusal, Refusals,
+};
 use crate::store::validate_queue_name;
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
-
-/// Renders the worker's metrics (Prometheus text format) for `GET /metrics`.
-pub type Metrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
@@ -49,24 +54,32 @@ struct AppState {
     token: Option<String>,
     allow_query_token: bool,
     max_body_bytes: usize,
-    metrics: Option<Metrics>,
+    refusals: Refusals,
 }
 
-/// The router, for embedding in another server or for tests.
-pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>) -> Router {
+/// The `endpoint` label of this endpoint's refusals.
+const ENDPOINT: &str = "trigger";
+
+/// The router, for embedding in another server or for tests (its refusals counted apart).
+pub fn router(hub: Hub, settings: &HttpTriggerSettings) -> Router {
+    counted_router(hub, settings, Refusals::default())
+}
+
+fn counted_router(hub: Hub, settings: &HttpTriggerSettings, refusals: Refusals) -> Router {
     let state = AppState {
         hub,
         token: settings.token.clone(),
         allow_query_token: settings.allow_query_token,
         max_body_bytes: settings.max_body_bytes,
-        metrics,
+        refusals: refusals.clone(),
     };
     // Outermost first: errors of the layers below become responses; a request that finds
     // every slot taken is shed (503) instead of queueing; the timeout covers the handler,
     // which reads the body.
     let guard = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|e: BoxError| async move {
-            guard_response("trigger endpoint", "requests", e)
+        .layer(HandleErrorLayer::new(move |e: BoxError| {
+            let refusals = refusals.clone();
+            async move { guard_response("trigger endpoint", "requests", e, &refusals, ENDPOINT) }
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(
@@ -76,31 +89,29 @@ pub fn router(hub: Hub, settings: &HttpTriggerSettings, metrics: Option<Metrics>
     // `/healthz` stays outside the guard: a liveness probe must not be shed with triggers.
     Router::new()
         .route("/trigger", post(trigger).options(handshake))
-        .route("/metrics", get(metrics_text))
         .layer(guard)
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
 /// Binds the endpoint; returns the bound address (useful with port 0) and the server future,
-/// which ends when `stop` fires.
+/// which ends when `stop` fires. Refused connections and requests are counted in `refusals`.
 pub async fn bind(
     hub: Hub,
     settings: &HttpTriggerSettings,
-    metrics: Option<Metrics>,
+    refusals: Refusals,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     let addr = listener.local_addr()?;
-    let app = router(hub, settings, metrics);
-    let serve = async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "trigger endpoint failed");
-        }
+    let app = counted_router(hub, settings, refusals.clone());
+    let limits = ConnectionLimits {
+        header_read_timeout: settings.header_read_timeout,
+        max_connections: settings.max_connections as usize,
     };
+    let serve = crate::endpoint::serve(listener, app, limits, ENDPOINT, refusals, async move {
+        stop.cancelled().await
+    });
     Ok((addr, serve))
 }
 
@@ -134,27 +145,13 @@ fn authorize(
     }
 }
 
-/// The counters, behind the same token as triggers (scrapers send it as a bearer token).
-async fn metrics_text(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    query: Query<Vec<(String, String)>>,
-) -> Response {
-    if let Err(why) = authorize(&state, &headers, &query) {
-        return reject(StatusCode::UNAUTHORIZED, why);
-    }
-    match &state.metrics {
-        Some(render) => ([("content-type", CONTENT_TYPE)], render()).into_response(),
-        None => reject(StatusCode::NOT_FOUND, "no metrics here"),
-    }
-}
-
 async fn handshake(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Query<Vec<(String, String)>>,
 ) -> Response {
     if let Err(why) = authorize(&state, &headers, &query) {
+        state.refusals.refuse(ENDPOINT, Refusal::Unauthorized);
         return reject(StatusCode::UNAUTHORIZED, why);
     }
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
@@ -183,8 +180,8 @@ async fn trigger(
     // Refused before the body is read: a caller without the token holds no slot of
     // `max_concurrent_requests` while it sends (or stalls) a body.
     if let Err(why) = authorize(&state, &headers, &query) {
-        // The path only: the query may carry a token, in whatever spelling.
-        tracing::info!(path = uri.path(), why, "trigger refused");
+        // Counted and logged throttled: a flood of bad tokens must not flood the logs.
+        state.refusals.refuse(ENDPOINT, Refusal::Unauthorized);
         return reject(StatusCode::UNAUTHORIZED, why);
     }
     let too_large = || {

@@ -40,6 +40,16 @@ pub struct HttpTriggerSettings {
     /// Requests handled at once, 1..=10000; more get 503 at once (the sender retries; a
     /// trigger is a hint, the queue still holds the work).
     pub max_concurrent_requests: u32,
+    /// A request's head (request line and headers) must arrive whole within this long, counted
+    /// from the connection's opening or, on a kept-alive connection, from the end of the
+    /// previous response (so it also closes idle kept-alive connections), 100ms..=5m. Guards
+    /// against slow-header (slowloris) and idle connections.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once, 1..=100000; one more is closed at once, unread. Keep it well
+    /// under the process's file-descriptor limit (`ulimit -n`), which the store and the ops
+    /// endpoint share.
+    pub max_connections: u32,
 }
 
 impl Default for HttpTriggerSettings {
@@ -52,9 +62,16 @@ impl Default for HttpTriggerSettings {
             max_body_bytes: 64 * 1024,
             request_timeout: default_trigger_request_timeout(),
             max_concurrent_requests: default_trigger_max_concurrent_requests(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
+
+/// The default of `triggers.http.header_read_timeout`: 5 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default of `triggers.http.max_connections`: 256.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 
 fn default_trigger_request_timeout() -> Duration {
     Duration::from_secs(10)
@@ -74,6 +91,8 @@ impl fmt::Debug for HttpTriggerSettings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout", &self.request_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -132,6 +151,18 @@ impl TriggerSettings {
             http.max_concurrent_requests,
             1,
             10_000,
+        )?;
+        check_duration(
+            "triggers.http.header_read_timeout",
+            http.header_read_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        check_range(
+            "triggers.http.max_connections",
+            http.max_connections,
+            1,
+            100_000,
         )?;
         Ok(())
     }

@@ -244,8 +244,12 @@ async fn serve_ops(
         return Ok(None);
     };
     let token = settings.observability.metrics_token.clone();
+    let limits = crate::endpoint::ConnectionLimits {
+        header_read_timeout: settings.observability.header_read_timeout,
+        max_connections: settings.observability.max_connections as usize,
+    };
     let (bound, serve) =
-        crate::observability::server::bind(addr, readiness.clone(), metrics.clone(), token)
+        crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)
             .await
             .map_err(|error| WorkerError::OpsBind { addr, error })?;
     info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
@@ -278,8 +282,8 @@ pub(super) async fn open_output(
     Ok(queue)
 }
 
-/// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. Its
-/// `/metrics` (behind its token) shows the same text as the ops endpoint's.
+/// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. It serves
+/// no metrics; its refusals are counted in the ops endpoint's.
 async fn bind_trigger(
     settings: &crate::Settings,
     hub: &Hub,
@@ -290,9 +294,8 @@ async fn bind_trigger(
     if !http.enabled {
         return Ok(None);
     }
-    let render = metrics.clone();
-    let metrics: crate::trigger::http::Metrics = Arc::new(move || render.render());
-    crate::trigger::http::bind(hub.clone(), http, Some(metrics), life.stop.clone())
+    let refusals = metrics.refusals().clone();
+    crate::trigger::http::bind(hub.clone(), http, refusals, life.stop.clone())
         .await
         .map(|(addr, serve)| Some((addr, Box::pin(serve) as BoxServe)))
         .map_err(|error| WorkerError::TriggerBind {

@@ -11,6 +11,7 @@ mod common;
 mod calls;
 mod dashboard;
 mod dockerfile;
+mod flood;
 mod fuzz;
 mod guarantees;
 mod handler_api;
