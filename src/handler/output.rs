@@ -6,7 +6,7 @@ use super::{PublishError, Publisher};
 use crate::store::SendOptions;
 
 /// A queue written to with values of type `T` (JSON in the queue's encoding): from a handler
-/// through [`crate::Context::output`], or from a `worker::Producer`. Its sends wake
+/// through [`crate::Context::output`], or from a producer (`ebbflow::worker::Producer`). Its sends wake
 /// the queue's listeners like a [`Publisher`]'s.
 pub struct Output<T> {
     publisher: Publisher,
