@@ -15,7 +15,7 @@ use std::time::Duration;
 
 mod settings;
 
-pub use settings::{DepthRule, ScalingSettings};
+pub use settings::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettings};
 
 /// What prompted a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +118,7 @@ pub fn depth_target(s: &ScalingSettings, depth: u64) -> u32 {
         return 0;
     }
     let tasks = if s.depth_rules.is_empty() {
-        let per = u64::from(s.messages_per_task.max(1));
+        let per = u64::from(s.messages_per_task.get());
         u32::try_from(depth.div_ceil(per)).unwrap_or(u32::MAX)
     } else {
         s.depth_rules
@@ -127,7 +127,7 @@ pub fn depth_target(s: &ScalingSettings, depth: u64) -> u32 {
             .find(|r| r.from <= depth)
             .map_or(1, |r| r.tasks)
     };
-    tasks.clamp(1, s.max_tasks)
+    tasks.clamp(1, s.max_tasks.get())
 }
 
 fn cooled(since: Option<Duration>, cooldown: Duration) -> bool {
@@ -138,7 +138,7 @@ fn cooled(since: Option<Duration>, cooldown: Duration) -> bool {
 pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
     let active = sig.active;
     if sig.prompt == Prompt::IdleAtMax {
-        let floor = s.min_tasks.min(active);
+        let floor = s.min_tasks.get().min(active);
         return if active <= floor || active == 0 {
             Decision {
                 target: active,
@@ -175,7 +175,7 @@ pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
     }
     if sig.prompt == Prompt::Probe && reason == Reason::Steady {
         if let Some(depth) = sig.depth {
-            let floor = s.min_tasks.max(1);
+            let floor = s.min_tasks.get().max(1);
             if depth_target(s, depth).max(floor) < active
                 && !sig.full_batch_since_probe
                 && cooled(sig.since_scale_down, s.scale_down_cooldown)
@@ -187,8 +187,8 @@ pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
             }
         }
     }
-    if want > s.max_tasks {
-        want = s.max_tasks;
+    if want > s.max_tasks.get() {
+        want = s.max_tasks.get();
         if want <= active {
             reason = Reason::AtMax;
         }
@@ -212,9 +212,9 @@ mod tests {
 
     fn settings() -> ScalingSettings {
         ScalingSettings {
-            min_tasks: 1,
-            max_tasks: 8,
-            messages_per_task: 100,
+            min_tasks: MinTasks::One,
+            max_tasks: MaxTasks::of::<8>(),
+            messages_per_task: MessagesPerTask::of::<100>(),
             scale_up_cooldown: Duration::from_secs(1),
             scale_down_cooldown: Duration::from_secs(10),
             ..ScalingSettings::default()
@@ -242,7 +242,7 @@ mod tests {
         }
         // The whitepaper's example: under 100: 10, under 1,000: 50, else 100.
         let rules = ScalingSettings {
-            max_tasks: 100,
+            max_tasks: MaxTasks::of::<100>(),
             depth_rules: vec![
                 DepthRule { from: 0, tasks: 10 },
                 DepthRule {
@@ -314,7 +314,7 @@ mod tests {
     fn age_rule_and_zero_floor() {
         let s = ScalingSettings {
             scale_up_when_older_than: Some(Duration::from_secs(60)),
-            min_tasks: 0,
+            min_tasks: MinTasks::Zero,
             wake_on_publish: true,
             ..settings()
         };

@@ -3,7 +3,12 @@
 //! are kept out of what we print. A leaf: it depends on no other room, and every room that
 //! needs a limit takes it from here (one definition each).
 
+use std::fmt;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checks::InvalidValue;
 
 /// The most messages one receive (Get Messages) or peek may ask for.
 pub const MAX_BATCH: u8 = 32;
@@ -17,9 +22,17 @@ pub const DEFAULT_TIME_TO_LIVE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// in a 32-bit signed integer (about 68 years). Longer is refused; use "never expires".
 pub const MAX_TIME_TO_LIVE: Duration = Duration::from_secs(i32::MAX as u64);
 
+/// What the service allows as a queue name, as said in errors.
+const QUEUE_NAME_RULE: &str = "must be 3-63 characters of lowercase letters, digits and single \
+     hyphens, starting and ending with a letter or digit";
+
 /// Checks a queue name against the service's rules: 3-63 characters, lowercase letters,
 /// digits and single hyphens, starting and ending with a letter or digit.
-pub fn validate_queue_name(name: &str) -> Result<(), String> {
+///
+/// # Errors
+///
+/// [`InvalidValue`] (the name and the rule) when `name` breaks them.
+pub fn validate_queue_name(name: &str) -> Result<(), InvalidValue> {
     let ok_len = (3..=63).contains(&name.len());
     let ok_chars = name
         .bytes()
@@ -28,11 +41,69 @@ pub fn validate_queue_name(name: &str) -> Result<(), String> {
     if ok_len && ok_chars && ok_ends && !name.contains("--") {
         Ok(())
     } else {
-        Err(
-            "queue names are 3-63 characters of lowercase letters, digits and single hyphens, \
-             starting and ending with a letter or digit"
-                .to_string(),
-        )
+        Err(InvalidValue::new(name, QUEUE_NAME_RULE))
+    }
+}
+
+/// A queue name the service accepts ([`validate_queue_name`]), checked while parsing and when
+/// built with [`QueueName::new`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// `name`, when the service accepts it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidValue`] when `name` breaks the service's rules for queue names.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
+        let name = name.into();
+        validate_queue_name(&name)?;
+        Ok(Self(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueueName {
+    type Error = InvalidValue;
+    fn try_from(name: String) -> Result<Self, InvalidValue> {
+        Self::new(name)
+    }
+}
+
+impl From<QueueName> for String {
+    fn from(name: QueueName) -> String {
+        name.0
+    }
+}
+
+impl std::ops::Deref for QueueName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for QueueName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
     }
 }
 

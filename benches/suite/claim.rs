@@ -108,8 +108,8 @@ async fn ebbflow_run(queue_url: &str, blobs: &Blobs, size: usize, n: usize) -> (
     );
     let mut s = Settings::default();
     let mut q = QueueSettings {
-        concurrency: 4,
-        batch_size: 4,
+        concurrency: ebbflow::config::Concurrency::of::<4>(),
+        batch_size: ebbflow::config::BatchSize::of::<4>(),
         visibility_timeout: Duration::from_secs(120),
         ..QueueSettings::default()
     };

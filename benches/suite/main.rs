@@ -292,6 +292,30 @@ async fn run(
             raw.push(embedded::raw_loop(plan.embedded_messages).await);
             emb.push(embedded::ebbflow_embedded(plan.embedded_messages).await);
         }
+        // The cost of exported traces: one more run with the OTLP exporter on (pointed at a
+        // closed loopback port: spans are made, batched and sent; the sends fail). Last, since
+        // the exporter stays installed for the rest of the process. Off (the runs above) each
+        // span site is one atomic load, so off costs nothing beside the run-to-run spread.
+        let traces = ebbflow::config::TracesSettings {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            filter: Some("info".into()),
+            ..Default::default()
+        };
+        if ebbflow::observability::logging::init_with_traces(
+            ebbflow::observability::LogFormat::Text,
+            "off",
+            &traces,
+        )
+        .unwrap_or(false)
+        {
+            let on = embedded::ebbflow_embedded(plan.embedded_messages).await;
+            let off = emb.iter().sum::<f64>() / emb.len().max(1) as f64;
+            println!(
+                "embedded dispatch with traces exported: {on:.0} messages/s; off: {off:.0} \
+                 messages/s ({:.1}x)",
+                off / on.max(1.0)
+            );
+        }
         r.embedded = Some((raw, emb));
     }
 

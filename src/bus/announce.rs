@@ -61,7 +61,7 @@ impl Announcer {
             PublishMode::Every => true,
             mode => match self.bus.sent(&self.queue, messages).await {
                 Ok(state) => {
-                    let depth = u64::from(self.settings.depth.max(1));
+                    let depth = u64::from(self.settings.depth.get());
                     state.was_empty
                         || (mode == PublishMode::Depth
                             && state.since_empty / depth
@@ -102,6 +102,7 @@ mod tests {
     use super::super::memory::MemoryBroker;
     use super::super::{Inbound, Member, Reach};
     use super::*;
+    use crate::bus::settings::AnnounceDepth;
     use std::time::Duration;
 
     async fn notices(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Inbound>) -> usize {
@@ -131,14 +132,14 @@ mod tests {
                 },
             )
         };
-        let every = with(PublishMode::Every, 100);
+        let every = with(PublishMode::Every, AnnounceDepth::of::<100>());
         for _ in 0..3 {
             assert_eq!(every.after_send(1).await, Announced::Sent);
         }
         assert_eq!(notices(&mut rx).await, 3);
         // First: only the first send after the listeners found the queue empty.
         listener.drained("q").await.unwrap();
-        let first = with(PublishMode::First, 100);
+        let first = with(PublishMode::First, AnnounceDepth::of::<100>());
         let results: Vec<Announced> = [
             first.after_send(1).await,
             first.after_send(1).await,
@@ -154,7 +155,7 @@ mod tests {
         assert_eq!(notices(&mut rx).await, 2);
         // Depth 10: the first, then at 10, 20, ... sends since the queue was found empty.
         listener.drained("q").await.unwrap();
-        let depth = with(PublishMode::Depth, 10);
+        let depth = with(PublishMode::Depth, AnnounceDepth::of::<10>());
         let mut sent = 0;
         for _ in 0..25 {
             if depth.after_send(1).await == Announced::Sent {

@@ -36,12 +36,38 @@ pub struct JobPulse {
     pub queue: String,
     /// The message id.
     pub message_id: String,
-    /// `timed` or `count`.
-    pub kind: String,
+    /// What prompted the pulse: `timed` or `count`.
+    pub kind: PulseKind,
     /// The handler's progress count.
     pub count: u64,
     /// Time since the handler started, milliseconds.
     pub elapsed_ms: u64,
+}
+
+/// What prompted a heartbeat pulse, as logged (`kind="timed"`) and sent on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PulseKind {
+    /// The queue's `heartbeat.interval` passed.
+    Timed,
+    /// The handler's progress count passed a multiple of `heartbeat.every`.
+    Count,
+}
+
+impl PulseKind {
+    /// The name, as logged and sent: `timed` or `count`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Timed => "timed",
+            Self::Count => "count",
+        }
+    }
+}
+
+impl std::fmt::Display for PulseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Event for JobPulse {

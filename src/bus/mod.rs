@@ -112,10 +112,15 @@ pub struct Member {
 
 impl Member {
     /// A member; both names must be 1..=64 characters of `[A-Za-z0-9._-]`.
-    pub fn new(instance: &str, role: &str) -> Result<Self, String> {
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidSetting`](crate::checks::InvalidSetting) naming `instance` or `role` when one
+    /// is not such a name.
+    pub fn new(instance: &str, role: &str) -> Result<Self, crate::checks::InvalidSetting> {
         Ok(Self {
-            instance: Name::new(instance)?,
-            role: Name::new(role)?,
+            instance: Name::new(instance).map_err(|e| e.at("instance"))?,
+            role: Name::new(role).map_err(|e| e.at("role"))?,
         })
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checks::InvalidValue;
+
 /// Which transport carries events between instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -193,17 +195,26 @@ pub struct Name(String);
 
 impl Name {
     /// Checks `text`.
-    pub fn new(text: impl Into<String>) -> Result<Self, String> {
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidValue`] when `text` is empty, longer than 64 characters, or holds a character
+    /// other than letters, digits, `.`, `_` and `-`.
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidValue> {
         let text = text.into();
         if text.is_empty() || text.len() > 64 {
-            return Err(format!("{text:?}: must be 1..=64 characters"));
+            return Err(InvalidValue::new(
+                format!("{text:?}"),
+                "must be 1..=64 characters",
+            ));
         }
         if let Some(c) = text
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
-            return Err(format!(
-                "{text:?}: {c:?} is not allowed (letters, digits, '.', '_', '-')"
+            return Err(InvalidValue::new(
+                format!("{text:?}"),
+                format!("must be letters, digits, '.', '_', '-' ({c:?} is not allowed)"),
             ));
         }
         Ok(Self(text))
@@ -216,8 +227,8 @@ impl Name {
 }
 
 impl TryFrom<String> for Name {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
         Self::new(text)
     }
 }
@@ -240,50 +251,13 @@ impl fmt::Debug for Name {
     }
 }
 
-/// A duration between `MIN` and `MAX` milliseconds, checked while parsing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "HumanDuration", into = "HumanDuration")]
-pub struct Bounded<const MIN: u64, const MAX: u64>(Duration);
+/// A duration between `MIN` and `MAX` milliseconds, checked while parsing (the shared
+/// [`BoundedDuration`](crate::checks::BoundedDuration)).
+pub use crate::checks::BoundedDuration as Bounded;
+pub use crate::checks::HumanDuration;
 
-impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
-    /// The duration.
-    pub fn get(self) -> Duration {
-        self.0
-    }
-
-    /// `d`, when in range.
-    pub fn new(d: Duration) -> Result<Self, String> {
-        let (min, max) = (Duration::from_millis(MIN), Duration::from_millis(MAX));
-        if (min..=max).contains(&d) {
-            Ok(Self(d))
-        } else {
-            Err(format!(
-                "{}: must be {}..={}",
-                humantime::format_duration(d),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ))
-        }
-    }
-}
-
-/// A human-readable duration ("250ms", "30s") on the wire.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct HumanDuration(#[serde(with = "humantime_serde")] Duration);
-
-impl<const MIN: u64, const MAX: u64> TryFrom<HumanDuration> for Bounded<MIN, MAX> {
-    type Error = String;
-    fn try_from(d: HumanDuration) -> Result<Self, String> {
-        Self::new(d.0)
-    }
-}
-
-impl<const MIN: u64, const MAX: u64> From<Bounded<MIN, MAX>> for HumanDuration {
-    fn from(b: Bounded<MIN, MAX>) -> Self {
-        HumanDuration(b.0)
-    }
-}
+/// With `publish = "depth"`, messages between two announcements (`depth`), 1..=100000.
+pub type AnnounceDepth = crate::checks::BoundedU32<1, 100_000>;
 
 /// How often an instance pulses its presence: 100ms..=5m.
 pub type PulseInterval = Bounded<100, 300_000>;
@@ -426,7 +400,7 @@ pub struct QueueBusSettings {
     pub publish: PublishMode,
     /// With `publish = "depth"`: announce again every this many messages, 1..=100000
     /// (default 100).
-    pub depth: u32,
+    pub depth: AnnounceDepth,
     /// While the bus is down, a listener at zero tasks probes its queue this often (the bus is
     /// a hint, never the only path), 1s..=1h, default 30s. `"off"` turns it off, which
     /// `min_tasks = 0` accepts only with `scaling.idle_probe_interval` or the HTTP trigger.
@@ -439,15 +413,9 @@ impl Default for QueueBusSettings {
         Self {
             reach: Reach::One,
             publish: PublishMode::Every,
-            depth: 100,
+            depth: crate::checks::BoundedU32(100),
             outage_probe_interval: Some(Bounded(Duration::from_secs(30))),
         }
-    }
-}
-
-impl QueueBusSettings {
-    pub(crate) fn validate(&self, queue: &str) -> Result<(), crate::checks::ConfigError> {
-        crate::checks::check_range(&format!("queues.{queue}.bus.depth"), self.depth, 1, 100_000)
     }
 }
 

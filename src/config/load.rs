@@ -82,15 +82,14 @@ pub(super) fn load_from(
     let loaded = builder
         .build()
         .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
-    let mut table: config::Map<String, config::Value> = loaded
-        .try_deserialize()
-        .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
+    let mut table: config::Map<String, config::Value> =
+        loaded.try_deserialize().map_err(load_error)?;
     // `[deploy]` (and `EBBFLOW__DEPLOY__...`) is the command line's section (manifest
     // generation, in the ebbflow-cli crate), so one config folder serves both: a worker
     // ignores it, unchecked.
     table.remove(DEPLOY_SECTION);
-    let mut settings = Settings::deserialize(config::Value::new(None, table))
-        .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
+    let mut settings =
+        Settings::deserialize(config::Value::new(None, table)).map_err(load_error)?;
     settings.origin = origin;
     let storage = &mut settings.storage;
     if storage.connection_string.is_none() && storage.queue_endpoint.is_none() {
@@ -110,6 +109,26 @@ pub(super) fn load_from(
     }
     settings.validate()?;
     Ok(settings)
+}
+
+/// A deserializing error as a [`ConfigError`]: a value a settings type refused
+/// ([`InvalidValue`](crate::checks::InvalidValue), `33: must be 1..=32`) found at a key becomes
+/// `queues.orders.batch_size = 33: must be 1..=32`; anything else is the loader's message with
+/// the fix appended ([`explain`]), secrets redacted.
+fn load_error(e: config::ConfigError) -> ConfigError {
+    if let config::ConfigError::At {
+        error,
+        key: Some(key),
+        ..
+    } = &e
+    {
+        if let config::ConfigError::Message(text) = error.as_ref() {
+            if let Some(refused) = crate::checks::InvalidValue::parse(text) {
+                return ConfigError::invalid(key.as_str(), redact(&refused.value), refused.rule);
+            }
+        }
+    }
+    ConfigError::Load(explain(&redact(&e.to_string())))
 }
 
 /// The loader's message with the fix appended: an example for a duration, the allowed values

@@ -31,13 +31,18 @@ pub use crate::backoff::IdleBackoffSettings;
 pub use crate::checks::ConfigError;
 pub use load::Origin;
 
-pub use crate::scaling::{DepthRule, ScalingSettings};
+pub use crate::scaling::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettings};
+pub use crate::service::QueueName;
 pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
-pub use crate::trigger::{HttpTriggerSettings, TriggerSettings};
+pub use crate::trigger::{
+    HttpTriggerSettings, MaxBodyBytes, MaxConcurrentRequests, TriggerSettings,
+};
 pub use observability::{
     LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesProtocol, TracesSettings,
 };
-pub use queue::{HeartbeatSettings, QueueSettings, Shards};
+pub use queue::{
+    BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, QueueSettings, Shards,
+};
 
 /// The environment variable that names the optional per-environment file.
 pub const ENV_VAR: &str = "EBBFLOW_ENV";
@@ -166,7 +171,6 @@ impl Settings {
         for (name, q) in &self.queues {
             // A shared bus can wake a queue from zero tasks (when it covers its own outages).
             q.validate(name, self.triggers.http.enabled || self.bus.is_shared())?;
-            q.bus.validate(name)?;
             bus::check_queue_cover(name, q, &self.bus, self.triggers.http.enabled)?;
             let poison = q.poison_queue_name(name);
             if self.queues.contains_key(&poison) {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::checks::InvalidValue;
+use crate::secret::REDACTED;
+
 /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`), apart from the trigger endpoint.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,14 +97,15 @@ pub enum TracesProtocol {
 }
 
 impl std::str::FromStr for TracesProtocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s.trim().to_ascii_lowercase().as_str() {
             "http/protobuf" => Ok(Self::HttpProtobuf),
             "http/json" => Ok(Self::HttpJson),
             "grpc" => Ok(Self::Grpc),
-            _ => Err(format!(
-                "{s:?}: must be \"http/protobuf\", \"http/json\" or \"grpc\""
+            _ => Err(InvalidValue::new(
+                format!("{s:?}"),
+                "must be \"http/protobuf\", \"http/json\" or \"grpc\"",
             )),
         }
     }
@@ -124,20 +128,21 @@ impl MetricsToken {
 }
 
 impl TryFrom<String> for MetricsToken {
-    type Error = String;
+    type Error = InvalidValue;
 
     fn try_from(token: String) -> Result<Self, Self::Error> {
         if token.len() < Self::MIN_LEN {
-            return Err(format!(
-                "the metrics token must be at least {} characters",
-                Self::MIN_LEN
+            return Err(InvalidValue::new(
+                REDACTED,
+                format!("must be at least {} characters", Self::MIN_LEN),
             ));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             // A secret file's trailing newline would make a token no header can match.
-            return Err(
-                "the metrics token must be printable ASCII without spaces or line breaks".into(),
-            );
+            return Err(InvalidValue::new(
+                REDACTED,
+                "must be printable ASCII without spaces or line breaks",
+            ));
         }
         Ok(Self(token))
     }
@@ -146,7 +151,7 @@ impl TryFrom<String> for MetricsToken {
 /// Written as `<redacted>` (`ebbflow config check` shows that one is set, never what it is).
 impl Serialize for MetricsToken {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(crate::secret::REDACTED)
+        s.serialize_str(REDACTED)
     }
 }
 
@@ -177,13 +182,16 @@ pub enum LogFormat {
 }
 
 impl std::str::FromStr for LogFormat {
-    type Err = String;
+    type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            _ => Err(format!("{s:?}: must be \"text\" or \"json\"")),
+            _ => Err(InvalidValue::new(
+                format!("{s:?}"),
+                "must be \"text\" or \"json\"",
+            )),
         }
     }
 }
@@ -286,6 +294,7 @@ mod tests {
         assert!("yaml"
             .parse::<LogFormat>()
             .unwrap_err()
+            .rule
             .contains("\"text\" or \"json\""));
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::IdleBackoffSettings;
-use crate::checks::{check_duration, check_range, ConfigError};
+use crate::checks::{check_duration, check_range, BoundedU32, ConfigError, InvalidValue};
 use crate::codec::Encoding;
 use crate::scaling::ScalingSettings;
-use crate::service::{validate_queue_name, MAX_BATCH, MAX_VISIBILITY};
+use crate::service::{validate_queue_name, QueueName, MAX_BATCH, MAX_VISIBILITY};
 use crate::store::TimeToLive;
 
 /// Settings of one queue.
@@ -17,12 +17,12 @@ use crate::store::TimeToLive;
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
-    pub batch_size: u32,
+    pub batch_size: BatchSize,
     /// Handlers of this queue running at once, over all its tasks, 1..=10000. A task takes
     /// free slots before it receives; once handler runs are measured it may receive ahead of
     /// them as many as can start within a quarter of `visibility_timeout` (they wait in line,
     /// their lease renewed), at most a batch.
-    pub concurrency: u32,
+    pub concurrency: Concurrency,
     /// After a full batch, a task receives again once it can take this many (free slots plus
     /// room ahead; fewer, larger receives), or at once with any free slot when a trigger
     /// arrives. 1..=min(batch_size, concurrency); default half of that, at least 1, or two
@@ -37,7 +37,7 @@ pub struct QueueSettings {
     #[serde(with = "humantime_serde")]
     pub visibility_timeout: Duration,
     /// A message received more often than this goes to the poison queue, 1..=1000.
-    pub max_dequeue_count: u32,
+    pub max_dequeue_count: MaxDequeueCount,
     /// How long a failed message stays invisible before it is retried (0s: at once), ..=7d.
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
@@ -48,7 +48,7 @@ pub struct QueueSettings {
     /// inline reference); one that does not goes to a blob compressed.
     pub compression: crate::codec::claim::Compression,
     /// Name of the poison queue; default `<queue>-poison`.
-    pub poison_queue: Option<String>,
+    pub poison_queue: Option<QueueName>,
     /// How long a poison copy lives on the poison queue: `"never"` (the default: poison
     /// messages wait for a person) or a duration of 1s..=68years (`"30days"`). A copy always
     /// lives at least as long as its original had left.
@@ -80,6 +80,13 @@ pub struct QueueSettings {
     pub trace_context: bool,
 }
 
+/// Messages asked for per receive (`batch_size`), 1..=32 (the service's most).
+pub type BatchSize = BoundedU32<1, { MAX_BATCH as u32 }>;
+/// Handlers of one queue running at once (`concurrency`), 1..=10000.
+pub type Concurrency = BoundedU32<1, 10_000>;
+/// Receives after which a message goes to the poison queue (`max_dequeue_count`), 1..=1000.
+pub type MaxDequeueCount = BoundedU32<1, 1000>;
+
 /// How many physical queues a logical queue spans (`shards`), 1..=100, checked while parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "u64", into = "u64")]
@@ -109,14 +116,14 @@ impl From<Shards> for u64 {
 }
 
 impl TryFrom<u64> for Shards {
-    type Error = String;
-    fn try_from(n: u64) -> Result<Self, String> {
+    type Error = InvalidValue;
+    fn try_from(n: u64) -> Result<Self, InvalidValue> {
         u8::try_from(n)
             .ok()
             .filter(|n| *n <= Self::MAX)
             .and_then(std::num::NonZeroU8::new)
             .map(Self)
-            .ok_or_else(|| format!("shards = {n}: must be 1..={}", Self::MAX))
+            .ok_or_else(|| InvalidValue::new(n, format!("must be 1..={}", Self::MAX)))
     }
 }
 
@@ -136,12 +143,12 @@ pub struct HeartbeatSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
-            batch_size: u32::from(MAX_BATCH),
-            concurrency: 16,
+            batch_size: BoundedU32(u32::from(MAX_BATCH)),
+            concurrency: BoundedU32(16),
             refill_threshold: None,
             batch_window: None,
             visibility_timeout: Duration::from_secs(30),
-            max_dequeue_count: 5,
+            max_dequeue_count: BoundedU32(5),
             retry_delay: Duration::ZERO,
             encoding: Encoding::Base64,
             compression: Default::default(),
@@ -165,16 +172,13 @@ impl QueueSettings {
     pub(crate) fn validate(&self, name: &str, wakes: bool) -> Result<(), ConfigError> {
         let q = self;
         let key = |field: &str| format!("queues.{name}.{field}");
-        validate_queue_name(name)
-            .map_err(|rule| ConfigError::invalid(format!("queues.{name}"), name, rule))?;
-        check_range(&key("batch_size"), q.batch_size, 1, u32::from(MAX_BATCH))?;
-        check_range(&key("concurrency"), q.concurrency, 1, 10_000)?;
+        validate_queue_name(name).map_err(|e| ConfigError::from(e.at(format!("queues.{name}"))))?;
         if let Some(refill) = q.refill_threshold {
             check_range(
                 &key("refill_threshold"),
                 refill,
                 1,
-                q.batch_size.min(q.concurrency).max(1),
+                q.batch_size.get().min(q.concurrency.get()).max(1),
             )?;
         }
         if let Some(window) = q.batch_window {
@@ -185,7 +189,6 @@ impl QueueSettings {
                 Duration::from_secs(10),
             )?;
         }
-        check_range(&key("max_dequeue_count"), q.max_dequeue_count, 1, 1000)?;
         check_duration(
             &key("visibility_timeout"),
             q.visibility_timeout,
@@ -200,7 +203,7 @@ impl QueueSettings {
         )?;
         let poison = q.poison_queue_name(name);
         validate_queue_name(&poison)
-            .map_err(|rule| ConfigError::invalid(key("poison_queue"), &poison, rule))?;
+            .map_err(|e| ConfigError::invalid(key("poison_queue"), &poison, e.rule))?;
         if poison == *name || q.shard_names(name).contains(&poison) {
             return Err(ConfigError::invalid(
                 key("poison_queue"),
@@ -209,7 +212,7 @@ impl QueueSettings {
             ));
         }
         if let Some(last) = q.shard_names(name).pop().filter(|_| q.shards.get() > 1) {
-            validate_queue_name(&last).map_err(|rule| {
+            validate_queue_name(&last).map_err(|InvalidValue { rule, .. }| {
                 ConfigError::invalid(
                     key("shards"),
                     q.shards.get(),
@@ -253,7 +256,7 @@ impl QueueSettings {
     /// Free slots a task waits for after a full batch: `refill_threshold`, or half of
     /// `min(batch_size, concurrency)`, at least 1.
     pub fn refill_slots(&self) -> usize {
-        let most = self.batch_size.min(self.concurrency).max(1);
+        let most = self.batch_size.get().min(self.concurrency.get()).max(1);
         self.refill_threshold.unwrap_or(most / 2).clamp(1, most) as usize
     }
 
@@ -271,7 +274,7 @@ impl QueueSettings {
     /// The poison queue's name: the configured one, else `<queue>-poison`.
     pub fn poison_queue_name(&self, queue: &str) -> String {
         self.poison_queue
-            .clone()
-            .unwrap_or_else(|| format!("{queue}-poison"))
+            .as_ref()
+            .map_or_else(|| format!("{queue}-poison"), |n| n.to_string())
     }
 }

@@ -179,7 +179,11 @@ fn layers_file_then_env_file_then_environment() {
     .unwrap();
     let q = &s.queues["orders"];
     assert_eq!(
-        (q.batch_size, q.scaling.max_tasks, q.concurrency),
+        (
+            q.batch_size.get(),
+            q.scaling.max_tasks.get(),
+            q.concurrency.get()
+        ),
         (8, 4, 6),
         "file < env file < environment"
     );
@@ -420,4 +424,82 @@ fn shards_are_typed_and_their_names_checked() {
     .unwrap_err()
     .to_string();
     assert!(err.contains(&format!("queues.{long}.shards")), "{err}");
+}
+
+#[test]
+fn typed_values_are_refused_while_parsing_naming_the_key() {
+    for (text, expected) in [
+        (
+            "[queues.orders]\nbatch_size = 33\n",
+            "config: queues.orders.batch_size = 33: must be 1..=32",
+        ),
+        (
+            "[queues.orders]\nconcurrency = 0\n",
+            "config: queues.orders.concurrency = 0: must be 1..=10000",
+        ),
+        (
+            "[queues.orders]\nmax_dequeue_count = 1001\n",
+            "config: queues.orders.max_dequeue_count = 1001: must be 1..=1000",
+        ),
+        (
+            "[queues.orders.scaling]\nmin_tasks = 2\n",
+            "config: queues.orders.scaling.min_tasks = 2: must be 0..=1",
+        ),
+        (
+            "[queues.orders.scaling]\nmax_tasks = 257\n",
+            "config: queues.orders.scaling.max_tasks = 257: must be 1..=256",
+        ),
+        (
+            "[queues.orders]\npoison_queue = \"Bad_Name\"\n",
+            "config: queues.orders.poison_queue = Bad_Name: must be 3-63 characters",
+        ),
+        (
+            "[triggers.http]\nmax_body_bytes = 100\n",
+            "config: triggers.http.max_body_bytes = 100: must be 256..=1048576",
+        ),
+        (
+            "[queues.orders.bus]\ndepth = 0\n",
+            "config: queues.orders.bus.depth = 0: must be 1..=100000",
+        ),
+    ] {
+        let err = Settings::load_from(&dir_with(text), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(expected), "{text}: {err}");
+    }
+    // The environment goes through the same types.
+    let err = Settings::load_from(
+        &dir_with(""),
+        &env(&[("EBBFLOW__QUEUES__ORDERS__BATCH_SIZE", "40")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "config: queues.orders.batch_size = 40: must be 1..=32");
+    let s = Settings::load_from(
+        &dir_with("[queues.orders.scaling]\nmin_tasks = 0\nwake_on_publish = true\n"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(s.queues["orders"].scaling.min_tasks, MinTasks::Zero);
+}
+
+#[test]
+fn settings_built_in_code_take_the_same_checks() {
+    assert_eq!(
+        BatchSize::new(33)
+            .unwrap_err()
+            .at("queues.orders.batch_size")
+            .to_string(),
+        "queues.orders.batch_size = 33: must be 1..=32"
+    );
+    assert!(QueueName::new("orders").is_ok());
+    assert!(QueueName::new("Orders").is_err());
+    let mut q = QueueSettings {
+        batch_size: BatchSize::of::<8>(),
+        ..Default::default()
+    };
+    q.scaling.min_tasks = MinTasks::Zero;
+    // Rules across fields are checked by `validate`, the same as after loading.
+    let err = q.validate("orders", false).unwrap_err().to_string();
+    assert!(err.contains("queues.orders.scaling.min_tasks = 0"), "{err}");
 }

@@ -22,6 +22,7 @@ use super::settle::{Outcome, Settle};
 use super::slots::{Ahead, Held};
 use super::stats::{bump, Gauge, ListenerStats};
 use super::{ListenerHooks, Shared};
+use crate::bus::events::PulseKind;
 use crate::handler::{BoxFuture, Context, HandlerError, Heartbeat, Job, JobStatus, Signal};
 use crate::store::{PayloadError, ReceivedMessage};
 
@@ -63,7 +64,7 @@ pub(super) async fn run(
         message.pop_receipt = lease.receipt().to_string();
     }
     let max = shared.settings.max_dequeue_count;
-    if message.dequeue_count > max {
+    if message.dequeue_count > max.get() {
         let why = format!("received {} times, limit {max}", message.dequeue_count);
         let action = Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why);
         return shared.settle(&message, action, lease.valid_until()).await;
@@ -87,7 +88,7 @@ pub(super) async fn run(
         // A blob fault that may pass counts as a failed try, like a handler's retry.
         Err(PayloadError::Transient(why)) => {
             let why = format!("payload blob unavailable: {why}");
-            let action = if message.dequeue_count >= max {
+            let action = if message.dequeue_count >= max.get() {
                 let why = format!("failed on try {} of {max}: {why}", message.dequeue_count);
                 Settle::Poison(PoisonReason::MaxDequeueCountExceeded, why)
             } else {
@@ -168,7 +169,7 @@ pub(super) async fn run(
         outcome,
         interrupted,
         message.dequeue_count,
-        max,
+        max.get(),
         shared.settings.retry_delay,
     );
     shared.settle(&message, action, lease.valid_until()).await;
@@ -314,10 +315,10 @@ async fn watch(
             event = lease.next_event() => report(&shared.io.name, &shared.stats, message, event),
             _ = at(next_pulse) => {
                 next_pulse = next_pulse.map(|t| t + pulse_every.unwrap_or_default());
-                pulses.pulse(message, lease, heartbeat, "time", started);
+                pulses.pulse(message, lease, heartbeat, PulseKind::Timed, started);
             }
             _ = heartbeat.count_pulse() => {
-                pulses.pulse(message, lease, heartbeat, "count", started);
+                pulses.pulse(message, lease, heartbeat, PulseKind::Count, started);
             }
         }
     }
@@ -369,12 +370,12 @@ impl Pulses<'_> {
         message: &ReceivedMessage,
         lease: &mut Lease,
         heartbeat: &Heartbeat,
-        kind: &str,
+        kind: PulseKind,
         started: Instant,
     ) {
         bump(&self.stats.pulses);
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        info!(queue = self.queue, message_id = %message.id, kind, count = heartbeat.count(),
+        info!(queue = self.queue, message_id = %message.id, kind = kind.as_str(), count = heartbeat.count(),
               elapsed_ms, "job pulse");
         if let Some(hooks) = self.hooks {
             hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
+use crate::bus::events::PulseKind;
 use crate::config::QueueSettings;
 use crate::handler::{Publishers, Stack};
 use crate::store::{Queue, StoreError};
@@ -102,7 +103,7 @@ pub(crate) trait ListenerHooks: Send + Sync + 'static {
     /// than this listener can take now.
     fn overflow(&self) {}
     /// A long job's heartbeat pulse (`kind`: `timed` or `count`).
-    fn job_pulse(&self, _message_id: &str, _kind: &str, _count: u64, _elapsed_ms: u64) {}
+    fn job_pulse(&self, _message_id: &str, _kind: PulseKind, _count: u64, _elapsed_ms: u64) {}
 }
 
 /// What a listener is made of.
@@ -353,9 +354,9 @@ impl QueueListener {
         let (events, inbox) = mpsc::unbounded_channel();
         let settings = spec.settings;
         let flow = Flow {
-            slots: slots::Slots::new(settings.concurrency as usize),
+            slots: slots::Slots::new(settings.concurrency.as_usize()),
             wake: Notify::new(),
-            batch: u8::try_from(settings.batch_size).unwrap_or(crate::store::MAX_BATCH),
+            batch: u8::try_from(settings.batch_size.get()).unwrap_or(crate::store::MAX_BATCH),
             refill: settings.refill_slots(),
             refill_set: settings.refill_threshold.is_some(),
             covered: spec.trigger_covered,
@@ -402,8 +403,8 @@ impl QueueListener {
             .instrument(span),
         );
         let s = &shared.settings;
-        info!(queue = %shared.io.name, min_tasks = s.scaling.min_tasks, max_tasks = s.scaling.max_tasks,
-              batch_size = s.batch_size, concurrency = s.concurrency, refill = shared.flow.refill,
+        info!(queue = %shared.io.name, min_tasks = s.scaling.min_tasks.get(), max_tasks = s.scaling.max_tasks.get(),
+              batch_size = s.batch_size.get(), concurrency = s.concurrency.get(), refill = shared.flow.refill,
               trigger_covered = shared.flow.covered, "listener started");
         Self { shared }
     }

@@ -193,7 +193,7 @@ impl Settler<'_> {
         why: &str,
     ) -> Option<Duration> {
         let (io, stats) = (self.io, self.stats);
-        if message.dequeue_count >= self.settings.max_dequeue_count {
+        if message.dequeue_count >= self.settings.max_dequeue_count.get() {
             if let Some(options) = fresh_copy_options(message, after) {
                 match io.queue.send(&message.text, options).await {
                     Ok(copy) => {

@@ -20,7 +20,7 @@ pub fn format_from_env(configured: LogFormat) -> Result<LogFormat, ConfigError> 
     match std::env::var(FORMAT_VAR) {
         Ok(v) if !v.trim().is_empty() => v
             .parse()
-            .map_err(|rule: String| ConfigError::invalid(FORMAT_VAR, &v, rule)),
+            .map_err(|e: crate::checks::InvalidValue| ConfigError::invalid(FORMAT_VAR, &v, e.rule)),
         _ => Ok(configured),
     }
 }

@@ -21,4 +21,4 @@ pub use crate::config::{
 pub use crate::endpoint::{ConnectionLimits, Refusal, Refusals};
 pub use logging::setup;
 pub use metrics::Metrics;
-pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport};
+pub use readiness::{CheckState, Readiness, ReadinessCheck, ReadinessReport, ReadinessStatus};

@@ -66,7 +66,7 @@ pub struct ReadinessCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadinessReport {
     /// `ready`, `degraded` (still ready) or `unready`.
-    pub status: &'static str,
+    pub status: ReadinessStatus,
     /// Why not ready (or degraded): `draining`, or `<check>: <reason>` of the first check at
     /// fault; absent when ready.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +78,42 @@ pub struct ReadinessReport {
 impl ReadinessReport {
     /// Whether `/readyz` answers 200 (ready or degraded).
     pub fn is_ready(&self) -> bool {
-        self.status != "unready"
+        self.status != ReadinessStatus::Unready
+    }
+}
+
+/// The overall state `/readyz` reports (written `ready`, `degraded`, `unready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadinessStatus {
+    /// Every check is ready (200).
+    Ready,
+    /// Some check works less well; still ready (200).
+    Degraded,
+    /// Draining, or some check is unready (503).
+    Unready,
+}
+
+impl ReadinessStatus {
+    /// The name `/readyz` shows.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Degraded => "degraded",
+            Self::Unready => "unready",
+        }
+    }
+}
+
+impl PartialEq<&str> for ReadinessStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ReadinessStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -152,13 +187,13 @@ impl Readiness {
             _ => None,
         });
         let (status, reason) = if draining {
-            ("unready", Some("draining".to_string()))
+            (ReadinessStatus::Unready, Some("draining".to_string()))
         } else if unready.is_some() {
-            ("unready", unready)
+            (ReadinessStatus::Unready, unready)
         } else if degraded.is_some() {
-            ("degraded", degraded)
+            (ReadinessStatus::Degraded, degraded)
         } else {
-            ("ready", None)
+            (ReadinessStatus::Ready, None)
         };
         ReadinessReport {
             status,

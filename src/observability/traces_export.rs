@@ -67,10 +67,14 @@ where
         return Ok(None);
     }
     let protocol = match PROTOCOL_VARS.iter().find_map(|v| env(v).map(|p| (v, p))) {
-        Some((var, value)) => value.parse().map_err(|rule| InstallError::Protocol {
-            key: var.to_string(),
-            rule,
-        })?,
+        Some((var, value)) => {
+            value
+                .parse()
+                .map_err(|e: crate::checks::InvalidValue| InstallError::Protocol {
+                    key: var.to_string(),
+                    rule: e.to_string(),
+                })?
+        }
         None => settings.protocol.unwrap_or(Protocol::HttpProtobuf),
     };
     let filter = settings.filter.as_deref().unwrap_or("info");

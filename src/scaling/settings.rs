@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{check_duration, check_range, ConfigError};
+use crate::checks::{check_duration, check_range, BoundedU32, ConfigError, InvalidValue};
 
 /// How many dequeue tasks a queue runs. Tasks are added at once when work shows up after
 /// idleness, when batches come back full, when the (sparingly probed) depth calls for more, or
@@ -16,11 +16,11 @@ use crate::checks::{check_duration, check_range, ConfigError};
 pub struct ScalingSettings {
     /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
     /// trigger or an idle depth probe brings the queue back).
-    pub min_tasks: u32,
+    pub min_tasks: MinTasks,
     /// Most tasks at once, 1..=256.
-    pub max_tasks: u32,
+    pub max_tasks: MaxTasks,
     /// Target `ceil(depth / messages_per_task)` tasks (used when `depth_rules` is empty).
-    pub messages_per_task: u32,
+    pub messages_per_task: MessagesPerTask,
     /// Depth thresholds to task counts, e.g. `[{ from = 0, tasks = 1 }, { from = 100, tasks = 4 }]`:
     /// the rule with the highest `from` not above the depth applies. Overrides `messages_per_task`.
     pub depth_rules: Vec<DepthRule>,
@@ -49,9 +49,9 @@ pub struct ScalingSettings {
 impl Default for ScalingSettings {
     fn default() -> Self {
         Self {
-            min_tasks: 1,
-            max_tasks: 4,
-            messages_per_task: 64,
+            min_tasks: MinTasks::One,
+            max_tasks: BoundedU32(4),
+            messages_per_task: BoundedU32(64),
             depth_rules: Vec::new(),
             scale_up_cooldown: Duration::from_secs(1),
             scale_down_cooldown: Duration::ZERO,
@@ -60,6 +60,66 @@ impl Default for ScalingSettings {
             scale_up_when_older_than: None,
             wake_on_publish: false,
         }
+    }
+}
+
+/// Most dequeue tasks of one queue at once (`max_tasks`), 1..=256.
+pub type MaxTasks = BoundedU32<1, 256>;
+/// Messages one task is expected to keep up with (`messages_per_task`), 1..=1000000.
+pub type MessagesPerTask = BoundedU32<1, 1_000_000>;
+
+/// Tasks a queue keeps when idle (`min_tasks`), written `0` or `1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub enum MinTasks {
+    /// None: no task polls an idle queue; a push trigger, a publish or an idle depth probe
+    /// brings it back.
+    Zero,
+    /// One task keeps polling at the idle back-off maximum.
+    One,
+}
+
+impl MinTasks {
+    /// The count: 0 or 1.
+    pub const fn get(self) -> u32 {
+        match self {
+            Self::Zero => 0,
+            Self::One => 1,
+        }
+    }
+
+    /// The count as a `usize`.
+    pub const fn as_usize(self) -> usize {
+        self.get() as usize
+    }
+}
+
+impl TryFrom<u64> for MinTasks {
+    type Error = InvalidValue;
+    fn try_from(n: u64) -> Result<Self, InvalidValue> {
+        match n {
+            0 => Ok(Self::Zero),
+            1 => Ok(Self::One),
+            _ => Err(InvalidValue::new(n, "must be 0..=1")),
+        }
+    }
+}
+
+impl From<MinTasks> for u64 {
+    fn from(m: MinTasks) -> u64 {
+        u64::from(m.get())
+    }
+}
+
+impl PartialEq<u32> for MinTasks {
+    fn eq(&self, other: &u32) -> bool {
+        self.get() == *other
+    }
+}
+
+impl std::fmt::Display for MinTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
     }
 }
 
@@ -77,9 +137,6 @@ impl ScalingSettings {
     pub(crate) fn validate(&self, name: &str, http_trigger: bool) -> Result<(), ConfigError> {
         let s = self;
         let key = |field: &str| format!("queues.{name}.scaling.{field}");
-        check_range(&key("max_tasks"), s.max_tasks, 1, 256)?;
-        check_range(&key("min_tasks"), s.min_tasks, 0, 1)?;
-        check_range(&key("messages_per_task"), s.messages_per_task, 1, 1_000_000)?;
         check_duration(
             &key("depth_probe_interval"),
             s.depth_probe_interval,
@@ -99,7 +156,7 @@ impl ScalingSettings {
                 &format!("{}[{i}].tasks", key("depth_rules")),
                 rule.tasks,
                 1,
-                s.max_tasks,
+                s.max_tasks.get(),
             )?;
             if i > 0 && rule.from <= s.depth_rules[i - 1].from {
                 return Err(ConfigError::invalid(
@@ -110,7 +167,7 @@ impl ScalingSettings {
             }
         }
         let wakes = http_trigger || s.idle_probe_interval.is_some() || s.wake_on_publish;
-        if s.min_tasks == 0 && !wakes {
+        if s.min_tasks == MinTasks::Zero && !wakes {
             return Err(ConfigError::invalid(
                 key("min_tasks"),
                 0,

@@ -80,9 +80,9 @@ impl MemoryStore {
 
 impl QueueStore for MemoryStore {
     fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
-        validate_queue_name(name).map_err(|detail| StoreError::Invalid {
+        validate_queue_name(name).map_err(|e| StoreError::Invalid {
             queue: name.to_string(),
-            detail,
+            detail: e.rule,
         })?;
         Ok(Arc::new(MemoryQueue {
             name: name.to_string(),

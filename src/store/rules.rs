@@ -23,6 +23,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::StoreError;
+use crate::checks::InvalidValue;
 use crate::service::{
     is_allowed_text_char, DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE,
     MAX_VISIBILITY,
@@ -86,18 +87,19 @@ impl TimeToLive {
 }
 
 impl std::str::FromStr for TimeToLive {
-    type Err = String;
+    type Err = InvalidValue;
 
     /// `never`, or a duration of 1s..=68years (`30d`, `12h`, `90days`).
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, InvalidValue> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("never") {
             return Ok(Self::Never);
         }
-        let rule = "a time to live is `never` or a duration of 1s..=68years (e.g. `30days`)";
-        let d = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}; {rule}"))?;
+        let rule = "must be `never` or a duration of 1s..=68years (e.g. `30days`)";
+        let d = humantime::parse_duration(text)
+            .map_err(|e| InvalidValue::new(format!("`{text}`"), format!("{rule}; {e}")))?;
         if d.is_zero() || d > MAX_TIME_TO_LIVE {
-            return Err(format!("`{text}`: {rule}"));
+            return Err(InvalidValue::new(format!("`{text}`"), rule));
         }
         Ok(Self::After(d))
     }
@@ -137,35 +139,52 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
-    /// Checks the options against the service's rules; the error says which rule.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the options against the service's rules.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidValue`] naming the option and the rule it breaks: an initial delay over 7
+    /// days or not shorter than the time to live, a time to live of zero or over 68 years.
+    pub fn check(&self) -> Result<(), InvalidValue> {
         let delay = whole_seconds(self.initial_delay);
         if self.initial_delay > MAX_VISIBILITY {
-            return Err(format!(
-                "initial delay of {}: must be at most 7 days",
-                humantime::format_duration(self.initial_delay)
+            return Err(InvalidValue::new(
+                format!(
+                    "initial delay of {}",
+                    humantime::format_duration(self.initial_delay)
+                ),
+                "must be at most 7 days",
             ));
         }
         if let TimeToLive::After(ttl) = self.time_to_live {
             if ttl.is_zero() {
-                return Err("time to live of 0s: must be at least 1s, or never".into());
+                return Err(InvalidValue::new(
+                    "time to live of 0s",
+                    "must be at least 1s, or never",
+                ));
             }
             if ttl > MAX_TIME_TO_LIVE {
-                return Err(format!(
-                    "time to live of {}: must be at most {} (2^31-1 s, the service's count of \
-                     seconds), or never",
-                    show(ttl),
-                    humantime::format_duration(MAX_TIME_TO_LIVE)
+                return Err(InvalidValue::new(
+                    format!("time to live of {}", show(ttl)),
+                    format!(
+                        "must be at most {} (2^31-1 s, the service's count of seconds), or never",
+                        humantime::format_duration(MAX_TIME_TO_LIVE)
+                    ),
                 ));
             }
         }
         if let Some(ttl) = self.time_to_live.duration() {
             if delay >= whole_seconds(ttl) {
-                return Err(format!(
-                    "initial delay of {} must be shorter than the time to live ({}): the message \
-                     would expire before anyone could see it",
-                    humantime::format_duration(self.initial_delay),
-                    self.time_to_live.describe()
+                return Err(InvalidValue::new(
+                    format!(
+                        "initial delay of {}",
+                        humantime::format_duration(self.initial_delay)
+                    ),
+                    format!(
+                        "must be shorter than the time to live ({}): the message would expire \
+                         before anyone could see it",
+                        self.time_to_live.describe()
+                    ),
                 ));
             }
         }
@@ -246,7 +265,7 @@ pub fn check_send_expressible(
     let default_too_short = options.time_to_live == TimeToLive::ServiceDefault
         && whole_seconds(options.initial_delay) >= whole_seconds(DEFAULT_TIME_TO_LIVE);
     if beyond || default_too_short || options.initial_delay > MAX_VISIBILITY {
-        options.check().map_err(|detail| invalid(queue, detail))?;
+        options.check().map_err(|e| invalid(queue, e.to_string()))?;
     }
     Ok(())
 }
@@ -254,7 +273,7 @@ pub fn check_send_expressible(
 /// Every rule of Put Message.
 pub fn check_send(queue: &str, text: &str, options: &SendOptions) -> Result<(), StoreError> {
     check_text(queue, text)?;
-    options.check().map_err(|detail| invalid(queue, detail))
+    options.check().map_err(|e| invalid(queue, e.to_string()))
 }
 
 /// The visibility rule of Update Message (0 s..=7 d) and its text rule.
@@ -329,7 +348,9 @@ mod tests {
         assert!(ok(Duration::ZERO, after(Duration::from_millis(1))).is_ok());
         assert!(ok(Duration::ZERO, after(Duration::ZERO)).is_err());
         assert!(ok(Duration::ZERO, after(MAX_TIME_TO_LIVE)).is_ok());
-        let huge = ok(Duration::ZERO, after(Duration::MAX)).unwrap_err();
+        let huge = ok(Duration::ZERO, after(Duration::MAX))
+            .unwrap_err()
+            .to_string();
         assert!(huge.contains("or never"), "{huge}");
         assert!(ok(Duration::from_secs(5), after(Duration::from_secs(5))).is_err());
         // Whole seconds: 4.5 s counts as 5 s.

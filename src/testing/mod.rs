@@ -228,7 +228,7 @@ impl HandlerTest {
             outcome,
             interrupted,
             count,
-            self.settings.max_dequeue_count,
+            self.settings.max_dequeue_count.get(),
             self.settings.retry_delay,
         )
         .into()

@@ -70,7 +70,7 @@ fn counted_router(hub: Hub, settings: &HttpTriggerSettings, refusals: Refusals) 
         hub,
         token: settings.token.clone(),
         allow_query_token: settings.allow_query_token,
-        max_body_bytes: settings.max_body_bytes,
+        max_body_bytes: settings.max_body_bytes.as_usize(),
         refusals: refusals.clone(),
     };
     // Outermost first: errors of the layers below become responses; a request that finds
@@ -83,7 +83,7 @@ fn counted_router(hub: Hub, settings: &HttpTriggerSettings, refusals: Refusals) 
         }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(
-            settings.max_concurrent_requests as usize,
+            settings.max_concurrent_requests.as_usize(),
         ))
         .timeout(settings.request_timeout);
     // `/healthz` stays outside the guard: a liveness probe must not be shed with triggers.
@@ -268,7 +268,8 @@ fn parse_item(item: Value) -> Result<Parsed, String> {
     };
     let event: WorkDetected =
         serde_json::from_value(data).map_err(|e| format!("not a work-detected event: {e}"))?;
-    validate_queue_name(&event.queue).map_err(|rule| format!("queue {:?}: {rule}", event.queue))?;
+    validate_queue_name(&event.queue)
+        .map_err(|e| format!("queue {:?}: {}", event.queue, e.rule))?;
     Ok(Parsed::Event(event))
 }
 

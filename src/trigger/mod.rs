@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-pub use settings::{HttpTriggerSettings, TriggerSettings};
+pub use settings::{HttpTriggerSettings, MaxBodyBytes, MaxConcurrentRequests, TriggerSettings};
 
 /// A work-detected event: new work was put on `queue`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{check_duration, check_range, ConfigError};
+use crate::checks::{check_duration, check_range, BoundedU32, ConfigError};
+
+/// Largest trigger body accepted, in bytes (`max_body_bytes`), 256..=1048576.
+pub type MaxBodyBytes = BoundedU32<256, { 1 << 20 }>;
+/// Trigger requests handled at once (`max_concurrent_requests`), 1..=10000.
+pub type MaxConcurrentRequests = BoundedU32<1, 10_000>;
 
 /// Push triggers from other processes.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -32,14 +37,14 @@ pub struct HttpTriggerSettings {
     /// `token=`). Needs `token`.
     pub allow_query_token: bool,
     /// Largest accepted body in bytes (larger: 413).
-    pub max_body_bytes: usize,
+    pub max_body_bytes: MaxBodyBytes,
     /// A request not answered within this long, from its headers on (reading the body
     /// included), gets 408, 100ms..=5m.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Requests handled at once, 1..=10000; more get 503 at once (the sender retries; a
     /// trigger is a hint, the queue still holds the work).
-    pub max_concurrent_requests: u32,
+    pub max_concurrent_requests: MaxConcurrentRequests,
     /// A request's head (request line and headers) must arrive whole within this long, counted
     /// from the connection's opening or, on a kept-alive connection, from the end of the
     /// previous response (so it also closes idle kept-alive connections), 100ms..=5m. Guards
@@ -59,7 +64,7 @@ impl Default for HttpTriggerSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 7075)),
             token: None,
             allow_query_token: false,
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: BoundedU32(64 * 1024),
             request_timeout: default_trigger_request_timeout(),
             max_concurrent_requests: default_trigger_max_concurrent_requests(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
@@ -77,8 +82,8 @@ fn default_trigger_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-fn default_trigger_max_concurrent_requests() -> u32 {
-    64
+fn default_trigger_max_concurrent_requests() -> MaxConcurrentRequests {
+    BoundedU32(64)
 }
 
 impl fmt::Debug for HttpTriggerSettings {
@@ -127,12 +132,6 @@ impl TriggerSettings {
                 "must be printable ASCII without spaces or line breaks",
             ));
         }
-        check_range(
-            "triggers.http.max_body_bytes",
-            u32::try_from(http.max_body_bytes).unwrap_or(u32::MAX),
-            256,
-            1 << 20,
-        )?;
         if http.allow_query_token && http.token.is_none() {
             return Err(ConfigError::invalid(
                 "triggers.http.allow_query_token",
@@ -145,12 +144,6 @@ impl TriggerSettings {
             http.request_timeout,
             Duration::from_millis(100),
             Duration::from_secs(300),
-        )?;
-        check_range(
-            "triggers.http.max_concurrent_requests",
-            http.max_concurrent_requests,
-            1,
-            10_000,
         )?;
         check_duration(
             "triggers.http.header_read_timeout",

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::tasks::Tasks;
-use crate::bus::events::{InstanceLeft, InstancePulse, JobPulse};
+use crate::bus::events::{InstanceLeft, InstancePulse, JobPulse, PulseKind};
 use crate::bus::{
     now_ms, Address, Announcer, BusHandle, Health, Presence, PublishMode, QueueBusSettings, Reach,
 };
@@ -99,11 +99,11 @@ impl ListenerHooks for QueueLink {
         });
     }
 
-    fn job_pulse(&self, message_id: &str, kind: &str, count: u64, elapsed_ms: u64) {
+    fn job_pulse(&self, message_id: &str, kind: PulseKind, count: u64, elapsed_ms: u64) {
         let pulse = JobPulse {
             queue: self.queue.clone(),
             message_id: message_id.to_string(),
-            kind: kind.to_string(),
+            kind,
             count,
             elapsed_ms,
         };
@@ -162,7 +162,7 @@ impl Wiring {
         });
         self.links.insert(name.to_string(), link.clone());
         self.min_tasks
-            .insert(name.to_string(), settings.scaling.min_tasks);
+            .insert(name.to_string(), settings.scaling.min_tasks.get());
         link
     }
 

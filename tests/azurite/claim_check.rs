@@ -73,7 +73,7 @@ fn settings(queue: &str) -> Settings {
     let mut s = Settings::default();
     let mut q = QueueSettings::default();
     q.idle_backoff.max = Duration::from_millis(500);
-    q.max_dequeue_count = 3;
+    q.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<3>();
     s.queues.insert(queue.to_string(), q);
     s.validate().unwrap();
     s

@@ -109,7 +109,7 @@ fn settings(queue: &str) -> Settings {
         ..QueueSettings::default()
     };
     q.idle_backoff.max = Duration::from_millis(300);
-    q.scaling.max_tasks = 1;
+    q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
     s.queues.insert(queue.to_string(), q);
     s.validate().unwrap();
     s

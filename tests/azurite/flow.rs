@@ -174,7 +174,9 @@ async fn a_long_job_does_not_hold_back_triggered_work() {
     let store = common::memory();
     let q = common::fresh_queue(&store, "longjob").await;
     let name = q.name().to_string();
-    let s = settings(&name, |q| q.scaling.max_tasks = 1);
+    let s = settings(&name, |q| {
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>()
+    });
     let handler = Worky::default();
     let worker = common::start(&store, s, &name, handler.clone()).await;
     let publisher = worker.publisher(&name).unwrap();
@@ -261,11 +263,7 @@ async fn a_triggered_trickle_costs_one_receive_per_message_or_less_with_a_window
 async fn settings_built_in_code_are_validated_at_start() {
     for (edit, key) in [
         (
-            (|q: &mut QueueSettings| q.batch_size = 40) as fn(&mut QueueSettings),
-            "queues.orders.batch_size = 40",
-        ),
-        (
-            |q| q.refill_threshold = Some(0),
+            (|q: &mut QueueSettings| q.refill_threshold = Some(0)) as fn(&mut QueueSettings),
             "queues.orders.refill_threshold = 0",
         ),
         (
@@ -410,7 +408,7 @@ async fn a_trigger_while_the_last_task_retires_is_not_lost() {
     let q = common::fresh_queue(&store, "retire").await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
         // The first empty receive puts the task at the back-off maximum: it asks to retire.
         q.idle_backoff.min = Duration::from_secs(1);
@@ -615,7 +613,7 @@ async fn retried_and_released_messages_wake_their_queue() {
     send_all(&q, ["later".to_string()]).await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
     });
     let start = Instant::now();

@@ -48,7 +48,7 @@ fn settings(queue: &str, poison_ttl: TimeToLive) -> Settings {
     let mut s = Settings::default();
     let q = QueueSettings {
         // Every first run is the last allowed try: a release makes a fresh copy.
-        max_dequeue_count: 1,
+        max_dequeue_count: ebbflow::config::MaxDequeueCount::of::<1>(),
         encoding: ebbflow::codec::Encoding::None,
         poison_ttl,
         ..QueueSettings::default()

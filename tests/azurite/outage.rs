@@ -52,7 +52,7 @@ async fn an_outage_shorter_than_the_lease_loses_no_delete() {
     // Default retry policy and visibility timeout (30 s): only what the issue changes.
     let mut settings = Settings::default();
     let q = QueueSettings {
-        concurrency: 32,
+        concurrency: ebbflow::config::Concurrency::of::<32>(),
         encoding: ebbflow::codec::Encoding::None,
         ..QueueSettings::default()
     };

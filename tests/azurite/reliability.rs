@@ -136,7 +136,7 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
             .count()
     };
     assert_eq!(count(&["job pulse", "kind=\"count\""]), 4, "{logs:#?}");
-    let timed = count(&["job pulse", "kind=\"time\""]);
+    let timed = count(&["job pulse", "kind=\"timed\""]);
     if store.kind() == BackendKind::Embedded {
         assert_eq!(timed, 4, "{logs:#?}");
     } else {

@@ -85,9 +85,9 @@ async fn a_burst_scales_to_max_within_one_probe_interval_and_back_to_min_when_id
     let queue = common::unique("burst");
     fill(&store, &queue, 2000).await;
     let s = settings(&queue, |_, q| {
-        q.concurrency = 256;
-        q.scaling.max_tasks = 8;
-        q.scaling.messages_per_task = 100;
+        q.concurrency = ebbflow::config::Concurrency::of::<256>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<8>();
+        q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<100>();
         q.scaling.depth_probe_interval = Duration::from_secs(5);
     });
     let clock = Clock {
@@ -160,7 +160,7 @@ async fn zero_tasks_make_no_calls_and_a_publish_wakes_the_queue_within_50ms() {
     let store = common::memory();
     let queue = common::unique("zero");
     let s = settings(&queue, |_, q| {
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
     });
     let clock = Clock::default();
@@ -191,7 +191,7 @@ async fn an_idle_probe_brings_a_queue_back_from_zero_tasks() {
     let store = common::memory();
     let queue = common::unique("idleprobe");
     let s = settings(&queue, |_, q| {
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.idle_probe_interval = Some(Duration::from_secs(60));
     });
     let clock = Clock::default();
@@ -250,7 +250,7 @@ async fn a_handler_hands_work_on_and_wakes_the_next_queue_from_zero() {
             encoding: Encoding::None,
             ..QueueSettings::default()
         };
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
         s.queues.insert(second.clone(), q);
     });
@@ -281,8 +281,8 @@ async fn tasks_retire_one_by_one_and_never_below_one() {
     let queue = common::unique("retire");
     fill(&store, &queue, 500).await;
     let s = settings(&queue, |_, q| {
-        q.scaling.max_tasks = 4;
-        q.scaling.messages_per_task = 10;
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
+        q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<10>();
         q.scaling.scale_down_cooldown = Duration::from_secs(10);
     });
     let worker = common::start(&store, s, &queue, Clock::default()).await;
@@ -325,9 +325,9 @@ async fn old_messages_add_tasks_even_when_depth_does_not_call_for_them() {
     let queue = common::unique("age");
     fill(&store, &queue, 0).await;
     let s = settings(&queue, |_, q| {
-        q.concurrency = 1;
-        q.scaling.max_tasks = 4;
-        q.scaling.messages_per_task = 1_000_000; // depth alone never asks for a second task
+        q.concurrency = ebbflow::config::Concurrency::of::<1>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
+        q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<1_000_000>(); // depth alone never asks for a second task
         q.scaling.depth_probe_interval = Duration::from_secs(1);
         q.scaling.scale_up_when_older_than = Some(Duration::from_secs(5));
     });
@@ -378,7 +378,7 @@ async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks() {
     let s = settings(&queue, |s, q| {
         s.triggers.http.enabled = true;
         s.triggers.http.bind = "127.0.0.1:0".parse().unwrap();
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.idle_backoff = IdleBackoffSettings {
             min: Duration::from_millis(100),
             max: Duration::from_millis(400),

@@ -32,11 +32,11 @@ fn settings(queue: &str) -> Settings {
     s.storage.create_queues = true;
     let mut q = QueueSettings {
         shards: Shards::try_from(SHARDS as u64).unwrap(),
-        concurrency: CONCURRENCY,
+        concurrency: ebbflow::config::Concurrency::of::<CONCURRENCY>(),
         ..QueueSettings::default()
     };
-    q.scaling.max_tasks = 4;
-    q.scaling.messages_per_task = 10;
+    q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
+    q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<10>();
     s.queues.insert(queue.to_string(), q);
     s
 }

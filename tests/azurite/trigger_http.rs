@@ -38,7 +38,7 @@ async fn worker_with(
     let mut s = Settings::default();
     s.triggers.http.enabled = true;
     s.triggers.http.bind = "127.0.0.1:0".parse().unwrap();
-    s.triggers.http.max_body_bytes = 1024;
+    s.triggers.http.max_body_bytes = ebbflow::config::MaxBodyBytes::of::<1024>();
     if token {
         s.triggers.http.token = Some(TOKEN.into());
     }
@@ -224,7 +224,7 @@ async fn status_line(stream: &mut tokio::net::TcpStream) -> String {
 async fn slow_requests_time_out_and_requests_beyond_the_limit_are_shed() {
     let (w, base) = worker_with(false, Arc::new(MemoryStore::new()), |h| {
         h.request_timeout = Duration::from_millis(500);
-        h.max_concurrent_requests = 2;
+        h.max_concurrent_requests = ebbflow::config::MaxConcurrentRequests::of::<2>();
     })
     .await;
     let url = format!("{base}/trigger");
@@ -262,7 +262,7 @@ async fn slow_requests_time_out_and_requests_beyond_the_limit_are_shed() {
 async fn unauthorised_callers_take_no_slot_and_healthz_is_never_shed() {
     let (w, base) = worker_with(true, Arc::new(MemoryStore::new()), |h| {
         h.request_timeout = Duration::from_secs(30);
-        h.max_concurrent_requests = 2;
+        h.max_concurrent_requests = ebbflow::config::MaxConcurrentRequests::of::<2>();
     })
     .await;
     let url = format!("{base}/trigger");

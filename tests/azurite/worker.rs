@@ -93,8 +93,8 @@ async fn five_hundred_messages_each_handled_exactly_once(store: Arc<dyn QueueSto
     let worker = common::start(
         &store,
         settings(&queue, |q| {
-            q.scaling.max_tasks = 4;
-            q.concurrency = 16;
+            q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
+            q.concurrency = ebbflow::config::Concurrency::of::<16>();
         }),
         &queue,
         recorder.clone(),
@@ -142,7 +142,9 @@ async fn failing_messages_retry_then_go_to_poison(store: Arc<dyn QueueStore>) {
     let recorder = Recorder::default();
     let worker = common::start(
         &store,
-        settings(&queue, |q| q.max_dequeue_count = 3),
+        settings(&queue, |q| {
+            q.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<3>()
+        }),
         &queue,
         recorder.clone(),
     )
@@ -255,8 +257,8 @@ async fn stop_mid_batch_finishes_started_and_holds_nothing_else(store: Arc<dyn Q
     let worker = common::start(
         &store,
         settings(&queue, |q| {
-            q.concurrency = 2;
-            q.batch_size = 10;
+            q.concurrency = ebbflow::config::Concurrency::of::<2>();
+            q.batch_size = ebbflow::config::BatchSize::of::<10>();
         }),
         &queue,
         recorder.clone(),

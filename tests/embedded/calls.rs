@@ -76,8 +76,8 @@ async fn messages_this_replica_holds_are_not_waiting_work() {
     send_all(&q, (0..100).map(|i| format!("w14000-{i}"))).await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
-        q.concurrency = 100;
-        q.scaling.max_tasks = 8;
+        q.concurrency = ebbflow::config::Concurrency::of::<100>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<8>();
     });
     let handler = Sleepy::default();
     let start = tokio::time::Instant::now();
@@ -124,7 +124,7 @@ async fn a_wake_up_from_zero_costs_one_receive() {
     let q = common::fresh_queue(&store, "fromzero").await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
     });
     let worker = common::start(&store, s, &name, Sleepy::default()).await;
@@ -210,7 +210,9 @@ async fn fast_jobs_at_low_concurrency_are_received_in_full_batches() {
     send_all(&q, (0..600).map(|i| format!("w20-{i}"))).await;
     let name = q.name().to_string();
     let handler = Sleepy::default();
-    let s = settings(&name, |q| q.concurrency = 8);
+    let s = settings(&name, |q| {
+        q.concurrency = ebbflow::config::Concurrency::of::<8>()
+    });
     let worker = common::start(&store, s, &name, handler.clone()).await;
     common::wait_for("the burst handled", Duration::from_secs(60), || {
         worker.snapshot()[0].handled == 600
@@ -247,8 +249,8 @@ async fn messages_waiting_ahead_keep_their_lease_and_slow_handlers_hold_none() {
     let name = q.name().to_string();
     let handler = Sleepy::default();
     let s = settings(&name, |q| {
-        q.concurrency = 1;
-        q.scaling.max_tasks = 1;
+        q.concurrency = ebbflow::config::Concurrency::of::<1>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
     });
     let worker = common::start(&store, s, &name, handler.clone()).await;
     common::wait_for("the long job running", Duration::from_secs(5), || {
@@ -275,8 +277,8 @@ async fn messages_waiting_ahead_keep_their_lease_and_slow_handlers_hold_none() {
     send_all(&q, (0..40).map(|i| format!("w8000-{i}"))).await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
-        q.concurrency = 4;
-        q.scaling.max_tasks = 1;
+        q.concurrency = ebbflow::config::Concurrency::of::<4>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
     });
     let worker = common::start(&store, s, &name, Sleepy::default()).await;
     let mut most_held = 0;
@@ -301,7 +303,7 @@ async fn a_delayed_publish_on_a_covered_queue_at_zero_tasks_is_handled_when_it_s
     let q = common::fresh_queue(&store, "delayed").await;
     let name = q.name().to_string();
     let s = settings(&name, |q| {
-        q.scaling.min_tasks = 0;
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
     });
     let worker = common::start(&store, s, &name, Sleepy::default()).await;

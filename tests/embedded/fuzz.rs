@@ -147,7 +147,7 @@ async fn random_requests_at_the_trigger_endpoint_get_answers_never_errors() {
     let mut s = Settings::default();
     s.triggers.http.enabled = true;
     s.triggers.http.bind = "127.0.0.1:0".parse().unwrap();
-    s.triggers.http.max_body_bytes = 1024;
+    s.triggers.http.max_body_bytes = ebbflow::config::MaxBodyBytes::of::<1024>();
     s.queues.insert("orders".into(), QueueSettings::default());
     s.validate().unwrap();
     let worker = Worker::new(s)

@@ -150,7 +150,9 @@ async fn a_stop_releases_waiting_messages_and_a_receive_landing_during_it_at_onc
     }
     let name = q.name().to_string();
     let handler = TwoSeconds::default();
-    let s = settings(&name, |q| q.scaling.max_tasks = 1);
+    let s = settings(&name, |q| {
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>()
+    });
     let worker = common::start(&store, s, &name, handler.clone()).await;
     // Handler times are known and messages wait ahead of the slots.
     common::wait_for("messages waiting ahead", Duration::from_secs(60), || {

@@ -451,7 +451,7 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
     settings.bus = bus_settings;
     settings.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     let mut q = ebbflow::config::QueueSettings::default();
-    q.scaling.min_tasks = 0;
+    q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
     q.idle_backoff.max = Duration::from_millis(500);
     q.bus.outage_probe_interval =
         Some(ebbflow::bus::settings::Bounded::new(Duration::from_secs(1)).unwrap());

@@ -69,7 +69,7 @@ fn settings(queue: &str, visibility: Duration) -> Settings {
         ..QueueSettings::default()
     };
     q.idle_backoff.max = Duration::from_millis(500);
-    q.scaling.max_tasks = 4;
+    q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
     s.queues.insert(queue.to_string(), q);
     s.validate().unwrap();
     s

@@ -57,7 +57,7 @@ fn worker_settings(prefix: &str, queue: &str) -> ebbflow::Settings {
     s.bus = settings(&redis_url(), prefix, "processor", Duration::from_secs(2));
     let mut q = ebbflow::config::QueueSettings::default();
     q.heartbeat.every = Some(1);
-    q.scaling.min_tasks = 0;
+    q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
     q.idle_backoff.max = Duration::from_millis(300);
     s.queues.insert(queue.to_string(), q);
     s
@@ -128,7 +128,7 @@ async fn handlers_publish_observers_handle_and_pulses_are_seen_elsewhere() {
             .expect("job pulses")
             .unwrap();
         assert_eq!(p.body.queue, queue);
-        assert_eq!(p.body.kind, "count");
+        assert_eq!(p.body.kind, ebbflow::bus::events::PulseKind::Count);
         counts.push(p.body.count);
     }
     counts.sort();

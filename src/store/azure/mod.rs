@@ -236,9 +236,9 @@ fn is_loopback(url: &Url) -> bool {
 
 impl QueueStore for AzureStore {
     fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
-        validate_queue_name(name).map_err(|detail| StoreError::Invalid {
+        validate_queue_name(name).map_err(|e| StoreError::Invalid {
             queue: name.to_string(),
-            detail,
+            detail: e.rule,
         })?;
         let client = self
             .service

@@ -10,9 +10,9 @@ use ebbflow::config::QueueSettings;
 /// none does). Past it, only another replica adds capacity.
 pub fn saturation_backlog(q: &QueueSettings) -> u64 {
     let s = &q.scaling;
-    let top = s.max_tasks.min(q.concurrency).max(1);
+    let top = s.max_tasks.get().min(q.concurrency.get()).max(1);
     if s.depth_rules.is_empty() {
-        u64::from(top).saturating_mul(u64::from(s.messages_per_task.max(1)))
+        u64::from(top).saturating_mul(u64::from(s.messages_per_task.get()))
     } else {
         s.depth_rules
             .iter()

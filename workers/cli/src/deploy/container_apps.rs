@@ -94,6 +94,10 @@ pub fn document(config: &Config, plan: &Plan) -> Node {
             if let Some(id) = client_id {
                 env_vars.push(env("EBBFLOW__STORAGE__MANAGED_IDENTITY_CLIENT_ID", id));
             }
+            // The claim check's blob side, on the same identity.
+            if let Some(blob) = super::keda::plain_blob_endpoint(config) {
+                env_vars.push(env("EBBFLOW__STORAGE__CLAIM_CHECK__BLOB_ENDPOINT", blob));
+            }
         }
     }
     if config.settings.bus.is_shared() {

@@ -63,11 +63,29 @@ fn storage_env(config: &Config, plan: &Plan) -> Vec<Node> {
                 )]),
             ),
         ])],
-        AuthPlan::Identity { endpoint, .. } => vec![
-            env("EBBFLOW__STORAGE__QUEUE_ENDPOINT", endpoint),
-            env("EBBFLOW__STORAGE__CREDENTIAL", "workload_identity"),
-        ],
+        AuthPlan::Identity { endpoint, .. } => {
+            let mut vars = vec![
+                env("EBBFLOW__STORAGE__QUEUE_ENDPOINT", endpoint),
+                env("EBBFLOW__STORAGE__CREDENTIAL", "workload_identity"),
+            ];
+            // The claim check's blob side, on the same identity (it needs Storage Blob Data
+            // Contributor on the container); a SAS URL is a secret and stays out.
+            if let Some(blob) = plain_blob_endpoint(config) {
+                vars.push(env("EBBFLOW__STORAGE__CLAIM_CHECK__BLOB_ENDPOINT", blob));
+            }
+            vars
+        }
     }
+}
+
+/// The claim check's configured blob endpoint when it carries no SAS (a SAS is a secret and
+/// never goes into a manifest).
+pub fn plain_blob_endpoint(config: &Config) -> Option<&str> {
+    let claim = &config.settings.storage.claim_check;
+    claim
+        .blob_endpoint
+        .as_deref()
+        .filter(|url| !url.contains("sig=") && claim.sas_token.is_none())
 }
 
 /// The secret key holding the bus's Redis URL.

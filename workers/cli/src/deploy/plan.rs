@@ -8,7 +8,7 @@ pub use super::auth::{AuthPlan, Cloud};
 #[cfg(test)]
 use super::capacity::saturation_backlog;
 use super::DeployError;
-use ebbflow::config::{QueueSettings, RELEASE_GRACE};
+use ebbflow::config::{MinTasks, QueueSettings, RELEASE_GRACE};
 
 use super::load::{invalid, Config};
 
@@ -105,7 +105,7 @@ pub fn plan(config: &Config) -> Result<Plan, DeployError> {
         .settings
         .queues
         .iter()
-        .find(|(_, q)| q.scaling.min_tasks > 0);
+        .find(|(_, q)| q.scaling.min_tasks == MinTasks::One);
     let min_replicas = match (d.min_replicas, polling) {
         (Some(0), Some((name, _))) => {
             return Err(invalid(
@@ -153,11 +153,11 @@ mod tests {
 
     fn queue(concurrency: u32, max_tasks: u32, per_task: u32) -> QueueSettings {
         let mut q = QueueSettings {
-            concurrency,
+            concurrency: concurrency.try_into().unwrap(),
             ..Default::default()
         };
-        q.scaling.max_tasks = max_tasks;
-        q.scaling.messages_per_task = per_task;
+        q.scaling.max_tasks = max_tasks.try_into().unwrap();
+        q.scaling.messages_per_task = per_task.try_into().unwrap();
         q
     }
 
@@ -189,11 +189,11 @@ mod tests {
         q.scaling.depth_rules = vec![rule(0, 10), rule(100, 50), rule(1000, 100)];
         assert_eq!(saturation_backlog(&q), 1000);
         // With concurrency 50, the 50-task rule is already the top.
-        q.concurrency = 50;
+        q.concurrency = ebbflow::config::Concurrency::of::<50>();
         assert_eq!(saturation_backlog(&q), 100);
         // No rule reaches the top: the last rule's depth is where tasks stop growing.
-        q.concurrency = 200;
-        q.scaling.max_tasks = 200;
+        q.concurrency = ebbflow::config::Concurrency::of::<200>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<200>();
         assert_eq!(saturation_backlog(&q), 1000);
         // One rule from 0: saturated at once; only the in-flight messages count.
         q.scaling.depth_rules = vec![rule(0, 4)];
@@ -235,7 +235,7 @@ mod tests {
             .get_mut("orders")
             .unwrap()
             .scaling
-            .min_tasks = 0;
+            .min_tasks = MinTasks::Zero;
         assert_eq!(plan(&s).unwrap().min_replicas, 0);
         s.settings
             .queues

@@ -575,11 +575,11 @@ pub fn compare(profile: &Profile, queue: QueueSettings) -> Result<Comparison, St
         return Err("compare needs a profile with a [replicas] section".into());
     }
     let mut single = queue.clone();
-    single.concurrency = 1;
-    single.batch_size = 1;
+    single.concurrency = ebbflow::config::Concurrency::of::<1>();
+    single.batch_size = ebbflow::config::BatchSize::of::<1>();
     single.refill_threshold = None;
-    single.scaling.min_tasks = 1;
-    single.scaling.max_tasks = 1;
+    single.scaling.min_tasks = ebbflow::config::MinTasks::One;
+    single.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
     single.scaling.depth_rules.clear();
     let (_, keda_only) = simulate(profile, single)?;
     let (_, ebbflow) = simulate(profile, queue)?;
@@ -602,8 +602,8 @@ mod tests {
     #[test]
     fn a_burst_profile_in_virtual_time() {
         let mut q = QueueSettings::default();
-        q.scaling.max_tasks = 8;
-        q.scaling.messages_per_task = 100;
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<8>();
+        q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<100>();
         let (samples, summary) = simulate(&burst_profile(), q).unwrap();
         assert_eq!(samples.len(), 300);
         assert_eq!(summary.sent, 2000 + 300);

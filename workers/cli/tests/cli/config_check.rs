@@ -24,7 +24,7 @@ fn config_check_prints_a_config_that_loads_back() {
     let reloaded = ebbflow::Settings::load_from(again.path(), &Default::default())
         .unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
     let orders = &reloaded.queues["orders"];
-    assert_eq!((orders.batch_size, orders.concurrency), (16, 3));
+    assert_eq!((orders.batch_size.get(), orders.concurrency.get()), (16, 3));
     assert_eq!(orders.scaling.depth_rules.len(), 2);
     assert_eq!(
         orders.heartbeat.interval,

@@ -18,8 +18,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 fn queue() -> QueueSettings {
     let mut q = QueueSettings::default();
-    q.scaling.max_tasks = 6;
-    q.scaling.messages_per_task = 50;
+    q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<6>();
+    q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<50>();
     q
 }
 
@@ -187,7 +187,7 @@ max = 3
 "#,
     );
     let mut q = QueueSettings {
-        concurrency: 64,
+        concurrency: ebbflow::config::Concurrency::of::<64>(),
         ..QueueSettings::default()
     };
     let (_, one) = simulate(&hot, q.clone()).unwrap();
