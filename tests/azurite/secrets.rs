@@ -115,10 +115,10 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
     assert!(logs.contains(&queue), "the capture saw this worker's logs");
     // The SDK logs request URLs (with their SAS query) at debug: they were captured, redacted.
     assert!(logs.contains("sig=REDACTED"), "the URLs were captured");
-    // Trigger requests are logged by path only (a query may carry the token in any spelling),
-    // refusals at info.
+    // Trigger requests are logged by path only (a query may carry the token in any spelling);
+    // refusals are counted in ebbflow_http_refused_total, not logged one by one.
     assert!(
-        logs.contains("trigger request") && logs.contains("trigger refused"),
+        logs.contains("trigger request"),
         "the trigger requests were captured"
     );
     outputs.push(logs);

@@ -67,6 +67,20 @@ impl Args {
         if let Some(url) = &self.trigger_url {
             push::check_url(url).map_err(CliError::usage)?;
         }
+        // The payload's source is checked before the config is read: a usage error names the
+        // argument whatever the config says.
+        match (&self.text, &self.file) {
+            (None, None) => {
+                return Err(CliError::usage(
+                    "give the message text or --file FILE (see ebbflow enqueue --help)",
+                ))
+            }
+            (None, Some(path)) if path.as_os_str() != "-" => {
+                std::fs::metadata(path)
+                    .map_err(|e| CliError::usage(format!("--file {}: {e}", path.display())))?;
+            }
+            _ => {}
+        }
         let settings = ctx.settings()?;
         let queue_settings = configured(&settings, &self.queue)?;
         let (encoding, trace_context) = (queue_settings.encoding, queue_settings.trace_context);
