@@ -333,6 +333,9 @@ async fn reach_all_wakes_every_replica_and_the_cli_lists_them() {
 /// them all at once and passes the notice on, so every replica handles some; none is handled
 /// twice or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known regression since the durable bus: a passed-on notice can be read back by its \
+            sender and wait for a take-over sweep, so a burst may not spread (docs/src/bus.md, \
+            Known limits)"]
 async fn a_burst_announced_once_spreads_over_the_replicas() {
     let world = World::new("one", "");
     let store = common::azurite();
@@ -360,12 +363,9 @@ async fn a_burst_announced_once_spreads_over_the_replicas() {
         .iter()
         .map(|(id, p)| (id, p.handled - before[id].handled))
         .collect();
-    // Known regression since the durable bus (docs/src/bus.md, "Known limits"): a pass-on that
-    // its own sender reads back waits for another instance's take-over sweep, so a short burst
-    // can end before the third replica is woken. The notice must still spread beyond the first.
     assert!(
-        handled.values().filter(|n| **n > 0).count() >= 2,
-        "the notice was passed on to another replica: {handled:?}"
+        handled.values().all(|n| *n > 0),
+        "every replica took part: {handled:?}"
     );
     let all = world.handled();
     let unique: BTreeSet<&String> = all.iter().collect();
