@@ -28,9 +28,11 @@ impl Drop for KillOnDrop {
 async fn enqueue_with_the_http_trigger_wakes_an_idle_worker() {
     let queue = common::unique("wake");
     let port = free_port();
+    let ops = free_port();
     let token = "wake-token-0123456789";
     let dir = config(&format!(
-        "[triggers.http]\nenabled = true\nbind = \"0.0.0.0:{port}\"\ntoken = \"{token}\"\n\n\
+        "[observability]\nbind = \"127.0.0.1:{ops}\"\n\n\
+         [triggers.http]\nenabled = true\nbind = \"0.0.0.0:{port}\"\ntoken = \"{token}\"\n\n\
          [queues.{queue}]\nencoding = \"none\"\n\n[queues.{queue}.idle_backoff]\nmax = \"200ms\"\n\n\
          [queues.{queue}.scaling]\nmin_tasks = 0\n"
     ));
@@ -49,13 +51,14 @@ async fn enqueue_with_the_http_trigger_wakes_an_idle_worker() {
     );
     // Up, and at zero tasks (its first task retired at the back-off maximum).
     let client = reqwest::Client::new();
-    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    // /metrics is served on the ops endpoint only (no metrics token configured here).
+    let metrics = format!("http://127.0.0.1:{ops}/metrics");
     let idle = format!("ebbflow_active_tasks{{queue=\"{queue}\"}} 0\n");
     common::wait_for_async(
         "the worker at zero tasks",
         std::time::Duration::from_secs(60),
         || async {
-            match client.get(&metrics).bearer_auth(token).send().await {
+            match client.get(&metrics).send().await {
                 Ok(r) => r.text().await.is_ok_and(|t| t.contains(&idle)),
                 Err(_) => false,
             }
