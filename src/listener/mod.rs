@@ -391,8 +391,10 @@ impl QueueListener {
         // One task to start with, even with min_tasks = 0: its first receive finds out whether
         // work is waiting, and it retires on the back-off curve if not. Spawned here, not in
         // the supervisor, so the listener never looks idle before it has looked at the queue.
-        supervisor.spawn_task();
         let span = tracing::info_span!("listener", queue = %shared.io.name);
+        // Inside the listener's span, as every later task: the span names the queue once for
+        // all of them (a task's and a message's spans do not repeat it).
+        span.in_scope(|| supervisor.spawn_task());
         // A guard, not a line after the await: a supervisor that panics also ends the listener.
         let ended = shared.control.supervisor_ended.clone().drop_guard();
         life.tracker.spawn(
