@@ -87,8 +87,25 @@ impl Fatal {
 pub(crate) struct Lifecycle {
     pub(crate) stop: CancellationToken,
     pub(crate) abort: CancellationToken,
+    /// Why `abort` fired, set just before it (see [`Lifecycle::abort_for`]).
+    cut: Arc<std::sync::OnceLock<&'static str>>,
     pub(crate) fatal: Fatal,
     pub(crate) tracker: TaskTracker,
+}
+
+impl Lifecycle {
+    /// Aborts running handlers, saying why (the reason their messages are released with):
+    /// `"drain deadline passed"` or `"second stop signal"`.
+    pub(crate) fn abort_for(&self, reason: &'static str) {
+        let _ = self.cut.set(reason);
+        self.abort.cancel();
+    }
+
+    /// Why handlers were aborted: the reason given to [`Lifecycle::abort_for`], else (the
+    /// worker was dropped without a drain) `"worker stopped"`.
+    pub(crate) fn abort_reason(&self) -> &'static str {
+        self.cut.get().copied().unwrap_or("worker stopped")
+    }
 }
 
 /// What a listener tells the world outside its process (the worker wires these to the bus):

@@ -506,4 +506,23 @@ async fn a_second_stop_signal_ends_the_drain_at_once_and_releases_the_messages()
     let peeked = queue.peek(32).await.unwrap();
     assert_eq!(peeked.len(), 2, "{text}");
     assert!(text.contains("second stop signal received"), "{text}");
+    // Each release and the last line name the second signal, not the deadline (which never
+    // came).
+    let released: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("message released"))
+        .collect();
+    assert_eq!(released.len(), 2, "{text}");
+    for line in released {
+        assert!(line.contains("reason=\"second stop signal\""), "{line}");
+    }
+    assert!(!text.contains("drain deadline passed"), "{text}");
+    let stopped = text
+        .lines()
+        .find(|l| l.contains("worker stopped"))
+        .unwrap_or_else(|| panic!("no 'worker stopped': {text}"));
+    assert!(
+        stopped.contains("reason=\"second stop signal\""),
+        "{stopped}"
+    );
 }
