@@ -64,6 +64,15 @@ pub enum WorkerError {
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A [`Producer`] was connected with no storage configured: its sends would land in an
+    /// embedded store only this process can read.
+    #[error(
+        "no storage configured: a Producer would send to queues that live in this process only; \
+         set AZURE_STORAGE_CONNECTION_STRING, or storage.connection_string or \
+         storage.queue_endpoint (EBBFLOW__STORAGE__CONNECTION_STRING, \
+         EBBFLOW__STORAGE__QUEUE_ENDPOINT), or share an embedded store with Producer::connect_to"
+    )]
+    NoStorage,
     /// A declared output queue ([`Worker::output`]) does not exist and
     /// `storage.create_queues` is off.
     #[error("output queue {0} (Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
