@@ -6,9 +6,13 @@
 //! (the event's fields, its text under `message`), and `spans` (outermost first) when the
 //! event happened inside spans (a listener's `queue`, a message's `message_id`). Either
 //! format writes a field once per line: one a span carries is left out of the event's own.
-//! Secrets never reach either format: errors and settings redact them before they are logged.
+//! In text, control characters in messages and fields are escaped ([`EscapedFields`]), so a
+//! field from the network (a bus envelope's `from`) cannot forge a line. Secrets never reach
+//! either format: errors and settings redact them before they are logged.
 
 use tracing_subscriber::EnvFilter;
+
+pub use super::log_fields::EscapedFields;
 
 use super::unrepeated;
 use crate::config::{ConfigError, LogFormat, Settings, TracesSettings};
@@ -89,6 +93,7 @@ pub fn init_with_traces(
             match format {
                 LogFormat::Text => builder
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .fmt_fields(EscapedFields)
                     .event_format(unrepeated::text())
                     .try_init()
                     .is_ok(),
@@ -108,6 +113,7 @@ pub fn init_with_traces(
             let lines = match format {
                 LogFormat::Text => lines
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .fmt_fields(EscapedFields)
                     .event_format(unrepeated::text())
                     .with_filter(filter)
                     .boxed(),

@@ -279,17 +279,39 @@ mod tests {
         );
     }
 
-    fn run(json: bool, ansi: bool) -> String {
+    /// The line formats a run is written in.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Form {
+        /// Text with the default field formatter.
+        Plain,
+        /// The same, coloured.
+        Coloured,
+        /// Text with the runtime's own field formatter (control characters escaped).
+        Escaped,
+        Json,
+    }
+
+    fn run(form: Form) -> String {
         let buffer = Buffer::default();
         let builder = tracing_subscriber::fmt()
             .with_writer(buffer.clone())
-            .with_ansi(ansi);
-        if json {
-            let subscriber = builder.json().event_format(super::json()).finish();
-            tracing::subscriber::with_default(subscriber, log_a_message_run);
-        } else {
-            let subscriber = builder.event_format(super::text()).finish();
-            tracing::subscriber::with_default(subscriber, log_a_message_run);
+            .with_ansi(form == Form::Coloured);
+        match form {
+            Form::Json => {
+                let subscriber = builder.json().event_format(super::json()).finish();
+                tracing::subscriber::with_default(subscriber, log_a_message_run);
+            }
+            Form::Escaped => {
+                let subscriber = builder
+                    .fmt_fields(crate::observability::log_fields::EscapedFields)
+                    .event_format(super::text())
+                    .finish();
+                tracing::subscriber::with_default(subscriber, log_a_message_run);
+            }
+            Form::Plain | Form::Coloured => {
+                let subscriber = builder.event_format(super::text()).finish();
+                tracing::subscriber::with_default(subscriber, log_a_message_run);
+            }
         }
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
@@ -298,12 +320,12 @@ mod tests {
 
     #[test]
     fn a_field_a_span_carries_is_written_once_per_line() {
-        for (json, ansi) in [(false, false), (false, true), (true, false)] {
-            let text = run(json, ansi);
+        for form in [Form::Plain, Form::Coloured, Form::Escaped, Form::Json] {
+            let text = run(form);
             let plain = super::plain(&text).into_owned();
             for line in plain.lines() {
-                assert_eq!(times(line, "message_id"), 1, "json={json}: {line}");
-                assert_eq!(times(line, "queue"), 1, "json={json}: {line}");
+                assert_eq!(times(line, "message_id"), 1, "{form:?}: {line}");
+                assert_eq!(times(line, "queue"), 1, "{form:?}: {line}");
             }
             // Nothing else is lost: the event's own fields, its text, its level.
             assert!(
@@ -316,7 +338,7 @@ mod tests {
         }
         // JSON keeps types and the span list, outermost first.
         let line: serde_json::Value =
-            serde_json::from_str(run(true, false).lines().nth(1).unwrap()).unwrap();
+            serde_json::from_str(run(Form::Json).lines().nth(1).unwrap()).unwrap();
         assert_eq!(line["fields"]["order"], 7, "{line}");
         assert_eq!(line["fields"]["message"], "order handled", "{line}");
         assert_eq!(line["spans"][0]["queue"], "orders", "{line}");
