@@ -140,9 +140,11 @@ pub(super) async fn batch(
                     messages: number("messages"),
                     hops: number("hops").map_or(0, |h: u64| u32::try_from(h).unwrap_or(u32::MAX)),
                 };
-                // A notice this instance passed on (it had more than it could take) is for
-                // another replica: hand it back at once so the next take-over sweep of another
-                // instance takes it (this one's own sweep skips it).
+                // A notice this instance passed on through the work stream (it had more than it
+                // could take and knew no other replica yet; passed-on notices normally go to a
+                // chosen replica as `ebbflow.work-passed`) is for another replica: hand it back
+                // at once so the next take-over sweep of another instance takes it (this one's
+                // own sweep skips it).
                 let mine = notice.hops > 0
                     && notice.from.as_deref() == Some(shared.member.instance.as_str());
                 if let (true, Some(r)) = (mine, &receipt) {
