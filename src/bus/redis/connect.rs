@@ -92,6 +92,7 @@ impl RedisBus {
             health,
             streams: Mutex::default(),
             seen: Mutex::default(),
+            copies: Mutex::default(),
             nudge: tokio::sync::Notify::new(),
             closed: CancellationToken::new(),
             stats: Arc::default(),

@@ -233,3 +233,32 @@ async fn competing(shared: &Shared, entry: Entry) {
         receipt: Some(receipt),
     });
 }
+
+/// The carbon copies waiting for the reader, in `seq` order.
+pub(super) fn take_copies(shared: &Shared) -> Vec<(u64, Envelope)> {
+    let mut copies = shared
+        .copies
+        .lock()
+        .map(|mut c| std::mem::take(&mut *c))
+        .unwrap_or_default();
+    copies.sort_by_key(|(seq, _)| *seq);
+    copies
+}
+
+/// Puts carbon copies back for a later read.
+pub(super) fn hold(shared: &Shared, copies: Vec<(u64, Envelope)>) {
+    if copies.is_empty() {
+        return;
+    }
+    match shared.copies.lock() {
+        Ok(mut held) => held.extend(copies),
+        Err(_) => {
+            for (_, envelope) in copies {
+                let _ = shared.inbox.send(Inbound::Event {
+                    envelope,
+                    receipt: None,
+                });
+            }
+        }
+    }
+}

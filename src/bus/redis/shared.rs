@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::{bump, scripts, RedisStats, GROUP, READ_BUDGET, SEEN, WORK_CAP};
 use crate::bus::settings::{BusSettings, RedisUrl};
 use crate::bus::signing::Signer;
-use crate::bus::{Address, BusError, Health, Inbound, Member};
+use crate::bus::{Address, BusError, Envelope, Health, Inbound, Member};
 
 /// The bounds of what is kept and read.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +92,10 @@ pub(super) struct Shared {
     pub(super) health: watch::Sender<Health>,
     pub(super) streams: Mutex<Streams>,
     pub(super) seen: Mutex<Seen>,
+    /// The sender's own carbon copies of fan-out events to addresses it does not read, with
+    /// their `seq`: the stream reader releases each among the entries it reads, in `seq` order,
+    /// once it has read everything appended before it.
+    pub(super) copies: Mutex<Vec<(u64, Envelope)>>,
     /// A nudge arrived (or the streams changed): read now.
     pub(super) nudge: tokio::sync::Notify,
     pub(super) closed: CancellationToken,
@@ -185,7 +189,8 @@ impl Shared {
     }
 
     /// Appends `fields` to `stream` (see [`scripts::APPEND`]), retrying connection errors with
-    /// back-off (a few attempts within about 2 s).
+    /// back-off (a few attempts within about 2 s). Returns the entry id and its fan-out `seq`
+    /// (0 unless `mode` is `fan`).
     pub(super) async fn append(
         &self,
         kind: &str,
@@ -194,7 +199,7 @@ impl Shared {
         expiry: Duration,
         nudge: &str,
         fields: &[(&str, &str)],
-    ) -> Result<String, BusError> {
+    ) -> Result<(String, u64), BusError> {
         let limit = match mode {
             "backlog" => self.limits.max_backlog,
             _ => WORK_CAP,
@@ -223,8 +228,8 @@ impl Shared {
             for (f, v) in fields {
                 inv.arg(*f).arg(*v);
             }
-            match self.script::<String>(&inv).await {
-                Ok(id) => return Ok(id),
+            match self.script::<(String, u64)>(&inv).await {
+                Ok(appended) => return Ok(appended),
                 Err(e) if e.to_string().contains("FULL") => {
                     return Err(BusError::Full {
                         kind: kind.to_string(),

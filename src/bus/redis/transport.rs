@@ -46,6 +46,8 @@ impl Bus for RedisBus {
             fields.push(("sig", sig.as_str()));
         }
         let (stream, channel) = s.fan_of(&envelope.to);
+        // The fan-out order counter of the entry, for a carbon copy to keep its place.
+        let mut seq = 0;
         match &envelope.to {
             _ if envelope.at_most_once => {
                 let payload = match &s.signer {
@@ -71,27 +73,43 @@ impl Bus for RedisBus {
             Address::Instance(_) => {
                 // An instance's own stream goes when it is gone for longer than the retention.
                 let expiry = s.limits.retention;
-                s.append(&envelope.kind, &stream, "fan", expiry, &channel, &fields)
-                    .await?;
+                seq = s
+                    .append(&envelope.kind, &stream, "fan", expiry, &channel, &fields)
+                    .await?
+                    .1;
             }
             Address::All | Address::Role(_) => {
-                s.append(
-                    &envelope.kind,
-                    &stream,
-                    "fan",
-                    Duration::ZERO,
-                    &channel,
-                    &fields,
-                )
-                .await?;
+                seq = s
+                    .append(
+                        &envelope.kind,
+                        &stream,
+                        "fan",
+                        Duration::ZERO,
+                        &channel,
+                        &fields,
+                    )
+                    .await?
+                    .1;
             }
         }
-        // A carbon copy the sender would not get through its own streams.
+        // A carbon copy the sender would not get through its own streams. A fan-out one waits
+        // for the stream reader, which releases it after the events appended before it (a cc
+        // to `All` reaches the sender through the reader: the copy must not overtake it).
         if envelope.cc && local_copy {
-            let _ = s.inbox.send(Inbound::Event {
-                envelope: envelope.clone(),
-                receipt: None,
-            });
+            let held = seq > 0
+                && self.listening
+                && s.copies
+                    .lock()
+                    .map(|mut copies| copies.push((seq, envelope.clone())))
+                    .is_ok();
+            if held {
+                s.nudge.notify_one();
+            } else {
+                let _ = s.inbox.send(Inbound::Event {
+                    envelope: envelope.clone(),
+                    receipt: None,
+                });
+            }
         }
         Ok(())
     }
