@@ -8,11 +8,13 @@
 //! - [`traces`]: OpenTelemetry spans after the messaging conventions, exported over OTLP.
 
 pub mod dashboard;
+mod log_fields;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
 pub mod server;
 pub mod traces;
+mod unrepeated;
 
 pub use crate::config::{
     LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesSettings,
