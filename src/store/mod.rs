@@ -33,9 +33,7 @@ pub mod rules;
 pub mod settings;
 pub mod sharding;
 
-pub use crate::service::{
-    redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
-};
+pub use crate::service::{validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
 pub use claim::PayloadError;
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
 pub use rules::{SendOptions, TimeToLive};

@@ -38,9 +38,10 @@ use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOpt
 use super::rules::{check_send_expressible, check_text, whole_seconds};
 use super::settings::{CredentialKind, RetrySettings, StorageSettings};
 use super::{
-    redact, validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
+    validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
     SentMessage, StoreError, UpdatedMessage,
 };
+use crate::secret::redact;
 pub use blobs::AzureBlobs;
 use connection::{account_of, parse_connection_string, parse_endpoint, setup, Auth};
 pub use policy::account_sas;
