@@ -15,3 +15,4 @@ mod dashboard_browser;
 mod faults;
 mod ops_process;
 mod process;
+mod secrets_everywhere;
