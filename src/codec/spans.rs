@@ -32,7 +32,7 @@ pub const SYSTEM: &str = "azure_storage_queue";
 
 /// What an installed exporter does with spans, beyond what `tracing` carries.
 #[derive(Debug, Clone, Copy)]
-pub struct Exporter {
+pub(crate) struct Exporter {
     /// Reads a span's trace context (for sending it along).
     pub context_of: fn(&Span) -> Option<TraceContext>,
     /// Makes a span continue a remote trace (before the span is first entered).
@@ -43,7 +43,7 @@ pub struct Exporter {
 
 /// One span attribute's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attr {
+pub(crate) enum Attr {
     /// A string.
     Text(String),
     /// An integer.
@@ -54,7 +54,7 @@ static EXPORTER: OnceLock<Exporter> = OnceLock::new();
 
 /// Installs the exporter's functions (once per process; a second call is ignored and returns
 /// `false`). From then on the functions here make full spans.
-pub fn install(exporter: Exporter) -> bool {
+pub(crate) fn install(exporter: Exporter) -> bool {
     EXPORTER.set(exporter).is_ok()
 }
 
@@ -65,7 +65,7 @@ pub fn exporting() -> bool {
 
 /// The trace context of `span` for sending along (`None` when nothing exports traces, or the
 /// span is not recorded).
-pub fn context_of(span: &Span) -> Option<TraceContext> {
+pub(crate) fn context_of(span: &Span) -> Option<TraceContext> {
     EXPORTER.get().and_then(|e| (e.context_of)(span))
 }
 
@@ -202,7 +202,7 @@ pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span 
 
 /// The client span of one store call (`store.<op> <queue>`), or [`Span::none`] while traces
 /// are off.
-pub fn store_span(queue: &str, operation: &str) -> Span {
+pub(crate) fn store_span(queue: &str, operation: &str) -> Span {
     if !exporting() {
         return Span::none();
     }

@@ -90,7 +90,7 @@ struct Throttle {
 }
 
 /// The least time between two refusal log lines of one endpoint.
-pub const LOG_EVERY: Duration = Duration::from_millis(500);
+pub(super) const LOG_EVERY: Duration = Duration::from_millis(500);
 
 impl Refusals {
     /// Counts one refusal by `endpoint` and logs it (throttled).

@@ -37,7 +37,6 @@ use crate::handler::{
 use crate::listener::{Lifecycle, QueueListener, QueueSnapshot};
 use crate::observability::Readiness;
 use crate::store::{QueueStore, StoreError, UnknownOutcomes};
-use crate::trigger::Hub;
 use report::explain;
 
 /// The worker could not start.
@@ -106,6 +105,7 @@ pub enum WorkerError {
 }
 
 pub use crate::config::RELEASE_GRACE;
+pub use crate::trigger::{Hub, TriggerSource, WorkDetected};
 
 /// Subscribes one bus observer when the worker starts.
 type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
