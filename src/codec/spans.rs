@@ -81,7 +81,7 @@ tokio::task_local! {
 /// Runs one store call `call` remembering the context of the span that made it (the
 /// producer's `send`, say), for layers below the call's own `store.<op>` span to read with
 /// [`caller_context`]; while traces are off, `call` as it is.
-pub async fn calling<F: std::future::Future>(call: F) -> F::Output {
+pub(crate) async fn calling<F: std::future::Future>(call: F) -> F::Output {
     match context_of(&Span::current()) {
         Some(cx) => CALLER.scope(Some(cx), call).await,
         None => call.await,
@@ -91,7 +91,7 @@ pub async fn calling<F: std::future::Future>(call: F) -> F::Output {
 /// The context of the span that made the store call in progress, when traces are exported
 /// and the call runs inside [`calling`]: what the claim check writes into a reference, so the
 /// consumer's `process` is a child of the producer's `send` (not of its `store.send`).
-pub fn caller_context() -> Option<TraceContext> {
+pub(crate) fn caller_context() -> Option<TraceContext> {
     CALLER.try_with(Clone::clone).ok().flatten()
 }
 
@@ -240,7 +240,7 @@ pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span 
 /// `messages` (each the child of its producer's `send` when the message carried a context),
 /// with `messaging.batch.message_count`; [`Span::none`] while traces are off. The handler's own
 /// spans nest under it.
-pub fn batch_span(queue: &str, messages: &[Span]) -> Span {
+pub(crate) fn batch_span(queue: &str, messages: &[Span]) -> Span {
     let Some(e) = EXPORTER.get() else {
         return Span::none();
     };
@@ -261,12 +261,12 @@ pub fn batch_span(queue: &str, messages: &[Span]) -> Span {
 }
 
 /// The `messaging.system` of bus events' spans (ebbflow's own bus, in-process or on Redis).
-pub const BUS_SYSTEM: &str = "ebbflow_bus";
+pub(crate) const BUS_SYSTEM: &str = "ebbflow_bus";
 
 /// The span of one bus event an observer handles (`process <event type>`, consumer), a child of
 /// the publisher's span when the event carried its trace context (`parent`), else a root;
 /// [`Span::none`] while traces are off. The observer's own spans nest under it.
-pub fn bus_process_span(kind: &str, event_id: &str, parent: Option<&TraceContext>) -> Span {
+pub(crate) fn bus_process_span(kind: &str, event_id: &str, parent: Option<&TraceContext>) -> Span {
     let Some(e) = EXPORTER.get() else {
         return Span::none();
     };
