@@ -12,6 +12,7 @@ mod billing;
 mod bus_poison;
 mod bus_replicas;
 mod dashboard_browser;
+mod dashboard_cdp;
 mod faults;
 mod ops_process;
 mod process;
