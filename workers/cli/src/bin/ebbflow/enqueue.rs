@@ -146,9 +146,9 @@ impl Args {
                         // A `send <queue>` span per message when traces are exported (the
                         // OTEL_EXPORTER_OTLP_* variables), its context in the message on a
                         // queue with trace_context.
-                        let span = ebbflow::codec::spans::send_span(queue.name());
+                        let span = ebbflow::observability::traces::send_span(queue.name());
                         let text = if trace_context {
-                            ebbflow::codec::spans::inject(&span, text.to_string())
+                            ebbflow::observability::traces::inject(&span, text.to_string())
                         } else {
                             text.to_string()
                         };

@@ -1,6 +1,6 @@
 //! `ebbflow peek <queue>`: visible messages without receiving them.
 
-use ebbflow::codec::claim::ClaimRef;
+use ebbflow::codec::ClaimRef;
 use ebbflow::codec::Encoding;
 use ebbflow::store::PeekedMessage;
 use serde_json::json;
