@@ -17,7 +17,7 @@ use crate::CliError;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// "Work detected on `queue`": the plain event the HTTP endpoint accepts
-/// (`ebbflow::trigger::WorkDetected`).
+/// (`ebbflow::worker::WorkDetected`).
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkDetected {
     /// The storage account, so workers on another account ignore it.
