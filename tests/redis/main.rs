@@ -9,5 +9,6 @@
 mod common;
 
 mod bus;
+mod bus_jobs;
 mod bus_worker;
 mod durable;
