@@ -12,3 +12,4 @@ mod bus;
 mod bus_jobs;
 mod bus_worker;
 mod durable;
+mod fleet;
