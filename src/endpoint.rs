@@ -4,10 +4,12 @@
 //! the metrics text's content type, the JSON refusal, and the answer when their guard layers
 //! (tower's timeout and load shedding) stop a request. A leaf: it imports no other room.
 
+mod refusals;
 mod serve;
 
+pub use refusals::{Refusal, Refusals};
 pub(crate) use serve::serve;
-pub use serve::{ConnectionLimits, Refusal, Refusals};
+pub use serve::ConnectionLimits;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

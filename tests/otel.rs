@@ -220,3 +220,220 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
         "no store.delete span under the settle: {spans:?}"
     );
 }
+
+fn named<'a>(spans: &'a [(String, Value)], name: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|(_, span)| span["name"] == name)
+        .map(|(_, span)| span)
+        .collect()
+}
+
+struct Big;
+impl ebbflow::Handler for Big {
+    type Message = Vec<u8>;
+    async fn handle(
+        &self,
+        body: Vec<u8>,
+        _: ebbflow::Context,
+    ) -> Result<(), ebbflow::HandlerError> {
+        let _own = tracing::info_span!("read big").entered();
+        assert_eq!(body.len(), 200_000);
+        Ok(())
+    }
+}
+
+struct Rows;
+impl ebbflow::handler::BatchHandler for Rows {
+    type Message = String;
+    async fn handle_batch(
+        &self,
+        batch: &mut ebbflow::handler::Batch<String>,
+    ) -> Result<(), ebbflow::HandlerError> {
+        let _own = tracing::info_span!("insert rows", rows = batch.len()).entered();
+        Ok(())
+    }
+    fn batching(&self) -> ebbflow::handler::Batching {
+        ebbflow::handler::Batching {
+            max_messages: 3,
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ping(u32);
+impl ebbflow::bus::Event for Ping {
+    const KIND: &'static str = "test.ping";
+}
+
+/// Where a message's context travels besides the queue envelope (issue 23 item 2), and batch
+/// calls after the conventions (links, not parents); in this process, on the embedded store
+/// and the in-process bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_references_bus_events_and_batches_carry_the_trace() {
+    use ebbflow::config::{QueueSettings, Settings};
+    use ebbflow::store::QueueStore;
+
+    let (endpoint, received) = receiver().await;
+    let traces = ebbflow::observability::TracesSettings {
+        endpoint: Some(endpoint),
+        protocol: Some(ebbflow::observability::traces::Protocol::HttpJson),
+        service_name: Some("app".into()),
+        filter: None,
+    };
+    assert!(ebbflow::observability::logging::init_with_traces(
+        ebbflow::observability::LogFormat::Text,
+        "warn",
+        &traces
+    )
+    .unwrap());
+
+    // Three rows for the batch queue, each sent with the envelope under a span of its own.
+    let store: Arc<dyn QueueStore> = Arc::new(ebbflow::store::memory::MemoryStore::new());
+    let rows = store.queue("rows").unwrap();
+    rows.create_if_missing().await.unwrap();
+    let rows_publisher = Publisher::new(rows, Encoding::Base64).with_trace_context(true);
+    for i in 0..3 {
+        let _row = tracing::info_span!(parent: None, "make row", i).entered();
+        rows_publisher
+            .send_bytes(format!("row {i}").as_bytes(), Default::default())
+            .await
+            .unwrap();
+    }
+
+    let mut settings = Settings::default();
+    // `big` has no envelope: its context can only travel in the claim-check reference.
+    let mut big = QueueSettings::default();
+    big.idle_backoff.max = Duration::from_millis(200);
+    settings.queues.insert("big".into(), big);
+    let mut batch = QueueSettings {
+        trace_context: true,
+        concurrency: ebbflow::config::Concurrency::of::<4>(),
+        ..QueueSettings::default()
+    };
+    batch.idle_backoff.max = Duration::from_millis(200);
+    settings.queues.insert("rows".into(), batch);
+    let worker = ebbflow::Worker::new(settings)
+        .with_store(store.clone())
+        .with_blobs(Arc::new(ebbflow::store::blob::memory::MemoryBlobs::new(
+            "payloads",
+        )))
+        .handler("big", Big)
+        .batch_handler("rows", Rows)
+        .start()
+        .await
+        .unwrap();
+    {
+        let _producing = tracing::info_span!(parent: None, "producing").entered();
+        worker
+            .publisher("big")
+            .unwrap()
+            .send_bytes(&vec![7u8; 200_000], Default::default())
+            .await
+            .unwrap();
+    }
+
+    // A bus event published under a span, observed on the same (embedded) bus.
+    let member = ebbflow::bus::Member::new("one", "test").unwrap();
+    let bus = ebbflow::bus::BusHandle::new(Arc::new(ebbflow::bus::memory::MemoryBus::embedded(
+        member,
+        Duration::from_secs(30),
+    )));
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    bus.observe::<Ping, _, _>(ebbflow::bus::Filter::new(), move |event| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _own = tracing::info_span!("observe ping").entered();
+            let _ = seen_tx.send(event.body.0);
+            Ok(())
+        }
+    });
+    bus.start();
+    {
+        let _announcing = tracing::info_span!(parent: None, "announcing").entered();
+        bus.publish_cc(&Ping(1), ebbflow::bus::Address::All)
+            .await
+            .unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await;
+    assert_eq!(got.unwrap(), Some(1));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: u64 = worker.snapshot().iter().map(|q| q.handled).sum();
+        if done == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handled {done} of 4"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.shutdown().await;
+    bus.close().await;
+    ebbflow::observability::traces::flush();
+    let spans = received.lock().unwrap().clone();
+
+    // The claim check: `process big` continues `send big` through the reference alone.
+    let send = named(&spans, "send big");
+    let process = named(&spans, "process big");
+    assert_eq!((send.len(), process.len()), (1, 1), "{spans:?}");
+    assert_eq!(process[0]["traceId"], send[0]["traceId"], "{spans:?}");
+    assert_eq!(process[0]["parentSpanId"], send[0]["spanId"], "{spans:?}");
+    let read = named(&spans, "read big");
+    assert_eq!(read[0]["parentSpanId"], process[0]["spanId"], "{spans:?}");
+
+    // The batch: one `process rows` per message (each the child of its row's send), and one
+    // for the call, a root linked to each of them, holding the handler's own span.
+    let rows_spans = named(&spans, "process rows");
+    let (calls, messages): (Vec<&Value>, Vec<&Value>) = rows_spans
+        .iter()
+        .partition(|s| !attribute(s, "messaging.batch.message_count").is_null());
+    assert_eq!((calls.len(), messages.len()), (1, 3), "{spans:?}");
+    let call = calls[0];
+    // OTLP/JSON writes 64-bit integers as strings.
+    let count = &attribute(call, "messaging.batch.message_count")["intValue"];
+    assert!(count == "3" || count == 3, "{call}");
+    assert!(
+        call["parentSpanId"].as_str().unwrap_or_default().is_empty(),
+        "{call}"
+    );
+    let sends = named(&spans, "send rows");
+    assert_eq!(sends.len(), 3);
+    let mut linked: Vec<String> = call["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l["spanId"].as_str().unwrap().to_string())
+        .collect();
+    let mut expected: Vec<String> = messages
+        .iter()
+        .map(|m| m["spanId"].as_str().unwrap().to_string())
+        .collect();
+    linked.sort();
+    expected.sort();
+    assert_eq!(linked, expected, "{call}");
+    for m in &messages {
+        assert!(
+            sends.iter().any(|s| s["spanId"] == m["parentSpanId"]),
+            "{m}"
+        );
+    }
+    let insert = named(&spans, "insert rows");
+    assert_eq!(insert[0]["parentSpanId"], call["spanId"], "{spans:?}");
+
+    // The bus event: `process test.ping` continues the publisher's span.
+    let announcing = named(&spans, "announcing");
+    let observed = named(&spans, "process test.ping");
+    assert_eq!(observed.len(), 1, "{spans:?}");
+    assert_eq!(observed[0]["traceId"], announcing[0]["traceId"]);
+    assert_eq!(observed[0]["parentSpanId"], announcing[0]["spanId"]);
+    assert_eq!(
+        attribute(observed[0], "messaging.system")["stringValue"],
+        "ebbflow_bus"
+    );
+    let own = named(&spans, "observe ping");
+    assert_eq!(own[0]["parentSpanId"], observed[0]["spanId"]);
+}

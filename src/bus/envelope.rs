@@ -95,6 +95,16 @@ pub struct Envelope {
     /// On a reply: the id of the request it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The publisher's W3C trace context (`{"traceparent": "00-…"}`, see
+    /// [`crate::codec::trace`]), taken from the span it published in while traces are
+    /// exported; an observer's `process` span continues it. Absent (older senders, traces off)
+    /// or malformed: ignored.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::codec::trace::lenient"
+    )]
+    pub trace: Option<crate::codec::TraceContext>,
 }
 
 impl Envelope {
@@ -117,6 +127,8 @@ impl Envelope {
             at_most_once: false,
             expires_at_ms: None,
             reply_to: None,
+            // One atomic load while traces are off.
+            trace: crate::codec::spans::context_of(&tracing::Span::current()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use super::request::{Reply, Request, Waiting};
 use super::supervise;
@@ -76,6 +76,8 @@ pub struct Received<E> {
     pub sent_at_ms: u64,
     /// When it expires (its time to live), milliseconds since the Unix epoch.
     pub expires_at_ms: Option<u64>,
+    /// The publisher's trace context, when it exported traces ([`Envelope::trace`]).
+    pub trace: Option<crate::codec::TraceContext>,
     receipt: Option<Receipt>,
     bus: Arc<dyn Bus>,
 }
@@ -133,6 +135,7 @@ impl<E: Event> Subscription<E> {
                         id: envelope.id,
                         sent_at_ms: envelope.sent_at_ms,
                         expires_at_ms: envelope.expires_at_ms,
+                        trace: envelope.trace,
                         receipt,
                         bus: self.bus.clone(),
                     })
@@ -465,8 +468,10 @@ impl BusHandle {
                         }));
                     }
                 }
+                // Its `process <type>` span continues the publisher's trace (traces exported).
+                let span = crate::codec::spans::bus_process_span(kind, &id, event.trace.as_ref());
                 // In a task of its own: a panicking handler is a failed event, not a dead observer.
-                let outcome = match tokio::spawn(handler(event)).await {
+                let outcome = match tokio::spawn(handler(event).instrument(span)).await {
                     Ok(outcome) => outcome,
                     Err(e) => Err(format!("the handler panicked: {e}").into()),
                 };

@@ -25,6 +25,11 @@
 //! - `container` and `blob`: where the payload is. The container must be the one the reader is
 //!   configured with: a reference is never fetched from anywhere else, and never from a URL.
 //!
+//! - `trace` (optional): the W3C Trace Context of the producer's `send` span,
+//!   `{"traceparent": "00-…", "tracestate": "…"}` (see [`super::trace`]). A consumer that
+//!   exports traces continues that trace in its `process` span, with or without the queue's
+//!   `trace_context` envelope. A missing or malformed `trace` is ignored, never an error.
+//!
 //! Instead of `container`/`blob`, a reference may carry its (compressed) payload inline, as
 //! standard base64 in `data`: a payload that compresses below the queue's limit stays on the
 //! queue.
@@ -143,6 +148,13 @@ pub struct ClaimRef {
     /// The stored (compressed) length in bytes; absent: `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_size: Option<u64>,
+    /// The producer's trace context (its `send` span), when it exported traces.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::trace::lenient"
+    )]
+    pub trace: Option<super::TraceContext>,
 }
 
 /// A text that carries the marker but is not a reference this crate can read.
@@ -169,6 +181,7 @@ impl ClaimRef {
             sha256: sha256_hex(payload),
             content_encoding: compression,
             stored_size: (compression != Compression::Identity).then_some(stored_size as u64),
+            trace: None,
         }
     }
 
@@ -183,7 +196,14 @@ impl ClaimRef {
             sha256: sha256_hex(payload),
             content_encoding: compression,
             stored_size: Some(stored.len() as u64),
+            trace: None,
         }
+    }
+
+    /// The same reference carrying `trace` (the producer's trace context; `None`: none).
+    pub fn with_trace(mut self, trace: Option<super::TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// The reference as message text (compact JSON).

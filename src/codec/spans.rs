@@ -11,7 +11,9 @@
 //! |---|---|---|
 //! | `send <queue>` | producer | [`send_span`]: `Publisher` sends, `ebbflow enqueue`; a child of the caller's span |
 //! | `receive <queue>` | client | [`receive_span`]: one per receive call of a dequeue task (a root) |
-//! | `process <queue>` | consumer | [`process_span`]: one per message, around decode, handler and settle; a child of the producer's `send` when the message carries its trace context, else a root |
+//! | `process <queue>` | consumer | [`process_span`]: one per message, around decode, handler and settle; a child of the producer's `send` when the message carries its trace context (envelope or claim-check reference), else a root |
+//! | `process <queue>` (batch) | consumer | [`batch_span`]: one per batch handler call, a root with a link to each message's `process` span and `messaging.batch.message_count` |
+//! | `process <event type>` | consumer | [`bus_process_span`]: one per bus event an observer handles; a child of the publisher's span when the event carries its trace context |
 //! | `settle <queue>` | client | [`settle_span`]: delete, retry, release or poison of one message |
 //! | `store.<op> <queue>` | client | every store call (the metering layer), under the span that made it |
 //!
@@ -39,6 +41,8 @@ pub struct Exporter {
     pub set_parent: fn(&Span, &TraceContext),
     /// Sets one attribute on a span.
     pub set_attribute: fn(&Span, &'static str, Attr),
+    /// Adds a link to another span's context (any time before the span closes).
+    pub add_link: fn(&Span, &TraceContext),
 }
 
 /// One span attribute's value.
@@ -67,6 +71,28 @@ pub fn exporting() -> bool {
 /// span is not recorded).
 pub fn context_of(span: &Span) -> Option<TraceContext> {
     EXPORTER.get().and_then(|e| (e.context_of)(span))
+}
+
+tokio::task_local! {
+    /// The context of the span that made the store call in progress (see [`calling`]).
+    static CALLER: Option<TraceContext>;
+}
+
+/// Runs one store call `call` remembering the context of the span that made it (the
+/// producer's `send`, say), for layers below the call's own `store.<op>` span to read with
+/// [`caller_context`]; while traces are off, `call` as it is.
+pub async fn calling<F: std::future::Future>(call: F) -> F::Output {
+    match context_of(&Span::current()) {
+        Some(cx) => CALLER.scope(Some(cx), call).await,
+        None => call.await,
+    }
+}
+
+/// The context of the span that made the store call in progress, when traces are exported
+/// and the call runs inside [`calling`]: what the claim check writes into a reference, so the
+/// consumer's `process` is a child of the producer's `send` (not of its `store.send`).
+pub fn caller_context() -> Option<TraceContext> {
+    CALLER.try_with(Clone::clone).ok().flatten()
 }
 
 /// `text` with `span`'s trace context in front (the envelope of [`super::trace`]); `text`
@@ -114,7 +140,8 @@ pub fn send_span(queue: &str) -> Span {
 /// The span of one message's run: `process <queue>` while traces are exported, else the plain
 /// `message` log span (`queue`, `message_id`, `dequeue_count`). With `envelope` (the queue's
 /// `trace_context`), a trace-context envelope is taken off `text` and the span continues the
-/// producer's trace; text without one is left as it is.
+/// producer's trace; text without one is left as it is. Without an envelope, a claim-check
+/// reference's own `trace` (see [`super::claim`]) is continued instead.
 pub fn process_span(
     queue: &str,
     message_id: &str,
@@ -155,6 +182,14 @@ pub fn process_span(
             ),
         ],
     );
+    // A claim-check reference may carry the producer's context in itself (any queue).
+    let parent = parent.or_else(|| {
+        let (_, body) = TraceContext::unwrap(text);
+        super::claim::ClaimRef::parse(body)
+            .ok()
+            .flatten()
+            .and_then(|r| r.trace)
+    });
     if let (Some(cx), Some(e)) = (parent, EXPORTER.get()) {
         (e.set_parent)(&span, &cx);
     }
@@ -197,6 +232,58 @@ pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span 
             ("messaging.operation.name", Attr::Text(action.into())),
         ],
     );
+    span
+}
+
+/// The span of one batch handler call (`process <queue>`, a root, after the conventions'
+/// batch processing: links, not parents), linked to each message's own `process` span in
+/// `messages` (each the child of its producer's `send` when the message carried a context),
+/// with `messaging.batch.message_count`; [`Span::none`] while traces are off. The handler's own
+/// spans nest under it.
+pub fn batch_span(queue: &str, messages: &[Span]) -> Span {
+    let Some(e) = EXPORTER.get() else {
+        return Span::none();
+    };
+    let span = tracing::info_span!(parent: None, "batch", otel.name = %format!("process {queue}"),
+                                   otel.kind = "consumer");
+    set(&span, &common("process", queue));
+    let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
+    set(
+        &span,
+        &[("messaging.batch.message_count", Attr::Int(count))],
+    );
+    for message in messages {
+        if let Some(cx) = (e.context_of)(message) {
+            (e.add_link)(&span, &cx);
+        }
+    }
+    span
+}
+
+/// The `messaging.system` of bus events' spans (ebbflow's own bus, in-process or on Redis).
+pub const BUS_SYSTEM: &str = "ebbflow_bus";
+
+/// The span of one bus event an observer handles (`process <event type>`, consumer), a child of
+/// the publisher's span when the event carried its trace context (`parent`), else a root;
+/// [`Span::none`] while traces are off. The observer's own spans nest under it.
+pub fn bus_process_span(kind: &str, event_id: &str, parent: Option<&TraceContext>) -> Span {
+    let Some(e) = EXPORTER.get() else {
+        return Span::none();
+    };
+    let span = tracing::info_span!(parent: None, "bus_event", otel.name = %format!("process {kind}"),
+                                   otel.kind = "consumer");
+    set(
+        &span,
+        &[
+            ("messaging.system", Attr::Text(BUS_SYSTEM.into())),
+            ("messaging.operation.type", Attr::Text("process".into())),
+            ("messaging.destination.name", Attr::Text(kind.into())),
+            ("messaging.message.id", Attr::Text(event_id.into())),
+        ],
+    );
+    if let Some(cx) = parent {
+        (e.set_parent)(&span, cx);
+    }
     span
 }
 

@@ -191,6 +191,17 @@ impl TraceContext {
     }
 }
 
+/// Reads an optional embedded [`TraceContext`] leniently: absent, `null` or malformed is `None`
+/// (a bad trace context never makes the claim-check reference or bus event around it
+/// unreadable). For `#[serde(default, deserialize_with = "...")]`.
+pub(crate) fn lenient<'de, D>(deserializer: D) -> Result<Option<TraceContext>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
+}
+
 /// A `tracestate` kept only when it is one line of printable ASCII within [`MAX_TRACESTATE`].
 fn clean_state(state: &str) -> String {
     let state = state.trim();

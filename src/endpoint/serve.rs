@@ -12,21 +12,21 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
+
+use super::refusals::{Refusal, Refusals};
 
 /// How one endpoint sheds connections it cannot serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,115 +37,6 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Connections open at once; one more is closed at once, unread.
     pub max_connections: usize,
-}
-
-/// Why an endpoint refused a connection or a request: the `reason` label of
-/// `ebbflow_http_refused_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Every connection slot was taken; the connection was closed at once.
-    MaxConnections,
-    /// A request's head did not arrive within the header-read timeout (or a kept-alive
-    /// connection sat idle that long); the connection was closed.
-    HeaderTimeout,
-    /// A missing or wrong token (401).
-    Unauthorized,
-    /// Every request slot was taken (503).
-    Busy,
-    /// A request not answered within its timeout (408).
-    Timeout,
-}
-
-impl Refusal {
-    fn label(self) -> &'static str {
-        match self {
-            Refusal::MaxConnections => "max_connections",
-            Refusal::HeaderTimeout => "header_timeout",
-            Refusal::Unauthorized => "unauthorized",
-            Refusal::Busy => "busy",
-            Refusal::Timeout => "timeout",
-        }
-    }
-}
-
-type RefusedLabels = Vec<(&'static str, &'static str)>;
-
-/// Refused connections and requests of the HTTP endpoints, by `endpoint` (`trigger`, `ops`)
-/// and `reason` ([`Refusal`]), exported as `ebbflow_http_refused_total`. Clones share counts.
-/// Each endpoint logs its refusals at most twice a second, with the count since its last line.
-#[derive(Debug, Clone, Default)]
-pub struct Refusals {
-    counts: Family<RefusedLabels, Counter>,
-    throttle: Arc<Mutex<Throttles>>,
-}
-
-#[derive(Debug, Default)]
-struct Throttles(Vec<(&'static str, Throttle)>);
-
-/// At most one line per [`LOG_EVERY`], counting what it held back.
-#[derive(Debug)]
-struct Throttle {
-    last: Option<Instant>,
-    held: u64,
-}
-
-/// The least time between two refusal log lines of one endpoint.
-pub const LOG_EVERY: Duration = Duration::from_millis(500);
-
-impl Refusals {
-    /// Counts one refusal by `endpoint` and logs it (throttled).
-    pub(crate) fn refuse(&self, endpoint: &'static str, why: Refusal) {
-        self.counts
-            .get_or_create(&vec![("endpoint", endpoint), ("reason", why.label())])
-            .inc();
-        let due = {
-            let mut all = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
-            let at = match all.0.iter().position(|(e, _)| *e == endpoint) {
-                Some(i) => i,
-                None => {
-                    all.0.push((
-                        endpoint,
-                        Throttle {
-                            last: None,
-                            held: 0,
-                        },
-                    ));
-                    all.0.len() - 1
-                }
-            };
-            let t = &mut all.0[at].1;
-            t.held += 1;
-            let now = Instant::now();
-            if t.last
-                .is_none_or(|last| now.duration_since(last) >= LOG_EVERY)
-            {
-                t.last = Some(now);
-                Some(std::mem::take(&mut t.held))
-            } else {
-                None
-            }
-        };
-        if let Some(refused) = due {
-            tracing::info!(
-                endpoint,
-                reason = why.label(),
-                refused,
-                "{endpoint} endpoint refused {refused} connection(s) or request(s) since its last such line"
-            );
-        }
-    }
-
-    /// How many refusals of `endpoint` for `why` were counted.
-    pub fn count(&self, endpoint: &'static str, why: Refusal) -> u64 {
-        self.counts
-            .get_or_create(&vec![("endpoint", endpoint), ("reason", why.label())])
-            .get()
-    }
-
-    /// The counter family, for a metrics registry.
-    pub(crate) fn family(&self) -> Family<RefusedLabels, Counter> {
-        self.counts.clone()
-    }
 }
 
 /// Serves `app` on `listener` under `limits` until `stop` fires (or the returned future is

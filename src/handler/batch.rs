@@ -287,8 +287,19 @@ impl<H: BatchHandler> Batcher<H> {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.sizes.observe(items.len() as f64);
+        // The call's own span, linked to each message's (conventions: links, not parents).
+        let span = match items.first() {
+            Some((_, ctx)) => {
+                let spans: Vec<tracing::Span> = items.iter().map(|(_, c)| c.span.clone()).collect();
+                crate::codec::spans::batch_span(&ctx.queue, &spans)
+            }
+            None => tracing::Span::none(),
+        };
         let mut batch = Batch::new(items);
-        let run = AssertUnwindSafe(self.handler.handle_batch(&mut batch));
+        let run = AssertUnwindSafe(tracing::Instrument::instrument(
+            self.handler.handle_batch(&mut batch),
+            span,
+        ));
         match catch_unwind(run).await {
             Ok(whole) => {
                 for (reply, outcome) in replies.into_iter().zip(batch.outcomes(&whole)) {

@@ -103,6 +103,9 @@ pub struct Context {
     pub(crate) publishers: Publishers,
     pub(crate) heartbeat: Heartbeat,
     pub(crate) bus: Option<crate::bus::BusHandle>,
+    /// The message's exported `process <queue>` span (none while traces are off): what a batch
+    /// call's span links to.
+    pub(crate) span: tracing::Span,
 }
 
 /// The worker's publishers by queue name, shared by every handler's [`Context`].
@@ -150,6 +153,7 @@ impl Context {
             publishers: Arc::default(),
             heartbeat: Heartbeat::new(None),
             bus: None,
+            span: tracing::Span::none(),
         }
     }
 

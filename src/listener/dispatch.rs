@@ -114,6 +114,13 @@ pub(super) async fn run(
         publishers: shared.runner.publishers.clone(),
         bus: shared.runner.bus.clone(),
         heartbeat: heartbeat.clone(),
+        // This task runs in the message's `process` span (see `task`); kept only while traces
+        // are exported (a batch call links to it), so nothing is cloned while they are off.
+        span: if crate::codec::spans::exporting() {
+            tracing::Span::current()
+        } else {
+            tracing::Span::none()
+        },
     };
     let started = Instant::now();
     let outcome = {

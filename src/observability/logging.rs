@@ -4,10 +4,14 @@
 //!
 //! In JSON each line is one object: `timestamp` (RFC 3339, UTC), `level`, `target`, `fields`
 //! (the event's fields, its text under `message`), and `span`/`spans` when the event happened
-//! inside spans (a listener's `queue`, a message's `message_id`). Secrets never reach either
-//! format: errors and settings redact them before they are logged.
+//! inside spans (a listener's `queue`, a message's `message_id`). In text, control characters
+//! in messages and fields are escaped ([`EscapedFields`]), so a field from the network (a bus
+//! envelope's `from`) cannot forge a line. Secrets never reach either format: errors and
+//! settings redact them before they are logged.
 
 use tracing_subscriber::EnvFilter;
+
+pub use super::log_fields::EscapedFields;
 
 use crate::config::{ConfigError, LogFormat, Settings, TracesSettings};
 
@@ -60,6 +64,7 @@ pub fn init_with_traces(
             match format {
                 LogFormat::Text => builder
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .fmt_fields(EscapedFields)
                     .try_init()
                     .is_ok(),
                 LogFormat::Json => builder
@@ -79,6 +84,7 @@ pub fn init_with_traces(
             let lines = match format {
                 LogFormat::Text => lines
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .fmt_fields(EscapedFields)
                     .with_filter(filter)
                     .boxed(),
                 LogFormat::Json => lines

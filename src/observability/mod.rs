@@ -8,6 +8,7 @@
 //! - [`traces`]: OpenTelemetry spans after the messaging conventions, exported over OTLP.
 
 pub mod dashboard;
+mod log_fields;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;

@@ -117,6 +117,7 @@ where
         context_of,
         set_parent,
         set_attribute,
+        add_link,
     });
     // The listener's long-lived spans (one per listener and per dequeue task) would make every
     // message's trace days long: the exporter never sees them, so `receive` and `process`
@@ -212,13 +213,23 @@ fn context_of(span: &Span) -> Option<TraceContext> {
 }
 
 fn set_parent(span: &Span, cx: &TraceContext) {
+    let parent = opentelemetry::Context::new().with_remote_span_context(remote(cx));
+    let _ = span.set_parent(parent);
+}
+
+fn add_link(span: &Span, cx: &TraceContext) {
+    span.add_link(remote(cx));
+}
+
+/// The OpenTelemetry form of a context that came from elsewhere.
+fn remote(cx: &TraceContext) -> SpanContext {
     let state = TraceState::from_key_value(
         cx.tracestate()
             .split(',')
             .filter_map(|m| m.trim().split_once('=')),
     )
     .unwrap_or_default();
-    let remote = SpanContext::new(
+    SpanContext::new(
         TraceId::from_bytes(cx.trace_id()),
         SpanId::from_bytes(cx.span_id()),
         if cx.sampled() {
@@ -228,9 +239,7 @@ fn set_parent(span: &Span, cx: &TraceContext) {
         },
         true,
         state,
-    );
-    let parent = opentelemetry::Context::new().with_remote_span_context(remote);
-    let _ = span.set_parent(parent);
+    )
 }
 
 fn set_attribute(span: &Span, key: &'static str, value: Attr) {

@@ -140,7 +140,10 @@ impl QueueLayer for Metering {
         // A client span per store call, under the span that made it (send, receive, process,
         // settle); none at all while traces are off.
         let span = crate::codec::spans::store_span(queue, operation.as_str());
-        let result = tracing::Instrument::instrument(call, span).await;
+        let call = tracing::Instrument::instrument(call, span);
+        // The caller's context stays readable below the store span (the claim check's
+        // reference carries it).
+        let result = crate::codec::spans::calling(call).await;
         let labels = vec![
             ("queue", queue.to_string()),
             ("op", operation.as_str().to_string()),

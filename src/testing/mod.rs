@@ -147,6 +147,7 @@ impl ContextBuilder {
             publishers: Arc::new(self.publishers),
             heartbeat: Heartbeat::new(None),
             bus: None,
+            span: tracing::Span::none(),
         }
     }
 }

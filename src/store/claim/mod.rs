@@ -196,6 +196,13 @@ impl ClaimCheck {
             Some(cx) => cx.wrap(&t),
             None => t,
         };
+        // The reference carries the producer's trace context too (the envelope's, else the
+        // caller's, the producer's `send`, while traces are exported), so the consumer's
+        // `process` continues the trace on queues without the envelope.
+        let carried = trace
+            .clone()
+            .or_else(crate::codec::spans::caller_context)
+            .or_else(|| crate::codec::spans::context_of(&tracing::Span::current()));
         // A reference already (a requeue, a release's copy): as it is.
         if crate::codec::claim::is_reference(body) {
             return inner.send(text, options).await;
@@ -211,7 +218,9 @@ impl ClaimCheck {
         let compression = format.compression;
         let stored = compression.compress(&payload);
         if compression != Compression::Identity {
-            let inline = wrapped(ClaimRef::inline(&payload, compression, &stored).to_text());
+            let inline =
+                ClaimRef::inline(&payload, compression, &stored).with_trace(carried.clone());
+            let inline = wrapped(inline.to_text());
             if inline.len() <= shared.threshold && inline.len() < text.len() {
                 return inner.send(&inline, options).await;
             }
@@ -238,7 +247,8 @@ impl ClaimCheck {
             &payload,
             compression,
             stored.len(),
-        );
+        )
+        .with_trace(carried);
         drop(payload);
         let mut metadata = BTreeMap::new();
         metadata.insert(META_QUEUE.to_string(), queue.to_string());
