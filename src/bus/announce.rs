@@ -97,6 +97,28 @@ impl Announcer {
     }
 }
 
+/// The replica a passed-on work notice of `queue` goes to: a live instance listening to the
+/// queue other than `me` and `except` (the one that passed the notice to `me`), the least busy
+/// by its last pulse (dequeue tasks, then handlers running), one of the equals at random.
+/// `None` when there is none.
+pub(crate) fn pass_on_target(
+    peers: &[super::Presence],
+    me: &str,
+    queue: &str,
+    except: Option<&str>,
+) -> Option<String> {
+    let mut candidates: Vec<&super::Presence> = peers
+        .iter()
+        .filter(|p| p.instance != me && Some(p.instance.as_str()) != except)
+        .filter(|p| p.queues.iter().any(|q| q == queue))
+        .collect();
+    rand::seq::SliceRandom::shuffle(candidates.as_mut_slice(), &mut rand::rng());
+    candidates
+        .into_iter()
+        .min_by_key(|p| (p.active_tasks, p.in_flight))
+        .map(|p| p.instance.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::memory::MemoryBroker;
@@ -166,5 +188,49 @@ mod tests {
         // A batch of 15 crossing 30 counts once.
         assert_eq!(depth.after_send(15).await, Announced::Sent);
         assert_eq!(notices(&mut rx).await, 4);
+    }
+
+    fn peer(id: &str, queues: &[&str], active_tasks: u64) -> crate::bus::Presence {
+        crate::bus::Presence {
+            instance: id.into(),
+            role: "w".into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            active_tasks,
+            in_flight: 0,
+            handled: 0,
+            receive_calls: 0,
+            started_at_ms: 0,
+            pulse_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_pass_on_goes_to_the_least_busy_other_replica_of_the_queue() {
+        let peers = [
+            peer("a", &["q"], 16),
+            peer("b", &["q"], 16),
+            peer("c", &["q"], 0),
+            peer("d", &["other"], 0),
+        ];
+        // Never to itself, nor to one not listening to the queue; the idle one first.
+        assert_eq!(pass_on_target(&peers, "a", "q", None).as_deref(), Some("c"));
+        // Never back to the replica that passed it here, whatever the pulses said.
+        let stale = [
+            peer("a", &["q"], 0),
+            peer("b", &["q"], 0),
+            peer("c", &["q"], 0),
+        ];
+        for _ in 0..50 {
+            assert_eq!(
+                pass_on_target(&stale, "b", "q", Some("a")).as_deref(),
+                Some("c")
+            );
+        }
+        // Equals are chosen at random: both show up.
+        let seen: std::collections::BTreeSet<_> = (0..200)
+            .filter_map(|_| pass_on_target(&stale, "a", "q", None))
+            .collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(pass_on_target(&peers[..1], "a", "q", None), None);
     }
 }

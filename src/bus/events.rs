@@ -73,3 +73,18 @@ impl std::fmt::Display for PulseKind {
 impl Event for JobPulse {
     const KIND: &'static str = "ebbflow.job-pulse";
 }
+
+/// A work notice passed on by a replica that found more on `queue` than it could take, sent to
+/// one chosen replica (unicast, so never read back by its sender; see the book's bus chapter,
+/// "Work detected across instances"). The receiver wakes its listener as a work notice would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkPassed {
+    /// The queue that holds more work.
+    pub queue: String,
+    /// Times the notice was passed on, this time included (at least 1).
+    pub hops: u32,
+}
+
+impl Event for WorkPassed {
+    const KIND: &'static str = "ebbflow.work-passed";
+}

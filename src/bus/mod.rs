@@ -71,6 +71,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+pub(crate) use announce::pass_on_target;
 pub use announce::{Announced, Announcer};
 pub use envelope::{now_ms, Address, Envelope};
 pub use handle::{BoxError, BusHandle, Filter, Received, Subscription};

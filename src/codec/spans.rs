@@ -138,7 +138,8 @@ pub fn send_span(queue: &str) -> Span {
 }
 
 /// The span of one message's run: `process <queue>` while traces are exported, else the plain
-/// `message` log span (`queue`, `message_id`, `dequeue_count`). With `envelope` (the queue's
+/// `message` log span (`message_id`, `dequeue_count`; the listener's span around it names the
+/// queue). With `envelope` (the queue's
 /// `trace_context`), a trace-context envelope is taken off `text` and the span continues the
 /// producer's trace; text without one is left as it is. Without an envelope, a claim-check
 /// reference's own `trace` (see [`super::claim`]) is continued instead.
@@ -160,12 +161,12 @@ pub fn process_span(
         None
     };
     if !exporting() {
-        return tracing::info_span!("message", queue = %queue, message_id = %message_id,
+        // A child of the listener's span, which names the queue.
+        return tracing::info_span!("message", message_id = %message_id,
                                    dequeue_count = dequeue_count);
     }
     let span = tracing::info_span!(
         "message",
-        queue = %queue,
         message_id = %message_id,
         dequeue_count = dequeue_count,
         otel.name = %format!("process {queue}"),

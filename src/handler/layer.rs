@@ -190,6 +190,15 @@ pub(crate) struct Span;
 
 impl Layer for Span {
     async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
+        // Under a worker the listener's `message` span (queue, message_id, dequeue_count) is
+        // already around the run: a second span with the same fields would repeat them on
+        // every log line (and the exporter leaves this one out anyway).
+        let inside_message = tracing::Span::current()
+            .metadata()
+            .is_some_and(|m| m.name() == "message" && m.target() == "ebbflow::codec::spans");
+        if inside_message {
+            return next.run(job).await;
+        }
         let ctx = job.ctx();
         let span = tracing::info_span!(
             "process",

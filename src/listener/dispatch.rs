@@ -306,7 +306,9 @@ async fn watch(
                 };
             }
             // Dropping the handler's future cancels it at its current await point.
-            _ = shared.control.life.abort.cancelled() => return Outcome::Aborted,
+            _ = shared.control.life.abort.cancelled() => {
+                return Outcome::Aborted(shared.control.life.abort_reason())
+            }
             _ = at(timeout_at) => {
                 if timed_out {
                     warn!(queue = %shared.io.name, message_id = %message.id,
@@ -407,7 +409,7 @@ fn log_job_end(
         Outcome::Done(Err(_)) => "error",
         Outcome::Panicked(_) => "panic",
         Outcome::TimedOut(_) => "timeout",
-        Outcome::Aborted => "aborted",
+        Outcome::Aborted(_) => "aborted",
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if status != JobStatus::Unknown || heartbeat.count() > 0 || timed_pulses {

@@ -87,8 +87,25 @@ impl Fatal {
 pub(crate) struct Lifecycle {
     pub(crate) stop: CancellationToken,
     pub(crate) abort: CancellationToken,
+    /// Why `abort` fired, set just before it (see [`Lifecycle::abort_for`]).
+    cut: Arc<std::sync::OnceLock<&'static str>>,
     pub(crate) fatal: Fatal,
     pub(crate) tracker: TaskTracker,
+}
+
+impl Lifecycle {
+    /// Aborts running handlers, saying why (the reason their messages are released with):
+    /// `"drain deadline passed"` or `"second stop signal"`.
+    pub(crate) fn abort_for(&self, reason: &'static str) {
+        let _ = self.cut.set(reason);
+        self.abort.cancel();
+    }
+
+    /// Why handlers were aborted: the reason given to [`Lifecycle::abort_for`], else (the
+    /// worker was dropped without a drain) `"worker stopped"`.
+    pub(crate) fn abort_reason(&self) -> &'static str {
+        self.cut.get().copied().unwrap_or("worker stopped")
+    }
 }
 
 /// What a listener tells the world outside its process (the worker wires these to the bus):
@@ -391,8 +408,10 @@ impl QueueListener {
         // One task to start with, even with min_tasks = 0: its first receive finds out whether
         // work is waiting, and it retires on the back-off curve if not. Spawned here, not in
         // the supervisor, so the listener never looks idle before it has looked at the queue.
-        supervisor.spawn_task();
         let span = tracing::info_span!("listener", queue = %shared.io.name);
+        // Inside the listener's span, as every later task: the span names the queue once for
+        // all of them (a task's and a message's spans do not repeat it).
+        span.in_scope(|| supervisor.spawn_task());
         // A guard, not a line after the await: a supervisor that panics also ends the listener.
         let ended = shared.control.supervisor_ended.clone().drop_guard();
         life.tracker.spawn(

@@ -24,8 +24,9 @@ pub(crate) enum Outcome {
     Panicked(String),
     /// It passed `handler_timeout` and then failed or was aborted after the grace.
     TimedOut(Duration),
-    /// The drain deadline passed while it ran.
-    Aborted,
+    /// The drain was cut short while it ran, for this reason (the drain deadline passed, a
+    /// second stop signal).
+    Aborted(&'static str),
 }
 
 /// How a message is settled.
@@ -103,7 +104,7 @@ impl Settle {
                     humantime::format_duration(limit)
                 ),
             ),
-            Outcome::Aborted => Settle::Release(Duration::ZERO, "drain deadline passed".into()),
+            Outcome::Aborted(why) => Settle::Release(Duration::ZERO, why.into()),
         }
     }
 }
@@ -402,7 +403,12 @@ mod tests {
             (|| Outcome::TimedOut(S), false, 1, "retry"),
             (|| Outcome::TimedOut(S), false, 5, "poison:max"),
             (|| Outcome::TimedOut(S), true, 5, "release"),
-            (|| Outcome::Aborted, false, 5, "release"),
+            (
+                || Outcome::Aborted("second stop signal"),
+                false,
+                5,
+                "release",
+            ),
             (|| Outcome::Panicked("boom".into()), true, 1, "retry"),
             (|| Outcome::Panicked("boom".into()), false, 5, "poison:max"),
         ];

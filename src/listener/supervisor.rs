@@ -372,7 +372,8 @@ impl Supervisor {
         let stats = &self.shared.stats;
         let active = stats.active_tasks.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak_tasks.fetch_max(active, Ordering::Relaxed);
-        let span = tracing::info_span!("dequeue", queue = %self.shared.io.name, task = id);
+        // A child of the listener's span, which names the queue.
+        let span = tracing::info_span!("dequeue", task = id);
         self.roster.started.insert(id, Instant::now() + delay);
         let shared = self.shared.clone();
         let run = self.shared.control.life.tracker.track_future(

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod readiness;
 pub mod server;
 pub mod traces;
+mod unrepeated;
 
 pub use crate::config::{
     LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesSettings,

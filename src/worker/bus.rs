@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::tasks::Tasks;
-use crate::bus::events::{InstanceLeft, InstancePulse, JobPulse, PulseKind};
+use crate::bus::events::{InstanceLeft, InstancePulse, JobPulse, PulseKind, WorkPassed};
 use crate::bus::{
-    now_ms, Address, Announcer, BusHandle, Health, Presence, PublishMode, QueueBusSettings, Reach,
+    now_ms, Address, Announcer, BusHandle, Filter, Health, Presence, PublishMode, QueueBusSettings,
+    Reach, WorkNotice,
 };
 use crate::config::QueueSettings;
 use crate::listener::{ListenerHooks, QueueListener};
@@ -47,10 +48,12 @@ pub(crate) struct QueueLink {
     shared: bool,
     /// The last "drained" was told to the bus and no work was found since.
     drained_told: AtomicBool,
-    /// Hops of the work notice that last woke this queue, until a pass-on uses it.
-    woke_by: Mutex<Option<u32>>,
+    /// Hops and sender of the work notice that last woke this queue, until a pass-on uses it.
+    woke_by: Mutex<Option<(u32, Option<String>)>>,
     /// Live instances at the last pulse (at least 1).
     live: Arc<AtomicU64>,
+    /// The live instances as the last pulse listed them (pass-ons pick one of them).
+    peers: Arc<Mutex<Vec<Presence>>>,
     counters: Arc<BusCounters>,
     /// Runs the bus calls the hooks start, supervised.
     tasks: Tasks,
@@ -84,7 +87,7 @@ impl ListenerHooks for QueueLink {
         }
         // Each notice is passed on at most once, and never more often than there are other
         // instances: a burst spreads over the replicas, a trickle wakes one.
-        let Some(hops) = self.woke_by.lock().ok().and_then(|mut w| w.take()) else {
+        let Some((hops, woken_by)) = self.woke_by.lock().ok().and_then(|mut w| w.take()) else {
             return;
         };
         let live = self.live.load(Ordering::Relaxed).max(2);
@@ -92,10 +95,32 @@ impl ListenerHooks for QueueLink {
             return;
         }
         self.counters.passed_on.fetch_add(1, Ordering::Relaxed);
-        let announcer = self.announcer.clone();
-        debug!(queue = %self.queue, hops = hops + 1, "more work than this replica can take; passing the notice on");
+        // Sent to one chosen replica (the least busy by the last pulses, never this one nor the
+        // one that passed it here): a notice put back on the work stream could be read back by
+        // this replica and wait for a take-over sweep, leaving the burst here.
+        let me = self.bus.member().instance.to_string();
+        let target = self.peers.lock().ok().and_then(|peers| {
+            crate::bus::pass_on_target(&peers, &me, &self.queue, woken_by.as_deref())
+        });
+        let (announcer, bus, queue) =
+            (self.announcer.clone(), self.bus.clone(), self.queue.clone());
+        debug!(queue = %self.queue, hops = hops + 1, to = ?target, "more work than this replica can take; passing the notice on");
         self.tasks.call("bus pass-on", &self.queue, async move {
-            announcer.announce(0, hops + 1).await;
+            let passed = WorkPassed {
+                queue,
+                hops: hops + 1,
+            };
+            match target {
+                Some(to) => {
+                    if let Err(e) = bus.publish(&passed, Address::Instance(to)).await {
+                        debug!(queue = %passed.queue, error = %e, "work notice not passed on");
+                    }
+                }
+                // No other replica known yet: the work stream, read by whichever comes first.
+                None => {
+                    announcer.announce(0, hops + 1).await;
+                }
+            }
         });
     }
 
@@ -125,6 +150,7 @@ pub(crate) struct Wiring {
     min_tasks: BTreeMap<String, u32>,
     pulse_interval: Duration,
     live: Arc<AtomicU64>,
+    peers: Arc<Mutex<Vec<Presence>>>,
     counters: Arc<BusCounters>,
     started_at_ms: u64,
     tasks: Tasks,
@@ -141,6 +167,7 @@ impl Wiring {
             min_tasks: BTreeMap::new(),
             pulse_interval: settings.bus.pulse_interval.get(),
             live: Arc::new(AtomicU64::new(1)),
+            peers: Arc::default(),
             counters: Arc::default(),
             started_at_ms: now_ms(),
         }
@@ -157,6 +184,7 @@ impl Wiring {
             drained_told: AtomicBool::new(false),
             woke_by: Mutex::new(None),
             live: self.live.clone(),
+            peers: self.peers.clone(),
             counters: self.counters.clone(),
             tasks: self.tasks.clone(),
         });
@@ -204,21 +232,38 @@ impl Wiring {
         let counters = self.counters.clone();
         let ack_with = transport.clone();
         let tasks = self.tasks.clone();
-        self.bus.set_work_sink(Arc::new(move |notice, receipt| {
-            if let Some(link) = links.get(&notice.queue) {
-                if let Ok(mut w) = link.woke_by.lock() {
-                    *w = Some(notice.hops);
+        let sink: Arc<dyn Fn(WorkNotice, Option<crate::bus::Receipt>) + Send + Sync> =
+            Arc::new(move |notice, receipt| {
+                if let Some(link) = links.get(&notice.queue) {
+                    if let Ok(mut w) = link.woke_by.lock() {
+                        *w = Some((notice.hops, notice.from.clone()));
+                    }
+                    counters.notices_received.fetch_add(1, Ordering::Relaxed);
+                    hub.notify_from(&notice.queue, TriggerSource::Bus);
                 }
-                counters.notices_received.fetch_add(1, Ordering::Relaxed);
-                hub.notify_from(&notice.queue, TriggerSource::Bus);
-            }
-            if let Some(r) = receipt {
-                let bus = ack_with.clone();
-                tasks.call("bus notice ack", &notice.queue, async move {
-                    let _ = bus.ack(&r).await;
-                });
-            }
-        }));
+                if let Some(r) = receipt {
+                    let bus = ack_with.clone();
+                    tasks.call("bus notice ack", &notice.queue, async move {
+                        let _ = bus.ack(&r).await;
+                    });
+                }
+            });
+        self.bus.set_work_sink(sink.clone());
+        // Notices passed on to this replica by another one that had more than it could take.
+        // Detached: it runs until the bus closes.
+        drop(
+            self.bus
+                .observe::<WorkPassed, _, _>(Filter::new(), move |passed| {
+                    let notice = WorkNotice {
+                        queue: passed.body.queue,
+                        from: Some(passed.from),
+                        messages: None,
+                        hops: passed.body.hops,
+                    };
+                    sink(notice, None);
+                    async { Ok(()) }
+                }),
+        );
         for (name, link) in &self.links {
             transport.listen_work(name, link.settings.reach).await?;
         }
@@ -303,6 +348,9 @@ async fn presence(
                 wiring
                     .live
                     .store((list.len() as u64).max(1), Ordering::Relaxed);
+                if let Ok(mut peers) = wiring.peers.lock() {
+                    *peers = list;
+                }
             }
         }
     }

@@ -64,6 +64,15 @@ pub enum WorkerError {
     /// The store could not be opened or a queue could not be reached.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A [`Producer`] was connected with no storage configured: its sends would land in an
+    /// embedded store only this process can read.
+    #[error(
+        "no storage configured: a Producer would send to queues that live in this process only; \
+         set AZURE_STORAGE_CONNECTION_STRING, or storage.connection_string or \
+         storage.queue_endpoint (EBBFLOW__STORAGE__CONNECTION_STRING, \
+         EBBFLOW__STORAGE__QUEUE_ENDPOINT), or share an embedded store with Producer::connect_to"
+    )]
+    NoStorage,
     /// A declared output queue ([`Worker::output`]) does not exist and
     /// `storage.create_queues` is off.
     #[error("output queue {0} (Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
@@ -106,6 +115,11 @@ pub enum WorkerError {
 }
 
 pub use crate::config::RELEASE_GRACE;
+
+/// The reason a drain was cut short when `drain_timeout` passed with handlers still running.
+const DEADLINE_PASSED: &str = "drain deadline passed";
+/// The reason a drain was cut short by a second SIGTERM or ctrl-c.
+const SECOND_SIGNAL: &str = "second stop signal";
 
 /// Subscribes one bus observer when the worker starts.
 type Observer = Box<dyn FnOnce(&crate::bus::BusHandle) + Send>;
@@ -435,20 +449,23 @@ impl RunningWorker {
         self.readiness.begin_drain();
         info!(drain_timeout = ?self.drain_timeout, "stopping: no new receives, draining in-flight messages");
         life.stop.cancel();
-        let clean = tokio::select! {
+        // Why the drain was cut short, if it was: the reason every released message and the
+        // last line carry.
+        let cut = tokio::select! {
             done = tokio::time::timeout(self.drain_timeout, life.tracker.wait()) => {
                 if done.is_err() {
                     warn!(drain_timeout = ?self.drain_timeout, "drain deadline passed; aborting handlers still running");
                 }
-                done.is_ok()
+                done.is_err().then_some(DEADLINE_PASSED)
             }
             _ = now => {
                 warn!("second stop signal received; aborting handlers still running");
-                false
+                Some(SECOND_SIGNAL)
             }
         };
-        if !clean {
-            life.abort.cancel();
+        let clean = cut.is_none();
+        if let Some(reason) = cut {
+            life.abort_for(reason);
             if tokio::time::timeout(RELEASE_GRACE, life.tracker.wait())
                 .await
                 .is_err()
@@ -463,9 +480,12 @@ impl RunningWorker {
         match &fatal {
             Some(e) => tracing::error!(error = %e, "worker stopped: {}", explain(e)),
             None if unreleased > 0 => {
-                warn!(clean, unreleased, "worker stopped; some messages were not released (they reappear after their visibility timeout)")
+                warn!(clean, reason = cut, unreleased, "worker stopped; some messages were not released (they reappear after their visibility timeout)")
             }
-            None => info!(clean, "worker stopped"),
+            None => match cut {
+                Some(reason) => warn!(clean, reason, "worker stopped; handlers still running were aborted and their messages released"),
+                None => info!(clean, "worker stopped"),
+            },
         }
         // The exporter sends in batches: the last ones go now, before the process exits.
         crate::observability::traces::flush();

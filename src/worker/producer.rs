@@ -50,7 +50,9 @@ impl Producer {
     /// `storage.create_queues` is on, else checked to exist).
     ///
     /// # Errors
-    /// Invalid settings, a store or bus that cannot be reached, a missing queue (named).
+    /// Invalid settings, a store or bus that cannot be reached, a missing queue (named);
+    /// [`WorkerError::NoStorage`] when no storage is configured (its sends would stay in this
+    /// process: use [`Producer::connect_to`] with a worker's embedded store for that).
     pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
         Self::open(settings, None).await
     }
@@ -72,6 +74,15 @@ impl Producer {
         given: Option<Arc<dyn QueueStore>>,
     ) -> Result<Self, WorkerError> {
         settings.validate()?;
+        // What `store::open` would turn into the embedded store: fine for a worker (its
+        // listeners read it), a silent sink for a producer of its own.
+        let storage = &settings.storage;
+        if given.is_none()
+            && storage.connection_string.is_none()
+            && storage.queue_endpoint.is_none()
+        {
+            return Err(WorkerError::NoStorage);
+        }
         let (store, _metering) = layered_store(given, None, &settings).await?;
         let create = settings.storage.create_queues || store.kind() == store::BackendKind::Embedded;
         let bus = crate::bus::open(&settings.bus).await?;

@@ -284,6 +284,7 @@ async fn stop_mid_batch_finishes_started_and_holds_nothing_else(store: Arc<dyn Q
 }
 
 async fn drain_deadline_aborts_and_releases_without_deleting(store: Arc<dyn QueueStore>) {
+    common::captured_logs();
     let queue = common::unique("deadline");
     let p = publisher(&store, &queue).await;
     p.send_json(&Job { n: 1, fail: false }).await.unwrap();
@@ -315,6 +316,16 @@ async fn drain_deadline_aborts_and_releases_without_deleting(store: Arc<dyn Queu
         back.len(),
         1,
         "the unfinished message is back on the queue at once"
+    );
+    // The release says why: the deadline (a second stop signal says so instead).
+    let logs = common::captured_logs();
+    let released = logs
+        .lines()
+        .find(|l| l.contains("message released") && l.contains(&queue))
+        .unwrap_or_else(|| panic!("no release logged for {queue}"));
+    assert!(
+        released.contains("reason=\"drain deadline passed\""),
+        "{released}"
     );
 }
 

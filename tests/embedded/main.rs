@@ -11,6 +11,7 @@ mod common;
 mod calls;
 mod dashboard;
 mod dockerfile;
+mod first_hour;
 mod flood;
 mod fuzz;
 mod guarantees;

@@ -330,12 +330,9 @@ async fn reach_all_wakes_every_replica_and_the_cli_lists_them() {
 }
 
 /// A burst of 160 messages announced by a single notice: the replica it wakes cannot take
-/// them all at once and passes the notice on, so every replica handles some; none is handled
-/// twice or lost.
+/// them all at once and passes the notice on (to another replica, never back to itself), so
+/// every replica handles some; none is handled twice or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known regression since the durable bus: a passed-on notice can be read back by its \
-            sender and wait for a take-over sweep, so a burst may not spread (docs/src/bus.md, \
-            Known limits)"]
 async fn a_burst_announced_once_spreads_over_the_replicas() {
     let world = World::new("one", "");
     let store = common::azurite();

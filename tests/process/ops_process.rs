@@ -358,13 +358,23 @@ async fn json_logs_parse_line_by_line() {
     ] {
         assert!(messages.contains(&expected), "{expected}: {messages:?}");
     }
-    // Spans come along: the listener's lines carry their queue.
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["span"]["name"] == "listener" && l["span"]["queue"] == name.as_str()),
-        "{text}"
-    );
+    // Spans come along, outermost first: the listener's lines carry their queue there, once
+    // (not again among the event's own fields, and no separate `span` key repeats it).
+    let in_listener: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["spans"].as_array().is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|s| s["name"] == "listener" && s["queue"] == name.as_str())
+            })
+        })
+        .collect();
+    assert!(!in_listener.is_empty(), "{text}");
+    for line in in_listener {
+        assert!(line.get("span").is_none(), "{line}");
+        assert!(line["fields"].get("queue").is_none(), "{line}");
+    }
 
     // A start-up that fails logs in JSON too, naming the key, and exits 2.
     let out = loadtest(&name, free_port())
@@ -496,4 +506,23 @@ async fn a_second_stop_signal_ends_the_drain_at_once_and_releases_the_messages()
     let peeked = queue.peek(32).await.unwrap();
     assert_eq!(peeked.len(), 2, "{text}");
     assert!(text.contains("second stop signal received"), "{text}");
+    // Each release and the last line name the second signal, not the deadline (which never
+    // came).
+    let released: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("message released"))
+        .collect();
+    assert_eq!(released.len(), 2, "{text}");
+    for line in released {
+        assert!(line.contains("reason=\"second stop signal\""), "{line}");
+    }
+    assert!(!text.contains("drain deadline passed"), "{text}");
+    let stopped = text
+        .lines()
+        .find(|l| l.contains("worker stopped"))
+        .unwrap_or_else(|| panic!("no 'worker stopped': {text}"));
+    assert!(
+        stopped.contains("reason=\"second stop signal\""),
+        "{stopped}"
+    );
 }

@@ -197,12 +197,46 @@ async fn competing_event_of_a_dead_instance_goes_to_another(net: Net) {
     assert!(tokio::time::timeout(claim * 4, sb.next()).await.is_err());
 }
 
+/// Carbon copies keep the send order: a copy of an event to an address the sender does not
+/// read must not overtake the sender's earlier events that reach it through its own streams
+/// (the pattern repeated, so a copy handed straight to the inbox is caught every run).
+async fn carbon_copies_keep_the_send_order(net: Net) {
+    let claim = Duration::from_secs(30);
+    let (a, mut sa) = net.join("a", "processor", claim).await;
+    let (_c, mut sc) = net.join("c", "controller", claim).await;
+    let mut sent = Vec::new();
+    for round in 0..20 {
+        let n = round * 3;
+        a.publish_cc(&Ping { n }, Address::All).await.unwrap();
+        a.publish_cc(&Ping { n: n + 1 }, Address::instance("c"))
+            .await
+            .unwrap();
+        a.publish_cc(&Ping { n: n + 2 }, Address::role("controller"))
+            .await
+            .unwrap();
+        sent.extend([n, n + 1, n + 2]);
+    }
+    a.publish_cc(&Ping { n: MARK }, Address::All).await.unwrap();
+    let limit = Duration::from_secs(10);
+    assert_eq!(
+        until_mark(&mut sa, limit).await,
+        sent,
+        "the sender's copies"
+    );
+    assert_eq!(until_mark(&mut sc, limit).await, sent, "the addressee");
+}
+
 mod embedded {
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn fan_out_addressing() {
         super::fan_out_addressing(Net::memory()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn carbon_copies_keep_the_send_order() {
+        super::carbon_copies_keep_the_send_order(Net::memory()).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -222,6 +256,11 @@ mod redis {
     #[tokio::test]
     async fn fan_out_addressing() {
         super::fan_out_addressing(Net::redis()).await;
+    }
+
+    #[tokio::test]
+    async fn carbon_copies_keep_the_send_order() {
+        super::carbon_copies_keep_the_send_order(Net::redis()).await;
     }
 
     #[tokio::test]

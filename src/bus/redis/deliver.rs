@@ -140,9 +140,11 @@ pub(super) async fn batch(
                     messages: number("messages"),
                     hops: number("hops").map_or(0, |h: u64| u32::try_from(h).unwrap_or(u32::MAX)),
                 };
-                // A notice this instance passed on (it had more than it could take) is for
-                // another replica: hand it back at once so the next take-over sweep of another
-                // instance takes it (this one's own sweep skips it).
+                // A notice this instance passed on through the work stream (it had more than it
+                // could take and knew no other replica yet; passed-on notices normally go to a
+                // chosen replica as `ebbflow.work-passed`) is for another replica: hand it back
+                // at once so the next take-over sweep of another instance takes it (this one's
+                // own sweep skips it).
                 let mine = notice.hops > 0
                     && notice.from.as_deref() == Some(shared.member.instance.as_str());
                 if let (true, Some(r)) = (mine, &receipt) {
@@ -230,4 +232,33 @@ async fn competing(shared: &Shared, entry: Entry) {
         envelope,
         receipt: Some(receipt),
     });
+}
+
+/// The carbon copies waiting for the reader, in `seq` order.
+pub(super) fn take_copies(shared: &Shared) -> Vec<(u64, Envelope)> {
+    let mut copies = shared
+        .copies
+        .lock()
+        .map(|mut c| std::mem::take(&mut *c))
+        .unwrap_or_default();
+    copies.sort_by_key(|(seq, _)| *seq);
+    copies
+}
+
+/// Puts carbon copies back for a later read.
+pub(super) fn hold(shared: &Shared, copies: Vec<(u64, Envelope)>) {
+    if copies.is_empty() {
+        return;
+    }
+    match shared.copies.lock() {
+        Ok(mut held) => held.extend(copies),
+        Err(_) => {
+            for (_, envelope) in copies {
+                let _ = shared.inbox.send(Inbound::Event {
+                    envelope,
+                    receipt: None,
+                });
+            }
+        }
+    }
 }

@@ -198,7 +198,12 @@ async fn read_loop(shared: Arc<Shared>) {
         }
         let plan = plan(&shared);
         let mut more = false;
-        if !plan.keys.is_empty() {
+        // The sender's carbon copies held before this read: every entry appended before them is
+        // in this read (or a later one, past a full batch), so they take their place among them.
+        let copies = deliver::take_copies(&shared);
+        if plan.keys.is_empty() {
+            deliver::hold(&shared, copies);
+        } else {
             let keys: Vec<&str> = plan.keys.iter().map(String::as_str).collect();
             let mut inv = scripts::READ.call(&keys);
             inv.arg(shared.member.instance.as_str())
@@ -218,9 +223,10 @@ async fn read_loop(shared: Arc<Shared>) {
                 Ok(raw) => {
                     backoff = Duration::from_millis(100);
                     shared.mark(true, "");
-                    more = received(&shared, &plan, raw, count).await;
+                    more = received(&shared, &plan, raw, count, copies).await;
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
+                    deliver::hold(&shared, copies);
                     // Redis lost a stream or group (a restart without persistence, an expired
                     // stream): make them again and read on.
                     debug!(error = %shared.url.scrub(&e.to_string()), "bus consumer group missing; recreating it");
@@ -234,6 +240,7 @@ async fn read_loop(shared: Arc<Shared>) {
                     continue;
                 }
                 Err(e) => {
+                    deliver::hold(&shared, copies);
                     if !after_read_error(&shared, &e, &mut backoff).await {
                         return;
                     }
@@ -259,21 +266,56 @@ async fn read_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Delivers a read's entries, acknowledges the fan-out ones, moves the read positions on.
-/// Whether a stream returned a full batch (more may wait).
-async fn received(shared: &Shared, plan: &Plan, raw: Vec<Vec<Vec<u8>>>, count: u64) -> bool {
+/// Delivers a read's entries and the carbon copies held before it (`copies`, in `seq` order),
+/// acknowledges the fan-out entries, moves the read positions on. Whether a stream returned a
+/// full batch (more may wait).
+async fn received(
+    shared: &Shared,
+    plan: &Plan,
+    raw: Vec<Vec<Vec<u8>>>,
+    count: u64,
+    copies: Vec<(u64, Envelope)>,
+) -> bool {
     let mut entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
     // Fan-out entries carry one counter over all streams, other entries the server's clock in
     // their ids: so events sent to different addresses (one stream each) arrive in the order
     // they were sent.
     entries.sort_by_key(|e| (e.seq(), entry_order(&e.id)));
-    let mut per_stream: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut per_stream: BTreeMap<String, (u64, String, u64)> = BTreeMap::new();
     for e in &entries {
         let slot = per_stream.entry(e.stream.clone()).or_default();
         slot.0 += 1;
         slot.1 = e.id.clone();
+        slot.2 = slot.2.max(e.seq());
     }
-    let acks = deliver::batch(shared, entries, &plan.sources).await;
+    // A fan-out stream that returned a full batch may hold more entries past its last one: a
+    // copy sent after that entry waits for a later read.
+    let bound = per_stream
+        .iter()
+        .filter(|(key, (n, _, _))| *n >= count && plan.sources.get(*key) == Some(&Source::Fan))
+        .map(|(_, (_, _, seq))| *seq)
+        .min()
+        .unwrap_or(u64::MAX);
+    let (ready, later): (Vec<_>, Vec<_>) = copies.into_iter().partition(|(seq, _)| *seq < bound);
+    deliver::hold(shared, later);
+    let mut acks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (seq, envelope) in ready {
+        let before = entries
+            .iter()
+            .position(|e| e.seq() > seq)
+            .unwrap_or(entries.len());
+        let first: Vec<Entry> = entries.drain(..before).collect();
+        for (stream, ids) in deliver::batch(shared, first, &plan.sources).await {
+            acks.entry(stream).or_default().extend(ids);
+        }
+        let _ = shared.inbox.send(Inbound::Event {
+            envelope,
+            receipt: None,
+        });
+    }
+    for (stream, ids) in deliver::batch(shared, entries, &plan.sources).await {
+        acks.entry(stream).or_default().extend(ids);
+    }
     if !acks.is_empty() {
         let me = shared.member.instance.to_string();
         let mut pipe = redis::pipe();
@@ -290,18 +332,18 @@ async fn received(shared: &Shared, plan: &Plan, raw: Vec<Vec<Vec<u8>>>, count: u
         for (key, from) in streams.fan.iter_mut() {
             // This instance's entries pending from before a restart are read first (`0`);
             // once a read returns less than a full batch of them, new ones (`>`).
-            let got = per_stream.get(key).map_or(0, |(n, _)| *n);
+            let got = per_stream.get(key).map_or(0, |(n, _, _)| *n);
             if from == "0" && got < count {
                 *from = ">".into();
             }
         }
         for (key, last) in streams.watched.iter_mut() {
-            if let Some((_, id)) = per_stream.get(key) {
+            if let Some((_, id, _)) = per_stream.get(key) {
                 *last = id.clone();
             }
         }
     }
-    per_stream.values().any(|(n, _)| *n >= count)
+    per_stream.values().any(|(n, _, _)| *n >= count)
 }
 
 /// `<ms>-<seq>` as a sortable pair.

@@ -61,7 +61,7 @@ end
 /// entry carries as `seq` (one order over all the fan-out streams). ARGV: mode (`fan`: trimmed to entries younger than
 /// the retention; `backlog`: refused with `FULL` at the limit; `cap`: about the limit's newest
 /// entries), retention ms, expiry ms (0: none), limit, nudge channel (empty: none), then the
-/// entry's field/value pairs. Returns the entry id.
+/// entry's field/value pairs. Returns the entry id and its `seq` (0 without a counter).
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -69,9 +69,11 @@ local key, mode = KEYS[1], ARGV[1]
 local retention, expiry, limit, nudge = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+local seq = 0
 if KEYS[2] then
+  seq = redis.call('INCR', KEYS[2])
   fields[#fields + 1] = 'seq'
-  fields[#fields + 1] = redis.call('INCR', KEYS[2])
+  fields[#fields + 1] = seq
 end
 local id
 if mode == 'fan' then
@@ -88,7 +90,7 @@ else
 end
 if expiry > 0 then redis.call('PEXPIRE', key, expiry) end
 if nudge ~= '' then redis.call('PUBLISH', nudge, '~') end
-return id
+return {id, seq}
 ",
     )
 });
