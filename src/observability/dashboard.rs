@@ -12,12 +12,24 @@
 //!    "released": 0, "receive_calls": 900, "empty_receives": 40,
 //!    "pickup_seconds_sum": 310.5, "pickup_seconds_count": 4990,
 //!    "handler_seconds_sum": 99.1, "handler_seconds_count": 4980,
-//!    "last_decision": "scale up 3 -> 4: full batch", "poison_queue": "orders-poison"}]}
+//!    "last_decision": "scale up 3 -> 4: full batch", "poison_queue": "orders-poison"}],
+//!  "fleet": {"instances": [
+//!    {"instance": "worker-7f9c", "role": "worker", "queues": ["orders"], "active_tasks": 4,
+//!     "in_flight": 12, "handled": 4980, "receive_calls": 900,
+//!     "started_at_ms": 1796620000000, "pulse_at_ms": 1796620199000, "pulse_age_ms": 800,
+//!     "this": true}],
+//!   "error": null}}
 //! ```
 //!
 //! Counters and sums are cumulative since the worker started: a reader takes differences
 //! between polls for rates and mean latencies (the page does). `depth` is the last probed
 //! approximate depth (`null` before a probe).
+//!
+//! `fleet` is `null` unless the bus is on (`bus.kind` other than `none`); then it lists every
+//! live instance from the bus presence (their pulses, `bus.pulse_interval` apart), this one
+//! marked `"this": true`, sorted by role then id. `pulse_age_ms` is how long ago the last
+//! pulse was sent (by this worker's clock). When the bus cannot be read, `instances` is empty
+//! and `error` says why (one line, no secret).
 //!
 //! Access: with `observability.metrics_token` set, every dashboard route but the page itself
 //! needs `Authorization: Bearer <token>` (the page asks for it and keeps it in the tab's
@@ -51,6 +63,8 @@ pub struct Dashboard {
     listeners: Arc<OnceLock<Vec<QueueListener>>>,
     store: Arc<dyn QueueStore>,
     queues: BTreeMap<String, QueueSettings>,
+    /// The bus whose presence is the fleet, once the worker opened it (a shared bus only).
+    fleet: OnceLock<crate::bus::BusHandle>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -73,11 +87,27 @@ impl Dashboard {
             listeners,
             store,
             queues,
+            fleet: OnceLock::new(),
         }
     }
 
-    /// The `/dashboard.json` document.
-    pub fn state(&self) -> Value {
+    /// Shows the fleet of `bus` (its live instances' presence) in the document; later calls
+    /// are ignored.
+    pub(crate) fn set_fleet(&self, bus: crate::bus::BusHandle) {
+        let _ = self.fleet.set(bus);
+    }
+
+    /// The `/dashboard.json` document (the fleet read from the bus, at most 2 s).
+    pub async fn state(&self) -> Value {
+        let mut state = self.queues_state();
+        if let Some(bus) = self.fleet.get() {
+            state["fleet"] = fleet(bus).await;
+        }
+        state
+    }
+
+    /// The document without the fleet (`"fleet": null`).
+    fn queues_state(&self) -> Value {
         let listeners: &[QueueListener] = self.listeners.get().map_or(&[], Vec::as_slice);
         let queues: Vec<Value> = listeners
             .iter()
@@ -116,7 +146,7 @@ impl Dashboard {
         let now = crate::store::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        json!({ "version": 1, "now": now, "queues": queues })
+        json!({ "version": 1, "now": now, "queues": queues, "fleet": null })
     }
 
     fn poison(&self, queue: &str) -> Result<PoisonQueue, Refusal> {
@@ -129,6 +159,45 @@ impl Dashboard {
         PoisonQueue::new(self.store.clone(), queue, settings)
             .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
     }
+}
+
+/// The `fleet` part of the document: the bus presence of every live instance.
+async fn fleet(bus: &crate::bus::BusHandle) -> Value {
+    let me = bus.member().instance.to_string();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        bus.transport().instances(),
+    )
+    .await;
+    let (mut instances, error) = match read {
+        Ok(Ok(list)) => (list, None),
+        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+        Err(_) => (
+            Vec::new(),
+            Some("the bus did not answer within 2 s".to_string()),
+        ),
+    };
+    instances.sort_by(|a, b| (&a.role, &a.instance).cmp(&(&b.role, &b.instance)));
+    let now = crate::bus::now_ms();
+    let instances: Vec<Value> = instances
+        .into_iter()
+        .map(|p| {
+            json!({
+                "instance": p.instance,
+                "role": p.role,
+                "queues": p.queues,
+                "active_tasks": p.active_tasks,
+                "in_flight": p.in_flight,
+                "handled": p.handled,
+                "receive_calls": p.receive_calls,
+                "started_at_ms": p.started_at_ms,
+                "pulse_at_ms": p.pulse_at_ms,
+                "pulse_age_ms": now.saturating_sub(p.pulse_at_ms),
+                "this": p.instance == me,
+            })
+        })
+        .collect();
+    json!({ "instances": instances, "error": error })
 }
 
 /// A histogram's sum and count. prometheus-client reads them out only through its encoder, so
@@ -220,7 +289,7 @@ fn reject(status: StatusCode, reason: &str) -> Response {
 /// `GET /dashboard.json`.
 pub(super) async fn state(dashboard: Option<&Dashboard>) -> Response {
     match dashboard {
-        Some(d) => Json(d.state()).into_response(),
+        Some(d) => Json(d.state().await).into_response(),
         None => reject(StatusCode::NOT_FOUND, "no dashboard on this endpoint"),
     }
 }

@@ -60,6 +60,12 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     // The bus before the queues' publishers (they announce on it) and before any listener:
     // a worker does not start on a bus it cannot use.
     let bus = crate::bus::open(&settings.bus).await?;
+    // The dashboard's fleet view reads the bus presence (a shared bus only).
+    if settings.bus.is_shared() {
+        if let Some(dashboard) = metrics.dashboard() {
+            dashboard.set_fleet(bus.clone());
+        }
+    }
     let mut wiring = bus::Wiring::new(
         bus.clone(),
         hub.clone(),

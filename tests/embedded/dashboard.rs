@@ -124,6 +124,8 @@ async fn the_dashboard_shows_queues_and_requeues_a_poison_message_behind_the_tok
         .map(|q| q["queue"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["emails", "orders"], "{state}");
+    // No bus: no fleet.
+    assert!(state["fleet"].is_null(), "{state}");
     let q = &state["queues"][1];
     assert_eq!(q["poison_queue"], "orders-poison", "{state}");
     assert!(

@@ -12,6 +12,8 @@ mod billing;
 mod bus_poison;
 mod bus_replicas;
 mod dashboard_browser;
+mod dashboard_cdp;
 mod faults;
 mod ops_process;
 mod process;
+mod secrets_everywhere;

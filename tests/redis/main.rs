@@ -11,3 +11,4 @@ mod common;
 mod bus;
 mod bus_worker;
 mod durable;
+mod fleet;

@@ -1,6 +1,6 @@
 //! `ebbflow top`: a live terminal view of one worker's queues (depth, tasks, handlers running,
-//! rates), read from the same JSON the dashboard polls (`GET /dashboard.json` on the worker's
-//! ops endpoint).
+//! rates) and, with the bus on, of the fleet (every live instance from the bus presence), read
+//! from the same JSON the dashboard polls (`GET /dashboard.json` on the worker's ops endpoint).
 
 use std::time::Duration;
 
@@ -11,8 +11,10 @@ use crate::{CliError, Context};
 
 /// Polls a worker's `/dashboard.json` and prints, per queue: approximate depth, dequeue tasks,
 /// handlers running, messages handled per second and received per second over the last
-/// interval, mean pickup latency, and poison count. Redraws in place on a terminal; prints one
-/// table per poll when piped. Ctrl-C ends it.
+/// interval, mean pickup latency, and poison count; with the bus on, a second table of the
+/// fleet: each live instance's role, dequeue tasks, handlers running, handled (total and per
+/// second) and the age of its last presence pulse. Redraws in place on a terminal; prints one
+/// frame per poll when piped. Ctrl-C ends it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The worker's ops endpoint, e.g. `http://127.0.0.1:9464` (its `[observability] bind`).
@@ -143,10 +145,113 @@ fn render(doc: &Value, previous: Option<(Duration, &Value)>) -> String {
             num(&q["poisoned"]),
         ));
     }
+    if let Some(fleet) = doc["fleet"].as_object() {
+        out.push_str(&render_fleet(
+            fleet,
+            previous.map(|(dt, d)| (dt, &d["fleet"])),
+        ));
+    }
     out.pop();
+    out
+}
+
+/// The fleet table (with the bus on): a row per live instance, this one marked `*`.
+fn render_fleet(
+    fleet: &serde_json::Map<String, Value>,
+    previous: Option<(Duration, &Value)>,
+) -> String {
+    let empty = Vec::new();
+    let instances = fleet
+        .get("instances")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let mut out = format!("\nFLEET: {} live\n", instances.len());
+    if let Some(error) = fleet.get("error").and_then(Value::as_str) {
+        out.push_str(&format!("(bus: {error})\n"));
+    }
+    out.push_str(&format!(
+        "{:<30} {:<14} {:>6} {:>8} {:>10} {:>10} {:>9}\n",
+        "INSTANCE", "ROLE", "TASKS", "RUNNING", "HANDLED", "HANDLED/S", "PULSE S"
+    ));
+    for i in instances {
+        let id = i["instance"].as_str().unwrap_or("?");
+        let before = previous.and_then(|(dt, f)| {
+            f["instances"]
+                .as_array()?
+                .iter()
+                .find(|p| p["instance"] == id)
+                .map(|p| (dt.as_secs_f64().max(0.001), p))
+        });
+        let rate = match before {
+            Some((dt, p)) => format!(
+                "{:.1}",
+                (num(&i["handled"]) - num(&p["handled"])).max(0.0) / dt
+            ),
+            None => "-".into(),
+        };
+        let shown = if i["this"] == true {
+            format!("{id} *")
+        } else {
+            id.to_string()
+        };
+        out.push_str(&format!(
+            "{:<30} {:<14} {:>6} {:>8} {:>10} {:>10} {:>9.1}\n",
+            shown,
+            i["role"].as_str().unwrap_or("?"),
+            num(&i["active_tasks"]),
+            num(&i["in_flight"]),
+            num(&i["handled"]),
+            rate,
+            num(&i["pulse_age_ms"]) / 1000.0,
+        ));
+    }
     out
 }
 
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(handled: [u64; 2], fleet: bool) -> Value {
+        let instances = serde_json::json!([
+            {"instance": "a-1", "role": "billing", "queues": ["orders"], "active_tasks": 3,
+             "in_flight": 2, "handled": handled[0], "pulse_age_ms": 400, "this": true},
+            {"instance": "b-2", "role": "billing", "queues": ["orders"], "active_tasks": 1,
+             "in_flight": 0, "handled": handled[1], "pulse_age_ms": 1500, "this": false},
+        ]);
+        serde_json::json!({
+            "version": 1,
+            "queues": [{"queue": "orders", "depth": 5, "active_tasks": 3, "in_flight": 2,
+                        "handled": handled[0], "received": handled[0], "poisoned": 0}],
+            "fleet": if fleet { serde_json::json!({"instances": instances, "error": null}) }
+                     else { Value::Null },
+        })
+    }
+
+    #[test]
+    fn the_fleet_table_has_a_row_per_instance_with_its_rate() {
+        let before = doc([10, 20], true);
+        let now = doc([30, 25], true);
+        let text = render(&now, Some((Duration::from_secs(2), &before)));
+        let fleet = text.split("FLEET: 2 live").nth(1).expect(&text);
+        let rows: Vec<Vec<&str>> = fleet
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["a-1", "*", "billing", "3", "2", "30", "10.0", "0.4"],
+                vec!["b-2", "billing", "1", "0", "25", "2.5", "1.5"],
+            ],
+            "{text}"
+        );
+        // Without the bus: no fleet table.
+        assert!(!render(&doc([1, 1], false), None).contains("FLEET"));
+    }
 }

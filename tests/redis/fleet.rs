@@ -1,0 +1,122 @@
+//! The fleet view: with the bus on, a worker's `/dashboard.json` lists every live instance from
+//! the bus presence (role, queues, tasks, handled, pulse age; itself marked), and an instance
+//! that stops leaves the list.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::redis::{redis_url, settings};
+use ebbflow::bus::Name;
+use ebbflow::{Context, Handler, HandlerError, Worker};
+use serde_json::Value;
+
+struct Done;
+impl Handler for Done {
+    type Message = String;
+    async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+fn worker_settings(prefix: &str, queue: &str, id: &str, role: &str) -> ebbflow::Settings {
+    let mut s = ebbflow::Settings::default();
+    s.bus = settings(&redis_url(), prefix, role, Duration::from_secs(2));
+    s.bus.instance_id = Some(Name::new(id).unwrap());
+    let mut q = ebbflow::config::QueueSettings::default();
+    q.idle_backoff.max = Duration::from_millis(300);
+    s.queues.insert(queue.to_string(), q);
+    s
+}
+
+async fn fleet(url: &str) -> Value {
+    let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    doc["fleet"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_every_live_instance_and_drops_one_that_stopped() {
+    let prefix = common::unique("fleet");
+    let queue = common::unique("fq");
+    let store = common::memory();
+    let mut front = worker_settings(&prefix, &queue, "fleet-a", "front");
+    front.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    let a = Worker::new(front)
+        .with_store(store.clone())
+        .handler(&queue, Done)
+        .start()
+        .await
+        .unwrap();
+    let b = Worker::new(worker_settings(&prefix, &queue, "fleet-b", "back"))
+        .with_store(store.clone())
+        .handler(&queue, Done)
+        .start()
+        .await
+        .unwrap();
+    let publisher = a.publisher(&queue).unwrap();
+    for n in 0..6 {
+        publisher
+            .send_bytes(format!("m{n}").as_bytes(), Default::default())
+            .await
+            .unwrap();
+    }
+    let url = format!("http://{}/dashboard.json", a.ops_addr().unwrap());
+
+    // Both instances, with what their pulses (every 200 ms) say they handled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let fleet_now = loop {
+        let f = fleet(&url).await;
+        let handled: u64 = f["instances"]
+            .as_array()
+            .map(|l| l.iter().map(|i| i["handled"].as_u64().unwrap()).sum())
+            .unwrap_or(0);
+        if f["instances"].as_array().map(Vec::len) == Some(2) && handled == 6 {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(fleet_now["error"].is_null(), "{fleet_now}");
+    let rows = fleet_now["instances"].as_array().unwrap();
+    // Sorted by role, then id.
+    let who: Vec<(&str, &str, bool)> = rows
+        .iter()
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap(),
+                i["role"].as_str().unwrap(),
+                i["this"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [("fleet-b", "back", false), ("fleet-a", "front", true)],
+        "{fleet_now}"
+    );
+    for i in rows {
+        assert_eq!(i["queues"], serde_json::json!([queue]), "{i}");
+        assert!(i["active_tasks"].as_u64().unwrap() >= 1, "{i}");
+        assert!(i["pulse_age_ms"].as_u64().unwrap() < 5_000, "{i}");
+    }
+
+    // The stopped instance withdraws its presence.
+    b.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = fleet(&url).await;
+        let ids: Vec<&str> = f["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["instance"].as_str().unwrap())
+            .collect();
+        if ids == ["fleet-a"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+}
