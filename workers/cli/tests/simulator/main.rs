@@ -114,7 +114,10 @@ async fn virtual_time_predicts_the_peak_of_an_overload() {
     assert_eq!(predicted.sent, real.sent);
     // Below the cap in both: the peak is the policy's, not max_tasks.
     assert!(predicted.peak_tasks < 40 && real.peak_tasks < 40);
-    assert!(predicted.peak_tasks >= 5, "the overload scaled the queue up");
+    assert!(
+        predicted.peak_tasks >= 5,
+        "the overload scaled the queue up"
+    );
     assert!(
         predicted.peak_tasks.abs_diff(real.peak_tasks) <= 2,
         "peak tasks: predicted {}, real {}",
