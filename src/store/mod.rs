@@ -1,16 +1,18 @@
 //! The queue operations the runtime needs, behind one trait, with two backends:
 //!
-//! - [`memory::MemoryStore`], in-process, with the service's semantics (visibility timeout,
-//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, and
-//!   every input rule of [`rules`]: it refuses exactly what the service refuses). It is the
-//!   embedded default and the test double for logic.
-//! - [`azure::AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
+//! - [`MemoryStore`], in-process, with the service's semantics (visibility timeout, pop
+//!   receipts that change on every receive and update, dequeue counts, TTL expiry, and every
+//!   input rule of Put, Update and Get Messages: it refuses exactly what the service refuses).
+//!   It is the embedded default and the test double for logic.
+//! - [`AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
 //!
-//! Wrappers are layers on one forwarding base ([`layer`]), each overriding only what it
-//! changes: [`retrying`] (transient faults, unknown outcomes, deletes that outlast outages
-//! within the lease), [`counting`] (calls by kind) and [`sharding`] (one logical queue over
-//! `N`). The `[storage]` settings live beside them ([`settings`]); the service's limits come
-//! from the [`crate::service`] leaf.
+//! Wrappers are layers on one forwarding base ([`LayeredStore`] with a [`StoreLayer`]), each
+//! overriding only what it changes: [`RetryingStore`] (transient faults, unknown outcomes,
+//! deletes that outlast outages within the lease), [`CountingStore`] (calls by kind),
+//! [`ShardingStore`] (one logical queue over `N`) and [`ClaimCheck`] (payloads too large for
+//! a message go to a blob store, [`BlobStore`]). The `[storage]` settings live beside them
+//! ([`StorageSettings`]); the service's limits ([`MAX_BATCH`], [`MAX_MESSAGE_BYTES`],
+//! [`MAX_VISIBILITY`]) come from the crate's service leaf.
 //!
 //! One conformance suite (`tests/azurite/conformance.rs`, with `tests/azurite/extremes.rs` for every input at
 //! its extremes) runs the same checks against both backends.
@@ -21,24 +23,37 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-pub mod azure;
-pub mod blob;
-pub mod claim;
-pub mod counting;
-pub mod layer;
-pub mod memory;
-pub mod metered;
-pub mod retrying;
-pub mod rules;
-pub mod settings;
-pub mod sharding;
+pub(crate) mod azure;
+pub(crate) mod blob;
+pub(crate) mod claim;
+pub(crate) mod counting;
+pub(crate) mod layer;
+pub(crate) mod memory;
+pub(crate) mod metered;
+pub(crate) mod retrying;
+pub(crate) mod rules;
+pub(crate) mod settings;
+pub(crate) mod sharding;
 
 pub use crate::service::{
     redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
 };
-pub use claim::PayloadError;
+pub use azure::{account_sas, AzureBlobs, AzureStore, DEV_ACCOUNT, DEV_KEY};
+pub use blob::memory::MemoryBlobs;
+pub use blob::{
+    BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE, META_SHA256,
+};
+pub use claim::{
+    blobs_from_settings, open_blobs, sweep, ClaimCheck, ClaimCheckSettings, PayloadError,
+    QueueFormat, Sweep, EXPIRY_GRACE,
+};
+pub use counting::{CallCounts, Counting, CountingStore};
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
+pub use memory::MemoryStore;
+pub use retrying::{Retrying, RetryingStore};
 pub use rules::{SendOptions, TimeToLive};
+pub use settings::{CredentialKind, RetrySettings, StorageSettings};
+pub use sharding::{shard_name, Sharding, ShardingStore};
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {

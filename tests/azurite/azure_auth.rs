@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use ebbflow::config::{QueueSettings, Settings, StorageSettings};
-use ebbflow::store::azure::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
+use ebbflow::store::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{self, QueueStore, SendOptions, StoreError};
 use ebbflow::Worker;
 

@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 
 pub mod memory;
 
-pub use crate::store::azure::AzureBlobs;
 
 /// Metadata key: the queue the payload was sent to.
 pub const META_QUEUE: &str = "ebbflow_queue";

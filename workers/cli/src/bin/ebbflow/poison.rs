@@ -98,7 +98,7 @@ impl Command {
         poison: &PoisonQueue,
         settings: &QueueSettings,
         sharing: &[String],
-        claim: &ebbflow::store::claim::ClaimCheck,
+        claim: &ebbflow::store::ClaimCheck,
     ) -> Result<(), CliError> {
         match self {
             Command::List { limit, .. } => {
