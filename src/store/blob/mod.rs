@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-pub mod memory;
+pub(crate) mod memory;
 
 
 /// Metadata key: the queue the payload was sent to.
