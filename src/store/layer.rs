@@ -360,6 +360,14 @@ impl<L: QueueLayer> Queue for Layered<L> {
     async fn approximate_depth(&self) -> Result<u64, StoreError> {
         self.layer.approximate_depth(&*self.inner).await
     }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+
+    async fn delete_queue(&self) -> Result<(), StoreError> {
+        self.inner.delete_queue().await
+    }
 }
 
 /// A wrapper around a whole store that overrides only what it changes. Every method gets the

@@ -35,9 +35,7 @@ pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sharding;
 
-pub use crate::service::{
-    redact, validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY,
-};
+pub use crate::service::{validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
 pub use azure::{account_sas, AzureBlobs, AzureStore, DEV_ACCOUNT, DEV_KEY};
 pub use blob::memory::MemoryBlobs;
 pub use blob::{
@@ -160,6 +158,20 @@ pub trait Queue: Send + Sync + 'static {
     async fn peek(&self, max: u8) -> Result<Vec<PeekedMessage>, StoreError>;
     /// The approximate number of messages, invisible ones included.
     async fn approximate_depth(&self) -> Result<u64, StoreError>;
+    /// Deletes every message on the queue, visible or not (Clear Messages); the queue stays.
+    /// An administrative call (the `ebbflow queue purge` command): layers pass it through
+    /// without retrying, counting or metering it.
+    ///
+    /// # Errors
+    /// [`StoreError::QueueNotFound`] when the queue does not exist; what the service says.
+    async fn clear(&self) -> Result<(), StoreError>;
+    /// Deletes the queue and its messages (Delete Queue). The service keeps the name taken
+    /// for about 30 seconds: creating it again sooner fails. An administrative call, as
+    /// [`Queue::clear`].
+    ///
+    /// # Errors
+    /// [`StoreError::QueueNotFound`] when the queue does not exist; what the service says.
+    async fn delete_queue(&self) -> Result<(), StoreError>;
 }
 
 /// The receipt of a send.

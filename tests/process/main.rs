@@ -16,3 +16,4 @@ mod dashboard_cdp;
 mod faults;
 mod ops_process;
 mod process;
+mod secrets_everywhere;

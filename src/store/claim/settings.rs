@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checks::InvalidSetting;
-use crate::service::{redact, MAX_MESSAGE_BYTES};
+use crate::secret::redact;
+use crate::service::MAX_MESSAGE_BYTES;
 
 /// The claim check: payloads whose message text would exceed `threshold_bytes` go to a blob in
 /// `container`, and the message carries a reference (see [`crate::codec::claim`]).

@@ -38,7 +38,9 @@ mod instances;
 mod notify;
 mod peek;
 mod poison;
+mod progress;
 mod push;
+mod queue;
 mod settings;
 mod simulate;
 mod stats;
@@ -71,6 +73,9 @@ enum Command {
     Enqueue(enqueue::Args),
     /// Show up to 32 visible messages of a queue without receiving them.
     Peek(peek::Args),
+    /// Create, purge or delete a queue (any name; purge and delete need --yes).
+    #[command(subcommand)]
+    Queue(queue::Command),
     /// Approximate depth of each configured queue and its poison queue.
     Stats(stats::Args),
     /// A live view of one worker's queues: depth, tasks, rates (its ops endpoint's JSON).
@@ -105,6 +110,7 @@ impl Command {
         match self {
             Command::Enqueue(args) => args.run(ctx),
             Command::Peek(args) => args.run(ctx),
+            Command::Queue(command) => command.run(ctx),
             Command::Stats(args) => args.run(ctx),
             Command::Top(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
