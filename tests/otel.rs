@@ -316,9 +316,7 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     settings.queues.insert("rows".into(), batch);
     let worker = ebbflow::Worker::new(settings)
         .with_store(store.clone())
-        .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new(
-            "payloads",
-        )))
+        .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new("payloads")))
         .handler("big", Big)
         .batch_handler("rows", Rows)
         .start()

@@ -14,8 +14,8 @@ use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
 use ebbflow::listener::poison::{PoisonQueue, PoisonReason, Selection};
 use ebbflow::store::MemoryBlobs;
-use ebbflow::store::{AzureBlobs, BlobStore, Blobs, META_EXPIRES, META_QUEUE};
 use ebbflow::store::{sweep, ClaimCheck, ClaimCheckSettings};
+use ebbflow::store::{AzureBlobs, BlobStore, Blobs, META_EXPIRES, META_QUEUE};
 use ebbflow::store::{LayeredStore, QueueStore};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 

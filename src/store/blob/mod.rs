@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 
 pub(crate) mod memory;
 
-
 /// Metadata key: the queue the payload was sent to.
 pub const META_QUEUE: &str = "ebbflow_queue";
 /// Metadata key: when the message carrying the reference expires (RFC 3339), or `never`.

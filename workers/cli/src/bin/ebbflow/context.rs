@@ -9,9 +9,9 @@ use std::sync::Arc;
 use ebbflow::codec::Encoding;
 use ebbflow::config::QueueSettings;
 use ebbflow::store::Blobs;
-use ebbflow::store::{blobs_from_settings, ClaimCheck, QueueFormat};
 use ebbflow::store::RetryingStore;
 use ebbflow::store::ShardingStore;
+use ebbflow::store::{blobs_from_settings, ClaimCheck, QueueFormat};
 use ebbflow::store::{BackendKind, LayeredStore, QueueStore, StoreError};
 use ebbflow::Settings;
 
