@@ -23,9 +23,10 @@ pub(super) fn listeners_state(
         return CheckState::Unready("starting".into());
     };
     match listeners.iter().find(|l| !l.is_running()) {
-        Some(l) if stopping => {
-            CheckState::Unready(format!("the listener of {} stopped for the drain", l.queue()))
-        }
+        Some(l) if stopping => CheckState::Unready(format!(
+            "the listener of {} stopped for the drain",
+            l.queue()
+        )),
         Some(l) => CheckState::Unready(format!("the listener of {} ended", l.queue())),
         None => CheckState::Ready,
     }

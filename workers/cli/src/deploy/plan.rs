@@ -340,12 +340,17 @@ mod tests {
         // An HTTP trigger on the pod's loopback is no way in either.
         s.settings.triggers.http.enabled = true;
         let err = plan(&s).unwrap_err().to_string();
-        assert!(err.contains("127.0.0.1:7075") && err.contains("loopback"), "{err}");
+        assert!(
+            err.contains("127.0.0.1:7075") && err.contains("loopback"),
+            "{err}"
+        );
         // Any of these reaches a replica from outside.
         s.settings.triggers.http.bind = "0.0.0.0:7075".parse().unwrap();
         assert_eq!(plan(&s).unwrap().min_replicas, 0);
         s.settings.triggers.http.enabled = false;
-        set(&mut s, &|sc| sc.idle_probe_interval = Some(Duration::from_secs(60)));
+        set(&mut s, &|sc| {
+            sc.idle_probe_interval = Some(Duration::from_secs(60))
+        });
         assert_eq!(plan(&s).unwrap().min_replicas, 0);
         set(&mut s, &|sc| sc.idle_probe_interval = None);
         s.settings.bus.kind = ebbflow::bus::BusKind::Redis;

@@ -86,9 +86,12 @@ fn a_send_no_trigger_can_announce_to_a_zero_task_queue_is_not_a_success() {
     assert_eq!(run.code, Some(1), "{}", run.both());
     assert_eq!(sent_ids(&run).len(), 1, "{}", run.stdout);
     assert!(
-        run.stderr.contains(&format!("queue {zero} is at scaling.min_tasks = 0"))
+        run.stderr
+            .contains(&format!("queue {zero} is at scaling.min_tasks = 0"))
             && run.stderr.contains("the message(s) are on the queue")
-            && run.stderr.contains(&format!("queues.{zero}.scaling.idle_probe_interval")),
+            && run
+                .stderr
+                .contains(&format!("queues.{zero}.scaling.idle_probe_interval")),
         "{}",
         run.stderr
     );
@@ -96,7 +99,11 @@ fn a_send_no_trigger_can_announce_to_a_zero_task_queue_is_not_a_success() {
     assert_eq!(run.code, Some(0), "{}", run.both());
     assert!(run.stdout.contains("note: queue"), "{}", run.stdout);
     let run = with(&dir, &["peek", &zero, "--count", "32", "--json"]);
-    assert_eq!(json(&run).as_array().map(Vec::len), Some(2), "both sends reached the queue");
+    assert_eq!(
+        json(&run).as_array().map(Vec::len),
+        Some(2),
+        "both sends reached the queue"
+    );
     // An idle probe finds it: a plain success.
     let run = with(&dir, &["enqueue", &probed, "{}", "--create"]);
     assert_eq!(run.code, Some(0), "{}", run.both());
