@@ -62,7 +62,7 @@ impl IdleBackoffSettings {
 
 /// The sleep after the `streak`-th empty receive in a row (`streak` >= 1), given a uniform
 /// random factor `jitter` in `[0.8, 1.2]`.
-pub fn idle_delay(settings: &IdleBackoffSettings, streak: u32, jitter: f64) -> Duration {
+pub(crate) fn idle_delay(settings: &IdleBackoffSettings, streak: u32, jitter: f64) -> Duration {
     let exponent = streak.min(62);
     // 2^n - 1 as f64 keeps working where the Duration maths would overflow; the cap below
     // brings it back into range.
@@ -78,7 +78,7 @@ pub fn idle_delay(settings: &IdleBackoffSettings, streak: u32, jitter: f64) -> D
 
 /// One dequeue task's idle back-off state: the streak of empty receives and its own RNG.
 #[derive(Debug)]
-pub struct IdleBackoff {
+pub(crate) struct IdleBackoff {
     settings: IdleBackoffSettings,
     streak: u32,
     rng: rand::rngs::SmallRng,
@@ -86,12 +86,13 @@ pub struct IdleBackoff {
 
 impl IdleBackoff {
     /// A back-off seeded from the OS: replicas must not back off in lockstep.
-    pub fn new(settings: IdleBackoffSettings) -> Self {
+    pub(crate) fn new(settings: IdleBackoffSettings) -> Self {
         Self::with_rng(settings, rand::rngs::SmallRng::from_os_rng())
     }
 
-    /// A back-off with a fixed seed, for tests and simulations.
-    pub fn seeded(settings: IdleBackoffSettings, seed: u64) -> Self {
+    /// A back-off with a fixed seed, for tests.
+    #[cfg(test)]
+    pub(crate) fn seeded(settings: IdleBackoffSettings, seed: u64) -> Self {
         Self::with_rng(settings, rand::rngs::SmallRng::seed_from_u64(seed))
     }
 
@@ -104,19 +105,19 @@ impl IdleBackoff {
     }
 
     /// Records an empty receive and returns how long to sleep before the next one.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.streak = self.streak.saturating_add(1);
         let jitter = self.rng.random_range(0.8..=1.2);
         idle_delay(&self.settings, self.streak, jitter)
     }
 
     /// Work was found: start the curve again from `min`.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.streak = 0;
     }
 
     /// Empty receives in a row so far.
-    pub fn streak(&self) -> u32 {
+    pub(crate) fn streak(&self) -> u32 {
         self.streak
     }
 }

@@ -1,17 +1,20 @@
-//! Message encodings: how a payload's bytes are written as queue message text; [`claim`]: the
-//! claim-check reference format and payload compression; [`trace`]: the W3C trace-context
-//! format carried in messages, claim-check references and bus events; and [`spans`]: the spans
-//! of a message's way, after the OpenTelemetry messaging conventions.
+//! Message encodings: how a payload's bytes are written as queue message text ([`Encoding`]);
+//! the claim-check reference format and payload compression ([`ClaimRef`], [`Compression`]);
+//! the W3C trace-context format carried in messages, claim-check references and bus events
+//! ([`TraceContext`]). The spans of a message's way, after the OpenTelemetry messaging
+//! conventions, are made here too (crate-internal; the public part is re-exported by the
+//! observability room's `traces` module).
 
-pub mod claim;
+pub(crate) mod claim;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-pub mod spans;
-pub mod trace;
+pub(crate) mod spans;
+pub(crate) mod trace;
 
-pub use trace::TraceContext;
+pub use claim::{BadReference, ClaimRef, Compression};
+pub use trace::{TraceContext, TraceContextError};
 
 /// How message text is encoded on the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -12,11 +12,13 @@
 //!    and rules (queue names, message text, secrets kept out of logs) are in [`service`], a
 //!    leaf every room takes them from; [`checks`] names the key of a setting out of range.
 //! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
-//!    batches of up to 32 messages and sleep on the [`backoff`] curve while the queue is empty.
-//!    The listener's supervisor asks the [`scaling`] policy how many tasks to run: more when
-//!    work shows up, fewer as idle tasks reach the back-off maximum and retire. A push
-//!    [`trigger`] (an in-process publish, or an HTTP / Event Grid / CloudEvents delivery) wakes
-//!    sleeping tasks at once and starts one when the queue is at zero.
+//!    batches of up to 32 messages and sleep on the idle back-off curve
+//!    ([`config::IdleBackoffSettings`]) while the queue is empty. The listener's supervisor
+//!    asks the scaling policy ([`config::ScalingSettings`]) how many tasks to run: more when
+//!    work shows up, fewer as idle tasks reach the back-off maximum and retire. A push trigger
+//!    ([`config::TriggerSettings`]: an in-process publish, or an HTTP / Event Grid /
+//!    CloudEvents delivery) wakes sleeping tasks at once and starts one when the queue is at
+//!    zero.
 //!    A task takes free concurrency slots before it receives and asks for no more messages
 //!    than it holds, so a received message never waits; it receives again as soon as slots
 //!    free up, never waiting for the slowest message of its last batch.
@@ -42,7 +44,9 @@
 //! the queue and poison-queue commands. This crate carries none of it (no clap, YAML or
 //! manifest code), and ignores the config's `[deploy]` section, which only the CLI reads.
 
-pub mod backoff;
+#![warn(unreachable_pub, unnameable_types)]
+
+mod backoff;
 pub mod bus;
 pub mod checks;
 pub mod codec;
@@ -55,12 +59,12 @@ pub mod listener;
 pub mod observability;
 #[cfg(test)]
 mod reference;
-pub mod scaling;
+mod scaling;
 pub mod secret;
 pub mod service;
 pub mod store;
 pub mod testing;
-pub mod trigger;
+mod trigger;
 pub mod worker;
 
 pub use config::Settings;

@@ -19,7 +19,7 @@ pub use settings::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettin
 
 /// What prompted a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prompt {
+pub(crate) enum Prompt {
     /// A task found messages after one or more empty receives.
     WorkAfterIdle,
     /// A task's batch came back full (at least `batch_size` messages were waiting).
@@ -34,7 +34,7 @@ pub enum Prompt {
 
 /// What the listener knows when it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Signals {
+pub(crate) struct Signals {
     /// Why we are deciding now.
     pub prompt: Prompt,
     /// Tasks running now.
@@ -56,7 +56,7 @@ pub struct Signals {
 
 /// Why the target is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Nothing calls for a change.
     Steady,
     /// Work found after idleness.
@@ -104,7 +104,7 @@ impl fmt::Display for Reason {
 
 /// A target task count and its reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Tasks that should run.
     pub target: u32,
     /// Why.
@@ -113,7 +113,7 @@ pub struct Decision {
 
 /// Tasks the depth alone calls for: by `depth_rules` when set, else
 /// `ceil(depth / messages_per_task)`; at least 1 for any work, at most `max_tasks`.
-pub fn depth_target(s: &ScalingSettings, depth: u64) -> u32 {
+pub(crate) fn depth_target(s: &ScalingSettings, depth: u64) -> u32 {
     if depth == 0 {
         return 0;
     }
@@ -135,7 +135,7 @@ fn cooled(since: Option<Duration>, cooldown: Duration) -> bool {
 }
 
 /// The policy.
-pub fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
+pub(crate) fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
     let active = sig.active;
     if sig.prompt == Prompt::IdleAtMax {
         let floor = s.min_tasks.get().min(active);

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use percent_encoding::percent_decode_str;
+use url::Url;
+
 use crate::checks::InvalidValue;
+use crate::secret::{redact, REDACTED};
 
 /// Which transport carries events between instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,12 +40,12 @@ impl RedisUrl {
 
     /// The URL's password as written and percent-decoded (to scrub from error texts).
     pub(crate) fn passwords(&self) -> Vec<String> {
-        let Ok(url) = url_parts(&self.0) else {
+        let Ok(url) = Url::parse(&self.0) else {
             return Vec::new();
         };
-        url.password
+        url.password()
             .map(|p| {
-                let decoded = percent_decode(p);
+                let decoded = percent_decode_str(p).decode_utf8_lossy().into_owned();
                 vec![p.to_string(), decoded]
             })
             .unwrap_or_default()
@@ -57,10 +61,10 @@ impl RedisUrl {
         let mut out = text.to_string();
         for p in self.passwords() {
             if p.len() >= 2 {
-                out = out.replace(&p, "<redacted>");
+                out = out.replace(&p, REDACTED);
             }
         }
-        out.replace(&self.0, &self.to_string())
+        redact(&out.replace(&self.0, &self.to_string()))
     }
 }
 
@@ -68,14 +72,39 @@ impl TryFrom<String> for RedisUrl {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
-        let parts = url_parts(&text).map_err(|why| {
-            format!(
-                "{}: {why} (expected redis://[user:password@]host[:port][/db] or rediss://...)",
-                redact_url(&text)
-            )
-        })?;
-        if parts.host.is_empty() {
-            return Err(format!("{}: no host", redact_url(&text)));
+        const EXPECTED: &str = "expected redis://[user:password@]host[:port][/db] or rediss://...";
+        let Some(rest) = text
+            .strip_prefix("redis://")
+            .or_else(|| text.strip_prefix("rediss://"))
+        else {
+            // Not a URL of ours: it may be anything (a `host,password=...` string, a key pasted
+            // in the wrong place), so none of it is echoed.
+            return Err(format!(
+                "not a redis:// or rediss:// URL ({} characters, not shown: it may hold a \
+                 password); {EXPECTED}",
+                text.chars().count()
+            ));
+        };
+        if let Some(at) = rest.rfind('@') {
+            if rest[..at].contains(['/', '?', '#']) {
+                return Err(format!(
+                    "{}: the user or password holds '/', '?' or '#': percent-encode them \
+                     (%2F, %3F, %23)",
+                    redact(&text)
+                ));
+            }
+        }
+        // The URL crate's errors name what is wrong ("invalid port number"), never the text.
+        let url = Url::parse(&text).map_err(|e| format!("{}: {e} ({EXPECTED})", redact(&text)))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{}: no host ({EXPECTED})", redact(&text)));
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(format!(
+                "{}: the path must be a database number ({EXPECTED})",
+                redact(&text)
+            ));
         }
         Ok(Self(text))
     }
@@ -83,7 +112,7 @@ impl TryFrom<String> for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
+        f.write_str(&redact(&self.0))
     }
 }
 
@@ -96,94 +125,6 @@ impl fmt::Debug for RedisUrl {
 impl Serialize for RedisUrl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
-    }
-}
-
-struct UrlParts<'a> {
-    password: Option<&'a str>,
-    host: &'a str,
-}
-
-/// Splits `scheme://[user[:password]@]host[:port][/db]` without a URL parser: enough to check
-/// the shape and to find the password (the client parses it again, fully).
-fn url_parts(text: &str) -> Result<UrlParts<'_>, &'static str> {
-    let rest = text
-        .strip_prefix("redis://")
-        .or_else(|| text.strip_prefix("rediss://"))
-        .ok_or("the scheme must be redis:// or rediss://")?;
-    if let Some(at) = rest.rfind('@') {
-        if rest[..at].contains(['/', '?', '#']) {
-            return Err(
-                "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)",
-            );
-        }
-    }
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let password = userinfo.and_then(|u| u.split_once(':').map(|(_, p)| p));
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("unclosed [")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match hostport.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if let Some(port) = port {
-        port.parse::<u16>()
-            .map_err(|_| "the port is not a number")?;
-    }
-    let db = path.split('?').next().unwrap_or_default();
-    if !db.is_empty() && db.parse::<u32>().is_err() {
-        return Err("the path must be a database number");
-    }
-    Ok(UrlParts { password, host })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `redis://user:secret@host` -> `redis://user:<redacted>@host`; any other text unchanged
-/// except that everything between `://` and the last `@` (even past a `/`) is hidden when it
-/// holds a `:`.
-pub(crate) fn redact_url(text: &str) -> String {
-    let Some((scheme, rest)) = text.split_once("://") else {
-        return text.to_string();
-    };
-    // The last `@` anywhere: a password pasted unencoded may hold `/`, `?` or `#`, which would
-    // end the authority for a URL parser; hiding too much is safe, showing a key is not.
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let shown = if userinfo.contains(':') {
-                format!("{user}:<redacted>")
-            } else {
-                // `redis://secret@host`: a lone userinfo is a password to Redis clients.
-                "<redacted>".to_string()
-            };
-            format!("{scheme}://{shown}@{host}")
-        }
-        None => text.to_string(),
     }
 }
 
@@ -297,6 +238,10 @@ pub struct BusSettings {
     /// gets it when it comes back with the same `instance_id`. Also how long a departed
     /// instance's consumer groups are kept before they are removed.
     pub retention: super::options::Retention,
+    /// How long a job's progress record (see the book's heartbeats chapter) is kept after its
+    /// last change: a running job pulses it fresh, an ended one is listed by `ebbflow jobs`
+    /// this long, 1s..=7d, default 1h.
+    pub job_retention: super::options::Retention,
     /// The largest envelope (its JSON, bytes) sent or accepted, 1024..=67108864, default
     /// 1048576 (1 MiB). Publishing a larger one fails; a larger stream entry is acknowledged and
     /// moved to the bus poison stream unread.
@@ -329,6 +274,7 @@ impl Default for BusSettings {
             pulse_interval: Bounded(Duration::from_secs(5)),
             claim_timeout: Bounded(Duration::from_secs(30)),
             retention: super::options::default_retention(),
+            job_retention: super::options::default_job_retention(),
             max_envelope_size: super::options::default_envelope_limit(),
             max_deliveries: super::options::default_max_deliveries(),
             max_backlog: super::options::default_max_backlog(),
@@ -522,7 +468,7 @@ mod tests {
                 Err(e) => e,
             };
             assert!(!shown.contains(secret), "{text}: {shown}");
-            assert!(!redact_url(text).contains(secret), "{}", redact_url(text));
+            assert!(!redact(text).contains(secret), "{}", redact(text));
         }
     }
 

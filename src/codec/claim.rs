@@ -45,9 +45,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 /// The key that marks a message text as a claim-check reference.
-pub const MARKER: &str = "ebbflow_claim";
+pub(crate) const MARKER: &str = "ebbflow_claim";
 /// The format version this crate writes and reads.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 /// How a payload is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -91,7 +91,7 @@ impl Compression {
 
     /// Decompresses `stored` into at most `limit` bytes (`expected` is the length to
     /// preallocate). More than `limit` bytes, or a corrupt stream, is an error.
-    pub fn decompress(
+    pub(crate) fn decompress(
         self,
         stored: Vec<u8>,
         expected: usize,
@@ -260,7 +260,7 @@ impl ClaimRef {
     }
 
     /// Checks `payload` (after decompression) against `size` and `sha256`.
-    pub fn verify(&self, payload: &[u8]) -> Result<(), String> {
+    pub(crate) fn verify(&self, payload: &[u8]) -> Result<(), String> {
         if payload.len() as u64 != self.size {
             return Err(format!(
                 "payload is {} bytes, the reference says {}",
@@ -284,12 +284,12 @@ impl ClaimRef {
 }
 
 /// Whether `text` is a claim-check reference (well-formed or not).
-pub fn is_reference(text: &str) -> bool {
+pub(crate) fn is_reference(text: &str) -> bool {
     !matches!(ClaimRef::parse(text), Ok(None))
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let digest = sha2::Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     for b in digest {

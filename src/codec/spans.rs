@@ -34,7 +34,7 @@ pub const SYSTEM: &str = "azure_storage_queue";
 
 /// What an installed exporter does with spans, beyond what `tracing` carries.
 #[derive(Debug, Clone, Copy)]
-pub struct Exporter {
+pub(crate) struct Exporter {
     /// Reads a span's trace context (for sending it along).
     pub context_of: fn(&Span) -> Option<TraceContext>,
     /// Makes a span continue a remote trace (before the span is first entered).
@@ -47,7 +47,7 @@ pub struct Exporter {
 
 /// One span attribute's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attr {
+pub(crate) enum Attr {
     /// A string.
     Text(String),
     /// An integer.
@@ -58,7 +58,7 @@ static EXPORTER: OnceLock<Exporter> = OnceLock::new();
 
 /// Installs the exporter's functions (once per process; a second call is ignored and returns
 /// `false`). From then on the functions here make full spans.
-pub fn install(exporter: Exporter) -> bool {
+pub(crate) fn install(exporter: Exporter) -> bool {
     EXPORTER.set(exporter).is_ok()
 }
 
@@ -69,7 +69,7 @@ pub fn exporting() -> bool {
 
 /// The trace context of `span` for sending along (`None` when nothing exports traces, or the
 /// span is not recorded).
-pub fn context_of(span: &Span) -> Option<TraceContext> {
+pub(crate) fn context_of(span: &Span) -> Option<TraceContext> {
     EXPORTER.get().and_then(|e| (e.context_of)(span))
 }
 
@@ -81,7 +81,7 @@ tokio::task_local! {
 /// Runs one store call `call` remembering the context of the span that made it (the
 /// producer's `send`, say), for layers below the call's own `store.<op>` span to read with
 /// [`caller_context`]; while traces are off, `call` as it is.
-pub async fn calling<F: std::future::Future>(call: F) -> F::Output {
+pub(crate) async fn calling<F: std::future::Future>(call: F) -> F::Output {
     match context_of(&Span::current()) {
         Some(cx) => CALLER.scope(Some(cx), call).await,
         None => call.await,
@@ -91,7 +91,7 @@ pub async fn calling<F: std::future::Future>(call: F) -> F::Output {
 /// The context of the span that made the store call in progress, when traces are exported
 /// and the call runs inside [`calling`]: what the claim check writes into a reference, so the
 /// consumer's `process` is a child of the producer's `send` (not of its `store.send`).
-pub fn caller_context() -> Option<TraceContext> {
+pub(crate) fn caller_context() -> Option<TraceContext> {
     CALLER.try_with(Clone::clone).ok().flatten()
 }
 
@@ -241,7 +241,7 @@ pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span 
 /// `messages` (each the child of its producer's `send` when the message carried a context),
 /// with `messaging.batch.message_count`; [`Span::none`] while traces are off. The handler's own
 /// spans nest under it.
-pub fn batch_span(queue: &str, messages: &[Span]) -> Span {
+pub(crate) fn batch_span(queue: &str, messages: &[Span]) -> Span {
     let Some(e) = EXPORTER.get() else {
         return Span::none();
     };
@@ -262,12 +262,12 @@ pub fn batch_span(queue: &str, messages: &[Span]) -> Span {
 }
 
 /// The `messaging.system` of bus events' spans (ebbflow's own bus, in-process or on Redis).
-pub const BUS_SYSTEM: &str = "ebbflow_bus";
+pub(crate) const BUS_SYSTEM: &str = "ebbflow_bus";
 
 /// The span of one bus event an observer handles (`process <event type>`, consumer), a child of
 /// the publisher's span when the event carried its trace context (`parent`), else a root;
 /// [`Span::none`] while traces are off. The observer's own spans nest under it.
-pub fn bus_process_span(kind: &str, event_id: &str, parent: Option<&TraceContext>) -> Span {
+pub(crate) fn bus_process_span(kind: &str, event_id: &str, parent: Option<&TraceContext>) -> Span {
     let Some(e) = EXPORTER.get() else {
         return Span::none();
     };
@@ -290,7 +290,7 @@ pub fn bus_process_span(kind: &str, event_id: &str, parent: Option<&TraceContext
 
 /// The client span of one store call (`store.<op> <queue>`), or [`Span::none`] while traces
 /// are off.
-pub fn store_span(queue: &str, operation: &str) -> Span {
+pub(crate) fn store_span(queue: &str, operation: &str) -> Span {
     if !exporting() {
         return Span::none();
     }

@@ -29,7 +29,7 @@ const PARENT_KEY: &str = "traceparent: ";
 const STATE_KEY: &str = "tracestate: ";
 /// The longest `tracestate` kept, in bytes (W3C allows 32 members of up to 256 characters;
 /// 512 bytes is what vendors are asked to keep). A longer one is dropped, not cut.
-pub const MAX_TRACESTATE: usize = 512;
+pub(crate) const MAX_TRACESTATE: usize = 512;
 
 /// A W3C Trace Context: which trace and span a message was sent from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{Settings, CONNECTION_STRING_VAR, DEPLOY_SECTION, ENV_VAR};
 use crate::checks::ConfigError;
-use crate::service::redact;
+use crate::secret::redact;
 
 /// Where a [`Settings`] was read from, for errors that name what was looked at ("no queues
 /// configured in config/default.toml (missing)").
@@ -81,7 +81,7 @@ pub(super) fn load_from(
     );
     let loaded = builder
         .build()
-        .map_err(|e| ConfigError::Load(explain(&redact(&e.to_string()))))?;
+        .map_err(|e| ConfigError::Load(explain(&describe(&e))))?;
     let mut table: config::Map<String, config::Value> =
         loaded.try_deserialize().map_err(load_error)?;
     // `[deploy]` (and `EBBFLOW__DEPLOY__...`) is the command line's section (manifest
@@ -128,7 +128,90 @@ fn load_error(e: config::ConfigError) -> ConfigError {
             }
         }
     }
-    ConfigError::Load(explain(&redact(&e.to_string())))
+    ConfigError::Load(explain(&describe(&e)))
+}
+
+/// The loader's error as text, secrets redacted. A file that does not parse is described by its
+/// position and the key found there, never by its text: the parser quotes the offending line,
+/// which may hold a token, a key or a password (an unterminated string, a backslash in a Redis
+/// URL's password).
+fn describe(e: &config::ConfigError) -> String {
+    let config::ConfigError::FileParse { uri, cause } = e else {
+        return redact(&e.to_string());
+    };
+    let text = cause.to_string();
+    let mut lines = text.lines();
+    let position = lines
+        .next()
+        .and_then(|first| first.split_once(" at line "))
+        .and_then(|(_, at)| {
+            let (line, column) = at.split_once(", column ")?;
+            Some((
+                line.trim().parse::<usize>().ok()?,
+                column.trim().to_string(),
+            ))
+        });
+    let Some((line, column)) = position else {
+        return redact(&e.to_string());
+    };
+    let why: Vec<&str> = lines
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_excerpt(l))
+        .collect();
+    let file = uri.as_deref().unwrap_or("a config file");
+    let key = uri
+        .as_deref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|source| key_at(&source, line))
+        .map(|key| format!(" (key `{key}`)"))
+        .unwrap_or_default();
+    redact(&format!(
+        "{file} does not parse as TOML at line {line}, column {column}{key}: {} (the line is \
+         not shown: it may hold a secret)",
+        why.join("; ")
+    ))
+}
+
+/// A parser's excerpt line: `3 | text` or the caret line `  |     ^`.
+fn is_excerpt(line: &str) -> bool {
+    let rest = line
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .trim_start();
+    rest.starts_with('|')
+}
+
+/// The dotted key written at (or, on a continuation line, last before) line `line` (1-based)
+/// of a TOML text, with the table it is in: `triggers.http.token`.
+fn key_at(source: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut key = None;
+    for text in source.lines().take(line) {
+        let text = text.trim();
+        if let Some(header) = text.strip_prefix('[') {
+            let name = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default();
+            table = name.trim().to_string();
+            key = None;
+        } else if let Some((name, _)) = text.split_once('=') {
+            let name = name.trim();
+            let bare = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | ' '));
+            if bare {
+                key = Some(name.replace(['"', ' '], ""));
+            }
+        }
+    }
+    let key = key?;
+    Some(if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    })
 }
 
 /// The loader's message with the fix appended: an example for a duration, the allowed values

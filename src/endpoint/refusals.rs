@@ -99,7 +99,7 @@ impl Throttle {
 }
 
 /// The least time between two refusal log lines of one endpoint.
-pub const LOG_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const LOG_EVERY: Duration = Duration::from_millis(500);
 
 fn log(endpoint: &'static str, (refused, reasons): (u64, String)) {
     tracing::info!(

@@ -217,6 +217,9 @@ pub struct PoisonRecord {
     /// The envelope, or why the text is not one: the original text of a message too large for
     /// the envelope (requeued to the source queue as it is), or one someone else put there.
     pub envelope: Result<PoisonEnvelope, String>,
+    /// Its text on the poison queue, as stored (the envelope in the queue's encoding, or the
+    /// original message's text when it had no envelope).
+    pub text: String,
 }
 
 /// Which poison messages to requeue.
@@ -372,6 +375,7 @@ impl PoisonQueue {
         PoisonRecord {
             id: message.id.clone(),
             envelope: PoisonEnvelope::from_text(&message.text, self.encoding),
+            text: message.text.clone(),
         }
     }
 

@@ -69,16 +69,16 @@ pub struct Histograms {
 }
 
 /// Bucket bounds of handler times, in seconds: 1 ms to 10 min.
-pub const HANDLER_BUCKETS: [f64; 18] = [
+pub(super) const HANDLER_BUCKETS: [f64; 18] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0,
 ];
 /// Bucket bounds of pickup latencies, in seconds: 10 ms to 1 h.
-pub const PICKUP_BUCKETS: [f64; 14] = [
+pub(super) const PICKUP_BUCKETS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 /// Bucket bounds of messages per receive: 0, 1, 2, 4 .. 32 (the service's most).
-pub const BATCH_BUCKETS: [f64; 7] = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+pub(super) const BATCH_BUCKETS: [f64; 7] = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
 
 impl Default for Histograms {
     fn default() -> Self {

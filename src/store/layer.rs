@@ -1,58 +1,5 @@
-//! The forwarding base for store wrappers, after tower's `Layer`: a wrapper says only what it
-//! changes, and every operation it leaves alone goes to the store underneath unchanged.
-//!
-//! - A [`QueueLayer`] wraps one queue. Each of its methods gets the queue underneath as
-//!   `inner` and, unless overridden, calls it through [`QueueLayer::around`], the one hook that
-//!   sees every call (its [`Operation`], its future): a counting or metering layer overrides
-//!   `around` only; a layer that changes one operation (a fault double that hangs deletes)
-//!   overrides that method only. [`Layered`] puts a layer on a queue and is the [`Queue`].
-//! - A [`StoreLayer`] wraps a whole store: by default it hands out the inner store's queues
-//!   through [`StoreLayer::wrap`] (where it puts its `QueueLayer` on each) and forwards the
-//!   rest; a sharding layer overrides [`StoreLayer::queue`] instead. [`LayeredStore`] puts a
-//!   layer on a store and is the [`QueueStore`].
-//!
-//! The layer traits are not `Queue`/`QueueStore` themselves (their methods take `inner`), so a
-//! layer's `send` never competes with a queue's `send` for a method call.
-//!
-//! ```
-//! # use std::sync::Arc;
-//! # use std::sync::atomic::{AtomicU64, Ordering};
-//! use ebbflow::store::{memory::MemoryStore, LayeredStore, Operation, QueueLayer, QueueStore};
-//! use ebbflow::store::{Layered, Queue, StoreError, StoreLayer};
-//!
-//! /// Counts receives; every other call passes unchanged.
-//! #[derive(Clone, Default)]
-//! struct Receives(Arc<AtomicU64>);
-//!
-//! impl QueueLayer for Receives {
-//!     async fn around<T: Send>(
-//!         &self,
-//!         _queue: &str,
-//!         operation: Operation,
-//!         call: impl std::future::Future<Output = Result<T, StoreError>> + Send,
-//!     ) -> Result<T, StoreError> {
-//!         if operation == Operation::Receive {
-//!             self.0.fetch_add(1, Ordering::Relaxed);
-//!         }
-//!         call.await
-//!     }
-//! }
-//!
-//! impl StoreLayer for Receives {
-//!     fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
-//!         Layered::wrap(queue, self.clone())
-//!     }
-//! }
-//!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let layer = Receives::default();
-//! let store = LayeredStore::wrap(Arc::new(MemoryStore::new()), layer.clone());
-//! let q = store.queue("orders").unwrap();
-//! q.create_if_missing().await.unwrap();
-//! q.receive(32, std::time::Duration::from_secs(30)).await.unwrap();
-//! assert_eq!(layer.0.load(Ordering::Relaxed), 1);
-//! # });
-//! ```
+//! The forwarding base for store wrappers (documented, with an example, in the store's module
+//! docs: `# Layers`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -359,6 +306,14 @@ impl<L: QueueLayer> Queue for Layered<L> {
 
     async fn approximate_depth(&self) -> Result<u64, StoreError> {
         self.layer.approximate_depth(&*self.inner).await
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+
+    async fn delete_queue(&self) -> Result<(), StoreError> {
+        self.inner.delete_queue().await
     }
 }
 

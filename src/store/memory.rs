@@ -287,6 +287,22 @@ impl Queue for MemoryQueue {
     async fn approximate_depth(&self) -> Result<u64, StoreError> {
         self.with(|messages, _| Ok(messages.len() as u64))
     }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.with(|messages, _| {
+            messages.clear();
+            Ok(())
+        })
+    }
+
+    async fn delete_queue(&self) -> Result<(), StoreError> {
+        lock(&self.queues)
+            .remove(&self.name)
+            .map(drop)
+            .ok_or_else(|| StoreError::QueueNotFound {
+                queue: self.name.clone(),
+            })
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, InvalidSetting};
-use crate::service::redact;
+use crate::secret::redact;
 
 /// Where the queues live.
 #[derive(Clone, Deserialize, Serialize)]
@@ -15,7 +15,7 @@ use crate::service::redact;
 pub struct StorageSettings {
     /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
     /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
-    #[serde(serialize_with = "crate::secret::serialize_redacted")]
+    #[serde(serialize_with = "crate::secret::serialize_connection_string")]
     pub connection_string: Option<String>,
     /// The queue service URL (`https://<account>.queue.core.windows.net`), optionally with a SAS
     /// token as its query. Without a SAS token, Entra ID (`credential`) is used.
@@ -126,7 +126,10 @@ impl fmt::Debug for StorageSettings {
         f.debug_struct("StorageSettings")
             .field(
                 "connection_string",
-                &self.connection_string.as_deref().map(redact),
+                &self
+                    .connection_string
+                    .as_deref()
+                    .map(crate::secret::connection_string_shown),
             )
             .field(
                 "queue_endpoint",

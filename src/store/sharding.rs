@@ -264,6 +264,20 @@ impl Queue for ShardedQueue {
         }
         Ok(depth)
     }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        for shard in &self.shards {
+            shard.clear().await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_queue(&self) -> Result<(), StoreError> {
+        for shard in &self.shards {
+            shard.delete_queue().await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

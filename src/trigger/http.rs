@@ -60,11 +60,6 @@ struct AppState {
 /// The `endpoint` label of this endpoint's refusals.
 const ENDPOINT: &str = "trigger";
 
-/// The router, for embedding in another server or for tests (its refusals counted apart).
-pub fn router(hub: Hub, settings: &HttpTriggerSettings) -> Router {
-    counted_router(hub, settings, Refusals::default())
-}
-
 fn counted_router(hub: Hub, settings: &HttpTriggerSettings, refusals: Refusals) -> Router {
     let state = AppState {
         hub,
@@ -96,7 +91,7 @@ fn counted_router(hub: Hub, settings: &HttpTriggerSettings, refusals: Refusals) 
 
 /// Binds the endpoint; returns the bound address (useful with port 0) and the server future,
 /// which ends when `stop` fires. Refused connections and requests are counted in `refusals`.
-pub async fn bind(
+pub(crate) async fn bind(
     hub: Hub,
     settings: &HttpTriggerSettings,
     refusals: Refusals,

@@ -10,7 +10,7 @@
 //! curve starts again from `min` once it finds the work); a listener at zero tasks starts one
 //! at once.
 
-pub mod http;
+pub(crate) mod http;
 mod settings;
 
 use std::collections::HashMap;

@@ -74,9 +74,9 @@ impl Default for HttpTriggerSettings {
 }
 
 /// The default of `triggers.http.header_read_timeout`: 5 s.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default of `triggers.http.max_connections`: 256.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 
 fn default_trigger_request_timeout() -> Duration {
     Duration::from_secs(10)

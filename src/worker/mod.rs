@@ -37,7 +37,6 @@ use crate::handler::{
 use crate::listener::{Lifecycle, QueueListener, QueueSnapshot};
 use crate::observability::Readiness;
 use crate::store::{QueueStore, StoreError, UnknownOutcomes};
-use crate::trigger::Hub;
 use report::explain;
 
 /// The worker could not start.
@@ -115,6 +114,7 @@ pub enum WorkerError {
 }
 
 pub use crate::config::RELEASE_GRACE;
+pub use crate::trigger::{Hub, TriggerSource, WorkDetected};
 
 /// The reason a drain was cut short when `drain_timeout` passed with handlers still running.
 const DEADLINE_PASSED: &str = "drain deadline passed";

@@ -9,6 +9,7 @@
 mod common;
 
 mod billing;
+mod bus_jobs;
 mod bus_poison;
 mod bus_replicas;
 mod dashboard_browser;
@@ -16,3 +17,4 @@ mod dashboard_cdp;
 mod faults;
 mod ops_process;
 mod process;
+mod secrets_everywhere;

@@ -20,9 +20,10 @@ use super::connection::{parse_connection_string_for, parse_endpoint, setup, Auth
 use super::errors::describe;
 use super::policy::{AccountSasPolicy, TokenPolicy};
 use super::{entra_credential, is_loopback};
+use crate::secret::redact;
 use crate::store::blob::{BlobError, BlobErrorKind, BlobInfo, BlobStore, META_EXPIRES};
 use crate::store::settings::StorageSettings;
-use crate::store::{redact, StoreError};
+use crate::store::StoreError;
 
 /// A blob container on Azure or Azurite.
 #[derive(Clone)]

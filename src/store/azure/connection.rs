@@ -10,7 +10,8 @@ use azure_core::http::Url;
 use base64::Engine as _;
 
 use super::{DEV_ACCOUNT, DEV_KEY};
-use crate::store::{redact, StoreError};
+use crate::secret::redact;
+use crate::store::StoreError;
 
 const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
 const DEV_BLOB_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
@@ -69,6 +70,15 @@ pub(super) fn parse_endpoint(url: &str, key: &str) -> Result<Url, StoreError> {
             redact(url)
         )));
     }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Azure Storage takes no user or password in a URL; the client would send it, and its
+        // request log would show it.
+        return Err(setup(format!(
+            "{key}: must not hold a user or password (Azure Storage authenticates with a SAS \
+             token, an account key or Entra ID): {}",
+            redact(url)
+        )));
+    }
     let path = parsed.path().trim_end_matches('/').to_string();
     parsed.set_path(&path);
     Ok(parsed)
@@ -118,13 +128,23 @@ pub(super) fn parse_connection_string_for(
     service: Service,
 ) -> Result<Option<(Url, Auth)>, StoreError> {
     let mut fields = BTreeMap::new();
-    for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            setup(format!(
-                "storage.connection_string: `{}` is not a Key=Value pair",
-                redact(part)
-            ))
-        })?;
+    let parts: Vec<&str> = cs
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| setup(not_a_pair(i, parts.len(), part)))?;
+        if let Some(name) = misspelt(k.trim()) {
+            return Err(setup(format!(
+                "storage.connection_string: part {} of {} starts with `{name}` but is not \
+                 `{name}=...` (the part is not shown: it may hold a secret)",
+                i + 1,
+                parts.len()
+            )));
+        }
         fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
     let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
@@ -178,6 +198,47 @@ pub(super) fn parse_connection_string_for(
             "storage.connection_string: needs AccountName and AccountKey, or SharedAccessSignature",
         )),
     }
+}
+
+/// The names a connection string's parts have, as Azure writes them.
+const PART_NAMES: [&str; 9] = [
+    "DefaultEndpointsProtocol",
+    "AccountName",
+    "AccountKey",
+    "SharedAccessSignature",
+    "EndpointSuffix",
+    "QueueEndpoint",
+    "BlobEndpoint",
+    "UseDevelopmentStorage",
+    "DevelopmentStorageProxyUri",
+];
+
+/// The part name `name` begins with, when it is that name and more after a character no name
+/// holds (`AccountKey:S3C...` before a base64 key's `=`, `AccountKey S3C...`).
+fn misspelt(name: &str) -> Option<&'static str> {
+    PART_NAMES.iter().copied().find(|known| {
+        name.get(..known.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(known))
+            && name[known.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| !c.is_ascii_alphanumeric())
+    })
+}
+
+/// Part `index` (of `count`) has no `=`. The part is never shown: it may be a key pasted
+/// without its name, or `AccountKey:...` with a typo; its position and the name it starts with
+/// say which one it is.
+fn not_a_pair(index: usize, count: usize, part: &str) -> String {
+    let hint = match misspelt(part) {
+        Some(name) => format!(" (it starts with `{name}` but no `=` follows: write `{name}=...`)"),
+        None => String::new(),
+    };
+    format!(
+        "storage.connection_string: part {} of {count} is not a Key=Value pair{hint}; parts are \
+         separated by `;` (the part is not shown: it may hold a secret)",
+        index + 1
+    )
 }
 
 pub(super) fn decode_key(key: &str) -> Result<Vec<u8>, StoreError> {
@@ -243,6 +304,24 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_with_a_user_or_password_is_refused_without_showing_it() {
+        for url in [
+            "http://u:S3CRET@127.0.0.1:1/acct",
+            "https://S3CRET@acct.queue.core.windows.net",
+        ] {
+            let err = parse_endpoint(url, "storage.queue_endpoint")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("must not hold a user or password"), "{err}");
+            assert!(!err.contains("S3CRET"), "{err}");
+            let cs = format!("AccountName=acct;AccountKey=a2V5;QueueEndpoint={url}");
+            let err = parse_connection_string(&cs).unwrap_err().to_string();
+            assert!(err.contains("must not hold a user or password"), "{err}");
+            assert!(!err.contains("S3CRET"), "{err}");
+        }
+    }
+
+    #[test]
     fn account_key_strings_build_the_endpoint_from_protocol_and_suffix() {
         let cs = "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn";
         let (url, _) = parse_connection_string(cs).unwrap();
@@ -304,5 +383,32 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("not a Key=Value pair"), "{err}");
+        for (typo, secret, named) in [
+            (
+                "AccountName=acme;AccountKey:S3CRETKEY==",
+                "S3CRETKEY",
+                "`AccountKey`",
+            ),
+            (
+                "AccountName=acme; accountkey S3CRETKEY==",
+                "S3CRETKEY",
+                "`AccountKey`",
+            ),
+            ("AccountName=acme;S3CRETKEY", "S3CRETKEY", "part 2 of 2"),
+            (
+                "AccountName=acme;AccountKey-S3CRETKEY",
+                "S3CRETKEY",
+                "`AccountKey`",
+            ),
+            (
+                "QueueEndpoint=https://q/a;SharedAccessSignature:sv=1&sig=S3CRET",
+                "S3CRET",
+                "`SharedAccessSignature`",
+            ),
+        ] {
+            let err = parse_connection_string(typo).err().unwrap().to_string();
+            assert!(!err.contains(secret), "{typo}: {err}");
+            assert!(err.contains(named), "{typo}: {err}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 
 use azure_core::error::ErrorKind;
 
-use crate::store::{redact, StoreError};
+use crate::secret::redact;
+use crate::store::StoreError;
 
 /// An error with its causes ("... : tcp connect error: Connection refused"): the SDK's own
 /// text often leaves out why a request failed.

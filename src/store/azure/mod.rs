@@ -12,7 +12,7 @@
 //! we give up.
 //! `errors` says, for each failure, whether the service may have acted.
 
-pub mod blobs;
+pub(crate) mod blobs;
 mod connection;
 mod errors;
 mod policy;
@@ -28,7 +28,8 @@ use azure_core::http::{
     ClientMethodOptions, ClientOptions, Context, RequestContent, RetryOptions, Url,
 };
 use azure_storage_queue::models::{
-    QueueClientCreateOptions, QueueClientDeleteMessageOptions, QueueClientGetPropertiesOptions,
+    QueueClientClearOptions, QueueClientCreateOptions, QueueClientDeleteMessageOptions,
+    QueueClientDeleteOptions, QueueClientGetPropertiesOptions,
     QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
     QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions,
     QueueClientUpdateMessageOptions, QueueMessage,
@@ -38,9 +39,10 @@ use azure_storage_queue::{QueueClient, QueueServiceClient, QueueServiceClientOpt
 use super::rules::{check_send_expressible, check_text, whole_seconds};
 use super::settings::{CredentialKind, RetrySettings, StorageSettings};
 use super::{
-    redact, validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
+    validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
     SentMessage, StoreError, UpdatedMessage,
 };
+use crate::secret::redact;
 pub use blobs::AzureBlobs;
 use connection::{account_of, parse_connection_string, parse_endpoint, setup, Auth};
 pub use policy::account_sas;
@@ -513,5 +515,27 @@ impl Queue for AzureQueue {
             .map_err(|e| self.error(e, None))?
             .ok_or_else(|| self.missing("x-ms-approximate-messages-count header"))?;
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.client
+            .clear(Some(QueueClientClearOptions {
+                timeout: self.service_timeout(),
+                method_options: self.method_options(),
+            }))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(e, None))
+    }
+
+    async fn delete_queue(&self) -> Result<(), StoreError> {
+        self.client
+            .delete(Some(QueueClientDeleteOptions {
+                timeout: self.service_timeout(),
+                method_options: self.method_options(),
+            }))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(e, None))
     }
 }

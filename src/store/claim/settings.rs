@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checks::InvalidSetting;
-use crate::service::{redact, MAX_MESSAGE_BYTES};
+use crate::secret::redact;
+use crate::service::MAX_MESSAGE_BYTES;
 
 /// The claim check: payloads whose message text would exceed `threshold_bytes` go to a blob in
 /// `container`, and the message carries a reference (see [`crate::codec::claim`]).
@@ -48,7 +49,7 @@ impl Default for ClaimCheckSettings {
 }
 
 /// The default container, `ebbflow-payloads`.
-pub fn default_container() -> String {
+pub(crate) fn default_container() -> String {
     "ebbflow-payloads".into()
 }
 
@@ -104,7 +105,7 @@ impl ClaimCheckSettings {
 
 /// The service's container-name rule: 3..=63 characters, lowercase letters, digits and
 /// hyphens, starting with a letter or digit, no two hyphens in a row, not ending in one.
-pub fn validate_container_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_container_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');

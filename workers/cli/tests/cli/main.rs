@@ -7,6 +7,7 @@ mod common;
 mod config_check;
 mod deploy;
 mod edges;
+mod first_hour;
 mod queues;
 mod top;
 mod trigger;

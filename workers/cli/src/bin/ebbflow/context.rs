@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::QueueSettings;
-use ebbflow::store::blob::Blobs;
-use ebbflow::store::claim::{blobs_from_settings, ClaimCheck, QueueFormat};
-use ebbflow::store::retrying::RetryingStore;
-use ebbflow::store::sharding::ShardingStore;
+use ebbflow::store::Blobs;
+use ebbflow::store::RetryingStore;
+use ebbflow::store::ShardingStore;
+use ebbflow::store::{blobs_from_settings, ClaimCheck, QueueFormat};
 use ebbflow::store::{BackendKind, LayeredStore, QueueStore, StoreError};
 use ebbflow::Settings;
 
@@ -202,6 +202,39 @@ pub fn readable(settings: &Settings, name: &str) -> Result<Encoding, CliError> {
         .find(|(source, q)| q.poison_queue_name(source) == name)
         .map(|(_, q)| q.encoding)
         .ok_or_else(|| not_configured(settings, name))
+}
+
+/// The encoding to read or write queue `name` in: `found`, what the config says of it, unless
+/// it does not know the queue, then `--encoding` (a queue outside the config, for a quick
+/// trial). `--encoding` on a queue the config knows must agree with it: text in another
+/// encoding is text its workers cannot decode.
+pub fn encoding_for(
+    found: Result<Encoding, CliError>,
+    name: &str,
+    flag: Option<Encoding>,
+) -> Result<Encoding, CliError> {
+    match (found, flag) {
+        (Ok(configured), Some(given)) if given != configured => Err(CliError::usage(format!(
+            "--encoding {given}: queue {name} is configured with encoding \"{configured}\" \
+             (its [queues] section), and its workers decode that; drop --encoding, or change \
+             the config"
+        ))),
+        (Ok(configured), _) => Ok(configured),
+        (Err(_), Some(given)) => Ok(given),
+        (Err(e), None) => Err(CliError::usage(format!(
+            "{e}; for a queue outside the config, say how its text is encoded: --encoding \
+             base64 or --encoding none"
+        ))),
+    }
+}
+
+/// `--encoding`'s values, as the config writes them.
+pub fn encoding_arg() -> impl clap::builder::TypedValueParser<Value = Encoding> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["base64", "none"]).map(|v| match v.as_str() {
+        "none" => Encoding::None,
+        _ => Encoding::Base64,
+    })
 }
 
 /// Parses a human-readable duration (`30s`, `5m`, `7d`) for a flag.

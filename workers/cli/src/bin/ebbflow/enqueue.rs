@@ -11,7 +11,8 @@ use ebbflow::codec::Encoding;
 use ebbflow::service::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
 use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
 
-use crate::context::{block_on, configured, parse_duration};
+use crate::context::{block_on, configured, encoding_arg, encoding_for, parse_duration};
+use crate::progress::Progress;
 use crate::push::{self, WorkDetected};
 use crate::{CliError, Context};
 
@@ -25,7 +26,7 @@ const SENDERS: u32 = 16;
 /// whether a trigger went out. Exit 1 when a send or the trigger failed.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A configured queue (a [queues.<name>] section).
+    /// A configured queue (a [queues.<name>] section), or any queue with --encoding.
     queue: String,
     /// The message text (JSON or plain). Give this or --file.
     #[arg(conflicts_with = "file")]
@@ -34,10 +35,15 @@ pub struct Args {
     /// text on a queue with encoding "none".
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
-    /// Send this many copies, 1..=10000.
+    /// Send this many copies, 1..=10000. A progress line on stderr says how far it got,
+    /// every second, when stderr is a terminal and N is 100 or more (or with --progress).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     count: u32,
+    /// Write the progress line of a --count send even when stderr is not a terminal (one line
+    /// a second, for a CI log).
+    #[arg(long)]
+    progress: bool,
     /// Time to live: the message expires this long after it is sent, 1s..=68y
     /// (default: the service's 7d).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -46,6 +52,10 @@ pub struct Args {
     /// the time to live (default 0s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     delay: Duration,
+    /// How to encode the text, for a queue outside the config (a quick trial; a configured
+    /// queue uses its own encoding, and --encoding must agree with it).
+    #[arg(long, value_name = "ENCODING", value_parser = encoding_arg())]
+    encoding: Option<Encoding>,
     /// Create the queue first if it does not exist (a worker creates its queues at start-up
     /// while storage.create_queues is true).
     #[arg(long)]
@@ -82,10 +92,17 @@ impl Args {
             _ => {}
         }
         let settings = ctx.settings()?;
-        let queue_settings = configured(&settings, &self.queue)?;
-        let (encoding, trace_context) = (queue_settings.encoding, queue_settings.trace_context);
-        // With the claim check on, a payload up to its limit goes (to a blob when large).
-        let claim_on = ctx.blobs(&settings)?.is_some();
+        let queue_settings = configured(&settings, &self.queue);
+        let trace_context = queue_settings.as_ref().is_ok_and(|q| q.trace_context);
+        let known = queue_settings.is_ok();
+        let encoding = encoding_for(
+            queue_settings.map(|q| q.encoding),
+            &self.queue,
+            self.encoding,
+        )?;
+        // With the claim check on, a payload up to its limit goes (to a blob when large); the
+        // claim check knows only the configured queues' formats.
+        let claim_on = known && ctx.blobs(&settings)?.is_some();
         let limit = if claim_on {
             settings.storage.claim_check.max_payload_bytes
         } else {
@@ -110,20 +127,28 @@ impl Args {
             // Up to SENDERS sends in flight: a round trip each, so 10,000 copies take seconds,
             // not minutes. The first failure stops further sends.
             let next = Arc::new(AtomicU32::new(0));
+            let progress = Progress::new(format!("to {}", self.queue), self.count, self.progress);
+            let done = progress.as_ref().map(Progress::counter);
+            let ticker = progress.clone().map(|p| tokio::spawn(p.tick()));
             let text: Arc<str> = Arc::from(text.as_str());
             let mut senders = tokio::task::JoinSet::new();
             for _ in 0..SENDERS.min(self.count) {
-                let (queue, next, text, count) =
-                    (queue.clone(), next.clone(), text.clone(), self.count);
+                let (queue, next, text, count, done) = (
+                    queue.clone(),
+                    next.clone(),
+                    text.clone(),
+                    self.count,
+                    done.clone(),
+                );
                 senders.spawn(async move {
                     let mut ids = Vec::new();
                     while next.fetch_add(1, Ordering::Relaxed) < count {
                         // A `send <queue>` span per message when traces are exported (the
                         // OTEL_EXPORTER_OTLP_* variables), its context in the message on a
                         // queue with trace_context.
-                        let span = ebbflow::codec::spans::send_span(queue.name());
+                        let span = ebbflow::observability::traces::send_span(queue.name());
                         let text = if trace_context {
-                            ebbflow::codec::spans::inject(&span, text.to_string())
+                            ebbflow::observability::traces::inject(&span, text.to_string())
                         } else {
                             text.to_string()
                         };
@@ -134,7 +159,10 @@ impl Args {
                         match send.await {
                             Ok(message) => {
                                 span.record("messaging.message.id", message.id.as_str());
-                                ids.push(message.id)
+                                ids.push(message.id);
+                                if let Some(done) = &done {
+                                    done.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                             Err(e) => {
                                 next.store(count, Ordering::Relaxed);
@@ -152,6 +180,10 @@ impl Args {
                 if let Some(e) = error {
                     failure.get_or_insert(CliError::from(e));
                 }
+            }
+            if let (Some(ticker), Some(progress)) = (ticker, &progress) {
+                ticker.abort();
+                progress.finish();
             }
             // Whatever reached the queue is announced, even after a failed send.
             let triggers = if sent.is_empty() {

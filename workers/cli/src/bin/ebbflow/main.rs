@@ -35,10 +35,13 @@ mod context;
 mod deploy;
 mod enqueue;
 mod instances;
+mod jobs;
 mod notify;
 mod peek;
 mod poison;
+mod progress;
 mod push;
+mod queue;
 mod settings;
 mod simulate;
 mod stats;
@@ -71,6 +74,9 @@ enum Command {
     Enqueue(enqueue::Args),
     /// Show up to 32 visible messages of a queue without receiving them.
     Peek(peek::Args),
+    /// Create, purge or delete a queue (any name; purge and delete need --yes).
+    #[command(subcommand)]
+    Queue(queue::Command),
     /// Approximate depth of each configured queue and its poison queue.
     Stats(stats::Args),
     /// A live view of one worker's queues: depth, tasks, rates (its ops endpoint's JSON).
@@ -93,6 +99,8 @@ enum Command {
     Notify(notify::Args),
     /// List the live worker instances on the bus and their last presence pulse.
     Instances(instances::Args),
+    /// List running and recent long jobs (heartbeat progress records) on the bus.
+    Jobs(jobs::Args),
     /// The bus's own administration: `bus poison list|show|requeue`.
     #[command(subcommand)]
     Bus(bus::Command),
@@ -105,6 +113,7 @@ impl Command {
         match self {
             Command::Enqueue(args) => args.run(ctx),
             Command::Peek(args) => args.run(ctx),
+            Command::Queue(command) => command.run(ctx),
             Command::Stats(args) => args.run(ctx),
             Command::Top(args) => args.run(ctx),
             Command::Poison(command) => command.run(ctx),
@@ -114,6 +123,7 @@ impl Command {
             Command::Deploy(command) => command.run(ctx),
             Command::Notify(args) => args.run(ctx),
             Command::Instances(args) => args.run(ctx),
+            Command::Jobs(args) => args.run(ctx),
             Command::Bus(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }

@@ -1,11 +1,11 @@
 //! `ebbflow peek <queue>`: visible messages without receiving them.
 
-use ebbflow::codec::claim::ClaimRef;
+use ebbflow::codec::ClaimRef;
 use ebbflow::codec::Encoding;
 use ebbflow::store::PeekedMessage;
 use serde_json::json;
 
-use crate::context::{block_on, readable};
+use crate::context::{block_on, encoding_arg, encoding_for, readable};
 use crate::{CliError, Context};
 
 /// Longest body shown on one line of the text output; `--json` shows all of it.
@@ -16,8 +16,12 @@ const SHOWN_CHARS: usize = 200;
 /// decoded with the queue's configured encoding.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A configured queue, or the poison queue of one.
+    /// A configured queue, or the poison queue of one (any other queue with --encoding).
     queue: String,
+    /// How the queue's text is encoded, for a queue outside the config (a configured queue
+    /// uses its own and must agree).
+    #[arg(long, value_name = "ENCODING", value_parser = encoding_arg())]
+    encoding: Option<Encoding>,
     /// How many messages, 1..=32 (the service's limit for one peek).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=32))]
@@ -31,7 +35,7 @@ impl Args {
     /// Peeks and prints.
     pub fn run(self, ctx: &Context) -> Result<(), CliError> {
         let settings = ctx.settings()?;
-        let encoding = readable(&settings, &self.queue)?;
+        let encoding = encoding_for(readable(&settings, &self.queue), &self.queue, self.encoding)?;
         let store = ctx.store(&settings)?;
         let queue = store.queue(&self.queue)?;
         let messages = block_on(queue.peek(self.count))??;

@@ -98,8 +98,14 @@ impl Command {
         poison: &PoisonQueue,
         settings: &QueueSettings,
         sharing: &[String],
-        claim: &ebbflow::store::claim::ClaimCheck,
+        claim: &ebbflow::store::ClaimCheck,
     ) -> Result<(), CliError> {
+        // Where a copy without an envelope goes back to on a requeue: the queue given.
+        let source = match &self {
+            Command::List { queue, .. }
+            | Command::Show { queue, .. }
+            | Command::Requeue { queue, .. } => queue.clone(),
+        };
         match self {
             Command::List { limit, .. } => {
                 let records = poison
@@ -108,6 +114,10 @@ impl Command {
                 say!("{} message(s) on {}", records.len(), poison.name());
                 for r in &records {
                     say!("{}", summary_line(r));
+                }
+                // Said once under the list, not on every such line.
+                if records.iter().any(|r| r.envelope.is_err()) {
+                    say!("{}", bare_copies_note(&source));
                 }
                 Ok(())
             }
@@ -134,7 +144,15 @@ impl Command {
                             Err(why) => say!("payload unavailable: {why}"),
                         }
                     }
-                    Err(why) => say!("{}: no envelope, original text ({why})", record.id),
+                    Err(why) => {
+                        say!("{}  {BARE_COPY}", record.id);
+                        say!("text: {}", record.text);
+                        if let Ok(bytes) = settings.encoding.decode(&record.text) {
+                            say!("decoded body: {}", String::from_utf8_lossy(&bytes));
+                        }
+                        say!("{}", bare_copies_note(&source));
+                        say!("(not read as an envelope: {why})");
+                    }
                 }
                 Ok(())
             }
@@ -219,6 +237,21 @@ impl Command {
     }
 }
 
+/// The label of a poison copy without an envelope (its original text only).
+const BARE_COPY: &str = "original text only, no failure details (too large to wrap in a poison \
+                         envelope, or not put there by ebbflow)";
+
+/// What a copy labelled [`BARE_COPY`] is, and what to do with it.
+fn bare_copies_note(source: &str) -> String {
+    format!(
+        "\"original text only\": the message was too large to wrap in a poison envelope (its \
+         reason and error are in the worker's 'message moved to poison queue' log line), or \
+         something other than ebbflow put it there. `ebbflow poison show --queue {source} --id \
+         <ID>` prints it; `ebbflow poison requeue --queue {source} --id <ID>` sends it back to \
+         {source} unchanged."
+    )
+}
+
 fn summary_line(r: &PoisonRecord) -> String {
     match &r.envelope {
         Ok(e) => {
@@ -246,6 +279,6 @@ fn summary_line(r: &PoisonRecord) -> String {
                 error
             )
         }
-        Err(why) => format!("{}  (no envelope, original text: {why})", r.id),
+        Err(_) => format!("{}  {BARE_COPY}", r.id),
     }
 }

@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use ebbflow::secret::redact_url;
-use ebbflow::store::redact;
+use ebbflow::secret::redact;
 use ebbflow::Settings;
 use serde::Serialize;
 
@@ -18,7 +17,7 @@ use crate::CliError;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// "Work detected on `queue`": the plain event the HTTP endpoint accepts
-/// (`ebbflow::trigger::WorkDetected`).
+/// (`ebbflow::worker::WorkDetected`).
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkDetected {
     /// The storage account, so workers on another account ignore it.
@@ -58,7 +57,7 @@ pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected
     if let Some(url) = http_url(settings, target) {
         let result = post(&url, settings.triggers.http.token.as_deref(), event).await;
         outcomes.push(Outcome {
-            channel: format!("http POST {}", redact_url(&url)),
+            channel: format!("http POST {}", redact(&url)),
             result,
         });
     }
@@ -115,11 +114,11 @@ async fn bus_notice(settings: &Settings, queue: &str, messages: u64) -> Result<S
 /// Checks a `--trigger-url` before anything is sent: an `http` or `https` URL with a host.
 pub fn check_url(url: &str) -> Result<(), String> {
     let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("--trigger-url {}: {e}", redact_url(url)))?;
+        reqwest::Url::parse(url).map_err(|e| format!("--trigger-url {}: {e}", redact(url)))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(format!(
             "--trigger-url {}: must be http://host:port or https://host:port (optionally with a path)",
-            redact_url(url)
+            redact(url)
         ));
     }
     Ok(())
