@@ -45,15 +45,27 @@ pub enum WorkerError {
     /// The settings are invalid (the same checks as [`Settings::load`]).
     #[error("{0}")]
     Config(#[from] ConfigError),
-    /// A queue in config has no handler.
-    #[error("queue {0} is configured under [queues.{0}] but no handler is registered for it")]
-    NoHandler(String),
-    /// A handler was registered for a queue missing from config.
-    #[error("a handler is registered for queue {0}, but config has no [queues.{0}] section")]
-    NotConfigured(String),
-    /// A layer was added for a queue missing from config.
-    #[error("a layer is added for queue {0} (Worker::layer_for), but config has no [queues.{0}] section")]
-    LayerNotConfigured(String),
+    /// A queue in config has no handler: the queue, then the queues handlers are registered for
+    /// (comma-separated, `none` when empty).
+    #[error(
+        "queue {0} is configured under [queues.{0}] but no handler is registered for it \
+         (handlers are registered for: {1}); a typo in either name?"
+    )]
+    NoHandler(String, String),
+    /// A handler was registered for a queue missing from config: the queue, then the configured
+    /// queues (comma-separated).
+    #[error(
+        "a handler is registered for queue {0}, but config has no [queues.{0}] section \
+         (configured: {1}); a typo in either name?"
+    )]
+    NotConfigured(String, String),
+    /// A layer was added for a queue missing from config: the queue, then the configured queues
+    /// (comma-separated).
+    #[error(
+        "a layer is added for queue {0} (Worker::layer_for), but config has no [queues.{0}] \
+         section (configured: {1})"
+    )]
+    LayerNotConfigured(String, String),
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),

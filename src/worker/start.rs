@@ -81,11 +81,11 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     for (name, queue_settings) in &settings.queues {
         let handler = handlers
             .get(name)
-            .ok_or_else(|| WorkerError::NoHandler(name.clone()))?
+            .ok_or_else(|| WorkerError::NoHandler(name.clone(), listed(handlers.keys())))?
             .clone();
         let (queue, poison_queue) = checked
             .remove(name)
-            .ok_or_else(|| WorkerError::NoHandler(name.clone()))?;
+            .ok_or_else(|| WorkerError::NoHandler(name.clone(), listed(handlers.keys())))?;
         let link = wiring.link(name, queue_settings);
         let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
             .with_hub(hub.clone())
@@ -203,16 +203,32 @@ impl Worker {
             .keys()
             .find(|n| !self.settings.queues.contains_key(*n))
         {
-            return Err(WorkerError::NotConfigured(name.clone()));
+            return Err(WorkerError::NotConfigured(
+                name.clone(),
+                listed(self.settings.queues.keys()),
+            ));
         }
         if let Some(name) = self
             .queue_layers
             .keys()
             .find(|n| !self.settings.queues.contains_key(*n))
         {
-            return Err(WorkerError::LayerNotConfigured(name.clone()));
+            return Err(WorkerError::LayerNotConfigured(
+                name.clone(),
+                listed(self.settings.queues.keys()),
+            ));
         }
         Ok(())
+    }
+}
+
+/// Names for an error message: comma-separated, `none` when there are none.
+fn listed<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }
 

@@ -35,3 +35,39 @@ async fn a_producer_without_storage_says_no_storage_configured() {
     assert!(producer.publisher("orders").is_some());
     producer.close().await;
 }
+
+/// A typo in a queue's name, in config or in code: the error names both sides, so the typo
+/// shows (a newcomer's `[queues.ordres]` beside `.handler_fn("orders", ...)` used to get only
+/// "config has no [queues.orders] section").
+#[tokio::test]
+async fn a_queue_name_typo_names_what_is_configured_and_what_is_registered() {
+    let ok = |_: String, _: ebbflow::Context| async { Ok::<(), ebbflow::HandlerError>(()) };
+    let mut typo = Settings::default();
+    typo.queues.insert("ordres".into(), QueueSettings::default());
+    let e = ebbflow::Worker::new(typo.clone())
+        .handler_fn("orders", ok)
+        .start()
+        .await
+        .err()
+        .expect("a handler for an unconfigured queue must not start");
+    assert!(matches!(e, WorkerError::NotConfigured(..)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("queue orders") && text.contains("(configured: ordres)"),
+        "{text}"
+    );
+    // The other way round: config has a queue no handler is registered for.
+    typo.queues.insert("orders".into(), QueueSettings::default());
+    let e = ebbflow::Worker::new(typo)
+        .handler_fn("orders", ok)
+        .start()
+        .await
+        .err()
+        .expect("a configured queue without a handler must not start");
+    let text = e.to_string();
+    assert!(
+        text.contains("queue ordres is configured")
+            && text.contains("(handlers are registered for: orders)"),
+        "{text}"
+    );
+}
