@@ -227,7 +227,7 @@ pub struct PoisonRecord {
 pub enum Selection {
     /// Every message on the poison queue.
     All,
-    /// These poison-queue message ids.
+    /// These messages: ids on the poison queue, or the ids they had on their source queue.
     Ids(BTreeSet<String>),
 }
 
@@ -298,10 +298,12 @@ impl PoisonQueue {
         Ok(records)
     }
 
-    /// The poison message with this id (on the poison queue), if present.
+    /// The poison message with this id, if present: its id on the poison queue, or the id the
+    /// message had on its source queue (the `message_id` the worker's poison warning names).
     pub async fn inspect(&self, id: &str) -> Result<Option<PoisonRecord>, StoreError> {
-        let held = self.scan(usize::MAX, |m| m.id == id).await?;
-        let found = held.iter().find(|m| m.id == id).map(|m| self.record(m));
+        let is = |m: &ReceivedMessage| self.known_as(m, id);
+        let held = self.scan(usize::MAX, is).await?;
+        let found = held.iter().find(|m| is(m)).map(|m| self.record(m));
         self.release(&held).await;
         Ok(found)
     }
@@ -311,7 +313,7 @@ impl PoisonQueue {
     pub async fn requeue(&self, selection: &Selection) -> Result<RequeueReport, StoreError> {
         let wanted = |m: &ReceivedMessage| match selection {
             Selection::All => true,
-            Selection::Ids(ids) => ids.contains(&m.id),
+            Selection::Ids(ids) => ids.iter().any(|id| self.known_as(m, id)),
         };
         let held = self.scan(usize::MAX, |_| false).await?;
         let mut report = RequeueReport::default();
@@ -369,6 +371,13 @@ impl PoisonQueue {
                 .collect();
         }
         Ok(report)
+    }
+
+    /// Whether `id` names this poison message: its own id, or its envelope's source message id.
+    fn known_as(&self, message: &ReceivedMessage, id: &str) -> bool {
+        message.id == id
+            || PoisonEnvelope::from_text(&message.text, self.encoding)
+                .is_ok_and(|e| e.message_id == id)
     }
 
     fn record(&self, message: &ReceivedMessage) -> PoisonRecord {

@@ -274,6 +274,17 @@ async fn the_cli_lists_shows_and_requeues() {
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("\"reason\": \"rejected\""), "{shown}");
     assert!(shown.contains("decoded body: bad-"), "{shown}");
+    // The id the worker's poison warning names (the message's id on its source queue) finds the
+    // same copy.
+    let original = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"message_id\": \""))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the envelope names the source message id");
+    assert_ne!(original, id);
+    let (code, again) = cli(&["poison", "show", "--queue", &name, "--id", original]);
+    assert_eq!(code, Some(0), "{again}");
+    assert_eq!(again, shown);
     let (code, text) = cli(&["poison", "requeue", "--queue", &name, "--all"]);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.matches("requeued").count(), 3, "{text}");
