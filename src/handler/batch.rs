@@ -316,7 +316,9 @@ impl<H: BatchHandler> Batcher<H> {
 }
 
 /// Awaits `future`, a panic inside it turned into `Err(panic text)`.
-async fn catch_unwind<F: Future>(future: AssertUnwindSafe<F>) -> Result<F::Output, String> {
+pub(super) async fn catch_unwind<F: Future>(
+    future: AssertUnwindSafe<F>,
+) -> Result<F::Output, String> {
     let mut future = std::pin::pin!(future.0);
     std::future::poll_fn(move |cx| {
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {

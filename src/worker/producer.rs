@@ -8,6 +8,8 @@ use super::WorkerError;
 use crate::handler::{Output, Publisher};
 use crate::store::{self, QueueStore};
 use crate::Settings;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Sends to the configured queues from a program that runs no worker, with what a worker's
 /// publishers use: the same store layers (retries, shards, the claim check for large
@@ -30,6 +32,9 @@ pub struct Producer {
     publishers: BTreeMap<String, Publisher>,
     store: Arc<dyn QueueStore>,
     bus: crate::bus::BusHandle,
+    /// The publishers' delayed wake-ups (messages sent with an initial delay): ended and
+    /// waited for at [`Producer::close`], before the bus closes.
+    background: (TaskTracker, CancellationToken),
 }
 
 impl std::fmt::Debug for Producer {
@@ -82,10 +87,12 @@ impl Producer {
         let create = settings.storage.create_queues || store.kind() == store::BackendKind::Embedded;
         let bus = crate::bus::open(&settings.bus).await?;
         let mut publishers = BTreeMap::new();
+        let background = (TaskTracker::new(), CancellationToken::new());
         for (name, q) in &settings.queues {
             let queue = open_output(&store, name, create).await?;
-            let mut publisher =
-                Publisher::new(queue, q.encoding).with_trace_context(q.trace_context);
+            let mut publisher = Publisher::new(queue, q.encoding)
+                .with_trace_context(q.trace_context)
+                .with_background(background.0.clone(), background.1.clone());
             if settings.bus.is_shared() {
                 publisher = publisher.with_announcer(crate::bus::Announcer::new(
                     bus.transport(),
@@ -99,6 +106,7 @@ impl Producer {
             publishers,
             store,
             bus,
+            background,
         })
     }
 
@@ -117,8 +125,14 @@ impl Producer {
         self.store.clone()
     }
 
-    /// Closes the bus connection (announcements in flight are sent first).
+    /// Closes the bus connection (announcements in flight are sent first). Wake-ups still
+    /// waiting for a delayed message to show are dropped: the message is not lost, its
+    /// listeners find it on their next receive.
     pub async fn close(self) {
+        let (tracker, stop) = self.background;
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
         self.bus.close().await;
     }
 }

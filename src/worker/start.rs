@@ -89,7 +89,8 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         let link = wiring.link(name, queue_settings);
         let mut publisher = Publisher::new(queue.clone(), queue_settings.encoding)
             .with_hub(hub.clone())
-            .with_trace_context(queue_settings.trace_context);
+            .with_trace_context(queue_settings.trace_context)
+            .with_background(life.tracker.clone(), life.stop.clone());
         if let Some(announcer) = wiring.announcer(name) {
             publisher = publisher.with_announcer(announcer);
         }
@@ -114,7 +115,8 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         let defaults = crate::config::QueueSettings::default();
         let mut publisher = Publisher::new(queue, defaults.encoding)
             .with_hub(hub.clone())
-            .with_trace_context(defaults.trace_context);
+            .with_trace_context(defaults.trace_context)
+            .with_background(life.tracker.clone(), life.stop.clone());
         if settings.bus.is_shared() {
             let announcer = crate::bus::Announcer::new(bus.transport(), name, defaults.bus);
             publisher = publisher.with_announcer(announcer);

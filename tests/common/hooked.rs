@@ -22,6 +22,9 @@ pub struct Hooks {
     pub hang_updates: AtomicBool,
     /// Deletes never answer.
     pub hang_deletes: AtomicBool,
+    /// Receives never answer (the worker under test takes nothing more; a receive of the
+    /// test's own, on the store beneath, sees what is visible).
+    pub hang_receives: AtomicBool,
     /// The receive with this number (from 1) panics; 0: none.
     pub panic_on_receive: AtomicU32,
     /// Every receive panics (a store that is broken for good).
@@ -79,6 +82,7 @@ impl QueueLayer for Hooked {
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
         let hooks = &self.hooks;
+        hang_if(&hooks.hang_receives).await;
         let n = hooks.receives.fetch_add(1, Ordering::SeqCst) + 1;
         hooks.asked.lock().unwrap().push(max);
         if hooks.panic_on_receive.load(Ordering::SeqCst) == n

@@ -235,7 +235,8 @@ impl Handler for Pulsing {
 }
 
 /// A heartbeat pulse renews the lease, seen on the store: a job pulses every second for 20 s
-/// (`heartbeat.every = 1`, default 30 s visibility), then the store stops answering renewals.
+/// (`heartbeat.every = 1`, default 30 s visibility), then the store stops answering renewals
+/// and the worker's receives.
 /// Its last renewal is then the 20 s pulse's, so the message stays hidden until 50 s; had
 /// pulses renewed nothing, the last renewal would be the periodic one at 15 s and another
 /// receiver would get the message at 45 s. Checked with a receive of our own at 47 s.
@@ -260,6 +261,12 @@ async fn a_heartbeat_pulse_renews_the_lease_on_the_store() {
     assert!(snap.pulses >= 20, "{snap:?}");
     hooks
         .hang_updates
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The worker receives no more: once visible, the message is the test's own receive's, not
+    // taken back by the worker's task at a jittered moment (which made this test fail about
+    // one run in eight, and could hide a broken renewal at 47 s).
+    hooks
+        .hang_receives
         .store(true, std::sync::atomic::Ordering::SeqCst);
     // After 45 s (the periodic renewal's end), before 50 s (the last pulse's).
     tokio::time::sleep_until(received + Duration::from_secs(47)).await;
