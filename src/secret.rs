@@ -148,7 +148,7 @@ const MARKED: [(&str, Runs); 10] = [
 ///   the line may hold a secret, so only its number stays.
 ///
 /// ```
-/// use ebbflow::secret::redact;
+/// use ebbflow::config::redact;
 /// assert_eq!(
 ///     redact("AccountName=a;AccountKey=S3C==;EndpointSuffix=x"),
 ///     "AccountName=a;AccountKey=<redacted>;EndpointSuffix=x"
