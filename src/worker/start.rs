@@ -132,8 +132,10 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         .map(|spec| QueueListener::start(spec, shared_publishers.clone(), &life, &hub))
         .collect();
     let _ = shown.set(listeners.clone());
-    let (running, fatal) = (shown.clone(), life.fatal.clone());
-    readiness.register_probe("listeners", move || listeners_state(&running, &fatal));
+    let (running, fatal, stop) = (shown.clone(), life.fatal.clone(), life.stop.clone());
+    readiness.register_probe("listeners", move || {
+        listeners_state(&running, &fatal, stop.is_cancelled())
+    });
     startup.ready();
     // The endpoint is not part of the drain: a client that never finishes its request must
     // not hold the worker's shutdown up. It stops on `stop`, and is cut off when the drain
