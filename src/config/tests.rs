@@ -306,7 +306,10 @@ fn connection_string_falls_back_to_the_conventional_variable() {
     )
     .unwrap();
     assert_eq!(
-        s.storage.connection_string.as_deref(),
+        s.storage
+            .connection_string
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret),
         Some("UseDevelopmentStorage=true")
     );
 }
@@ -502,4 +505,33 @@ fn settings_built_in_code_take_the_same_checks() {
     // Rules across fields are checked by `validate`, the same as after loading.
     let err = q.validate("orders", false).unwrap_err().to_string();
     assert!(err.contains("queues.orders.scaling.min_tasks = 0"), "{err}");
+}
+
+/// An empty connection string is an error from each of its three sources, naming where it came
+/// from, never a fall back to the embedded store nor "needs AccountName" (which reads as a
+/// malformed value).
+#[test]
+fn an_empty_connection_string_is_refused_from_every_source() {
+    let queue = "[queues.orders]\n";
+    let from_file = dir_with(&format!("{queue}[storage]\nconnection_string = \"\"\n"));
+    let from_var = dir_with(queue);
+    for (dir, vars, key) in [
+        (&from_file, env(&[]), "storage.connection_string"),
+        (
+            &from_var,
+            env(&[("EBBFLOW__STORAGE__CONNECTION_STRING", " ")]),
+            "storage.connection_string",
+        ),
+        (
+            &from_var,
+            env(&[("AZURE_STORAGE_CONNECTION_STRING", "")]),
+            "AZURE_STORAGE_CONNECTION_STRING",
+        ),
+    ] {
+        let err = Settings::load_from(dir, &vars).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains("empty") && err.contains("UseDevelopmentStorage"),
+            "{vars:?}: {err}"
+        );
+    }
 }

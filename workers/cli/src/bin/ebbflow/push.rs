@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ebbflow::config::redact;
 use ebbflow::Settings;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::CliError;
@@ -55,7 +56,17 @@ pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected
         return outcomes;
     }
     if let Some(url) = http_url(settings, target) {
-        let result = post(&url, settings.triggers.http.token.as_deref(), event).await;
+        let result = post(
+            &url,
+            settings
+                .triggers
+                .http
+                .token
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            event,
+        )
+        .await;
         outcomes.push(Outcome {
             channel: format!("http POST {}", redact(&url)),
             result,
