@@ -166,8 +166,7 @@ impl StorageSettings {
     /// Checks every value against its allowed range, naming the key at fault.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let s = self;
-        if s
-            .connection_string
+        if s.connection_string
             .as_ref()
             .is_some_and(|c| c.expose_secret().trim().is_empty())
         {

@@ -49,7 +49,8 @@ async fn a_producer_without_storage_says_no_storage_configured() {
 async fn a_queue_name_typo_names_what_is_configured_and_what_is_registered() {
     let ok = |_: String, _: ebbflow::Context| async { Ok::<(), ebbflow::HandlerError>(()) };
     let mut typo = Settings::default();
-    typo.queues.insert("ordres".into(), QueueSettings::default());
+    typo.queues
+        .insert("ordres".into(), QueueSettings::default());
     let e = ebbflow::Worker::new(typo.clone())
         .handler_fn("orders", ok)
         .start()
@@ -63,7 +64,8 @@ async fn a_queue_name_typo_names_what_is_configured_and_what_is_registered() {
         "{text}"
     );
     // The other way round: config has a queue no handler is registered for.
-    typo.queues.insert("orders".into(), QueueSettings::default());
+    typo.queues
+        .insert("orders".into(), QueueSettings::default());
     let e = ebbflow::Worker::new(typo)
         .handler_fn("orders", ok)
         .start()
