@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
-use ebbflow::store::blob::{AzureBlobs, Blobs};
 use ebbflow::store::QueueStore;
+use ebbflow::store::{AzureBlobs, Blobs};
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
 /// One size's figures.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
 use ebbflow::store::{Queue, QueueStore};
 use ebbflow::{Context, Handler, HandlerError, Json, Worker};
 use serde_json::json;

@@ -28,6 +28,8 @@
 //! - `announce.rs`: [`Announcer`], a producer's work-detected announcements after the publish
 //!   modes (every message, the first to an empty queue, every `depth` messages).
 //! - [`events`]: the runtime's own events (presence pulses, instances leaving, job pulses).
+//! - [`jobs`]: the heartbeat progress monitor (a long job's START record, pulses and end,
+//!   stored for `ebbflow jobs` and sent as `ebbflow.job` events).
 //!
 //! The worker wires listeners to the bus (`worker/bus.rs`): a work notice wakes the queue's
 //! listener like a local trigger; with `reach = "one"` exactly one replica gets each notice,
@@ -55,6 +57,7 @@ mod announce;
 mod envelope;
 pub mod events;
 mod handle;
+pub mod jobs;
 pub mod memory;
 pub(crate) mod metrics;
 pub mod options;
@@ -407,6 +410,21 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Live instances (their last pulse within its `ttl`), by instance id.
     async fn instances(&self) -> Result<Vec<Presence>, BusError>;
+
+    /// Stores a job's progress record (see [`jobs`]) for `bus.job_retention` after this
+    /// change. Transports without a store keep the default (nothing stored).
+    async fn record_job(&self, _record: &jobs::JobRecord) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// The stored job records (running, and ended within `bus.job_retention`), newest start
+    /// first.
+    async fn jobs(&self) -> Result<Vec<jobs::JobRecord>, BusError> {
+        Err(BusError::Unsupported(
+            "this bus keeps no job records (bus.kind = \"none\"): set [bus] kind = \"redis\""
+                .into(),
+        ))
+    }
 
     /// Leaves: withdraws this instance's presence and stops receiving.
     async fn close(&self);

@@ -108,6 +108,10 @@ pub(super) fn default_retention() -> Retention {
     Retention::new(Duration::from_secs(600)).expect("10 minutes is in range")
 }
 
+pub(super) fn default_job_retention() -> Retention {
+    Retention::new(Duration::from_secs(3_600)).expect("1 hour is in range")
+}
+
 pub(super) fn default_envelope_limit() -> EnvelopeLimit {
     EnvelopeLimit::new(1_048_576).expect("1 MiB is in range")
 }

@@ -238,6 +238,10 @@ pub struct BusSettings {
     /// gets it when it comes back with the same `instance_id`. Also how long a departed
     /// instance's consumer groups are kept before they are removed.
     pub retention: super::options::Retention,
+    /// How long a job's progress record (see the book's heartbeats chapter) is kept after its
+    /// last change: a running job pulses it fresh, an ended one is listed by `ebbflow jobs`
+    /// this long, 1s..=7d, default 1h.
+    pub job_retention: super::options::Retention,
     /// The largest envelope (its JSON, bytes) sent or accepted, 1024..=67108864, default
     /// 1048576 (1 MiB). Publishing a larger one fails; a larger stream entry is acknowledged and
     /// moved to the bus poison stream unread.
@@ -270,6 +274,7 @@ impl Default for BusSettings {
             pulse_interval: Bounded(Duration::from_secs(5)),
             claim_timeout: Bounded(Duration::from_secs(30)),
             retention: super::options::default_retention(),
+            job_retention: super::options::default_job_retention(),
             max_envelope_size: super::options::default_envelope_limit(),
             max_deliveries: super::options::default_max_deliveries(),
             max_backlog: super::options::default_max_backlog(),

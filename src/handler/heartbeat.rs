@@ -3,6 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::bus::events::PulseKind;
+use crate::bus::jobs::{JobMonitor, JobState};
+
 /// How a job (one message's handler run) ended, as the handler reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
@@ -43,6 +46,8 @@ struct HeartbeatInner {
     count_pulses: AtomicU64,
     status: Mutex<Option<(JobStatus, String)>>,
     pulse: tokio::sync::Notify,
+    /// The job's progress record on the bus (queues with heartbeat settings).
+    monitor: Mutex<Option<JobMonitor>>,
 }
 
 impl Heartbeat {
@@ -54,6 +59,7 @@ impl Heartbeat {
                 count_pulses: AtomicU64::new(0),
                 status: Mutex::new(None),
                 pulse: tokio::sync::Notify::new(),
+                monitor: Mutex::new(None),
             }),
         }
     }
@@ -105,6 +111,47 @@ impl Heartbeat {
             .ok()
             .and_then(|s| s.clone())
             .unwrap_or((JobStatus::Unknown, String::new()))
+    }
+
+    /// Records this job's progress on the bus with `monitor` (its START record is stored
+    /// already): each pulse and the end go to it.
+    pub(crate) fn monitor(&self, monitor: JobMonitor) {
+        if let Ok(mut m) = self.inner.monitor.lock() {
+            *m = Some(monitor);
+        }
+    }
+
+    fn monitored(&self) -> Option<JobMonitor> {
+        self.inner.monitor.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// A pulse of `kind`, recorded on the bus.
+    pub(crate) fn record_pulse(&self, kind: PulseKind) {
+        if let Some(m) = self.monitored() {
+            m.set_count(self.count());
+            m.pulse(kind);
+        }
+    }
+
+    /// The job's end on the bus: the status the handler set, with its note (or, without one,
+    /// how the run ended: `result` is `ok`, `error`, `panic`, `timeout` or `aborted`).
+    pub(crate) fn record_end(&self, result: &str) {
+        let Some(m) = self.monitored() else {
+            return;
+        };
+        let (status, note) = self.status();
+        let state = match status {
+            JobStatus::Succeeded => JobState::Succeeded,
+            JobStatus::Failed => JobState::Failed,
+            JobStatus::Unknown => JobState::Unknown,
+        };
+        let note = if note.is_empty() {
+            format!("result {result}")
+        } else {
+            format!("{note} (result {result})")
+        };
+        m.set_count(self.count());
+        m.end(state, note);
     }
 
     /// Waits for the next count pulse.

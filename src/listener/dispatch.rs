@@ -23,6 +23,7 @@ use super::slots::{Ahead, Held};
 use super::stats::{bump, Gauge, ListenerStats};
 use super::{ListenerHooks, Shared};
 use crate::bus::events::PulseKind;
+use crate::bus::jobs::JobMonitor;
 use crate::handler::{BoxFuture, Context, HandlerError, Heartbeat, Job, JobStatus, Signal};
 use crate::store::{PayloadError, ReceivedMessage};
 
@@ -103,6 +104,9 @@ pub(super) async fn run(
         &shared.runner.never,
     );
     let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
+    if let Some(monitor) = job_monitor(&shared, &message) {
+        heartbeat.monitor(monitor);
+    }
     let ctx = Context {
         queue: shared.io.name.clone(),
         message_id: message.id.clone(),
@@ -389,6 +393,7 @@ impl Pulses<'_> {
         if let Some(hooks) = self.hooks {
             hooks.job_pulse(&message.id, kind, heartbeat.count(), elapsed_ms);
         }
+        heartbeat.record_pulse(kind);
         lease.renew_soon();
     }
 }
@@ -412,6 +417,7 @@ fn log_job_end(
         Outcome::Aborted(_) => "aborted",
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    heartbeat.record_end(result);
     if status != JobStatus::Unknown || heartbeat.count() > 0 || timed_pulses {
         info!(queue, message_id = %message.id, status = status.as_str(), note,
               result, count = heartbeat.count(), elapsed_ms, "job ended");
@@ -419,6 +425,26 @@ fn log_job_end(
         debug!(queue, message_id = %message.id, status = status.as_str(), result,
                elapsed_ms, "job ended");
     }
+}
+
+/// A queue with heartbeat settings records each job's progress on the bus (its START record
+/// now; `ebbflow jobs` lists it): the job id is `<queue>/<message id>`. The listener drives the
+/// pulses (the monitor runs no timer of its own).
+fn job_monitor(shared: &Shared, message: &ReceivedMessage) -> Option<JobMonitor> {
+    let hb = &shared.settings.heartbeat;
+    if hb.every.is_none() && hb.interval.is_none() {
+        return None;
+    }
+    let bus = shared.runner.bus.as_ref()?;
+    let queue = &shared.io.name;
+    Some(JobMonitor::driven(
+        bus,
+        &format!("{queue}/{}", message.id),
+        queue,
+        &format!("message {} (dequeue {})", message.id, message.dequeue_count),
+        hb.every,
+        hb.interval,
+    ))
 }
 
 /// A handler's future, with a panic inside it turned into `Err(panic text)`.

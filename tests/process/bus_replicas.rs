@@ -16,16 +16,17 @@ use ebbflow::codec::Encoding;
 use ebbflow::Publisher;
 
 /// One test's world: an Azurite queue, a bus prefix, a config folder for its workers.
-struct World {
-    queue: String,
+pub(crate) struct World {
+    pub(crate) queue: String,
     prefix: String,
     url: String,
-    dir: common::TempDir,
+    pub(crate) dir: common::TempDir,
     record: std::path::PathBuf,
 }
 
 impl World {
-    fn new(reach: &str, extra: &str) -> Self {
+    /// `extra` ends the config (`{queue}` in it is the queue's name).
+    pub(crate) fn new(reach: &str, extra: &str) -> Self {
         Self::on(&redis_url(), reach, extra)
     }
 
@@ -62,6 +63,7 @@ reach = "{reach}"
 {extra}
 "#,
             cs = common::azurite_connection_string(),
+            extra = extra.replace("{queue}", &queue),
         );
         std::fs::write(dir.path().join("default.toml"), config).unwrap();
         let record = dir.path().join("handled.txt");
@@ -78,7 +80,7 @@ reach = "{reach}"
         common::redis::settings(&self.url, &self.prefix, "producer", Duration::from_secs(2))
     }
 
-    fn worker(&self, handler_ms: u64) -> Worker {
+    pub(crate) fn worker(&self, handler_ms: u64) -> Worker {
         let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -95,7 +97,7 @@ reach = "{reach}"
     }
 
     /// A producer in this process: its own client connection to the bus.
-    async fn client(&self) -> Arc<dyn Bus> {
+    pub(crate) async fn client(&self) -> Arc<dyn Bus> {
         Arc::new(
             RedisBus::connect_client(
                 &self.settings(),
@@ -106,7 +108,7 @@ reach = "{reach}"
         )
     }
 
-    fn handled(&self) -> Vec<String> {
+    pub(crate) fn handled(&self) -> Vec<String> {
         std::fs::read_to_string(&self.record)
             .unwrap_or_default()
             .lines()
@@ -116,11 +118,11 @@ reach = "{reach}"
 }
 
 /// A worker process, stopped (SIGKILL) if the test ends without stopping it.
-struct Worker(Option<Child>);
+pub(crate) struct Worker(Option<Child>);
 
 impl Worker {
     /// SIGTERM, then its exit code and its stderr.
-    fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) fn stop(mut self) -> (Option<i32>, String) {
         let child = self.0.take().unwrap();
         let _ = Command::new("kill")
             .arg("-TERM")

@@ -9,6 +9,7 @@
 mod common;
 
 mod bus;
+mod bus_jobs;
 mod bus_worker;
 mod durable;
 mod fleet;

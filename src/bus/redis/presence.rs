@@ -1,9 +1,11 @@
 //! Presence records and the publish modes' state on Redis: `P:presence:<id>` (signed when
-//! signing is on), the sorted set `P:instances`, `P:busy:<queue>` and `P:sent:<queue>`.
+//! signing is on), the sorted set `P:instances`, `P:busy:<queue>` and `P:sent:<queue>`; job
+//! progress records `P:job:<id>` (signed likewise) and the sorted set `P:jobs` (by expiry).
 
 use std::time::Duration;
 
 use super::{bump, millis, Shared};
+use crate::bus::jobs::JobRecord;
 use crate::bus::{BusError, Presence, SentState};
 
 pub(super) async fn sent(s: &Shared, queue: &str, messages: u64) -> Result<SentState, BusError> {
@@ -103,5 +105,72 @@ pub(super) async fn instances(s: &Shared) -> Result<Vec<Presence>, BusError> {
         }
     }
     list.sort_by(|a, b| a.instance.cmp(&b.instance));
+    Ok(list)
+}
+
+/// Stores a job's record for `bus.job_retention` after this change.
+pub(super) async fn record_job(s: &Shared, record: &JobRecord) -> Result<(), BusError> {
+    let json = serde_json::to_string(record).map_err(|e| BusError::Codec {
+        kind: "job record".into(),
+        detail: e.to_string(),
+    })?;
+    let stored = match &s.signer {
+        Some(k) => k.seal(&json),
+        None => json,
+    };
+    let keep = millis(s.limits.job_retention).max(1);
+    let now = crate::bus::now_ms();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(s.key(&["job", &record.id]))
+        .arg(stored)
+        .arg("PX")
+        .arg(keep)
+        .ignore()
+        .cmd("ZADD")
+        .arg(s.key(&["jobs"]))
+        .arg(now.saturating_add(keep))
+        .arg(&record.id)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(s.key(&["jobs"]))
+        .arg("-inf")
+        .arg(now)
+        .ignore();
+    let mut con = s.cmd.clone();
+    let r = pipe.query_async::<()>(&mut con).await;
+    s.seen_result(&r);
+    r.map_err(|e| s.error("job record", &e))
+}
+
+/// The job records kept, newest start first.
+pub(super) async fn jobs(s: &Shared) -> Result<Vec<JobRecord>, BusError> {
+    let mut cmd = redis::cmd("ZRANGE");
+    cmd.arg(s.key(&["jobs"]))
+        .arg(crate::bus::now_ms())
+        .arg("+inf")
+        .arg("BYSCORE");
+    let ids: Vec<String> = s.query("ZRANGE", &cmd).await?;
+    let mut list = Vec::new();
+    for chunk in ids.chunks(500) {
+        let mut cmd = redis::cmd("MGET");
+        for id in chunk {
+            cmd.arg(s.key(&["job", id]));
+        }
+        let found: Vec<Option<String>> = s.query("MGET", &cmd).await?;
+        for record in found.into_iter().flatten() {
+            let json = (record.len() as u64 <= s.limits.max_envelope)
+                .then(|| crate::bus::signing::open(s.signer.as_ref(), &record))
+                .flatten();
+            match json.and_then(|j| serde_json::from_str::<JobRecord>(j).ok()) {
+                Some(r) => list.push(r),
+                None => {
+                    bump(&s.stats.refused);
+                    tracing::debug!("job record refused: too large, unsigned, wrongly signed or not a job record");
+                }
+            }
+        }
+    }
+    list.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then(a.id.cmp(&b.id)));
     Ok(list)
 }

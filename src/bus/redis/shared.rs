@@ -22,6 +22,7 @@ use crate::bus::{Address, BusError, Envelope, Health, Inbound, Member};
 pub(super) struct Limits {
     pub(super) claim_timeout: Duration,
     pub(super) retention: Duration,
+    pub(super) job_retention: Duration,
     pub(super) max_envelope: u64,
     pub(super) max_deliveries: u64,
     pub(super) max_backlog: u64,
@@ -32,6 +33,7 @@ impl Limits {
         Self {
             claim_timeout: settings.claim_timeout.get(),
             retention: settings.retention.get(),
+            job_retention: settings.job_retention.get(),
             max_envelope: settings.max_envelope_size.get(),
             max_deliveries: settings.max_deliveries.get(),
             max_backlog: settings.max_backlog.get(),

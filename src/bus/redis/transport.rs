@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use super::{poison, presence, readers, RedisBus, GROUP};
+use crate::bus::jobs::JobRecord;
 use crate::bus::{
     Address, Bus, BusError, Envelope, Health, Inbound, Member, PoisonEntry, Presence, Reach,
     Receipt, SentState, TransportCounters, WorkNotice,
@@ -263,6 +264,14 @@ impl Bus for RedisBus {
 
     async fn instances(&self) -> Result<Vec<Presence>, BusError> {
         presence::instances(&self.shared).await
+    }
+
+    async fn record_job(&self, record: &JobRecord) -> Result<(), BusError> {
+        presence::record_job(&self.shared, record).await
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, BusError> {
+        presence::jobs(&self.shared).await
     }
 
     fn counters(&self) -> TransportCounters {

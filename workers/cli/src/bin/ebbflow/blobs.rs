@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ebbflow::store::claim::sweep;
+use ebbflow::store::sweep;
 
 use crate::context::{block_on, parse_duration};
 use crate::{CliError, Context};
@@ -64,7 +64,7 @@ impl Command {
         for b in &found.orphans {
             let expires = b
                 .metadata
-                .get(ebbflow::store::blob::META_EXPIRES)
+                .get(ebbflow::store::META_EXPIRES)
                 .map_or("no expiry", String::as_str);
             say!("  {}  {} bytes  expires={expires}", b.name, b.size);
         }

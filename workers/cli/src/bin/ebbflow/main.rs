@@ -35,6 +35,7 @@ mod context;
 mod deploy;
 mod enqueue;
 mod instances;
+mod jobs;
 mod notify;
 mod peek;
 mod poison;
@@ -98,6 +99,8 @@ enum Command {
     Notify(notify::Args),
     /// List the live worker instances on the bus and their last presence pulse.
     Instances(instances::Args),
+    /// List running and recent long jobs (heartbeat progress records) on the bus.
+    Jobs(jobs::Args),
     /// The bus's own administration: `bus poison list|show|requeue`.
     #[command(subcommand)]
     Bus(bus::Command),
@@ -120,6 +123,7 @@ impl Command {
             Command::Deploy(command) => command.run(ctx),
             Command::Notify(args) => args.run(ctx),
             Command::Instances(args) => args.run(ctx),
+            Command::Jobs(args) => args.run(ctx),
             Command::Bus(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }
