@@ -12,7 +12,7 @@
 //! [`ShardingStore`] (one logical queue over `N`) and [`ClaimCheck`] (payloads too large for
 //! a message go to a blob store, [`BlobStore`]). The `[storage]` settings live beside them
 //! ([`StorageSettings`]); the service's limits ([`MAX_BATCH`], [`MAX_MESSAGE_BYTES`],
-//! [`MAX_VISIBILITY`]) come from the crate's service leaf.
+//! [`MAX_VISIBILITY`], [`MAX_TIME_TO_LIVE`]) come from the crate's service leaf.
 //!
 //! One conformance suite (`tests/azurite/conformance.rs`, with `tests/azurite/extremes.rs` for every input at
 //! its extremes) runs the same checks against both backends.
@@ -93,7 +93,10 @@ pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sharding;
 
-pub use crate::service::{validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
+pub use crate::service::{
+    validate_queue_name, DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE,
+    MAX_VISIBILITY,
+};
 pub use azure::{account_sas, AzureBlobs, AzureStore, DEV_ACCOUNT, DEV_KEY};
 pub use blob::memory::MemoryBlobs;
 pub use blob::{

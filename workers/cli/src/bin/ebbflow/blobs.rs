@@ -45,7 +45,7 @@ impl Command {
             .queues
             .values()
             .filter_map(|q| q.poison_ttl.duration())
-            .fold(ebbflow::service::DEFAULT_TIME_TO_LIVE, Duration::max);
+            .fold(ebbflow::store::DEFAULT_TIME_TO_LIVE, Duration::max);
         let older_than = older_than.unwrap_or(longest);
         let found = block_on(sweep(&blobs, older_than, !delete))?
             .map_err(|e| CliError::runtime(format!("blobs gc: {e}")))?;
