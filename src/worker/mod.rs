@@ -8,8 +8,10 @@
 //! - `bus.rs`: the worker's side of the bus (work notices, pass-on, outage probes, presence).
 
 mod bus;
+mod hooks;
 mod ready;
 mod report;
+pub use crate::scaling::{Decision, DefaultPolicy, Prompt, Reason, ScalingPolicy, Signals};
 pub use bus::BusCounters;
 mod producer;
 mod signal;
@@ -66,6 +68,13 @@ pub enum WorkerError {
          section (configured: {1})"
     )]
     LayerNotConfigured(String, String),
+    /// A scaling policy was set for a queue missing from config: the queue, then the configured
+    /// queues (comma-separated).
+    #[error(
+        "a scaling policy is set for queue {0} (Worker::scaling_policy), but config has no \
+         [queues.{0}] section (configured: {1})"
+    )]
+    PolicyNotConfigured(String, String),
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),
@@ -153,6 +162,10 @@ pub struct Worker {
     batch_stats: BTreeMap<String, BatchStats>,
     /// Output-only queues declared in code ([`Worker::output`]).
     outputs: std::collections::BTreeSet<String>,
+    /// Scaling policies of queues that do not run the built-in one.
+    policies: BTreeMap<String, Arc<dyn crate::scaling::ScalingPolicy>>,
+    /// Callbacks for every listener's events.
+    event_hooks: Vec<crate::listener::EventHook>,
 }
 
 impl Worker {
@@ -169,6 +182,8 @@ impl Worker {
             queue_layers: BTreeMap::new(),
             batch_stats: BTreeMap::new(),
             outputs: Default::default(),
+            policies: BTreeMap::new(),
+            event_hooks: Vec::new(),
         }
     }
 
