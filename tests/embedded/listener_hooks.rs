@@ -177,7 +177,7 @@ async fn a_policy_for_an_unknown_queue_is_a_start_up_error_naming_it() {
         .err()
         .expect("refused");
     assert!(
-        matches!(&err, WorkerError::PolicyNotConfigured(q) if q == "typo"),
+        matches!(&err, WorkerError::PolicyNotConfigured(q, _) if q == "typo"),
         "{err}"
     );
     assert!(err.to_string().contains("[queues.typo]"), "{err}");
