@@ -1,4 +1,4 @@
-//! OpenTelemetry traces: with the `otel` cargo feature (on by default) the spans of
+//! OpenTelemetry traces: with the `otel` cargo feature (on by default)
 //! the crate's spans (`send`, `receive`, `process`, `settle` and the store's client
 //! spans, after the messaging conventions) and every other `tracing` span (handlers' own) are
 //! exported over OTLP: HTTP with protobuf or JSON bodies, or gRPC with the `otel-grpc` feature.
