@@ -40,7 +40,8 @@ pub trait ScalingPolicy: Send + Sync + std::fmt::Debug + 'static {
     fn decide(&self, settings: &ScalingSettings, signals: &Signals) -> Decision;
 }
 
-/// The built-in policy: [`super::decide`] (the whitepaper's rule; see the module docs).
+/// The built-in policy: the whitepaper's rule (depth rules, else one task per
+/// `messages_per_task`, idle tasks retiring one at a time), as the book's Scaling chapter says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DefaultPolicy;
 

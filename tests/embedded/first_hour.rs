@@ -51,12 +51,13 @@ async fn a_queue_name_typo_names_what_is_configured_and_what_is_registered() {
     let mut typo = Settings::default();
     typo.queues
         .insert("ordres".into(), QueueSettings::default());
-    let e = ebbflow::Worker::new(typo.clone())
+    let Err(e) = ebbflow::Worker::new(typo.clone())
         .handler_fn("orders", ok)
         .start()
         .await
-        .err()
-        .expect("a handler for an unconfigured queue must not start");
+    else {
+        panic!("a handler for an unconfigured queue must not start");
+    };
     assert!(matches!(e, WorkerError::NotConfigured(..)), "{e:?}");
     let text = e.to_string();
     assert!(
@@ -66,12 +67,13 @@ async fn a_queue_name_typo_names_what_is_configured_and_what_is_registered() {
     // The other way round: config has a queue no handler is registered for.
     typo.queues
         .insert("orders".into(), QueueSettings::default());
-    let e = ebbflow::Worker::new(typo)
+    let Err(e) = ebbflow::Worker::new(typo)
         .handler_fn("orders", ok)
         .start()
         .await
-        .err()
-        .expect("a configured queue without a handler must not start");
+    else {
+        panic!("a configured queue without a handler must not start");
+    };
     let text = e.to_string();
     assert!(
         text.contains("queue ordres is configured")
