@@ -237,6 +237,20 @@ mod tests {
         q.delete(&lease.id, lease.receipt()).await.unwrap();
     }
 
+    /// A renewal in flight when the handler ends is let land, so the settle uses the receipt it
+    /// returned (the old one no longer deletes the message).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_in_flight_at_the_end_lands_before_the_settle() {
+        let (q, mut lease) = one_message(Duration::from_secs(30)).await;
+        let old = lease.receipt().to_string();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(lease.renew_soon());
+        assert!(matches!(lease.finish().await, Some(LeaseEvent::Renewed)));
+        assert_ne!(lease.receipt(), old);
+        assert!(lease.renewing.is_none());
+        q.delete(&lease.id, lease.receipt()).await.unwrap();
+    }
+
     /// Fails every update while `.0` is set.
     struct RefuseUpdates(Arc<std::sync::atomic::AtomicBool>);
 
