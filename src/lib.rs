@@ -5,11 +5,11 @@
 //! 1. [`config`] loads typed settings (files, then environment) and validates every value.
 //! 2. [`store`] opens the backend: Azure / Azurite through `azure_storage_queue`, or the
 //!    embedded in-process store with the same semantics. Wrappers are layers on one
-//!    forwarding base ([`store::layer`]) that override only what they change: its retrying
+//!    forwarding base ([`store::LayeredStore`]) that override only what they change: its retrying
 //!    layer retries service faults with jittered back-off and decides, per operation, what a
 //!    retry after an unanswered try means (a delete done, an update in doubt, a send maybe
 //!    stored twice). The service's limits (batch 32, visibility 7 days, 64 KiB, time to live)
-//!    and rules (queue names, message text, secrets kept out of logs) are in [`service`], a
+//!    and rules (queue names, message text, secrets kept out of logs) are in the `service`
 //!    leaf every room takes them from; [`checks`] names the key of a setting out of range.
 //! 3. [`worker`] starts one [`listener`] per configured queue; its dequeue tasks receive
 //!    batches of up to 32 messages and sleep on the idle back-off curve
@@ -60,8 +60,8 @@ pub mod observability;
 #[cfg(test)]
 mod reference;
 mod scaling;
-pub mod secret;
-pub mod service;
+mod secret;
+mod service;
 pub mod store;
 pub mod testing;
 mod trigger;

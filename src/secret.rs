@@ -9,7 +9,7 @@
 use serde::Serializer;
 
 /// The marker that replaces a secret.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// Every settings key whose value is or holds a secret, as dotted paths: they serialize
 /// redacted or hidden, and no error, log line or `Debug` output shows their values (the
@@ -32,7 +32,10 @@ pub const SECRET_KEYS: &[&str] = &[
 /// Serializes text that may embed secrets (a connection string's `AccountKey=` or
 /// `SharedAccessSignature=`, a URL's password, `sig=` or `token=`) with those values redacted
 /// ([`redact`]).
-pub fn serialize_redacted<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_redacted<S: Serializer>(
+    value: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match value {
         Some(text) => s.serialize_some(&redact(text)),
         None => s.serialize_none(),
@@ -93,7 +96,10 @@ pub(crate) fn connection_string_shown(cs: &str) -> String {
 
 /// Serializes a value that is a secret as a whole (a token, a SAS token) as `<redacted>`, so
 /// a reader sees that one is set but not what it is.
-pub fn serialize_hidden<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_hidden<S: Serializer>(
+    value: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => s.serialize_some(REDACTED),
         None => s.serialize_none(),

@@ -110,7 +110,7 @@ impl fmt::Debug for QueueName {
 /// Whether the service takes `c` in a message's text: the characters XML 1.0 allows (tab,
 /// line feed, carriage return, and everything from U+0020 except U+FFFE and U+FFFF). Message
 /// text travels in an XML body; the service answers 400 to any other character.
-pub fn is_allowed_text_char(c: char) -> bool {
+pub(crate) fn is_allowed_text_char(c: char) -> bool {
     matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 

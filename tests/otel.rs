@@ -290,7 +290,7 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     .unwrap());
 
     // Three rows for the batch queue, each sent with the envelope under a span of its own.
-    let store: Arc<dyn QueueStore> = Arc::new(ebbflow::store::memory::MemoryStore::new());
+    let store: Arc<dyn QueueStore> = Arc::new(ebbflow::store::MemoryStore::new());
     let rows = store.queue("rows").unwrap();
     rows.create_if_missing().await.unwrap();
     let rows_publisher = Publisher::new(rows, Encoding::Base64).with_trace_context(true);
@@ -316,9 +316,7 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     settings.queues.insert("rows".into(), batch);
     let worker = ebbflow::Worker::new(settings)
         .with_store(store.clone())
-        .with_blobs(Arc::new(ebbflow::store::blob::memory::MemoryBlobs::new(
-            "payloads",
-        )))
+        .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new("payloads")))
         .handler("big", Big)
         .batch_handler("rows", Rows)
         .start()

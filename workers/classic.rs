@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::store::azure::AzureStore;
+use ebbflow::store::AzureStore;
 use ebbflow::store::Queue;
 use ebbflow::store::QueueStore;
 

@@ -1,5 +1,6 @@
-//! The claim check end to end on Azurite's queue and blob services (the ones `scripts/azurite`
-//! starts: `EBBFLOW_AZURITE_URL`, `EBBFLOW_AZURITE_BLOB_URL`): N payloads of 1 MiB and 16 MiB
+//! The claim check end to end on Azurite's queue and blob services (those named by
+//! `EBBFLOW_AZURITE_URL` and `EBBFLOW_AZURITE_BLOB_URL`, as `scripts/test` exports them; without
+//! them, a pair of the scenario's own from `scripts/azurite start`): N payloads of 1 MiB and 16 MiB
 //! published through ebbflow and handled by a worker, against a hand-written loop on the same
 //! SDK clients (upload, enqueue a reference; receive, download, delete message, delete blob)
 //! with no layers. Prints messages per second of each, their ratio, and the peak resident
@@ -11,13 +12,18 @@ use std::time::{Duration, Instant};
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
-use ebbflow::store::blob::{AzureBlobs, Blobs};
 use ebbflow::store::QueueStore;
+use ebbflow::store::{AzureBlobs, Blobs};
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
 /// One size's figures.
+#[derive(Debug, Clone)]
 pub struct Figures {
+    /// Payload size, bytes.
+    pub size: usize,
+    /// Messages each side sent and handled.
+    pub messages: usize,
     /// ebbflow, messages per second (publish to handled).
     pub ebbflow_per_s: f64,
     /// The hand loop, messages per second.
@@ -89,12 +95,52 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// The Azurite endpoints, or `None` (the scenario is skipped) when they are not set.
+/// The Azurite endpoints from the environment, when both are set.
 pub fn endpoints() -> Option<(String, String)> {
     Some((
         std::env::var("EBBFLOW_AZURITE_URL").ok()?,
         std::env::var("EBBFLOW_AZURITE_BLOB_URL").ok()?,
     ))
+}
+
+/// Azurite's queue and blob services started by `scripts/azurite start DIR`, stopped on drop.
+struct OwnAzurite(std::path::PathBuf);
+
+impl OwnAzurite {
+    /// Starts them (installing Azurite first when needed); `None` with the reason printed
+    /// when that fails (no npm, say).
+    fn start(dir: std::path::PathBuf) -> Option<(Self, String, String)> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/azurite");
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            println!(
+                "claim: scripts/azurite start failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let (queue, blob) = (read("url")?, read("blob_url")?);
+        Some((Self(dir), queue, blob))
+    }
+}
+
+impl Drop for OwnAzurite {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/azurite");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .arg(&self.0)
+            .status();
+    }
 }
 
 async fn ebbflow_run(queue_url: &str, blobs: &Blobs, size: usize, n: usize) -> (f64, f64) {
@@ -181,14 +227,22 @@ async fn raw_run(queue_url: &str, blobs: &Blobs, size: usize, n: usize) -> (f64,
     (per_s, sampler.peak_mib())
 }
 
-/// Runs both sides for each size (`n` messages each).
-pub async fn claim(sizes: &[usize], n: usize) -> Vec<Figures> {
-    let Some((queue_url, blob_url)) = endpoints() else {
-        println!(
-            "claim: skipped (needs EBBFLOW_AZURITE_URL and EBBFLOW_AZURITE_BLOB_URL, as \
-             scripts/test exports them)"
-        );
-        return Vec::new();
+/// Runs both sides for each size (`n` messages each), on the Azurite of the environment or,
+/// without one, on one of its own (its files under `dir`).
+pub async fn claim(sizes: &[usize], n: usize, dir: std::path::PathBuf) -> Vec<Figures> {
+    let mut own = None;
+    let (queue_url, blob_url) = match endpoints() {
+        Some(urls) => urls,
+        None => match OwnAzurite::start(dir) {
+            Some((azurite, queue, blob)) => {
+                own = Some(azurite);
+                (queue, blob)
+            }
+            None => {
+                println!("claim: skipped (no Azurite: set EBBFLOW_AZURITE_URL and EBBFLOW_AZURITE_BLOB_URL, or install npm)");
+                return Vec::new();
+            }
+        },
     };
     let cs = format!(
         "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};BlobEndpoint={blob_url}"
@@ -200,6 +254,8 @@ pub async fn claim(sizes: &[usize], n: usize) -> Vec<Figures> {
         let (raw_per_s, raw_peak_mib) = raw_run(&queue_url, &blobs, size, n).await;
         let (ebbflow_per_s, ebbflow_peak_mib) = ebbflow_run(&queue_url, &blobs, size, n).await;
         let f = Figures {
+            size,
+            messages: n,
             ebbflow_per_s,
             raw_per_s,
             ebbflow_peak_mib,
@@ -217,5 +273,6 @@ pub async fn claim(sizes: &[usize], n: usize) -> Vec<Figures> {
         );
         out.push(f);
     }
+    drop(own);
     out
 }

@@ -12,8 +12,8 @@ use crate::common::proxy::Proxy;
 use crate::common::AzuriteProcess;
 use ebbflow::codec::Encoding;
 use ebbflow::config::RetrySettings;
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
-use ebbflow::store::retrying::RetryingStore;
+use ebbflow::store::RetryingStore;
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore};
 
 /// Simulated work per message unless a scenario says otherwise, ms.

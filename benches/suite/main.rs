@@ -284,7 +284,7 @@ async fn run(
         } else {
             (&[1 << 20], 2)
         };
-        claim::claim(sizes, n).await;
+        r.claim = claim::claim(sizes, n, out.join("claim-azurite")).await;
     }
     if selected("embedded") {
         let (mut raw, mut emb) = (Vec::new(), Vec::new());
@@ -292,6 +292,35 @@ async fn run(
             raw.push(embedded::raw_loop(plan.embedded_messages).await);
             emb.push(embedded::ebbflow_embedded(plan.embedded_messages).await);
         }
+        // What tracing costs while off (no exporter installed yet): the span sites one
+        // message passes, timed alone, against the time a message takes in the runs above.
+        // Less the plain `message` log span a message had before traces existed; the
+        // smaller of three tries of each (the machine's other work only adds).
+        // Long enough that the CPU clock's resolution (a scheduler tick) stays small.
+        let sites_n = if plan.full { 2_000_000 } else { 200_000 };
+        let sites_ns = (0..3)
+            .map(|_| embedded::span_sites_off_ns(sites_n))
+            .fold(f64::INFINITY, f64::min);
+        let base_ns = (0..3)
+            .map(|_| embedded::message_span_ns(sites_n))
+            .fold(f64::INFINITY, f64::min);
+        let off_ns = (sites_ns - base_ns).max(0.0);
+        let off_rate = emb.iter().sum::<f64>() / emb.len().max(1) as f64;
+        let per_message_ns = 1e9 / off_rate.max(1.0);
+        println!(
+            "tracing off: the span sites of one message cost {sites_ns:.1} ns of CPU, of which \
+             {base_ns:.1} ns the message log span it always had: {off_ns:.1} ns added, {:.3}% \
+             of the {per_message_ns:.0} ns a message takes in the embedded dispatch",
+            100.0 * off_ns / per_message_ns
+        );
+        let mut cost = report::Traces {
+            sites_ns,
+            base_ns,
+            off_site_ns: off_ns,
+            per_message_ns,
+            exported_per_s: None,
+            off_per_s: off_rate,
+        };
         // The cost of exported traces: one more run with the OTLP exporter on (pointed at a
         // closed loopback port: spans are made, batched and sent; the sends fail). Last, since
         // the exporter stays installed for the rest of the process. Off (the runs above) each
@@ -309,7 +338,8 @@ async fn run(
         .unwrap_or(false)
         {
             let on = embedded::ebbflow_embedded(plan.embedded_messages).await;
-            let off = emb.iter().sum::<f64>() / emb.len().max(1) as f64;
+            let off = off_rate;
+            cost.exported_per_s = Some(on);
             println!(
                 "embedded dispatch with traces exported: {on:.0} messages/s; off: {off:.0} \
                  messages/s ({:.1}x)",
@@ -317,6 +347,7 @@ async fn run(
             );
         }
         r.embedded = Some((raw, emb));
+        r.traces = Some(cost);
     }
 
     let complete = SCENARIOS.iter().all(|s| selected(s)) && !tried;

@@ -29,6 +29,27 @@ pub struct Results {
     /// Messages/s of the raw loop and of ebbflow, per run.
     pub embedded: Option<(Vec<f64>, Vec<f64>)>,
     pub bus: Option<crate::bus::BusRun>,
+    /// The claim check, per payload size.
+    pub claim: Vec<crate::claim::Figures>,
+    /// What tracing costs, off and exporting.
+    pub traces: Option<Traces>,
+}
+
+/// The cost of tracing in the embedded dispatch.
+#[derive(Debug, Clone)]
+pub struct Traces {
+    /// The span sites one message passes while traces are off, ns (timed alone).
+    pub sites_ns: f64,
+    /// Of those, the plain `message` log span every message had before traces, ns.
+    pub base_ns: f64,
+    /// What the span sites add while traces are off: `sites_ns - base_ns`.
+    pub off_site_ns: f64,
+    /// Time one message takes in the embedded dispatch with traces off, ns.
+    pub per_message_ns: f64,
+    /// Messages/s with traces off (the mean of the embedded runs).
+    pub off_per_s: f64,
+    /// Messages/s with spans exported (OTLP to a closed port), when that run happened.
+    pub exported_per_s: Option<f64>,
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -474,6 +495,71 @@ pub fn report(plan: &Plan, r: &Results, complete: bool, out: &Path) -> (usize, u
             "ebbflow_per_s": emb,
             "ratio": emb_rate / raw_rate,
         });
+    }
+
+    if let Some(t) = &r.traces {
+        let share = 100.0 * t.off_site_ns / t.per_message_ns;
+        println!();
+        println!("| tracing (embedded dispatch) | measured |\n|---|---|");
+        println!(
+            "| off: span sites per message, ns (of which the message log span) | {:.1} ({:.1}) |",
+            t.sites_ns, t.base_ns
+        );
+        println!(
+            "| off: added per message, ns (share of a message's {:.0} ns) | {:.1} ({share:.3}%) |",
+            t.per_message_ns, t.off_site_ns
+        );
+        println!("| off: messages/s | {:.0} |", t.off_per_s);
+        if let Some(on) = t.exported_per_s {
+            println!("| exported (OTLP, every span): messages/s | {on:.0} |");
+        }
+        // Issue 23: tracing costs nothing measurable while off (under 1% of a message).
+        targets.push(at_most(
+            "tracing off, share of a message's time, %",
+            share,
+            1.0,
+        ));
+        results["traces"] = json!({
+            "off_span_sites_ns": t.sites_ns,
+            "off_message_span_ns": t.base_ns,
+            "off_added_ns": t.off_site_ns,
+            "per_message_ns": t.per_message_ns,
+            "off_share_percent": share,
+            "off_per_s": t.off_per_s,
+            "exported_per_s": t.exported_per_s,
+        });
+    }
+
+    if !r.claim.is_empty() {
+        println!();
+        println!("| claim check on Azurite (publish to handled) | ebbflow msg/s | hand loop msg/s | ratio | peak RSS above start, ebbflow / hand loop, MiB |\n|---|---|---|---|---|");
+        for f in &r.claim {
+            println!(
+                "| {} MiB x {} | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} |",
+                f.size >> 20,
+                f.messages,
+                f.ebbflow_per_s,
+                f.raw_per_s,
+                f.ebbflow_per_s / f.raw_per_s,
+                f.ebbflow_peak_mib,
+                f.raw_peak_mib
+            );
+        }
+        results["claim"] = r
+            .claim
+            .iter()
+            .map(|f| {
+                json!({
+                    "payload_bytes": f.size,
+                    "messages": f.messages,
+                    "ebbflow_per_s": f.ebbflow_per_s,
+                    "hand_loop_per_s": f.raw_per_s,
+                    "ratio": f.ebbflow_per_s / f.raw_per_s,
+                    "ebbflow_peak_rss_mib": f.ebbflow_peak_mib,
+                    "hand_loop_peak_rss_mib": f.raw_peak_mib,
+                })
+            })
+            .collect();
     }
 
     if let Some(b) = &r.bus {

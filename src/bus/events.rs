@@ -1,5 +1,5 @@
 //! The runtime's own events on the bus (type names start with `ebbflow.`): presence pulses,
-//! instances leaving, and long jobs' heartbeat pulses. Subscribe to them like any event:
+//! instances leaving, long jobs' heartbeat pulses, and role-wide commands (drain). Subscribe to them like any event:
 //! `bus.subscribe::<JobPulse>(Filter::new())`.
 
 use serde::{Deserialize, Serialize};
@@ -87,4 +87,17 @@ pub struct WorkPassed {
 
 impl Event for WorkPassed {
     const KIND: &'static str = "ebbflow.work-passed";
+}
+
+/// A role-wide command: the instances it reaches stop taking work, drain and exit 0 (so the
+/// orchestrator replaces them), as on SIGTERM. Sent by `ebbflow drain --role R` (to the role,
+/// or to one instance at a time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequested {
+    /// Why, for the log (the operator's words, or `ebbflow drain`).
+    pub reason: String,
+}
+
+impl Event for DrainRequested {
+    const KIND: &'static str = "ebbflow.drain";
 }

@@ -32,6 +32,7 @@ pub use crate::checks::ConfigError;
 pub use load::Origin;
 
 pub use crate::scaling::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettings};
+pub use crate::secret::{redact, SECRET_KEYS};
 pub use crate::service::QueueName;
 pub use crate::store::settings::{CredentialKind, RetrySettings, StorageSettings};
 pub use crate::trigger::{

@@ -22,12 +22,12 @@ use tokio::time::Instant;
 use super::{Layered, Operation, Queue, QueueLayer, StoreError, StoreLayer};
 
 /// Bucket bounds of store call times, in seconds: 1 ms to 60 s (retries included).
-pub const CALL_BUCKETS: [f64; 15] = [
+pub(crate) const CALL_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// The labels of one call's time: `queue` and `op`.
-pub type CallLabels = Vec<(&'static str, String)>;
+pub(crate) type CallLabels = Vec<(&'static str, String)>;
 
 type Histograms = Family<CallLabels, Histogram, fn() -> Histogram>;
 
@@ -37,7 +37,7 @@ fn call_histogram() -> Histogram {
 
 /// How the store has been answering.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreHealth {
+pub(crate) enum StoreHealth {
     /// The last call got an answer (or none was made yet).
     Answering,
     /// Every call since `since` got no usable answer; the last one failed with `error`.
@@ -51,7 +51,7 @@ pub enum StoreHealth {
 
 /// The metering layer; clones share its histograms and health.
 #[derive(Clone)]
-pub struct Metering {
+pub(crate) struct Metering {
     calls: Histograms,
     health: Arc<Mutex<StoreHealth>>,
 }
@@ -75,12 +75,12 @@ impl std::fmt::Debug for Metering {
 
 impl Metering {
     /// Call times by `queue` and `op`, in seconds.
-    pub fn call_seconds(&self) -> &Family<CallLabels, Histogram, fn() -> Histogram> {
+    pub(crate) fn call_seconds(&self) -> &Family<CallLabels, Histogram, fn() -> Histogram> {
         &self.calls
     }
 
     /// How the store has been answering.
-    pub fn health(&self) -> StoreHealth {
+    pub(crate) fn health(&self) -> StoreHealth {
         self.health
             .lock()
             .map(|h| h.clone())
@@ -88,7 +88,7 @@ impl Metering {
     }
 
     /// How long the store has been failing now (zero while it answers).
-    pub fn failing_for(&self) -> Duration {
+    pub(crate) fn failing_for(&self) -> Duration {
         match self.health() {
             StoreHealth::Answering => Duration::ZERO,
             StoreHealth::Failing { since, .. } => since.elapsed(),

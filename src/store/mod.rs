@@ -1,19 +1,79 @@
 //! The queue operations the runtime needs, behind one trait, with two backends:
 //!
-//! - [`memory::MemoryStore`], in-process, with the service's semantics (visibility timeout,
-//!   pop receipts that change on every receive and update, dequeue counts, TTL expiry, and
-//!   every input rule of [`rules`]: it refuses exactly what the service refuses). It is the
-//!   embedded default and the test double for logic.
-//! - [`azure::AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
+//! - [`MemoryStore`], in-process, with the service's semantics (visibility timeout, pop
+//!   receipts that change on every receive and update, dequeue counts, TTL expiry, and every
+//!   input rule of Put, Update and Get Messages: it refuses exactly what the service refuses).
+//!   It is the embedded default and the test double for logic.
+//! - [`AzureStore`], on `azure_storage_queue` 1.x, for Azure and Azurite.
 //!
-//! Wrappers are layers on one forwarding base ([`layer`]), each overriding only what it
-//! changes: [`retrying`] (transient faults, unknown outcomes, deletes that outlast outages
-//! within the lease), [`counting`] (calls by kind) and [`sharding`] (one logical queue over
-//! `N`). The `[storage]` settings live beside them ([`settings`]); the service's limits come
-//! from the [`crate::service`] leaf.
+//! Wrappers are layers on one forwarding base ([`LayeredStore`] with a [`StoreLayer`]), each
+//! overriding only what it changes: [`RetryingStore`] (transient faults, unknown outcomes,
+//! deletes that outlast outages within the lease), [`CountingStore`] (calls by kind),
+//! [`ShardingStore`] (one logical queue over `N`) and [`ClaimCheck`] (payloads too large for
+//! a message go to a blob store, [`BlobStore`]). The `[storage]` settings live beside them
+//! ([`StorageSettings`]); the service's limits ([`MAX_BATCH`], [`MAX_MESSAGE_BYTES`],
+//! [`MAX_VISIBILITY`], [`MAX_TIME_TO_LIVE`]) come from the crate's service leaf.
 //!
 //! One conformance suite (`tests/azurite/conformance.rs`, with `tests/azurite/extremes.rs` for every input at
 //! its extremes) runs the same checks against both backends.
+//!
+//! # Layers
+//!
+//! The forwarding base for store wrappers, after tower's `Layer`: a wrapper says only what it
+//! changes, and every operation it leaves alone goes to the store underneath unchanged.
+//!
+//! - A [`QueueLayer`] wraps one queue. Each of its methods gets the queue underneath as
+//!   `inner` and, unless overridden, calls it through [`QueueLayer::around`], the one hook that
+//!   sees every call (its [`Operation`], its future): a counting or metering layer overrides
+//!   `around` only; a layer that changes one operation (a fault double that hangs deletes)
+//!   overrides that method only. [`Layered`] puts a layer on a queue and is the [`Queue`].
+//! - A [`StoreLayer`] wraps a whole store: by default it hands out the inner store's queues
+//!   through [`StoreLayer::wrap`] (where it puts its `QueueLayer` on each) and forwards the
+//!   rest; a sharding layer overrides [`StoreLayer::queue`] instead. [`LayeredStore`] puts a
+//!   layer on a store and is the [`QueueStore`].
+//!
+//! The layer traits are not `Queue`/`QueueStore` themselves (their methods take `inner`), so a
+//! layer's `send` never competes with a queue's `send` for a method call.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use std::sync::atomic::{AtomicU64, Ordering};
+//! use ebbflow::store::{MemoryStore, LayeredStore, Operation, QueueLayer, QueueStore};
+//! use ebbflow::store::{Layered, Queue, StoreError, StoreLayer};
+//!
+//! /// Counts receives; every other call passes unchanged.
+//! #[derive(Clone, Default)]
+//! struct Receives(Arc<AtomicU64>);
+//!
+//! impl QueueLayer for Receives {
+//!     async fn around<T: Send>(
+//!         &self,
+//!         _queue: &str,
+//!         operation: Operation,
+//!         call: impl std::future::Future<Output = Result<T, StoreError>> + Send,
+//!     ) -> Result<T, StoreError> {
+//!         if operation == Operation::Receive {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!         call.await
+//!     }
+//! }
+//!
+//! impl StoreLayer for Receives {
+//!     fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+//!         Layered::wrap(queue, self.clone())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let layer = Receives::default();
+//! let store = LayeredStore::wrap(Arc::new(MemoryStore::new()), layer.clone());
+//! let q = store.queue("orders").unwrap();
+//! q.create_if_missing().await.unwrap();
+//! q.receive(32, std::time::Duration::from_secs(30)).await.unwrap();
+//! assert_eq!(layer.0.load(Ordering::Relaxed), 1);
+//! # });
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,22 +81,38 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-pub mod azure;
-pub mod blob;
-pub mod claim;
-pub mod counting;
-pub mod layer;
-pub mod memory;
-pub mod metered;
-pub mod retrying;
-pub mod rules;
-pub mod settings;
-pub mod sharding;
+pub(crate) mod azure;
+pub(crate) mod blob;
+pub(crate) mod claim;
+pub(crate) mod counting;
+pub(crate) mod layer;
+pub(crate) mod memory;
+pub(crate) mod metered;
+pub(crate) mod retrying;
+pub(crate) mod rules;
+pub(crate) mod settings;
+pub(crate) mod sharding;
 
-pub use crate::service::{validate_queue_name, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
-pub use claim::PayloadError;
+pub use crate::service::{
+    validate_queue_name, DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE,
+    MAX_VISIBILITY,
+};
+pub use azure::{account_sas, AzureBlobs, AzureStore, DEV_ACCOUNT, DEV_KEY};
+pub use blob::memory::MemoryBlobs;
+pub use blob::{
+    BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE, META_SHA256,
+};
+pub use claim::{
+    blobs_from_settings, open_blobs, sweep, ClaimCheck, ClaimCheckSettings, PayloadError,
+    QueueFormat, Sweep, EXPIRY_GRACE,
+};
+pub use counting::{CallCounts, Counting, CountingStore};
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
+pub use memory::MemoryStore;
+pub use retrying::{Retrying, RetryingStore};
 pub use rules::{SendOptions, TimeToLive};
+pub use settings::{CredentialKind, RetrySettings, StorageSettings};
+pub use sharding::{shard_name, Sharding, ShardingStore};
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {

@@ -204,7 +204,7 @@ impl SendOptions {
 
 /// `d` in whole seconds, a fraction counting as a whole second, as the service counts; never
 /// overflows (`Duration::MAX` gives `u64::MAX`).
-pub fn whole_seconds(d: Duration) -> u64 {
+pub(crate) fn whole_seconds(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
@@ -226,7 +226,7 @@ fn invalid(queue: &str, detail: impl Into<String>) -> StoreError {
 
 /// The text rule of Put Message and Update Message: at most 64 KiB in UTF-8 bytes, and only
 /// characters XML 1.0 allows (the first one that is not is named by position).
-pub fn check_text(queue: &str, text: &str) -> Result<(), StoreError> {
+pub(crate) fn check_text(queue: &str, text: &str) -> Result<(), StoreError> {
     if text.len() > MAX_MESSAGE_BYTES {
         return Err(invalid(
             queue,
@@ -253,7 +253,7 @@ pub fn check_text(queue: &str, text: &str) -> Result<(), StoreError> {
 /// What the Azure backend refuses before sending: what the request cannot carry (a time to
 /// live beyond 32 bits of seconds), text XML cannot carry, and a delay not shorter than the
 /// default time to live (Azurite only checks the delay against an explicit one).
-pub fn check_send_expressible(
+pub(crate) fn check_send_expressible(
     queue: &str,
     text: &str,
     options: &SendOptions,
@@ -271,13 +271,13 @@ pub fn check_send_expressible(
 }
 
 /// Every rule of Put Message.
-pub fn check_send(queue: &str, text: &str, options: &SendOptions) -> Result<(), StoreError> {
+pub(crate) fn check_send(queue: &str, text: &str, options: &SendOptions) -> Result<(), StoreError> {
     check_text(queue, text)?;
     options.check().map_err(|e| invalid(queue, e.to_string()))
 }
 
 /// The visibility rule of Update Message (0 s..=7 d) and its text rule.
-pub fn check_update(
+pub(crate) fn check_update(
     queue: &str,
     visibility: Duration,
     text: Option<&str>,
@@ -298,7 +298,7 @@ pub fn check_update(
 }
 
 /// The rules of Get Messages: 1..=32 messages, visibility 1 s..=7 d.
-pub fn check_receive(queue: &str, max: u8, visibility: Duration) -> Result<(), StoreError> {
+pub(crate) fn check_receive(queue: &str, max: u8, visibility: Duration) -> Result<(), StoreError> {
     check_count(queue, max)?;
     if visibility.is_zero() || visibility > MAX_VISIBILITY {
         return Err(invalid(
@@ -313,7 +313,7 @@ pub fn check_receive(queue: &str, max: u8, visibility: Duration) -> Result<(), S
 }
 
 /// The rule of Peek Messages (and Get Messages): 1..=32 messages.
-pub fn check_count(queue: &str, max: u8) -> Result<(), StoreError> {
+pub(crate) fn check_count(queue: &str, max: u8) -> Result<(), StoreError> {
     if (1..=MAX_BATCH).contains(&max) {
         Ok(())
     } else {

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::tasks::Tasks;
-use crate::bus::events::{InstanceLeft, InstancePulse, JobPulse, PulseKind, WorkPassed};
+use crate::bus::events::{
+    DrainRequested, InstanceLeft, InstancePulse, JobPulse, PulseKind, WorkPassed,
+};
 use crate::bus::{
     now_ms, Address, Announcer, BusHandle, Filter, Health, Presence, PublishMode, QueueBusSettings,
     Reach, WorkNotice,
@@ -154,6 +156,8 @@ pub(crate) struct Wiring {
     counters: Arc<BusCounters>,
     started_at_ms: u64,
     tasks: Tasks,
+    /// Fired by a drain command on the bus (`ebbflow drain`): the worker drains as on SIGTERM.
+    drain: CancellationToken,
 }
 
 impl Wiring {
@@ -170,7 +174,13 @@ impl Wiring {
             peers: Arc::default(),
             counters: Arc::default(),
             started_at_ms: now_ms(),
+            drain: CancellationToken::new(),
         }
+    }
+
+    /// Fired when a drain command (`ebbflow.drain`) reaches this instance.
+    pub(crate) fn drain_requested(&self) -> CancellationToken {
+        self.drain.clone()
     }
 
     /// The link of queue `name`: its listener's hooks, and its publishers' announcer.
@@ -261,6 +271,16 @@ impl Wiring {
                         hops: passed.body.hops,
                     };
                     sink(notice, None);
+                    async { Ok(()) }
+                }),
+        );
+        // Role-wide commands: a drain stops this instance as SIGTERM would (exit 0).
+        let drain = self.drain.clone();
+        drop(
+            self.bus
+                .observe::<DrainRequested, _, _>(Filter::new(), move |cmd| {
+                    info!(from = %cmd.from, reason = %cmd.body.reason, "drain requested on the bus; stopping");
+                    drain.cancel();
                     async { Ok(()) }
                 }),
         );

@@ -337,6 +337,8 @@ pub struct RunningWorker {
     life: Lifecycle,
     /// Fire `stop` and `abort` when the worker is dropped.
     _stop_on_drop: [tokio_util::sync::DropGuard; 2],
+    /// Fired by a drain command on the bus (`ebbflow drain --role R`).
+    drain_requested: tokio_util::sync::CancellationToken,
     drain_timeout: Duration,
 }
 
@@ -392,23 +394,26 @@ impl RunningWorker {
         self.publishers.get(queue).cloned()
     }
 
-    /// Runs until SIGTERM or ctrl-c ([`shutdown_signal`]) or an error no retry can fix stops
-    /// it, then drains.
+    /// Runs until SIGTERM or ctrl-c ([`shutdown_signal`]), a drain command on the bus
+    /// (`ebbflow drain`), or an error no retry can fix stops it, then drains.
     /// A second stop signal during the drain ends it at once: handlers still running are
     /// aborted and their messages released, as at the drain deadline (exit code 1).
     pub async fn run(self) -> DrainReport {
         tokio::select! {
             _ = shutdown_signal() => {}
+            _ = self.drain_requested.cancelled() => {}
             _ = self.life.fatal.raised() => {}
         }
         self.drain(shutdown_signal()).await
     }
 
-    /// Runs until `signal` completes or an error no retry can fix stops it (see
-    /// [`DrainReport::fatal`]), then drains. The one way a worker learns of a fatal error.
+    /// Runs until `signal` completes, a drain command on the bus (`ebbflow drain`) reaches it,
+    /// or an error no retry can fix stops it (see [`DrainReport::fatal`]), then drains. The one
+    /// way a worker learns of a fatal error.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> DrainReport {
         tokio::select! {
             _ = signal => {}
+            _ = self.drain_requested.cancelled() => {}
             _ = self.life.fatal.raised() => {}
         }
         self.shutdown().await

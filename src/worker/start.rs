@@ -147,6 +147,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     }
     bus.start();
     let bus_counters = wiring.counters();
+    let drain_requested = wiring.drain_requested();
     metrics.set_bus(wiring.metrics());
     wiring.run(listeners.clone(), probed, &readiness, life.stop.clone());
     life.tracker.close();
@@ -179,6 +180,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             life.abort.clone().drop_guard(),
         ],
         life,
+        drain_requested,
         drain_timeout: settings.worker.drain_timeout,
     })
 }

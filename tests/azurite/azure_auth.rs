@@ -6,8 +6,8 @@ use crate::common;
 use std::time::Duration;
 
 use ebbflow::config::{QueueSettings, Settings, StorageSettings};
-use ebbflow::store::azure::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{self, QueueStore, SendOptions, StoreError};
+use ebbflow::store::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::Worker;
 
 async fn round_trip(store: &dyn QueueStore) {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
 use ebbflow::listener::poison::{PoisonQueue, PoisonReason, Selection};
-use ebbflow::store::blob::memory::MemoryBlobs;
-use ebbflow::store::blob::{AzureBlobs, BlobStore, Blobs, META_EXPIRES, META_QUEUE};
-use ebbflow::store::claim::{sweep, ClaimCheck, ClaimCheckSettings};
+use ebbflow::store::MemoryBlobs;
+use ebbflow::store::{sweep, ClaimCheck, ClaimCheckSettings};
+use ebbflow::store::{AzureBlobs, BlobStore, Blobs, META_EXPIRES, META_QUEUE};
 use ebbflow::store::{LayeredStore, QueueStore};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
@@ -61,8 +61,8 @@ async fn azurite_blobs() -> Blobs {
     });
     let cs = format!(
         "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={url}",
-        ebbflow::store::azure::DEV_ACCOUNT,
-        ebbflow::store::azure::DEV_KEY
+        ebbflow::store::DEV_ACCOUNT,
+        ebbflow::store::DEV_KEY
     );
     let blobs = AzureBlobs::from_connection_string(&cs, &common::unique("claim")).unwrap();
     blobs.create_if_missing().await.unwrap();

@@ -17,7 +17,7 @@ use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions}
 use azure_core::error::ErrorKind;
 use common::proxy::{Faults, Proxy};
 use ebbflow::config::{QueueSettings, RetrySettings};
-use ebbflow::store::azure::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
+use ebbflow::store::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore, StoreError};
 use ebbflow::{Context, Handler, HandlerError, Settings};
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::service::MAX_TIME_TO_LIVE;
+use ebbflow::store::MAX_TIME_TO_LIVE;
 use ebbflow::store::{Queue, QueueStore, SendOptions, StoreError, TimeToLive};
 
 const S: Duration = Duration::from_secs(1);

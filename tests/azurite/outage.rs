@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::proxy::{Faults, Proxy};
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::QueueStore;
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::{Context, Handler, HandlerError};
 use tokio::sync::Semaphore;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::proxy::Proxy;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::azure::{account_sas, DEV_ACCOUNT, DEV_KEY};
+use ebbflow::store::{account_sas, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
 struct Nop;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings, Shards};
 use ebbflow::listener::poison::{PoisonQueue, Selection};
-use ebbflow::store::sharding::{shard_name, ShardingStore};
 use ebbflow::store::QueueStore;
+use ebbflow::store::{shard_name, ShardingStore};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
 on_both_backends!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{HttpTriggerSettings, QueueSettings, Settings};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
 use ebbflow::store::QueueStore;
 use ebbflow::{Context, Handler, HandlerError, Worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

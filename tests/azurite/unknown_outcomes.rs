@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::proxy::{Faults, LoseAnswers, Op, Proxy};
 use ebbflow::config::{QueueSettings, RetrySettings};
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
-use ebbflow::store::retrying::RetryingStore;
+use ebbflow::store::RetryingStore;
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore, UnknownOutcomes};
 use ebbflow::{Context, Handler, HandlerError, Settings};
 

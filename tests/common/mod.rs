@@ -8,8 +8,8 @@ use std::time::Duration;
 pub mod bins;
 pub mod redis;
 
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore};
 
 /// The queue endpoint of the Azurite started by `scripts/test`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::counting::{CallCounts, CountingStore};
+use ebbflow::store::{CallCounts, CountingStore};
 use ebbflow::store::{Queue, QueueStore};
 use ebbflow::{Context, Handler, HandlerError};
 

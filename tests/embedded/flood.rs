@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
 use ebbflow::{Context, Handler, HandlerError, Worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
 use ebbflow::store::{
     Layered, LayeredStore, Operation, Queue, QueueLayer, QueueStore, StoreError, StoreLayer,
 };

@@ -136,6 +136,24 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Its exit code once it exited by itself, or `None` when it still runs after `limit`.
+    pub(crate) async fn exited_within(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let child = self.0.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.0 = None;
+                return Some(status.code());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -146,7 +164,7 @@ impl Drop for Worker {
 }
 
 /// The live instances once `n` are up, idle at zero tasks, with their receive counts steady.
-async fn idle_instances(bus: &Arc<dyn Bus>, n: usize) -> BTreeMap<String, Presence> {
+pub(crate) async fn idle_instances(bus: &Arc<dyn Bus>, n: usize) -> BTreeMap<String, Presence> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut last: Option<BTreeMap<String, Presence>> = None;
     loop {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
 use ebbflow::store::QueueStore;
 use ebbflow::{Context, Handler, HandlerError, Worker};
 use serde_json::{json, Value};

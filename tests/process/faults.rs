@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::proxy::{Faults, Proxy};
 use common::AzuriteProcess;
 use ebbflow::config::{QueueSettings, RetrySettings};
-use ebbflow::store::azure::{AzureStore, DEV_ACCOUNT, DEV_KEY};
+use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore};
 use ebbflow::{Context, Handler, HandlerError, Settings};
 

@@ -9,6 +9,7 @@
 mod common;
 
 mod billing;
+mod bus_drain;
 mod bus_jobs;
 mod bus_poison;
 mod bus_replicas;

@@ -407,7 +407,7 @@ async fn json_logs_parse_line_by_line() {
 fn check_json_lines(text: &str) -> Vec<serde_json::Value> {
     assert!(!text.trim().is_empty(), "no log lines");
     assert!(
-        !text.contains(ebbflow::store::azure::DEV_KEY),
+        !text.contains(ebbflow::store::DEV_KEY),
         "the account key leaked: {text}"
     );
     text.lines()

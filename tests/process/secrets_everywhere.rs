@@ -1,5 +1,5 @@
 //! No secret in any output, for any malformed input. Every settings key that holds a secret
-//! ([`ebbflow::secret::SECRET_KEYS`], checked against the settings types by the runtime's own
+//! ([`ebbflow::config::SECRET_KEYS`], checked against the settings types by the runtime's own
 //! tests) gets malformed values: a TOML string left open, a backslash escape TOML refuses, and
 //! values of the wrong shape for its type (a typo in a connection string, a Redis URL that does
 //! not parse, a token too short or with a space), through a config file and through its
@@ -49,7 +49,7 @@ const NOWHERE: &str = "http://127.0.0.1:1/acct";
 fn cases() -> Vec<Case> {
     let s = SECRET;
     let mut cases = Vec::new();
-    for &key in ebbflow::secret::SECRET_KEYS {
+    for &key in ebbflow::config::SECRET_KEYS {
         // Malformed TOML around the secret: the parser quotes the line in its error.
         for toml in [
             format!("\"unterminated-{s}-0123456789abcdef0123456789"),

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ebbflow::bus::Event;
-use ebbflow::store::retrying::RetryingStore;
-use ebbflow::store::sharding::ShardingStore;
 use ebbflow::store::QueueStore;
+use ebbflow::store::RetryingStore;
+use ebbflow::store::ShardingStore;
 use ebbflow::{Publisher, Settings};
 use serde::{Deserialize, Serialize};
 

@@ -12,7 +12,7 @@
 //! we give up.
 //! `errors` says, for each failure, whether the service may have acted.
 
-pub mod blobs;
+pub(crate) mod blobs;
 mod connection;
 mod errors;
 mod policy;

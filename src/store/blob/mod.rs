@@ -9,9 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-pub mod memory;
-
-pub use crate::store::azure::AzureBlobs;
+pub(crate) mod memory;
 
 /// Metadata key: the queue the payload was sent to.
 pub const META_QUEUE: &str = "ebbflow_queue";

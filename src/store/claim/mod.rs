@@ -34,7 +34,7 @@ use crate::codec::claim::{ClaimRef, Compression};
 use crate::codec::trace::TraceContext;
 use crate::codec::Encoding;
 
-pub mod settings;
+pub(crate) mod settings;
 
 pub use settings::ClaimCheckSettings;
 

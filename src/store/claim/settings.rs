@@ -49,7 +49,7 @@ impl Default for ClaimCheckSettings {
 }
 
 /// The default container, `ebbflow-payloads`.
-pub fn default_container() -> String {
+pub(crate) fn default_container() -> String {
     "ebbflow-payloads".into()
 }
 
@@ -105,7 +105,7 @@ impl ClaimCheckSettings {
 
 /// The service's container-name rule: 3..=63 characters, lowercase letters, digits and
 /// hyphens, starting with a letter or digit, no two hyphens in a row, not ending in one.
-pub fn validate_container_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_container_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');

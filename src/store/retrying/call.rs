@@ -21,18 +21,19 @@ use crate::store::StoreError;
 /// becomes final only once this reaches `refusals_before_fatal`; any answer that proves the
 /// credentials work resets it.
 #[derive(Debug, Default)]
-pub struct RefusalStreak(AtomicU32);
+pub(crate) struct RefusalStreak(AtomicU32);
 
 impl RefusalStreak {
     /// Refusals in a row so far.
-    pub fn get(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn get(&self) -> u32 {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// How one call went over its tries.
 #[derive(Debug)]
-pub struct CallReport<T> {
+pub(crate) struct CallReport<T> {
     /// The last try's result.
     pub result: Result<T, StoreError>,
     /// Tries that went unanswered ([`StoreError::Unanswered`]): each may have taken effect.
@@ -47,7 +48,7 @@ pub struct CallReport<T> {
 /// counts as unanswered. A refusal (401/403) is retried on its own back-off, outside
 /// `max_attempts`, until `refusals` reaches `refusals_before_fatal`. Each retry is logged at
 /// warn.
-pub async fn retry_call<T, F, Fut>(
+pub(crate) async fn retry_call<T, F, Fut>(
     settings: &RetrySettings,
     refusals: &RefusalStreak,
     queue: &str,
@@ -65,7 +66,7 @@ where
 /// as long as the next try can start before `until` (a delete while its message's lease
 /// lasts): the back-off keeps growing to `max_delay` and stays there. `until` never shortens
 /// the `max_attempts` budget.
-pub async fn retry_call_until<T, F, Fut>(
+pub(crate) async fn retry_call_until<T, F, Fut>(
     settings: &RetrySettings,
     refusals: &RefusalStreak,
     queue: &str,

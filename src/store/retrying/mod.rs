@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use call::{retry_call, retry_call_until, CallReport, RefusalStreak};
+pub(crate) use call::{retry_call, retry_call_until, CallReport, RefusalStreak};
 
 use super::settings::RetrySettings;
 use super::{

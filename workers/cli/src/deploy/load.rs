@@ -79,7 +79,7 @@ fn load_deploy(dir: &Path, env: &BTreeMap<String, String>) -> Result<DeploySetti
             .source(Some(overrides)),
     );
     let load_error =
-        |e: config::ConfigError| ConfigError::Load(ebbflow::secret::redact(&e.to_string()));
+        |e: config::ConfigError| ConfigError::Load(ebbflow::config::redact(&e.to_string()));
     let sections: Sections = builder
         .build()
         .map_err(load_error)?

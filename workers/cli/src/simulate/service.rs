@@ -280,7 +280,7 @@ impl StoreLayer for ServiceLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ebbflow::store::memory::MemoryStore;
+    use ebbflow::store::MemoryStore;
     use ebbflow::store::SendOptions;
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ebbflow::listener::poison::{PoisonEnvelope, PoisonReason};
-use ebbflow::store::blob::{AzureBlobs, BlobStore, META_EXPIRES, META_QUEUE};
+use ebbflow::store::{AzureBlobs, BlobStore, META_EXPIRES, META_QUEUE};
 
 use crate::{common, json, sent_ids, with};
 

@@ -69,7 +69,7 @@ fn config_check_names_a_bad_key_and_prints_no_secret() {
         assert!(run.stderr.contains(key), "{body}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{body}: {}", run.stdout);
     }
-    let key = ebbflow::store::azure::DEV_KEY;
+    let key = ebbflow::store::DEV_KEY;
     let token = "trigger-token-0123456789";
     std::fs::write(
         &file,

@@ -49,7 +49,7 @@ fn a_delay_that_rounds_up_to_the_ttl_is_refused_before_sending() {
 /// (Azure Storage takes none) without being shown.
 #[test]
 fn config_check_redacts_secrets_written_with_spaces_or_in_a_url() {
-    let key = ebbflow::store::azure::DEV_KEY;
+    let key = ebbflow::store::DEV_KEY;
     let dir = common::TempDir::new("cli-spaced");
     for (cs, secret, loads) in [
         (

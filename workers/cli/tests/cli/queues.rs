@@ -263,7 +263,7 @@ fn a_refused_account_key_is_a_runtime_error_that_shows_no_secret() {
         dir.path().join("default.toml"),
         format!(
             "[storage]\nconnection_string = \"DefaultEndpointsProtocol=http;AccountName={};AccountKey={key};QueueEndpoint={}\"\n\n[queues.{queue}]\n",
-            ebbflow::store::azure::DEV_ACCOUNT,
+            ebbflow::store::DEV_ACCOUNT,
             common::azurite_url()
         ),
     )

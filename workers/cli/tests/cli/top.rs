@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::{QueueSettings, Settings};
-use ebbflow::store::memory::MemoryStore;
+use ebbflow::store::MemoryStore;
 use ebbflow::{Context, Handler, HandlerError, Worker};
 
 use crate::ebbflow;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ebbflow::store::claim::sweep;
+use ebbflow::store::sweep;
 
 use crate::context::{block_on, parse_duration};
 use crate::{CliError, Context};
@@ -45,7 +45,7 @@ impl Command {
             .queues
             .values()
             .filter_map(|q| q.poison_ttl.duration())
-            .fold(ebbflow::service::DEFAULT_TIME_TO_LIVE, Duration::max);
+            .fold(ebbflow::store::DEFAULT_TIME_TO_LIVE, Duration::max);
         let older_than = older_than.unwrap_or(longest);
         let found = block_on(sweep(&blobs, older_than, !delete))?
             .map_err(|e| CliError::runtime(format!("blobs gc: {e}")))?;
@@ -64,7 +64,7 @@ impl Command {
         for b in &found.orphans {
             let expires = b
                 .metadata
-                .get(ebbflow::store::blob::META_EXPIRES)
+                .get(ebbflow::store::META_EXPIRES)
                 .map_or("no expiry", String::as_str);
             say!("  {}  {} bytes  expires={expires}", b.name, b.size);
         }

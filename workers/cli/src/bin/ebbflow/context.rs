@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use ebbflow::codec::Encoding;
 use ebbflow::config::QueueSettings;
-use ebbflow::store::blob::Blobs;
-use ebbflow::store::claim::{blobs_from_settings, ClaimCheck, QueueFormat};
-use ebbflow::store::retrying::RetryingStore;
-use ebbflow::store::sharding::ShardingStore;
+use ebbflow::store::Blobs;
+use ebbflow::store::RetryingStore;
+use ebbflow::store::ShardingStore;
+use ebbflow::store::{blobs_from_settings, ClaimCheck, QueueFormat};
 use ebbflow::store::{BackendKind, LayeredStore, QueueStore, StoreError};
 use ebbflow::Settings;
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::service::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
 use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
+use ebbflow::store::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
 
 use crate::context::{block_on, configured, encoding_arg, encoding_for, parse_duration};
 use crate::progress::Progress;

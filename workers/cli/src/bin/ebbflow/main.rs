@@ -33,6 +33,7 @@ mod bus;
 mod completions;
 mod context;
 mod deploy;
+mod drain;
 mod enqueue;
 mod instances;
 mod jobs;
@@ -99,6 +100,9 @@ enum Command {
     Notify(notify::Args),
     /// List the live worker instances on the bus and their last presence pulse.
     Instances(instances::Args),
+    /// Drain every instance of a role (all at once or one at a time): each stops taking work,
+    /// finishes what it holds and exits 0.
+    Drain(drain::Args),
     /// List running and recent long jobs (heartbeat progress records) on the bus.
     Jobs(jobs::Args),
     /// The bus's own administration: `bus poison list|show|requeue`.
@@ -124,6 +128,7 @@ impl Command {
             Command::Notify(args) => args.run(ctx),
             Command::Instances(args) => args.run(ctx),
             Command::Jobs(args) => args.run(ctx),
+            Command::Drain(args) => args.run(ctx),
             Command::Bus(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }

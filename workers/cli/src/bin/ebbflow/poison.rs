@@ -98,7 +98,7 @@ impl Command {
         poison: &PoisonQueue,
         settings: &QueueSettings,
         sharing: &[String],
-        claim: &ebbflow::store::claim::ClaimCheck,
+        claim: &ebbflow::store::ClaimCheck,
     ) -> Result<(), CliError> {
         // Where a copy without an envelope goes back to on a requeue: the queue given.
         let source = match &self {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use ebbflow::secret::redact;
+use ebbflow::config::redact;
 use ebbflow::Settings;
 use serde::Serialize;
 

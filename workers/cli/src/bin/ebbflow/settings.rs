@@ -54,7 +54,7 @@ impl Command {
                 }
             )));
         }
-        // The settings types serialize secrets redacted (`ebbflow::secret`).
+        // The settings types serialize secrets redacted (`ebbflow::config::redact`).
         let effective = Effective {
             settings,
             deploy: &config.deploy,

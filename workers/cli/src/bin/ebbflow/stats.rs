@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ebbflow::store::sharding::shard_name;
+use ebbflow::store::shard_name;
 use ebbflow::store::{QueueStore, StoreError};
 use serde::Serialize;
 
