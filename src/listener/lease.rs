@@ -224,7 +224,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!lease.renew_soon(), "a renewal is in flight");
         assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
-        assert_eq!(start.elapsed(), Duration::from_secs(3), "it was done already");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "it was done already"
+        );
         assert_eq!(lease.valid_until(), asked + Duration::from_secs(30));
         // The next pulse, two seconds after the last renewal started: at once.
         assert!(lease.renew_soon());
@@ -287,7 +291,11 @@ mod tests {
         let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let q = crate::store::Layered::wrap(plain, RefuseUpdates(refuse.clone()));
         let start = Instant::now();
-        let m = q.receive(1, Duration::from_secs(30)).await.unwrap().remove(0);
+        let m = q
+            .receive(1, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .remove(0);
         let mut lease = Lease::new(q, m.id, m.pop_receipt, Duration::from_secs(30), start);
         assert!(matches!(lease.next_event().await, LeaseEvent::Failed(_)));
         assert_eq!(start.elapsed(), Duration::from_secs(15));
