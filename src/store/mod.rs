@@ -83,6 +83,7 @@ use time::OffsetDateTime;
 
 pub(crate) mod azure;
 pub(crate) mod blob;
+mod cause;
 pub(crate) mod claim;
 pub(crate) mod counting;
 pub(crate) mod layer;
@@ -102,6 +103,7 @@ pub use blob::memory::MemoryBlobs;
 pub use blob::{
     BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE, META_SHA256,
 };
+pub use cause::Cause;
 pub use claim::{
     blobs_from_settings, open_blobs, sweep, ClaimCheck, ClaimCheckSettings, PayloadError,
     QueueFormat, Sweep, EXPIRY_GRACE,
@@ -117,6 +119,10 @@ pub use sharding::{shard_name, Sharding, ShardingStore};
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {
     /// The handle for one queue (which need not exist yet).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `name` is not a valid queue name.
     fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError>;
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
@@ -197,7 +203,7 @@ pub trait Queue: Send + Sync + 'static {
         text: Option<&str>,
     ) -> Result<UpdatedMessage, StoreError>;
     /// The payload a received message's `text` refers to, when it is a claim-check reference
-    /// (see [`claim`]): downloaded, decompressed and checked. `Ok(None)`: the text is the
+    /// (see [`ClaimRef`](crate::codec::ClaimRef)): downloaded, decompressed and checked. `Ok(None)`: the text is the
     /// payload's encoding as usual (not a reference, or no claim-check layer on this queue).
     async fn open_payload(&self, text: &str) -> Result<Option<Vec<u8>>, PayloadError> {
         let _ = text;
@@ -305,6 +311,8 @@ pub enum StoreError {
         queue: String,
         /// What is wrong.
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// The service refused our credentials.
     #[error("not authorized on queue {queue}: {detail}")]
@@ -313,6 +321,8 @@ pub enum StoreError {
         queue: String,
         /// The service's explanation (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// A fault that may pass and that the service did not act on: throttling (503 ServerBusy,
     /// 429), its own timeout (500 OperationTimedOut), a connection that could not be opened.
@@ -322,6 +332,8 @@ pub enum StoreError {
         queue: String,
         /// What happened (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// A fault that may pass, after which nobody knows whether the service did the work: the
     /// request was sent but no answer came (our cut-off, a connection lost mid-answer), or the
@@ -335,6 +347,8 @@ pub enum StoreError {
         queue: String,
         /// What happened (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// No access token could be obtained (identity endpoint unreachable, failing or slow): the
     /// request never reached the service. Retried like [`StoreError::Transient`].
@@ -344,6 +358,8 @@ pub enum StoreError {
         queue: String,
         /// The credential's explanation.
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// An update (renewal, retry, release) went unanswered, and its retry found the pop receipt
     /// stale: the first try may have been applied under a receipt we never saw, or the message
@@ -382,6 +398,8 @@ pub enum StoreError {
         queue: String,
         /// The service's answer (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
@@ -389,6 +407,35 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The lower-level error this one was made from (the SDK's, an I/O error), when kept: the
+    /// same as [`std::error::Error::source`], typed.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            StoreError::Invalid { source, .. }
+            | StoreError::Unauthorized { source, .. }
+            | StoreError::Transient { source, .. }
+            | StoreError::Unanswered { source, .. }
+            | StoreError::TokenUnavailable { source, .. }
+            | StoreError::AccountNotFound { source, .. } => source.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// This error with `cause` kept as its source, where the variant keeps one (the others
+    /// say all there is: a missing queue or message, a doubt, a setup error).
+    pub(crate) fn with_source(mut self, cause: Cause) -> Self {
+        match &mut self {
+            StoreError::Invalid { source, .. }
+            | StoreError::Unauthorized { source, .. }
+            | StoreError::Transient { source, .. }
+            | StoreError::Unanswered { source, .. }
+            | StoreError::TokenUnavailable { source, .. }
+            | StoreError::AccountNotFound { source, .. } => *source = Some(cause),
+            _ => {}
+        }
+        self
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -435,6 +482,11 @@ pub fn now_utc() -> OffsetDateTime {
 
 /// Opens the store the settings name: Azure when a connection string or endpoint is set,
 /// otherwise a fresh embedded in-process store.
+///
+/// # Errors
+///
+/// [`StoreError`] when the storage settings are malformed (connection string, endpoint,
+/// credential).
 pub fn open(settings: &settings::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
     if settings.connection_string.is_some() || settings.queue_endpoint.is_some() {
         Ok(Arc::new(azure::AzureStore::from_settings(settings)?))

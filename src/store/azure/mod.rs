@@ -77,12 +77,21 @@ impl AzureStore {
     /// Connects with a connection string: `AccountName`/`AccountKey` with `QueueEndpoint` or
     /// `DefaultEndpointsProtocol` + `EndpointSuffix`, a `SharedAccessSignature` with
     /// `QueueEndpoint`, or `UseDevelopmentStorage=true` (Azurite on its default port).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the connection string is malformed or names no queue endpoint (the
+    /// error never shows the key).
     pub fn from_connection_string(connection_string: &str) -> Result<Self, StoreError> {
         let (endpoint, auth) = parse_connection_string(connection_string)?;
         Self::connect(endpoint, auth)
     }
 
     /// Connects to a queue service URL whose query is a SAS token.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `url` is not a valid queue service URL with a SAS query.
     pub fn from_sas_url(url: &str) -> Result<Self, StoreError> {
         let endpoint = parse_endpoint(url, "storage.queue_endpoint")?;
         if endpoint.query().is_none_or(|q| !q.contains("sig=")) {
@@ -94,6 +103,10 @@ impl AzureStore {
     }
 
     /// Connects to a queue service URL with an Entra ID credential.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `url` is not a valid queue service URL.
     pub fn from_credential(
         url: &str,
         credential: Arc<dyn TokenCredential>,
@@ -104,6 +117,11 @@ impl AzureStore {
 
     /// Builds the store the settings describe (they must name Azure storage), with the try
     /// cut-off of `storage.retry.request_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the settings name no Azure storage, or its connection string, endpoint
+    /// or credential is malformed.
     pub fn from_settings(s: &StorageSettings) -> Result<Self, StoreError> {
         Ok(Self::from_storage_settings(s)?.with_try_cutoff(s.retry.request_timeout))
     }
@@ -243,6 +261,7 @@ impl QueueStore for AzureStore {
         validate_queue_name(name).map_err(|e| StoreError::Invalid {
             queue: name.to_string(),
             detail: e.rule,
+            source: None,
         })?;
         let client = self
             .service
@@ -284,7 +303,7 @@ fn expiry(t: Option<time::OffsetDateTime>) -> Option<time::OffsetDateTime> {
 
 impl AzureQueue {
     fn error(&self, e: azure_core::Error, message_id: Option<&str>) -> StoreError {
-        errors::classify(&self.name, &e, message_id)
+        errors::classify(&self.name, e, message_id)
     }
 
     /// The service's own `timeout` for each try: below the try's cut-off (see
@@ -305,6 +324,7 @@ impl AzureQueue {
         StoreError::Invalid {
             queue: self.name.clone(),
             detail: format!("the service's answer has no {what}"),
+            source: None,
         }
     }
 
@@ -339,11 +359,12 @@ impl Queue for AzureQueue {
             // Creating cannot miss the queue: a 404 means the account or endpoint is wrong,
             // whatever code came with it.
             Err(e) if e.http_status().map(u16::from) == Some(404) => {
-                Err(StoreError::AccountNotFound {
-                    queue: self.name.clone(),
-                    detail: match self.error(e, None) {
-                        StoreError::AccountNotFound { detail, .. } => detail,
-                        other => other.to_string(),
+                Err(match self.error(e, None) {
+                    e @ StoreError::AccountNotFound { .. } => e,
+                    other => StoreError::AccountNotFound {
+                        queue: self.name.clone(),
+                        detail: other.to_string(),
+                        source: other.cause().cloned(),
                     },
                 })
             }
