@@ -6,6 +6,7 @@
 //! A settings field that may hold a secret names one of the serializers here with
 //! `#[serde(serialize_with = "...")]`; the settings types have no other serialized form.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serializer;
 
 /// The marker that replaces a secret.
@@ -44,11 +45,11 @@ pub(crate) fn serialize_redacted<S: Serializer>(
 
 /// Serializes a connection string as [`connection_string_shown`] writes it.
 pub(crate) fn serialize_connection_string<S: Serializer>(
-    value: &Option<String>,
+    value: &Option<SecretString>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
-        Some(text) => s.serialize_some(&connection_string_shown(text)),
+        Some(text) => s.serialize_some(&connection_string_shown(text.expose_secret())),
         None => s.serialize_none(),
     }
 }
@@ -96,8 +97,8 @@ pub(crate) fn connection_string_shown(cs: &str) -> String {
 
 /// Serializes a value that is a secret as a whole (a token, a SAS token) as `<redacted>`, so
 /// a reader sees that one is set but not what it is.
-pub(crate) fn serialize_hidden<S: Serializer>(
-    value: &Option<String>,
+pub(crate) fn serialize_hidden<T, S: Serializer>(
+    value: &Option<T>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
@@ -147,7 +148,7 @@ const MARKED: [(&str, Runs); 10] = [
 ///   the line may hold a secret, so only its number stays.
 ///
 /// ```
-/// use ebbflow::secret::redact;
+/// use ebbflow::config::redact;
 /// assert_eq!(
 ///     redact("AccountName=a;AccountKey=S3C==;EndpointSuffix=x"),
 ///     "AccountName=a;AccountKey=<redacted>;EndpointSuffix=x"

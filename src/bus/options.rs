@@ -1,9 +1,9 @@
 //! The `[bus]` keys of durable delivery, bounds and signing, each a type checked while parsing
 //! (kept apart from `settings.rs`, which holds the transport and identity keys).
 
-use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::settings::Bounded;
@@ -57,11 +57,11 @@ pub type MaxDeliveries = Count<1, 1_000>;
 /// [`super::BusError::Full`]: 1..=100,000,000.
 pub type MaxBacklog = Count<1, 100_000_000>;
 
-/// A shared key for signed envelopes (HMAC-SHA256): at least 32 characters. Never shown: `Debug`
-/// and `Serialize` write `<redacted>`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// A shared key for signed envelopes (HMAC-SHA256): at least 32 characters. Never shown: kept
+/// as a [`SecretString`] (`Debug` shows none of it), and `Serialize` writes `<redacted>`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct SigningKey(String);
+pub struct SigningKey(SecretString);
 
 impl SigningKey {
     /// `text` as a key.
@@ -77,24 +77,27 @@ impl SigningKey {
                 text.chars().count()
             ));
         }
-        Ok(Self(text))
+        Ok(Self(text.into()))
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.0.expose_secret().as_bytes()
     }
 }
+
+/// Equal when the keys are (settings compare; signatures use `bytes`).
+impl PartialEq for SigningKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for SigningKey {}
 
 impl TryFrom<String> for SigningKey {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
         Self::new(text)
-    }
-}
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SigningKey(<redacted>)")
     }
 }
 

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use percent_encoding::percent_decode_str;
 use url::Url;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::checks::InvalidValue;
 use crate::secret::{redact, REDACTED};
 
@@ -26,21 +28,22 @@ pub enum BusKind {
 }
 
 /// A Redis URL: `redis://[user][:password]@host[:port][/db]` or `rediss://...` (TLS).
-/// Checked while parsing; its password is shown as `<redacted>` by `Debug`, `Display` and
-/// `Serialize`, so it never reaches logs, errors or `config check` output.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// Checked while parsing; kept as a [`SecretString`], so `Debug` shows none of it, and
+/// `Display` and `Serialize` show it with its password as `<redacted>`: it never reaches logs,
+/// errors or `config check` output.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct RedisUrl(String);
+pub struct RedisUrl(SecretString);
 
 impl RedisUrl {
     /// The URL with its password, for the client only.
     pub(crate) fn secret(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// The URL's password as written and percent-decoded (to scrub from error texts).
     pub(crate) fn passwords(&self) -> Vec<String> {
-        let Ok(url) = Url::parse(&self.0) else {
+        let Ok(url) = Url::parse(self.secret()) else {
             return Vec::new();
         };
         url.password()
@@ -53,7 +56,7 @@ impl RedisUrl {
 
     /// Whether the URL asks for TLS (`rediss://`).
     pub fn is_tls(&self) -> bool {
-        self.0.starts_with("rediss://")
+        self.secret().starts_with("rediss://")
     }
 
     /// Removes this URL's password from `text` (an error message from the client).
@@ -64,7 +67,7 @@ impl RedisUrl {
                 out = out.replace(&p, REDACTED);
             }
         }
-        redact(&out.replace(&self.0, &self.to_string()))
+        redact(&out.replace(self.secret(), &self.to_string()))
     }
 }
 
@@ -106,19 +109,22 @@ impl TryFrom<String> for RedisUrl {
                 redact(&text)
             ));
         }
-        Ok(Self(text))
+        Ok(Self(text.into()))
     }
 }
+
+/// Equal when the URLs are the same text (settings compare; the password is part of it).
+impl PartialEq for RedisUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret() == other.secret()
+    }
+}
+
+impl Eq for RedisUrl {}
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact(&self.0))
-    }
-}
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisUrl({self})")
+        f.write_str(&redact(self.secret()))
     }
 }
 

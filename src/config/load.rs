@@ -103,7 +103,7 @@ pub(super) fn load_from(
                      for Azurite), or unset it to run on the embedded in-process store",
                 ))
             }
-            Some(v) => storage.connection_string = Some(v.clone()),
+            Some(v) => storage.connection_string = Some(v.as_str().into()),
             None => {}
         }
     }

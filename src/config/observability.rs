@@ -1,10 +1,10 @@
 //! The `[observability]` and `[log]` settings, typed where they are parsed: a wrong value fails
 //! the load with the key's name (`observability.metrics_token`, `log.format`).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::checks::InvalidValue;
@@ -112,10 +112,10 @@ impl std::str::FromStr for TracesProtocol {
 }
 
 /// A bearer token for `/metrics`: at least 16 characters, printable ASCII without spaces (what
-/// an `Authorization` header can carry). Its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// an `Authorization` header can carry). Kept as a [`SecretString`]: its `Debug` never shows it.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct MetricsToken(String);
+pub struct MetricsToken(SecretString);
 
 impl MetricsToken {
     /// The shortest token accepted, in characters.
@@ -123,7 +123,7 @@ impl MetricsToken {
 
     /// The token's text (for comparing with what a scraper sends).
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
@@ -144,7 +144,7 @@ impl TryFrom<String> for MetricsToken {
                 "must be printable ASCII without spaces or line breaks",
             ));
         }
-        Ok(Self(token))
+        Ok(Self(token.into()))
     }
 }
 
@@ -152,12 +152,6 @@ impl TryFrom<String> for MetricsToken {
 impl Serialize for MetricsToken {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(REDACTED)
-    }
-}
-
-impl fmt::Debug for MetricsToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
     }
 }
 
@@ -238,7 +232,7 @@ mod tests {
         assert_eq!(s.log.format, LogFormat::Json);
         let shown = format!("{:?}", s.observability);
         assert!(!shown.contains("scrape-token"), "{shown}");
-        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("[REDACTED]"), "{shown}");
         let written = serde_json::to_string(&s.observability).unwrap();
         assert!(!written.contains("scrape-token"), "{written}");
         assert!(

@@ -306,7 +306,10 @@ fn connection_string_falls_back_to_the_conventional_variable() {
     )
     .unwrap();
     assert_eq!(
-        s.storage.connection_string.as_deref(),
+        s.storage
+            .connection_string
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret),
         Some("UseDevelopmentStorage=true")
     );
 }

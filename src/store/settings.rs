@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, InvalidSetting};
@@ -15,15 +16,16 @@ use crate::secret::redact;
 pub struct StorageSettings {
     /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
     /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
+    /// A [`SecretString`]: read only through [`ExposeSecret::expose_secret`].
     #[serde(serialize_with = "crate::secret::serialize_connection_string")]
-    pub connection_string: Option<String>,
+    pub connection_string: Option<SecretString>,
     /// The queue service URL (`https://<account>.queue.core.windows.net`), optionally with a SAS
     /// token as its query. Without a SAS token, Entra ID (`credential`) is used.
     #[serde(serialize_with = "crate::secret::serialize_redacted")]
     pub queue_endpoint: Option<String>,
     /// A SAS token for `queue_endpoint`, with or without the leading `?`.
     #[serde(serialize_with = "crate::secret::serialize_hidden")]
-    pub sas_token: Option<String>,
+    pub sas_token: Option<SecretString>,
     /// Entra ID credential when `queue_endpoint` has no SAS: `developer_tools` (Azure CLI / azd),
     /// `managed_identity`, or `workload_identity` (AKS).
     pub credential: Option<CredentialKind>,
@@ -122,20 +124,22 @@ impl Default for StorageSettings {
 
 impl fmt::Debug for StorageSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Connection strings and SAS tokens carry secrets: show only their redacted forms.
+        // Written by hand for the endpoint, a URL that may carry a SAS query (shown through
+        // `redact`) and the connection string (its plain parts only); the SAS token is a
+        // `SecretString`, which shows none of itself.
         f.debug_struct("StorageSettings")
             .field(
                 "connection_string",
                 &self
                     .connection_string
-                    .as_deref()
-                    .map(crate::secret::connection_string_shown),
+                    .as_ref()
+                    .map(|cs| crate::secret::connection_string_shown(cs.expose_secret())),
             )
             .field(
                 "queue_endpoint",
                 &self.queue_endpoint.as_deref().map(redact),
             )
-            .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
+            .field("sas_token", &self.sas_token)
             .field("credential", &self.credential)
             .field("create_queues", &self.create_queues)
             .field("startup_timeout", &self.startup_timeout)

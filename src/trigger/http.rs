@@ -34,6 +34,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -51,7 +52,7 @@ const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent"
 #[derive(Clone)]
 struct AppState {
     hub: Hub,
-    token: Option<String>,
+    token: Option<SecretString>,
     allow_query_token: bool,
     max_body_bytes: usize,
     refusals: Refusals,
@@ -133,7 +134,7 @@ fn authorize(
         }
         (None, None) => return Err("missing token"),
     };
-    if tokens_match(given, expected) {
+    if tokens_match(given, expected.expose_secret()) {
         Ok(())
     } else {
         Err("wrong token")

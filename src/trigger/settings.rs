@@ -1,8 +1,8 @@
 //! Push triggers from other processes: the HTTP work-detected endpoint.
 
-use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{check_duration, check_range, BoundedU32, ConfigError};
@@ -21,7 +21,7 @@ pub struct TriggerSettings {
 }
 
 /// The HTTP endpoint that accepts work-detected events (plain JSON, Event Grid, CloudEvents).
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpTriggerSettings {
     /// Serve the endpoint.
@@ -29,9 +29,10 @@ pub struct HttpTriggerSettings {
     /// Address to listen on; loopback by default. Any other address requires `token`.
     pub bind: std::net::SocketAddr,
     /// Token callers must send as `Authorization: Bearer <token>` (the scheme in any case),
-    /// 16+ characters; compared in constant time.
+    /// 16+ characters; compared in constant time. A [`SecretString`]: `Debug` never shows it,
+    /// and it is read only through [`ExposeSecret::expose_secret`].
     #[serde(serialize_with = "crate::secret::serialize_hidden")]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// Also accept the token as `?token=` in the URL, for webhook systems that cannot send
     /// headers. Off by default: proxies and access logs keep URLs (ebbflow's own logs redact
     /// `token=`). Needs `token`.
@@ -86,22 +87,6 @@ fn default_trigger_max_concurrent_requests() -> MaxConcurrentRequests {
     BoundedU32(64)
 }
 
-impl fmt::Debug for HttpTriggerSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpTriggerSettings")
-            .field("enabled", &self.enabled)
-            .field("bind", &self.bind)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("allow_query_token", &self.allow_query_token)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .field("header_read_timeout", &self.header_read_timeout)
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
 impl TriggerSettings {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let http = &self.http;
@@ -112,7 +97,8 @@ impl TriggerSettings {
                 "a non-loopback address needs triggers.http.token",
             ));
         }
-        if http.token.as_deref().is_some_and(|t| t.len() < 16) {
+        let token = http.token.as_ref().map(ExposeSecret::expose_secret);
+        if token.is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::invalid(
                 "triggers.http.token",
                 "<redacted>",
@@ -121,11 +107,7 @@ impl TriggerSettings {
         }
         // What an `Authorization: Bearer` header can carry: a token with spaces (a secret file's
         // trailing newline) or non-ASCII could never match one.
-        if http
-            .token
-            .as_deref()
-            .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
-        {
+        if token.is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic())) {
             return Err(ConfigError::invalid(
                 "triggers.http.token",
                 "<redacted>",

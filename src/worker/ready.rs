@@ -9,10 +9,12 @@ use crate::observability::CheckState;
 use crate::store::metered::{Metering, StoreHealth};
 
 /// How the listeners stand, for `/readyz`: unready once a fatal error was raised or any
-/// listener's supervisor ended.
+/// listener's supervisor ended; one that ended after a stop was asked (`stopping`) says it
+/// stopped for the drain, not that it ended (which reads like a crash).
 pub(super) fn listeners_state(
     listeners: &OnceLock<Vec<QueueListener>>,
     fatal: &Fatal,
+    stopping: bool,
 ) -> CheckState {
     if let Some(e) = fatal.error() {
         return CheckState::Unready(format!("stopping: {e}"));
@@ -21,6 +23,10 @@ pub(super) fn listeners_state(
         return CheckState::Unready("starting".into());
     };
     match listeners.iter().find(|l| !l.is_running()) {
+        Some(l) if stopping => CheckState::Unready(format!(
+            "the listener of {} stopped for the drain",
+            l.queue()
+        )),
         Some(l) => CheckState::Unready(format!("the listener of {} ended", l.queue())),
         None => CheckState::Ready,
     }

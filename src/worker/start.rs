@@ -132,8 +132,10 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         .map(|spec| QueueListener::start(spec, shared_publishers.clone(), &life, &hub))
         .collect();
     let _ = shown.set(listeners.clone());
-    let (running, fatal) = (shown.clone(), life.fatal.clone());
-    readiness.register_probe("listeners", move || listeners_state(&running, &fatal));
+    let (running, fatal, stop) = (shown.clone(), life.fatal.clone(), life.stop.clone());
+    readiness.register_probe("listeners", move || {
+        listeners_state(&running, &fatal, stop.is_cancelled())
+    });
     startup.ready();
     // The endpoint is not part of the drain: a client that never finishes its request must
     // not hold the worker's shutdown up. It stops on `stop`, and is cut off when the drain
@@ -229,7 +231,7 @@ pub(super) async fn layered_store(
     };
     let store = RetryingStore::wrap(store, settings.storage.retry);
     let store = ShardingStore::wrap_sharded(store, settings.shard_counts());
-    let blobs = crate::store::claim::open_blobs(&settings.storage, store.kind(), blobs).await?;
+    let blobs = claim_blobs(settings, store.kind(), blobs).await?;
     let mut claim = crate::store::claim::ClaimCheck::new(blobs, &settings.storage.claim_check);
     for (name, q) in &settings.queues {
         let format = crate::store::claim::QueueFormat {
@@ -242,6 +244,32 @@ pub(super) async fn layered_store(
     let metering = Metering::default();
     let store = LayeredStore::wrap(store, metering.clone());
     Ok((store, metering))
+}
+
+/// The claim check's container, opened (and created when missing) within
+/// `storage.startup_timeout`: a blob endpoint that never answers (Azurite's queue service
+/// started without its blob service, say, with `UseDevelopmentStorage=true`) fails start-up in
+/// seconds with what to set, instead of silently after the SDK's own retries (over a minute).
+async fn claim_blobs(
+    settings: &crate::Settings,
+    kind: store::BackendKind,
+    given: Option<crate::store::blob::Blobs>,
+) -> Result<Option<crate::store::blob::Blobs>, StoreError> {
+    let storage = &settings.storage;
+    let opening = crate::store::claim::open_blobs(storage, kind, given);
+    match tokio::time::timeout(storage.startup_timeout, opening).await {
+        Ok(opened) => opened,
+        Err(_) => Err(StoreError::Setup(format!(
+            "storage.claim_check: the blob service did not answer within {} while creating \
+             container {} for the claim check (large payloads); start the blob service too \
+             (Azurite: `azurite` runs both, or `azurite-blob` beside `azurite-queue`), point \
+             at the right one (BlobEndpoint in the connection string, or \
+             storage.claim_check.blob_endpoint), or turn the claim check off \
+             (storage.claim_check.enabled = false); storage.startup_timeout bounds the wait",
+            humantime::format_duration(storage.startup_timeout),
+            storage.claim_check.container
+        ))),
+    }
 }
 
 /// Binds and serves the ops endpoint when `observability.bind` is set.

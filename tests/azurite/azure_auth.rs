@@ -45,7 +45,7 @@ async fn sas_connection_string_and_settings() {
     round_trip(&AzureStore::from_connection_string(&cs).unwrap()).await;
     let settings = StorageSettings {
         queue_endpoint: Some(format!("{}/", common::azurite_url())),
-        sas_token: Some(format!("?{}", sas())),
+        sas_token: Some(format!("?{}", sas()).into()),
         ..Default::default()
     };
     round_trip(store::open(&settings).unwrap().as_ref()).await;
@@ -99,7 +99,7 @@ async fn a_wrong_key_is_unauthorized_and_the_error_hides_secrets() {
 async fn a_missing_queue_without_create_queues_stops_start_up_naming_it() {
     let queue = common::unique("absent");
     let mut settings = Settings::default();
-    settings.storage.connection_string = Some(common::azurite_connection_string());
+    settings.storage.connection_string = Some(common::azurite_connection_string().into());
     settings.storage.create_queues = false;
     settings
         .queues
@@ -161,7 +161,7 @@ async fn a_wrong_account_name_is_told_apart_from_a_missing_queue() {
     for create_queues in [true, false] {
         let queue = common::unique("acct");
         let mut settings = Settings::default();
-        settings.storage.connection_string = Some(cs.clone());
+        settings.storage.connection_string = Some(cs.clone().into());
         settings.storage.create_queues = create_queues;
         settings
             .queues

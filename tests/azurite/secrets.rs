@@ -42,7 +42,7 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
     s.storage.connection_string = Some(format!(
         "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={bad_key};QueueEndpoint={}",
         common::azurite_url()
-    ));
+    ).into());
     outputs.push(format!("{s:?}"));
     let err = Worker::new(s)
         .handler(&queue, Nop)

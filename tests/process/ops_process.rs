@@ -284,6 +284,25 @@ async fn a_worker_process_serves_probes_and_metrics_and_is_unready_through_its_d
     let body = saw.expect("/readyz never answered 503 during the drain");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["reason"], "draining", "{body}");
+    // The listeners stop taking work at once; their check says so in words that do not read
+    // like a crash (the handlers still run).
+    let mut listeners = None;
+    for _ in 0..100 {
+        if let Some((503, body)) = get(&format!("{base}/readyz")).await {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if json["checks"]["listeners"]["status"] == "unready" {
+                listeners = Some(json["checks"]["listeners"].clone());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listeners = listeners.expect("the listeners check stayed ready through the drain");
+    assert_eq!(
+        listeners["reason"],
+        format!("the listener of {q} stopped for the drain"),
+        "{listeners}"
+    );
     assert_eq!(
         child.try_wait().unwrap(),
         None,

@@ -20,6 +20,8 @@ use super::connection::{parse_connection_string_for, parse_endpoint, setup, Auth
 use super::errors::describe;
 use super::policy::{AccountSasPolicy, TokenPolicy};
 use super::{entra_credential, is_loopback};
+use secrecy::ExposeSecret;
+
 use crate::secret::redact;
 use crate::store::blob::{BlobError, BlobErrorKind, BlobInfo, BlobStore, META_EXPIRES};
 use crate::store::settings::StorageSettings;
@@ -54,7 +56,7 @@ impl AzureBlobs {
         if let Some(endpoint) = &claim.blob_endpoint {
             let mut url = parse_endpoint(endpoint, "storage.claim_check.blob_endpoint")?;
             if let Some(token) = &claim.sas_token {
-                url.set_query(Some(token.trim_start_matches('?')));
+                url.set_query(Some(token.expose_secret().trim_start_matches('?')));
             }
             if url.query().is_some_and(|q| q.contains("sig=")) {
                 return Self::connect(url, Auth::Sas, container).map(Some);
@@ -62,7 +64,7 @@ impl AzureBlobs {
             // The account key of a connection string signs for the blob service too.
             if let Some(cs) = &s.connection_string {
                 if let Some((_, auth @ Auth::Key { .. })) =
-                    parse_connection_string_for(cs, Service::Blob)?
+                    parse_connection_string_for(cs.expose_secret(), Service::Blob)?
                 {
                     return Self::connect(url, auth, container).map(Some);
                 }
@@ -71,7 +73,7 @@ impl AzureBlobs {
             return Self::connect(url, Auth::Token(credential), container).map(Some);
         }
         match &s.connection_string {
-            Some(cs) => match parse_connection_string_for(cs, Service::Blob)? {
+            Some(cs) => match parse_connection_string_for(cs.expose_secret(), Service::Blob)? {
                 Some((url, auth)) => Self::connect(url, auth, container).map(Some),
                 None => Ok(None),
             },

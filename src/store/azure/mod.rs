@@ -42,6 +42,8 @@ use super::{
     validate_queue_name, PeekedMessage, Queue, QueueStore, ReceivedMessage, SendOptions,
     SentMessage, StoreError, UpdatedMessage,
 };
+use secrecy::ExposeSecret;
+
 use crate::secret::redact;
 pub use blobs::AzureBlobs;
 use connection::{account_of, parse_connection_string, parse_endpoint, setup, Auth};
@@ -117,7 +119,7 @@ impl AzureStore {
 
     fn from_storage_settings(s: &StorageSettings) -> Result<Self, StoreError> {
         if let Some(cs) = &s.connection_string {
-            return Self::from_connection_string(cs);
+            return Self::from_connection_string(cs.expose_secret());
         }
         let Some(endpoint) = &s.queue_endpoint else {
             return Err(setup(
@@ -126,7 +128,7 @@ impl AzureStore {
         };
         if let Some(token) = &s.sas_token {
             let mut url = parse_endpoint(endpoint, "storage.queue_endpoint")?;
-            url.set_query(Some(token.trim_start_matches('?')));
+            url.set_query(Some(token.expose_secret().trim_start_matches('?')));
             return Self::from_sas_url(url.as_str());
         }
         if endpoint.contains("sig=") {

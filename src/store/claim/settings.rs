@@ -1,5 +1,6 @@
 //! The `[storage.claim_check]` settings: where payloads too large for a queue message go.
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::InvalidSetting;
@@ -8,7 +9,7 @@ use crate::service::MAX_MESSAGE_BYTES;
 
 /// The claim check: payloads whose message text would exceed `threshold_bytes` go to a blob in
 /// `container`, and the message carries a reference (see [`crate::codec::claim`]).
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimCheckSettings {
     /// `true`: required (start-up fails without a blob endpoint); `false`: off (an oversized
@@ -23,7 +24,7 @@ pub struct ClaimCheckSettings {
     pub blob_endpoint: Option<String>,
     /// A SAS token for `blob_endpoint`, with or without the leading `?`.
     #[serde(serialize_with = "crate::secret::serialize_hidden")]
-    pub sas_token: Option<String>,
+    pub sas_token: Option<SecretString>,
     /// The container payloads go to (3..=63 lowercase letters, digits and single hyphens);
     /// references naming another container are never fetched.
     pub container: String,
@@ -53,12 +54,14 @@ pub(crate) fn default_container() -> String {
     "ebbflow-payloads".into()
 }
 
+/// Written by hand for the blob endpoint, a URL that may carry a SAS query (shown through
+/// `redact`); the SAS token is a `SecretString`, which shows none of itself.
 impl std::fmt::Debug for ClaimCheckSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClaimCheckSettings")
             .field("enabled", &self.enabled)
             .field("blob_endpoint", &self.blob_endpoint.as_deref().map(redact))
-            .field("sas_token", &self.sas_token.as_ref().map(|_| "<redacted>"))
+            .field("sas_token", &self.sas_token)
             .field("container", &self.container)
             .field("threshold_bytes", &self.threshold_bytes)
             .field("max_payload_bytes", &self.max_payload_bytes)

@@ -5,6 +5,7 @@
 use super::settings::DeployAuth;
 use super::DeployError;
 use ebbflow::config::CredentialKind;
+use secrecy::ExposeSecret;
 
 use super::load::{invalid, Config};
 
@@ -96,10 +97,9 @@ pub(super) fn auth_plan(config: &Config) -> Result<(AuthPlan, Cloud), DeployErro
                 )
                 .into());
             }
-            let cloud = s
-                .connection_string
-                .as_deref()
-                .map_or(Cloud::Public, cloud_of_connection_string);
+            let cloud = s.connection_string.as_ref().map_or(Cloud::Public, |cs| {
+                cloud_of_connection_string(cs.expose_secret())
+            });
             Ok((AuthPlan::Secret, cloud))
         }
         DeployAuth::Identity => {

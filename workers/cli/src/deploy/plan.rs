@@ -123,6 +123,9 @@ pub fn plan(config: &Config) -> Result<Plan, DeployError> {
         (None, Some(_)) => 1,
         (None, None) => 0,
     };
+    for (name, q) in &config.settings.queues {
+        check_wakes_across_processes(config, name, q)?;
+    }
     let grace_secs = secs_up(config.settings.worker.drain_timeout + RELEASE_GRACE + EXIT_MARGIN);
     let (auth, cloud) = super::auth::auth_plan(config)?;
     let triggers = config
@@ -144,6 +147,46 @@ pub fn plan(config: &Config) -> Result<Plan, DeployError> {
         cloud,
         triggers,
     })
+}
+
+/// A queue at `min_tasks = 0` in a deployment must be woken by something another process can
+/// send: the worker alone accepts `wake_on_publish` without a bus (every producer in the same
+/// process) and an HTTP trigger on loopback, but a replica's producers are other pods and
+/// services, so such a queue would sit deaf at zero tasks until the replica restarts.
+fn check_wakes_across_processes(
+    config: &Config,
+    name: &str,
+    q: &QueueSettings,
+) -> Result<(), DeployError> {
+    if q.scaling.min_tasks != MinTasks::Zero
+        || config.settings.bus.is_shared()
+        || q.scaling.idle_probe_interval.is_some()
+    {
+        return Ok(());
+    }
+    let http = &config.settings.triggers.http;
+    if http.enabled && !http.bind.ip().is_loopback() {
+        return Ok(());
+    }
+    let why = if http.enabled {
+        format!(
+            "[triggers.http] listens on {}, the pod's own loopback, which no other process reaches",
+            http.bind
+        )
+    } else if q.scaling.wake_on_publish {
+        "wake_on_publish without a bus wakes it only for messages sent inside the same process"
+            .to_string()
+    } else {
+        "nothing is configured to wake it".to_string()
+    };
+    Err(invalid(
+        format!("queues.{name}.scaling.min_tasks"),
+        0,
+        format!(
+            "a replica's queue {name} at zero tasks would not see messages other processes send              ({why}) until the replica restarts. Set [bus] kind = \"redis\" (work notices reach              every replica), or enable [triggers.http] on a bind outside the pod's loopback (e.g.              \"0.0.0.0:7075\") and send triggers to it, or set              queues.{name}.scaling.idle_probe_interval, or min_tasks = 1"
+        ),
+    )
+    .into())
 }
 
 #[cfg(test)]
@@ -230,6 +273,7 @@ mod tests {
         let mut s = settings();
         assert_eq!(plan(&s).unwrap().min_replicas, 1);
         s.settings.triggers.http.enabled = true;
+        s.settings.triggers.http.bind = "0.0.0.0:7075".parse().unwrap();
         s.settings
             .queues
             .get_mut("orders")
@@ -274,5 +318,42 @@ mod tests {
                 "{drain:?}"
             );
         }
+    }
+
+    #[test]
+    fn zero_tasks_needs_a_wake_another_process_can_send() {
+        let mut s = settings();
+        let set = |s: &mut Config, f: &dyn Fn(&mut ebbflow::config::ScalingSettings)| {
+            f(&mut s.settings.queues.get_mut("orders").unwrap().scaling)
+        };
+        set(&mut s, &|sc| {
+            sc.min_tasks = MinTasks::Zero;
+            sc.wake_on_publish = true;
+        });
+        let err = plan(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("queues.orders.scaling.min_tasks")
+                && err.contains("wake_on_publish without a bus")
+                && err.contains("kind = \"redis\""),
+            "{err}"
+        );
+        // An HTTP trigger on the pod's loopback is no way in either.
+        s.settings.triggers.http.enabled = true;
+        let err = plan(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("127.0.0.1:7075") && err.contains("loopback"),
+            "{err}"
+        );
+        // Any of these reaches a replica from outside.
+        s.settings.triggers.http.bind = "0.0.0.0:7075".parse().unwrap();
+        assert_eq!(plan(&s).unwrap().min_replicas, 0);
+        s.settings.triggers.http.enabled = false;
+        set(&mut s, &|sc| {
+            sc.idle_probe_interval = Some(Duration::from_secs(60))
+        });
+        assert_eq!(plan(&s).unwrap().min_replicas, 0);
+        set(&mut s, &|sc| sc.idle_probe_interval = None);
+        s.settings.bus.kind = ebbflow::bus::BusKind::Redis;
+        assert_eq!(plan(&s).unwrap().min_replicas, 0);
     }
 }

@@ -309,6 +309,7 @@ credential = "managed_identity"
 [queues.off.scaling]
 min_tasks = 0
 wake_on_publish = true
+idle_probe_interval = "1m"
 
 [deploy]
 name = "on"

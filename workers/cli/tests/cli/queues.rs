@@ -71,6 +71,44 @@ fn enqueue_sends_in_the_queues_encoding_and_peek_shows_it() {
     assert_eq!(json(&run)[2]["body_bytes"], 5, "{}", run.stdout);
 }
 
+/// A queue only a trigger can wake (`min_tasks = 0`, no idle probe; `wake_on_publish` covers only
+/// the worker's own process), and no trigger configured: the message is sent, but a worker at
+/// zero tasks would never see it, so that is exit 1 naming the queue and the fix; with
+/// `--no-trigger` (the caller's choice) a note and exit 0.
+#[test]
+fn a_send_no_trigger_can_announce_to_a_zero_task_queue_is_not_a_success() {
+    let (zero, probed) = (common::unique("zero"), common::unique("probed"));
+    let dir = config(&format!(
+        "[queues.{zero}.scaling]\nmin_tasks = 0\nwake_on_publish = true\n\n\
+         [queues.{probed}.scaling]\nmin_tasks = 0\nidle_probe_interval = \"1m\"\n"
+    ));
+    let run = with(&dir, &["enqueue", &zero, "{}", "--create"]);
+    assert_eq!(run.code, Some(1), "{}", run.both());
+    assert_eq!(sent_ids(&run).len(), 1, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains(&format!("queue {zero} is at scaling.min_tasks = 0"))
+            && run.stderr.contains("the message(s) are on the queue")
+            && run
+                .stderr
+                .contains(&format!("queues.{zero}.scaling.idle_probe_interval")),
+        "{}",
+        run.stderr
+    );
+    let run = with(&dir, &["enqueue", &zero, "{}", "--no-trigger"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(run.stdout.contains("note: queue"), "{}", run.stdout);
+    let run = with(&dir, &["peek", &zero, "--count", "32", "--json"]);
+    assert_eq!(
+        json(&run).as_array().map(Vec::len),
+        Some(2),
+        "both sends reached the queue"
+    );
+    // An idle probe finds it: a plain success.
+    let run = with(&dir, &["enqueue", &probed, "{}", "--create"]);
+    assert_eq!(run.code, Some(0), "{}", run.both());
+}
+
 #[test]
 fn the_size_limit_is_checked_before_sending() {
     let (b64, plain) = (common::unique("b64"), common::unique("plain"));

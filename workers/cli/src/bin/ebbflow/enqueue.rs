@@ -231,7 +231,7 @@ impl Args {
                 });
             }
             // What was sent was announced: say how that went too.
-            let triggered = match push::report(&triggers, self.no_trigger) {
+            let triggered = match push::report(&triggers, self.no_trigger, &settings, &self.queue) {
                 Ok(()) => String::new(),
                 Err(why) => format!("; {why}"),
             };
@@ -242,7 +242,7 @@ impl Args {
                 self.queue
             )));
         }
-        push::report(&triggers, self.no_trigger)
+        push::report(&triggers, self.no_trigger, &settings, &self.queue)
     }
 
     fn send_options(&self) -> Result<SendOptions, CliError> {

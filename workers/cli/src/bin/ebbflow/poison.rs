@@ -218,7 +218,7 @@ impl Command {
                         payload_size: count,
                     };
                     let outcomes = push::announce(config, &target, &event).await;
-                    if let Err(e) = push::report(&outcomes, no_trigger) {
+                    if let Err(e) = push::report(&outcomes, no_trigger, config, source) {
                         trigger_failure.get_or_insert(e);
                     }
                 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ebbflow::config::redact;
 use ebbflow::Settings;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::CliError;
@@ -55,7 +56,17 @@ pub async fn announce(settings: &Settings, target: &Target, event: &WorkDetected
         return outcomes;
     }
     if let Some(url) = http_url(settings, target) {
-        let result = post(&url, settings.triggers.http.token.as_deref(), event).await;
+        let result = post(
+            &url,
+            settings
+                .triggers
+                .http
+                .token
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            event,
+        )
+        .await;
         outcomes.push(Outcome {
             channel: format!("http POST {}", redact(&url)),
             result,
@@ -212,8 +223,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     causes.join(": ")
 }
 
-/// Prints what happened to each trigger; an error when one failed.
-pub fn report(triggers: &[Outcome], off: bool) -> Result<(), CliError> {
+/// Why a worker sitting at zero tasks on `queue` would not see a message sent without a trigger:
+/// the queue is configured at `min_tasks = 0` with no idle probe, so only a trigger wakes it
+/// (`wake_on_publish` covers sends inside the worker's own process, not this one's).
+fn deaf_at_zero(settings: &Settings, queue: &str) -> Option<String> {
+    let scaling = &settings.queues.get(queue)?.scaling;
+    (scaling.min_tasks == ebbflow::config::MinTasks::Zero && scaling.idle_probe_interval.is_none())
+        .then(|| {
+            format!(
+                "queue {queue} is at scaling.min_tasks = 0 with no idle_probe_interval: a worker \
+                 sitting at zero tasks on it does not see the message(s) until a trigger wakes it \
+                 (wake_on_publish covers only sends inside the worker's own process)"
+            )
+        })
+}
+
+/// Prints what happened to each trigger sent for `queue`; an error when one failed, or when
+/// none was configured for a queue only a trigger can wake (`--no-trigger` says so and is no
+/// error: the caller chose it).
+pub fn report(
+    triggers: &[Outcome],
+    off: bool,
+    settings: &Settings,
+    queue: &str,
+) -> Result<(), CliError> {
     if triggers.is_empty() {
         say!(
             "trigger: none sent ({}); a worker finds the message at its next receive or depth \
@@ -224,7 +257,18 @@ pub fn report(triggers: &[Outcome], off: bool) -> Result<(), CliError> {
                 "none configured: [triggers.http] is off and bus.kind is none"
             }
         );
-        return Ok(());
+        return match deaf_at_zero(settings, queue) {
+            Some(why) if off => {
+                say!("note: {why}");
+                Ok(())
+            }
+            Some(why) => Err(CliError::runtime(format!(
+                "{why}; the message(s) are on the queue. Enable [triggers.http] or set [bus] \
+                 kind = \"redis\" so commands can wake it, or set \
+                 queues.{queue}.scaling.idle_probe_interval"
+            ))),
+            None => Ok(()),
+        };
     }
     let mut failed = Vec::new();
     for t in triggers {
