@@ -1,6 +1,7 @@
 //! The scaling policy: a pure function from what a queue's listener observed to how many
 //! dequeue tasks it should run, with the reason. No I/O and no clock: the supervisor in
-//! the listener gathers the signals, calls [`decide`], and spawns or retires tasks.
+//! the listener gathers the signals, calls [`decide`], and spawns or retires tasks. The rule
+//! below is the built-in [`DefaultPolicy`]; a queue may run a [`ScalingPolicy`] of its own.
 //!
 //! Scale-up is immediate (bounded by `max_tasks` and the scale-up cool-down): work found after
 //! idleness, a full batch, a depth that calls for more tasks, an old message, or a push trigger.
@@ -13,13 +14,17 @@
 use std::fmt;
 use std::time::Duration;
 
+mod policy;
 mod settings;
 
+pub(crate) use policy::bounded;
+pub use policy::{DefaultPolicy, ScalingPolicy};
 pub use settings::{DepthRule, MaxTasks, MessagesPerTask, MinTasks, ScalingSettings};
 
 /// What prompted a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Prompt {
+#[non_exhaustive]
+pub enum Prompt {
     /// A task found messages after one or more empty receives.
     WorkAfterIdle,
     /// A task's batch came back full (at least `batch_size` messages were waiting).
@@ -34,7 +39,7 @@ pub(crate) enum Prompt {
 
 /// What the listener knows when it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Signals {
+pub struct Signals {
     /// Why we are deciding now.
     pub prompt: Prompt,
     /// Tasks running now.
@@ -56,7 +61,8 @@ pub(crate) struct Signals {
 
 /// Why the target is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reason {
+#[non_exhaustive]
+pub enum Reason {
     /// Nothing calls for a change.
     Steady,
     /// Work found after idleness.
@@ -81,6 +87,8 @@ pub(crate) enum Reason {
     DownCooldown,
     /// Already at `max_tasks`.
     AtMax,
+    /// A custom [`ScalingPolicy`]'s own reason, as it should read in the log line.
+    Policy(&'static str),
 }
 
 impl fmt::Display for Reason {
@@ -98,13 +106,14 @@ impl fmt::Display for Reason {
             Reason::UpCooldown => f.write_str("scale-up cool-down"),
             Reason::DownCooldown => f.write_str("scale-down cool-down"),
             Reason::AtMax => f.write_str("at max_tasks"),
+            Reason::Policy(why) => f.write_str(why),
         }
     }
 }
 
 /// A target task count and its reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Decision {
+pub struct Decision {
     /// Tasks that should run.
     pub target: u32,
     /// Why.

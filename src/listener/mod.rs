@@ -24,6 +24,7 @@
 //! the drain deadline: handlers still running are dropped and their messages released.
 
 mod dispatch;
+mod events;
 mod lease;
 pub mod poison;
 mod settle;
@@ -45,6 +46,8 @@ use crate::handler::{Publishers, Stack};
 use crate::store::{Queue, StoreError};
 use crate::trigger::{Hub, TriggerSource, Wake};
 pub(crate) use dispatch::{panic_text, CatchPanic};
+pub(crate) use events::EventHook;
+pub use events::ListenerEvent;
 pub(crate) use settle::{Outcome as RunOutcome, Settle};
 use stats::ListenerStats;
 pub use stats::{Histograms, QueueSnapshot};
@@ -141,6 +144,10 @@ pub(crate) struct ListenerSpec {
     /// Every message of this queue comes with its own trigger, sent after it landed
     /// (`wake_on_publish`): after draining it, tasks wait for a trigger instead of polling.
     pub(crate) trigger_covered: bool,
+    /// How many tasks to run ([`crate::scaling::DefaultPolicy`] unless the user set one).
+    pub(crate) policy: Arc<dyn crate::scaling::ScalingPolicy>,
+    /// The host's callbacks for this queue's [`ListenerEvent`]s.
+    pub(crate) event_hooks: Vec<EventHook>,
 }
 
 /// The flow control a queue's tasks share.
@@ -267,6 +274,10 @@ pub(crate) struct Shared {
     runner: Runner,
     /// Outward signals (the bus); `None`: nobody listens.
     hooks: Option<Arc<dyn ListenerHooks>>,
+    /// The scaling policy the supervisor asks.
+    policy: Arc<dyn crate::scaling::ScalingPolicy>,
+    /// The host's callbacks.
+    events: events::Events,
 }
 
 impl Wake for Shared {
@@ -380,10 +391,13 @@ impl QueueListener {
             wakes: std::sync::atomic::AtomicU64::new(0),
             handler_ms: std::sync::atomic::AtomicU64::new(0),
         };
+        let name: Arc<str> = Arc::from(spec.queue.name());
         let shared = Arc::new(Shared {
             hooks: spec.hooks,
+            policy: spec.policy,
+            events: events::Events::new(name.clone(), spec.event_hooks),
             io: QueueIo {
-                name: Arc::from(spec.queue.name()),
+                name,
                 queue: spec.queue,
                 poison_queue: spec.poison_queue,
                 create_queues: spec.create_queues,

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::stats::bump;
 use super::task::{self, Event};
 use super::{dispatch, Shared};
-use crate::scaling::{decide, Decision, Prompt, Signals};
+use crate::scaling::{Decision, Prompt, Signals};
 use crate::store::{StoreError, MAX_BATCH};
 
 /// What a depth probe found.
@@ -239,16 +239,13 @@ impl Supervisor {
                 // A wake-up since the task's last receive may be for work it has not seen:
                 // keep it, so that wake-up is never lost with the task that would answer it.
                 let triggered = self.shared.flow.wakes.load(Ordering::SeqCst) > seen_wakes;
-                let d = decide(
-                    &self.shared.settings.scaling,
-                    &self.signals(Prompt::IdleAtMax, Probe::default()),
-                );
-                let retire =
-                    !triggered && d.target < self.active() && self.roster.tasks.contains_key(&task);
+                let d = self.decide(Prompt::IdleAtMax, Probe::default());
+                let from = self.active();
+                let retire = !triggered && d.target < from && self.roster.tasks.contains_key(&task);
                 if retire {
                     self.roster.tasks.remove(&task);
                     self.pace.last_down = Some(Instant::now());
-                    self.record(d, Prompt::IdleAtMax);
+                    self.record(d, Prompt::IdleAtMax, from);
                 }
                 // The task may have stopped meanwhile; then nobody listens.
                 let _ = reply.send(retire);
@@ -330,18 +327,31 @@ impl Supervisor {
         {
             self.shared.flow.wake.notify_waiters();
         }
-        let d = decide(&self.shared.settings.scaling, &self.signals(prompt, found));
-        if d.target > self.active() {
+        let d = self.decide(prompt, found);
+        let from = self.active();
+        if d.target > from {
             while self.active() < d.target {
                 self.spawn_task();
             }
             self.pace.last_up = Some(Instant::now());
-            self.record(d, prompt);
-        } else if d.target < self.active() {
+            self.record(d, prompt, from);
+        } else if d.target < from {
+            // One at a time, whatever the policy asked: the most idle task retires.
             self.retire_most_idle();
             self.pace.last_down = Some(Instant::now());
-            self.record(d, prompt);
+            self.record(d, prompt, from);
         }
+    }
+
+    /// The queue's policy's decision on the signals now, within the listener's bounds
+    /// (`max_tasks`, the `min_tasks` floor).
+    fn decide(&self, prompt: Prompt, found: Probe) -> Decision {
+        let settings = &self.shared.settings.scaling;
+        let said = self
+            .shared
+            .policy
+            .decide(settings, &self.signals(prompt, found));
+        crate::scaling::bounded(settings, said)
     }
 
     /// Cancels the token of the task with the longest idle streak. Its messages run on (they
@@ -353,7 +363,10 @@ impl Supervisor {
         }
     }
 
-    fn record(&self, d: Decision, prompt: Prompt) {
+    /// Logs and shows a change of the task count from `from`, and tells the host.
+    fn record(&self, d: Decision, prompt: Prompt, from: u32) {
+        let to = self.active();
+        self.shared.events.scaled(from, to, d.reason, prompt);
         let text = format!("{} tasks: {}", d.target, d.reason);
         info!(queue = %self.shared.io.name, target = d.target, reason = %d.reason, prompt = ?prompt, "scaling decision");
         self.shared.stats.set_decision(text);

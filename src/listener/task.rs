@@ -199,6 +199,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 empty_at = for_trigger.then(Instant::now);
                 bump(&stats.empty_receives);
                 observe_batch(stats, &batch);
+                shared.events.received(0);
                 if let Some(hooks) = &shared.hooks {
                     hooks.drained();
                 }
@@ -239,6 +240,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         };
         let got = batch.len();
         stats.received.fetch_add(got as u64, Ordering::Relaxed);
+        shared.events.received(got);
         observe_batch(stats, &batch);
         if shared.control.life.stop.is_cancelled() {
             // Received while stopping: none has started; give them all back.

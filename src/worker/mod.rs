@@ -8,8 +8,10 @@
 //! - `bus.rs`: the worker's side of the bus (work notices, pass-on, outage probes, presence).
 
 mod bus;
+mod hooks;
 mod ready;
 mod report;
+pub use crate::scaling::{Decision, DefaultPolicy, Prompt, Reason, ScalingPolicy, Signals};
 pub use bus::BusCounters;
 mod producer;
 mod signal;
@@ -51,6 +53,9 @@ pub enum WorkerError {
     /// A handler was registered for a queue missing from config.
     #[error("a handler is registered for queue {0}, but config has no [queues.{0}] section")]
     NotConfigured(String),
+    /// A scaling policy was set for a queue missing from config.
+    #[error("a scaling policy is set for queue {0} (Worker::scaling_policy), but config has no [queues.{0}] section")]
+    PolicyNotConfigured(String),
     /// A layer was added for a queue missing from config.
     #[error("a layer is added for queue {0} (Worker::layer_for), but config has no [queues.{0}] section")]
     LayerNotConfigured(String),
@@ -141,6 +146,10 @@ pub struct Worker {
     batch_stats: BTreeMap<String, BatchStats>,
     /// Output-only queues declared in code ([`Worker::output`]).
     outputs: std::collections::BTreeSet<String>,
+    /// Scaling policies of queues that do not run the built-in one.
+    policies: BTreeMap<String, Arc<dyn crate::scaling::ScalingPolicy>>,
+    /// Callbacks for every listener's events.
+    event_hooks: Vec<crate::listener::EventHook>,
 }
 
 impl Worker {
@@ -157,6 +166,8 @@ impl Worker {
             queue_layers: BTreeMap::new(),
             batch_stats: BTreeMap::new(),
             outputs: Default::default(),
+            policies: BTreeMap::new(),
+            event_hooks: Vec::new(),
         }
     }
 

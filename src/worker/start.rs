@@ -35,6 +35,8 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         batch_stats,
         blobs,
         outputs,
+        policies,
+        event_hooks,
         duplicate: _,
     } = worker;
     let store_given = store.is_some();
@@ -108,6 +110,11 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             // In-process publishes trigger after each send lands; HTTP events are hints (one
             // may stand for a burst still being sent), so they do not cover a queue.
             trigger_covered: queue_settings.scaling.wake_on_publish,
+            policy: policies
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(crate::scaling::DefaultPolicy)),
+            event_hooks: event_hooks.clone(),
         });
     }
     for name in outputs.iter().filter(|o| !settings.queues.contains_key(*o)) {
@@ -211,6 +218,13 @@ impl Worker {
             .find(|n| !self.settings.queues.contains_key(*n))
         {
             return Err(WorkerError::LayerNotConfigured(name.clone()));
+        }
+        if let Some(name) = self
+            .policies
+            .keys()
+            .find(|n| !self.settings.queues.contains_key(*n))
+        {
+            return Err(WorkerError::PolicyNotConfigured(name.clone()));
         }
         Ok(())
     }

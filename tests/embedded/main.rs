@@ -16,5 +16,6 @@ mod flood;
 mod fuzz;
 mod guarantees;
 mod handler_api;
+mod listener_hooks;
 mod ops;
 mod restarts;
