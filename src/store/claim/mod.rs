@@ -40,6 +40,7 @@ pub use settings::ClaimCheckSettings;
 
 /// Why a message's payload cannot be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PayloadError {
     /// It never will be: a malformed reference, one naming another container, a missing or
     /// mismatching blob, a payload over the limit. The message is poisoned with this reason.
@@ -215,6 +216,7 @@ impl ClaimCheck {
         let invalid = |detail: String| StoreError::Invalid {
             queue: queue.to_string(),
             detail,
+            source: None,
         };
         let payload = format
             .encoding
@@ -261,13 +263,19 @@ impl ClaimCheck {
         metadata.insert(META_SHA256.to_string(), reference.sha256.clone());
         blobs.put(&name, stored, metadata).await.map_err(|e| {
             let detail = format!("claim check upload failed: {e}");
+            let source = Some(crate::store::Cause::new(e.clone()));
             if e.is_transient() {
                 StoreError::Transient {
                     queue: queue.to_string(),
                     detail,
+                    source,
                 }
             } else {
-                invalid(detail)
+                StoreError::Invalid {
+                    queue: queue.to_string(),
+                    detail,
+                    source,
+                }
             }
         })?;
         match inner.send(&wrapped(reference.to_text()), options).await {
