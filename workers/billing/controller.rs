@@ -47,9 +47,6 @@ for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ARGV[8]) end
 return {fresh, redis.call('SCARD', KEYS[2]), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3])}
 ";
 
-/// What [`ADD`] returns: new or not, items seen, the batch's hash, per-processor counts.
-type Added = (i64, u32, Vec<(String, String)>, Vec<(String, u32)>);
-
 /// A ledger entry kept this long after its last result (seconds): a day.
 const KEEP_S: u64 = 86_400;
 
@@ -94,7 +91,8 @@ impl Ledger {
             .arg(ebbflow::bus::now_ms())
             .arg(KEEP_S);
         let mut con = self.redis.clone();
-        let (fresh, done, hash, by): Added = cmd.query_async(&mut con).await?;
+        let (fresh, done, hash, by): (i64, u32, Vec<(String, String)>, Vec<(String, u32)>) =
+            cmd.query_async(&mut con).await?;
         let hash: BTreeMap<String, String> = hash.into_iter().collect();
         let num = |f: &str| hash.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let of = num("of") as u32;
