@@ -39,6 +39,10 @@ impl fmt::Display for InvalidSetting {
 impl std::error::Error for InvalidSetting {}
 
 /// `value` of `key` must be in `min..=max`.
+///
+/// # Errors
+///
+/// [`InvalidSetting`] naming `key`, the value and the range when `value` is outside it.
 pub fn range(key: &str, value: u32, min: u32, max: u32) -> Result<(), InvalidSetting> {
     if (min..=max).contains(&value) {
         Ok(())
@@ -52,6 +56,10 @@ pub fn range(key: &str, value: u32, min: u32, max: u32) -> Result<(), InvalidSet
 }
 
 /// `value` of `key` must be in `min..=max` (shown as `1s`, `7days`, ...).
+///
+/// # Errors
+///
+/// [`InvalidSetting`] naming `key`, the value and the range when `value` is outside it.
 pub fn duration(
     key: &str,
     value: Duration,

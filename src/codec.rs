@@ -49,6 +49,10 @@ impl Encoding {
 
     /// Encodes payload bytes as message text. `None` requires UTF-8; invalid sequences are an
     /// error rather than being silently replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] with [`Encoding::None`] when `payload` is not valid UTF-8.
     pub fn encode(self, payload: &[u8]) -> Result<String, DecodeError> {
         match self {
             Encoding::Base64 => Ok(base64::engine::general_purpose::STANDARD.encode(payload)),
@@ -62,6 +66,10 @@ impl Encoding {
     }
 
     /// Decodes message text into payload bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] when `text` is not valid base64 ([`Encoding::Base64`]).
     pub fn decode(self, text: &str) -> Result<Vec<u8>, DecodeError> {
         match self {
             Encoding::Base64 => base64::engine::general_purpose::STANDARD

@@ -44,8 +44,6 @@
 //! the queue and poison-queue commands. This crate carries none of it (no clap, YAML or
 //! manifest code), and ignores the config's `[deploy]` section, which only the CLI reads.
 
-#![warn(unreachable_pub, unnameable_types)]
-
 mod backoff;
 pub mod bus;
 pub mod checks;

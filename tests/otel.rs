@@ -6,6 +6,9 @@
 //! A binary of its own: the producer installs the process-wide subscriber with the exporter,
 //! which would export every other test's spans too.
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
+
 #[path = "common/mod.rs"]
 mod common;
 

@@ -20,6 +20,9 @@
 //! a clean drain (SIGTERM/ctrl-c), 1 when the drain deadline passed, 2 on a start-up error,
 //! 3 when an error no retry can fix stopped it.
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
+
 mod support;
 
 use std::io::Write;

@@ -16,6 +16,8 @@
 //! One file per job: `env.rs` (Azurite, proxy, consumer processes, records), one file per
 //! scenario, and `report.rs` (tables, targets, JSON).
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout)]
 

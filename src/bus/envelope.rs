@@ -96,7 +96,7 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     /// The publisher's W3C trace context (`{"traceparent": "00-…"}`, see
-    /// [`crate::codec::trace`]), taken from the span it published in while traces are
+    /// [`TraceContext`](crate::codec::TraceContext)), taken from the span it published in while traces are
     /// exported; an observer's `process` span continues it. Absent (older senders, traces off)
     /// or malformed: ignored.
     #[serde(

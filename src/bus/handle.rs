@@ -99,6 +99,10 @@ impl<E> Received<E> {
     /// Acknowledges a competing-consumer event ([`Address::OneOf`]) so it is not re-delivered;
     /// nothing for fan-out events. Unacknowledged, it goes to another instance of the role
     /// after `bus.claim_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] when the bus cannot record the acknowledgement (Redis unreachable or closed).
     pub async fn ack(&self) -> Result<(), BusError> {
         match &self.receipt {
             Some(r) => self.bus.ack(r).await,
@@ -117,6 +121,14 @@ pub struct Subscription<E> {
     rx: mpsc::UnboundedReceiver<(Envelope, Option<Receipt>)>,
     bus: Arc<dyn Bus>,
     _type: PhantomData<fn() -> E>,
+}
+
+impl<E> std::fmt::Debug for Subscription<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("event", &std::any::type_name::<E>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<E: Event> Subscription<E> {

@@ -86,6 +86,11 @@ pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Re
 /// `kind = "none"`, Redis with `kind = "redis"` (failing when Redis cannot be reached or refuses
 /// the credentials; the error names `bus.url` and never shows the password). Delivery starts
 /// with [`BusHandle::start`], once subscribers are in place.
+///
+/// # Errors
+///
+/// [`BusError`] when Redis cannot be reached, refuses the credentials, or the settings are
+/// inconsistent; the error names `bus.url` without its password.
 pub async fn open(settings: &BusSettings) -> Result<BusHandle, BusError> {
     let id = settings
         .instance_id

@@ -127,7 +127,7 @@ impl std::fmt::Display for Compression {
 /// A claim-check reference (see the module docs for the format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimRef {
-    /// Format version, [`VERSION`].
+    /// Format version: 1.
     pub ebbflow_claim: u32,
     /// The blob container (with `blob`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +215,11 @@ impl ClaimRef {
     /// Reads `text` as a reference: `Ok(None)` when it is not one (no marker key at the top of
     /// a JSON object: any other text, JSON included, is a plain message); an error when it
     /// carries the marker but is malformed or of an unknown version.
+    ///
+    /// # Errors
+    ///
+    /// [`BadReference`] when `text` carries the claim-check marker but is malformed or of an
+    /// unknown version.
     pub fn parse(text: &str) -> Result<Option<Self>, BadReference> {
         let trimmed = text.trim_start();
         // Cheap first: a reference is a JSON object naming the marker.

@@ -95,7 +95,7 @@ pub(crate) fn caller_context() -> Option<TraceContext> {
     CALLER.try_with(Clone::clone).ok().flatten()
 }
 
-/// `text` with `span`'s trace context in front (the envelope of [`super::trace`]); `text`
+/// `text` with `span`'s trace context in front (the envelope of [`TraceContext::wrap`]); `text`
 /// unchanged when the span has no context (traces off).
 pub fn inject(span: &Span, text: String) -> String {
     match context_of(span) {
@@ -142,7 +142,7 @@ pub fn send_span(queue: &str) -> Span {
 /// queue). With `envelope` (the queue's
 /// `trace_context`), a trace-context envelope is taken off `text` and the span continues the
 /// producer's trace; text without one is left as it is. Without an envelope, a claim-check
-/// reference's own `trace` (see [`super::claim`]) is continued instead.
+/// reference's own `trace` (see [`ClaimRef`](crate::codec::ClaimRef)) is continued instead.
 pub fn process_span(
     queue: &str,
     message_id: &str,

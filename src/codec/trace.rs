@@ -74,7 +74,7 @@ pub struct TraceContextError {
 
 impl TraceContext {
     /// A context from its parts: a trace id and span id (both non-zero), whether it was
-    /// sampled, and a `tracestate` (empty for none; dropped when over [`MAX_TRACESTATE`] or
+    /// sampled, and a `tracestate` (empty for none; dropped when over 512 bytes or
     /// not one printable line).
     pub fn new(trace_id: [u8; 16], span_id: [u8; 8], sampled: bool, tracestate: &str) -> Self {
         Self {
@@ -87,6 +87,11 @@ impl TraceContext {
 
     /// Parses a `traceparent` header value (version `00`; later versions are read by their
     /// first four fields, as the W3C spec asks) and an optional `tracestate`.
+    ///
+    /// # Errors
+    ///
+    /// [`TraceContextError`] (holding the value given) when `traceparent` is not a valid W3C
+    /// `traceparent` (wrong field count or lengths, non-hex digits, all-zero ids, version `ff`).
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<Self, TraceContextError> {
         let bad = || TraceContextError {
             given: traceparent.chars().take(64).collect(),

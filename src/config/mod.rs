@@ -121,6 +121,11 @@ impl WorkerSettings {
 impl Settings {
     /// Loads from the folder named by `EBBFLOW_CONFIG_DIR` (default `config`), the process
     /// environment, and validates.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a file or variable cannot be read or parsed, a key is unknown, a value
+    /// is out of range or the sections contradict each other; the error names the key.
     pub fn load() -> Result<Self, ConfigError> {
         let dir = std::env::var_os(DIR_VAR)
             .map(PathBuf::from)
@@ -156,6 +161,11 @@ impl Settings {
     }
 
     /// Checks every value against its allowed range.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first key whose value is out of range or contradicts another
+    /// section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;
         if self.bus.kind == crate::bus::BusKind::None && self.bus.url.is_some() {

@@ -56,7 +56,7 @@ type RefusedLabels = Vec<(&'static str, &'static str)>;
 
 /// Refused connections and requests of the HTTP endpoints, by `endpoint` (`trigger`, `ops`)
 /// and `reason` ([`Refusal`]), exported as `ebbflow_http_refused_total`. Clones share counts.
-/// Each endpoint logs its refusals at most once per [`LOG_EVERY`] (info, target
+/// Each endpoint logs its refusals at most once per 500 ms (info, target
 /// `ebbflow::endpoint`), with the count by reason since its last such line; refusals held back
 /// are logged by a line of their own once the interval has passed, so a short burst is never
 /// reported as one.

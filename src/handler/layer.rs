@@ -161,6 +161,10 @@ impl std::fmt::Debug for Next {
 
 impl Next {
     /// Runs the rest of the stack on `job` and returns its outcome.
+    ///
+    /// # Errors
+    ///
+    /// The [`HandlerError`] of the inner layers or the handler: the message's outcome.
     pub async fn run(self, job: Job) -> Result<(), HandlerError> {
         match self.layers.get(self.index) {
             Some(layer) => {

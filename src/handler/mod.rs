@@ -48,6 +48,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What a handler receives, decoded from the message's payload bytes.
 pub trait Payload: Sized + Send + 'static {
     /// Decodes the payload bytes (already stripped of the queue's encoding).
+    ///
+    /// # Errors
+    ///
+    /// A [`BoxError`] when the bytes are not a valid `Self` (the message is poisoned as
+    /// undecodable).
     fn from_bytes(bytes: Vec<u8>) -> Result<Self, BoxError>;
 }
 

@@ -77,7 +77,7 @@ impl Publisher {
     }
 
     /// Put the `send` span's W3C trace context in front of each message (the envelope of
-    /// [`crate::codec::trace`]; a queue's `trace_context` setting), so the consumer's `process`
+    /// [`TraceContext`](crate::codec::TraceContext); a queue's `trace_context` setting), so the consumer's `process`
     /// span continues this trace. Only while traces are exported; otherwise messages go as
     /// they are.
     pub fn with_trace_context(mut self, on: bool) -> Self {
@@ -246,6 +246,11 @@ impl Publisher {
     }
 
     /// Sends `value` as JSON; returns the new message's id.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Encode`] when `value` cannot be serialised; [`PublishError::Store`] when the
+    /// store refuses or fails the send.
     pub async fn send_json<T: serde::Serialize + ?Sized>(
         &self,
         value: &T,

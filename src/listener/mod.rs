@@ -1,5 +1,5 @@
 //! One listener per queue: a supervisor that keeps as many dequeue tasks running as the
-//! [`crate::scaling`] policy wants, the tasks that receive, and the message runs they spawn.
+//! scaling policy wants, the tasks that receive, and the message runs they spawn.
 //!
 //! The files, one job each:
 //! - `supervisor.rs`: spawns, retires and replaces tasks; probes depth. It hears from tasks
@@ -367,6 +367,14 @@ impl Shared {
 #[derive(Clone)]
 pub struct QueueListener {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for QueueListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueListener")
+            .field("queue", &self.queue())
+            .finish_non_exhaustive()
+    }
 }
 
 impl QueueListener {

@@ -157,10 +157,28 @@ impl PoisonEnvelope {
     }
 
     /// Reads an envelope back from poison queue text.
-    pub fn from_text(text: &str, encoding: Encoding) -> Result<Self, String> {
-        let bytes = encoding.decode(text).map_err(|e| e.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    ///
+    /// # Errors
+    ///
+    /// [`PoisonEnvelopeError`] when the text does not decode with `encoding` or is not a poison
+    /// envelope.
+    pub fn from_text(text: &str, encoding: Encoding) -> Result<Self, PoisonEnvelopeError> {
+        let bytes = encoding.decode(text).map_err(|e| PoisonEnvelopeError {
+            detail: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| PoisonEnvelopeError {
+            detail: e.to_string(),
+        })
     }
+}
+
+/// Poison-queue text that is not an envelope ([`PoisonEnvelope::from_text`]): the original
+/// text of a message too large for the envelope, or text someone else put there. Displays
+/// why (a decoding or JSON error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct PoisonEnvelopeError {
+    detail: String,
 }
 
 /// JSON with every character XML 1.0 refuses written as a `\\uXXXX` escape, so the text is one
@@ -216,7 +234,7 @@ pub struct PoisonRecord {
     pub id: String,
     /// The envelope, or why the text is not one: the original text of a message too large for
     /// the envelope (requeued to the source queue as it is), or one someone else put there.
-    pub envelope: Result<PoisonEnvelope, String>,
+    pub envelope: Result<PoisonEnvelope, PoisonEnvelopeError>,
     /// Its text on the poison queue, as stored (the envelope in the queue's encoding, or the
     /// original message's text when it had no envelope).
     pub text: String,
@@ -269,8 +287,21 @@ pub struct PoisonQueue {
     encoding: Encoding,
 }
 
+impl std::fmt::Debug for PoisonQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoisonQueue")
+            .field("source", &self.source)
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PoisonQueue {
     /// The poison queue of `queue`, with that queue's settings (encoding, poison queue name).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store refuses the poison queue's name.
     pub fn new(
         store: Arc<dyn QueueStore>,
         queue: &str,
@@ -291,6 +322,10 @@ impl PoisonQueue {
     }
 
     /// Up to `limit` poison messages, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails the peek.
     pub async fn list(&self, limit: usize) -> Result<Vec<PoisonRecord>, StoreError> {
         let held = self.scan(limit, |_| false).await?;
         let records = held.iter().map(|m| self.record(m)).collect();
@@ -299,6 +334,10 @@ impl PoisonQueue {
     }
 
     /// The poison message with this id (on the poison queue), if present.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails the read.
     pub async fn inspect(&self, id: &str) -> Result<Option<PoisonRecord>, StoreError> {
         let held = self.scan(usize::MAX, |m| m.id == id).await?;
         let found = held.iter().find(|m| m.id == id).map(|m| self.record(m));
@@ -308,6 +347,11 @@ impl PoisonQueue {
 
     /// Sends the selected poison messages' original text back to their source queues, then
     /// deletes them from the poison queue.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when a send or delete fails; messages requeued before it stay requeued
+    /// (a message is deleted from the poison queue only after its send succeeded).
     pub async fn requeue(&self, selection: &Selection) -> Result<RequeueReport, StoreError> {
         let wanted = |m: &ReceivedMessage| match selection {
             Selection::All => true,

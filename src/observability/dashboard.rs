@@ -327,7 +327,9 @@ pub(super) async fn list(dashboard: &Dashboard, queue: &str) -> Response {
                     "body": body,
                 })
             }
-            Err(why) => json!({ "id": r.id, "reason": "not an envelope", "error": why }),
+            Err(why) => {
+                json!({ "id": r.id, "reason": "not an envelope", "error": why.to_string() })
+            }
         })
         .collect();
     Json(json!({ "queue": queue, "poison_queue": poison.name(), "messages": messages }))

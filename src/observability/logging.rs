@@ -57,6 +57,11 @@ pub const FORMAT_VAR: &str = "EBBFLOW_LOG_FORMAT";
 
 /// The format to use: `EBBFLOW_LOG_FORMAT` when set, else `configured`; an error naming the
 /// variable when it holds something else than `text` or `json`.
+///
+/// # Errors
+///
+/// [`ConfigError`] naming `EBBFLOW_LOG_FORMAT` when it holds something else than `text` or
+/// `json`.
 pub fn format_from_env(configured: LogFormat) -> Result<LogFormat, ConfigError> {
     match std::env::var(FORMAT_VAR) {
         Ok(v) if !v.trim().is_empty() => v
@@ -79,6 +84,11 @@ pub fn init(format: LogFormat, default_filter: &str) -> bool {
 /// [`init`], plus the OpenTelemetry export of traces when `traces` or the environment names an
 /// endpoint (see [`super::traces`]); an error when the trace settings are wrong (nothing is
 /// installed then). Without an endpoint the subscriber is exactly [`init`]'s, costing nothing.
+///
+/// # Errors
+///
+/// [`ConfigError`] when the trace settings are wrong (a protocol, filter or endpoint); nothing
+/// is installed then.
 pub fn init_with_traces(
     format: LogFormat,
     default_filter: &str,
@@ -162,6 +172,11 @@ fn exporting_layer(traces: &TracesSettings) -> Result<Option<OtelLayer>, ConfigE
 /// from them ([`init`] with `[log] format` or `EBBFLOW_LOG_FORMAT`), and logs why when the
 /// settings are wrong (the caller then exits 2). Logs are set up either way, in text when the
 /// settings could not say.
+///
+/// # Errors
+///
+/// [`ConfigError`] when the settings do not load or validate (already logged, so `main` only
+/// exits with code 2), or the log settings are wrong.
 pub fn setup(default_filter: &str) -> Result<Settings, ConfigError> {
     let loaded = Settings::load();
     let configured = loaded.as_ref().map(|s| s.log.format).unwrap_or_default();

@@ -62,6 +62,14 @@ pub struct ReadinessCheck {
     readiness: Readiness,
 }
 
+impl std::fmt::Debug for ReadinessCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessCheck")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What `/readyz` shows: the overall status, the first reason for it, and every check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadinessReport {

@@ -9,7 +9,7 @@
 //!
 //! Its connections have their own cap (`observability.max_connections`) and header-read
 //! timeout (`observability.header_read_timeout`), apart from the trigger endpoint's, so a flood
-//! of the trigger port never takes the probes' connections; see [`crate::endpoint`].
+//! of the trigger port never takes the probes' connections (the shared `endpoint` leaf).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +84,10 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
 /// Binds the ops endpoint at `addr` under `limits`; returns the bound address (useful with
 /// port 0) and the server future, which runs until dropped (the worker drops it when it
 /// exits). Refusals are counted in `metrics` (`ebbflow_http_refused_total`).
+///
+/// # Errors
+///
+/// The [`std::io::Error`] of binding `addr` (in use, not permitted).
 pub async fn bind(
     addr: SocketAddr,
     limits: ConnectionLimits,

@@ -1,5 +1,5 @@
-//! OpenTelemetry traces: with the `otel` cargo feature (on by default) the spans of
-//! [`crate::codec::spans`] (`send`, `receive`, `process`, `settle` and the store's client
+//! OpenTelemetry traces: with the `otel` cargo feature (on by default)
+//! the crate's spans (`send`, `receive`, `process`, `settle` and the store's client
 //! spans, after the messaging conventions) and every other `tracing` span (handlers' own) are
 //! exported over OTLP: HTTP with protobuf or JSON bodies, or gRPC with the `otel-grpc` feature.
 //!

@@ -56,6 +56,11 @@ fn env(name: &str) -> Option<String> {
 
 /// Sets up the export when an endpoint is configured (environment or `settings`): returns the
 /// layer to add to the log subscriber, `None` when traces stay off. Once per process.
+///
+/// # Errors
+///
+/// [`InstallError`] when a protocol variable or setting, the filter, or the exporter (a bad
+/// endpoint URL) is wrong.
 pub fn install<S>(
     settings: &TracesSettings,
 ) -> Result<Option<Box<dyn Layer<S> + Send + Sync>>, InstallError>

@@ -40,7 +40,8 @@ pub trait ScalingPolicy: Send + Sync + std::fmt::Debug + 'static {
     fn decide(&self, settings: &ScalingSettings, signals: &Signals) -> Decision;
 }
 
-/// The built-in policy: [`super::decide`] (the whitepaper's rule; see the module docs).
+/// The built-in policy: the whitepaper's rule (work after idleness, full batches, depth and
+/// age scale up; idle tasks at the back-off maximum retire), as `docs/src/scaling.md` says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DefaultPolicy;
 

@@ -215,6 +215,15 @@ pub struct Layered<L> {
     layer: L,
 }
 
+impl<L> std::fmt::Debug for Layered<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layered")
+            .field("queue", &self.inner.name())
+            .field("layer", &std::any::type_name::<L>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<L: QueueLayer> Layered<L> {
     /// `layer` on `inner`.
     pub fn new(inner: Arc<dyn Queue>, layer: L) -> Self {
@@ -323,6 +332,10 @@ pub trait StoreLayer: Send + Sync + 'static {
     /// The handle for queue `name`. Default: the inner store's handle, through
     /// [`StoreLayer::wrap`]. A layer that maps one name onto other queues (sharding)
     /// overrides this.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the name is not a valid queue name (or the layer refuses it).
     fn queue(&self, inner: &dyn QueueStore, name: &str) -> Result<Arc<dyn Queue>, StoreError> {
         Ok(self.wrap(inner.queue(name)?))
     }
@@ -353,6 +366,15 @@ pub trait StoreLayer: Send + Sync + 'static {
 pub struct LayeredStore<L> {
     inner: Arc<dyn QueueStore>,
     layer: L,
+}
+
+impl<L> std::fmt::Debug for LayeredStore<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayeredStore")
+            .field("backend", &self.inner.kind())
+            .field("layer", &std::any::type_name::<L>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<L: StoreLayer> LayeredStore<L> {

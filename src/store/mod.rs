@@ -117,6 +117,10 @@ pub use sharding::{shard_name, Sharding, ShardingStore};
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {
     /// The handle for one queue (which need not exist yet).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `name` is not a valid queue name.
     fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, StoreError>;
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
@@ -197,7 +201,7 @@ pub trait Queue: Send + Sync + 'static {
         text: Option<&str>,
     ) -> Result<UpdatedMessage, StoreError>;
     /// The payload a received message's `text` refers to, when it is a claim-check reference
-    /// (see [`claim`]): downloaded, decompressed and checked. `Ok(None)`: the text is the
+    /// (see [`ClaimRef`](crate::codec::ClaimRef)): downloaded, decompressed and checked. `Ok(None)`: the text is the
     /// payload's encoding as usual (not a reference, or no claim-check layer on this queue).
     async fn open_payload(&self, text: &str) -> Result<Option<Vec<u8>>, PayloadError> {
         let _ = text;
@@ -435,6 +439,11 @@ pub fn now_utc() -> OffsetDateTime {
 
 /// Opens the store the settings name: Azure when a connection string or endpoint is set,
 /// otherwise a fresh embedded in-process store.
+///
+/// # Errors
+///
+/// [`StoreError`] when the storage settings are malformed (connection string, endpoint,
+/// credential).
 pub fn open(settings: &settings::StorageSettings) -> Result<Arc<dyn QueueStore>, StoreError> {
     if settings.connection_string.is_some() || settings.queue_endpoint.is_some() {
         Ok(Arc::new(azure::AzureStore::from_settings(settings)?))

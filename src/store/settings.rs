@@ -164,6 +164,10 @@ pub enum CredentialKind {
 
 impl StorageSettings {
     /// Checks every value against its allowed range, naming the key at fault.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidSetting`] naming the first key out of range or in conflict.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let s = self;
         if s.connection_string.is_some() && s.queue_endpoint.is_some() {

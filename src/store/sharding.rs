@@ -46,6 +46,17 @@ pub struct Sharding {
     shards: BTreeMap<String, (usize, Arc<Turns>)>,
 }
 
+impl std::fmt::Debug for Sharding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shards: BTreeMap<&str, usize> = self
+            .shards
+            .iter()
+            .map(|(q, (n, _))| (q.as_str(), *n))
+            .collect();
+        f.debug_struct("Sharding").field("shards", &shards).finish()
+    }
+}
+
 /// A store with the [`Sharding`] layer on it.
 pub type ShardingStore = LayeredStore<Sharding>;
 

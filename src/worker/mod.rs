@@ -152,6 +152,16 @@ pub struct Worker {
     event_hooks: Vec<crate::listener::EventHook>,
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("outputs", &self.outputs)
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Worker {
     /// A worker for these settings; the store is opened from `settings.storage` at start.
     pub fn new(settings: Settings) -> Self {
@@ -318,6 +328,12 @@ impl Worker {
     /// opens the store, makes sure every queue and poison queue is there (creating them when
     /// `storage.create_queues` is on), binds the trigger endpoint, and only then starts
     /// listening: a start that fails leaves nothing running.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerError`] when the settings are invalid, a handler is missing or extra, the store
+    /// cannot be opened or a queue checked or created, or an endpoint cannot be bound; nothing is
+    /// left running then.
     pub async fn start(self) -> Result<RunningWorker, WorkerError> {
         start::start(self).await
     }
@@ -351,6 +367,15 @@ pub struct RunningWorker {
     /// Fired by a drain command on the bus (`ebbflow drain --role R`).
     drain_requested: tokio_util::sync::CancellationToken,
     drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for RunningWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningWorker")
+            .field("listeners", &self.listeners)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningWorker {

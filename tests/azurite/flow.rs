@@ -275,8 +275,7 @@ async fn settings_built_in_code_are_validated_at_start() {
             .handler("orders", Worky::default())
             .start()
             .await
-            .err()
-            .expect("invalid settings must not start");
+            .expect_err("invalid settings must not start");
         assert!(matches!(err, WorkerError::Config(_)), "{err}");
         assert!(err.to_string().contains(key), "{err}");
     }
@@ -300,8 +299,7 @@ async fn a_failed_start_leaves_nothing_running() {
         .handler(&name, handler.clone())
         .start()
         .await
-        .err()
-        .expect("the port is taken");
+        .expect_err("the port is taken");
     assert!(matches!(err, WorkerError::TriggerBind { .. }), "{err}");
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert!(handler.runs.lock().unwrap().is_empty());

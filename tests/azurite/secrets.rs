@@ -48,8 +48,7 @@ async fn keys_sas_signatures_and_trigger_tokens_never_reach_logs_errors_or_debug
         .handler(&queue, Nop)
         .start()
         .await
-        .err()
-        .expect("a wrong key fails");
+        .expect_err("a wrong key fails");
     outputs.push(err.to_string());
     outputs.push(format!("{err:?}"));
     assert!(err.to_string().contains("not authorized"), "{err}");

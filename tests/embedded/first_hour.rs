@@ -85,8 +85,7 @@ async fn a_silent_blob_service_stops_start_up_within_the_startup_timeout() {
         })
         .start()
         .await
-        .err()
-        .expect("start-up fails");
+        .expect_err("start-up fails");
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),

@@ -171,8 +171,7 @@ async fn a_layer_for_an_unknown_queue_is_a_start_up_error_naming_it() {
         .handler(&queue, Note(Trail::default()))
         .start()
         .await
-        .err()
-        .expect("a start-up error");
+        .expect_err("a start-up error");
     let text = err.to_string();
     assert!(
         text.contains("ordrs") && text.contains("[queues.ordrs]"),

@@ -174,8 +174,7 @@ async fn a_policy_for_an_unknown_queue_is_a_start_up_error_naming_it() {
         .handler_fn(&queue, slow)
         .start()
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(&err, WorkerError::PolicyNotConfigured(q) if q == "typo"),
         "{err}"

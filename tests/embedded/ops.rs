@@ -293,8 +293,7 @@ async fn a_taken_ops_address_fails_the_start_naming_the_key() {
         .handler("orders", Sleepy)
         .start()
         .await
-        .err()
-        .expect("the start must fail");
+        .expect_err("the start must fail");
     assert!(err.to_string().contains("observability.bind"), "{err}");
 }
 

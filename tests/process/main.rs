@@ -4,6 +4,9 @@
 //! The integration tests are grouped into one binary per kind of need (embedded, azurite, redis,
 //! process), so the suite links a handful of binaries; each module below is one topic.
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
+
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;

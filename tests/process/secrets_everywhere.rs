@@ -4,8 +4,9 @@
 //! values of the wrong shape for its type (a typo in a connection string, a Redis URL that does
 //! not parse, a token too short or with a space), through a config file and through its
 //! `EBBFLOW__` variable. For each, the settings are loaded and started in process (the error's
-//! `Display` and `Debug`), and the load-test worker and the `ebbflow` command line are run on
-//! them (stdout and stderr, logs at trace level in text and JSON). The secret must be in none.
+//! `Display` and `Debug`), and the load-test worker and the `ebbflow` command line (`config
+//! check`, the manifests of `deploy keda` and `deploy container-apps`, `stats`) are run on them
+//! (stdout and stderr, logs at trace level in text and JSON). The secret must be in none.
 
 use crate::common;
 
@@ -292,8 +293,14 @@ async fn outputs(case: &Case, by_env: bool, n: usize) -> Vec<(String, String)> {
     assert!(failed, "the worker accepted {}: {worker}", case.key);
     seen.push((format!("worker ({format} logs)"), worker));
     let other = if format == "json" { "text" } else { "json" };
-    // `config check` passes what loads (and prints it, redacted); `stats` reaches the store.
-    for (args, must_fail) in [(&["config", "check"][..], false), (&["stats"][..], true)] {
+    // `config check` passes what loads (and prints it, redacted); `deploy` writes manifests
+    // from it (references to secrets, never a value); `stats` reaches the store.
+    for (args, must_fail) in [
+        (&["config", "check"][..], false),
+        (&["deploy", "keda"][..], false),
+        (&["deploy", "container-apps"][..], false),
+        (&["stats"][..], true),
+    ] {
         let (cli, failed) = run(&common::bins::ebbflow_cli(), args, &dir, &env, other).await;
         assert!(
             failed || !must_fail,

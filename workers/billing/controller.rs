@@ -6,6 +6,9 @@
 //! Run with: `scripts/billing` (the whole scenario), or on its own:
 //! `EBBFLOW_CONFIG_DIR=config/billing EBBFLOW__BUS__ROLE=controller cargo run --bin billing-controller`
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
+
 #[path = "model.rs"]
 mod model;
 

@@ -14,6 +14,9 @@
 //! (results delivered twice are reported as `duplicates`, not billed again),
 //! 1 when it reports anything else or nothing in time, 2 on a start-up error.
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
+
 #[path = "model.rs"]
 mod model;
 #[path = "../support.rs"]

@@ -9,6 +9,9 @@
 //! Environment: the usual settings (`EBBFLOW_CONFIG_DIR`, `EBBFLOW__...`,
 //! `AZURE_STORAGE_CONNECTION_STRING`), and `BILLING_ITEM_MS`, simulated work per item (default 20).
 
+// A binary has no public surface: its modules' `pub` items are for each other.
+#![allow(unreachable_pub)]
+
 #[path = "model.rs"]
 mod model;
 #[path = "../support.rs"]

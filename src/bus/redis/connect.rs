@@ -20,12 +20,22 @@ impl RedisBus {
     /// Connects as `member` to `settings.url`, subscribes to its channels and joins its
     /// streams' groups. Fails (without the password in the error) when Redis cannot be reached
     /// or refuses the credentials: a worker does not start on a bus it cannot use.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] when Redis cannot be reached or refuses the credentials (the error names
+    /// `bus.url`, never the password), or its streams' groups cannot be joined.
     pub async fn connect(settings: &BusSettings, member: Member) -> Result<Self, BusError> {
         Self::open(settings, member, true).await
     }
 
     /// Connects as a client only (the CLI, a producer): it can send, announce, acknowledge and
     /// read presence and the poison stream, but subscribes to nothing and receives nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] when Redis cannot be reached or refuses the credentials (the error names
+    /// `bus.url`, never the password).
     pub async fn connect_client(settings: &BusSettings, member: Member) -> Result<Self, BusError> {
         Self::open(settings, member, false).await
     }

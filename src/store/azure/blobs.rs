@@ -50,6 +50,10 @@ impl AzureBlobs {
     /// blob_endpoint` (with its SAS, or the Entra ID `storage.credential`), else the blob
     /// service of the account `storage.connection_string` names. `Ok(None)`: no blob endpoint
     /// is known.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the blob endpoint, its SAS or the connection string is malformed.
     pub fn from_settings(s: &StorageSettings) -> Result<Option<Self>, StoreError> {
         let claim = &s.claim_check;
         let container = &claim.container;
@@ -83,6 +87,10 @@ impl AzureBlobs {
 
     /// The container `container` of the blob service at `endpoint` (a URL with a SAS query),
     /// or, with `connection_string`, of the account it names.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `endpoint` or the connection string is malformed.
     pub fn from_connection_string(
         connection_string: &str,
         container: &str,

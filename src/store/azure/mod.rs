@@ -77,12 +77,21 @@ impl AzureStore {
     /// Connects with a connection string: `AccountName`/`AccountKey` with `QueueEndpoint` or
     /// `DefaultEndpointsProtocol` + `EndpointSuffix`, a `SharedAccessSignature` with
     /// `QueueEndpoint`, or `UseDevelopmentStorage=true` (Azurite on its default port).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the connection string is malformed or names no queue endpoint (the
+    /// error never shows the key).
     pub fn from_connection_string(connection_string: &str) -> Result<Self, StoreError> {
         let (endpoint, auth) = parse_connection_string(connection_string)?;
         Self::connect(endpoint, auth)
     }
 
     /// Connects to a queue service URL whose query is a SAS token.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `url` is not a valid queue service URL with a SAS query.
     pub fn from_sas_url(url: &str) -> Result<Self, StoreError> {
         let endpoint = parse_endpoint(url, "storage.queue_endpoint")?;
         if endpoint.query().is_none_or(|q| !q.contains("sig=")) {
@@ -94,6 +103,10 @@ impl AzureStore {
     }
 
     /// Connects to a queue service URL with an Entra ID credential.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `url` is not a valid queue service URL.
     pub fn from_credential(
         url: &str,
         credential: Arc<dyn TokenCredential>,
@@ -104,6 +117,11 @@ impl AzureStore {
 
     /// Builds the store the settings describe (they must name Azure storage), with the try
     /// cut-off of `storage.retry.request_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the settings name no Azure storage, or its connection string, endpoint
+    /// or credential is malformed.
     pub fn from_settings(s: &StorageSettings) -> Result<Self, StoreError> {
         Ok(Self::from_storage_settings(s)?.with_try_cutoff(s.retry.request_timeout))
     }

@@ -29,6 +29,10 @@ const TOKEN_REFRESH_BEFORE: time::Duration = time::Duration::minutes(5);
 /// Mints an account SAS token (queue service; all queue permissions) from an account name and
 /// base64 key, valid until `expiry`. Useful to hand a scoped, expiring credential to another
 /// process; the token is a secret.
+///
+/// # Errors
+///
+/// [`StoreError`] when `key_base64` is not valid base64.
 pub fn account_sas(
     account: &str,
     key_base64: &str,

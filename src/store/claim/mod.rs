@@ -127,6 +127,11 @@ impl ClaimCheck {
 
     /// The payload `text` refers to (see [`Queue::open_payload`]), with this layer's container
     /// and limits: for the CLI's `poison show`.
+    ///
+    /// # Errors
+    ///
+    /// [`PayloadError`] when `text` is a malformed reference, its blob is missing or unreadable,
+    /// or the payload fails its size or hash check.
     pub async fn open(&self, text: &str) -> Result<Option<Vec<u8>>, PayloadError> {
         open(&self.shared, text).await
     }
@@ -302,6 +307,11 @@ fn expiry_text(ttl: TimeToLive) -> String {
 /// one; `None` when the claim check is off (`storage.claim_check.enabled = false`, or no blob
 /// endpoint is known). With `enabled = true` and no endpoint, an error says what to set. The
 /// container is created when missing (`storage.create_queues`, always for the embedded store).
+///
+/// # Errors
+///
+/// [`StoreError`] when the claim check is required and no blob endpoint is known, the
+/// endpoint is malformed, or the container cannot be created.
 pub async fn open_blobs(
     settings: &super::settings::StorageSettings,
     kind: super::BackendKind,
@@ -328,6 +338,11 @@ pub async fn open_blobs(
 /// [`super::azure::AzureBlobs::from_settings`] finds, else for the embedded store an in-memory
 /// one; `None` when the claim check is off; an error when it is required
 /// (`enabled = true`) and no blob endpoint is known.
+///
+/// # Errors
+///
+/// [`StoreError`] when the claim check is required (`enabled = true`) and no blob endpoint is
+/// known, or the endpoint is malformed.
 pub fn blobs_from_settings(
     settings: &super::settings::StorageSettings,
     kind: super::BackendKind,
@@ -506,6 +521,11 @@ pub struct Sweep {
 /// [`EXPIRY_GRACE`] ago (per their metadata),
 /// and those ebbflow wrote without an expiry that are older than `older_than`. Blobs without
 /// ebbflow's metadata are never touched. Deletes them unless `dry_run`.
+///
+/// # Errors
+///
+/// The [`BlobError`](super::blob::BlobError) of a failed list or delete; blobs deleted before
+/// it stay deleted.
 pub async fn sweep(
     blobs: &Blobs,
     older_than: std::time::Duration,

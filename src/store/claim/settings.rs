@@ -8,7 +8,7 @@ use crate::secret::redact;
 use crate::service::MAX_MESSAGE_BYTES;
 
 /// The claim check: payloads whose message text would exceed `threshold_bytes` go to a blob in
-/// `container`, and the message carries a reference (see [`crate::codec::claim`]).
+/// `container`, and the message carries a reference (see [`ClaimRef`](crate::codec::ClaimRef)).
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimCheckSettings {
@@ -71,6 +71,10 @@ impl std::fmt::Debug for ClaimCheckSettings {
 
 impl ClaimCheckSettings {
     /// Checks every value, naming the key at fault.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidSetting`] naming the first key out of range (container name, sizes).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let t = self.threshold_bytes;
         if !(1024..=MAX_MESSAGE_BYTES).contains(&t) {

@@ -68,6 +68,14 @@ pub struct RetryingStore {
     outcomes: Mutex<BTreeMap<String, Arc<OutcomeCounters>>>,
 }
 
+impl std::fmt::Debug for RetryingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryingStore")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RetryingStore {
     /// Wraps `inner` with the retry policy `settings`. The embedded store is returned as it
     /// is: it has no transient faults to retry.
@@ -114,12 +122,20 @@ impl StoreLayer for RetryingStore {
     }
 }
 
-/// The queue layer that retries each call ([`retry_call`]) and decides what a retry after an
+/// The queue layer that retries each call (with back-off, `storage.retry`) and decides what a retry after an
 /// unanswered try means for its operation. It changes every operation, so it overrides each.
 pub struct Retrying {
     settings: RetrySettings,
     refusals: Arc<RefusalStreak>,
     outcomes: Arc<OutcomeCounters>,
+}
+
+impl std::fmt::Debug for Retrying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retrying")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Retrying {

@@ -4,7 +4,7 @@
 //! ScaledObject promising scale-to-zero to a worker started without its bus). The image is
 //! expected to carry the same config folder (the repository's Dockerfile copies `config/`).
 
-use ebbflow::config::{DEPLOY_SECTION, ENV_VAR};
+use ebbflow::config::{redact, DEPLOY_SECTION, ENV_VAR, SECRET_KEYS};
 
 use super::load::{invalid, Config};
 use super::DeployError;
@@ -20,20 +20,25 @@ const SET_BY_MANIFESTS: &[&str] = &[
 ];
 
 /// Whether a variable may hold a secret (a token, a key, a password, a SAS signature): such a
-/// value is never written into a manifest in plain text.
+/// value is never written into a manifest in plain text. Its name is a secret-bearing key's
+/// ([`SECRET_KEYS`]) or says so, or its value holds something the runtime's redaction hides (a
+/// URL's password, `sig=`, `AccountKey=`).
 fn secret_bearing(name: &str, value: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "PASSWORD",
-        "SECRET",
-        "KEY",
-        "CONNECTION_STRING",
-        "URL",
-    ]
-    .iter()
-    .any(|word| upper.contains(word))
-        || value.contains("sig=")
+    SECRET_KEYS
+        .iter()
+        .any(|key| upper == format!("EBBFLOW__{}", key.replace('.', "__").to_ascii_uppercase()))
+        || [
+            "TOKEN",
+            "PASSWORD",
+            "SECRET",
+            "KEY",
+            "CONNECTION_STRING",
+            "URL",
+        ]
+        .iter()
+        .any(|word| upper.contains(word))
+        || redact(value) != value
 }
 
 /// The environment entries the container gets besides the ones the manifests set: every
@@ -64,4 +69,31 @@ pub fn carried(config: &Config) -> Result<Vec<(String, String)>, DeployError> {
         carried.push((name.clone(), value.clone()));
     }
     Ok(carried)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_bearing;
+
+    #[test]
+    fn secret_keys_and_values_holding_secrets_are_never_carried() {
+        for (name, value) in [
+            (
+                "EBBFLOW__STORAGE__CLAIM_CHECK__BLOB_ENDPOINT",
+                "https://h/acct",
+            ),
+            (
+                "EBBFLOW__QUEUES__ORDERS__POISON_QUEUE",
+                "ftp://u:S3CRET@h/acct",
+            ),
+            (
+                "EBBFLOW__QUEUES__ORDERS__POISON_QUEUE",
+                "https://h/a?sv=1&sig=S3CRET",
+            ),
+            ("EBBFLOW__BUS__SIGNING_KEY", "x"),
+        ] {
+            assert!(secret_bearing(name, value), "{name}={value}");
+        }
+        assert!(!secret_bearing("EBBFLOW__QUEUES__ORDERS__BATCH_SIZE", "16"));
+    }
 }
