@@ -319,6 +319,18 @@ mod tests {
         }
     }
 
+    /// The reasons as the scaling log lines print them.
+    #[test]
+    fn reasons_read_as_logged() {
+        assert_eq!(Reason::Depth(450).to_string(), "depth 450");
+        assert_eq!(
+            Reason::Age(Duration::from_secs(90)).to_string(),
+            "oldest message 90s old"
+        );
+        assert_eq!(Reason::AtMax.to_string(), "at max_tasks");
+        assert_eq!(Reason::Shallow(3).to_string(), "depth 3 needs fewer tasks");
+    }
+
     #[test]
     fn age_rule_and_zero_floor() {
         let s = ScalingSettings {

@@ -207,6 +207,107 @@ mod tests {
         q.delete(&lease.id, lease.receipt()).await.unwrap();
     }
 
+    /// A pulse starts a renewal at once, but never within a second of the last one started
+    /// and never beside one in flight (each renewal needs the receipt the last one returned);
+    /// the lease then counts from the pulse's renewal, and the periodic one follows half a
+    /// visibility timeout after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_pulse_renews_at_once_at_most_once_a_second_and_never_beside_another() {
+        let (q, mut lease) = one_message(Duration::from_secs(30)).await;
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!lease.renew_soon(), "within a second of the receive");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(lease.renew_soon(), "a second after the receive");
+        let asked = Instant::now();
+        // Not polled yet, so still in flight two seconds later: no second renewal beside it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!lease.renew_soon(), "a renewal is in flight");
+        assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "it was done already"
+        );
+        assert_eq!(lease.valid_until(), asked + Duration::from_secs(30));
+        // The next pulse, two seconds after the last renewal started: at once.
+        assert!(lease.renew_soon());
+        let second = Instant::now();
+        assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
+        assert_eq!(lease.valid_until(), second + Duration::from_secs(30));
+        // Then the periodic renewal, half the visibility timeout after the pulse's.
+        assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
+        assert_eq!(Instant::now(), second + Duration::from_secs(15));
+        q.delete(&lease.id, lease.receipt()).await.unwrap();
+    }
+
+    /// A renewal in flight when the handler ends is let land, so the settle uses the receipt it
+    /// returned (the old one no longer deletes the message).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_in_flight_at_the_end_lands_before_the_settle() {
+        let (q, mut lease) = one_message(Duration::from_secs(30)).await;
+        let old = lease.receipt().to_string();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(lease.renew_soon());
+        assert!(matches!(lease.finish().await, Some(LeaseEvent::Renewed)));
+        assert_ne!(lease.receipt(), old);
+        assert!(lease.renewing.is_none());
+        q.delete(&lease.id, lease.receipt()).await.unwrap();
+    }
+
+    /// Fails every update while `.0` is set.
+    struct RefuseUpdates(Arc<std::sync::atomic::AtomicBool>);
+
+    impl crate::store::QueueLayer for RefuseUpdates {
+        fn around<T: Send>(
+            &self,
+            queue: &str,
+            operation: crate::store::Operation,
+            call: impl Future<Output = Result<T, StoreError>> + Send,
+        ) -> impl Future<Output = Result<T, StoreError>> + Send {
+            let refuse = operation == crate::store::Operation::Update
+                && self.0.load(std::sync::atomic::Ordering::SeqCst);
+            let queue = queue.to_string();
+            async move {
+                if refuse {
+                    return Err(StoreError::Transient {
+                        queue,
+                        detail: "refused by the test".into(),
+                    });
+                }
+                call.await
+            }
+        }
+    }
+
+    /// A refused renewal is tried again a second later: not at once (a spin), not half a
+    /// timeout later (the lease would run out first).
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_renewal_is_tried_again_a_second_later() {
+        let store = MemoryStore::new();
+        let plain = store.queue("lease-refused").unwrap();
+        plain.create_if_missing().await.unwrap();
+        plain.send("x", Default::default()).await.unwrap();
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let q = crate::store::Layered::wrap(plain, RefuseUpdates(refuse.clone()));
+        let start = Instant::now();
+        let m = q
+            .receive(1, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .remove(0);
+        let mut lease = Lease::new(q, m.id, m.pop_receipt, Duration::from_secs(30), start);
+        assert!(matches!(lease.next_event().await, LeaseEvent::Failed(_)));
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert!(matches!(lease.next_event().await, LeaseEvent::Failed(_)));
+        assert_eq!(start.elapsed(), Duration::from_secs(16));
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(lease.next_event().await, LeaseEvent::Renewed));
+        assert_eq!(start.elapsed(), Duration::from_secs(17));
+        assert_eq!(lease.valid_until(), start + Duration::from_secs(47));
+        assert!(!lease.is_lost());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_re_delivered_message_is_lost() {
         let (q, mut lease) = one_message(Duration::from_secs(2)).await;

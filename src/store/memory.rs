@@ -83,6 +83,7 @@ impl QueueStore for MemoryStore {
         validate_queue_name(name).map_err(|e| StoreError::Invalid {
             queue: name.to_string(),
             detail: e.rule,
+            source: None,
         })?;
         Ok(Arc::new(MemoryQueue {
             name: name.to_string(),
@@ -254,6 +255,7 @@ impl Queue for MemoryQueue {
                         "visibility timeout of {}: message {id} expires sooner",
                         humantime::format_duration(visibility)
                     ),
+                    source: None,
                 });
             }
             m.visible_at = visible_at;

@@ -172,6 +172,7 @@ mod tests {
         StoreError::Transient {
             queue: "orders".into(),
             detail: "503 ServerBusy".into(),
+            source: None,
         }
     }
 
@@ -214,6 +215,7 @@ mod tests {
         m.record(Err(&StoreError::TokenUnavailable {
             queue: "orders".into(),
             detail: "identity endpoint down".into(),
+            source: None,
         }));
         // Still failing since the first one, with the latest reason.
         assert!(

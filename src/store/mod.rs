@@ -83,6 +83,7 @@ use time::OffsetDateTime;
 
 pub(crate) mod azure;
 pub(crate) mod blob;
+mod cause;
 pub(crate) mod claim;
 pub(crate) mod counting;
 pub(crate) mod layer;
@@ -102,6 +103,7 @@ pub use blob::memory::MemoryBlobs;
 pub use blob::{
     BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE, META_SHA256,
 };
+pub use cause::Cause;
 pub use claim::{
     blobs_from_settings, open_blobs, sweep, ClaimCheck, ClaimCheckSettings, PayloadError,
     QueueFormat, Sweep, EXPIRY_GRACE,
@@ -309,6 +311,8 @@ pub enum StoreError {
         queue: String,
         /// What is wrong.
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// The service refused our credentials.
     #[error("not authorized on queue {queue}: {detail}")]
@@ -317,6 +321,8 @@ pub enum StoreError {
         queue: String,
         /// The service's explanation (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// A fault that may pass and that the service did not act on: throttling (503 ServerBusy,
     /// 429), its own timeout (500 OperationTimedOut), a connection that could not be opened.
@@ -326,6 +332,8 @@ pub enum StoreError {
         queue: String,
         /// What happened (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// A fault that may pass, after which nobody knows whether the service did the work: the
     /// request was sent but no answer came (our cut-off, a connection lost mid-answer), or the
@@ -339,6 +347,8 @@ pub enum StoreError {
         queue: String,
         /// What happened (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// No access token could be obtained (identity endpoint unreachable, failing or slow): the
     /// request never reached the service. Retried like [`StoreError::Transient`].
@@ -348,6 +358,8 @@ pub enum StoreError {
         queue: String,
         /// The credential's explanation.
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// An update (renewal, retry, release) went unanswered, and its retry found the pop receipt
     /// stale: the first try may have been applied under a receipt we never saw, or the message
@@ -386,6 +398,8 @@ pub enum StoreError {
         queue: String,
         /// The service's answer (secrets redacted).
         detail: String,
+        /// The error underneath, when one was raised (see [`Cause`]).
+        source: Option<Cause>,
     },
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
@@ -393,6 +407,35 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The lower-level error this one was made from (the SDK's, an I/O error), when kept: the
+    /// same as [`std::error::Error::source`], typed.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            StoreError::Invalid { source, .. }
+            | StoreError::Unauthorized { source, .. }
+            | StoreError::Transient { source, .. }
+            | StoreError::Unanswered { source, .. }
+            | StoreError::TokenUnavailable { source, .. }
+            | StoreError::AccountNotFound { source, .. } => source.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// This error with `cause` kept as its source, where the variant keeps one (the others
+    /// say all there is: a missing queue or message, a doubt, a setup error).
+    pub(crate) fn with_source(mut self, cause: Cause) -> Self {
+        match &mut self {
+            StoreError::Invalid { source, .. }
+            | StoreError::Unauthorized { source, .. }
+            | StoreError::Transient { source, .. }
+            | StoreError::Unanswered { source, .. }
+            | StoreError::TokenUnavailable { source, .. }
+            | StoreError::AccountNotFound { source, .. } => *source = Some(cause),
+            _ => {}
+        }
+        self
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -221,6 +221,7 @@ fn invalid(queue: &str, detail: impl Into<String>) -> StoreError {
     StoreError::Invalid {
         queue: queue.to_string(),
         detail: detail.into(),
+        source: None,
     }
 }
 

@@ -61,6 +61,7 @@ impl QueueLayer for PoisonRefused {
             return Err(StoreError::Invalid {
                 queue: inner.name().to_string(),
                 detail: "injected: the poison copy is refused".into(),
+                source: None,
             });
         }
         inner.send(text, options).await

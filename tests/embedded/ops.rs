@@ -312,6 +312,7 @@ impl QueueLayer for Outage {
             return Err(StoreError::Transient {
                 queue: queue.to_string(),
                 detail: "503 ServerBusy".into(),
+                source: None,
             });
         }
         call.await

@@ -4,7 +4,7 @@
 use azure_core::error::ErrorKind;
 
 use crate::secret::redact;
-use crate::store::StoreError;
+use crate::store::{Cause, StoreError};
 
 /// An error with its causes ("... : tcp connect error: Connection refused"): the SDK's own
 /// text often leaves out why a request failed.
@@ -59,10 +59,11 @@ fn one_line(text: &str) -> String {
 /// | connection could not be opened | `Transient` | no: the request was never sent |
 /// | connection lost after sending, answer cut | `Unanswered` | unknown |
 /// | no token from the credential | `TokenUnavailable` | no: the request was never sent |
-pub(super) fn classify(queue: &str, e: &azure_core::Error, message_id: Option<&str>) -> StoreError {
+pub(super) fn classify(queue: &str, e: azure_core::Error, message_id: Option<&str>) -> StoreError {
     let queue = queue.to_string();
-    let detail = one_line(&redact(&describe(e)));
-    match e.kind() {
+    let detail = one_line(&redact(&describe(&e)));
+    let source = None;
+    let class = match e.kind() {
         ErrorKind::HttpResponse {
             status, error_code, ..
         } => {
@@ -78,21 +79,60 @@ pub(super) fn classify(queue: &str, e: &azure_core::Error, message_id: Option<&s
                 }
                 // Only a queue call answered with another code: the account or the endpoint's
                 // path is wrong (Azurite answers ResourceNotFound for an unknown account).
-                (404, _, None) => StoreError::AccountNotFound { queue, detail },
-                (401 | 403, _, _) => StoreError::Unauthorized { queue, detail },
-                (408 | 429 | 503, _, _) | (500, "OperationTimedOut", _) => {
-                    StoreError::Transient { queue, detail }
-                }
-                (500..=599, _, _) => StoreError::Unanswered { queue, detail },
-                _ => StoreError::Invalid { queue, detail },
+                (404, _, None) => StoreError::AccountNotFound {
+                    queue,
+                    detail,
+                    source,
+                },
+                (401 | 403, _, _) => StoreError::Unauthorized {
+                    queue,
+                    detail,
+                    source,
+                },
+                (408 | 429 | 503, _, _) | (500, "OperationTimedOut", _) => StoreError::Transient {
+                    queue,
+                    detail,
+                    source,
+                },
+                (500..=599, _, _) => StoreError::Unanswered {
+                    queue,
+                    detail,
+                    source,
+                },
+                _ => StoreError::Invalid {
+                    queue,
+                    detail,
+                    source,
+                },
             }
         }
-        ErrorKind::Credential => StoreError::TokenUnavailable { queue, detail },
-        ErrorKind::Connection => StoreError::Transient { queue, detail },
-        ErrorKind::Io => StoreError::Unanswered { queue, detail },
-        ErrorKind::DataConversion => StoreError::Invalid { queue, detail },
-        _ => StoreError::Transient { queue, detail },
-    }
+        ErrorKind::Credential => StoreError::TokenUnavailable {
+            queue,
+            detail,
+            source,
+        },
+        ErrorKind::Connection => StoreError::Transient {
+            queue,
+            detail,
+            source,
+        },
+        ErrorKind::Io => StoreError::Unanswered {
+            queue,
+            detail,
+            source,
+        },
+        ErrorKind::DataConversion => StoreError::Invalid {
+            queue,
+            detail,
+            source,
+        },
+        _ => StoreError::Transient {
+            queue,
+            detail,
+            source,
+        },
+    };
+    class.with_source(Cause::new(e))
 }
 
 #[cfg(test)]
@@ -130,7 +170,7 @@ mod tests {
         )
     }
 
-    fn class(e: &azure_core::Error, id: Option<&str>) -> &'static str {
+    fn class(e: azure_core::Error, id: Option<&str>) -> &'static str {
         match classify("q", e, id) {
             StoreError::QueueNotFound { .. } => "queue-not-found",
             StoreError::MessageNotFound { .. } => "message-not-found",
@@ -190,24 +230,24 @@ mod tests {
         ];
         for (status, code, expected) in cases {
             assert_eq!(
-                class(&http(status, code), Some("m")),
+                class(http(status, code), Some("m")),
                 expected,
                 "{status} {code}"
             );
         }
         // Without a message: a 404 other than QueueNotFound means no such account.
         let wrong_account = http(StatusCode::NotFound, "ResourceNotFound");
-        assert_eq!(class(&wrong_account, None), "account-not-found");
+        assert_eq!(class(wrong_account, None), "account-not-found");
         let no_queue = http(StatusCode::NotFound, "QueueNotFound");
-        assert_eq!(class(&no_queue, None), "queue-not-found");
+        assert_eq!(class(no_queue, None), "queue-not-found");
     }
 
     #[test]
     fn transport_and_token_failures_say_whether_the_request_left() {
         let refused = azure_core::Error::with_message(ErrorKind::Connection, "connection refused");
-        assert_eq!(class(&refused, None), "transient");
+        assert_eq!(class(refused, None), "transient");
         let cut = azure_core::Error::with_message(ErrorKind::Io, "connection reset by peer");
-        assert_eq!(class(&cut, None), "unanswered");
+        assert_eq!(class(cut, None), "unanswered");
         // A token failure wraps the identity endpoint's own error (here: unreachable); the
         // outer kind decides, so it is a token outage, not a refused connection to storage.
         let token = azure_core::Error::with_error(
@@ -215,8 +255,24 @@ mod tests {
             azure_core::Error::with_message(ErrorKind::Connection, "169.254.169.254 unreachable"),
             "could not obtain an access token",
         );
-        let e = classify("q", &token, None);
+        let e = classify("q", token, None);
         assert!(matches!(e, StoreError::TokenUnavailable { .. }) && e.is_transient());
         assert!(e.to_string().contains("169.254.169.254 unreachable"), "{e}");
+    }
+
+    #[test]
+    fn the_sdk_error_is_kept_as_the_source() {
+        let e = classify(
+            "q",
+            http(StatusCode::ServiceUnavailable, "ServerBusy"),
+            None,
+        );
+        let sdk = e
+            .cause()
+            .and_then(|c| c.downcast_ref::<azure_core::Error>())
+            .expect("the SDK's error, by type");
+        assert_eq!(sdk.http_status().map(u16::from), Some(503));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.to_string().contains("answer"), "{source}");
     }
 }

@@ -261,6 +261,7 @@ impl QueueStore for AzureStore {
         validate_queue_name(name).map_err(|e| StoreError::Invalid {
             queue: name.to_string(),
             detail: e.rule,
+            source: None,
         })?;
         let client = self
             .service
@@ -302,7 +303,7 @@ fn expiry(t: Option<time::OffsetDateTime>) -> Option<time::OffsetDateTime> {
 
 impl AzureQueue {
     fn error(&self, e: azure_core::Error, message_id: Option<&str>) -> StoreError {
-        errors::classify(&self.name, &e, message_id)
+        errors::classify(&self.name, e, message_id)
     }
 
     /// The service's own `timeout` for each try: below the try's cut-off (see
@@ -323,6 +324,7 @@ impl AzureQueue {
         StoreError::Invalid {
             queue: self.name.clone(),
             detail: format!("the service's answer has no {what}"),
+            source: None,
         }
     }
 
@@ -357,11 +359,12 @@ impl Queue for AzureQueue {
             // Creating cannot miss the queue: a 404 means the account or endpoint is wrong,
             // whatever code came with it.
             Err(e) if e.http_status().map(u16::from) == Some(404) => {
-                Err(StoreError::AccountNotFound {
-                    queue: self.name.clone(),
-                    detail: match self.error(e, None) {
-                        StoreError::AccountNotFound { detail, .. } => detail,
-                        other => other.to_string(),
+                Err(match self.error(e, None) {
+                    e @ StoreError::AccountNotFound { .. } => e,
+                    other => StoreError::AccountNotFound {
+                        queue: self.name.clone(),
+                        detail: other.to_string(),
+                        source: other.cause().cloned(),
                     },
                 })
             }

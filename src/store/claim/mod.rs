@@ -215,6 +215,7 @@ impl ClaimCheck {
         let invalid = |detail: String| StoreError::Invalid {
             queue: queue.to_string(),
             detail,
+            source: None,
         };
         let payload = format
             .encoding
@@ -261,13 +262,19 @@ impl ClaimCheck {
         metadata.insert(META_SHA256.to_string(), reference.sha256.clone());
         blobs.put(&name, stored, metadata).await.map_err(|e| {
             let detail = format!("claim check upload failed: {e}");
+            let source = Some(crate::store::Cause::new(e.clone()));
             if e.is_transient() {
                 StoreError::Transient {
                     queue: queue.to_string(),
                     detail,
+                    source,
                 }
             } else {
-                invalid(detail)
+                StoreError::Invalid {
+                    queue: queue.to_string(),
+                    detail,
+                    source,
+                }
             }
         })?;
         match inner.send(&wrapped(reference.to_text()), options).await {

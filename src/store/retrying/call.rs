@@ -97,6 +97,7 @@ where
                 Err(StoreError::Unanswered {
                     queue: queue.to_string(),
                     detail: format!("no answer within {cutoff:?}"),
+                    source: None,
                 })
             });
         let retry_in = match &result {
@@ -158,21 +159,41 @@ where
 fn with_tries(e: StoreError, tries: u32) -> StoreError {
     let count = |detail: String| format!("{detail} (after {tries} tries)");
     match e {
-        StoreError::Transient { queue, detail } => StoreError::Transient {
+        StoreError::Transient {
+            queue,
+            detail,
+            source,
+        } => StoreError::Transient {
             queue,
             detail: count(detail),
+            source,
         },
-        StoreError::Unanswered { queue, detail } => StoreError::Unanswered {
+        StoreError::Unanswered {
+            queue,
+            detail,
+            source,
+        } => StoreError::Unanswered {
             queue,
             detail: count(detail),
+            source,
         },
-        StoreError::TokenUnavailable { queue, detail } => StoreError::TokenUnavailable {
+        StoreError::TokenUnavailable {
+            queue,
+            detail,
+            source,
+        } => StoreError::TokenUnavailable {
             queue,
             detail: count(detail),
+            source,
         },
-        StoreError::Unauthorized { queue, detail } => StoreError::Unauthorized {
+        StoreError::Unauthorized {
+            queue,
+            detail,
+            source,
+        } => StoreError::Unauthorized {
             queue,
             detail: count(detail),
+            source,
         },
         e => e,
     }
@@ -188,6 +209,7 @@ mod tests {
         StoreError::Transient {
             queue: "q".into(),
             detail: "503 ServerBusy".into(),
+            source: None,
         }
     }
 
@@ -205,6 +227,7 @@ mod tests {
         StoreError::Unauthorized {
             queue: "q".into(),
             detail: "403 AuthenticationFailed".into(),
+            source: None,
         }
     }
 
@@ -317,6 +340,7 @@ mod tests {
             Err(StoreError::Unanswered {
                 queue: "q".into(),
                 detail: "connection reset".into(),
+                source: None,
             })
         })
         .await;

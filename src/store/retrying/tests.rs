@@ -34,6 +34,7 @@ impl QueueLayer for Lossy {
             return Err(StoreError::Unanswered {
                 queue: queue.into(),
                 detail: "connection reset".into(),
+                source: None,
             });
         }
         result

@@ -229,6 +229,7 @@ fn busy(queue: &str, what: &str) -> StoreError {
     StoreError::Transient {
         queue: queue.to_string(),
         detail: format!("503 ServerBusy: over the {what} target"),
+        source: None,
     }
 }
 
