@@ -83,6 +83,7 @@ pub fn duration(
 
 /// A settings problem, naming the key (or file) at fault.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A file or environment value could not be read into the typed settings.
     #[error("config: {0}")]

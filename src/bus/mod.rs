@@ -262,6 +262,7 @@ pub struct Presence {
 
 /// A bus failure.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum BusError {
     /// The bus could not be reached or refused us (the text has no secret in it).
     #[error("bus: {0}")]

@@ -28,6 +28,7 @@ struct Background {
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The payload could not be encoded.
     #[error("cannot encode message for queue {queue}: {detail}")]

@@ -273,6 +273,7 @@ mod tests {
                     return Err(StoreError::Transient {
                         queue,
                         detail: "refused by the test".into(),
+                        source: None,
                     });
                 }
                 call.await

@@ -289,6 +289,7 @@ pub struct UpdatedMessage {
 
 /// A store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The queue does not exist.
     #[error("queue {queue} does not exist")]

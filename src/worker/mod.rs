@@ -43,6 +43,7 @@ use report::explain;
 
 /// The worker could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// The settings are invalid (the same checks as [`Settings::load`]).
     #[error("{0}")]

@@ -40,6 +40,7 @@ pub use settings::ClaimCheckSettings;
 
 /// Why a message's payload cannot be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PayloadError {
     /// It never will be: a malformed reference, one naming another container, a missing or
     /// mismatching blob, a payload over the limit. The message is poisoned with this reason.

@@ -90,3 +90,71 @@ async fn top_shows_each_queue_of_a_worker_and_needs_its_token() {
     assert!(!run.both().contains(TOKEN));
     worker.shutdown().await;
 }
+
+/// With the bus on, `top` prints the fleet after the queues: every live instance from the bus
+/// presence (needs the redis-server `scripts/test` starts, `EBBFLOW_REDIS_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_the_fleet_with_the_bus_on() {
+    use ebbflow::bus::settings::Bounded;
+    use ebbflow::bus::{BusKind, BusSettings, Name, RedisUrl};
+    use std::time::Duration;
+
+    let redis = std::env::var("EBBFLOW_REDIS_URL").unwrap_or_else(|_| {
+        panic!("EBBFLOW_REDIS_URL is not set: this test needs the redis-server scripts/test starts")
+    });
+    let prefix = format!("top{}", std::process::id());
+    let bus = |id: &str, role: &str| BusSettings {
+        kind: BusKind::Redis,
+        url: Some(RedisUrl::try_from(redis.clone()).unwrap()),
+        role: Name::new(role).unwrap(),
+        instance_id: Some(Name::new(id).unwrap()),
+        channel_prefix: Name::new(&prefix).unwrap(),
+        pulse_interval: Bounded::new(Duration::from_millis(200)).unwrap(),
+        ..BusSettings::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let start = |id: &str, role: &str, ops: bool| {
+        let mut s = Settings::default();
+        s.bus = bus(id, role);
+        if ops {
+            s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+        }
+        s.queues.insert("orders".into(), QueueSettings::default());
+        Worker::new(s)
+            .with_store(store.clone())
+            .handler("orders", Done)
+            .start()
+    };
+    let front = start("top-front", "front", true).await.unwrap();
+    let back = start("top-back", "back", false).await.unwrap();
+    let url = format!("http://{}", front.ops_addr().unwrap());
+
+    // Both presences are on the bus within a few pulses.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fleet = loop {
+        let u = url.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            ebbflow(&["top", "--url", &u, "--count", "1"], &[])
+        })
+        .await
+        .unwrap();
+        assert_eq!(run.code, Some(0), "{}", run.both());
+        let fleet = run.stdout.split("FLEET: ").nth(1).map(str::to_string);
+        if fleet.as_deref().is_some_and(|f| f.starts_with("2 live")) {
+            break fleet.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", run.stdout);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Sorted by role: back, then front (this one, marked `*`); the columns after vary.
+    let rows: Vec<Vec<&str>> = fleet
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{fleet}");
+    assert_eq!(rows[0][..2], ["top-back", "back"], "{fleet}");
+    assert_eq!(rows[1][..3], ["top-front", "*", "front"], "{fleet}");
+    back.shutdown().await;
+    front.shutdown().await;
+}
