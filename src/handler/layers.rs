@@ -150,8 +150,11 @@ impl Layer for ConcurrencyLimit {
 /// through as a trial: its success closes the breaker, its failure opens it again. Messages
 /// arriving while the trial runs are released for a second.
 ///
-/// What counts as a failure: a [`HandlerError::Retry`]. A poison or an undecodable payload is
-/// the message's fault, not the downstream's, and a release is no failure.
+/// What counts as a failure: a [`HandlerError::Retry`], and a run that never finished (the
+/// handler timed out, panicked, or was aborted by the drain deadline: the runtime drops the
+/// stack's future, and the breaker counts that as a failure, so a trial that hangs cannot keep
+/// it waiting for good). A poison or an undecodable payload is the message's fault, not the
+/// downstream's, and a release is no failure.
 ///
 /// Clones share one breaker.
 #[derive(Debug, Clone)]
@@ -235,6 +238,21 @@ impl CircuitBreaker {
     }
 }
 
+/// One run through the breaker, recorded as a failure if its future is dropped before it ends.
+struct Attempt<'a> {
+    breaker: &'a CircuitBreaker,
+    trial: bool,
+    recorded: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(self.trial, true);
+        }
+    }
+}
+
 impl Layer for CircuitBreaker {
     async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
         let trial = match self.pass() {
@@ -247,7 +265,13 @@ impl Layer for CircuitBreaker {
                 })
             }
         };
+        let mut attempt = Attempt {
+            breaker: self,
+            trial,
+            recorded: false,
+        };
         let result = next.run(job).await;
+        attempt.recorded = true;
         self.record(trial, matches!(result, Err(HandlerError::Retry { .. })));
         result
     }
@@ -477,6 +501,41 @@ mod tests {
         assert_eq!(run(&s, "5", "x").await, "ok");
         assert!(!breaker.is_open());
         assert_eq!(run(&s, "6", "x").await, "ok");
+    }
+
+    /// A run whose future is dropped (the runtime's handler timeout, panic catch and drain abort
+    /// sit outside the stack) counts as a failure, and a dropped trial opens the breaker again
+    /// instead of leaving it waiting for a result that never comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_never_ends_counts_as_a_failure_and_never_wedges_the_trial() {
+        struct Hang;
+        impl Handler for Hang {
+            type Message = String;
+            async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+                std::future::pending().await
+            }
+        }
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(30));
+        let hang = Stack::new(
+            vec![SharedLayer::new(breaker.clone())],
+            Arc::new(Erased(Hang)),
+        );
+        let timed_out = |id: &'static str| {
+            let job = Job::new(Context::detached("q", id, 1), b"x".to_vec());
+            tokio::time::timeout(Duration::from_secs(1), hang.run(job))
+        };
+        assert!(timed_out("1").await.is_err());
+        assert!(breaker.is_open(), "a timed-out run is a failure");
+        // The trial hangs too and is dropped: open again, not stuck "trial running".
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(timed_out("2").await.is_err());
+        assert!(breaker.is_open());
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let down = Downstream::default();
+        let ok = stack(breaker.clone(), down.clone());
+        assert_eq!(run(&ok, "3", "x").await, "ok", "the next trial runs");
+        assert!(!breaker.is_open());
+        assert_eq!(down.runs.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
