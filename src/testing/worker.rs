@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::listener::poison::PoisonEnvelope;
 use crate::listener::QueueSnapshot;
 use crate::store::memory::MemoryStore;
-use crate::store::{QueueStore, SendOptions};
+use crate::store::{
+    BlobStore, Blobs, ClaimCheck, LayeredStore, MemoryBlobs, QueueFormat, QueueStore, SendOptions,
+};
 use crate::worker::WorkerError;
 use crate::{Publisher, Settings, Worker};
 
@@ -46,6 +48,9 @@ use crate::{Publisher, Settings, Worker};
 pub struct TestWorker {
     settings: Settings,
     store: Arc<MemoryStore>,
+    /// The in-memory blob container the claim check uses for both the kit's sends and the
+    /// worker (`None` with `storage.claim_check.enabled = false`).
+    blobs: Option<Arc<MemoryBlobs>>,
     idle_after: Duration,
 }
 
@@ -87,9 +92,13 @@ impl TestReport {
 impl TestWorker {
     /// A test worker for `settings`, on a fresh embedded store.
     pub fn new(settings: Settings) -> Self {
+        let claim = &settings.storage.claim_check;
+        let blobs =
+            (claim.enabled != Some(false)).then(|| Arc::new(MemoryBlobs::new(&claim.container)));
         Self {
             settings,
             store: Arc::new(MemoryStore::new()),
+            blobs,
             idle_after: Duration::from_secs(60),
         }
     }
@@ -106,7 +115,10 @@ impl TestWorker {
         self.store.clone()
     }
 
-    /// A publisher for `queue` in its configured encoding (the queue is created).
+    /// A publisher for `queue` in its configured encoding (the queue is created), through the
+    /// claim check as a worker's publishers are: a payload over the queue's 64 KiB goes to the
+    /// kit's in-memory blob container, which the worker run by [`TestWorker::run_until_idle`]
+    /// reads.
     ///
     /// # Panics
     /// When `queue` is not configured or cannot be created (a test's mistake).
@@ -116,7 +128,29 @@ impl TestWorker {
             .queues
             .get(queue)
             .unwrap_or_else(|| panic!("queue {queue} is not configured in the test settings"));
-        let q = self.store.queue(queue).expect("a valid queue name");
+        let base: Arc<dyn QueueStore> = self.store.clone();
+        let store = match &self.blobs {
+            Some(blobs) => {
+                blobs
+                    .create_if_missing()
+                    .await
+                    .expect("the in-memory blob container is created");
+                let mut claim = ClaimCheck::new(
+                    Some(blobs.clone() as Blobs),
+                    &self.settings.storage.claim_check,
+                );
+                for (name, q) in &self.settings.queues {
+                    let format = QueueFormat {
+                        encoding: q.encoding,
+                        compression: q.compression,
+                    };
+                    claim = claim.queue(name, format);
+                }
+                LayeredStore::wrap(base, claim)
+            }
+            None => base,
+        };
+        let q = store.queue(queue).expect("a valid queue name");
         q.create_if_missing()
             .await
             .expect("the embedded store creates queues");
@@ -151,9 +185,11 @@ impl TestWorker {
         &self,
         build: impl FnOnce(Worker) -> Worker,
     ) -> Result<TestReport, WorkerError> {
-        let worker = build(Worker::new(self.settings.clone()).with_store(self.store.clone()))
-            .start()
-            .await?;
+        let mut worker = Worker::new(self.settings.clone()).with_store(self.store.clone());
+        if let Some(blobs) = &self.blobs {
+            worker = worker.with_blobs(blobs.clone() as Blobs);
+        }
+        let worker = build(worker).start().await?;
         let mut last_received = u64::MAX;
         let mut quiet_since = tokio::time::Instant::now();
         loop {
