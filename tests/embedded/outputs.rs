@@ -67,8 +67,7 @@ async fn a_misspelt_output_in_config_stops_the_start_naming_it() {
         })
         .start()
         .await
-        .err()
-        .expect("the misspelt output stops the start");
+        .expect_err("the misspelt output stops the start");
     assert!(
         matches!(&err, WorkerError::MissingOutput(name) if *name == typo),
         "{err}"
@@ -120,8 +119,7 @@ async fn a_code_output_that_config_lacks_stops_the_start_naming_both_sides() {
         .handler_fn(&orders, |_: Json<u32>, _: Context| async { Ok(()) })
         .start()
         .await
-        .err()
-        .expect("config and code disagree on the output's name");
+        .expect_err("config and code disagree on the output's name");
     assert!(
         matches!(&err, WorkerError::OutputNotConfigured(name, listed)
             if *name == typo && *listed == emails),
@@ -183,7 +181,6 @@ async fn a_producer_writes_a_config_output_over_its_shards_in_its_encoding() {
         .insert(common::unique("audit"), OutputSettings::default());
     let err = Producer::connect_to(s, store)
         .await
-        .err()
-        .expect("the audit output does not exist");
+        .expect_err("the audit output does not exist");
     assert!(matches!(err, WorkerError::MissingOutput(_)), "{err}");
 }
