@@ -22,4 +22,5 @@ mod guarantees;
 mod handler_api;
 mod listener_hooks;
 mod ops;
+mod outputs;
 mod restarts;
