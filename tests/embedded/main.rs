@@ -21,4 +21,5 @@ mod guarantees;
 mod handler_api;
 mod listener_hooks;
 mod ops;
+mod reload;
 mod restarts;
