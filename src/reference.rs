@@ -7,6 +7,7 @@
 //! queue's name: `| `queues.<queue>.batch_size` | integer | `32` | ... |`. Keys are the settings
 //! serialized to a value and flattened to dotted paths (a table's leaves; an array is one key).
 
+mod formats;
 mod table;
 
 use std::collections::BTreeMap;

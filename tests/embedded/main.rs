@@ -12,6 +12,7 @@
 mod common;
 
 mod calls;
+mod claim_limits;
 mod dashboard;
 mod dockerfile;
 mod first_hour;
