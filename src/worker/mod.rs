@@ -96,10 +96,15 @@ pub enum WorkerError {
          EBBFLOW__STORAGE__QUEUE_ENDPOINT), or share an embedded store with Producer::connect_to"
     )]
     NoStorage,
-    /// A declared output queue ([`Worker::output`]) does not exist and
+    /// A declared output queue (`[outputs.<queue>]` or [`Worker::output`]) does not exist and
     /// `storage.create_queues` is off.
-    #[error("output queue {0} (Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
+    #[error("output queue {0} ([outputs.{0}] or Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
     MissingOutput(String),
+    /// An output declared in code ([`Worker::output`]) is neither an `[outputs.<queue>]` nor a
+    /// `[queues.<queue>]` section while config declares outputs: config and code disagree
+    /// on a name (a typo on one side). With the list of the configured outputs.
+    #[error("Worker::output({0:?}) names no [outputs.{0}] section, but config declares outputs ({1}); fix the name on one side, or add [outputs.{0}]")]
+    OutputNotConfigured(String, String),
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
@@ -285,8 +290,11 @@ impl Worker {
     /// here (another worker consumes it). At start-up it is created when
     /// `storage.create_queues` is on, and must exist otherwise: a misspelt output stops the
     /// start naming it. Handlers get it typed through [`crate::Context::output`] (or as a
-    /// [`Publisher`] through `ctx.publisher`); its encoding is its `[queues.<name>]` section's
-    /// when this config has one, else the default (`base64`).
+    /// [`Publisher`] through `ctx.publisher`). It is written as its `[outputs.<queue>]`
+    /// section says (encoding, compression, shards, trace context), else with the defaults.
+    /// Outputs can be declared in config alone (no call needed); once config declares any,
+    /// a name given here that config lacks stops the start
+    /// ([`WorkerError::OutputNotConfigured`]), so a typo on either side is caught there.
     pub fn output(mut self, queue: &str) -> Self {
         self.outputs.insert(queue.to_string());
         self

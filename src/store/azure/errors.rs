@@ -183,6 +183,7 @@ mod tests {
             StoreError::Unconsumable { .. } => "unconsumable",
             StoreError::AccountNotFound { .. } => "account-not-found",
             StoreError::Setup(_) => "setup",
+            StoreError::PayloadTooLarge { .. } => "payload-too-large",
         }
     }
 
