@@ -14,11 +14,9 @@ use ebbflow::{Context, HandlerError, Publisher, Worker};
 
 fn settings(queue: &str, max_tasks: MaxTasks) -> Settings {
     let mut s = Settings::default();
-    let mut q = QueueSettings {
-        batch_size: BatchSize::of::<8>(),
-        concurrency: Concurrency::of::<32>(),
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.batch_size = BatchSize::of::<8>();
+    q.concurrency = Concurrency::of::<32>();
     q.scaling.max_tasks = max_tasks;
     s.queues.insert(queue.to_string(), q);
     s
