@@ -66,6 +66,7 @@ pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 /// Everything a worker process needs to know.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct Settings {
     /// Where the queues live. Empty means the embedded in-process backend.
     pub storage: StorageSettings,
@@ -93,6 +94,7 @@ pub struct Settings {
 /// Process-wide settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct WorkerSettings {
     /// After a stop signal, how long in-flight handlers may run before they are cancelled.
     #[serde(with = "humantime_serde")]

@@ -13,6 +13,7 @@ use crate::secret::REDACTED;
 /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`), apart from the trigger endpoint.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ObservabilitySettings {
     /// Where the ops endpoint listens, e.g. `"0.0.0.0:9464"`; off when unset. Port 0 picks a
     /// free port (logged, and shown by `RunningWorker::ops_addr`).
@@ -69,6 +70,7 @@ impl ObservabilitySettings {
 /// `OTEL_EXPORTER_OTLP_TIMEOUT` as the exporter reads them.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct TracesSettings {
     /// The collector's base URL, e.g. `"http://otel-collector:4318"` (HTTP; `/v1/traces` is
     /// added) or `"http://otel-collector:4317"` (gRPC). Setting it turns traces on.
@@ -84,6 +86,7 @@ pub struct TracesSettings {
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[non_exhaustive]
 pub enum TracesProtocol {
     /// OTLP over HTTP, protobuf bodies (the OpenTelemetry default).
     #[serde(rename = "http/protobuf")]
@@ -158,6 +161,7 @@ impl Serialize for MetricsToken {
 /// How the worker writes its log lines (to stderr; `RUST_LOG` filters them).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct LogSettings {
     /// `"text"` (default) or `"json"`. The environment variable `EBBFLOW_LOG_FORMAT` overrides it.
     pub format: LogFormat,
@@ -166,6 +170,7 @@ pub struct LogSettings {
 /// The shape of log lines.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LogFormat {
     /// One human-readable line per event (colours when stderr is a terminal).
     #[default]

@@ -235,6 +235,7 @@ impl Context {
 
 /// How a handler failed, and so what happens to the message.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// Try again: the message becomes visible after `after` (`None`: the queue's `retry_delay`).
     /// Once its dequeue count reaches `max_dequeue_count` it goes to the poison queue instead.

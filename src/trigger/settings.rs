@@ -15,6 +15,7 @@ pub type MaxConcurrentRequests = BoundedU32<1, 10_000>;
 /// Push triggers from other processes.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct TriggerSettings {
     /// The HTTP work-detected endpoint.
     pub http: HttpTriggerSettings,
@@ -23,6 +24,7 @@ pub struct TriggerSettings {
 /// The HTTP endpoint that accepts work-detected events (plain JSON, Event Grid, CloudEvents).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct HttpTriggerSettings {
     /// Serve the endpoint.
     pub enabled: bool,

@@ -43,13 +43,8 @@ async fn worker_with(
         s.triggers.http.token = Some(TOKEN.into());
     }
     tweak(&mut s.triggers.http);
-    s.queues.insert(
-        "orders".into(),
-        QueueSettings {
-            encoding: Encoding::None,
-            ..Default::default()
-        },
-    );
+    s.queues.insert("orders".into(), QueueSettings::default());
+    s.queues.get_mut("orders").unwrap().encoding = Encoding::None;
     s.validate().unwrap();
     let w = Worker::new(s)
         .with_store(store)

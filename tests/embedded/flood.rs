@@ -40,13 +40,8 @@ fn settings() -> Settings {
     s.triggers.http.max_connections = CAP;
     s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     s.observability.metrics_token = Some(METRICS_TOKEN.to_string().try_into().unwrap());
-    s.queues.insert(
-        "orders".into(),
-        QueueSettings {
-            encoding: Encoding::None,
-            ..Default::default()
-        },
-    );
+    s.queues.insert("orders".into(), QueueSettings::default());
+    s.queues.get_mut("orders").unwrap().encoding = Encoding::None;
     s.validate().unwrap();
     s
 }

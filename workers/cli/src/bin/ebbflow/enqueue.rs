@@ -306,12 +306,12 @@ impl Args {
                 }
             )));
         }
-        Ok(SendOptions {
-            initial_delay: self.delay,
-            time_to_live: self
-                .ttl
-                .map_or(TimeToLive::ServiceDefault, TimeToLive::After),
-        })
+        Ok(SendOptions::default()
+            .with_initial_delay(self.delay)
+            .with_time_to_live(
+                self.ttl
+                    .map_or(TimeToLive::ServiceDefault, TimeToLive::After),
+            ))
     }
 
     /// The payload bytes, from the argument or the file.
@@ -365,7 +365,7 @@ impl Args {
                     " (base64 makes 3 bytes 4: a payload of at most {} bytes fits)",
                     MAX_MESSAGE_BYTES / 4 * 3
                 ),
-                Encoding::None => String::new(),
+                _ => String::new(),
             };
             return Err(CliError::usage(format!(
                 "{source} makes a message of {} bytes on queue {} ({encoding}); the service takes \
