@@ -6,8 +6,8 @@
 
 use super::load::Config;
 use super::plan::{AuthPlan, Cloud, Plan, QueueTrigger, SCALE_DOWN_PERCENT};
-use super::yaml::{map, s, seq, Node};
 use super::ship::{config_map_name, MOUNT_DIR};
+use super::yaml::{map, s, seq, Node};
 use super::{ops_bind, CONTAINER_NAME, OPS_PORT};
 
 /// The pod volume holding the shipped config files.
@@ -21,7 +21,9 @@ pub fn config_map(config: &Config, files: &[(String, String)]) -> Node {
         ("metadata", metadata(config, &config_map_name(config))),
         (
             "data",
-            map(files.iter().map(|(name, text)| (name.as_str(), s(text.as_str())))),
+            map(files
+                .iter()
+                .map(|(name, text)| (name.as_str(), s(text.as_str())))),
         ),
     ])
 }
@@ -242,10 +244,7 @@ fn deployment(config: &Config, plan: &Plan) -> Node {
             "volumes",
             seq([map([
                 ("name", s(CONFIG_VOLUME)),
-                (
-                    "configMap",
-                    map([("name", s(config_map_name(config)))]),
-                ),
+                ("configMap", map([("name", s(config_map_name(config)))])),
             ])]),
         ));
     }

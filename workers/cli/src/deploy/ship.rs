@@ -160,10 +160,7 @@ pub fn secret_source(config: &Config, key: &str, vars: &[&str], fallback: &str) 
             continue;
         };
         if take(&mut table, key).is_some() {
-            return format!(
-                "'<the {key} in {}>'",
-                config.dir.join(name).display()
-            );
+            return format!("'<the {key} in {}>'", config.dir.join(name).display());
         }
     }
     if let Some(var) = vars.iter().skip(1).find(|v| set(v)) {
@@ -198,7 +195,10 @@ mod tests {
         assert!(files[0].1.contains("kind = \"redis\""), "{}", files[0].1);
         let c = config(&[("default.toml", "[bus]\nsigning_key = \"k-S3CRET\"\n")]);
         let e = shipped_files(&c).unwrap_err().to_string();
-        assert!(e.contains("bus.signing_key") && !e.contains("S3CRET"), "{e}");
+        assert!(
+            e.contains("bus.signing_key") && !e.contains("S3CRET"),
+            "{e}"
+        );
         let c = config(&[(
             "default.toml",
             "[queues.orders]\npoison_queue = \"x\"\n[storage]\nqueue_endpoint = \"https://a.queue.core.windows.net\"\n",

@@ -144,8 +144,12 @@ fn a_folder_the_image_does_not_carry_rides_with_the_manifests() {
     let pod = worker_settings_under(&pod_config, container);
     let checked = ebbflow::Settings::load_from(&dir, &BTreeMap::new()).unwrap();
     // Container Apps has no ConfigMap: refused, naming the folder.
-    let (code, _, stderr) =
-        super::command::ebbflow(&["deploy", "container-apps", "--config", dir.to_str().unwrap()]);
+    let (code, _, stderr) = super::command::ebbflow(&[
+        "deploy",
+        "container-apps",
+        "--config",
+        dir.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no ConfigMap"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
