@@ -23,4 +23,5 @@ mod handler_api;
 mod listener_hooks;
 mod ops;
 mod outputs;
+mod reload;
 mod restarts;
