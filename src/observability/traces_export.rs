@@ -76,8 +76,7 @@ where
     if !from_env && settings.endpoint.is_none() {
         return Ok(None);
     }
-    let (protocol, protocol_key) = match PROTOCOL_VARS.iter().find_map(|v| env(v).map(|p| (v, p)))
-    {
+    let (protocol, protocol_key) = match PROTOCOL_VARS.iter().find_map(|v| env(v).map(|p| (v, p))) {
         Some((var, value)) => (
             value
                 .parse()
@@ -115,7 +114,9 @@ where
         Protocol::Grpc => grpc(from_env, settings, protocol_key)?,
     }
     .map_err(|e| InstallError::Exporter {
-        key: endpoint_var.map_or("observability.traces.endpoint", |v| v).to_string(),
+        key: endpoint_var
+            .map_or("observability.traces.endpoint", |v| v)
+            .to_string(),
         error: e.to_string(),
     })?;
     let mut resource = Resource::builder();
@@ -136,6 +137,7 @@ where
         set_parent,
         set_attribute,
         add_link,
+        set_error,
     });
     // The listener's long-lived spans (one per listener and per dequeue task) would make every
     // message's trace days long: the exporter never sees them, so `receive` and `process`
@@ -149,8 +151,13 @@ where
                 && matches!(meta.name(), "listener" | "dequeue"))
                 || (target == "ebbflow::handler::layer" && meta.name() == "process")))
     });
+    // Where a span was made (always src/codec/spans.rs), the thread and busy/idle times are
+    // noise on every span: left out.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(long_lived)
         .with_filter(filter);
     Ok(Some(Box::new(layer)))
@@ -260,6 +267,10 @@ fn remote(cx: &TraceContext) -> SpanContext {
         true,
         state,
     )
+}
+
+fn set_error(span: &Span, description: String) {
+    span.set_status(opentelemetry::trace::Status::error(description));
 }
 
 fn set_attribute(span: &Span, key: &'static str, value: Attr) {
