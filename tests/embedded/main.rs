@@ -24,3 +24,4 @@ mod listener_hooks;
 mod ops;
 mod outputs;
 mod restarts;
+mod test_kit;
