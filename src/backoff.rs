@@ -22,6 +22,7 @@ const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(600);
 /// `min + (2^n - 1) * random(0.8 * delta, 1.2 * delta)`, at most `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct IdleBackoffSettings {
     /// The shortest sleep after an empty receive.
     #[serde(with = "humantime_serde")]
@@ -114,6 +115,11 @@ impl IdleBackoff {
     /// Work was found: start the curve again from `min`.
     pub(crate) fn reset(&mut self) {
         self.streak = 0;
+    }
+
+    /// Follows `settings` from the next delay on (a reload), keeping the streak.
+    pub(crate) fn retune(&mut self, settings: IdleBackoffSettings) {
+        self.settings = settings;
     }
 
     /// Empty receives in a row so far.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// A setting's value is outside what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InvalidSetting {
     /// The full key, e.g. `storage.retry.max_attempts`.
     pub key: String,
@@ -143,6 +144,7 @@ pub(crate) fn check_duration(
 /// shown as `{value}: {rule}`. Loading adds the key (`queues.orders.batch_size = 33: must be
 /// 1..=32`); [`InvalidValue::at`] does the same in code.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InvalidValue {
     /// The value found (secrets redacted).
     pub value: String,

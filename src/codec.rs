@@ -19,6 +19,7 @@ pub use trace::{TraceContext, TraceContextError};
 /// How message text is encoded on the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Encoding {
     /// Standard base64 of the payload bytes: what Azure Functions and most SDK samples write,
     /// and safe for any bytes.
@@ -31,6 +32,7 @@ pub enum Encoding {
 /// Message text that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("message text is not valid {encoding}: {detail}")]
+#[non_exhaustive]
 pub struct DecodeError {
     /// The encoding that was expected.
     pub encoding: &'static str,

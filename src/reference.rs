@@ -7,6 +7,7 @@
 //! queue's name: `| `queues.<queue>.batch_size` | integer | `32` | ... |`. Keys are the settings
 //! serialized to a value and flattened to dotted paths (a table's leaves; an array is one key).
 
+mod formats;
 mod table;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use table::{disagreements, flatten};
 /// The reference as the book has it.
 const REFERENCE: &str = include_str!("../docs/src/configuration.md");
 
-/// The runtime's keys: [`crate::Settings`]'s defaults plus one queue. The `[deploy]` section,
+/// The runtime's keys: [`crate::Settings`]'s defaults plus one queue and one output. The `[deploy]` section,
 /// which only the `ebbflow` command line reads, has a region of its own, checked by the CLI
 /// crate's tests (`workers/cli/tests/cli/deploy.rs`, with the helpers in `reference/table.rs`).
 fn settings_keys() -> BTreeMap<String, Value> {
@@ -26,6 +27,9 @@ fn settings_keys() -> BTreeMap<String, Value> {
     settings
         .queues
         .insert("q".to_string(), crate::config::QueueSettings::default());
+    settings
+        .outputs
+        .insert("q".to_string(), crate::config::OutputSettings::default());
     let value = serde_json::to_value(&settings).expect("settings serialize");
     let mut keys = BTreeMap::new();
     flatten("", &value, &mut keys);

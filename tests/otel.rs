@@ -114,12 +114,11 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
     }
 
     // The producer: this process, exporting as "producer".
-    let traces = ebbflow::observability::TracesSettings {
-        endpoint: Some(endpoint.clone()),
-        protocol: Some(ebbflow::observability::traces::Protocol::HttpJson),
-        service_name: Some("producer".into()),
-        filter: None,
-    };
+    let mut traces = ebbflow::observability::TracesSettings::default();
+    traces.endpoint = Some(endpoint.clone());
+    traces.protocol = Some(ebbflow::observability::traces::Protocol::HttpJson);
+    traces.service_name = Some("producer".into());
+    traces.filter = None;
     assert!(ebbflow::observability::logging::init_with_traces(
         ebbflow::observability::LogFormat::Text,
         "warn",
@@ -279,12 +278,11 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     use ebbflow::store::QueueStore;
 
     let (endpoint, received) = receiver().await;
-    let traces = ebbflow::observability::TracesSettings {
-        endpoint: Some(endpoint),
-        protocol: Some(ebbflow::observability::traces::Protocol::HttpJson),
-        service_name: Some("app".into()),
-        filter: None,
-    };
+    let mut traces = ebbflow::observability::TracesSettings::default();
+    traces.endpoint = Some(endpoint);
+    traces.protocol = Some(ebbflow::observability::traces::Protocol::HttpJson);
+    traces.service_name = Some("app".into());
+    traces.filter = None;
     assert!(ebbflow::observability::logging::init_with_traces(
         ebbflow::observability::LogFormat::Text,
         "warn",
@@ -310,11 +308,9 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     let mut big = QueueSettings::default();
     big.idle_backoff.max = Duration::from_millis(200);
     settings.queues.insert("big".into(), big);
-    let mut batch = QueueSettings {
-        trace_context: true,
-        concurrency: ebbflow::config::Concurrency::of::<4>(),
-        ..QueueSettings::default()
-    };
+    let mut batch = QueueSettings::default();
+    batch.trace_context = true;
+    batch.concurrency = ebbflow::config::Concurrency::of::<4>();
     batch.idle_backoff.max = Duration::from_millis(200);
     settings.queues.insert("rows".into(), batch);
     let worker = ebbflow::Worker::new(settings)

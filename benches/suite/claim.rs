@@ -153,12 +153,10 @@ async fn ebbflow_run(queue_url: &str, blobs: &Blobs, size: usize, n: usize) -> (
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
     let mut s = Settings::default();
-    let mut q = QueueSettings {
-        concurrency: ebbflow::config::Concurrency::of::<4>(),
-        batch_size: ebbflow::config::BatchSize::of::<4>(),
-        visibility_timeout: Duration::from_secs(120),
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.concurrency = ebbflow::config::Concurrency::of::<4>();
+    q.batch_size = ebbflow::config::BatchSize::of::<4>();
+    q.visibility_timeout = Duration::from_secs(120);
     q.idle_backoff.max = Duration::from_millis(200);
     s.queues.insert(name.clone(), q);
     let worker = Worker::new(s)

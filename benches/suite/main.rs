@@ -327,11 +327,9 @@ async fn run(
         // closed loopback port: spans are made, batched and sent; the sends fail). Last, since
         // the exporter stays installed for the rest of the process. Off (the runs above) each
         // span site is one atomic load, so off costs nothing beside the run-to-run spread.
-        let traces = ebbflow::config::TracesSettings {
-            endpoint: Some("http://127.0.0.1:9".into()),
-            filter: Some("info".into()),
-            ..Default::default()
-        };
+        let mut traces = ebbflow::config::TracesSettings::default();
+        traces.endpoint = Some("http://127.0.0.1:9".into());
+        traces.filter = Some("info".into());
         if ebbflow::observability::logging::init_with_traces(
             ebbflow::observability::LogFormat::Text,
             "off",

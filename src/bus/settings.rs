@@ -18,6 +18,7 @@ use crate::secret::{redact, REDACTED};
 /// Which transport carries events between instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BusKind {
     /// No bus between instances: events stay in this process (the embedded bus).
     #[default]
@@ -217,6 +218,7 @@ pub type OutageProbe = Bounded<1_000, 3_600_000>;
 /// The `[bus]` section: events between instances.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct BusSettings {
     /// `none` (default: events stay in this process) or `redis`.
     pub kind: BusKind,
@@ -319,6 +321,7 @@ impl BusSettings {
 /// Who is woken by a work-detected event for a queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Reach {
     /// Exactly one replica's listener per event (no thundering herd); a replica that finds
     /// more than it can take passes the event on.
@@ -331,6 +334,7 @@ pub enum Reach {
 /// When a producer announces work on the bus, after the whitepaper's trigger modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum PublishMode {
     /// After every message sent.
     #[default]
@@ -345,6 +349,7 @@ pub enum PublishMode {
 /// The `[queues.<name>.bus]` section: how the queue's work-detected events travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct QueueBusSettings {
     /// `one` (default) or `all`: who is woken per event.
     pub reach: Reach,

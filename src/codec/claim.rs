@@ -52,6 +52,7 @@ pub(crate) const VERSION: u32 = 1;
 /// How a payload is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Compression {
     /// Not compressed.
     #[default]

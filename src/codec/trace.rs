@@ -67,6 +67,7 @@ impl From<TraceContext> for Raw {
 /// A `traceparent` that is not version `00` with a non-zero 32-hex trace id and 16-hex span id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("traceparent {given:?} is not 00-<32 hex>-<16 hex>-<2 hex> with non-zero ids")]
+#[non_exhaustive]
 pub struct TraceContextError {
     /// What was given (cut to 64 characters).
     pub given: String,

@@ -17,6 +17,7 @@
 mod bus;
 mod load;
 mod observability;
+mod output;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,7 @@ pub use crate::trigger::{
 pub use observability::{
     LogFormat, LogSettings, MetricsToken, ObservabilitySettings, TracesProtocol, TracesSettings,
 };
+pub use output::OutputSettings;
 pub use queue::{
     BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, QueueSettings, Shards,
 };
@@ -64,6 +66,7 @@ pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 /// Everything a worker process needs to know.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct Settings {
     /// Where the queues live. Empty means the embedded in-process backend.
     pub storage: StorageSettings,
@@ -73,6 +76,10 @@ pub struct Settings {
     pub triggers: TriggerSettings,
     /// One section per queue, keyed by queue name.
     pub queues: BTreeMap<String, QueueSettings>,
+    /// Queues this worker only writes to (another worker consumes them), keyed by queue name:
+    /// checked at start-up like the consumed ones (created, or proven to exist) and handed to
+    /// handlers by `Context::output` / `Context::publisher`; no handler needed.
+    pub outputs: BTreeMap<String, OutputSettings>,
     /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
     pub observability: ObservabilitySettings,
     /// Log line format.
@@ -87,6 +94,7 @@ pub struct Settings {
 /// Process-wide settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct WorkerSettings {
     /// After a stop signal, how long in-flight handlers may run before they are cancelled.
     #[serde(with = "humantime_serde")]
@@ -151,12 +159,14 @@ impl Settings {
         &self.origin
     }
 
-    /// Each configured queue's shard count (name to count), for
+    /// Each configured queue's and output's shard count (name to count), for
     /// [`crate::store::sharding::ShardingStore::wrap`].
     pub fn shard_counts(&self) -> Vec<(String, usize)> {
-        self.queues
-            .iter()
-            .map(|(name, q)| (name.clone(), q.shards.get()))
+        let queues = self.queues.iter().map(|(n, q)| (n, q.shards.get()));
+        let outputs = self.outputs.iter().map(|(n, o)| (n, o.shards.get()));
+        queues
+            .chain(outputs)
+            .map(|(name, shards)| (name.clone(), shards))
             .collect()
     }
 
@@ -203,6 +213,22 @@ impl Settings {
                         ));
                     }
                 }
+            }
+        }
+        for (name, output) in &self.outputs {
+            output.validate(name)?;
+            let consumed = self.queues.contains_key(name)
+                || self
+                    .queues
+                    .iter()
+                    .any(|(q, s)| s.poison_queue_name(q) == *name);
+            if consumed {
+                return Err(ConfigError::invalid(
+                    format!("outputs.{name}"),
+                    name,
+                    "is consumed here (a [queues] section or its poison queue): handlers write \
+                     to it without declaring it; remove the [outputs] section",
+                ));
             }
         }
         self.triggers.validate()

@@ -13,6 +13,7 @@ use crate::secret::REDACTED;
 /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`), apart from the trigger endpoint.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ObservabilitySettings {
     /// Where the ops endpoint listens, e.g. `"0.0.0.0:9464"`; off when unset. Port 0 picks a
     /// free port (logged, and shown by `RunningWorker::ops_addr`).
@@ -28,6 +29,11 @@ pub struct ObservabilitySettings {
     /// Connections open at once on the ops endpoint, 1..=10000 (default 64); one more is
     /// closed at once. Its own budget: a flood of the trigger port leaves probes this one.
     pub max_connections: u32,
+    /// Connections open at once on the ops endpoint from one peer (one source IP address; an
+    /// IPv6 one by its /64), 1..=10000 (default 16; at most `max_connections` applies): one
+    /// more from that peer is closed at once, so one client flooding the ops port leaves the
+    /// probes (from the kubelet's address) their slots.
+    pub max_connections_per_peer: u32,
     /// OpenTelemetry traces (`[observability.traces]`): off unless an endpoint is set here or
     /// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub traces: TracesSettings,
@@ -40,6 +46,7 @@ impl Default for ObservabilitySettings {
             metrics_token: None,
             header_read_timeout: Duration::from_secs(5),
             max_connections: 64,
+            max_connections_per_peer: 16,
             traces: TracesSettings::default(),
         }
     }
@@ -58,6 +65,12 @@ impl ObservabilitySettings {
             self.max_connections,
             1,
             10_000,
+        )?;
+        crate::checks::check_range(
+            "observability.max_connections_per_peer",
+            self.max_connections_per_peer,
+            1,
+            10_000,
         )
     }
 }
@@ -69,6 +82,7 @@ impl ObservabilitySettings {
 /// `OTEL_EXPORTER_OTLP_TIMEOUT` as the exporter reads them.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct TracesSettings {
     /// The collector's base URL, e.g. `"http://otel-collector:4318"` (HTTP; `/v1/traces` is
     /// added) or `"http://otel-collector:4317"` (gRPC). Setting it turns traces on.
@@ -84,6 +98,7 @@ pub struct TracesSettings {
 
 /// How spans travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[non_exhaustive]
 pub enum TracesProtocol {
     /// OTLP over HTTP, protobuf bodies (the OpenTelemetry default).
     #[serde(rename = "http/protobuf")]
@@ -158,6 +173,7 @@ impl Serialize for MetricsToken {
 /// How the worker writes its log lines (to stderr; `RUST_LOG` filters them).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct LogSettings {
     /// `"text"` (default) or `"json"`. The environment variable `EBBFLOW_LOG_FORMAT` overrides it.
     pub format: LogFormat,
@@ -166,6 +182,7 @@ pub struct LogSettings {
 /// The shape of log lines.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LogFormat {
     /// One human-readable line per event (colours when stderr is a terminal).
     #[default]

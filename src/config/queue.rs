@@ -15,6 +15,7 @@ use crate::store::TimeToLive;
 /// Settings of one queue.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct QueueSettings {
     /// Messages asked for per receive, 1..=32.
     pub batch_size: BatchSize,
@@ -132,6 +133,7 @@ impl TryFrom<u64> for Shards {
 /// Each pulse is logged as a structured event and renews the message's visibility.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct HeartbeatSettings {
     /// A timed pulse this often while a handler runs (None: no timed pulses).
     #[serde(with = "humantime_serde")]

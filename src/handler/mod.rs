@@ -210,9 +210,10 @@ impl Context {
         self.publishers.get(queue)
     }
 
-    /// A typed output to one of the worker's queues (configured, or declared with
-    /// [`crate::Worker::output`]): sends `T`s as JSON. `None` for a queue the worker does not
-    /// know; declared outputs are checked at start-up, so a typo there stops the start.
+    /// A typed output to one of the worker's queues (a `[queues.<queue>]` or
+    /// `[outputs.<queue>]` section, or declared with [`crate::Worker::output`]): sends `T`s as
+    /// JSON. `None` for a queue the worker does not know; declared outputs are checked at
+    /// start-up, so a typo in a declaration stops the start.
     pub fn output<T: serde::Serialize>(&self, queue: &str) -> Option<Output<T>> {
         self.publishers.get(queue).cloned().map(Output::new)
     }
@@ -234,6 +235,7 @@ impl Context {
 
 /// How a handler failed, and so what happens to the message.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// Try again: the message becomes visible after `after` (`None`: the queue's `retry_delay`).
     /// Once its dequeue count reaches `max_dequeue_count` it goes to the poison queue instead.

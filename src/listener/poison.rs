@@ -177,6 +177,7 @@ impl PoisonEnvelope {
 /// why (a decoding or JSON error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
+#[non_exhaustive]
 pub struct PoisonEnvelopeError {
     detail: String,
 }

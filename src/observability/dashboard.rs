@@ -18,6 +18,12 @@
 //!     "in_flight": 12, "handled": 4980, "receive_calls": 900,
 //!     "started_at_ms": 1796620000000, "pulse_at_ms": 1796620199000, "pulse_age_ms": 800,
 //!     "this": true}],
+//!   "jobs": [
+//!    {"id": "orders/7c1e", "source": "orders", "text": "order 7", "instance": "worker-7f9c",
+//!     "role": "worker", "state": "running", "count": 300, "timed_pulses": 4,
+//!     "count_pulses": 3, "last_pulse": "count", "interval_ms": 10000, "every": 100,
+//!     "started_at_ms": 1796620150000, "updated_at_ms": 1796620199000, "elapsed_ms": 49000,
+//!     "note": ""}],
 //!   "error": null}}
 //! ```
 //!
@@ -27,7 +33,8 @@
 //!
 //! `fleet` is `null` unless the bus is on (`bus.kind` other than `none`); then it lists every
 //! live instance from the bus presence (their pulses, `bus.pulse_interval` apart), this one
-//! marked `"this": true`, sorted by role then id. `pulse_age_ms` is how long ago the last
+//! marked `"this": true`, sorted by role then id, and `jobs`, the heartbeat progress records
+//! (`ebbflow jobs`' data: running first, then the most recently changed, at most 50). `pulse_age_ms` is how long ago the last
 //! pulse was sent (by this worker's clock). When the bus cannot be read, `instances` is empty
 //! and `error` says why (one line, no secret).
 //!
@@ -169,13 +176,26 @@ async fn fleet(bus: &crate::bus::BusHandle) -> Value {
         bus.transport().instances(),
     )
     .await;
-    let (mut instances, error) = match read {
+    let (mut instances, mut error) = match read {
         Ok(Ok(list)) => (list, None),
         Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
         Err(_) => (
             Vec::new(),
             Some("the bus did not answer within 2 s".to_string()),
         ),
+    };
+    let jobs = match tokio::time::timeout(std::time::Duration::from_secs(2), bus.transport().jobs())
+        .await
+    {
+        Ok(Ok(jobs)) => jobs,
+        Ok(Err(e)) => {
+            error.get_or_insert_with(|| e.to_string());
+            Vec::new()
+        }
+        Err(_) => {
+            error.get_or_insert_with(|| "the bus did not answer within 2 s".to_string());
+            Vec::new()
+        }
     };
     instances.sort_by(|a, b| (&a.role, &a.instance).cmp(&(&b.role, &b.instance)));
     let now = crate::bus::now_ms();
@@ -197,7 +217,27 @@ async fn fleet(bus: &crate::bus::BusHandle) -> Value {
             })
         })
         .collect();
-    json!({ "instances": instances, "error": error })
+    json!({ "instances": instances, "jobs": job_rows(jobs), "error": error })
+}
+
+/// Jobs shown at most: the running ones first, then the most recently changed.
+const JOBS_LIMIT: usize = 50;
+
+/// The `jobs` part of the fleet: the heartbeat monitor's records (running and recently ended,
+/// kept `bus.job_retention`), running first, then newest change first, at most
+/// [`JOBS_LIMIT`].
+fn job_rows(mut jobs: Vec<crate::bus::jobs::JobRecord>) -> Value {
+    use crate::bus::jobs::JobState;
+    jobs.sort_by(|a, b| {
+        let running = |j: &crate::bus::jobs::JobRecord| j.state != JobState::Running;
+        (running(a), std::cmp::Reverse(a.updated_at_ms), &a.id).cmp(&(
+            running(b),
+            std::cmp::Reverse(b.updated_at_ms),
+            &b.id,
+        ))
+    });
+    jobs.truncate(JOBS_LIMIT);
+    serde_json::to_value(jobs).unwrap_or(Value::Null)
 }
 
 /// A histogram's sum and count. prometheus-client reads them out only through its encoder, so

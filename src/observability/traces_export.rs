@@ -31,6 +31,7 @@ const PROTOCOL_VARS: [&str; 2] = [
 
 /// Why traces could not be set up (the worker then exits 2, naming the setting).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InstallError {
     /// A protocol variable or setting holds something else than the three protocols.
     #[error("{key}: {rule}")]

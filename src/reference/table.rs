@@ -7,12 +7,17 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// Every key of `value`, dotted, with its default; `queues.<name>` written `queues.<queue>`.
+/// Every key of `value`, dotted, with its default; `queues.<name>` written `queues.<queue>`
+/// (and `outputs.<name>` written `outputs.<queue>`).
 pub(crate) fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (key, child) in map {
-                let key = if prefix == "queues" { "<queue>" } else { key };
+                let key = if prefix == "queues" || prefix == "outputs" {
+                    "<queue>"
+                } else {
+                    key
+                };
                 let path = if prefix.is_empty() {
                     key.to_string()
                 } else {

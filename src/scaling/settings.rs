@@ -13,6 +13,7 @@ use crate::checks::{check_duration, check_range, BoundedU32, ConfigError, Invali
 /// unless it is the last one (or, with `min_tasks = 0`, also the last one).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ScalingSettings {
     /// Tasks kept when idle: 1 (one task polls at the back-off maximum) or 0 (none poll; a push
     /// trigger or an idle depth probe brings the queue back).
@@ -71,6 +72,7 @@ pub type MessagesPerTask = BoundedU32<1, 1_000_000>;
 /// Tasks a queue keeps when idle (`min_tasks`), written `0` or `1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(try_from = "u64", into = "u64")]
+#[non_exhaustive]
 pub enum MinTasks {
     /// None: no task polls an idle queue; a push trigger, a publish or an idle depth probe
     /// brings it back.
@@ -126,11 +128,20 @@ impl std::fmt::Display for MinTasks {
 /// From `from` messages deep, run `tasks` tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DepthRule {
     /// The depth this rule starts at.
     pub from: u64,
     /// Tasks to run from there.
     pub tasks: u32,
+}
+
+impl DepthRule {
+    /// From `from` messages deep, run `tasks` tasks (checked with the queue's settings:
+    /// `tasks` is 0..=`max_tasks`, and the rules' `from` must rise).
+    pub const fn new(from: u64, tasks: u32) -> Self {
+        Self { from, tasks }
+    }
 }
 
 impl ScalingSettings {

@@ -405,6 +405,24 @@ pub enum StoreError {
     /// The backend could not be set up (bad connection string, bad URL).
     #[error("storage setup: {0}")]
     Setup(String),
+    /// A payload larger than the claim check's limit: refused at the send, before any upload,
+    /// since every worker reading the queue would poison it (`payload_unavailable`). Never
+    /// retried: raise the limit (`key`) on producers and workers alike, or send less.
+    #[error(
+        "payload of {size} bytes for queue {queue} is above {key} ({limit} bytes), so a worker \
+         would poison it; raise {key} (on the producers and the workers reading the queue) or \
+         send a smaller payload"
+    )]
+    PayloadTooLarge {
+        /// The queue.
+        queue: String,
+        /// The payload's length in bytes (before compression and encoding).
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+        /// The setting that sets the limit: `storage.claim_check.max_payload_bytes`.
+        key: &'static str,
+    },
 }
 
 impl StoreError {

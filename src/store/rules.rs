@@ -129,8 +129,11 @@ impl serde::Serialize for TimeToLive {
     }
 }
 
-/// Options for [`super::Queue::send`].
+/// Options for [`super::Queue::send`]. Built from [`Default`] (no delay, the service's time to
+/// live) with [`with_initial_delay`](Self::with_initial_delay) and
+/// [`with_time_to_live`](Self::with_time_to_live), or by assigning the fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SendOptions {
     /// Invisible for this long after sending, 0 s..=7 d, shorter than the time to live.
     pub initial_delay: Duration,
@@ -139,6 +142,21 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
+    /// These options with the message invisible for `delay` after sending (0 s..=7 d, shorter
+    /// than the time to live; [`SendOptions::check`] says when not).
+    #[must_use]
+    pub fn with_initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// These options with the message living `time_to_live` (1 s..=68 years, or never).
+    #[must_use]
+    pub fn with_time_to_live(mut self, time_to_live: TimeToLive) -> Self {
+        self.time_to_live = time_to_live;
+        self
+    }
+
     /// Checks the options against the service's rules.
     ///
     /// # Errors

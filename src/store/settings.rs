@@ -13,6 +13,7 @@ use crate::secret::redact;
 /// Where the queues live.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct StorageSettings {
     /// An Azure Storage connection string (`AccountName=..;AccountKey=..`, or
     /// `UseDevelopmentStorage=true`). Falls back to `AZURE_STORAGE_CONNECTION_STRING`.
@@ -49,6 +50,7 @@ pub struct StorageSettings {
 /// the only retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct RetrySettings {
     /// Tries per call, the first included, 1..=100.
     pub max_attempts: u32,
@@ -152,6 +154,7 @@ impl fmt::Debug for StorageSettings {
 /// The Entra ID credential to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CredentialKind {
     /// Azure CLI, then Azure Developer CLI (a developer's machine).
     DeveloperTools,

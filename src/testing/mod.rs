@@ -93,6 +93,7 @@ pub struct ContextBuilder {
     dequeue_count: u32,
     publishers: std::collections::BTreeMap<String, Publisher>,
     shutdown: CancellationToken,
+    bus: Option<crate::bus::BusHandle>,
 }
 
 /// A context builder for a message of `queue` (id `test-message`, first delivery).
@@ -103,6 +104,7 @@ pub fn context(queue: &str) -> ContextBuilder {
         dequeue_count: 1,
         publishers: Default::default(),
         shutdown: CancellationToken::new(),
+        bus: None,
     }
 }
 
@@ -133,6 +135,14 @@ impl ContextBuilder {
         self
     }
 
+    /// The bus `ctx.bus()` hands out, e.g. a [`crate::bus::memory::MemoryBroker`]'s
+    /// instance: two contexts on two instances of one broker stand for two replicas (for
+    /// `Dedup::across_replicas`, or a handler that publishes events). None by default.
+    pub fn bus(mut self, bus: crate::bus::BusHandle) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// The context.
     pub fn build(self) -> Context {
         let shutdown = Signal::new(self.shutdown);
@@ -146,7 +156,7 @@ impl ContextBuilder {
             cancellation: shutdown,
             publishers: Arc::new(self.publishers),
             heartbeat: Heartbeat::new(None),
-            bus: None,
+            bus: self.bus,
             span: tracing::Span::none(),
         }
     }

@@ -10,7 +10,9 @@
 mod bus;
 mod hooks;
 mod ready;
+mod reload;
 mod report;
+pub use crate::bus::events::{Change, Reloaded};
 pub use crate::scaling::{Decision, DefaultPolicy, Prompt, Reason, ScalingPolicy, Signals};
 pub use bus::BusCounters;
 mod producer;
@@ -94,10 +96,15 @@ pub enum WorkerError {
          EBBFLOW__STORAGE__QUEUE_ENDPOINT), or share an embedded store with Producer::connect_to"
     )]
     NoStorage,
-    /// A declared output queue ([`Worker::output`]) does not exist and
+    /// A declared output queue (`[outputs.<queue>]` or [`Worker::output`]) does not exist and
     /// `storage.create_queues` is off.
-    #[error("output queue {0} (Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
+    #[error("output queue {0} ([outputs.{0}] or Worker::output) does not exist; check its name, create it, or set storage.create_queues = true")]
     MissingOutput(String),
+    /// An output declared in code ([`Worker::output`]) is neither an `[outputs.<queue>]` nor a
+    /// `[queues.<queue>]` section while config declares outputs: config and code disagree
+    /// on a name (a typo on one side). With the list of the configured outputs.
+    #[error("Worker::output({0:?}) names no [outputs.{0}] section, but config declares outputs ({1}); fix the name on one side, or add [outputs.{0}]")]
+    OutputNotConfigured(String, String),
     /// A configured queue does not exist and `storage.create_queues` is off.
     #[error("queue {0} does not exist; create it, or set storage.create_queues = true")]
     MissingQueue(String),
@@ -283,8 +290,11 @@ impl Worker {
     /// here (another worker consumes it). At start-up it is created when
     /// `storage.create_queues` is on, and must exist otherwise: a misspelt output stops the
     /// start naming it. Handlers get it typed through [`crate::Context::output`] (or as a
-    /// [`Publisher`] through `ctx.publisher`); its encoding is its `[queues.<name>]` section's
-    /// when this config has one, else the default (`base64`).
+    /// [`Publisher`] through `ctx.publisher`). It is written as its `[outputs.<queue>]`
+    /// section says (encoding, compression, shards, trace context), else with the defaults.
+    /// Outputs can be declared in config alone (no call needed); once config declares any,
+    /// a name given here that config lacks stops the start
+    /// ([`WorkerError::OutputNotConfigured`]), so a typo on either side is caught there.
     pub fn output(mut self, queue: &str) -> Self {
         self.outputs.insert(queue.to_string());
         self
@@ -383,6 +393,8 @@ pub struct RunningWorker {
     _stop_on_drop: [tokio_util::sync::DropGuard; 2],
     /// Fired by a drain command on the bus (`ebbflow drain --role R`).
     drain_requested: tokio_util::sync::CancellationToken,
+    /// Live reload of the scaling rules.
+    reloader: Arc<reload::Reloader>,
     drain_timeout: Duration,
 }
 
@@ -396,6 +408,33 @@ impl std::fmt::Debug for RunningWorker {
 }
 
 impl RunningWorker {
+    /// Applies the scaling rules of `settings` without a restart, as a reload on SIGHUP or
+    /// `ebbflow reload` does from the config files: `[queues.<q>.scaling]` (all but
+    /// `wake_on_publish`) and `[queues.<q>.idle_backoff]` of each running queue. Each applied
+    /// value is logged with its old and new value; every other changed key is named in a
+    /// warning as needing a restart and not applied. The next scaling decision follows the new
+    /// rules; running tasks above a lowered `max_tasks` retire at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key when `settings` is invalid, or when its scaling rules
+    /// contradict the running config (e.g. `min_tasks = 0` on a queue nothing could wake):
+    /// then nothing changes, the old rules stay.
+    pub fn reload(&self, settings: Settings) -> Result<Reloaded, ConfigError> {
+        self.reloader.apply(settings)
+    }
+
+    /// Reads the config folder the worker's settings came from again (with the process's
+    /// environment) and applies it as [`RunningWorker::reload`] does: what SIGHUP does.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a file cannot be read or is invalid (naming the key), or when the
+    /// settings were built in code (no folder to read); nothing changes then.
+    pub fn reload_from_config(&self) -> Result<Reloaded, ConfigError> {
+        self.reloader.reread()
+    }
+
     /// Every queue's counters now.
     pub fn snapshot(&self) -> Vec<QueueSnapshot> {
         self.listeners.iter().map(QueueListener::snapshot).collect()

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::start::{layered_store, open_output};
+use super::start::layered_store;
+use super::startup::check_outputs;
 use super::WorkerError;
 use crate::handler::{Output, Publisher};
 use crate::store::{self, QueueStore};
@@ -46,8 +47,9 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
-    /// Opens the store and bus `settings` name and every configured queue (created when
-    /// `storage.create_queues` is on, else checked to exist).
+    /// Opens the store and bus `settings` name and every configured queue and output
+    /// (`[queues.<queue>]` and `[outputs.<queue>]`; created when `storage.create_queues` is
+    /// on, else checked to exist, within `storage.startup_timeout`).
     ///
     /// # Errors
     /// Invalid settings, a store or bus that cannot be reached, a missing queue (named);
@@ -88,19 +90,40 @@ impl Producer {
         let bus = crate::bus::open(&settings.bus).await?;
         let mut publishers = BTreeMap::new();
         let background = (TaskTracker::new(), CancellationToken::new());
-        for (name, q) in &settings.queues {
-            let queue = open_output(&store, name, create).await?;
-            let mut publisher = Publisher::new(queue, q.encoding)
-                .with_trace_context(q.trace_context)
+        // Every consumed queue is written as its section says, and the outputs as theirs.
+        let queues = settings.queues.iter().map(|(name, q)| {
+            let output = crate::config::OutputSettings {
+                encoding: q.encoding,
+                compression: q.compression,
+                shards: q.shards,
+                trace_context: q.trace_context,
+            };
+            (name.clone(), (output, q.bus))
+        });
+        let outputs = settings.outputs.iter().map(|(name, o)| {
+            (
+                name.clone(),
+                (o.clone(), crate::bus::QueueBusSettings::default()),
+            )
+        });
+        let all: BTreeMap<_, _> = queues.chain(outputs).collect();
+        let wanted = all
+            .iter()
+            .map(|(n, (o, _))| (n.clone(), o.clone()))
+            .collect();
+        for (name, (queue, output)) in check_outputs(&store, &settings, wanted, create).await? {
+            let mut publisher = Publisher::new(queue, output.encoding)
+                .with_trace_context(output.trace_context)
                 .with_background(background.0.clone(), background.1.clone());
             if settings.bus.is_shared() {
+                let bus_settings = all[&name].1;
                 publisher = publisher.with_announcer(crate::bus::Announcer::new(
                     bus.transport(),
-                    name,
-                    q.bus,
+                    &name,
+                    bus_settings,
                 ));
             }
-            publishers.insert(name.clone(), publisher);
+            publishers.insert(name, publisher);
         }
         Ok(Self {
             publishers,
@@ -110,12 +133,13 @@ impl Producer {
         })
     }
 
-    /// The publisher of a configured queue.
+    /// The publisher of a configured queue or output.
     pub fn publisher(&self, queue: &str) -> Option<&Publisher> {
         self.publishers.get(queue)
     }
 
-    /// A typed output to a configured queue (`T`s as JSON).
+    /// A typed output to a configured queue or output (`T`s as JSON); `None` for a name the
+    /// settings lack.
     pub fn output<T: serde::Serialize>(&self, queue: &str) -> Option<Output<T>> {
         self.publishers.get(queue).cloned().map(Output::new)
     }

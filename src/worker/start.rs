@@ -18,7 +18,7 @@ use crate::observability::{Metrics, Readiness};
 use crate::store::metered::Metering;
 use crate::store::retrying::RetryingStore;
 use crate::store::sharding::ShardingStore;
-use crate::store::{self, LayeredStore, Queue, QueueStore, StoreError};
+use crate::store::{self, LayeredStore, QueueStore, StoreError};
 use crate::trigger::Hub;
 
 pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> {
@@ -117,18 +117,31 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
             event_hooks: event_hooks.clone(),
         });
     }
-    for name in outputs.iter().filter(|o| !settings.queues.contains_key(*o)) {
-        let queue = open_output(&store, name, create).await?;
-        let defaults = crate::config::QueueSettings::default();
-        let mut publisher = Publisher::new(queue, defaults.encoding)
+    // Output-only queues: `[outputs.<queue>]` sections, and `Worker::output` names that no
+    // section configures (written with the defaults).
+    let declared = outputs
+        .iter()
+        .filter(|o| !settings.queues.contains_key(*o) && !settings.outputs.contains_key(*o))
+        .map(|o| (o.clone(), crate::config::OutputSettings::default()));
+    let wanted: BTreeMap<_, _> = settings
+        .outputs
+        .clone()
+        .into_iter()
+        .chain(declared)
+        .collect();
+    for (name, (queue, output)) in
+        super::startup::check_outputs(&store, &settings, wanted, create).await?
+    {
+        let mut publisher = Publisher::new(queue, output.encoding)
             .with_hub(hub.clone())
-            .with_trace_context(defaults.trace_context)
+            .with_trace_context(output.trace_context)
             .with_background(life.tracker.clone(), life.stop.clone());
         if settings.bus.is_shared() {
-            let announcer = crate::bus::Announcer::new(bus.transport(), name, defaults.bus);
+            let defaults = crate::bus::QueueBusSettings::default();
+            let announcer = crate::bus::Announcer::new(bus.transport(), &name, defaults);
             publisher = publisher.with_announcer(announcer);
         }
-        publishers.insert(name.clone(), publisher);
+        publishers.insert(name, publisher);
     }
     wiring.listen().await?;
     let trigger = bind_trigger(&settings, &hub, &metrics, &life).await?;
@@ -154,6 +167,18 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     for observe in observers {
         observe(&bus);
     }
+    // Live reload of the scaling rules (SIGHUP, `ebbflow reload`): specs, and so listeners,
+    // are in the order of `settings.queues`.
+    let by_name = settings
+        .queues
+        .keys()
+        .cloned()
+        .zip(listeners.iter().cloned());
+    let reloader = Arc::new(super::reload::Reloader::new(
+        settings.clone(),
+        by_name.collect(),
+    ));
+    reloader.serve(&bus, &tasks::Tasks::new(&life));
     bus.start();
     let bus_counters = wiring.counters();
     let drain_requested = wiring.drain_requested();
@@ -190,6 +215,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         ],
         life,
         drain_requested,
+        reloader,
         drain_timeout: settings.worker.drain_timeout,
     })
 }
@@ -235,6 +261,19 @@ impl Worker {
                 listed(self.settings.queues.keys()),
             ));
         }
+        // Config that declares outputs is their list: a code name it lacks is a typo on one
+        // side (`[outputs.emails]` beside `.output("emials")`).
+        let configured = |n: &String| {
+            self.settings.outputs.contains_key(n) || self.settings.queues.contains_key(n)
+        };
+        if !self.settings.outputs.is_empty() {
+            if let Some(name) = self.outputs.iter().find(|n| !configured(n)) {
+                return Err(WorkerError::OutputNotConfigured(
+                    name.clone(),
+                    listed(self.settings.outputs.keys()),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -270,6 +309,13 @@ pub(super) async fn layered_store(
         let format = crate::store::claim::QueueFormat {
             encoding: q.encoding,
             compression: q.compression,
+        };
+        claim = claim.queue(name, format);
+    }
+    for (name, o) in &settings.outputs {
+        let format = crate::store::claim::QueueFormat {
+            encoding: o.encoding,
+            compression: o.compression,
         };
         claim = claim.queue(name, format);
     }
@@ -318,6 +364,7 @@ async fn serve_ops(
     let limits = crate::endpoint::ConnectionLimits {
         header_read_timeout: settings.observability.header_read_timeout,
         max_connections: settings.observability.max_connections as usize,
+        max_connections_per_peer: settings.observability.max_connections_per_peer as usize,
     };
     let (bound, serve) =
         crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)
@@ -334,23 +381,6 @@ fn serve_beside(
     serve: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(tasks::logged(name, serve)))
-}
-
-/// An output-only queue, created when `create`, proven to exist by one properties call.
-pub(super) async fn open_output(
-    store: &Arc<dyn QueueStore>,
-    name: &str,
-    create: bool,
-) -> Result<Arc<dyn Queue>, WorkerError> {
-    let queue = store.queue(name)?;
-    if create {
-        queue.create_if_missing().await?;
-    }
-    queue.approximate_depth().await.map_err(|e| match e {
-        StoreError::QueueNotFound { .. } => WorkerError::MissingOutput(name.to_string()),
-        e => WorkerError::Store(e),
-    })?;
-    Ok(queue)
 }
 
 /// Binds the HTTP trigger endpoint when enabled; it serves once the listeners run. It serves

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::WorkerError;
-use crate::config::Settings;
+use crate::config::{OutputSettings, Settings};
 use crate::store::{Queue, QueueStore, StoreError};
 
 /// Each configured queue with its poison queue, checked.
@@ -57,6 +57,56 @@ pub(super) async fn check_queues(
             queue: checking,
         })
     })
+}
+
+/// Each output-only queue with its settings, checked.
+pub(super) type Outputs = BTreeMap<String, (Arc<dyn Queue>, OutputSettings)>;
+
+/// Opens every output-only queue of `wanted` (`[outputs.<queue>]` sections and
+/// `Worker::output` names), creates it when `create` is set, and reads its properties once,
+/// all within `storage.startup_timeout`: a misspelt output that does not exist stops the
+/// start naming it.
+pub(super) async fn check_outputs(
+    store: &Arc<dyn QueueStore>,
+    settings: &Settings,
+    wanted: BTreeMap<String, OutputSettings>,
+    create: bool,
+) -> Result<Outputs, WorkerError> {
+    let waited = settings.storage.startup_timeout;
+    let mut checking = String::new();
+    let checked = tokio::time::timeout(waited, async {
+        let mut checked = Outputs::new();
+        for (name, output) in wanted {
+            checking.clone_from(&name);
+            let queue = open_output(store, &name, create).await?;
+            checked.insert(name, (queue, output));
+        }
+        Ok::<_, WorkerError>(checked)
+    })
+    .await;
+    checked.unwrap_or_else(|_| {
+        Err(WorkerError::StartupTimeout {
+            waited,
+            queue: checking,
+        })
+    })
+}
+
+/// An output-only queue, created when `create`, proven to exist by one properties call.
+async fn open_output(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    create: bool,
+) -> Result<Arc<dyn Queue>, WorkerError> {
+    let queue = store.queue(name)?;
+    if create {
+        queue.create_if_missing().await?;
+    }
+    queue.approximate_depth().await.map_err(|e| match e {
+        StoreError::QueueNotFound { .. } => WorkerError::MissingOutput(name.to_string()),
+        e => WorkerError::Store(e),
+    })?;
+    Ok(queue)
 }
 
 #[cfg(test)]

@@ -43,11 +43,9 @@ async fn sas_connection_string_and_settings() {
         sas()
     );
     round_trip(&AzureStore::from_connection_string(&cs).unwrap()).await;
-    let settings = StorageSettings {
-        queue_endpoint: Some(format!("{}/", common::azurite_url())),
-        sas_token: Some(format!("?{}", sas()).into()),
-        ..Default::default()
-    };
+    let mut settings = StorageSettings::default();
+    settings.queue_endpoint = Some(format!("{}/", common::azurite_url()));
+    settings.sas_token = Some(format!("?{}", sas()).into());
     round_trip(store::open(&settings).unwrap().as_ref()).await;
 }
 

@@ -46,6 +46,7 @@ on_both_backends_with_blobs!(
     a_5_mib_payload_is_handled_byte_exact_and_its_blob_deleted,
     a_poisoned_payload_keeps_its_blob_and_a_requeue_brings_it_back,
     a_missing_or_tampered_blob_poisons_with_its_reason,
+    a_missing_blob_is_poisoned_with_one_clear_log_line,
     a_lookalike_reference_from_another_producer_is_not_fetched,
     the_orphan_sweep_removes_a_planted_orphan_and_nothing_else,
 );
@@ -257,6 +258,56 @@ async fn a_missing_or_tampered_blob_poisons_with_its_reason(
     );
     assert!(errors.iter().any(|e| e.contains("SHA-256")), "{errors:?}");
     worker.shutdown().await;
+}
+
+/// A missing blob leads straight to the poison: one WARN line naming the queue, the message id,
+/// the reason and the container/blob, and no warning before it (such as a failed attempt to
+/// move the missing blob's expiry to the poison copy's).
+async fn a_missing_blob_is_poisoned_with_one_clear_log_line(
+    store: Arc<dyn QueueStore>,
+    blobs: Blobs,
+) {
+    common::captured_logs();
+    let q = common::fresh_queue(&store, "claim").await;
+    let name = q.name().to_string();
+    let producer = producer(&store, &blobs);
+    let sent = producer
+        .queue(&name)
+        .unwrap()
+        .send(
+            &Encoding::Base64.encode(&payload(100_000)).unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let blob = blobs.list(&name).await.unwrap()[0].name.clone();
+    blobs.delete(&blob).await.unwrap();
+    let worker = start(&store, &blobs, &name, Keeper::default()).await;
+    common::wait_for("poisoned", Duration::from_secs(60), || {
+        worker.snapshot()[0].poisoned == 1
+    })
+    .await;
+    worker.shutdown().await;
+    let logs = common::captured_logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(&name) && (l.contains(" WARN ") || l.contains(" ERROR ")))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for the message: {warnings:#?}"
+    );
+    let line = warnings[0];
+    for part in [
+        "message moved to poison queue",
+        "payload_unavailable",
+        &sent.id,
+        &format!("{}/{blob}", blobs.container()),
+        "is missing",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
 }
 
 async fn a_lookalike_reference_from_another_producer_is_not_fetched(

@@ -192,10 +192,8 @@ async fn depth_counts_hidden_messages(store: Arc<dyn QueueStore>) {
 
 async fn initial_delay_hides_a_new_message(store: Arc<dyn QueueStore>) {
     let q = common::fresh_queue(&store, "delay").await;
-    let options = SendOptions {
-        initial_delay: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let mut options = SendOptions::default();
+    options.initial_delay = Duration::from_secs(1);
     q.send("later", options).await.unwrap();
     assert!(q
         .receive(1, Duration::from_secs(30))
@@ -212,10 +210,8 @@ async fn initial_delay_hides_a_new_message(store: Arc<dyn QueueStore>) {
 
 async fn time_to_live_expires_messages(store: Arc<dyn QueueStore>) {
     let q = common::fresh_queue(&store, "ttl").await;
-    let options = SendOptions {
-        time_to_live: TimeToLive::After(Duration::from_secs(1)),
-        ..Default::default()
-    };
+    let mut options = SendOptions::default();
+    options.time_to_live = TimeToLive::After(Duration::from_secs(1));
     q.send("short-lived", options).await.unwrap();
     q.send("stays", SendOptions::default()).await.unwrap();
     pass(Duration::from_millis(2200)).await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
 use common::proxy::{Faults, Proxy};
-use ebbflow::config::{QueueSettings, RetrySettings};
+use ebbflow::config::QueueSettings;
 use ebbflow::store::{account_sas, AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore, StoreError};
 use ebbflow::{Context, Handler, HandlerError, Settings};
@@ -97,17 +97,12 @@ impl Recorder {
 
 fn settings(queue: &str) -> Settings {
     let mut s = Settings::default();
-    s.storage.retry = RetrySettings {
-        max_attempts: 3,
-        min_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        request_timeout: Duration::from_secs(2),
-        ..RetrySettings::default()
-    };
-    let mut q = QueueSettings {
-        encoding: ebbflow::codec::Encoding::None,
-        ..QueueSettings::default()
-    };
+    s.storage.retry.max_attempts = 3;
+    s.storage.retry.min_delay = Duration::from_millis(20);
+    s.storage.retry.max_delay = Duration::from_millis(200);
+    s.storage.retry.request_timeout = Duration::from_secs(2);
+    let mut q = QueueSettings::default();
+    q.encoding = ebbflow::codec::Encoding::None;
     q.idle_backoff.max = Duration::from_millis(300);
     q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
     s.queues.insert(queue.to_string(), q);

@@ -37,10 +37,9 @@ fn verdict<T>(queue: &Arc<dyn Queue>, what: &str, result: Result<T, StoreError>)
 }
 
 fn options(initial_delay: Duration, time_to_live: TimeToLive) -> SendOptions {
-    SendOptions {
-        initial_delay,
-        time_to_live,
-    }
+    SendOptions::default()
+        .with_initial_delay(initial_delay)
+        .with_time_to_live(time_to_live)
 }
 
 async fn put_message_refuses_what_the_service_refuses(store: Arc<dyn QueueStore>) {

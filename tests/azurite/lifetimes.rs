@@ -46,13 +46,11 @@ impl Handler for ReleaseThenReject {
 
 fn settings(queue: &str, poison_ttl: TimeToLive) -> Settings {
     let mut s = Settings::default();
-    let q = QueueSettings {
-        // Every first run is the last allowed try: a release makes a fresh copy.
-        max_dequeue_count: ebbflow::config::MaxDequeueCount::of::<1>(),
-        encoding: ebbflow::codec::Encoding::None,
-        poison_ttl,
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    // Every first run is the last allowed try: a release makes a fresh copy.
+    q.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<1>();
+    q.encoding = ebbflow::codec::Encoding::None;
+    q.poison_ttl = poison_ttl;
     s.queues.insert(queue.to_string(), q);
     s.validate().unwrap();
     s
@@ -63,10 +61,7 @@ fn close(a: Option<OffsetDateTime>, b: OffsetDateTime) -> bool {
 }
 
 fn ttl(time_to_live: TimeToLive) -> SendOptions {
-    SendOptions {
-        time_to_live,
-        ..SendOptions::default()
-    }
+    SendOptions::default().with_time_to_live(time_to_live)
 }
 
 async fn a_last_try_release_copy_and_its_poison_copy_keep_every_expiry(store: Arc<dyn QueueStore>) {

@@ -51,11 +51,9 @@ async fn an_outage_shorter_than_the_lease_loses_no_delete() {
     }
     // Default retry policy and visibility timeout (30 s): only what the issue changes.
     let mut settings = Settings::default();
-    let q = QueueSettings {
-        concurrency: ebbflow::config::Concurrency::of::<32>(),
-        encoding: ebbflow::codec::Encoding::None,
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.concurrency = ebbflow::config::Concurrency::of::<32>();
+    q.encoding = ebbflow::codec::Encoding::None;
     settings.queues.insert(name.clone(), q);
     settings.validate().unwrap();
     let cs = format!(

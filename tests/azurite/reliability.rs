@@ -20,10 +20,8 @@ on_both_backends!(
 );
 
 fn settings(queue: &str, tweak: impl FnOnce(&mut QueueSettings)) -> Settings {
-    let mut q = QueueSettings {
-        encoding: Encoding::None,
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.encoding = Encoding::None;
     q.idle_backoff.max = Duration::from_millis(500);
     tweak(&mut q);
     let mut s = Settings::default();

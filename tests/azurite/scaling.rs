@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ebbflow::codec::Encoding;
-use ebbflow::config::{IdleBackoffSettings, QueueSettings, Settings};
+use ebbflow::config::{QueueSettings, Settings};
 use ebbflow::store::QueueStore;
 use ebbflow::{Context, Handler, HandlerError, Publisher, Worker};
 use tokio::time::Instant;
@@ -58,10 +58,8 @@ async fn pickup_after_publish(
 
 fn settings(queue: &str, tweak: impl FnOnce(&mut Settings, &mut QueueSettings)) -> Settings {
     let mut s = Settings::default();
-    let mut q = QueueSettings {
-        encoding: Encoding::None,
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.encoding = Encoding::None;
     tweak(&mut s, &mut q);
     s.queues.insert(queue.to_string(), q);
     s.validate().unwrap();
@@ -246,10 +244,8 @@ async fn a_handler_hands_work_on_and_wakes_the_next_queue_from_zero() {
     let store = common::memory();
     let (first, second) = (common::unique("first"), common::unique("second"));
     let s = settings(&first, |s, _| {
-        let mut q = QueueSettings {
-            encoding: Encoding::None,
-            ..QueueSettings::default()
-        };
+        let mut q = QueueSettings::default();
+        q.encoding = Encoding::None;
         q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
         q.scaling.wake_on_publish = true;
         s.queues.insert(second.clone(), q);
@@ -379,11 +375,9 @@ async fn azurite_http_trigger_wakes_a_worker_at_zero_tasks() {
         s.triggers.http.enabled = true;
         s.triggers.http.bind = "127.0.0.1:0".parse().unwrap();
         q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
-        q.idle_backoff = IdleBackoffSettings {
-            min: Duration::from_millis(100),
-            max: Duration::from_millis(400),
-            delta: Duration::from_millis(100),
-        };
+        q.idle_backoff.min = Duration::from_millis(100);
+        q.idle_backoff.max = Duration::from_millis(400);
+        q.idle_backoff.delta = Duration::from_millis(100);
     });
     let clock = Clock::default();
     let worker = common::start(&store, s, &queue, clock.clone()).await;
@@ -433,11 +427,9 @@ async fn azurite_in_process_publish_wakes_a_task_sleeping_in_its_backoff() {
     fill(&store, &queue, 0).await;
     let s = settings(&queue, |_, q| {
         // The first empty receive already sleeps the longest back-off allowed.
-        q.idle_backoff = IdleBackoffSettings {
-            min: Duration::from_secs(600),
-            max: Duration::from_secs(600),
-            delta: Duration::from_secs(1),
-        };
+        q.idle_backoff.min = Duration::from_secs(600);
+        q.idle_backoff.max = Duration::from_secs(600);
+        q.idle_backoff.delta = Duration::from_secs(1);
     });
     let clock = Clock::default();
     let worker = common::start(&store, s, &queue, clock.clone()).await;

@@ -30,11 +30,9 @@ const CONCURRENCY: u32 = 4;
 fn settings(queue: &str) -> Settings {
     let mut s = Settings::default();
     s.storage.create_queues = true;
-    let mut q = QueueSettings {
-        shards: Shards::try_from(SHARDS as u64).unwrap(),
-        concurrency: ebbflow::config::Concurrency::of::<CONCURRENCY>(),
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.shards = Shards::try_from(SHARDS as u64).unwrap();
+    q.concurrency = ebbflow::config::Concurrency::of::<CONCURRENCY>();
     q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
     q.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<10>();
     s.queues.insert(queue.to_string(), q);

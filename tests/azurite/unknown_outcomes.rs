@@ -57,23 +57,20 @@ impl Runs {
 }
 
 fn retry() -> RetrySettings {
-    RetrySettings {
-        max_attempts: 8,
-        min_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(500),
-        request_timeout: CUTOFF,
-        ..RetrySettings::default()
-    }
+    let mut retry = RetrySettings::default();
+    retry.max_attempts = 8;
+    retry.min_delay = Duration::from_millis(20);
+    retry.max_delay = Duration::from_millis(500);
+    retry.request_timeout = CUTOFF;
+    retry
 }
 
 fn settings(queue: &str, visibility: Duration) -> Settings {
     let mut s = Settings::default();
     s.storage.retry = retry();
-    let mut q = QueueSettings {
-        visibility_timeout: visibility,
-        encoding: ebbflow::codec::Encoding::None,
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.visibility_timeout = visibility;
+    q.encoding = ebbflow::codec::Encoding::None;
     q.idle_backoff.max = Duration::from_millis(300);
     q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
     s.queues.insert(queue.to_string(), q);

@@ -19,16 +19,15 @@ pub fn redis_url() -> String {
 
 /// Bus settings for `url`, with a prefix of their own so tests never see each other's events.
 pub fn settings(url: &str, prefix: &str, role: &str, claim_timeout: Duration) -> BusSettings {
-    BusSettings {
-        kind: BusKind::Redis,
-        url: Some(RedisUrl::try_from(url.to_string()).unwrap()),
-        role: Name::new(role).unwrap(),
-        instance_id: None,
-        channel_prefix: Name::new(prefix).unwrap(),
-        pulse_interval: Bounded::new(Duration::from_millis(200)).unwrap(),
-        claim_timeout: Bounded::new(claim_timeout).unwrap(),
-        ..BusSettings::default()
-    }
+    let mut bus = BusSettings::default();
+    bus.kind = BusKind::Redis;
+    bus.url = Some(RedisUrl::try_from(url.to_string()).unwrap());
+    bus.role = Name::new(role).unwrap();
+    bus.instance_id = None;
+    bus.channel_prefix = Name::new(prefix).unwrap();
+    bus.pulse_interval = Bounded::new(Duration::from_millis(200)).unwrap();
+    bus.claim_timeout = Bounded::new(claim_timeout).unwrap();
+    bus
 }
 
 /// A member named `id` of `role`.

@@ -313,10 +313,8 @@ async fn a_delayed_publish_on_a_covered_queue_at_zero_tasks_is_handled_when_it_s
     .await;
     let publisher = worker.publisher(&name).unwrap();
     let before = get(&counts.receive);
-    let delay = ebbflow::store::SendOptions {
-        initial_delay: Duration::from_secs(120),
-        ..Default::default()
-    };
+    let mut delay = ebbflow::store::SendOptions::default();
+    delay.initial_delay = Duration::from_secs(120);
     publisher.send_bytes(b"w20-late", delay).await.unwrap();
     common::wait_for(
         "the delayed message handled",

@@ -65,13 +65,8 @@ async fn the_dashboard_shows_queues_and_requeues_a_poison_message_behind_the_tok
     s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     s.observability.metrics_token = Some(TOKEN.to_string().try_into().unwrap());
     for q in ["orders", "emails"] {
-        s.queues.insert(
-            q.into(),
-            QueueSettings {
-                encoding: Encoding::None,
-                ..Default::default()
-            },
-        );
+        s.queues.insert(q.into(), QueueSettings::default());
+        s.queues.get_mut(q).unwrap().encoding = Encoding::None;
     }
     let store: Arc<dyn QueueStore> = Arc::new(MemoryStore::new());
     let seen = Arc::new(AtomicU32::new(0));
@@ -186,13 +181,8 @@ async fn the_dashboard_shows_queues_and_requeues_a_poison_message_behind_the_tok
 async fn without_a_token_configured_the_dashboard_reads_but_never_requeues() {
     let mut s = Settings::default();
     s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
-    s.queues.insert(
-        "orders".into(),
-        QueueSettings {
-            encoding: Encoding::None,
-            ..Default::default()
-        },
-    );
+    s.queues.insert("orders".into(), QueueSettings::default());
+    s.queues.get_mut("orders").unwrap().encoding = Encoding::None;
     let worker = Worker::new(s)
         .with_store(Arc::new(MemoryStore::new()))
         .handler("orders", Picky::default())

@@ -23,10 +23,8 @@ use crate::common;
 use crate::common::hooked::Hooked;
 
 fn settings(queue: &str, edit: impl FnOnce(&mut QueueSettings)) -> Settings {
-    let mut q = QueueSettings {
-        encoding: Encoding::None,
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.encoding = Encoding::None;
     edit(&mut q);
     let mut s = Settings::default();
     s.queues.insert(queue.to_string(), q);

@@ -453,10 +453,8 @@ async fn a_producer_sends_many_and_a_handler_writes_to_a_declared_output() {
         .await
         .unwrap();
     let out = producer.output::<u32>(&orders).unwrap();
-    let later = ebbflow::store::SendOptions {
-        initial_delay: Duration::from_secs(30),
-        ..Default::default()
-    };
+    let mut later = ebbflow::store::SendOptions::default();
+    later.initial_delay = Duration::from_secs(30);
     let ids = out
         .send_many([
             (&1, Default::default()),

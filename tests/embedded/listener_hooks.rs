@@ -14,15 +14,10 @@ use ebbflow::{Context, HandlerError, Publisher, Worker};
 
 fn settings(queue: &str) -> Settings {
     let mut s = Settings::default();
-    let q = QueueSettings {
-        batch_size: BatchSize::of::<8>(),
-        concurrency: Concurrency::of::<32>(),
-        scaling: ScalingSettings {
-            max_tasks: MaxTasks::of::<4>(),
-            ..ScalingSettings::default()
-        },
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.batch_size = BatchSize::of::<8>();
+    q.concurrency = Concurrency::of::<32>();
+    q.scaling.max_tasks = MaxTasks::of::<4>();
     s.queues.insert(queue.to_string(), q);
     s
 }

@@ -12,6 +12,7 @@
 mod common;
 
 mod calls;
+mod claim_limits;
 mod dashboard;
 mod dockerfile;
 mod first_hour;
@@ -21,4 +22,6 @@ mod guarantees;
 mod handler_api;
 mod listener_hooks;
 mod ops;
+mod outputs;
+mod reload;
 mod restarts;

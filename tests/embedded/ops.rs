@@ -35,13 +35,8 @@ fn settings(token: bool) -> Settings {
         s.observability.metrics_token = Some(TOKEN.to_string().try_into().unwrap());
     }
     s.worker.drain_timeout = Duration::from_secs(20);
-    s.queues.insert(
-        "orders".into(),
-        QueueSettings {
-            encoding: Encoding::None,
-            ..Default::default()
-        },
-    );
+    s.queues.insert("orders".into(), QueueSettings::default());
+    s.queues.get_mut("orders").unwrap().encoding = Encoding::None;
     s
 }
 

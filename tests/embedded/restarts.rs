@@ -85,10 +85,8 @@ async fn extreme_times_to_live_are_refused_or_kept_and_the_worker_runs_on() {
         (TimeToLive::Never, true),
         (TimeToLive::After(68 * year), true),
     ] {
-        let options = SendOptions {
-            time_to_live: ttl,
-            ..SendOptions::default()
-        };
+        let mut options = SendOptions::default();
+        options.time_to_live = ttl;
         let sent = publisher.send_bytes(b"payload", options).await;
         assert_eq!(sent.is_ok(), ok, "{ttl:?}: {sent:?}");
     }

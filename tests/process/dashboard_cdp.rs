@@ -232,16 +232,12 @@ async fn a_burst_scales_up_and_down_and_a_click_requeues_a_poison_message_in_chr
     let mut s = Settings::default();
     s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     s.observability.metrics_token = Some(TOKEN.to_string().try_into().unwrap());
-    let mut orders = QueueSettings {
-        encoding: Encoding::None,
-        ..QueueSettings::default()
-    };
+    let mut orders = QueueSettings::default();
+    orders.encoding = Encoding::None;
     orders.idle_backoff.max = Duration::from_millis(300);
-    let mut emails = QueueSettings {
-        encoding: Encoding::None,
-        concurrency: ebbflow::config::Concurrency::of::<8>(),
-        ..QueueSettings::default()
-    };
+    let mut emails = QueueSettings::default();
+    emails.encoding = Encoding::None;
+    emails.concurrency = ebbflow::config::Concurrency::of::<8>();
     emails.scaling.max_tasks = ebbflow::config::MaxTasks::of::<6>();
     emails.scaling.messages_per_task = ebbflow::config::MessagesPerTask::of::<20>();
     emails.scaling.depth_probe_interval = Duration::from_millis(300);

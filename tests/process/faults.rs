@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::proxy::{Faults, Proxy};
 use common::AzuriteProcess;
-use ebbflow::config::{QueueSettings, RetrySettings};
+use ebbflow::config::QueueSettings;
 use ebbflow::store::{AzureStore, DEV_ACCOUNT, DEV_KEY};
 use ebbflow::store::{Queue, QueueStore};
 use ebbflow::{Context, Handler, HandlerError, Settings};
@@ -56,18 +56,13 @@ fn store_at(url: &str) -> Arc<dyn QueueStore> {
 
 fn settings(queue: &str, visibility: Duration) -> Settings {
     let mut s = Settings::default();
-    s.storage.retry = RetrySettings {
-        max_attempts: 8,
-        min_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(10),
-        ..RetrySettings::default()
-    };
-    let mut q = QueueSettings {
-        visibility_timeout: visibility,
-        encoding: ebbflow::codec::Encoding::None,
-        ..QueueSettings::default()
-    };
+    s.storage.retry.max_attempts = 8;
+    s.storage.retry.min_delay = Duration::from_millis(20);
+    s.storage.retry.max_delay = Duration::from_millis(500);
+    s.storage.retry.request_timeout = Duration::from_secs(10);
+    let mut q = QueueSettings::default();
+    q.visibility_timeout = visibility;
+    q.encoding = ebbflow::codec::Encoding::None;
     q.idle_backoff.max = Duration::from_millis(500);
     q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<4>();
     s.queues.insert(queue.to_string(), q);

@@ -120,3 +120,73 @@ async fn the_dashboard_lists_every_live_instance_and_drops_one_that_stopped() {
     }
     a.shutdown().await;
 }
+
+/// The heartbeat monitor's jobs are in the fleet view: a job another instance runs shows on
+/// this one's `/dashboard.json` with its progress, running first, and its end once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_another_instance_s_job_progress_and_its_end() {
+    use ebbflow::bus::jobs::{JobMonitor, JobState};
+    let prefix = common::unique("fleetjobs");
+    let queue = common::unique("fj");
+    let store = common::memory();
+    let mut front = worker_settings(&prefix, &queue, "jobs-a", "front");
+    front.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    let a = Worker::new(front)
+        .with_store(store.clone())
+        .handler(&queue, Done)
+        .start()
+        .await
+        .unwrap();
+    let b = Worker::new(worker_settings(&prefix, &queue, "jobs-b", "back"))
+        .with_store(store.clone())
+        .handler(&queue, Done)
+        .start()
+        .await
+        .unwrap();
+    let url = format!("http://{}/dashboard.json", a.ops_addr().unwrap());
+    let done = JobMonitor::start(&b.bus(), "export", "yesterday's export", Some(10), None);
+    done.add(5);
+    done.end(JobState::Succeeded, "5 rows");
+    let job = JobMonitor::start(&b.bus(), "export", "today's export", Some(10), None);
+    job.add(25);
+    let id = job.record().id;
+
+    let row = |f: &Value, id: &str| {
+        f["jobs"]
+            .as_array()
+            .and_then(|l| l.iter().find(|j| j["id"] == id).cloned())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        let f = fleet(&url).await;
+        let seen = row(&f, &id);
+        if seen.as_ref().is_some_and(|j| j["count"] == 25)
+            && f["jobs"].as_array().unwrap().len() == 2
+        {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let jobs = f["jobs"].as_array().unwrap();
+    // Running first, whatever changed last.
+    assert_eq!(jobs[0]["id"], id, "{f}");
+    assert_eq!(jobs[0]["state"], "running", "{f}");
+    assert_eq!(jobs[0]["instance"], "jobs-b", "{f}");
+    assert_eq!(jobs[0]["text"], "today's export", "{f}");
+    assert_eq!(jobs[1]["state"], "succeeded", "{f}");
+    assert_eq!(jobs[1]["note"], "5 rows", "{f}");
+
+    job.end(JobState::Failed, "the disk filled");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = fleet(&url).await;
+        if row(&f, &id).is_some_and(|j| j["state"] == "failed" && j["note"] == "the disk filled") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}

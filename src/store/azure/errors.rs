@@ -26,7 +26,7 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// (`<?xml ...?><Error><Code>..</Code><Message>..\nRequestId:..\nTime:..</Message></Error>`)
 /// shrinks to its code and the message's first line, and what is left of line breaks and runs
 /// of spaces becomes single spaces.
-fn one_line(text: &str) -> String {
+pub(super) fn one_line(text: &str) -> String {
     let between = |open: &str, close: &str| {
         let start = text.find(open)? + open.len();
         let end = start + text[start..].find(close)?;
@@ -183,6 +183,7 @@ mod tests {
             StoreError::Unconsumable { .. } => "unconsumable",
             StoreError::AccountNotFound { .. } => "account-not-found",
             StoreError::Setup(_) => "setup",
+            StoreError::PayloadTooLarge { .. } => "payload-too-large",
         }
     }
 

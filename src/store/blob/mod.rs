@@ -47,6 +47,7 @@ impl BlobInfo {
 
 /// What went wrong with a blob call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BlobErrorKind {
     /// The blob (or its container) does not exist.
     NotFound,
@@ -63,6 +64,7 @@ pub enum BlobErrorKind {
 /// A blob call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("blob {blob}: {detail}")]
+#[non_exhaustive]
 pub struct BlobError {
     /// What kind of failure.
     pub kind: BlobErrorKind,

@@ -38,6 +38,9 @@ pub(crate) mod settings;
 
 pub use settings::ClaimCheckSettings;
 
+/// The setting that caps a claim-check payload.
+const MAX_PAYLOAD_KEY: &str = "storage.claim_check.max_payload_bytes";
+
 /// Why a message's payload cannot be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -178,9 +181,15 @@ impl ClaimCheck {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_else(|_| "never".into()),
         };
-        if let Err(e) = blobs.set_expiry(blob, &value).await {
-            warn!(blob = %blob, error = %e,
-                  "could not extend a poisoned message's blob expiry; `ebbflow blobs gc` may remove it");
+        match blobs.set_expiry(blob, &value).await {
+            Ok(()) => {}
+            // Nothing to keep: the message is poisoned because its blob is missing, and its
+            // poison line says so (`payload_unavailable`).
+            Err(e) if e.kind == BlobErrorKind::NotFound => {
+                debug!(blob = %blob, "a poisoned message's blob is missing; no expiry to move");
+            }
+            Err(e) => warn!(blob = %blob, error = %e,
+                            "could not extend a poisoned message's blob expiry; `ebbflow blobs gc` may remove it"),
         }
     }
 
@@ -222,6 +231,15 @@ impl ClaimCheck {
             .encoding
             .decode(body)
             .map_err(|e| invalid(format!("cannot read the payload to store it: {e}")))?;
+        // What every reader would poison is refused here, before any upload.
+        if payload.len() as u64 > shared.max_payload {
+            return Err(StoreError::PayloadTooLarge {
+                queue: queue.to_string(),
+                size: payload.len() as u64,
+                limit: shared.max_payload,
+                key: MAX_PAYLOAD_KEY,
+            });
+        }
         let compression = format.compression;
         let stored = compression.compress(&payload);
         if compression != Compression::Identity {
@@ -262,7 +280,15 @@ impl ClaimCheck {
         metadata.insert(META_EXPIRES.to_string(), expiry_text(options.time_to_live));
         metadata.insert(META_SHA256.to_string(), reference.sha256.clone());
         blobs.put(&name, stored, metadata).await.map_err(|e| {
-            let detail = format!("claim check upload failed: {e}");
+            let detail = if e.kind == BlobErrorKind::NotFound {
+                format!(
+                    "claim check upload failed: {e}; the blob container {} does not exist (a \
+                     worker creates it at start-up while storage.create_queues is true)",
+                    blobs.container()
+                )
+            } else {
+                format!("claim check upload failed: {e}")
+            };
             let source = Some(crate::store::Cause::new(e.clone()));
             if e.is_transient() {
                 StoreError::Transient {
@@ -432,7 +458,9 @@ async fn open(shared: &Shared, text: &str) -> Result<Option<Vec<u8>>, PayloadErr
                 Err(e) => {
                     return Err(match e.kind {
                         BlobErrorKind::NotFound => PayloadError::Unusable(format!(
-                            "payload blob {container}/{blob} is missing"
+                            "payload blob {container}/{blob} is missing (deleted, removed by a \
+                             lifecycle rule or `ebbflow blobs gc`, or never uploaded): it cannot \
+                             come back, so the message is not retried"
                         )),
                         BlobErrorKind::TooLarge => PayloadError::Unusable(format!(
                             "payload blob does not match its reference: {e}"

@@ -11,6 +11,7 @@ use crate::service::MAX_MESSAGE_BYTES;
 /// `container`, and the message carries a reference (see [`ClaimRef`](crate::codec::ClaimRef)).
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ClaimCheckSettings {
     /// `true`: required (start-up fails without a blob endpoint); `false`: off (an oversized
     /// send fails); unset: on wherever a blob endpoint is known (the embedded store, a

@@ -195,10 +195,8 @@ mod tests {
     use ebbflow::config::DepthRule;
 
     fn queue(concurrency: u32, max_tasks: u32, per_task: u32) -> QueueSettings {
-        let mut q = QueueSettings {
-            concurrency: concurrency.try_into().unwrap(),
-            ..Default::default()
-        };
+        let mut q = QueueSettings::default();
+        q.concurrency = concurrency.try_into().unwrap();
         q.scaling.max_tasks = max_tasks.try_into().unwrap();
         q.scaling.messages_per_task = per_task.try_into().unwrap();
         q
@@ -227,7 +225,7 @@ mod tests {
     #[test]
     fn depth_rules_saturate_at_the_first_rule_with_all_useful_tasks() {
         let mut q = queue(100, 100, 64);
-        let rule = |from, tasks| DepthRule { from, tasks };
+        let rule = DepthRule::new;
         // The whitepaper's rules: 10 tasks from 0, 50 from 100, 100 from 1,000.
         q.scaling.depth_rules = vec![rule(0, 10), rule(100, 50), rule(1000, 100)];
         assert_eq!(saturation_backlog(&q), 1000);

@@ -26,13 +26,8 @@ async fn top_shows_each_queue_of_a_worker_and_needs_its_token() {
     s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
     s.observability.metrics_token = Some(TOKEN.to_string().try_into().unwrap());
     for q in ["orders", "emails"] {
-        s.queues.insert(
-            q.into(),
-            QueueSettings {
-                encoding: Encoding::None,
-                ..Default::default()
-            },
-        );
+        s.queues.insert(q.into(), QueueSettings::default());
+        s.queues.get_mut(q).unwrap().encoding = Encoding::None;
     }
     let worker = Worker::new(s)
         .with_store(Arc::new(MemoryStore::new()))
@@ -103,14 +98,15 @@ async fn top_shows_the_fleet_with_the_bus_on() {
         panic!("EBBFLOW_REDIS_URL is not set: this test needs the redis-server scripts/test starts")
     });
     let prefix = format!("top{}", std::process::id());
-    let bus = |id: &str, role: &str| BusSettings {
-        kind: BusKind::Redis,
-        url: Some(RedisUrl::try_from(redis.clone()).unwrap()),
-        role: Name::new(role).unwrap(),
-        instance_id: Some(Name::new(id).unwrap()),
-        channel_prefix: Name::new(&prefix).unwrap(),
-        pulse_interval: Bounded::new(Duration::from_millis(200)).unwrap(),
-        ..BusSettings::default()
+    let bus = |id: &str, role: &str| {
+        let mut bus = BusSettings::default();
+        bus.kind = BusKind::Redis;
+        bus.url = Some(RedisUrl::try_from(redis.clone()).unwrap());
+        bus.role = Name::new(role).unwrap();
+        bus.instance_id = Some(Name::new(id).unwrap());
+        bus.channel_prefix = Name::new(&prefix).unwrap();
+        bus.pulse_interval = Bounded::new(Duration::from_millis(200)).unwrap();
+        bus
     };
     let store = Arc::new(MemoryStore::new());
     let start = |id: &str, role: &str, ops: bool| {

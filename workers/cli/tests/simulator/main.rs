@@ -243,10 +243,8 @@ min = 3
 max = 3
 "#,
     );
-    let mut q = QueueSettings {
-        concurrency: ebbflow::config::Concurrency::of::<64>(),
-        ..QueueSettings::default()
-    };
+    let mut q = QueueSettings::default();
+    q.concurrency = ebbflow::config::Concurrency::of::<64>();
     let (_, one) = simulate(&hot, q.clone()).unwrap();
     eprintln!("one queue:\n{}", summary_text(&one));
     // 3,000 messages/s into a queue that takes about 2,000: the producer is refused (503)

@@ -205,6 +205,43 @@ fn render_fleet(
             num(&i["pulse_age_ms"]) / 1000.0,
         ));
     }
+    out.push_str(&render_jobs(fleet));
+    out
+}
+
+/// The heartbeat monitor's jobs (with the bus on, when there are any): running first, then the
+/// most recently changed, as the worker sorted them.
+fn render_jobs(fleet: &serde_json::Map<String, Value>) -> String {
+    let Some(jobs) = fleet.get("jobs").and_then(Value::as_array) else {
+        return String::new();
+    };
+    if jobs.is_empty() {
+        return String::new();
+    }
+    let running = jobs.iter().filter(|j| j["state"] == "running").count();
+    let mut out = format!(
+        "
+JOBS: {running} running, {} shown
+",
+        jobs.len()
+    );
+    out.push_str(&format!(
+        "{:<36} {:<20} {:<10} {:>10} {:>10}  {}
+",
+        "JOB", "INSTANCE", "STATE", "COUNT", "ELAPSED S", "TEXT"
+    ));
+    for j in jobs {
+        let text: String = j["text"].as_str().unwrap_or("").chars().take(40).collect();
+        out.push_str(&format!(
+            "{:<36} {:<20} {:<10} {:>10} {:>10.1}  {}\n",
+            j["id"].as_str().unwrap_or("?"),
+            j["instance"].as_str().unwrap_or("?"),
+            j["state"].as_str().unwrap_or("?"),
+            num(&j["count"]),
+            num(&j["elapsed_ms"]) / 1000.0,
+            text.escape_debug(),
+        ));
+    }
     out
 }
 
@@ -248,6 +285,37 @@ mod tests {
             [
                 vec!["a-1", "*", "billing", "3", "2", "30", "10.0", "0.4"],
                 vec!["b-2", "billing", "1", "0", "25", "2.5", "1.5"],
+            ],
+            "{text}"
+        );
+        // No jobs: no jobs table.
+        assert!(!text.contains("JOBS"), "{text}");
+        let mut with_jobs = now.clone();
+        with_jobs["fleet"]["jobs"] = serde_json::json!([
+            {"id": "export/01", "instance": "b-2", "state": "running", "count": 300,
+             "elapsed_ms": 12500, "text": "nightly\nexport"},
+            {"id": "export/00", "instance": "a-1", "state": "succeeded", "count": 10,
+             "elapsed_ms": 900, "text": "yesterday"},
+        ]);
+        let text = render(&with_jobs, None);
+        let jobs = text.split("JOBS: 1 running, 2 shown").nth(1).expect(&text);
+        let rows: Vec<Vec<&str>> = jobs
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec![
+                    "export/01",
+                    "b-2",
+                    "running",
+                    "300",
+                    "12.5",
+                    "nightly\\nexport"
+                ],
+                vec!["export/00", "a-1", "succeeded", "10", "0.9", "yesterday"],
             ],
             "{text}"
         );

@@ -22,7 +22,8 @@
 //! # let _ = worker;
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+mod dedup;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{HandlerError, Job, Layer, Next};
+pub use dedup::{Dedup, MAX_WINDOW, SHARED_LEASE};
 
 /// The shortest delay a release asks for: the service counts visibility in whole seconds.
 const MIN_RELEASE: Duration = Duration::from_secs(1);
@@ -273,127 +275,6 @@ impl Layer for CircuitBreaker {
         let result = next.run(job).await;
         attempt.recorded = true;
         self.record(trial, matches!(result, Err(HandlerError::Retry { .. })));
-        result
-    }
-}
-
-/// Reads a de-duplication key from a job.
-type KeyOf = dyn Fn(&Job) -> Option<String> + Send + Sync;
-
-/// De-duplication: a message whose key was handled successfully before (in this process, among
-/// the last `capacity` keys) is deleted without running. The key is the message id (a message
-/// delivered twice: a lost delete, an expired lease) or one read from the payload (the same
-/// order sent twice). While a message with the same key runs, a duplicate is released for a
-/// few seconds rather than run beside it.
-///
-/// Memory is bounded: the oldest keys are forgotten past `capacity`. Only this process's
-/// runs are known: replicas do not share what they handled.
-///
-/// Clones share one memory.
-#[derive(Clone)]
-pub struct Dedup {
-    key: Arc<KeyOf>,
-    memory: Arc<Mutex<Memory>>,
-}
-
-impl std::fmt::Debug for Dedup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = lock(&self.memory);
-        f.debug_struct("Dedup")
-            .field("capacity", &m.capacity)
-            .field("remembered", &m.order.len())
-            .finish()
-    }
-}
-
-#[derive(Debug)]
-struct Memory {
-    capacity: usize,
-    done: HashSet<String>,
-    order: VecDeque<String>,
-    running: HashSet<String>,
-}
-
-/// How long a duplicate of a running message waits before it is looked at again.
-const DUPLICATE_RUNNING_DELAY: Duration = Duration::from_secs(5);
-
-impl Dedup {
-    /// By message id, remembering the last `capacity` ids handled.
-    pub fn by_message_id(capacity: usize) -> Self {
-        Self::by_key(capacity, |job| Some(job.ctx().message_id().to_string()))
-    }
-
-    /// By a key read from the job (its payload bytes, usually), remembering the last
-    /// `capacity` keys handled. A job without a key (`None`) always runs.
-    pub fn by_key(
-        capacity: usize,
-        key: impl Fn(&Job) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            key: Arc::new(key),
-            memory: Arc::new(Mutex::new(Memory {
-                capacity: capacity.max(1),
-                done: HashSet::new(),
-                order: VecDeque::new(),
-                running: HashSet::new(),
-            })),
-        }
-    }
-}
-
-/// Forgets a running key however the run ends (a drop at the drain deadline included).
-struct Running<'a> {
-    memory: &'a Mutex<Memory>,
-    key: String,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        lock(self.memory).running.remove(&self.key);
-    }
-}
-
-impl Layer for Dedup {
-    async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
-        let Some(key) = (self.key)(&job) else {
-            return next.run(job).await;
-        };
-        {
-            let mut m = lock(&self.memory);
-            if m.done.contains(&key) {
-                tracing::info!(
-                    queue = job.ctx().queue(),
-                    message_id = job.ctx().message_id(),
-                    key,
-                    "duplicate of a message handled before; deleted without running"
-                );
-                return Ok(());
-            }
-            if !m.running.insert(key.clone()) {
-                return Err(HandlerError::Release {
-                    after: DUPLICATE_RUNNING_DELAY,
-                    source: "a message with the same key is running".into(),
-                });
-            }
-        }
-        let running = Running {
-            memory: &self.memory,
-            key,
-        };
-        let result = next.run(job).await;
-        if result.is_ok() {
-            let mut m = lock(&self.memory);
-            let key = running.key.clone();
-            if m.done.insert(key.clone()) {
-                m.order.push_back(key);
-                while m.order.len() > m.capacity {
-                    if let Some(old) = m.order.pop_front() {
-                        m.done.remove(&old);
-                    }
-                }
-            }
-        }
-        drop(running);
         result
     }
 }
