@@ -126,7 +126,10 @@ fn load_deploy(dir: &Path, env: &BTreeMap<String, String>) -> Result<DeploySetti
 /// crate says "enum DeployAuth does not have variant constructor key for key `deploy.auth`".
 fn explain(message: &str) -> String {
     let message = ebbflow::config::redact(message);
-    if let Some(rest) = message.split("enum DeployAuth does not have variant constructor ").nth(1) {
+    if let Some(rest) = message
+        .split("enum DeployAuth does not have variant constructor ")
+        .nth(1)
+    {
         let given = rest.split(" for key").next().unwrap_or(rest);
         return format!(
             "deploy.auth = \"{given}\": must be one of `secret` (a connection string in a \
