@@ -106,6 +106,7 @@ pub(crate) async fn bind(
     let limits = ConnectionLimits {
         header_read_timeout: settings.header_read_timeout,
         max_connections: settings.max_connections as usize,
+        max_connections_per_peer: settings.max_connections_per_peer as usize,
     };
     let serve = crate::endpoint::serve(listener, app, limits, ENDPOINT, refusals, async move {
         stop.cancelled().await

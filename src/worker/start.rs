@@ -364,6 +364,7 @@ async fn serve_ops(
     let limits = crate::endpoint::ConnectionLimits {
         header_read_timeout: settings.observability.header_read_timeout,
         max_connections: settings.observability.max_connections as usize,
+        max_connections_per_peer: settings.observability.max_connections_per_peer as usize,
     };
     let (bound, serve) =
         crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)

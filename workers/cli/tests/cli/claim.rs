@@ -158,7 +158,7 @@ async fn large_payloads_go_through_the_claim_check_and_gc_removes_only_orphans()
     assert_eq!(run.code, Some(0), "{}", run.both());
     assert!(
         run.stdout
-            .contains("decoded from the body): red \\u{1b}[31malert\\u{7}\nline two"),
+            .contains("decoded body (24 bytes): red \\u{1b}[31malert\\u{7}\nline two"),
         "{}",
         run.stdout
     );
