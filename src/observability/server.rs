@@ -33,9 +33,9 @@ use crate::endpoint::{
 };
 
 /// A `/metrics` request not answered within this long gets 408.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/metrics` requests served at once; more get 503 at once.
-pub const MAX_CONCURRENT_SCRAPES: usize = 8;
+pub(crate) const MAX_CONCURRENT_SCRAPES: usize = 8;
 
 #[derive(Clone)]
 struct OpsState {
@@ -49,7 +49,11 @@ struct OpsState {
 const ENDPOINT: &str = "ops";
 
 /// The ops router, for embedding in another server or for tests.
-pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<MetricsToken>) -> Router {
+pub(crate) fn router(
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+    token: Option<MetricsToken>,
+) -> Router {
     let refusals = metrics.refusals().clone();
     let state = OpsState {
         readiness,
@@ -88,7 +92,7 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
 /// # Errors
 ///
 /// The [`std::io::Error`] of binding `addr` (in use, not permitted).
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     limits: ConnectionLimits,
     readiness: Readiness,
