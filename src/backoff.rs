@@ -117,6 +117,11 @@ impl IdleBackoff {
         self.streak = 0;
     }
 
+    /// Follows `settings` from the next delay on (a reload), keeping the streak.
+    pub(crate) fn retune(&mut self, settings: IdleBackoffSettings) {
+        self.settings = settings;
+    }
+
     /// Empty receives in a row so far.
     pub(crate) fn streak(&self) -> u32 {
         self.streak

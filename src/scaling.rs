@@ -35,6 +35,9 @@ pub enum Prompt {
     Trigger,
     /// A task's idle back-off reached its maximum; it asks to retire.
     IdleAtMax,
+    /// The scaling rules were reloaded (`ebbflow reload`, SIGHUP): the running tasks are
+    /// brought within the new `max_tasks` and `min_tasks`.
+    Reload,
 }
 
 /// What the listener knows when it asks.
@@ -169,7 +172,7 @@ pub(crate) fn decide(s: &ScalingSettings, sig: &Signals) -> Decision {
         Prompt::WorkAfterIdle => (active.max(1), Reason::WorkDetected),
         Prompt::Trigger => (active.max(1), Reason::Trigger),
         Prompt::FullBatch => (active + 1, Reason::FullBatch),
-        Prompt::Probe | Prompt::IdleAtMax => (active, Reason::Steady),
+        Prompt::Probe | Prompt::IdleAtMax | Prompt::Reload => (active, Reason::Steady),
     };
     if let Some(depth) = sig.depth {
         let by_depth = depth_target(s, depth);

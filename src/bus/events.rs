@@ -1,10 +1,10 @@
 //! The runtime's own events on the bus (type names start with `ebbflow.`): presence pulses,
-//! instances leaving, long jobs' heartbeat pulses, and role-wide commands (drain). Subscribe to them like any event:
-//! `bus.subscribe::<JobPulse>(Filter::new())`.
+//! instances leaving, long jobs' heartbeat pulses, and role-wide commands (drain, reload).
+//! Subscribe to them like any event: `bus.subscribe::<JobPulse>(Filter::new())`.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Event, Presence};
+use super::{Event, Presence, Request};
 
 /// An instance's presence pulse, multicast every `bus.pulse_interval` (also kept in Redis for
 /// `ebbflow instances`).
@@ -100,4 +100,51 @@ pub struct DrainRequested {
 
 impl Event for DrainRequested {
     const KIND: &'static str = "ebbflow.drain";
+}
+
+/// A role-wide command, as a request: the instance it reaches reads its config files again and
+/// applies the scaling rules that changed (see `RunningWorker::reload`), answering with what it
+/// did ([`Reloaded`]) or why it kept the old rules (the requester's `BusError::Remote`, naming
+/// the key). Sent by `ebbflow reload --role R` to each live instance of the role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRequested {
+    /// Why, for the instances' logs (the operator's words, or `ebbflow reload`).
+    pub reason: String,
+}
+
+impl Event for ReloadRequested {
+    const KIND: &'static str = "ebbflow.reload";
+}
+
+impl Request for ReloadRequested {
+    type Reply = Reloaded;
+}
+
+/// What a reload of the config did: the values it applied, and the changed keys it did not
+/// apply because they need a restart. Both empty: nothing changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// Each applied value, in key order.
+    pub applied: Vec<Change>,
+    /// Changed keys that take effect only after a restart (not applied), e.g. `bus.url`,
+    /// `queues.orders.encoding`, `queues.new_queue`. Keys only: their values may be secrets.
+    pub needs_restart: Vec<String>,
+}
+
+/// One applied value: its key and its old and new values as the config writes them (`"5s"`,
+/// `8`; a key that was unset reads `none`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The full key, e.g. `queues.orders.scaling.max_tasks`.
+    pub key: String,
+    /// The value before the reload.
+    pub old: String,
+    /// The value now.
+    pub new: String,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.old, self.new)
+    }
 }

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{
-    Address, Bus, BusError, Envelope, Health, Inbound, Member, Presence, Reach, Receipt, SentState,
-    WorkNotice,
+    Address, Bus, BusError, DedupClaim, Envelope, Health, Inbound, Member, Presence, Reach,
+    Receipt, SentState, WorkNotice,
 };
 
 /// Shared state of the in-process instances. Clones share it.
@@ -51,6 +51,20 @@ struct State {
     /// Per queue: found empty since the last send, and sends since then.
     work_state: HashMap<String, (bool, u64)>,
     presence: BTreeMap<String, (Presence, Instant)>,
+    /// Shared de-duplication marks: done until, and running (token, until).
+    done: HashMap<String, Instant>,
+    running: HashMap<String, (String, Instant)>,
+}
+
+impl State {
+    /// Forgets expired de-duplication marks once there are many (memory stays bounded by
+    /// the marks live within their windows).
+    fn forget_expired_marks(&mut self, now: Instant) {
+        if self.done.len() + self.running.len() > 1024 {
+            self.done.retain(|_, until| *until > now);
+            self.running.retain(|_, (_, until)| *until > now);
+        }
+    }
 }
 
 struct Endpoint {
@@ -294,6 +308,62 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     fn member(&self) -> &Member {
         &self.member
+    }
+
+    async fn dedup_claim(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<DedupClaim, BusError> {
+        let mut state = self.state()?;
+        let now = Instant::now();
+        state.forget_expired_marks(now);
+        if state.done.get(key).is_some_and(|until| *until > now) {
+            return Ok(DedupClaim::Done);
+        }
+        if state
+            .running
+            .get(key)
+            .is_some_and(|(_, until)| *until > now)
+        {
+            return Ok(DedupClaim::Running);
+        }
+        let held = (token.to_string(), now + lease);
+        state.running.insert(key.to_string(), held);
+        Ok(DedupClaim::Claimed)
+    }
+
+    async fn dedup_renew(&self, key: &str, token: &str, lease: Duration) -> Result<bool, BusError> {
+        let mut state = self.state()?;
+        let now = Instant::now();
+        match state.running.get_mut(key) {
+            Some((held, until)) if held == token && *until > now => {
+                *until = now + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn dedup_finish(
+        &self,
+        key: &str,
+        token: &str,
+        done_for: Option<Duration>,
+    ) -> Result<(), BusError> {
+        let mut state = self.state()?;
+        if let Some(window) = done_for {
+            state.done.insert(key.to_string(), Instant::now() + window);
+        }
+        if state
+            .running
+            .get(key)
+            .is_some_and(|(held, _)| held == token)
+        {
+            state.running.remove(key);
+        }
+        Ok(())
     }
 
     async fn send(&self, envelope: &Envelope) -> Result<(), BusError> {

@@ -438,6 +438,44 @@ pub trait Bus: Send + Sync + 'static {
         ))
     }
 
+    /// Shared de-duplication (the `Dedup` layer's `across_replicas`), one atomic step: when
+    /// `key` was marked done, [`DedupClaim::Done`]; else when another holder's running mark
+    /// is live, [`DedupClaim::Running`]; else this caller's running mark (`token`, expiring
+    /// after `lease`) is set and [`DedupClaim::Claimed`] returned. Transports without a store
+    /// keep the default ([`BusError::Unsupported`]: the layer stays per process).
+    async fn dedup_claim(
+        &self,
+        _key: &str,
+        _token: &str,
+        _lease: Duration,
+    ) -> Result<DedupClaim, BusError> {
+        Err(BusError::Unsupported(
+            "this bus shares no de-duplication marks (bus.kind = \"none\")".into(),
+        ))
+    }
+
+    /// Extends this caller's running mark of `key` (still `token`) by `lease`; `Ok(false)`
+    /// when it is no longer this caller's (it expired).
+    async fn dedup_renew(
+        &self,
+        _key: &str,
+        _token: &str,
+        _lease: Duration,
+    ) -> Result<bool, BusError> {
+        Ok(false)
+    }
+
+    /// Ends this caller's run of `key`: marks it done for `done_for` when given (a success),
+    /// then removes the running mark when it is still `token`.
+    async fn dedup_finish(
+        &self,
+        _key: &str,
+        _token: &str,
+        _done_for: Option<Duration>,
+    ) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// Leaves: withdraws this instance's presence and stops receiving.
     async fn close(&self);
 
@@ -445,6 +483,17 @@ pub trait Bus: Send + Sync + 'static {
     fn counters(&self) -> TransportCounters {
         TransportCounters::default()
     }
+}
+
+/// What a shared de-duplication claim found ([`Bus::dedup_claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupClaim {
+    /// The key was handled successfully within its window: skip the message.
+    Done,
+    /// Another holder runs a message with this key now.
+    Running,
+    /// The caller holds the running mark: run it, then [`Bus::dedup_finish`].
+    Claimed,
 }
 
 /// A transport's counters: outages and recoveries, entries taken over from another consumer.

@@ -29,6 +29,11 @@ pub struct ObservabilitySettings {
     /// Connections open at once on the ops endpoint, 1..=10000 (default 64); one more is
     /// closed at once. Its own budget: a flood of the trigger port leaves probes this one.
     pub max_connections: u32,
+    /// Connections open at once on the ops endpoint from one peer (one source IP address; an
+    /// IPv6 one by its /64), 1..=10000 (default 16; at most `max_connections` applies): one
+    /// more from that peer is closed at once, so one client flooding the ops port leaves the
+    /// probes (from the kubelet's address) their slots.
+    pub max_connections_per_peer: u32,
     /// OpenTelemetry traces (`[observability.traces]`): off unless an endpoint is set here or
     /// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub traces: TracesSettings,
@@ -41,6 +46,7 @@ impl Default for ObservabilitySettings {
             metrics_token: None,
             header_read_timeout: Duration::from_secs(5),
             max_connections: 64,
+            max_connections_per_peer: 16,
             traces: TracesSettings::default(),
         }
     }
@@ -57,6 +63,12 @@ impl ObservabilitySettings {
         crate::checks::check_range(
             "observability.max_connections",
             self.max_connections,
+            1,
+            10_000,
+        )?;
+        crate::checks::check_range(
+            "observability.max_connections_per_peer",
+            self.max_connections_per_peer,
             1,
             10_000,
         )

@@ -17,6 +17,9 @@ use tokio::time::Instant;
 pub enum Refusal {
     /// Every connection slot was taken; the connection was closed at once.
     MaxConnections,
+    /// The connection's peer (its source IP address) held all the slots it may; the
+    /// connection was closed at once.
+    MaxConnectionsPerPeer,
     /// A request's head did not arrive within the header-read timeout (or a kept-alive
     /// connection sat idle that long); the connection was closed.
     HeaderTimeout,
@@ -29,8 +32,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 5] = [
+    const ALL: [Refusal; 6] = [
         Refusal::MaxConnections,
+        Refusal::MaxConnectionsPerPeer,
         Refusal::HeaderTimeout,
         Refusal::Unauthorized,
         Refusal::Busy,
@@ -40,6 +44,7 @@ impl Refusal {
     fn label(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",
+            Refusal::MaxConnectionsPerPeer => "max_connections_per_peer",
             Refusal::HeaderTimeout => "header_timeout",
             Refusal::Unauthorized => "unauthorized",
             Refusal::Busy => "busy",

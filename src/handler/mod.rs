@@ -338,7 +338,7 @@ impl HandlerError {
     pub fn release(after: Duration) -> Self {
         Self::Release {
             after,
-            source: "released by the handler".into(),
+            source: "the handler said not now".into(),
         }
     }
 

@@ -32,6 +32,7 @@ mod slots;
 mod stats;
 mod supervisor;
 mod task;
+mod tuning;
 
 use std::sync::{Arc, Mutex};
 
@@ -278,6 +279,9 @@ pub(crate) struct Shared {
     policy: Arc<dyn crate::scaling::ScalingPolicy>,
     /// The host's callbacks.
     events: events::Events,
+    /// The scaling rules and idle back-off now (a reload may change them; `settings` keeps
+    /// the ones the listener started with).
+    tuning: tuning::Tuning,
 }
 
 impl Wake for Shared {
@@ -348,7 +352,7 @@ impl Shared {
     /// must not spin its message through receive and release as fast as the store answers.
     /// The wait runs on the worker's tracker and ends at `stop`.
     fn wake_after(self: &Arc<Self>, after: std::time::Duration) {
-        let after = after.max(self.settings.idle_backoff.min);
+        let after = after.max(self.tuning.now().idle_backoff.min);
         let shared = self.clone();
         self.control.life.tracker.spawn(async move {
             let stop = shared.control.life.stop.clone();
@@ -401,6 +405,10 @@ impl QueueListener {
         };
         let name: Arc<str> = Arc::from(spec.queue.name());
         let shared = Arc::new(Shared {
+            tuning: tuning::Tuning::new(tuning::Tuned {
+                scaling: settings.scaling.clone(),
+                idle_backoff: settings.idle_backoff,
+            }),
             hooks: spec.hooks,
             policy: spec.policy,
             events: events::Events::new(name.clone(), spec.event_hooks),
@@ -468,6 +476,26 @@ impl QueueListener {
     /// Whether the listener's supervisor still runs (it ends on stop, or by a panic).
     pub fn is_running(&self) -> bool {
         !self.shared.control.supervisor_ended.is_cancelled()
+    }
+
+    /// Applies reloaded rules: the scaling settings (`wake_on_publish` aside, which stays as
+    /// started) and the idle back-off. The supervisor re-reads its probe intervals and caps
+    /// the running tasks at the new `max_tasks`; the next decision and every task's next empty
+    /// receive follow the new rules. The caller has validated them.
+    pub(crate) fn retune(
+        &self,
+        scaling: crate::scaling::ScalingSettings,
+        idle_backoff: crate::backoff::IdleBackoffSettings,
+    ) {
+        let scaling = crate::scaling::ScalingSettings {
+            wake_on_publish: self.shared.settings.scaling.wake_on_publish,
+            ..scaling
+        };
+        self.shared.tuning.set(tuning::Tuned {
+            scaling,
+            idle_backoff,
+        });
+        self.shared.control.tell(Event::Retuned);
     }
 
     /// Messages received and not yet settled.

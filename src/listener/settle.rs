@@ -86,8 +86,9 @@ impl Settle {
                 HandlerError::Undecodable { source } => {
                     Settle::Poison(PoisonReason::Undecodable, source.to_string())
                 }
-                HandlerError::Release { after, .. } => {
-                    Settle::Release(cap(after), "the handler said not now".into())
+                // Why, as the handler or layer gave it ("over the rate limit", ...).
+                HandlerError::Release { after, source } => {
+                    Settle::Release(cap(after), source.to_string())
                 }
                 HandlerError::Poison { source } if !interrupted => {
                     Settle::Poison(PoisonReason::Rejected, source.to_string())

@@ -135,20 +135,20 @@ impl Supervisor {
     }
 
     pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Event>) {
-        let scaling = self.shared.settings.scaling.clone();
-        let mut probe = tokio::time::interval(scaling.depth_probe_interval);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut idle_probe = tokio::time::interval(
-            scaling
-                .idle_probe_interval
-                .unwrap_or(Duration::from_secs(3600)),
-        );
-        idle_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scaling = self.shared.tuning.now();
+        let (mut probe, mut idle_probe) = probe_timers(&scaling.scaling, false);
         let stop = self.shared.control.life.stop.clone();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 event = inbox.recv() => match event {
+                    Some(Event::Retuned) => {
+                        // The probe intervals start over from now, at the new periods (no
+                        // probe at once: a reload is no reason to pay a call).
+                        scaling = self.shared.tuning.now();
+                        (probe, idle_probe) = probe_timers(&scaling.scaling, true);
+                        self.retuned();
+                    }
                     Some(event) => self.on_event(event).await,
                     None => break,
                 },
@@ -163,7 +163,7 @@ impl Supervisor {
                         self.pace.full_since_probe = false;
                     }
                 }
-                _ = idle_probe.tick(), if scaling.idle_probe_interval.is_some() => {
+                _ = idle_probe.tick(), if scaling.scaling.idle_probe_interval.is_some() => {
                     if self.roster.tasks.is_empty() {
                         let found = self.probe_depth().await;
                         if found.depth.is_some_and(|d| d > 0) {
@@ -191,7 +191,8 @@ impl Supervisor {
                 // task draining a trickle is none of these; probing it would bill each message.
                 let age_rule = self
                     .shared
-                    .settings
+                    .tuning
+                    .now()
                     .scaling
                     .scale_up_when_older_than
                     .is_some();
@@ -225,6 +226,8 @@ impl Supervisor {
                 let found = self.probe_if_due().await;
                 self.scale(Prompt::Trigger, found);
             }
+            // Handled in `run`, which owns the probe timers.
+            Event::Retuned => self.retuned(),
             Event::Visible => {
                 // No probe: the message is known; a task must be there to receive it.
                 if self.roster.tasks.is_empty() {
@@ -346,12 +349,45 @@ impl Supervisor {
     /// The queue's policy's decision on the signals now, within the listener's bounds
     /// (`max_tasks`, the `min_tasks` floor).
     fn decide(&self, prompt: Prompt, found: Probe) -> Decision {
-        let settings = &self.shared.settings.scaling;
+        let tuned = self.shared.tuning.now();
+        let settings = &tuned.scaling;
         let said = self
             .shared
             .policy
             .decide(settings, &self.signals(prompt, found));
         crate::scaling::bounded(settings, said)
+    }
+
+    /// The rules were reloaded: bring the running tasks within the new `max_tasks` (all the
+    /// excess retires at once, the most idle first) and `min_tasks` (a task starts). Anything
+    /// else waits for the next decision, which reads the new rules.
+    fn retuned(&mut self) {
+        let tuned = self.shared.tuning.now();
+        info!(queue = %self.shared.io.name, max_tasks = tuned.scaling.max_tasks.get(),
+              min_tasks = tuned.scaling.min_tasks.get(), "scaling rules reloaded");
+        let from = self.active();
+        let d = self.decide(Prompt::Reload, Probe::default());
+        if d.target < from {
+            while self.active() > d.target {
+                self.retire_most_idle();
+            }
+            self.pace.last_down = Some(Instant::now());
+            let d = Decision {
+                reason: crate::scaling::Reason::AtMax,
+                ..d
+            };
+            self.record(d, Prompt::Reload, from);
+        } else if d.target > from {
+            while self.active() < d.target {
+                self.spawn_task();
+            }
+            self.pace.last_up = Some(Instant::now());
+            let d = Decision {
+                reason: crate::scaling::Reason::KeepLast,
+                ..d
+            };
+            self.record(d, Prompt::Reload, from);
+        }
     }
 
     /// Cancels the token of the task with the longest idle streak. Its messages run on (they
@@ -409,7 +445,7 @@ impl Supervisor {
     }
 
     async fn probe_if_due(&mut self) -> Probe {
-        let interval = self.shared.settings.scaling.depth_probe_interval;
+        let interval = self.shared.tuning.now().scaling.depth_probe_interval;
         let due = self.pace.last_probe.is_none_or(|t| t.elapsed() >= interval);
         if due {
             self.probe_depth().await
@@ -430,7 +466,8 @@ impl Supervisor {
         let stats = &self.shared.stats;
         let want_age = self
             .shared
-            .settings
+            .tuning
+            .now()
             .scaling
             .scale_up_when_older_than
             .is_some();
@@ -473,4 +510,27 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The busy-probe and idle-probe timers for `scaling` (the idle one never fires without an
+/// `idle_probe_interval`: its branch is off). The first ticks are at once, or one period from
+/// now when `later`.
+fn probe_timers(
+    scaling: &crate::scaling::ScalingSettings,
+    later: bool,
+) -> (tokio::time::Interval, tokio::time::Interval) {
+    let timer = |period: Duration| {
+        let first = if later {
+            Instant::now() + period
+        } else {
+            Instant::now()
+        };
+        let mut timer = tokio::time::interval_at(first, period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    };
+    let idle = scaling
+        .idle_probe_interval
+        .unwrap_or(Duration::from_secs(3600));
+    (timer(scaling.depth_probe_interval), timer(idle))
 }

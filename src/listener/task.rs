@@ -61,6 +61,8 @@ pub(super) enum Event {
     Trigger,
     /// A message this listener retried or released is visible again.
     Visible,
+    /// A reload changed the scaling rules or the idle back-off.
+    Retuned,
 }
 
 /// How the task waits before its next receive.
@@ -148,8 +150,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
     let (io, flow, stats) = (&shared.io, &shared.flow, &shared.stats);
     let _guard = TaskGuard { stats, id };
     let settings = &shared.settings;
-    let mut backoff = IdleBackoff::new(settings.idle_backoff);
-    let max_sleep = settings.idle_backoff.max;
+    let mut backoff = IdleBackoff::new(shared.tuning.now().idle_backoff);
     let mut next = Next::Now;
     // The first receive counts as "after idleness": work found then is news to the scaler.
     let mut after_idle = true;
@@ -204,6 +205,10 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                     hooks.drained();
                 }
                 after_idle = true;
+                // The curve now: a reload may have changed it since the last empty receive.
+                let curve = shared.tuning.now().idle_backoff;
+                backoff.retune(curve);
+                let max_sleep = curve.max;
                 let (delay, retire) = match then(Received::Nothing, quiet, flow.covered) {
                     Then::Rest => (max_sleep, true),
                     Then::Climb { retire } => (backoff.next_delay(), retire),
@@ -297,7 +302,7 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
         next = match then(Received::Messages { filled }, quiet, flow.covered) {
             Then::Refill => Next::Refill,
             Then::AwaitTrigger => Next::AwaitTrigger,
-            Then::Pause => Next::Sleep(settings.idle_backoff.min),
+            Then::Pause => Next::Sleep(shared.tuning.now().idle_backoff.min),
             other => unreachable!("a receive with messages never leads to {other:?}"),
         };
     }
@@ -351,12 +356,13 @@ async fn wait(
         }
         Next::Sleep(delay) => Some(sleep_until_woken(token, flow, delay, seen).await),
         Next::AwaitTrigger => {
-            let woke = sleep_until_woken(token, flow, shared.settings.idle_backoff.max, seen).await;
+            let tuned = shared.tuning.now();
+            let woke = sleep_until_woken(token, flow, tuned.idle_backoff.max, seen).await;
             if woke == Woke::Timer {
                 *quiet = true;
                 // Covered at min_tasks = 0: every message comes with a trigger, and none came.
                 // Retire now rather than pay a receive to learn what the triggers said.
-                if shared.settings.scaling.min_tasks == 0
+                if tuned.scaling.min_tasks == 0
                     && may_retire(&shared.control.events, turn.id, seen).await
                 {
                     debug!(queue = %shared.io.name, task = turn.id, "task retired: no trigger came");
@@ -371,7 +377,7 @@ async fn wait(
         Some(Woke::Stopped) => return None,
         Some(Woke::Trigger) => {
             if let Some(empty_at) = turn.empty_at {
-                let paced = empty_at + trigger_pace(&shared.settings.idle_backoff);
+                let paced = empty_at + trigger_pace(&shared.tuning.now().idle_backoff);
                 tokio::select! {
                     _ = token.cancelled() => return None,
                     _ = tokio::time::sleep_until(paced) => {}

@@ -65,7 +65,7 @@ impl Metrics {
         let refusals = crate::endpoint::Refusals::default();
         registry.register(
             "ebbflow_http_refused",
-            "Connections and requests the trigger and ops endpoints refused, by endpoint (trigger, ops) and reason (max_connections, header_timeout, unauthorized, busy, timeout)",
+            "Connections and requests the trigger and ops endpoints refused, by endpoint (trigger, ops) and reason (max_connections, max_connections_per_peer, header_timeout, unauthorized, busy, timeout)",
             refusals.family(),
         );
         Self {

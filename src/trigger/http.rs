@@ -15,7 +15,9 @@
 //! `Authorization: Bearer <token>` (the scheme in any case), compared in constant time
 //! (`subtle`); `?token=` is accepted only with `allow_query_token` (for webhook systems that
 //! cannot set headers), since URLs end up in proxies' and access logs. Bad bodies get 400 with
-//! the reason, bodies over the limit 413, a missing or wrong token 401, a request not answered
+//! the reason, an event naming a queue this worker has no listener for 404 (naming it and the
+//! queues it has; the request's other events are delivered), bodies over the limit 413, a
+//! missing or wrong token 401, a request not answered
 //! within `request_timeout` (reading its body included) 408, and requests beyond
 //! `max_concurrent_requests` at once 503 at once (tower's timeout, concurrency-limit and
 //! load-shed layers). Events naming another storage account than the worker's are ignored.
@@ -104,6 +106,7 @@ pub(crate) async fn bind(
     let limits = ConnectionLimits {
         header_read_timeout: settings.header_read_timeout,
         max_connections: settings.max_connections as usize,
+        max_connections_per_peer: settings.max_connections_per_peer as usize,
     };
     let serve = crate::endpoint::serve(listener, app, limits, ENDPOINT, refusals, async move {
         stop.cancelled().await
@@ -231,6 +234,37 @@ async fn trigger(
         .map(|e| state.hub.deliver(e, super::TriggerSource::Http))
         .sum();
     tracing::debug!(events = events.len(), woken, "trigger delivery");
+    // An event for a queue this worker does not listen on is a mistake to say, not a silent
+    // zero: a misspelt name, or the trigger sent to the wrong workers. The others were
+    // delivered all the same.
+    let mut unknown: Vec<&str> = events
+        .iter()
+        .filter(|e| state.hub.is_unknown_queue(e))
+        .map(|e| e.queue.as_str())
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        let queues = state.hub.queues();
+        let error = format!(
+            "this worker does not listen on queue {}; it listens on {}: check the queue name, \
+             and that the trigger goes to the workers of that queue",
+            unknown.join(", "),
+            if queues.is_empty() {
+                "none".to_string()
+            } else {
+                queues.join(", ")
+            }
+        );
+        let body = json!({
+            "error": error,
+            "unknown_queues": unknown,
+            "queues": queues,
+            "events": events.len(),
+            "woken": woken,
+        });
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
     (
         StatusCode::ACCEPTED,
         Json(json!({ "events": events.len(), "woken": woken })),

@@ -132,14 +132,37 @@ impl Hub {
         woken
     }
 
+    /// The queues with a listener here, sorted.
+    pub fn queues(&self) -> Vec<String> {
+        let listeners = self.listeners.read().expect("hub lock poisoned");
+        let mut queues: Vec<String> = listeners.keys().cloned().collect();
+        queues.sort();
+        queues
+    }
+
+    /// Whether `event` is for this worker's storage account (or names none), and so for this
+    /// hub to deliver.
+    pub fn is_for_this_account(&self, event: &WorkDetected) -> bool {
+        match (&self.account, &event.account) {
+            (Some(ours), Some(theirs)) => ours.eq_ignore_ascii_case(theirs),
+            _ => true,
+        }
+    }
+
+    /// Whether `event` is for this account and names a queue without a listener here.
+    pub fn is_unknown_queue(&self, event: &WorkDetected) -> bool {
+        self.is_for_this_account(event)
+            && !self
+                .listeners
+                .read()
+                .expect("hub lock poisoned")
+                .contains_key(&event.queue)
+    }
+
     /// Handles an event that came from `source`: ignored when it names another account; else
     /// [`Hub::notify_from`].
     pub fn deliver(&self, event: &WorkDetected, source: TriggerSource) -> usize {
-        let other_account = match (&self.account, &event.account) {
-            (Some(ours), Some(theirs)) => !ours.eq_ignore_ascii_case(theirs),
-            _ => false,
-        };
-        if other_account {
+        if !self.is_for_this_account(event) {
             tracing::debug!(queue = %event.queue, "trigger for another account ignored");
             return 0;
         }

@@ -58,6 +58,11 @@ pub struct HttpTriggerSettings {
     /// under the process's file-descriptor limit (`ulimit -n`), which the store and the ops
     /// endpoint share.
     pub max_connections: u32,
+    /// Connections open at once from one peer (one source IP address; an IPv6 one by its
+    /// /64), 1..=100000, at most `max_connections` applying; one more from that peer is closed
+    /// at once, so one client cannot take every slot. Behind a proxy or ingress every caller
+    /// shares the proxy's address: raise it to `max_connections` there.
+    pub max_connections_per_peer: u32,
 }
 
 impl Default for HttpTriggerSettings {
@@ -72,6 +77,7 @@ impl Default for HttpTriggerSettings {
             max_concurrent_requests: default_trigger_max_concurrent_requests(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
         }
     }
 }
@@ -80,6 +86,8 @@ impl Default for HttpTriggerSettings {
 pub(super) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default of `triggers.http.max_connections`: 256.
 pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// The default of `triggers.http.max_connections_per_peer`: 64.
+pub(super) const DEFAULT_MAX_CONNECTIONS_PER_PEER: u32 = 64;
 
 fn default_trigger_request_timeout() -> Duration {
     Duration::from_secs(10)
@@ -138,6 +146,12 @@ impl TriggerSettings {
         check_range(
             "triggers.http.max_connections",
             http.max_connections,
+            1,
+            100_000,
+        )?;
+        check_range(
+            "triggers.http.max_connections_per_peer",
+            http.max_connections_per_peer,
             1,
             100_000,
         )?;

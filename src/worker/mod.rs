@@ -10,7 +10,9 @@
 mod bus;
 mod hooks;
 mod ready;
+mod reload;
 mod report;
+pub use crate::bus::events::{Change, Reloaded};
 pub use crate::scaling::{Decision, DefaultPolicy, Prompt, Reason, ScalingPolicy, Signals};
 pub use bus::BusCounters;
 mod producer;
@@ -391,6 +393,8 @@ pub struct RunningWorker {
     _stop_on_drop: [tokio_util::sync::DropGuard; 2],
     /// Fired by a drain command on the bus (`ebbflow drain --role R`).
     drain_requested: tokio_util::sync::CancellationToken,
+    /// Live reload of the scaling rules.
+    reloader: Arc<reload::Reloader>,
     drain_timeout: Duration,
 }
 
@@ -404,6 +408,33 @@ impl std::fmt::Debug for RunningWorker {
 }
 
 impl RunningWorker {
+    /// Applies the scaling rules of `settings` without a restart, as a reload on SIGHUP or
+    /// `ebbflow reload` does from the config files: `[queues.<q>.scaling]` (all but
+    /// `wake_on_publish`) and `[queues.<q>.idle_backoff]` of each running queue. Each applied
+    /// value is logged with its old and new value; every other changed key is named in a
+    /// warning as needing a restart and not applied. The next scaling decision follows the new
+    /// rules; running tasks above a lowered `max_tasks` retire at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key when `settings` is invalid, or when its scaling rules
+    /// contradict the running config (e.g. `min_tasks = 0` on a queue nothing could wake):
+    /// then nothing changes, the old rules stay.
+    pub fn reload(&self, settings: Settings) -> Result<Reloaded, ConfigError> {
+        self.reloader.apply(settings)
+    }
+
+    /// Reads the config folder the worker's settings came from again (with the process's
+    /// environment) and applies it as [`RunningWorker::reload`] does: what SIGHUP does.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a file cannot be read or is invalid (naming the key), or when the
+    /// settings were built in code (no folder to read); nothing changes then.
+    pub fn reload_from_config(&self) -> Result<Reloaded, ConfigError> {
+        self.reloader.reread()
+    }
+
     /// Every queue's counters now.
     pub fn snapshot(&self) -> Vec<QueueSnapshot> {
         self.listeners.iter().map(QueueListener::snapshot).collect()

@@ -167,6 +167,18 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
     for observe in observers {
         observe(&bus);
     }
+    // Live reload of the scaling rules (SIGHUP, `ebbflow reload`): specs, and so listeners,
+    // are in the order of `settings.queues`.
+    let by_name = settings
+        .queues
+        .keys()
+        .cloned()
+        .zip(listeners.iter().cloned());
+    let reloader = Arc::new(super::reload::Reloader::new(
+        settings.clone(),
+        by_name.collect(),
+    ));
+    reloader.serve(&bus, &tasks::Tasks::new(&life));
     bus.start();
     let bus_counters = wiring.counters();
     let drain_requested = wiring.drain_requested();
@@ -203,6 +215,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         ],
         life,
         drain_requested,
+        reloader,
         drain_timeout: settings.worker.drain_timeout,
     })
 }
@@ -351,6 +364,7 @@ async fn serve_ops(
     let limits = crate::endpoint::ConnectionLimits {
         header_read_timeout: settings.observability.header_read_timeout,
         max_connections: settings.observability.max_connections as usize,
+        max_connections_per_peer: settings.observability.max_connections_per_peer as usize,
     };
     let (bound, serve) =
         crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)

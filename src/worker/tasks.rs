@@ -41,6 +41,11 @@ impl Tasks {
         Self { life: life.clone() }
     }
 
+    /// The worker's stop token: a service watches it to end at once.
+    pub(crate) fn stop(&self) -> tokio_util::sync::CancellationToken {
+        self.life.stop.clone()
+    }
+
     /// Runs the service `name` (made anew by `make` after a panic) until it returns or `stop`.
     pub(crate) fn service<F, Fut>(&self, name: String, make: F)
     where

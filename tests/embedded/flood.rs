@@ -204,3 +204,57 @@ async fn the_trigger_port_serves_no_metrics() {
     }
     worker.shutdown().await;
 }
+
+/// A GET of `url` from the source address `from` (another loopback address than the flood's).
+async fn get_from(from: &str, url: &str, token: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("the ops endpoint answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// One peer flooding the ops port itself takes only its own share of the ops endpoint's
+/// connections (`observability.max_connections_per_peer`), so probes from another address
+/// (the kubelet's) still answer. Without the per-peer cap the flood holds all 64 slots and
+/// every probe is closed unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_flooding_the_ops_port_leaves_the_probes_their_slots() {
+    let worker = Worker::new(settings())
+        .with_store(Arc::new(MemoryStore::new()))
+        .handler("orders", Nop)
+        .start()
+        .await
+        .unwrap();
+    let ops_addr = worker.ops_addr().unwrap();
+    let ops = format!("http://{ops_addr}");
+    // 200 idle connections from 127.0.0.1, held (the header-read timeout is 5 s).
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(TcpStream::connect(ops_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let (status, body) = get_from("127.0.0.2", &format!("{ops}/healthz"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = get_from("127.0.0.2", &format!("{ops}/readyz"), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, text) =
+        get_from("127.0.0.2", &format!("{ops}/metrics"), Some(METRICS_TOKEN)).await;
+    assert_eq!(status, 200);
+    let per_peer = sample(
+        &text,
+        "ebbflow_http_refused_total{endpoint=\"ops\",reason=\"max_connections_per_peer\"}",
+    );
+    // The default share is 16 of the 64: the other 184 were closed at once.
+    assert_eq!(per_peer, 184.0, "{text}");
+    drop(held);
+    worker.shutdown().await;
+}

@@ -23,4 +23,6 @@ mod handler_api;
 mod listener_hooks;
 mod ops;
 mod outputs;
+mod reload;
 mod restarts;
+mod test_kit;

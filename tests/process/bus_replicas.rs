@@ -137,6 +137,17 @@ impl Worker {
 }
 
 impl Worker {
+    /// Sends it `signal` (`"HUP"`, `"TERM"`, ...) with kill(1).
+    pub(crate) fn signal(&self, signal: &str) {
+        let child = self.0.as_ref().expect("the worker runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Its exit code once it exited by itself, or `None` when it still runs after `limit`.
     pub(crate) async fn exited_within(&mut self, limit: Duration) -> Option<Option<i32>> {
         let deadline = tokio::time::Instant::now() + limit;

@@ -15,6 +15,7 @@ mod billing;
 mod bus_drain;
 mod bus_jobs;
 mod bus_poison;
+mod bus_reload;
 mod bus_replicas;
 mod dashboard_browser;
 mod dashboard_cdp;

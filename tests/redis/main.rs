@@ -14,5 +14,6 @@ mod common;
 mod bus;
 mod bus_jobs;
 mod bus_worker;
+mod dedup;
 mod durable;
 mod fleet;

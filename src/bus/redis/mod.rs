@@ -20,9 +20,12 @@
 //!   at most once, and the one-byte nudge (`~`) that wakes readers when an entry was appended;
 //! - `P:busy:<queue>`, `P:sent:<queue>`: the publish modes' state;
 //! - `P:presence:<id>` (JSON, signed when signing is on, expiring) and the sorted set
-//!   `P:instances`: presence.
+//!   `P:instances`: presence;
+//! - `P:dedup:done:<key>`, `P:dedup:run:<key>`: shared de-duplication marks (`dedup.rs`),
+//!   each expiring (the layer's window, the running lease).
 
 mod connect;
+mod dedup;
 mod deliver;
 mod poison;
 mod presence;

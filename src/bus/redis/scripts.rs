@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 pub(super) struct Script(String);
 
 impl Script {
-    fn new(src: &str) -> Self {
+    pub(super) fn new(src: &str) -> Self {
         Self(src.to_string())
     }
 

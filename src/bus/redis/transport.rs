@@ -7,11 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
-use super::{poison, presence, readers, RedisBus, GROUP};
+use super::{dedup, poison, presence, readers, RedisBus, GROUP};
 use crate::bus::jobs::JobRecord;
 use crate::bus::{
-    Address, Bus, BusError, Envelope, Health, Inbound, Member, PoisonEntry, Presence, Reach,
-    Receipt, SentState, TransportCounters, WorkNotice,
+    Address, Bus, BusError, DedupClaim, Envelope, Health, Inbound, Member, PoisonEntry, Presence,
+    Reach, Receipt, SentState, TransportCounters, WorkNotice,
 };
 
 #[async_trait]
@@ -272,6 +272,28 @@ impl Bus for RedisBus {
 
     async fn jobs(&self) -> Result<Vec<JobRecord>, BusError> {
         presence::jobs(&self.shared).await
+    }
+
+    async fn dedup_claim(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<DedupClaim, BusError> {
+        dedup::claim(&self.shared, key, token, lease).await
+    }
+
+    async fn dedup_renew(&self, key: &str, token: &str, lease: Duration) -> Result<bool, BusError> {
+        dedup::renew(&self.shared, key, token, lease).await
+    }
+
+    async fn dedup_finish(
+        &self,
+        key: &str,
+        token: &str,
+        done_for: Option<Duration>,
+    ) -> Result<(), BusError> {
+        dedup::finish(&self.shared, key, token, done_for).await
     }
 
     fn counters(&self) -> TransportCounters {

@@ -168,8 +168,9 @@ impl AzureBlobs {
     }
 
     fn error(&self, name: &str, e: &azure_core::Error) -> BlobError {
-        let detail = redact(&describe(e));
-        let detail = detail.lines().next().unwrap_or_default().to_string();
+        // The service's XML error body as its code and message (`404 ContainerNotFound: The
+        // specified container does not exist.`), on one line.
+        let detail = super::errors::one_line(&redact(&describe(e)));
         let kind = match e.kind() {
             ErrorKind::HttpResponse { status, .. } => match u16::from(*status) {
                 404 => BlobErrorKind::NotFound,

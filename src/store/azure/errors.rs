@@ -26,7 +26,7 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// (`<?xml ...?><Error><Code>..</Code><Message>..\nRequestId:..\nTime:..</Message></Error>`)
 /// shrinks to its code and the message's first line, and what is left of line breaks and runs
 /// of spaces becomes single spaces.
-fn one_line(text: &str) -> String {
+pub(super) fn one_line(text: &str) -> String {
     let between = |open: &str, close: &str| {
         let start = text.find(open)? + open.len();
         let end = start + text[start..].find(close)?;

@@ -280,7 +280,15 @@ impl ClaimCheck {
         metadata.insert(META_EXPIRES.to_string(), expiry_text(options.time_to_live));
         metadata.insert(META_SHA256.to_string(), reference.sha256.clone());
         blobs.put(&name, stored, metadata).await.map_err(|e| {
-            let detail = format!("claim check upload failed: {e}");
+            let detail = if e.kind == BlobErrorKind::NotFound {
+                format!(
+                    "claim check upload failed: {e}; the blob container {} does not exist (a \
+                     worker creates it at start-up while storage.create_queues is true)",
+                    blobs.container()
+                )
+            } else {
+                format!("claim check upload failed: {e}")
+            };
             let source = Some(crate::store::Cause::new(e.clone()));
             if e.is_transient() {
                 StoreError::Transient {

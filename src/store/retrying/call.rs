@@ -201,6 +201,7 @@ fn with_tries(e: StoreError, tries: u32) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Levels;
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
@@ -432,31 +433,6 @@ mod tests {
         assert_eq!(report.tries, 3);
     }
 
-    /// Counts the events logged at each level while it is the thread's subscriber.
-    #[derive(Clone, Default)]
-    struct Levels(std::sync::Arc<std::sync::Mutex<Vec<tracing::Level>>>);
-
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Levels {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            self.0.lock().unwrap().push(*event.metadata().level());
-        }
-    }
-
-    impl Levels {
-        fn count(&self, level: tracing::Level) -> usize {
-            self.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| **l == level)
-                .count()
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn retries_log_at_debug_and_a_fault_costs_one_warn_line_or_a_counted_error() {
         use tracing_subscriber::layer::SubscriberExt;
@@ -497,6 +473,16 @@ mod tests {
         .await;
         let e = report.result.unwrap_err();
         assert!(!e.to_string().contains("tries"), "{e}");
+        // One try in all (max_attempts = 1): the service's error as it is, no count of tries.
+        let report = scripted::<()>(&settings(1, 3), &RefusalStreak::default(), |_| {
+            Err(transient())
+        })
+        .await;
+        assert_eq!(report.tries, 1);
+        assert_eq!(
+            report.result.unwrap_err().to_string(),
+            transient().to_string()
+        );
         assert_eq!(levels.count(tracing::Level::WARN), 1);
     }
 }

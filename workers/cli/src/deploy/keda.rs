@@ -6,8 +6,27 @@
 
 use super::load::Config;
 use super::plan::{AuthPlan, Cloud, Plan, QueueTrigger, SCALE_DOWN_PERCENT};
+use super::ship::{config_map_name, MOUNT_DIR};
 use super::yaml::{map, s, seq, Node};
 use super::{ops_bind, CONTAINER_NAME, OPS_PORT};
+
+/// The pod volume holding the shipped config files.
+const CONFIG_VOLUME: &str = "config";
+
+/// The ConfigMap with the config files the image does not carry (`files`: name, text).
+pub fn config_map(config: &Config, files: &[(String, String)]) -> Node {
+    map([
+        ("apiVersion", s("v1")),
+        ("kind", s("ConfigMap")),
+        ("metadata", metadata(config, &config_map_name(config))),
+        (
+            "data",
+            map(files
+                .iter()
+                .map(|(name, text)| (name.as_str(), s(text.as_str())))),
+        ),
+    ])
+}
 
 /// The secret key holding the connection string (secret auth).
 pub const SECRET_KEY: &str = "connection-string";
@@ -163,6 +182,10 @@ fn deployment(config: &Config, plan: &Plan) -> Node {
     // What the shell said when the manifests were checked (render refused any secret).
     let carried = super::carried(config).unwrap_or_default();
     env.extend(carried.iter().map(|(k, v)| self::env(k, v)));
+    if config.ship_files {
+        // The folder the settings were checked from, not the image's /app/config.
+        env.push(self::env(ebbflow::config::DIR_VAR, MOUNT_DIR));
+    }
     let memory = format!("{}Mi", d.memory_mib);
     let container = map([
         ("name", s(CONTAINER_NAME)),
@@ -182,17 +205,30 @@ fn deployment(config: &Config, plan: &Plan) -> Node {
                 ("limits", map([("memory", s(memory.as_str()))])),
             ]),
         ),
-        ("livenessProbe", probe("/healthz", 10, 3)),
-        ("readinessProbe", probe("/readyz", 5, 1)),
-        (
+    ]);
+    let container = if config.ship_files {
+        container.with(
+            "volumeMounts",
+            seq([map([
+                ("name", s(CONFIG_VOLUME)),
+                ("mountPath", s(MOUNT_DIR)),
+                ("readOnly", Node::from(true)),
+            ])]),
+        )
+    } else {
+        container
+    };
+    let container = container
+        .with("livenessProbe", probe("/healthz", 10, 3))
+        .with("readinessProbe", probe("/readyz", 5, 1))
+        .with(
             "securityContext",
             map([
                 ("allowPrivilegeEscalation", Node::from(false)),
                 ("readOnlyRootFilesystem", Node::from(true)),
                 ("capabilities", map([("drop", seq([s("ALL")]))])),
             ]),
-        ),
-    ]);
+        );
     let mut pod_spec = Vec::new();
     if matches!(plan.auth, AuthPlan::Identity { .. }) {
         pod_spec.push(("serviceAccountName", s(d.name.as_str())));
@@ -203,6 +239,15 @@ fn deployment(config: &Config, plan: &Plan) -> Node {
         ("securityContext", map([("runAsNonRoot", Node::from(true))])),
         ("containers", seq([container])),
     ]);
+    if config.ship_files {
+        pod_spec.push((
+            "volumes",
+            seq([map([
+                ("name", s(CONFIG_VOLUME)),
+                ("configMap", map([("name", s(config_map_name(config)))])),
+            ])]),
+        ));
+    }
     let pod_template = map([
         (
             "metadata",

@@ -23,6 +23,19 @@ pub struct Config {
     /// The environment variables the settings were checked with (`EBBFLOW__...` and
     /// `EBBFLOW_ENV`): the manifests carry them to the pod ([`super::carried`]).
     pub overrides: std::collections::BTreeMap<String, String>,
+    /// The config files the settings were read from, in load order (`default.toml`, then the
+    /// `{EBBFLOW_ENV}.toml` when it exists), as `(file name, text)`.
+    pub files: Vec<(String, String)>,
+    /// The folder they were read from (named in the manifests' header).
+    pub dir: std::path::PathBuf,
+    /// Whether the image lacks this folder, so the manifests ship [`Config::files`] to the
+    /// pod (Kubernetes: a ConfigMap mounted at [`super::ship::MOUNT_DIR`]; Container Apps
+    /// refuses). `false` from [`Config::load_from`]: the command sets it when the folder is
+    /// not the `config/` the image carries.
+    pub ship_files: bool,
+    /// The secret-holding variables outside `EBBFLOW__` that were set, not empty
+    /// (`AZURE_STORAGE_CONNECTION_STRING`): names only, for the header.
+    pub secret_vars: std::collections::BTreeSet<String>,
 }
 
 impl Config {
@@ -41,10 +54,31 @@ impl Config {
             .filter(|(k, _)| k.starts_with("EBBFLOW__") || *k == ENV_VAR)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let mut names = vec!["default.toml".to_string()];
+        if let Some(name) = env.get(ENV_VAR).filter(|n| !n.is_empty()) {
+            names.push(format!("{name}.toml"));
+        }
+        let mut files = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            if path.is_file() {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
+                files.push((name, text));
+            }
+        }
         Ok(Self {
             settings,
             deploy,
             overrides,
+            files,
+            dir: dir.to_path_buf(),
+            ship_files: false,
+            secret_vars: env
+                .iter()
+                .filter(|(k, v)| *k == "AZURE_STORAGE_CONNECTION_STRING" && !v.trim().is_empty())
+                .map(|(k, _)| k.clone())
+                .collect(),
         })
     }
 }

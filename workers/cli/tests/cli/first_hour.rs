@@ -248,7 +248,7 @@ async fn a_poison_copy_without_an_envelope_says_what_it_is_and_what_to_do() {
     );
     assert_eq!(run.code, Some(0), "{}", run.both());
     assert!(
-        run.stdout.contains("decoded body: big one"),
+        run.stdout.contains("decoded body (") && run.stdout.contains(" bytes): big one"),
         "{}",
         run.stdout
     );

@@ -163,3 +163,33 @@ fn completions_are_printed_for_each_shell() {
         assert!(run.stdout.contains("requeue"), "{shell}");
     }
 }
+
+/// Every command `ebbflow --help` lists has its entry in the book's command-line chapter (a
+/// paragraph starting in bold, `` **`ebbflow <command>`** ``, or a heading), so a new command
+/// cannot ship undocumented (a mention in passing does not count).
+#[test]
+fn every_command_is_in_the_books_command_line_chapter() {
+    let chapter = std::fs::read_to_string(crate::root("docs/src/cli.md")).unwrap();
+    let run = ebbflow(&["--help"], &[]);
+    let commands: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.contains(&"blobs"), "{}", run.stdout);
+    let missing: Vec<&&str> = commands
+        .iter()
+        .filter(|c| {
+            !chapter.contains(&format!("**`ebbflow {c}"))
+                && !chapter.contains(&format!("## `ebbflow {c}"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "commands missing from docs/src/cli.md: {missing:?}"
+    );
+}

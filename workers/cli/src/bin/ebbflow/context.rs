@@ -124,6 +124,16 @@ impl Context {
     /// backend is refused, since
     /// it lives inside one worker process and a command could never see its queues.
     pub fn store(&self, settings: &Settings) -> Result<Arc<dyn QueueStore>, CliError> {
+        // The claim check as a worker has it: large sends go to a blob, references resolve.
+        Ok(LayeredStore::wrap(
+            self.store_below_claim(settings)?,
+            claim_check(settings)?,
+        ))
+    }
+
+    /// [`Context::store`] without its claim check (retries and shards only): for a command
+    /// that puts a layer of its own under the claim check, to see what the service stores.
+    pub fn store_below_claim(&self, settings: &Settings) -> Result<Arc<dyn QueueStore>, CliError> {
         let store = ebbflow::store::open(&settings.storage)?;
         if store.kind() == BackendKind::Embedded {
             return Err(CliError::usage(format!(
@@ -135,9 +145,7 @@ impl Context {
             )));
         }
         let store = RetryingStore::wrap(store, settings.storage.retry);
-        let store = ShardingStore::wrap_sharded(store, settings.shard_counts());
-        // The claim check as a worker has it: large sends go to a blob, references resolve.
-        Ok(LayeredStore::wrap(store, claim_check(settings)?))
+        Ok(ShardingStore::wrap_sharded(store, settings.shard_counts()))
     }
 
     /// The claim check's blob container the settings name (none when it is off).

@@ -35,7 +35,9 @@ impl Command {
             Command::Keda(args) => (Target::Keda, args),
             Command::ContainerApps(args) => (Target::ContainerApps, args),
         };
-        let config = ctx.deploy_config()?;
+        let mut config = ctx.deploy_config()?;
+        // A folder other than the image's ./config rides along with the manifests.
+        config.ship_files = !ebbflow_cli::deploy::ship::is_image_folder(&ctx.config_dir());
         if config.deploy.image.is_none() {
             // stderr, so a redirected stdout still holds only the YAML.
             eprintln!(

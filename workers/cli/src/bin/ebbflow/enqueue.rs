@@ -4,10 +4,13 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ebbflow::codec::Encoding;
+use ebbflow::codec::{ClaimRef, Encoding, TraceContext};
+use ebbflow::store::{
+    Layered, LayeredStore, Queue, QueueLayer, SentMessage, StoreError, StoreLayer,
+};
 use ebbflow::store::{SendOptions, TimeToLive, MAX_MESSAGE_BYTES, MAX_VISIBILITY};
 use ebbflow::store::{DEFAULT_TIME_TO_LIVE as DEFAULT_TTL, MAX_TIME_TO_LIVE as MAX_TTL};
 
@@ -57,7 +60,7 @@ pub struct Args {
     #[arg(long, value_name = "ENCODING", value_parser = encoding_arg())]
     encoding: Option<Encoding>,
     /// Create the queue first if it does not exist (a worker creates its queues at start-up
-    /// while storage.create_queues is true).
+    /// while storage.create_queues is true), and the claim check's blob container.
     #[arg(long)]
     create: bool,
     /// Send no push trigger.
@@ -102,15 +105,23 @@ impl Args {
         )?;
         // With the claim check on, a payload up to its limit goes (to a blob when large); the
         // claim check knows only the configured queues' formats.
-        let claim_on = known && ctx.blobs(&settings)?.is_some();
+        let container = ctx.blobs(&settings)?.filter(|_| known);
+        let claim_on = container.is_some();
         let limit = if claim_on {
             settings.storage.claim_check.max_payload_bytes
         } else {
             MAX_MESSAGE_BYTES as u64
         };
         let payload = self.payload(limit)?;
+        let payload_len = payload.len();
         let text = self.encode(&payload, encoding, claim_on)?;
-        let store = ctx.store(&settings)?;
+        drop(payload);
+        // What the claim check hands on is recorded, so the report says what was stored.
+        let stored = Stored::default();
+        let store = LayeredStore::wrap(
+            LayeredStore::wrap(ctx.store_below_claim(&settings)?, stored.clone()),
+            crate::context::claim_check(&settings)?,
+        );
         let queue = store.queue(&self.queue)?;
         let target = push::Target {
             off: self.no_trigger,
@@ -122,6 +133,14 @@ impl Args {
             if self.create {
                 if let Err(e) = queue.create_if_missing().await {
                     return Err(CliError::from(e));
+                }
+                // And the claim check's container, as a worker's start-up creates it.
+                if let Some(blobs) = &container {
+                    blobs.create_if_missing().await.map_err(|e| {
+                        CliError::runtime(format!(
+                            "storage.claim_check.container: cannot create it: {e}"
+                        ))
+                    })?;
                 }
             }
             // Up to SENDERS sends in flight: a round trip each, so 10,000 copies take seconds,
@@ -200,10 +219,15 @@ impl Args {
         })??;
         if !sent.is_empty() {
             say!(
-                "sent {} message(s) to {} ({encoding}, {} bytes of text each{}{})",
+                "sent {} message(s) to {} ({encoding}, {}{}{})",
                 sent.len(),
                 self.queue,
-                text.len(),
+                stored.describe(
+                    payload_len,
+                    text.len(),
+                    settings.storage.claim_check.threshold_bytes,
+                    sent.len()
+                ),
                 match options.time_to_live {
                     TimeToLive::ServiceDefault => String::new(),
                     ttl => format!(", ttl {ttl}"),
@@ -392,4 +416,67 @@ fn whole_seconds(d: Duration) -> u64 {
 /// Whether XML 1.0 allows `c` in text: the service refuses a message with any other.
 fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// A layer under the claim check that keeps the first text it hands to the queue: the message
+/// as the service stores it (the text itself, or the claim check's reference).
+#[derive(Clone, Default)]
+struct Stored(Arc<Mutex<Option<String>>>);
+
+impl Stored {
+    /// The report's words for what went to the queue: `payload` bytes written as `text` bytes
+    /// of text (the claim check's `threshold` the most that stays text), `sent` times.
+    fn describe(&self, payload: usize, text: usize, threshold: usize, sent: usize) -> String {
+        let stored = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+        let reference = stored
+            .as_deref()
+            .and_then(|s| ClaimRef::parse(TraceContext::unwrap(s).1).ok().flatten());
+        let stored_len = stored.as_deref().map_or(text, str::len);
+        let Some(r) = reference else {
+            return format!("{text} bytes of text each");
+        };
+        let each = if sent > 1 { " each" } else { "" };
+        match (&r.container, &r.blob) {
+            (Some(container), Some(blob)) => format!(
+                "through the claim check: the payload of {payload} bytes ({text} bytes as text, \
+                 over the {threshold}-byte limit) went to {}{} ({} bytes stored, {}), and the message is \
+                 a {stored_len}-byte reference{each}",
+                if sent > 1 {
+                    format!("a blob of its own per message in container {container}, the first ")
+                } else {
+                    "blob ".to_string()
+                },
+                if sent > 1 { blob.clone() } else { format!("{container}/{blob}") },
+                r.stored_len(),
+                r.content_encoding,
+            ),
+            _ => format!(
+                "through the claim check: the payload of {payload} bytes ({text} bytes as text) \
+                 compressed with {} to {} bytes stays on the queue, as a {stored_len}-byte \
+                 inline reference{each}",
+                r.content_encoding,
+                r.stored_len(),
+            ),
+        }
+    }
+}
+
+impl QueueLayer for Stored {
+    fn send<'a>(
+        &'a self,
+        inner: &'a dyn Queue,
+        text: &'a str,
+        options: SendOptions,
+    ) -> impl std::future::Future<Output = Result<SentMessage, StoreError>> + Send + 'a {
+        if let Ok(mut first) = self.0.lock() {
+            first.get_or_insert_with(|| text.to_string());
+        }
+        inner.send(text, options)
+    }
+}
+
+impl StoreLayer for Stored {
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        Layered::wrap(queue, self.clone())
+    }
 }

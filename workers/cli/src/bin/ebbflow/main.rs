@@ -43,6 +43,7 @@ mod poison;
 mod progress;
 mod push;
 mod queue;
+mod reload;
 mod settings;
 mod simulate;
 mod stats;
@@ -103,6 +104,9 @@ enum Command {
     /// Drain every instance of a role (all at once or one at a time): each stops taking work,
     /// finishes what it holds and exits 0.
     Drain(drain::Args),
+    /// Make every live instance of a role reload its scaling rules from its config files (as
+    /// SIGHUP does), and show what each applied.
+    Reload(reload::Args),
     /// List running and recent long jobs (heartbeat progress records) on the bus.
     Jobs(jobs::Args),
     /// The bus's own administration: `bus poison list|show|requeue`.
@@ -129,6 +133,7 @@ impl Command {
             Command::Instances(args) => args.run(ctx),
             Command::Jobs(args) => args.run(ctx),
             Command::Drain(args) => args.run(ctx),
+            Command::Reload(args) => args.run(ctx),
             Command::Bus(command) => command.run(ctx),
             Command::Completions(args) => args.run(),
         }

@@ -1,6 +1,8 @@
 //! `ebbflow poison list|show|requeue`: a configured queue's poison queue.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::PathBuf;
 
 use ebbflow::config::QueueSettings;
 use ebbflow::listener::poison::{PoisonQueue, PoisonRecord, Selection};
@@ -24,7 +26,10 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
     },
-    /// Show one poison message: its envelope (failure details) and decoded body.
+    /// Show one poison message: its envelope (failure details) and a preview of its payload
+    /// (a claim-check reference resolved): text with control characters escaped, cut at 2,000
+    /// characters, or for bytes that are not UTF-8 a hex dump of the first 256; always with the
+    /// full size. --out or --raw give the payload's exact bytes.
     Show {
         /// The configured queue whose poison queue to read.
         #[arg(long, value_name = "NAME")]
@@ -32,6 +37,13 @@ pub enum Command {
         /// The poison message's id (as `poison list` prints it).
         #[arg(long, value_name = "ID")]
         id: String,
+        /// Write the payload's exact bytes to FILE (created or replaced), and show the rest.
+        #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+        out: Option<PathBuf>,
+        /// Write only the payload's exact bytes to stdout, nothing else (for a pipe: `... --raw
+        /// > payload.bin`).
+        #[arg(long)]
+        raw: bool,
     },
     /// Send poison messages back to their source queue with their original text, then delete
     /// the poison copies, then send the push trigger the config declares for each source queue
@@ -121,40 +133,65 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::Show { id, .. } => {
+            Command::Show { id, out, raw, .. } => {
                 let record = poison.inspect(&id).await?.ok_or_else(|| {
                     CliError::runtime(format!("no message {id} on {}", poison.name()))
                 })?;
+                // The payload, and where it came from (or why it cannot be had).
+                let text = match &record.envelope {
+                    Ok(e) => e.body.as_str(),
+                    Err(_) => record.text.as_str(),
+                };
+                let payload: Result<(Vec<u8>, &str, &str), String> = match claim.open(text).await {
+                    Ok(Some(bytes)) => Ok((bytes, "payload", ", from the claim check's blob")),
+                    Ok(None) => settings
+                        .encoding
+                        .decode(text)
+                        .map(|bytes| (bytes, "decoded body", ""))
+                        .map_err(|e| format!("the body does not decode: {e}")),
+                    Err(why) => Err(format!("payload unavailable: {why}")),
+                };
+                if raw {
+                    let (bytes, _, _) = payload.map_err(CliError::runtime)?;
+                    return write_raw(&bytes);
+                }
                 match &record.envelope {
                     Ok(e) => {
                         let json = serde_json::to_string_pretty(e).map_err(CliError::runtime)?;
                         say!("{json}");
-                        match claim.open(&e.body).await {
-                            // A claim-check reference: its payload, fetched and checked.
-                            Ok(Some(bytes)) => say!(
-                                "payload ({} bytes, from the claim check's blob): {}",
-                                bytes.len(),
-                                String::from_utf8_lossy(&bytes)
-                            ),
-                            Ok(None) => {
-                                if let Ok(bytes) = settings.encoding.decode(&e.body) {
-                                    say!("decoded body: {}", String::from_utf8_lossy(&bytes));
-                                }
-                            }
-                            Err(why) => say!("payload unavailable: {why}"),
-                        }
                     }
-                    Err(why) => {
+                    Err(_) => {
                         say!("{}  {BARE_COPY}", record.id);
-                        say!("text: {}", record.text);
-                        if let Ok(bytes) = settings.encoding.decode(&record.text) {
-                            say!("decoded body: {}", String::from_utf8_lossy(&bytes));
-                        }
-                        say!("{}", bare_copies_note(&source));
-                        say!("(not read as an envelope: {why})");
+                        say!("text: {}", escaped(&record.text, PREVIEW_CHARS).0);
                     }
                 }
-                Ok(())
+                match (&payload, &out) {
+                    (Ok((bytes, what, from)), Some(path)) => {
+                        std::fs::write(path, bytes).map_err(|e| {
+                            CliError::runtime(format!("--out {}: {e}", path.display()))
+                        })?;
+                        say!(
+                            "{what} ({} bytes{from}) written to {}",
+                            bytes.len(),
+                            path.display()
+                        );
+                    }
+                    (Ok((bytes, what, from)), None) => {
+                        say!("{what} ({} bytes{from}): {}", bytes.len(), preview(bytes));
+                    }
+                    (Err(why), _) => say!("{why}"),
+                }
+                if let Err(why) = &record.envelope {
+                    say!("{}", bare_copies_note(&source));
+                    say!("(not read as an envelope: {why})");
+                }
+                match (payload, out) {
+                    (Err(why), Some(path)) => Err(CliError::runtime(format!(
+                        "--out {}: nothing written: {why}",
+                        path.display()
+                    ))),
+                    _ => Ok(()),
+                }
             }
             Command::Requeue {
                 id,
@@ -281,4 +318,79 @@ fn summary_line(r: &PoisonRecord) -> String {
         }
         Err(_) => format!("{}  {BARE_COPY}", r.id),
     }
+}
+
+/// The characters of a text payload `poison show` prints.
+const PREVIEW_CHARS: usize = 2000;
+/// The bytes of a binary payload `poison show` prints, in hex.
+const PREVIEW_BYTES: usize = 256;
+
+/// A payload for the terminal: UTF-8 text with its control characters escaped (line breaks and
+/// tabs kept), cut at [`PREVIEW_CHARS`]; other bytes as a hex dump of the first
+/// [`PREVIEW_BYTES`]. What was left out is said, with how to get all of it.
+fn preview(bytes: &[u8]) -> String {
+    let whole = "--out FILE or --raw give the exact bytes";
+    match std::str::from_utf8(bytes) {
+        Ok(text) => match escaped(text, PREVIEW_CHARS) {
+            (shown, false) => shown,
+            (shown, true) => format!(
+                "{shown}\n... (cut at {PREVIEW_CHARS} characters of {} bytes; {whole})",
+                bytes.len()
+            ),
+        },
+        Err(_) => {
+            let mut out = format!(
+                "not UTF-8 text; the first {} bytes in hex:",
+                bytes.len().min(PREVIEW_BYTES)
+            );
+            for (i, row) in bytes.chunks(16).take(PREVIEW_BYTES / 16).enumerate() {
+                let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
+                let ascii: String = row
+                    .iter()
+                    .map(|&b| {
+                        if b.is_ascii_graphic() || b == b' ' {
+                            b as char
+                        } else {
+                            '.'
+                        }
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "\n  {:08x}  {:<47}  |{ascii}|",
+                    i * 16,
+                    hex.join(" ")
+                ));
+            }
+            if bytes.len() > PREVIEW_BYTES {
+                out.push_str(&format!("\n  ... ({} bytes in all; {whole})", bytes.len()));
+            }
+            out
+        }
+    }
+}
+
+/// `text` with control characters escaped but line breaks and tabs, cut at `max` characters;
+/// and whether it was cut.
+fn escaped(text: &str, max: usize) -> (String, bool) {
+    let mut out = String::with_capacity(text.len().min(max * 2));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            return (out, true);
+        }
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    (out, false)
+}
+
+/// Writes `bytes` to stdout as they are (`poison show --raw`).
+fn write_raw(bytes: &[u8]) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| CliError::runtime(format!("--raw: cannot write to stdout: {e}")))
 }

@@ -196,7 +196,12 @@ async fn post(url: &str, token: Option<&str>, event: &WorkDetected) -> Result<St
     let text = response.text().await.unwrap_or_default();
     let text = redact(text.trim());
     if !status.is_success() {
-        return Err(format!("{status}: {text}"));
+        // The endpoint's refusals are `{"error": "..."}`: the reason alone reads better.
+        let reason = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+            .unwrap_or(text);
+        return Err(format!("{status}: {reason}"));
     }
     let woken = serde_json::from_str::<serde_json::Value>(&text)
         .ok()

@@ -103,3 +103,63 @@ fn a_missing_image_is_said_loudly() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `ebbflow deploy keda --config DIR` with DIR not in the image: the pod gets DIR's files (a
+/// ConfigMap, `EBBFLOW_CONFIG_DIR` pointing at it), not the image's `/app/config`, and the
+/// header says where the bus URL's secret value comes from without printing it.
+#[test]
+fn a_folder_the_image_does_not_carry_rides_with_the_manifests() {
+    let dir = std::env::temp_dir().join(format!("ebbflow-carry-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("default.toml"),
+        "[bus]\nkind = \"redis\"\nurl = \"redis://:s3cret-file@cache.example:6380/0\"\n\
+         [queues.orders.scaling]\nmin_tasks = 0\n[deploy]\nimage = \"registry.example/o:1\"\n",
+    )
+    .unwrap();
+    let (code, yaml, stderr) =
+        super::command::ebbflow(&["deploy", "keda", "--config", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!yaml.contains("s3cret-file"), "{yaml}");
+    let header: String = yaml.lines().take_while(|l| l.starts_with('#')).collect();
+    assert!(!header.contains("$EBBFLOW__BUS__URL"), "{header}");
+    assert!(header.contains("bus.url in"), "{header}");
+    let docs = docs(&yaml);
+    assert_eq!(kind(&docs, "ScaledObject")["spec"]["minReplicaCount"], 0);
+    let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    // The folder the pod loads: the shipped files where EBBFLOW_CONFIG_DIR points, else the
+    // image's own (the repository's config/, which the Dockerfile copies).
+    let pod_dir = std::env::temp_dir().join(format!("ebbflow-pod-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let pod_config = match env_of(container).get(ebbflow::config::DIR_VAR) {
+        Some(_) => {
+            let map = kind(&docs, "ConfigMap");
+            for (name, text) in map["data"].as_object().unwrap() {
+                std::fs::write(pod_dir.join(name), text.as_str().unwrap()).unwrap();
+            }
+            pod_dir.clone()
+        }
+        None => crate::root("config"),
+    };
+    let pod = worker_settings_under(&pod_config, container);
+    let checked = ebbflow::Settings::load_from(&dir, &BTreeMap::new()).unwrap();
+    // Container Apps has no ConfigMap: refused, naming the folder.
+    let (code, _, stderr) = super::command::ebbflow(&[
+        "deploy",
+        "container-apps",
+        "--config",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no ConfigMap"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&pod_dir).unwrap();
+    let pod = pod.unwrap_or_else(|e| panic!("the pod's worker refuses its config: {e}"));
+    let (mut want, mut got) = (effective(&checked), effective(&pod));
+    for v in [&mut want, &mut got] {
+        v["bus"]["url"] = Value::Null;
+        v["storage"] = Value::Null;
+        v["observability"]["bind"] = Value::Null;
+    }
+    assert_eq!(got, want);
+}

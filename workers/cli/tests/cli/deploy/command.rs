@@ -1,7 +1,7 @@
 //! The `ebbflow deploy` command itself: what it prints and how it fails.
 
 /// Runs `ebbflow <args>` with a clean environment; returns (exit code, stdout, stderr).
-fn ebbflow(args: &[&str]) -> (i32, String, String) {
+pub(super) fn ebbflow(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebbflow"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

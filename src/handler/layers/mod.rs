@@ -22,7 +22,8 @@
 //! # let _ = worker;
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+mod dedup;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{HandlerError, Job, Layer, Next};
+pub use crate::checks::InvalidSetting;
+pub use dedup::{Dedup, MAX_WINDOW, SHARED_LEASE};
 
 /// The shortest delay a release asks for: the service counts visibility in whole seconds.
 const MIN_RELEASE: Duration = Duration::from_secs(1);
@@ -63,20 +66,41 @@ impl RateLimit {
     /// At most `calls` runs per `every`.
     ///
     /// # Panics
-    /// When `calls` is 0 or `every` is zero: such a limit would release every message forever.
+    /// When `calls` is 0 or `every` is zero (such a limit would release every message
+    /// forever), with the message of [`RateLimit::try_new`]'s error naming the argument. Use
+    /// `try_new` for values read at run time.
     pub fn new(calls: u32, every: Duration) -> Self {
-        assert!(
-            calls > 0 && !every.is_zero(),
-            "RateLimit::new: calls and every must be above zero"
-        );
-        Self {
+        Self::try_new(calls, every).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RateLimit::new`], checked.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the argument (`RateLimit::new(calls)` = 0, or
+    /// `RateLimit::new(every)` = 0s) and the rule.
+    pub fn try_new(calls: u32, every: Duration) -> Result<Self, InvalidSetting> {
+        if calls == 0 {
+            return Err(InvalidSetting::new(
+                "RateLimit::new(calls)",
+                calls,
+                "must be at least 1 (a limit of 0 would release every message forever)",
+            ));
+        }
+        if every.is_zero() {
+            return Err(InvalidSetting::new(
+                "RateLimit::new(every)",
+                "0s",
+                "must be above zero (calls per what period?)",
+            ));
+        }
+        Ok(Self {
             bucket: Arc::new(Mutex::new(Bucket {
                 capacity: f64::from(calls),
                 tokens: f64::from(calls),
                 rate: f64::from(calls) / every.as_secs_f64(),
                 last: Instant::now(),
             })),
-        }
+        })
     }
 
     /// Takes a token, or says how long until one is due.
@@ -122,12 +146,27 @@ impl ConcurrencyLimit {
     /// At most `n` runs at once.
     ///
     /// # Panics
-    /// When `n` is 0: nothing would ever run.
+    /// When `n` is 0 (nothing would ever run), with the message of
+    /// [`ConcurrencyLimit::try_new`]'s error naming the argument.
     pub fn new(n: usize) -> Self {
-        assert!(n > 0, "ConcurrencyLimit::new: n must be above zero");
-        Self {
-            places: Arc::new(Semaphore::new(n)),
+        Self::try_new(n).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ConcurrencyLimit::new`], checked.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the argument (`ConcurrencyLimit::new(n)` = 0) and the rule.
+    pub fn try_new(n: usize) -> Result<Self, InvalidSetting> {
+        if n == 0 {
+            return Err(InvalidSetting::new(
+                "ConcurrencyLimit::new(n)",
+                n,
+                "must be at least 1 (with no places nothing would ever run)",
+            ));
         }
+        Ok(Self {
+            places: Arc::new(Semaphore::new(n)),
+        })
     }
 
     /// Runs now: places free at this moment.
@@ -183,17 +222,30 @@ impl CircuitBreaker {
     /// Opens after `failures` failures in a row, for `open_for`.
     ///
     /// # Panics
-    /// When `failures` is 0.
+    /// When `failures` is 0, with the message of [`CircuitBreaker::try_new`]'s error naming
+    /// the argument.
     pub fn new(failures: u32, open_for: Duration) -> Self {
-        assert!(
-            failures > 0,
-            "CircuitBreaker::new: failures must be above zero"
-        );
-        Self {
+        Self::try_new(failures, open_for).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`CircuitBreaker::new`], checked.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the argument (`CircuitBreaker::new(failures)` = 0) and the
+    /// rule.
+    pub fn try_new(failures: u32, open_for: Duration) -> Result<Self, InvalidSetting> {
+        if failures == 0 {
+            return Err(InvalidSetting::new(
+                "CircuitBreaker::new(failures)",
+                failures,
+                "must be at least 1 (failures in a row before it opens)",
+            ));
+        }
+        Ok(Self {
             state: Arc::default(),
             failures,
             open_for,
-        }
+        })
     }
 
     /// Whether it is open (releasing) now.
@@ -273,127 +325,6 @@ impl Layer for CircuitBreaker {
         let result = next.run(job).await;
         attempt.recorded = true;
         self.record(trial, matches!(result, Err(HandlerError::Retry { .. })));
-        result
-    }
-}
-
-/// Reads a de-duplication key from a job.
-type KeyOf = dyn Fn(&Job) -> Option<String> + Send + Sync;
-
-/// De-duplication: a message whose key was handled successfully before (in this process, among
-/// the last `capacity` keys) is deleted without running. The key is the message id (a message
-/// delivered twice: a lost delete, an expired lease) or one read from the payload (the same
-/// order sent twice). While a message with the same key runs, a duplicate is released for a
-/// few seconds rather than run beside it.
-///
-/// Memory is bounded: the oldest keys are forgotten past `capacity`. Only this process's
-/// runs are known: replicas do not share what they handled.
-///
-/// Clones share one memory.
-#[derive(Clone)]
-pub struct Dedup {
-    key: Arc<KeyOf>,
-    memory: Arc<Mutex<Memory>>,
-}
-
-impl std::fmt::Debug for Dedup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = lock(&self.memory);
-        f.debug_struct("Dedup")
-            .field("capacity", &m.capacity)
-            .field("remembered", &m.order.len())
-            .finish()
-    }
-}
-
-#[derive(Debug)]
-struct Memory {
-    capacity: usize,
-    done: HashSet<String>,
-    order: VecDeque<String>,
-    running: HashSet<String>,
-}
-
-/// How long a duplicate of a running message waits before it is looked at again.
-const DUPLICATE_RUNNING_DELAY: Duration = Duration::from_secs(5);
-
-impl Dedup {
-    /// By message id, remembering the last `capacity` ids handled.
-    pub fn by_message_id(capacity: usize) -> Self {
-        Self::by_key(capacity, |job| Some(job.ctx().message_id().to_string()))
-    }
-
-    /// By a key read from the job (its payload bytes, usually), remembering the last
-    /// `capacity` keys handled. A job without a key (`None`) always runs.
-    pub fn by_key(
-        capacity: usize,
-        key: impl Fn(&Job) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            key: Arc::new(key),
-            memory: Arc::new(Mutex::new(Memory {
-                capacity: capacity.max(1),
-                done: HashSet::new(),
-                order: VecDeque::new(),
-                running: HashSet::new(),
-            })),
-        }
-    }
-}
-
-/// Forgets a running key however the run ends (a drop at the drain deadline included).
-struct Running<'a> {
-    memory: &'a Mutex<Memory>,
-    key: String,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        lock(self.memory).running.remove(&self.key);
-    }
-}
-
-impl Layer for Dedup {
-    async fn call(&self, job: Job, next: Next) -> Result<(), HandlerError> {
-        let Some(key) = (self.key)(&job) else {
-            return next.run(job).await;
-        };
-        {
-            let mut m = lock(&self.memory);
-            if m.done.contains(&key) {
-                tracing::info!(
-                    queue = job.ctx().queue(),
-                    message_id = job.ctx().message_id(),
-                    key,
-                    "duplicate of a message handled before; deleted without running"
-                );
-                return Ok(());
-            }
-            if !m.running.insert(key.clone()) {
-                return Err(HandlerError::Release {
-                    after: DUPLICATE_RUNNING_DELAY,
-                    source: "a message with the same key is running".into(),
-                });
-            }
-        }
-        let running = Running {
-            memory: &self.memory,
-            key,
-        };
-        let result = next.run(job).await;
-        if result.is_ok() {
-            let mut m = lock(&self.memory);
-            let key = running.key.clone();
-            if m.done.insert(key.clone()) {
-                m.order.push_back(key);
-                while m.order.len() > m.capacity {
-                    if let Some(old) = m.order.pop_front() {
-                        m.done.remove(&old);
-                    }
-                }
-            }
-        }
-        drop(running);
         result
     }
 }
