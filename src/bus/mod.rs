@@ -58,13 +58,13 @@ mod envelope;
 pub mod events;
 mod handle;
 pub mod jobs;
-mod memory;
+pub(crate) mod memory;
 pub(crate) mod metrics;
-mod options;
+pub(crate) mod options;
 mod poison;
-mod redis;
+pub(crate) mod redis;
 mod request;
-mod settings;
+pub(crate) mod settings;
 pub(crate) mod signing;
 mod supervise;
 

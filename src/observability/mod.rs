@@ -10,8 +10,8 @@
 pub(crate) mod dashboard;
 mod log_fields;
 pub mod logging;
-mod metrics;
-mod readiness;
+pub(crate) mod metrics;
+pub(crate) mod readiness;
 pub(crate) mod server;
 pub mod traces;
 mod unrepeated;
