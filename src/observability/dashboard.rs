@@ -290,6 +290,25 @@ pub(super) fn authorize(token: Option<&MetricsToken>, headers: &HeaderMap) -> Re
     }
 }
 
+/// A request for poison messages (their bodies and errors): with a token configured, it must be
+/// given; without one, only an endpoint bound to a loopback address (a local demo) serves
+/// them: anywhere else it is 403, saying to set the token.
+pub(super) fn authorize_poison(
+    token: Option<&MetricsToken>,
+    loopback: bool,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
+    if token.is_none() && !loopback {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "poison messages are shown only with observability.metrics_token set (or with the \
+             ops endpoint bound to a loopback address)"
+                .into(),
+        ));
+    }
+    authorize(token, headers)
+}
+
 /// A state-changing request: a token must be configured and given, and a browser's `Origin`
 /// must be this endpoint's own.
 fn authorize_change(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result<(), Refusal> {

@@ -204,3 +204,45 @@ async fn without_a_token_configured_the_dashboard_reads_but_never_requeues() {
     assert!(body.contains("observability.metrics_token"), "{body}");
     worker.shutdown().await;
 }
+
+/// The local demo: an ops endpoint bound to a loopback address without a metrics token still
+/// lists poison messages (off loopback it would refuse them; see the server's unit test), but
+/// never requeues without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_without_a_token_poison_messages_are_listed_but_not_requeued() {
+    let mut s = Settings::default();
+    s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    s.queues.insert("orders".into(), QueueSettings::default());
+    s.queues.get_mut("orders").unwrap().encoding = Encoding::None;
+    let worker = Worker::new(s)
+        .with_store(Arc::new(MemoryStore::new()))
+        .handler("orders", Picky::default())
+        .start()
+        .await
+        .unwrap();
+    let base = format!("http://{}", worker.ops_addr().unwrap());
+    let orders = worker.publisher("orders").unwrap();
+    orders.send_bytes(b"bad", Default::default()).await.unwrap();
+    let list = format!("{base}/dashboard/poison/orders");
+    let mut body = String::new();
+    for _ in 0..200 {
+        let (status, b) = call("GET", &list, None, None, "").await;
+        assert_eq!(status, 200, "{b}");
+        body = b;
+        if body.contains("order has no amount") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.contains("order has no amount"), "{body}");
+    let (status, body) = call(
+        "POST",
+        &format!("{list}/requeue"),
+        None,
+        None,
+        r#"{"all":true}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    worker.shutdown().await;
+}
