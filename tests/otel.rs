@@ -263,6 +263,33 @@ impl ebbflow::handler::BatchHandler for Rows {
     }
 }
 
+/// Fails its first try (a retry), then poisons the message.
+struct Flaky(std::sync::atomic::AtomicU32);
+impl ebbflow::Handler for Flaky {
+    type Message = String;
+    async fn handle(&self, _: String, _: ebbflow::Context) -> Result<(), ebbflow::HandlerError> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Err(ebbflow::HandlerError::retry_after(
+                "card declined",
+                Duration::from_millis(50),
+            ))
+        } else {
+            Err(ebbflow::HandlerError::poison("no such card"))
+        }
+    }
+}
+
+/// The OTLP/JSON status code of a span (2: error) and its description.
+fn status(span: &Value) -> (i64, String) {
+    (
+        span["status"]["code"].as_i64().unwrap_or(0),
+        span["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Ping(u32);
 impl ebbflow::bus::Event for Ping {
@@ -313,11 +340,16 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     batch.concurrency = ebbflow::config::Concurrency::of::<4>();
     batch.idle_backoff.max = Duration::from_millis(200);
     settings.queues.insert("rows".into(), batch);
+    let mut flaky = QueueSettings::default();
+    flaky.idle_backoff.max = Duration::from_millis(200);
+    flaky.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<5>();
+    settings.queues.insert("flaky".into(), flaky);
     let worker = ebbflow::Worker::new(settings)
         .with_store(store.clone())
         .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new("payloads")))
         .handler("big", Big)
         .batch_handler("rows", Rows)
+        .handler("flaky", Flaky(Default::default()))
         .start()
         .await
         .unwrap();
@@ -327,6 +359,12 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             .publisher("big")
             .unwrap()
             .send_bytes(&vec![7u8; 200_000], Default::default())
+            .await
+            .unwrap();
+        worker
+            .publisher("flaky")
+            .unwrap()
+            .send_bytes(b"order 9", Default::default())
             .await
             .unwrap();
     }
@@ -358,13 +396,17 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let done: u64 = worker.snapshot().iter().map(|q| q.handled).sum();
-        if done == 4 {
+        let done: u64 = worker
+            .snapshot()
+            .iter()
+            .map(|q| q.handled + q.poisoned)
+            .sum();
+        if done == 5 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "handled {done} of 4"
+            "handled or poisoned {done} of 5"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -433,4 +475,44 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     );
     let own = named(&spans, "observe ping");
     assert_eq!(own[0]["parentSpanId"], observed[0]["spanId"]);
+
+    // A failure shows as one (issue 23, newcomer pass): the retry's and the poison's `process`
+    // and `settle` spans have the error status and `error.type`; a success has neither.
+    let flaky = named(&spans, "process flaky");
+    let settles = named(&spans, "settle flaky");
+    assert_eq!((flaky.len(), settles.len()), (2, 2), "{spans:?}");
+    for span in flaky.iter().chain(&settles) {
+        let (code, _) = status(span);
+        assert_eq!(code, 2, "not an error: {span}");
+        let kind = attribute(span, "error.type")["stringValue"].as_str();
+        assert!(matches!(kind, Some("retry" | "rejected")), "{span}");
+    }
+    let poisoned = settles
+        .iter()
+        .find(|s| attribute(s, "messaging.operation.name")["stringValue"] == "poison")
+        .expect("the poison settle");
+    assert_eq!(attribute(poisoned, "error.type")["stringValue"], "rejected");
+    assert!(status(poisoned).1.contains("no such card"), "{poisoned}");
+    let retried = settles
+        .iter()
+        .find(|s| attribute(s, "messaging.operation.name")["stringValue"] == "retry")
+        .expect("the retry settle");
+    assert!(status(retried).1.contains("card declined"), "{retried}");
+    assert_eq!(status(process[0]).0, 0, "{}", process[0]);
+    assert!(attribute(process[0], "error.type").is_null());
+
+    // No attribute says where the span was made (always src/codec/spans.rs), on which thread,
+    // or how long it was busy or idle.
+    for (_, span) in &spans {
+        for key in [
+            "code.file.path",
+            "code.filepath",
+            "thread.id",
+            "thread.name",
+            "busy_ns",
+            "idle_ns",
+        ] {
+            assert!(attribute(span, key).is_null(), "{key} on {span}");
+        }
+    }
 }

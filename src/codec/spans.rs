@@ -43,6 +43,8 @@ pub(crate) struct Exporter {
     pub set_attribute: fn(&Span, &'static str, Attr),
     /// Adds a link to another span's context (any time before the span closes).
     pub add_link: fn(&Span, &TraceContext),
+    /// Gives a span the error status with this description.
+    pub set_error: fn(&Span, String),
 }
 
 /// One span attribute's value.
@@ -234,6 +236,18 @@ pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span 
         ],
     );
     span
+}
+
+/// Marks `span` as failed after the conventions: the error status with `description`, and
+/// `error.type` = `error_type` (what happened to the message: `retry`, or the poison reason
+/// such as `max_dequeue_count_exceeded`). Nothing while traces are off.
+pub(crate) fn failed(span: &Span, error_type: &str, description: &str) {
+    if let Some(e) = EXPORTER.get() {
+        if !span.is_none() {
+            (e.set_attribute)(span, "error.type", Attr::Text(error_type.into()));
+            (e.set_error)(span, description.into());
+        }
+    }
 }
 
 /// The span of one batch handler call (`process <queue>`, a root, after the conventions'

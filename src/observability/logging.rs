@@ -99,24 +99,7 @@ pub fn init_with_traces(
 ) -> Result<bool, ConfigError> {
     let (filter, bad_filter) = choose_filter(std::env::var("RUST_LOG").ok(), default_filter);
     let installed = match exporting_layer(traces)? {
-        None => {
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr);
-            match format {
-                LogFormat::Text => builder
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .fmt_fields(EscapedFields)
-                    .event_format(unrepeated::text())
-                    .try_init()
-                    .is_ok(),
-                LogFormat::Json => builder
-                    .json()
-                    .event_format(unrepeated::json())
-                    .try_init()
-                    .is_ok(),
-            }
-        }
+        None => install_lines(format, filter),
         Some(otel) => {
             use tracing_subscriber::layer::SubscriberExt as _;
             use tracing_subscriber::util::SubscriberInitExt as _;
@@ -147,6 +130,26 @@ pub fn init_with_traces(
         tracing::warn!(rust_log = %given, %error, default = default_filter, "RUST_LOG does not parse; using the default filter");
     }
     Ok(installed)
+}
+
+/// The log subscriber without the trace export: `format` lines on stderr under `filter`.
+fn install_lines(format: LogFormat, filter: EnvFilter) -> bool {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .fmt_fields(EscapedFields)
+            .event_format(unrepeated::text())
+            .try_init()
+            .is_ok(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(unrepeated::json())
+            .try_init()
+            .is_ok(),
+    }
 }
 
 type OtelLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
@@ -191,7 +194,10 @@ pub fn setup(default_filter: &str) -> Result<Settings, ConfigError> {
     let chosen = format.as_ref().copied().unwrap_or(configured);
     let traced = init_with_traces(chosen, default_filter, &traces).map(|_| ());
     if traced.is_err() {
-        init(chosen, default_filter);
+        // The trace settings are wrong, so nothing was installed: log without the export, so
+        // the error below (naming the variable or key) is seen.
+        let (filter, _) = choose_filter(std::env::var("RUST_LOG").ok(), default_filter);
+        install_lines(chosen, filter);
     }
     let result = format.and(traced).and(loaded);
     if let Err(e) = &result {

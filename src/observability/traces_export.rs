@@ -44,11 +44,14 @@ pub enum InstallError {
     /// `[observability.traces] filter` does not parse.
     #[error("observability.traces.filter: {0}")]
     Filter(String),
-    /// The exporter could not be built (a bad endpoint URL, or gRPC without its feature).
-    #[error(
-        "traces exporter: {0}; check OTEL_EXPORTER_OTLP_ENDPOINT / observability.traces.endpoint"
-    )]
-    Exporter(String),
+    /// The exporter could not be built (a bad endpoint URL).
+    #[error("{key}: the traces exporter cannot use it ({error}); give a URL such as http://127.0.0.1:4318")]
+    Exporter {
+        /// The variable or key that named the endpoint.
+        key: String,
+        /// What the exporter said.
+        error: String,
+    },
 }
 
 fn env(name: &str) -> Option<String> {
@@ -68,20 +71,25 @@ pub fn install<S>(
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    let from_env = ENDPOINT_VARS.iter().any(|v| env(v).is_some());
+    let endpoint_var = ENDPOINT_VARS.iter().find(|v| env(v).is_some());
+    let from_env = endpoint_var.is_some();
     if !from_env && settings.endpoint.is_none() {
         return Ok(None);
     }
-    let protocol = match PROTOCOL_VARS.iter().find_map(|v| env(v).map(|p| (v, p))) {
-        Some((var, value)) => {
+    let (protocol, protocol_key) = match PROTOCOL_VARS.iter().find_map(|v| env(v).map(|p| (v, p))) {
+        Some((var, value)) => (
             value
                 .parse()
                 .map_err(|e: crate::checks::InvalidValue| InstallError::Protocol {
                     key: var.to_string(),
                     rule: e.to_string(),
-                })?
-        }
-        None => settings.protocol.unwrap_or(Protocol::HttpProtobuf),
+                })?,
+            *var,
+        ),
+        None => (
+            settings.protocol.unwrap_or(Protocol::HttpProtobuf),
+            "observability.traces.protocol",
+        ),
     };
     let filter = settings.filter.as_deref().unwrap_or("info");
     let filter = EnvFilter::builder()
@@ -103,9 +111,14 @@ where
             }
             builder.build()
         }
-        Protocol::Grpc => grpc(from_env, settings)?,
+        Protocol::Grpc => grpc(from_env, settings, protocol_key)?,
     }
-    .map_err(|e| InstallError::Exporter(e.to_string()))?;
+    .map_err(|e| InstallError::Exporter {
+        key: endpoint_var
+            .map_or("observability.traces.endpoint", |v| v)
+            .to_string(),
+        error: e.to_string(),
+    })?;
     let mut resource = Resource::builder();
     if env("OTEL_SERVICE_NAME").is_none() {
         let name = settings.service_name.clone().unwrap_or_else(binary_name);
@@ -124,6 +137,7 @@ where
         set_parent,
         set_attribute,
         add_link,
+        set_error,
     });
     // The listener's long-lived spans (one per listener and per dequeue task) would make every
     // message's trace days long: the exporter never sees them, so `receive` and `process`
@@ -137,8 +151,13 @@ where
                 && matches!(meta.name(), "listener" | "dequeue"))
                 || (target == "ebbflow::handler::layer" && meta.name() == "process")))
     });
+    // Where a span was made (always src/codec/spans.rs), the thread and busy/idle times are
+    // noise on every span: left out.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(long_lived)
         .with_filter(filter);
     Ok(Some(Box::new(layer)))
@@ -148,6 +167,7 @@ where
 fn grpc(
     from_env: bool,
     settings: &TracesSettings,
+    _: &str,
 ) -> Result<
     Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError>,
     InstallError,
@@ -163,12 +183,13 @@ fn grpc(
 fn grpc(
     _: bool,
     _: &TracesSettings,
+    key: &str,
 ) -> Result<
     Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError>,
     InstallError,
 > {
     Err(InstallError::Protocol {
-        key: "OTEL_EXPORTER_OTLP_PROTOCOL / observability.traces.protocol".into(),
+        key: key.into(),
         rule: "\"grpc\" needs ebbflow built with the `otel-grpc` feature; use \"http/protobuf\" \
                (port 4318) or rebuild with --features otel-grpc"
             .into(),
@@ -246,6 +267,10 @@ fn remote(cx: &TraceContext) -> SpanContext {
         true,
         state,
     )
+}
+
+fn set_error(span: &Span, description: String) {
+    span.set_status(opentelemetry::trace::Status::error(description));
 }
 
 fn set_attribute(span: &Span, key: &'static str, value: Attr) {
