@@ -397,7 +397,10 @@ mod outage_probe {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<OutageProbe>, D::Error> {
-        match Raw::deserialize(d)? {
+        // The untagged enum's own error names neither the key's forms nor an example.
+        let raw = Raw::deserialize(d)
+            .map_err(|_: D::Error| serde::de::Error::custom("expected a duration or \"off\""))?;
+        match raw {
             Raw::Off(Off::Off) => Ok(None),
             Raw::On(h) => OutageProbe::try_from(h)
                 .map(Some)

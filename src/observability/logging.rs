@@ -18,8 +18,11 @@ use super::unrepeated;
 use crate::config::{ConfigError, LogFormat, Settings, TracesSettings};
 
 /// The Azure SDK's own log targets, off unless `RUST_LOG` is set: its lines repeat what
-/// ebbflow already says once, in its own words (a retried call, a refused request).
-const SDK_TARGETS: [&str; 7] = [
+/// ebbflow already says once, in its own words (a retried call, a refused request). When
+/// they are on, their lines pass through [`crate::config::redact`] whole (the SDK logs request
+/// URLs with the query parameters it deems safe, such as a SAS's `sv`, which a malformed SAS
+/// can hide a signature in).
+pub(super) const SDK_TARGETS: [&str; 7] = [
     "azure_core",
     "azure_identity",
     "azure_storage_common",
