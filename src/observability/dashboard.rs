@@ -62,11 +62,11 @@ use crate::store::QueueStore;
 /// The page, served as it is.
 const PAGE: &str = include_str!("dashboard.html");
 /// Poison messages listed at most per request.
-pub const LIST_LIMIT: usize = 100;
+pub(crate) const LIST_LIMIT: usize = 100;
 
 /// What the dashboard reads: the running listeners, the store (for poison queues) and each
 /// queue's settings.
-pub struct Dashboard {
+pub(crate) struct Dashboard {
     listeners: Arc<OnceLock<Vec<QueueListener>>>,
     store: Arc<dyn QueueStore>,
     queues: BTreeMap<String, QueueSettings>,
@@ -105,7 +105,7 @@ impl Dashboard {
     }
 
     /// The `/dashboard.json` document (the fleet read from the bus, at most 2 s).
-    pub async fn state(&self) -> Value {
+    pub(crate) async fn state(&self) -> Value {
         let mut state = self.queues_state();
         if let Some(bus) = self.fleet.get() {
             state["fleet"] = fleet(bus).await;

@@ -15,7 +15,7 @@
 //! `OTEL_BSP_*` are read as the OpenTelemetry SDK reads them.
 
 pub use crate::codec::spans::{
-    exporting, inject, process_span, receive_span, received, send_span, settle_span, SYSTEM,
+    exporting, inject, process_span, receive_span, received, send_span, settle_span,
 };
 pub use crate::config::{TracesProtocol as Protocol, TracesSettings};
 

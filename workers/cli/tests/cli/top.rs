@@ -110,7 +110,7 @@ async fn top_shows_each_queue_of_a_worker_and_needs_its_token() {
 /// presence (needs the redis-server `scripts/test` starts, `EBBFLOW_REDIS_URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_shows_the_fleet_with_the_bus_on() {
-    use ebbflow::bus::settings::Bounded;
+    use ebbflow::bus::Bounded;
     use ebbflow::bus::{BusKind, BusSettings, Name, RedisUrl};
     use std::time::Duration;
 
