@@ -371,7 +371,7 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
 
     // A bus event published under a span, observed on the same (embedded) bus.
     let member = ebbflow::bus::Member::new("one", "test").unwrap();
-    let bus = ebbflow::bus::BusHandle::new(Arc::new(ebbflow::bus::memory::MemoryBus::embedded(
+    let bus = ebbflow::bus::BusHandle::new(Arc::new(ebbflow::bus::MemoryBus::embedded(
         member,
         Duration::from_secs(30),
     )));

@@ -30,7 +30,7 @@ use super::TraceContext;
 
 /// The `messaging.system` value of ebbflow's spans: the OpenTelemetry conventions name none
 /// for Azure Storage Queues (they have `servicebus` and `eventhubs`), so ebbflow uses this.
-pub const SYSTEM: &str = "azure_storage_queue";
+pub(crate) const SYSTEM: &str = "azure_storage_queue";
 
 /// What an installed exporter does with spans, beyond what `tracing` carries.
 #[derive(Debug, Clone, Copy)]

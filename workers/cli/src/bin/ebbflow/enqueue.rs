@@ -35,7 +35,9 @@ pub struct Args {
     #[arg(conflicts_with = "file")]
     text: Option<String>,
     /// Read the message from FILE ("-": standard input). Any bytes on a base64 queue; UTF-8
-    /// text on a queue with encoding "none".
+    /// text on a queue with encoding "none". Over 64 KiB of text, a configured queue's payload
+    /// goes through the claim check (to a blob, up to storage.claim_check.max_payload_bytes)
+    /// when a blob endpoint is known; without one it is refused.
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
     /// Send this many copies, 1..=10000. A progress line on stderr says how far it got,

@@ -35,6 +35,7 @@ mod context;
 mod deploy;
 mod drain;
 mod enqueue;
+mod first_answer;
 mod instances;
 mod jobs;
 mod notify;
