@@ -14,7 +14,7 @@ pub(crate) use fds::HEADROOM;
 
 pub use refusals::{Refusal, Refusals};
 pub(crate) use serve::serve;
-pub use serve::ConnectionLimits;
+pub(crate) use serve::ConnectionLimits;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

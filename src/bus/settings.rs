@@ -202,7 +202,6 @@ impl fmt::Debug for Name {
 /// A duration between `MIN` and `MAX` milliseconds, checked while parsing (the shared
 /// [`BoundedDuration`](crate::checks::BoundedDuration)).
 pub use crate::checks::BoundedDuration as Bounded;
-pub use crate::checks::HumanDuration;
 
 /// With `publish = "depth"`, messages between two announcements (`depth`), 1..=100000.
 pub type AnnounceDepth = crate::checks::BoundedU32<1, 100_000>;
@@ -378,7 +377,8 @@ impl Default for QueueBusSettings {
 
 /// `"off"` or a duration.
 mod outage_probe {
-    use super::{HumanDuration, OutageProbe};
+    use super::OutageProbe;
+    use crate::checks::HumanDuration;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Deserialize)]

@@ -36,7 +36,7 @@ use super::refusals::{Refusal, Refusals};
 
 /// How one endpoint sheds connections it cannot serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// A request's head (request line and headers) must arrive whole within this long, from
     /// the connection's opening or the end of the previous response; else the connection is
     /// closed. Bounds idle kept-alive connections too.

@@ -6,13 +6,13 @@
 //! (the event's fields, its text under `message`), and `spans` (outermost first) when the
 //! event happened inside spans (a listener's `queue`, a message's `message_id`). Either
 //! format writes a field once per line: one a span carries is left out of the event's own.
-//! In text, control characters in messages and fields are escaped ([`EscapedFields`]), so a
+//! In text, control characters in messages and fields are escaped, so a
 //! field from the network (a bus envelope's `from`) cannot forge a line. Secrets never reach
 //! either format: errors and settings redact them before they are logged.
 
 use tracing_subscriber::EnvFilter;
 
-pub use super::log_fields::EscapedFields;
+pub(crate) use super::log_fields::EscapedFields;
 
 use super::unrepeated;
 use crate::config::{ConfigError, LogFormat, Settings, TracesSettings};
@@ -126,6 +126,9 @@ pub fn init_with_traces(
                 .is_ok()
         }
     };
+    if installed {
+        super::traces::announce();
+    }
     if let Some((given, error)) = bad_filter {
         tracing::warn!(rust_log = %given, %error, default = default_filter, "RUST_LOG does not parse; using the default filter");
     }

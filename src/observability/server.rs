@@ -33,9 +33,9 @@ use crate::endpoint::{
 };
 
 /// A `/metrics` request not answered within this long gets 408.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/metrics` requests served at once; more get 503 at once.
-pub const MAX_CONCURRENT_SCRAPES: usize = 8;
+pub(crate) const MAX_CONCURRENT_SCRAPES: usize = 8;
 
 #[derive(Clone)]
 struct OpsState {
@@ -50,12 +50,6 @@ struct OpsState {
 
 /// The `endpoint` label of this endpoint's refusals.
 const ENDPOINT: &str = "ops";
-
-/// The ops router, for embedding in another server or for tests. Where it is served is not
-/// known here, so without `token` its poison routes refuse (403), as on a non-loopback bind.
-pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<MetricsToken>) -> Router {
-    router_at(readiness, metrics, token, false)
-}
 
 /// The ops router of an endpoint bound to a loopback address (`loopback`) or not.
 fn router_at(
@@ -91,6 +85,8 @@ fn router_at(
         .layer(guard)
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
+        // Browsers ask for it by themselves: nothing to show, and no 404 in their console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -103,7 +99,7 @@ fn router_at(
 /// # Errors
 ///
 /// The [`std::io::Error`] of binding `addr` (in use, not permitted).
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     limits: ConnectionLimits,
     readiness: Readiness,
@@ -181,10 +177,10 @@ async fn dashboard_requeue(
     State(state): State<OpsState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<dashboard::RequeueBody>,
+    body: axum::body::Bytes,
 ) -> Response {
     match state.metrics.dashboard() {
-        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, body).await,
+        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, &body).await,
         None => reject(StatusCode::NOT_FOUND, "no dashboard on this endpoint"),
     }
 }
@@ -233,7 +229,11 @@ mod tests {
     async fn poison_routes_refuse_without_a_token_unless_bound_to_loopback() {
         let token = || Some(MetricsToken::try_from(TOKEN.to_string()).unwrap());
         // Bound elsewhere (or embedded, the bind unknown), no token: 403 naming the key.
-        let (status, body) = get_poison(router(Readiness::default(), metrics(), None), None).await;
+        let (status, body) = get_poison(
+            router_at(Readiness::default(), metrics(), None, false),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         assert!(body.contains("observability.metrics_token"), "{body}");
         // On loopback without a token, and anywhere with the token given, the request passes

@@ -94,19 +94,17 @@ pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sharding;
 
+pub(crate) use crate::service::validate_queue_name;
 pub use crate::service::{
-    validate_queue_name, DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE,
-    MAX_VISIBILITY,
+    DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE, MAX_VISIBILITY,
 };
 pub use azure::{account_sas, AzureBlobs, AzureStore, DEV_ACCOUNT, DEV_KEY};
 pub use blob::memory::MemoryBlobs;
-pub use blob::{
-    BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE, META_SHA256,
-};
+pub use blob::{BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE};
 pub use cause::Cause;
 pub use claim::{
-    blobs_from_settings, open_blobs, sweep, ClaimCheck, ClaimCheckSettings, PayloadError,
-    QueueFormat, Sweep, EXPIRY_GRACE,
+    blobs_from_settings, sweep, ClaimCheck, ClaimCheckSettings, PayloadError, QueueFormat, Sweep,
+    EXPIRY_GRACE,
 };
 pub use counting::{CallCounts, Counting, CountingStore};
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};

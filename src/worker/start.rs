@@ -425,7 +425,11 @@ async fn serve_ops(
         crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)
             .await
             .map_err(|error| WorkerError::OpsBind { addr, error })?;
-    info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
+    info!(
+        addr = %bound,
+        "ops endpoint listening (/healthz, /readyz, /metrics; dashboard: /, /dashboard.json, \
+         /dashboard/poison/<queue>)"
+    );
     Ok(Some((bound, serve_beside("ops endpoint", serve))))
 }
 

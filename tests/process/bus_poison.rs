@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::common;
 use common::redis::{member, redis_url, settings};
-use ebbflow::bus::options::MaxDeliveries;
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::MaxDeliveries;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Address, BusHandle, Event, Filter, PoisonEntry, Received};
 use serde::{Deserialize, Serialize};
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{member, redis_url, settings, RedisServer};
-use ebbflow::bus::memory::MemoryBroker;
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::MemoryBroker;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Address, Bus, BusHandle, Event, Filter, Health, Subscription};
 use serde::{Deserialize, Serialize};
 

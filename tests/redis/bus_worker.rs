@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::redis::{member, redis_url, settings};
 use ebbflow::bus::events::JobPulse;
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Address, BusHandle, Event, Filter, Received};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! events go after `bus.max_deliveries` failed deliveries, and stream entries that could not be
 //! delivered (over `bus.max_envelope_size`, not an envelope, wrongly signed).
 
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Bus, BusError, Member, Name, PoisonEntry};
 
 use crate::context::block_on;

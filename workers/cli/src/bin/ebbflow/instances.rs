@@ -31,7 +31,7 @@ impl Args {
                 instance: Member::generated_id(&role),
                 role,
             };
-            let bus = ebbflow::bus::redis::RedisBus::connect_client(&settings.bus, member)
+            let bus = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;
             let list = bus.instances().await.map_err(CliError::runtime);
