@@ -279,6 +279,16 @@ impl ebbflow::Handler for Flaky {
     }
 }
 
+/// Keeps the text of each message it gets.
+struct Keep(Arc<Mutex<Vec<String>>>);
+impl ebbflow::Handler for Keep {
+    type Message = String;
+    async fn handle(&self, text: String, _: ebbflow::Context) -> Result<(), ebbflow::HandlerError> {
+        self.0.lock().unwrap().push(text);
+        Ok(())
+    }
+}
+
 /// The OTLP/JSON status code of a span (2: error) and its description.
 fn status(span: &Value) -> (i64, String) {
     (
@@ -344,12 +354,19 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     flaky.idle_backoff.max = Duration::from_millis(200);
     flaky.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<5>();
     settings.queues.insert("flaky".into(), flaky);
+    // `plain` has no `trace_context`, but its producer has: the worker takes the envelope off
+    // all the same (the option controls sending only).
+    let mut plain = QueueSettings::default();
+    plain.idle_backoff.max = Duration::from_millis(200);
+    settings.queues.insert("plain".into(), plain);
+    let plain_seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let worker = ebbflow::Worker::new(settings)
         .with_store(store.clone())
         .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new("payloads")))
         .handler("big", Big)
         .batch_handler("rows", Rows)
         .handler("flaky", Flaky(Default::default()))
+        .handler("plain", Keep(plain_seen.clone()))
         .start()
         .await
         .unwrap();
@@ -359,6 +376,13 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             .publisher("big")
             .unwrap()
             .send_bytes(&vec![7u8; 200_000], Default::default())
+            .await
+            .unwrap();
+        let plain = store.queue("plain").unwrap();
+        plain.create_if_missing().await.unwrap();
+        Publisher::new(plain, Encoding::Base64)
+            .with_trace_context(true)
+            .send_bytes(b"{\"order\": 7}", Default::default())
             .await
             .unwrap();
         worker
@@ -401,12 +425,12 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             .iter()
             .map(|q| q.handled + q.poisoned)
             .sum();
-        if done == 5 {
+        if done == 6 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "handled or poisoned {done} of 5"
+            "handled or poisoned {done} of 6"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -515,4 +539,10 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             assert!(attribute(span, key).is_null(), "{key} on {span}");
         }
     }
+
+    // The envelope came off on a queue without the option, and the trace goes on.
+    assert_eq!(*plain_seen.lock().unwrap(), [r#"{"order": 7}"#]);
+    let (send, process) = (named(&spans, "send plain"), named(&spans, "process plain"));
+    assert_eq!((send.len(), process.len()), (1, 1), "{spans:?}");
+    assert_eq!(process[0]["parentSpanId"], send[0]["spanId"], "{spans:?}");
 }
