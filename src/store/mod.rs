@@ -316,7 +316,11 @@ pub enum StoreError {
         source: Option<Cause>,
     },
     /// The service refused our credentials.
-    #[error("not authorized on queue {queue}: {detail}")]
+    #[error(
+        "not authorized on queue {queue}: {detail}; check the credentials: the AccountKey (or \
+         SAS) in storage.connection_string or AZURE_STORAGE_CONNECTION_STRING, or the identity \
+         storage.credential names and its role on the account (Storage Queue Data Contributor)"
+    )]
     Unauthorized {
         /// The queue.
         queue: String,
