@@ -142,6 +142,37 @@ pub struct HeartbeatSettings {
     pub every: Option<u64>,
 }
 
+impl HeartbeatSettings {
+    /// Checks the values found under `section` (`heartbeat` or `queues.<name>.heartbeat`).
+    pub(crate) fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if let Some(t) = self.interval {
+            check_duration(
+                &format!("{section}.interval"),
+                t,
+                Duration::from_millis(10),
+                MAX_VISIBILITY,
+            )?;
+        }
+        if self.every == Some(0) {
+            return Err(ConfigError::invalid(
+                format!("{section}.every"),
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// These values, each unset one taken from `defaults`.
+    #[must_use]
+    pub fn or(self, defaults: Self) -> Self {
+        Self {
+            interval: self.interval.or(defaults.interval),
+            every: self.every.or(defaults.every),
+        }
+    }
+}
+
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
@@ -238,21 +269,7 @@ impl QueueSettings {
             Duration::ZERO,
             Duration::from_secs(3600),
         )?;
-        if let Some(t) = q.heartbeat.interval {
-            check_duration(
-                &key("heartbeat.interval"),
-                t,
-                Duration::from_millis(10),
-                MAX_VISIBILITY,
-            )?;
-        }
-        if q.heartbeat.every == Some(0) {
-            return Err(ConfigError::invalid(
-                key("heartbeat.every"),
-                0,
-                "must be at least 1",
-            ));
-        }
+        q.heartbeat.validate(&key("heartbeat"))?;
         Ok(())
     }
     /// Free slots a task waits for after a full batch: `refill_threshold`, or half of
