@@ -134,6 +134,19 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
     let text = orders.peek(1).await.unwrap()[0].text.clone();
     assert!(text.starts_with("traceparent: 00-"), "{text}");
 
+    // The command line as a producer too: its `send emails` span has the store call under it.
+    let mut cli = Command::new(common::bins::ebbflow_cli());
+    with_env(&mut cli, &endpoint, "cli");
+    let out = cli
+        .args(["enqueue", "emails", "hello from the cli"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"));
     with_env(&mut demo, &endpoint, "worker");
     let child = demo
@@ -221,6 +234,13 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
             && span["parentSpanId"] == settle["spanId"]),
         "no store.delete span under the settle: {spans:?}"
     );
+    let cli_send = find(&spans, "cli", "send emails").expect("the command line's send span");
+    assert!(
+        spans.iter().any(|(s, span)| s == "cli"
+            && span["name"] == "store.send emails"
+            && span["parentSpanId"] == cli_send["spanId"]),
+        "no store.send span under the command line's send: {spans:?}"
+    );
 }
 
 fn named<'a>(spans: &'a [(String, Value)], name: &str) -> Vec<&'a Value> {
@@ -276,6 +296,16 @@ impl ebbflow::Handler for Flaky {
         } else {
             Err(ebbflow::HandlerError::poison("no such card"))
         }
+    }
+}
+
+/// Keeps the text of each message it gets.
+struct Keep(Arc<Mutex<Vec<String>>>);
+impl ebbflow::Handler for Keep {
+    type Message = String;
+    async fn handle(&self, text: String, _: ebbflow::Context) -> Result<(), ebbflow::HandlerError> {
+        self.0.lock().unwrap().push(text);
+        Ok(())
     }
 }
 
@@ -344,12 +374,19 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     flaky.idle_backoff.max = Duration::from_millis(200);
     flaky.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<5>();
     settings.queues.insert("flaky".into(), flaky);
+    // `plain` has no `trace_context`, but its producer has: the worker takes the envelope off
+    // all the same (the option controls sending only).
+    let mut plain = QueueSettings::default();
+    plain.idle_backoff.max = Duration::from_millis(200);
+    settings.queues.insert("plain".into(), plain);
+    let plain_seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let worker = ebbflow::Worker::new(settings)
         .with_store(store.clone())
         .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new("payloads")))
         .handler("big", Big)
         .batch_handler("rows", Rows)
         .handler("flaky", Flaky(Default::default()))
+        .handler("plain", Keep(plain_seen.clone()))
         .start()
         .await
         .unwrap();
@@ -359,6 +396,13 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             .publisher("big")
             .unwrap()
             .send_bytes(&vec![7u8; 200_000], Default::default())
+            .await
+            .unwrap();
+        let plain = store.queue("plain").unwrap();
+        plain.create_if_missing().await.unwrap();
+        Publisher::new(plain, Encoding::Base64)
+            .with_trace_context(true)
+            .send_bytes(b"{\"order\": 7}", Default::default())
             .await
             .unwrap();
         worker
@@ -401,12 +445,12 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             .iter()
             .map(|q| q.handled + q.poisoned)
             .sum();
-        if done == 5 {
+        if done == 6 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "handled or poisoned {done} of 5"
+            "handled or poisoned {done} of 6"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -515,4 +559,10 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             assert!(attribute(span, key).is_null(), "{key} on {span}");
         }
     }
+
+    // The envelope came off on a queue without the option, and the trace goes on.
+    assert_eq!(*plain_seen.lock().unwrap(), [r#"{"order": 7}"#]);
+    let (send, process) = (named(&spans, "send plain"), named(&spans, "process plain"));
+    assert_eq!((send.len(), process.len()), (1, 1), "{spans:?}");
+    assert_eq!(process[0]["parentSpanId"], send[0]["spanId"], "{spans:?}");
 }

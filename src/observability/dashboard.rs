@@ -410,11 +410,32 @@ pub(super) async fn requeue(
     queue: &str,
     token: Option<&MetricsToken>,
     headers: &HeaderMap,
-    body: RequeueBody,
+    body: &[u8],
 ) -> Response {
+    // The token first, then the body: every error in the same JSON shape.
     if let Err((status, why)) = authorize_change(token, headers) {
         return reject(status, &why);
     }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json",
+        );
+    }
+    let body: RequeueBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not {{\"all\": true}} or {{\"ids\": [...]}}: {e}"),
+            )
+        }
+    };
     let selection = if body.all {
         Selection::All
     } else if body.ids.is_empty() {

@@ -126,6 +126,9 @@ pub fn init_with_traces(
                 .is_ok()
         }
     };
+    if installed {
+        super::traces::announce();
+    }
     if let Some((given, error)) = bad_filter {
         tracing::warn!(rust_log = %given, %error, default = default_filter, "RUST_LOG does not parse; using the default filter");
     }

@@ -85,6 +85,8 @@ fn router_at(
         .layer(guard)
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
+        // Browsers ask for it by themselves: nothing to show, and no 404 in their console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -175,10 +177,10 @@ async fn dashboard_requeue(
     State(state): State<OpsState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<dashboard::RequeueBody>,
+    body: axum::body::Bytes,
 ) -> Response {
     match state.metrics.dashboard() {
-        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, body).await,
+        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, &body).await,
         None => reject(StatusCode::NOT_FOUND, "no dashboard on this endpoint"),
     }
 }

@@ -24,7 +24,11 @@ pub use crate::config::{TracesProtocol as Protocol, TracesSettings};
 mod export;
 
 #[cfg(feature = "otel")]
-pub use export::{flush, install, InstallError};
+pub use export::{announce, flush, install, InstallError};
+
+/// Says that traces are exported and where; without the `otel` feature they never are.
+#[cfg(not(feature = "otel"))]
+pub fn announce() {}
 
 /// Sends the spans still buffered; without the `otel` feature there are none.
 #[cfg(not(feature = "otel"))]

@@ -159,6 +159,39 @@ async fn the_dashboard_shows_queues_and_requeues_a_poison_message_behind_the_tok
     assert_eq!(status, 403, "{body}");
     let (status, body) = call("POST", &requeue, None, Some(&base), &one).await;
     assert_eq!(status, 401, "{body}");
+    // The token is checked before the body, and every error is JSON (newcomer pass item 10).
+    let client = reqwest::Client::new();
+    let plain = |token: Option<&str>, content_type: &str, body: &str| {
+        let mut req = client
+            .post(&requeue)
+            .header("origin", &base)
+            .header("content-type", content_type)
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for (token, content_type, body, expected) in [
+        (None, "text/plain", one.as_str(), 401),
+        (Some(TOKEN), "text/plain", one.as_str(), 415),
+        (Some(TOKEN), "application/json", "{not json", 400),
+    ] {
+        let r = plain(token, content_type, body).await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, expected, "{content_type} {body}: {text}");
+        let error: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert!(error["error"].is_string(), "{text}");
+    }
+    // Browsers ask for /favicon.ico on every page: no 404 (a console error in Chromium).
+    let r = client
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
     let (status, body) = call("POST", &requeue, Some(TOKEN), Some(&base), &one).await;
     assert_eq!(status, 200, "{body}");
     let report: Value = serde_json::from_str(&body).unwrap();
