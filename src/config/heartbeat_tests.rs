@@ -29,7 +29,7 @@ fn root_heartbeat_values_apply_where_a_queue_sets_none() {
     .unwrap();
     let plain = s.queues["plain"].heartbeat;
     assert_eq!(plain.interval, Some(Duration::from_secs(10)));
-    assert_eq!(plain.every, Some(100));
+    assert_eq!(plain.every.map(|e| e.get()), Some(100));
     let own = s.queues["own"].heartbeat;
     assert_eq!(
         own.interval,
@@ -47,8 +47,8 @@ fn root_heartbeat_values_apply_where_a_queue_sets_none() {
 fn without_a_root_section_queues_keep_their_own_values() {
     let s = load("[queues.plain]\n[queues.own.heartbeat]\nevery = 5\n").unwrap();
     assert_eq!(s.queues["plain"].heartbeat.interval, None);
-    assert_eq!(s.queues["plain"].heartbeat.every, None);
-    assert_eq!(s.queues["own"].heartbeat.every, Some(5));
+    assert!(s.queues["plain"].heartbeat.every.is_none());
+    assert_eq!(s.queues["own"].heartbeat.every.map(|e| e.get()), Some(5));
 }
 
 #[test]
@@ -72,9 +72,9 @@ fn a_bad_root_heartbeat_value_is_named_at_its_own_key() {
 #[test]
 fn settings_built_in_code_take_the_defaults_once_applied() {
     let mut s = Settings::default();
-    s.heartbeat.every = Some(7);
+    s.heartbeat.every = Some(super::PulseEvery::new(7).unwrap());
     s.queues.insert("q".into(), super::QueueSettings::default());
     s.apply_heartbeat_defaults();
     s.apply_heartbeat_defaults();
-    assert_eq!(s.queues["q"].heartbeat.every, Some(7));
+    assert_eq!(s.queues["q"].heartbeat.every.map(|e| e.get()), Some(7));
 }
