@@ -37,7 +37,7 @@ fn root_heartbeat_values_apply_where_a_queue_sets_none() {
         "the queue's own value wins"
     );
     assert_eq!(
-        own.every,
+        own.every.map(|e| e.get()),
         Some(100),
         "the unset field still takes the default"
     );
