@@ -44,7 +44,8 @@ pub use observability::{
 };
 pub use output::OutputSettings;
 pub use queue::{
-    BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, QueueSettings, Shards,
+    BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, PulseEvery, QueueSettings,
+    RefillThreshold, Shards,
 };
 
 /// The environment variable that names the optional per-environment file.
@@ -74,11 +75,15 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// Push triggers from other processes.
     pub triggers: TriggerSettings,
-    /// One section per queue, keyed by queue name.
+    /// One section per queue, keyed by queue name. A key that is not a queue name the service
+    /// accepts is refused while parsing (`queues.Orders = Orders: must be 3-63 ...`); one
+    /// inserted in code is refused by [`Settings::validate`], which the worker runs at start.
+    #[serde(deserialize_with = "queue_names")]
     pub queues: BTreeMap<String, QueueSettings>,
     /// Queues this worker only writes to (another worker consumes them), keyed by queue name:
     /// checked at start-up like the consumed ones (created, or proven to exist) and handed to
     /// handlers by `Context::output` / `Context::publisher`; no handler needed.
+    #[serde(deserialize_with = "queue_names")]
     pub outputs: BTreeMap<String, OutputSettings>,
     /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
     pub observability: ObservabilitySettings,
@@ -89,6 +94,19 @@ pub struct Settings {
     /// Where these settings came from (not a key: filled in by [`Settings::load_from`]).
     #[serde(skip)]
     origin: Origin,
+}
+
+/// A map keyed by queue names, each checked as a [`QueueName`] while parsing.
+fn queue_names<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    let map = BTreeMap::<String, V>::deserialize(d)?;
+    for name in map.keys() {
+        QueueName::new(name.as_str()).map_err(serde::de::Error::custom)?;
+    }
+    Ok(map)
 }
 
 /// Process-wide settings.
