@@ -134,6 +134,19 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
     let text = orders.peek(1).await.unwrap()[0].text.clone();
     assert!(text.starts_with("traceparent: 00-"), "{text}");
 
+    // The command line as a producer too: its `send emails` span has the store call under it.
+    let mut cli = Command::new(common::bins::ebbflow_cli());
+    with_env(&mut cli, &endpoint, "cli");
+    let out = cli
+        .args(["enqueue", "emails", "hello from the cli"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"));
     with_env(&mut demo, &endpoint, "worker");
     let child = demo
@@ -220,6 +233,13 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
             && span["name"] == "store.delete orders"
             && span["parentSpanId"] == settle["spanId"]),
         "no store.delete span under the settle: {spans:?}"
+    );
+    let cli_send = find(&spans, "cli", "send emails").expect("the command line's send span");
+    assert!(
+        spans.iter().any(|(s, span)| s == "cli"
+            && span["name"] == "store.send emails"
+            && span["parentSpanId"] == cli_send["spanId"]),
+        "no store.send span under the command line's send: {spans:?}"
     );
 }
 

@@ -93,6 +93,7 @@ pub(crate) mod retrying;
 pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sharding;
+mod traced;
 
 pub(crate) use crate::service::validate_queue_name;
 pub use crate::service::{
@@ -113,6 +114,7 @@ pub use retrying::{Retrying, RetryingStore};
 pub use rules::{SendOptions, TimeToLive};
 pub use settings::{CredentialKind, RetrySettings, StorageSettings};
 pub use sharding::{shard_name, Sharding, ShardingStore};
+pub use traced::Traced;
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {

@@ -127,9 +127,13 @@ impl Args {
         drop(payload);
         // What the claim check hands on is recorded, so the report says what was stored.
         let stored = Stored::default();
+        // Each store call gets its `store.<op>` span under the `send` span (traces on).
         let store = LayeredStore::wrap(
-            LayeredStore::wrap(ctx.store_below_claim(&settings)?, stored.clone()),
-            crate::context::claim_check(&settings)?,
+            LayeredStore::wrap(
+                LayeredStore::wrap(ctx.store_below_claim(&settings)?, stored.clone()),
+                crate::context::claim_check(&settings)?,
+            ),
+            ebbflow::store::Traced,
         );
         let queue = store.queue(&self.queue)?;
         let target = push::Target {
