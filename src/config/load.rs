@@ -107,6 +107,7 @@ pub(super) fn load_from(
             None => {}
         }
     }
+    settings.apply_heartbeat_defaults();
     settings.validate()?;
     Ok(settings)
 }
@@ -124,7 +125,12 @@ fn load_error(e: config::ConfigError) -> ConfigError {
     {
         if let config::ConfigError::Message(text) = error.as_ref() {
             if let Some(refused) = crate::checks::InvalidValue::parse(text) {
-                return ConfigError::invalid(key.as_str(), redact(&refused.value), refused.rule);
+                // A map keyed by queue names refuses a key: name the section it opens.
+                let key = match key.as_str() {
+                    map @ ("queues" | "outputs") => format!("{map}.{}", refused.value),
+                    key => key.to_string(),
+                };
+                return ConfigError::invalid(key, redact(&refused.value), refused.rule);
             }
         }
     }

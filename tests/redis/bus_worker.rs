@@ -56,7 +56,7 @@ fn worker_settings(prefix: &str, queue: &str) -> ebbflow::Settings {
     let mut s = ebbflow::Settings::default();
     s.bus = settings(&redis_url(), prefix, "processor", Duration::from_secs(2));
     let mut q = ebbflow::config::QueueSettings::default();
-    q.heartbeat.every = Some(1);
+    q.heartbeat.every = Some(ebbflow::config::PulseEvery::of::<1>());
     q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
     q.idle_backoff.max = Duration::from_millis(300);
     s.queues.insert(queue.to_string(), q);
