@@ -13,6 +13,7 @@ mod common;
 
 mod calls;
 mod claim_limits;
+mod dequeue_limit;
 mod dashboard;
 mod dockerfile;
 mod first_hour;
