@@ -281,6 +281,63 @@ impl<const MIN: u32, const MAX: u32> fmt::Display for BoundedU32<MIN, MAX> {
     }
 }
 
+/// A count in `MIN..=MAX` that may pass `u32` (bytes, progress units), checked while parsing
+/// (written as a plain integer) and when built in code ([`BoundedU64::new`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct BoundedU64<const MIN: u64, const MAX: u64>(u64);
+
+impl<const MIN: u64, const MAX: u64> BoundedU64<MIN, MAX> {
+    /// `n`, when in `MIN..=MAX`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidValue`] (`n: must be MIN..=MAX`) when `n` is out of range.
+    pub fn new(n: u64) -> Result<Self, InvalidValue> {
+        if (MIN..=MAX).contains(&n) {
+            Ok(Self(n))
+        } else {
+            Err(InvalidValue::new(n, format!("must be {MIN}..={MAX}")))
+        }
+    }
+
+    /// `N`, checked when compiling.
+    pub const fn of<const N: u64>() -> Self {
+        const { assert!(MIN <= N && N <= MAX, "out of range") };
+        Self(N)
+    }
+
+    /// The value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> TryFrom<u64> for BoundedU64<MIN, MAX> {
+    type Error = InvalidValue;
+    fn try_from(n: u64) -> Result<Self, InvalidValue> {
+        Self::new(n)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> From<BoundedU64<MIN, MAX>> for u64 {
+    fn from(b: BoundedU64<MIN, MAX>) -> u64 {
+        b.0
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> fmt::Debug for BoundedU64<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> fmt::Display for BoundedU64<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// A duration between `MIN` and `MAX` milliseconds, checked while parsing (written like
 /// `"250ms"` or `"30s"`) and when built in code ([`BoundedDuration::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]

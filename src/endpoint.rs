@@ -1,15 +1,20 @@
 //! What both HTTP servers (the trigger endpoint in `trigger::http`, the ops endpoint in
 //! `observability::server`) share: the accept loop with its connection cap and header-read
-//! timeout ([`serve`]), the refusal counters, the bearer token check compared in constant time,
+//! timeout ([`serve`]), the check of their caps against the file-descriptor limit
+//! ([`make_room`]), the refusal counters, the bearer token check compared in constant time,
 //! the metrics text's content type, the JSON refusal, and the answer when their guard layers
 //! (tower's timeout and load shedding) stop a request. A leaf: it imports no other room.
 
+mod fds;
 mod refusals;
 mod serve;
 
+pub(crate) use fds::make_room;
+pub(crate) use fds::HEADROOM;
+
 pub use refusals::{Refusal, Refusals};
 pub(crate) use serve::serve;
-pub use serve::ConnectionLimits;
+pub(crate) use serve::ConnectionLimits;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

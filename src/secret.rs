@@ -140,6 +140,9 @@ const MARKED: [(&str, Runs); 10] = [
 ///   userinfo, which Redis clients take for a password). The userinfo ends at the URL's last
 ///   `@`, even past a `/`, `?` or `#` when it holds a `:`: a password pasted unencoded may hold
 ///   those, and hiding too much is safe where showing a key is not;
+/// - a URL's whole query string (`https://acct.queue.core.windows.net/?<redacted>`): a SAS
+///   token may be written with `&amp;`, `;` or percent-encoded separators, or with no names
+///   at all, so no part of a query is shown;
 /// - the values of `AccountKey=` and `SharedAccessSignature=` (a connection string's parts,
 ///   whatever the case and the spaces around the name), of `sig=`, `token=` and `password=`
 ///   (a SAS query, a trigger token in a webhook URL, a `host,password=...` Redis string), and of
@@ -196,6 +199,8 @@ fn hide_url_passwords(text: &str) -> String {
         let end = tail
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
             .unwrap_or(tail.len());
+        // Punctuation closing a sentence or a parenthesis is not the URL's.
+        let end = tail[..end].trim_end_matches(['.', ',', ')', ']']).len();
         let url = &tail[..end];
         let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
         match url.rfind('@') {
@@ -207,14 +212,22 @@ fn hide_url_passwords(text: &str) -> String {
                     out.push(':');
                 }
                 out.push_str(REDACTED);
-                out.push_str(&url[at..]);
+                out.push_str(&hide_query(&url[at..]));
             }
-            _ => out.push_str(url),
+            _ => out.push_str(&hide_query(url)),
         }
         rest = &tail[end..];
     }
     out.push_str(rest);
     out
+}
+
+/// `url` (or its part after the userinfo) with everything after its first `?` redacted.
+fn hide_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((head, query)) if !query.is_empty() => format!("{head}?{REDACTED}"),
+        _ => url.to_string(),
+    }
 }
 
 fn hide_marked_values(text: &str) -> String {
@@ -302,7 +315,25 @@ mod tests {
             ("rediss://user:s3cret@h", "rediss://user:<redacted>@h"),
             ("redis://s3cret@h", "redis://<redacted>@h"),
             ("redis://h:6379", "redis://h:6379"),
-            ("http://h/x?sig=abc&a=b", "http://h/x?sig=<redacted>&a=b"),
+            ("http://h/x?sig=abc&a=b", "http://h/x?<redacted>"),
+            // A query goes whole, however its separators are written.
+            (
+                "http://127.0.0.1:1/a?sv=2022&amp;sig=CANARY",
+                "http://127.0.0.1:1/a?<redacted>",
+            ),
+            (
+                "http://127.0.0.1:1/a?sv=2022;sig=CANARY",
+                "http://127.0.0.1:1/a?<redacted>",
+            ),
+            (
+                "url (http://h/a?sv=2022%3Bsig%3DCANARY), retrying.",
+                "url (http://h/a?<redacted>), retrying.",
+            ),
+            (
+                "queue_endpoint = \"https://a.queue.core.windows.net?CANARY\"",
+                "queue_endpoint = \"https://a.queue.core.windows.net?<redacted>\"",
+            ),
+            ("http://h/a?", "http://h/a?"),
             ("not a url", "not a url"),
             ("redis://h/p@th", "redis://h/p@th"),
             // A password pasted unencoded, holding what ends an authority.
@@ -344,12 +375,9 @@ mod tests {
             ),
             (
                 "AccountName=a;QueueEndpoint=https://u:S3C@q/a?sig=S3C",
-                "AccountName=a;QueueEndpoint=https://u:<redacted>@q/a?sig=<redacted>",
+                "AccountName=a;QueueEndpoint=https://u:<redacted>@q/a?<redacted>",
             ),
-            (
-                "https://q/a?sv=1&sig=S3C",
-                "https://q/a?sv=1&sig=<redacted>",
-            ),
+            ("https://q/a?sv=1&sig=S3C", "https://q/a?<redacted>"),
             ("UseDevelopmentStorage=true", "UseDevelopmentStorage=true"),
         ] {
             assert_eq!(redact(cs), want, "{cs}");
@@ -370,7 +398,7 @@ mod tests {
             ("AccountName=a;Acount Key=S3C", "AccountName=a;<redacted>"),
             (
                 "QueueEndpoint=https://q/a?sv=1&sig=S3C;SharedAccessSignature=sv=1&sig=S3C",
-                "QueueEndpoint=https://q/a?sv=1&sig=<redacted>;SharedAccessSignature=<redacted>",
+                "QueueEndpoint=https://q/a?<redacted>;SharedAccessSignature=<redacted>",
             ),
             ("UseDevelopmentStorage=true;", "UseDevelopmentStorage=true;"),
         ] {
@@ -387,7 +415,7 @@ mod tests {
             ),
             (
                 "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=Zm9v%2B&se=1)",
-                "error sending request for url (http://h/q/messages?sv=2019-02-02&sig=<redacted>&se=1)",
+                "error sending request for url (http://h/q/messages?<redacted>)",
             ),
             ("sig=abc", "sig=<redacted>"),
             (

@@ -32,7 +32,7 @@ const QUEUE_NAME_RULE: &str = "must be 3-63 characters of lowercase letters, dig
 /// # Errors
 ///
 /// [`InvalidValue`] (the name and the rule) when `name` breaks them.
-pub fn validate_queue_name(name: &str) -> Result<(), InvalidValue> {
+pub(crate) fn validate_queue_name(name: &str) -> Result<(), InvalidValue> {
     let ok_len = (3..=63).contains(&name.len());
     let ok_chars = name
         .bytes()
@@ -45,8 +45,9 @@ pub fn validate_queue_name(name: &str) -> Result<(), InvalidValue> {
     }
 }
 
-/// A queue name the service accepts ([`validate_queue_name`]), checked while parsing and when
-/// built with [`QueueName::new`].
+/// A queue name the service accepts (3..=63 lowercase letters, digits and single hyphens, starting
+/// and ending with a letter or digit), checked while parsing and when built with
+/// [`QueueName::new`].
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct QueueName(String);

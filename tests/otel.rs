@@ -134,6 +134,19 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
     let text = orders.peek(1).await.unwrap()[0].text.clone();
     assert!(text.starts_with("traceparent: 00-"), "{text}");
 
+    // The command line as a producer too: its `send emails` span has the store call under it.
+    let mut cli = Command::new(common::bins::ebbflow_cli());
+    with_env(&mut cli, &endpoint, "cli");
+    let out = cli
+        .args(["enqueue", "emails", "hello from the cli"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"));
     with_env(&mut demo, &endpoint, "worker");
     let child = demo
@@ -221,6 +234,13 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
             && span["parentSpanId"] == settle["spanId"]),
         "no store.delete span under the settle: {spans:?}"
     );
+    let cli_send = find(&spans, "cli", "send emails").expect("the command line's send span");
+    assert!(
+        spans.iter().any(|(s, span)| s == "cli"
+            && span["name"] == "store.send emails"
+            && span["parentSpanId"] == cli_send["spanId"]),
+        "no store.send span under the command line's send: {spans:?}"
+    );
 }
 
 fn named<'a>(spans: &'a [(String, Value)], name: &str) -> Vec<&'a Value> {
@@ -261,6 +281,43 @@ impl ebbflow::handler::BatchHandler for Rows {
             max_wait: Duration::from_secs(5),
         }
     }
+}
+
+/// Fails its first try (a retry), then poisons the message.
+struct Flaky(std::sync::atomic::AtomicU32);
+impl ebbflow::Handler for Flaky {
+    type Message = String;
+    async fn handle(&self, _: String, _: ebbflow::Context) -> Result<(), ebbflow::HandlerError> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Err(ebbflow::HandlerError::retry_after(
+                "card declined",
+                Duration::from_millis(50),
+            ))
+        } else {
+            Err(ebbflow::HandlerError::poison("no such card"))
+        }
+    }
+}
+
+/// Keeps the text of each message it gets.
+struct Keep(Arc<Mutex<Vec<String>>>);
+impl ebbflow::Handler for Keep {
+    type Message = String;
+    async fn handle(&self, text: String, _: ebbflow::Context) -> Result<(), ebbflow::HandlerError> {
+        self.0.lock().unwrap().push(text);
+        Ok(())
+    }
+}
+
+/// The OTLP/JSON status code of a span (2: error) and its description.
+fn status(span: &Value) -> (i64, String) {
+    (
+        span["status"]["code"].as_i64().unwrap_or(0),
+        span["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -313,11 +370,23 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     batch.concurrency = ebbflow::config::Concurrency::of::<4>();
     batch.idle_backoff.max = Duration::from_millis(200);
     settings.queues.insert("rows".into(), batch);
+    let mut flaky = QueueSettings::default();
+    flaky.idle_backoff.max = Duration::from_millis(200);
+    flaky.max_dequeue_count = ebbflow::config::MaxDequeueCount::of::<5>();
+    settings.queues.insert("flaky".into(), flaky);
+    // `plain` has no `trace_context`, but its producer has: the worker takes the envelope off
+    // all the same (the option controls sending only).
+    let mut plain = QueueSettings::default();
+    plain.idle_backoff.max = Duration::from_millis(200);
+    settings.queues.insert("plain".into(), plain);
+    let plain_seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let worker = ebbflow::Worker::new(settings)
         .with_store(store.clone())
         .with_blobs(Arc::new(ebbflow::store::MemoryBlobs::new("payloads")))
         .handler("big", Big)
         .batch_handler("rows", Rows)
+        .handler("flaky", Flaky(Default::default()))
+        .handler("plain", Keep(plain_seen.clone()))
         .start()
         .await
         .unwrap();
@@ -329,11 +398,24 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
             .send_bytes(&vec![7u8; 200_000], Default::default())
             .await
             .unwrap();
+        let plain = store.queue("plain").unwrap();
+        plain.create_if_missing().await.unwrap();
+        Publisher::new(plain, Encoding::Base64)
+            .with_trace_context(true)
+            .send_bytes(b"{\"order\": 7}", Default::default())
+            .await
+            .unwrap();
+        worker
+            .publisher("flaky")
+            .unwrap()
+            .send_bytes(b"order 9", Default::default())
+            .await
+            .unwrap();
     }
 
     // A bus event published under a span, observed on the same (embedded) bus.
     let member = ebbflow::bus::Member::new("one", "test").unwrap();
-    let bus = ebbflow::bus::BusHandle::new(Arc::new(ebbflow::bus::memory::MemoryBus::embedded(
+    let bus = ebbflow::bus::BusHandle::new(Arc::new(ebbflow::bus::MemoryBus::embedded(
         member,
         Duration::from_secs(30),
     )));
@@ -358,13 +440,17 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let done: u64 = worker.snapshot().iter().map(|q| q.handled).sum();
-        if done == 4 {
+        let done: u64 = worker
+            .snapshot()
+            .iter()
+            .map(|q| q.handled + q.poisoned)
+            .sum();
+        if done == 6 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "handled {done} of 4"
+            "handled or poisoned {done} of 6"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -433,4 +519,50 @@ async fn claim_references_bus_events_and_batches_carry_the_trace() {
     );
     let own = named(&spans, "observe ping");
     assert_eq!(own[0]["parentSpanId"], observed[0]["spanId"]);
+
+    // A failure shows as one (issue 23, newcomer pass): the retry's and the poison's `process`
+    // and `settle` spans have the error status and `error.type`; a success has neither.
+    let flaky = named(&spans, "process flaky");
+    let settles = named(&spans, "settle flaky");
+    assert_eq!((flaky.len(), settles.len()), (2, 2), "{spans:?}");
+    for span in flaky.iter().chain(&settles) {
+        let (code, _) = status(span);
+        assert_eq!(code, 2, "not an error: {span}");
+        let kind = attribute(span, "error.type")["stringValue"].as_str();
+        assert!(matches!(kind, Some("retry" | "rejected")), "{span}");
+    }
+    let poisoned = settles
+        .iter()
+        .find(|s| attribute(s, "messaging.operation.name")["stringValue"] == "poison")
+        .expect("the poison settle");
+    assert_eq!(attribute(poisoned, "error.type")["stringValue"], "rejected");
+    assert!(status(poisoned).1.contains("no such card"), "{poisoned}");
+    let retried = settles
+        .iter()
+        .find(|s| attribute(s, "messaging.operation.name")["stringValue"] == "retry")
+        .expect("the retry settle");
+    assert!(status(retried).1.contains("card declined"), "{retried}");
+    assert_eq!(status(process[0]).0, 0, "{}", process[0]);
+    assert!(attribute(process[0], "error.type").is_null());
+
+    // No attribute says where the span was made (always src/codec/spans.rs), on which thread,
+    // or how long it was busy or idle.
+    for (_, span) in &spans {
+        for key in [
+            "code.file.path",
+            "code.filepath",
+            "thread.id",
+            "thread.name",
+            "busy_ns",
+            "idle_ns",
+        ] {
+            assert!(attribute(span, key).is_null(), "{key} on {span}");
+        }
+    }
+
+    // The envelope came off on a queue without the option, and the trace goes on.
+    assert_eq!(*plain_seen.lock().unwrap(), [r#"{"order": 7}"#]);
+    let (send, process) = (named(&spans, "send plain"), named(&spans, "process plain"));
+    assert_eq!((send.len(), process.len()), (1, 1), "{spans:?}");
+    assert_eq!(process[0]["parentSpanId"], send[0]["spanId"], "{spans:?}");
 }

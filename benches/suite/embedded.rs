@@ -101,7 +101,7 @@ pub fn span_sites_off_ns(n: u32) -> f64 {
         let store_send = spans::receive_span("emb");
         let receive = (i % 32 == 0).then(|| spans::receive_span("emb"));
         let store_receive = (i % 32 == 0).then(|| spans::receive_span("emb"));
-        let process = spans::process_span("emb", "id", 1, &mut text, false);
+        let process = spans::process_span("emb", "id", 1, &mut text);
         let settle = spans::settle_span("emb", "id", "delete");
         let store_delete = spans::receive_span("emb");
         std::hint::black_box((

@@ -89,7 +89,7 @@ impl Event for JobRecord {
 }
 
 /// What a shaping hook may do with a pulse (see [`JobMonitor::shape`]).
-pub type PulseHook = Arc<dyn Fn(&mut JobRecord) -> bool + Send + Sync>;
+pub(crate) type PulseHook = Arc<dyn Fn(&mut JobRecord) -> bool + Send + Sync>;
 
 /// A running job's monitor: records its start when made, then each pulse and its end, on the
 /// bus's job store and as `ebbflow.job` events. Cheap to clone; every call returns at once (the

@@ -58,13 +58,13 @@ mod envelope;
 pub mod events;
 mod handle;
 pub mod jobs;
-pub mod memory;
+pub(crate) mod memory;
 pub(crate) mod metrics;
-pub mod options;
+pub(crate) mod options;
 mod poison;
-pub mod redis;
+pub(crate) mod redis;
 mod request;
-pub mod settings;
+pub(crate) mod settings;
 pub(crate) mod signing;
 mod supervise;
 
@@ -78,9 +78,15 @@ pub(crate) use announce::pass_on_target;
 pub use announce::{Announced, Announcer};
 pub use envelope::{now_ms, Address, Envelope};
 pub use handle::{BoxError, BusHandle, Filter, Received, Subscription};
+pub use memory::{MemoryBroker, MemoryBus};
+pub use options::{Count, EnvelopeLimit, MaxBacklog, MaxDeliveries, Retention, SigningKey};
 pub use poison::PoisonEntry;
+pub use redis::{RedisBus, RedisStats};
 pub use request::Request;
-pub use settings::{BusKind, BusSettings, Name, PublishMode, QueueBusSettings, Reach, RedisUrl};
+pub use settings::{
+    AnnounceDepth, Bounded, BusKind, BusSettings, ClaimTimeout, Name, OutageProbe, PublishMode,
+    PulseInterval, QueueBusSettings, Reach, RedisUrl,
+};
 
 /// Connects this instance to the bus its settings name: the embedded bus of its own with
 /// `kind = "none"`, Redis with `kind = "redis"` (failing when Redis cannot be reached or refuses
@@ -511,7 +517,7 @@ pub struct TransportCounters {
 
 /// What the bus metrics show (see the book's Operating chapter, docs/src/operating.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BusFigures {
+pub(crate) struct BusFigures {
     /// 1 while connected.
     pub up: bool,
     /// The transport's counters.

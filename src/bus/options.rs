@@ -7,47 +7,15 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::settings::Bounded;
+use crate::checks::InvalidValue;
 
 /// How long a fan-out event (unicast, multicast, role) waits for an addressed instance that is
 /// away, and how long a departed instance's place in the streams is kept: 1s..=7d.
 pub type Retention = Bounded<1_000, 604_800_000>;
 
-/// An integer between `MIN` and `MAX`, checked while parsing (the key is named by the loader).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
-#[serde(try_from = "u64", into = "u64")]
-pub struct Count<const MIN: u64, const MAX: u64>(u64);
-
-impl<const MIN: u64, const MAX: u64> Count<MIN, MAX> {
-    /// `n`, when in range.
-    ///
-    /// # Errors
-    /// The range, when `n` is outside it.
-    pub fn new(n: u64) -> Result<Self, String> {
-        if (MIN..=MAX).contains(&n) {
-            Ok(Self(n))
-        } else {
-            Err(format!("{n}: must be {MIN}..={MAX}"))
-        }
-    }
-
-    /// The number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl<const MIN: u64, const MAX: u64> TryFrom<u64> for Count<MIN, MAX> {
-    type Error = String;
-    fn try_from(n: u64) -> Result<Self, String> {
-        Self::new(n)
-    }
-}
-
-impl<const MIN: u64, const MAX: u64> From<Count<MIN, MAX>> for u64 {
-    fn from(c: Count<MIN, MAX>) -> u64 {
-        c.0
-    }
-}
+/// An integer between `MIN` and `MAX`, checked while parsing (the key is named by the loader):
+/// the shared [`BoundedU64`](crate::checks::BoundedU64).
+pub use crate::checks::BoundedU64 as Count;
 
 /// The largest envelope (its JSON, in bytes) the bus sends or accepts: 1 KiB..=64 MiB.
 pub type EnvelopeLimit = Count<1_024, 67_108_864>;
@@ -67,14 +35,14 @@ impl SigningKey {
     /// `text` as a key.
     ///
     /// # Errors
-    /// When it is shorter than 32 characters (the message does not show it).
-    pub fn new(text: impl Into<String>) -> Result<Self, String> {
+    /// [`InvalidValue`] when it is shorter than 32 characters (the error shows its length,
+    /// never the key).
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidValue> {
         let text = text.into();
         if text.chars().count() < 32 {
-            return Err(format!(
-                "a signing key of {} characters is too short: use at least 32 random characters \
-                 (e.g. `openssl rand -base64 32`)",
-                text.chars().count()
+            return Err(InvalidValue::new(
+                format!("a key of {} characters", text.chars().count()),
+                "must be at least 32 characters: use random ones (e.g. `openssl rand -base64 32`)",
             ));
         }
         Ok(Self(text.into()))
@@ -95,8 +63,8 @@ impl PartialEq for SigningKey {
 impl Eq for SigningKey {}
 
 impl TryFrom<String> for SigningKey {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
         Self::new(text)
     }
 }

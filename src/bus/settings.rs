@@ -202,7 +202,6 @@ impl fmt::Debug for Name {
 /// A duration between `MIN` and `MAX` milliseconds, checked while parsing (the shared
 /// [`BoundedDuration`](crate::checks::BoundedDuration)).
 pub use crate::checks::BoundedDuration as Bounded;
-pub use crate::checks::HumanDuration;
 
 /// With `publish = "depth"`, messages between two announcements (`depth`), 1..=100000.
 pub type AnnounceDepth = crate::checks::BoundedU32<1, 100_000>;
@@ -378,7 +377,8 @@ impl Default for QueueBusSettings {
 
 /// `"off"` or a duration.
 mod outage_probe {
-    use super::{HumanDuration, OutageProbe};
+    use super::OutageProbe;
+    use crate::checks::HumanDuration;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Deserialize)]
@@ -397,7 +397,10 @@ mod outage_probe {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<OutageProbe>, D::Error> {
-        match Raw::deserialize(d)? {
+        // The untagged enum's own error names neither the key's forms nor an example.
+        let raw = Raw::deserialize(d)
+            .map_err(|_: D::Error| serde::de::Error::custom("expected a duration or \"off\""))?;
+        match raw {
             Raw::Off(Off::Off) => Ok(None),
             Raw::On(h) => OutageProbe::try_from(h)
                 .map(Some)

@@ -30,7 +30,7 @@ use super::TraceContext;
 
 /// The `messaging.system` value of ebbflow's spans: the OpenTelemetry conventions name none
 /// for Azure Storage Queues (they have `servicebus` and `eventhubs`), so ebbflow uses this.
-pub const SYSTEM: &str = "azure_storage_queue";
+pub(crate) const SYSTEM: &str = "azure_storage_queue";
 
 /// What an installed exporter does with spans, beyond what `tracing` carries.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +43,8 @@ pub(crate) struct Exporter {
     pub set_attribute: fn(&Span, &'static str, Attr),
     /// Adds a link to another span's context (any time before the span closes).
     pub add_link: fn(&Span, &TraceContext),
+    /// Gives a span the error status with this description.
+    pub set_error: fn(&Span, String),
 }
 
 /// One span attribute's value.
@@ -139,26 +141,20 @@ pub fn send_span(queue: &str) -> Span {
 
 /// The span of one message's run: `process <queue>` while traces are exported, else the plain
 /// `message` log span (`message_id`, `dequeue_count`; the listener's span around it names the
-/// queue). With `envelope` (the queue's
-/// `trace_context`), a trace-context envelope is taken off `text` and the span continues the
-/// producer's trace; text without one is left as it is. Without an envelope, a claim-check
-/// reference's own `trace` (see [`ClaimRef`](crate::codec::ClaimRef)) is continued instead.
-pub fn process_span(
-    queue: &str,
-    message_id: &str,
-    dequeue_count: u32,
-    text: &mut String,
-    envelope: bool,
-) -> Span {
-    let parent = if envelope {
+/// queue). A well-formed trace-context envelope is taken off `text` whatever the queue's
+/// `trace_context` says (that option controls sending only), so a consumer never hands a
+/// handler the envelope of a producer that had the option on; the span then continues the
+/// producer's trace. Text without one (or with a malformed one) is left as it is. Without an
+/// envelope, a claim-check reference's own `trace` (see [`ClaimRef`](crate::codec::ClaimRef))
+/// is continued instead.
+pub fn process_span(queue: &str, message_id: &str, dequeue_count: u32, text: &mut String) -> Span {
+    let parent = {
         let (cx, body) = TraceContext::unwrap(text);
         let cut = text.len() - body.len();
         if cx.is_some() {
             text.drain(..cut);
         }
         cx
-    } else {
-        None
     };
     if !exporting() {
         // A child of the listener's span, which names the queue.
@@ -234,6 +230,18 @@ pub fn settle_span(queue: &str, message_id: &str, action: &'static str) -> Span 
         ],
     );
     span
+}
+
+/// Marks `span` as failed after the conventions: the error status with `description`, and
+/// `error.type` = `error_type` (what happened to the message: `retry`, or the poison reason
+/// such as `max_dequeue_count_exceeded`). Nothing while traces are off.
+pub(crate) fn failed(span: &Span, error_type: &str, description: &str) {
+    if let Some(e) = EXPORTER.get() {
+        if !span.is_none() {
+            (e.set_attribute)(span, "error.type", Attr::Text(error_type.into()));
+            (e.set_error)(span, description.into());
+        }
+    }
 }
 
 /// The span of one batch handler call (`process <queue>`, a root, after the conventions'
@@ -312,12 +320,18 @@ mod tests {
         assert!(store_span("orders", "send").is_none());
         let cx = TraceContext::new([1; 16], [2; 8], true, "");
         let mut text = cx.wrap("eyJhIjoxfQ==");
-        let _span = process_span("orders", "m1", 1, &mut text, true);
+        let _span = process_span("orders", "m1", 1, &mut text);
         assert_eq!(text, "eyJhIjoxfQ==");
-        // Without the queue's option the text is the handler's, envelope or not.
-        let mut text = cx.wrap("x");
-        let _span = process_span("orders", "m1", 1, &mut text, false);
-        assert_eq!(text, cx.wrap("x"));
+        // Text without a well-formed envelope is the handler's as it is.
+        for plain in [
+            "x",
+            "traceparent: nonsense\n\nx",
+            "traceparent: 00-1-2-01\nx",
+        ] {
+            let mut text = plain.to_string();
+            let _span = process_span("orders", "m1", 1, &mut text);
+            assert_eq!(text, plain);
+        }
         assert_eq!(inject(&Span::none(), "x".into()), "x");
     }
 }

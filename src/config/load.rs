@@ -107,6 +107,7 @@ pub(super) fn load_from(
             None => {}
         }
     }
+    settings.apply_heartbeat_defaults();
     settings.validate()?;
     Ok(settings)
 }
@@ -124,7 +125,12 @@ fn load_error(e: config::ConfigError) -> ConfigError {
     {
         if let config::ConfigError::Message(text) = error.as_ref() {
             if let Some(refused) = crate::checks::InvalidValue::parse(text) {
-                return ConfigError::invalid(key.as_str(), redact(&refused.value), refused.rule);
+                // A map keyed by queue names refuses a key: name the section it opens.
+                let key = match key.as_str() {
+                    map @ ("queues" | "outputs") => format!("{map}.{}", refused.value),
+                    key => key.to_string(),
+                };
+                return ConfigError::invalid(key, redact(&refused.value), refused.rule);
             }
         }
     }
@@ -223,6 +229,13 @@ fn explain(message: &str) -> String {
              \"5m\", \"1h\""
         );
     }
+    if message.contains("invalid socket address syntax") {
+        return format!(
+            "{message}: write an IP address and a port, e.g. \"127.0.0.1:7075\" (this host \
+             only) or \"0.0.0.0:7075\" (every interface); a host name such as localhost is not \
+             accepted"
+        );
+    }
     // The `config` crate's words for an unknown choice: "enum Encoding does not have variant
     // constructor base-64 for key `queues.orders.encoding`".
     if let Some(rest) = message.split("does not have variant constructor ").nth(1) {
@@ -244,7 +257,9 @@ fn allowed_values(field: &str) -> Option<String> {
         let probe: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
             "\u{1}".into_deserializer();
         let e = T::deserialize(probe).err()?.to_string();
-        e.split("expected ").nth(1).map(str::to_string)
+        let allowed = e.split("expected ").nth(1)?;
+        // serde says "one of `a`, `b`, `c`" (or "`a` or `b`"); the caller says "one of".
+        Some(allowed.trim_start_matches("one of ").to_string())
     }
     match field {
         "encoding" => of::<crate::codec::Encoding>(),
@@ -305,6 +320,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.format") && e.contains("json"), "{e}");
+    }
+
+    #[test]
+    fn first_hour_mistakes_name_the_key_the_forms_and_an_example() {
+        let err = |toml: &str| {
+            load(&[("default.toml", toml)], &[])
+                .unwrap_err()
+                .to_string()
+        };
+        for probe in ["\"no\"", "30"] {
+            let e = err(&format!(
+                "[queues.orders.bus]\noutage_probe_interval = {probe}\n"
+            ));
+            assert!(
+                e.contains("queues.orders.bus.outage_probe_interval")
+                    && e.contains("\"off\"")
+                    && e.contains("e.g. \"30s\"")
+                    && !e.contains("Raw"),
+                "{e}"
+            );
+        }
+        for (toml, values) in [
+            ("[storage]\ncredential = \"x\"\n", "`managed_identity`"),
+            ("[queues.orders.bus]\npublish = \"x\"\n", "`depth`"),
+        ] {
+            let e = err(&format!("[queues.orders]\n{toml}"));
+            assert!(e.contains(values) && !e.contains("one of one of"), "{e}");
+        }
+        let e = err("[queues.orders]\n[triggers.http]\nbind = \"localhost:7075\"\n");
+        assert!(
+            e.contains("triggers.http.bind") && e.contains("e.g. \"127.0.0.1:7075\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! here too: the observability room sits above `config` and reads them.
 
 mod bus;
+#[cfg(test)]
+mod heartbeat_tests;
 mod load;
 mod observability;
 mod output;
@@ -44,7 +46,8 @@ pub use observability::{
 };
 pub use output::OutputSettings;
 pub use queue::{
-    BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, QueueSettings, Shards,
+    BatchSize, Concurrency, HeartbeatSettings, MaxDequeueCount, PulseEvery, QueueSettings,
+    RefillThreshold, Shards,
 };
 
 /// The environment variable that names the optional per-environment file.
@@ -74,11 +77,15 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// Push triggers from other processes.
     pub triggers: TriggerSettings,
-    /// One section per queue, keyed by queue name.
+    /// One section per queue, keyed by queue name. A key that is not a queue name the service
+    /// accepts is refused while parsing (`queues.Orders = Orders: must be 3-63 ...`); one
+    /// inserted in code is refused by [`Settings::validate`], which the worker runs at start.
+    #[serde(deserialize_with = "queue_names")]
     pub queues: BTreeMap<String, QueueSettings>,
     /// Queues this worker only writes to (another worker consumes them), keyed by queue name:
     /// checked at start-up like the consumed ones (created, or proven to exist) and handed to
     /// handlers by `Context::output` / `Context::publisher`; no handler needed.
+    #[serde(deserialize_with = "queue_names")]
     pub outputs: BTreeMap<String, OutputSettings>,
     /// The ops endpoint (`/healthz`, `/readyz`, `/metrics`).
     pub observability: ObservabilitySettings,
@@ -86,9 +93,25 @@ pub struct Settings {
     pub log: LogSettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
+    /// Heartbeat defaults for every queue: each field applies to a queue whose own
+    /// `[queues.<name>.heartbeat]` leaves it unset (see [`Settings::apply_heartbeat_defaults`]).
+    pub heartbeat: HeartbeatSettings,
     /// Where these settings came from (not a key: filled in by [`Settings::load_from`]).
     #[serde(skip)]
     origin: Origin,
+}
+
+/// A map keyed by queue names, each checked as a [`QueueName`] while parsing.
+fn queue_names<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    let map = BTreeMap::<String, V>::deserialize(d)?;
+    for name in map.keys() {
+        QueueName::new(name.as_str()).map_err(serde::de::Error::custom)?;
+    }
+    Ok(map)
 }
 
 /// Process-wide settings.
@@ -153,6 +176,16 @@ impl Settings {
         load::load_from(dir, env)
     }
 
+    /// Gives each queue the root `[heartbeat]` values it leaves unset (a queue's own value
+    /// wins), so the listener sees the effective ones. [`Settings::load_from`] and
+    /// [`crate::Worker::new`] call it; calling it again changes nothing.
+    pub fn apply_heartbeat_defaults(&mut self) {
+        let defaults = self.heartbeat;
+        for q in self.queues.values_mut() {
+            q.heartbeat = q.heartbeat.or(defaults);
+        }
+    }
+
     /// Where these settings were read from: the folder and files (and whether each existed)
     /// and how many `EBBFLOW__...` variables applied. Empty for settings built in code.
     pub fn origin(&self) -> &Origin {
@@ -187,6 +220,8 @@ impl Settings {
             ));
         }
         self.worker.validate()?;
+        // Before the queues: a bad default is named at its own key, not at a queue's.
+        self.heartbeat.validate("heartbeat")?;
         self.observability.validate()?;
         self.bus.validate()?;
         for (name, q) in &self.queues {

@@ -15,6 +15,7 @@ use crate::service::validate_queue_name;
 /// the consuming worker's `[queues.<queue>]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct OutputSettings {
     /// How message text is encoded on the queue: `base64` (what Azure Functions writes) or
     /// `none`.

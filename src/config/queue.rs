@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::IdleBackoffSettings;
-use crate::checks::{check_duration, check_range, BoundedU32, ConfigError, InvalidValue};
+use crate::checks::{
+    check_duration, check_range, BoundedU32, BoundedU64, ConfigError, InvalidValue,
+};
 use crate::codec::Encoding;
 use crate::scaling::ScalingSettings;
 use crate::service::{validate_queue_name, QueueName, MAX_BATCH, MAX_VISIBILITY};
@@ -26,9 +28,10 @@ pub struct QueueSettings {
     pub concurrency: Concurrency,
     /// After a full batch, a task receives again once it can take this many (free slots plus
     /// room ahead; fewer, larger receives), or at once with any free slot when a trigger
-    /// arrives. 1..=min(batch_size, concurrency); default half of that, at least 1, or two
-    /// thirds of `min(batch_size, concurrency + ahead)` while receiving ahead.
-    pub refill_threshold: Option<u32>,
+    /// arrives. 1..=min(batch_size, concurrency) (1..=32 checked while parsing, the rest with
+    /// the other two keys); default half of that, at least 1, or two thirds of
+    /// `min(batch_size, concurrency + ahead)` while receiving ahead.
+    pub refill_threshold: Option<RefillThreshold>,
     /// After a trigger wakes an idle task, wait up to this long for more arrivals before
     /// receiving: fewer receive calls under a trickle, at the price of up to this much pickup
     /// latency. Off when unset; at most 10s.
@@ -85,6 +88,11 @@ pub struct QueueSettings {
 pub type BatchSize = BoundedU32<1, { MAX_BATCH as u32 }>;
 /// Handlers of one queue running at once (`concurrency`), 1..=10000.
 pub type Concurrency = BoundedU32<1, 10_000>;
+/// Free slots a task waits for after a full batch (`refill_threshold`), 1..=32 while parsing;
+/// at most `min(batch_size, concurrency)` when the queue's settings are checked.
+pub type RefillThreshold = BoundedU32<1, { MAX_BATCH as u32 }>;
+/// Progress units between two count pulses (`heartbeat.every`), at least 1.
+pub type PulseEvery = BoundedU64<1, { u64::MAX }>;
 /// Receives after which a message goes to the poison queue (`max_dequeue_count`), 1..=1000.
 pub type MaxDequeueCount = BoundedU32<1, 1000>;
 
@@ -138,8 +146,33 @@ pub struct HeartbeatSettings {
     /// A timed pulse this often while a handler runs (None: no timed pulses).
     #[serde(with = "humantime_serde")]
     pub interval: Option<Duration>,
-    /// A count pulse every this many progress units (None: no count pulses).
-    pub every: Option<u64>,
+    /// A count pulse every this many progress units, at least 1 (None: no count pulses).
+    pub every: Option<PulseEvery>,
+}
+
+impl HeartbeatSettings {
+    /// Checks the values found under `section` (`heartbeat` or `queues.<name>.heartbeat`;
+    /// `every` is checked as it is read).
+    pub(crate) fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if let Some(t) = self.interval {
+            check_duration(
+                &format!("{section}.interval"),
+                t,
+                Duration::from_millis(10),
+                MAX_VISIBILITY,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// These values, each unset one taken from `defaults`.
+    #[must_use]
+    pub fn or(self, defaults: Self) -> Self {
+        Self {
+            interval: self.interval.or(defaults.interval),
+            every: self.every.or(defaults.every),
+        }
+    }
 }
 
 impl Default for QueueSettings {
@@ -178,7 +211,7 @@ impl QueueSettings {
         if let Some(refill) = q.refill_threshold {
             check_range(
                 &key("refill_threshold"),
-                refill,
+                refill.get(),
                 1,
                 q.batch_size.get().min(q.concurrency.get()).max(1),
             )?;
@@ -238,28 +271,16 @@ impl QueueSettings {
             Duration::ZERO,
             Duration::from_secs(3600),
         )?;
-        if let Some(t) = q.heartbeat.interval {
-            check_duration(
-                &key("heartbeat.interval"),
-                t,
-                Duration::from_millis(10),
-                MAX_VISIBILITY,
-            )?;
-        }
-        if q.heartbeat.every == Some(0) {
-            return Err(ConfigError::invalid(
-                key("heartbeat.every"),
-                0,
-                "must be at least 1",
-            ));
-        }
+        q.heartbeat.validate(&key("heartbeat"))?;
         Ok(())
     }
     /// Free slots a task waits for after a full batch: `refill_threshold`, or half of
     /// `min(batch_size, concurrency)`, at least 1.
     pub fn refill_slots(&self) -> usize {
         let most = self.batch_size.get().min(self.concurrency.get()).max(1);
-        self.refill_threshold.unwrap_or(most / 2).clamp(1, most) as usize
+        self.refill_threshold
+            .map_or(most / 2, BoundedU32::get)
+            .clamp(1, most) as usize
     }
 
     /// The physical queues this queue spans: `<queue>-0 .. <queue>-{N-1}` when sharded, else

@@ -207,6 +207,46 @@ fn human_durations_and_backoff_limits() {
     assert!(err.contains("visibility_timeout"), "{err}");
 }
 
+/// Counts are typed: out of the type's range, the loader refuses them while parsing, naming the
+/// key and the range; a refill threshold in range but over the queue's own slots is refused by
+/// the cross-key check.
+#[test]
+fn refill_threshold_and_heartbeat_every_are_checked_while_parsing() {
+    for (toml, said) in [
+        (
+            "[queues.orders]\nrefill_threshold = 0\n",
+            "config: queues.orders.refill_threshold = 0: must be 1..=32",
+        ),
+        (
+            "[queues.orders]\nrefill_threshold = 33\n",
+            "config: queues.orders.refill_threshold = 33: must be 1..=32",
+        ),
+        (
+            "[queues.orders]\nconcurrency = 4\nrefill_threshold = 8\n",
+            "config: queues.orders.refill_threshold = 8: must be 1..=4",
+        ),
+        (
+            "[queues.orders.heartbeat]\nevery = 0\n",
+            "config: queues.orders.heartbeat.every = 0: must be 1..=",
+        ),
+    ] {
+        let err = Settings::load_from(&dir_with(toml), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(said), "{toml}: {err}");
+    }
+    let s = Settings::load_from(
+        &dir_with(
+            "[queues.orders]\nrefill_threshold = 8\n[queues.orders.heartbeat]\nevery = 1000\n",
+        ),
+        &env(&[]),
+    )
+    .unwrap();
+    let orders = &s.queues["orders"];
+    assert_eq!(orders.refill_slots(), 8);
+    assert_eq!(orders.heartbeat.every.map(|e| e.get()), Some(1000));
+}
+
 #[test]
 fn bad_queue_names_and_encodings_are_named() {
     let dir = dir_with("[queues.Orders]\n");

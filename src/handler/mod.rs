@@ -116,6 +116,28 @@ pub struct Context {
 /// The worker's publishers by queue name, shared by every handler's [`Context`].
 pub(crate) type Publishers = Arc<std::collections::BTreeMap<String, Publisher>>;
 
+/// A handler asked for a queue the worker has no publisher for: said once per name at WARN (a
+/// typo in `ctx.publisher("emials")` would otherwise only skip its sends in silence).
+fn warn_unknown_queue(queue: &str, publishers: &Publishers) {
+    static WARNED: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeSet<String>>> =
+        std::sync::OnceLock::new();
+    let first = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .map(|mut warned| warned.insert(queue.to_string()))
+        .unwrap_or(false);
+    if first {
+        let known: Vec<&str> = publishers.keys().map(String::as_str).collect();
+        tracing::warn!(
+            queue,
+            known = %known.join(", "),
+            "a handler asked for queue {queue}, which this worker has no publisher for (a typo? \
+             add [queues.{queue}] or [outputs.{queue}], or declare it with Worker::output); \
+             ctx.publisher and ctx.output return None for it"
+        );
+    }
+}
+
 /// A signal a handler can watch but not fire: the worker's shutdown, or its own timeout.
 #[derive(Debug, Clone)]
 pub struct Signal(CancellationToken);
@@ -206,8 +228,13 @@ impl Context {
 
     /// A publisher for one of the worker's configured queues, to hand work on. Its sends wake
     /// this worker's listener of that queue at once (the in-process push trigger).
+    /// `None` for a queue the worker does not have (a typo, say), logged once per name at WARN.
     pub fn publisher(&self, queue: &str) -> Option<&Publisher> {
-        self.publishers.get(queue)
+        let found = self.publishers.get(queue);
+        if found.is_none() {
+            warn_unknown_queue(queue, &self.publishers);
+        }
+        found
     }
 
     /// A typed output to one of the worker's queues (a `[queues.<queue>]` or
@@ -215,7 +242,7 @@ impl Context {
     /// JSON. `None` for a queue the worker does not know; declared outputs are checked at
     /// start-up, so a typo in a declaration stops the start.
     pub fn output<T: serde::Serialize>(&self, queue: &str) -> Option<Output<T>> {
-        self.publishers.get(queue).cloned().map(Output::new)
+        self.publisher(queue).cloned().map(Output::new)
     }
 
     /// The worker's bus: publish events to other instances (unicast, multicast, a role, or
@@ -338,7 +365,7 @@ impl HandlerError {
     pub fn release(after: Duration) -> Self {
         Self::Release {
             after,
-            source: "released by the handler".into(),
+            source: "the handler said not now".into(),
         }
     }
 
@@ -402,6 +429,39 @@ impl<H: Handler> ErasedHandler for Erased<H> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn asking_for_a_queue_the_worker_lacks_warns_once_per_name() {
+        #[derive(Clone, Default)]
+        struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if *event.metadata().level() == tracing::Level::WARN {
+                    let mut text = String::new();
+                    event.record(&mut |f: &tracing::field::Field, v: &dyn std::fmt::Debug| {
+                        text.push_str(&format!("{}={v:?} ", f.name()));
+                    });
+                    self.0.lock().unwrap().push(text);
+                }
+            }
+        }
+        use tracing_subscriber::layer::SubscriberExt;
+        let warnings = Warnings::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+        let ctx = Context::detached("orders", "m1", 1);
+        let typo = format!("emials-{}", uuid::Uuid::new_v4().simple());
+        assert!(ctx.publisher(&typo).is_none());
+        assert!(ctx.publisher(&typo).is_none());
+        assert!(ctx.output::<u32>(&typo).is_none());
+        let seen = warnings.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].contains(&typo), "{seen:?}");
+    }
+
     use super::*;
 
     #[derive(Debug, serde::Deserialize, PartialEq)]

@@ -103,7 +103,7 @@ pub(super) async fn run(
         shared.settings.handler_timeout.is_some(),
         &shared.runner.never,
     );
-    let heartbeat = Heartbeat::new(shared.settings.heartbeat.every);
+    let heartbeat = Heartbeat::new(shared.settings.heartbeat.every.map(|e| e.get()));
     if let Some(monitor) = job_monitor(&shared, &message) {
         heartbeat.monitor(monitor);
     }
@@ -442,7 +442,7 @@ fn job_monitor(shared: &Shared, message: &ReceivedMessage) -> Option<JobMonitor>
         &format!("{queue}/{}", message.id),
         queue,
         &format!("message {} (dequeue {})", message.id, message.dequeue_count),
-        hb.every,
+        hb.every.map(|e| e.get()),
         hb.interval,
     ))
 }

@@ -86,8 +86,9 @@ impl Settle {
                 HandlerError::Undecodable { source } => {
                     Settle::Poison(PoisonReason::Undecodable, source.to_string())
                 }
-                HandlerError::Release { after, .. } => {
-                    Settle::Release(cap(after), "the handler said not now".into())
+                // Why, as the handler or layer gave it ("over the rate limit", ...).
+                HandlerError::Release { after, source } => {
+                    Settle::Release(cap(after), source.to_string())
                 }
                 HandlerError::Poison { source } if !interrupted => {
                     Settle::Poison(PoisonReason::Rejected, source.to_string())
@@ -136,6 +137,17 @@ impl Settler<'_> {
         lease_ends: Instant,
     ) -> Option<Duration> {
         let span = crate::codec::spans::settle_span(&self.io.name, &message.id, action.name());
+        // A retry or a poison is the message's failure: both its `process` span (the current
+        // one) and the settle show it (the conventions' error status and `error.type`).
+        let failure = match &action {
+            Settle::Retry(_, why) => Some(("retry", why.as_str())),
+            Settle::Poison(reason, why) => Some((reason.as_str(), why.as_str())),
+            Settle::Delete | Settle::Release(..) => None,
+        };
+        if let Some((kind, why)) = failure {
+            crate::codec::spans::failed(&tracing::Span::current(), kind, why);
+            crate::codec::spans::failed(&span, kind, why);
+        }
         self.carry_out(message, action, lease_ends)
             .instrument(span)
             .await

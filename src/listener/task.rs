@@ -289,7 +289,6 @@ pub(super) async fn dequeue_loop(shared: Arc<Shared>, id: u64, token: Cancellati
                 &message.id,
                 message.dequeue_count,
                 &mut message.text,
-                settings.trace_context,
             );
             shared
                 .control

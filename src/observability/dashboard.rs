@@ -62,11 +62,11 @@ use crate::store::QueueStore;
 /// The page, served as it is.
 const PAGE: &str = include_str!("dashboard.html");
 /// Poison messages listed at most per request.
-pub const LIST_LIMIT: usize = 100;
+pub(crate) const LIST_LIMIT: usize = 100;
 
 /// What the dashboard reads: the running listeners, the store (for poison queues) and each
 /// queue's settings.
-pub struct Dashboard {
+pub(crate) struct Dashboard {
     listeners: Arc<OnceLock<Vec<QueueListener>>>,
     store: Arc<dyn QueueStore>,
     queues: BTreeMap<String, QueueSettings>,
@@ -105,7 +105,7 @@ impl Dashboard {
     }
 
     /// The `/dashboard.json` document (the fleet read from the bus, at most 2 s).
-    pub async fn state(&self) -> Value {
+    pub(crate) async fn state(&self) -> Value {
         let mut state = self.queues_state();
         if let Some(bus) = self.fleet.get() {
             state["fleet"] = fleet(bus).await;
@@ -290,6 +290,25 @@ pub(super) fn authorize(token: Option<&MetricsToken>, headers: &HeaderMap) -> Re
     }
 }
 
+/// A request for poison messages (their bodies and errors): with a token configured, it must be
+/// given; without one, only an endpoint bound to a loopback address (a local demo) serves
+/// them: anywhere else it is 403, saying to set the token.
+pub(super) fn authorize_poison(
+    token: Option<&MetricsToken>,
+    loopback: bool,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
+    if token.is_none() && !loopback {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "poison messages are shown only with observability.metrics_token set (or with the \
+             ops endpoint bound to a loopback address)"
+                .into(),
+        ));
+    }
+    authorize(token, headers)
+}
+
 /// A state-changing request: a token must be configured and given, and a browser's `Origin`
 /// must be this endpoint's own.
 fn authorize_change(token: Option<&MetricsToken>, headers: &HeaderMap) -> Result<(), Refusal> {
@@ -391,11 +410,32 @@ pub(super) async fn requeue(
     queue: &str,
     token: Option<&MetricsToken>,
     headers: &HeaderMap,
-    body: RequeueBody,
+    body: &[u8],
 ) -> Response {
+    // The token first, then the body: every error in the same JSON shape.
     if let Err((status, why)) = authorize_change(token, headers) {
         return reject(status, &why);
     }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json",
+        );
+    }
+    let body: RequeueBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not {{\"all\": true}} or {{\"ids\": [...]}}: {e}"),
+            )
+        }
+    };
     let selection = if body.all {
         Selection::All
     } else if body.ids.is_empty() {

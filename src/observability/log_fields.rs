@@ -18,7 +18,7 @@ use tracing_subscriber::fmt::FormatFields;
 /// Formats the fields of events and spans for the text format, control characters escaped, so
 /// one event is always one line.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EscapedFields;
+pub(crate) struct EscapedFields;
 
 impl<'w> FormatFields<'w> for EscapedFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {

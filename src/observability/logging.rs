@@ -6,20 +6,23 @@
 //! (the event's fields, its text under `message`), and `spans` (outermost first) when the
 //! event happened inside spans (a listener's `queue`, a message's `message_id`). Either
 //! format writes a field once per line: one a span carries is left out of the event's own.
-//! In text, control characters in messages and fields are escaped ([`EscapedFields`]), so a
+//! In text, control characters in messages and fields are escaped, so a
 //! field from the network (a bus envelope's `from`) cannot forge a line. Secrets never reach
 //! either format: errors and settings redact them before they are logged.
 
 use tracing_subscriber::EnvFilter;
 
-pub use super::log_fields::EscapedFields;
+pub(crate) use super::log_fields::EscapedFields;
 
 use super::unrepeated;
 use crate::config::{ConfigError, LogFormat, Settings, TracesSettings};
 
 /// The Azure SDK's own log targets, off unless `RUST_LOG` is set: its lines repeat what
-/// ebbflow already says once, in its own words (a retried call, a refused request).
-const SDK_TARGETS: [&str; 7] = [
+/// ebbflow already says once, in its own words (a retried call, a refused request). When
+/// they are on, their lines pass through [`crate::config::redact`] whole (the SDK logs request
+/// URLs with the query parameters it deems safe, such as a SAS's `sv`, which a malformed SAS
+/// can hide a signature in).
+pub(super) const SDK_TARGETS: [&str; 7] = [
     "azure_core",
     "azure_identity",
     "azure_storage_common",
@@ -96,24 +99,7 @@ pub fn init_with_traces(
 ) -> Result<bool, ConfigError> {
     let (filter, bad_filter) = choose_filter(std::env::var("RUST_LOG").ok(), default_filter);
     let installed = match exporting_layer(traces)? {
-        None => {
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr);
-            match format {
-                LogFormat::Text => builder
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .fmt_fields(EscapedFields)
-                    .event_format(unrepeated::text())
-                    .try_init()
-                    .is_ok(),
-                LogFormat::Json => builder
-                    .json()
-                    .event_format(unrepeated::json())
-                    .try_init()
-                    .is_ok(),
-            }
-        }
+        None => install_lines(format, filter),
         Some(otel) => {
             use tracing_subscriber::layer::SubscriberExt as _;
             use tracing_subscriber::util::SubscriberInitExt as _;
@@ -140,10 +126,33 @@ pub fn init_with_traces(
                 .is_ok()
         }
     };
+    if installed {
+        super::traces::announce();
+    }
     if let Some((given, error)) = bad_filter {
         tracing::warn!(rust_log = %given, %error, default = default_filter, "RUST_LOG does not parse; using the default filter");
     }
     Ok(installed)
+}
+
+/// The log subscriber without the trace export: `format` lines on stderr under `filter`.
+fn install_lines(format: LogFormat, filter: EnvFilter) -> bool {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .fmt_fields(EscapedFields)
+            .event_format(unrepeated::text())
+            .try_init()
+            .is_ok(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(unrepeated::json())
+            .try_init()
+            .is_ok(),
+    }
 }
 
 type OtelLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
@@ -188,7 +197,10 @@ pub fn setup(default_filter: &str) -> Result<Settings, ConfigError> {
     let chosen = format.as_ref().copied().unwrap_or(configured);
     let traced = init_with_traces(chosen, default_filter, &traces).map(|_| ());
     if traced.is_err() {
-        init(chosen, default_filter);
+        // The trace settings are wrong, so nothing was installed: log without the export, so
+        // the error below (naming the variable or key) is seen.
+        let (filter, _) = choose_filter(std::env::var("RUST_LOG").ok(), default_filter);
+        install_lines(chosen, filter);
     }
     let result = format.and(traced).and(loaded);
     if let Err(e) = &result {

@@ -21,9 +21,6 @@ use crate::store::metered::Metering;
 use crate::store::{QueueStore, UnknownOutcomes};
 use crate::trigger::TriggerSource;
 
-/// The content type of [`Metrics::render`]'s text.
-pub use crate::endpoint::CONTENT_TYPE;
-
 /// A running worker's metrics, rendered on each scrape.
 pub struct Metrics {
     registry: Registry,
@@ -90,7 +87,7 @@ impl Metrics {
     }
 
     /// The dashboard's data source, when the worker set one.
-    pub fn dashboard(&self) -> Option<&super::dashboard::Dashboard> {
+    pub(crate) fn dashboard(&self) -> Option<&super::dashboard::Dashboard> {
         self.dashboard.get()
     }
 
@@ -100,7 +97,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`); its content type is
-    /// [`CONTENT_TYPE`].
+    /// [`CONTENT_TYPE`](super::CONTENT_TYPE).
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would be a bug in a collector,

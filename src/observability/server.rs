@@ -33,9 +33,9 @@ use crate::endpoint::{
 };
 
 /// A `/metrics` request not answered within this long gets 408.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/metrics` requests served at once; more get 503 at once.
-pub const MAX_CONCURRENT_SCRAPES: usize = 8;
+pub(crate) const MAX_CONCURRENT_SCRAPES: usize = 8;
 
 #[derive(Clone)]
 struct OpsState {
@@ -43,19 +43,28 @@ struct OpsState {
     metrics: Arc<Metrics>,
     token: Option<MetricsToken>,
     refusals: Refusals,
+    /// The endpoint is bound to a loopback address: without a token, poison messages are
+    /// shown (a local demo); else never without one.
+    loopback: bool,
 }
 
 /// The `endpoint` label of this endpoint's refusals.
 const ENDPOINT: &str = "ops";
 
-/// The ops router, for embedding in another server or for tests.
-pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<MetricsToken>) -> Router {
+/// The ops router of an endpoint bound to a loopback address (`loopback`) or not.
+fn router_at(
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+    token: Option<MetricsToken>,
+    loopback: bool,
+) -> Router {
     let refusals = metrics.refusals().clone();
     let state = OpsState {
         readiness,
         metrics,
         token,
         refusals: refusals.clone(),
+        loopback,
     };
     let guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(move |e: BoxError| {
@@ -76,6 +85,8 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
         .layer(guard)
         .route("/", get(dashboard::page))
         .route("/dashboard", get(dashboard::page))
+        // Browsers ask for it by themselves: nothing to show, and no 404 in their console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -88,7 +99,7 @@ pub fn router(readiness: Readiness, metrics: Arc<Metrics>, token: Option<Metrics
 /// # Errors
 ///
 /// The [`std::io::Error`] of binding `addr` (in use, not permitted).
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     limits: ConnectionLimits,
     readiness: Readiness,
@@ -98,7 +109,7 @@ pub async fn bind(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let refusals = metrics.refusals().clone();
-    let app = router(readiness, metrics, token);
+    let app = router_at(readiness, metrics, token, bound.ip().is_loopback());
     let serve = crate::endpoint::serve(
         listener,
         app,
@@ -151,7 +162,9 @@ async fn dashboard_poison(
     Path(queue): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err((status, why)) = dashboard::authorize(state.token.as_ref(), &headers) {
+    if let Err((status, why)) =
+        dashboard::authorize_poison(state.token.as_ref(), state.loopback, &headers)
+    {
         return reject(status, why);
     }
     match state.metrics.dashboard() {
@@ -164,10 +177,77 @@ async fn dashboard_requeue(
     State(state): State<OpsState>,
     Path(queue): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<dashboard::RequeueBody>,
+    body: axum::body::Bytes,
 ) -> Response {
     match state.metrics.dashboard() {
-        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, body).await,
+        Some(d) => dashboard::requeue(d, &queue, state.token.as_ref(), &headers, &body).await,
         None => reject(StatusCode::NOT_FOUND, "no dashboard on this endpoint"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use axum::body::Body;
+    use axum::extract::Request;
+    use tower::Service;
+
+    use super::*;
+    use crate::store::metered::Metering;
+    use crate::store::MemoryStore;
+
+    const TOKEN: &str = "poison-token-0123456789";
+
+    async fn get_poison(mut app: Router, token: Option<&str>) -> (StatusCode, String) {
+        let mut req = Request::get("/dashboard/poison/orders");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        std::future::poll_fn(|cx| <Router as Service<Request>>::poll_ready(&mut app, cx))
+            .await
+            .unwrap();
+        let r = Service::<Request>::call(&mut app, req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(
+            Arc::new(OnceLock::new()),
+            Arc::new(MemoryStore::new()),
+            Metering::default(),
+        ))
+    }
+
+    /// Poison bodies and errors are message contents: without a metrics token they are served
+    /// only on a loopback bind (the local demo), never on one reachable from elsewhere.
+    #[tokio::test]
+    async fn poison_routes_refuse_without_a_token_unless_bound_to_loopback() {
+        let token = || Some(MetricsToken::try_from(TOKEN.to_string()).unwrap());
+        // Bound elsewhere (or embedded, the bind unknown), no token: 403 naming the key.
+        let (status, body) = get_poison(
+            router_at(Readiness::default(), metrics(), None, false),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("observability.metrics_token"), "{body}");
+        // On loopback without a token, and anywhere with the token given, the request passes
+        // the check (this router has no dashboard set, hence 404, not 401/403).
+        let loopback = router_at(Readiness::default(), metrics(), None, true);
+        assert_eq!(get_poison(loopback, None).await.0, StatusCode::NOT_FOUND);
+        let with_token = router_at(Readiness::default(), metrics(), token(), false);
+        assert_eq!(
+            get_poison(with_token.clone(), Some(TOKEN)).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get_poison(with_token, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

@@ -15,7 +15,7 @@
 //! `OTEL_BSP_*` are read as the OpenTelemetry SDK reads them.
 
 pub use crate::codec::spans::{
-    exporting, inject, process_span, receive_span, received, send_span, settle_span, SYSTEM,
+    exporting, inject, process_span, receive_span, received, send_span, settle_span,
 };
 pub use crate::config::{TracesProtocol as Protocol, TracesSettings};
 
@@ -24,7 +24,11 @@ pub use crate::config::{TracesProtocol as Protocol, TracesSettings};
 mod export;
 
 #[cfg(feature = "otel")]
-pub use export::{flush, install, InstallError};
+pub use export::{announce, flush, install, InstallError};
+
+/// Says that traces are exported and where; without the `otel` feature they never are.
+#[cfg(not(feature = "otel"))]
+pub fn announce() {}
 
 /// Sends the spans still buffered; without the `otel` feature there are none.
 #[cfg(not(feature = "otel"))]

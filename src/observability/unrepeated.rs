@@ -52,6 +52,33 @@ where
         writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        let target = event.metadata().target();
+        if super::logging::SDK_TARGETS
+            .iter()
+            .any(|sdk| target.starts_with(sdk))
+        {
+            // The Azure SDK's own lines: formatted without colours, then redacted whole.
+            let mut line = String::new();
+            self.unrepeated(ctx, Writer::new(&mut line), event)?;
+            let mut writer = writer;
+            return writer.write_str(&crate::secret::redact(&line));
+        }
+        self.unrepeated(ctx, writer, event)
+    }
+}
+
+impl<F> Unrepeated<F> {
+    fn unrepeated<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+        F: FormatEvent<S, N>,
+    {
         let carried = carried_by_spans(ctx, event);
         if carried.is_empty() {
             return self.0.format_event(ctx, writer, event);

@@ -93,20 +93,19 @@ pub(crate) mod retrying;
 pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sharding;
+mod traced;
 
+pub(crate) use crate::service::validate_queue_name;
 pub use crate::service::{
-    validate_queue_name, DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE,
-    MAX_VISIBILITY,
+    DEFAULT_TIME_TO_LIVE, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TIME_TO_LIVE, MAX_VISIBILITY,
 };
 pub use azure::{account_sas, AzureBlobs, AzureStore, DEV_ACCOUNT, DEV_KEY};
 pub use blob::memory::MemoryBlobs;
-pub use blob::{
-    BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE, META_SHA256,
-};
+pub use blob::{BlobError, BlobErrorKind, BlobInfo, BlobStore, Blobs, META_EXPIRES, META_QUEUE};
 pub use cause::Cause;
 pub use claim::{
-    blobs_from_settings, open_blobs, sweep, ClaimCheck, ClaimCheckSettings, PayloadError,
-    QueueFormat, Sweep, EXPIRY_GRACE,
+    blobs_from_settings, sweep, ClaimCheck, ClaimCheckSettings, PayloadError, QueueFormat, Sweep,
+    EXPIRY_GRACE,
 };
 pub use counting::{CallCounts, Counting, CountingStore};
 pub use layer::{Layered, LayeredStore, Operation, QueueLayer, StoreLayer};
@@ -115,6 +114,7 @@ pub use retrying::{Retrying, RetryingStore};
 pub use rules::{SendOptions, TimeToLive};
 pub use settings::{CredentialKind, RetrySettings, StorageSettings};
 pub use sharding::{shard_name, Sharding, ShardingStore};
+pub use traced::Traced;
 
 /// A queue backend: hands out a [`Queue`] handle per queue name.
 pub trait QueueStore: Send + Sync + 'static {
@@ -316,7 +316,11 @@ pub enum StoreError {
         source: Option<Cause>,
     },
     /// The service refused our credentials.
-    #[error("not authorized on queue {queue}: {detail}")]
+    #[error(
+        "not authorized on queue {queue}: {detail}; check the credentials: the AccountKey (or \
+         SAS) in storage.connection_string or AZURE_STORAGE_CONNECTION_STRING, or the identity \
+         storage.credential names and its role on the account (Storage Queue Data Contributor)"
+    )]
     Unauthorized {
         /// The queue.
         queue: String,

@@ -61,7 +61,9 @@ pub enum Outcome {
     Released {
         /// The delay.
         after: Duration,
-        /// Why.
+        /// Why, as the handler or layer said it: `over the rate limit` (`RateLimit`), `circuit
+        /// breaker open` (`CircuitBreaker`), `the handler said not now`
+        /// (`HandlerError::release`), the text of a `HandlerError::Release`'s source.
         reason: String,
     },
     /// Copied to the poison queue, then deleted.
@@ -164,12 +166,19 @@ impl ContextBuilder {
 
 /// A handler with its layers, run on payloads outside a worker; the outcome is what the
 /// runtime would apply (with the queue settings given, default ones otherwise: dequeue limit
-/// 5, retry delay 30 s).
+/// 5, retry delay 30 s, no handler timeout).
+///
+/// Each run is a new message: [`HandlerTest::run`] and [`HandlerTest::run_batch`] give each
+/// one a fresh id (`test-message-1`, `test-message-2`, ...), so a `Dedup` layer by message id
+/// sees different messages. To run a given id (a redelivery, say), build the context:
+/// `test.run_with(payload, testing::context("q").message_id("m-7").dequeue_count(2).build())`.
 pub struct HandlerTest {
     handler: Arc<dyn ErasedHandler>,
     layers: Vec<SharedLayer>,
     settings: QueueSettings,
     queue: String,
+    /// Messages run so far: the next fresh id.
+    runs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for HandlerTest {
@@ -199,7 +208,16 @@ impl HandlerTest {
             layers: Vec::new(),
             settings: QueueSettings::default(),
             queue: "test-queue".to_string(),
+            runs: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A context for the next run: a fresh message id, first delivery.
+    fn fresh(&self) -> Context {
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        context(&self.queue)
+            .message_id(&format!("test-message-{n}"))
+            .build()
     }
 
     /// Adds a layer around the handler (the first added is outermost).
@@ -208,7 +226,11 @@ impl HandlerTest {
         self
     }
 
-    /// The queue settings whose rules apply (`max_dequeue_count`, `retry_delay`).
+    /// The queue settings whose rules apply: `max_dequeue_count`, `retry_delay`, and
+    /// `handler_timeout` with `handler_timeout_grace` (as the runtime does: at the timeout
+    /// `ctx.timeout()` and `ctx.cancellation()` fire; a handler still running after the grace
+    /// is dropped, and one that ends with a retry after the timeout is the timeout's
+    /// failure). Use tokio's paused clock for those, or the test waits them out.
     pub fn settings(mut self, settings: QueueSettings) -> Self {
         self.settings = settings;
         self
@@ -220,21 +242,28 @@ impl HandlerTest {
         Stack::new(layers, self.handler.clone())
     }
 
-    /// Runs `payload` (the message's payload, before the handler decodes it) as a first
-    /// delivery.
+    /// Runs `payload` (the message's payload, before the handler decodes it) as a new
+    /// message (a fresh id), first delivery.
     pub async fn run(&self, payload: impl Into<Vec<u8>>) -> Outcome {
-        self.run_with(payload, context(&self.queue).build()).await
+        self.run_with(payload, self.fresh()).await
     }
 
     /// Runs `payload` with `ctx` (its dequeue count decides between a retry and a poison on
     /// the last allowed try).
-    pub async fn run_with(&self, payload: impl Into<Vec<u8>>, ctx: Context) -> Outcome {
-        let (count, interrupted) = (ctx.dequeue_count(), ctx.shutdown().is_cancelled());
-        let ran = CatchPanic(self.stack().run(Job::new(ctx, payload.into()))).await;
-        let outcome = match ran {
-            Ok(result) => RunOutcome::Done(result),
-            Err(text) => RunOutcome::Panicked(text),
-        };
+    pub async fn run_with(&self, payload: impl Into<Vec<u8>>, mut ctx: Context) -> Outcome {
+        let count = ctx.dequeue_count();
+        let limit = self.settings.handler_timeout;
+        // The runtime's timeout signals: fired together at the timeout.
+        let fire = limit.map(|_| {
+            let (timeout, cancellation) = (CancellationToken::new(), ctx.shutdown.child_token());
+            ctx.timeout = Signal::new(timeout.clone());
+            ctx.cancellation = Signal::new(cancellation.clone());
+            (timeout, cancellation)
+        });
+        let shutdown = ctx.shutdown.clone();
+        let run = CatchPanic(self.stack().run(Job::new(ctx, payload.into())));
+        let outcome = watch(run, limit.zip(fire), self.settings.handler_timeout_grace).await;
+        let interrupted = shutdown.is_cancelled();
         Settle::decide(
             outcome,
             interrupted,
@@ -251,12 +280,7 @@ impl HandlerTest {
         &self,
         payloads: impl IntoIterator<Item = P>,
     ) -> Vec<Outcome> {
-        let runs = payloads.into_iter().enumerate().map(|(i, p)| {
-            let ctx = context(&self.queue)
-                .message_id(&format!("test-message-{i}"))
-                .build();
-            self.run_with(p, ctx)
-        });
+        let runs = payloads.into_iter().map(|p| self.run_with(p, self.fresh()));
         let mut outcomes = Vec::new();
         // Polled together, so they join one batch.
         let all: Vec<_> = runs.map(Box::pin).collect();
@@ -264,6 +288,34 @@ impl HandlerTest {
             outcomes.push(out);
         }
         outcomes
+    }
+}
+
+/// What the runtime's watch makes of a run: with a timeout, the signals fire at it, and a run
+/// still going after the grace is dropped (timed out); a retry after the timeout is the
+/// timeout's failure, a release or poison the handler's own decision.
+async fn watch(
+    mut run: CatchPanic,
+    timeout: Option<(Duration, (CancellationToken, CancellationToken))>,
+    grace: Duration,
+) -> RunOutcome {
+    let done = |ran: Result<Result<(), crate::HandlerError>, String>| match ran {
+        Ok(result) => RunOutcome::Done(result),
+        Err(text) => RunOutcome::Panicked(text),
+    };
+    let Some((limit, (timeout, cancellation))) = timeout else {
+        return done(run.await);
+    };
+    tokio::select! {
+        biased;
+        ran = &mut run => return done(ran),
+        () = tokio::time::sleep(limit) => {}
+    }
+    timeout.cancel();
+    cancellation.cancel();
+    match tokio::time::timeout(grace, &mut run).await {
+        Ok(Ok(Err(crate::HandlerError::Retry { .. }))) | Err(_) => RunOutcome::TimedOut(limit),
+        Ok(ran) => done(ran),
     }
 }
 

@@ -12,6 +12,7 @@ use tracing::info;
 
 use super::ready::{listeners_state, store_state};
 use super::{bus, tasks, Endpoints, RunningWorker, Worker, WorkerError};
+use crate::checks::ConfigError;
 use crate::handler::{ErasedHandler, Publisher, SharedLayer, Span, Stack};
 use crate::listener::{Lifecycle, ListenerSpec, QueueListener};
 use crate::observability::{Metrics, Readiness};
@@ -23,6 +24,7 @@ use crate::trigger::Hub;
 
 pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> {
     worker.check()?;
+    fd_room(&worker.settings)?;
     // Taken apart: the bus observers are `Send` but not `Sync`, so no `&Worker` may be held
     // across an await of this `Send` future.
     let Worker {
@@ -351,6 +353,59 @@ async fn claim_blobs(
     }
 }
 
+/// Makes sure the endpoints' connection caps fit the file-descriptor limit (raising the soft
+/// limit to the hard one when they need it); else a config error naming the larger cap, the
+/// descriptors needed and the limit.
+fn fd_room(settings: &crate::Settings) -> Result<(), ConfigError> {
+    let http = &settings.triggers.http;
+    let trigger = http
+        .enabled
+        .then_some(("triggers.http.max_connections", http.max_connections));
+    let ops = settings.observability.bind.map(|_| {
+        (
+            "observability.max_connections",
+            settings.observability.max_connections,
+        )
+    });
+    let caps: Vec<(&str, u32)> = trigger.into_iter().chain(ops).collect();
+    let Some(&(key, value)) = caps.iter().max_by_key(|(_, v)| *v) else {
+        return Ok(());
+    };
+    let headroom = crate::endpoint::HEADROOM;
+    let needed = caps.iter().map(|(_, v)| u64::from(*v)).sum::<u64>() + headroom;
+    match crate::endpoint::make_room(needed) {
+        Ok(None) => Ok(()),
+        Ok(Some((from, to))) => {
+            info!(
+                from,
+                to,
+                needed,
+                "raised the file-descriptor limit (RLIMIT_NOFILE) from {from} to {to} for the \
+                 endpoints' connection caps"
+            );
+            Ok(())
+        }
+        Err((soft, hard)) => {
+            let all = caps
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            Err(ConfigError::invalid(
+                key,
+                value,
+                format!(
+                    "{all} with {headroom} descriptors for the store, the bus and the logs \
+                     need {needed} file descriptors, above this process's limit \
+                     (RLIMIT_NOFILE: soft {soft}, hard {hard}; only the hard limit's holder can \
+                     raise it): lower the cap, or raise the limit (`ulimit -n`, the container \
+                     runtime's nofile limit)"
+                ),
+            ))
+        }
+    }
+}
+
 /// Binds and serves the ops endpoint when `observability.bind` is set.
 async fn serve_ops(
     settings: &crate::Settings,
@@ -370,7 +425,11 @@ async fn serve_ops(
         crate::observability::server::bind(addr, limits, readiness.clone(), metrics.clone(), token)
             .await
             .map_err(|error| WorkerError::OpsBind { addr, error })?;
-    info!(addr = %bound, "ops endpoint listening (/healthz, /readyz, /metrics)");
+    info!(
+        addr = %bound,
+        "ops endpoint listening (/healthz, /readyz, /metrics; dashboard: /, /dashboard.json, \
+         /dashboard/poison/<queue>)"
+    );
     Ok(Some((bound, serve_beside("ops endpoint", serve))))
 }
 

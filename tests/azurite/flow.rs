@@ -263,8 +263,11 @@ async fn a_triggered_trickle_costs_one_receive_per_message_or_less_with_a_window
 async fn settings_built_in_code_are_validated_at_start() {
     for (edit, key) in [
         (
-            (|q: &mut QueueSettings| q.refill_threshold = Some(0)) as fn(&mut QueueSettings),
-            "queues.orders.refill_threshold = 0",
+            // 1..=32 is the type's range; 20 is over min(batch_size 32, concurrency 16).
+            (|q: &mut QueueSettings| {
+                q.refill_threshold = Some(ebbflow::config::RefillThreshold::of::<20>())
+            }) as fn(&mut QueueSettings),
+            "queues.orders.refill_threshold = 20",
         ),
         (
             |q| q.batch_window = Some(Duration::from_secs(60)),

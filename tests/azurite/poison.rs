@@ -278,7 +278,10 @@ async fn the_cli_lists_shows_and_requeues() {
     let (code, shown) = cli(&["poison", "show", "--queue", &name, "--id", id]);
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("\"reason\": \"rejected\""), "{shown}");
-    assert!(shown.contains("decoded body: bad-"), "{shown}");
+    assert!(
+        shown.contains("decoded body (") && shown.contains(" bytes): bad-"),
+        "{shown}"
+    );
     // The id the worker's poison warning names (the message's id on its source queue) finds the
     // same copy.
     let original = shown

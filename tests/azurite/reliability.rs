@@ -111,7 +111,7 @@ async fn heartbeat_pulses_are_logged_and_jobs_end_with_a_status(store: Arc<dyn Q
     common::captured_logs();
     let name = queue_with(&store, "beat", &["say", "silent"]).await;
     let s = settings(&name, |q| {
-        q.heartbeat.every = Some(10);
+        q.heartbeat.every = Some(ebbflow::config::PulseEvery::of::<10>());
         q.heartbeat.interval = Some(Duration::from_secs(1));
         q.visibility_timeout = Duration::from_secs(30);
     });

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ebbflow::bus::settings::Bounded;
+use ebbflow::bus::Bounded;
 use ebbflow::bus::{BusKind, BusSettings, Member, Name, RedisUrl};
 
 /// The URL of the Redis started by `scripts/test`.

@@ -159,6 +159,39 @@ async fn the_dashboard_shows_queues_and_requeues_a_poison_message_behind_the_tok
     assert_eq!(status, 403, "{body}");
     let (status, body) = call("POST", &requeue, None, Some(&base), &one).await;
     assert_eq!(status, 401, "{body}");
+    // The token is checked before the body, and every error is JSON (newcomer pass item 10).
+    let client = reqwest::Client::new();
+    let plain = |token: Option<&str>, content_type: &str, body: &str| {
+        let mut req = client
+            .post(&requeue)
+            .header("origin", &base)
+            .header("content-type", content_type)
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for (token, content_type, body, expected) in [
+        (None, "text/plain", one.as_str(), 401),
+        (Some(TOKEN), "text/plain", one.as_str(), 415),
+        (Some(TOKEN), "application/json", "{not json", 400),
+    ] {
+        let r = plain(token, content_type, body).await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, expected, "{content_type} {body}: {text}");
+        let error: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert!(error["error"].is_string(), "{text}");
+    }
+    // Browsers ask for /favicon.ico on every page: no 404 (a console error in Chromium).
+    let r = client
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
     let (status, body) = call("POST", &requeue, Some(TOKEN), Some(&base), &one).await;
     assert_eq!(status, 200, "{body}");
     let report: Value = serde_json::from_str(&body).unwrap();
@@ -202,5 +235,47 @@ async fn without_a_token_configured_the_dashboard_reads_but_never_requeues() {
     .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("observability.metrics_token"), "{body}");
+    worker.shutdown().await;
+}
+
+/// The local demo: an ops endpoint bound to a loopback address without a metrics token still
+/// lists poison messages (off loopback it would refuse them; see the server's unit test), but
+/// never requeues without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_without_a_token_poison_messages_are_listed_but_not_requeued() {
+    let mut s = Settings::default();
+    s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    s.queues.insert("orders".into(), QueueSettings::default());
+    s.queues.get_mut("orders").unwrap().encoding = Encoding::None;
+    let worker = Worker::new(s)
+        .with_store(Arc::new(MemoryStore::new()))
+        .handler("orders", Picky::default())
+        .start()
+        .await
+        .unwrap();
+    let base = format!("http://{}", worker.ops_addr().unwrap());
+    let orders = worker.publisher("orders").unwrap();
+    orders.send_bytes(b"bad", Default::default()).await.unwrap();
+    let list = format!("{base}/dashboard/poison/orders");
+    let mut body = String::new();
+    for _ in 0..200 {
+        let (status, b) = call("GET", &list, None, None, "").await;
+        assert_eq!(status, 200, "{b}");
+        body = b;
+        if body.contains("order has no amount") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.contains("order has no amount"), "{body}");
+    let (status, body) = call(
+        "POST",
+        &format!("{list}/requeue"),
+        None,
+        None,
+        r#"{"all":true}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
     worker.shutdown().await;
 }

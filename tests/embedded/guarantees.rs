@@ -247,7 +247,9 @@ async fn a_heartbeat_pulse_renews_the_lease_on_the_store() {
     q.send("long", SendOptions::default()).await.unwrap();
     let name = q.name().to_string();
     let handler = Pulsing::default();
-    let s = settings(&name, |q| q.heartbeat.every = Some(1));
+    let s = settings(&name, |q| {
+        q.heartbeat.every = Some(ebbflow::config::PulseEvery::of::<1>())
+    });
     let start = tokio::time::Instant::now();
     let worker = common::start(&store, s, &name, handler.clone()).await;
     common::wait_for("the job running", Duration::from_secs(5), || {

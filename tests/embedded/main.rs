@@ -26,3 +26,4 @@ mod ops;
 mod outputs;
 mod reload;
 mod restarts;
+mod test_kit;

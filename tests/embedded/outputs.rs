@@ -38,10 +38,8 @@ fn settings(orders: &str, output: &str, encoding: Encoding) -> Settings {
     s.storage.create_queues = false;
     s.queues
         .insert(orders.to_string(), QueueSettings::default());
-    let out = OutputSettings {
-        encoding,
-        ..Default::default()
-    };
+    let mut out = OutputSettings::default();
+    out.encoding = encoding;
     s.outputs.insert(output.to_string(), out);
     s
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{redis_url, RedisServer};
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Announcer, Bus, Member, Presence, QueueBusSettings};
 use ebbflow::codec::Encoding;
 use ebbflow::Publisher;
@@ -484,8 +484,7 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing() {
     let mut q = ebbflow::config::QueueSettings::default();
     q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
     q.idle_backoff.max = Duration::from_millis(500);
-    q.bus.outage_probe_interval =
-        Some(ebbflow::bus::settings::Bounded::new(Duration::from_secs(1)).unwrap());
+    q.bus.outage_probe_interval = Some(ebbflow::bus::Bounded::new(Duration::from_secs(1)).unwrap());
     settings.queues.insert(name.clone(), q);
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     struct Record(Arc<std::sync::Mutex<Vec<String>>>);

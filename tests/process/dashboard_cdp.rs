@@ -127,14 +127,9 @@ impl Browser {
             Some("Runtime.consoleAPICalled") if p["type"] == "error" => {
                 self.errors.push(p.to_string())
             }
-            // The browser asks for /favicon.ico by itself; the page does not have one.
-            Some("Log.entryAdded")
-                if p["entry"]["level"] == "error"
-                    && !p["entry"]["url"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .ends_with("/favicon.ico") =>
-            {
+            // "Failed to load resource" (a 404, the favicon the browser asks for by itself
+            // included) is a log entry of level error.
+            Some("Log.entryAdded") if p["entry"]["level"] == "error" => {
                 self.errors.push(p.to_string())
             }
             _ => {}
@@ -294,6 +289,20 @@ async fn a_burst_scales_up_and_down_and_a_click_requeues_a_poison_message_in_chr
         Duration::from_secs(30),
         "document.querySelectorAll('section.queue').length",
         |v| v == 2,
+    );
+    // A counter that went down (a restarted worker) gives no rate, never a negative one; a
+    // fleet row of 60 queues shows three and the count of the rest.
+    assert_eq!(
+        browser.eval("[rate(10, 5000, 1), rate(30, 10, 2)]"),
+        json!([null, 10])
+    );
+    assert_eq!(
+        browser.eval("queuesCell(Array.from({length: 60}, (_, i) => 'q' + i))"),
+        json!("q0, q1, q2 +57")
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('[data-chart=poisoned] .label').textContent"),
+        json!("poisoned since start")
     );
 
     // A poison message on orders, seen on the page's poison chart.

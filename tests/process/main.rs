@@ -20,6 +20,7 @@ mod bus_replicas;
 mod dashboard_browser;
 mod dashboard_cdp;
 mod faults;
+mod fd_limit;
 mod ops_process;
 mod process;
 mod secrets_everywhere;

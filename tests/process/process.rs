@@ -141,3 +141,36 @@ async fn sigterm_finishes_started_and_holds_only_what_it_can_start() {
     assert_eq!(back.len(), 9, "{text}");
     assert_eq!(orders.approximate_depth().await.unwrap(), 9);
 }
+
+/// A wrong `OTEL_*` variable stops the worker at start-up with exit code 2 and a line naming
+/// the variable (before the fix the process printed nothing: the error came before any log
+/// was installed).
+#[test]
+fn a_bad_otel_variable_stops_the_worker_naming_it() {
+    let cases = [
+        (
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml"),
+            ],
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")],
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+    ];
+    for (vars, named) in cases {
+        let out = demo().envs(vars.clone()).output().unwrap();
+        let text = all_output(&out);
+        assert_eq!(out.status.code(), Some(2), "{vars:?}: {text}");
+        assert!(text.contains(named), "{vars:?}: {text}");
+    }
+}

@@ -88,6 +88,12 @@ fn cases() -> Vec<Case> {
                     text(format!("ftp://u:{s}@h/acct")),
                     text(format!("http://u:{s}@127.0.0.1:1/acct")),
                     text(format!("{NOWHERE}?sv=1&sig={s}")),
+                    // A SAS pasted with its separators escaped, or with none the redaction
+                    // could name: the whole query is hidden.
+                    text(format!("{NOWHERE}?sv=2022&amp;sig={s}")),
+                    text(format!("{NOWHERE}?sv=2022;sig={s}")),
+                    text(format!("{NOWHERE}?sv=2022%3Bsig%3D{s}")),
+                    text(format!("https://a.queue.core.windows.net?{s}")),
                 ],
                 &[("storage.startup_timeout", "1s")],
             ),

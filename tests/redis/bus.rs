@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{member, redis_url, settings, RedisServer};
-use ebbflow::bus::memory::MemoryBroker;
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::MemoryBroker;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Address, Bus, BusHandle, Event, Filter, Health, Subscription};
 use serde::{Deserialize, Serialize};
 
@@ -364,6 +364,38 @@ mod redis {
             .unwrap();
         assert_eq!(got.body.n, 4);
         got.ack().await.unwrap();
+    }
+
+    /// Redis restarted empty: a multicast published the moment it answers again, before the
+    /// listening instance has read (its consumer groups went with the data), still reaches it.
+    /// The billing scenario's act 4 lost its completion event this way: the group was made
+    /// again at the stream's end, after the event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multicast_sent_right_after_an_empty_redis_restart_is_not_lost() {
+        let mut server = RedisServer::start();
+        let net = Net::on(&server.url());
+        let claim = Duration::from_millis(500);
+        let (a, mut sa) = net.join("a", "initiator", claim).await;
+        let (c, _sc) = net.join("c", "controller", claim).await;
+        c.publish(&Ping { n: 1 }, Address::All).await.unwrap();
+        assert_eq!(sa.next().await.unwrap().body.n, 1);
+        server.kill();
+        common::wait_for("a sees the outage", Duration::from_secs(15), || {
+            a.health() == Health::Down
+        })
+        .await;
+        server.restart();
+        // At once: the publisher retries until Redis answers, while `a` is still backing off.
+        common::wait_for_async("c publishes again", Duration::from_secs(15), || {
+            let c = c.clone();
+            async move { c.publish(&Ping { n: 2 }, Address::All).await.is_ok() }
+        })
+        .await;
+        let got = tokio::time::timeout(Duration::from_secs(15), sa.next())
+            .await
+            .expect("the multicast sent right after the restart arrives")
+            .unwrap();
+        assert_eq!(got.body.n, 2);
     }
 
     #[tokio::test]

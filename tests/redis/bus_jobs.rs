@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::redis::{member, redis_url, settings};
 use ebbflow::bus::jobs::{JobMonitor, JobRecord, JobState};
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{BusHandle, Filter};
 
 async fn connect(prefix: &str, id: &str) -> BusHandle {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::redis::{member, redis_url, settings};
 use ebbflow::bus::events::JobPulse;
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Address, BusHandle, Event, Filter, Received};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,7 @@ fn worker_settings(prefix: &str, queue: &str) -> ebbflow::Settings {
     let mut s = ebbflow::Settings::default();
     s.bus = settings(&redis_url(), prefix, "processor", Duration::from_secs(2));
     let mut q = ebbflow::config::QueueSettings::default();
-    q.heartbeat.every = Some(1);
+    q.heartbeat.every = Some(ebbflow::config::PulseEvery::of::<1>());
     q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
     q.idle_backoff.max = Duration::from_millis(300);
     s.queues.insert(queue.to_string(), q);

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{member, redis_url, settings};
-use ebbflow::bus::options::{MaxDeliveries, SigningKey};
-use ebbflow::bus::redis::RedisBus;
+use ebbflow::bus::RedisBus;
 use ebbflow::bus::{
     Address, BusError, BusHandle, BusSettings, Envelope, Event, Filter, Presence, Received,
     Request, Subscription,
 };
+use ebbflow::bus::{MaxDeliveries, SigningKey};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,7 +239,7 @@ async fn twelve_thousand_competing_events_with_no_consumer_all_arrive() {
 async fn a_full_competing_stream_refuses_the_publisher() {
     let prefix = common::unique("full");
     let mut s = base(&prefix, "controller", Duration::from_secs(30));
-    s.max_backlog = ebbflow::bus::options::MaxBacklog::new(3).unwrap();
+    s.max_backlog = ebbflow::bus::MaxBacklog::new(3).unwrap();
     let sender = client(&s, "c").await;
     for n in 0..3 {
         sender
@@ -292,7 +292,7 @@ async fn a_drained_instance_takes_no_event_published_after_it_stopped() {
 async fn an_oversized_envelope_costs_a_poison_entry_and_nothing_else() {
     let prefix = common::unique("oversized");
     let mut p = base(&prefix, "processor", Duration::from_secs(30));
-    p.max_envelope_size = ebbflow::bus::options::EnvelopeLimit::new(64 * 1024).unwrap();
+    p.max_envelope_size = ebbflow::bus::EnvelopeLimit::new(64 * 1024).unwrap();
     let (bus, mut sub) = join(&p, "p1").await;
     let big = "x".repeat(100 * 1024);
     #[derive(Serialize, Deserialize)]
@@ -424,6 +424,35 @@ async fn forged_envelopes_and_presence_are_refused_with_signing_on() {
         .arg(format!("{prefix}:instances"))
         .arg(ebbflow::bus::now_ms() + 60_000)
         .arg("ghost")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let listed: Vec<String> = bus
+        .transport()
+        .instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.instance)
+        .collect();
+    assert_eq!(listed, vec!["p1".to_string()]);
+    // A signed record copied under another instance's key is refused too: it is bound to its
+    // instance id, so p1 is not listed twice.
+    let real: String = redis::cmd("GET")
+        .arg(format!("{prefix}:presence:p1"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:presence:forged-2"))
+        .arg(real)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{prefix}:instances"))
+        .arg(ebbflow::bus::now_ms() + 60_000)
+        .arg("forged-2")
         .query_async(&mut con)
         .await
         .unwrap();

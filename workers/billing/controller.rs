@@ -1,7 +1,8 @@
 //! The billing scenario's controller role: aggregates the results of `billing-results` per
 //! submission (each item once: a result for an item already counted is a duplicate, counted
 //! and not billed again) and tells every instance on the bus about progress (every tenth of
-//! a submission) and completion.
+//! a submission) and completion. Its ledger is kept in blob storage (`ledger.rs`), so a
+//! controller killed mid-run and started again reports the same totals.
 //!
 //! Run with: `scripts/billing` (the whole scenario), or on its own:
 //! `EBBFLOW_CONFIG_DIR=config/billing EBBFLOW__BUS__ROLE=controller cargo run --bin billing-controller`
@@ -9,99 +10,26 @@
 // A binary has no public surface: its modules' `pub` items are for each other.
 #![allow(unreachable_pub)]
 
+#[path = "ledger.rs"]
+mod ledger;
 #[path = "model.rs"]
 mod model;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ebbflow::bus::{Address, BusHandle, Filter};
+use ebbflow::store::{AzureBlobs, BlobStore};
 use ebbflow::{Context, Handler, HandlerError, Json, Worker};
-use model::{Completed, ItemResult, Progress, Submitted};
-use tokio::sync::mpsc;
-use tracing::{info, warn};
-
-/// One submission's aggregate.
-struct Batch {
-    of: u32,
-    items: BTreeSet<u32>,
-    transactions: u64,
-    amount_cents: u64,
-    tax_cents: u64,
-    duplicates: u32,
-    by_processor: BTreeMap<String, u32>,
-    first: Instant,
-    completed: bool,
-}
-
-/// What the aggregate asks to be told on the bus.
-enum Note {
-    Progress(Progress),
-    Completed(Completed),
-}
-
-#[derive(Default)]
-struct Ledger {
-    batches: BTreeMap<String, Batch>,
-}
-
-impl Ledger {
-    /// Adds one result; returns what to announce.
-    fn add(&mut self, r: ItemResult) -> Vec<Note> {
-        let batch = self
-            .batches
-            .entry(r.batch.clone())
-            .or_insert_with(|| Batch {
-                of: r.of,
-                items: BTreeSet::new(),
-                transactions: 0,
-                amount_cents: 0,
-                tax_cents: 0,
-                duplicates: 0,
-                by_processor: BTreeMap::new(),
-                first: Instant::now(),
-                completed: false,
-            });
-        if !batch.items.insert(r.item) {
-            batch.duplicates += 1;
-            warn!(batch = %r.batch, item = r.item, processor = %r.processor,
-                  "a second result for an item already billed; not counted again");
-            return Vec::new();
-        }
-        batch.transactions += r.transactions;
-        batch.amount_cents += r.amount_cents;
-        batch.tax_cents += r.tax_cents;
-        *batch.by_processor.entry(r.processor).or_default() += 1;
-        let done = batch.items.len() as u32;
-        let mut notes = Vec::new();
-        let tenth = (batch.of / 10).max(1);
-        if done.is_multiple_of(tenth) && done < batch.of {
-            notes.push(Note::Progress(Progress {
-                batch: r.batch.clone(),
-                done,
-                of: batch.of,
-            }));
-        }
-        if done == batch.of && !batch.completed {
-            batch.completed = true;
-            notes.push(Note::Completed(Completed {
-                batch: r.batch,
-                items: done,
-                transactions: batch.transactions,
-                amount_cents: batch.amount_cents,
-                tax_cents: batch.tax_cents,
-                duplicates: batch.duplicates,
-                by_processor: batch.by_processor.clone(),
-                elapsed_ms: batch.first.elapsed().as_millis() as u64,
-            }));
-        }
-        notes
-    }
-}
+use ledger::{Ledger, Note};
+use model::{ItemResult, Submitted};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{error, info, warn};
 
 struct Aggregator {
+    /// Held across the record's write: results are counted one at a time, each stored before
+    /// its message is deleted.
     ledger: Arc<Mutex<Ledger>>,
     notes: mpsc::UnboundedSender<Note>,
 }
@@ -109,18 +37,21 @@ struct Aggregator {
 impl Handler for Aggregator {
     type Message = Json<ItemResult>;
 
-    async fn handle(&self, Json(r): Json<ItemResult>, _ctx: Context) -> Result<(), HandlerError> {
+    async fn handle(&self, Json(r): Json<ItemResult>, ctx: Context) -> Result<(), HandlerError> {
         if r.of == 0 || r.item >= r.of {
             return Err(HandlerError::poison(format!(
                 "batch {} item {} of {}: not a valid item number",
                 r.batch, r.item, r.of
             )));
         }
-        let notes = self
-            .ledger
-            .lock()
-            .map_err(|_| HandlerError::retry("ledger lock poisoned"))?
-            .add(r);
+        let mut ledger = self.ledger.lock().await;
+        let record = ledger
+            .record(&r.batch, r.of)
+            .await
+            .map_err(HandlerError::retry)?;
+        let (record, notes) = ledger::add(&record, r, ctx.message_id());
+        ledger.keep(record).await.map_err(HandlerError::retry)?;
+        drop(ledger);
         for note in notes {
             // The announcer lives as long as the worker.
             let _ = self.notes.send(note);
@@ -129,14 +60,61 @@ impl Handler for Aggregator {
     }
 }
 
+/// The ledger's blob container: `billing-ledger` in the account's blob service, or none (the
+/// totals then live in memory only).
+async fn ledger_blobs(settings: &ebbflow::Settings) -> Option<Arc<dyn BlobStore>> {
+    let mut storage = settings.storage.clone();
+    storage.claim_check.container = ledger::CONTAINER.to_string();
+    let blobs = match AzureBlobs::from_settings(&storage) {
+        Ok(Some(b)) => Arc::new(b) as Arc<dyn BlobStore>,
+        Ok(None) => {
+            warn!("no blob endpoint known (BlobEndpoint in the connection string, or storage.claim_check.blob_endpoint): the ledger lives in memory only, a restarted controller forgets its totals");
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "the ledger's blob container cannot be opened: the ledger lives in memory only");
+            return None;
+        }
+    };
+    // Retried: storage may still be starting.
+    let mut delay = Duration::from_millis(200);
+    for _ in 0..10 {
+        match blobs.create_if_missing().await {
+            Ok(()) => {
+                info!(container = ledger::CONTAINER, "ledger kept in blob storage");
+                return Some(blobs);
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "ledger container not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    warn!("the ledger's blob container could not be created: the ledger lives in memory only");
+    None
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let Ok(settings) = ebbflow::setup("info") else {
         return ExitCode::from(2);
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let blobs = ledger_blobs(&settings).await;
+    let ledger = Arc::new(Mutex::new(Ledger::new(blobs, &model::results_queue())));
+    // Completions stored but not announced before a previous controller stopped: again.
+    match ledger.lock().await.unannounced().await {
+        Ok(pending) => {
+            for record in pending {
+                info!(batch = %record.batch, "completion not announced by the previous run; announcing it");
+                let _ = tx.send(Note::Completed(record.completion()));
+            }
+        }
+        Err(e) => error!(error = %e, "stored ledger records not read"),
+    }
     let aggregator = Aggregator {
-        ledger: Arc::default(),
+        ledger: ledger.clone(),
         notes: tx,
     };
     let mine = model::only_queue(&settings, &model::results_queue());
@@ -160,7 +138,7 @@ async fn main() -> ExitCode {
             Ok(())
         },
     );
-    tokio::spawn(announce(bus, rx));
+    tokio::spawn(announce(bus, ledger, rx));
     let report = worker.run().await;
     submitted.abort();
     for q in &report.queues {
@@ -172,7 +150,11 @@ async fn main() -> ExitCode {
 
 /// Tells every instance what the ledger asks; a completion is retried until the bus takes it
 /// (Redis may be down for a while), progress is not (the next one says more).
-async fn announce(bus: BusHandle, mut notes: mpsc::UnboundedReceiver<Note>) {
+async fn announce(
+    bus: BusHandle,
+    ledger: Arc<Mutex<Ledger>>,
+    mut notes: mpsc::UnboundedReceiver<Note>,
+) {
     while let Some(note) = notes.recv().await {
         match note {
             Note::Progress(p) => {
@@ -191,6 +173,10 @@ async fn announce(bus: BusHandle, mut notes: mpsc::UnboundedReceiver<Note>) {
                     warn!(error = %e, retry_in = ?delay, "completion not announced yet");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                // A controller stopped before this line announces it again when it starts.
+                if let Err(e) = ledger.lock().await.announced(&c.batch).await {
+                    warn!(error = %e, "completion announced, but not marked so in the ledger");
                 }
             }
         }

@@ -125,7 +125,7 @@ impl RedisBus {
                     s.fan.insert(shared.fan_of(&to).0, "0".into());
                 }
             }
-            shared.ensure_groups().await?;
+            shared.ensure_groups(false).await?;
             warn_if_taken(&shared).await;
             readers::spawn(&shared, push_rx);
             info!(url = %url, instance = %member.instance, role = %member.role, "bus connected (redis)");

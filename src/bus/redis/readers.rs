@@ -230,7 +230,7 @@ async fn read_loop(shared: Arc<Shared>) {
                     // Redis lost a stream or group (a restart without persistence, an expired
                     // stream): make them again and read on.
                     debug!(error = %shared.url.scrub(&e.to_string()), "bus consumer group missing; recreating it");
-                    if let Err(e) = shared.ensure_groups().await {
+                    if let Err(e) = shared.ensure_groups(true).await {
                         warn!(error = %e, "cannot recreate the bus consumer groups");
                         if !pause(&shared, backoff).await {
                             return;
@@ -392,7 +392,7 @@ async fn reclaim_loop(shared: Arc<Shared>) {
                     deliver::batch(&shared, entries, &sources).await;
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
-                    let _ = shared.ensure_groups().await;
+                    let _ = shared.ensure_groups(true).await;
                 }
                 Err(e) => {
                     debug!(stream, error = %shared.url.scrub(&e.to_string()), "bus take-over failed")

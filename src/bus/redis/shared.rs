@@ -272,8 +272,16 @@ impl Shared {
         }
     }
 
-    /// Makes every group this instance reads (again, after Redis lost them).
-    pub(super) async fn ensure_groups(&self) -> Result<(), BusError> {
+    /// Makes every group this instance reads: at connect (`lost` false), or again after Redis
+    /// lost them (`lost`: a restart without persistence, an expired stream).
+    ///
+    /// At connect, an instance seen for the first time starts the shared fan-out streams at
+    /// their end (`$`): it gets no history. After a loss every group starts at `0`: the stream
+    /// holds only entries appended since the loss, all sent while this instance was a member,
+    /// and a publisher that reconnected first may have appended some before this reader
+    /// noticed (a group made at `$` then would miss them). Entries it had already received
+    /// are caught by the de-duplication by event id.
+    pub(super) async fn ensure_groups(&self, lost: bool) -> Result<(), BusError> {
         let (groups, fan) = {
             let s = self.streams.lock().map_err(|_| poisoned())?;
             (s.groups.clone(), s.fan.keys().cloned().collect::<Vec<_>>())
@@ -286,7 +294,7 @@ impl Shared {
         for f in &fan {
             // An instance's own stream keeps what was sent before it joined; the shared ones
             // start now for an instance seen for the first time.
-            let from = if *f == own { "0" } else { "$" };
+            let from = if *f == own || lost { "0" } else { "$" };
             self.ensure_group(f, &me, from).await?;
         }
         Ok(())

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{HandlerError, Job, Layer, Next};
+pub use crate::checks::InvalidSetting;
 pub use dedup::{Dedup, MAX_WINDOW, SHARED_LEASE};
 
 /// The shortest delay a release asks for: the service counts visibility in whole seconds.
@@ -65,20 +66,41 @@ impl RateLimit {
     /// At most `calls` runs per `every`.
     ///
     /// # Panics
-    /// When `calls` is 0 or `every` is zero: such a limit would release every message forever.
+    /// When `calls` is 0 or `every` is zero (such a limit would release every message
+    /// forever), with the message of [`RateLimit::try_new`]'s error naming the argument. Use
+    /// `try_new` for values read at run time.
     pub fn new(calls: u32, every: Duration) -> Self {
-        assert!(
-            calls > 0 && !every.is_zero(),
-            "RateLimit::new: calls and every must be above zero"
-        );
-        Self {
+        Self::try_new(calls, every).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RateLimit::new`], checked.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the argument (`RateLimit::new(calls)` = 0, or
+    /// `RateLimit::new(every)` = 0s) and the rule.
+    pub fn try_new(calls: u32, every: Duration) -> Result<Self, InvalidSetting> {
+        if calls == 0 {
+            return Err(InvalidSetting::new(
+                "RateLimit::new(calls)",
+                calls,
+                "must be at least 1 (a limit of 0 would release every message forever)",
+            ));
+        }
+        if every.is_zero() {
+            return Err(InvalidSetting::new(
+                "RateLimit::new(every)",
+                "0s",
+                "must be above zero (calls per what period?)",
+            ));
+        }
+        Ok(Self {
             bucket: Arc::new(Mutex::new(Bucket {
                 capacity: f64::from(calls),
                 tokens: f64::from(calls),
                 rate: f64::from(calls) / every.as_secs_f64(),
                 last: Instant::now(),
             })),
-        }
+        })
     }
 
     /// Takes a token, or says how long until one is due.
@@ -124,12 +146,27 @@ impl ConcurrencyLimit {
     /// At most `n` runs at once.
     ///
     /// # Panics
-    /// When `n` is 0: nothing would ever run.
+    /// When `n` is 0 (nothing would ever run), with the message of
+    /// [`ConcurrencyLimit::try_new`]'s error naming the argument.
     pub fn new(n: usize) -> Self {
-        assert!(n > 0, "ConcurrencyLimit::new: n must be above zero");
-        Self {
-            places: Arc::new(Semaphore::new(n)),
+        Self::try_new(n).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ConcurrencyLimit::new`], checked.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the argument (`ConcurrencyLimit::new(n)` = 0) and the rule.
+    pub fn try_new(n: usize) -> Result<Self, InvalidSetting> {
+        if n == 0 {
+            return Err(InvalidSetting::new(
+                "ConcurrencyLimit::new(n)",
+                n,
+                "must be at least 1 (with no places nothing would ever run)",
+            ));
         }
+        Ok(Self {
+            places: Arc::new(Semaphore::new(n)),
+        })
     }
 
     /// Runs now: places free at this moment.
@@ -185,17 +222,30 @@ impl CircuitBreaker {
     /// Opens after `failures` failures in a row, for `open_for`.
     ///
     /// # Panics
-    /// When `failures` is 0.
+    /// When `failures` is 0, with the message of [`CircuitBreaker::try_new`]'s error naming
+    /// the argument.
     pub fn new(failures: u32, open_for: Duration) -> Self {
-        assert!(
-            failures > 0,
-            "CircuitBreaker::new: failures must be above zero"
-        );
-        Self {
+        Self::try_new(failures, open_for).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`CircuitBreaker::new`], checked.
+    ///
+    /// # Errors
+    /// [`InvalidSetting`] naming the argument (`CircuitBreaker::new(failures)` = 0) and the
+    /// rule.
+    pub fn try_new(failures: u32, open_for: Duration) -> Result<Self, InvalidSetting> {
+        if failures == 0 {
+            return Err(InvalidSetting::new(
+                "CircuitBreaker::new(failures)",
+                failures,
+                "must be at least 1 (failures in a row before it opens)",
+            ));
+        }
+        Ok(Self {
             state: Arc::default(),
             failures,
             open_for,
-        }
+        })
     }
 
     /// Whether it is open (releasing) now.

@@ -16,7 +16,7 @@ pub const META_QUEUE: &str = "ebbflow_queue";
 /// Metadata key: when the message carrying the reference expires (RFC 3339), or `never`.
 pub const META_EXPIRES: &str = "ebbflow_expires_at";
 /// Metadata key: the payload's SHA-256 (hex), as in the reference.
-pub const META_SHA256: &str = "ebbflow_sha256";
+pub(crate) const META_SHA256: &str = "ebbflow_sha256";
 
 /// One blob as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,10 +99,7 @@ impl ClaimCheck {
                 threshold: settings.threshold_bytes,
                 max_payload: settings.max_payload_bytes,
                 formats: BTreeMap::new(),
-                how_to_enable: "turn the claim check on: set storage.claim_check.blob_endpoint \
-                                (or a storage.connection_string naming the account) so large \
-                                payloads go to Blob storage"
-                    .into(),
+                how_to_enable: settings.how_to_enable().into(),
             }),
         }
     }
@@ -346,7 +343,7 @@ fn expiry_text(ttl: TimeToLive) -> String {
 ///
 /// [`StoreError`] when the claim check is required and no blob endpoint is known, the
 /// endpoint is malformed, or the container cannot be created.
-pub async fn open_blobs(
+pub(crate) async fn open_blobs(
     settings: &super::settings::StorageSettings,
     kind: super::BackendKind,
     explicit: Option<Blobs>,
@@ -368,7 +365,7 @@ pub async fn open_blobs(
     Ok(Some(blobs))
 }
 
-/// The blob container the settings name, without creating it (see [`open_blobs`]): the one
+/// The blob container the settings name, without creating it (a worker creates it at start): the one
 /// [`super::azure::AzureBlobs::from_settings`] finds, else for the embedded store an in-memory
 /// one; `None` when the claim check is off; an error when it is required
 /// (`enabled = true`) and no blob endpoint is known.

@@ -133,6 +133,17 @@ where
             Some(delay) => tokio::time::sleep(delay).await,
             None => {
                 let result = match result {
+                    // One fault, one line: a send or receive with an unanswered try logs
+                    // its own WARN (what the lost try may have done, with the tries).
+                    Ok(value) if tries > 1 && unanswered > 0 && SAYS_UNANSWERED.contains(&what) => {
+                        debug!(
+                            queue,
+                            call = what,
+                            tries,
+                            "the call succeeded after transient faults"
+                        );
+                        Ok(value)
+                    }
                     Ok(value) if tries > 1 => {
                         warn!(
                             queue,
@@ -154,6 +165,10 @@ where
         }
     }
 }
+
+/// The calls whose callers log their own WARN line for an unanswered try (`Retrying::send`,
+/// `Retrying::receive`), so a success after one is not said twice.
+const SAYS_UNANSWERED: &[&str] = &["send", "receive"];
 
 /// `e` with the number of tries the call took at the end of its detail.
 fn with_tries(e: StoreError, tries: u32) -> StoreError {

@@ -187,7 +187,7 @@ impl QueueLayer for Retrying {
             .await;
         if call.unanswered > 0 {
             add(&self.outcomes.sends, call.unanswered);
-            warn!(queue = inner.name(), unanswered = call.unanswered, sent = call.result.is_ok(),
+            warn!(queue = inner.name(), unanswered = call.unanswered, tries = call.tries, sent = call.result.is_ok(),
                   "a send went unanswered and may have stored its message: it may be on the queue once more than reported");
         }
         call.result
@@ -204,7 +204,7 @@ impl QueueLayer for Retrying {
             .await;
         if call.unanswered > 0 {
             add(&self.outcomes.receives, call.unanswered);
-            warn!(queue = inner.name(), unanswered = call.unanswered, ?visibility,
+            warn!(queue = inner.name(), unanswered = call.unanswered, tries = call.tries, ?visibility,
                   "a receive went unanswered: messages it took stay hidden for the visibility timeout and come back with one more dequeue");
         }
         call.result

@@ -188,6 +188,8 @@ async fn an_update_whose_answer_was_lost_is_in_doubt() {
 #[tokio::test(start_paused = true)]
 async fn a_send_whose_answer_was_lost_is_stored_twice_and_counted() {
     let (store, direct) = setup(Operation::Send, 1, 0).await;
+    let levels = Levels::default();
+    let watching = levels.watch();
     store
         .queue("qqq")
         .unwrap()
@@ -196,13 +198,20 @@ async fn a_send_whose_answer_was_lost_is_stored_twice_and_counted() {
         .unwrap();
     assert_eq!(direct.peek(32).await.unwrap().len(), 2, "stored twice");
     assert_eq!(store.unknown_outcomes("qqq").sends, 1);
+    drop(watching);
+    // One fault, one WARN line (the unanswered send's, with the tries), not two.
+    assert_eq!(levels.count(tracing::Level::WARN), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_receive_whose_answer_was_lost_hides_its_messages_for_one_timeout() {
     let (store, _direct) = setup(Operation::Receive, 1, 3).await;
     let q = store.queue("qqq").unwrap();
+    let levels = Levels::default();
+    let watching = levels.watch();
     let got = q.receive(32, Duration::from_secs(5)).await.unwrap();
+    drop(watching);
+    assert_eq!(levels.count(tracing::Level::WARN), 1, "one fault, one line");
     assert!(got.is_empty(), "the lost try took all three");
     assert_eq!(store.unknown_outcomes("qqq").receives, 1);
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -112,8 +112,7 @@ fn load_deploy(dir: &Path, env: &BTreeMap<String, String>) -> Result<DeploySetti
             .try_parsing(true)
             .source(Some(overrides)),
     );
-    let load_error =
-        |e: config::ConfigError| ConfigError::Load(ebbflow::config::redact(&e.to_string()));
+    let load_error = |e: config::ConfigError| ConfigError::Load(explain(&e.to_string()));
     let sections: Sections = builder
         .build()
         .map_err(load_error)?
@@ -121,6 +120,23 @@ fn load_deploy(dir: &Path, env: &BTreeMap<String, String>) -> Result<DeploySetti
         .map_err(load_error)?;
     sections.deploy.validate()?;
     Ok(sections.deploy)
+}
+
+/// The loader's message, secrets redacted, with the fix for an unknown choice: the `config`
+/// crate says "enum DeployAuth does not have variant constructor key for key `deploy.auth`".
+fn explain(message: &str) -> String {
+    let message = ebbflow::config::redact(message);
+    if let Some(rest) = message
+        .split("enum DeployAuth does not have variant constructor ")
+        .nth(1)
+    {
+        let given = rest.split(" for key").next().unwrap_or(rest);
+        return format!(
+            "deploy.auth = \"{given}\": must be one of `secret` (a connection string in a \
+             secret) or `identity` (Entra ID: workload or managed identity)"
+        );
+    }
+    message
 }
 
 /// `key` holds `value`, which breaks `rule`: the runtime's error, so a `[deploy]` value is

@@ -183,7 +183,11 @@ fn check_wakes_across_processes(
         format!("queues.{name}.scaling.min_tasks"),
         0,
         format!(
-            "a replica's queue {name} at zero tasks would not see messages other processes send              ({why}) until the replica restarts. Set [bus] kind = \"redis\" (work notices reach              every replica), or enable [triggers.http] on a bind outside the pod's loopback (e.g.              \"0.0.0.0:7075\") and send triggers to it, or set              queues.{name}.scaling.idle_probe_interval, or min_tasks = 1"
+            "a replica's queue {name} at zero tasks would not see messages other processes send \
+             ({why}) until the replica restarts. Set [bus] kind = \"redis\" (work notices reach \
+             every replica), or enable [triggers.http] on a bind outside the pod's loopback (e.g. \
+             \"0.0.0.0:7075\") and send triggers to it, or set \
+             queues.{name}.scaling.idle_probe_interval, or min_tasks = 1"
         ),
     )
     .into())
@@ -332,7 +336,8 @@ mod tests {
         assert!(
             err.contains("queues.orders.scaling.min_tasks")
                 && err.contains("wake_on_publish without a bus")
-                && err.contains("kind = \"redis\""),
+                && err.contains("kind = \"redis\"")
+                && !err.contains("  "),
             "{err}"
         );
         // An HTTP trigger on the pod's loopback is no way in either.

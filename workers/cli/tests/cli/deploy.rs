@@ -694,6 +694,14 @@ fn bad_deploy_settings_name_their_key() {
         let err = load_toml(toml).unwrap_err();
         assert!(err.contains(key), "{toml}: {err}");
     }
+    // An unknown choice lists the values, in the key's words.
+    let err = load_toml("[deploy]\nauth = \"key\"").unwrap_err();
+    assert!(
+        err.contains("deploy.auth = \"key\"")
+            && err.contains("`identity`")
+            && !err.contains("variant constructor"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -248,8 +248,43 @@ async fn a_poison_copy_without_an_envelope_says_what_it_is_and_what_to_do() {
     );
     assert_eq!(run.code, Some(0), "{}", run.both());
     assert!(
-        run.stdout.contains("decoded body: big one"),
+        run.stdout.contains("decoded body (") && run.stdout.contains(" bytes): big one"),
         "{}",
         run.stdout
     );
+}
+
+/// An endpoint that accepts connections and never answers: the first call of a command is
+/// bounded by `storage.startup_timeout` (as a worker's start-up is), and the error names the
+/// endpoint and the key that raises the bound, instead of minutes of silent retries.
+#[test]
+fn a_command_against_a_silent_endpoint_stops_at_the_startup_timeout() {
+    // Connections complete in the kernel's backlog; nothing ever reads or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = common::TempDir::new("cli");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        format!(
+            "[storage]\nconnection_string = \"DefaultEndpointsProtocol=http;AccountName={};\
+             AccountKey={};QueueEndpoint=http://127.0.0.1:{port}/{}\"\nstartup_timeout = \"1s\"\n\
+             [queues.orders]\n",
+            ebbflow::store::DEV_ACCOUNT,
+            ebbflow::store::DEV_KEY,
+            ebbflow::store::DEV_ACCOUNT,
+        ),
+    )
+    .unwrap();
+    for args in [&["enqueue", "orders", "hi"][..], &["peek", "orders"][..]] {
+        let run = with(&dir, args);
+        assert_ne!(run.code, Some(0), "{}", run.both());
+        assert!(
+            run.stderr.contains(&format!("127.0.0.1:{port}"))
+                && run.stderr.contains("storage.startup_timeout")
+                && !run.stderr.contains(ebbflow::store::DEV_KEY),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    drop(silent);
 }

@@ -311,7 +311,10 @@ fn a_refused_account_key_is_a_runtime_error_that_shows_no_secret() {
         assert_eq!(run.code, Some(1), "{args:?}: {}", run.both());
         assert!(
             run.stderr
-                .contains(&format!("not authorized on queue {queue}")),
+                .contains(&format!("not authorized on queue {queue}"))
+                // The fix: which setting holds the credentials.
+                && run.stderr.contains("AccountKey")
+                && run.stderr.contains("storage.connection_string"),
             "{}",
             run.stderr
         );

@@ -83,6 +83,26 @@ async fn top_shows_each_queue_of_a_worker_and_needs_its_token() {
         run.both()
     );
     assert!(!run.both().contains(TOKEN));
+    // A token the worker does not take: said to be refused, not missing.
+    let u = url.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        ebbflow(
+            &[
+                "top",
+                "--url",
+                &u,
+                "--count",
+                "1",
+                "--token",
+                "not-the-token-0123",
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, Some(2), "{}", run.both());
+    assert!(run.stderr.contains("refused the token"), "{}", run.both());
     worker.shutdown().await;
 }
 
@@ -90,7 +110,7 @@ async fn top_shows_each_queue_of_a_worker_and_needs_its_token() {
 /// presence (needs the redis-server `scripts/test` starts, `EBBFLOW_REDIS_URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_shows_the_fleet_with_the_bus_on() {
-    use ebbflow::bus::settings::Bounded;
+    use ebbflow::bus::Bounded;
     use ebbflow::bus::{BusKind, BusSettings, Name, RedisUrl};
     use std::time::Duration;
 
@@ -153,4 +173,99 @@ async fn top_shows_the_fleet_with_the_bus_on() {
     assert_eq!(rows[1][..3], ["top-front", "*", "front"], "{fleet}");
     back.shutdown().await;
     front.shutdown().await;
+}
+
+/// A stand-in for a worker that restarts between polls: the first poll gets the dashboard's
+/// JSON, the second a 503 web page (the worker is gone), the third JSON again with its counters
+/// begun anew. `top` shows the failure in the frame and goes on, and gives no rate for the
+/// interval of the restart (before: it exited 1 at the failed poll, and rates went negative).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_keeps_polling_through_a_restart_and_says_what_went_wrong() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let polls = Arc::new(AtomicU32::new(0));
+    let seen = polls.clone();
+    let doc = |handled: u64| {
+        serde_json::json!({"version": 1, "queues": [{"queue": "orders", "depth": 1,
+            "active_tasks": 1, "in_flight": 0, "handled": handled, "received": handled,
+            "poisoned": 0}], "fleet": null})
+        .to_string()
+    };
+    let app = axum::Router::new()
+        .route(
+            "/dashboard.json",
+            axum::routing::get(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match n {
+                        0 => ([("content-type", "application/json")], doc(5000)).into_response(),
+                        1 => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "<html><body>\u{1b}[2Jrestarting</body></html>",
+                        )
+                            .into_response(),
+                        _ => ([("content-type", "application/json")], doc(10)).into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/other/dashboard.json",
+            axum::routing::get(|| async { "<!doctype html><h1>Welcome to nginx!</h1>" }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let u = url.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        ebbflow(
+            &["top", "--url", &u, "--count", "3", "--interval", "200ms"],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
+    assert!(
+        run.stdout.contains("(poll failed, retrying: ") && run.stdout.contains("HTTP 503"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("restarting"), "{}", run.stdout);
+    assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
+    let last = run.stdout.rsplit("QUEUE").next().unwrap();
+    let orders: Vec<&str> = last.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(orders[4..6], ["-", "-"], "{last}");
+
+    // A web server that is not a worker: its status and a short escaped excerpt, exit 1.
+    let u = format!("{url}/other");
+    let run =
+        tokio::task::spawn_blocking(move || ebbflow(&["top", "--url", &u, "--count", "1"], &[]))
+            .await
+            .unwrap();
+    assert_eq!(run.code, Some(1), "{}", run.both());
+    assert!(
+        run.stderr
+            .contains("HTTP 200 OK but not the dashboard's JSON")
+            && run.stderr.contains("Welcome to nginx"),
+        "{}",
+        run.both()
+    );
+
+    // Flags: a URL that is none, and no polls at all.
+    let run = tokio::task::spawn_blocking(|| ebbflow(&["top", "--url", "notaurl"], &[]))
+        .await
+        .unwrap();
+    assert_eq!(run.code, Some(2), "{}", run.both());
+    assert!(run.stderr.contains("--url \"notaurl\""), "{}", run.both());
+    let run =
+        tokio::task::spawn_blocking(move || ebbflow(&["top", "--url", &url, "--count", "0"], &[]))
+            .await
+            .unwrap();
+    assert_eq!(run.code, Some(2), "{}", run.both());
+    assert!(run.stderr.contains("--count"), "{}", run.both());
 }

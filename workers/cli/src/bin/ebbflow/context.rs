@@ -145,7 +145,15 @@ impl Context {
             )));
         }
         let store = RetryingStore::wrap(store, settings.storage.retry);
-        Ok(ShardingStore::wrap_sharded(store, settings.shard_counts()))
+        let store = ShardingStore::wrap_sharded(store, settings.shard_counts());
+        // The first answer within storage.startup_timeout, as for a worker's start-up.
+        let endpoint = ebbflow::store::AzureStore::from_settings(&settings.storage)
+            .map(|s| s.endpoint().to_string())
+            .unwrap_or_else(|_| "the configured endpoint".to_string());
+        Ok(LayeredStore::wrap(
+            store,
+            crate::first_answer::FirstAnswer::new(settings.storage.startup_timeout, endpoint),
+        ))
     }
 
     /// The claim check's blob container the settings name (none when it is off).

@@ -52,7 +52,7 @@ impl Args {
                 instance: Member::generated_id(&me),
                 role: me,
             };
-            let transport = ebbflow::bus::redis::RedisBus::connect_client(&settings.bus, member)
+            let transport = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;
             let transport: Arc<dyn Bus> = Arc::new(transport);

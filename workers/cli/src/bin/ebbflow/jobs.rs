@@ -3,6 +3,7 @@
 use ebbflow::bus::jobs::JobRecord;
 use ebbflow::bus::{now_ms, Bus, Member, Name};
 
+use crate::cell::cell;
 use crate::context::block_on;
 use crate::{CliError, Context};
 
@@ -36,7 +37,7 @@ impl Args {
                 instance: Member::generated_id(&role),
                 role,
             };
-            let bus = ebbflow::bus::redis::RedisBus::connect_client(&settings.bus, member)
+            let bus = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;
             let list = bus.jobs().await.map_err(CliError::runtime);
@@ -83,14 +84,14 @@ impl Args {
             };
             say!(
                 "{:<40} {:<10} {:>9} {:>7} {:>9} {:>10}  {:<24} {}",
-                j.id,
+                cell(&j.id),
                 j.state.as_str(),
                 j.count,
                 j.timed_pulses + j.count_pulses,
                 secs(elapsed),
                 format!("{} ago", secs(now.saturating_sub(j.updated_at_ms))),
-                j.instance,
-                text
+                cell(&j.instance),
+                cell(&text)
             );
         }
         Ok(())

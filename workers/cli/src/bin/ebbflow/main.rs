@@ -30,11 +30,13 @@ macro_rules! emit {
 
 mod blobs;
 mod bus;
+mod cell;
 mod completions;
 mod context;
 mod deploy;
 mod drain;
 mod enqueue;
+mod first_answer;
 mod instances;
 mod jobs;
 mod notify;

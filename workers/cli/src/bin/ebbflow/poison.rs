@@ -142,17 +142,17 @@ impl Command {
                     Ok(e) => e.body.as_str(),
                     Err(_) => record.text.as_str(),
                 };
-                let payload: Result<(Vec<u8>, &str), String> = match claim.open(text).await {
-                    Ok(Some(bytes)) => Ok((bytes, "from the claim check's blob")),
+                let payload: Result<(Vec<u8>, &str, &str), String> = match claim.open(text).await {
+                    Ok(Some(bytes)) => Ok((bytes, "payload", ", from the claim check's blob")),
                     Ok(None) => settings
                         .encoding
                         .decode(text)
-                        .map(|bytes| (bytes, "decoded from the body"))
+                        .map(|bytes| (bytes, "decoded body", ""))
                         .map_err(|e| format!("the body does not decode: {e}")),
                     Err(why) => Err(format!("payload unavailable: {why}")),
                 };
                 if raw {
-                    let (bytes, _) = payload.map_err(CliError::runtime)?;
+                    let (bytes, _, _) = payload.map_err(CliError::runtime)?;
                     return write_raw(&bytes);
                 }
                 match &record.envelope {
@@ -166,22 +166,18 @@ impl Command {
                     }
                 }
                 match (&payload, &out) {
-                    (Ok((bytes, from)), Some(path)) => {
+                    (Ok((bytes, what, from)), Some(path)) => {
                         std::fs::write(path, bytes).map_err(|e| {
                             CliError::runtime(format!("--out {}: {e}", path.display()))
                         })?;
                         say!(
-                            "payload ({} bytes, {from}) written to {}",
+                            "{what} ({} bytes{from}) written to {}",
                             bytes.len(),
                             path.display()
                         );
                     }
-                    (Ok((bytes, from)), None) => {
-                        say!(
-                            "payload ({} bytes, {from}): {}",
-                            bytes.len(),
-                            preview(bytes)
-                        );
+                    (Ok((bytes, what, from)), None) => {
+                        say!("{what} ({} bytes{from}): {}", bytes.len(), preview(bytes));
                     }
                     (Err(why), _) => say!("{why}"),
                 }

@@ -98,7 +98,7 @@ async fn bus_notice(settings: &Settings, queue: &str, messages: u64) -> Result<S
         instance: Member::generated_id(&role),
         role,
     };
-    let bus = ebbflow::bus::redis::RedisBus::connect_client(&settings.bus, member)
+    let bus = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
         .await
         .map_err(|e| e.to_string())?;
     let reach = settings

@@ -51,7 +51,7 @@ impl Args {
                 role: me,
             };
             // A listening connection: the replies come back to this instance.
-            let transport = ebbflow::bus::redis::RedisBus::connect(&settings.bus, member)
+            let transport = ebbflow::bus::RedisBus::connect(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;
             let transport: Arc<dyn Bus> = Arc::new(transport);

@@ -14,7 +14,9 @@ use crate::{CliError, Context};
 /// interval, mean pickup latency, and poison count; with the bus on, a second table of the
 /// fleet: each live instance's role, dequeue tasks, handlers running, handled (total and per
 /// second) and the age of its last presence pulse. Redraws in place on a terminal; prints one
-/// frame per poll when piped. Ctrl-C ends it.
+/// frame per poll when piped. Ctrl-C ends it. Once a poll has succeeded, a failed one (a
+/// worker restarting) is shown in the frame and polling goes on; a first poll that fails ends
+/// it with the reason (exit 1; 2 for a refused or missing token).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The worker's ops endpoint, e.g. `http://127.0.0.1:9464` (its `[observability] bind`).
@@ -26,8 +28,8 @@ pub struct Args {
     /// Time between polls, 200ms..=1h.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     interval: Duration,
-    /// Polls before exiting (default: until Ctrl-C). Rates need two.
-    #[arg(long, value_name = "N")]
+    /// Polls before exiting, at least 1 (default: until Ctrl-C). Rates need two.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     count: Option<u32>,
 }
 
@@ -36,8 +38,7 @@ impl Args {
         if !(Duration::from_millis(200)..=Duration::from_secs(3600)).contains(&self.interval) {
             return Err(CliError::usage("--interval must be 200ms..=1h"));
         }
-        let base = self.url.trim_end_matches('/').to_string();
-        let url = format!("{base}/dashboard.json");
+        let url = dashboard_url(&self.url)?;
         let token = self
             .token
             .clone()
@@ -52,40 +53,31 @@ impl Args {
             let mut last: Option<(tokio::time::Instant, Value)> = None;
             let mut polls = 0u32;
             loop {
-                let mut req = client.get(&url);
-                if let Some(t) = &token {
-                    req = req.bearer_auth(t);
-                }
-                let response = req
-                    .send()
-                    .await
-                    .map_err(|e| CliError::runtime(format!("{url}: {e}")))?;
-                let status = response.status();
-                let body = response
-                    .text()
-                    .await
-                    .map_err(|e| CliError::runtime(format!("{url}: {e}")))?;
-                if status.as_u16() == 401 {
-                    return Err(CliError::usage(format!(
-                        "{url}: the worker wants its metrics token: --token or EBBFLOW_METRICS_TOKEN"
-                    )));
-                }
-                if !status.is_success() {
-                    return Err(CliError::runtime(format!("{url}: HTTP {status}: {body}")));
-                }
-                let doc: Value = serde_json::from_str(&body).map_err(|e| {
-                    CliError::runtime(format!("{url}: not the dashboard's JSON: {e}"))
-                })?;
-                let now = tokio::time::Instant::now();
-                if terminal {
-                    emit!("\x1b[2J\x1b[H");
-                }
-                say!(
-                    "{}",
-                    render(&doc, last.as_ref().map(|(t, d)| (now - *t, d)))
-                );
-                last = Some((now, doc));
+                let polled = poll(&client, &url, token.as_deref()).await;
                 polls += 1;
+                let now = tokio::time::Instant::now();
+                match polled {
+                    Ok(doc) => {
+                        if terminal {
+                            emit!("\x1b[2J\x1b[H");
+                        }
+                        say!(
+                            "{}",
+                            render(&doc, last.as_ref().map(|(t, d)| (now - *t, d)))
+                        );
+                        last = Some((now, doc));
+                    }
+                    // Nothing shown yet: a wrong URL or token, or no worker there; say so.
+                    Err(e) if last.is_none() => return Err(e),
+                    // A worker restarting: keep the last figures, show why this poll failed.
+                    Err(e) => {
+                        if terminal {
+                            emit!("\x1b[2J\x1b[H");
+                        }
+                        let (_, doc) = last.as_ref().expect("a poll succeeded");
+                        say!("{}\n(poll failed, retrying: {e})", render(doc, None));
+                    }
+                }
                 if self.count.is_some_and(|n| polls >= n) {
                     return Ok(());
                 }
@@ -96,6 +88,80 @@ impl Args {
             }
         })?
     }
+}
+
+/// `<url>/dashboard.json`, or a usage error naming `--url` when it is not an `http(s)` URL.
+fn dashboard_url(given: &str) -> Result<String, CliError> {
+    let wrong = |why: &str| {
+        CliError::usage(format!(
+            "--url {given:?}: {why}; give the worker's ops endpoint, e.g. http://127.0.0.1:9464"
+        ))
+    };
+    let url = reqwest::Url::parse(given).map_err(|e| wrong(&format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(wrong("not an http or https URL"));
+    }
+    Ok(format!("{}/dashboard.json", given.trim_end_matches('/')))
+}
+
+/// One poll of `url`: the dashboard's JSON, or why not.
+async fn poll(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<Value, CliError> {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let response = req
+        .send()
+        .await
+        .map_err(|e| CliError::runtime(format!("{url}: {e}")))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| CliError::runtime(format!("{url}: {e}")))?;
+    if status.as_u16() == 401 {
+        return Err(CliError::usage(if token.is_some() {
+            format!("{url}: the worker refused the token given (--token or EBBFLOW_METRICS_TOKEN); give its metrics token")
+        } else {
+            format!("{url}: the worker wants its metrics token: --token or EBBFLOW_METRICS_TOKEN")
+        }));
+    }
+    if !status.is_success() {
+        return Err(CliError::runtime(format!(
+            "{url}: HTTP {status}: {}",
+            excerpt(&body)
+        )));
+    }
+    serde_json::from_str(&body).map_err(|_| {
+        CliError::runtime(format!(
+            "{url}: HTTP {status} but not the dashboard's JSON (is this an ebbflow worker's ops endpoint?): {}",
+            excerpt(&body)
+        ))
+    })
+}
+
+/// The start of a body for an error message: its `error` when it is ebbflow's JSON error, else at
+/// most 120 characters with control characters escaped (a web page must not reach the terminal).
+fn excerpt(body: &str) -> String {
+    if let Some(error) = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+    {
+        return error.escape_debug().to_string();
+    }
+    let flat: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut short: String = flat.chars().take(120).collect();
+    if flat.chars().count() > 120 {
+        short.push_str("...");
+    }
+    short.escape_debug().to_string()
+}
+
+/// The rate of counter `key` between two polls `dt` apart: `None` when it went down (the
+/// worker restarted and its counters began again; no rate for that interval).
+fn per_second(now: &Value, before: &Value, key: &str, dt: f64) -> Option<f64> {
+    let (a, b) = (num(&now[key]), num(&before[key]));
+    (a >= b).then(|| (a - b) / dt)
 }
 
 /// One table: a row per queue; rates from the difference with `previous` (`-` on the first).
@@ -114,15 +180,15 @@ fn render(doc: &Value, previous: Option<(Duration, &Value)>) -> String {
                 .find(|p| p["queue"] == name)
                 .map(|p| (dt.as_secs_f64().max(0.001), p))
         });
-        let rate = |key: &str| match before {
-            Some((dt, p)) => format!("{:.1}", (num(&q[key]) - num(&p[key])).max(0.0) / dt),
+        let rate = |key: &str| match before.and_then(|(dt, p)| per_second(q, p, key, dt)) {
+            Some(r) => format!("{r:.1}"),
             None => "-".into(),
         };
         let pickup = match before {
             Some((_, p)) => {
                 let n = num(&q["pickup_seconds_count"]) - num(&p["pickup_seconds_count"]);
-                if n > 0.0 {
-                    let s = num(&q["pickup_seconds_sum"]) - num(&p["pickup_seconds_sum"]);
+                let s = num(&q["pickup_seconds_sum"]) - num(&p["pickup_seconds_sum"]);
+                if n > 0.0 && s >= 0.0 {
                     format!("{:.0}", 1000.0 * s / n)
                 } else {
                     "-".into()
@@ -167,6 +233,8 @@ fn render_fleet(
         .unwrap_or(&empty);
     let mut out = format!("\nFLEET: {} live\n", instances.len());
     if let Some(error) = fleet.get("error").and_then(Value::as_str) {
+        // The error names the bus already ("bus: ZRANGE: ...").
+        let error = error.strip_prefix("bus: ").unwrap_or(error);
         out.push_str(&format!("(bus: {error})\n"));
     }
     out.push_str(&format!(
@@ -182,11 +250,8 @@ fn render_fleet(
                 .find(|p| p["instance"] == id)
                 .map(|p| (dt.as_secs_f64().max(0.001), p))
         });
-        let rate = match before {
-            Some((dt, p)) => format!(
-                "{:.1}",
-                (num(&i["handled"]) - num(&p["handled"])).max(0.0) / dt
-            ),
+        let rate = match before.and_then(|(dt, p)| per_second(i, p, "handled", dt)) {
+            Some(r) => format!("{r:.1}"),
             None => "-".into(),
         };
         let shown = if i["this"] == true {
@@ -321,5 +386,41 @@ mod tests {
         );
         // Without the bus: no fleet table.
         assert!(!render(&doc([1, 1], false), None).contains("FLEET"));
+    }
+
+    #[test]
+    fn a_counter_that_went_down_gives_no_rate_and_no_doubled_bus_prefix() {
+        // The worker restarted between the polls: its counters began again.
+        let before = doc([5000, 20], true);
+        let mut now = doc([30, 25], true);
+        now["fleet"]["error"] = "bus: ZRANGE: connection refused".into();
+        let text = render(&now, Some((Duration::from_secs(2), &before)));
+        let orders = text.lines().nth(1).expect(&text);
+        let cells: Vec<&str> = orders.split_whitespace().collect();
+        // HANDLED/S and RECV/S: no rate for that interval, never a negative one.
+        assert_eq!(cells[4..6], ["-", "-"], "{text}");
+        assert!(!text.contains("-2485"), "{text}");
+        let a1 = text.lines().find(|l| l.starts_with("a-1")).expect(&text);
+        assert_eq!(a1.split_whitespace().nth(6), Some("-"), "{text}");
+        assert!(text.contains("(bus: ZRANGE: connection refused)"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_url_names_the_flag_and_a_web_page_is_cut_and_escaped() {
+        let e = dashboard_url("notaurl").unwrap_err().to_string();
+        assert!(
+            e.contains("--url") && e.contains("http://127.0.0.1:9464"),
+            "{e}"
+        );
+        assert!(dashboard_url("ftp://host/").is_err());
+        assert_eq!(
+            dashboard_url("http://127.0.0.1:9464/").unwrap(),
+            "http://127.0.0.1:9464/dashboard.json"
+        );
+        let page = format!("<html>\x1b[31m{}</html>", "x".repeat(500));
+        let short = excerpt(&page);
+        assert!(short.len() < 160 && short.ends_with("..."), "{short}");
+        assert!(!short.contains('\x1b'), "{short}");
+        assert_eq!(excerpt(r#"{"error":"wrong token"}"#), "wrong token");
     }
 }
