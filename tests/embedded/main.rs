@@ -13,8 +13,8 @@ mod common;
 
 mod calls;
 mod claim_limits;
-mod dequeue_limit;
 mod dashboard;
+mod dequeue_limit;
 mod dockerfile;
 mod first_hour;
 mod flood;
