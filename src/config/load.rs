@@ -107,6 +107,7 @@ pub(super) fn load_from(
             None => {}
         }
     }
+    settings.apply_heartbeat_defaults();
     settings.validate()?;
     Ok(settings)
 }

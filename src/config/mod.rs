@@ -15,6 +15,8 @@
 //! here too: the observability room sits above `config` and reads them.
 
 mod bus;
+#[cfg(test)]
+mod heartbeat_tests;
 mod load;
 mod observability;
 mod output;
@@ -91,6 +93,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// Events between instances (see [`crate::bus`]).
     pub bus: crate::bus::BusSettings,
+    /// Heartbeat defaults for every queue: each field applies to a queue whose own
+    /// `[queues.<name>.heartbeat]` leaves it unset (see [`Settings::apply_heartbeat_defaults`]).
+    pub heartbeat: HeartbeatSettings,
     /// Where these settings came from (not a key: filled in by [`Settings::load_from`]).
     #[serde(skip)]
     origin: Origin,
@@ -171,6 +176,16 @@ impl Settings {
         load::load_from(dir, env)
     }
 
+    /// Gives each queue the root `[heartbeat]` values it leaves unset (a queue's own value
+    /// wins), so the listener sees the effective ones. [`Settings::load_from`] and
+    /// [`crate::Worker::new`] call it; calling it again changes nothing.
+    pub fn apply_heartbeat_defaults(&mut self) {
+        let defaults = self.heartbeat;
+        for q in self.queues.values_mut() {
+            q.heartbeat = q.heartbeat.or(defaults);
+        }
+    }
+
     /// Where these settings were read from: the folder and files (and whether each existed)
     /// and how many `EBBFLOW__...` variables applied. Empty for settings built in code.
     pub fn origin(&self) -> &Origin {
@@ -205,6 +220,8 @@ impl Settings {
             ));
         }
         self.worker.validate()?;
+        // Before the queues: a bad default is named at its own key, not at a queue's.
+        self.heartbeat.validate("heartbeat")?;
         self.observability.validate()?;
         self.bus.validate()?;
         for (name, q) in &self.queues {

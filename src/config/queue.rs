@@ -150,6 +150,31 @@ pub struct HeartbeatSettings {
     pub every: Option<PulseEvery>,
 }
 
+impl HeartbeatSettings {
+    /// Checks the values found under `section` (`heartbeat` or `queues.<name>.heartbeat`;
+    /// `every` is checked as it is read).
+    pub(crate) fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if let Some(t) = self.interval {
+            check_duration(
+                &format!("{section}.interval"),
+                t,
+                Duration::from_millis(10),
+                MAX_VISIBILITY,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// These values, each unset one taken from `defaults`.
+    #[must_use]
+    pub fn or(self, defaults: Self) -> Self {
+        Self {
+            interval: self.interval.or(defaults.interval),
+            every: self.every.or(defaults.every),
+        }
+    }
+}
+
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
@@ -246,14 +271,7 @@ impl QueueSettings {
             Duration::ZERO,
             Duration::from_secs(3600),
         )?;
-        if let Some(t) = q.heartbeat.interval {
-            check_duration(
-                &key("heartbeat.interval"),
-                t,
-                Duration::from_millis(10),
-                MAX_VISIBILITY,
-            )?;
-        }
+        q.heartbeat.validate(&key("heartbeat"))?;
         Ok(())
     }
     /// Free slots a task waits for after a full batch: `refill_threshold`, or half of

@@ -188,7 +188,8 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// A worker for these settings; the store is opened from `settings.storage` at start.
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(mut settings: Settings) -> Self {
+        settings.apply_heartbeat_defaults();
         Self {
             settings,
             store: None,

@@ -105,3 +105,69 @@ async fn the_cli_lists_shows_and_requeues_bus_poison_entries() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
     bus.close().await;
 }
+
+/// Fields forged in Redis (a presence record, a bus poison entry) reach `ebbflow instances` and
+/// `ebbflow bus poison list` with their control characters escaped: no line of their own, no
+/// colour or terminal-title sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_redis_fields_are_escaped_in_the_cli_tables() {
+    let prefix = common::unique("cli-forged");
+    let dir = common::TempDir::new("cfg");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        format!(
+            "[bus]\nkind = \"redis\"\nurl = \"{}\"\nchannel_prefix = \"{prefix}\"\n",
+            redis_url()
+        ),
+    )
+    .unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let evil = "x\nFORGED LINE\x1b[31mred\x1b]0;title\x07";
+    let now = ebbflow::bus::now_ms();
+    let presence = serde_json::json!({
+        "instance": "ghost", "role": evil, "queues": [evil], "active_tasks": 0,
+        "in_flight": 0, "handled": 0, "receive_calls": 0,
+        "started_at_ms": now, "pulse_at_ms": now,
+    });
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:presence:ghost"))
+        .arg(presence.to_string())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{prefix}:instances"))
+        .arg(now + 60_000)
+        .arg("ghost")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:poison"))
+        .arg("*")
+        .arg("stream")
+        .arg(evil)
+        .arg("reason")
+        .arg(evil)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for args in [&["instances"][..], &["bus", "poison", "list"]] {
+        let out = Command::new(common::bins::ebbflow_cli())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(["--config", dir.path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("FORGED LINE"), "{args:?}: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("FORGED")) && !text.contains('\x1b'),
+            "{args:?}: {text:?}"
+        );
+        assert!(text.contains("\\n") && text.contains("\\u{1b}"), "{text}");
+    }
+}

@@ -436,6 +436,35 @@ async fn forged_envelopes_and_presence_are_refused_with_signing_on() {
         .map(|p| p.instance)
         .collect();
     assert_eq!(listed, vec!["p1".to_string()]);
+    // A signed record copied under another instance's key is refused too: it is bound to its
+    // instance id, so p1 is not listed twice.
+    let real: String = redis::cmd("GET")
+        .arg(format!("{prefix}:presence:p1"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:presence:forged-2"))
+        .arg(real)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{prefix}:instances"))
+        .arg(ebbflow::bus::now_ms() + 60_000)
+        .arg("forged-2")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let listed: Vec<String> = bus
+        .transport()
+        .instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.instance)
+        .collect();
+    assert_eq!(listed, vec!["p1".to_string()]);
     // Without the key, the same reader would have listed the ghost: signing is what refused it.
     let unsigned = client(&base(&prefix, "processor", Duration::from_secs(30)), "x").await;
     assert_eq!(unsigned.transport().instances().await.unwrap().len(), 2);

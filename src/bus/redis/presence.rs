@@ -89,17 +89,21 @@ pub(super) async fn instances(s: &Shared) -> Result<Vec<Presence>, BusError> {
     }
     let found: Vec<Option<String>> = s.query("MGET", &cmd).await?;
     let mut list = Vec::new();
-    for record in found.into_iter().flatten() {
-        // Bounded like an envelope; with signing on, only what a known key signed.
+    for (id, record) in ids.iter().zip(found) {
+        let Some(record) = record else { continue };
+        // Bounded like an envelope; with signing on, only what a known key signed; and only
+        // under its own instance's key and id, so a signed record copied under another id
+        // (`P:presence:forged-2`) does not list its instance twice.
         let json = (record.len() as u64 <= s.limits.max_envelope)
             .then(|| crate::bus::signing::open(s.signer.as_ref(), &record))
             .flatten();
         match json.and_then(|j| serde_json::from_str::<Presence>(j).ok()) {
-            Some(p) => list.push(p),
-            None => {
+            Some(p) if p.instance == *id => list.push(p),
+            _ => {
                 bump(&s.stats.refused);
                 tracing::debug!(
-                    "presence record refused: too large, unsigned, wrongly signed or not presence"
+                    "presence record refused: too large, unsigned, wrongly signed, not \
+                     presence, or under another instance's key"
                 );
             }
         }
@@ -158,15 +162,20 @@ pub(super) async fn jobs(s: &Shared) -> Result<Vec<JobRecord>, BusError> {
             cmd.arg(s.key(&["job", id]));
         }
         let found: Vec<Option<String>> = s.query("MGET", &cmd).await?;
-        for record in found.into_iter().flatten() {
+        for (id, record) in chunk.iter().zip(found) {
+            let Some(record) = record else { continue };
             let json = (record.len() as u64 <= s.limits.max_envelope)
                 .then(|| crate::bus::signing::open(s.signer.as_ref(), &record))
                 .flatten();
+            // Only under its own job's key (a copy under another id is refused).
             match json.and_then(|j| serde_json::from_str::<JobRecord>(j).ok()) {
-                Some(r) => list.push(r),
-                None => {
+                Some(r) if r.id == *id => list.push(r),
+                _ => {
                     bump(&s.stats.refused);
-                    tracing::debug!("job record refused: too large, unsigned, wrongly signed or not a job record");
+                    tracing::debug!(
+                        "job record refused: too large, unsigned, wrongly signed, not a job \
+                         record, or under another job's key"
+                    );
                 }
             }
         }

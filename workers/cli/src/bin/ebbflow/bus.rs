@@ -5,6 +5,7 @@
 use ebbflow::bus::RedisBus;
 use ebbflow::bus::{Bus, BusError, Member, Name, PoisonEntry};
 
+use crate::cell::cell;
 use crate::context::block_on;
 use crate::{CliError, Context};
 
@@ -93,8 +94,8 @@ impl Poison {
                     for e in &list {
                         say!(
                             "{:<17} {:<28} {:>10} {:>9}  {}",
-                            e.id,
-                            e.stream,
+                            cell(&e.id),
+                            cell(&e.stream),
                             e.deliveries,
                             e.size,
                             one_line(e)
@@ -118,5 +119,5 @@ impl Poison {
 
 /// The reason on one line, control characters escaped (it may hold a handler's error text).
 fn one_line(e: &PoisonEntry) -> String {
-    e.reason.escape_debug().to_string()
+    cell(&e.reason)
 }

@@ -2,12 +2,14 @@
 
 use ebbflow::bus::{now_ms, Bus, Member, Name, Presence};
 
+use crate::cell::cell;
 use crate::context::block_on;
 use crate::{CliError, Context};
 
 /// Lists the instances whose presence pulse is still valid (within three `bus.pulse_interval`
 /// of the last one): id, role, queues, dequeue tasks, handlers running, messages handled, and
-/// how long ago the last pulse was. Needs `[bus] kind = "redis"`.
+/// how long ago the last pulse was. Needs `[bus] kind = "redis"`. The fields come from Redis,
+/// where anyone with access may write them: the table escapes their control characters.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print a JSON array instead of a table.
@@ -62,14 +64,14 @@ impl Args {
             let ago = now.saturating_sub(p.pulse_at_ms);
             say!(
                 "{:<28} {:<14} {:>6} {:>9} {:>9} {:>9}  {:<10} {}",
-                p.instance,
-                p.role,
+                cell(&p.instance),
+                cell(&p.role),
                 p.active_tasks,
                 p.in_flight,
                 p.handled,
                 p.receive_calls,
                 format!("{:.1}s ago", ago as f64 / 1000.0),
-                p.queues.join(",")
+                cell(&p.queues.join(","))
             );
         }
         Ok(())

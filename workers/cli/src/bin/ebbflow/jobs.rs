@@ -3,6 +3,7 @@
 use ebbflow::bus::jobs::JobRecord;
 use ebbflow::bus::{now_ms, Bus, Member, Name};
 
+use crate::cell::cell;
 use crate::context::block_on;
 use crate::{CliError, Context};
 
@@ -83,14 +84,14 @@ impl Args {
             };
             say!(
                 "{:<40} {:<10} {:>9} {:>7} {:>9} {:>10}  {:<24} {}",
-                j.id,
+                cell(&j.id),
                 j.state.as_str(),
                 j.count,
                 j.timed_pulses + j.count_pulses,
                 secs(elapsed),
                 format!("{} ago", secs(now.saturating_sub(j.updated_at_ms))),
-                j.instance,
-                text
+                cell(&j.instance),
+                cell(&text)
             );
         }
         Ok(())

@@ -30,6 +30,7 @@ macro_rules! emit {
 
 mod blobs;
 mod bus;
+mod cell;
 mod completions;
 mod context;
 mod deploy;
