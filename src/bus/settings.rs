@@ -72,8 +72,16 @@ impl RedisUrl {
     }
 }
 
+/// A Redis URL checked (scheme, host, port, database number), its password kept out of the
+/// error.
+///
+/// # Errors
+///
+/// [`InvalidValue`] saying what is wrong and the form expected (`redis://[user:password@]host`);
+/// its value is the URL with the password redacted, or only its length when it is not a
+/// `redis://` or `rediss://` URL at all.
 impl TryFrom<String> for RedisUrl {
-    type Error = String;
+    type Error = InvalidValue;
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
         const EXPECTED: &str = "expected redis://[user:password@]host[:port][/db] or rediss://...";
@@ -83,31 +91,41 @@ impl TryFrom<String> for RedisUrl {
         else {
             // Not a URL of ours: it may be anything (a `host,password=...` string, a key pasted
             // in the wrong place), so none of it is echoed.
-            return Err(format!(
-                "not a redis:// or rediss:// URL ({} characters, not shown: it may hold a \
-                 password); {EXPECTED}",
-                text.chars().count()
+            return Err(InvalidValue::new(
+                format!(
+                    "a text of {} characters (not shown: it may hold a password)",
+                    text.chars().count()
+                ),
+                format!("must be a redis:// or rediss:// URL; {EXPECTED}"),
             ));
         };
         if let Some(at) = rest.rfind('@') {
             if rest[..at].contains(['/', '?', '#']) {
-                return Err(format!(
-                    "{}: the user or password holds '/', '?' or '#': percent-encode them \
-                     (%2F, %3F, %23)",
-                    redact(&text)
+                return Err(InvalidValue::new(
+                    redact(&text),
+                    "must percent-encode a '/', '?' or '#' in the user or password (%2F, %3F, \
+                     %23)",
                 ));
             }
         }
         // The URL crate's errors name what is wrong ("invalid port number"), never the text.
-        let url = Url::parse(&text).map_err(|e| format!("{}: {e} ({EXPECTED})", redact(&text)))?;
+        let url = Url::parse(&text).map_err(|e| {
+            InvalidValue::new(
+                redact(&text),
+                format!("must be a valid URL ({e}); {EXPECTED}"),
+            )
+        })?;
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("{}: no host ({EXPECTED})", redact(&text)));
+            return Err(InvalidValue::new(
+                redact(&text),
+                format!("must name a host; {EXPECTED}"),
+            ));
         }
         let db = url.path().trim_start_matches('/');
         if !db.is_empty() && db.parse::<u32>().is_err() {
-            return Err(format!(
-                "{}: the path must be a database number ({EXPECTED})",
-                redact(&text)
+            return Err(InvalidValue::new(
+                redact(&text),
+                format!("must have a database number as its path; {EXPECTED}"),
             ));
         }
         Ok(Self(text.into()))
@@ -454,10 +472,12 @@ mod tests {
             "redis://h/x",
             "",
         ] {
-            let err = RedisUrl::try_from(bad.to_string()).unwrap_err();
+            let err = RedisUrl::try_from(bad.to_string()).unwrap_err().to_string();
             assert!(!err.contains("pw@"), "{err}");
         }
-        let err = RedisUrl::try_from("redis://u:topsecret@h:x".to_string()).unwrap_err();
+        let err = RedisUrl::try_from("redis://u:topsecret@h:x".to_string())
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("topsecret"), "{err}");
         assert!(err.contains("port"), "{err}");
     }
@@ -479,7 +499,7 @@ mod tests {
                     assert!(!scrubbed.contains(secret), "{scrubbed}");
                     format!("{url} {url:?} {}", serde_json::to_string(&url).unwrap())
                 }
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             assert!(!shown.contains(secret), "{text}: {shown}");
             assert!(!redact(text).contains(secret), "{}", redact(text));

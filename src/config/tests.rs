@@ -247,6 +247,25 @@ fn refill_threshold_and_heartbeat_every_are_checked_while_parsing() {
     assert_eq!(orders.heartbeat.every.map(|e| e.get()), Some(1000));
 }
 
+/// A bad Redis URL is refused while parsing, naming `bus.url`, the fix, and never the password.
+#[test]
+fn a_bad_bus_url_names_the_key_and_hides_the_password() {
+    for (url, said) in [
+        ("http://h", "config: bus.url = a text of 8 characters"),
+        ("redis://:topsecret@", "config: bus.url = "),
+    ] {
+        let err = Settings::load_from(
+            &dir_with(""),
+            &env(&[("EBBFLOW__BUS__KIND", "redis"), ("EBBFLOW__BUS__URL", url)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with(said), "{url}: {err}");
+        assert!(err.contains(": must ") && err.contains("redis://"), "{err}");
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+}
+
 #[test]
 fn bad_queue_names_and_encodings_are_named() {
     let dir = dir_with("[queues.Orders]\n");

@@ -370,7 +370,8 @@ async fn json_logs_parse_line_by_line() {
         .filter_map(|l| l["fields"]["message"].as_str())
         .collect();
     for expected in [
-        "ops endpoint listening (/healthz, /readyz, /metrics)",
+        "ops endpoint listening (/healthz, /readyz, /metrics; dashboard: /, /dashboard.json, \
+         /dashboard/poison/<queue>)",
         "worker started",
         "stop signal received",
         "final counts",

@@ -106,6 +106,7 @@ impl RedisBus {
             nudge: tokio::sync::Notify::new(),
             closed: CancellationToken::new(),
             stats: Arc::default(),
+            drops: Default::default(),
         });
         if listen {
             let channels = [

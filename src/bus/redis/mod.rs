@@ -27,6 +27,7 @@
 mod connect;
 mod dedup;
 mod deliver;
+mod droplog;
 mod poison;
 mod presence;
 mod readers;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::deliver::{self, Entry, Source};
+use super::droplog::Drop;
 use super::{bump, is_connection_error, millis, scripts, Shared, GROUP, POLL};
 use crate::bus::supervise::restarting;
 use crate::bus::{signing, Envelope, Health, Inbound};
@@ -83,27 +84,18 @@ fn on_message(shared: &Shared, msg: &redis::Msg) {
         shared.nudge.notify_one();
         return;
     }
+    // Anyone who can PUBLISH under the prefix can send these: counted, logged throttled.
     if payload.len() as u64 > shared.limits.max_envelope {
-        warn!(
-            channel = msg.get_channel_name(),
-            size = payload.len(),
-            "bus message over bus.max_envelope_size; dropped"
-        );
+        shared.drops.dropped(Drop::TooLarge);
         return;
     }
     let Ok(text) = std::str::from_utf8(payload) else {
-        warn!(
-            channel = msg.get_channel_name(),
-            "bus message is not text; ignored"
-        );
+        shared.drops.dropped(Drop::NotText);
         return;
     };
     let Some(json) = signing::open(shared.signer.as_ref(), text) else {
         bump(&shared.stats.refused);
-        warn!(
-            channel = msg.get_channel_name(),
-            "bus message refused: unsigned or wrongly signed (bus.signing_key is set)"
-        );
+        shared.drops.dropped(Drop::Unsigned);
         return;
     };
     match serde_json::from_str::<Envelope>(json) {
@@ -117,9 +109,7 @@ fn on_message(shared: &Shared, msg: &redis::Msg) {
             });
         }
         Ok(_) => {}
-        Err(e) => {
-            warn!(channel = msg.get_channel_name(), error = %e, "bus message is not an ebbflow envelope; ignored")
-        }
+        Err(_) => shared.drops.dropped(Drop::NotEnvelope),
     }
 }
 

@@ -102,6 +102,8 @@ pub(super) struct Shared {
     pub(super) nudge: tokio::sync::Notify,
     pub(super) closed: CancellationToken,
     pub(super) stats: Arc<RedisStats>,
+    /// Pub/sub messages dropped unread, logged throttled.
+    pub(super) drops: super::droplog::DropLog,
 }
 
 impl Shared {

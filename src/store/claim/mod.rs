@@ -99,10 +99,7 @@ impl ClaimCheck {
                 threshold: settings.threshold_bytes,
                 max_payload: settings.max_payload_bytes,
                 formats: BTreeMap::new(),
-                how_to_enable: "turn the claim check on: set storage.claim_check.blob_endpoint \
-                                (or a storage.connection_string naming the account) so large \
-                                payloads go to Blob storage"
-                    .into(),
+                how_to_enable: settings.how_to_enable().into(),
             }),
         }
     }

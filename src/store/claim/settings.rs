@@ -50,6 +50,20 @@ impl Default for ClaimCheckSettings {
     }
 }
 
+impl ClaimCheckSettings {
+    /// What to do so an oversized payload goes to a blob: with `enabled = false`, to remove that
+    /// line; otherwise to name a blob endpoint. One sentence, for error messages.
+    pub fn how_to_enable(&self) -> &'static str {
+        if self.enabled == Some(false) {
+            "the claim check is off (storage.claim_check.enabled = false): remove that line or \
+             set it to true so large payloads go to Blob storage"
+        } else {
+            "turn the claim check on: set storage.claim_check.blob_endpoint (or a \
+             storage.connection_string naming the account) so large payloads go to Blob storage"
+        }
+    }
+}
+
 /// The default container, `ebbflow-payloads`.
 pub(crate) fn default_container() -> String {
     "ebbflow-payloads".into()

@@ -29,7 +29,8 @@ async fn large_payloads_go_through_the_claim_check_and_gc_removes_only_orphans()
         dir.path().join("default.toml"),
         format!(
             "[storage]\nconnection_string = \"{cs}\"\n\n[storage.claim_check]\n\
-             container = \"{container}\"\n\n[queues.{queue}]\n"
+             container = \"{container}\"\n\n[queues.{queue}]\n\n[queues.{queue}-raw]\n\
+             encoding = \"none\"\n"
         ),
     )
     .unwrap();
@@ -75,6 +76,22 @@ async fn large_payloads_go_through_the_claim_check_and_gc_removes_only_orphans()
         assert!(report.contains(part), "{part:?} missing from: {report}");
     }
     assert!(!report.contains("bytes of text each"), "{report}");
+    // A reference a producer wrote itself goes as the text it is: not reported as an upload
+    // (newcomer pass: the report said a blob was written).
+    let own = format!(
+        r#"{{"ebbflow_claim":1,"container":"other","blob":"x.bin","size":10,"sha256":"{}"}}"#,
+        "0".repeat(64)
+    );
+    let raw = format!("{queue}-raw");
+    let args = ["enqueue", &raw, "--create", "--no-trigger", &own];
+    let run = tokio::task::block_in_place(|| with(&dir, &args));
+    assert_eq!(run.code, Some(0), "{}", run.both());
+    assert!(
+        !run.stdout.contains("through the claim check"),
+        "{}",
+        run.both()
+    );
+    assert_eq!(blobs.list(&queue).await.unwrap().len(), 1, "{}", run.both());
     let run = tokio::task::block_in_place(|| with(&dir, &["peek", &queue, "--json"]));
     let peeked = json(&run);
     assert_eq!(peeked[0]["claim"]["size"], 200_000, "{peeked}");
@@ -197,4 +214,31 @@ fn envelope_for(queue: &str, body: &str) -> String {
     ebbflow::codec::Encoding::Base64
         .encode(envelope.to_string().as_bytes())
         .unwrap()
+}
+
+/// With the claim check turned off by hand, an oversized payload's error names that line as
+/// the fix, not a blob endpoint the user already set (newcomer pass).
+#[test]
+fn an_oversized_payload_with_the_claim_check_off_names_the_enabled_line() {
+    let dir = common::TempDir::new("cli");
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[storage.claim_check]\nenabled = false\n\n[queues.big]\n",
+    )
+    .unwrap();
+    let file = dir.path().join("payload.bin");
+    std::fs::write(&file, vec![7u8; 100_000]).unwrap();
+    let run = with(&dir, &["enqueue", "big", "--file", file.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{}", run.both());
+    assert!(
+        run.stderr
+            .contains("the claim check is off (storage.claim_check.enabled = false)"),
+        "{}",
+        run.both()
+    );
+    assert!(
+        !run.stderr.contains("set storage.claim_check.blob_endpoint"),
+        "{}",
+        run.both()
+    );
 }

@@ -107,16 +107,23 @@ impl Args {
         )?;
         // With the claim check on, a payload up to its limit goes (to a blob when large); the
         // claim check knows only the configured queues' formats.
-        let container = ctx.blobs(&settings)?.filter(|_| known);
+        let blobs = ctx.blobs(&settings)?;
+        let how = if blobs.is_some() && !known {
+            "the claim check sends only to configured queues: add a [queues.<name>] section for \
+             this queue"
+        } else {
+            settings.storage.claim_check.how_to_enable()
+        };
+        let container = blobs.filter(|_| known);
         let claim_on = container.is_some();
         let limit = if claim_on {
             settings.storage.claim_check.max_payload_bytes
         } else {
             MAX_MESSAGE_BYTES as u64
         };
-        let payload = self.payload(limit)?;
+        let payload = self.payload(limit, how)?;
         let payload_len = payload.len();
-        let text = self.encode(&payload, encoding, claim_on)?;
+        let text = self.encode(&payload, encoding, claim_on, how)?;
         drop(payload);
         // What the claim check hands on is recorded, so the report says what was stored.
         let stored = Stored::default();
@@ -230,7 +237,7 @@ impl Args {
                 self.queue,
                 stored.describe(
                     payload_len,
-                    text.len(),
+                    &text,
                     settings.storage.claim_check.threshold_bytes,
                     sent.len()
                 ),
@@ -321,17 +328,20 @@ impl Args {
     }
 
     /// The payload bytes, from the argument or the file.
-    fn payload(&self, limit: u64) -> Result<Vec<u8>, CliError> {
+    fn payload(&self, limit: u64, how: &str) -> Result<Vec<u8>, CliError> {
         match (&self.text, &self.file) {
             (Some(text), _) => Ok(text.as_bytes().to_vec()),
-            (None, Some(path)) if path.as_os_str() == "-" => {
-                read_bounded(std::io::stdin().lock(), "--file - (standard input)", limit)
-            }
+            (None, Some(path)) if path.as_os_str() == "-" => read_bounded(
+                std::io::stdin().lock(),
+                "--file - (standard input)",
+                limit,
+                how,
+            ),
             (None, Some(path)) => {
                 let source = format!("--file {}", path.display());
                 let file = std::fs::File::open(path)
                     .map_err(|e| CliError::usage(format!("{source}: {e}")))?;
-                read_bounded(file, &source, limit)
+                read_bounded(file, &source, limit, how)
             }
             (None, None) => Err(CliError::usage(
                 "give the message text or --file FILE (see ebbflow enqueue --help)",
@@ -346,6 +356,7 @@ impl Args {
         payload: &[u8],
         encoding: Encoding,
         claim_on: bool,
+        how: &str,
     ) -> Result<String, CliError> {
         let source = match &self.file {
             Some(path) => format!("--file {}", path.display()),
@@ -375,11 +386,10 @@ impl Args {
             };
             return Err(CliError::usage(format!(
                 "{source} makes a message of {} bytes on queue {} ({encoding}); the service takes \
-                 at most {MAX_MESSAGE_BYTES}{hint}: turn the claim check on (set \
-                 storage.claim_check.blob_endpoint, or a connection string naming the account) \
-                 and large payloads go to a blob",
+                 at most {MAX_MESSAGE_BYTES}{hint}: {}",
                 text.len(),
-                self.queue
+                self.queue,
+                how
             )));
         }
         Ok(text)
@@ -388,8 +398,13 @@ impl Args {
 
 /// Reads at most one byte more than `limit` (the largest message, or with the claim check the
 /// largest payload), so a huge file (or `/dev/zero`) is refused without loading it; `source`
-/// names the input in errors.
-fn read_bounded(reader: impl Read, source: &str, limit: u64) -> Result<Vec<u8>, CliError> {
+/// names the input in errors, `how` says how to turn the claim check on.
+fn read_bounded(
+    reader: impl Read,
+    source: &str,
+    limit: u64,
+    how: &str,
+) -> Result<Vec<u8>, CliError> {
     let mut bytes = Vec::new();
     reader
         .take(limit.saturating_add(1))
@@ -405,8 +420,7 @@ fn read_bounded(reader: impl Read, source: &str, limit: u64) -> Result<Vec<u8>, 
             format!(
                 "{source} holds more than {MAX_MESSAGE_BYTES} bytes; the service takes at most \
                  {MAX_MESSAGE_BYTES} bytes of message text (a payload of at most {} bytes on a \
-                 base64 queue): turn the claim check on (storage.claim_check.blob_endpoint, or \
-                 a connection string naming the account) and large payloads go to a blob",
+                 base64 queue): {how}",
                 MAX_MESSAGE_BYTES / 4 * 3
             )
         }));
@@ -430,13 +444,18 @@ fn xml_char(c: char) -> bool {
 struct Stored(Arc<Mutex<Option<String>>>);
 
 impl Stored {
-    /// The report's words for what went to the queue: `payload` bytes written as `text` bytes
-    /// of text (the claim check's `threshold` the most that stays text), `sent` times.
-    fn describe(&self, payload: usize, text: usize, threshold: usize, sent: usize) -> String {
+    /// The report's words for what went to the queue: `payload` bytes written as `text` (the
+    /// claim check's `threshold` the most that stays text), `sent` times. A text the claim check
+    /// passed on unchanged (also one that is itself a reference a producer wrote) is reported
+    /// as plain text: only a reference the claim check made is described as one.
+    fn describe(&self, payload: usize, text: &str, threshold: usize, sent: usize) -> String {
         let stored = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+        let made_here = |s: &&String| TraceContext::unwrap(s).1 != text;
         let reference = stored
-            .as_deref()
+            .as_ref()
+            .filter(made_here)
             .and_then(|s| ClaimRef::parse(TraceContext::unwrap(s).1).ok().flatten());
+        let text = text.len();
         let stored_len = stored.as_deref().map_or(text, str::len);
         let Some(r) = reference else {
             return format!("{text} bytes of text each");

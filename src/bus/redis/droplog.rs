@@ -1,0 +1,181 @@
+//! Pub/sub messages dropped unread (over `bus.max_envelope_size`, not text, unsigned or wrongly
+//! signed, not an envelope): anyone who can `PUBLISH` to the prefix can send them, so each is
+//! not a line of its own. They are logged at most once a second (warn, target
+//! `ebbflow::bus::redis::droplog`), with the count by reason since the last such line; drops held
+//! back are logged by a line of their own once the second has passed, so a short burst is
+//! reported whole. The `refused` ones are counted in `ebbflow_bus_refused_total` as before.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Why a pub/sub message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drop {
+    /// Larger than `bus.max_envelope_size`.
+    TooLarge,
+    /// Not UTF-8 text.
+    NotText,
+    /// Unsigned or wrongly signed while `bus.signing_key` is set.
+    Unsigned,
+    /// Not an ebbflow envelope (JSON that does not decode as one).
+    NotEnvelope,
+}
+
+impl Drop {
+    const ALL: [Drop; 4] = [
+        Drop::TooLarge,
+        Drop::NotText,
+        Drop::Unsigned,
+        Drop::NotEnvelope,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Drop::TooLarge => "over_max_envelope_size",
+            Drop::NotText => "not_text",
+            Drop::Unsigned => "unsigned_or_wrongly_signed",
+            Drop::NotEnvelope => "not_an_envelope",
+        }
+    }
+}
+
+/// The least time between two lines.
+pub(super) const LOG_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Held {
+    last: Option<Instant>,
+    counts: [u64; Drop::ALL.len()],
+    scheduled: bool,
+}
+
+impl Held {
+    fn take(&mut self, now: Instant) -> Option<(u64, String)> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut reasons = String::new();
+        for why in Drop::ALL {
+            let n = std::mem::take(&mut self.counts[why as usize]);
+            if n > 0 {
+                let sep = if reasons.is_empty() { "" } else { " " };
+                let _ = write!(reasons, "{sep}{}={n}", why.label());
+            }
+        }
+        self.last = Some(now);
+        Some((total, reasons))
+    }
+}
+
+/// The throttled log of dropped pub/sub messages; clones share it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DropLog(Arc<Mutex<Held>>);
+
+fn log((dropped, reasons): (u64, String)) {
+    tracing::warn!(
+        dropped,
+        reasons = %reasons,
+        "bus dropped {dropped} pub/sub message(s) since its last such line ({reasons}); \
+         something else publishes under bus.channel_prefix"
+    );
+}
+
+impl DropLog {
+    /// Counts one drop for `why` and logs it (throttled).
+    pub(super) fn dropped(&self, why: Drop) {
+        let now = Instant::now();
+        let (due, schedule) = {
+            let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            held.counts[why as usize] += 1;
+            match held.last {
+                Some(last) if now.duration_since(last) < LOG_EVERY => {
+                    let schedule = (!held.scheduled).then(|| last + LOG_EVERY);
+                    held.scheduled |= schedule.is_some();
+                    (None, schedule)
+                }
+                _ => (held.take(now), None),
+            }
+        };
+        if let Some(line) = due {
+            log(line);
+        }
+        if let Some(at) = schedule {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let held = self.0.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let line = {
+                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                    held.scheduled = false;
+                    held.take(Instant::now())
+                };
+                if let Some(line) = line {
+                    log(line);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// 2,000 `PUBLISH ebbflow:all notjson` in 2 s: a few lines, every drop counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_foreign_messages_logs_a_line_a_second_counting_every_one() {
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let log = DropLog::default();
+        for i in 0..2_000u32 {
+            log.dropped(if i % 100 == 0 {
+                Drop::NotText
+            } else {
+                Drop::NotEnvelope
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(LOG_EVERY * 2).await;
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let counts: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                l.split("dropped=")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no count in {l}"))
+            })
+            .collect();
+        assert!((2..=4).contains(&counts.len()), "{text}");
+        assert_eq!(counts.iter().sum::<u64>(), 2_000, "{text}");
+        assert!(
+            text.contains("not_an_envelope=") && text.contains("not_text="),
+            "{text}"
+        );
+    }
+}
