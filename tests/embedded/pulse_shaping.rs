@@ -94,7 +94,7 @@ async fn a_pulse_hook_hears_a_queue_handlers_pulses() {
                 seen.lock()
                     .unwrap()
                     .push((r.id.clone(), r.count, r.text.clone()));
-                r.count_pulses % 2 == 0
+                r.count_pulses.is_multiple_of(2)
             }),
         )
         .start()
