@@ -81,8 +81,18 @@ reach = "{reach}"
     }
 
     pub(crate) fn worker(&self, handler_ms: u64) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .env_clear()
+        self.worker_as(handler_ms, None)
+    }
+
+    /// A worker with a fixed bus instance id (`bus.instance_id`, as a StatefulSet pod keeps
+    /// its name), or a generated one.
+    pub(crate) fn worker_as(&self, handler_ms: u64, id: Option<&str>) -> Worker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+        cmd.env_clear();
+        if let Some(id) = id {
+            cmd.env("EBBFLOW__BUS__INSTANCE_ID", id);
+        }
+        let child = cmd
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("EBBFLOW_CONFIG_DIR", self.dir.path())
             .env("QUEUE_NAME", &self.queue)

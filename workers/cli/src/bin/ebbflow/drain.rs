@@ -1,7 +1,7 @@
 //! `ebbflow drain --role R`: every instance of a role stops taking work, drains and exits 0 (so
 //! the orchestrator replaces it), all at once or one at a time.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,19 +60,26 @@ impl Args {
             let command = DrainRequested {
                 reason: self.reason.clone(),
             };
-            let result = if self.one_at_a_time {
-                self.one_by_one(&transport, &bus, &command, &role).await
-            } else {
-                let live = of_role(&transport, &role).await?;
-                bus.publish(&command, Address::role(role.as_str()))
-                    .await
-                    .map_err(CliError::runtime)?;
-                say!(
-                    "drain sent to role {role} ({} live instance(s): {})",
-                    live.len(),
-                    live.iter().cloned().collect::<Vec<_>>().join(", ")
-                );
-                Ok(())
+            let result = match of_role(&transport, &role).await {
+                Ok(live) if live.is_empty() => Err(CliError::runtime(format!(
+                    "no live instance of role {role}: nothing was sent; check the role's name \
+                     (ebbflow instances lists the live instances and their roles)"
+                ))),
+                Ok(_) if self.one_at_a_time => {
+                    self.one_by_one(&transport, &bus, &command, &role).await
+                }
+                Ok(live) => match bus.publish(&command, Address::role(role.as_str())).await {
+                    Ok(_) => {
+                        say!(
+                            "drain sent to role {role} ({} live instance(s): {})",
+                            live.len(),
+                            live.keys().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(CliError::runtime(e)),
+                },
+                Err(e) => Err(e),
             };
             transport.close().await;
             result
@@ -87,13 +94,9 @@ impl Args {
         role: &Name,
     ) -> Result<(), CliError> {
         let before = of_role(transport, role).await?;
-        if before.is_empty() {
-            say!("no live instance of role {role}");
-            return Ok(());
-        }
         let wanted = before.len();
         let limit = Duration::from_secs(self.timeout);
-        for (n, id) in before.iter().enumerate() {
+        for (n, (id, started)) in before.iter().enumerate() {
             bus.publish(command, Address::instance(id.as_str()))
                 .await
                 .map_err(CliError::runtime)?;
@@ -101,16 +104,23 @@ impl Args {
             let deadline = tokio::time::Instant::now() + limit;
             loop {
                 let now = of_role(transport, role).await?;
-                if !now.contains(id) && now.len() >= wanted {
+                // Gone, or back under the same id (a kept instance id) with a new start time.
+                let replaced = now.get(id).is_some_and(|s| s != started);
+                if (replaced || !now.contains_key(id)) && now.len() >= wanted {
+                    let how = if replaced {
+                        "was replaced (same id)"
+                    } else {
+                        "left"
+                    };
                     say!(
-                        "[{}/{wanted}] {id} left; role {role} has {} live instance(s) again",
+                        "[{}/{wanted}] {id} {how}; role {role} has {} live instance(s) again",
                         n + 1,
                         now.len()
                     );
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    let why = if now.contains(id) {
+                    let why = if now.get(id) == Some(started) {
                         format!("{id} did not leave")
                     } else {
                         format!(
@@ -131,12 +141,13 @@ impl Args {
     }
 }
 
-/// The live instances of `role`, by id.
-async fn of_role(bus: &Arc<dyn Bus>, role: &Name) -> Result<BTreeSet<String>, CliError> {
+/// The live instances of `role`: id to start time (Unix ms; a process that restarted under
+/// the same id has a new one).
+async fn of_role(bus: &Arc<dyn Bus>, role: &Name) -> Result<BTreeMap<String, u64>, CliError> {
     let list: Vec<Presence> = bus.instances().await.map_err(CliError::runtime)?;
     Ok(list
         .into_iter()
         .filter(|p| p.role == role.as_str())
-        .map(|p| p.instance)
+        .map(|p| (p.instance, p.started_at_ms))
         .collect())
 }
