@@ -88,8 +88,10 @@ impl Event for JobRecord {
     const KIND: &'static str = "ebbflow.job";
 }
 
-/// What a shaping hook may do with a pulse (see [`JobMonitor::shape`]).
-pub(crate) type PulseHook = Arc<dyn Fn(&mut JobRecord) -> bool + Send + Sync>;
+/// A hook that shapes or suppresses pulses ([`JobMonitor::shape`], or a queue handler's with
+/// `Worker::pulse_hook`): called with each pulse's record before it is stored and sent; it may
+/// change the record (its `text`, say) and returns `false` to suppress the pulse.
+pub type PulseHook = Arc<dyn Fn(&mut JobRecord) -> bool + Send + Sync>;
 
 /// A running job's monitor: records its start when made, then each pulse and its end, on the
 /// bus's job store and as `ebbflow.job` events. Cheap to clone; every call returns at once (the

@@ -437,14 +437,18 @@ fn job_monitor(shared: &Shared, message: &ReceivedMessage) -> Option<JobMonitor>
     }
     let bus = shared.runner.bus.as_ref()?;
     let queue = &shared.io.name;
-    Some(JobMonitor::driven(
+    let monitor = JobMonitor::driven(
         bus,
         &format!("{queue}/{}", message.id),
         queue,
         &format!("message {} (dequeue {})", message.id, message.dequeue_count),
         hb.every.map(|e| e.get()),
         hb.interval,
-    ))
+    );
+    if let Some(hook) = &shared.runner.pulse_hook {
+        monitor.shape(hook.clone());
+    }
+    Some(monitor)
 }
 
 /// A handler's future, with a panic inside it turned into `Err(panic text)`.

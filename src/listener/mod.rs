@@ -149,6 +149,8 @@ pub(crate) struct ListenerSpec {
     pub(crate) policy: Arc<dyn crate::scaling::ScalingPolicy>,
     /// The host's callbacks for this queue's [`ListenerEvent`]s.
     pub(crate) event_hooks: Vec<EventHook>,
+    /// Shapes or suppresses the pulses of this queue's jobs (`Worker::pulse_hook`).
+    pub(crate) pulse_hook: Option<crate::bus::jobs::PulseHook>,
 }
 
 /// The flow control a queue's tasks share.
@@ -247,6 +249,8 @@ pub(crate) struct Runner {
     bus: Option<crate::bus::BusHandle>,
     /// A token never cancelled: the timeout signal of handlers without a timeout.
     never: CancellationToken,
+    /// Shapes or suppresses the pulses of this queue's jobs (`Worker::pulse_hook`).
+    pulse_hook: Option<crate::bus::jobs::PulseHook>,
 }
 
 /// The listener's part of the worker's lifecycle: the worker's tokens and tracker, the
@@ -423,6 +427,7 @@ impl QueueListener {
                 publishers,
                 bus: spec.bus,
                 never: CancellationToken::new(),
+                pulse_hook: spec.pulse_hook,
             },
             flow,
             stats: ListenerStats::with_batches(spec.batch_stats),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::Worker;
+use crate::bus::jobs::PulseHook;
 use crate::listener::ListenerEvent;
 use crate::scaling::ScalingPolicy;
 
@@ -46,6 +47,21 @@ impl Worker {
     /// a second policy for one queue replaces the first.
     pub fn scaling_policy(mut self, queue: &str, policy: impl ScalingPolicy) -> Self {
         self.policies.insert(queue.to_string(), Arc::new(policy));
+        self
+    }
+
+    /// Shapes or suppresses the heartbeat pulses of `queue`'s jobs as stored and sent on the
+    /// bus (the records `ebbflow jobs` lists): `hook` gets each pulse's [`JobRecord`] and may
+    /// change it (its `text`, say); `false` suppresses the pulse (nothing stored or sent; the
+    /// log line, the counters and the lease renewal still happen). The START record and the
+    /// end are never suppressed. Only queues with heartbeat settings and a bus record jobs. A
+    /// queue missing from config is a start-up error
+    /// ([`super::WorkerError::PulseHookNotConfigured`]); a second hook for one queue replaces
+    /// the first.
+    ///
+    /// [`JobRecord`]: crate::bus::jobs::JobRecord
+    pub fn pulse_hook(mut self, queue: &str, hook: PulseHook) -> Self {
+        self.pulse_hooks.insert(queue.to_string(), hook);
         self
     }
 }

@@ -78,6 +78,13 @@ pub enum WorkerError {
          [queues.{0}] section (configured: {1})"
     )]
     PolicyNotConfigured(String, String),
+    /// A pulse hook was set for a queue missing from config: the queue, then the configured
+    /// queues (comma-separated).
+    #[error(
+        "a pulse hook is set for queue {0} (Worker::pulse_hook), but config has no \
+         [queues.{0}] section (configured: {1})"
+    )]
+    PulseHookNotConfigured(String, String),
     /// Two handlers for one queue.
     #[error("two handlers are registered for queue {0}")]
     DuplicateHandler(String),
@@ -174,6 +181,8 @@ pub struct Worker {
     policies: BTreeMap<String, Arc<dyn crate::scaling::ScalingPolicy>>,
     /// Callbacks for every listener's events.
     event_hooks: Vec<crate::listener::EventHook>,
+    /// Hooks shaping or suppressing a queue's job pulses ([`Worker::pulse_hook`]).
+    pulse_hooks: BTreeMap<String, crate::bus::jobs::PulseHook>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -203,6 +212,7 @@ impl Worker {
             outputs: Default::default(),
             policies: BTreeMap::new(),
             event_hooks: Vec::new(),
+            pulse_hooks: BTreeMap::new(),
         }
     }
 

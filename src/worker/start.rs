@@ -39,6 +39,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
         outputs,
         policies,
         event_hooks,
+        pulse_hooks,
         duplicate: _,
     } = worker;
     let store_given = store.is_some();
@@ -117,6 +118,7 @@ pub(super) async fn start(worker: Worker) -> Result<RunningWorker, WorkerError> 
                 .cloned()
                 .unwrap_or_else(|| Arc::new(crate::scaling::DefaultPolicy)),
             event_hooks: event_hooks.clone(),
+            pulse_hook: pulse_hooks.get(name).cloned(),
         });
     }
     // Output-only queues: `[outputs.<queue>]` sections, and `Worker::output` names that no
@@ -259,6 +261,16 @@ impl Worker {
             .find(|n| !self.settings.queues.contains_key(*n))
         {
             return Err(WorkerError::PolicyNotConfigured(
+                name.clone(),
+                listed(self.settings.queues.keys()),
+            ));
+        }
+        if let Some(name) = self
+            .pulse_hooks
+            .keys()
+            .find(|n| !self.settings.queues.contains_key(*n))
+        {
+            return Err(WorkerError::PulseHookNotConfigured(
                 name.clone(),
                 listed(self.settings.queues.keys()),
             ));

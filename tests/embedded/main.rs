@@ -24,6 +24,7 @@ mod handler_api;
 mod listener_hooks;
 mod ops;
 mod outputs;
+mod pulse_shaping;
 mod reload;
 mod restarts;
 mod test_kit;
