@@ -138,7 +138,8 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
     let mut cli = Command::new(common::bins::ebbflow_cli());
     with_env(&mut cli, &endpoint, "cli");
     let out = cli
-        .args(["enqueue", "emails", "hello from the cli"])
+        // --create: on a fresh Azurite no worker has made the demo's queues yet.
+        .args(["enqueue", "emails", "--create", "hello from the cli"])
         .output()
         .unwrap();
     assert!(
