@@ -62,6 +62,7 @@ mod secret;
 mod service;
 pub mod store;
 pub mod testing;
+mod throttle;
 mod trigger;
 pub mod worker;
 

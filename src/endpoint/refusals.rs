@@ -3,13 +3,14 @@
 //! tokens or idle connections neither floods the logs nor goes unseen. Nothing a caller sent
 //! (its token, its path, its query) is logged.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
+
+use crate::throttle::{self, Due, Throttle};
 
 /// Why an endpoint refused a connection or a request: the `reason` label of
 /// `ebbflow_http_refused_total`.
@@ -41,7 +42,7 @@ impl Refusal {
         Refusal::Timeout,
     ];
 
-    fn label(self) -> &'static str {
+    const fn label(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxConnectionsPerPeer => "max_connections_per_peer",
@@ -71,37 +72,9 @@ pub struct Refusals {
     throttle: Arc<Mutex<Throttles>>,
 }
 
+/// Each endpoint's log throttle, by endpoint.
 #[derive(Debug, Default)]
-struct Throttles(Vec<(&'static str, Throttle)>);
-
-/// One endpoint's log throttle: when it last logged, what it held back since, and whether a
-/// line for what it holds is already scheduled.
-#[derive(Debug, Default)]
-struct Throttle {
-    last: Option<Instant>,
-    held: [u64; Refusal::ALL.len()],
-    scheduled: bool,
-}
-
-impl Throttle {
-    /// What is held, as a line's fields, emptied: the total and `reason=count` pairs.
-    fn take(&mut self, now: Instant) -> Option<(u64, String)> {
-        let total: u64 = self.held.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let mut reasons = String::new();
-        for why in Refusal::ALL {
-            let n = std::mem::take(&mut self.held[why.index()]);
-            if n > 0 {
-                let sep = if reasons.is_empty() { "" } else { " " };
-                let _ = write!(reasons, "{sep}{}={n}", why.label());
-            }
-        }
-        self.last = Some(now);
-        Some((total, reasons))
-    }
-}
+struct Throttles(Vec<(&'static str, Throttle<{ Refusal::ALL.len() }>)>);
 
 /// The least time between two refusal log lines of one endpoint.
 pub(crate) const LOG_EVERY: Duration = Duration::from_millis(500);
@@ -123,53 +96,36 @@ impl Refusals {
         self.counts
             .get_or_create(&vec![("endpoint", endpoint), ("reason", why.label())])
             .inc();
-        let now = Instant::now();
-        let (due, schedule) = {
+        let due = {
             let mut all = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
             let at = match all.0.iter().position(|(e, _)| *e == endpoint) {
                 Some(i) => i,
                 None => {
-                    all.0.push((endpoint, Throttle::default()));
+                    let labels = Refusal::ALL.map(Refusal::label);
+                    all.0.push((endpoint, Throttle::new(labels, LOG_EVERY)));
                     all.0.len() - 1
                 }
             };
-            let t = &mut all.0[at].1;
-            t.held[why.index()] += 1;
-            match t.last {
-                Some(last) if now.duration_since(last) < LOG_EVERY => {
-                    let schedule = (!t.scheduled).then(|| last + LOG_EVERY);
-                    t.scheduled |= schedule.is_some();
-                    (None, schedule)
-                }
-                _ => (t.take(now), None),
-            }
+            all.0[at].1.count(why.index(), Instant::now())
         };
-        if let Some(line) = due {
-            log(endpoint, line);
-        }
-        if let Some(at) = schedule {
-            self.flush_at(endpoint, at);
+        match due {
+            Due::Now(refused, reasons) => log(endpoint, (refused, reasons)),
+            Due::At(at) => self.flush_at(endpoint, at),
+            Due::Held => {}
         }
     }
 
     /// Logs what `endpoint` holds back at `at` (on the runtime refusals happen on; without one,
     /// the next refusal's line carries the count).
     fn flush_at(&self, endpoint: &'static str, at: Instant) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let throttle = self.throttle.clone();
-        runtime.spawn(async move {
-            tokio::time::sleep_until(at).await;
+        throttle::later(at, move || {
             let line = {
                 let mut all = throttle.lock().unwrap_or_else(|e| e.into_inner());
                 all.0
                     .iter_mut()
                     .find(|(e, _)| *e == endpoint)
-                    .and_then(|(_, t)| {
-                        t.scheduled = false;
-                        t.take(Instant::now())
-                    })
+                    .and_then(|(_, t)| t.flush(Instant::now()))
             };
             if let Some(line) = line {
                 log(endpoint, line);

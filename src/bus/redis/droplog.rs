@@ -5,11 +5,12 @@
 //! back are logged by a line of their own once the second has passed, so a short burst is
 //! reported whole. The `refused` ones are counted in `ebbflow_bus_refused_total` as before.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::throttle::{self, Due, Throttle};
 
 /// Why a pub/sub message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,7 @@ impl Drop {
         Drop::NotEnvelope,
     ];
 
-    fn label(self) -> &'static str {
+    const fn label(self) -> &'static str {
         match self {
             Drop::TooLarge => "over_max_envelope_size",
             Drop::NotText => "not_text",
@@ -45,35 +46,16 @@ impl Drop {
 /// The least time between two lines.
 pub(super) const LOG_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default)]
-struct Held {
-    last: Option<Instant>,
-    counts: [u64; Drop::ALL.len()],
-    scheduled: bool,
-}
+/// The throttled log of dropped pub/sub messages; clones share it.
+#[derive(Debug, Clone)]
+pub(super) struct DropLog(Arc<Mutex<Throttle<{ Drop::ALL.len() }>>>);
 
-impl Held {
-    fn take(&mut self, now: Instant) -> Option<(u64, String)> {
-        let total: u64 = self.counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let mut reasons = String::new();
-        for why in Drop::ALL {
-            let n = std::mem::take(&mut self.counts[why as usize]);
-            if n > 0 {
-                let sep = if reasons.is_empty() { "" } else { " " };
-                let _ = write!(reasons, "{sep}{}={n}", why.label());
-            }
-        }
-        self.last = Some(now);
-        Some((total, reasons))
+impl Default for DropLog {
+    fn default() -> Self {
+        let labels = Drop::ALL.map(Drop::label);
+        Self(Arc::new(Mutex::new(Throttle::new(labels, LOG_EVERY))))
     }
 }
-
-/// The throttled log of dropped pub/sub messages; clones share it.
-#[derive(Debug, Clone, Default)]
-pub(super) struct DropLog(Arc<Mutex<Held>>);
 
 fn log((dropped, reasons): (u64, String)) {
     tracing::warn!(
@@ -87,38 +69,25 @@ fn log((dropped, reasons): (u64, String)) {
 impl DropLog {
     /// Counts one drop for `why` and logs it (throttled).
     pub(super) fn dropped(&self, why: Drop) {
-        let now = Instant::now();
-        let (due, schedule) = {
+        let due = {
             let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            held.counts[why as usize] += 1;
-            match held.last {
-                Some(last) if now.duration_since(last) < LOG_EVERY => {
-                    let schedule = (!held.scheduled).then(|| last + LOG_EVERY);
-                    held.scheduled |= schedule.is_some();
-                    (None, schedule)
-                }
-                _ => (held.take(now), None),
-            }
+            held.count(why as usize, Instant::now())
         };
-        if let Some(line) = due {
-            log(line);
-        }
-        if let Some(at) = schedule {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let held = self.0.clone();
-            runtime.spawn(async move {
-                tokio::time::sleep_until(at).await;
-                let line = {
-                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
-                    held.scheduled = false;
-                    held.take(Instant::now())
-                };
-                if let Some(line) = line {
-                    log(line);
-                }
-            });
+        match due {
+            Due::Now(dropped, reasons) => log((dropped, reasons)),
+            Due::At(at) => {
+                let held = self.0.clone();
+                throttle::later(at, move || {
+                    let line = {
+                        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                        held.flush(Instant::now())
+                    };
+                    if let Some(line) = line {
+                        log(line);
+                    }
+                });
+            }
+            Due::Held => {}
         }
     }
 }
