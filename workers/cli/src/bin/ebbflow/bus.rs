@@ -3,7 +3,7 @@
 //! delivered (over `bus.max_envelope_size`, not an envelope, wrongly signed).
 
 use ebbflow::bus::RedisBus;
-use ebbflow::bus::{Bus, BusError, Member, Name, PoisonEntry};
+use ebbflow::bus::{Bus, BusError, PoisonEntry};
 
 use crate::cell::cell;
 use crate::context::block_on;
@@ -54,11 +54,7 @@ impl Command {
             ));
         }
         block_on(async {
-            let role = Name::new("cli").map_err(CliError::runtime)?;
-            let member = Member {
-                instance: Member::generated_id(&role),
-                role,
-            };
+            let member = crate::context::cli_member()?;
             let bus = RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ebbflow::bus::{Bus, Member, Name, Presence};
 use ebbflow::codec::Encoding;
 use ebbflow::config::QueueSettings;
 use ebbflow::store::Blobs;
@@ -175,6 +176,26 @@ pub fn claim_check(settings: &Settings) -> Result<ClaimCheck, CliError> {
         claim = claim.queue(name, format);
     }
     Ok(claim)
+}
+
+/// The bus member a command connects as: role `cli`, a generated instance id.
+pub fn cli_member() -> Result<Member, CliError> {
+    let role = Name::new("cli").map_err(CliError::runtime)?;
+    Ok(Member {
+        instance: Member::generated_id(&role),
+        role,
+    })
+}
+
+/// The live instances of `role` on `bus`: id to start time (Unix ms; a process that restarted
+/// under the same id has a new one).
+pub async fn of_role(bus: &Arc<dyn Bus>, role: &Name) -> Result<BTreeMap<String, u64>, CliError> {
+    let list: Vec<Presence> = bus.instances().await.map_err(CliError::runtime)?;
+    Ok(list
+        .into_iter()
+        .filter(|p| p.role == role.as_str())
+        .map(|p| (p.instance, p.started_at_ms))
+        .collect())
 }
 
 /// Runs `future` on a fresh tokio runtime.

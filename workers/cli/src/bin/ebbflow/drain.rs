@@ -1,14 +1,13 @@
 //! `ebbflow drain --role R`: every instance of a role stops taking work, drains and exits 0 (so
 //! the orchestrator replaces it), all at once or one at a time.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::bus::events::DrainRequested;
-use ebbflow::bus::{Address, Bus, BusHandle, Member, Name, Presence};
+use ebbflow::bus::{Address, Bus, BusHandle, Name};
 
-use crate::context::block_on;
+use crate::context::{block_on, of_role};
 use crate::{CliError, Context};
 
 /// Sends a drain command (`ebbflow.drain`) on the bus: each instance it reaches stops receiving,
@@ -47,11 +46,7 @@ impl Args {
         let role = Name::new(&self.role)
             .map_err(|e| CliError::usage(format!("--role {:?}: {e}", self.role)))?;
         block_on(async {
-            let me = Name::new("cli").map_err(CliError::runtime)?;
-            let member = Member {
-                instance: Member::generated_id(&me),
-                role: me,
-            };
+            let member = crate::context::cli_member()?;
             let transport = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;
@@ -139,15 +134,4 @@ impl Args {
         }
         Ok(())
     }
-}
-
-/// The live instances of `role`: id to start time (Unix ms; a process that restarted under
-/// the same id has a new one).
-async fn of_role(bus: &Arc<dyn Bus>, role: &Name) -> Result<BTreeMap<String, u64>, CliError> {
-    let list: Vec<Presence> = bus.instances().await.map_err(CliError::runtime)?;
-    Ok(list
-        .into_iter()
-        .filter(|p| p.role == role.as_str())
-        .map(|p| (p.instance, p.started_at_ms))
-        .collect())
 }

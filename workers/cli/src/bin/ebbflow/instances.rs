@@ -1,6 +1,6 @@
 //! `ebbflow instances`: the live worker instances on the bus and their last pulse.
 
-use ebbflow::bus::{now_ms, Bus, Member, Name, Presence};
+use ebbflow::bus::{now_ms, Bus, Presence};
 
 use crate::cell::cell;
 use crate::context::block_on;
@@ -28,11 +28,7 @@ impl Args {
             ));
         }
         let list: Vec<Presence> = block_on(async {
-            let role = Name::new("cli").map_err(CliError::runtime)?;
-            let member = Member {
-                instance: Member::generated_id(&role),
-                role,
-            };
+            let member = crate::context::cli_member()?;
             let bus = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;

@@ -1,7 +1,7 @@
 //! `ebbflow jobs`: running and recent long jobs and their progress, from the bus's job records.
 
 use ebbflow::bus::jobs::JobRecord;
-use ebbflow::bus::{now_ms, Bus, Member, Name};
+use ebbflow::bus::{now_ms, Bus};
 
 use crate::cell::cell;
 use crate::context::block_on;
@@ -32,11 +32,7 @@ impl Args {
             ));
         }
         let mut list: Vec<JobRecord> = block_on(async {
-            let role = Name::new("cli").map_err(CliError::runtime)?;
-            let member = Member {
-                instance: Member::generated_id(&role),
-                role,
-            };
+            let member = crate::context::cli_member()?;
             let bus = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
                 .map_err(CliError::runtime)?;

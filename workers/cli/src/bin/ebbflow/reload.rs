@@ -1,14 +1,13 @@
 //! `ebbflow reload --role R`: every live instance of a role reads its config files again and
 //! applies the scaling rules that changed, without a restart; each instance's answer is shown.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ebbflow::bus::events::ReloadRequested;
-use ebbflow::bus::{Address, Bus, BusHandle, Member, Name, Presence};
+use ebbflow::bus::{Address, Bus, BusHandle, Name};
 
-use crate::context::block_on;
+use crate::context::{block_on, of_role};
 use crate::{CliError, Context};
 
 /// Asks each live instance of a role (`ebbflow.reload`, a request with a reply) to read its
@@ -45,11 +44,7 @@ impl Args {
         let role = Name::new(&self.role)
             .map_err(|e| CliError::usage(format!("--role {:?}: {e}", self.role)))?;
         block_on(async {
-            let me = Name::new("cli").map_err(CliError::runtime)?;
-            let member = Member {
-                instance: Member::generated_id(&me),
-                role: me,
-            };
+            let member = crate::context::cli_member()?;
             // A listening connection: the replies come back to this instance.
             let transport = ebbflow::bus::RedisBus::connect(&settings.bus, member)
                 .await
@@ -79,7 +74,7 @@ impl Args {
         };
         let wait = Duration::from_secs(self.timeout);
         let mut failed = Vec::new();
-        for id in &live {
+        for id in live.keys() {
             match bus
                 .request(&command, Address::instance(id.as_str()), wait)
                 .await
@@ -114,14 +109,4 @@ impl Args {
             )))
         }
     }
-}
-
-/// The live instances of `role`, by id.
-async fn of_role(bus: &Arc<dyn Bus>, role: &Name) -> Result<BTreeSet<String>, CliError> {
-    let list: Vec<Presence> = bus.instances().await.map_err(CliError::runtime)?;
-    Ok(list
-        .into_iter()
-        .filter(|p| p.role == role.as_str())
-        .map(|p| p.instance)
-        .collect())
 }
