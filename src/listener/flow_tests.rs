@@ -83,7 +83,11 @@ fn a_refill_is_the_threshold_unless_messages_may_wait_ahead_and_it_was_not_set()
     let h = flow(1, 32, 1, false);
     assert_eq!(h.refill_size(0), 1);
     let k = flow(6, 32, 5, false);
-    assert_eq!(k.refill_size(1), 5, "(6 + 1) * 2 / 3 = 4, under the threshold 5");
+    assert_eq!(
+        k.refill_size(1),
+        5,
+        "(6 + 1) * 2 / 3 = 4, under the threshold 5"
+    );
     // `refill_threshold` set in config stands, ahead room or not.
     let set = flow(8, 32, 3, true);
     assert_eq!(set.refill_size(10), 3);
