@@ -45,18 +45,23 @@ async fn take_visible(q: &Arc<dyn Queue>) -> BTreeSet<String> {
 }
 
 /// `quick-*` takes 10 ms (so the handler time is known and messages are received ahead of
-/// the slots); `long-*` takes `long` (a stop does not cut it short). Counts runs per text.
+/// the slots); `long-*` takes `long`, cut short by `ctx.shutdown()` only when
+/// `ends_on_shutdown`. Counts runs per text, and records the texts started after the stop.
 #[derive(Clone)]
 struct QuickThenLong {
     long: Duration,
+    ends_on_shutdown: bool,
     runs: Arc<Mutex<BTreeMap<String, u32>>>,
+    started_stopping: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl QuickThenLong {
     fn new(long: Duration) -> Self {
         Self {
             long,
+            ends_on_shutdown: false,
             runs: Arc::default(),
+            started_stopping: Arc::default(),
         }
     }
 
@@ -67,14 +72,27 @@ impl QuickThenLong {
 
 impl Handler for QuickThenLong {
     type Message = String;
-    async fn handle(&self, text: String, _: Context) -> Result<(), HandlerError> {
+    async fn handle(&self, text: String, ctx: Context) -> Result<(), HandlerError> {
         *self.runs.lock().unwrap().entry(text.clone()).or_default() += 1;
+        if ctx.shutdown().is_cancelled() {
+            self.started_stopping.lock().unwrap().insert(text.clone());
+        }
         let work = if text.starts_with("quick") {
             Duration::from_millis(10)
         } else {
             self.long
         };
-        tokio::time::sleep(work).await;
+        let stop = async {
+            if self.ends_on_shutdown {
+                ctx.shutdown().cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(work) => {}
+            _ = stop => {}
+        }
         Ok(())
     }
 }
@@ -132,6 +150,49 @@ async fn a_stop_releases_waiting_messages_renewed_while_they_waited_at_once() {
     assert_eq!(snap.handled as usize, 16 + started.len(), "{snap:?}");
     assert_eq!((report.unreleased, snap.lost_ownership), (0, 0), "{snap:?}");
     assert!(snap.released >= waiting, "{snap:?}");
+}
+
+/// A stop while messages wait ahead of a slot and the running handlers answer `ctx.shutdown()`
+/// at once (as a handler should): their slots come back during the stop, yet no waiting
+/// message starts then; each is released unstarted, visible again right after the drain.
+#[tokio::test(start_paused = true)]
+async fn a_stop_starts_no_waiting_message_in_slots_freed_by_the_stop() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "stopfrees").await;
+    let long: BTreeSet<String> = (0..48).map(|i| format!("long-{i:02}")).collect();
+    for text in (0..16).map(|i| format!("quick-{i:02}")).chain(long.clone()) {
+        q.send(&text, SendOptions::default()).await.unwrap();
+    }
+    let name = q.name().to_string();
+    let handler = QuickThenLong {
+        ends_on_shutdown: true,
+        ..QuickThenLong::new(Duration::from_secs(3600))
+    };
+    let s = settings(&name, |q| q.encoding = Encoding::None);
+    let worker = common::start(&store, s, &name, handler.clone()).await;
+    common::wait_for("messages waiting ahead", Duration::from_secs(10), || {
+        let snap = &worker.snapshot()[0];
+        snap.handled == 16 && snap.held > snap.in_flight
+    })
+    .await;
+    let at_stop = worker.snapshot().remove(0);
+    let report = worker.shutdown().await;
+    let snap = &report.queues[0];
+    let late = handler.started_stopping.lock().unwrap().clone();
+    assert!(
+        late.is_empty(),
+        "started after the stop: {late:?}; {snap:?}"
+    );
+    let started: BTreeSet<String> = handler
+        .started()
+        .into_iter()
+        .filter(|t| t.starts_with("long"))
+        .collect();
+    assert_eq!(started.len() as u64, at_stop.in_flight, "{at_stop:?}");
+    let visible = take_visible(&q).await;
+    assert_eq!(visible, long.difference(&started).cloned().collect());
+    assert_eq!(snap.handled as usize, 16 + started.len(), "{snap:?}");
+    assert_eq!(report.unreleased, 0);
 }
 
 /// Messages settled before their handler after waiting past a renewal: 16 fast jobs, then 16
