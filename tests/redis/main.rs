@@ -17,3 +17,4 @@ mod bus_worker;
 mod dedup;
 mod durable;
 mod fleet;
+mod pulse_hook;
