@@ -300,6 +300,8 @@ mod tests {
             ("full batch at max stays", sig(Prompt::FullBatch, 8), 8, Reason::AtMax),
             ("full batch inside the up cool-down waits",
              Signals { since_scale_up: Some(Duration::from_millis(500)), ..sig(Prompt::FullBatch, 3) }, 3, Reason::UpCooldown),
+            ("a probe that wants no more tasks is steady inside the up cool-down too",
+             Signals { since_scale_up: Some(Duration::from_millis(500)), ..sig(Prompt::Probe, 3) }, 3, Reason::Steady),
             ("full batch after the cool-down", Signals { since_scale_up: secs(1), ..sig(Prompt::FullBatch, 3) }, 4, Reason::FullBatch),
             ("probe with a shallow queue retires one", Signals { depth: Some(10), ..sig(Prompt::Probe, 6) }, 5, Reason::Shallow(10)),
             ("shallow, but inside the down cool-down",
