@@ -15,5 +15,6 @@ mod bus;
 mod bus_jobs;
 mod bus_worker;
 mod dedup;
+mod delivery;
 mod durable;
 mod fleet;
