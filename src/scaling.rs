@@ -300,6 +300,8 @@ mod tests {
             ("full batch at max stays", sig(Prompt::FullBatch, 8), 8, Reason::AtMax),
             ("full batch inside the up cool-down waits",
              Signals { since_scale_up: Some(Duration::from_millis(500)), ..sig(Prompt::FullBatch, 3) }, 3, Reason::UpCooldown),
+            ("a probe that wants no more tasks is steady inside the up cool-down too",
+             Signals { since_scale_up: Some(Duration::from_millis(500)), ..sig(Prompt::Probe, 3) }, 3, Reason::Steady),
             ("full batch after the cool-down", Signals { since_scale_up: secs(1), ..sig(Prompt::FullBatch, 3) }, 4, Reason::FullBatch),
             ("probe with a shallow queue retires one", Signals { depth: Some(10), ..sig(Prompt::Probe, 6) }, 5, Reason::Shallow(10)),
             ("shallow, but inside the down cool-down",
@@ -309,6 +311,7 @@ mod tests {
             ("an empty queue never retires the last task", Signals { depth: Some(0), ..sig(Prompt::Probe, 1) }, 1, Reason::Steady),
             ("depth that fits the tasks changes nothing", Signals { depth: Some(550), ..sig(Prompt::Probe, 6) }, 6, Reason::Steady),
             ("probe with a deeper queue grows", Signals { depth: Some(350), ..sig(Prompt::Probe, 2) }, 4, Reason::Depth(350)),
+            ("a probe at max with nothing new is steady, not held at max", sig(Prompt::Probe, 8), 8, Reason::Steady),
             ("an old message without an age rule changes nothing",
              Signals { oldest_age: secs(90), ..sig(Prompt::Probe, 2) }, 2, Reason::Steady),
             ("idle at max retires a spare task", sig(Prompt::IdleAtMax, 3), 2, Reason::Idle),
@@ -356,6 +359,38 @@ mod tests {
             ..old
         };
         assert_eq!(decide(&s, &young).target, 2);
+        // "Older than": a message exactly at the limit is not old yet.
+        let at_limit = Signals {
+            oldest_age: Some(Duration::from_secs(60)),
+            ..old
+        };
+        assert_eq!(
+            (decide(&s, &at_limit).target, decide(&s, &at_limit).reason),
+            (2, Reason::Steady)
+        );
+        // The age rule adds a task only beyond what the other signals ask: a full batch already
+        // adds the one, and its reason stands.
+        let full = Signals {
+            oldest_age: Some(Duration::from_secs(90)),
+            ..sig(Prompt::FullBatch, 3)
+        };
+        assert_eq!(
+            (decide(&s, &full).target, decide(&s, &full).reason),
+            (4, Reason::FullBatch)
+        );
+        // A shallow queue whose oldest message is too old grows; it does not shrink.
+        let shallow_but_old = Signals {
+            depth: Some(10),
+            oldest_age: Some(Duration::from_secs(90)),
+            ..sig(Prompt::Probe, 6)
+        };
+        assert_eq!(
+            (
+                decide(&s, &shallow_but_old).target,
+                decide(&s, &shallow_but_old).reason
+            ),
+            (7, Reason::Age(Duration::from_secs(90)))
+        );
         // min_tasks = 0: the last task retires too.
         assert_eq!(decide(&s, &sig(Prompt::IdleAtMax, 1)).target, 0);
         assert_eq!(decide(&s, &sig(Prompt::IdleAtMax, 0)).target, 0);

@@ -26,16 +26,22 @@ pub enum JobState {
     Failed,
     /// Ended without saying how it went.
     Unknown,
+    /// Never stored or sent: how a reader ([`JobRecord::seen_at`]) shows a `Running` record
+    /// that has not changed for longer than [`JobRecord::stale_after`] (its instance died
+    /// without an end, or its pulses stopped); its elapsed time stays at its last change.
+    Stale,
 }
 
 impl JobState {
-    /// `running`, `succeeded`, `failed` or `unknown`, as stored, sent and printed.
+    /// `running`, `succeeded`, `failed` or `unknown`, as stored, sent and printed (`stale`, only
+    /// ever shown).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Unknown => "unknown",
+            Self::Stale => "stale",
         }
     }
 }
@@ -86,6 +92,52 @@ pub struct JobRecord {
 
 impl Event for JobRecord {
     const KIND: &'static str = "ebbflow.job";
+}
+
+/// Timed pulses a running job may miss before it is shown `stale`.
+pub const STALE_AFTER_MISSED_PULSES: u32 = 3;
+
+/// The least quiet time before a job with timed pulses is shown `stale`, however short its
+/// interval: the writer's and the reader's clocks may differ by a few seconds.
+pub const STALE_AT_LEAST: Duration = Duration::from_secs(10);
+
+/// How long a running job with no timed pulses (`interval_ms` is `None`: count pulses only,
+/// which may be far apart) may go without a change before it is shown `stale`.
+pub const STALE_WITHOUT_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+impl JobRecord {
+    /// How long this job's record may go without a change while it runs before a reader shows
+    /// it `stale`: [`STALE_AFTER_MISSED_PULSES`] of its timed pulse intervals, at least
+    /// [`STALE_AT_LEAST`]; without timed pulses, [`STALE_WITHOUT_INTERVAL`].
+    pub fn stale_after(&self) -> Duration {
+        match self.interval_ms.filter(|ms| *ms > 0) {
+            Some(ms) => {
+                Duration::from_millis(ms.saturating_mul(u64::from(STALE_AFTER_MISSED_PULSES)))
+                    .max(STALE_AT_LEAST)
+            }
+            None => STALE_WITHOUT_INTERVAL,
+        }
+    }
+
+    /// The record as a reader shows it at `now_ms` (Unix milliseconds, the reader's clock), as
+    /// `ebbflow jobs`, the dashboard and `ebbflow top` do. A `Running` job whose last change is
+    /// more than [`JobRecord::stale_after`] old becomes [`JobState::Stale`], its `elapsed_ms`
+    /// frozen at that change (start to last change); any other running job's `elapsed_ms` goes
+    /// on to `now_ms`. An ended record is returned as it is.
+    pub fn seen_at(mut self, now_ms: u64) -> Self {
+        if self.state != JobState::Running {
+            return self;
+        }
+        let quiet = now_ms.saturating_sub(self.updated_at_ms);
+        let bound = u64::try_from(self.stale_after().as_millis()).unwrap_or(u64::MAX);
+        if quiet > bound {
+            self.state = JobState::Stale;
+            self.elapsed_ms = self.updated_at_ms.saturating_sub(self.started_at_ms);
+        } else {
+            self.elapsed_ms = now_ms.saturating_sub(self.started_at_ms);
+        }
+        self
+    }
 }
 
 /// A hook that shapes or suppresses pulses ([`JobMonitor::shape`], or a queue handler's with
@@ -306,8 +358,8 @@ impl JobMonitor {
         self.store(record);
     }
 
-    /// Ends the job with `state` (`Running` is taken as `Unknown`) and a note; later calls do
-    /// nothing.
+    /// Ends the job with `state` (`Running` and `Stale` are taken as `Unknown`) and a note;
+    /// later calls do nothing.
     pub fn end(&self, state: JobState, note: impl Into<String>) {
         let record = {
             let Ok(mut r) = self.inner.record.lock() else {
@@ -317,7 +369,7 @@ impl JobMonitor {
                 return;
             }
             r.state = match state {
-                JobState::Running => JobState::Unknown,
+                JobState::Running | JobState::Stale => JobState::Unknown,
                 other => other,
             };
             r.note = note.into();
@@ -347,5 +399,80 @@ impl JobMonitor {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.ended.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job started at 1,000,000 ms whose record last changed 5 s later.
+    fn job(state: JobState, interval_ms: Option<u64>) -> JobRecord {
+        JobRecord {
+            id: "imports/m1".into(),
+            source: "imports".into(),
+            text: "message m1 (dequeue 1)".into(),
+            instance: "w-1".into(),
+            role: "worker".into(),
+            state,
+            count: 7,
+            timed_pulses: 1,
+            count_pulses: 0,
+            last_pulse: Some(PulseKind::Timed),
+            interval_ms,
+            every: None,
+            started_at_ms: 1_000_000,
+            updated_at_ms: 1_005_000,
+            elapsed_ms: 5_000,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_running_job_is_stale_past_three_missed_pulses_with_its_elapsed_frozen() {
+        let j = job(JobState::Running, Some(5_000));
+        assert_eq!(j.stale_after(), Duration::from_secs(15));
+        // Exactly three intervals after its last change: still running, elapsed goes on.
+        let at = j.clone().seen_at(1_020_000);
+        assert_eq!((at.state, at.elapsed_ms), (JobState::Running, 20_000));
+        // One millisecond more: stale, elapsed at its last change, however late it is read.
+        for now in [1_020_001, 1_100_000, 9_000_000] {
+            let seen = j.clone().seen_at(now);
+            assert_eq!(
+                (seen.state, seen.elapsed_ms),
+                (JobState::Stale, 5_000),
+                "at {now}"
+            );
+            assert_eq!(seen.state.to_string(), "stale");
+        }
+    }
+
+    #[test]
+    fn the_bound_has_a_floor_and_a_default_without_timed_pulses() {
+        // A 200 ms interval: not stale within 10 s (clocks differ between machines).
+        let short = job(JobState::Running, Some(200));
+        assert_eq!(short.stale_after(), STALE_AT_LEAST);
+        assert_eq!(short.clone().seen_at(1_015_000).state, JobState::Running);
+        assert_eq!(short.seen_at(1_015_001).state, JobState::Stale);
+        // Count pulses only (and a zero interval, which sends none): the default, 10 min.
+        for interval in [None, Some(0)] {
+            let counted = job(JobState::Running, interval);
+            assert_eq!(counted.stale_after(), STALE_WITHOUT_INTERVAL);
+            assert_eq!(counted.clone().seen_at(1_605_000).state, JobState::Running);
+            assert_eq!(counted.seen_at(1_605_001).state, JobState::Stale);
+        }
+    }
+
+    #[test]
+    fn an_ended_job_is_never_stale_and_a_reader_behind_the_writer_sees_it_running() {
+        for state in [JobState::Succeeded, JobState::Failed, JobState::Unknown] {
+            assert_eq!(
+                job(state, Some(1_000)).seen_at(9_000_000),
+                job(state, Some(1_000))
+            );
+        }
+        // The reader's clock is behind the record's: running, no negative elapsed time.
+        let behind = job(JobState::Running, Some(1_000)).seen_at(999_000);
+        assert_eq!((behind.state, behind.elapsed_ms), (JobState::Running, 0));
     }
 }

@@ -199,9 +199,9 @@ async fn wait_for_slot(
     tokio::pin!(slot);
     loop {
         tokio::select! {
-            biased;
-            held = &mut slot => return Some(held),
+            biased; // The stop first: a slot given back during the stop starts no message.
             _ = shared.control.life.stop.cancelled() => break,
+            held = &mut slot => return Some(held),
             event = lease.next_event() => {
                 report(&shared.io.name, &shared.stats, message, event);
                 if lease.is_lost() {

@@ -173,6 +173,9 @@ pub(crate) struct Flow {
     handler_ms: std::sync::atomic::AtomicU64,
 }
 
+#[cfg(test)]
+mod flow_tests;
+
 impl Flow {
     /// Records how long one handler ran.
     fn observe_run(&self, took: std::time::Duration) {
@@ -201,6 +204,9 @@ impl Flow {
             return 0;
         }
         let budget = u64::try_from(visibility.as_millis() / 4).unwrap_or(u64::MAX);
+        if avg >= budget {
+            return 0;
+        }
         let rounds = usize::try_from(budget / avg).unwrap_or(usize::MAX);
         rounds
             .saturating_mul(self.slots.capacity())

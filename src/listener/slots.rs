@@ -385,4 +385,52 @@ mod tests {
         drop(slot2);
         assert_eq!(slots.free(), 2);
     }
+
+    #[test]
+    fn ahead_room_tops_the_free_slots_up_to_max_and_no_further() {
+        // 4 free, room for 8 ahead, at most 6 in all: 4 slots and 2 ahead, not 8.
+        let slots = Slots::new(4);
+        let (held, ahead) = slots.try_take(1, 6, 8).unwrap();
+        assert_eq!((held.len(), ahead.len()), (4, 2));
+        drop((held, ahead));
+        // With 2 of 4 free and max 3: 2 slots and 1 ahead.
+        let busy = slots.try_take(1, 2, 0).unwrap().0;
+        let (held, ahead) = slots.try_take(1, 3, 8).unwrap();
+        assert_eq!((held.len(), ahead.len()), (2, 1));
+        drop((busy, held, ahead));
+        assert_eq!(slots.free(), 4);
+    }
+
+    #[test]
+    fn tickets_split_one_by_one_until_none_is_left() {
+        let slots = Slots::new(1);
+        let (held, mut ahead) = slots.try_take(1, 3, 2).unwrap();
+        assert_eq!((held.len(), ahead.len()), (1, 2));
+        let first = ahead.split_one().unwrap();
+        let second = ahead.split_one().unwrap();
+        assert_eq!((first.len(), second.len(), ahead.len()), (1, 1, 0));
+        assert!(ahead.split_one().is_none(), "two tickets, not three");
+        // The room the tickets hold comes back as they go.
+        drop((ahead, first));
+        let (_, room) = slots.try_take(0, 3, 2).unwrap();
+        assert_eq!(room.len(), 1, "one ticket still out");
+        drop((held, second, room));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ticket_takes_a_free_slot_at_once_when_nobody_waits_before_it() {
+        let slots = Slots::new(2);
+        let (mut held, mut ahead) = slots.try_take(1, 3, 1).unwrap();
+        assert_eq!((held.len(), ahead.len(), slots.free()), (2, 1, 0));
+        let ticket = ahead.split_one().unwrap();
+        drop(held.split_one());
+        assert_eq!(slots.free(), 1);
+        // Free and nobody ahead of it: no wait, and the pool counts the slot as taken.
+        let slot = tokio::time::timeout(Duration::ZERO, ticket.slot())
+            .await
+            .expect("a free slot is taken at once");
+        assert_eq!((slot.len(), slots.free()), (1, 0));
+        drop((slot, held, ahead));
+        assert_eq!(slots.free(), 2);
+    }
 }

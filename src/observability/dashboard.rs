@@ -34,7 +34,8 @@
 //! `fleet` is `null` unless the bus is on (`bus.kind` other than `none`); then it lists every
 //! live instance from the bus presence (their pulses, `bus.pulse_interval` apart), this one
 //! marked `"this": true`, sorted by role then id, and `jobs`, the heartbeat progress records
-//! (`ebbflow jobs`' data: running first, then the most recently changed, at most 50). `pulse_age_ms` is how long ago the last
+//! (`ebbflow jobs`' data, as it shows them: a running job whose pulses stopped is `stale`;
+//! running first, then the most recently changed, at most 50). `pulse_age_ms` is how long ago the last
 //! pulse was sent (by this worker's clock). When the bus cannot be read, `instances` is empty
 //! and `error` says why (one line, no secret).
 //!
@@ -217,17 +218,19 @@ async fn fleet(bus: &crate::bus::BusHandle) -> Value {
             })
         })
         .collect();
-    json!({ "instances": instances, "jobs": job_rows(jobs), "error": error })
+    json!({ "instances": instances, "jobs": job_rows(jobs, now), "error": error })
 }
 
 /// Jobs shown at most: the running ones first, then the most recently changed.
 const JOBS_LIMIT: usize = 50;
 
 /// The `jobs` part of the fleet: the heartbeat monitor's records (running and recently ended,
-/// kept `bus.job_retention`), running first, then newest change first, at most
+/// kept `bus.job_retention`) as seen at `now_ms` (a running job whose pulses stopped is
+/// `stale`, see `JobRecord::seen_at`), running first, then newest change first, at most
 /// [`JOBS_LIMIT`].
-fn job_rows(mut jobs: Vec<crate::bus::jobs::JobRecord>) -> Value {
+fn job_rows(jobs: Vec<crate::bus::jobs::JobRecord>, now_ms: u64) -> Value {
     use crate::bus::jobs::JobState;
+    let mut jobs: Vec<_> = jobs.into_iter().map(|j| j.seen_at(now_ms)).collect();
     jobs.sort_by(|a, b| {
         let running = |j: &crate::bus::jobs::JobRecord| j.state != JobState::Running;
         (running(a), std::cmp::Reverse(a.updated_at_ms), &a.id).cmp(&(

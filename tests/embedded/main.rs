@@ -22,6 +22,7 @@ mod fuzz;
 mod guarantees;
 mod handler_api;
 mod listener_hooks;
+mod message_run;
 mod ops;
 mod outputs;
 mod pulse_shaping;

@@ -1,6 +1,7 @@
 //! The heartbeat progress monitor across processes: a worker process runs a long job on a
 //! queue with heartbeat settings; `ebbflow jobs` (another process) shows it running with its
-//! pulses, then ended.
+//! pulses, then ended; a job whose pulses stopped (its worker died without an end) is shown
+//! `stale` with its elapsed time frozen.
 
 use crate::bus_replicas::World;
 use crate::common;
@@ -10,16 +11,22 @@ use std::time::Duration;
 
 use ebbflow::bus::jobs::{JobRecord, JobState};
 
-fn jobs(world: &World) -> Vec<JobRecord> {
+/// `ebbflow jobs` with `args`: its standard output.
+fn run_jobs(world: &World, args: &[&str]) -> Vec<u8> {
     let out = Command::new(common::bins::ebbflow_cli())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .args(["--config", world.dir.path().to_str().unwrap()])
-        .args(["jobs", "--json"])
+        .arg("jobs")
+        .args(args)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+fn jobs(world: &World) -> Vec<JobRecord> {
+    serde_json::from_slice(&run_jobs(world, &["--json"])).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,4 +88,67 @@ async fn ebbflow_jobs_shows_a_running_jobs_progress_from_another_process() {
     assert!(ended.timed_pulses >= running.timed_pulses);
     assert!(ended.elapsed_ms >= 3_000, "{ended:?}");
     assert_eq!(worker.stop().0, Some(0));
+}
+
+/// A job whose worker died without an END record: `running` in the store, its last change a
+/// minute old with a 1 s pulse interval (three missed pulses long past). `ebbflow jobs` shows
+/// it `stale`, its elapsed time at its last change (not growing); `--running` leaves it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebbflow_jobs_shows_a_job_whose_pulses_stopped_as_stale_with_its_elapsed_frozen() {
+    let world = World::new("one", "");
+    let bus = world.client().await;
+    let now = ebbflow::bus::now_ms();
+    let dead = JobRecord {
+        id: "imports/dead".into(),
+        source: "imports".into(),
+        text: "message dead (dequeue 1)".into(),
+        instance: "worker-gone".into(),
+        role: "worker".into(),
+        state: JobState::Running,
+        count: 40,
+        timed_pulses: 5,
+        count_pulses: 0,
+        last_pulse: Some(ebbflow::bus::events::PulseKind::Timed),
+        interval_ms: Some(1_000),
+        every: None,
+        started_at_ms: now - 65_000,
+        updated_at_ms: now - 60_000,
+        elapsed_ms: 5_000,
+        note: String::new(),
+    };
+    // A live one beside it: pulsed just now, with the same interval.
+    let live = JobRecord {
+        id: "imports/live".into(),
+        text: "message live (dequeue 1)".into(),
+        instance: "worker-1".into(),
+        started_at_ms: now - 30_000,
+        updated_at_ms: now,
+        elapsed_ms: 30_000,
+        ..dead.clone()
+    };
+    bus.record_job(&dead).await.unwrap();
+    bus.record_job(&live).await.unwrap();
+    let list = jobs(&world);
+    let state = |id: &str| {
+        let j = list.iter().find(|j| j.id == id).expect(id);
+        (j.state, j.elapsed_ms)
+    };
+    assert_eq!(state("imports/dead"), (JobState::Stale, 5_000), "{list:?}");
+    let (live_state, live_elapsed) = state("imports/live");
+    assert_eq!(live_state, JobState::Running, "{list:?}");
+    assert!(
+        live_elapsed >= 30_000,
+        "a running job's elapsed goes on: {list:?}"
+    );
+    let table = String::from_utf8(run_jobs(&world, &[])).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("imports/dead"))
+        .expect(&table);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..5], ["stale", "40", "5", "5.0s"], "{table}");
+    let running: Vec<JobRecord> =
+        serde_json::from_slice(&run_jobs(&world, &["--running", "--json"])).unwrap();
+    let ids: Vec<&str> = running.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["imports/live"], "{running:?}");
 }

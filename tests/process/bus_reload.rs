@@ -119,3 +119,19 @@ async fn sighup_reloads_the_config_folder_and_an_invalid_file_keeps_the_old_rule
         "the rejected file's key is named: {logs}"
     );
 }
+
+/// A reload for a role with no live instance (a typo, or every instance gone) is an error, as
+/// for `ebbflow drain`: exit 1, naming the role and where to check, not a silent success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_for_a_role_with_no_live_instance_fails_naming_it() {
+    let world = World::new("one", "");
+    let out = reload(&world);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err.contains("no live instance of role worker"), "{err}");
+    assert!(err.contains("ebbflow instances"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing reloaded, nothing said on stdout: {out:?}"
+    );
+}

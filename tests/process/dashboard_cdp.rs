@@ -3,7 +3,8 @@
 //! `--remote-debugging-pipe` (two FIFOs, no extra crate), against a worker in this test on the
 //! embedded store. The page shows a burst scaling the `emails` queue's dequeue tasks up and back
 //! down, a click lists the `orders` poison queue and another requeues the poisoned message,
-//! which is then handled; the browser reports no console error or uncaught exception.
+//! which is then handled; the browser reports no console error or uncaught exception. A
+//! second test feeds the page's poll a counter reset and sees no negative rate charted.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -392,6 +393,96 @@ async fn a_burst_scales_up_and_down_and_a_click_requeues_a_poison_message_in_chr
     assert!(
         browser.errors.is_empty(),
         "browser console errors: {:?} (peak {peak})",
+        browser.errors
+    );
+    drop(browser);
+    worker.shutdown().await;
+}
+
+/// The page's rate clamp, through its poll: the page reads two documents a moment apart in
+/// which a queue's counters went down (the worker restarted between them: handled 5,000 then
+/// 10, the pickup sum and count too). Its `messages/s` and `pickup latency` series get no value
+/// for that interval (`null`, drawn as a gap, shown "–"), never a negative rate; the interval
+/// before it, with the counters standing still, charts 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_reset_between_two_polls_charts_no_rate_never_a_negative_one() {
+    let mut s = Settings::default();
+    s.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    let mut q = QueueSettings::default();
+    q.encoding = Encoding::None;
+    s.queues.insert("orders".into(), q);
+    let worker = Worker::new(s)
+        .with_store(Arc::new(MemoryStore::new()))
+        .handler(
+            "orders",
+            Picky {
+                seen_bad: Arc::default(),
+                work: Duration::ZERO,
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    let mut browser = Browser::launch();
+    browser.open(&format!("http://{}/dashboard", worker.ops_addr().unwrap()));
+    browser.wait(
+        "the orders card drawn",
+        Duration::from_secs(30),
+        "document.querySelectorAll('section.queue').length",
+        |v| v == 1,
+    );
+    // From here the page's polls (its own each second, and the two below) read the document
+    // in `current`: first the counters before the restart, then after it.
+    let seen = browser.eval(
+        r##"(async () => {
+          const doc = (handled, sum, count) => ({ version: 1, now: new Date().toISOString(),
+            fleet: null, queues: [{ queue: "restarted", depth: 0, active_tasks: 1,
+              peak_tasks: 1, in_flight: 0, held: 0, received: handled, handled, retried: 0,
+              poisoned: 0, released: 0, receive_calls: 1, empty_receives: 0,
+              pickup_seconds_sum: sum, pickup_seconds_count: count, handler_seconds_sum: 0,
+              handler_seconds_count: 0, last_decision: null, poison_queue: "restarted-poison" }] });
+          let current = doc(5000, 100, 5000);
+          window.fetch = async () => new Response(JSON.stringify(current),
+            { status: 200, headers: { "content-type": "application/json" } });
+          await poll();
+          await new Promise(r => setTimeout(r, 200));
+          await poll();
+          current = doc(10, 0.5, 10);
+          await poll();
+          const s = series["restarted"];
+          return { rate: s.rate, pickup: s.pickup,
+                   shown: document.querySelector("#q-restarted [data-chart=rate] .value").textContent };
+        })()"##,
+    );
+    let series = |name: &str| -> Vec<Option<f64>> {
+        seen[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{seen}"))
+            .iter()
+            .map(Value::as_f64)
+            .collect()
+    };
+    for name in ["rate", "pickup"] {
+        let values = series(name);
+        assert!(
+            values.iter().flatten().all(|v| *v >= 0.0),
+            "a negative {name}: {seen}"
+        );
+    }
+    // The rate series: none at the first poll (nothing to compare), 0 while the counters stood
+    // still, then none across the reset (more of each if the page's own polls came between).
+    let rate = series("rate");
+    let still = rate.iter().position(|v| *v == Some(0.0));
+    let reset = still.and_then(|at| rate[at..].iter().position(Option::is_none));
+    assert!(
+        rate[0].is_none() && reset.is_some(),
+        "no gap in the rate across the restart: {seen}"
+    );
+    let shown = seen["shown"].as_str().unwrap_or_default();
+    assert!(!shown.starts_with('-'), "{seen}");
+    assert!(
+        browser.errors.is_empty(),
+        "browser console errors: {:?}",
         browser.errors
     );
     drop(browser);

@@ -190,3 +190,54 @@ async fn the_dashboard_shows_another_instance_s_job_progress_and_its_end() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// A job whose worker died without an end (its record still `running`, its last change long
+/// past three of its pulse intervals) is `stale` on the dashboard, its elapsed time frozen at
+/// that change, after the running ones; a running job's elapsed time goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_job_whose_pulses_stopped_as_stale() {
+    use ebbflow::bus::jobs::{JobMonitor, JobRecord, JobState};
+    let prefix = common::unique("fleetstale");
+    let queue = common::unique("fs");
+    let mut front = worker_settings(&prefix, &queue, "stale-a", "front");
+    front.observability.bind = Some("127.0.0.1:0".parse().unwrap());
+    let a = Worker::new(front)
+        .with_store(common::memory())
+        .handler(&queue, Done)
+        .start()
+        .await
+        .unwrap();
+    let url = format!("http://{}/dashboard.json", a.ops_addr().unwrap());
+    let running = JobMonitor::start(&a.bus(), "export", "today's export", Some(10), None);
+    let now = ebbflow::bus::now_ms();
+    let mut dead = running.record();
+    dead.id = "export/dead".into();
+    dead.instance = "stale-gone".into();
+    dead.interval_ms = Some(2_000);
+    dead.started_at_ms = now - 100_000;
+    dead.updated_at_ms = now - 90_000;
+    dead.elapsed_ms = 10_000;
+    a.bus().transport().record_job(&dead).await.unwrap();
+    // The running job has not pulsed (its stored elapsed time is 0); shown, it goes on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        let f = fleet(&url).await;
+        if f["jobs"].as_array().is_some_and(|l| l.len() == 2) {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let jobs: Vec<JobRecord> = serde_json::from_value(f["jobs"].clone()).unwrap();
+    assert_eq!(jobs[0].id, running.record().id, "{f}");
+    assert_eq!(jobs[0].state, JobState::Running, "{f}");
+    assert!(jobs[0].elapsed_ms >= 300, "{f}");
+    assert_eq!(
+        (jobs[1].id.as_str(), jobs[1].state, jobs[1].elapsed_ms),
+        ("export/dead", JobState::Stale, 10_000),
+        "{f}"
+    );
+    a.shutdown().await;
+}

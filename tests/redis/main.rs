@@ -18,3 +18,4 @@ mod dedup;
 mod delivery;
 mod durable;
 mod fleet;
+mod pulse_hook;

@@ -10,13 +10,15 @@ use crate::{CliError, Context};
 /// Lists the jobs whose progress is recorded (queues with `[queues.<name>.heartbeat]`
 /// settings, and `JobMonitor`s): running ones, and those ended within `bus.job_retention`,
 /// newest start first: id, state, progress count, pulses, elapsed time, instance and the START
-/// text (or the end's note). Needs `[bus] kind = "redis"`.
+/// text (or the end's note). A running job whose record has not changed for three of its pulse
+/// intervals (at least 10 s; 10 min without timed pulses) is shown `stale`, its elapsed time
+/// frozen at its last change (`JobRecord::seen_at`). Needs `[bus] kind = "redis"`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
-    /// Only running jobs.
+    /// Only running jobs (not stale ones).
     #[arg(long)]
     running: bool,
 }
@@ -31,7 +33,7 @@ impl Args {
                  \"redis\" and bus.url",
             ));
         }
-        let mut list: Vec<JobRecord> = block_on(async {
+        let list: Vec<JobRecord> = block_on(async {
             let member = crate::context::cli_member()?;
             let bus = ebbflow::bus::RedisBus::connect_client(&settings.bus, member)
                 .await
@@ -40,6 +42,9 @@ impl Args {
             bus.close().await;
             list
         })??;
+        // As seen now: a running job whose pulses stopped is `stale`.
+        let now = now_ms();
+        let mut list: Vec<JobRecord> = list.into_iter().map(|j| j.seen_at(now)).collect();
         if self.running {
             list.retain(|j| j.state == ebbflow::bus::jobs::JobState::Running);
         }
@@ -65,14 +70,8 @@ impl Args {
             "updated",
             "instance"
         );
-        let now = now_ms();
         for j in &list {
             let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
-            // A running job's elapsed time goes on between pulses.
-            let elapsed = match j.state {
-                ebbflow::bus::jobs::JobState::Running => now.saturating_sub(j.started_at_ms),
-                _ => j.elapsed_ms,
-            };
             let text = if j.note.is_empty() {
                 j.text.clone()
             } else {
@@ -84,7 +83,7 @@ impl Args {
                 j.state.as_str(),
                 j.count,
                 j.timed_pulses + j.count_pulses,
-                secs(elapsed),
+                secs(j.elapsed_ms),
                 format!("{} ago", secs(now.saturating_sub(j.updated_at_ms))),
                 cell(&j.instance),
                 cell(&text)

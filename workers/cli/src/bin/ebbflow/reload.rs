@@ -16,8 +16,8 @@ use crate::{CliError, Context};
 /// values it applied (old and new) and the changed keys that need a restart (not applied), or
 /// with the error that made it keep its old rules (an invalid file, naming the key). Each
 /// instance reads its own files: update them first (a ConfigMap, a mounted volume). Exit code 1
-/// when an instance rejected the reload or did not answer within `--timeout`. Needs `[bus]
-/// kind = "redis"`.
+/// when no instance of the role is live (nothing reloaded), or when an instance rejected the
+/// reload or did not answer within `--timeout`. Needs `[bus] kind = "redis"`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The role whose instances reload (`bus.role` of their config).
@@ -66,8 +66,10 @@ impl Args {
     ) -> Result<(), CliError> {
         let live = of_role(transport, role).await?;
         if live.is_empty() {
-            say!("no live instance of role {role}");
-            return Ok(());
+            return Err(CliError::runtime(format!(
+                "no live instance of role {role}: nothing was reloaded; check the role's name \
+                 (ebbflow instances lists the live instances and their roles)"
+            )));
         }
         let command = ReloadRequested {
             reason: self.reason.clone(),

@@ -284,9 +284,13 @@ fn render_jobs(fleet: &serde_json::Map<String, Value>) -> String {
         return String::new();
     }
     let running = jobs.iter().filter(|j| j["state"] == "running").count();
+    let stale = match jobs.iter().filter(|j| j["state"] == "stale").count() {
+        0 => String::new(),
+        n => format!(", {n} stale"),
+    };
     let mut out = format!(
         "
-JOBS: {running} running, {} shown
+JOBS: {running} running{stale}, {} shown
 ",
         jobs.len()
     );
@@ -386,6 +390,31 @@ mod tests {
         );
         // Without the bus: no fleet table.
         assert!(!render(&doc([1, 1], false), None).contains("FLEET"));
+    }
+
+    #[test]
+    fn a_stale_job_is_counted_in_the_jobs_title_and_shown_with_its_frozen_elapsed_time() {
+        let mut doc = doc([30, 25], true);
+        doc["fleet"]["jobs"] = serde_json::json!([
+            {"id": "export/02", "instance": "b-2", "state": "running", "count": 3,
+             "elapsed_ms": 4000, "text": "today"},
+            {"id": "export/01", "instance": "gone-1", "state": "stale", "count": 300,
+             "elapsed_ms": 12500, "text": "nightly"},
+        ]);
+        let text = render(&doc, None);
+        let jobs = text
+            .split("JOBS: 1 running, 1 stale, 2 shown")
+            .nth(1)
+            .expect(&text);
+        let stale = jobs
+            .lines()
+            .find(|l| l.starts_with("export/01"))
+            .expect(&text);
+        let cells: Vec<&str> = stale.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["export/01", "gone-1", "stale", "300", "12.5", "nightly"]
+        );
     }
 
     #[test]
