@@ -534,3 +534,7 @@ fn probe_timers(
         .unwrap_or(Duration::from_secs(3600));
     (timer(scaling.depth_probe_interval), timer(idle))
 }
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

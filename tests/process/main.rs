@@ -12,6 +12,7 @@
 mod common;
 
 mod billing;
+mod bus_connect;
 mod bus_drain;
 mod bus_jobs;
 mod bus_poison;
