@@ -341,6 +341,11 @@ async fn an_oversized_envelope_costs_a_poison_entry_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(len, 0, "acknowledged and deleted: never reclaimed");
+    assert_eq!(
+        bus.transport().counters().poisoned,
+        2,
+        "each entry moved to the poison stream unread is counted"
+    );
     bus.close().await;
 }
 

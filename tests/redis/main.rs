@@ -15,6 +15,7 @@ mod bus;
 mod bus_jobs;
 mod bus_worker;
 mod dedup;
+mod delivery;
 mod durable;
 mod fleet;
 mod pulse_hook;
