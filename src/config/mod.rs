@@ -14,6 +14,8 @@
 //! The ops endpoint's and the logs' sections ([`ObservabilitySettings`], [`LogSettings`]) live
 //! here too: the observability room sits above `config` and reads them.
 
+#[cfg(test)]
+mod access_tests;
 mod bus;
 #[cfg(test)]
 mod heartbeat_tests;

@@ -45,6 +45,7 @@ macro_rules! on_both_backends_with_blobs {
 on_both_backends_with_blobs!(
     a_5_mib_payload_is_handled_byte_exact_and_its_blob_deleted,
     a_poisoned_payload_keeps_its_blob_and_a_requeue_brings_it_back,
+    a_poison_copy_with_a_time_to_live_keeps_its_blob_that_long,
     a_missing_or_tampered_blob_poisons_with_its_reason,
     a_missing_blob_is_poisoned_with_one_clear_log_line,
     a_lookalike_reference_from_another_producer_is_not_fetched,
@@ -206,6 +207,57 @@ async fn a_poisoned_payload_keeps_its_blob_and_a_requeue_brings_it_back(
     .await;
     assert!(keeper.got.lock().unwrap()[0] == body);
     assert!(blobs.list(&name).await.unwrap().is_empty());
+    worker.shutdown().await;
+}
+
+/// With a finite `poison_ttl` (10 days here, longer than the 7 days the original had left), the
+/// poisoned message's blob is kept until its poison copy expires, not a moment less: its expiry
+/// is moved to now + 10 days, and the orphan sweep leaves it.
+async fn a_poison_copy_with_a_time_to_live_keeps_its_blob_that_long(
+    store: Arc<dyn QueueStore>,
+    blobs: Blobs,
+) {
+    let q = common::fresh_queue(&store, "claimttl").await;
+    let name = q.name().to_string();
+    let keeper = Keeper::default();
+    keeper.reject.store(true, Ordering::SeqCst);
+    let ttl = Duration::from_secs(10 * 24 * 3600);
+    let mut s = settings(&name);
+    s.queues.get_mut(&name).unwrap().poison_ttl = ebbflow::store::TimeToLive::After(ttl);
+    let worker = Worker::new(s)
+        .with_store(store.clone())
+        .with_blobs(blobs.clone())
+        .handler(&name, keeper.clone())
+        .start()
+        .await
+        .unwrap();
+    let producer = producer(&store, &blobs);
+    let publisher = ebbflow::Publisher::new(producer.queue(&name).unwrap(), Encoding::Base64);
+    publisher
+        .send_bytes(&payload(300_000), Default::default())
+        .await
+        .unwrap();
+    common::wait_for("poisoned", Duration::from_secs(60), || {
+        worker.snapshot()[0].poisoned == 1
+    })
+    .await;
+    let kept = blobs.list(&name).await.unwrap();
+    assert_eq!(kept.len(), 1, "the blob stays with its poisoned message");
+    let expires = kept[0]
+        .expires_at()
+        .flatten()
+        .expect("an expiry, as the poison copy has one");
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::days(10) - time::Duration::minutes(5)
+            && left <= time::Duration::days(10) + time::Duration::minutes(5),
+        "kept {left} more, the poison copy lives 10 days"
+    );
+    let swept = sweep(&blobs, Duration::from_secs(3600), false)
+        .await
+        .unwrap();
+    assert!(swept.orphans.is_empty(), "{swept:?}");
+    assert_eq!(blobs.list(&name).await.unwrap().len(), 1);
     worker.shutdown().await;
 }
 

@@ -18,6 +18,7 @@ mod conformance;
 mod credentials;
 mod extremes;
 mod flow;
+mod flow_lifecycle;
 mod lifetimes;
 mod outage;
 mod poison;

@@ -1,5 +1,5 @@
 //! Promises of the Guarantees table that need a fault or a moment a plain run never shows: a
-//! poison copy the store refuses, a stop while messages wait ahead of free slots and while a
+//! poison copy the store refuses, a delete refused as received elsewhere, a stop while messages wait ahead of free slots and while a
 //! receive is on its way back, and a heartbeat pulse's renewal. Each asserts on the store
 //! (what is visible, hidden, or still there), on the embedded store under tokio's paused clock
 //! at the default settings, so that breaking the promise in the runtime fails it.
@@ -115,6 +115,84 @@ async fn a_failed_poison_copy_leaves_the_message_on_its_queue_and_counts_an_erro
     tokio::time::sleep(Duration::from_secs(31)).await;
     let back = take_visible(&q).await;
     assert_eq!(back, BTreeSet::from(["doomed".to_string()]));
+}
+
+/// Answers every delete on the work queue as a service does when the message was received
+/// again elsewhere (its pop receipt no longer matches), and leaves the message where it is.
+#[derive(Clone, Default)]
+struct DeletesLost(Arc<AtomicU32>);
+
+impl QueueLayer for DeletesLost {
+    async fn delete_within(
+        &self,
+        inner: &dyn Queue,
+        id: &str,
+        pop_receipt: &str,
+        lease_ends: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
+        if inner.name().ends_with("-poison") {
+            return inner.delete_within(id, pop_receipt, lease_ends).await;
+        }
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(StoreError::MessageNotFound {
+            queue: inner.name().to_string(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl StoreLayer for DeletesLost {
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        Layered::wrap(queue, self.clone())
+    }
+}
+
+/// Succeeds, or poisons a message whose text starts with "bad".
+struct OkOrPoison;
+
+impl Handler for OkOrPoison {
+    type Message = String;
+    async fn handle(&self, text: String, _: Context) -> Result<(), HandlerError> {
+        if text.starts_with("bad") {
+            return Err(HandlerError::poison("bad"));
+        }
+        Ok(())
+    }
+}
+
+/// A settle the store refuses because the message was received again elsewhere is counted as
+/// lost ownership, never as handled or poisoned, and the message stays on its queue: the delete
+/// after success and the delete after a poison copy, both refused.
+#[tokio::test(start_paused = true)]
+async fn a_delete_refused_as_received_elsewhere_counts_lost_ownership_not_done() {
+    let inner = common::memory();
+    let lost = DeletesLost::default();
+    let store = LayeredStore::wrap(inner.clone(), lost.clone());
+    let q = common::fresh_queue(&inner, "deletelost").await;
+    q.send("good", SendOptions::default()).await.unwrap();
+    q.send("bad", SendOptions::default()).await.unwrap();
+    let name = q.name().to_string();
+    let worker = common::start(&store, settings(&name, |_| {}), &name, OkOrPoison).await;
+    common::wait_for("both deletes refused", Duration::from_secs(10), || {
+        lost.0.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(
+        (snap.handled, snap.poisoned, snap.lost_ownership),
+        (0, 0, 2),
+        "{snap:?}"
+    );
+    // The poison copy was made before its delete was refused: one copy, the original kept.
+    let poison = inner.queue(&format!("{name}-poison")).unwrap();
+    assert_eq!(poison.peek(32).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let back = take_visible(&q).await;
+    assert_eq!(
+        back,
+        BTreeSet::from(["good".to_string(), "bad".to_string()])
+    );
 }
 
 /// Sleeps 2 s a message and records which it started.

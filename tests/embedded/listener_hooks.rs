@@ -176,3 +176,71 @@ async fn a_policy_for_an_unknown_queue_is_a_start_up_error_naming_it() {
     );
     assert!(err.to_string().contains("[queues.typo]"), "{err}");
 }
+
+/// A spare task retires at the idle back-off maximum, not before: after the queue drained, each
+/// idle retirement comes once that task's sleeps have climbed the curve to `max` (30 s at the
+/// defaults, reached after about 40 s of empty receives), and the count steps down to the last
+/// task. The depth probe is kept out of it (`depth_probe_interval` of an hour), so no
+/// retirement is a shallow probe's.
+#[tokio::test(start_paused = true)]
+async fn an_idle_task_retires_only_once_its_back_off_reaches_the_maximum() {
+    let store = common::memory();
+    let queue = common::unique("idlemax");
+    fill(&store, &queue, 100).await;
+    let heard: Arc<Mutex<Vec<(tokio::time::Instant, ListenerEvent)>>> = Arc::default();
+    let mut s = settings(&queue);
+    s.queues
+        .get_mut(&queue)
+        .unwrap()
+        .scaling
+        .depth_probe_interval = Duration::from_secs(3600);
+    let worker = Worker::new(s)
+        .with_store(store.clone())
+        .on_listener_event({
+            let heard = heard.clone();
+            move |e: &ListenerEvent| {
+                heard
+                    .lock()
+                    .unwrap()
+                    .push((tokio::time::Instant::now(), e.clone()))
+            }
+        })
+        .handler_fn(&queue, slow)
+        .start()
+        .await
+        .unwrap();
+    common::wait_for("all handled", Duration::from_secs(120), || {
+        worker.snapshot()[0].handled == 100
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    worker.shutdown().await;
+    let heard = heard.lock().unwrap().clone();
+    let drained = heard
+        .iter()
+        .find(|(_, e)| matches!(e, ListenerEvent::QueueEmpty { .. }))
+        .map(|(at, _)| *at)
+        .expect("queue empty");
+    let mut peak = 0;
+    let mut retired = Vec::new();
+    for (at, e) in &heard {
+        if let ListenerEvent::Scaled {
+            from, to, reason, ..
+        } = e
+        {
+            peak = peak.max(*to);
+            if to < from {
+                assert_eq!(*reason, Reason::Idle, "{heard:?}");
+                retired.push((*at - drained, *to));
+            }
+        }
+    }
+    assert!(peak > 1, "the backlog scaled up: {heard:?}");
+    assert_eq!(retired.last().map(|r| r.1), Some(1), "{retired:?}");
+    assert!(
+        retired
+            .iter()
+            .all(|(after, _)| *after >= Duration::from_secs(30)),
+        "a task retired before its back-off reached the maximum: {retired:?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! A worker on a Redis bus, in process: handlers publish through `ctx.bus()`, `Worker::observe`
 //! handles events from other instances, long jobs' heartbeat pulses are seen by another
 //! instance, and a work notice written by `redis-cli` (a producer in another language) wakes a
-//! queue at zero tasks.
+//! queue at zero tasks, and a replica that cannot take all the work passes the notice on.
 
 use crate::common;
 
@@ -233,4 +233,62 @@ async fn a_work_notice_from_redis_cli_wakes_a_queue_at_zero_tasks() {
     .await;
     assert_eq!(handled.lock().unwrap()[0], "from-python");
     assert!(worker.shutdown().await.clean);
+}
+
+/// A queue woken by a work notice passes the notice on (`reach = "one"`) when its receive came
+/// back filled with every concurrency slot taken: the queue holds more than this replica can
+/// take now. A receive that took fewer messages than it asked for passes nothing on, although
+/// its slots are all taken too. Each notice is passed on at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_filling_every_slot_passes_the_notice_on_and_a_short_one_does_not() {
+    struct Slow;
+    impl Handler for Slow {
+        type Message = String;
+        async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        }
+    }
+    // Woken from zero tasks by one notice, with `messages` waiting at concurrency 4 (the
+    // first receive asks for 4): what the worker passed on.
+    async fn passed_on_after(messages: usize) -> u64 {
+        let prefix = common::unique("bus");
+        let queue = common::unique("pass");
+        let store = common::memory();
+        let mut s = worker_settings(&prefix, &queue);
+        let q = s.queues.get_mut(&queue).unwrap();
+        q.heartbeat.every = None;
+        q.concurrency = ebbflow::config::Concurrency::of::<4>();
+        let worker = common::start(&store, s, &queue, Slow).await;
+        common::wait_for("zero tasks", Duration::from_secs(20), || {
+            worker.snapshot()[0].active_tasks == 0
+        })
+        .await;
+        let sent = store.queue(&queue).unwrap();
+        for i in 0..messages {
+            let text = ebbflow::codec::Encoding::Base64
+                .encode(format!("m{i}").as_bytes())
+                .unwrap();
+            sent.send(&text, Default::default()).await.unwrap();
+        }
+        let out = std::process::Command::new("redis-cli")
+            .args(["-u", &redis_url(), "XADD"])
+            .arg(format!("{prefix}:work:{queue}"))
+            .args(["MAXLEN", "~", "10000", "*", "queue", &queue])
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        assert!(out.status.success(), "{out:?}");
+        common::wait_for("every message handled", Duration::from_secs(20), || {
+            worker.snapshot()[0].handled == messages as u64
+        })
+        .await;
+        let passed = worker
+            .bus_counters()
+            .passed_on
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(worker.shutdown().await.clean);
+        passed
+    }
+    assert_eq!(passed_on_after(2).await, 0, "2 of the 4 asked for");
+    assert_eq!(passed_on_after(10).await, 1, "4 of 4, every slot taken");
 }

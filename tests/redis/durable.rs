@@ -1,8 +1,8 @@
 //! The bus's durable delivery on a real redis-server: fan-out events kept for an instance that
 //! restarts with the same id (exactly once each), competing events that always fail moved to the
 //! poison stream and requeued, 12,000 competing events waiting for a first consumer, a drained
-//! instance that takes nothing more, bounded envelopes, signed envelopes and presence, and
-//! request and reply across two processes.
+//! instance that takes nothing more, and bounded envelopes. Signed envelopes are in
+//! `bus_signing`, request and reply in `bus_requests`; both use this module's helpers.
 
 use crate::common;
 
@@ -11,41 +11,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{member, redis_url, settings};
+use ebbflow::bus::MaxDeliveries;
 use ebbflow::bus::RedisBus;
 use ebbflow::bus::{
-    Address, BusError, BusHandle, BusSettings, Envelope, Event, Filter, Presence, Received,
-    Request, Subscription,
+    Address, BusError, BusHandle, BusSettings, Envelope, Event, Filter, Received, Subscription,
 };
-use ebbflow::bus::{MaxDeliveries, SigningKey};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Ping {
-    n: u32,
+pub(crate) struct Ping {
+    pub(crate) n: u32,
 }
 
 impl Event for Ping {
     const KIND: &'static str = "test.ping";
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Totals {
-    batch: u64,
-}
-
-impl Event for Totals {
-    const KIND: &'static str = "test.totals";
-}
-
-impl Request for Totals {
-    type Reply = u64;
-}
-
-fn base(prefix: &str, role: &str, claim: Duration) -> BusSettings {
+pub(crate) fn base(prefix: &str, role: &str, claim: Duration) -> BusSettings {
     settings(&redis_url(), prefix, role, claim)
 }
 
-async fn join(s: &BusSettings, id: &str) -> (BusHandle, Subscription<Ping>) {
+pub(crate) async fn join(s: &BusSettings, id: &str) -> (BusHandle, Subscription<Ping>) {
     let bus = BusHandle::new(Arc::new(
         RedisBus::connect(s, member(id, s.role.as_str()))
             .await
@@ -56,7 +42,7 @@ async fn join(s: &BusSettings, id: &str) -> (BusHandle, Subscription<Ping>) {
     (bus, sub)
 }
 
-async fn client(s: &BusSettings, id: &str) -> BusHandle {
+pub(crate) async fn client(s: &BusSettings, id: &str) -> BusHandle {
     BusHandle::new(Arc::new(
         RedisBus::connect_client(s, member(id, s.role.as_str()))
             .await
@@ -65,7 +51,7 @@ async fn client(s: &BusSettings, id: &str) -> BusHandle {
 }
 
 /// Everything that arrives within `quiet` of the previous one (after a first within 10 s).
-async fn drain(sub: &mut Subscription<Ping>, quiet: Duration) -> Vec<u32> {
+pub(crate) async fn drain(sub: &mut Subscription<Ping>, quiet: Duration) -> Vec<u32> {
     let mut got = Vec::new();
     let mut wait = Duration::from_secs(10);
     while let Ok(Some(p)) = tokio::time::timeout(wait, sub.next()).await {
@@ -76,7 +62,7 @@ async fn drain(sub: &mut Subscription<Ping>, quiet: Duration) -> Vec<u32> {
     got
 }
 
-async fn redis_con() -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_con() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -346,259 +332,5 @@ async fn an_oversized_envelope_costs_a_poison_entry_and_nothing_else() {
         2,
         "each entry moved to the poison stream unread is counted"
     );
-    bus.close().await;
-}
-
-fn signed(prefix: &str, key: &str, previous: Option<&str>) -> BusSettings {
-    let mut s = base(prefix, "processor", Duration::from_secs(30));
-    s.signing_key = Some(SigningKey::new(key).unwrap());
-    s.signing_previous_key = previous.map(|k| SigningKey::new(k).unwrap());
-    s
-}
-
-/// With signing on, envelopes and presence records that are unsigned or signed with an unknown
-/// key are refused and counted; an instance still on the previous key is accepted.
-#[tokio::test]
-async fn forged_envelopes_and_presence_are_refused_with_signing_on() {
-    let prefix = common::unique("signed");
-    let (old, new) = ("o".repeat(32), "n".repeat(32));
-    let s = signed(&prefix, &new, Some(&old));
-    let (bus, mut sub) = join(&s, "p1").await;
-    let rolling = client(&signed(&prefix, &old, None), "old-key").await;
-    rolling.publish(&Ping { n: 1 }, Address::All).await.unwrap();
-    let mut con = redis_con().await;
-    let forged = r#"{"id":"f1","type":"test.ping","from":"boss","role":"controller","to":{"mode":"all"},"sent_at_ms":1,"body":{"n":666}}"#;
-    let _: String = redis::cmd("XADD")
-        .arg(format!("{prefix}:fan:all"))
-        .arg("*")
-        .arg("envelope")
-        .arg(forged)
-        .arg("sig")
-        .arg("AAAA")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(format!("{prefix}:group:processor"))
-        .arg("*")
-        .arg("envelope")
-        .arg(forged)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(format!("{prefix}:all"))
-        .arg(forged)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    rolling
-        .publish(&Ping { n: 2 }, Address::one_of("processor"))
-        .await
-        .unwrap();
-    let mut got = drain(&mut sub, Duration::from_secs(1)).await;
-    got.sort_unstable();
-    assert_eq!(got, vec![1, 2], "only the signed events");
-    assert!(bus.transport().counters().refused >= 3);
-    // Presence: a real pulse and a forged record.
-    let me = Presence {
-        instance: "p1".into(),
-        role: "processor".into(),
-        queues: vec![],
-        active_tasks: 0,
-        in_flight: 0,
-        handled: 0,
-        receive_calls: 0,
-        started_at_ms: ebbflow::bus::now_ms(),
-        pulse_at_ms: ebbflow::bus::now_ms(),
-    };
-    bus.transport()
-        .pulse(&me, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let mut fake = me.clone();
-    fake.instance = "ghost".into();
-    fake.queues = vec!["made-up".into()];
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:presence:ghost"))
-        .arg(serde_json::to_string(&fake).unwrap())
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("ZADD")
-        .arg(format!("{prefix}:instances"))
-        .arg(ebbflow::bus::now_ms() + 60_000)
-        .arg("ghost")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let listed: Vec<String> = bus
-        .transport()
-        .instances()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.instance)
-        .collect();
-    assert_eq!(listed, vec!["p1".to_string()]);
-    // A signed record copied under another instance's key is refused too: it is bound to its
-    // instance id, so p1 is not listed twice.
-    let real: String = redis::cmd("GET")
-        .arg(format!("{prefix}:presence:p1"))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:presence:forged-2"))
-        .arg(real)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("ZADD")
-        .arg(format!("{prefix}:instances"))
-        .arg(ebbflow::bus::now_ms() + 60_000)
-        .arg("forged-2")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let listed: Vec<String> = bus
-        .transport()
-        .instances()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.instance)
-        .collect();
-    assert_eq!(listed, vec!["p1".to_string()]);
-    // Without the key, the same reader would have listed the ghost: signing is what refused it.
-    let unsigned = client(&base(&prefix, "processor", Duration::from_secs(30)), "x").await;
-    assert_eq!(unsigned.transport().instances().await.unwrap().len(), 2);
-    bus.close().await;
-}
-
-/// The responder of [`request_and_reply_across_two_processes`], run as a child process of the
-/// test binary.
-#[tokio::test]
-#[ignore = "run by request_and_reply_across_two_processes as its second process"]
-async fn responder_process() {
-    let Ok(prefix) = std::env::var("EBBFLOW_TEST_RESPONDER_PREFIX") else {
-        return;
-    };
-    let s = base(&prefix, "controller", Duration::from_secs(5));
-    let bus = BusHandle::new(Arc::new(
-        RedisBus::connect(&s, member("responder-1", "controller"))
-            .await
-            .unwrap(),
-    ));
-    let _responder = bus.respond(Filter::new(), |r: Received<Totals>| async move {
-        match r.body.batch {
-            0 => Err("batch 0 does not exist".into()),
-            1 => {
-                tokio::time::sleep(Duration::from_millis(1_500)).await;
-                Ok(100)
-            }
-            b => Ok(b * 100),
-        }
-    });
-    let mut stop = bus.subscribe::<Ping>(Filter::new());
-    bus.start();
-    let _ = tokio::time::timeout(Duration::from_secs(60), stop.next()).await;
-    bus.close().await;
-}
-
-/// Request and reply between two processes: to one of a role and to an instance, a responder's
-/// error, a timeout with no responder, and a reply that arrives after its requester gave up
-/// (dropped; the next request gets its own answer).
-#[tokio::test]
-async fn request_and_reply_across_two_processes() {
-    let prefix = common::unique("request");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "durable::responder_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("EBBFLOW_TEST_RESPONDER_PREFIX", &prefix)
-        .env("EBBFLOW_REDIS_URL", redis_url())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = base(&prefix, "processor", Duration::from_secs(5));
-    let (bus, _sub) = join(&s, "asker").await;
-    let short = Duration::from_millis(500);
-    // Until the child is up: its group on the role stream exists once it connected.
-    let mut first = None;
-    for _ in 0..60 {
-        match bus
-            .request(
-                &Totals { batch: 7 },
-                Address::instance("responder-1"),
-                short,
-            )
-            .await
-        {
-            Ok(v) => {
-                first = Some(v);
-                break;
-            }
-            Err(BusError::Timeout { .. }) => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    assert_eq!(first, Some(700), "the child answered");
-    let wait = Duration::from_secs(5);
-    assert_eq!(
-        bus.request(&Totals { batch: 3 }, Address::one_of("controller"), wait)
-            .await
-            .unwrap(),
-        300
-    );
-    let err = bus
-        .request(&Totals { batch: 0 }, Address::one_of("controller"), wait)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, BusError::Remote { from, error, .. } if from == "responder-1" && error.contains("batch 0")),
-        "{err}"
-    );
-    let err = bus
-        .request(&Totals { batch: 3 }, Address::one_of("nobody"), short)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BusError::Timeout { .. }), "{err}");
-    // The responder takes 1.5 s for batch 1: the requester gives up first.
-    let err = bus
-        .request(&Totals { batch: 1 }, Address::one_of("controller"), short)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BusError::Timeout { .. }), "{err}");
-    assert_eq!(
-        bus.request(&Totals { batch: 4 }, Address::role("controller"), wait)
-            .await
-            .unwrap(),
-        400,
-        "the late reply to batch 1 is not taken for this one"
-    );
-    // A reply to an instance that went away: the requester closes before the answer.
-    let (gone, _gs) = join(&s, "gone").await;
-    let ask = gone.request(&Totals { batch: 1 }, Address::one_of("controller"), wait);
-    let _ = tokio::time::timeout(Duration::from_millis(200), ask).await;
-    gone.close().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        bus.request(&Totals { batch: 5 }, Address::one_of("controller"), wait)
-            .await
-            .unwrap(),
-        500,
-        "the responder went on"
-    );
-    bus.publish(&Ping { n: 0 }, Address::instance("responder-1"))
-        .await
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap();
-    assert!(status.unwrap().success());
     bus.close().await;
 }

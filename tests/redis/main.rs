@@ -13,6 +13,8 @@ mod common;
 
 mod bus;
 mod bus_jobs;
+mod bus_requests;
+mod bus_signing;
 mod bus_worker;
 mod dedup;
 mod delivery;

@@ -1,6 +1,9 @@
 //! `ebbflow deploy`: the committed examples under `deploy/` are what the generator writes for
 //! `config/default.toml`, the manifests for sample configs carry the values their rules call
-//! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2.
+//! for, and every plain scalar reads the same in YAML 1.1 (Kubernetes) as in YAML 1.2. The
+//! helpers and sample configs here are shared by the submodules: `container_apps` (that
+//! target's rules and identity), `keys` (the `[deploy]` section's keys, limits and refusals),
+//! `carried` (what the pod loads), `command` (the command line) and `yaml11`.
 //!
 //! Regenerate the examples after an intended change with
 //! `EBBFLOW_BLESS=1 cargo test -p ebbflow-cli --test cli committed_examples`.
@@ -16,6 +19,8 @@ use crate::root;
 
 mod carried;
 mod command;
+mod container_apps;
+mod keys;
 /// The runtime's reference-table helpers (std and serde_json only).
 #[path = "../../../../src/reference/table.rs"]
 mod table;
@@ -119,18 +124,6 @@ namespace = "jobs"
 max_replicas = 30
 container_apps_identity = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/w"
 "#;
-
-/// IDENTITY_SAMPLE with the app's own (system-assigned) identity: no client id anywhere.
-fn system_assigned_sample() -> String {
-    IDENTITY_SAMPLE
-        .lines()
-        .filter(|l| {
-            !l.starts_with("managed_identity_client_id")
-                && !l.starts_with("container_apps_identity")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[test]
 fn keda_manifests_carry_each_queues_capacity_and_the_drain_time() {
@@ -435,99 +428,6 @@ fn secret_auth_references_the_secret_and_never_writes_it() {
     assert_eq!(m["queueLength"], "272");
 }
 
-#[test]
-fn container_apps_rules_probes_and_grace() {
-    let settings = load_toml(&system_assigned_sample()).unwrap();
-    let yaml = render(Target::ContainerApps, &settings).unwrap();
-    let app = &docs(&yaml)[0];
-    assert_eq!(app["identity"]["type"], "SystemAssigned");
-    let template = &app["properties"]["template"];
-    assert!(template["terminationGracePeriodSeconds"].as_u64().unwrap() > 125);
-    let container = &template["containers"][0];
-    let probes: Vec<_> = container["probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["type"].as_str().unwrap(),
-                p["httpGet"]["path"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(probes, [("Liveness", "/healthz"), ("Readiness", "/readyz")]);
-    assert_eq!(container["resources"]["cpu"], 0.5);
-    assert_eq!(container["resources"]["memory"], "1Gi");
-    assert_eq!(
-        env_of(container)["EBBFLOW__STORAGE__CREDENTIAL"]["value"],
-        "managed_identity"
-    );
-    let scale = &template["scale"];
-    assert_eq!(
-        (&scale["minReplicas"], &scale["maxReplicas"]),
-        (&1.into(), &30.into())
-    );
-    let rules = scale["rules"].as_array().unwrap();
-    let names: Vec<_> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "queue-clicks-0",
-            "queue-clicks-1",
-            "queue-clicks-2",
-            "queue-clicks-3",
-            "queue-orders",
-            "queue-reports"
-        ]
-    );
-    let custom = &rules[4]["custom"];
-    assert_eq!(custom["type"], "azure-queue");
-    assert_eq!(custom["identity"], "system");
-    assert_eq!(custom["metadata"]["queueLength"], "528");
-    assert_eq!(custom["metadata"]["accountName"], "ordersacct");
-
-    let yaml = render(Target::ContainerApps, &load_toml(IDENTITY_SAMPLE).unwrap()).unwrap();
-    let app = &docs(&yaml)[0];
-    assert_eq!(app["identity"]["type"], "UserAssigned");
-    let ids = app["identity"]["userAssignedIdentities"]
-        .as_object()
-        .unwrap();
-    assert_eq!(ids.len(), 1);
-    assert!(ids.keys().all(|k| k.ends_with("/userAssignedIdentities/w")));
-    // The worker asks for the token of the identity the app carries.
-    let container = &app["properties"]["template"]["containers"][0];
-    assert_eq!(
-        env_of(container)["EBBFLOW__STORAGE__MANAGED_IDENTITY_CLIENT_ID"]["value"],
-        "11111111-2222-3333-4444-555555555555"
-    );
-}
-
-#[test]
-fn container_apps_refuses_an_app_identity_the_worker_would_not_use() {
-    // A system-assigned app, but the worker asks for a user-assigned client id.
-    let mismatched = IDENTITY_SAMPLE
-        .lines()
-        .filter(|l| !l.starts_with("container_apps_identity"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let err = render(Target::ContainerApps, &load_toml(&mismatched).unwrap())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("deploy.container_apps_identity"), "{err}");
-    // A user-assigned app whose client id the worker does not know.
-    let unknown = IDENTITY_SAMPLE
-        .lines()
-        .filter(|l| !l.starts_with("managed_identity_client_id"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let err = render(Target::ContainerApps, &load_toml(&unknown).unwrap())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("deploy.identity_client_id"), "{err}");
-    // KEDA's manifests are unaffected.
-    assert!(render(Target::Keda, &load_toml(&mismatched).unwrap()).is_ok());
-}
-
 const BUS_SAMPLE: &str = r#"
 [bus]
 kind = "redis"
@@ -572,93 +472,6 @@ fn a_shared_bus_gets_its_url_from_a_secret() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn settings_at_their_limits_still_make_manifests_the_engines_accept() {
-    let name = format!("w{}", "x".repeat(62));
-    let toml = format!(
-        r#"
-[worker]
-drain_timeout = "1h"
-[queues.big]
-shards = 100
-concurrency = 10000
-[queues.big.scaling]
-max_tasks = 256
-messages_per_task = 1000000
-[deploy]
-name = "{name}"
-max_replicas = 1000
-polling_interval = "1h"
-cooldown_period = "24h"
-cpu_millicores = 64000
-memory_mib = 262144
-"#
-    );
-    let settings = load_toml(&toml).unwrap();
-    let docs = docs(&render(Target::Keda, &settings).unwrap());
-    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
-    assert_eq!(pod["terminationGracePeriodSeconds"], 3610);
-    let spec = &kind(&docs, "ScaledObject")["spec"];
-    let down = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"];
-    // The HPA refuses windows over 3600 s and periods over 1800 s.
-    assert_eq!(down["stabilizationWindowSeconds"], 3600);
-    assert_eq!(down["policies"][0]["periodSeconds"], 1800);
-    let triggers = spec["triggers"].as_array().unwrap();
-    assert_eq!(triggers.len(), 100);
-    // (10,000 + 256 x 1,000,000) / 100 shards.
-    assert_eq!(triggers[99]["metadata"]["queueName"], "big-99");
-    assert_eq!(triggers[99]["metadata"]["queueLength"], "2560100");
-    // Too long for a container app's name: refused, naming the key.
-    let err = render(Target::ContainerApps, &settings)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("deploy.name"), "{err}");
-}
-
-/// The book's `[deploy]` table (docs/src/configuration.md, region `deploy-reference`) lists
-/// every key of [`ebbflow_cli::deploy::DeploySettings`] with its default, and no other.
-#[test]
-fn the_deploy_reference_lists_every_deploy_key_with_its_default() {
-    let value = serde_json::to_value(ebbflow_cli::deploy::DeploySettings::default())
-        .expect("deploy settings serialize");
-    let mut keys = BTreeMap::new();
-    table::flatten("deploy", &value, &mut keys);
-    let reference = std::fs::read_to_string(root("docs/src/configuration.md")).unwrap();
-    let problems = table::disagreements(&reference, "deploy-reference", &keys);
-    assert!(
-        problems.is_empty(),
-        "docs/src/configuration.md's [deploy] table and DeploySettings disagree:\n  {}",
-        problems.join("\n  ")
-    );
-}
-
-/// One config folder serves both: a worker ignores `[deploy]` (even a value the command line
-/// refuses), and the command line reads it, with `EBBFLOW__DEPLOY__...` over the files.
-#[test]
-fn the_deploy_section_is_the_command_lines_and_the_worker_ignores_it() {
-    let toml = "[queues.orders]\n[deploy]\nname = \"orders-worker\"\nmax_replicas = 0\n";
-    let dir = std::env::temp_dir().join(format!("ebbflow-deploy-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("default.toml"), toml).unwrap();
-    let env = BTreeMap::from([("EBBFLOW__DEPLOY__UNKNOWN_KEY".to_string(), "1".to_string())]);
-    let worker = Settings::load_from(&dir, &env);
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(worker.unwrap().queues.contains_key("orders"));
-    let err = load_toml(toml).unwrap_err();
-    assert!(err.contains("deploy.max_replicas"), "{err}");
-    let env = BTreeMap::from([
-        ("EBBFLOW__DEPLOY__MAX_REPLICAS".to_string(), "7".to_string()),
-        ("EBBFLOW__DEPLOY__NAME".to_string(), "from-env".to_string()),
-    ]);
-    let config = load_toml_with(toml, &env).unwrap();
-    assert_eq!(config.deploy.max_replicas.get(), 7);
-    assert_eq!(config.deploy.name.as_str(), "from-env");
-    assert!(config.settings.queues.contains_key("orders"));
-    let env = BTreeMap::from([("EBBFLOW__DEPLOY__REPLICAS".to_string(), "3".to_string())]);
-    let err = load_toml_with("[queues.orders]", &env).unwrap_err();
-    assert!(err.contains("replicas"), "{err}");
-}
-
 /// The image the Dockerfile builds serves the ops endpoint on the port the manifests probe.
 #[test]
 fn the_dockerfile_exposes_the_port_the_manifests_probe() {
@@ -669,62 +482,4 @@ fn the_dockerfile_exposes_the_port_the_manifests_probe() {
         .collect();
     assert_eq!(exposed, [OPS_PORT.to_string()]);
     assert!(dockerfile.contains(&format!("EBBFLOW__OBSERVABILITY__BIND=0.0.0.0:{OPS_PORT}")));
-}
-
-#[test]
-fn bad_deploy_settings_name_their_key() {
-    for (toml, key) in [
-        ("[deploy]\nname = \"Orders_Worker\"", "deploy.name"),
-        ("[deploy]\nimage = \"has space:1\"", "deploy.image"),
-        ("[deploy]\nmax_replicas = 0", "deploy.max_replicas"),
-        ("[deploy]\nmax_replicas = 1001", "deploy.max_replicas"),
-        (
-            "[deploy]\npolling_interval = \"1500ms\"",
-            "deploy.polling_interval",
-        ),
-        (
-            "[deploy]\ncooldown_period = \"0s\"",
-            "deploy.cooldown_period",
-        ),
-        ("[deploy]\nmin_replicas = 11", "deploy.min_replicas"),
-        ("[deploy]\nauth = \"password\"", "deploy.auth"),
-        ("[deploy]\ncpu_millicores = 5", "deploy.cpu_millicores"),
-        ("[deploy]\nreplicas = 3", "replicas"),
-    ] {
-        let err = load_toml(toml).unwrap_err();
-        assert!(err.contains(key), "{toml}: {err}");
-    }
-    // An unknown choice lists the values, in the key's words.
-    let err = load_toml("[deploy]\nauth = \"key\"").unwrap_err();
-    assert!(
-        err.contains("deploy.auth = \"key\"")
-            && err.contains("`identity`")
-            && !err.contains("variant constructor"),
-        "{err}"
-    );
-}
-
-#[test]
-fn impossible_plans_are_refused_with_the_reason() {
-    let no_queues = load_toml("[worker]\ndrain_timeout = \"10s\"").unwrap();
-    let err = render(Target::Keda, &no_queues).unwrap_err().to_string();
-    assert!(err.contains("no queues"), "{err}");
-    let zero = load_toml("[queues.orders]\n[deploy]\nmin_replicas = 0").unwrap();
-    let err = render(Target::Keda, &zero).unwrap_err().to_string();
-    assert!(err.contains("queues.orders.scaling.min_tasks"), "{err}");
-    let identity_without_endpoint =
-        load_toml("[queues.orders]\n[deploy]\nauth = \"identity\"").unwrap();
-    let err = render(Target::ContainerApps, &identity_without_endpoint)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("storage.queue_endpoint"), "{err}");
-    // A DNS label Kubernetes takes, but longer than a container app's name may be.
-    let long =
-        load_toml("[queues.orders]\n[deploy]\nname = \"orders-worker-for-the-eu-west-region\"")
-            .unwrap();
-    render(Target::Keda, &long).unwrap();
-    let err = render(Target::ContainerApps, &long)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("deploy.name"), "{err}");
 }
