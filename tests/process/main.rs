@@ -22,6 +22,7 @@ mod dashboard_browser;
 mod dashboard_cdp;
 mod faults;
 mod fd_limit;
+mod json_logs;
 mod ops_process;
 mod process;
 mod secrets_everywhere;

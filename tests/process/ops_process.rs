@@ -1,7 +1,8 @@
 //! The load-test worker as a real process against Azurite, with the ops endpoint on and
 //! triggers off: probes, the parsed metrics (histograms present, counts that match the
 //! messages sent), `/readyz` answering 503 through a SIGTERM drain with long handlers in
-//! flight, and JSON logs whose every line parses.
+//! flight, and a second stop signal ending the drain. The JSON logs are in `json_logs`, which
+//! starts its worker with this module's helpers.
 
 use crate::common;
 
@@ -13,7 +14,7 @@ use ebbflow::codec::Encoding;
 use ebbflow::Publisher;
 
 /// A free loopback port (bound and released; the worker binds it right after).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -21,7 +22,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn loadtest(queue: &str, port: u16) -> Command {
+pub(crate) fn loadtest(queue: &str, port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -51,7 +52,7 @@ struct Sample {
 
 /// The exposition parsed: samples by metric name, and each family's `# TYPE`.
 #[derive(Debug, Default)]
-struct Exposition {
+pub(crate) struct Exposition {
     samples: BTreeMap<String, Vec<Sample>>,
     types: BTreeMap<String, String>,
 }
@@ -94,7 +95,7 @@ impl Exposition {
     }
 
     /// The value of `name` whose labels include every pair of `labels`.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples.get(name)?.iter().find_map(|s| {
             labels
                 .iter()
@@ -110,14 +111,14 @@ async fn get(url: &str) -> Option<(u16, String)> {
     Some((status, r.text().await.ok()?))
 }
 
-async fn metrics(base: &str) -> Exposition {
+pub(crate) async fn metrics(base: &str) -> Exposition {
     let (status, text) = get(&format!("{base}/metrics")).await.expect("metrics");
     assert_eq!(status, 200, "{text}");
     Exposition::parse(&text)
 }
 
 /// Waits until the worker's ops endpoint answers `/healthz`.
-async fn wait_live(base: &str, child: &mut Child) {
+pub(crate) async fn wait_live(base: &str, child: &mut Child) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some((200, _)) = get(&format!("{base}/healthz")).await {
@@ -134,7 +135,7 @@ async fn wait_live(base: &str, child: &mut Child) {
     }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -323,130 +324,6 @@ async fn a_worker_process_serves_probes_and_metrics_and_is_unready_through_its_d
         "{final_line}"
     );
     assert_eq!(queue.approximate_depth().await.unwrap(), 0);
-}
-
-/// With `EBBFLOW_LOG_FORMAT=json` every line a worker writes, from start-up through handling
-/// to the drain (and a start-up that fails), is one JSON object with timestamp, level,
-/// target and fields, and no secret.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_parse_line_by_line() {
-    let store = common::azurite();
-    let name = common::unique("jsonlog");
-    let queue = store.queue(&name).unwrap();
-    queue.create_if_missing().await.unwrap();
-    let publisher = Publisher::new(queue.clone(), Encoding::Base64);
-    for n in 0..5 {
-        publisher
-            .send_bytes(format!("m{n}").as_bytes(), Default::default())
-            .await
-            .unwrap();
-    }
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = loadtest(&name, port)
-        .env("EBBFLOW_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info,ebbflow=debug")
-        .spawn()
-        .unwrap();
-    wait_live(&base, &mut child).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metrics(&base)
-        .await
-        .get("ebbflow_handled_total", &[("queue", &name)])
-        != Some(5.0)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never handled 5");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    sigterm(&child);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let lines = check_json_lines(&text);
-    let messages: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["fields"]["message"].as_str())
-        .collect();
-    for expected in [
-        "ops endpoint listening (/healthz, /readyz, /metrics; dashboard: /, /dashboard.json, \
-         /dashboard/poison/<queue>)",
-        "worker started",
-        "stop signal received",
-        "final counts",
-    ] {
-        assert!(messages.contains(&expected), "{expected}: {messages:?}");
-    }
-    // Spans come along, outermost first: the listener's lines carry their queue there, once
-    // (not again among the event's own fields, and no separate `span` key repeats it).
-    let in_listener: Vec<_> = lines
-        .iter()
-        .filter(|l| {
-            l["spans"].as_array().is_some_and(|spans| {
-                spans
-                    .iter()
-                    .any(|s| s["name"] == "listener" && s["queue"] == name.as_str())
-            })
-        })
-        .collect();
-    assert!(!in_listener.is_empty(), "{text}");
-    for line in in_listener {
-        assert!(line.get("span").is_none(), "{line}");
-        assert!(line["fields"].get("queue").is_none(), "{line}");
-    }
-
-    // A start-up that fails logs in JSON too, naming the key, and exits 2.
-    let out = loadtest(&name, free_port())
-        .env("EBBFLOW_LOG_FORMAT", "json")
-        .env("EBBFLOW__QUEUES__ORDERS__BATCH_SIZE", "33")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{text}");
-    let lines = check_json_lines(&text);
-    assert!(
-        lines.iter().any(|l| l["level"] == "ERROR"
-            && l["fields"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("queues.orders.batch_size"))),
-        "{text}"
-    );
-
-    // A log format the worker does not know: exit 2 naming the variable, in text.
-    let out = loadtest(&name, free_port())
-        .env("EBBFLOW_LOG_FORMAT", "xml")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains("EBBFLOW_LOG_FORMAT"), "{text}");
-}
-
-/// Parses every line as one JSON object with the promised keys; no account key anywhere.
-fn check_json_lines(text: &str) -> Vec<serde_json::Value> {
-    assert!(!text.trim().is_empty(), "no log lines");
-    assert!(
-        !text.contains(ebbflow::store::DEV_KEY),
-        "the account key leaked: {text}"
-    );
-    text.lines()
-        .map(|line| {
-            let v: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
-            for key in ["timestamp", "level", "target", "fields"] {
-                assert!(v.get(key).is_some(), "no {key}: {line}");
-            }
-            assert!(v["fields"].is_object(), "{line}");
-            let ts = v["timestamp"].as_str().unwrap();
-            assert!(
-                time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-                    .is_ok(),
-                "timestamp {ts:?} is not RFC 3339"
-            );
-            v
-        })
-        .collect()
 }
 
 /// A second ctrl-c (or SIGTERM) during the drain is the operator saying "now": the worker
