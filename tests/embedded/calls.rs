@@ -327,3 +327,55 @@ async fn a_delayed_publish_on_a_covered_queue_at_zero_tasks_is_handled_when_it_s
     assert!(receives <= 3, "{receives} receives for one delayed message");
     worker.shutdown().await;
 }
+
+/// `batch_window`: after a trigger wakes an idle task, it waits up to the window for more
+/// arrivals before it receives, and stops waiting once a batch's worth (`batch_size`) has
+/// arrived. Three messages a millisecond apart are received together when the 2 s window ends;
+/// eight (the batch size) are received as soon as the eighth arrives.
+#[tokio::test(start_paused = true)]
+async fn a_batch_window_waits_for_more_and_ends_once_a_batch_s_worth_arrived() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "window").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.wake_on_publish = true;
+        q.batch_window = Some(Duration::from_secs(2));
+        q.batch_size = ebbflow::config::BatchSize::of::<8>();
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    // Idle, in a long back-off sleep.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let publisher = worker.publisher(&name).unwrap();
+    let burst = |n: usize, tag: &'static str| {
+        let publisher = publisher.clone();
+        async move {
+            for i in 0..n {
+                publisher
+                    .send_bytes(format!("w0-{tag}{i}").as_bytes(), Default::default())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let before = get(&counts.receive);
+    burst(3, "few").await;
+    tokio::time::sleep(Duration::from_millis(1_900)).await;
+    assert_eq!(worker.snapshot()[0].handled, 0, "still inside the window");
+    assert_eq!(get(&counts.receive), before, "no receive inside the window");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        worker.snapshot()[0].handled,
+        3,
+        "received when the window ended"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    burst(8, "full").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        worker.snapshot()[0].handled,
+        11,
+        "a batch's worth arrived: received at once, not at the window's end"
+    );
+    worker.shutdown().await;
+}
