@@ -186,9 +186,9 @@ impl Supervisor {
                 filled,
                 after_idle,
             } => {
-                // Worth probing: the queue may be deeper than the receive could take, several
-                // tasks may be more than a shallow queue needs, or messages may age. A single
-                // task draining a trickle is none of these; probing it would bill each message.
+                // Worth probing: the queue may be deeper than the receive could take, or
+                // messages may age (several tasks are probed anyway: see `is_busy`). A single
+                // task draining a trickle is neither; probing it would bill each message.
                 let age_rule = self
                     .shared
                     .tuning
@@ -196,7 +196,7 @@ impl Supervisor {
                     .scaling
                     .scale_up_when_older_than
                     .is_some();
-                if full || filled || self.roster.tasks.len() > 1 || age_rule {
+                if full || filled || age_rule {
                     self.pace.busy = true;
                 }
                 self.pace.triggers_since_batch = 0;

@@ -341,6 +341,10 @@ async fn a_batch_window_waits_for_more_and_ends_once_a_batch_s_worth_arrived() {
         q.scaling.wake_on_publish = true;
         q.batch_window = Some(Duration::from_secs(2));
         q.batch_size = ebbflow::config::BatchSize::of::<8>();
+        // A task receives only when a trigger wakes it: no jittered back-off step ends inside
+        // a window (a receive it makes then has no window).
+        q.idle_backoff.min = Duration::from_secs(600);
+        q.idle_backoff.max = Duration::from_secs(600);
     });
     let worker = common::start(&store, s, &name, Sleepy::default()).await;
     // Idle, in a long back-off sleep.
@@ -378,4 +382,32 @@ async fn a_batch_window_waits_for_more_and_ends_once_a_batch_s_worth_arrived() {
         "a batch's worth arrived: received at once, not at the window's end"
     );
     worker.shutdown().await;
+}
+
+/// Depth probes while one task's receives come back filled (scaling.md): concurrency 4 under a
+/// batch size of 32, so each receive asks for 4 and gets 4, never a full batch; the queue may
+/// be deeper than the task takes, so it is probed every `depth_probe_interval` (5 s), not only
+/// when the work showed up.
+#[tokio::test(start_paused = true)]
+async fn one_task_whose_receives_come_back_filled_is_probed_every_interval() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "filled").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.concurrency = ebbflow::config::Concurrency::of::<4>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = get(&counts.peek) + get(&counts.properties);
+    send_all(&q, (0..200).map(|i| format!("w1000-{i}"))).await;
+    tokio::time::sleep(Duration::from_secs(24)).await;
+    let probes = get(&counts.peek) + get(&counts.properties) - before;
+    let snap = worker.shutdown().await.queues.remove(0);
+    println!("filled receives for 24 s: {probes} probe calls, {snap:?}");
+    assert!(snap.handled >= 80, "{snap:?}");
+    assert!(
+        probes >= 4,
+        "{probes} probe calls in 24 s of filled receives"
+    );
 }
