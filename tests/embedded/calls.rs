@@ -114,6 +114,42 @@ async fn messages_this_replica_holds_are_not_waiting_work() {
     worker.shutdown().await;
 }
 
+/// Messages received ahead of a slot are held too: the depth the listener scales on leaves
+/// them out as it leaves out the running ones. Concurrency 2 after fast warm-up runs (so a
+/// receive may take a whole batch: 2 start, the rest wait ahead), then 60 jobs of 20 s: while
+/// they run, the probed depth is what is still visible, not the count less the two running.
+#[tokio::test(start_paused = true)]
+async fn messages_waiting_ahead_of_a_slot_are_not_waiting_work_either() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "ahead").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.concurrency = ebbflow::config::Concurrency::of::<2>();
+        q.scaling.max_tasks = ebbflow::config::MaxTasks::of::<1>();
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    send_all(&q, (0..4).map(|i| format!("w10-warm{i}"))).await;
+    common::wait_for("warmed up", Duration::from_secs(10), || {
+        worker.snapshot()[0].handled == 4
+    })
+    .await;
+    send_all(&q, (0..60).map(|i| format!("w20000-slow{i}"))).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let snap = worker.snapshot().remove(0);
+    let visible = q.peek(32).await.unwrap().len() as u64;
+    worker.shutdown().await;
+    println!(
+        "held {} ({} running), {visible} visible: {snap:?}",
+        snap.held, snap.in_flight
+    );
+    assert!(
+        snap.held > snap.in_flight + 20,
+        "messages wait ahead: {snap:?}"
+    );
+    assert_eq!(snap.depth, Some(visible), "{snap:?}");
+    assert_eq!(visible, 60 - snap.held, "{snap:?}");
+}
+
 /// A trigger-covered queue at `min_tasks = 0` (every message published through the worker,
 /// each with its trigger): each wake-up from zero costs one receive and one delete for its
 /// message, plus the one depth probe (approximate count and peek) that a wake-up from zero

@@ -195,6 +195,71 @@ async fn a_delete_refused_as_received_elsewhere_counts_lost_ownership_not_done()
     );
 }
 
+/// A service whose depth figures lag behind: the approximate count says 0 and a peek shows
+/// nothing, whatever is there (Azure's count is approximate, and a peek can miss a message
+/// made visible a moment ago).
+#[derive(Clone, Default)]
+struct LaggingCount;
+
+impl QueueLayer for LaggingCount {
+    async fn approximate_depth(&self, _inner: &dyn Queue) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn peek(
+        &self,
+        _inner: &dyn Queue,
+        _max: u8,
+    ) -> Result<Vec<ebbflow::store::PeekedMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+impl StoreLayer for LaggingCount {
+    fn wrap(&self, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+        Layered::wrap(queue, self.clone())
+    }
+}
+
+/// Sleeps 10 ms.
+struct Quick;
+
+impl Handler for Quick {
+    type Message = String;
+    async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    }
+}
+
+/// A trigger at zero tasks starts a task at once, before and whatever the depth probe finds
+/// ("waking from zero is never held back"): here the probe's count lags and sees nothing, and
+/// the published message is still handled at once.
+#[tokio::test(start_paused = true)]
+async fn a_trigger_at_zero_tasks_starts_a_task_even_when_the_probe_sees_nothing() {
+    let inner = common::memory();
+    let store = LayeredStore::wrap(inner.clone(), LaggingCount);
+    let q = common::fresh_queue(&inner, "zerolag").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
+        q.scaling.wake_on_publish = true;
+    });
+    let worker = common::start(&store, s, &name, Quick).await;
+    common::wait_for("at zero tasks", Duration::from_secs(300), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let publisher = worker.publisher(&name).unwrap();
+    publisher
+        .send_bytes(b"wake", Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(snap.handled, 1, "{snap:?}");
+}
+
 /// Sleeps 2 s a message and records which it started.
 #[derive(Clone, Default)]
 struct TwoSeconds {
