@@ -98,3 +98,49 @@ async fn extreme_times_to_live_are_refused_or_kept_and_the_worker_runs_on() {
     assert_eq!(report.exit_code(), 0);
     assert_eq!(report.queues[0].task_restarts, 0);
 }
+
+/// A queue deleted while the worker runs is recreated with its poison queue (message-life.md;
+/// the embedded store always creates its queues, as with `storage.create_queues` on), and what
+/// is sent to it afterwards is handled; the worker does not stop.
+#[tokio::test(start_paused = true)]
+async fn a_queue_deleted_while_running_is_recreated_and_work_goes_on() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "deleted").await;
+    let name = q.name().to_string();
+    let count = Count::default();
+    let worker = ebbflow::Worker::new(settings(&name))
+        .with_store(store.clone())
+        .handler(&name, count.clone())
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    q.delete_queue().await.unwrap();
+    store
+        .queue(&format!("{name}-poison"))
+        .unwrap()
+        .delete_queue()
+        .await
+        .unwrap();
+    let run = tokio::spawn(worker.run_until(tokio::time::sleep(Duration::from_secs(120))));
+    // The task's next receive (within the 30 s back-off maximum) finds the queue gone.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let poison = store.queue(&format!("{name}-poison")).unwrap();
+    assert!(
+        poison.peek(1).await.is_ok(),
+        "the poison queue was made again"
+    );
+    let text = ebbflow::codec::Encoding::Base64.encode(b"after").unwrap();
+    q.send(&text, SendOptions::default()).await.unwrap();
+    let report = run.await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report:?}");
+    assert!(
+        report.queues[0].store_errors >= 1,
+        "the missing queue was seen: {report:?}"
+    );
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "handled after the recreation"
+    );
+}
