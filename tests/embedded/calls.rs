@@ -447,3 +447,42 @@ async fn one_task_whose_receives_come_back_filled_is_probed_every_interval() {
         "{probes} probe calls in 24 s of filled receives"
     );
 }
+
+/// Triggers piling up faster than batches come back call for a probe (scaling.md): with the one
+/// slot busy with a long job, no batch comes back; the first trigger after it is taken for the
+/// message the waiting task is about to receive (no probe), the second asks how deep the queue
+/// is (one probe at once).
+#[tokio::test(start_paused = true)]
+async fn the_second_trigger_without_a_batch_probes_the_depth_the_first_does_not() {
+    let (store, counts) = counted();
+    let q = common::fresh_queue(&store, "piling").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.concurrency = ebbflow::config::Concurrency::of::<1>();
+        q.scaling.wake_on_publish = true;
+    });
+    let worker = common::start(&store, s, &name, Sleepy::default()).await;
+    let publisher = worker.publisher(&name).unwrap();
+    publisher
+        .send_bytes(b"w60000-long", Default::default())
+        .await
+        .unwrap();
+    // The long job runs; the probes its start prompted are past and due again.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(worker.snapshot()[0].in_flight, 1);
+    let probes = || get(&counts.peek) + get(&counts.properties);
+    let before = probes();
+    publisher
+        .send_bytes(b"w0-a", Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(probes(), before, "one trigger: no probe");
+    publisher
+        .send_bytes(b"w0-b", Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(probes() > before, "two triggers without a batch: a probe");
+    worker.shutdown().await;
+}
