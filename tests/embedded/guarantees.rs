@@ -32,7 +32,7 @@ fn settings(queue: &str, edit: impl FnOnce(&mut QueueSettings)) -> Settings {
 }
 
 /// Every message visible on `q` now, taken out of sight for an hour (the test's last look).
-async fn take_visible(q: &Arc<dyn Queue>) -> BTreeSet<String> {
+pub(crate) async fn take_visible(q: &Arc<dyn Queue>) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     loop {
         let got = q.receive(32, Duration::from_secs(3600)).await.unwrap();

@@ -13,9 +13,7 @@ use std::time::Duration;
 use ebbflow::codec::Encoding;
 use ebbflow::config::{MaxTasks, QueueSettings, Settings};
 use ebbflow::listener::poison::{PoisonEnvelope, PoisonReason};
-use ebbflow::store::{
-    BlobError, BlobErrorKind, BlobInfo, BlobStore, MemoryBlobs, Queue, SendOptions,
-};
+use ebbflow::store::{BlobError, BlobErrorKind, BlobInfo, BlobStore, MemoryBlobs, SendOptions};
 use ebbflow::{Context, Handler, HandlerError, Worker};
 use tokio::time::Instant;
 
@@ -30,18 +28,6 @@ fn settings(queue: &str, edit: impl FnOnce(&mut QueueSettings)) -> Settings {
     s.queues.insert(queue.to_string(), q);
     s.validate().unwrap();
     s
-}
-
-/// Every message visible on `q` now, taken out of sight for an hour (the test's last look).
-async fn take_visible(q: &Arc<dyn Queue>) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    loop {
-        let got = q.receive(32, Duration::from_secs(3600)).await.unwrap();
-        if got.is_empty() {
-            return seen;
-        }
-        seen.extend(got.into_iter().map(|m| m.text));
-    }
 }
 
 /// `quick-*` takes 10 ms (so the handler time is known and messages are received ahead of
@@ -137,7 +123,7 @@ async fn a_stop_releases_waiting_messages_renewed_while_they_waited_at_once() {
         .into_iter()
         .filter(|t| t.starts_with("long"))
         .collect();
-    let visible = take_visible(&q).await;
+    let visible = crate::guarantees::take_visible(&q).await;
     let expected: BTreeSet<String> = long.difference(&started).cloned().collect();
     assert_eq!(expected.len() as u64, waiting, "{snap:?}");
     let hidden: Vec<_> = expected.difference(&visible).collect();
@@ -189,7 +175,7 @@ async fn a_stop_starts_no_waiting_message_in_slots_freed_by_the_stop() {
         .filter(|t| t.starts_with("long"))
         .collect();
     assert_eq!(started.len() as u64, at_stop.in_flight, "{at_stop:?}");
-    let visible = take_visible(&q).await;
+    let visible = crate::guarantees::take_visible(&q).await;
     assert_eq!(visible, long.difference(&started).cloned().collect());
     assert_eq!(snap.handled as usize, 16 + started.len(), "{snap:?}");
     assert_eq!(report.unreleased, 0);
