@@ -95,6 +95,19 @@ async fn a_lowered_max_tasks_retires_the_excess_at_once() {
         worker.snapshot()[0].active_tasks == 4
     })
     .await;
+    // A reload that leaves the bounds as they are changes no task count and records nothing.
+    let decided = worker.snapshot()[0].last_decision.clone();
+    let mut same = settings(&queue, MaxTasks::of::<4>());
+    same.queues
+        .get_mut(&queue)
+        .unwrap()
+        .scaling
+        .scale_down_cooldown = Duration::from_secs(1);
+    let done = worker.reload(same).unwrap();
+    assert_eq!(done.applied.len(), 1, "{done:?}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let s = worker.snapshot().remove(0);
+    assert_eq!((s.active_tasks, &s.last_decision), (4, &decided), "{s:?}");
     worker
         .reload(settings(&queue, MaxTasks::of::<1>()))
         .unwrap();
@@ -103,6 +116,11 @@ async fn a_lowered_max_tasks_retires_the_excess_at_once() {
         worker.snapshot()[0].active_tasks == 1
     })
     .await;
+    assert_eq!(
+        worker.snapshot()[0].last_decision.as_deref(),
+        Some("1 tasks: at max_tasks"),
+        "the reload's decision, with its reason"
+    );
     let before = worker.snapshot()[0].handled;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let s = worker.snapshot().remove(0);
