@@ -221,3 +221,27 @@ async fn a_reload_from_the_config_folder_reads_the_changed_file() {
     in_code.shutdown().await;
     worker.shutdown().await;
 }
+
+/// A reload that raises `min_tasks` from 0 to 1 on a queue at zero tasks starts its task at once.
+#[tokio::test(start_paused = true)]
+async fn a_raised_min_tasks_starts_a_task_at_once() {
+    let store = common::memory();
+    let queue = common::unique("reload-up");
+    fill(&store, &queue, 0).await;
+    let at = |min| {
+        let mut s = settings(&queue, MaxTasks::of::<4>());
+        let q = s.queues.get_mut(&queue).unwrap();
+        q.scaling.min_tasks = min;
+        q.scaling.wake_on_publish = true;
+        s
+    };
+    let worker = started(at(MinTasks::Zero), &store).await;
+    common::wait_for("zero tasks", Duration::from_secs(300), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    worker.reload(at(MinTasks::One)).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(worker.snapshot()[0].active_tasks, 1);
+    worker.shutdown().await;
+}
