@@ -242,6 +242,12 @@ async fn a_raised_min_tasks_starts_a_task_at_once() {
     .await;
     worker.reload(at(MinTasks::One)).unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(worker.snapshot()[0].active_tasks, 1);
+    let s = worker.snapshot().remove(0);
+    assert_eq!(s.active_tasks, 1);
+    // Recorded as the floor's doing, not as a steady decision.
+    assert_eq!(
+        s.last_decision.as_deref(),
+        Some("1 tasks: last task keeps polling")
+    );
     worker.shutdown().await;
 }
