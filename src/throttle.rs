@@ -94,6 +94,79 @@ pub(crate) fn later(at: Instant, flush: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// For the tests of the throttled logs: every line logged on this thread while a [`Captured`]
+/// lives, and the counts they carry.
+#[cfg(test)]
+pub(crate) mod captured {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Captures this thread's log lines (plain text) until dropped.
+    pub(crate) struct Captured {
+        lines: Lines,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    impl Captured {
+        pub(crate) fn start() -> Self {
+            let lines = Lines::default();
+            let out = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || out.clone())
+                .with_ansi(false)
+                .finish();
+            Self {
+                lines,
+                _guard: tracing::subscriber::set_default(subscriber),
+            }
+        }
+
+        /// Everything logged so far.
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.lines.0.lock().unwrap().clone()).unwrap()
+        }
+
+        /// Forgets what was logged so far.
+        pub(crate) fn clear(&self) {
+            self.lines.0.lock().unwrap().clear();
+        }
+
+        /// Each line with the `<field>=N` it carries (a line without one panics the test).
+        pub(crate) fn counted(&self, field: &str) -> Vec<(u64, String)> {
+            let key = format!("{field}=");
+            self.text()
+                .lines()
+                .map(|l| {
+                    let n = l
+                        .split(key.as_str())
+                        .nth(1)
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("no {key} in {l}"));
+                    (n, l.to_string())
+                })
+                .collect()
+        }
+
+        /// The `<field>=N` of each line.
+        pub(crate) fn counts(&self, field: &str) -> Vec<u64> {
+            self.counted(field).into_iter().map(|(n, _)| n).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,48 +148,11 @@ impl Refusals {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// The `refused=N` of each logged line, with its time since the start.
-    fn logged(lines: &Lines) -> Vec<(u64, String)> {
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| {
-                let n = l
-                    .split("refused=")
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no count in {l}"));
-                (n, l.to_string())
-            })
-            .collect()
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_refusals_logs_a_couple_of_lines_a_second_counting_every_one() {
-        let lines = Lines::default();
-        let out = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let logs = crate::throttle::captured::Captured::start();
         let refusals = Refusals::default();
         // 3 s of refusals, one a millisecond, mostly bad tokens.
         for i in 0..3_000u32 {
@@ -203,7 +166,7 @@ mod tests {
         }
         // The tail is logged once its interval has passed, without another refusal.
         tokio::time::sleep(LOG_EVERY * 2).await;
-        let got = logged(&lines);
+        let got = logs.counted("refused");
         assert!(
             (6..=8).contains(&got.len()),
             "about two lines a second: {got:#?}"
@@ -215,12 +178,12 @@ mod tests {
         );
         assert_eq!(refusals.count("trigger", Refusal::Unauthorized), 2_700);
         // A short burst is reported whole, not as its first refusal.
-        lines.0.lock().unwrap().clear();
+        logs.clear();
         for _ in 0..40 {
             refusals.refuse("ops", Refusal::Unauthorized);
         }
         tokio::time::sleep(LOG_EVERY + Duration::from_millis(1)).await;
-        let got = logged(&lines);
+        let got = logs.counted("refused");
         assert_eq!(
             got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
             vec![1, 39],

@@ -238,24 +238,7 @@ mod tests {
     /// Out of file descriptors, `accept` fails at once every time: a line a second, counting.
     #[tokio::test(start_paused = true)]
     async fn failing_accepts_log_a_line_a_second_with_their_count() {
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
-        let out = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let logs = crate::throttle::captured::Captured::start();
         let mut errors = AcceptErrors::default();
         let emfile = std::io::Error::other("Too many open files");
         // 843 failures, one every 50 ms (the accept loop's pause): about 42 s.
@@ -263,17 +246,8 @@ mod tests {
             errors.failed("trigger", &emfile);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let counts: Vec<u64> = text
-            .lines()
-            .map(|l| {
-                l.split("failed=")
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no count in {l}"))
-            })
-            .collect();
+        let text = logs.text();
+        let counts = logs.counts("failed");
         assert!((40..=45).contains(&counts.len()), "{text}");
         assert_eq!(counts[0], 1, "{text}");
         assert!(counts[1..].iter().all(|n| *n == 20), "{counts:?}");

@@ -96,29 +96,10 @@ impl DropLog {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// 2,000 `PUBLISH ebbflow:all notjson` in 2 s: a few lines, every drop counted.
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_foreign_messages_logs_a_line_a_second_counting_every_one() {
-        let lines = Lines::default();
-        let out = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || out.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let logs = crate::throttle::captured::Captured::start();
         let log = DropLog::default();
         for i in 0..2_000u32 {
             log.dropped(if i % 100 == 0 {
@@ -129,17 +110,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tokio::time::sleep(LOG_EVERY * 2).await;
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let counts: Vec<u64> = text
-            .lines()
-            .map(|l| {
-                l.split("dropped=")
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no count in {l}"))
-            })
-            .collect();
+        let text = logs.text();
+        let counts = logs.counts("dropped");
         assert!((2..=4).contains(&counts.len()), "{text}");
         assert_eq!(counts.iter().sum::<u64>(), 2_000, "{text}");
         assert!(
