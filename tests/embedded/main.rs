@@ -13,6 +13,7 @@ mod common;
 
 mod calls;
 mod claim_limits;
+mod depth_probe;
 mod dashboard;
 mod dequeue_limit;
 mod dockerfile;
