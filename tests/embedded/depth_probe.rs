@@ -95,11 +95,7 @@ async fn first_probe(sent: usize, held_elsewhere: usize, age_rule: bool) -> Foun
     let mut taken = 0;
     while taken < held_elsewhere {
         let n = u8::try_from((held_elsewhere - taken).min(32)).unwrap();
-        taken += q
-            .receive(n, Duration::from_secs(3600))
-            .await
-            .unwrap()
-            .len();
+        taken += q.receive(n, Duration::from_secs(3600)).await.unwrap().len();
     }
     let before = worker.snapshot().remove(0);
     let calls_before = calls(&counts);
@@ -110,7 +106,10 @@ async fn first_probe(sent: usize, held_elsewhere: usize, age_rule: bool) -> Foun
     let snapshot = worker.snapshot().remove(0);
     worker.shutdown().await;
     let signals = heard.0.lock().unwrap()[0];
-    assert_eq!(snapshot.active_tasks, 0, "no task took a message: {snapshot:?}");
+    assert_eq!(
+        snapshot.active_tasks, 0,
+        "no task took a message: {snapshot:?}"
+    );
     let now = calls(&counts);
     Found {
         signals,

@@ -13,8 +13,8 @@ mod common;
 
 mod calls;
 mod claim_limits;
-mod depth_probe;
 mod dashboard;
+mod depth_probe;
 mod dequeue_limit;
 mod dockerfile;
 mod first_hour;
