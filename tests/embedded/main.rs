@@ -14,6 +14,7 @@ mod common;
 mod calls;
 mod claim_limits;
 mod dashboard;
+mod depth_probe;
 mod dequeue_limit;
 mod dockerfile;
 mod first_hour;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::hooked::Hooked;
 use ebbflow::config::{QueueSettings, Settings};
+use ebbflow::store::{BackendKind, LayeredStore, QueueStore, StoreLayer};
 use ebbflow::store::{SendOptions, StoreError, TimeToLive};
 use ebbflow::{Context, Handler, HandlerError};
 
@@ -143,4 +144,54 @@ async fn a_queue_deleted_while_running_is_recreated_and_work_goes_on() {
         1,
         "handled after the recreation"
     );
+}
+
+/// Reports the Azure backend, so the worker creates nothing for us (the embedded store would
+/// be taken as always creating its queues, as `tests/embedded/outputs.rs` explains).
+struct LikeAzure;
+impl StoreLayer for LikeAzure {
+    fn kind(&self, _inner: &dyn QueueStore) -> BackendKind {
+        BackendKind::Azure
+    }
+}
+
+/// The twin of the test above with `storage.create_queues = false`: a queue deleted while the
+/// worker runs is an error no retry can fix, so the worker stops by itself with exit code 3
+/// naming the queue (operating.md, exit codes) and leaves the queue deleted. The task that met
+/// it ends after the fatal error but before the stop: it is not replaced (no restart counted).
+#[tokio::test(start_paused = true)]
+async fn a_queue_deleted_while_create_queues_is_off_stops_the_worker_and_stays_deleted() {
+    let memory = common::memory();
+    let q = common::fresh_queue(&memory, "gone").await;
+    let name = q.name().to_string();
+    let poison = memory.queue(&format!("{name}-poison")).unwrap();
+    poison.create_if_missing().await.unwrap();
+    let mut s = settings(&name);
+    s.storage.create_queues = false;
+    let worker = ebbflow::Worker::new(s)
+        .with_store(LayeredStore::wrap(memory.clone(), LikeAzure))
+        .handler(&name, Count::default())
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    q.delete_queue().await.unwrap();
+    // The task's next receive (within the 30 s back-off maximum) finds the queue gone.
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        worker.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the worker stops by itself");
+    assert_eq!(report.exit_code(), 3, "{report:?}");
+    assert!(
+        matches!(report.fatal, Some(StoreError::QueueNotFound { ref queue }) if *queue == name),
+        "{:?}",
+        report.fatal
+    );
+    assert!(
+        matches!(q.peek(1).await, Err(StoreError::QueueNotFound { .. })),
+        "the queue was not made again"
+    );
+    assert_eq!(report.queues[0].task_restarts, 0, "{report:?}");
 }
