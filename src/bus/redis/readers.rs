@@ -213,7 +213,10 @@ async fn read_loop(shared: Arc<Shared>) {
                 Ok(raw) => {
                     backoff = Duration::from_millis(100);
                     shared.mark(true, "");
-                    more = received(&shared, &plan, raw, count, copies).await;
+                    // Copies held while the read was under way: the read may hold entries
+                    // sent after them.
+                    let late = deliver::take_copies(&shared);
+                    more = received(&shared, &plan, raw, count, copies, late).await;
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
                     deliver::hold(&shared, copies);
@@ -274,12 +277,19 @@ fn reread_pending(shared: &Shared) {
 /// Delivers a read's entries and the carbon copies held before it (`copies`, in `seq` order),
 /// acknowledges the fan-out entries, moves the read positions on. Whether a stream returned a
 /// full batch (more may wait).
+///
+/// `late`: copies held while the read was under way (on another connection than the sends, so
+/// it may have run on the server after sends that followed them). One whose `seq` is below an
+/// entry of this read takes its place among them: `seq` is given in the order the appends run,
+/// so that entry was appended after the copy's event, and the read, later still, holds every
+/// entry appended before that event. The other late copies wait for the next read.
 async fn received(
     shared: &Shared,
     plan: &Plan,
     raw: Vec<Vec<Vec<u8>>>,
     count: u64,
     copies: Vec<(u64, Envelope)>,
+    late: Vec<(u64, Envelope)>,
 ) -> bool {
     let mut entries: Vec<Entry> = raw.into_iter().filter_map(Entry::parse).collect();
     // Fan-out entries carry one counter over all streams, other entries the server's clock in
@@ -301,7 +311,15 @@ async fn received(
         .map(|(_, (_, _, seq))| *seq)
         .min()
         .unwrap_or(u64::MAX);
-    let (ready, later): (Vec<_>, Vec<_>) = copies.into_iter().partition(|(seq, _)| *seq < bound);
+    let newest = entries.iter().map(Entry::seq).max().unwrap_or(0);
+    let (mut ready, mut later): (Vec<_>, Vec<_>) =
+        copies.into_iter().partition(|(seq, _)| *seq < bound);
+    let (late_ready, late_later): (Vec<_>, Vec<_>) = late
+        .into_iter()
+        .partition(|(seq, _)| *seq < bound && *seq < newest);
+    ready.extend(late_ready);
+    ready.sort_by_key(|(seq, _)| *seq);
+    later.extend(late_later);
     deliver::hold(shared, later);
     let mut acks: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (seq, envelope) in ready {
