@@ -217,6 +217,7 @@ async fn read_loop(shared: Arc<Shared>) {
                 }
                 Err(e) if e.code() == Some("NOGROUP") => {
                     deliver::hold(&shared, copies);
+                    reread_pending(&shared);
                     // Redis lost a stream or group (a restart without persistence, an expired
                     // stream): make them again and read on.
                     debug!(error = %shared.url.scrub(&e.to_string()), "bus consumer group missing; recreating it");
@@ -231,6 +232,7 @@ async fn read_loop(shared: Arc<Shared>) {
                 }
                 Err(e) => {
                     deliver::hold(&shared, copies);
+                    reread_pending(&shared);
                     if !after_read_error(&shared, &e, &mut backoff).await {
                         return;
                     }
@@ -252,6 +254,19 @@ async fn read_loop(shared: Arc<Shared>) {
                 tokio::time::sleep(Duration::from_micros(jitter)).await;
             }
             _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// After a read that failed: the next read of each fan-out stream starts with this instance's
+/// pending entries (`0`). A read that fails may still have taken new entries: the script stops
+/// at a stream whose group is gone after the streams before it moved their entries into this
+/// consumer's pending list, and a reply lost with the connection took them all. Read with `>`
+/// they would never come again; entries that did arrive before are dropped as already seen.
+fn reread_pending(shared: &Shared) {
+    if let Ok(mut streams) = shared.streams.lock() {
+        for from in streams.fan.values_mut() {
+            *from = "0".into();
         }
     }
 }
