@@ -244,6 +244,8 @@ async fn a_raised_min_tasks_starts_a_task_at_once() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let s = worker.snapshot().remove(0);
     assert_eq!(s.active_tasks, 1);
+    // One task started, not one too many (the first one, at start, was the peak until now).
+    assert_eq!(s.peak_tasks, 1, "{s:?}");
     // Recorded as the floor's doing, not as a steady decision.
     assert_eq!(
         s.last_decision.as_deref(),
