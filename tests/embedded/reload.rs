@@ -244,10 +244,55 @@ async fn a_raised_min_tasks_starts_a_task_at_once() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let s = worker.snapshot().remove(0);
     assert_eq!(s.active_tasks, 1);
+    // One task started, not one too many (the first one, at start, was the peak until now).
+    assert_eq!(s.peak_tasks, 1, "{s:?}");
     // Recorded as the floor's doing, not as a steady decision.
     assert_eq!(
         s.last_decision.as_deref(),
         Some("1 tasks: last task keeps polling")
+    );
+    worker.shutdown().await;
+}
+
+/// A reload starts the probe intervals over from now, at the new periods, without a probe at
+/// once (a reload is no reason to pay a call). At zero tasks with an idle probe every 10
+/// minutes, a reload 5 minutes after an idle probe brings the next one 10 minutes after the
+/// reload: none at the reload, none at the old phase 5 minutes later.
+#[tokio::test(start_paused = true)]
+async fn after_a_reload_the_next_probe_comes_one_period_later() {
+    let store = common::memory();
+    let queue = common::unique("reload-probe");
+    fill(&store, &queue, 0).await;
+    let at = |max| {
+        let mut s = settings(&queue, max);
+        let q = s.queues.get_mut(&queue).unwrap();
+        q.scaling.min_tasks = MinTasks::Zero;
+        q.scaling.idle_probe_interval = Some(Duration::from_secs(600));
+        s
+    };
+    let worker = started(at(MaxTasks::of::<4>()), &store).await;
+    common::wait_for("zero tasks", Duration::from_secs(300), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let probes = worker.snapshot()[0].probe_calls;
+    common::wait_for("an idle probe", Duration::from_secs(700), || {
+        worker.snapshot()[0].probe_calls > probes
+    })
+    .await;
+    let probes = worker.snapshot()[0].probe_calls;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    worker.reload(at(MaxTasks::of::<2>())).unwrap();
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert_eq!(
+        worker.snapshot()[0].probe_calls,
+        probes,
+        "no probe at the reload nor at the old phase"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        worker.snapshot()[0].probe_calls > probes,
+        "the idle probe one period after the reload"
     );
     worker.shutdown().await;
 }
