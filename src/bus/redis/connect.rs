@@ -100,6 +100,7 @@ impl RedisBus {
             reader,
             inbox: inbox_tx,
             health,
+            changes: Default::default(),
             streams: Mutex::default(),
             seen: Mutex::default(),
             copies: Mutex::default(),

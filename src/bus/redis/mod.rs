@@ -28,6 +28,7 @@ mod connect;
 mod dedup;
 mod deliver;
 mod droplog;
+mod health;
 mod poison;
 mod presence;
 mod readers;

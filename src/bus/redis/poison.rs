@@ -90,8 +90,7 @@ pub(super) async fn reject(
         .arg(&receipt.entry)
         .ignore();
     let mut con = shared.cmd.clone();
-    let r = pipe.query_async::<()>(&mut con).await;
-    shared.seen_result(&r);
+    let r = shared.marked(pipe.query_async::<()>(&mut con)).await;
     bump(&shared.stats.poisoned);
     r.map_err(|e| shared.error("move to the poison stream", &e))
 }

@@ -24,8 +24,9 @@ pub(super) async fn sent(s: &Shared, queue: &str, messages: u64) -> Result<SentS
         .arg(86_400)
         .ignore();
     let mut con = s.cmd.clone();
-    let r = pipe.query_async::<(Option<String>, u64)>(&mut con).await;
-    s.seen_result(&r);
+    let r = s
+        .marked(pipe.query_async::<(Option<String>, u64)>(&mut con))
+        .await;
     let (busy, since) = r.map_err(|e| s.error("SET/INCR", &e))?;
     Ok(SentState {
         was_empty: busy.is_none(),
@@ -68,8 +69,7 @@ pub(super) async fn pulse(s: &Shared, presence: &Presence, ttl: Duration) -> Res
         .arg(crate::bus::now_ms())
         .ignore();
     let mut con = s.cmd.clone();
-    let r = pipe.query_async::<()>(&mut con).await;
-    s.seen_result(&r);
+    let r = s.marked(pipe.query_async::<()>(&mut con)).await;
     r.map_err(|e| s.error("presence pulse", &e))
 }
 
@@ -142,8 +142,7 @@ pub(super) async fn record_job(s: &Shared, record: &JobRecord) -> Result<(), Bus
         .arg(now)
         .ignore();
     let mut con = s.cmd.clone();
-    let r = pipe.query_async::<()>(&mut con).await;
-    s.seen_result(&r);
+    let r = s.marked(pipe.query_async::<()>(&mut con)).await;
     r.map_err(|e| s.error("job record", &e))
 }
 

@@ -123,9 +123,14 @@ async fn pause(shared: &Shared, delay: Duration) -> bool {
 
 /// After a failed read: a lost connection marks the bus down (logged there), any other error
 /// is logged; then waits `backoff` (doubling it, up to 2 s). False once the bus closed.
-async fn after_read_error(shared: &Shared, e: &redis::RedisError, backoff: &mut Duration) -> bool {
+async fn after_read_error(
+    shared: &Shared,
+    since: u64,
+    e: &redis::RedisError,
+    backoff: &mut Duration,
+) -> bool {
     if is_connection_error(e) {
-        shared.mark(false, &e.to_string());
+        shared.mark_since(Some(since), false, &e.to_string());
     } else {
         warn!(error = %shared.url.scrub(&e.to_string()), "bus stream read failed");
     }
@@ -205,6 +210,7 @@ async fn read_loop(shared: Arc<Shared>) {
             }
             let mut con = shared.reader.clone();
             bump(&shared.stats.reads);
+            let since = shared.epoch();
             let read = tokio::select! {
                 _ = shared.closed.cancelled() => return,
                 r = inv.query_async::<Vec<Vec<Vec<u8>>>>(&mut con) => r,
@@ -212,7 +218,7 @@ async fn read_loop(shared: Arc<Shared>) {
             match read {
                 Ok(raw) => {
                     backoff = Duration::from_millis(100);
-                    shared.mark(true, "");
+                    shared.mark_since(Some(since), true, "");
                     // Copies held while the read was under way: the read may hold entries
                     // sent after them.
                     let late = deliver::take_copies(&shared);
@@ -236,7 +242,7 @@ async fn read_loop(shared: Arc<Shared>) {
                 Err(e) => {
                     deliver::hold(&shared, copies);
                     reread_pending(&shared);
-                    if !after_read_error(&shared, &e, &mut backoff).await {
+                    if !after_read_error(&shared, since, &e, &mut backoff).await {
                         return;
                     }
                     continue;

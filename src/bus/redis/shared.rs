@@ -3,6 +3,8 @@
 //! marks, appends with retry, consumer groups).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +94,8 @@ pub(super) struct Shared {
     pub(super) reader: ConnectionManager,
     pub(super) inbox: mpsc::UnboundedSender<Inbound>,
     pub(super) health: watch::Sender<Health>,
+    /// Changes of `health` so far (see [`super::health`]).
+    pub(super) changes: AtomicU64,
     pub(super) streams: Mutex<Streams>,
     pub(super) seen: Mutex<Seen>,
     /// The sender's own carbon copies of fan-out events to addresses it does not read, with
@@ -135,15 +139,23 @@ impl Shared {
         BusError::Transport(self.url.scrub(&format!("{what}: {e}")))
     }
 
-    /// Records whether the last call reached Redis; logs and counts each change.
+    /// The count of health changes so far: taken when a call begins, given back with its
+    /// result ([`Self::seen_result`]).
+    pub(super) fn epoch(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records an event of the connection itself (a disconnection, the subscriptions confirmed
+    /// after a reconnect); logs and counts each change.
     pub(super) fn mark(&self, up: bool, why: &str) {
+        self.mark_since(None, up, why);
+    }
+
+    /// Records whether a call that began at `since` ([`Self::epoch`]) reached Redis, unless the
+    /// health changed meanwhile (see [`super::health`]); logs and counts each change.
+    pub(super) fn mark_since(&self, since: Option<u64>, up: bool, why: &str) {
         let now = if up { Health::Up } else { Health::Down };
-        let changed = self.health.send_if_modified(|h| {
-            let changed = *h != now;
-            *h = now;
-            changed
-        });
-        if !changed {
+        if !super::health::apply(&self.health, &self.changes, since, now) {
             return;
         }
         if up {
@@ -163,15 +175,27 @@ impl Shared {
         cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
         let mut con = self.cmd.clone();
-        let r = cmd.query_async::<T>(&mut con).await;
-        self.seen_result(&r);
+        self.marked(cmd.query_async::<T>(&mut con)).await
+    }
+
+    /// Runs `call`, then marks the bus up or down by its result (a connection error: down).
+    pub(super) async fn marked<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let since = self.epoch();
+        let r = call.await;
+        self.seen_result(since, &r);
         r
     }
 
-    pub(super) fn seen_result<T>(&self, r: &redis::RedisResult<T>) {
+    /// Marks the bus by the result of a call that began at `since`.
+    pub(super) fn seen_result<T>(&self, since: u64, r: &redis::RedisResult<T>) {
         match r {
-            Ok(_) => self.mark(true, ""),
-            Err(e) if is_connection_error(e) => self.mark(false, &e.to_string()),
+            Ok(_) => self.mark_since(Some(since), true, ""),
+            Err(e) if is_connection_error(e) => {
+                self.mark_since(Some(since), false, &e.to_string());
+            }
             Err(_) => {}
         }
     }

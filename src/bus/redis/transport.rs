@@ -194,8 +194,7 @@ impl Bus for RedisBus {
                 .ignore();
         }
         let mut con = s.cmd.clone();
-        let r = pipe.query_async::<()>(&mut con).await;
-        s.seen_result(&r);
+        let r = s.marked(pipe.query_async::<()>(&mut con)).await;
         r.map_err(|e| s.error("XACK", &e))
     }
 
