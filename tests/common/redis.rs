@@ -81,6 +81,22 @@ impl RedisServer {
         }
     }
 
+    /// Stops it (SIGSTOP) for `pause`, then lets it go on (SIGCONT, from a thread): a Redis
+    /// too busy to answer for a while, as on a loaded machine.
+    pub fn freeze(&self, pause: Duration) {
+        let pid = self.pid.expect("the test's Redis runs").to_string();
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .arg(&pid)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::spawn(move || {
+            std::thread::sleep(pause);
+            let _ = Command::new("kill").arg("-CONT").arg(&pid).status();
+        });
+    }
+
     /// Starts it (again) on the same port, empty (no persistence), and waits until it answers.
     pub fn restart(&mut self) {
         let pidfile = self.dir.path().join("pid");

@@ -20,8 +20,7 @@ use ebbflow::Publisher;
 #[tokio::test]
 async fn bad_bus_settings_stop_start_up_naming_the_key_without_the_secret() {
     // A user of the test Redis whose password is not the one given.
-    let admin = ::redis::Client::open(redis_url()).unwrap();
-    let mut con = admin.get_multiplexed_async_connection().await.unwrap();
+    let mut con = crate::redis_admin::admin(&redis_url()).await;
     let user = common::unique("user");
     let _: () = ::redis::cmd("ACL")
         .arg("SETUSER")

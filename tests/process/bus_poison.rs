@@ -121,8 +121,7 @@ async fn forged_redis_fields_are_escaped_in_the_cli_tables() {
         ),
     )
     .unwrap();
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = crate::redis_admin::admin(&redis_url()).await;
     let evil = "x\nFORGED LINE\x1b[31mred\x1b]0;title\x07";
     let now = ebbflow::bus::now_ms();
     let presence = serde_json::json!({

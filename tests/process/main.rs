@@ -10,6 +10,8 @@
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/redis_admin.rs"]
+mod redis_admin;
 
 mod billing;
 mod bus_connect;

@@ -450,8 +450,7 @@ mod redis {
         assert!(err.contains("bus.url"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         // A real user with another password.
-        let admin = ::redis::Client::open(redis_url()).unwrap();
-        let mut con = admin.get_multiplexed_async_connection().await.unwrap();
+        let mut con = crate::redis_admin::admin(&redis_url()).await;
         let user = common::unique("user");
         let _: () = ::redis::cmd("ACL")
             .arg("SETUSER")

@@ -130,8 +130,7 @@ async fn two_replicas_on_one_redis_run_each_key_once_within_the_window() {
     }
 
     // Redis holds expiring marks only: a done mark per key, none left running.
-    let client = ::redis::Client::open(redis_url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = crate::redis_admin::admin(&redis_url()).await;
     let done: Vec<String> = ::redis::cmd("KEYS")
         .arg(format!("{prefix}:dedup:done:*"))
         .query_async(&mut con)

@@ -254,8 +254,7 @@ mod redis {
                 .unwrap();
         }
         // The crash: read through p1's group as p1, never acknowledged.
-        let client = ::redis::Client::open(redis_url()).unwrap();
-        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let mut con = crate::redis_admin::admin(&redis_url()).await;
         let read: ::redis::streams::StreamReadReply = ::redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg("p1")

@@ -64,11 +64,7 @@ pub(crate) async fn drain(sub: &mut Subscription<Ping>, quiet: Duration) -> Vec<
 }
 
 pub(crate) async fn redis_con() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    crate::redis_admin::admin(&redis_url()).await
 }
 
 /// An instance stopped for 5 s and started again with the same id gets every multicast, role

@@ -10,12 +10,15 @@
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/redis_admin.rs"]
+mod redis_admin;
 
 mod bus;
 mod bus_jobs;
 mod bus_requests;
 mod bus_signing;
 mod bus_worker;
+mod connect;
 mod dedup;
 mod delivery;
 mod durable;

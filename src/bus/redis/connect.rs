@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
+use redis::AsyncConnectionConfig;
 use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::shared::{Limits, Shared};
-use super::{readers, RedisBus, RedisStats, CONNECT_TIMEOUT};
+use super::{readers, RedisBus, RedisStats, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::bus::settings::BusSettings;
 use crate::bus::signing::Signer;
 use crate::bus::{Address, BusError, Health, Member};
@@ -55,9 +56,16 @@ impl RedisBus {
         let info = info.set_redis_settings(redis_settings);
         let client = redis::Client::open(info).map_err(scrub)?;
         // One plain connection first: a wrong host or password fails here, at once and
-        // clearly, instead of inside the manager's reconnect loop.
+        // clearly, instead of inside the manager's reconnect loop. With the managers' timeouts:
+        // the client's defaults (1 s to connect and say hello, 500 ms an answer) refused a
+        // Redis that a loaded machine made answer in a second.
         let probe = async {
-            let mut con = client.get_multiplexed_async_connection().await?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             redis::cmd("PING").query_async::<String>(&mut con).await
         };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, probe).await {
@@ -75,7 +83,7 @@ impl RedisBus {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1))
-            .set_response_timeout(Some(Duration::from_secs(5)));
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let cmd = client
             .get_connection_manager_with_config(
                 base.clone()

@@ -53,6 +53,9 @@ const WORK_CAP: u64 = 10_000;
 const POLL: Duration = Duration::from_millis(1_000);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an answer may take (a loaded machine's Redis can take seconds; the client's own
+/// default, 500 ms, would refuse a healthy one).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What one read of a stream may hold, bytes: entries per read are this over the envelope
 /// limit (1..=64), so a reader's memory is bounded whatever is written to Redis.
 const READ_BUDGET: u64 = 16 * 1024 * 1024;
