@@ -22,6 +22,7 @@ mod flood;
 mod fuzz;
 mod guarantees;
 mod handler_api;
+mod job_end;
 mod listener_hooks;
 mod message_run;
 mod ops;
