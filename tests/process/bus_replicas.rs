@@ -186,8 +186,10 @@ impl Drop for Worker {
 }
 
 /// The live instances once `n` are up, idle at zero tasks, with their receive counts steady.
+/// Within 2 minutes: workers run at the lowest priority beside busy loops took up to a minute
+/// to start (nextest gives this binary 5).
 pub(crate) async fn idle_instances(bus: &Arc<dyn Bus>, n: usize) -> BTreeMap<String, Presence> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut last: Option<BTreeMap<String, Presence>> = None;
     loop {
         assert!(
