@@ -1,6 +1,6 @@
 //! The worker's lifecycle and its deadlines, on the embedded store under tokio's paused clock:
 //! settings built in code are validated at start, a failed start leaves nothing running, a
-//! dropped worker stops, a dead dequeue task is replaced, shutdown on the last allowed try
+//! dropped worker stops, shutdown on the last allowed try
 //! releases, a hanging renewal or store call never holds up the handler or the drain deadline,
 //! and a handler answering its timeout is heard. Flow control under load is in `flow`, whose
 //! `Worky` handler and helpers these tests share.
@@ -189,38 +189,6 @@ async fn a_hanging_renewal_does_not_hold_up_the_handler() {
     );
     assert_eq!((snap.renewals, snap.lost_ownership), (0, 0), "{snap:?}");
     worker.shutdown().await;
-}
-
-/// A dequeue task that dies outside a handler (a panic in the store call) is noticed, logged
-/// by name with how it ended, and replaced: the queue keeps being consumed.
-#[tokio::test(start_paused = true)]
-async fn a_dead_dequeue_task_is_logged_and_replaced() {
-    common::captured_logs();
-    let (store, hooks) = Hooked::wrap(common::memory());
-    let q = common::fresh_queue(&store, "dead").await;
-    send_all(&q, ["survivor".to_string()]).await;
-    hooks.panic_on_receive.store(1, Ordering::SeqCst);
-    let name = q.name().to_string();
-    let handler = Worky::default();
-    let worker = common::start(&store, settings(&name, |_| {}), &name, handler.clone()).await;
-    common::wait_for(
-        "handled by the replacement",
-        Duration::from_secs(10),
-        || worker.snapshot()[0].handled == 1,
-    )
-    .await;
-    let snap = worker.shutdown().await.queues.remove(0);
-    assert_eq!(snap.task_restarts, 1, "{snap:?}");
-    let logs = common::captured_logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("dequeue task ended unexpectedly") && l.contains(&name))
-        .unwrap_or_else(|| panic!("no log line: {logs}"));
-    assert!(line.contains(&format!("{name}#0")), "{line}");
-    assert!(
-        line.contains("panicked: injected panic in receive 1"),
-        "{line}"
-    );
 }
 
 /// The drain deadline holds even when the store hangs: after `drain_timeout` the handler is

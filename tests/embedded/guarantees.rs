@@ -8,7 +8,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -258,6 +258,43 @@ async fn a_trigger_at_zero_tasks_starts_a_task_even_when_the_probe_sees_nothing(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let snap = worker.shutdown().await.queues.remove(0);
     assert_eq!(snap.handled, 1, "{snap:?}");
+}
+
+/// With `min_tasks = 0`, a trigger that lands while the last task asks to retire (after the
+/// receive that missed its message) keeps that task, which then receives the message. The
+/// interleaving is forced: the trigger fires inside the empty receive.
+#[tokio::test(start_paused = true)]
+async fn a_trigger_while_the_last_task_retires_is_not_lost() {
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "retire").await;
+    let name = q.name().to_string();
+    let s = settings(&name, |q| {
+        q.scaling.min_tasks = ebbflow::config::MinTasks::Zero;
+        q.scaling.wake_on_publish = true;
+        // The first empty receive puts the task at the back-off maximum: it asks to retire.
+        q.idle_backoff.min = Duration::from_secs(1);
+        q.idle_backoff.max = Duration::from_secs(1);
+    });
+    let worker = common::start(&store, s, &name, Quick).await;
+    let hub = worker.hub();
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (q, name, fired) = (q.clone(), name.clone(), fired.clone());
+        *hooks.after_receive.lock().unwrap() = Some(Box::new(move |_, got| {
+            if got == 0 && !fired.swap(true, Ordering::SeqCst) {
+                // After the receive looked, before the task hears it found nothing.
+                let q = q.clone();
+                tokio::spawn(async move { q.send("late", Default::default()).await.unwrap() });
+                hub.notify(&name);
+            }
+        }));
+    }
+    common::wait_for("the late message handled", Duration::from_secs(30), || {
+        worker.snapshot()[0].handled == 1
+    })
+    .await;
+    assert!(fired.load(Ordering::SeqCst));
+    worker.shutdown().await;
 }
 
 /// Sleeps 2 s a message and records which it started.

@@ -1,4 +1,5 @@
-//! No input makes a worker panic, and a worker whose dequeue tasks keep dying does not spin:
+//! No input makes a worker panic, a dequeue task that dies is logged and replaced, and a worker
+//! whose dequeue tasks keep dying does not spin:
 //! replacements back off, and past the restart budget the worker stops with a fatal error and
 //! a non-zero exit code instead of restarting thousands of times a second and reporting 0.
 //! Paused clock, default settings.
@@ -194,4 +195,38 @@ async fn a_queue_deleted_while_create_queues_is_off_stops_the_worker_and_stays_d
         "the queue was not made again"
     );
     assert_eq!(report.queues[0].task_restarts, 0, "{report:?}");
+}
+
+/// A dequeue task that dies outside a handler (a panic in the store call) is noticed, logged
+/// by name with how it ended (the panic's text), and replaced: the queue keeps being consumed.
+#[tokio::test(start_paused = true)]
+async fn a_dead_dequeue_task_is_logged_and_replaced() {
+    common::captured_logs();
+    let (store, hooks) = Hooked::wrap(common::memory());
+    let q = common::fresh_queue(&store, "dead").await;
+    let text = ebbflow::codec::Encoding::Base64.encode(b"survivor").unwrap();
+    q.send(&text, SendOptions::default()).await.unwrap();
+    hooks.panic_on_receive.store(1, Ordering::SeqCst);
+    let name = q.name().to_string();
+    let handled = Count::default();
+    let worker = common::start(&store, settings(&name), &name, handled.clone()).await;
+    common::wait_for(
+        "handled by the replacement",
+        Duration::from_secs(10),
+        || worker.snapshot()[0].handled == 1,
+    )
+    .await;
+    let snap = worker.shutdown().await.queues.remove(0);
+    assert_eq!(snap.task_restarts, 1, "{snap:?}");
+    assert_eq!(handled.0.load(Ordering::SeqCst), 1);
+    let logs = common::captured_logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("dequeue task ended unexpectedly") && l.contains(&name))
+        .unwrap_or_else(|| panic!("no log line: {logs}"));
+    assert!(line.contains(&format!("{name}#0")), "{line}");
+    assert!(
+        line.contains("panicked: injected panic in receive 1"),
+        "{line}"
+    );
 }
