@@ -204,7 +204,9 @@ async fn a_dead_dequeue_task_is_logged_and_replaced() {
     common::captured_logs();
     let (store, hooks) = Hooked::wrap(common::memory());
     let q = common::fresh_queue(&store, "dead").await;
-    let text = ebbflow::codec::Encoding::Base64.encode(b"survivor").unwrap();
+    let text = ebbflow::codec::Encoding::Base64
+        .encode(b"survivor")
+        .unwrap();
     q.send(&text, SendOptions::default()).await.unwrap();
     hooks.panic_on_receive.store(1, Ordering::SeqCst);
     let name = q.name().to_string();
