@@ -296,3 +296,45 @@ async fn after_a_reload_the_next_probe_comes_one_period_later() {
     );
     worker.shutdown().await;
 }
+
+/// A reload that shortens `idle_probe_interval` from 10 to 2 minutes: at zero tasks on an
+/// empty queue, reloaded a minute after an idle probe, no probe comes in the 2 minutes after
+/// the reload, then one every 2 minutes (5 in the next 10 minutes), where timers left at the
+/// old period would give one at most. (Off to on cannot be tried here: `min_tasks = 0` needs
+/// the idle probe or a trigger.)
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_idle_probe_interval_paces_the_probes_at_the_new_period() {
+    let store = common::memory();
+    let queue = common::unique("reload-period");
+    fill(&store, &queue, 0).await;
+    let at = |idle| {
+        let mut s = settings(&queue, MaxTasks::of::<4>());
+        let q = s.queues.get_mut(&queue).unwrap();
+        q.scaling.min_tasks = MinTasks::Zero;
+        q.scaling.idle_probe_interval = Some(Duration::from_secs(idle));
+        s
+    };
+    let worker = started(at(600), &store).await;
+    common::wait_for("zero tasks", Duration::from_secs(300), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let calls = || worker.snapshot()[0].probe_calls;
+    let probes = calls();
+    common::wait_for("an idle probe", Duration::from_secs(700), || {
+        calls() > probes
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = calls();
+    worker.reload(at(120)).unwrap();
+    tokio::time::sleep(Duration::from_secs(119)).await;
+    assert_eq!(calls(), before, "no probe at the reload");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let one = calls() - before;
+    assert!(one > 0, "a probe 2 minutes after the reload");
+    let after_first = calls();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(calls() - after_first, 5 * one, "a probe every 2 minutes");
+    worker.shutdown().await;
+}
