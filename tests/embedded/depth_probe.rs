@@ -8,6 +8,9 @@
 //! before the worker starts. The worker runs at `min_tasks = 0` with an idle probe and a
 //! policy that hears the signals and wants no task, so nothing of the worker's own takes a
 //! message and each probe sees the same queue.
+//!
+//! The mixed case (this replica holds some, another replica some, some visible) has its own
+//! setup: a worker whose handlers hold its messages until the test releases them.
 
 use crate::common;
 
@@ -186,4 +189,98 @@ async fn with_an_age_rule_a_deep_queue_is_peeked_for_its_oldest_message() {
     );
     assert_eq!(found.store_calls, (1, 1), "a count and a peek of one");
     assert_eq!(found.probe_calls, 2, "{snapshot:?}");
+}
+
+/// Holds every message until released.
+#[derive(Clone)]
+struct Holding(Arc<tokio::sync::Semaphore>);
+
+impl ebbflow::Handler for Holding {
+    type Message = String;
+    async fn handle(&self, _: String, _: Context) -> Result<(), HandlerError> {
+        drop(self.0.acquire().await.unwrap());
+        Ok(())
+    }
+}
+
+/// Wants one task and hears every decision's signals.
+#[derive(Debug, Default, Clone)]
+struct OneTask(Arc<Mutex<Vec<Signals>>>);
+
+impl ScalingPolicy for OneTask {
+    fn decide(&self, _: &ebbflow::config::ScalingSettings, signals: &Signals) -> Decision {
+        self.0.lock().unwrap().push(*signals);
+        Decision {
+            target: 1,
+            reason: Reason::Policy("one task"),
+        }
+    }
+}
+
+/// The mixed case: this replica holds 40 messages in running handlers (its concurrency, so it
+/// receives no more), another receiver holds 10 for an hour and 10 are visible. The count is
+/// 60, more than 32, but less this replica's 40 it is 20, so a peek decides: the depth is the
+/// 10 visible, not the 20 the count alone would give.
+#[tokio::test(start_paused = true)]
+async fn the_peek_decides_when_the_count_less_this_replica_s_messages_is_small() {
+    let store = common::memory();
+    let q = common::fresh_queue(&store, "mixed").await;
+    let name = q.name().to_string();
+    let send = |n: usize, tag: &'static str| {
+        let q = q.clone();
+        async move {
+            for i in 0..n {
+                let text = ebbflow::codec::Encoding::Base64
+                    .encode(format!("{tag}{i}").as_bytes())
+                    .unwrap();
+                q.send(&text, Default::default()).await.unwrap();
+            }
+        }
+    };
+    send(40, "here").await;
+    let mut s = Settings::default();
+    let mut qs = QueueSettings::default();
+    qs.concurrency = ebbflow::config::Concurrency::of::<40>();
+    s.queues.insert(name.clone(), qs);
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let heard = OneTask::default();
+    let worker = Worker::new(s)
+        .with_store(store.clone())
+        .scaling_policy(&name, heard.clone())
+        .handler(&name, Holding(release.clone()))
+        .start()
+        .await
+        .unwrap();
+    common::wait_for("40 held here", Duration::from_secs(60), || {
+        worker.snapshot()[0].held == 40
+    })
+    .await;
+    heard.0.lock().unwrap().clear();
+    send(20, "there").await;
+    let mut taken = 0;
+    while taken < 10 {
+        taken += q
+            .receive(10 - u8::try_from(taken).unwrap(), Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(q.approximate_depth().await.unwrap(), 60);
+    common::wait_for("a probe", Duration::from_secs(60), || {
+        heard.0.lock().unwrap().iter().any(|s| s.depth.is_some())
+    })
+    .await;
+    let signals = *heard
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.depth.is_some())
+        .unwrap();
+    let snapshot = worker.snapshot().remove(0);
+    release.add_permits(1000);
+    worker.shutdown().await;
+    assert_eq!(snapshot.held, 40, "{snapshot:?}");
+    assert_eq!(signals.depth, Some(10), "the 10 visible: {signals:?}");
+    assert_eq!(snapshot.depth, Some(10), "{snapshot:?}");
 }
