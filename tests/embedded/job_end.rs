@@ -100,8 +100,9 @@ fn job_ended(queue: &str) -> BTreeMap<&'static str, Vec<String>> {
     by_level
 }
 
-/// Four queues, one 10 ms job each, every one ending `Ok`: `plain` (no heartbeat settings,
-/// no status) logs `job ended` at `DEBUG` only; `counted` (`heartbeat.every = 1`, one unit
+/// Five queues, one 10 ms job each, every one ending `Ok`: `plain` (no heartbeat settings,
+/// no status) logs `job ended` at `DEBUG` only, and so does `every` (`heartbeat.every = 1000`
+/// but nothing counted and no status: count pulses are not timed pulses); `counted` (`heartbeat.every = 1`, one unit
 /// counted: one count pulse, no status) at `INFO` with `count=1`; `said` (no heartbeat
 /// settings) sets `succeeded` and logs at `INFO` with its status and note; `timed`
 /// (`heartbeat.interval = 60s`, the job far shorter, so no pulse) logs at `INFO`. (The end
@@ -119,6 +120,7 @@ async fn the_job_ended_line_is_info_for_jobs_that_pulsed_said_or_pulse_on_a_time
         ("counted", Some(PulseEvery::new(1).unwrap())),
         ("said", None),
         ("timed", None),
+        ("every", Some(PulseEvery::new(1000).unwrap())),
     ] {
         let q = common::fresh_queue(&store, role).await;
         q.send(role, SendOptions::default()).await.unwrap();
@@ -191,4 +193,12 @@ async fn the_job_ended_line_is_info_for_jobs_that_pulsed_said_or_pulse_on_a_time
         "{timed:#?}"
     );
     assert!(timed["INFO"][0].contains("count=0"), "{timed:#?}");
+    let every = job_ended(&names["every"]);
+    assert!(!every.contains_key("INFO"), "{every:#?}");
+    assert_eq!(every.get("DEBUG").map(Vec::len), Some(1), "{every:#?}");
+    assert!(
+        every["DEBUG"][0].contains("status=\"unknown\"")
+            && every["DEBUG"][0].contains("result=\"ok\""),
+        "{every:#?}"
+    );
 }
