@@ -103,6 +103,22 @@ pub async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bo
     }
 }
 
+/// At a worker whose first queue runs at `min_tasks = 0` with an idle probe (under tokio's paused
+/// clock): waits until that queue has no dequeue task (up to 10 minutes), then for its next
+/// depth probe (up to 700 s: the idle probe's period must be shorter). Right after it the
+/// queue's probe timer has just fired.
+pub async fn idle_then_probed(worker: &ebbflow::worker::RunningWorker) {
+    wait_for("no dequeue task", Duration::from_secs(600), || {
+        worker.snapshot()[0].active_tasks == 0
+    })
+    .await;
+    let probes = worker.snapshot()[0].probe_calls;
+    wait_for("an idle probe", Duration::from_secs(700), || {
+        worker.snapshot()[0].probe_calls > probes
+    })
+    .await;
+}
+
 /// Like [`wait_for`], with an async check (polled every 100 ms).
 pub async fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut check: F)
 where

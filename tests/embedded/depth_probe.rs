@@ -79,15 +79,7 @@ async fn first_probe(sent: usize, held_elsewhere: usize, age_rule: bool) -> Foun
         .start()
         .await
         .unwrap();
-    common::wait_for("the first task retired", Duration::from_secs(600), || {
-        worker.snapshot()[0].active_tasks == 0
-    })
-    .await;
-    let probes = worker.snapshot()[0].probe_calls;
-    common::wait_for("an idle probe", Duration::from_secs(700), || {
-        worker.snapshot()[0].probe_calls > probes
-    })
-    .await;
+    common::idle_then_probed(&worker).await;
     heard.0.lock().unwrap().clear();
     for i in 0..sent {
         let text = ebbflow::codec::Encoding::Base64

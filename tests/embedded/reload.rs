@@ -271,15 +271,7 @@ async fn after_a_reload_the_next_probe_comes_one_period_later() {
         s
     };
     let worker = started(at(MaxTasks::of::<4>()), &store).await;
-    common::wait_for("zero tasks", Duration::from_secs(300), || {
-        worker.snapshot()[0].active_tasks == 0
-    })
-    .await;
-    let probes = worker.snapshot()[0].probe_calls;
-    common::wait_for("an idle probe", Duration::from_secs(700), || {
-        worker.snapshot()[0].probe_calls > probes
-    })
-    .await;
+    common::idle_then_probed(&worker).await;
     let probes = worker.snapshot()[0].probe_calls;
     tokio::time::sleep(Duration::from_secs(300)).await;
     worker.reload(at(MaxTasks::of::<2>())).unwrap();
@@ -315,16 +307,8 @@ async fn a_reloaded_idle_probe_interval_paces_the_probes_at_the_new_period() {
         s
     };
     let worker = started(at(600), &store).await;
-    common::wait_for("zero tasks", Duration::from_secs(300), || {
-        worker.snapshot()[0].active_tasks == 0
-    })
-    .await;
+    common::idle_then_probed(&worker).await;
     let calls = || worker.snapshot()[0].probe_calls;
-    let probes = calls();
-    common::wait_for("an idle probe", Duration::from_secs(700), || {
-        calls() > probes
-    })
-    .await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let before = calls();
     worker.reload(at(120)).unwrap();
