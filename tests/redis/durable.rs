@@ -161,6 +161,80 @@ async fn a_multicast_read_beside_a_stream_that_lost_its_group_is_not_lost() {
     a.close().await;
 }
 
+/// The same for a read that fails for any other reason (here a stream of the instance's that is
+/// no stream at all, `WRONGTYPE`, standing in for a reply lost with its connection): the
+/// multicast the failed call moved into this instance's pending list comes once the read
+/// works again.
+#[tokio::test]
+async fn a_multicast_taken_by_a_read_that_failed_otherwise_is_not_lost() {
+    let prefix = common::unique("failedread");
+    let claim = Duration::from_secs(30);
+    let a_settings = base(&prefix, "initiator", claim);
+    let sender = client(&base(&prefix, "controller", claim), "c").await;
+    let (a, mut sub) = join(&a_settings, "a").await;
+    sender.publish(&Ping { n: 1 }, Address::All).await.unwrap();
+    assert_eq!(drain(&mut sub, Duration::from_millis(500)).await, vec![1]);
+    let mut con = redis_con().await;
+    let own = format!("{prefix}:fan:instance:a");
+    let all = format!("{prefix}:fan:all");
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&own)
+        .ignore()
+        .cmd("SET")
+        .arg(&own)
+        .arg("not a stream")
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    sender.publish(&Ping { n: 2 }, Address::All).await.unwrap();
+    // The failed read took it from `fan:all`: it waits in this instance's pending list.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (pending, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(&all)
+            .arg("a")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if pending > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no read took the multicast within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "nothing arrives while the reads fail"
+    );
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&own)
+        .ignore()
+        .cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&own)
+        .arg("a")
+        .arg("$")
+        .arg("MKSTREAM")
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&mut sub, Duration::from_secs(3)).await,
+        vec![2],
+        "the multicast read by the failed call arrives, once"
+    );
+    a.close().await;
+}
+
 /// A competing event whose handler always fails is delivered `bus.max_deliveries` times, then
 /// lands in the poison stream with the handler's error; requeued, it is delivered again.
 #[tokio::test]
