@@ -130,6 +130,17 @@ async fn an_instance_restarted_with_its_id_gets_every_event_sent_while_away_exac
     p1.close().await;
 }
 
+/// Instance `a` (role `initiator`) and a client `c` that sends multicasts, under `prefix`, once
+/// a first multicast (1) has reached `a`: `a`'s reader then waits for a nudge.
+async fn a_reading_multicasts(prefix: &str) -> (BusHandle, BusHandle, Subscription<Ping>) {
+    let claim = Duration::from_secs(30);
+    let sender = client(&base(prefix, "controller", claim), "c").await;
+    let (a, mut sub) = join(&base(prefix, "initiator", claim), "a").await;
+    sender.publish(&Ping { n: 1 }, Address::All).await.unwrap();
+    assert_eq!(drain(&mut sub, Duration::from_millis(500)).await, vec![1]);
+    (sender, a, sub)
+}
+
 /// One read covers all of an instance's streams. When one of them has lost its group (a Redis
 /// restarted empty, an expired stream) the read fails, yet the streams read before it in the
 /// same call have already moved their new entries into this instance's pending list: those
@@ -138,12 +149,7 @@ async fn an_instance_restarted_with_its_id_gets_every_event_sent_while_away_exac
 #[tokio::test]
 async fn a_multicast_read_beside_a_stream_that_lost_its_group_is_not_lost() {
     let prefix = common::unique("lostgroup");
-    let claim = Duration::from_secs(30);
-    let a_settings = base(&prefix, "initiator", claim);
-    let sender = client(&base(&prefix, "controller", claim), "c").await;
-    let (a, mut sub) = join(&a_settings, "a").await;
-    sender.publish(&Ping { n: 1 }, Address::All).await.unwrap();
-    assert_eq!(drain(&mut sub, Duration::from_millis(500)).await, vec![1]);
+    let (sender, a, mut sub) = a_reading_multicasts(&prefix).await;
     // The reader now waits for a nudge. Its own stream (read after `fan:all`) goes, group and
     // all, and a multicast follows at once: the next read takes it from `fan:all`, then fails.
     let mut con = redis_con().await;
@@ -168,12 +174,7 @@ async fn a_multicast_read_beside_a_stream_that_lost_its_group_is_not_lost() {
 #[tokio::test]
 async fn a_multicast_taken_by_a_read_that_failed_otherwise_is_not_lost() {
     let prefix = common::unique("failedread");
-    let claim = Duration::from_secs(30);
-    let a_settings = base(&prefix, "initiator", claim);
-    let sender = client(&base(&prefix, "controller", claim), "c").await;
-    let (a, mut sub) = join(&a_settings, "a").await;
-    sender.publish(&Ping { n: 1 }, Address::All).await.unwrap();
-    assert_eq!(drain(&mut sub, Duration::from_millis(500)).await, vec![1]);
+    let (sender, a, mut sub) = a_reading_multicasts(&prefix).await;
     let mut con = redis_con().await;
     let own = format!("{prefix}:fan:instance:a");
     let all = format!("{prefix}:fan:all");
