@@ -35,15 +35,7 @@ async fn one_trace_runs_from_a_producers_send_to_the_handlers_span_in_another_pr
     let orders = store.queue("orders").unwrap();
     orders.create_if_missing().await.unwrap();
     // The demo's queue names are fixed: clear what an earlier run may have left.
-    loop {
-        let left = orders.receive(32, Duration::from_secs(1)).await.unwrap();
-        if left.is_empty() {
-            break;
-        }
-        for m in left {
-            orders.delete(&m.id, &m.pop_receipt).await.unwrap();
-        }
-    }
+    orders.clear().await.unwrap();
 
     // The producer: this process, exporting as "producer".
     let mut traces = ebbflow::observability::TracesSettings::default();
